@@ -1,0 +1,144 @@
+//! What a partition's guest runtime finds when it starts.
+//!
+//! The hypervisor enters the runtime at its ELF entry point with `x0` = IPA of
+//! a 4 KiB boot-info page (read-only to the guest) laid out as below, all
+//! little-endian.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic [`MAGIC`] |
+//! | 8 | 4 | partition id |
+//! | 12 | 4 | number of capability handles listed |
+//! | 16 | 8 | IPA of the agent's WASM module |
+//! | 24 | 8 | its length in bytes |
+//! | 32 | 8 | IPA of the start of the runtime's heap |
+//! | 40 | 8 | heap length in bytes |
+//! | 48 | 4 | WASM memory budget, in 64 KiB pages |
+//! | 52 | 4 | restart count (0 on first start; F1 restarts add one) |
+//! | 56 | 8 | fuel per slice (0 = none) |
+//! | 64 | 32 | partition name, NUL-padded |
+//! | 96 | 16 × n | handles: raw handle u64, object kind u8, rights u8, 6 reserved |
+
+pub const MAGIC: u64 = 0x3146_4e49_4d56_52; // "RVMINF1" little-endian
+pub const HANDLES_OFFSET: usize = 96;
+pub const HANDLE_ENTRY_LEN: usize = 16;
+/// Most handles listed on the page.
+pub const MAX_HANDLES: usize = (4096 - HANDLES_OFFSET) / HANDLE_ENTRY_LEN;
+
+/// A handle the partition starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandleInfo {
+    pub raw: u64,
+    pub kind: u8,
+    pub rights: u8,
+}
+
+/// The boot-info page, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootInfo {
+    pub partition: u32,
+    pub handle_count: u32,
+    pub wasm_ipa: u64,
+    pub wasm_len: u64,
+    pub heap_ipa: u64,
+    pub heap_len: u64,
+    pub wasm_pages: u32,
+    pub restarts: u32,
+    pub fuel_per_slice: u64,
+    pub name: [u8; 32],
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(x)
+}
+
+impl BootInfo {
+    pub fn write(&self, page: &mut [u8]) {
+        page[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+        page[8..12].copy_from_slice(&self.partition.to_le_bytes());
+        page[12..16].copy_from_slice(&self.handle_count.to_le_bytes());
+        page[16..24].copy_from_slice(&self.wasm_ipa.to_le_bytes());
+        page[24..32].copy_from_slice(&self.wasm_len.to_le_bytes());
+        page[32..40].copy_from_slice(&self.heap_ipa.to_le_bytes());
+        page[40..48].copy_from_slice(&self.heap_len.to_le_bytes());
+        page[48..52].copy_from_slice(&self.wasm_pages.to_le_bytes());
+        page[52..56].copy_from_slice(&self.restarts.to_le_bytes());
+        page[56..64].copy_from_slice(&self.fuel_per_slice.to_le_bytes());
+        page[64..96].copy_from_slice(&self.name);
+    }
+
+    pub fn read(page: &[u8]) -> Option<Self> {
+        if page.len() < HANDLES_OFFSET || u64_at(page, 0) != MAGIC {
+            return None;
+        }
+        let mut name = [0u8; 32];
+        name.copy_from_slice(&page[64..96]);
+        Some(Self {
+            partition: u32_at(page, 8),
+            handle_count: u32_at(page, 12),
+            wasm_ipa: u64_at(page, 16),
+            wasm_len: u64_at(page, 24),
+            heap_ipa: u64_at(page, 32),
+            heap_len: u64_at(page, 40),
+            wasm_pages: u32_at(page, 48),
+            restarts: u32_at(page, 52),
+            fuel_per_slice: u64_at(page, 56),
+            name,
+        })
+    }
+
+    pub fn write_handle(page: &mut [u8], n: usize, h: HandleInfo) -> bool {
+        if n >= MAX_HANDLES {
+            return false;
+        }
+        let o = HANDLES_OFFSET + n * HANDLE_ENTRY_LEN;
+        page[o..o + 8].copy_from_slice(&h.raw.to_le_bytes());
+        page[o + 8] = h.kind;
+        page[o + 9] = h.rights;
+        true
+    }
+
+    pub fn read_handle(page: &[u8], n: usize) -> Option<HandleInfo> {
+        if n >= MAX_HANDLES {
+            return None;
+        }
+        let o = HANDLES_OFFSET + n * HANDLE_ENTRY_LEN;
+        Some(HandleInfo { raw: u64_at(page, o), kind: page[o + 8], rights: page[o + 9] })
+    }
+
+    pub fn name(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(32);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+/// The guest-physical address map every partition sees.
+///
+/// ```text
+/// 0x0000_0000 .. 0x4000_0000   never mapped: any access is a stage-2 fault
+/// 0x4000_0000 ..               the guest image's ELF segments, as linked
+///                              (the shared runtime: text read-only+exec, one
+///                              physical copy; data/bss private, read-write)
+/// 0x8000_0000                  the boot-info page (read-only)
+/// 0x8000_1000 .. +16 MiB       the agent's WASM module (read-only)
+/// 0x9000_0000 .. +heap_len     the runtime's heap (read-write)
+/// ```
+pub mod layout {
+    /// Lowest IPA a guest image may be linked at.
+    pub const IMAGE_BASE: u64 = 0x4000_0000;
+    /// Highest IPA (exclusive) a guest image may occupy.
+    pub const IMAGE_LIMIT: u64 = 0x8000_0000;
+    pub const BOOTINFO_IPA: u64 = 0x8000_0000;
+    pub const WASM_IPA: u64 = 0x8000_1000;
+    pub const WASM_MAX_LEN: u64 = 16 << 20;
+    pub const HEAP_IPA: u64 = 0x9000_0000;
+    /// Heap the runtime gets beyond the agent's WASM memory budget.
+    pub const RUNTIME_HEAP_OVERHEAD: u64 = 2 << 20;
+    /// Size of a WASM page.
+    pub const WASM_PAGE: u64 = 64 << 10;
+}

@@ -1,0 +1,616 @@
+//! The bundle: everything the hypervisor runs, in one image that the loader
+//! writes and the hypervisor receives as its initrd.
+//!
+//! ```text
+//! header   32 bytes  magic "RVMBNDL\0", version u32, entry count u32,
+//!                    total length u64, reserved u64
+//! entries  16 bytes each: kind u16, flags u16, owner u32, offset u32, length u32
+//! payloads each at an 8-byte aligned offset from the start of the bundle
+//! ```
+//!
+//! `owner` is the index of the partition (in bundle order of the
+//! [`EntryKind::Partition`] entries) an entry belongs to, or [`GLOBAL`].
+//! All integers are little-endian. The parser checks every offset and length
+//! against the bundle; nothing in a bundle is trusted.
+
+/// First eight bytes of every bundle.
+pub const MAGIC: [u8; 8] = *b"RVMBNDL\0";
+/// Format version this crate writes and reads.
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 32;
+pub const ENTRY_LEN: usize = 16;
+/// Owner of entries that belong to no partition.
+pub const GLOBAL: u32 = u32::MAX;
+/// Most entries a bundle may carry.
+pub const MAX_ENTRIES: u32 = 1024;
+
+/// What an entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum EntryKind {
+    /// The EL1 guest runtime, an AArch64 ELF executable (global).
+    GuestRuntime = 1,
+    /// A [`PartitionDesc`] (owner = its own index).
+    Partition = 2,
+    /// An agent's WebAssembly module (owner = its partition).
+    Wasm = 3,
+    /// A [`CapDesc`] installed into the owner's capability table.
+    Capability = 4,
+    /// An Ed25519 public key authorising the owner's P3 operations (32 bytes).
+    AuthorityKey = 5,
+    /// A [`ChannelDesc`] connecting two partitions (global).
+    Channel = 6,
+    /// 32-byte seed of the hypervisor's witness checkpoint signing key (global).
+    WitnessKeySeed = 7,
+    /// A raw EL1 program (AArch64 ELF) that the owner runs instead of the
+    /// shared guest runtime: arch tests and hostile test guests.
+    GuestImage = 8,
+}
+
+impl EntryKind {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => EntryKind::GuestRuntime,
+            2 => EntryKind::Partition,
+            3 => EntryKind::Wasm,
+            4 => EntryKind::Capability,
+            5 => EntryKind::AuthorityKey,
+            6 => EntryKind::Channel,
+            7 => EntryKind::WitnessKeySeed,
+            8 => EntryKind::GuestImage,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a bundle was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleError {
+    TooShort,
+    BadMagic,
+    Version(u32),
+    TooManyEntries(u32),
+    /// Entry `n` points outside the bundle or is misaligned.
+    EntryBounds(u32),
+    /// Entry `n` has an unknown kind.
+    EntryKind(u32),
+    /// Entry `n` has the wrong size for its kind.
+    EntrySize(u32),
+    /// Entry `n` names a partition that does not exist.
+    EntryOwner(u32),
+    /// Partition `n`'s name is not a safe identifier.
+    PartitionName(u32),
+}
+
+impl core::fmt::Display for BundleError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BundleError::TooShort => write!(f, "shorter than its header"),
+            BundleError::BadMagic => write!(f, "not an RVM bundle (bad magic)"),
+            BundleError::Version(v) => write!(f, "format version {v} is not supported"),
+            BundleError::TooManyEntries(n) => write!(f, "{n} entries (at most {MAX_ENTRIES})"),
+            BundleError::EntryBounds(n) => write!(f, "entry {n} lies outside the bundle"),
+            BundleError::EntryKind(n) => write!(f, "entry {n} has an unknown kind"),
+            BundleError::EntrySize(n) => write!(f, "entry {n} has the wrong size for its kind"),
+            BundleError::EntryOwner(n) => write!(f, "entry {n} names no partition"),
+            BundleError::PartitionName(n) => write!(f, "partition {n} has an unsafe name"),
+        }
+    }
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Memory tier from the partition manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MemoryTier {
+    Hot = 0,
+    Warm = 1,
+    Dormant = 2,
+    Cold = 3,
+}
+
+impl MemoryTier {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => MemoryTier::Hot,
+            1 => MemoryTier::Warm,
+            2 => MemoryTier::Dormant,
+            3 => MemoryTier::Cold,
+            _ => return None,
+        })
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "Hot" => MemoryTier::Hot,
+            "Warm" => MemoryTier::Warm,
+            "Dormant" => MemoryTier::Dormant,
+            "Cold" => MemoryTier::Cold,
+            _ => return None,
+        })
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemoryTier::Hot => "Hot",
+            MemoryTier::Warm => "Warm",
+            MemoryTier::Dormant => "Dormant",
+            MemoryTier::Cold => "Cold",
+        }
+    }
+}
+
+/// Per-partition recovery thresholds (DESIGN section 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryDesc {
+    /// F1 restarts within `window_ms` that escalate to F2.
+    pub f1_limit: u8,
+    /// F2 rollbacks within `window_ms` that escalate to F3.
+    pub f2_limit: u8,
+    /// The escalation window.
+    pub window_ms: u32,
+    /// How long a fence may stand before F4 eviction (0 = until the operator acts).
+    pub fence_timeout_ms: u32,
+}
+
+impl RecoveryDesc {
+    pub const DEFAULT: RecoveryDesc =
+        RecoveryDesc { f1_limit: 3, f2_limit: 2, window_ms: 10_000, fence_timeout_ms: 0 };
+}
+
+/// A partition as the bundle describes it (96 bytes).
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 32 | name, NUL-padded safe identifier |
+/// | 32 | 1 | memory tier |
+/// | 33 | 1 | deadline urgency, hundredths (0–100) |
+/// | 34 | 1 | cut pressure, hundredths (0–100) |
+/// | 35 | 1 | default proof tier (1–3) |
+/// | 36 | 4 | memory budget for the agent's WASM memory, in 64 KiB WASM pages |
+/// | 40 | 8 | fuel per time slice (0 = timer preemption only) |
+/// | 48 | 1 | F1 limit |
+/// | 49 | 1 | F2 limit |
+/// | 50 | 2 | reserved |
+/// | 52 | 4 | recovery window, ms |
+/// | 56 | 4 | fence timeout, ms |
+/// | 60 | 4 | flags (bit 0: a witness key fingerprint is given) |
+/// | 64 | 32 | SHA-256 fingerprint of the expected witness public key |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionDesc {
+    pub name: [u8; 32],
+    pub memory_tier: MemoryTier,
+    pub deadline_urgency: u8,
+    pub cut_pressure: u8,
+    pub default_tier: u8,
+    pub wasm_pages: u32,
+    pub fuel_per_slice: u64,
+    pub recovery: RecoveryDesc,
+    pub witness_key_fingerprint: Option<[u8; 32]>,
+}
+
+pub const PARTITION_DESC_LEN: usize = 96;
+
+impl PartitionDesc {
+    /// The name as text (validated as a safe identifier when parsed).
+    pub fn name(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+
+    pub fn to_bytes(&self) -> [u8; PARTITION_DESC_LEN] {
+        let mut b = [0u8; PARTITION_DESC_LEN];
+        b[0..32].copy_from_slice(&self.name);
+        b[32] = self.memory_tier as u8;
+        b[33] = self.deadline_urgency;
+        b[34] = self.cut_pressure;
+        b[35] = self.default_tier;
+        b[36..40].copy_from_slice(&self.wasm_pages.to_le_bytes());
+        b[40..48].copy_from_slice(&self.fuel_per_slice.to_le_bytes());
+        b[48] = self.recovery.f1_limit;
+        b[49] = self.recovery.f2_limit;
+        b[52..56].copy_from_slice(&self.recovery.window_ms.to_le_bytes());
+        b[56..60].copy_from_slice(&self.recovery.fence_timeout_ms.to_le_bytes());
+        if let Some(fp) = self.witness_key_fingerprint {
+            b[60] = 1;
+            b[64..96].copy_from_slice(&fp);
+        }
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != PARTITION_DESC_LEN {
+            return None;
+        }
+        let mut name = [0u8; 32];
+        name.copy_from_slice(&b[0..32]);
+        let end = name.iter().position(|&x| x == 0).unwrap_or(32);
+        if name[end..].iter().any(|&x| x != 0) {
+            return None;
+        }
+        let text = core::str::from_utf8(&name[..end]).ok()?;
+        crate::ident::check(text).ok()?;
+        let flags = u32_at(b, 60);
+        let fingerprint = if flags & 1 != 0 {
+            let mut fp = [0u8; 32];
+            fp.copy_from_slice(&b[64..96]);
+            Some(fp)
+        } else {
+            None
+        };
+        let pct = |v: u8| if v <= 100 { Some(v) } else { None };
+        Some(Self {
+            name,
+            memory_tier: MemoryTier::from_u8(b[32])?,
+            deadline_urgency: pct(b[33])?,
+            cut_pressure: pct(b[34])?,
+            default_tier: crate::ProofTier::from_u8(b[35])? as u8,
+            wasm_pages: u32_at(b, 36),
+            fuel_per_slice: u64_at(b, 40),
+            recovery: RecoveryDesc {
+                f1_limit: b[48],
+                f2_limit: b[49],
+                window_ms: u32_at(b, 52),
+                fence_timeout_ms: u32_at(b, 56),
+            },
+            witness_key_fingerprint: fingerprint,
+        })
+    }
+
+    /// Build the fixed-size name field from a safe identifier.
+    pub fn name_field(name: &str) -> Result<[u8; 32], crate::ident::IdentError> {
+        crate::ident::check(name)?;
+        let mut field = [0u8; 32];
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(field)
+    }
+}
+
+/// A capability to install (64 bytes).
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 1 | object kind ([`ObjectKind`](crate::ObjectKind)) |
+/// | 1 | 1 | rights ([`Rights`](crate::Rights) bits) |
+/// | 2 | 7 | proof tier per right, in [`RIGHT_NAMES`](crate::rights::RIGHT_NAMES) order (0 = not held) |
+/// | 9 | 7 | reserved |
+/// | 16 | 4 | object id (channel index, partition index, ...) |
+/// | 20 | 4 | calls per epoch quota (0 = unlimited) |
+/// | 24 | 8 | expiry, Unix seconds (0 = never) |
+/// | 32 | 8 | byte window start |
+/// | 40 | 8 | byte window length (0 = whole object) |
+/// | 48 | 16 | first 16 bytes of SHA-256 of the resource name |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapDesc {
+    pub kind: crate::ObjectKind,
+    pub rights: crate::Rights,
+    pub tiers: [u8; 7],
+    pub object: u32,
+    pub quota: u32,
+    pub expires_at: u64,
+    pub window_start: u64,
+    pub window_len: u64,
+    pub resource_digest: [u8; 16],
+}
+
+pub const CAP_DESC_LEN: usize = 64;
+
+impl CapDesc {
+    pub fn to_bytes(&self) -> [u8; CAP_DESC_LEN] {
+        let mut b = [0u8; CAP_DESC_LEN];
+        b[0] = self.kind as u8;
+        b[1] = self.rights.bits();
+        b[2..9].copy_from_slice(&self.tiers);
+        b[16..20].copy_from_slice(&self.object.to_le_bytes());
+        b[20..24].copy_from_slice(&self.quota.to_le_bytes());
+        b[24..32].copy_from_slice(&self.expires_at.to_le_bytes());
+        b[32..40].copy_from_slice(&self.window_start.to_le_bytes());
+        b[40..48].copy_from_slice(&self.window_len.to_le_bytes());
+        b[48..64].copy_from_slice(&self.resource_digest);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != CAP_DESC_LEN {
+            return None;
+        }
+        let rights = crate::Rights::from_bits(b[1])?;
+        let mut tiers = [0u8; 7];
+        tiers.copy_from_slice(&b[2..9]);
+        for (i, (r, _)) in crate::rights::RIGHT_NAMES.iter().enumerate() {
+            let ok = if rights.contains(*r) { (1..=3).contains(&tiers[i]) } else { tiers[i] == 0 };
+            if !ok {
+                return None;
+            }
+        }
+        let mut resource_digest = [0u8; 16];
+        resource_digest.copy_from_slice(&b[48..64]);
+        Some(Self {
+            kind: crate::ObjectKind::from_u8(b[0])?,
+            rights,
+            tiers,
+            object: u32_at(b, 16),
+            quota: u32_at(b, 20),
+            expires_at: u64_at(b, 24),
+            window_start: u64_at(b, 32),
+            window_len: u64_at(b, 40),
+            resource_digest,
+        })
+    }
+}
+
+/// A channel between two partitions (12 bytes): `a` u32, `b` u32, capacity in
+/// messages u32. Each endpoint gets a channel capability with READ and WRITE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelDesc {
+    pub a: u32,
+    pub b: u32,
+    pub capacity: u32,
+}
+
+pub const CHANNEL_DESC_LEN: usize = 12;
+
+impl ChannelDesc {
+    pub fn to_bytes(&self) -> [u8; CHANNEL_DESC_LEN] {
+        let mut out = [0u8; CHANNEL_DESC_LEN];
+        out[0..4].copy_from_slice(&self.a.to_le_bytes());
+        out[4..8].copy_from_slice(&self.b.to_le_bytes());
+        out[8..12].copy_from_slice(&self.capacity.to_le_bytes());
+        out
+    }
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != CHANNEL_DESC_LEN {
+            return None;
+        }
+        Some(Self { a: u32_at(b, 0), b: u32_at(b, 4), capacity: u32_at(b, 8) })
+    }
+}
+
+/// One entry of a parsed bundle.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub kind: EntryKind,
+    pub owner: u32,
+    pub data: &'a [u8],
+}
+
+/// A bundle whose header and entry table have been checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Bundle<'a> {
+    bytes: &'a [u8],
+    count: u32,
+    partitions: u32,
+}
+
+impl<'a> Bundle<'a> {
+    /// Check the header, every entry's bounds, kind, size and owner, and
+    /// every partition's name.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, BundleError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(BundleError::TooShort);
+        }
+        if bytes[0..8] != MAGIC {
+            return Err(BundleError::BadMagic);
+        }
+        let version = u32_at(bytes, 8);
+        if version != VERSION {
+            return Err(BundleError::Version(version));
+        }
+        let count = u32_at(bytes, 12);
+        if count > MAX_ENTRIES {
+            return Err(BundleError::TooManyEntries(count));
+        }
+        let total = usize::try_from(u64_at(bytes, 16)).map_err(|_| BundleError::TooShort)?;
+        if total > bytes.len() || total < HEADER_LEN {
+            return Err(BundleError::TooShort);
+        }
+        let bytes = &bytes[..total];
+        let table_end = HEADER_LEN + count as usize * ENTRY_LEN;
+        if table_end > bytes.len() {
+            return Err(BundleError::TooShort);
+        }
+        let mut b = Bundle { bytes, count, partitions: 0 };
+        let mut partitions = 0u32;
+        for n in 0..count {
+            let e = b.raw_entry(n)?;
+            let size_ok = match e.kind {
+                EntryKind::Partition => e.data.len() == PARTITION_DESC_LEN,
+                EntryKind::Capability => e.data.len() == CAP_DESC_LEN,
+                EntryKind::AuthorityKey | EntryKind::WitnessKeySeed => e.data.len() == 32,
+                EntryKind::Channel => e.data.len() == CHANNEL_DESC_LEN,
+                EntryKind::GuestRuntime | EntryKind::Wasm | EntryKind::GuestImage => {
+                    !e.data.is_empty()
+                }
+            };
+            if !size_ok {
+                return Err(BundleError::EntrySize(n));
+            }
+            if e.kind == EntryKind::Partition {
+                if e.owner != partitions {
+                    return Err(BundleError::EntryOwner(n));
+                }
+                PartitionDesc::from_bytes(e.data).ok_or(BundleError::PartitionName(partitions))?;
+                partitions += 1;
+            }
+            if e.kind == EntryKind::Capability && CapDesc::from_bytes(e.data).is_none() {
+                return Err(BundleError::EntrySize(n));
+            }
+        }
+        for n in 0..count {
+            let e = b.raw_entry(n)?;
+            let global = matches!(
+                e.kind,
+                EntryKind::GuestRuntime | EntryKind::Channel | EntryKind::WitnessKeySeed
+            );
+            if global != (e.owner == GLOBAL) || (!global && e.owner >= partitions) {
+                return Err(BundleError::EntryOwner(n));
+            }
+        }
+        b.partitions = partitions;
+        Ok(b)
+    }
+
+    fn raw_entry(&self, n: u32) -> Result<Entry<'a>, BundleError> {
+        let at = HEADER_LEN + n as usize * ENTRY_LEN;
+        let e = &self.bytes[at..at + ENTRY_LEN];
+        let kind = EntryKind::from_u16(u16_at(e, 0)).ok_or(BundleError::EntryKind(n))?;
+        let owner = u32_at(e, 4);
+        let offset = u32_at(e, 8) as usize;
+        let len = u32_at(e, 12) as usize;
+        let end = offset.checked_add(len).ok_or(BundleError::EntryBounds(n))?;
+        if offset % 8 != 0 || offset < HEADER_LEN || end > self.bytes.len() {
+            return Err(BundleError::EntryBounds(n));
+        }
+        Ok(Entry { kind, owner, data: &self.bytes[offset..end] })
+    }
+
+    /// Every entry, in bundle order.
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
+        // Bounds were checked by `parse`.
+        (0..self.count).filter_map(move |n| self.raw_entry(n).ok())
+    }
+
+    /// Number of partitions described.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The entries of one kind that belong to `owner`.
+    pub fn owned(&self, kind: EntryKind, owner: u32) -> impl Iterator<Item = Entry<'a>> + '_ {
+        self.entries().filter(move |e| e.kind == kind && e.owner == owner)
+    }
+
+    /// The first global entry of a kind.
+    pub fn global(&self, kind: EntryKind) -> Option<Entry<'a>> {
+        self.entries().find(|e| e.kind == kind && e.owner == GLOBAL)
+    }
+
+    /// Partition descriptors, in index order.
+    pub fn partitions(&self) -> impl Iterator<Item = PartitionDesc> + '_ {
+        self.entries()
+            .filter(|e| e.kind == EntryKind::Partition)
+            .filter_map(|e| PartitionDesc::from_bytes(e.data))
+    }
+}
+
+/// Builds a bundle on the host.
+#[cfg(feature = "alloc")]
+#[derive(Default)]
+pub struct BundleWriter {
+    entries: alloc::vec::Vec<(EntryKind, u32, alloc::vec::Vec<u8>)>,
+    partitions: u32,
+}
+
+#[cfg(feature = "alloc")]
+impl BundleWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a partition; returns its index for owned entries.
+    pub fn partition(&mut self, desc: &PartitionDesc) -> u32 {
+        let idx = self.partitions;
+        self.partitions += 1;
+        self.entries.push((EntryKind::Partition, idx, desc.to_bytes().to_vec()));
+        idx
+    }
+
+    /// Add any other entry.
+    pub fn entry(&mut self, kind: EntryKind, owner: u32, data: &[u8]) {
+        self.entries.push((kind, owner, data.to_vec()));
+    }
+
+    /// Lay the bundle out.
+    pub fn finish(&self) -> alloc::vec::Vec<u8> {
+        let table_end = HEADER_LEN + self.entries.len() * ENTRY_LEN;
+        let mut offset = table_end.next_multiple_of(8);
+        let mut table = alloc::vec::Vec::new();
+        let mut payload = alloc::vec::Vec::new();
+        for (kind, owner, data) in &self.entries {
+            table.extend_from_slice(&(*kind as u16).to_le_bytes());
+            table.extend_from_slice(&0u16.to_le_bytes());
+            table.extend_from_slice(&owner.to_le_bytes());
+            table.extend_from_slice(&(offset as u32).to_le_bytes());
+            table.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            payload.extend_from_slice(data);
+            let padded = data.len().next_multiple_of(8);
+            payload.resize(payload.len() + padded - data.len(), 0);
+            offset += padded;
+        }
+        let mut out = alloc::vec::Vec::with_capacity(offset);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(offset as u64).to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&table);
+        out.resize(table_end.next_multiple_of(8), 0);
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    fn desc(name: &str) -> PartitionDesc {
+        PartitionDesc {
+            name: PartitionDesc::name_field(name).unwrap(),
+            memory_tier: MemoryTier::Warm,
+            deadline_urgency: 50,
+            cut_pressure: 30,
+            default_tier: 2,
+            wasm_pages: 16,
+            fuel_per_slice: 0,
+            recovery: RecoveryDesc::DEFAULT,
+            witness_key_fingerprint: Some([7; 32]),
+        }
+    }
+
+    #[test]
+    fn writer_and_parser_agree() {
+        let mut w = BundleWriter::new();
+        w.entry(EntryKind::GuestRuntime, GLOBAL, b"\x7fELF...");
+        let a = w.partition(&desc("agent-a"));
+        let b = w.partition(&desc("agent-b"));
+        w.entry(EntryKind::Wasm, a, b"\0asm\x01\0\0\0");
+        w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a, b, capacity: 8 }.to_bytes());
+        let bytes = w.finish();
+        let parsed = Bundle::parse(&bytes).unwrap();
+        assert_eq!(parsed.partition_count(), 2);
+        let names: alloc::vec::Vec<_> =
+            parsed.partitions().map(|p| alloc::string::String::from(p.name())).collect();
+        assert_eq!(names, ["agent-a", "agent-b"]);
+        assert_eq!(parsed.owned(EntryKind::Wasm, a).count(), 1);
+        assert_eq!(parsed.owned(EntryKind::Wasm, b).count(), 0);
+        assert_eq!(parsed.partitions().next().unwrap(), desc("agent-a"));
+    }
+
+    #[test]
+    fn hostile_bundles_are_refused() {
+        let mut w = BundleWriter::new();
+        w.partition(&desc("agent-a"));
+        let good = w.finish();
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::BadMagic);
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 8..HEADER_LEN + 12].copy_from_slice(&0xffff_fff8u32.to_le_bytes());
+        assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::EntryBounds(0));
+        let mut bad = good.clone();
+        let off = u32::from_le_bytes(bad[HEADER_LEN + 8..HEADER_LEN + 12].try_into().unwrap());
+        bad[off as usize] = b'/';
+        assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::PartitionName(0));
+        assert_eq!(Bundle::parse(&good[..20]).unwrap_err(), BundleError::TooShort);
+    }
+}

@@ -1,0 +1,161 @@
+//! Hypercall function identifiers (Arm SMC Calling Convention, DEN0028).
+//!
+//! A partition issues `hvc #0` with `x0` = function ID, `x1`–`x6` = arguments.
+//! On return `x0` holds the status (`0` ok, a negative [`HvError`](crate::HvError)
+//! code otherwise) and `x1`–`x3` hold results.
+//!
+//! RVM's calls live in the *vendor-specific hypervisor service* range
+//! (owning entity 6), as SMC64 fast calls, so PSCI (owning entity 4) and other
+//! SMCCC services can share the same `hvc` instruction.
+
+/// Bit 31: fast call.
+pub const SMCCC_FAST_CALL: u32 = 1 << 31;
+/// Bit 30: SMC64/HVC64 calling convention.
+pub const SMCCC_64: u32 = 1 << 30;
+/// Owning entity number of vendor-specific hypervisor services.
+pub const SMCCC_OWNER_VENDOR_HYP: u32 = 6;
+/// Owning entity number of standard secure services (PSCI lives here).
+pub const SMCCC_OWNER_STANDARD: u32 = 4;
+const OWNER_SHIFT: u32 = 24;
+const OWNER_MASK: u32 = 0x3f;
+
+/// Base of RVM's function identifiers: `0xC600_0000`.
+pub const RVM_CALL_BASE: u32 =
+    SMCCC_FAST_CALL | SMCCC_64 | (SMCCC_OWNER_VENDOR_HYP << OWNER_SHIFT);
+
+/// The owning entity field of an SMCCC function ID.
+pub const fn smccc_owner(function_id: u32) -> u32 {
+    (function_id >> OWNER_SHIFT) & OWNER_MASK
+}
+
+macro_rules! hypercalls {
+    ($( $(#[$doc:meta])* $name:ident = $num:expr, )*) => {
+        /// One RVM hypercall. The discriminant is the function number (the low
+        /// 16 bits of the SMCCC function ID) and also the witness operation code.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum Hypercall {
+            $( $(#[$doc])* $name = $num, )*
+        }
+
+        impl Hypercall {
+            /// Every hypercall, in number order.
+            pub const ALL: &'static [Hypercall] = &[$(Hypercall::$name,)*];
+
+            /// The call's stable name, as printed in witness listings.
+            pub const fn name(self) -> &'static str {
+                match self { $(Hypercall::$name => stringify!($name),)* }
+            }
+
+            /// The call for a function number, if there is one.
+            pub const fn from_number(n: u16) -> Option<Self> {
+                match n { $($num => Some(Hypercall::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+hypercalls! {
+    /// Does nothing and is not witnessed: the cost floor of a round trip.
+    Null = 0x00,
+    /// `x1` = IPA, `x2` = length: write UTF-8 text to the partition's console.
+    ConsoleWrite = 0x01,
+    /// `x1` = handle: `x1` = object kind, `x2` = rights, `x3` = proof tier mask.
+    CapQuery = 0x02,
+    /// `x1` = parent handle, `x2` = target partition id, `x3` = rights,
+    /// `x4` = expiry (ns, 0 = parent's), `x5` = proof IPA, `x6` = nonce:
+    /// `x1` = new handle (in the target's table).
+    CapDerive = 0x03,
+    /// `x1` = handle whose derived subtree is revoked, `x5` = proof IPA, `x6` = nonce.
+    CapRevoke = 0x04,
+    /// `x1` = region handle, `x2` = offset, `x3` = IPA, `x4` = length.
+    RegionRead = 0x05,
+    /// `x1` = region handle, `x2` = offset, `x3` = IPA, `x4` = length.
+    RegionWrite = 0x06,
+    /// `x1` = region handle, `x2` = IPA to map at.
+    RegionMap = 0x07,
+    /// `x1` = channel handle, `x2` = IPA, `x3` = length.
+    ChannelSend = 0x08,
+    /// `x1` = channel handle, `x2` = IPA, `x3` = capacity: `x1` = length
+    /// received; `WouldBlock` when the channel is empty.
+    ChannelRecv = 0x09,
+    /// `x1` = store handle, `x2` = key IPA, `x3` = key length,
+    /// `x4` = value IPA, `x5` = value length: stage one item.
+    StateStage = 0x0a,
+    /// `x1` = store handle: validate what is staged.
+    StateValidate = 0x0b,
+    /// `x1` = store handle: commit every staged item atomically, or none.
+    StateCommit = 0x0c,
+    /// `x1` = store handle, `x2` = key IPA, `x3` = key length,
+    /// `x4` = value IPA, `x5` = capacity: `x1` = value length.
+    StateGet = 0x0d,
+    /// `x1` = IPA, `x2` = length of the serialized checkpoint: `x1` = checkpoint id.
+    Checkpoint = 0x0e,
+    /// `x1` = module handle: start another agent instance.
+    Spawn = 0x0f,
+    /// `x1` = handle, `x2` = IPA of a 96-byte buffer: signed attestation.
+    Prove = 0x10,
+    /// `x1` = from sequence number, `x2` = IPA, `x3` = capacity (records).
+    WitnessQuery = 0x11,
+    /// Give up the rest of the time slice.
+    Yield = 0x12,
+    /// `x1` = exit code: the agent has finished.
+    Exit = 0x13,
+    /// Read the partition's virtual clock (ns since partition start): `x1`.
+    ClockRead = 0x14,
+}
+
+impl Hypercall {
+    /// The SMCCC function ID the guest puts in `x0`.
+    pub const fn function_id(self) -> u32 {
+        RVM_CALL_BASE | self as u32
+    }
+
+    /// Decode a function ID from `x0`; `None` for anything outside RVM's range
+    /// or an unknown number.
+    pub fn from_function_id(x0: u64) -> Option<Self> {
+        let id = u32::try_from(x0).ok()?;
+        if id & 0xffff_0000 != RVM_CALL_BASE {
+            return None;
+        }
+        Self::from_number(u16::try_from(id & 0xffff).ok()?)
+    }
+}
+
+/// PSCI function IDs (DEN0022) that RVM emulates for partitions and calls itself.
+pub mod psci {
+    pub const VERSION: u32 = 0x8400_0000;
+    pub const CPU_OFF: u32 = 0x8400_0002;
+    pub const CPU_ON_64: u32 = 0xC400_0003;
+    pub const SYSTEM_OFF: u32 = 0x8400_0008;
+    pub const SYSTEM_RESET: u32 = 0x8400_0009;
+    pub const FEATURES: u32 = 0x8400_000A;
+    /// PSCI's own status codes.
+    pub const SUCCESS: i64 = 0;
+    pub const NOT_SUPPORTED: i64 = -1;
+    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const DENIED: i64 = -3;
+    pub const ALREADY_ON: i64 = -4;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_ids_round_trip() {
+        for &call in Hypercall::ALL {
+            let id = call.function_id();
+            assert_eq!(id >> 24, 0xC6, "{} outside the vendor hypervisor range", call.name());
+            assert_eq!(Hypercall::from_function_id(u64::from(id)), Some(call));
+        }
+    }
+
+    #[test]
+    fn foreign_ids_are_rejected() {
+        assert_eq!(Hypercall::from_function_id(u64::from(psci::SYSTEM_OFF)), None);
+        assert_eq!(Hypercall::from_function_id(0x1_C600_0001), None);
+        assert_eq!(Hypercall::from_function_id(u64::from(RVM_CALL_BASE | 0xfff)), None);
+        assert_eq!(smccc_owner(psci::CPU_ON_64), SMCCC_OWNER_STANDARD);
+    }
+}

@@ -1,0 +1,39 @@
+//! RVM's application binary interface: the single definition of every number
+//! and layout that two sides of the system must agree on.
+//!
+//! The EL2 kernel, the EL1 guest runtime, the guest SDK and the host tools all
+//! take these definitions from here; none of them restates a constant.
+//!
+//! * [`hypercall`] — SMCCC function identifiers and argument conventions.
+//! * [`status`] — the status codes a hypercall returns.
+//! * [`rights`], [`object`], [`tier`], [`handle`] — the capability vocabulary.
+//! * [`witness`] — the 64-byte witness record and the operation codes it names.
+//! * [`frame`] — how records and checkpoints travel on the console UART.
+//! * [`bundle`] — the image the loader hands to the hypervisor as its initrd.
+//! * [`bootinfo`] — what a partition's guest runtime finds at boot.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod bootinfo;
+pub mod bundle;
+pub mod frame;
+pub mod handle;
+pub mod hex;
+pub mod hypercall;
+pub mod ident;
+pub mod object;
+pub mod rights;
+pub mod status;
+pub mod tier;
+pub mod witness;
+
+pub use handle::CapHandle;
+pub use hypercall::Hypercall;
+pub use object::ObjectKind;
+pub use rights::Rights;
+pub use status::HvError;
+pub use tier::ProofTier;
+pub use witness::{Outcome, WitnessOp, WitnessRecord};
