@@ -142,3 +142,43 @@ pub mod layout {
     /// Size of a WASM page.
     pub const WASM_PAGE: u64 = 64 << 10;
 }
+
+/// Exit codes a guest runtime passes to the `Exit` hypercall. Codes below
+/// `REFUSED_BASE` are the agent's own; the others say why the runtime gave up.
+pub mod exit {
+    /// The agent finished normally.
+    pub const OK: u64 = 0;
+    /// First runtime-defined code.
+    pub const REFUSED_BASE: u64 = 0x100;
+    /// The WASM module failed validation.
+    pub const MODULE_INVALID: u64 = 0x100;
+    /// The module imports something RVM does not provide.
+    pub const IMPORT_UNKNOWN: u64 = 0x101;
+    /// The module's memory exceeds the partition's budget.
+    pub const MEMORY_BUDGET: u64 = 0x102;
+    /// The agent trapped (unreachable, out-of-bounds access, ...).
+    pub const TRAP: u64 = 0x103;
+    /// The guest runtime panicked.
+    pub const RUNTIME_PANIC: u64 = 0x104;
+    /// The module has no entry export.
+    pub const NO_ENTRY: u64 = 0x105;
+
+    /// Whether the code means the module was refused before it ran.
+    pub const fn is_refusal(code: u64) -> bool {
+        matches!(code, MODULE_INVALID | IMPORT_UNKNOWN | MEMORY_BUDGET | NO_ENTRY)
+    }
+
+    /// A short reason for a runtime-defined code.
+    pub const fn reason(code: u64) -> &'static str {
+        match code {
+            OK => "finished",
+            MODULE_INVALID => "module failed validation",
+            IMPORT_UNKNOWN => "module imports a function RVM does not provide",
+            MEMORY_BUDGET => "module memory exceeds the partition's budget",
+            TRAP => "agent trapped",
+            RUNTIME_PANIC => "guest runtime panicked",
+            NO_ENTRY => "module exports no entry function",
+            _ => "agent-defined exit code",
+        }
+    }
+}

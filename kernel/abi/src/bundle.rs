@@ -45,6 +45,8 @@ pub enum EntryKind {
     /// A raw EL1 program (AArch64 ELF) that the owner runs instead of the
     /// shared guest runtime: arch tests and hostile test guests.
     GuestImage = 8,
+    /// A [`BootConfig`] (global, at most one).
+    BootConfig = 9,
 }
 
 impl EntryKind {
@@ -58,6 +60,7 @@ impl EntryKind {
             6 => EntryKind::Channel,
             7 => EntryKind::WitnessKeySeed,
             8 => EntryKind::GuestImage,
+            9 => EntryKind::BootConfig,
             _ => return None,
         })
     }
@@ -375,6 +378,45 @@ impl ChannelDesc {
     }
 }
 
+/// How the hypervisor runs this bundle (16 bytes): run budget ms u32 (0 =
+/// until every partition has finished), time slice µs u32, signed checkpoint
+/// every N records u32 (0 = only at P3 operations and shutdown), flags u32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootConfig {
+    pub run_budget_ms: u32,
+    pub slice_us: u32,
+    pub checkpoint_every: u32,
+    pub flags: u32,
+}
+
+pub const BOOT_CONFIG_LEN: usize = 16;
+
+impl BootConfig {
+    pub const DEFAULT: BootConfig =
+        BootConfig { run_budget_ms: 0, slice_us: 10_000, checkpoint_every: 64, flags: 0 };
+
+    pub fn to_bytes(&self) -> [u8; BOOT_CONFIG_LEN] {
+        let mut out = [0u8; BOOT_CONFIG_LEN];
+        out[0..4].copy_from_slice(&self.run_budget_ms.to_le_bytes());
+        out[4..8].copy_from_slice(&self.slice_us.to_le_bytes());
+        out[8..12].copy_from_slice(&self.checkpoint_every.to_le_bytes());
+        out[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != BOOT_CONFIG_LEN {
+            return None;
+        }
+        Some(Self {
+            run_budget_ms: u32_at(b, 0),
+            slice_us: u32_at(b, 4),
+            checkpoint_every: u32_at(b, 8),
+            flags: u32_at(b, 12),
+        })
+    }
+}
+
 /// One entry of a parsed bundle.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry<'a> {
@@ -427,6 +469,7 @@ impl<'a> Bundle<'a> {
                 EntryKind::Capability => e.data.len() == CAP_DESC_LEN,
                 EntryKind::AuthorityKey | EntryKind::WitnessKeySeed => e.data.len() == 32,
                 EntryKind::Channel => e.data.len() == CHANNEL_DESC_LEN,
+                EntryKind::BootConfig => e.data.len() == BOOT_CONFIG_LEN,
                 EntryKind::GuestRuntime | EntryKind::Wasm | EntryKind::GuestImage => {
                     !e.data.is_empty()
                 }
@@ -449,7 +492,10 @@ impl<'a> Bundle<'a> {
             let e = b.raw_entry(n)?;
             let global = matches!(
                 e.kind,
-                EntryKind::GuestRuntime | EntryKind::Channel | EntryKind::WitnessKeySeed
+                EntryKind::GuestRuntime
+                    | EntryKind::Channel
+                    | EntryKind::WitnessKeySeed
+                    | EntryKind::BootConfig
             );
             if global != (e.owner == GLOBAL) || (!global && e.owner >= partitions) {
                 return Err(BundleError::EntryOwner(n));

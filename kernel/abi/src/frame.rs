@@ -6,8 +6,10 @@
 //!   prefix, so a guest can never start a line of its own) or `rvm: text`;
 //! * a witness record: `@W <log> <128 hex digits>`;
 //! * a signed checkpoint of a log's head:
-//!   `@C <log> <size> <64 hex digits of head> <128 hex digits of signature>`,
-//!   where `size` is the number of records covered (last seq + 1);
+//!   `@C <log> <size> <64 hex digits of head> <64 hex digits of root> <128 hex digits of signature>`,
+//!   where `size` is the number of records covered (last seq + 1), `head`
+//!   the hash-chain head after the last of them and `root` the RFC 6962
+//!   Merkle root over them (`rvm-witness` documents the signed note);
 //! * the checkpoint signing key: `@K <64 hex digits of the Ed25519 public key>`.
 //!
 //! `<log>` is the decimal partition id (0 = the hypervisor's own log).
@@ -17,13 +19,13 @@ use crate::hex;
 use crate::witness::RECORD_LEN;
 
 /// Longest frame line, without the newline.
-pub const MAX_FRAME_LEN: usize = 3 + 10 + 1 + 20 + 1 + 64 + 1 + 128;
+pub const MAX_FRAME_LEN: usize = 3 + 10 + 1 + 20 + 1 + 64 + 1 + 64 + 1 + 128;
 
 /// A decoded frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame {
     Record { log: u32, bytes: [u8; RECORD_LEN] },
-    Checkpoint { log: u32, size: u64, head: [u8; 32], signature: [u8; 64] },
+    Checkpoint { log: u32, size: u64, head: [u8; 32], root: [u8; 32], signature: [u8; 64] },
     Key { public: [u8; 32] },
 }
 
@@ -82,13 +84,15 @@ impl Frame {
                 l.push(b" ");
                 l.push_hex(bytes);
             }
-            Frame::Checkpoint { log, size, head, signature } => {
+            Frame::Checkpoint { log, size, head, root, signature } => {
                 l.push(b"@C ");
                 l.push_dec(u64::from(*log));
                 l.push(b" ");
                 l.push_dec(*size);
                 l.push(b" ");
                 l.push_hex(head);
+                l.push(b" ");
+                l.push_hex(root);
                 l.push(b" ");
                 l.push_hex(signature);
             }
@@ -119,9 +123,11 @@ impl Frame {
                 let size = parts.next()?.parse().ok()?;
                 let mut head = [0u8; 32];
                 hex::decode(parts.next()?.as_bytes(), &mut head)?;
+                let mut root = [0u8; 32];
+                hex::decode(parts.next()?.as_bytes(), &mut root)?;
                 let mut signature = [0u8; 64];
                 hex::decode(parts.next()?.as_bytes(), &mut signature)?;
-                Frame::Checkpoint { log, size, head, signature }
+                Frame::Checkpoint { log, size, head, root, signature }
             }
             "@K" => {
                 let mut public = [0u8; 32];
@@ -150,7 +156,13 @@ mod tests {
     fn frames_round_trip() {
         let frames = [
             Frame::Record { log: 4_000_000_000, bytes: [0x5a; RECORD_LEN] },
-            Frame::Checkpoint { log: 0, size: u64::MAX, head: [1; 32], signature: [2; 64] },
+            Frame::Checkpoint {
+                log: u32::MAX,
+                size: u64::MAX,
+                head: [1; 32],
+                root: [3; 32],
+                signature: [2; 64],
+            },
             Frame::Key { public: [9; 32] },
         ];
         for f in frames {
@@ -168,5 +180,22 @@ mod tests {
         assert_eq!(Frame::parse("@W 1 abc"), None);
         assert_eq!(Frame::parse("@K 00 extra"), None);
         assert!(Frame::is_frame_line("@W 1 abc"));
+        // A checkpoint without its Merkle root is damaged, not a frame.
+        let mut old = [b'a'; 7 + 64 + 1 + 128];
+        old[..7].copy_from_slice(b"@C 0 1 ");
+        old[7 + 64] = b' ';
+        assert_eq!(Frame::parse(core::str::from_utf8(&old).unwrap()), None);
+    }
+
+    #[test]
+    fn largest_checkpoint_frame_fills_max_frame_len() {
+        let f = Frame::Checkpoint {
+            log: u32::MAX,
+            size: u64::MAX,
+            head: [0; 32],
+            root: [0; 32],
+            signature: [0; 64],
+        };
+        assert_eq!(f.encode().as_bytes().len(), MAX_FRAME_LEN + 1);
     }
 }

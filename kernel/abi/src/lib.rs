@@ -11,6 +11,8 @@
 //! * [`frame`] — how records and checkpoints travel on the console UART.
 //! * [`bundle`] — the image the loader hands to the hypervisor as its initrd.
 //! * [`bootinfo`] — what a partition's guest runtime finds at boot.
+//! * [`imports`] — the host functions an agent's WASM module may import.
+//! * [`exit`] — how a guest runtime tells the hypervisor why it ended.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -19,11 +21,13 @@ extern crate alloc;
 
 pub mod bootinfo;
 pub mod bundle;
+pub mod exit;
 pub mod frame;
 pub mod handle;
 pub mod hex;
 pub mod hypercall;
 pub mod ident;
+pub mod imports;
 pub mod object;
 pub mod rights;
 pub mod status;

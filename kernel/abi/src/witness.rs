@@ -89,8 +89,6 @@ kernel_events! {
     RecoverEvict = 0x8014,
     /// An operator cleared a fence.
     Unfence = 0x8015,
-    /// The vCPU was preempted by the hypervisor timer.
-    Preempt = 0x8016,
     /// A checkpoint was taken; `args` = its state hash prefix.
     CheckpointTaken = 0x8020,
     /// A signed checkpoint of this log's head was emitted.

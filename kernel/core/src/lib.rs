@@ -1,2 +1,47 @@
+//! RVM's hypervisor logic, in safe Rust.
+//!
+//! Everything here reaches the machine only through [`arch::Arch`]; the
+//! AArch64 implementation lives in the `hal` crate and an in-memory one in
+//! [`fake`], so the whole kernel runs under `cargo test` on the host.
+//!
+//! * [`hypervisor`] — partitions from the bundle, the run loop, exits.
+//! * [`load`], [`image`], [`elf`] — building partitions from the bundle.
+//! * [`stage2`], [`frames`], [`guest_mem`] — memory isolation.
+//! * [`dispatch`], [`psci`] — hypercalls and emulated PSCI.
+//! * [`caps`], [`witness`] — capability checks and the witness logs.
+//! * [`channel`], [`store`] — inter-partition messages, the state store.
+//! * [`fault`] — what a partition's fault does to it (and nobody else).
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod addr;
+pub mod arch;
+pub mod caps;
+pub mod channel;
+pub mod console;
+pub mod digest;
+pub mod dispatch;
+pub mod elf;
+pub mod fake;
+pub mod fault;
+pub mod frames;
+pub mod guest_mem;
+pub mod hypervisor;
+pub mod image;
+pub mod load;
+pub mod partition;
+pub mod psci;
+mod report;
+pub mod stage2;
+pub mod store;
+pub mod trap;
+pub mod vcpu;
+pub mod witness;
+
+#[cfg(test)]
+mod tests;
+
+pub use arch::Arch;
+pub use hypervisor::{BootError, Hypervisor, RunSummary};

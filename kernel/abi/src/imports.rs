@@ -1,0 +1,121 @@
+//! The host functions an agent's WASM module may import.
+//!
+//! Every import must come from module [`MODULE`] and name one entry of
+//! [`HostImport`] with exactly its signature; the guest runtime refuses any
+//! other import before instantiating the module.
+//!
+//! Conventions shared by all entries:
+//! * pointers and lengths are `i32` offsets into the agent's linear memory
+//!   (read as unsigned); an out-of-bounds buffer yields `BadAddress`;
+//! * handles are `i64` raw handles ([`CapHandle::to_raw`](crate::CapHandle::to_raw));
+//! * an `i32` result is `>= 0` on success (a length where one is returned,
+//!   else `0`) and a negative [`HvError`](crate::HvError) code on failure; an
+//!   `i64` result is the value (`>= 0`) or a negative `HvError` code;
+//! * `exit` does not return: the agent's run ends with that code.
+
+/// The one import module an agent may use.
+pub const MODULE: &str = "rvm";
+
+/// Length of the attestation buffer `prove` writes (see [`Hypercall::Prove`](crate::Hypercall::Prove)).
+pub const PROVE_BUFFER_LEN: usize = 96;
+
+/// A WASM value type used in the import signatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ValType {
+    I32,
+    I64,
+}
+
+use ValType::{I32, I64};
+
+macro_rules! host_imports {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal ( $($p:ident),* ) -> ( $($r:ident),* ), )*) => {
+        /// One host function of module [`MODULE`].
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum HostImport {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl HostImport {
+            /// Every host function, in table order.
+            pub const ALL: &'static [HostImport] = &[$(HostImport::$variant,)*];
+
+            /// The import's field name in module [`MODULE`].
+            pub const fn name(self) -> &'static str {
+                match self { $(HostImport::$variant => $name,)* }
+            }
+
+            /// Parameter types, in order.
+            pub const fn params(self) -> &'static [ValType] {
+                match self { $(HostImport::$variant => &[$($p),*],)* }
+            }
+
+            /// Result types, in order.
+            pub const fn results(self) -> &'static [ValType] {
+                match self { $(HostImport::$variant => &[$($r),*],)* }
+            }
+
+            /// The entry with this field name, if any.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $($name => Some(HostImport::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+host_imports! {
+    /// `(ptr, len) -> status`: write UTF-8 text to the partition's console.
+    ConsoleWrite = "console_write" (I32, I32) -> (I32),
+    /// `(handle, ptr, len) -> status`: send one message.
+    ChannelSend = "channel_send" (I64, I32, I32) -> (I32),
+    /// `(handle, ptr, cap) -> length | WouldBlock`: receive one message.
+    ChannelRecv = "channel_recv" (I64, I32, I32) -> (I32),
+    /// `(handle, kptr, klen, vptr, vlen) -> status`: stage one item.
+    StateStage = "state_stage" (I64, I32, I32, I32, I32) -> (I32),
+    /// `(handle) -> status`: validate what is staged.
+    StateValidate = "state_validate" (I64) -> (I32),
+    /// `(handle) -> status`: commit everything staged, or nothing.
+    StateCommit = "state_commit" (I64) -> (I32),
+    /// `(handle, kptr, klen, vptr, cap) -> value length`.
+    StateGet = "state_get" (I64, I32, I32, I32, I32) -> (I32),
+    /// `(kind, n) -> handle`: the `n`-th (from 0) handle of object kind `kind`
+    /// the partition started with; `BadHandle` if there is none.
+    Handle = "handle" (I32, I32) -> (I64),
+    /// `() -> ns`: the partition's virtual clock.
+    Clock = "clock" () -> (I64),
+    /// `() -> status`: give up the rest of the time slice.
+    Yield = "yield" () -> (I32),
+    /// `(parent, target partition, rights, expiry ns, proof ptr (0 = none), nonce) -> new handle`.
+    CapDerive = "cap_derive" (I64, I32, I32, I64, I32, I64) -> (I64),
+    /// `(handle) -> status`: revoke everything derived from `handle`.
+    CapRevoke = "cap_revoke" (I64) -> (I32),
+    /// `(handle, ptr) -> status`: write a [`PROVE_BUFFER_LEN`]-byte attestation at `ptr`.
+    Prove = "prove" (I64, I32) -> (I32),
+    /// `() -> status`: checkpoint the agent's state now.
+    Checkpoint = "checkpoint" () -> (I32),
+    /// `(code)`: finish; never returns.
+    Exit = "exit" (I32) -> (),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_and_round_trip() {
+        for (i, &a) in HostImport::ALL.iter().enumerate() {
+            assert_eq!(HostImport::from_name(a.name()), Some(a));
+            for &b in &HostImport::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+        assert_eq!(HostImport::from_name("system"), None);
+    }
+
+    #[test]
+    fn only_exit_returns_nothing() {
+        for &i in HostImport::ALL {
+            assert_eq!(i.results().is_empty(), i == HostImport::Exit, "{}", i.name());
+        }
+    }
+}

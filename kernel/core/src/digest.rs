@@ -1,0 +1,31 @@
+//! Argument digests written into witness records.
+
+use sha2::{Digest, Sha256};
+
+/// First 16 bytes of SHA-256 over the concatenation of `parts`.
+pub fn of_parts(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// Digest of hypercall argument registers x1..x6 followed by buffer bytes.
+pub fn of_call(regs: &[u64; 6], data: &[u8]) -> [u8; 16] {
+    let mut r = [0u8; 48];
+    for (chunk, v) in r.chunks_exact_mut(8).zip(regs) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    of_parts(&[&r, data])
+}
+
+/// Full SHA-256 of `data`.
+pub fn full(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(data));
+    out
+}

@@ -1,0 +1,332 @@
+//! The hypervisor: partitions built from the bundle, the run loop, and what
+//! happens on every guest exit.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bundle::{BootConfig, Bundle, EntryKind};
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
+
+use crate::addr::{PhysAddr, PAGE_BYTES};
+use crate::arch::{Arch, Stage2Context};
+use crate::caps::Caps;
+use crate::channel::Channel;
+use crate::console;
+use crate::frames::FrameAllocator;
+use crate::image::SharedImage;
+use crate::partition::{Partition, PartitionId, PartitionState};
+use crate::stage2::{MemType, S2Perm};
+use crate::store::StateStore;
+use crate::trap::{Exit, FaultStatus};
+use crate::witness::Witness;
+
+/// Why the hypervisor could not start from a bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootError {
+    Bundle(rvm_abi::bundle::BundleError),
+    /// No partitions to run.
+    Empty,
+    /// More partitions than VMIDs.
+    TooManyPartitions,
+    OutOfMemory,
+    /// The shared guest runtime image is not a loadable AArch64 ELF.
+    Runtime(crate::elf::ElfError),
+}
+
+/// Scheduling and run-time policy, from the bundle's boot configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPolicy {
+    /// Time slice before the hypervisor timer preempts a vCPU.
+    pub slice_ns: u64,
+    /// Stop the run after this long (0 = when every partition is done).
+    pub budget_ns: u64,
+}
+
+impl RunPolicy {
+    pub fn from_config(c: &BootConfig) -> Self {
+        Self {
+            slice_ns: u64::from(c.slice_us.max(100)) * 1_000,
+            budget_ns: u64::from(c.run_budget_ms) * 1_000_000,
+        }
+    }
+}
+
+/// Most partitions one hypervisor runs (VMIDs 1..=255).
+pub const MAX_PARTITIONS: usize = 255;
+
+/// How one run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    pub finished: u32,
+    pub fenced: u32,
+    pub refused: u32,
+    /// Partitions still running when the budget ran out.
+    pub stopped: u32,
+    pub elapsed_ns: u64,
+}
+
+/// What to do after handling an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Re-enter the same vCPU.
+    Resume,
+    /// Give the CPU to the next partition.
+    Reschedule,
+}
+
+/// The hypervisor's state.
+pub struct Hypervisor<A: Arch> {
+    pub arch: A,
+    pub(crate) frames: FrameAllocator,
+    pub(crate) partitions: Vec<Partition>,
+    pub(crate) stores: Vec<StateStore>,
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) caps: Caps,
+    pub(crate) witness: Witness,
+    pub(crate) policy: RunPolicy,
+    pub(crate) runtime: Option<SharedImage>,
+    last_run: Option<usize>,
+    cursor: usize,
+    refused: u32,
+}
+
+impl<A: Arch> Hypervisor<A> {
+    /// Build every partition the bundle describes. A partition whose image or
+    /// module cannot be loaded is refused (witnessed, printed) and the others
+    /// still start; only a bundle that cannot be read at all is an error.
+    pub fn boot(arch: A, frames: FrameAllocator, bundle_bytes: &[u8]) -> Result<Self, BootError> {
+        let bundle = Bundle::parse(bundle_bytes).map_err(BootError::Bundle)?;
+        let count = bundle.partition_count() as usize;
+        if count == 0 {
+            return Err(BootError::Empty);
+        }
+        if count > MAX_PARTITIONS {
+            return Err(BootError::TooManyPartitions);
+        }
+        let config = bundle
+            .global(EntryKind::BootConfig)
+            .and_then(|e| BootConfig::from_bytes(e.data))
+            .unwrap_or(BootConfig::DEFAULT);
+        let seed = bundle.global(EntryKind::WitnessKeySeed).map(|e| {
+            let mut s = [0u8; 32];
+            s.copy_from_slice(e.data);
+            s
+        });
+        let bundle_digest = crate::digest::full(bundle_bytes);
+        let witness = Witness::new(seed, config.checkpoint_every, bundle_digest);
+        let mut hv = Self {
+            arch,
+            frames,
+            partitions: Vec::with_capacity(count),
+            stores: Vec::with_capacity(count),
+            channels: Vec::new(),
+            caps: Caps::new(count),
+            witness,
+            policy: RunPolicy::from_config(&config),
+            runtime: None,
+            last_run: None,
+            cursor: 0,
+            refused: 0,
+        };
+        hv.witness.announce_key(&mut hv.arch);
+        let mut boot_digest = [0u8; 16];
+        boot_digest.copy_from_slice(&bundle_digest[..16]);
+        hv.kernel_event(PartitionId::HYPERVISOR, KernelEvent::Boot, Outcome::Done, boot_digest);
+        if let Some(rt) = bundle.global(EntryKind::GuestRuntime) {
+            let image = SharedImage::load(&mut hv.arch, &mut hv.frames, rt.data)
+                .map_err(|e| match e {
+                    crate::image::ImageError::Elf(e) => BootError::Runtime(e),
+                    crate::image::ImageError::OutOfMemory => BootError::OutOfMemory,
+                })?;
+            hv.runtime = Some(image);
+        }
+        for (index, desc) in bundle.partitions().enumerate() {
+            let index = u32::try_from(index).map_err(|_| BootError::TooManyPartitions)?;
+            crate::load::load_partition(&mut hv, &bundle, index, desc)?;
+        }
+        for e in bundle.entries().filter(|e| e.kind == EntryKind::Channel) {
+            if let Some(c) = rvm_abi::bundle::ChannelDesc::from_bytes(e.data) {
+                crate::load::connect(&mut hv, c);
+            }
+        }
+        crate::load::write_all_boot_info(&mut hv);
+        Ok(hv)
+    }
+
+    pub(crate) fn note_refused(&mut self) {
+        self.refused += 1;
+    }
+
+    /// The partitions, in id order.
+    pub fn partitions(&self) -> &[Partition] {
+        &self.partitions
+    }
+
+    /// Frames the pool has handed out.
+    pub fn frames_in_use(&self) -> u64 {
+        self.frames.frames_in_use()
+    }
+
+    /// Append a kernel-decision record to `log`.
+    pub(crate) fn kernel_event(
+        &mut self,
+        log: PartitionId,
+        event: KernelEvent,
+        outcome: Outcome,
+        args: [u8; 16],
+    ) -> bool {
+        let mut rec = WitnessRecord::new(WitnessOp::Event(event), outcome, log.0);
+        rec.args = args;
+        rec.timestamp = self.arch.now_ns();
+        self.witness.append(&mut self.arch, log.0, rec).is_ok()
+    }
+
+    /// Move partition `idx` to `to`, witnessing the transition in its log.
+    pub(crate) fn transition(&mut self, idx: usize, to: PartitionState, event: KernelEvent, args: [u8; 16]) {
+        let p = &mut self.partitions[idx];
+        if p.state == to || !p.state.may_become(to) {
+            return;
+        }
+        p.state = to;
+        let id = p.id;
+        self.kernel_event(id, event, Outcome::Done, args);
+    }
+
+    fn next_runnable(&mut self) -> Option<usize> {
+        let n = self.partitions.len();
+        for step in 0..n {
+            let idx = (self.cursor + step) % n;
+            if self.partitions[idx].is_runnable() {
+                self.cursor = (idx + 1) % n;
+                return Some(idx);
+            }
+        }
+        None
+    }
+
+    /// Run partitions round-robin until every one has finished, been fenced or
+    /// refused, or the run budget is spent.
+    pub fn run(&mut self) -> RunSummary {
+        let start = self.arch.now_ns();
+        while let Some(idx) = self.next_runnable() {
+            if self.policy.budget_ns != 0 && self.arch.now_ns() - start >= self.policy.budget_ns {
+                break;
+            }
+            self.run_slice(idx);
+        }
+        self.shutdown(start)
+    }
+
+    /// Run one partition until it gives up the CPU.
+    pub(crate) fn run_slice(&mut self, idx: usize) {
+        if self.partitions[idx].state == PartitionState::Loaded {
+            self.partitions[idx].started_ns = Some(self.arch.now_ns());
+            self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, [0; 16]);
+        }
+        loop {
+            let switched = self.last_run != Some(idx);
+            self.last_run = Some(idx);
+            let p = &mut self.partitions[idx];
+            let ctx = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
+            let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, self.policy.slice_ns, switched);
+            let flow = self.handle_exit(idx, Exit::decode(&trap));
+            if flow == Flow::Reschedule || !self.partitions[idx].is_runnable() {
+                return;
+            }
+        }
+    }
+
+    fn handle_exit(&mut self, idx: usize, exit: Exit) -> Flow {
+        match exit {
+            Exit::Hvc { imm: 0 } => crate::dispatch::hypercall(self, idx),
+            Exit::Hvc { .. } => {
+                self.partitions[idx].vcpu.set_return(HvError::NotSupported.code(), &[]);
+                Flow::Resume
+            }
+            Exit::Timer => {
+                self.partitions[idx].stats.preemptions += 1;
+                Flow::Reschedule
+            }
+            Exit::WaitForInterrupt => {
+                self.partitions[idx].vcpu.skip_instruction();
+                Flow::Reschedule
+            }
+            Exit::DataAbort { ipa, fault: FaultStatus::Translation(_), .. }
+                if self.partitions[idx].heap.contains(ipa) =>
+            {
+                self.demand_page(idx, ipa)
+            }
+            other => {
+                crate::fault::partition_fault(self, idx, other);
+                Flow::Reschedule
+            }
+        }
+    }
+
+    /// Back a first touch of the heap window with a zeroed frame.
+    fn demand_page(&mut self, idx: usize, ipa: crate::addr::Ipa) -> Flow {
+        let Some(frame) = self.frames.alloc() else {
+            crate::fault::partition_fault(self, idx, Exit::Other { esr: 0 });
+            return Flow::Reschedule;
+        };
+        self.arch.phys_zero(frame, PAGE_BYTES);
+        let p = &mut self.partitions[idx];
+        match p.stage2.map(&mut self.arch, &mut self.frames, ipa.page_base(), frame, S2Perm::ReadWrite, MemType::Normal) {
+            Ok(()) => {
+                p.private_frames.push(frame);
+                p.stats.demand_pages += 1;
+                Flow::Resume
+            }
+            Err(_) => {
+                self.frames.free(frame);
+                crate::fault::partition_fault(self, idx, Exit::Other { esr: 0 });
+                Flow::Reschedule
+            }
+        }
+    }
+
+    /// Flush consoles, stop what still runs, sign every log's head, print the
+    /// summary.
+    fn shutdown(&mut self, start: u64) -> RunSummary {
+        let mut summary = RunSummary {
+            finished: 0,
+            fenced: 0,
+            refused: self.refused,
+            stopped: 0,
+            elapsed_ns: self.arch.now_ns() - start,
+        };
+        for idx in 0..self.partitions.len() {
+            console::flush_line(&mut self.arch, &mut self.partitions[idx]);
+            match self.partitions[idx].state {
+                PartitionState::Finished => summary.finished += 1,
+                PartitionState::Fenced => summary.fenced += 1,
+                PartitionState::Running | PartitionState::Suspended | PartitionState::Loaded => {
+                    summary.stopped += 1;
+                    let name = self.partitions[idx].desc.name;
+                    console::hyp_line(
+                        &mut self.arch,
+                        format_args!("run budget spent: stopping {}", name_str(&name)),
+                    );
+                    self.transition(idx, PartitionState::Suspended, KernelEvent::PartitionExit, [0; 16]);
+                }
+                _ => {}
+            }
+        }
+        self.kernel_event(PartitionId::HYPERVISOR, KernelEvent::Shutdown, Outcome::Done, [0; 16]);
+        self.witness.checkpoint_all(&mut self.arch);
+        crate::report::print_summary(self, &summary);
+        summary
+    }
+
+    /// Release a frame that only one partition used, scrubbing it first.
+    pub(crate) fn scrub_and_free(&mut self, pa: PhysAddr) {
+        self.arch.phys_zero(pa, PAGE_BYTES);
+        self.frames.free(pa);
+    }
+}
+
+/// A NUL-padded name field as text.
+pub(crate) fn name_str(field: &[u8; 32]) -> &str {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(32);
+    core::str::from_utf8(&field[..end]).unwrap_or("?")
+}

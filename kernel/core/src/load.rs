@@ -1,0 +1,316 @@
+//! Building partitions from the bundle.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bootinfo::{layout, BootInfo, HandleInfo};
+use rvm_abi::bundle::{Bundle, CapDesc, ChannelDesc, EntryKind, PartitionDesc};
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::{ObjectKind, Outcome, Rights};
+
+use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::arch::Arch;
+use crate::channel::Channel;
+use crate::console;
+use crate::hypervisor::{BootError, Hypervisor};
+use crate::image::SharedImage;
+use crate::partition::{DemandWindow, Partition, PartitionId, PartitionState, PartitionStats};
+use crate::stage2::{MemType, S2Perm, Stage2Table};
+use crate::store::{StateStore, StoreLimits};
+use crate::vcpu::Vcpu;
+
+/// Messages a bundle channel holds per direction.
+const CHANNEL_CAPACITY: usize = 64;
+
+/// Why one partition was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NoImage,
+    Image(crate::elf::ElfError),
+    ModuleTooLarge,
+    NoModule,
+    OutOfMemory,
+    BadCapability,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoImage => "no guest runtime or guest image in the bundle",
+            Refusal::Image(_) => "guest image is not a loadable AArch64 ELF",
+            Refusal::ModuleTooLarge => "WASM module larger than 16 MiB",
+            Refusal::NoModule => "no WASM module for the partition",
+            Refusal::OutOfMemory => "out of memory",
+            Refusal::BadCapability => "capability table entry could not be installed",
+        }
+    }
+}
+
+/// Create partition `index` from `desc`, load it, or refuse it.
+pub(crate) fn load_partition<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    bundle: &Bundle<'_>,
+    index: u32,
+    desc: PartitionDesc,
+) -> Result<(), BootError> {
+    let id = PartitionId(index + 1);
+    let vmid = u8::try_from(id.0).map_err(|_| BootError::TooManyPartitions)?;
+    let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
+    let heap_len = u64::from(desc.wasm_pages) * layout::WASM_PAGE + layout::RUNTIME_HEAP_OVERHEAD;
+    hv.partitions.push(Partition {
+        id,
+        desc,
+        state: PartitionState::Created,
+        vmid,
+        stage2,
+        vcpu: Vcpu::new(0, layout::BOOTINFO_IPA),
+        private_frames: Vec::new(),
+        heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
+        console_line: heapless::Vec::new(),
+        exit_code: None,
+        stats: PartitionStats::default(),
+        started_ns: None,
+        boot_handles: Vec::new(),
+        wasm: (0, 0),
+    });
+    hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
+    let idx = hv.partitions.len() - 1;
+    hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
+    match populate(hv, bundle, index, idx) {
+        Ok(digest) => {
+            hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
+            let p = &hv.partitions[idx];
+            let (name, pages) = (p.desc.name, p.private_frames.len());
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!(
+                    "partition {} '{}' loaded: vmid {}, {} private pages, heap window {} KiB",
+                    id.0,
+                    crate::hypervisor::name_str(&name),
+                    vmid,
+                    pages,
+                    heap_len / 1024
+                ),
+            );
+        }
+        Err(why) => refuse(hv, idx, why),
+    }
+    Ok(())
+}
+
+/// Witness and print a refusal, then release what the partition held.
+pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) {
+    let id = hv.partitions[idx].id;
+    let name = hv.partitions[idx].desc.name;
+    console::hyp_line(
+        &mut hv.arch,
+        format_args!("partition {} '{}' refused: {}", id.0, crate::hypervisor::name_str(&name), why.reason()),
+    );
+    hv.kernel_event(id, KernelEvent::PartitionRefused, Outcome::Denied(rvm_abi::HvError::InvalidArgument), [0; 16]);
+    crate::fault::release(hv, idx);
+    hv.partitions[idx].state = PartitionState::Evicted;
+    hv.note_refused();
+}
+
+/// Map the image, the module and the boot-info page; install capabilities.
+/// Returns the digest witnessed with `PartitionLoad`.
+fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, idx: usize) -> Result<[u8; 16], Refusal> {
+    // The guest image: the partition's own raw program, or the shared runtime.
+    let own = bundle.owned(EntryKind::GuestImage, index).next();
+    let entry = match own {
+        Some(e) => {
+            let img = match SharedImage::load(&mut hv.arch, &mut hv.frames, e.data) {
+                Ok(img) => img,
+                Err(crate::image::ImageError::Elf(err)) => return Err(Refusal::Image(err)),
+                Err(crate::image::ImageError::OutOfMemory) => return Err(Refusal::OutOfMemory),
+            };
+            let p = &mut hv.partitions[idx];
+            // A private image: its pages belong to this partition alone.
+            for page in &img.pages {
+                if page.perm != S2Perm::ReadWrite {
+                    p.private_frames.push(page.pa);
+                }
+            }
+            img.map_into(&mut hv.arch, &mut hv.frames, &mut p.stage2, &mut p.private_frames)
+                .map_err(|_| Refusal::OutOfMemory)?;
+            for page in &img.pages {
+                if page.perm == S2Perm::ReadWrite {
+                    hv.frames.free(page.pa);
+                }
+            }
+            img.entry
+        }
+        None => {
+            let Hypervisor { arch, frames, partitions, runtime, .. } = hv;
+            let Some(rt) = runtime.as_ref() else { return Err(Refusal::NoImage) };
+            let p = &mut partitions[idx];
+            rt.map_into(arch, frames, &mut p.stage2, &mut p.private_frames)
+                .map_err(|_| Refusal::OutOfMemory)?;
+            rt.entry
+        }
+    };
+    // The agent's module, read-only at WASM_IPA.
+    let module = bundle.owned(EntryKind::Wasm, index).next();
+    let mut digest_src: &[u8] = &[];
+    let (wasm_ipa, wasm_len) = match module {
+        Some(m) => {
+            let len = m.data.len() as u64;
+            if len > layout::WASM_MAX_LEN {
+                return Err(Refusal::ModuleTooLarge);
+            }
+            map_bytes(hv, idx, Ipa::new(layout::WASM_IPA), m.data, S2Perm::ReadOnly)?;
+            digest_src = m.data;
+            (layout::WASM_IPA, len)
+        }
+        None if own.is_some() => (0, 0),
+        None => return Err(Refusal::NoModule),
+    };
+    // The boot-info page (content written once channels are connected).
+    let page = hv.frames.alloc().ok_or(Refusal::OutOfMemory)?;
+    hv.arch.phys_zero(page, PAGE_BYTES);
+    {
+        let p = &mut hv.partitions[idx];
+        p.private_frames.push(page);
+        p.stage2
+            .map(&mut hv.arch, &mut hv.frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
+            .map_err(|_| Refusal::OutOfMemory)?;
+        p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
+        p.wasm = (wasm_ipa, wasm_len);
+    }
+    // Capabilities: the authority key first (bound to what follows), the
+    // partition's own state store, then its table.
+    let id = hv.partitions[idx].id;
+    for e in bundle.owned(EntryKind::AuthorityKey, index) {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(e.data);
+        hv.caps.bind_authority(id, key);
+    }
+    let store = CapDesc {
+        kind: ObjectKind::StateStore,
+        rights: Rights::READ | Rights::WRITE,
+        tiers: tiers_for(Rights::READ | Rights::WRITE, 1),
+        object: id.0,
+        quota: 0,
+        expires_at: 0,
+        window_start: 0,
+        window_len: 0,
+        resource_digest: [0; 16],
+    };
+    install(hv, idx, &store)?;
+    for e in bundle.owned(EntryKind::Capability, index) {
+        let desc = CapDesc::from_bytes(e.data).ok_or(Refusal::BadCapability)?;
+        install(hv, idx, &desc)?;
+    }
+    Ok(crate::digest::of_parts(&[digest_src]))
+}
+
+/// Copy `data` into fresh frames mapped at `base` with `perm`.
+fn map_bytes<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, base: Ipa, data: &[u8], perm: S2Perm) -> Result<(), Refusal> {
+    let p = &mut hv.partitions[idx];
+    for (n, chunk) in data.chunks(PAGE_BYTES).enumerate() {
+        let pa = hv.frames.alloc().ok_or(Refusal::OutOfMemory)?;
+        p.private_frames.push(pa);
+        hv.arch.phys_zero(pa, PAGE_BYTES);
+        hv.arch.phys_write(pa, chunk);
+        let ipa = Ipa::new(base.raw() + n as u64 * PAGE_SIZE);
+        p.stage2
+            .map(&mut hv.arch, &mut hv.frames, ipa, pa, perm, MemType::Normal)
+            .map_err(|_| Refusal::OutOfMemory)?;
+    }
+    Ok(())
+}
+
+/// Per-right tiers for `rights`, all at `tier`.
+pub(crate) fn tiers_for(rights: Rights, tier: u8) -> [u8; 7] {
+    let mut t = [0u8; 7];
+    for (i, (r, _)) in rvm_abi::rights::RIGHT_NAMES.iter().enumerate() {
+        if rights.contains(*r) {
+            t[i] = tier;
+        }
+    }
+    t
+}
+
+/// Install a capability and remember its handle for the boot-info page.
+fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc) -> Result<(), Refusal> {
+    let id = hv.partitions[idx].id;
+    let now = hv.arch.now_ns();
+    let handle = hv.caps.install(id, desc, now).map_err(|_| Refusal::BadCapability)?;
+    let mut rec = rvm_abi::WitnessRecord::new(
+        rvm_abi::WitnessOp::Event(KernelEvent::CapInstall),
+        Outcome::Done,
+        id.0,
+    );
+    rec.cap = handle.witness_id();
+    rec.args = crate::digest::of_parts(&[&desc.to_bytes()]);
+    rec.timestamp = now;
+    let _ = hv.witness.append(&mut hv.arch, id.0, rec);
+    hv.partitions[idx].boot_handles.push(HandleInfo {
+        raw: handle.to_raw(),
+        kind: desc.kind as u8,
+        rights: desc.rights.bits(),
+    });
+    Ok(())
+}
+
+/// Create a channel between two partitions and give each end a handle.
+pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
+    let (Some(a), Some(b)) = (index_of(hv, c.a), index_of(hv, c.b)) else { return };
+    if a == b || !hv.partitions[a].is_runnable() || !hv.partitions[b].is_runnable() {
+        return;
+    }
+    let object = hv.channels.len() as u32;
+    let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
+    hv.channels.push(Channel::new(hv.partitions[a].id, hv.partitions[b].id, cap));
+    let desc = CapDesc {
+        kind: ObjectKind::Channel,
+        rights: Rights::READ | Rights::WRITE,
+        tiers: tiers_for(Rights::READ | Rights::WRITE, 1),
+        object,
+        quota: 0,
+        expires_at: 0,
+        window_start: 0,
+        window_len: 0,
+        resource_digest: [0; 16],
+    };
+    for idx in [a, b] {
+        if install(hv, idx, &desc).is_err() {
+            refuse(hv, idx, Refusal::BadCapability);
+        }
+    }
+}
+
+/// Bundle partition index → position in `hv.partitions`.
+fn index_of<A: Arch>(hv: &Hypervisor<A>, bundle_index: u32) -> Option<usize> {
+    let idx = usize::try_from(bundle_index).ok()?;
+    (idx < hv.partitions.len()).then_some(idx)
+}
+
+/// Write every loaded partition's boot-info page.
+pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>) {
+    for idx in 0..hv.partitions.len() {
+        let p = &hv.partitions[idx];
+        if p.state != PartitionState::Loaded {
+            continue;
+        }
+        let Some(t) = p.stage2.translate(&hv.arch, Ipa::new(layout::BOOTINFO_IPA)) else { continue };
+        let mut page = [0u8; PAGE_BYTES];
+        let info = BootInfo {
+            partition: p.id.0,
+            handle_count: p.boot_handles.len().min(rvm_abi::bootinfo::MAX_HANDLES) as u32,
+            wasm_ipa: p.wasm.0,
+            wasm_len: p.wasm.1,
+            heap_ipa: p.heap.base.raw(),
+            heap_len: p.heap.len,
+            wasm_pages: p.desc.wasm_pages,
+            restarts: 0,
+            fuel_per_slice: p.desc.fuel_per_slice,
+            name: p.desc.name,
+        };
+        info.write(&mut page);
+        for (n, h) in p.boot_handles.iter().enumerate() {
+            BootInfo::write_handle(&mut page, n, *h);
+        }
+        let pa: PhysAddr = t.pa;
+        hv.arch.phys_write(pa, &page);
+    }
+}

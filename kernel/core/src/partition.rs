@@ -1,0 +1,147 @@
+//! Partitions: EL1 virtual machines with their own VMID, stage-2 tables and vCPU.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bundle::PartitionDesc;
+
+use crate::addr::{Ipa, PhysAddr};
+use crate::stage2::Stage2Table;
+use crate::vcpu::Vcpu;
+
+/// A partition's id: its index in the bundle plus one (0 is the hypervisor's
+/// own log). Also the id of its witness log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionId(pub u32);
+
+impl PartitionId {
+    pub const HYPERVISOR: PartitionId = PartitionId(rvm_abi::witness::HYPERVISOR_LOG);
+}
+
+/// Life cycle (DESIGN section 3). Every transition is witnessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionState {
+    /// VMID and tables allocated, nothing loaded.
+    Created,
+    /// Image, module and capabilities in place; not yet run.
+    Loaded,
+    /// Runnable.
+    Running,
+    /// Not runnable for now (waiting, or parked by the scheduler).
+    Suspended,
+    /// Stopped after a fault: vCPU halted, capabilities suspended, memory kept.
+    Fenced,
+    /// Gone: capabilities revoked, memory scrubbed and returned.
+    Evicted,
+    /// The agent finished (its `Exit` call or PSCI SYSTEM_OFF).
+    Finished,
+}
+
+impl PartitionState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            PartitionState::Created => "created",
+            PartitionState::Loaded => "loaded",
+            PartitionState::Running => "running",
+            PartitionState::Suspended => "suspended",
+            PartitionState::Fenced => "fenced",
+            PartitionState::Evicted => "evicted",
+            PartitionState::Finished => "finished",
+        }
+    }
+
+    /// Whether the kernel may move a partition from `self` to `to`.
+    pub fn may_become(self, to: PartitionState) -> bool {
+        use PartitionState::*;
+        matches!(
+            (self, to),
+            (Created, Loaded)
+                | (Created, Fenced)
+                | (Created, Evicted)
+                | (Loaded, Evicted)
+                | (Loaded, Running)
+                | (Loaded, Fenced)
+                | (Running, Suspended)
+                | (Suspended, Running)
+                | (Running, Fenced)
+                | (Suspended, Fenced)
+                | (Running, Finished)
+                | (Suspended, Finished)
+                | (Fenced, Running)
+                | (Fenced, Evicted)
+                | (Finished, Evicted)
+        )
+    }
+}
+
+/// Counters shown in the run summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub hypercalls: u64,
+    pub denied: u64,
+    pub preemptions: u64,
+    pub faults: u64,
+    pub demand_pages: u64,
+}
+
+/// A window of IPA space backed on first touch by fresh zeroed frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DemandWindow {
+    pub base: Ipa,
+    pub len: u64,
+}
+
+impl DemandWindow {
+    pub fn contains(&self, ipa: Ipa) -> bool {
+        ipa >= self.base && ipa.raw() - self.base.raw() < self.len
+    }
+}
+
+/// Longest console line buffered before it is flushed anyway.
+pub const CONSOLE_LINE_MAX: usize = 200;
+
+/// One partition.
+pub struct Partition {
+    pub id: PartitionId,
+    pub desc: PartitionDesc,
+    pub state: PartitionState,
+    pub vmid: u8,
+    pub stage2: Stage2Table,
+    pub vcpu: Vcpu,
+    /// Frames only this partition maps (scrubbed and freed on eviction).
+    pub private_frames: Vec<PhysAddr>,
+    pub heap: DemandWindow,
+    pub console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
+    pub exit_code: Option<u64>,
+    pub stats: PartitionStats,
+    /// When the partition was first run, for its virtual clock.
+    pub started_ns: Option<u64>,
+    /// Handles it starts with, listed on its boot-info page.
+    pub boot_handles: Vec<rvm_abi::bootinfo::HandleInfo>,
+    /// Where its WASM module is mapped (IPA, length); (0, 0) for raw guests.
+    pub wasm: (u64, u64),
+}
+
+impl Partition {
+    pub fn name(&self) -> &str {
+        self.desc.name()
+    }
+
+    pub fn is_runnable(&self) -> bool {
+        matches!(self.state, PartitionState::Loaded | PartitionState::Running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartitionState::*;
+
+    #[test]
+    fn life_cycle_only_moves_forward_where_the_design_allows() {
+        assert!(Created.may_become(Loaded));
+        assert!(Running.may_become(Fenced));
+        assert!(Fenced.may_become(Evicted));
+        assert!(!Evicted.may_become(Running));
+        assert!(!Finished.may_become(Running));
+        assert!(!Created.may_become(Running));
+    }
+}

@@ -1,0 +1,74 @@
+//! PSCI calls from partitions, emulated per partition and never passed
+//! through: SYSTEM_OFF ends the partition, not the machine.
+
+use rvm_abi::hypercall::psci;
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::Outcome;
+
+use crate::arch::Arch;
+use crate::console;
+use crate::hypervisor::{name_str, Flow, Hypervisor};
+use crate::partition::PartitionState;
+
+/// PSCI 1.1.
+const PSCI_VERSION_1_1: i64 = 0x0001_0001;
+
+pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
+    let x = hv.partitions[idx].vcpu.regs.x;
+    let function = u32::try_from(x[0]).unwrap_or(0);
+    let id = hv.partitions[idx].id;
+    let args = crate::digest::of_parts(&[&x[0].to_le_bytes(), &x[1].to_le_bytes()]);
+    hv.kernel_event(id, KernelEvent::Psci, Outcome::Done, args);
+    let vcpu = &mut hv.partitions[idx].vcpu;
+    match function {
+        psci::VERSION => vcpu.set_return(PSCI_VERSION_1_1, &[]),
+        psci::FEATURES => {
+            let supported = matches!(
+                u32::try_from(x[1]).unwrap_or(0),
+                psci::VERSION | psci::FEATURES | psci::SYSTEM_OFF | psci::CPU_OFF
+            );
+            vcpu.set_return(if supported { psci::SUCCESS } else { psci::NOT_SUPPORTED }, &[]);
+        }
+        psci::SYSTEM_OFF | psci::CPU_OFF => {
+            finish(hv, idx, 0);
+            return Flow::Reschedule;
+        }
+        psci::SYSTEM_RESET => vcpu.set_return(psci::DENIED, &[]),
+        // One vCPU per partition so far: there is no other vCPU to start.
+        psci::CPU_ON_64 => vcpu.set_return(psci::NOT_SUPPORTED, &[]),
+        _ => vcpu.set_return(psci::NOT_SUPPORTED, &[]),
+    }
+    Flow::Resume
+}
+
+/// The partition's agent is done: record why and stop scheduling it.
+pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
+    let p = &mut hv.partitions[idx];
+    p.exit_code = Some(code);
+    let (id, name) = (p.id, p.desc.name);
+    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    if rvm_abi::bootinfo::exit::is_refusal(code) {
+        console::hyp_line(
+            &mut hv.arch,
+            format_args!(
+                "partition {} '{}' refused its module: {}",
+                id.0,
+                name_str(&name),
+                rvm_abi::bootinfo::exit::reason(code)
+            ),
+        );
+        hv.kernel_event(
+            id,
+            KernelEvent::PartitionRefused,
+            Outcome::Denied(rvm_abi::HvError::InvalidArgument),
+            crate::digest::of_parts(&[&code.to_le_bytes()]),
+        );
+        hv.note_refused();
+    } else {
+        console::hyp_line(
+            &mut hv.arch,
+            format_args!("partition {} '{}' exited: code {:#x} ({})", id.0, name_str(&name), code, rvm_abi::bootinfo::exit::reason(code)),
+        );
+    }
+    hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, crate::digest::of_parts(&[&code.to_le_bytes()]));
+}

@@ -1,0 +1,46 @@
+//! The run summary printed at shutdown.
+
+use crate::arch::Arch;
+use crate::console::hyp_line;
+use crate::hypervisor::{Hypervisor, RunSummary};
+
+pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
+    hyp_line(
+        &mut hv.arch,
+        format_args!(
+            "run complete in {} ms: {} finished, {} fenced, {} refused, {} stopped",
+            s.elapsed_ns / 1_000_000,
+            s.finished,
+            s.fenced,
+            s.refused,
+            s.stopped
+        ),
+    );
+    for idx in 0..hv.partitions.len() {
+        let p = &hv.partitions[idx];
+        let line = alloc::format!(
+            "  {:>2} {:<24} {:<9} exit {:<6} calls {:<5} denied {:<4} preempted {:<4} faults {} witness records {}",
+            p.id.0,
+            p.name(),
+            p.state.name(),
+            p.exit_code.map_or(alloc::string::String::from("-"), |c| alloc::format!("{c:#x}")),
+            p.stats.hypercalls,
+            p.stats.denied,
+            p.stats.preemptions,
+            p.stats.faults,
+            hv.witness.records(p.id.0),
+        );
+        hv.arch.console_write(line.as_bytes());
+        hv.arch.console_write(b"\n");
+    }
+    for (n, c) in hv.channels.iter().enumerate() {
+        let line = alloc::format!(
+            "  channel {n}: {} -> {}: {} messages ({} bytes); {} -> {}: {} messages ({} bytes)",
+            c.ends[0].0, c.ends[1].0, c.delivered[0], c.bytes[0], c.ends[1].0, c.ends[0].0, c.delivered[1], c.bytes[1]
+        );
+        hv.arch.console_write(line.as_bytes());
+        hv.arch.console_write(b"\n");
+    }
+    let used = hv.frames.frames_in_use();
+    hyp_line(&mut hv.arch, format_args!("frames in use: {} ({} KiB)", used, used * 4));
+}

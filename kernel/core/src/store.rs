@@ -1,0 +1,145 @@
+//! A partition's state store: writes are staged, validated, then committed
+//! atomically — all staged items or none (DESIGN section 7).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use rvm_abi::HvError;
+
+/// Limits a store enforces at validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub max_key: usize,
+    pub max_value: usize,
+    /// Most items staged in one transaction.
+    pub max_staged: usize,
+    /// Most items committed in total.
+    pub max_items: usize,
+    /// Most bytes (keys + values) committed in total.
+    pub max_bytes: usize,
+}
+
+impl StoreLimits {
+    pub const DEFAULT: StoreLimits =
+        StoreLimits { max_key: 64, max_value: 4096, max_staged: 64, max_items: 1024, max_bytes: 1 << 20 };
+}
+
+/// The committed items and the open transaction.
+pub struct StateStore {
+    limits: StoreLimits,
+    committed: BTreeMap<Vec<u8>, Vec<u8>>,
+    staged: Vec<(Vec<u8>, Vec<u8>)>,
+    validated: bool,
+    pub commits: u64,
+}
+
+impl StateStore {
+    pub fn new(limits: StoreLimits) -> Self {
+        Self { limits, committed: BTreeMap::new(), staged: Vec::new(), validated: false, commits: 0 }
+    }
+
+    /// Whether `stage(key, value)` would be accepted (no change made).
+    pub fn check_stage(&self, key: &[u8], value: &[u8]) -> Result<(), HvError> {
+        if key.is_empty() || key.len() > self.limits.max_key || value.len() > self.limits.max_value {
+            return Err(HvError::InvalidArgument);
+        }
+        if self.staged.len() >= self.limits.max_staged {
+            return Err(HvError::Full);
+        }
+        Ok(())
+    }
+
+    /// Stage one item. Bounds are checked now too, so nothing unbounded is held.
+    pub fn stage(&mut self, key: &[u8], value: &[u8]) -> Result<(), HvError> {
+        self.check_stage(key, value)?;
+        self.staged.push((key.to_vec(), value.to_vec()));
+        self.validated = false;
+        Ok(())
+    }
+
+    /// Check the staged items against the limits as they would stand after
+    /// commit. A failure discards the transaction: nothing is committed.
+    pub fn validate(&mut self) -> Result<(), HvError> {
+        let verdict = self.would_validate();
+        if verdict.is_err() {
+            self.staged.clear();
+            self.validated = false;
+            return verdict;
+        }
+        self.validated = true;
+        Ok(())
+    }
+
+    /// What `validate` would answer, without changing anything.
+    pub fn would_validate(&self) -> Result<(), HvError> {
+        let mut items = self.committed.len();
+        let mut bytes: usize = self.committed.iter().map(|(k, v)| k.len() + v.len()).sum();
+        for (i, (k, v)) in self.staged.iter().enumerate() {
+            let later_dup = self.staged[i + 1..].iter().any(|(k2, _)| k2 == k);
+            if later_dup {
+                continue;
+            }
+            match self.committed.get(k) {
+                Some(old) => bytes = bytes - old.len() + v.len(),
+                None => {
+                    items += 1;
+                    bytes += k.len() + v.len();
+                }
+            }
+        }
+        if items > self.limits.max_items || bytes > self.limits.max_bytes {
+            return Err(HvError::ValidationFailed);
+        }
+        Ok(())
+    }
+
+    /// Commit every staged item at once (validating first if needed).
+    /// Returns how many items were committed.
+    pub fn commit(&mut self) -> Result<usize, HvError> {
+        if !self.validated {
+            self.validate()?;
+        }
+        let n = self.staged.len();
+        for (k, v) in self.staged.drain(..) {
+            self.committed.insert(k, v);
+        }
+        self.validated = false;
+        self.commits += 1;
+        Ok(n)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.committed.get(key).map(Vec::as_slice)
+    }
+
+    pub fn committed_items(&self) -> usize {
+        self.committed.len()
+    }
+
+    pub fn staged_items(&self) -> usize {
+        self.staged.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_is_all_or_nothing() {
+        let limits = StoreLimits { max_items: 2, ..StoreLimits::DEFAULT };
+        let mut s = StateStore::new(limits);
+        s.stage(b"a", b"1").unwrap();
+        s.stage(b"b", b"2").unwrap();
+        assert_eq!(s.get(b"a"), None, "staged is not visible");
+        assert_eq!(s.commit(), Ok(2));
+        assert_eq!(s.get(b"b"), Some(&b"2"[..]));
+        s.stage(b"a", b"3").unwrap();
+        s.stage(b"c", b"4").unwrap();
+        assert_eq!(s.commit(), Err(HvError::ValidationFailed));
+        assert_eq!(s.get(b"a"), Some(&b"1"[..]), "a failed commit changes nothing");
+        assert_eq!(s.get(b"c"), None);
+        assert_eq!(s.staged_items(), 0);
+        assert_eq!(s.stage(b"", b"x"), Err(HvError::InvalidArgument));
+    }
+}

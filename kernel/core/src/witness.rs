@@ -1,0 +1,97 @@
+//! The kernel's witness logs (crate `rvm-witness`): one chain per partition
+//! plus the hypervisor's own, each streamed to the console UART as frames the
+//! moment a record is appended, with signed checkpoints.
+//!
+//! The checkpoint signing key comes from the bundle's `WitnessKeySeed` entry
+//! (the loader keeps one per `RVM_HOME`). A bundle without one gets a key
+//! derived from the bundle's own digest: such checkpoints prove integrity but
+//! not origin, and the boot banner says so.
+
+use alloc::collections::BTreeMap;
+
+use rvm_abi::{HvError, WitnessRecord};
+use rvm_witness::{CheckpointSigner, LogConfig, LogId, WitnessLog};
+
+use crate::arch::Arch;
+
+/// All logs and the key that signs their checkpoints.
+pub struct Witness {
+    logs: BTreeMap<u32, WitnessLog>,
+    signer: CheckpointSigner,
+    config: LogConfig,
+    derived_key: bool,
+}
+
+impl Witness {
+    pub fn new(seed: Option<[u8; 32]>, checkpoint_every: u32, fallback: [u8; 32]) -> Self {
+        let derived_key = seed.is_none();
+        let signer = CheckpointSigner::from_seed(&seed.unwrap_or(fallback));
+        let mut config = LogConfig::default();
+        config.checkpoints = rvm_witness::CheckpointPolicy {
+            every: core::num::NonZeroU64::new(u64::from(checkpoint_every)),
+            ..rvm_witness::CheckpointPolicy::default()
+        };
+        Self { logs: BTreeMap::new(), signer, config, derived_key }
+    }
+
+    /// Print the signing key's frame and fingerprint.
+    pub fn announce_key(&self, arch: &mut dyn Arch) {
+        let key = self.signer.public_key();
+        crate::console::hyp_line(
+            arch,
+            format_args!(
+                "witness key fingerprint {}{}",
+                key.fingerprint(),
+                if self.derived_key { " (derived from the bundle: not secret)" } else { "" }
+            ),
+        );
+        arch.console_write(key.frame().encode().as_bytes());
+    }
+
+    /// The public key's SHA-256 fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.signer.public_key().fingerprint().0
+    }
+
+    /// Append `rec` to log `id` and stream it (and any checkpoint now due).
+    /// Fail-closed: `Err` means nothing was recorded and the operation the
+    /// record describes must not happen.
+    pub fn append(&mut self, arch: &mut dyn Arch, id: u32, rec: WitnessRecord) -> Result<u64, HvError> {
+        let signer = &self.signer;
+        let log = match self.logs.get_mut(&id) {
+            Some(l) => l,
+            None => {
+                let l = WitnessLog::new(LogId(id), self.config).map_err(|_| HvError::WitnessUnavailable)?;
+                self.logs.entry(id).or_insert(l)
+            }
+        };
+        let appended = log.append(rec).map_err(HvError::from)?;
+        if appended.checkpoint_due {
+            log.checkpoint(signer).map_err(HvError::from)?;
+        }
+        while let Some(out) = log.drain_next() {
+            arch.console_write(out.to_frame(LogId(id)).encode().as_bytes());
+        }
+        Ok(appended.seq)
+    }
+
+    /// Sign every log's head (at shutdown) and stream the checkpoints.
+    pub fn checkpoint_all(&mut self, arch: &mut dyn Arch) {
+        let signer = &self.signer;
+        for (id, log) in self.logs.iter_mut() {
+            if log.size() == 0 {
+                continue;
+            }
+            if log.checkpoint(signer).is_ok() {
+                while let Some(out) = log.drain_next() {
+                    arch.console_write(out.to_frame(LogId(*id)).encode().as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Records in log `id`.
+    pub fn records(&self, id: u32) -> u64 {
+        self.logs.get(&id).map_or(0, WitnessLog::size)
+    }
+}
