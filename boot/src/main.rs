@@ -1,2 +1,133 @@
+//! The RVM EL2 image. `entry` brings the boot CPU to Rust with the MMU on;
+//! `rvm_boot_main` discovers the machine from the device tree, sets up the
+//! console, heap, vectors, GIC and timer, hands the bundle to the kernel and
+//! runs it, then powers off.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod entry;
+mod heap;
+mod memory;
+
+use rvm_hal::dtb::Platform;
+use rvm_hal::gic::Gic;
+use rvm_hal::machine::{Machine, CONSOLE, POWER_OFF};
+use rvm_hal::power::{power_off, PowerOff};
+use rvm_hal::uart::Pl011;
+use rvm_hal::{print, sysreg};
+use rvm_kernel::frames::FrameAllocator;
+use rvm_kernel::Hypervisor;
+
+/// Exit codes the image powers off with (semihosting), for test harnesses.
+mod exit_code {
+    pub const OK: u32 = 0;
+    pub const NO_BUNDLE: u32 = 2;
+    pub const WRONG_EL: u32 = 3;
+    pub const BAD_BUNDLE: u32 = 4;
+    pub const NO_DTB: u32 = 5;
+    pub const PANIC: u32 = 101;
+}
+
+/// Where QEMU puts the device tree for a bare-metal ELF (start of RAM).
+const DTB_FALLBACK: usize = 0x4000_0000;
+
+static mut PERCPU: rvm_hal::vectors::PerCpu =
+    rvm_hal::vectors::PerCpu { scratch: 0, guest: core::ptr::null_mut() };
+
+#[no_mangle]
+extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
+    let t0 = rvm_hal::timer::counter();
+    // SAFETY: the boot protocol passes the DTB in x0; a bare-metal ELF boot
+    // finds it at the start of RAM. Both are identity-mapped Normal memory
+    // by the early MMU and nothing writes the DTB.
+    let platform = unsafe { Platform::discover(dtb) }.or_else(|_| unsafe { Platform::discover(DTB_FALLBACK) });
+    let Ok(platform) = platform else { power_off(None, exit_code::NO_DTB) };
+    if let Some(base) = platform.uart {
+        // SAFETY: the device tree's console UART, inside the Device block of
+        // the early map; this is its only driver.
+        *CONSOLE.lock() = Some(unsafe { Pl011::new(base) });
+    }
+    let how = if platform.bootarg("rvm.exit") == Some("semihosting") {
+        Some(PowerOff::Semihosting)
+    } else {
+        platform.psci.map(PowerOff::Psci)
+    };
+    *POWER_OFF.lock() = how;
+    if el != 2 {
+        print!("rvm: RVM must be entered at EL2 (hypervisor mode), but the CPU started at EL{el}.\n");
+        print!("rvm: boot QEMU with '-machine virt,virtualization=on', or the board's firmware at EL2. Powering off.\n");
+        power_off(how, exit_code::WRONG_EL);
+    }
+    heap::init();
+    print!("\nRVM {} — AArch64 microhypervisor at EL2\n", env!("CARGO_PKG_VERSION"));
+    print!("rvm: machine '{}', {} CPUs, counter {} Hz\n", platform.model, platform.cpus, rvm_hal::timer::frequency());
+    for r in &platform.memory {
+        print!("rvm: RAM {:#x}..{:#x} ({} MiB)\n", r.start.raw(), r.end.raw(), r.len() >> 20);
+    }
+    print!(
+        "rvm: UART {:#x}, GICv{} dist {:#x} redist {:#x}, hyp timer INTID {}, PSCI via {:?}\n",
+        platform.uart.unwrap_or(0),
+        platform.gic_version,
+        platform.gicd.unwrap_or(0),
+        platform.gicr.unwrap_or(0),
+        platform.hyp_timer_intid,
+        platform.psci
+    );
+    // SAFETY: PERCPU is this (boot) CPU's block; the vectors are the only
+    // other user and they run on this CPU only while this code waits.
+    let percpu = unsafe { &mut *core::ptr::addr_of_mut!(PERCPU) };
+    rvm_hal::vectors::install(percpu);
+    rvm_hal::cpu::init_el2();
+    rvm_hal::pmu::enable();
+    let gic = match (platform.gic_version, platform.gicd, platform.gicr) {
+        // SAFETY: the device tree's GICv3 blocks, Device-mapped; boot CPU only.
+        (3, Some(d), Some(r)) => unsafe { Gic::init(d, r, sysreg::mpidr()) },
+        _ => None,
+    };
+    match &gic {
+        Some(g) => g.enable_ppi(platform.hyp_timer_intid),
+        None => print!("rvm: warning: no GICv3: guests are not preempted by the timer\n"),
+    }
+    let Some(initrd) = platform.initrd else {
+        print!("rvm: no bundle: pass one as the initrd (qemu -initrd bundle.rvm). Powering off.\n");
+        power_off(how, exit_code::NO_BUNDLE);
+    };
+    print!("rvm: bundle at {:#x} ({} bytes)\n", initrd.start.raw(), initrd.len());
+    let free = memory::free_ranges(&platform, heap::range());
+    let frames = FrameAllocator::new(&free);
+    print!("rvm: {} MiB free for partitions\n", frames.frames_total() * 4096 >> 20);
+    // SAFETY: the initrd range comes from the device tree, lies in RAM, is
+    // excluded from the frame pool above, and nothing writes it.
+    let bundle = unsafe { core::slice::from_raw_parts(initrd.start.raw() as *const u8, initrd.len() as usize) };
+    let mut ram = heapless::Vec::new();
+    for r in &platform.memory {
+        let _ = ram.push(*r);
+    }
+    let machine = Machine::new(ram, gic, platform.hyp_timer_intid);
+    let boot_ns = (rvm_hal::timer::counter() - t0) * 1_000_000_000 / rvm_hal::timer::frequency();
+    print!("rvm: platform up in {} us\n", boot_ns / 1000);
+    let mut hv = match Hypervisor::boot(machine, frames, bundle) {
+        Ok(hv) => hv,
+        Err(e) => {
+            print!("rvm: bundle refused: {:?}. Powering off.\n", e);
+            power_off(how, exit_code::BAD_BUNDLE);
+        }
+    };
+    let summary = hv.run();
+    let _ = summary;
+    print!("rvm: powering off\n");
+    power_off(how, exit_code::OK)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    // The console lock may be held by the code that panicked; take it anyway
+    // rather than deadlock on the way out.
+    // SAFETY: see above; we are stopping the machine.
+    unsafe { CONSOLE.force_unlock() };
+    print!("\nrvm: PANIC: {}\n", info);
+    let how = *POWER_OFF.lock();
+    power_off(how, exit_code::PANIC)
+}

@@ -72,6 +72,10 @@ pub trait Arch {
     /// Make freshly written instructions visible to guest instruction fetch.
     fn sync_icache(&mut self, pa: PhysAddr, len: usize);
 
+    /// Save the EL1 and FP/SIMD state the CPU holds for `vcpu` before another
+    /// vCPU runs on this CPU.
+    fn save_vcpu_state(&mut self, vcpu: &mut Vcpu);
+
     /// Run `vcpu` under `stage2` until it traps or the time slice (ns) ends.
     /// `switched` is true when another vCPU ran on this CPU since `vcpu` last
     /// did, so EL1 and FP state must be reloaded.

@@ -101,6 +101,7 @@ impl Arch for PteReader<'_> {
     fn write_pte(&mut self, _: PhysAddr, _: usize, _: u64) {}
     fn flush_stage2(&mut self, _: u8) {}
     fn sync_icache(&mut self, _: PhysAddr, _: usize) {}
+    fn save_vcpu_state(&mut self, _: &mut Vcpu) {}
     fn run_vcpu(&mut self, _: &mut Vcpu, _: Stage2Context, _: u64, _: bool) -> TrapInfo {
         TrapInfo { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 }
     }
@@ -121,6 +122,7 @@ pub struct FakeArch {
     pub runs: u64,
     pub flushes: u64,
     pub switches: u64,
+    pub saves: u64,
 }
 
 impl FakeArch {
@@ -206,6 +208,10 @@ impl Arch for FakeArch {
     }
 
     fn sync_icache(&mut self, _pa: PhysAddr, _len: usize) {}
+
+    fn save_vcpu_state(&mut self, _vcpu: &mut Vcpu) {
+        self.saves += 1;
+    }
 
     fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, _slice: u64, switched: bool) -> TrapInfo {
         self.runs += 1;

@@ -223,12 +223,21 @@ impl<A: Arch> Hypervisor<A> {
             self.partitions[idx].started_ns = Some(self.arch.now_ns());
             self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, [0; 16]);
         }
+        let slice_end = self.arch.now_ns().saturating_add(self.policy.slice_ns);
         loop {
             let switched = self.last_run != Some(idx);
+            if let Some(prev) = self.last_run.filter(|&p| p != idx) {
+                self.arch.save_vcpu_state(&mut self.partitions[prev].vcpu);
+            }
             self.last_run = Some(idx);
+            let remaining = slice_end.saturating_sub(self.arch.now_ns());
+            if remaining == 0 {
+                self.partitions[idx].stats.preemptions += 1;
+                return;
+            }
             let p = &mut self.partitions[idx];
             let ctx = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
-            let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, self.policy.slice_ns, switched);
+            let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, remaining, switched);
             let flow = self.handle_exit(idx, Exit::decode(&trap));
             if flow == Flow::Reschedule || !self.partitions[idx].is_runnable() {
                 return;
