@@ -1,1 +1,281 @@
-//! QEMU harness
+//! The QEMU side of RVM's tests: make a bundle, boot a fresh
+//! `qemu-system-aarch64` on it with a timeout, and hand back everything the
+//! serial line said and how the machine ended. QEMU is killed on every path
+//! (timeout, panic in the test, drop).
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+use rvm_abi::frame::Frame;
+use rvm_abi::WitnessRecord;
+
+/// Where the Makefile puts the cross-built artifacts.
+pub fn artifacts_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RVM_IMAGE_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rvm")
+}
+
+/// Read an artifact, with a message that says how to build it.
+pub fn artifact(rel: &str) -> Vec<u8> {
+    let path = artifacts_dir().join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}; build the images first with `make images` (make test does it)", path.display())
+    })
+}
+
+/// What runs in one partition.
+#[derive(Clone, Debug)]
+pub enum Guest {
+    /// The shared guest runtime with this WASM module.
+    Wasm(Vec<u8>),
+    /// A raw EL1 program (AArch64 ELF) instead of the runtime.
+    Image(Vec<u8>),
+}
+
+/// A partition to put in a test bundle.
+#[derive(Clone, Debug)]
+pub struct PartitionSpec {
+    pub name: String,
+    pub guest: Guest,
+    pub wasm_pages: u32,
+    pub fuel_per_slice: u64,
+}
+
+impl PartitionSpec {
+    pub fn wasm(name: &str, module: Vec<u8>) -> Self {
+        Self { name: name.into(), guest: Guest::Wasm(module), wasm_pages: 16, fuel_per_slice: 0 }
+    }
+    pub fn image(name: &str, elf: Vec<u8>) -> Self {
+        Self { name: name.into(), guest: Guest::Image(elf), wasm_pages: 16, fuel_per_slice: 0 }
+    }
+}
+
+/// A bundle for one test run.
+#[derive(Clone, Debug, Default)]
+pub struct BundleSpec {
+    pub partitions: Vec<PartitionSpec>,
+    /// Pairs of partition indexes to connect with a channel.
+    pub channels: Vec<(u32, u32)>,
+    pub run_budget_ms: u32,
+    pub slice_us: u32,
+}
+
+impl BundleSpec {
+    pub fn new() -> Self {
+        Self { run_budget_ms: 0, slice_us: BootConfig::DEFAULT.slice_us, ..Self::default() }
+    }
+
+    pub fn partition(mut self, p: PartitionSpec) -> Self {
+        self.partitions.push(p);
+        self
+    }
+
+    pub fn channel(mut self, a: u32, b: u32) -> Self {
+        self.channels.push((a, b));
+        self
+    }
+
+    pub fn budget_ms(mut self, ms: u32) -> Self {
+        self.run_budget_ms = ms;
+        self
+    }
+
+    /// Lay out the bundle (the guest runtime comes from the artifacts).
+    pub fn build(&self) -> Vec<u8> {
+        let mut w = BundleWriter::new();
+        if self.partitions.iter().any(|p| matches!(p.guest, Guest::Wasm(_))) {
+            w.entry(EntryKind::GuestRuntime, GLOBAL, &artifact("guest-runtime.elf"));
+        }
+        w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[0x42; 32]);
+        let config = BootConfig { run_budget_ms: self.run_budget_ms, slice_us: self.slice_us, ..BootConfig::DEFAULT };
+        w.entry(EntryKind::BootConfig, GLOBAL, &config.to_bytes());
+        for p in &self.partitions {
+            let desc = PartitionDesc {
+                name: PartitionDesc::name_field(&p.name).expect("test partition names are safe"),
+                memory_tier: MemoryTier::Warm,
+                deadline_urgency: 50,
+                cut_pressure: 30,
+                default_tier: 2,
+                wasm_pages: p.wasm_pages,
+                fuel_per_slice: p.fuel_per_slice,
+                recovery: RecoveryDesc::DEFAULT,
+                witness_key_fingerprint: None,
+            };
+            let i = w.partition(&desc);
+            match &p.guest {
+                Guest::Wasm(m) => w.entry(EntryKind::Wasm, i, m),
+                Guest::Image(elf) => w.entry(EntryKind::GuestImage, i, elf),
+            }
+        }
+        for (a, b) in &self.channels {
+            w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: *a, b: *b, capacity: 16 }.to_bytes());
+        }
+        w.finish()
+    }
+}
+
+/// How to boot QEMU.
+#[derive(Clone, Debug)]
+pub struct QemuOptions {
+    pub timeout: Duration,
+    pub smp: u32,
+    /// `-icount shift=0`: deterministic instruction-count time.
+    pub icount: bool,
+    /// Extra kernel command line (`rvm.exit=semihosting` is always given).
+    pub append: String,
+    /// Machine flags after `virt,` (default `virtualization=on,gic-version=3`).
+    pub machine: String,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(90),
+            smp: 4,
+            icount: false,
+            append: String::new(),
+            machine: "virtualization=on,gic-version=3".into(),
+        }
+    }
+}
+
+/// How a run ended and what it printed.
+#[derive(Debug)]
+pub struct QemuRun {
+    pub serial: String,
+    /// QEMU's exit code (the semihosting code RVM exited with), if it exited.
+    pub exit: Option<i32>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Kills QEMU when dropped, whatever happened.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boot the RVM image on `bundle` and wait for it to power off.
+pub fn boot(bundle: &[u8], opts: &QemuOptions) -> QemuRun {
+    let dir = tempdir();
+    let bundle_path = dir.join("bundle.rvm");
+    std::fs::write(&bundle_path, bundle).expect("write bundle");
+    let image = artifacts_dir().join("rvm.bin");
+    assert!(image.exists(), "{} missing; build it with `make images`", image.display());
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-machine", &format!("virt,{}", opts.machine)])
+        .args(["-cpu", "cortex-a72", "-smp", &opts.smp.to_string(), "-m", "512M"])
+        .args(["-nographic", "-nic", "none", "-semihosting-config", "enable=on,target=native"])
+        .arg("-kernel")
+        .arg(&image)
+        .arg("-initrd")
+        .arg(&bundle_path)
+        .args(["-append", &format!("rvm.exit=semihosting {}", opts.append)]);
+    if opts.icount {
+        cmd.args(["-icount", "shift=0"]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = Reaper(cmd.spawn().expect("start qemu-system-aarch64 (apt-get install qemu-system-arm)"));
+    let mut stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut serial = Vec::new();
+    let mut exit = None;
+    let mut timed_out = false;
+    loop {
+        while let Ok(chunk) = rx.try_recv() {
+            serial.extend_from_slice(&chunk);
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            exit = status.code();
+            break;
+        }
+        if start.elapsed() > opts.timeout {
+            timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed();
+    drop(child);
+    let _ = reader.join();
+    while let Ok(chunk) = rx.try_recv() {
+        serial.extend_from_slice(&chunk);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    QemuRun { serial: String::from_utf8_lossy(&serial).replace('\r', ""), exit, timed_out, elapsed }
+}
+
+fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("rvm-qemu-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+impl QemuRun {
+    /// Lines of serial output.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.serial.lines()
+    }
+
+    /// Console lines of partition `name`, without the `[name] ` prefix.
+    pub fn console_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let prefix = format!("[{name}] ");
+        self.serial.lines().filter_map(move |l| l.strip_prefix(prefix.as_str()))
+    }
+
+    /// Every witness record frame, with its log id.
+    pub fn records(&self) -> Vec<(u32, [u8; 64])> {
+        self.lines()
+            .filter_map(Frame::parse)
+            .filter_map(|f| match f {
+                Frame::Record { log, bytes } => Some((log, bytes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Decoded records of one log, in order.
+    pub fn log(&self, log: u32) -> Vec<WitnessRecord> {
+        self.records()
+            .into_iter()
+            .filter(|(l, _)| *l == log)
+            .map(|(_, b)| WitnessRecord::from_bytes(&b).expect("record version"))
+            .collect()
+    }
+
+    /// Panic with the whole serial output if `cond` fails.
+    pub fn assert(&self, cond: bool, what: &str) {
+        assert!(cond, "{what}\n--- serial ---\n{}\n--- end (exit {:?}, timed out {}) ---", self.serial, self.exit, self.timed_out);
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.serial.contains(needle)
+    }
+}

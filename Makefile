@@ -1,0 +1,61 @@
+# RVM build, run and test entry points. `make help` lists them.
+#
+# The EL2 image is built for aarch64-unknown-none-softfloat (EL2 never touches
+# FP/SIMD, so guest FP state survives every trap untouched), the EL1 guest
+# runtime and raw test guests for aarch64-unknown-none, agents for
+# wasm32-unknown-unknown. Everything lands in target/rvm/.
+
+CARGO     ?= cargo
+OUT       := target/rvm
+EL2       := target/aarch64-unknown-none-softfloat/release
+EL1       := target/aarch64-unknown-none/release
+WASM      := target/wasm32-unknown-unknown/release
+SYSROOT    = $(shell rustc --print sysroot)
+OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
+PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked
+AGENTS    := reference spin bad-import over-budget
+
+.PHONY: help setup images run test test-host test-qemu bench bench-qemu clean
+
+help:
+	@echo "make setup       install Rust targets/components and qemu-system-arm (Debian)"
+	@echo "make run         build everything, boot RVM under QEMU with the reference agents"
+	@echo "make test        host unit/property tests + QEMU integration tests"
+	@echo "make bench       criterion benchmarks (host)"
+	@echo "make bench-qemu  instruction counts of hypervisor paths under QEMU -icount"
+	@echo "make images      cross-build the EL2 image, guest runtime, test guests and agents"
+
+setup:
+	rustup show active-toolchain >/dev/null
+	rustup target add aarch64-unknown-none aarch64-unknown-none-softfloat wasm32-unknown-unknown
+	rustup component add rust-src llvm-tools
+	command -v qemu-system-aarch64 >/dev/null || { apt-get update && apt-get install -y qemu-system-arm; }
+
+images:
+	$(CARGO) build -p rvm-boot --release --target aarch64-unknown-none-softfloat
+	$(CARGO) build -p rvm-guest-runtime -p rvm-guest-probes --release --target aarch64-unknown-none
+	$(CARGO) build $(foreach a,$(AGENTS),-p rvm-agent-$(a)) --release --target wasm32-unknown-unknown
+	mkdir -p $(OUT)/agents $(OUT)/probes
+	$(OBJCOPY) -O binary $(EL2)/rvm $(OUT)/rvm.bin
+	cp $(EL2)/rvm $(OUT)/rvm.elf
+	cp $(EL1)/rvm-guest-runtime $(OUT)/guest-runtime.elf
+	$(foreach p,$(PROBES),cp $(EL1)/$(p) $(OUT)/probes/$(p).elf;)
+	$(foreach a,$(AGENTS),cp $(WASM)/rvm_agent_$(subst -,_,$(a)).wasm $(OUT)/agents/$(a).wasm;)
+	$(CARGO) run -q -p rvm-agent-invalid -- $(OUT)/agents/invalid.wasm
+	@echo "images in $(OUT)/"
+
+run: images
+	$(CARGO) build -q -p rvm-loader
+	RVM_IMAGE_DIR=$(OUT) $(CARGO) run -q -p rvm-tests-qemu --bin rvm-demo
+
+test: images
+	$(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
+
+bench:
+	$(CARGO) bench -p rvm-cap -p rvm-witness
+
+bench-qemu: images
+	RVM_IMAGE_DIR=$(OUT) $(CARGO) run -q --release -p rvm-tests-qemu --bin rvm-bench-qemu
+
+clean:
+	$(CARGO) clean
