@@ -99,8 +99,8 @@ hypercalls! {
     WitnessQuery = 0x11,
     /// Give up the rest of the time slice.
     Yield = 0x12,
-    /// `x1` = exit code, `x2` = [`ExitReason`](crate::exit::ExitReason),
-    /// `x3` = detail: the guest runtime has finished (see [`crate::exit`]).
+    /// `x1` = exit code: the agent has finished (runtime-defined codes in
+    /// [`bootinfo::exit`](crate::bootinfo::exit)).
     Exit = 0x13,
     /// Read the partition's virtual clock (ns since partition start): `x1`.
     ClockRead = 0x14,

@@ -12,7 +12,6 @@
 //! * [`bundle`] — the image the loader hands to the hypervisor as its initrd.
 //! * [`bootinfo`] — what a partition's guest runtime finds at boot.
 //! * [`imports`] — the host functions an agent's WASM module may import.
-//! * [`exit`] — how a guest runtime tells the hypervisor why it ended.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -21,7 +20,6 @@ extern crate alloc;
 
 pub mod bootinfo;
 pub mod bundle;
-pub mod exit;
 pub mod frame;
 pub mod handle;
 pub mod hex;

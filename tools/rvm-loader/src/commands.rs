@@ -1,0 +1,937 @@
+//! What each CLI command does. Every command validates all of its input
+//! before it changes anything under `RVM_HOME`; a refusal (exit 2) leaves
+//! the home exactly as it was.
+
+use crate::bundler::{self, BootPlan, PlannedPartition};
+use crate::diag::{quote, Diagnostic, Warnings};
+use crate::error::{Error, Result};
+use crate::folder::{self, LoadedGuest};
+use crate::keys::KeyRole;
+use crate::limits;
+use crate::model::{PartitionName, PartitionSpec, Token};
+use crate::parse::names;
+use crate::qemu::{self, Exit};
+use crate::resolve::{self, Resolved};
+use crate::source;
+use crate::store::{
+    self, FileStamp, GuestBinding, GuestModule, Home, InstalledCaps, PartitionRecord, Registry,
+    RunRecord, RunState,
+};
+use crate::stream::{LineSplitter, Session, Shown};
+use crate::witness_sink;
+use rvm_abi::bundle::{BootConfig, RecoveryDesc};
+use rvm_abi::ProofTier;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What every command needs.
+pub struct Ctx {
+    pub home: Home,
+    /// Unix seconds, for expiry checks and run records.
+    pub now: u64,
+}
+
+/// Options of every command that boots.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    pub image_dir: Option<PathBuf>,
+    pub qemu: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Also write the bundle here.
+    pub bundle_out: Option<PathBuf>,
+    /// Build (and write) the bundle but do not start QEMU.
+    pub no_boot: bool,
+}
+
+fn warn(w: &Warnings) {
+    for d in w.iter() {
+        eprintln!("warning: {d}");
+    }
+}
+
+fn shown(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A name given on the command line.
+fn name_arg(flag: &str, s: &str) -> Result<PartitionName> {
+    Ok(names::partition_name(flag, "value", s)?)
+}
+
+enum Registered {
+    New,
+    Unchanged,
+    Replaced,
+}
+
+fn register(
+    reg: &mut Registry,
+    spec: &PartitionSpec,
+    stamp: &FileStamp,
+    file: &str,
+    replace: bool,
+    now: u64,
+) -> Result<Registered> {
+    match reg.partitions.get_mut(&spec.name) {
+        Some(rec) if rec.spec == *spec => Ok(Registered::Unchanged),
+        Some(rec) if replace => {
+            rec.spec = spec.clone();
+            rec.manifest = stamp.clone();
+            Ok(Registered::Replaced)
+        }
+        Some(rec) => Err(Error::refused(
+            file,
+            format!(
+                "partition {} is already registered from {} with different settings; pass --replace to replace it",
+                spec.name, rec.manifest.path
+            ),
+        )),
+        None => {
+            reg.partitions.insert(
+                spec.name.clone(),
+                PartitionRecord {
+                    spec: spec.clone(),
+                    manifest: stamp.clone(),
+                    registered_unix: now,
+                    caps: None,
+                    guest: None,
+                    last_run: None,
+                },
+            );
+            Ok(Registered::New)
+        }
+    }
+}
+
+fn describe_spec(s: &PartitionSpec) -> String {
+    format!(
+        "tier {}, deadline urgency {}, cut pressure {}{}",
+        s.memory_tier.name(),
+        s.deadline_urgency,
+        s.cut_pressure,
+        s.witness_key_fingerprint
+            .map_or(String::new(), |f| format!(", witness key {f}"))
+    )
+}
+
+/// `partition register --manifest FILE`.
+pub fn partition_register(ctx: &Ctx, manifest: &Path, replace: bool) -> Result<()> {
+    let m = folder::load_manifest(manifest)?;
+    warn(&m.warnings);
+    let file = shown(manifest);
+    let r = ctx
+        .home
+        .update(|reg| register(reg, &m.spec, &m.stamp, &file, replace, ctx.now))?;
+    let verb = match r {
+        Registered::New => "registered",
+        Registered::Unchanged => "already registered (unchanged)",
+        Registered::Replaced => "re-registered (replaced)",
+    };
+    println!(
+        "partition {} {verb}: {}",
+        m.spec.name,
+        describe_spec(&m.spec)
+    );
+    Ok(())
+}
+
+/// `partition remove NAME`.
+pub fn partition_remove(ctx: &Ctx, name: &str) -> Result<()> {
+    let name = name_arg("NAME", name)?;
+    ctx.home.update(|reg| {
+        reg.partition(&name)?;
+        reg.partitions.remove(&name);
+        Ok(())
+    })?;
+    println!("partition {name} removed");
+    Ok(())
+}
+
+fn tier_counts(tokens: &[Token]) -> String {
+    let count = |t: ProofTier| tokens.iter().filter(|x| x.proof_tier == t).count();
+    format!(
+        "P1: {}, P2: {}, P3: {}",
+        count(ProofTier::P1),
+        count(ProofTier::P2),
+        count(ProofTier::P3)
+    )
+}
+
+/// `caps install --table FILE [--partition NAME]`.
+pub fn caps_install(ctx: &Ctx, table: &Path, partition: Option<&str>) -> Result<()> {
+    let t = folder::load_table(table, ctx.now)?;
+    let file = shown(table);
+    let sibling = folder::sibling_manifest(table);
+    let name = match (partition, &sibling) {
+        (Some(p), sib) => {
+            let n = name_arg("--partition", p)?;
+            if let Some(sib) = sib {
+                match folder::load_manifest(sib) {
+                    Ok(m) if m.spec.name != n => {
+                        return Err(Error::refused(
+                            &file,
+                            format!(
+                                "belongs to the manifest beside it, {}, which names partition {}; --partition names {n}",
+                                shown(sib),
+                                m.spec.name
+                            ),
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(d) => eprintln!("warning: {d} (the manifest beside the table; --partition {n} is used)"),
+                }
+            }
+            n
+        }
+        (None, Some(sib)) => folder::load_manifest(sib)?.spec.name,
+        (None, None) => {
+            return Err(Error::refused(
+                &file,
+                format!(
+                    "the table does not name its partition and no {} or {} is beside it: pass --partition NAME",
+                    folder::ADAPTER_MANIFEST,
+                    folder::SCAFFOLD_MANIFEST
+                ),
+            ))
+        }
+    };
+    warn(&t.warnings);
+    let replaced = ctx.home.update(|reg| {
+        let rec = reg.partition_mut(&name)?;
+        let old = rec.caps.replace(InstalledCaps {
+            tokens: t.tokens.clone(),
+            table: t.stamp.clone(),
+        });
+        Ok(old.map(|o| o.tokens.len()))
+    })?;
+    println!(
+        "installed {} capabilities for partition {name} ({}){}",
+        t.tokens.len(),
+        tier_counts(&t.tokens),
+        replaced.map_or(String::new(), |n| format!(", replacing {n}"))
+    );
+    Ok(())
+}
+
+/// `caps show NAME`.
+pub fn caps_show(ctx: &Ctx, name: &str) -> Result<()> {
+    let name = name_arg("NAME", name)?;
+    let reg = ctx.home.load()?;
+    let rec = reg.partition(&name)?;
+    let Some(caps) = &rec.caps else {
+        println!("partition {name}: no capability table installed");
+        return Ok(());
+    };
+    println!(
+        "partition {name}: {} capabilities from {}",
+        caps.tokens.len(),
+        caps.table.path
+    );
+    for (i, t) in caps.tokens.iter().enumerate() {
+        let rights: Vec<&str> = t.rights.each().map(|(_, n)| n).collect();
+        println!(
+            "  [{i}] {} {} resource {} expires {}",
+            t.proof_tier.name(),
+            rights.join("|"),
+            t.resource
+                .as_deref()
+                .map_or_else(|| "(any)".to_string(), quote),
+            if t.expires_at == 0 {
+                "never".into()
+            } else {
+                crate::parse::captable::utc(t.expires_at) + " UTC"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Split `<package>@<version>`.
+fn package_arg(spec: &str) -> Result<(String, String)> {
+    let file = "PACKAGE@VERSION";
+    let (pkg, ver) = spec
+        .rsplit_once('@')
+        .filter(|(p, _)| !p.is_empty())
+        .ok_or_else(|| {
+            Error::refused(file, format!("{} is not <package>@<version>", quote(spec)))
+        })?;
+    names::package_name(file, "package", pkg)?;
+    names::exact_version(file, "version", ver)?;
+    Ok((pkg.to_string(), ver.to_string()))
+}
+
+/// `guest add <package>@<version> FILE`.
+pub fn guest_add(ctx: &Ctx, spec: &str, file: &Path) -> Result<()> {
+    let (pkg, ver) = package_arg(spec)?;
+    let (bytes, info) = resolve::read_module(file)?;
+    let key = format!("{pkg}@{ver}");
+    let sha = store::hex(&Sha256::digest(&bytes));
+    let entry = GuestModule {
+        sha256: sha.clone(),
+        size: bytes.len() as u64,
+        added_from: resolve_abs(file),
+    };
+    ctx.home.put_module(&bytes)?;
+    let old = ctx
+        .home
+        .update(|reg| Ok(reg.guests.insert(key.clone(), entry.clone())))?;
+    let imports: Vec<&str> = info.imports.iter().map(|i| i.name.as_str()).collect();
+    println!(
+        "guest {key} {}: module sha256:{sha}, {} bytes, imports {}",
+        if old.is_some() {
+            "replaced"
+        } else {
+            "registered"
+        },
+        bytes.len(),
+        if imports.is_empty() {
+            "nothing".to_string()
+        } else {
+            imports.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn resolve_abs(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// `guest list`.
+pub fn guest_list(ctx: &Ctx) -> Result<()> {
+    let reg = ctx.home.load()?;
+    if reg.guests.is_empty() {
+        println!("no guest modules registered");
+    }
+    for (k, g) in &reg.guests {
+        println!(
+            "{k}  sha256:{}  {} bytes  (from {})",
+            g.sha256, g.size, g.added_from
+        );
+    }
+    Ok(())
+}
+
+/// A binding about to be stored, with its module.
+struct Binding {
+    binding: GuestBinding,
+    module: Vec<u8>,
+}
+
+fn binding(guest: Option<&LoadedGuest>, r: Resolved) -> Binding {
+    let sha = store::hex(&Sha256::digest(&r.bytes));
+    Binding {
+        binding: GuestBinding {
+            guest: guest.map(|g| g.guest.clone()),
+            wasm_ref: guest.map(|g| g.stamp.clone()),
+            module_sha256: sha,
+            source: r.source,
+        },
+        module: r.bytes,
+    }
+}
+
+/// `guest boot --partition NAME --wasm-ref FILE [--wasm FILE]`.
+pub fn guest_boot(
+    ctx: &Ctx,
+    partition: &str,
+    wasm_ref: &Path,
+    wasm: Option<&Path>,
+    opts: &BootOptions,
+) -> Result<()> {
+    let name = name_arg("--partition", partition)?;
+    let g = folder::load_guest(wasm_ref)?;
+    warn(&g.warnings);
+    let file = shown(wasm_ref);
+    if g.guest.partition != name {
+        return Err(Diagnostic::field(
+            &file,
+            "partition",
+            format!(
+                "names partition {} but --partition names {name}",
+                g.guest.partition
+            ),
+        )
+        .into());
+    }
+    let reg = ctx.home.load()?;
+    let rec = reg.partitions.get(&name).ok_or_else(|| {
+        Error::refused(
+            &file,
+            format!("is a guest for partition {name}, which is not registered (run `rvm-loader partition register --manifest FILE` first)"),
+        )
+    })?;
+    let misfits = folder::guest_fits(&rec.spec, "the registered manifest", &g.guest, &file);
+    if !misfits.is_empty() {
+        return Err(Error::Refused(misfits));
+    }
+    if rec.caps.is_none() {
+        eprintln!("warning: partition {name} has no capability table installed: its agent holds no capabilities");
+    }
+    let r = resolve::resolve(&g.guest, wasm_ref, wasm, &reg, &ctx.home)?;
+    println!("guest {} for {name}: {}", g.guest.guest, r.shown);
+    let b = binding(Some(&g), r);
+    ctx.home.put_module(&b.module)?;
+    ctx.home.update(|reg| {
+        reg.partition_mut(&name)?.guest = Some(b.binding.clone());
+        Ok(())
+    })?;
+    boot(ctx, &[name], opts)
+}
+
+/// `deploy FOLDER` (and `launch --partition MANIFEST`): register, install
+/// capabilities and bind the guest in one atomic update, then boot. The
+/// folder's `install-rvm.sh` is linted, never run.
+pub fn deploy(
+    ctx: &Ctx,
+    dir: &Path,
+    manifest: Option<&Path>,
+    wasm: Option<&Path>,
+    replace: bool,
+    opts: &BootOptions,
+) -> Result<()> {
+    let ex = folder::examine(dir, manifest, ctx.now);
+    warn(&ex.warnings);
+    for d in &ex.script {
+        eprintln!("warning: {d} (the script is not run)");
+    }
+    if !ex.errors.is_empty() {
+        return Err(Error::Refused(ex.errors));
+    }
+    let Some(m) = ex.manifest else {
+        return Err(Error::refused(shown(dir), "no partition manifest"));
+    };
+    let reg = ctx.home.load()?;
+    let b = match (&ex.guest, wasm) {
+        (Some(g), _) => Some(binding(
+            Some(g),
+            resolve::resolve(&g.guest, &g.path, wasm, &reg, &ctx.home)?,
+        )),
+        (None, Some(w)) => {
+            let (bytes, info) = resolve::read_module(w)?;
+            Some(binding(
+                None,
+                Resolved {
+                    bytes,
+                    source: store::ModuleSource::Explicit {
+                        path: resolve_abs(w),
+                    },
+                    info,
+                    shown: shown(w),
+                },
+            ))
+        }
+        (None, None) if opts.no_boot => None,
+        (None, None) => {
+            return Err(Error::refused(
+                shown(dir),
+                format!(
+                    "has no {}: pass --wasm FILE to boot it, or --no-boot to register only",
+                    folder::GUEST_REF
+                ),
+            ))
+        }
+    };
+    let file = m.stamp.path.clone();
+    let change = |reg: &mut Registry| {
+        let r = register(reg, &m.spec, &m.stamp, &file, replace, ctx.now)?;
+        let rec = reg.partition_mut(&m.spec.name)?;
+        if let Some(t) = &ex.table {
+            rec.caps = Some(InstalledCaps {
+                tokens: t.tokens.clone(),
+                table: t.stamp.clone(),
+            });
+        }
+        if let Some(b) = &b {
+            rec.guest = Some(b.binding.clone());
+        }
+        Ok(r)
+    };
+    // Check the change before the module is stored: a refusal writes nothing.
+    change(&mut reg.clone())?;
+    if let Some(b) = &b {
+        ctx.home.put_module(&b.module)?;
+    }
+    ctx.home.update(change)?;
+    let tokens = ex.table.as_ref().map_or(0, |t| t.tokens.len());
+    println!(
+        "deployed partition {} ({}), {tokens} capabilities{}",
+        m.spec.name,
+        describe_spec(&m.spec),
+        b.as_ref().map_or(String::new(), |b| format!(
+            ", guest module sha256:{}",
+            b.binding.module_sha256
+        ))
+    );
+    if b.is_none() {
+        println!("not booted: no guest module (--no-boot)");
+        return Ok(());
+    }
+    boot(ctx, &[m.spec.name], opts)
+}
+
+/// `launch --partition MANIFEST`: deploy the folder the manifest is in.
+pub fn launch(
+    ctx: &Ctx,
+    manifest: &Path,
+    wasm: Option<&Path>,
+    replace: bool,
+    opts: &BootOptions,
+) -> Result<()> {
+    let dir = manifest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    deploy(ctx, dir, Some(manifest), wasm, replace, opts)
+}
+
+/// `check FOLDER`.
+pub fn check(ctx: &Ctx, dir: &Path) -> Result<()> {
+    let ex = folder::examine(dir, None, ctx.now);
+    warn(&ex.warnings);
+    let mut problems = ex.errors;
+    problems.extend(ex.script);
+    if !problems.is_empty() {
+        return Err(Error::Refused(problems));
+    }
+    let m = ex
+        .manifest
+        .as_ref()
+        .map(|m| m.spec.name.to_string())
+        .unwrap_or_default();
+    println!(
+        "ok: {}: partition {m}, {} capabilities{}{}",
+        shown(dir),
+        ex.table.as_ref().map_or(0, |t| t.tokens.len()),
+        ex.guest
+            .as_ref()
+            .map_or(String::new(), |g| format!(", guest {}", g.guest.guest)),
+        if ex.adapter {
+            ", install script safe"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// `up [NAME...]`: boot registered partitions together (all that have a guest
+/// when no name is given).
+pub fn up(ctx: &Ctx, names: &[String], opts: &BootOptions) -> Result<()> {
+    let names: Vec<PartitionName> = if names.is_empty() {
+        let reg = ctx.home.load()?;
+        let all: Vec<PartitionName> = reg
+            .partitions
+            .iter()
+            .filter(|(_, r)| r.guest.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if all.is_empty() {
+            return Err(Error::refused(
+                "up",
+                "no registered partition has a guest (deploy one first)",
+            ));
+        }
+        all
+    } else {
+        names
+            .iter()
+            .map(|n| name_arg("NAME", n))
+            .collect::<Result<_>>()?
+    };
+    boot(ctx, &names, opts)
+}
+
+/// Build the plan for `names` from the registry; refuses before anything is written.
+fn plan(
+    ctx: &Ctx,
+    names: &[PartitionName],
+    opts: &BootOptions,
+) -> Result<(BootPlan, qemu::Images)> {
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(Error::refused(
+                "boot",
+                format!("partition {n} is named twice"),
+            ));
+        }
+    }
+    if names.len() > limits::PARTITIONS_PER_BOOT_MAX {
+        return Err(Error::refused(
+            "boot",
+            format!(
+                "{} partitions; at most {} boot together",
+                names.len(),
+                limits::PARTITIONS_PER_BOOT_MAX
+            ),
+        ));
+    }
+    let reg = ctx.home.load()?;
+    let mut parts = Vec::new();
+    for n in names {
+        let rec = reg.partition(n)?.clone();
+        let Some(g) = &rec.guest else {
+            return Err(Error::refused(
+                format!("partition {n}"),
+                format!("has no guest: run `rvm-loader guest boot --partition {n} --wasm-ref FILE` or `rvm-loader deploy FOLDER`"),
+            ));
+        };
+        let module = ctx.home.module(&g.module_sha256)?;
+        let info = resolve::check_module(&format!("module of partition {n}"), &module)?;
+        parts.push(PlannedPartition {
+            wasm_pages: resolve::wasm_pages(&info),
+            module,
+            record: rec,
+        });
+    }
+    let witness = ctx.home.key(KeyRole::Witness)?;
+    for p in &parts {
+        if let Some(pin) = p.record.spec.witness_key_fingerprint {
+            let have = witness.as_ref().map(|k| k.fingerprint());
+            if have != Some(pin) {
+                return Err(Error::refused(
+                    p.record.manifest.path.clone(),
+                    format!(
+                        "partition.witness_key_fingerprint: pins {pin}, but this RVM_HOME's witness key is {} (see `rvm-loader keys`)",
+                        have.map_or_else(|| "not created yet".to_string(), |f| f.to_string())
+                    ),
+                ));
+            }
+        }
+    }
+    let images = qemu::locate(opts.image_dir.as_deref())?;
+    let runtime = source::read_bytes(&images.runtime, limits::RUNTIME_MAX)
+        .map_err(|d| Error::failed(d.to_string()))?;
+    let witness_key = ctx.home.key_or_create(KeyRole::Witness)?;
+    let authority_key = ctx.home.key_or_create(KeyRole::Authority)?;
+    let budget_ms = u32::try_from(opts.timeout.as_millis() / 4 * 3).unwrap_or(u32::MAX);
+    let config = BootConfig {
+        run_budget_ms: budget_ms,
+        ..BootConfig::DEFAULT
+    };
+    Ok((
+        BootPlan {
+            partitions: parts,
+            runtime,
+            witness_key,
+            authority_key,
+            config,
+        },
+        images,
+    ))
+}
+
+/// A temporary bundle file, removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn set_runs(
+    ctx: &Ctx,
+    names: &[PartitionName],
+    run: &dyn Fn(&PartitionName) -> RunRecord,
+) -> Result<()> {
+    ctx.home.update(|reg| {
+        for n in names {
+            if let Some(rec) = reg.partitions.get_mut(n) {
+                rec.last_run = Some(run(n));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Boot `names` together.
+pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()> {
+    let (plan, images) = plan(ctx, names, opts)?;
+    let bytes = bundler::build(&plan)?;
+    if let Some(out) = &opts.bundle_out {
+        store::write_atomic(out, &bytes, 0o644)?;
+        println!(
+            "bundle written to {} ({} bytes)",
+            out.display(),
+            bytes.len()
+        );
+    }
+    let list: Vec<String> = plan.names().iter().map(ToString::to_string).collect();
+    if opts.no_boot {
+        println!(
+            "bundle for {} built ({} bytes); not booted (--no-boot)",
+            list.join(", "),
+            bytes.len()
+        );
+        return Ok(());
+    }
+    let tmp = TempFile(std::env::temp_dir().join(format!(
+        "rvm-bundle-{}-{}.bin",
+        std::process::id(),
+        ctx.now
+    )));
+    store::write_atomic(&tmp.0, &bytes, 0o600)?;
+    let program = qemu::qemu_binary(opts.qemu.as_deref());
+    let args = qemu::machine_args(&images.hypervisor, &tmp.0);
+    eprintln!(
+        "rvm-loader: booting {} under {} (timeout {} s)",
+        list.join(", "),
+        Path::new(&program).display(),
+        opts.timeout.as_secs()
+    );
+
+    let started = store::now_unix();
+    let all = plan.names();
+    set_runs(ctx, names, &|_| RunRecord {
+        started_unix: started,
+        ended_unix: None,
+        loader_pid: Some(std::process::id()),
+        state: RunState::Booting,
+        with: all.clone(),
+        outcome: None,
+    })?;
+
+    let log_names = plan.log_names();
+    let mut sink = witness_sink::open(&ctx.home, &log_names);
+    let mut session = Session::new(log_names.clone(), sink.as_mut());
+    let mut splitter = LineSplitter::default();
+    let mut show = |s: Shown| match s {
+        Shown::Console(l) => println!("{l}"),
+        Shown::Progress(p) => eprintln!("rvm-loader: {p}"),
+    };
+    let run = qemu::run(&program, &args, opts.timeout, &mut |chunk| {
+        splitter.push(chunk, &mut |line| session.line(&line, &mut show));
+    });
+    splitter.finish(&mut |line| session.line(&line, &mut show));
+    let states = session.states().clone();
+    let sink_error = session.sink_error().map(str::to_owned);
+    drop(session);
+    let summary = sink.finish();
+
+    let outcome = match &run {
+        Ok(r) => match r.exit {
+            Exit::Code(0) => "hypervisor exited normally".to_string(),
+            Exit::Code(c) => format!("hypervisor exited with code {c}"),
+            Exit::Signal => "QEMU was ended by a signal".to_string(),
+            Exit::TimedOut => format!("timed out after {} s; QEMU killed", opts.timeout.as_secs()),
+        },
+        Err(e) => e.to_string(),
+    };
+    let ended = store::now_unix();
+    let final_state = |n: &PartitionName| {
+        let id = all
+            .iter()
+            .position(|x| x == n)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(bundler::partition_id);
+        match id.and_then(|id| states.get(&id)) {
+            Some(
+                RunState::Booting | RunState::Running | RunState::Restarted | RunState::RolledBack,
+            )
+            | None => RunState::Stopped,
+            Some(s) => *s,
+        }
+    };
+    set_runs(ctx, names, &|n| RunRecord {
+        started_unix: started,
+        ended_unix: Some(ended),
+        loader_pid: None,
+        state: final_state(n),
+        with: all.clone(),
+        outcome: Some(outcome.clone()),
+    })?;
+    for n in &all {
+        eprintln!(
+            "rvm-loader: {n} at the end of the run: {}",
+            final_state(n).name()
+        );
+    }
+    match &summary {
+        Ok(s) => eprintln!("rvm-loader: {}", s.note),
+        Err(e) => eprintln!("rvm-loader: witness store: {e}"),
+    }
+    if let Some(e) = sink_error {
+        eprintln!("rvm-loader: witness store reported: {e}");
+    }
+    let r = run?;
+    match r.exit {
+        Exit::Code(0) => Ok(()),
+        _ => {
+            let tail = r.stderr_tail.trim();
+            Err(Error::failed(if tail.is_empty() {
+                outcome
+            } else {
+                format!("{outcome}; QEMU said: {tail}")
+            }))
+        }
+    }
+}
+
+fn run_state(r: &PartitionRecord) -> String {
+    match &r.last_run {
+        None => "registered".to_string(),
+        Some(run) => match (run.ended_unix, run.loader_pid) {
+            (None, Some(pid)) if Path::new(&format!("/proc/{pid}")).exists() => {
+                format!("{} (loader pid {pid})", run.state.name())
+            }
+            (None, _) => "stopped (its loader is gone)".to_string(),
+            (Some(_), _) => run.state.name().to_string(),
+        },
+    }
+}
+
+fn recovery_text(r: &RecoveryDesc) -> String {
+    format!(
+        "F1 restart x{} then F2 rollback x{} within {} ms, then F3 fence, F4 evict {}",
+        r.f1_limit,
+        r.f2_limit,
+        r.window_ms,
+        if r.fence_timeout_ms == 0 {
+            "on operator order".to_string()
+        } else {
+            format!("after {} ms", r.fence_timeout_ms)
+        }
+    )
+}
+
+/// `partition list`.
+pub fn partition_list(ctx: &Ctx) -> Result<()> {
+    let reg = ctx.home.load()?;
+    if reg.partitions.is_empty() {
+        println!("no partitions registered in {}", ctx.home.root().display());
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<8} {:>8} {:>8} {:>5}  {:<28} STATE",
+        "NAME", "TIER", "URGENCY", "PRESSURE", "CAPS", "GUEST"
+    );
+    for (n, r) in &reg.partitions {
+        let guest = match &r.guest {
+            None => "-".to_string(),
+            Some(g) => g
+                .guest
+                .as_ref()
+                .map_or_else(|| "(explicit module)".to_string(), |g| g.guest.to_string()),
+        };
+        println!(
+            "{:<32} {:<8} {:>8} {:>8} {:>5}  {:<28} {}",
+            n.as_str(),
+            r.spec.memory_tier.name(),
+            r.spec.deadline_urgency.to_string(),
+            r.spec.cut_pressure.to_string(),
+            r.caps
+                .as_ref()
+                .map_or("-".to_string(), |c| c.tokens.len().to_string()),
+            guest,
+            run_state(r)
+        );
+    }
+    Ok(())
+}
+
+/// `status`.
+pub fn status(ctx: &Ctx) -> Result<()> {
+    let reg = ctx.home.load()?;
+    println!("RVM_HOME {}", ctx.home.root().display());
+    for role in KeyRole::ALL {
+        match ctx.home.key(role)? {
+            Some(k) => println!("{} key {}", role.name(), k.fingerprint()),
+            None => println!(
+                "{} key: not created yet (created at the first boot)",
+                role.name()
+            ),
+        }
+    }
+    println!(
+        "{} partitions, {} guest modules registered",
+        reg.partitions.len(),
+        reg.guests.len()
+    );
+    for (n, r) in &reg.partitions {
+        println!("\npartition {n}: {}", run_state(r));
+        println!(
+            "  manifest {} ({})",
+            r.manifest.path,
+            describe_spec(&r.spec)
+        );
+        if let Some(d) = &r.spec.metadata.description {
+            println!("  description {}", quote(d));
+        }
+        if let Some(p) = &r.spec.metadata.system_prompt {
+            println!("  system prompt: {} bytes", p.len());
+        }
+        match &r.caps {
+            None => println!("  capabilities: none installed"),
+            Some(c) => println!(
+                "  capabilities: {} ({}) from {}",
+                c.tokens.len(),
+                tier_counts(&c.tokens),
+                c.table.path
+            ),
+        }
+        match &r.guest {
+            None => println!("  guest: none"),
+            Some(g) => {
+                let tier = g
+                    .guest
+                    .as_ref()
+                    .map_or(crate::parse::guestref::DEFAULT_TIER, |x| {
+                        x.proof_tier_default
+                    });
+                let what = g
+                    .guest
+                    .as_ref()
+                    .map_or_else(|| "explicit module".to_string(), |x| x.guest.to_string());
+                println!(
+                    "  guest: {what}, module sha256:{}, default tier {}",
+                    g.module_sha256,
+                    tier.name()
+                );
+                if let Some(c) = g.guest.as_ref().and_then(|x| x.companion.as_ref()) {
+                    if let Some(p) = &c.package {
+                        println!("  companion (informational, not deployed): {p}");
+                    }
+                }
+            }
+        }
+        println!("  recovery: {}", recovery_text(&RecoveryDesc::DEFAULT));
+        if let Some(run) = &r.last_run {
+            let with: Vec<&str> = run.with.iter().map(PartitionName::as_str).collect();
+            println!(
+                "  last run: with {}; {}",
+                with.join(", "),
+                run.outcome.as_deref().unwrap_or("in progress")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `keys [--create]`.
+pub fn keys(ctx: &Ctx, create: bool) -> Result<()> {
+    for role in KeyRole::ALL {
+        let k = if create {
+            Some(ctx.home.key_or_create(role)?)
+        } else {
+            ctx.home.key(role)?
+        };
+        match k {
+            Some(k) => println!(
+                "{} key {} (public {})",
+                role.name(),
+                k.fingerprint(),
+                store::hex(&k.public)
+            ),
+            None => println!(
+                "{} key: not created yet (rvm-loader keys --create)",
+                role.name()
+            ),
+        }
+    }
+    Ok(())
+}

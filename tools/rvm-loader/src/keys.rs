@@ -1,0 +1,94 @@
+//! The two Ed25519 keys a loader home keeps: the hypervisor's witness
+//! checkpoint signing key (its seed travels in the bundle) and the operator's
+//! authority key (its public half is bound to every partition's P3
+//! capabilities). Seeds are generated once per `RVM_HOME`, kept `0600`.
+
+use crate::model::KeyFingerprint;
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+
+/// Which key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRole {
+    /// Signs witness checkpoints on the device.
+    Witness,
+    /// Authorises P3 operations (operator approvals).
+    Authority,
+}
+
+impl KeyRole {
+    pub const ALL: [KeyRole; 2] = [KeyRole::Witness, KeyRole::Authority];
+
+    /// File name under `RVM_HOME/keys/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            KeyRole::Witness => "witness.seed",
+            KeyRole::Authority => "authority.seed",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyRole::Witness => "witness",
+            KeyRole::Authority => "authority",
+        }
+    }
+}
+
+/// A key: its 32-byte seed and public half.
+#[derive(Clone)]
+pub struct Key {
+    pub seed: [u8; 32],
+    pub public: [u8; 32],
+}
+
+impl Key {
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        Self { seed, public }
+    }
+
+    /// SHA-256 of the public key: what a manifest's `witness_key_fingerprint` pins.
+    pub fn fingerprint(&self) -> KeyFingerprint {
+        KeyFingerprint(Sha256::digest(self.public).into())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the seed.
+        write!(f, "Key({})", self.fingerprint())
+    }
+}
+
+/// 32 bytes from the operating system's random source.
+pub fn random_seed() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc8032_test_vector_1() {
+        let mut seed = [0u8; 32];
+        rvm_abi::hex::decode(
+            b"9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            &mut seed,
+        )
+        .unwrap();
+        let k = Key::from_seed(seed);
+        let mut public = [0u8; 32];
+        rvm_abi::hex::decode(
+            b"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            &mut public,
+        )
+        .unwrap();
+        assert_eq!(k.public, public);
+        assert!(!format!("{k:?}").contains("9d61"));
+    }
+}

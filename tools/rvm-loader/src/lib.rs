@@ -1,0 +1,28 @@
+//! `rvm-loader` (also installed as `rvm`): the host CLI that deploys the
+//! `@metaharness/host-rvm` adapter's files on the RVM hypervisor.
+//!
+//! Layers, bottom up: [`source`] and [`parse`] read and validate the
+//! adapter's files into the [`model`]; [`store`] keeps registrations under
+//! `RVM_HOME`; [`resolve`] and [`wasm`] find and check guest modules;
+//! [`bundler`] lays out the bundle; [`qemu`], [`stream`] and
+//! [`witness_sink`] run it; [`folder`] and [`commands`] put it together for
+//! [`cli`].
+#![forbid(unsafe_code)]
+
+pub mod bundler;
+pub mod cli;
+pub mod commands;
+pub mod diag;
+pub mod error;
+pub mod folder;
+pub mod keys;
+pub mod limits;
+pub mod model;
+pub mod parse;
+pub mod qemu;
+pub mod resolve;
+pub mod source;
+pub mod store;
+pub mod stream;
+pub mod wasm;
+pub mod witness_sink;

@@ -1,0 +1,346 @@
+//! Booting the hypervisor under QEMU: where its image is, the command
+//! line, and a run with a timeout whose QEMU is killed on every path.
+
+use crate::error::{Error, Result};
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The hypervisor image in an image directory.
+pub const HYPERVISOR_FILE: &str = "rvm.bin";
+/// The EL1 guest runtime in an image directory.
+pub const RUNTIME_FILE: &str = "guest-runtime.elf";
+/// Environment variable naming the image directory.
+pub const IMAGE_DIR_ENV: &str = "RVM_IMAGE_DIR";
+/// Environment variable naming the QEMU binary.
+pub const QEMU_ENV: &str = "RVM_QEMU";
+/// The QEMU binary when neither `--qemu` nor `RVM_QEMU` says otherwise.
+pub const QEMU_DEFAULT: &str = "qemu-system-aarch64";
+/// How long a run may take unless `--timeout` says otherwise.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+/// How much of QEMU's standard error is kept for a failure message.
+const STDERR_TAIL: usize = 8 << 10;
+
+/// The artifacts a boot needs.
+#[derive(Clone, Debug)]
+pub struct Images {
+    pub dir: PathBuf,
+    pub hypervisor: PathBuf,
+    pub runtime: PathBuf,
+}
+
+/// The image directory: `--image-dir`, else `$RVM_IMAGE_DIR`, else
+/// `<folder of the executable>/../rvm/` (where `make` puts `target/rvm/`).
+pub fn image_dir(
+    explicit: Option<&Path>,
+    env: Option<OsString>,
+    exe: Option<&Path>,
+) -> Option<(PathBuf, &'static str)> {
+    if let Some(d) = explicit {
+        return Some((d.to_path_buf(), "--image-dir"));
+    }
+    if let Some(d) = env.filter(|d| !d.is_empty()) {
+        return Some((PathBuf::from(d), IMAGE_DIR_ENV));
+    }
+    exe.and_then(Path::parent)
+        .map(|d| (d.join("..").join("rvm"), "the executable's ../rvm"))
+}
+
+/// Find the images, or say where they were looked for.
+pub fn locate(explicit: Option<&Path>) -> Result<Images> {
+    let exe = std::env::current_exe().ok();
+    let (dir, origin) = image_dir(explicit, std::env::var_os(IMAGE_DIR_ENV), exe.as_deref())
+        .ok_or_else(|| {
+            Error::failed("no image directory: pass --image-dir DIR or set RVM_IMAGE_DIR")
+        })?;
+    let images = Images {
+        hypervisor: dir.join(HYPERVISOR_FILE),
+        runtime: dir.join(RUNTIME_FILE),
+        dir,
+    };
+    for f in [&images.hypervisor, &images.runtime] {
+        if !f.is_file() {
+            return Err(Error::failed(format!(
+                "{} not found (image directory from {origin}); build it with `make`, or pass --image-dir DIR / set {IMAGE_DIR_ENV}",
+                f.display()
+            )));
+        }
+    }
+    Ok(images)
+}
+
+/// The QEMU binary: `--qemu`, else `$RVM_QEMU`, else `qemu-system-aarch64`.
+pub fn qemu_binary(explicit: Option<&Path>) -> OsString {
+    explicit
+        .map(|p| p.as_os_str().to_owned())
+        .or_else(|| std::env::var_os(QEMU_ENV).filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| QEMU_DEFAULT.into())
+}
+
+/// QEMU's arguments for the reference machine (DESIGN section 2).
+pub fn machine_args(hypervisor: &Path, bundle: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-machine",
+        "virt,virtualization=on,gic-version=3",
+        "-cpu",
+        "cortex-a72",
+        "-smp",
+        "4",
+        "-m",
+        "512M",
+        "-nographic",
+        "-nic",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-kernel",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(hypervisor.as_os_str().to_owned());
+    args.push("-initrd".into());
+    args.push(bundle.as_os_str().to_owned());
+    args
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// QEMU exited with this code (semihosting `SYS_EXIT_EXTENDED` code).
+    Code(i32),
+    /// QEMU was ended by a signal.
+    Signal,
+    /// The timeout passed; QEMU was killed.
+    TimedOut,
+}
+
+/// A finished run.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub exit: Exit,
+    /// The end of QEMU's standard error.
+    pub stderr_tail: String,
+    pub elapsed: Duration,
+}
+
+/// A child process that is killed and reaped when dropped, whatever path
+/// the caller leaves by (error, panic, timeout).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+}
+
+/// Run `program` with `args`, streaming its standard output to `on_bytes`,
+/// for at most `timeout`.
+pub fn run(
+    program: &OsStr,
+    args: &[OsString],
+    timeout: Duration,
+    on_bytes: &mut dyn FnMut(&[u8]),
+) -> Result<Run> {
+    let start = Instant::now();
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::failed(format!(
+                "cannot start {}: {e}",
+                Path::new(program).display()
+            ))
+        })?;
+    let mut child = KillOnDrop(child);
+    let mut stdout = child
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| Error::failed("no stdout pipe"))?;
+    let mut stderr = child
+        .0
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failed("no stderr pipe"))?;
+
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Chunk::Data(buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Chunk::End);
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    });
+
+    let deadline = start + timeout;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Chunk::Data(d)) => on_bytes(&d),
+            Ok(Chunk::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    // Output closed: give QEMU until the deadline to exit.
+    let status = loop {
+        if timed_out {
+            break None;
+        }
+        match child.0.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(Error::failed(format!("waiting for QEMU: {e}"))),
+        }
+    };
+    drop(child); // kills QEMU if it is still running, and reaps it
+    let _ = reader.join();
+    let stderr_tail = err_reader.join().unwrap_or_default();
+    let exit = match status {
+        None => Exit::TimedOut,
+        Some(s) => s.code().map_or(Exit::Signal, Exit::Code),
+    };
+    Ok(Run {
+        exit,
+        stderr_tail,
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_machine_command_line() {
+        let args = machine_args(Path::new("/i/rvm.bin"), Path::new("/t/b.bin"));
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            text.join(" "),
+            "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none \
+             -semihosting-config enable=on,target=native -kernel /i/rvm.bin -initrd /t/b.bin"
+        );
+    }
+
+    #[test]
+    fn image_dir_precedence() {
+        let exe = Path::new("/w/target/debug/rvm-loader");
+        assert_eq!(
+            image_dir(Some(Path::new("/x")), Some("/y".into()), Some(exe))
+                .unwrap()
+                .0,
+            PathBuf::from("/x")
+        );
+        assert_eq!(
+            image_dir(None, Some("/y".into()), Some(exe)).unwrap().0,
+            PathBuf::from("/y")
+        );
+        assert_eq!(
+            image_dir(None, Some("".into()), Some(exe)).unwrap().0,
+            PathBuf::from("/w/target/debug/../rvm")
+        );
+        assert!(image_dir(None, None, None).is_none());
+    }
+
+    #[test]
+    fn streams_output_and_reports_the_exit_code() {
+        let mut got = Vec::new();
+        let r = run(
+            OsStr::new("sh"),
+            &[
+                "-c".into(),
+                "printf 'a\\nb\\n'; echo oops >&2; exit 3".into(),
+            ],
+            Duration::from_secs(20),
+            &mut |b| got.extend_from_slice(b),
+        )
+        .unwrap();
+        assert_eq!(got, b"a\nb\n");
+        assert_eq!(r.exit, Exit::Code(3));
+        assert_eq!(r.stderr_tail.trim(), "oops");
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_is_killed() {
+        let pidfile = std::env::temp_dir().join(format!("rvm-qemu-timeout-{}", std::process::id()));
+        let script = format!(
+            "echo $$ > {}; echo started; exec sleep 30",
+            pidfile.display()
+        );
+        let mut got = Vec::new();
+        let r = run(
+            OsStr::new("sh"),
+            &["-c".into(), script.into()],
+            Duration::from_millis(500),
+            &mut |b| got.extend_from_slice(b),
+        )
+        .unwrap();
+        assert_eq!(r.exit, Exit::TimedOut);
+        assert_eq!(got, b"started\n");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let _ = std::fs::remove_file(&pidfile);
+        // Killed and reaped: no process (not even a zombie) is left.
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "QEMU stand-in still alive"
+        );
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_failure() {
+        let e = run(
+            OsStr::new("/nonexistent/qemu"),
+            &[],
+            Duration::from_secs(1),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("cannot start /nonexistent/qemu"),
+            "{e}"
+        );
+    }
+}

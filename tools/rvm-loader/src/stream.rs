@@ -1,0 +1,276 @@
+//! The serial stream of a run: split into lines, console text told apart
+//! from witness frames (`rvm_abi::frame`), frames handed to the witness
+//! sink, and the partitions' lifecycle followed from the kernel-event
+//! records so the operator sees progress.
+
+use crate::store::RunState;
+use crate::witness_sink::{LogNames, WitnessSink};
+use rvm_abi::frame::Frame;
+use rvm_abi::witness::{KernelEvent, WitnessOp, WitnessRecord, HYPERVISOR_LOG};
+use std::collections::BTreeMap;
+
+/// Longest console line kept; the rest of a longer line is dropped.
+pub const CONSOLE_LINE_MAX: usize = 4096;
+
+/// Splits a byte stream into lines (`\n`, with an optional `\r` before it).
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    /// The current line passed the limit; bytes are dropped until `\n`.
+    cut: bool,
+}
+
+impl LineSplitter {
+    pub fn push(&mut self, bytes: &[u8], out: &mut dyn FnMut(String)) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.emit(out);
+            } else if self.buf.len() < CONSOLE_LINE_MAX {
+                self.buf.push(b);
+            } else {
+                self.cut = true;
+            }
+        }
+    }
+
+    /// The stream ended: emit a last unterminated line.
+    pub fn finish(&mut self, out: &mut dyn FnMut(String)) {
+        if !self.buf.is_empty() || self.cut {
+            self.emit(out);
+        }
+    }
+
+    fn emit(&mut self, out: &mut dyn FnMut(String)) {
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        let mut line = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.cut {
+            line.push_str(" [line cut]");
+        }
+        self.buf.clear();
+        self.cut = false;
+        out(line);
+    }
+}
+
+/// Console text made safe for a terminal: control characters other than
+/// tab are shown escaped, so a guest cannot move the cursor or forge output.
+pub fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Something the session wants shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shown {
+    /// A console line from the device.
+    Console(String),
+    /// The loader's own progress note.
+    Progress(String),
+}
+
+/// One run's stream handling.
+pub struct Session<'a> {
+    names: LogNames,
+    sink: &'a mut dyn WitnessSink,
+    states: BTreeMap<u32, RunState>,
+    sink_error: Option<String>,
+    pub frames: u64,
+    pub damaged: u64,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(names: LogNames, sink: &'a mut dyn WitnessSink) -> Self {
+        Self {
+            names,
+            sink,
+            states: BTreeMap::new(),
+            sink_error: None,
+            frames: 0,
+            damaged: 0,
+        }
+    }
+
+    fn label(&self, partition: u32) -> String {
+        match self.names.name(partition) {
+            Some(n) => n.to_string(),
+            None => format!("partition {partition}"),
+        }
+    }
+
+    /// Handle one line.
+    pub fn line(&mut self, line: &str, show: &mut dyn FnMut(Shown)) {
+        if !Frame::is_frame_line(line) {
+            show(Shown::Console(printable(line)));
+            return;
+        }
+        let Some(frame) = Frame::parse(line) else {
+            self.damaged += 1;
+            self.sink.damaged(line);
+            show(Shown::Progress(
+                "damaged witness frame on the console (passed to the witness store as damaged)"
+                    .into(),
+            ));
+            return;
+        };
+        self.frames += 1;
+        if let Err(e) = self.sink.frame(&frame) {
+            if self.sink_error.is_none() {
+                show(Shown::Progress(format!("witness store: {e}")));
+            }
+            self.sink_error = Some(e);
+        }
+        if let Frame::Record { bytes, .. } = frame {
+            self.follow(&bytes, show);
+        }
+    }
+
+    fn follow(&mut self, bytes: &[u8; rvm_abi::witness::RECORD_LEN], show: &mut dyn FnMut(Shown)) {
+        let Ok(r) = WitnessRecord::from_bytes(bytes) else {
+            return;
+        };
+        let Some(WitnessOp::Event(e)) = WitnessOp::from_code(r.op) else {
+            return;
+        };
+        if r.partition == HYPERVISOR_LOG {
+            return;
+        }
+        let state = match e {
+            KernelEvent::PartitionCreate | KernelEvent::PartitionLoad => RunState::Booting,
+            KernelEvent::PartitionStart | KernelEvent::Unfence => RunState::Running,
+            KernelEvent::PartitionExit => RunState::Exited,
+            KernelEvent::PartitionRefused => RunState::Refused,
+            KernelEvent::RecoverRestart => RunState::Restarted,
+            KernelEvent::RecoverRollback => RunState::RolledBack,
+            KernelEvent::RecoverFence => RunState::Fenced,
+            KernelEvent::RecoverEvict => RunState::Evicted,
+            KernelEvent::Fault => {
+                show(Shown::Progress(format!(
+                    "{}: fault",
+                    self.label(r.partition)
+                )));
+                return;
+            }
+            _ => return,
+        };
+        if self.states.insert(r.partition, state) != Some(state) {
+            show(Shown::Progress(format!(
+                "{}: {}",
+                self.label(r.partition),
+                state.name()
+            )));
+        }
+    }
+
+    /// The last state seen for each partition id.
+    pub fn states(&self) -> &BTreeMap<u32, RunState> {
+        &self.states
+    }
+
+    /// The first error the sink reported, if any.
+    pub fn sink_error(&self) -> Option<&str> {
+        self.sink_error.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PartitionName;
+    use crate::witness_sink::NotFiled;
+    use rvm_abi::witness::Outcome;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut |l| out.push(l));
+        }
+        s.finish(&mut |l| out.push(l));
+        out
+    }
+
+    #[test]
+    fn splits_across_chunks() {
+        assert_eq!(
+            lines(&[b"ab", b"c\r\nd", b"e\n", b"tail"]),
+            ["abc", "de", "tail"]
+        );
+        let long = vec![b'x'; CONSOLE_LINE_MAX + 10];
+        let got = lines(&[&long, b"\nok\n"]);
+        assert_eq!(got.len(), 2);
+        assert!(got[0].ends_with(" [line cut]") && got[0].len() == CONSOLE_LINE_MAX + 11);
+        assert_eq!(lines(&[b"\xff\n"]), ["\u{fffd}"]);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("[a] \x1b[2Jhi\tx"), "[a] \\u{1b}[2Jhi\tx");
+    }
+
+    fn event(e: KernelEvent, partition: u32) -> String {
+        let r = WitnessRecord::new(WitnessOp::Event(e), Outcome::Done, partition);
+        let f = Frame::Record {
+            log: partition,
+            bytes: r.to_bytes(),
+        };
+        String::from_utf8(f.encode().as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn frames_go_to_the_sink_and_states_are_followed() {
+        let mut sink = NotFiled::default();
+        let names = LogNames(vec![
+            (1, PartitionName::new("a").unwrap()),
+            (2, PartitionName::new("b").unwrap()),
+        ]);
+        let mut shown = Vec::new();
+        {
+            let mut s = Session::new(names, &mut sink);
+            for l in [
+                "rvm: booting".to_string(),
+                event(KernelEvent::PartitionStart, 1),
+                event(KernelEvent::PartitionStart, 2),
+                "[a] hello".to_string(),
+                event(KernelEvent::Fault, 2),
+                event(KernelEvent::RecoverFence, 2),
+                "@W 1 00zz".to_string(),
+                event(KernelEvent::PartitionExit, 1),
+            ] {
+                s.line(l.trim_end(), &mut |x| shown.push(x));
+            }
+            assert_eq!(s.states()[&1], RunState::Exited);
+            assert_eq!(s.states()[&2], RunState::Fenced);
+            assert_eq!((s.frames, s.damaged), (5, 1));
+        }
+        let summary = crate::witness_sink::WitnessSink::finish(&mut sink).unwrap();
+        assert_eq!(
+            (summary.records, summary.damaged, summary.filed),
+            (5, 1, false)
+        );
+        assert_eq!(
+            shown,
+            [
+                Shown::Console("rvm: booting".into()),
+                Shown::Progress("a: running".into()),
+                Shown::Progress("b: running".into()),
+                Shown::Console("[a] hello".into()),
+                Shown::Progress("b: fault".into()),
+                Shown::Progress("b: fenced (F3)".into()),
+                Shown::Progress(
+                    "damaged witness frame on the console (passed to the witness store as damaged)"
+                        .into()
+                ),
+                Shown::Progress("a: exited".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! Booting, with a stand-in for QEMU: a shell script that records its
+//! command line and the bundle it was given, prints a prepared serial
+//! stream (console lines and witness frames) and exits with a chosen code.
+//! The real hypervisor image does not boot yet; these tests cover the
+//! loader's side of the path: the command line, the bundle, the stream
+//! handling, the timeout and the run records.
+
+mod common;
+
+use common::*;
+use rvm_abi::bundle::{Bundle, ChannelDesc, EntryKind};
+use rvm_abi::frame::Frame;
+use rvm_abi::witness::{KernelEvent, Outcome, WitnessOp, WitnessRecord};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+struct FakeQemu {
+    dir: TempDir,
+}
+
+impl FakeQemu {
+    /// `serial` is printed; then the script runs `tail` (shell) and exits `code`.
+    fn new(serial: &str, tail: &str, code: i32) -> Self {
+        let dir = TempDir::new("qemu");
+        std::fs::write(dir.join("serial.txt"), serial).unwrap();
+        let d = dir.path().display();
+        let script = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/args.txt\nprev=\nfor a in \"$@\"; do\n  if [ \"$prev\" = -initrd ]; then cp \"$a\" {d}/bundle.bin; fi\n  prev=$a\ndone\necho $$ > {d}/pid\ncat {d}/serial.txt\n{tail}\nexit {code}\n"
+        );
+        let path = dir.join("qemu-system-aarch64");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+    fn path(&self) -> PathBuf {
+        self.dir.join("qemu-system-aarch64")
+    }
+    fn args(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("args.txt"))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+    fn bundle(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("bundle.bin")).unwrap()
+    }
+    fn pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+fn event(e: KernelEvent, partition: u32) -> String {
+    let r = WitnessRecord::new(WitnessOp::Event(e), Outcome::Done, partition);
+    String::from_utf8(
+        Frame::Record {
+            log: partition,
+            bytes: r.to_bytes(),
+        }
+        .encode()
+        .as_bytes()
+        .to_vec(),
+    )
+    .unwrap()
+}
+
+fn with_guest() -> (Env, TempDir) {
+    let env = Env::new();
+    let t = TempDir::new("mod");
+    std::fs::write(t.join("a.wasm"), agent_module()).unwrap();
+    env.ok(&[
+        "guest",
+        "add",
+        "@metaharness/kernel@0.1.0",
+        t.join("a.wasm").to_str().unwrap(),
+    ]);
+    (env, t)
+}
+
+#[test]
+fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
+    let (env, _m) = with_guest();
+    for case in [
+        "template-minimal",
+        "template-vertical_coding",
+        "template-vertical_devops",
+    ] {
+        env.ok(&["deploy", fixture(case).to_str().unwrap(), "--no-boot"]);
+    }
+    let serial = [
+        "rvm: booting, 3 partitions".to_string(),
+        event(KernelEvent::PartitionStart, 1),
+        event(KernelEvent::PartitionStart, 2),
+        event(KernelEvent::PartitionStart, 3),
+        "[demo-minimal] hello from tenant one".into(),
+        "[demo-coding] \u{1b}[2Jtrying to clear the screen".into(),
+        event(KernelEvent::Fault, 2),
+        event(KernelEvent::RecoverFence, 2),
+        "@W 1 0123damaged".into(),
+        event(KernelEvent::PartitionExit, 1),
+        event(KernelEvent::PartitionExit, 3),
+        "rvm: shutdown".into(),
+    ]
+    .iter()
+    .map(|l| l.trim_end().to_string() + "\r\n")
+    .collect::<String>();
+    let q = FakeQemu::new(&serial, "", 0);
+    let o = env.run(&[
+        "up",
+        "demo-minimal",
+        "demo-coding",
+        "demo-devops",
+        "--qemu",
+        q.path().to_str().unwrap(),
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+
+    // The console, control characters escaped.
+    assert!(
+        o.stdout.contains("[demo-minimal] hello from tenant one\n"),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("[demo-coding] \\u{1b}[2Jtrying"), "{o:?}");
+    assert!(
+        !o.stdout.contains("@W "),
+        "frames leaked to the console: {o:?}"
+    );
+    // Progress and the final states.
+    for l in [
+        "rvm-loader: demo-coding: fault",
+        "rvm-loader: demo-coding: fenced (F3)",
+        "rvm-loader: demo-minimal: exited",
+        "rvm-loader: demo-devops: exited",
+        "rvm-loader: damaged witness frame on the console",
+        "rvm-loader: witness filing is not connected yet: 7 records, 0 checkpoints received and NOT written to RVM_HOME/witness",
+    ] {
+        assert!(o.stderr.contains(l), "missing {l:?}: {o:?}");
+    }
+    let status = env.ok(&["status"]).stdout;
+    assert!(
+        status.contains("partition demo-coding: fenced (F3)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("partition demo-minimal: exited"),
+        "{status}"
+    );
+    assert!(
+        status.contains(
+            "last run: with demo-minimal, demo-coding, demo-devops; hypervisor exited normally"
+        ),
+        "{status}"
+    );
+
+    // The command line of the reference machine.
+    let args = q.args();
+    let joined = args.join(" ");
+    assert!(joined.starts_with(
+        "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none -semihosting-config enable=on,target=native -kernel "
+    ), "{joined}");
+    assert_eq!(
+        args[args.len() - 3],
+        env.images
+            .join("rvm.bin")
+            .display()
+            .to_string()
+            .replace("//", "/")
+    );
+    assert_eq!(args[args.len() - 2], "-initrd");
+    // The bundle QEMU was given: three partitions in boot order, each with
+    // its own capabilities, channels between neighbours.
+    let bytes = q.bundle();
+    let b = Bundle::parse(&bytes).unwrap();
+    let names: Vec<String> = b.partitions().map(|p| p.name().to_string()).collect();
+    assert_eq!(names, ["demo-minimal", "demo-coding", "demo-devops"]);
+    let caps: Vec<usize> = (0..3)
+        .map(|i| b.owned(EntryKind::Capability, i).count())
+        .collect();
+    assert_eq!(caps, [2, 8, 9]);
+    let channels: Vec<ChannelDesc> = b
+        .entries()
+        .filter(|e| e.kind == EntryKind::Channel)
+        .map(|e| ChannelDesc::from_bytes(e.data).unwrap())
+        .collect();
+    assert_eq!(
+        channels.iter().map(|c| (c.a, c.b)).collect::<Vec<_>>(),
+        [(0, 1), (1, 2)]
+    );
+    // The loader's temporary bundle is gone.
+    assert!(!Path::new(args.last().unwrap()).exists());
+}
+
+#[test]
+fn a_run_past_its_timeout_is_killed_and_recorded() {
+    let (env, _m) = with_guest();
+    env.ok(&[
+        "deploy",
+        fixture("permissions-star").to_str().unwrap(),
+        "--no-boot",
+    ]);
+    let serial = format!("rvm: booting\n{}", event(KernelEvent::PartitionStart, 1));
+    let q = FakeQemu::new(&serial, "exec sleep 60", 0);
+    let o = env.run(&[
+        "up",
+        "star-perms",
+        "--qemu",
+        q.path().to_str().unwrap(),
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("rvm-loader: star-perms: running"),
+        "{o:?}"
+    );
+    assert!(
+        o.stderr
+            .trim_end()
+            .ends_with("timed out after 1 s; QEMU killed"),
+        "{o:?}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{}", q.pid())).exists(),
+        "QEMU stand-in still running"
+    );
+    let list = env.ok(&["partition", "list"]).stdout;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("star-perms") && l.trim_end().ends_with("stopped")),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_nonzero_hypervisor_exit_is_a_failure() {
+    let (env, _m) = with_guest();
+    env.ok(&[
+        "deploy",
+        fixture("permissions-empty").to_str().unwrap(),
+        "--no-boot",
+    ]);
+    let q = FakeQemu::new("rvm: panic\n", "echo 'qemu: fatal thing' >&2", 3);
+    let o = env.run(&["up", "--qemu", q.path().to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr
+            .trim_end()
+            .ends_with("hypervisor exited with code 3; QEMU said: qemu: fatal thing"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn the_emitted_install_script_runs_unmodified() {
+    let (env, _m) = with_guest();
+    let dir = fixture("template-minimal");
+    // Lint it first: it is only run because `check` finds it safe.
+    env.ok(&["check", dir.to_str().unwrap()]);
+    let bin = TempDir::new("bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rvm-loader"), bin.join("rvm-loader")).unwrap();
+    let q = FakeQemu::new(
+        &format!(
+            "{}[demo-minimal] up\n{}",
+            event(KernelEvent::PartitionStart, 1),
+            event(KernelEvent::PartitionExit, 1)
+        ),
+        "",
+        0,
+    );
+    let o = std::process::Command::new("bash")
+        .arg(dir.join("install-rvm.sh"))
+        .current_dir(&dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("RVM_HOME", env.home())
+        .env("RVM_IMAGE_DIR", env.images.path())
+        .env("RVM_QEMU", q.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("partition demo-minimal registered"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("installed 2 capabilities for partition demo-minimal"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[demo-minimal] up"), "{stdout}");
+    assert!(
+        stdout.contains("RVM partition 'demo-minimal' is up."),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("rvm-loader: demo-minimal: exited"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn rvm_launch_is_the_same_program() {
+    let (env, _m) = with_guest();
+    let dir = fixture("template-vertical_coding");
+    let o = env.run_bin(
+        env!("CARGO_BIN_EXE_rvm"),
+        &dir,
+        &["launch", "--partition", "./rvm-partition.toml", "--no-boot"],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("deployed partition demo-coding"), "{o:?}");
+    let help = env.run_bin(env!("CARGO_BIN_EXE_rvm"), &dir, &["--help"]);
+    assert!(
+        help.stdout
+            .starts_with("Deploy @metaharness/host-rvm adapter files")
+            && help.stdout.contains("Usage: rvm "),
+        "{help:?}"
+    );
+}
+
+#[test]
+fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
+    let (env, _m) = with_guest();
+    let t = TempDir::new("proj");
+    let dir = copy_fixture("readme-claims", &t.join("harness"));
+    let pkg = t.join("node_modules/@metaharness/kernel");
+    std::fs::create_dir_all(pkg.join("pkg")).unwrap();
+    std::fs::write(
+        pkg.join("package.json"),
+        r#"{"name":"@metaharness/kernel","version":"0.1.0"}"#,
+    )
+    .unwrap();
+    let bg = pkg.join("pkg/ruflo_kernel_wasm_bg.wasm");
+    std::fs::write(&bg, glue_module()).unwrap();
+    // node_modules comes after a registered module: use a home without one.
+    let fresh = Env::new();
+    let o = fresh.refused(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    assert!(
+        o.stderr.contains(&format!(
+            "{}: is a wasm-bindgen JS-glue module",
+            bg.display()
+        )),
+        "{o:?}"
+    );
+    // A module built for RVM's imports is found and used.
+    std::fs::write(&bg, agent_module()).unwrap();
+    let o = fresh.run(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let reg = rvm_loader::store::Home::new(fresh.home()).load().unwrap();
+    let g = reg
+        .partitions
+        .values()
+        .next()
+        .unwrap()
+        .guest
+        .clone()
+        .unwrap();
+    assert!(
+        matches!(
+            g.source,
+            rvm_loader::store::ModuleSource::NodeModules { .. }
+        ),
+        "{g:?}"
+    );
+    // Another installed version is refused.
+    std::fs::write(pkg.join("package.json"), r#"{"version":"0.2.0"}"#).unwrap();
+    let other = Env::new();
+    let o = other.refused(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    assert!(
+        o.stderr.contains(
+            "package.json: version: \"0.2.0\" is installed, but the guest asks for 0.1.0"
+        ),
+        "{o:?}"
+    );
+    // The registered module wins over node_modules; --wasm wins over both.
+    let o = env.run(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let explicit = t.join("explicit.wasm");
+    std::fs::write(&explicit, rvm_loader::wasm::build::rvm_agent(Some(40))).unwrap();
+    env.ok(&[
+        "deploy",
+        dir.to_str().unwrap(),
+        "--wasm",
+        explicit.to_str().unwrap(),
+        "--no-boot",
+    ]);
+    let reg = rvm_loader::store::Home::new(env.home()).load().unwrap();
+    let g = reg
+        .partitions
+        .values()
+        .next()
+        .unwrap()
+        .guest
+        .clone()
+        .unwrap();
+    assert!(
+        matches!(g.source, rvm_loader::store::ModuleSource::Explicit { .. }),
+        "{g:?}"
+    );
+    // Its memory minimum (40 pages) sets the partition's budget.
+    let out = env.images.join("b.bin");
+    env.ok(&[
+        "up",
+        "my-bot",
+        "--no-boot",
+        "--bundle-out",
+        out.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(
+        Bundle::parse(&bytes)
+            .unwrap()
+            .partitions()
+            .next()
+            .unwrap()
+            .wasm_pages,
+        40
+    );
+}

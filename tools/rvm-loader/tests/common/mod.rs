@@ -1,0 +1,219 @@
+//! Helpers shared by the integration tests: temporary folders, a hash of a
+//! whole directory tree, the fixtures, and running the built binaries.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A temporary folder removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p =
+            std::env::temp_dir().join(format!("rvm-loader-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SHA-256 over every path, type, mode and content under `root` (in sorted
+/// order); a missing root hashes as such.
+pub fn tree_hash(root: &Path) -> String {
+    fn walk(dir: &Path, base: &Path, h: &mut Sha256) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            h.update(rel.as_bytes());
+            h.update([0]);
+            h.update(meta.permissions().mode().to_le_bytes());
+            if meta.is_dir() {
+                h.update(b"d");
+                walk(&p, base, h);
+            } else {
+                h.update(b"f");
+                h.update(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    if root.exists() {
+        walk(root, root, &mut h);
+    } else {
+        h.update(b"missing");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The adapter fixtures folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/host-rvm")
+}
+
+pub fn fixture(case: &str) -> PathBuf {
+    fixtures().join(case)
+}
+
+/// Every fixture case.
+pub const CASES: &[&str] = &[
+    "claims-all-rules",
+    "hostile-name",
+    "permissions-empty",
+    "permissions-star",
+    "readme-claims",
+    "scaffold-default",
+    "template-minimal",
+    "template-vertical_coding",
+    "template-vertical_devops",
+];
+
+/// The valid cases emitted by the adapter (all four files).
+pub const ADAPTER_CASES: &[(&str, &str)] = &[
+    ("claims-all-rules", "all-rules"),
+    ("permissions-empty", "no-perms"),
+    ("permissions-star", "star-perms"),
+    ("readme-claims", "my-bot"),
+    ("template-minimal", "demo-minimal"),
+    ("template-vertical_coding", "demo-coding"),
+    ("template-vertical_devops", "demo-devops"),
+];
+
+/// Copy a fixture folder (to edit it or to add node_modules).
+pub fn copy_fixture(case: &str, to: &Path) -> PathBuf {
+    let dst = to.join(case);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(case)).unwrap() {
+        let e = e.unwrap();
+        let target = dst.join(e.file_name());
+        std::fs::copy(e.path(), &target).unwrap();
+        let mut perm = std::fs::metadata(&target).unwrap().permissions();
+        perm.set_mode(0o644);
+        std::fs::set_permissions(&target, perm).unwrap();
+    }
+    dst
+}
+
+/// What a run of the binary did.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A loader home plus the environment the binary runs with.
+pub struct Env {
+    pub home: TempDir,
+    pub images: TempDir,
+    pub runtime: Vec<u8>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let home = TempDir::new("home");
+        // The home itself does not exist until a command writes to it.
+        std::fs::remove_dir(home.path()).unwrap();
+        let images = TempDir::new("images");
+        let runtime = b"\x7fELF stand-in guest runtime for bundle tests".to_vec();
+        std::fs::write(images.join("guest-runtime.elf"), &runtime).unwrap();
+        std::fs::write(images.join("rvm.bin"), b"stand-in hypervisor image").unwrap();
+        Self {
+            home,
+            images,
+            runtime,
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn hash(&self) -> String {
+        tree_hash(self.home())
+    }
+
+    /// Run `rvm-loader` in `cwd`.
+    pub fn run_in(&self, cwd: &Path, args: &[&str]) -> Out {
+        self.run_bin(env!("CARGO_BIN_EXE_rvm-loader"), cwd, args)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
+    }
+
+    pub fn run_bin(&self, bin: &str, cwd: &Path, args: &[&str]) -> Out {
+        let o = Command::new(bin)
+            .args(args)
+            .current_dir(cwd)
+            .env("RVM_HOME", self.home())
+            .env("RVM_IMAGE_DIR", self.images.path())
+            .env_remove("RVM_QEMU")
+            .output()
+            .unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Run and expect success.
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let o = self.run(args);
+        assert_eq!(o.code, 0, "{args:?} failed: {o:?}");
+        o
+    }
+
+    /// Run, expect a refusal, and check the home did not change.
+    pub fn refused(&self, args: &[&str]) -> Out {
+        self.refused_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
+    }
+
+    pub fn refused_in(&self, cwd: &Path, args: &[&str]) -> Out {
+        let before = self.hash();
+        let o = self.run_in(cwd, args);
+        assert_eq!(o.code, 2, "{args:?} should be refused: {o:?}");
+        assert_eq!(self.hash(), before, "{args:?} changed RVM_HOME: {o:?}");
+        o
+    }
+}
+
+/// A module that imports the given `rvm` host functions with RVM's signatures.
+pub fn agent_module() -> Vec<u8> {
+    rvm_loader::wasm::build::rvm_agent(Some(2))
+}
+
+/// A wasm-bindgen JS-glue module.
+pub fn glue_module() -> Vec<u8> {
+    rvm_loader::wasm::build::module(
+        &[
+            ("wbg", "__wbindgen_throw", &[0x7f, 0x7f], &[]),
+            ("wbg", "__wbg_log_1", &[0x7f], &[]),
+        ],
+        Some(17),
+    )
+}
