@@ -39,3 +39,23 @@ pub use rights::Rights;
 pub use status::HvError;
 pub use tier::ProofTier;
 pub use witness::{Outcome, WitnessOp, WitnessRecord};
+
+#[cfg(test)]
+mod doc_tests {
+    extern crate std;
+
+    /// docs/ABI.md must name every hypercall, error, kernel event and import.
+    #[test]
+    fn abi_table_in_docs_is_complete() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/ABI.md")).unwrap();
+        let missing: std::vec::Vec<&str> = crate::Hypercall::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(crate::HvError::ALL.iter().map(|e| e.name()))
+            .chain(crate::witness::KernelEvent::ALL.iter().map(|e| e.name()))
+            .chain(crate::imports::HostImport::ALL.iter().map(|i| i.name()))
+            .filter(|n| !doc.contains(&std::format!("`{n}`")))
+            .collect();
+        assert!(missing.is_empty(), "docs/ABI.md lacks {missing:?}");
+    }
+}
