@@ -115,7 +115,12 @@ mod tests {
     #[test]
     fn only_exit_returns_nothing() {
         for &i in HostImport::ALL {
-            assert_eq!(i.results().is_empty(), i == HostImport::Exit, "{}", i.name());
+            assert_eq!(
+                i.results().is_empty(),
+                i == HostImport::Exit,
+                "{}",
+                i.name()
+            );
         }
     }
 }

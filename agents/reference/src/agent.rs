@@ -1,0 +1,110 @@
+//! The agent's entry: drives [`Side`] with real host calls.
+
+use rvm_guest::{clock, println, yield_now, Channel, HvError, StateStore};
+
+use crate::protocol::{Message, Side, MESSAGE_LEN, ROUNDS};
+
+const EXIT_NO_CHANNEL: i32 = 2;
+const EXIT_NO_STORE: i32 = 3;
+const EXIT_PROTOCOL: i32 = 4;
+const EXIT_STATE_MISMATCH: i32 = 5;
+const EXIT_HOST_ERROR: i32 = 6;
+
+/// The state-store keys this agent commits.
+const KEY_PINGS: &[u8] = b"reference/pings";
+const KEY_PONGS: &[u8] = b"reference/pongs";
+
+fn fail(code: i32, what: &str, e: HvError) -> ! {
+    println!("reference: {what} failed: {}", e.name());
+    rvm_guest::exit(code)
+}
+
+fn read_u32(store: &StateStore, key: &[u8]) -> Result<Option<u32>, HvError> {
+    let mut buf = [0u8; 4];
+    match store.get(key, &mut buf) {
+        Ok(4) => Ok(Some(u32::from_le_bytes(buf))),
+        Ok(_) => Ok(None),
+        Err(HvError::BadHandle) => Err(HvError::BadHandle),
+        // A key never committed reads as absent, whatever code the store uses for it.
+        Err(_) => Ok(None),
+    }
+}
+
+/// The entry point (see the agent engine's entry convention).
+#[no_mangle]
+pub extern "C" fn run() {
+    let channel = Channel::nth(0).unwrap_or_else(|e| fail(EXIT_NO_CHANNEL, "channel lookup", e));
+    let store = StateStore::nth(0).unwrap_or_else(|e| fail(EXIT_NO_STORE, "state store lookup", e));
+    match read_u32(&store, KEY_PONGS) {
+        Ok(Some(prev)) => println!("reference: a previous run committed {prev} pongs"),
+        Ok(None) => {}
+        Err(e) => fail(EXIT_NO_STORE, "state get", e),
+    }
+    let started = clock().unwrap_or_else(|e| fail(EXIT_HOST_ERROR, "clock", e));
+    println!("reference: starting {ROUNDS} rounds of ping/pong");
+
+    let mut side = Side::new();
+    let mut buf = [0u8; MESSAGE_LEN];
+    while !side.done() {
+        let mut progressed = false;
+        if let Some(m) = side.next_outgoing() {
+            match channel.send(&m.encode()) {
+                Ok(()) => {
+                    side.sent();
+                    progressed = true;
+                    if let Message::Ping(k) = m {
+                        println!("reference: sent ping {k}/{ROUNDS}");
+                    }
+                }
+                Err(HvError::Full | HvError::WouldBlock) => {}
+                Err(e) => fail(EXIT_HOST_ERROR, "channel send", e),
+            }
+        }
+        if !side.pong_pending() {
+            match channel.recv(&mut buf) {
+                Ok(n) => {
+                    progressed = true;
+                    let Some(m) =
+                        Message::decode(&buf[..n.min(MESSAGE_LEN)]).filter(|_| n == MESSAGE_LEN)
+                    else {
+                        println!("reference: malformed message of {n} bytes");
+                        rvm_guest::exit(EXIT_PROTOCOL)
+                    };
+                    if let Err(e) = side.received(m) {
+                        println!("reference: unexpected {:?}", e.0);
+                        rvm_guest::exit(EXIT_PROTOCOL)
+                    }
+                    if let Message::Pong(k) = m {
+                        println!("reference: got pong {k}/{ROUNDS}");
+                    }
+                }
+                Err(HvError::WouldBlock) => {}
+                Err(e) => fail(EXIT_HOST_ERROR, "channel recv", e),
+            }
+        }
+        if !progressed {
+            let _ = yield_now();
+        }
+    }
+
+    let staged = store
+        .stage(KEY_PINGS, &side.pings_answered.to_le_bytes())
+        .and_then(|()| store.stage(KEY_PONGS, &side.pongs_received.to_le_bytes()))
+        .and_then(|()| store.validate())
+        .and_then(|()| store.commit());
+    if let Err(e) = staged {
+        fail(EXIT_HOST_ERROR, "state commit", e);
+    }
+    match (read_u32(&store, KEY_PINGS), read_u32(&store, KEY_PONGS)) {
+        (Ok(Some(pings)), Ok(Some(pongs))) if pings == ROUNDS && pongs == ROUNDS => {
+            let elapsed_us = clock().map_or(0, |now| now.saturating_sub(started) / 1_000);
+            println!(
+                "reference: done: {pongs} pongs received, {pings} pings answered, state committed ({elapsed_us} us)"
+            );
+        }
+        (pings, pongs) => {
+            println!("reference: state read back wrong: pings {pings:?}, pongs {pongs:?}");
+            rvm_guest::exit(EXIT_STATE_MISMATCH)
+        }
+    }
+}

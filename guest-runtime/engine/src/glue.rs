@@ -1,0 +1,364 @@
+//! The `rvm` host functions: each decodes its WASM arguments, checks buffers
+//! against the agent's linear memory, calls [`HostCalls`] and encodes the
+//! result as the import table's conventions say.
+
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use rvm_abi::imports::{self, HostImport, PROVE_BUFFER_LEN};
+use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
+use wasmi::{Caller, Extern, Instance, Linker, Memory, StoreLimits, Val};
+
+use crate::checkpoint::{self, GlobalValue};
+use crate::config::HandleList;
+use crate::host::{DeriveRequest, HostCalls};
+
+/// The store's data: the host, the policy, and what the host functions need.
+pub(crate) struct Ctx<H> {
+    pub(crate) host: H,
+    pub(crate) limits: StoreLimits,
+    pub(crate) handles: HandleList,
+    /// The instance and its exported linear memory, once instantiated.
+    pub(crate) instance: Option<Instance>,
+    pub(crate) memory: Option<Memory>,
+    pub(crate) host_calls: u64,
+}
+
+type C<'a, H> = Caller<'a, Ctx<H>>;
+
+/// Status of a call that returns nothing: 0 or the error's code.
+fn status(result: Result<(), HvError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => i32::from(e.outcome_code()),
+    }
+}
+
+/// Status of a call that returns a length.
+fn length(result: Result<usize, HvError>) -> i32 {
+    result
+        .and_then(|n| i32::try_from(n).map_err(|_| HvError::InvalidArgument))
+        .unwrap_or_else(|e| i32::from(e.outcome_code()))
+}
+
+/// Status of a call that returns a 64-bit value.
+fn value(result: Result<u64, HvError>) -> i64 {
+    result
+        .and_then(|v| i64::try_from(v).map_err(|_| HvError::InvalidArgument))
+        .unwrap_or_else(|e| e.code())
+}
+
+fn unsigned(x: i32) -> u32 {
+    u32::from_ne_bytes(x.to_ne_bytes())
+}
+
+fn handle(raw: i64) -> Result<CapHandle, HvError> {
+    CapHandle::from_raw(u64::from_ne_bytes(raw.to_ne_bytes())).ok_or(HvError::BadHandle)
+}
+
+/// The byte range `ptr..ptr+len` of a memory of `size` bytes.
+fn range(size: usize, ptr: i32, len: i32) -> Result<Range<usize>, HvError> {
+    let start = usize::try_from(unsigned(ptr)).map_err(|_| HvError::BadAddress)?;
+    let len = usize::try_from(unsigned(len)).map_err(|_| HvError::BadAddress)?;
+    let end = start.checked_add(len).ok_or(HvError::BadAddress)?;
+    if end > size {
+        return Err(HvError::BadAddress);
+    }
+    Ok(start..end)
+}
+
+/// One range read and one written by the same call: they must not overlap.
+fn split(
+    mem: &mut [u8],
+    read: Range<usize>,
+    write: Range<usize>,
+) -> Result<(&[u8], &mut [u8]), HvError> {
+    if read.is_empty() {
+        return Ok((&[], &mut mem[write]));
+    }
+    if write.is_empty() {
+        return Ok((&mem[read], &mut []));
+    }
+    if read.start < write.end && write.start < read.end {
+        return Err(HvError::InvalidArgument);
+    }
+    if read.end <= write.start {
+        let (lo, hi) = mem.split_at_mut(write.start);
+        Ok((&lo[read], &mut hi[..write.len()]))
+    } else {
+        let (lo, hi) = mem.split_at_mut(read.start);
+        Ok((&hi[..read.len()], &mut lo[write]))
+    }
+}
+
+fn memory<H>(caller: &C<'_, H>) -> Result<Memory, HvError> {
+    caller.data().memory.ok_or(HvError::BadAddress)
+}
+
+/// Count the call, then run `f` with the linear memory and the host.
+fn with_memory<H, R>(
+    caller: &mut C<'_, H>,
+    f: impl FnOnce(&mut [u8], &mut H) -> Result<R, HvError>,
+) -> Result<R, HvError> {
+    caller.data_mut().host_calls += 1;
+    let memory = memory(caller)?;
+    let (mem, ctx) = memory.data_and_store_mut(caller);
+    f(mem, &mut ctx.host)
+}
+
+fn count<'a, H>(caller: &'a mut C<'_, H>) -> &'a mut Ctx<H> {
+    let ctx = caller.data_mut();
+    ctx.host_calls += 1;
+    ctx
+}
+
+/// The agent's exported mutable numeric globals, in export order.
+fn exported_globals<H>(caller: &C<'_, H>) -> Vec<GlobalValue> {
+    let Some(instance) = caller.data().instance else {
+        return Vec::new();
+    };
+    instance
+        .exports(caller)
+        .filter_map(|export| match export.into_extern() {
+            Extern::Global(g) => Some(g),
+            _ => None,
+        })
+        .filter(|g| g.ty(caller).mutability().is_mut())
+        .filter_map(|g| match g.get(caller) {
+            Val::I32(v) => Some(GlobalValue::I32(v)),
+            Val::I64(v) => Some(GlobalValue::I64(v)),
+            Val::F32(v) => Some(GlobalValue::F32(v.to_bits())),
+            Val::F64(v) => Some(GlobalValue::F64(v.to_bits())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Define every entry of the import table in `linker`.
+pub(crate) fn define<H: HostCalls + 'static>(
+    linker: &mut Linker<Ctx<H>>,
+) -> Result<(), wasmi::Error> {
+    let m = imports::MODULE;
+    for &import in HostImport::ALL {
+        let name = import.name();
+        match import {
+            HostImport::ConsoleWrite => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>, ptr: i32, len: i32| -> i32 {
+                    status(with_memory(&mut c, |mem, host| {
+                        let r = range(mem.len(), ptr, len)?;
+                        host.console_write(&mem[r])
+                    }))
+                })?;
+            }
+            HostImport::ChannelSend => {
+                linker.func_wrap(
+                    m,
+                    name,
+                    |mut c: C<'_, H>, h: i64, ptr: i32, len: i32| -> i32 {
+                        status(with_memory(&mut c, |mem, host| {
+                            let r = range(mem.len(), ptr, len)?;
+                            host.channel_send(handle(h)?, &mem[r])
+                        }))
+                    },
+                )?;
+            }
+            HostImport::ChannelRecv => {
+                linker.func_wrap(
+                    m,
+                    name,
+                    |mut c: C<'_, H>, h: i64, ptr: i32, cap: i32| -> i32 {
+                        length(with_memory(&mut c, |mem, host| {
+                            let r = range(mem.len(), ptr, cap)?;
+                            host.channel_recv(handle(h)?, &mut mem[r])
+                        }))
+                    },
+                )?;
+            }
+            HostImport::StateStage => {
+                linker.func_wrap(
+                    m,
+                    name,
+                    |mut c: C<'_, H>, h: i64, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                        status(with_memory(&mut c, |mem, host| {
+                            let k = range(mem.len(), kp, kl)?;
+                            let v = range(mem.len(), vp, vl)?;
+                            host.state_stage(handle(h)?, &mem[k], &mem[v])
+                        }))
+                    },
+                )?;
+            }
+            HostImport::StateValidate => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
+                    let ctx = count(&mut c);
+                    status(handle(h).and_then(|h| ctx.host.state_validate(h)))
+                })?;
+            }
+            HostImport::StateCommit => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
+                    let ctx = count(&mut c);
+                    status(handle(h).and_then(|h| ctx.host.state_commit(h)))
+                })?;
+            }
+            HostImport::StateGet => {
+                linker.func_wrap(
+                    m,
+                    name,
+                    |mut c: C<'_, H>, h: i64, kp: i32, kl: i32, vp: i32, cap: i32| -> i32 {
+                        length(with_memory(&mut c, |mem, host| {
+                            let k = range(mem.len(), kp, kl)?;
+                            let v = range(mem.len(), vp, cap)?;
+                            let (key, buf) = split(mem, k, v)?;
+                            host.state_get(handle(h)?, key, buf)
+                        }))
+                    },
+                )?;
+            }
+            HostImport::Handle => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>, kind: i32, n: i32| -> i64 {
+                    let ctx = count(&mut c);
+                    let kind = u8::try_from(kind).ok().and_then(ObjectKind::from_u8);
+                    let n = usize::try_from(n).ok();
+                    value(match (kind, n) {
+                        (Some(kind), Some(n)) => ctx
+                            .handles
+                            .nth(kind, n)
+                            .map(CapHandle::to_raw)
+                            .ok_or(HvError::BadHandle),
+                        _ => Err(HvError::InvalidArgument),
+                    })
+                })?;
+            }
+            HostImport::Clock => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>| -> i64 {
+                    value(count(&mut c).host.clock_read())
+                })?;
+            }
+            HostImport::Yield => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
+                    status(count(&mut c).host.yield_now())
+                })?;
+            }
+            HostImport::CapDerive => {
+                linker.func_wrap(
+                    m,
+                    name,
+                    |mut c: C<'_, H>,
+                     parent: i64,
+                     target: i32,
+                     rights: i32,
+                     expiry: i64,
+                     proof: i32,
+                     nonce: i64|
+                     -> i64 {
+                        value(with_memory(&mut c, |mem, host| {
+                            let rights = u8::try_from(rights)
+                                .ok()
+                                .and_then(Rights::from_bits)
+                                .ok_or(HvError::InvalidArgument)?;
+                            let proof = match usize::try_from(unsigned(proof)) {
+                                Ok(0) => None,
+                                Ok(p) => Some(mem.get(p..).ok_or(HvError::BadAddress)?),
+                                Err(_) => return Err(HvError::BadAddress),
+                            };
+                            let request = DeriveRequest {
+                                parent: handle(parent)?,
+                                target_partition: unsigned(target),
+                                rights,
+                                expiry_ns: u64::from_ne_bytes(expiry.to_ne_bytes()),
+                                proof,
+                                nonce: u64::from_ne_bytes(nonce.to_ne_bytes()),
+                            };
+                            host.cap_derive(&request).map(CapHandle::to_raw)
+                        }))
+                    },
+                )?;
+            }
+            HostImport::CapRevoke => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
+                    let ctx = count(&mut c);
+                    status(handle(h).and_then(|h| ctx.host.cap_revoke(h, None, 0)))
+                })?;
+            }
+            HostImport::Prove => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64, ptr: i32| -> i32 {
+                    status(with_memory(&mut c, |mem, host| {
+                        let len = i32::try_from(PROVE_BUFFER_LEN)
+                            .map_err(|_| HvError::InvalidArgument)?;
+                        let r = range(mem.len(), ptr, len)?;
+                        let out = <&mut [u8; PROVE_BUFFER_LEN]>::try_from(&mut mem[r])
+                            .map_err(|_| HvError::BadAddress)?;
+                        host.prove(handle(h)?, out)
+                    }))
+                })?;
+            }
+            HostImport::Checkpoint => {
+                linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
+                    let globals = exported_globals(&c);
+                    let image = match memory(&c) {
+                        Ok(mem) => checkpoint::encode(&globals, mem.data(&c)),
+                        Err(_) => checkpoint::encode(&globals, &[]),
+                    };
+                    status(count(&mut c).host.checkpoint(&image).map(|_id| ()))
+                })?;
+            }
+            HostImport::Exit => {
+                linker.func_wrap(
+                    m,
+                    name,
+                    |mut c: C<'_, H>, code: i32| -> Result<(), wasmi::Error> {
+                        count(&mut c);
+                        Err(wasmi::Error::i32_exit(code))
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked() {
+        assert_eq!(range(100, 10, 20), Ok(10..30));
+        assert_eq!(range(100, 90, 10), Ok(90..100));
+        assert_eq!(range(100, 90, 11), Err(HvError::BadAddress));
+        assert_eq!(range(100, -1, 1), Err(HvError::BadAddress));
+        assert_eq!(range(100, 0, -1), Err(HvError::BadAddress));
+    }
+
+    #[test]
+    fn overlapping_in_and_out_buffers_are_refused() {
+        let mut mem = [0u8; 16];
+        assert_eq!(
+            split(&mut mem, 0..4, 2..6).map(|_| ()),
+            Err(HvError::InvalidArgument)
+        );
+        let (k, v) = split(&mut mem, 0..4, 4..8).unwrap();
+        assert_eq!((k.len(), v.len()), (4, 4));
+        let (k, v) = split(&mut mem, 8..12, 0..8).unwrap();
+        assert_eq!((k.len(), v.len()), (4, 8));
+        let (k, v) = split(&mut mem, 5..5, 0..8).unwrap();
+        assert_eq!((k.len(), v.len()), (0, 8));
+        let (k, v) = split(&mut mem, 0..8, 3..3).unwrap();
+        assert_eq!((k.len(), v.len()), (8, 0));
+    }
+
+    #[test]
+    fn statuses_use_the_abi_codes() {
+        assert_eq!(status(Ok(())), 0);
+        assert_eq!(
+            i64::from(status(Err(HvError::WouldBlock))),
+            HvError::WouldBlock.code()
+        );
+        assert_eq!(length(Ok(7)), 7);
+        assert_eq!(
+            i64::from(length(Ok(usize::MAX))),
+            HvError::InvalidArgument.code()
+        );
+        assert_eq!(value(Ok(5)), 5);
+        assert_eq!(handle(-1), Err(HvError::BadHandle));
+    }
+}

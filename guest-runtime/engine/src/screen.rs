@@ -1,0 +1,99 @@
+//! Screening a module before it is compiled and instantiated: the import
+//! table, the memory budget, no start function.
+
+use alloc::string::{String, ToString};
+
+use rvm_abi::imports::{self, HostImport};
+use wasmi::{ExternType, Module};
+use wasmparser::{Parser, Payload, TypeRef};
+
+use crate::LoadError;
+
+fn invalid(e: impl core::fmt::Display) -> LoadError {
+    LoadError::Invalid {
+        detail: e.to_string(),
+    }
+}
+
+/// Walk the module's sections (parsing only, cheap): every import must be a
+/// function of the `rvm` table, the declared memory minimum must fit
+/// `budget_pages`, and there must be no start function.
+pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<(), LoadError> {
+    let mut declared_pages: u64 = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(invalid)? {
+            Payload::ImportSection(reader) => {
+                for import in reader {
+                    let import = import.map_err(invalid)?;
+                    let kind = match import.ty {
+                        TypeRef::Func(_) => None,
+                        TypeRef::Table(_) => Some("table"),
+                        TypeRef::Memory(_) => Some("memory"),
+                        TypeRef::Global(_) => Some("global"),
+                        TypeRef::Tag(_) => Some("tag"),
+                    };
+                    let known = import.module == imports::MODULE
+                        && HostImport::from_name(import.name).is_some();
+                    let forbidden = match (kind, known) {
+                        (Some(kind), _) => Some(kind),
+                        (None, false) => Some("function"),
+                        (None, true) => None,
+                    };
+                    if let Some(kind) = forbidden {
+                        return Err(LoadError::ForbiddenImport {
+                            module: String::from(import.module),
+                            name: String::from(import.name),
+                            kind,
+                        });
+                    }
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory.map_err(invalid)?;
+                    declared_pages = declared_pages.saturating_add(memory.initial);
+                }
+            }
+            Payload::StartSection { .. } => return Err(LoadError::StartFunction),
+            _ => {}
+        }
+    }
+    if declared_pages > u64::from(budget_pages) {
+        return Err(LoadError::MemoryOverBudget {
+            declared_pages,
+            budget_pages,
+        });
+    }
+    Ok(())
+}
+
+fn wasmi_type(t: imports::ValType) -> wasmi::ValType {
+    match t {
+        imports::ValType::I32 => wasmi::ValType::I32,
+        imports::ValType::I64 => wasmi::ValType::I64,
+    }
+}
+
+/// Every `rvm` import of a compiled module has its table signature.
+pub(crate) fn check_import_signatures(module: &Module) -> Result<(), LoadError> {
+    for import in module.imports() {
+        let Some(host) = HostImport::from_name(import.name()) else {
+            // `prescan` already refused it; keep this check total anyway.
+            return Err(LoadError::ForbiddenImport {
+                module: String::from(import.module()),
+                name: String::from(import.name()),
+                kind: "function",
+            });
+        };
+        let ExternType::Func(ty) = import.ty() else {
+            return Err(LoadError::ImportSignature { import: host });
+        };
+        let same = |have: &[wasmi::ValType], want: &[imports::ValType]| {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| *h == wasmi_type(*w))
+        };
+        if !same(ty.params(), host.params()) || !same(ty.results(), host.results()) {
+            return Err(LoadError::ImportSignature { import: host });
+        }
+    }
+    Ok(())
+}

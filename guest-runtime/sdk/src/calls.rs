@@ -1,0 +1,172 @@
+//! Safe wrappers: each borrows its buffers for the duration of the call, so
+//! the host only ever reads a slice it was lent or writes one lent mutably.
+
+use rvm_abi::imports::PROVE_BUFFER_LEN;
+use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
+
+use crate::{decode_status, decode_value, raw};
+
+/// A buffer length as the import's `i32`; longer buffers are refused here.
+fn len(buf: &[u8]) -> Result<i32, HvError> {
+    i32::try_from(buf.len()).map_err(|_| HvError::InvalidArgument)
+}
+
+fn raw_handle(h: CapHandle) -> i64 {
+    // A raw handle is 48 bits wide, so it is always a non-negative i64.
+    i64::try_from(h.to_raw()).unwrap_or(i64::MAX)
+}
+
+fn as_len(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Write text to the partition's console.
+pub fn console_write(text: &[u8]) -> Result<(), HvError> {
+    let n = len(text)?;
+    // SAFETY: the host reads `n` bytes at `text`, which is borrowed for the call.
+    decode_status(unsafe { raw::console_write(text.as_ptr(), n) }).map(drop)
+}
+
+/// The `n`-th (from 0) handle of `kind` the partition started with.
+pub fn handle(kind: ObjectKind, n: u32) -> Result<CapHandle, HvError> {
+    let n = i32::try_from(n).map_err(|_| HvError::InvalidArgument)?;
+    // SAFETY: no memory is passed.
+    let v = decode_value(unsafe { raw::handle(i32::from(kind as u8), n) })?;
+    CapHandle::from_raw(v).ok_or(HvError::BadHandle)
+}
+
+/// The partition's virtual clock, ns since it started.
+pub fn clock() -> Result<u64, HvError> {
+    // SAFETY: no memory is passed.
+    decode_value(unsafe { raw::clock() })
+}
+
+/// Give up the rest of the time slice.
+pub fn yield_now() -> Result<(), HvError> {
+    // SAFETY: no memory is passed.
+    decode_status(unsafe { raw::yield_now() }).map(drop)
+}
+
+/// Checkpoint the agent's state now.
+pub fn checkpoint() -> Result<(), HvError> {
+    // SAFETY: no memory is passed.
+    decode_status(unsafe { raw::checkpoint() }).map(drop)
+}
+
+/// Finish with `code`. Never returns.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: no memory is passed; the host ends the run.
+    unsafe { raw::exit(code) }
+}
+
+/// Derive a capability for `target_partition` from `parent`.
+pub fn cap_derive(
+    parent: CapHandle,
+    target_partition: u32,
+    rights: Rights,
+    expiry_ns: u64,
+    proof: Option<&[u8]>,
+    nonce: u64,
+) -> Result<CapHandle, HvError> {
+    let target = i32::try_from(target_partition).map_err(|_| HvError::InvalidArgument)?;
+    let expiry = i64::try_from(expiry_ns).map_err(|_| HvError::InvalidArgument)?;
+    let nonce = i64::try_from(nonce).map_err(|_| HvError::InvalidArgument)?;
+    let proof = proof.map_or(core::ptr::null(), <[u8]>::as_ptr);
+    // SAFETY: the host reads the proof at `proof` (null = none), borrowed for the call.
+    let v = decode_value(unsafe {
+        raw::cap_derive(
+            raw_handle(parent),
+            target,
+            i32::from(rights.bits()),
+            expiry,
+            proof,
+            nonce,
+        )
+    })?;
+    CapHandle::from_raw(v).ok_or(HvError::BadHandle)
+}
+
+/// Revoke everything derived from `handle`.
+pub fn cap_revoke(handle: CapHandle) -> Result<(), HvError> {
+    // SAFETY: no memory is passed.
+    decode_status(unsafe { raw::cap_revoke(raw_handle(handle)) }).map(drop)
+}
+
+/// A signed attestation of `handle`'s object.
+pub fn prove(handle: CapHandle) -> Result<[u8; PROVE_BUFFER_LEN], HvError> {
+    let mut out = [0u8; PROVE_BUFFER_LEN];
+    // SAFETY: the host writes exactly PROVE_BUFFER_LEN bytes into `out`, borrowed mutably.
+    decode_status(unsafe { raw::prove(raw_handle(handle), out.as_mut_ptr()) })?;
+    Ok(out)
+}
+
+/// A channel endpoint this partition holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Channel(pub CapHandle);
+
+impl Channel {
+    /// The `n`-th channel the partition started with.
+    pub fn nth(n: u32) -> Result<Self, HvError> {
+        handle(ObjectKind::Channel, n).map(Self)
+    }
+
+    /// Send one message.
+    pub fn send(&self, message: &[u8]) -> Result<(), HvError> {
+        let n = len(message)?;
+        // SAFETY: the host reads `n` bytes at `message`, borrowed for the call.
+        decode_status(unsafe { raw::channel_send(raw_handle(self.0), message.as_ptr(), n) })
+            .map(drop)
+    }
+
+    /// Receive one message into `buf`; its length. `WouldBlock` when empty.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize, HvError> {
+        let cap = len(buf)?;
+        // SAFETY: the host writes at most `cap` bytes into `buf`, borrowed mutably.
+        decode_status(unsafe { raw::channel_recv(raw_handle(self.0), buf.as_mut_ptr(), cap) })
+            .map(as_len)
+    }
+}
+
+/// A state store this partition holds: stage, validate, commit, get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateStore(pub CapHandle);
+
+impl StateStore {
+    /// The `n`-th state store the partition started with.
+    pub fn nth(n: u32) -> Result<Self, HvError> {
+        handle(ObjectKind::StateStore, n).map(Self)
+    }
+
+    /// Stage one item.
+    pub fn stage(&self, key: &[u8], value: &[u8]) -> Result<(), HvError> {
+        let (kl, vl) = (len(key)?, len(value)?);
+        // SAFETY: the host reads `kl` bytes at `key` and `vl` at `value`, both borrowed.
+        decode_status(unsafe {
+            raw::state_stage(raw_handle(self.0), key.as_ptr(), kl, value.as_ptr(), vl)
+        })
+        .map(drop)
+    }
+
+    /// Validate what is staged.
+    pub fn validate(&self) -> Result<(), HvError> {
+        // SAFETY: no memory is passed.
+        decode_status(unsafe { raw::state_validate(raw_handle(self.0)) }).map(drop)
+    }
+
+    /// Commit everything staged, or nothing.
+    pub fn commit(&self) -> Result<(), HvError> {
+        // SAFETY: no memory is passed.
+        decode_status(unsafe { raw::state_commit(raw_handle(self.0)) }).map(drop)
+    }
+
+    /// Read the committed value of `key` into `buf`; the value's length.
+    pub fn get(&self, key: &[u8], buf: &mut [u8]) -> Result<usize, HvError> {
+        let (kl, cap) = (len(key)?, len(buf)?);
+        // SAFETY: the host reads `kl` bytes at `key` and writes at most `cap`
+        // into `buf`; the two are distinct borrows, so they cannot overlap.
+        decode_status(unsafe {
+            raw::state_get(raw_handle(self.0), key.as_ptr(), kl, buf.as_mut_ptr(), cap)
+        })
+        .map(as_len)
+    }
+}

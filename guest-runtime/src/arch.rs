@@ -1,0 +1,341 @@
+//! Every `unsafe` of the EL1 images: the entry, the exception vectors, the
+//! `hvc` instruction, the heap, and the views of the memory the hypervisor
+//! hands over (boot-info page, WASM module, boot stack). What leaves this
+//! module is safe to use.
+#![allow(unsafe_code)]
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use linked_list_allocator::LockedHeap;
+use rvm_abi::bootinfo::exit as exit_code;
+use rvm_abi::bootinfo::layout;
+use rvm_abi::hypercall::psci;
+use rvm_abi::{HvError, Hypercall};
+
+/// Size of the boot-info page.
+pub const BOOT_PAGE_LEN: usize = 4096;
+
+// Entry: the hypervisor starts us here at EL1h with x0 = IPA of the boot-info
+// page, MMU off (HCR_EL2.DC=1 makes every access Normal cacheable), IRQs
+// masked and SP undefined. Zero .bss and the boot stack (so its high-water
+// mark can be measured), take the boot stack, install the EL1 vectors, and
+// call the image's `rvm_el1_main(x0)`, which never returns.
+global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .global _start
+_start:
+    mov     x19, x0
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+    bl      2f
+    adrp    x1, __stack_bottom
+    add     x1, x1, :lo12:__stack_bottom
+    adrp    x2, __stack_top
+    add     x2, x2, :lo12:__stack_top
+    bl      2f
+    mov     sp, x2
+    adrp    x1, rvm_el1_vectors
+    add     x1, x1, :lo12:rvm_el1_vectors
+    msr     vbar_el1, x1
+    isb
+    mov     x0, x19
+    bl      rvm_el1_main
+1:  wfi
+    b       1b
+    // Zero [x1, x2), both 16-byte aligned; uses no stack.
+2:  cmp     x1, x2
+    b.hs    3f
+    stp     xzr, xzr, [x1], #16
+    b       2b
+3:  ret
+
+    // EL1 exception vectors: every entry records its index and reports.
+    .section .text.vectors, "ax"
+    .balign 2048
+    .global rvm_el1_vectors
+rvm_el1_vectors:
+    .irp    n, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    .balign 128
+    mov     x0, #\n
+    b       4f
+    .endr
+    // A fresh stack: the fault may have been the boot stack itself.
+4:  adrp    x9, __exception_stack_top
+    add     x9, x9, :lo12:__exception_stack_top
+    mov     sp, x9
+    mrs     x1, esr_el1
+    mrs     x2, elr_el1
+    mrs     x3, far_el1
+    bl      rvm_el1_exception
+5:  wfi
+    b       5b
+"#
+);
+
+/// Declare the image's main function: `el1_main!(path)` makes `path`, a
+/// `fn(u64) -> !` taking the boot-info IPA, what the entry calls.
+#[macro_export]
+macro_rules! el1_main {
+    ($main:path) => {
+        // SAFETY: exactly one function of this name exists in an image (this
+        // macro is used once per binary); the entry calls it with the
+        // boot-info IPA, the C ABI's first argument register.
+        #[unsafe(no_mangle)]
+        extern "C" fn rvm_el1_main(boot_info_ipa: u64) -> ! {
+            let main: fn(u64) -> ! = $main;
+            main(boot_info_ipa)
+        }
+    };
+}
+
+/// An exception taken to EL1 (from the vectors): report it and exit.
+/// `vector` is the entry index (0–3 current EL with SP_EL0, 4–7 SP_ELx,
+/// 8–15 lower EL; within each group sync, IRQ, FIQ, SError).
+#[unsafe(no_mangle)]
+extern "C" fn rvm_el1_exception(vector: u64, esr: u64, elr: u64, far: u64) -> ! {
+    crate::console::print(format_args!(
+        "el1: exception at vector {vector}: ESR_EL1={esr:#x} ELR_EL1={elr:#x} FAR_EL1={far:#x}\n"
+    ));
+    exit(exit_code::RUNTIME_PANIC)
+}
+
+/// One argument of a hypercall, and how it lands in registers.
+pub enum Arg<'a> {
+    /// A value: one register.
+    Val(u64),
+    /// A buffer the hypervisor reads: two registers, IPA then length.
+    In(&'a [u8]),
+    /// A buffer the hypervisor may write: two registers, IPA then capacity.
+    Out(&'a mut [u8]),
+    /// A buffer of a length fixed by the call, read: one register, its IPA
+    /// (0 for none).
+    InPtr(Option<&'a [u8]>),
+    /// A buffer of a length fixed by the call, written: one register, its IPA.
+    OutPtr(&'a mut [u8]),
+}
+
+/// The IPA of a buffer: with stage 1 off, a pointer's address is its IPA.
+fn ipa(p: *const u8) -> u64 {
+    p as usize as u64
+}
+
+fn len(b: &[u8]) -> u64 {
+    b.len() as u64
+}
+
+/// Issue hypercall `call` with `args` laid out in `x1..x6`; `x1..x3` on success.
+///
+/// Buffers are borrowed for the call, so the hypervisor only ever reads a
+/// slice it was lent, or writes one lent mutably (and no more of it than
+/// its length).
+pub fn hypercall(call: Hypercall, args: &mut [Arg<'_>]) -> Result<[u64; 3], HvError> {
+    let mut x = [0u64; 7];
+    x[0] = u64::from(call.function_id());
+    let mut r = 1;
+    for arg in args.iter_mut() {
+        let regs: &[u64] = &match arg {
+            Arg::Val(v) => [*v, 0],
+            Arg::In(b) => [ipa(b.as_ptr()), len(b)],
+            Arg::Out(b) => [ipa(b.as_mut_ptr()), len(b)],
+            Arg::InPtr(b) => [b.map_or(0, |b| ipa(b.as_ptr())), 0],
+            Arg::OutPtr(b) => [ipa(b.as_mut_ptr()), 0],
+        }[..match arg {
+            Arg::In(_) | Arg::Out(_) => 2,
+            _ => 1,
+        }];
+        for &v in regs {
+            if r > 6 {
+                return Err(HvError::InvalidArgument);
+            }
+            x[r] = v;
+            r += 1;
+        }
+    }
+    let (status, r1, r2, r3) = raw_hvc(x);
+    match status {
+        0 => Ok([r1, r2, r3]),
+        code => Err(HvError::from_code(i64::from_ne_bytes(code.to_ne_bytes()))
+            .unwrap_or(HvError::NotSupported)),
+    }
+}
+
+fn raw_hvc(x: [u64; 7]) -> (u64, u64, u64, u64) {
+    let (r0, r1, r2, r3);
+    // SAFETY: `hvc #0` traps to the hypervisor, which follows the SMCCC: it
+    // reads x0-x6, writes x0-x3, and may clobber x4-x17 (declared). Memory it
+    // touches is memory the caller lent it for the call (see `hypercall`),
+    // so the asm is not `nomem`. It does not use our stack.
+    unsafe {
+        asm!(
+            "hvc #0",
+            inlateout("x0") x[0] => r0,
+            inlateout("x1") x[1] => r1,
+            inlateout("x2") x[2] => r2,
+            inlateout("x3") x[3] => r3,
+            inlateout("x4") x[4] => _,
+            inlateout("x5") x[5] => _,
+            inlateout("x6") x[6] => _,
+            lateout("x7") _, lateout("x8") _, lateout("x9") _, lateout("x10") _,
+            lateout("x11") _, lateout("x12") _, lateout("x13") _, lateout("x14") _,
+            lateout("x15") _, lateout("x16") _, lateout("x17") _,
+            options(nostack),
+        );
+    }
+    (r0, r1, r2, r3)
+}
+
+/// End this partition with `code` (an agent's code, or one of
+/// `rvm_abi::bootinfo::exit`): the `Exit` hypercall; should it return, PSCI
+/// `SYSTEM_OFF`; should that return too, wait for interrupts forever.
+pub fn exit(code: u64) -> ! {
+    let _ = hypercall(Hypercall::Exit, &mut [Arg::Val(code)]);
+    let _ = raw_hvc([u64::from(psci::SYSTEM_OFF), 0, 0, 0, 0, 0, 0]);
+    loop {
+        // SAFETY: `wfi` only waits; with interrupts masked it may return at once.
+        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP_READY: AtomicBool = AtomicBool::new(false);
+
+/// Why the heap could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeapError {
+    AlreadyInitialised,
+    /// The range is empty, wraps, or lies inside the image window.
+    BadRange {
+        ipa: u64,
+        len: u64,
+    },
+}
+
+/// Give the global allocator the heap the boot-info page names. Once only.
+pub fn init_heap(ipa: u64, len: u64) -> Result<(), HeapError> {
+    let end = ipa.checked_add(len);
+    let overlaps_image = ipa < layout::IMAGE_LIMIT && end.is_some_and(|e| e > layout::IMAGE_BASE);
+    if len == 0 || end.is_none() || overlaps_image {
+        return Err(HeapError::BadRange { ipa, len });
+    }
+    let (Ok(start), Ok(size)) = (usize::try_from(ipa), usize::try_from(len)) else {
+        return Err(HeapError::BadRange { ipa, len });
+    };
+    if HEAP_READY.swap(true, Ordering::AcqRel) {
+        return Err(HeapError::AlreadyInitialised);
+    }
+    // SAFETY: the hypervisor maps [ipa, ipa+len) read-write for this
+    // partition and nothing else in the image uses it (checked: outside the
+    // image window); `HEAP_READY` makes this the only initialisation.
+    unsafe { HEAP.lock().init(start as *mut u8, size) };
+    Ok(())
+}
+
+/// Bytes of heap in use and free.
+pub fn heap_usage() -> (usize, usize) {
+    let heap = HEAP.lock();
+    (heap.used(), heap.free())
+}
+
+/// The boot-info page at `ipa`, if the address is the one the layout names.
+pub fn boot_page(ipa: u64) -> Option<&'static [u8]> {
+    if ipa != layout::BOOTINFO_IPA {
+        return None;
+    }
+    let start = usize::try_from(ipa).ok()?;
+    // SAFETY: the hypervisor maps the boot-info page read-only at
+    // layout::BOOTINFO_IPA for the partition's life, and nothing writes it.
+    Some(unsafe { core::slice::from_raw_parts(start as *const u8, BOOT_PAGE_LEN) })
+}
+
+/// The agent's WASM module, if it lies where the layout puts modules.
+pub fn wasm_module(ipa: u64, len: u64) -> Option<&'static [u8]> {
+    let inside = ipa >= layout::WASM_IPA
+        && len <= layout::WASM_MAX_LEN
+        && ipa.checked_add(len)? <= layout::WASM_IPA + layout::WASM_MAX_LEN;
+    if !inside {
+        return None;
+    }
+    let (start, len) = (usize::try_from(ipa).ok()?, usize::try_from(len).ok()?);
+    // SAFETY: the hypervisor maps the module read-only at [ipa, ipa+len)
+    // (inside the layout's module window, checked) for the partition's life.
+    Some(unsafe { core::slice::from_raw_parts(start as *const u8, len) })
+}
+
+unsafe extern "C" {
+    static __stack_bottom: u8;
+    static __stack_top: u8;
+    static __image_end: u8;
+}
+
+/// The boot stack's size and the most of it ever used (the entry zeroes it;
+/// the deepest non-zero word marks the high water).
+pub fn stack_usage() -> (usize, usize) {
+    // Only the linker symbols' addresses are taken, never their contents.
+    let (bottom, top) = (
+        &raw const __stack_bottom as usize,
+        &raw const __stack_top as usize,
+    );
+    let words = (top - bottom) / 8;
+    let mut untouched = 0;
+    while untouched < words {
+        // SAFETY: [bottom, top) is the boot stack, mapped read-write and
+        // 8-byte aligned; the words below the current SP are not in use.
+        let w = unsafe { core::ptr::read_volatile((bottom + untouched * 8) as *const u64) };
+        if w != 0 {
+            break;
+        }
+        untouched += 1;
+    }
+    (top - bottom, (words - untouched) * 8)
+}
+
+/// The first IPA past the image.
+pub fn image_end() -> u64 {
+    // Only the linker symbol's address is taken, never its contents.
+    (&raw const __image_end) as usize as u64
+}
+
+/// Raw accesses for the isolation probes: loads and stores to an IPA that
+/// is no Rust object's memory, done in asm so no Rust pointer is formed.
+pub mod probe {
+    use core::arch::asm;
+
+    /// Load 8 bytes from `ipa`.
+    pub fn read_u64(ipa: u64) -> u64 {
+        let v: u64;
+        // SAFETY: a single load from an address outside every Rust
+        // allocation; its only effects are the load or a fault that the
+        // hypervisor takes at EL2.
+        unsafe {
+            asm!("ldr {v}, [{a}]", a = in(reg) ipa, v = out(reg) v, options(nostack, readonly))
+        };
+        v
+    }
+
+    /// Store 8 bytes to `ipa`.
+    pub fn write_u64(ipa: u64, value: u64) {
+        // SAFETY: a single store to an address outside every Rust
+        // allocation; its only effects are the store or a fault that the
+        // hypervisor takes at EL2.
+        unsafe { asm!("str {v}, [{a}]", a = in(reg) ipa, v = in(reg) value, options(nostack)) };
+    }
+
+    /// Mask every exception (D, A, I, F) at EL1 and spin forever without a
+    /// host call: only the hypervisor's own timer can take the CPU back.
+    pub fn spin_masked() -> ! {
+        // SAFETY: masking DAIF at EL1 affects only this vCPU; the loop
+        // touches no memory.
+        unsafe {
+            asm!(
+                "msr daifset, #0xf",
+                "2: b 2b",
+                options(nomem, nostack, noreturn)
+            )
+        }
+    }
+}

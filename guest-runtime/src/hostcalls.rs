@@ -1,0 +1,136 @@
+//! The engine's [`HostCalls`] at EL1: every method is one hypercall.
+
+use rvm_abi::imports::PROVE_BUFFER_LEN;
+use rvm_abi::{CapHandle, HvError, Hypercall};
+use rvm_agent_engine::{DeriveRequest, HostCalls};
+
+use crate::arch::{hypercall, Arg};
+
+/// Hypercalls for the engine, issued from this partition.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct El1Host;
+
+/// A length the hypervisor reported, checked against the buffer it filled.
+fn filled(reported: u64, cap: usize) -> Result<usize, HvError> {
+    usize::try_from(reported)
+        .ok()
+        .filter(|&n| n <= cap)
+        .ok_or(HvError::InvalidArgument)
+}
+
+fn as_len(reported: u64) -> Result<usize, HvError> {
+    usize::try_from(reported).map_err(|_| HvError::InvalidArgument)
+}
+
+impl HostCalls for El1Host {
+    fn console_write(&mut self, text: &[u8]) -> Result<(), HvError> {
+        hypercall(Hypercall::ConsoleWrite, &mut [Arg::In(text)]).map(drop)
+    }
+
+    fn channel_send(&mut self, channel: CapHandle, message: &[u8]) -> Result<(), HvError> {
+        hypercall(
+            Hypercall::ChannelSend,
+            &mut [Arg::Val(channel.to_raw()), Arg::In(message)],
+        )
+        .map(drop)
+    }
+
+    fn channel_recv(&mut self, channel: CapHandle, buf: &mut [u8]) -> Result<usize, HvError> {
+        let cap = buf.len();
+        let [n, _, _] = hypercall(
+            Hypercall::ChannelRecv,
+            &mut [Arg::Val(channel.to_raw()), Arg::Out(buf)],
+        )?;
+        filled(n, cap)
+    }
+
+    fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
+        hypercall(
+            Hypercall::StateStage,
+            &mut [Arg::Val(store.to_raw()), Arg::In(key), Arg::In(value)],
+        )
+        .map(drop)
+    }
+
+    fn state_validate(&mut self, store: CapHandle) -> Result<(), HvError> {
+        hypercall(Hypercall::StateValidate, &mut [Arg::Val(store.to_raw())]).map(drop)
+    }
+
+    fn state_commit(&mut self, store: CapHandle) -> Result<(), HvError> {
+        hypercall(Hypercall::StateCommit, &mut [Arg::Val(store.to_raw())]).map(drop)
+    }
+
+    fn state_get(
+        &mut self,
+        store: CapHandle,
+        key: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, HvError> {
+        // The value's full length comes back even when it exceeds `buf`.
+        let [n, _, _] = hypercall(
+            Hypercall::StateGet,
+            &mut [Arg::Val(store.to_raw()), Arg::In(key), Arg::Out(buf)],
+        )?;
+        as_len(n)
+    }
+
+    fn clock_read(&mut self) -> Result<u64, HvError> {
+        hypercall(Hypercall::ClockRead, &mut []).map(|[ns, _, _]| ns)
+    }
+
+    fn yield_now(&mut self) -> Result<(), HvError> {
+        hypercall(Hypercall::Yield, &mut []).map(drop)
+    }
+
+    fn cap_derive(&mut self, r: &DeriveRequest<'_>) -> Result<CapHandle, HvError> {
+        let [h, _, _] = hypercall(
+            Hypercall::CapDerive,
+            &mut [
+                Arg::Val(r.parent.to_raw()),
+                Arg::Val(u64::from(r.target_partition)),
+                Arg::Val(u64::from(r.rights.bits())),
+                Arg::Val(r.expiry_ns),
+                Arg::InPtr(r.proof),
+                Arg::Val(r.nonce),
+            ],
+        )?;
+        CapHandle::from_raw(h).ok_or(HvError::BadHandle)
+    }
+
+    fn cap_revoke(
+        &mut self,
+        handle: CapHandle,
+        proof: Option<&[u8]>,
+        nonce: u64,
+    ) -> Result<(), HvError> {
+        // x2-x4 are unused by CapRevoke; the proof and nonce are x5 and x6.
+        hypercall(
+            Hypercall::CapRevoke,
+            &mut [
+                Arg::Val(handle.to_raw()),
+                Arg::Val(0),
+                Arg::Val(0),
+                Arg::Val(0),
+                Arg::InPtr(proof),
+                Arg::Val(nonce),
+            ],
+        )
+        .map(drop)
+    }
+
+    fn prove(
+        &mut self,
+        handle: CapHandle,
+        out: &mut [u8; PROVE_BUFFER_LEN],
+    ) -> Result<(), HvError> {
+        hypercall(
+            Hypercall::Prove,
+            &mut [Arg::Val(handle.to_raw()), Arg::OutPtr(out)],
+        )
+        .map(drop)
+    }
+
+    fn checkpoint(&mut self, image: &[u8]) -> Result<u64, HvError> {
+        hypercall(Hypercall::Checkpoint, &mut [Arg::In(image)]).map(|[id, _, _]| id)
+    }
+}
