@@ -6,10 +6,11 @@
 # wasm32-unknown-unknown. Everything lands in target/rvm/.
 
 CARGO     ?= cargo
+TARGET    := $(or $(CARGO_TARGET_DIR),target)
 OUT       := target/rvm
-EL2       := target/aarch64-unknown-none-softfloat/release
-EL1       := target/aarch64-unknown-none/release
-WASM      := target/wasm32-unknown-unknown/release
+EL2       := $(TARGET)/aarch64-unknown-none-softfloat/release
+EL1       := $(TARGET)/aarch64-unknown-none/release
+WASM      := $(TARGET)/wasm32-unknown-unknown/release
 SYSROOT    = $(shell rustc --print sysroot)
 OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
 PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked
@@ -38,8 +39,8 @@ images:
 	mkdir -p $(OUT)/agents $(OUT)/probes
 	$(OBJCOPY) -O binary $(EL2)/rvm $(OUT)/rvm.bin
 	cp $(EL2)/rvm $(OUT)/rvm.elf
-	cp $(EL1)/rvm-guest-runtime $(OUT)/guest-runtime.elf
-	$(foreach p,$(PROBES),cp $(EL1)/$(p) $(OUT)/probes/$(p).elf;)
+	$(OBJCOPY) --strip-debug $(EL1)/rvm-guest-runtime $(OUT)/guest-runtime.elf
+	$(foreach p,$(PROBES),$(OBJCOPY) --strip-debug $(EL1)/$(p) $(OUT)/probes/$(p).elf;)
 	$(foreach a,$(AGENTS),cp $(WASM)/rvm_agent_$(subst -,_,$(a)).wasm $(OUT)/agents/$(a).wasm;)
 	$(CARGO) run -q -p rvm-agent-invalid -- $(OUT)/agents/invalid.wasm
 	@echo "images in $(OUT)/"
@@ -49,7 +50,7 @@ run: images
 	RVM_IMAGE_DIR=$(OUT) $(CARGO) run -q -p rvm-tests-qemu --bin rvm-demo
 
 test: images
-	$(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
+	RVM_AGENT_WASM_DIR=$(abspath $(WASM)) $(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
 
 bench:
 	$(CARGO) bench -p rvm-cap -p rvm-witness
