@@ -1,0 +1,99 @@
+//! The state store: `StateStage`, `StateValidate`, `StateCommit`, `StateGet`.
+
+use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
+
+use crate::addr::Ipa;
+use crate::arch::Arch;
+use crate::caps::Granted;
+use crate::guest_mem;
+use crate::hypervisor::{Flow, Hypervisor};
+
+use super::{allow, check, deny, read_guest, Witnessed};
+
+fn store_index<A: Arch>(hv: &Hypervisor<A>, g: &Granted) -> Option<usize> {
+    // A state-store object id is the id of the partition that owns it.
+    let id = usize::try_from(g.object).ok()?;
+    (id >= 1 && id <= hv.stores.len()).then(|| id - 1)
+}
+
+pub(super) fn stage<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let g = match check(hv, idx, regs[0], ObjectKind::StateStore, Rights::WRITE) {
+        Ok(g) => g,
+        Err(e) => return deny(hv, idx, &w, e),
+    };
+    let w = w.granted(&g);
+    let Some(s) = store_index(hv, &g) else { return deny(hv, idx, &w, HvError::BadHandle) };
+    let key = match read_guest(hv, idx, regs[1], regs[2], 4096) {
+        Ok(k) => k,
+        Err(e) => return deny(hv, idx, &w, e),
+    };
+    let value = match read_guest(hv, idx, regs[3], regs[4], 1 << 16) {
+        Ok(v) => v,
+        Err(e) => return deny(hv, idx, &w, e),
+    };
+    let w = w.data(regs, &[key.as_slice(), value.as_slice()].concat());
+    if let Err(e) = hv.stores[s].check_stage(&key, &value) {
+        return deny(hv, idx, &w, e);
+    }
+    allow(hv, idx, &w, |hv| {
+        let staged = hv.stores[s].stage(&key, &value);
+        debug_assert!(staged.is_ok());
+        [hv.stores[s].staged_items() as u64, 0, 0]
+    })
+}
+
+pub(super) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercall, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let g = match check(hv, idx, regs[0], ObjectKind::StateStore, Rights::WRITE) {
+        Ok(g) => g,
+        Err(e) => return deny(hv, idx, &w, e),
+    };
+    let w = w.granted(&g);
+    let Some(s) = store_index(hv, &g) else { return deny(hv, idx, &w, HvError::BadHandle) };
+    if let Err(e) = hv.stores[s].would_validate() {
+        // A failed validation discards the transaction: nothing is committed.
+        let flow = deny(hv, idx, &w, e);
+        let _ = hv.stores[s].validate();
+        return flow;
+    }
+    allow(hv, idx, &w, |hv| {
+        let store = &mut hv.stores[s];
+        let n = if call == Hypercall::StateCommit {
+            store.commit().unwrap_or(0)
+        } else {
+            let _ = store.validate();
+            store.staged_items()
+        };
+        [n as u64, store.committed_items() as u64, 0]
+    })
+}
+
+pub(super) fn get<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let g = match check(hv, idx, regs[0], ObjectKind::StateStore, Rights::READ) {
+        Ok(g) => g,
+        Err(e) => return deny(hv, idx, &w, e),
+    };
+    let w = w.granted(&g);
+    let Some(s) = store_index(hv, &g) else { return deny(hv, idx, &w, HvError::BadHandle) };
+    let key = match read_guest(hv, idx, regs[1], regs[2], 4096) {
+        Ok(k) => k,
+        Err(e) => return deny(hv, idx, &w, e),
+    };
+    let Some(value) = hv.stores[s].get(&key).map(<[u8]>::to_vec) else {
+        let w = w.data(regs, &key);
+        return deny(hv, idx, &w, HvError::InvalidArgument);
+    };
+    if value.len() as u64 > regs[4] {
+        return deny(hv, idx, &w, HvError::Full);
+    }
+    if let Err(e) = guest_mem::check_writable(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(regs[3]), value.len() as u64) {
+        return deny(hv, idx, &w, e);
+    }
+    let w = w.data(regs, &[key.as_slice(), value.as_slice()].concat());
+    allow(hv, idx, &w, |hv| {
+        let s2 = &hv.partitions[idx].stage2;
+        let wrote = guest_mem::write(&mut hv.arch, s2, Ipa::new(regs[3]), &value);
+        debug_assert!(wrote.is_ok());
+        [value.len() as u64, 0, 0]
+    })
+}
+
