@@ -106,7 +106,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         let _ = ram.push(*r);
     }
     let machine = Machine::new(ram, gic, platform.hyp_timer_intid);
-    let boot_ns = (rvm_hal::timer::counter() - t0) * 1_000_000_000 / rvm_hal::timer::frequency();
+    let boot_ns = rvm_hal::timer::Clock::new().ticks_to_ns(rvm_hal::timer::counter() - t0);
     print!("rvm: platform up in {} us\n", boot_ns / 1000);
     let mut hv = match Hypervisor::boot(machine, frames, bundle) {
         Ok(hv) => hv,

@@ -35,13 +35,16 @@ pub struct Machine {
     ram: heapless::Vec<PhysRange, 4>,
     gic: Option<Gic>,
     timer_intid: u32,
+    clock: timer::Clock,
+    /// The deadline the hypervisor timer is armed for (0 = disarmed).
+    armed_ns: u64,
     /// Interrupts seen that were not the hypervisor timer.
     pub stray_irqs: u64,
 }
 
 impl Machine {
     pub fn new(ram: heapless::Vec<PhysRange, 4>, gic: Option<Gic>, timer_intid: u32) -> Self {
-        Self { ram, gic, timer_intid, stray_irqs: 0 }
+        Self { ram, gic, timer_intid, clock: timer::Clock::new(), armed_ns: 0, stray_irqs: 0 }
     }
 
     /// Panic unless `[pa, pa+len)` is RAM: the kernel only ever hands the
@@ -61,7 +64,7 @@ impl Machine {
 
 impl Arch for Machine {
     fn now_ns(&self) -> u64 {
-        timer::now_ns()
+        self.clock.now_ns()
     }
 
     fn console_write(&mut self, bytes: &[u8]) {
@@ -129,14 +132,16 @@ impl Arch for Machine {
         cpu::save_fp(&mut vcpu.fp);
     }
 
-    fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, slice_ns: u64, switched: bool) -> TrapInfo {
+    fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, deadline_ns: u64, switched: bool) -> TrapInfo {
         if switched {
             cpu::set_stage2(s2.root.raw(), s2.vmid);
             cpu::load_el1(&vcpu.el1);
             cpu::restore_fp(&vcpu.fp);
         }
-        if self.gic.is_some() {
-            timer::arm_hyp_timer(slice_ns);
+        if self.gic.is_some() && self.armed_ns != deadline_ns {
+            timer::arm_hyp_timer_at(self.clock.ns_to_ticks(deadline_ns));
+            crate::sysreg::isb();
+            self.armed_ns = deadline_ns;
         }
         let kind = vectors::enter_guest(&mut vcpu.regs);
         match kind {
@@ -149,6 +154,7 @@ impl Arch for Machine {
                     self.stray_irqs += 1;
                 }
                 timer::disarm_hyp_timer();
+                self.armed_ns = 0;
                 TrapInfo { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 }
             }
             vectors::EXIT_SYNC => TrapInfo {

@@ -12,23 +12,49 @@ pub fn counter() -> u64 {
     crate::sysreg_read!("cntpct_el0")
 }
 
-/// Nanoseconds since the counter started.
-pub fn now_ns() -> u64 {
-    let f = u128::from(frequency());
-    u64::try_from(u128::from(counter()) * 1_000_000_000 / f).unwrap_or(u64::MAX)
+/// Conversions between counter ticks and nanoseconds as 32.32 fixed-point
+/// multipliers, computed once, so the hot path never divides.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    ns_per_tick: u64,
+    ticks_per_ns: u64,
 }
 
-/// Arm the hypervisor timer to fire `ns` from now.
-pub fn arm_hyp_timer(ns: u64) {
-    let ticks = u128::from(ns) * u128::from(frequency()) / 1_000_000_000;
-    let ticks = u64::try_from(ticks).unwrap_or(u64::from(u32::MAX)).clamp(1, u64::from(i32::MAX as u32));
-    crate::sysreg_write!("cnthp_tval_el2", ticks);
+impl Clock {
+    pub fn new() -> Self {
+        let f = u128::from(frequency());
+        let ns_per_tick = u64::try_from((1_000_000_000u128 << 32) / f).unwrap_or(u64::MAX);
+        let ticks_per_ns = u64::try_from((f << 32) / 1_000_000_000).unwrap_or(u64::MAX);
+        Self { ns_per_tick, ticks_per_ns }
+    }
+
+    /// Nanoseconds since the counter started.
+    pub fn now_ns(&self) -> u64 {
+        self.ticks_to_ns(counter())
+    }
+
+    pub fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        ((u128::from(ticks) * u128::from(self.ns_per_tick)) >> 32) as u64
+    }
+
+    pub fn ns_to_ticks(&self, ns: u64) -> u64 {
+        ((u128::from(ns) * u128::from(self.ticks_per_ns)) >> 32) as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Arm the hypervisor timer to fire when the counter reaches `ticks`.
+pub fn arm_hyp_timer_at(ticks: u64) {
+    crate::sysreg_write!("cnthp_cval_el2", ticks);
     crate::sysreg_write!("cnthp_ctl_el2", 1);
-    crate::sysreg::isb();
 }
 
 /// Stop the hypervisor timer (and clear its interrupt).
 pub fn disarm_hyp_timer() {
     crate::sysreg_write!("cnthp_ctl_el2", 0b10);
-    crate::sysreg::isb();
 }

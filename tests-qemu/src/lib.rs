@@ -168,6 +168,12 @@ impl Drop for Reaper {
 
 /// Boot the RVM image on `bundle` and wait for it to power off.
 pub fn boot(bundle: &[u8], opts: &QemuOptions) -> QemuRun {
+    boot_with(bundle, opts, |_| {})
+}
+
+/// As [`boot`], handing every chunk of serial output to `on_output` as it
+/// arrives.
+pub fn boot_with(bundle: &[u8], opts: &QemuOptions, mut on_output: impl FnMut(&[u8])) -> QemuRun {
     let dir = tempdir();
     let bundle_path = dir.join("bundle.rvm");
     std::fs::write(&bundle_path, bundle).expect("write bundle");
@@ -208,6 +214,7 @@ pub fn boot(bundle: &[u8], opts: &QemuOptions) -> QemuRun {
     let mut timed_out = false;
     loop {
         while let Ok(chunk) = rx.try_recv() {
+            on_output(&chunk);
             serial.extend_from_slice(&chunk);
         }
         if let Ok(Some(status)) = child.0.try_wait() {
@@ -224,6 +231,7 @@ pub fn boot(bundle: &[u8], opts: &QemuOptions) -> QemuRun {
     drop(child);
     let _ = reader.join();
     while let Ok(chunk) = rx.try_recv() {
+        on_output(&chunk);
         serial.extend_from_slice(&chunk);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -76,9 +76,10 @@ pub trait Arch {
     /// vCPU runs on this CPU.
     fn save_vcpu_state(&mut self, vcpu: &mut Vcpu);
 
-    /// Run `vcpu` under `stage2` until it traps or the time slice (ns) ends.
+    /// Run `vcpu` under `stage2` until it traps or the clock reaches
+    /// `deadline_ns` (the end of its time slice, in `now_ns` time).
     /// `switched` is true when another vCPU ran on this CPU since `vcpu` last
     /// did, so EL1 and FP state must be reloaded.
-    fn run_vcpu(&mut self, vcpu: &mut Vcpu, stage2: Stage2Context, slice_ns: u64, switched: bool)
+    fn run_vcpu(&mut self, vcpu: &mut Vcpu, stage2: Stage2Context, deadline_ns: u64, switched: bool)
         -> TrapInfo;
 }

@@ -213,10 +213,14 @@ impl Arch for FakeArch {
         self.saves += 1;
     }
 
-    fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, _slice: u64, switched: bool) -> TrapInfo {
+    fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, deadline_ns: u64, switched: bool) -> TrapInfo {
         self.runs += 1;
         if switched {
             self.switches += 1;
+        }
+        if self.clock_ns >= deadline_ns {
+            // The slice's timer interrupt is pending: the guest exits at once.
+            return Self::timer();
         }
         self.clock_ns += self.tick_ns;
         let Some(mut guest) = self.guests.remove(&s2.vmid) else {

@@ -230,14 +230,11 @@ impl<A: Arch> Hypervisor<A> {
                 self.arch.save_vcpu_state(&mut self.partitions[prev].vcpu);
             }
             self.last_run = Some(idx);
-            let remaining = slice_end.saturating_sub(self.arch.now_ns());
-            if remaining == 0 {
-                self.partitions[idx].stats.preemptions += 1;
-                return;
-            }
             let p = &mut self.partitions[idx];
             let ctx = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
-            let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, remaining, switched);
+            // The timer interrupt ends the slice: if the deadline passed while
+            // EL2 handled an exit, the pending interrupt exits the guest at once.
+            let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, slice_end, switched);
             let flow = self.handle_exit(idx, Exit::decode(&trap));
             if flow == Flow::Reschedule || !self.partitions[idx].is_runnable() {
                 return;

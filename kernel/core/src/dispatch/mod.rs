@@ -31,12 +31,20 @@ pub(crate) struct Witnessed {
     call: u16,
     tier: u8,
     cap: u32,
-    args: [u8; 16],
+    regs: [u64; 6],
+    /// Digest of the registers and buffer bytes, once a buffer was read;
+    /// otherwise computed from `regs` only when the record is written, so
+    /// calls that are not witnessed never pay for a hash.
+    args: Option<[u8; 16]>,
 }
 
 impl Witnessed {
     pub(crate) fn new(call: Hypercall, regs: &[u64; 6]) -> Self {
-        Self { call: call as u16, tier: 0, cap: NO_CAP, args: crate::digest::of_call(regs, &[]) }
+        Self { call: call as u16, tier: 0, cap: NO_CAP, regs: *regs, args: None }
+    }
+
+    fn digest(&self) -> [u8; 16] {
+        self.args.unwrap_or_else(|| crate::digest::of_call(&self.regs, &[]))
     }
 
     pub(crate) fn granted(mut self, g: &Granted) -> Self {
@@ -51,7 +59,7 @@ impl Witnessed {
     }
 
     pub(crate) fn data(mut self, regs: &[u64; 6], data: &[u8]) -> Self {
-        self.args = crate::digest::of_call(regs, data);
+        self.args = Some(crate::digest::of_call(regs, data));
         self
     }
 }
@@ -72,7 +80,7 @@ pub(crate) fn witness<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed
     rec.op = w.call;
     rec.tier = w.tier;
     rec.cap = w.cap;
-    rec.args = w.args;
+    rec.args = w.digest();
     rec.timestamp = hv.arch.now_ns();
     let log = p.id.0;
     hv.witness.append(&mut hv.arch, log, rec).map(|_| ()).map_err(|_| HvError::WitnessUnavailable)
@@ -127,7 +135,7 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     }
     let regs = regs_of(hv, idx);
     let Some(call) = Hypercall::from_function_id(x0) else {
-        let w = Witnessed { call: (x0 & 0x7fff) as u16, tier: 0, cap: NO_CAP, args: crate::digest::of_call(&regs, &[]) };
+        let w = Witnessed { call: (x0 & 0x7fff) as u16, tier: 0, cap: NO_CAP, regs, args: None };
         return deny(hv, idx, &w, HvError::NotSupported);
     };
     let w = Witnessed::new(call, &regs);
