@@ -2,7 +2,7 @@
 //! the device tree and the bundle.
 
 use rvm_hal::dtb::Platform;
-use rvm_kernel::addr::{PhysAddr, PhysRange};
+use rvm_kernel::addr::PhysRange;
 
 /// RAM ranges left after removing the reserved ones.
 pub fn free_ranges(p: &Platform, image: PhysRange) -> heapless::Vec<PhysRange, 16> {
@@ -29,6 +29,5 @@ pub fn free_ranges(p: &Platform, image: PhysRange) -> heapless::Vec<PhysRange, 1
         }
         free = next;
     }
-    let _ = PhysAddr::new(0);
     free
 }

@@ -33,7 +33,11 @@ fn main() -> std::process::ExitCode {
                             _ => "call ",
                         };
                         let name = names.get(log as usize).copied().unwrap_or("?");
-                        let _ = writeln!(out, "  witness {name:<10} #{:<3} {kind} {op:<16} tier P{} {outcome}", r.seq, r.tier);
+                        let tier = match r.tier {
+                            0 => "  ".to_string(),
+                            t => format!("P{t}"),
+                        };
+                        let _ = writeln!(out, "  witness {name:<10} #{:<3} {kind} {op:<16} {tier} {outcome}", r.seq);
                     }
                 }
                 Some(Frame::Checkpoint { log, size, .. }) => {
