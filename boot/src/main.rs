@@ -81,6 +81,15 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     rvm_hal::vectors::install(percpu);
     rvm_hal::cpu::init_el2();
     rvm_hal::pmu::enable();
+    let sha = if platform.bootarg("rvm.sha2") == Some("off") {
+        "portable (rvm.sha2=off)"
+    } else if rvm_hal::sha2ce::available() && rvm_witness::sha256::self_test(rvm_hal::sha2ce::compress) {
+        rvm_witness::sha256::install_compress(rvm_hal::sha2ce::compress);
+        "Armv8 SHA-2 instructions"
+    } else {
+        "portable"
+    };
+    print!("rvm: SHA-256 via {sha}\n");
     let gic = match (platform.gic_version, platform.gicd, platform.gicr) {
         // SAFETY: the device tree's GICv3 blocks, Device-mapped; boot CPU only.
         (3, Some(d), Some(r)) => unsafe { Gic::init(d, r, sysreg::mpidr()) },

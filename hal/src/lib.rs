@@ -12,6 +12,7 @@ pub mod machine;
 pub mod mmio;
 pub mod pmu;
 pub mod power;
+pub mod sha2ce;
 pub mod sysreg;
 pub mod timer;
 pub mod uart;

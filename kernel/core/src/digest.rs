@@ -1,17 +1,11 @@
-//! Argument digests written into witness records.
+//! Argument digests written into witness records (SHA-256 through the
+//! witness crate, so the platform's accelerated compression is used).
 
-use sha2::{Digest, Sha256};
+use rvm_witness::sha256::Sha256;
 
 /// First 16 bytes of SHA-256 over the concatenation of `parts`.
 pub fn of_parts(parts: &[&[u8]]) -> [u8; 16] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    let full = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
-    out
+    Sha256::digest_parts(parts).prefix16()
 }
 
 /// Digest of hypercall argument registers x1..x6 followed by buffer bytes.
@@ -25,7 +19,5 @@ pub fn of_call(regs: &[u64; 6], data: &[u8]) -> [u8; 16] {
 
 /// Full SHA-256 of `data`.
 pub fn full(data: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&Sha256::digest(data));
-    out
+    Sha256::digest_parts(&[data]).0
 }

@@ -1,7 +1,6 @@
 //! The one hash the witness log uses: SHA-256, as a 32-byte newtype.
 
 use core::fmt;
-use sha2::{Digest, Sha256};
 
 /// Length of a SHA-256 digest in bytes.
 pub const HASH_LEN: usize = 32;
@@ -16,7 +15,7 @@ impl Hash {
 
     /// SHA-256 of `data`.
     pub fn of(data: &[u8]) -> Hash {
-        Hash(Sha256::digest(data).into())
+        crate::sha256::Sha256::digest_parts(&[data])
     }
 
     /// The digest's bytes.
