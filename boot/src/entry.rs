@@ -100,6 +100,38 @@ rvm_primary_entry:
 3:  wfi
     b       3b
 
+// A secondary CPU, started by PSCI CPU_ON at EL2 with x0 = its CPU index.
+.global rvm_secondary_entry
+rvm_secondary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0
+    ldr     x1, =__stacks_start
+    mov     x2, #0x20000
+    madd    x1, x19, x2, x1
+    add     x1, x1, x2
+    mov     sp, x1
+    ldr     x1, =rvm_boot_l1
+    mov     x2, #0xff00
+    msr     mair_el2, x2
+    ldr     x3, =0x80823520
+    msr     tcr_el2, x3
+    msr     ttbr0_el2, x1
+    isb
+    tlbi    alle2
+    dsb     sy
+    isb
+    mrs     x3, sctlr_el2
+    mov     x4, #0x1005
+    orr     x3, x3, x4
+    bic     x3, x3, #0x2
+    bic     x3, x3, #0x80000
+    msr     sctlr_el2, x3
+    isb
+    mov     x0, x19
+    bl      rvm_secondary_main
+4:  wfe
+    b       4b
+
 .section .data.boot_tables, "aw"
 .balign 4096
 .global rvm_boot_l1

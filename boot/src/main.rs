@@ -10,6 +10,7 @@ extern crate alloc;
 mod entry;
 mod heap;
 mod memory;
+mod smp;
 
 use rvm_hal::dtb::Platform;
 use rvm_hal::gic::Gic;
@@ -33,8 +34,6 @@ mod exit_code {
 /// Where QEMU puts the device tree for a bare-metal ELF (start of RAM).
 const DTB_FALLBACK: usize = 0x4000_0000;
 
-static mut PERCPU: rvm_hal::vectors::PerCpu =
-    rvm_hal::vectors::PerCpu { scratch: 0, guest: core::ptr::null_mut() };
 
 #[no_mangle]
 extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
@@ -75,10 +74,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         platform.hyp_timer_intid,
         platform.psci
     );
-    // SAFETY: PERCPU is this (boot) CPU's block; the vectors are the only
-    // other user and they run on this CPU only while this code waits.
-    let percpu = unsafe { &mut *core::ptr::addr_of_mut!(PERCPU) };
-    rvm_hal::vectors::install(percpu);
+    rvm_hal::vectors::install(smp::percpu(0));
     rvm_hal::cpu::init_el2();
     rvm_hal::pmu::enable();
     let sha = if platform.bootarg("rvm.sha2") == Some("off") {
@@ -99,6 +95,8 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         Some(g) => g.enable_ppi(platform.hyp_timer_intid),
         None => print!("rvm: warning: no GICv3: guests are not preempted by the timer\n"),
     }
+    let online = smp::start_secondaries(&platform);
+    print!("rvm: {} of {} CPUs online (secondaries via PSCI CPU_ON, parked: the scheduler runs on CPU 0)\n", online, platform.cpus);
     let Some(initrd) = platform.initrd else {
         print!("rvm: no bundle: pass one as the initrd (qemu -initrd bundle.rvm). Powering off.\n");
         power_off(how, exit_code::NO_BUNDLE);

@@ -26,6 +26,8 @@ pub struct Platform {
     pub psci: Option<Conduit>,
     pub initrd: Option<PhysRange>,
     pub cpus: u32,
+    /// MPIDR affinity of each CPU, in device-tree order.
+    pub cpu_ids: heapless::Vec<u64, 8>,
     pub bootargs: heapless::String<256>,
     pub model: heapless::String<64>,
 }
@@ -75,6 +77,7 @@ impl Platform {
             psci: None,
             initrd: None,
             cpus: 0,
+            cpu_ids: heapless::Vec::new(),
             bootargs: heapless::String::new(),
             model: heapless::String::new(),
         };
@@ -129,6 +132,9 @@ impl Platform {
             }
         }
         p.cpus = fdt.cpus().count() as u32;
+        for cpu in fdt.cpus() {
+            let _ = p.cpu_ids.push(cpu.ids().first() as u64);
+        }
         Ok(p)
     }
 

@@ -18,6 +18,7 @@ fn boot_banner_names_the_discovered_hardware() {
     run.assert(run.contains("RAM 0x40000000..0x60000000 (512 MiB)"), "memory from the DTB");
     run.assert(run.contains("GICv3 dist 0x8000000 redist 0x80a0000"), "GIC from the DTB");
     run.assert(run.contains("hyp timer INTID 26"), "timer from the DTB");
+    run.assert(run.contains("4 of 4 CPUs online"), "secondaries started with PSCI CPU_ON");
     run.assert(run.exit == Some(0), "clean power-off");
 }
 
