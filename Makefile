@@ -45,15 +45,17 @@ images:
 	$(CARGO) run -q -p rvm-agent-invalid -- $(OUT)/agents/invalid.wasm
 	@echo "images in $(OUT)/"
 
+# Deploy the two reference tenants (examples/reference/) with rvm-loader into
+# a fresh RVM_HOME under $(TARGET)/, boot them under QEMU, verify the logs.
 run: images
 	$(CARGO) build -q -p rvm-loader
-	RVM_IMAGE_DIR=$(OUT) $(CARGO) run -q -p rvm-tests-qemu --bin rvm-demo
+	RVM_IMAGE_DIR=$(abspath $(OUT)) sh examples/reference/run.sh $(TARGET)/debug/rvm-loader $(TARGET)/rvm-demo-home
 
 test: images
 	RVM_AGENT_WASM_DIR=$(abspath $(WASM)) $(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
 
 bench:
-	$(CARGO) bench -p rvm-cap -p rvm-witness
+	$(CARGO) bench -p rvm-cap -p rvm-witness -p rvm-coherence
 
 bench-qemu: images
 	RVM_IMAGE_DIR=$(OUT) $(CARGO) run -q --release -p rvm-tests-qemu --bin rvm-bench-qemu

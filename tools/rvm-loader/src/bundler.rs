@@ -2,8 +2,10 @@
 //! (`rvm_abi::bundle`).
 //!
 //! Per partition, in boot order: its [`PartitionDesc`], its WASM module, one
-//! [`CapDesc`] per token of its capability table, and the operator's
-//! authority public key (bound to its P3 capabilities). Global: the guest
+//! [`CapDesc`] per token of its capability table, and — when the table has
+//! P3 rights — the public half of the partition's own authority key, which
+//! the hypervisor binds to its capabilities (the seed stays in `RVM_HOME`
+//! and signs approvals, `rvm-loader caps prove`). Global: the guest
 //! runtime ELF, the witness checkpoint key seed, the boot configuration
 //! (its run budget set below the loader's own timeout, so the hypervisor
 //! shuts down and signs its logs' heads before QEMU is killed), and a channel between each
@@ -37,6 +39,9 @@ pub struct PlannedPartition {
     pub record: PartitionRecord,
     pub module: Vec<u8>,
     pub wasm_pages: u32,
+    /// The public authority key bound to its capabilities (partitions with
+    /// P3 rights).
+    pub authority: Option<[u8; 32]>,
 }
 
 /// Everything one boot needs.
@@ -45,7 +50,6 @@ pub struct BootPlan {
     pub partitions: Vec<PlannedPartition>,
     pub runtime: Vec<u8>,
     pub witness_key: Key,
-    pub authority_key: Key,
     /// How the hypervisor runs the bundle.
     pub config: BootConfig,
 }
@@ -156,11 +160,14 @@ pub fn build(plan: &BootPlan) -> Result<Vec<u8>> {
     for p in &plan.partitions {
         let idx = w.partition(&partition_desc(p)?);
         w.entry(EntryKind::Wasm, idx, &p.module);
+        // The key first: the hypervisor binds it to the capabilities after it.
+        if let Some(key) = &p.authority {
+            w.entry(EntryKind::AuthorityKey, idx, key);
+        }
         for t in p.record.caps.iter().flat_map(|c| &c.tokens) {
             w.entry(EntryKind::Capability, idx, &cap_desc(t).to_bytes());
             caps += 1;
         }
-        w.entry(EntryKind::AuthorityKey, idx, &plan.authority_key.public);
         indices.push(idx);
     }
     for pair in indices.windows(2) {

@@ -1,9 +1,12 @@
 //! Command-line interface (`rvm-loader` and `rvm` are the same program).
 
+use crate::approval::{self, ApprovalRequest, ArgsSpec};
 use crate::commands::{self, BootOptions, Ctx};
 use crate::error::Error;
+use crate::model::KeyFingerprint;
 use crate::qemu;
 use crate::store::{self, Home};
+use crate::witness_cli::{self, ExportFormat, ProofKey, VerifyArgs};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +20,13 @@ Deploy @metaharness/host-rvm adapter files on the RVM hypervisor.
 State lives under $RVM_HOME (default ~/.rvm). Bad input gets one message per
 problem (file: field or line: reason) and exit code 2, and leaves RVM_HOME
 exactly as it was. Exit code 1 is a failure of the machine or of the run
-(I/O, QEMU missing, timeout, the hypervisor's nonzero exit).
+(I/O, QEMU missing, timeout, the hypervisor's nonzero exit, a witness log of
+the run that does not verify). `witness verify` and `witness verify-proof`
+exit 2 when what they check does not verify.
+
+Every boot files the witness logs under $RVM_HOME/witness/<partition>.log
+(the hypervisor's own log is hypervisor.log) with .checkpoints and .pub
+beside them, and verifies them at the end of the run.
 
 Guest modules are found in this order: --wasm FILE; a module registered with
 `guest add <package>@<version> FILE`; the package's files under a local
@@ -93,7 +102,12 @@ enum Command {
         #[command(flatten)]
         boot: BootArgs,
     },
-    /// Show (or create) this RVM_HOME's witness and authority keys.
+    /// Show, verify, export and prove the witness logs filed under
+    /// $RVM_HOME/witness/.
+    #[command(subcommand, long_about = WITNESS_LONG)]
+    Witness(WitnessCmd),
+    /// Show (or create) this RVM_HOME's witness key and the partitions'
+    /// authority keys.
     Keys {
         /// Create the keys if they do not exist yet.
         #[arg(long)]
@@ -138,7 +152,170 @@ enum CapsCmd {
         /// The partition's name.
         name: String,
     },
+    /// Sign an operator's approval of one P3 operation with the partition's
+    /// authority key (made by `caps install` for a table with P3 rights).
+    #[command(long_about = PROVE_LONG)]
+    Prove {
+        /// The partition that will perform the operation.
+        #[arg(long, value_name = "NAME")]
+        partition: String,
+        /// Its partition id in the boot it will run in (default: its
+        /// position in its last run, counting from 1).
+        #[arg(long, value_name = "N")]
+        partition_id: Option<u32>,
+        /// The hypercall, e.g. CapRevoke, cap-derive, ChannelSend, Prove.
+        #[arg(long, value_name = "OPERATION")]
+        op: String,
+        /// The object the capability names: KIND:ID, e.g. channel:0,
+        /// state-store:1, witness-log:1.
+        #[arg(long, value_name = "KIND:ID")]
+        object: String,
+        /// Replay nonce: must exceed the capability's last used nonce
+        /// (decimal or 0x hex).
+        #[arg(long, value_parser = parse_word)]
+        nonce: u64,
+        /// The call's register arguments, comma-separated (decimal or 0x hex).
+        #[arg(long, value_name = "W,W,...", value_delimiter = ',', value_parser = parse_word)]
+        words: Vec<u64>,
+        /// The bytes of the buffer it acts on, as hex.
+        #[arg(long, value_name = "HEX", conflicts_with = "data_file")]
+        data_hex: Option<String>,
+        /// The bytes of the buffer it acts on, from a file.
+        #[arg(long, value_name = "FILE")]
+        data_file: Option<PathBuf>,
+        /// An arguments digest computed elsewhere (64 hex digits), instead
+        /// of --words/--data-*.
+        #[arg(long, value_name = "HEX", conflicts_with_all = ["words", "data_hex", "data_file"])]
+        args_digest: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const PROVE_LONG: &str = "\
+Sign an operator's approval of one P3 operation.
+
+The signed message is the kernel's own (rvm_cap::proof::operation_message):
+operation, object (kind and id), partition id, nonce and the SHA-256 digest of
+the call's arguments, ArgsDigest::of(words, data). What each call binds:
+  CapRevoke, StateValidate, StateCommit, Prove: no words, no data
+  ChannelSend: no words, --data-* = the message
+  CapDerive: the ten words target, rights, has_expiry, expiry, has_window,
+             first, last, has_quota, calls, bytes (absent values 0)
+The key is $RVM_HOME/keys/authority/<partition>.seed, created by `caps install`
+(or deploy) when the table has P3 rights and bound to the partition's
+capabilities in every bundle. The approval is checked before it is printed.
+Prints: partition, partition id, operation, object, nonce, args digest, the
+signed message, the authority public key and the 64-byte signature (hex).";
+
+fn parse_word(s: &str) -> Result<u64, String> {
+    approval::parse_u64(s).ok_or_else(|| format!("{s:?} is not a number (decimal or 0x hex)"))
+}
+
+fn parse_fingerprint(s: &str) -> Result<KeyFingerprint, String> {
+    KeyFingerprint::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a SHA-256 fingerprint (64 hex digits, optionally sha256:)")
+    })
+}
+
+#[derive(Subcommand, Debug)]
+enum WitnessCmd {
+    /// Print a log's records decoded: seq, time since boot, partition,
+    /// operation, proof tier, outcome, capability. Every log when none is
+    /// named.
+    Show {
+        /// A partition name (or `hypervisor`) for $RVM_HOME/witness/<name>.log,
+        /// or the path of a .log file.
+        #[arg(value_name = "PARTITION|FILE")]
+        log: Option<String>,
+    },
+    /// Check a log's chain, links, checkpoint signatures and Merkle roots;
+    /// name the first bad record. Every log when none is named. Exit 2 if
+    /// any does not verify.
+    #[command(long_about = VERIFY_LONG)]
+    Verify {
+        /// A partition name (or `hypervisor`), or the path of a .log file.
+        #[arg(value_name = "PARTITION|FILE")]
+        log: Option<String>,
+        /// The key must have this fingerprint.
+        #[arg(long, value_name = "SHA256", value_parser = parse_fingerprint)]
+        key_fingerprint: Option<KeyFingerprint>,
+        /// Verify with the key in this .pub file instead of the one beside the log.
+        #[arg(long = "pub", value_name = "FILE")]
+        pub_file: Option<PathBuf>,
+        /// Fail if records after the newest checkpoint are not signed yet.
+        #[arg(long)]
+        require_signed: bool,
+    },
+    /// Write a log's records as JSON lines (one object per record).
+    Export {
+        /// A partition name (or `hypervisor`), or the path of a .log file.
+        #[arg(value_name = "PARTITION|FILE")]
+        log: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print an RFC 6962 inclusion proof of record N against the newest
+    /// signed checkpoint that covers it.
+    Prove {
+        /// The record's sequence number.
+        #[arg(long, value_name = "N")]
+        seq: u64,
+        /// A partition name (or `hypervisor`), or the path of a .log file.
+        #[arg(value_name = "PARTITION|FILE")]
+        log: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check an inclusion proof (text or JSON, `-` for standard input)
+    /// against the signed checkpoint it carries. Exit 2 if it does not
+    /// verify. The key: --pub FILE, --log NAME (the .pub beside that log),
+    /// else this RVM_HOME's witness key.
+    VerifyProof {
+        /// The proof file.
+        #[arg(value_name = "FILE")]
+        proof: PathBuf,
+        /// The verifier key file (<name>.pub).
+        #[arg(long = "pub", value_name = "FILE", conflicts_with = "log")]
+        pub_file: Option<PathBuf>,
+        /// Use the key filed beside this log (a partition name or a .log path).
+        #[arg(long, value_name = "PARTITION|FILE")]
+        log: Option<String>,
+    },
+}
+
+const WITNESS_LONG: &str = "\
+Show, verify, export and prove the witness logs filed under $RVM_HOME/witness/.
+
+Every boot files each partition's log as <partition>.log (the hypervisor's own
+as hypervisor.log), its signed checkpoints as <partition>.checkpoints and the
+announced key as <partition>.pub; the previous run's files of the same name
+move to witness/archive/. A log is named by its partition (or `hypervisor`), or
+by the path of a .log file. `witness replay` (re-running a partition from its
+log and journal) is not built yet.";
+
+const VERIFY_LONG: &str = "\
+Check a witness log: every record's version, seq and link to the previous
+chain head; every checkpoint's Ed25519 signature, log id, size, chain head and
+Merkle root; nothing truncated after a checkpoint. The report names the first
+bad record. Records after the newest checkpoint are chained but not yet
+signed: reported, and a failure only with --require-signed.
+
+The key is read from the .pub file beside the log (or --pub FILE) and, for a
+log of this RVM_HOME, must be the one the manifest's witness_key_fingerprint
+pins, else this RVM_HOME's witness key (--key-fingerprint overrides both). A
+log given by path is compared with --key-fingerprint only.
+
+Exit codes: 0 every log verifies; 2 a log does not verify, or no such log;
+1 a file cannot be read.";
 
 #[derive(Subcommand, Debug)]
 enum GuestCmd {
@@ -185,6 +362,10 @@ struct BootArgs {
     /// Build the bundle but do not start QEMU.
     #[arg(long)]
     no_boot: bool,
+    /// Print every witness record and checkpoint as it arrives (one
+    /// compact line each), between the console lines.
+    #[arg(long)]
+    show_witness: bool,
 }
 
 impl BootArgs {
@@ -195,6 +376,7 @@ impl BootArgs {
             timeout: Duration::from_secs(self.timeout),
             bundle_out: self.bundle_out.clone(),
             no_boot: self.no_boot,
+            live_witness: self.show_witness,
         }
     }
 }
@@ -216,6 +398,70 @@ fn run(cli: Cli) -> Result<(), Error> {
             commands::caps_install(&ctx, &table, partition.as_deref())
         }
         Command::Caps(CapsCmd::Show { name }) => commands::caps_show(&ctx, &name),
+        Command::Caps(CapsCmd::Prove {
+            partition,
+            partition_id,
+            op,
+            object,
+            nonce,
+            words,
+            data_hex,
+            data_file,
+            args_digest,
+            json,
+        }) => approval::caps_prove(
+            &ctx,
+            &ApprovalRequest {
+                partition,
+                partition_id,
+                op,
+                object,
+                nonce,
+                args: ArgsSpec {
+                    words,
+                    data_hex,
+                    data_file,
+                    digest_hex: args_digest,
+                },
+                json,
+            },
+        ),
+        Command::Witness(WitnessCmd::Show { log }) => witness_cli::show(&ctx, log.as_deref()),
+        Command::Witness(WitnessCmd::Verify {
+            log,
+            key_fingerprint,
+            pub_file,
+            require_signed,
+        }) => witness_cli::verify(
+            &ctx,
+            log.as_deref(),
+            &VerifyArgs {
+                key_fingerprint,
+                pub_file,
+                require_signed,
+            },
+        ),
+        Command::Witness(WitnessCmd::Export { log, format, out }) => {
+            witness_cli::export(&ctx, &log, format, out.as_deref())
+        }
+        Command::Witness(WitnessCmd::Prove {
+            seq,
+            log,
+            json,
+            out,
+        }) => witness_cli::prove(&ctx, &log, seq, json, out.as_deref()),
+        Command::Witness(WitnessCmd::VerifyProof {
+            proof,
+            pub_file,
+            log,
+        }) => {
+            let key = match (pub_file, log) {
+                (Some(p), _) => ProofKey::PubFile(p),
+                (None, Some(l)) => ProofKey::Log(l),
+                (None, None) => ProofKey::Home,
+            };
+            witness_cli::verify_proof(&ctx, &proof, &key)
+        }
         Command::Guest(GuestCmd::Add { package, file }) => {
             commands::guest_add(&ctx, &package, &file)
         }

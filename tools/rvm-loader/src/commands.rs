@@ -2,28 +2,20 @@
 //! before it changes anything under `RVM_HOME`; a refusal (exit 2) leaves
 //! the home exactly as it was.
 
-use crate::bundler::{self, BootPlan, PlannedPartition};
 use crate::diag::{quote, Diagnostic, Warnings};
 use crate::error::{Error, Result};
 use crate::folder::{self, LoadedGuest};
 use crate::keys::KeyRole;
-use crate::limits;
 use crate::model::{PartitionName, PartitionSpec, Token};
 use crate::parse::names;
-use crate::qemu::{self, Exit};
 use crate::resolve::{self, Resolved};
-use crate::source;
 use crate::store::{
     self, FileStamp, GuestBinding, GuestModule, Home, InstalledCaps, PartitionRecord, Registry,
-    RunRecord, RunState,
 };
-use crate::stream::{LineSplitter, Session, Shown};
-use crate::witness_sink;
-use rvm_abi::bundle::{BootConfig, RecoveryDesc};
+use rvm_abi::bundle::RecoveryDesc;
 use rvm_abi::ProofTier;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 /// What every command needs.
 pub struct Ctx {
@@ -32,17 +24,8 @@ pub struct Ctx {
     pub now: u64,
 }
 
-/// Options of every command that boots.
-#[derive(Clone, Debug)]
-pub struct BootOptions {
-    pub image_dir: Option<PathBuf>,
-    pub qemu: Option<PathBuf>,
-    pub timeout: Duration,
-    /// Also write the bundle here.
-    pub bundle_out: Option<PathBuf>,
-    /// Build (and write) the bundle but do not start QEMU.
-    pub no_boot: bool,
-}
+use crate::boot::boot;
+pub use crate::boot::BootOptions;
 
 fn warn(w: &Warnings) {
     for d in w.iter() {
@@ -144,7 +127,11 @@ pub fn partition_remove(ctx: &Ctx, name: &str) -> Result<()> {
         reg.partitions.remove(&name);
         Ok(())
     })?;
-    println!("partition {name} removed");
+    let key = ctx.home.remove_key(&KeyRole::Authority(name.clone()))?;
+    println!(
+        "partition {name} removed{}",
+        if key { ", with its authority key" } else { "" }
+    );
     Ok(())
 }
 
@@ -210,6 +197,24 @@ pub fn caps_install(ctx: &Ctx, table: &Path, partition: Option<&str>) -> Result<
         t.tokens.len(),
         tier_counts(&t.tokens),
         replaced.map_or(String::new(), |n| format!(", replacing {n}"))
+    );
+    authority_for(ctx, &name, &t.tokens)
+}
+
+/// Create the partition's authority key when its table has P3 rights (it
+/// is kept when a later table has none, so approvals already given stay
+/// checkable; `partition remove` deletes it).
+fn authority_for(ctx: &Ctx, name: &PartitionName, tokens: &[Token]) -> Result<()> {
+    if !crate::boot::has_p3(tokens) {
+        return Ok(());
+    }
+    let role = KeyRole::Authority(name.clone());
+    let existed = ctx.home.key(&role)?.is_some();
+    let k = ctx.home.key_or_create(&role)?;
+    println!(
+        "authority key of {name} {}{} (P3 approvals: rvm-loader caps prove --partition {name} ...)",
+        k.fingerprint(),
+        if existed { "" } else { " created" }
     );
     Ok(())
 }
@@ -458,6 +463,9 @@ pub fn deploy(
     }
     ctx.home.update(change)?;
     let tokens = ex.table.as_ref().map_or(0, |t| t.tokens.len());
+    if let Some(t) = &ex.table {
+        authority_for(ctx, &m.spec.name, &t.tokens)?;
+    }
     println!(
         "deployed partition {} ({}), {tokens} capabilities{}",
         m.spec.name,
@@ -546,232 +554,6 @@ pub fn up(ctx: &Ctx, names: &[String], opts: &BootOptions) -> Result<()> {
     boot(ctx, &names, opts)
 }
 
-/// Build the plan for `names` from the registry; refuses before anything is written.
-fn plan(
-    ctx: &Ctx,
-    names: &[PartitionName],
-    opts: &BootOptions,
-) -> Result<(BootPlan, qemu::Images)> {
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
-            return Err(Error::refused(
-                "boot",
-                format!("partition {n} is named twice"),
-            ));
-        }
-    }
-    if names.len() > limits::PARTITIONS_PER_BOOT_MAX {
-        return Err(Error::refused(
-            "boot",
-            format!(
-                "{} partitions; at most {} boot together",
-                names.len(),
-                limits::PARTITIONS_PER_BOOT_MAX
-            ),
-        ));
-    }
-    let reg = ctx.home.load()?;
-    let mut parts = Vec::new();
-    for n in names {
-        let rec = reg.partition(n)?.clone();
-        let Some(g) = &rec.guest else {
-            return Err(Error::refused(
-                format!("partition {n}"),
-                format!("has no guest: run `rvm-loader guest boot --partition {n} --wasm-ref FILE` or `rvm-loader deploy FOLDER`"),
-            ));
-        };
-        let module = ctx.home.module(&g.module_sha256)?;
-        let info = resolve::check_module(&format!("module of partition {n}"), &module)?;
-        parts.push(PlannedPartition {
-            wasm_pages: resolve::wasm_pages(&info),
-            module,
-            record: rec,
-        });
-    }
-    let witness = ctx.home.key(KeyRole::Witness)?;
-    for p in &parts {
-        if let Some(pin) = p.record.spec.witness_key_fingerprint {
-            let have = witness.as_ref().map(|k| k.fingerprint());
-            if have != Some(pin) {
-                return Err(Error::refused(
-                    p.record.manifest.path.clone(),
-                    format!(
-                        "partition.witness_key_fingerprint: pins {pin}, but this RVM_HOME's witness key is {} (see `rvm-loader keys`)",
-                        have.map_or_else(|| "not created yet".to_string(), |f| f.to_string())
-                    ),
-                ));
-            }
-        }
-    }
-    let images = qemu::locate(opts.image_dir.as_deref())?;
-    let runtime = source::read_bytes(&images.runtime, limits::RUNTIME_MAX)
-        .map_err(|d| Error::failed(d.to_string()))?;
-    let witness_key = ctx.home.key_or_create(KeyRole::Witness)?;
-    let authority_key = ctx.home.key_or_create(KeyRole::Authority)?;
-    let budget_ms = u32::try_from(opts.timeout.as_millis() / 4 * 3).unwrap_or(u32::MAX);
-    let config = BootConfig {
-        run_budget_ms: budget_ms,
-        ..BootConfig::DEFAULT
-    };
-    Ok((
-        BootPlan {
-            partitions: parts,
-            runtime,
-            witness_key,
-            authority_key,
-            config,
-        },
-        images,
-    ))
-}
-
-/// A temporary bundle file, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn set_runs(
-    ctx: &Ctx,
-    names: &[PartitionName],
-    run: &dyn Fn(&PartitionName) -> RunRecord,
-) -> Result<()> {
-    ctx.home.update(|reg| {
-        for n in names {
-            if let Some(rec) = reg.partitions.get_mut(n) {
-                rec.last_run = Some(run(n));
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Boot `names` together.
-pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()> {
-    let (plan, images) = plan(ctx, names, opts)?;
-    let bytes = bundler::build(&plan)?;
-    if let Some(out) = &opts.bundle_out {
-        store::write_atomic(out, &bytes, 0o644)?;
-        println!(
-            "bundle written to {} ({} bytes)",
-            out.display(),
-            bytes.len()
-        );
-    }
-    let list: Vec<String> = plan.names().iter().map(ToString::to_string).collect();
-    if opts.no_boot {
-        println!(
-            "bundle for {} built ({} bytes); not booted (--no-boot)",
-            list.join(", "),
-            bytes.len()
-        );
-        return Ok(());
-    }
-    let tmp = TempFile(std::env::temp_dir().join(format!(
-        "rvm-bundle-{}-{}.bin",
-        std::process::id(),
-        ctx.now
-    )));
-    store::write_atomic(&tmp.0, &bytes, 0o600)?;
-    let program = qemu::qemu_binary(opts.qemu.as_deref());
-    let args = qemu::machine_args(&images.hypervisor, &tmp.0);
-    eprintln!(
-        "rvm-loader: booting {} under {} (timeout {} s)",
-        list.join(", "),
-        Path::new(&program).display(),
-        opts.timeout.as_secs()
-    );
-
-    let started = store::now_unix();
-    let all = plan.names();
-    set_runs(ctx, names, &|_| RunRecord {
-        started_unix: started,
-        ended_unix: None,
-        loader_pid: Some(std::process::id()),
-        state: RunState::Booting,
-        with: all.clone(),
-        outcome: None,
-    })?;
-
-    let log_names = plan.log_names();
-    let mut sink = witness_sink::open(&ctx.home, &log_names);
-    let mut session = Session::new(log_names.clone(), sink.as_mut());
-    let mut splitter = LineSplitter::default();
-    let mut show = |s: Shown| match s {
-        Shown::Console(l) => println!("{l}"),
-        Shown::Progress(p) => eprintln!("rvm-loader: {p}"),
-    };
-    let run = qemu::run(&program, &args, opts.timeout, &mut |chunk| {
-        splitter.push(chunk, &mut |line| session.line(&line, &mut show));
-    });
-    splitter.finish(&mut |line| session.line(&line, &mut show));
-    let states = session.states().clone();
-    let sink_error = session.sink_error().map(str::to_owned);
-    drop(session);
-    let summary = sink.finish();
-
-    let outcome = match &run {
-        Ok(r) => match r.exit {
-            Exit::Code(0) => "hypervisor exited normally".to_string(),
-            Exit::Code(c) => format!("hypervisor exited with code {c}"),
-            Exit::Signal => "QEMU was ended by a signal".to_string(),
-            Exit::TimedOut => format!("timed out after {} s; QEMU killed", opts.timeout.as_secs()),
-        },
-        Err(e) => e.to_string(),
-    };
-    let ended = store::now_unix();
-    let final_state = |n: &PartitionName| {
-        let id = all
-            .iter()
-            .position(|x| x == n)
-            .and_then(|i| u32::try_from(i).ok())
-            .map(bundler::partition_id);
-        match id.and_then(|id| states.get(&id)) {
-            Some(
-                RunState::Booting | RunState::Running | RunState::Restarted | RunState::RolledBack,
-            )
-            | None => RunState::Stopped,
-            Some(s) => *s,
-        }
-    };
-    set_runs(ctx, names, &|n| RunRecord {
-        started_unix: started,
-        ended_unix: Some(ended),
-        loader_pid: None,
-        state: final_state(n),
-        with: all.clone(),
-        outcome: Some(outcome.clone()),
-    })?;
-    for n in &all {
-        eprintln!(
-            "rvm-loader: {n} at the end of the run: {}",
-            final_state(n).name()
-        );
-    }
-    match &summary {
-        Ok(s) => eprintln!("rvm-loader: {}", s.note),
-        Err(e) => eprintln!("rvm-loader: witness store: {e}"),
-    }
-    if let Some(e) = sink_error {
-        eprintln!("rvm-loader: witness store reported: {e}");
-    }
-    let r = run?;
-    match r.exit {
-        Exit::Code(0) => Ok(()),
-        _ => {
-            let tail = r.stderr_tail.trim();
-            Err(Error::failed(if tail.is_empty() {
-                outcome
-            } else {
-                format!("{outcome}; QEMU said: {tail}")
-            }))
-        }
-    }
-}
-
 fn run_state(r: &PartitionRecord) -> String {
     match &r.last_run {
         None => "registered".to_string(),
@@ -838,15 +620,11 @@ pub fn partition_list(ctx: &Ctx) -> Result<()> {
 pub fn status(ctx: &Ctx) -> Result<()> {
     let reg = ctx.home.load()?;
     println!("RVM_HOME {}", ctx.home.root().display());
-    for role in KeyRole::ALL {
-        match ctx.home.key(role)? {
-            Some(k) => println!("{} key {}", role.name(), k.fingerprint()),
-            None => println!(
-                "{} key: not created yet (created at the first boot)",
-                role.name()
-            ),
-        }
+    match ctx.home.key(&KeyRole::Witness)? {
+        Some(k) => println!("witness key {}", k.fingerprint()),
+        None => println!("witness key: not created yet (created at the first boot)"),
     }
+    println!("witness logs in {}", ctx.home.witness_dir().display());
     println!(
         "{} partitions, {} guest modules registered",
         reg.partitions.len(),
@@ -899,6 +677,21 @@ pub fn status(ctx: &Ctx) -> Result<()> {
                 }
             }
         }
+        match ctx.home.key(&KeyRole::Authority(n.clone()))? {
+            Some(k) => println!(
+                "  authority key {} (signs P3 approvals: caps prove)",
+                k.fingerprint()
+            ),
+            None => println!("  authority key: none (no P3 rights)"),
+        }
+        let log = ctx.home.witness_dir().join(format!("{n}.log"));
+        if let Ok(m) = std::fs::metadata(&log) {
+            println!(
+                "  witness log {} ({} records)",
+                log.display(),
+                m.len() / rvm_abi::witness::RECORD_LEN as u64
+            );
+        }
         println!("  recovery: {}", recovery_text(&RecoveryDesc::DEFAULT));
         if let Some(run) = &r.last_run {
             let with: Vec<&str> = run.with.iter().map(PartitionName::as_str).collect();
@@ -912,25 +705,29 @@ pub fn status(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `keys [--create]`.
+/// `keys [--create]`: the witness key (created with `--create`) and every
+/// partition's authority key.
 pub fn keys(ctx: &Ctx, create: bool) -> Result<()> {
-    for role in KeyRole::ALL {
-        let k = if create {
-            Some(ctx.home.key_or_create(role)?)
-        } else {
-            ctx.home.key(role)?
-        };
-        match k {
-            Some(k) => println!(
-                "{} key {} (public {})",
-                role.name(),
+    let witness = if create {
+        Some(ctx.home.key_or_create(&KeyRole::Witness)?)
+    } else {
+        ctx.home.key(&KeyRole::Witness)?
+    };
+    match witness {
+        Some(k) => println!(
+            "witness key {} (public {})",
+            k.fingerprint(),
+            store::hex(&k.public)
+        ),
+        None => println!("witness key: not created yet (rvm-loader keys --create)"),
+    }
+    for n in ctx.home.authority_keys()? {
+        if let Some(k) = ctx.home.key(&KeyRole::Authority(n.clone()))? {
+            println!(
+                "authority key of {n} {} (public {})",
                 k.fingerprint(),
                 store::hex(&k.public)
-            ),
-            None => println!(
-                "{} key: not created yet (rvm-loader keys --create)",
-                role.name()
-            ),
+            );
         }
     }
     Ok(())

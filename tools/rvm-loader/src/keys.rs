@@ -1,36 +1,41 @@
-//! The two Ed25519 keys a loader home keeps: the hypervisor's witness
-//! checkpoint signing key (its seed travels in the bundle) and the operator's
-//! authority key (its public half is bound to every partition's P3
-//! capabilities). Seeds are generated once per `RVM_HOME`, kept `0600`.
+//! The Ed25519 keys a loader home keeps: the hypervisor's witness
+//! checkpoint signing key (one per home; its seed travels in the bundle)
+//! and one authority key per partition that holds P3 capabilities (its
+//! public half is bound to the partition's capabilities in the bundle; its
+//! seed stays in the home and signs approvals, `caps prove`). Seeds are
+//! generated once, kept `0600`.
 
-use crate::model::KeyFingerprint;
+use crate::model::{KeyFingerprint, PartitionName};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 
 /// Which key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRole {
     /// Signs witness checkpoints on the device.
     Witness,
-    /// Authorises P3 operations (operator approvals).
-    Authority,
+    /// Authorises one partition's P3 operations (operator approvals).
+    Authority(PartitionName),
 }
 
-impl KeyRole {
-    pub const ALL: [KeyRole; 2] = [KeyRole::Witness, KeyRole::Authority];
+/// Folder of the authority keys under `RVM_HOME/keys/`.
+pub const AUTHORITY_DIR: &str = "authority";
 
-    /// File name under `RVM_HOME/keys/`.
-    pub fn file_name(self) -> &'static str {
+impl KeyRole {
+    /// Path under `RVM_HOME/keys/`.
+    pub fn file_name(&self) -> PathBuf {
         match self {
-            KeyRole::Witness => "witness.seed",
-            KeyRole::Authority => "authority.seed",
+            KeyRole::Witness => PathBuf::from("witness.seed"),
+            KeyRole::Authority(p) => PathBuf::from(AUTHORITY_DIR).join(format!("{p}.seed")),
         }
     }
 
-    pub fn name(self) -> &'static str {
+    /// How the key is named in messages.
+    pub fn name(&self) -> String {
         match self {
-            KeyRole::Witness => "witness",
-            KeyRole::Authority => "authority",
+            KeyRole::Witness => "witness".to_string(),
+            KeyRole::Authority(p) => format!("authority ({p})"),
         }
     }
 }

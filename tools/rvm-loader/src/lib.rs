@@ -4,11 +4,14 @@
 //! Layers, bottom up: [`source`] and [`parse`] read and validate the
 //! adapter's files into the [`model`]; [`store`] keeps registrations under
 //! `RVM_HOME`; [`resolve`] and [`wasm`] find and check guest modules;
-//! [`bundler`] lays out the bundle; [`qemu`], [`stream`] and
-//! [`witness_sink`] run it; [`folder`] and [`commands`] put it together for
-//! [`cli`].
+//! [`bundler`] lays out the bundle; [`boot`], [`qemu`], [`stream`] and
+//! [`witness_sink`] run it and file its witness logs; [`folder`] and
+//! [`commands`] put it together for [`cli`], with [`witness_cli`] (the
+//! `witness` commands) and [`approval`] (`caps prove`).
 #![forbid(unsafe_code)]
 
+pub mod approval;
+pub mod boot;
 pub mod bundler;
 pub mod cli;
 pub mod commands;
@@ -25,4 +28,5 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod wasm;
+pub mod witness_cli;
 pub mod witness_sink;

@@ -23,6 +23,12 @@ pub const QEMU_DEFAULT: &str = "qemu-system-aarch64";
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// How much of QEMU's standard error is kept for a failure message.
 const STDERR_TAIL: usize = 8 << 10;
+/// The kernel command line: power off through semihosting with an exit
+/// code (0 ok, nonzero says why), so a hypervisor panic is a failed run
+/// rather than a quiet power-off.
+pub const BOOT_ARGS: &str = "rvm.exit=semihosting";
+/// How often `run` reports a silent machine to `on_quiet`.
+pub const QUIET_TICK: Duration = Duration::from_secs(5);
 
 /// The artifacts a boot needs.
 #[derive(Clone, Debug)]
@@ -104,7 +110,36 @@ pub fn machine_args(hypervisor: &Path, bundle: &Path) -> Vec<OsString> {
     args.push(hypervisor.as_os_str().to_owned());
     args.push("-initrd".into());
     args.push(bundle.as_os_str().to_owned());
+    args.push("-append".into());
+    args.push(BOOT_ARGS.into());
     args
+}
+
+/// What the output callback of [`run`] wants next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep running.
+    Continue,
+    /// Stop the machine now (QEMU is killed).
+    Stop,
+}
+
+/// What [`run`] reports while the machine runs.
+pub trait Watch {
+    /// Bytes of the serial console, as they arrive.
+    fn output(&mut self, bytes: &[u8]) -> Flow;
+    /// QEMU was started.
+    fn started(&mut self, _pid: u32) {}
+    /// No output for a while (`since_output` since the last byte, or since
+    /// the start if nothing came yet), called every [`QUIET_TICK`].
+    fn quiet(&mut self, _since_output: Duration, _elapsed: Duration) {}
+}
+
+impl<F: FnMut(&[u8])> Watch for F {
+    fn output(&mut self, bytes: &[u8]) -> Flow {
+        self(bytes);
+        Flow::Continue
+    }
 }
 
 /// How a run ended.
@@ -116,6 +151,8 @@ pub enum Exit {
     Signal,
     /// The timeout passed; QEMU was killed.
     TimedOut,
+    /// The output callback asked to stop; QEMU was killed.
+    Stopped,
 }
 
 /// A finished run.
@@ -145,13 +182,13 @@ enum Chunk {
     End,
 }
 
-/// Run `program` with `args`, streaming its standard output to `on_bytes`,
+/// Run `program` with `args`, streaming its standard output to `watch`,
 /// for at most `timeout`.
 pub fn run(
     program: &OsStr,
     args: &[OsString],
     timeout: Duration,
-    on_bytes: &mut dyn FnMut(&[u8]),
+    watch: &mut dyn Watch,
 ) -> Result<Run> {
     let start = Instant::now();
     let child = Command::new(program)
@@ -167,6 +204,7 @@ pub fn run(
             ))
         })?;
     let mut child = KillOnDrop(child);
+    watch.started(child.0.id());
     let mut stdout = child
         .0
         .stdout
@@ -210,20 +248,32 @@ pub fn run(
 
     let deadline = start + timeout;
     let mut timed_out = false;
+    let mut stopped = false;
+    let mut last_output = start;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Chunk::Data(d)) => on_bytes(&d),
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(left.min(QUIET_TICK)) {
+            Ok(Chunk::Data(d)) => {
+                last_output = Instant::now();
+                if watch.output(&d) == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
             Ok(Chunk::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                break;
+                watch.quiet(last_output.elapsed(), start.elapsed());
             }
         }
     }
     // Output closed: give QEMU until the deadline to exit.
     let status = loop {
-        if timed_out {
+        if timed_out || stopped {
             break None;
         }
         match child.0.try_wait() {
@@ -237,6 +287,7 @@ pub fn run(
     let _ = reader.join();
     let stderr_tail = err_reader.join().unwrap_or_default();
     let exit = match status {
+        None if stopped => Exit::Stopped,
         None => Exit::TimedOut,
         Some(s) => s.code().map_or(Exit::Signal, Exit::Code),
     };
@@ -261,7 +312,8 @@ mod tests {
         assert_eq!(
             text.join(" "),
             "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none \
-             -semihosting-config enable=on,target=native -kernel /i/rvm.bin -initrd /t/b.bin"
+             -semihosting-config enable=on,target=native -kernel /i/rvm.bin -initrd /t/b.bin \
+             -append rvm.exit=semihosting"
         );
     }
 
@@ -295,7 +347,7 @@ mod tests {
                 "printf 'a\\nb\\n'; echo oops >&2; exit 3".into(),
             ],
             Duration::from_secs(20),
-            &mut |b| got.extend_from_slice(b),
+            &mut |b: &[u8]| got.extend_from_slice(b),
         )
         .unwrap();
         assert_eq!(got, b"a\nb\n");
@@ -315,7 +367,7 @@ mod tests {
             OsStr::new("sh"),
             &["-c".into(), script.into()],
             Duration::from_millis(500),
-            &mut |b| got.extend_from_slice(b),
+            &mut |b: &[u8]| got.extend_from_slice(b),
         )
         .unwrap();
         assert_eq!(r.exit, Exit::TimedOut);
@@ -329,13 +381,51 @@ mod tests {
         );
     }
 
+    struct StopAtFirst {
+        got: Vec<u8>,
+        pid: Option<u32>,
+    }
+
+    impl Watch for StopAtFirst {
+        fn output(&mut self, bytes: &[u8]) -> Flow {
+            self.got.extend_from_slice(bytes);
+            Flow::Stop
+        }
+        fn started(&mut self, pid: u32) {
+            self.pid = Some(pid);
+        }
+    }
+
+    #[test]
+    fn a_watch_can_stop_the_run_and_the_process_is_killed() {
+        let mut w = StopAtFirst {
+            got: Vec::new(),
+            pid: None,
+        };
+        let r = run(
+            OsStr::new("sh"),
+            &["-c".into(), "echo key; exec sleep 30".into()],
+            Duration::from_secs(20),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(r.exit, Exit::Stopped);
+        assert_eq!(w.got, b"key\n");
+        assert!(r.elapsed < Duration::from_secs(10), "{:?}", r.elapsed);
+        let pid = w.pid.expect("started was reported");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the stopped process is still there"
+        );
+    }
+
     #[test]
     fn a_missing_binary_is_a_failure() {
         let e = run(
             OsStr::new("/nonexistent/qemu"),
             &[],
             Duration::from_secs(1),
-            &mut |_| {},
+            &mut |_: &[u8]| {},
         )
         .unwrap_err();
         assert!(

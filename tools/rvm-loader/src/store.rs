@@ -5,7 +5,9 @@
 //!                        last run) and registered guest modules, one JSON file
 //! modules/<sha256>.wasm  WebAssembly modules, content-addressed
 //! keys/witness.seed      Ed25519 seed of the witness checkpoint key (0600)
-//! keys/authority.seed    Ed25519 seed of the operator authority key (0600)
+//! keys/authority/<partition>.seed
+//!                        Ed25519 seed of a partition's P3 authority key
+//!                        (0600), made when a table with P3 rights is installed
 //! witness/<name>.log     witness logs (filed by the witness host)
 //! .lock                  held while the registry is rewritten
 //! ```
@@ -239,7 +241,7 @@ impl Home {
     }
 
     pub fn witness_dir(&self) -> PathBuf {
-        self.root.join("witness")
+        rvm_witness_host::witness_dir(&self.root)
     }
 
     /// The registry as it is now (empty if the home does not exist yet).
@@ -315,7 +317,7 @@ impl Home {
     }
 
     /// A key, if it exists.
-    pub fn key(&self, role: KeyRole) -> Result<Option<Key>> {
+    pub fn key(&self, role: &KeyRole) -> Result<Option<Key>> {
         let path = self.root.join(KEYS_DIR).join(role.file_name());
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
@@ -337,21 +339,57 @@ impl Home {
     }
 
     /// A key, generated (once) if it does not exist.
-    pub fn key_or_create(&self, role: KeyRole) -> Result<Key> {
+    pub fn key_or_create(&self, role: &KeyRole) -> Result<Key> {
         if let Some(k) = self.key(role)? {
             return Ok(k);
         }
         self.ensure_dir(&self.root)?;
-        let dir = self.root.join(KEYS_DIR);
-        self.ensure_dir(&dir)?;
+        let path = self.root.join(KEYS_DIR).join(role.file_name());
+        if let Some(dir) = path.parent() {
+            self.ensure_dir(dir)?;
+        }
         let _lock = self.lock()?;
         if let Some(k) = self.key(role)? {
             return Ok(k);
         }
         let seed =
             crate::keys::random_seed().map_err(|e| Error::failed(format!("random source: {e}")))?;
-        write_atomic(&dir.join(role.file_name()), &seed, 0o600)?;
+        write_atomic(&path, &seed, 0o600)?;
         Ok(Key::from_seed(seed))
+    }
+
+    /// Delete a key if it exists (a removed partition's authority key);
+    /// true if there was one.
+    pub fn remove_key(&self, role: &KeyRole) -> Result<bool> {
+        let path = self.root.join(KEYS_DIR).join(role.file_name());
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    /// The partitions that have an authority key.
+    pub fn authority_keys(&self) -> Result<Vec<PartitionName>> {
+        let dir = self.root.join(KEYS_DIR).join(crate::keys::AUTHORITY_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| io(&dir, e))?;
+            let file = e.file_name();
+            let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(".seed")) else {
+                continue;
+            };
+            if let Ok(n) = PartitionName::new(stem) {
+                out.push(n);
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Create a directory (mode 0700) if missing; true if it was created.
@@ -481,8 +519,8 @@ mod tests {
         .unwrap();
         assert_eq!(home.load().unwrap().guests.len(), 1);
         assert!(!home.root().join(LOCK_FILE).exists());
-        let k = home.key_or_create(KeyRole::Witness).unwrap();
-        let again = home.key_or_create(KeyRole::Witness).unwrap();
+        let k = home.key_or_create(&KeyRole::Witness).unwrap();
+        let again = home.key_or_create(&KeyRole::Witness).unwrap();
         assert_eq!(k.public, again.public);
         let mode = fs::metadata(home.root().join("keys/witness.seed"))
             .unwrap()

@@ -4,9 +4,11 @@
 //! records so the operator sees progress.
 
 use crate::store::RunState;
-use crate::witness_sink::{LogNames, WitnessSink};
+use crate::witness_sink::{LogNames, SinkError, WitnessSink};
 use rvm_abi::frame::Frame;
 use rvm_abi::witness::{KernelEvent, WitnessOp, WitnessRecord, HYPERVISOR_LOG};
+use rvm_witness_host::show::decode_line;
+use rvm_witness_host::store::HYPERVISOR_NAME;
 use std::collections::BTreeMap;
 
 /// Longest console line kept; the rest of a longer line is dropped.
@@ -75,6 +77,8 @@ pub enum Shown {
     Console(String),
     /// The loader's own progress note.
     Progress(String),
+    /// One witness frame, decoded compactly (only with [`Session::live`]).
+    Witness(String),
 }
 
 /// One run's stream handling.
@@ -82,7 +86,9 @@ pub struct Session<'a> {
     names: LogNames,
     sink: &'a mut dyn WitnessSink,
     states: BTreeMap<u32, RunState>,
-    sink_error: Option<String>,
+    sink_error: Option<SinkError>,
+    /// Show every witness frame as a [`Shown::Witness`] line.
+    pub live: bool,
     pub frames: u64,
     pub damaged: u64,
 }
@@ -94,6 +100,7 @@ impl<'a> Session<'a> {
             sink,
             states: BTreeMap::new(),
             sink_error: None,
+            live: false,
             frames: 0,
             damaged: 0,
         }
@@ -102,7 +109,35 @@ impl<'a> Session<'a> {
     fn label(&self, partition: u32) -> String {
         match self.names.name(partition) {
             Some(n) => n.to_string(),
+            None if partition == HYPERVISOR_LOG => HYPERVISOR_NAME.to_string(),
             None => format!("partition {partition}"),
+        }
+    }
+
+    /// The compact live line of a frame.
+    fn live_line(&self, frame: &Frame) -> Option<String> {
+        match frame {
+            Frame::Record { log, bytes } => {
+                let l = decode_line(0, bytes, &rvm_witness::Hash::ZERO, |p| self.label(p));
+                let kind = if l.kernel_event { "event" } else { "call " };
+                let cap = l.cap.map_or(String::new(), |c| format!(" cap {c:#x}"));
+                Some(format!(
+                    "  witness {:<16} #{:<4} {kind} {:<20} {:<2} {}{cap}",
+                    self.label(*log),
+                    l.seq,
+                    l.op,
+                    if l.tier == "-" { "" } else { l.tier.as_str() },
+                    l.outcome
+                ))
+            }
+            Frame::Checkpoint { log, size, .. } => Some(format!(
+                "  witness {:<16} signed checkpoint at size {size}",
+                self.label(*log)
+            )),
+            Frame::Key { public } => Some(format!(
+                "  witness key {}",
+                crate::model::KeyFingerprint(rvm_witness::Hash::of(public).0)
+            )),
         }
     }
 
@@ -124,9 +159,18 @@ impl<'a> Session<'a> {
         self.frames += 1;
         if let Err(e) = self.sink.frame(&frame) {
             if self.sink_error.is_none() {
-                show(Shown::Progress(format!("witness store: {e}")));
+                show(Shown::Progress(match &e {
+                    SinkError::Store(m) => format!("witness store: {m}: stopping the run"),
+                    SinkError::Refused(m) => m.clone(),
+                }));
+                self.sink_error = Some(e);
             }
-            self.sink_error = Some(e);
+            return;
+        }
+        if self.live {
+            if let Some(l) = self.live_line(&frame) {
+                show(Shown::Witness(l));
+            }
         }
         if let Frame::Record { bytes, .. } = frame {
             self.follow(&bytes, show);
@@ -175,9 +219,9 @@ impl<'a> Session<'a> {
         &self.states
     }
 
-    /// The first error the sink reported, if any.
-    pub fn sink_error(&self) -> Option<&str> {
-        self.sink_error.as_deref()
+    /// The first error the sink reported, if any: the run must stop.
+    pub fn sink_error(&self) -> Option<&SinkError> {
+        self.sink_error.as_ref()
     }
 }
 
@@ -256,6 +300,7 @@ mod tests {
             (summary.records, summary.damaged, summary.filed),
             (5, 1, false)
         );
+        assert_eq!(summary.note, "5 records, 0 checkpoints received; not filed");
         assert_eq!(
             shown,
             [

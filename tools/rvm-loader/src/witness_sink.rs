@@ -1,15 +1,39 @@
 //! Where witness frames from the console go.
 //!
 //! The loader demultiplexes the serial stream ([`crate::stream`]) and hands
-//! every witness frame to a [`WitnessSink`]. Filing logs under
-//! `RVM_HOME/witness/<partition>.log`, chain checking and verification belong
-//! to `rvm-witness-host`; until its API is connected here, [`open`] returns
-//! [`NotFiled`], which counts what arrived and says plainly that nothing was
-//! written.
+//! every witness frame to a [`WitnessSink`]. A boot files them with
+//! [`Filed`], which wraps `rvm_witness_host::Recorder`: every log of the run
+//! lands in `$RVM_HOME/witness/<partition>.log`, with its signed checkpoints
+//! in `<partition>.checkpoints` and the announced key in `<partition>.pub`
+//! (the hypervisor's own log is `hypervisor`). An earlier run's files of
+//! the same name are moved to `witness/archive/` first (the recorder's
+//! rule, see `rvm_witness_host::store`).
+//!
+//! # The witness key
+//!
+//! The hypervisor announces the checkpoint key with an `@K` frame before
+//! any partition runs. [`Filed`] compares it with [`KeyPolicy`]:
+//!
+//! * a partition whose manifest pins `witness_key_fingerprint` to another
+//!   key is a refusal ([`SinkError::Refused`]): the loader stops QEMU at
+//!   once, so no agent of that boot runs on a device whose key its tenant
+//!   did not accept, and nothing is filed;
+//! * a key other than the one whose seed the loader put into the bundle
+//!   (a board with its own device key, say) is only a warning: the logs
+//!   are filed with the announced key and verify against it.
+//!
+//! The pins are also checked before boot, against the key whose seed goes
+//! into the bundle (`commands::plan`): that refusal happens before QEMU
+//! starts, with exit 2. The check here catches a device that does not use
+//! the bundle's key.
 
-use crate::model::PartitionName;
+use crate::model::{KeyFingerprint, PartitionName};
 use crate::store::Home;
 use rvm_abi::frame::Frame;
+use rvm_witness::Hash;
+use rvm_witness_host::{FiledLog, Recorder};
+use std::fmt;
+use std::path::PathBuf;
 
 /// Which partition each log id belongs to (log 0 is the hypervisor's).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,6 +42,30 @@ pub struct LogNames(pub Vec<(u32, PartitionName)>);
 impl LogNames {
     pub fn name(&self, log: u32) -> Option<&PartitionName> {
         self.0.iter().find(|(id, _)| *id == log).map(|(_, n)| n)
+    }
+
+    /// The same mapping for `rvm-witness-host` (which adds `hypervisor` for
+    /// log 0).
+    pub fn to_host(&self) -> Result<rvm_witness_host::LogNames, String> {
+        rvm_witness_host::LogNames::from_pairs(self.0.iter().map(|(id, n)| (*id, n.as_str())))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Why a sink did not take a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkError {
+    /// The frame could not be filed (I/O): the run's evidence is incomplete.
+    Store(String),
+    /// The run must not go on (a pinned witness key does not match).
+    Refused(String),
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkError::Store(m) | SinkError::Refused(m) => f.write_str(m),
+        }
     }
 }
 
@@ -30,6 +78,14 @@ pub struct SinkSummary {
     pub damaged: u64,
     /// Whether the frames were written under `RVM_HOME/witness/`.
     pub filed: bool,
+    /// Each log written.
+    pub logs: Vec<FiledLog>,
+    /// The fingerprint of the announced witness key, if one came.
+    pub key_fingerprint: Option<KeyFingerprint>,
+    /// Earlier runs' files moved to the archive.
+    pub archived: Vec<PathBuf>,
+    /// Things the operator should know (lost frames, unnamed logs, ...).
+    pub warnings: Vec<String>,
     /// One line for the operator.
     pub note: String,
 }
@@ -37,21 +93,21 @@ pub struct SinkSummary {
 /// Receives a run's witness frames, in arrival order.
 pub trait WitnessSink {
     /// A frame that decoded.
-    fn frame(&mut self, frame: &Frame) -> Result<(), String>;
+    fn frame(&mut self, frame: &Frame) -> Result<(), SinkError>;
     /// A line that starts like a frame but does not decode (damaged in transit).
     fn damaged(&mut self, line: &str);
     /// The run is over.
     fn finish(&mut self) -> Result<SinkSummary, String>;
 }
 
-/// The sink used until `rvm-witness-host` is connected: counts, files nothing.
+/// A sink that counts and files nothing (for tests of the stream handling).
 #[derive(Debug, Default)]
 pub struct NotFiled {
     summary: SinkSummary,
 }
 
 impl WitnessSink for NotFiled {
-    fn frame(&mut self, frame: &Frame) -> Result<(), String> {
+    fn frame(&mut self, frame: &Frame) -> Result<(), SinkError> {
         match frame {
             Frame::Record { .. } => self.summary.records += 1,
             Frame::Checkpoint { .. } => self.summary.checkpoints += 1,
@@ -68,14 +124,222 @@ impl WitnessSink for NotFiled {
         let mut s = self.summary.clone();
         s.filed = false;
         s.note = format!(
-            "witness filing is not connected yet: {} records, {} checkpoints received and NOT written to RVM_HOME/witness",
+            "{} records, {} checkpoints received; not filed",
             s.records, s.checkpoints
         );
         Ok(s)
     }
 }
 
-/// The sink for a run. Connect `rvm-witness-host` here.
-pub fn open(_home: &Home, _names: &LogNames) -> Box<dyn WitnessSink> {
-    Box::new(NotFiled::default())
+/// What the announced witness key must be.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPolicy {
+    /// The public key whose seed the loader put into the bundle.
+    pub bundle_key: Option<[u8; 32]>,
+    /// Partitions whose manifest pins `witness_key_fingerprint`.
+    pub pins: Vec<(PartitionName, KeyFingerprint)>,
+}
+
+impl KeyPolicy {
+    /// Judge an announced key: `Err` if a pin refuses it, else the warnings.
+    pub fn judge(&self, public: &[u8; 32]) -> Result<Vec<String>, String> {
+        let fp = KeyFingerprint(Hash::of(public).0);
+        let refused: Vec<String> = self
+            .pins
+            .iter()
+            .filter(|(_, pin)| *pin != fp)
+            .map(|(n, pin)| format!("partition {n} pins {pin}"))
+            .collect();
+        if !refused.is_empty() {
+            return Err(format!(
+                "the hypervisor announced witness key {fp}, but {}: the run was stopped before its agents ran, and nothing was filed",
+                refused.join(", ")
+            ));
+        }
+        let mut warnings = Vec::new();
+        if let Some(b) = self.bundle_key {
+            if b != *public {
+                warnings.push(format!(
+                    "the hypervisor announced witness key {fp}, not this RVM_HOME's key {} whose seed is in the bundle; the logs are filed with the announced key",
+                    KeyFingerprint(Hash::of(&b).0)
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+}
+
+/// The sink of a real boot: files every frame with `rvm_witness_host::Recorder`.
+pub struct Filed {
+    recorder: Option<Recorder>,
+    policy: KeyPolicy,
+    refused: Option<String>,
+    counts: SinkSummary,
+}
+
+impl Filed {
+    /// A sink filing under `home`'s witness directory (created if needed).
+    pub fn open(home: &Home, names: &LogNames, policy: KeyPolicy) -> Result<Self, String> {
+        let recorder = Recorder::new(home.root(), names.to_host()?).map_err(|e| e.to_string())?;
+        Ok(Self {
+            recorder: Some(recorder),
+            policy,
+            refused: None,
+            counts: SinkSummary::default(),
+        })
+    }
+
+    fn recorder(&mut self) -> Result<&mut Recorder, SinkError> {
+        self.recorder
+            .as_mut()
+            .ok_or_else(|| SinkError::Store("the witness store is closed".into()))
+    }
+}
+
+impl WitnessSink for Filed {
+    fn frame(&mut self, frame: &Frame) -> Result<(), SinkError> {
+        if let Some(r) = &self.refused {
+            return Err(SinkError::Refused(r.clone()));
+        }
+        match frame {
+            Frame::Key { public } => {
+                self.counts.keys += 1;
+                match self.policy.judge(public) {
+                    Ok(w) => self.counts.warnings.extend(w),
+                    Err(r) => {
+                        self.refused = Some(r.clone());
+                        return Err(SinkError::Refused(r));
+                    }
+                }
+            }
+            Frame::Record { .. } => self.counts.records += 1,
+            Frame::Checkpoint { .. } => self.counts.checkpoints += 1,
+        }
+        self.recorder()?
+            .frame(frame)
+            .map_err(|e| SinkError::Store(e.to_string()))
+    }
+
+    fn damaged(&mut self, line: &str) {
+        self.counts.damaged += 1;
+        if let Some(r) = self.recorder.as_mut() {
+            r.damaged(line);
+        }
+    }
+
+    fn finish(&mut self) -> Result<SinkSummary, String> {
+        let recorder = self
+            .recorder
+            .take()
+            .ok_or_else(|| "the witness store was already closed".to_string())?;
+        let filed = recorder.finish().map_err(|e| e.to_string())?;
+        let mut s = self.counts.clone();
+        s.filed = !filed.logs.is_empty();
+        s.key_fingerprint = filed.key_fingerprint.map(|h| KeyFingerprint(h.0));
+        s.archived = filed.archived;
+        s.warnings.extend(filed.warnings);
+        s.logs = filed.logs;
+        let per_log: Vec<String> = s
+            .logs
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}.log {} records, {} checkpoints",
+                    l.name, l.records, l.checkpoints
+                )
+            })
+            .collect();
+        s.note = if let Some(r) = &self.refused {
+            format!("witness: nothing filed: {r}")
+        } else if s.logs.is_empty() {
+            "witness: no records arrived; nothing filed".to_string()
+        } else {
+            format!(
+                "witness: filed {} records, {} checkpoints in {}: {}",
+                s.records,
+                s.checkpoints,
+                s.logs
+                    .first()
+                    .and_then(|l| l.path.parent())
+                    .map_or_else(String::new, |d| d.display().to_string()),
+                per_log.join("; ")
+            )
+        };
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rvm_abi::witness::{KernelEvent, Outcome, WitnessOp, WitnessRecord};
+
+    fn tmp_home(tag: &str) -> Home {
+        let p = std::env::temp_dir().join(format!("rvm-loader-sink-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Home::new(p)
+    }
+
+    fn names() -> LogNames {
+        LogNames(vec![(1, PartitionName::new("tenant").unwrap())])
+    }
+
+    #[test]
+    fn a_pinned_key_that_differs_refuses_the_run_and_files_nothing() {
+        let home = tmp_home("pin");
+        let announced = [7u8; 32];
+        let pin = KeyFingerprint([1; 32]);
+        let mut sink = Filed::open(
+            &home,
+            &names(),
+            KeyPolicy {
+                bundle_key: Some(announced),
+                pins: vec![(PartitionName::new("tenant").unwrap(), pin)],
+            },
+        )
+        .unwrap();
+        let e = sink.frame(&Frame::Key { public: announced }).unwrap_err();
+        let SinkError::Refused(text) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            text.contains(&format!("partition tenant pins {pin}")),
+            "{text}"
+        );
+        // Later frames are refused too, and nothing lands on disk.
+        let r = WitnessRecord::new(
+            WitnessOp::Event(KernelEvent::PartitionStart),
+            Outcome::Done,
+            1,
+        );
+        assert!(sink
+            .frame(&Frame::Record {
+                log: 1,
+                bytes: r.to_bytes()
+            })
+            .is_err());
+        let s = sink.finish().unwrap();
+        assert!(!s.filed && s.logs.is_empty(), "{s:?}");
+        assert!(s.note.starts_with("witness: nothing filed"), "{}", s.note);
+        assert!(!home.witness_dir().join("tenant.log").exists());
+        let _ = std::fs::remove_dir_all(home.root());
+    }
+
+    #[test]
+    fn a_matching_pin_passes_and_a_foreign_key_is_only_a_warning() {
+        let key = [9u8; 32];
+        let fp = KeyFingerprint(Hash::of(&key).0);
+        let p = KeyPolicy {
+            bundle_key: Some(key),
+            pins: vec![(PartitionName::new("a").unwrap(), fp)],
+        };
+        assert_eq!(p.judge(&key), Ok(vec![]));
+        let other = KeyPolicy {
+            bundle_key: Some([3; 32]),
+            pins: vec![],
+        };
+        let w = other.judge(&key).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains(&fp.to_string()), "{w:?}");
+    }
 }

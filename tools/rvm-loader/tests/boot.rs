@@ -1,9 +1,11 @@
 //! Booting, with a stand-in for QEMU: a shell script that records its
 //! command line and the bundle it was given, prints a prepared serial
-//! stream (console lines and witness frames) and exits with a chosen code.
-//! The real hypervisor image does not boot yet; these tests cover the
-//! loader's side of the path: the command line, the bundle, the stream
-//! handling, the timeout and the run records.
+//! stream (console lines and witness frames chained and signed as the
+//! kernel does, `common::Chain`) and exits with a chosen code. These tests
+//! cover the loader's side of the path with exact control over what the
+//! "device" says: the command line, the bundle, the stream handling, the
+//! witness filing and the key check, the timeout and the run records. The
+//! real hypervisor is booted in `e2e.rs`.
 
 mod common;
 
@@ -53,18 +55,13 @@ impl FakeQemu {
     }
 }
 
-fn event(e: KernelEvent, partition: u32) -> String {
+/// A frame that is not part of any chain (for runs cut short).
+fn lone_event(e: KernelEvent, partition: u32) -> String {
     let r = WitnessRecord::new(WitnessOp::Event(e), Outcome::Done, partition);
-    String::from_utf8(
-        Frame::Record {
-            log: partition,
-            bytes: r.to_bytes(),
-        }
-        .encode()
-        .as_bytes()
-        .to_vec(),
-    )
-    .unwrap()
+    line(&Frame::Record {
+        log: partition,
+        bytes: r.to_bytes(),
+    })
 }
 
 fn with_guest() -> (Env, TempDir) {
@@ -90,18 +87,21 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
     ] {
         env.ok(&["deploy", fixture(case).to_str().unwrap(), "--no-boot"]);
     }
+    let mut c = Chain::new(witness_seed(&env));
     let serial = [
         "rvm: booting, 3 partitions".to_string(),
-        event(KernelEvent::PartitionStart, 1),
-        event(KernelEvent::PartitionStart, 2),
-        event(KernelEvent::PartitionStart, 3),
+        c.key_line(),
+        c.event(KernelEvent::PartitionStart, 1),
+        c.event(KernelEvent::PartitionStart, 2),
+        c.event(KernelEvent::PartitionStart, 3),
         "[demo-minimal] hello from tenant one".into(),
         "[demo-coding] \u{1b}[2Jtrying to clear the screen".into(),
-        event(KernelEvent::Fault, 2),
-        event(KernelEvent::RecoverFence, 2),
+        c.event(KernelEvent::Fault, 2),
+        c.event(KernelEvent::RecoverFence, 2),
         "@W 1 0123damaged".into(),
-        event(KernelEvent::PartitionExit, 1),
-        event(KernelEvent::PartitionExit, 3),
+        c.event(KernelEvent::PartitionExit, 1),
+        c.event(KernelEvent::PartitionExit, 3),
+        c.finish(),
         "rvm: shutdown".into(),
     ]
     .iter()
@@ -137,10 +137,27 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
         "rvm-loader: demo-minimal: exited",
         "rvm-loader: demo-devops: exited",
         "rvm-loader: damaged witness frame on the console",
-        "rvm-loader: witness filing is not connected yet: 7 records, 0 checkpoints received and NOT written to RVM_HOME/witness",
+        "rvm-loader: witness: filed 7 records, 3 checkpoints in ",
+        "demo-minimal.log 2 records, 1 checkpoints; demo-coding.log 3 records, 1 checkpoints; demo-devops.log 2 records, 1 checkpoints",
+        "rvm-loader: witness warning: damaged witness frame not filed: @W 1 0123damaged",
+        "rvm-loader: witness demo-coding.log verified: 3 records, 3 signed",
     ] {
         assert!(o.stderr.contains(l), "missing {l:?}: {o:?}");
     }
+    // Each tenant's log on its own, decoded with its name.
+    let shown = env.ok(&["witness", "show", "demo-coding"]).stdout;
+    let ops: Vec<&str> = shown
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert_eq!(ops, ["PartitionStart", "Fault", "RecoverFence"], "{shown}");
+    assert!(
+        shown.lines().skip(2).all(|l| l.contains(" demo-coding ")),
+        "{shown}"
+    );
+    let v = env.ok(&["witness", "verify", "--require-signed"]).stdout;
+    assert_eq!(v.matches("OK: records").count(), 3, "{v}");
     let status = env.ok(&["status"]).stdout;
     assert!(
         status.contains("partition demo-coding: fenced (F3)"),
@@ -164,14 +181,15 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
         "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none -semihosting-config enable=on,target=native -kernel "
     ), "{joined}");
     assert_eq!(
-        args[args.len() - 3],
+        args[args.len() - 5],
         env.images
             .join("rvm.bin")
             .display()
             .to_string()
             .replace("//", "/")
     );
-    assert_eq!(args[args.len() - 2], "-initrd");
+    assert_eq!(args[args.len() - 4], "-initrd");
+    assert_eq!(args[args.len() - 2..], ["-append", "rvm.exit=semihosting"]);
     // The bundle QEMU was given: three partitions in boot order, each with
     // its own capabilities, channels between neighbours.
     let bytes = q.bundle();
@@ -192,7 +210,7 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
         [(0, 1), (1, 2)]
     );
     // The loader's temporary bundle is gone.
-    assert!(!Path::new(args.last().unwrap()).exists());
+    assert!(!Path::new(&args[args.len() - 3]).exists());
 }
 
 #[test]
@@ -203,7 +221,10 @@ fn a_run_past_its_timeout_is_killed_and_recorded() {
         fixture("permissions-star").to_str().unwrap(),
         "--no-boot",
     ]);
-    let serial = format!("rvm: booting\n{}", event(KernelEvent::PartitionStart, 1));
+    let serial = format!(
+        "rvm: booting\n{}",
+        lone_event(KernelEvent::PartitionStart, 1)
+    );
     let q = FakeQemu::new(&serial, "exec sleep 60", 0);
     let o = env.run(&[
         "up",
@@ -263,11 +284,14 @@ fn the_emitted_install_script_runs_unmodified() {
     env.ok(&["check", dir.to_str().unwrap()]);
     let bin = TempDir::new("bin");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rvm-loader"), bin.join("rvm-loader")).unwrap();
+    let mut c = Chain::new(witness_seed(&env));
     let q = FakeQemu::new(
         &format!(
-            "{}[demo-minimal] up\n{}",
-            event(KernelEvent::PartitionStart, 1),
-            event(KernelEvent::PartitionExit, 1)
+            "{}\n{}\n[demo-minimal] up\n{}\n{}\n",
+            c.key_line(),
+            c.event(KernelEvent::PartitionStart, 1),
+            c.event(KernelEvent::PartitionExit, 1),
+            c.finish()
         ),
         "",
         0,
@@ -306,6 +330,10 @@ fn the_emitted_install_script_runs_unmodified() {
     );
     assert!(
         stderr.contains("rvm-loader: demo-minimal: exited"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rvm-loader: witness demo-minimal.log verified: 2 records, 2 signed"),
         "{stderr}"
     );
 }
@@ -428,4 +456,67 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
             .wasm_pages,
         40
     );
+}
+
+#[test]
+fn an_announced_key_other_than_the_pinned_one_stops_the_run_and_files_nothing() {
+    let (env, _m) = with_guest();
+    let seed = witness_seed(&env);
+    let keys = env.ok(&["keys"]).stdout;
+    let fp = keys
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    assert!(fp.starts_with("sha256:"), "{keys}");
+    // The manifest pins this home's key, so the check before boot passes ...
+    let t = TempDir::new("pin");
+    let dir = copy_fixture("template-minimal", t.path());
+    let manifest = dir.join("rvm-partition.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "cut_pressure = 0.30\n",
+        &format!("cut_pressure = 0.30\nwitness_key_fingerprint = \"{fp}\"\n"),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    env.ok(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    // ... but the device announces another key, then keeps running.
+    let mut other = seed;
+    other[0] ^= 0xff;
+    let mut c = Chain::new(other);
+    let serial = format!(
+        "rvm: booting\n{}\n{}\n[demo-minimal] must not be reached\n",
+        c.key_line(),
+        c.event(KernelEvent::PartitionStart, 1)
+    );
+    let q = FakeQemu::new(&serial, "exec sleep 30", 0);
+    let start = std::time::Instant::now();
+    let o = env.run(&[
+        "up",
+        "--qemu",
+        q.path().to_str().unwrap(),
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "not stopped at once"
+    );
+    assert!(
+        o.stderr
+            .contains(&format!("but partition demo-minimal pins {fp}"))
+            && o.stderr
+                .contains("the run was stopped before its agents ran, and nothing was filed"),
+        "{o:?}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{}", q.pid())).exists(),
+        "QEMU stand-in still running"
+    );
+    assert!(!env.home().join("witness/demo-minimal.log").exists());
+    let status = env.ok(&["status"]).stdout;
+    assert!(status.contains("last run: with demo-minimal; stopped by the loader: the hypervisor announced witness key"), "{status}");
 }

@@ -255,7 +255,22 @@ fn the_install_script_commands_register_every_adapter_case() {
             env.runtime.as_slice()
         );
         assert_eq!(b.global(EntryKind::WitnessKeySeed).unwrap().data.len(), 32);
-        assert_eq!(b.owned(EntryKind::AuthorityKey, 0).count(), 1);
+        // A table with P3 rights gets the partition's own authority key,
+        // made at `caps install` and bound ahead of its capabilities.
+        let p3 = tokens_of(case).iter().any(|t| t.1 == ProofTier::P3);
+        let key_file = env.home().join(format!("keys/authority/{name}.seed"));
+        assert_eq!(key_file.is_file(), p3, "{case}");
+        let bound: Vec<&[u8]> = b
+            .owned(EntryKind::AuthorityKey, 0)
+            .map(|e| e.data)
+            .collect();
+        if p3 {
+            let seed: [u8; 32] = std::fs::read(&key_file).unwrap().try_into().unwrap();
+            let public = rvm_loader::keys::Key::from_seed(seed).public;
+            assert_eq!(bound, [public.as_slice()], "{case}");
+        } else {
+            assert!(bound.is_empty(), "{case}");
+        }
         let config = BootConfig::from_bytes(b.global(EntryKind::BootConfig).unwrap().data).unwrap();
         assert_eq!(
             config.run_budget_ms, 90_000,

@@ -139,7 +139,7 @@ impl fmt::Display for ShowLine {
         let nanos = self.time_ns % 1_000_000_000;
         write!(
             f,
-            "{:>8} {:>6}.{:09}s {:<16} {:<18} {:<3} {:<18}",
+            "{:>8} {:>6}.{:09}s {:<16} {:<18} {:<4} {:<18}",
             self.seq, secs, nanos, self.partition_name, self.op, self.tier, self.outcome
         )?;
         match self.cap {

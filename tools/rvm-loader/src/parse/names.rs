@@ -6,6 +6,16 @@ use crate::model::PartitionName;
 
 /// A partition name at `path` of `file`.
 pub fn partition_name(file: &str, path: &str, s: &str) -> Result<PartitionName, Diagnostic> {
+    if s == rvm_witness_host::store::HYPERVISOR_NAME {
+        return Err(Diagnostic::field(
+            file,
+            path,
+            format!(
+                "{} is reserved: the hypervisor's own witness log is filed as {s}.log",
+                quote(s)
+            ),
+        ));
+    }
     PartitionName::new(s).map_err(|e| {
         Diagnostic::field(
             file,
@@ -110,6 +120,16 @@ mod tests {
         ] {
             assert!(package_name("f", "p", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_hypervisors_log_name_is_reserved() {
+        let e = partition_name("m.toml", "partition.name", "hypervisor").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m.toml: partition.name: \"hypervisor\" is reserved: the hypervisor's own witness log is filed as hypervisor.log"
+        );
+        assert!(partition_name("m.toml", "partition.name", "hypervisor-2").is_ok());
     }
 
     #[test]

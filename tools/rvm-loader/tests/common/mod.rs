@@ -217,3 +217,80 @@ pub fn glue_module() -> Vec<u8> {
         Some(17),
     )
 }
+
+/// A hypervisor's witness logs as the kernel keeps them (`rvm_witness`),
+/// for stand-in serial streams: records chained, checkpoints signed with a
+/// seed, frames as the console carries them.
+pub struct Chain {
+    signer: rvm_witness::CheckpointSigner,
+    logs: std::collections::BTreeMap<u32, rvm_witness::WitnessLog>,
+}
+
+impl Chain {
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            signer: rvm_witness::CheckpointSigner::from_seed(&seed),
+            logs: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// The `@K` line announcing the key.
+    pub fn key_line(&self) -> String {
+        line(&self.signer.public_key().frame())
+    }
+
+    fn drain(log: &mut rvm_witness::WitnessLog) -> String {
+        let mut out = Vec::new();
+        while let Some(o) = log.drain_next() {
+            out.push(line(&o.to_frame(log.id())));
+        }
+        out.join("\n")
+    }
+
+    /// The frame lines of a kernel event about `partition`, in its own log.
+    pub fn event(&mut self, e: rvm_abi::witness::KernelEvent, partition: u32) -> String {
+        use rvm_abi::witness::{Outcome, WitnessOp, WitnessRecord};
+        let log = self.logs.entry(partition).or_insert_with(|| {
+            rvm_witness::WitnessLog::new(rvm_witness::LogId(partition), Default::default()).unwrap()
+        });
+        let a = log
+            .append(WitnessRecord::new(
+                WitnessOp::Event(e),
+                Outcome::Done,
+                partition,
+            ))
+            .unwrap();
+        if a.checkpoint_due {
+            log.checkpoint(&self.signer).unwrap();
+        }
+        Self::drain(log)
+    }
+
+    /// Shutdown: every log's head signed.
+    pub fn finish(&mut self) -> String {
+        let mut out = Vec::new();
+        for log in self.logs.values_mut() {
+            log.checkpoint(&self.signer).unwrap();
+            out.push(Self::drain(log));
+        }
+        out.join("\n")
+    }
+}
+
+/// A frame as one console line, without its line end.
+pub fn line(f: &rvm_abi::frame::Frame) -> String {
+    String::from_utf8(f.encode().as_bytes().to_vec())
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// This home's witness key seed (created if needed) — what the loader puts
+/// in the bundle, so a stand-in can sign as the hypervisor would.
+pub fn witness_seed(env: &Env) -> [u8; 32] {
+    env.ok(&["keys", "--create"]);
+    std::fs::read(env.home().join("keys/witness.seed"))
+        .unwrap()
+        .try_into()
+        .unwrap()
+}

@@ -1,0 +1,454 @@
+//! Booting registered partitions together: the plan (checked before
+//! anything is written), the bundle, QEMU with a timeout, the console
+//! stream, the witness logs filed under `RVM_HOME/witness/`, and a check
+//! of what was filed.
+//!
+//! Order of events, and what each failure means:
+//!
+//! 1. [`plan`]: every partition registered, with a guest whose module
+//!    still passes the import check; no name twice; each manifest's
+//!    `witness_key_fingerprint` pin equal to this home's witness key (whose
+//!    seed goes into the bundle). Any problem is a refusal (exit 2) before
+//!    anything is written.
+//! 2. Keys are created if missing (the witness key; an authority key for a
+//!    partition with P3 rights), the bundle is laid out and read back, the
+//!    witness store is opened. QEMU starts only if all of that worked.
+//! 3. The run: console lines are printed, witness frames filed as they
+//!    arrive (with `--show-witness`, also printed compactly). The run stops
+//!    early — QEMU killed — when the announced witness key is not the one a
+//!    manifest pins, or when a frame cannot be filed.
+//! 4. After the run every filed log is verified (chain, links, signatures,
+//!    checkpoints). A log that does not verify fails the command (exit 1).
+
+use crate::bundler::{self, BootPlan, PlannedPartition};
+use crate::error::{Error, Result};
+use crate::keys::KeyRole;
+use crate::limits;
+use crate::model::{PartitionName, Token};
+use crate::qemu::{self, Exit, Flow, Watch};
+use crate::resolve;
+use crate::source;
+use crate::store::{self, RunRecord, RunState};
+use crate::stream::{LineSplitter, Session, Shown};
+use crate::witness_sink::{Filed, KeyPolicy, SinkError, WitnessSink};
+use rvm_abi::bundle::BootConfig;
+use rvm_abi::ProofTier;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::commands::Ctx;
+
+/// Options of every command that boots.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    pub image_dir: Option<PathBuf>,
+    pub qemu: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Also write the bundle here.
+    pub bundle_out: Option<PathBuf>,
+    /// Build (and write) the bundle but do not start QEMU.
+    pub no_boot: bool,
+    /// Print every witness frame compactly as it arrives.
+    pub live_witness: bool,
+}
+
+/// Whether a capability table holds any right at proof tier 3 (and so
+/// needs an authority key).
+pub fn has_p3(tokens: &[Token]) -> bool {
+    tokens.iter().any(|t| t.proof_tier == ProofTier::P3)
+}
+
+/// Build the plan for `names` from the registry. Refuses before anything
+/// is written; then creates the keys the boot needs.
+pub fn plan(
+    ctx: &Ctx,
+    names: &[PartitionName],
+    opts: &BootOptions,
+) -> Result<(BootPlan, qemu::Images)> {
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(Error::refused(
+                "boot",
+                format!("partition {n} is named twice"),
+            ));
+        }
+    }
+    if names.len() > limits::PARTITIONS_PER_BOOT_MAX {
+        return Err(Error::refused(
+            "boot",
+            format!(
+                "{} partitions; at most {} boot together",
+                names.len(),
+                limits::PARTITIONS_PER_BOOT_MAX
+            ),
+        ));
+    }
+    let reg = ctx.home.load()?;
+    let mut parts = Vec::new();
+    for n in names {
+        let rec = reg.partition(n)?.clone();
+        let Some(g) = &rec.guest else {
+            return Err(Error::refused(
+                format!("partition {n}"),
+                format!("has no guest: run `rvm-loader guest boot --partition {n} --wasm-ref FILE` or `rvm-loader deploy FOLDER`"),
+            ));
+        };
+        let module = ctx.home.module(&g.module_sha256)?;
+        let info = resolve::check_module(&format!("module of partition {n}"), &module)?;
+        parts.push(PlannedPartition {
+            wasm_pages: resolve::wasm_pages(&info),
+            module,
+            record: rec,
+            authority: None,
+        });
+    }
+    let witness = ctx.home.key(&KeyRole::Witness)?;
+    for p in &parts {
+        if let Some(pin) = p.record.spec.witness_key_fingerprint {
+            let have = witness.as_ref().map(|k| k.fingerprint());
+            if have != Some(pin) {
+                return Err(Error::refused(
+                    p.record.manifest.path.clone(),
+                    format!(
+                        "partition.witness_key_fingerprint: pins {pin}, but this RVM_HOME's witness key is {} (see `rvm-loader keys`)",
+                        have.map_or_else(|| "not created yet".to_string(), |f| f.to_string())
+                    ),
+                ));
+            }
+        }
+    }
+    let images = qemu::locate(opts.image_dir.as_deref())?;
+    let runtime = source::read_bytes(&images.runtime, limits::RUNTIME_MAX)
+        .map_err(|d| Error::failed(d.to_string()))?;
+    // Everything is checked: create what is missing.
+    let witness_key = ctx.home.key_or_create(&KeyRole::Witness)?;
+    for p in &mut parts {
+        let p3 = p.record.caps.as_ref().is_some_and(|c| has_p3(&c.tokens));
+        if p3 {
+            let k = ctx
+                .home
+                .key_or_create(&KeyRole::Authority(p.record.spec.name.clone()))?;
+            p.authority = Some(k.public);
+        }
+    }
+    let budget_ms = u32::try_from(opts.timeout.as_millis() / 4 * 3).unwrap_or(u32::MAX);
+    let config = BootConfig {
+        run_budget_ms: budget_ms,
+        ..BootConfig::DEFAULT
+    };
+    Ok((
+        BootPlan {
+            partitions: parts,
+            runtime,
+            witness_key,
+            config,
+        },
+        images,
+    ))
+}
+
+/// A temporary bundle file, removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn set_runs(
+    ctx: &Ctx,
+    names: &[PartitionName],
+    run: &dyn Fn(&PartitionName) -> RunRecord,
+) -> Result<()> {
+    ctx.home.update(|reg| {
+        for n in names {
+            if let Some(rec) = reg.partitions.get_mut(n) {
+                rec.last_run = Some(run(n));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn show(s: Shown) {
+    match s {
+        Shown::Console(l) | Shown::Witness(l) => println!("{l}"),
+        Shown::Progress(p) => eprintln!("rvm-loader: {p}"),
+    }
+}
+
+/// Feeds QEMU's output to the session and reports progress.
+struct Watcher<'s, 'a> {
+    splitter: LineSplitter,
+    session: &'s mut Session<'a>,
+    start: Instant,
+    first_output: Option<Duration>,
+    timeout: Duration,
+}
+
+impl Watch for Watcher<'_, '_> {
+    fn output(&mut self, bytes: &[u8]) -> Flow {
+        if self.first_output.is_none() {
+            let t = self.start.elapsed();
+            self.first_output = Some(t);
+            eprintln!(
+                "rvm-loader: the hypervisor is talking after {:.2} s",
+                t.as_secs_f64()
+            );
+        }
+        let session = &mut *self.session;
+        self.splitter
+            .push(bytes, &mut |line| session.line(&line, &mut show));
+        if session.sink_error().is_some() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn started(&mut self, pid: u32) {
+        eprintln!("rvm-loader: QEMU started (pid {pid}); waiting for the hypervisor...");
+    }
+
+    fn quiet(&mut self, since_output: Duration, elapsed: Duration) {
+        eprintln!(
+            "rvm-loader: no output for {} s ({} s into the run; QEMU is killed at {} s)",
+            since_output.as_secs(),
+            elapsed.as_secs(),
+            self.timeout.as_secs()
+        );
+    }
+}
+
+/// Boot `names` together.
+pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()> {
+    let (plan, images) = plan(ctx, names, opts)?;
+    let bytes = bundler::build(&plan)?;
+    if let Some(out) = &opts.bundle_out {
+        store::write_atomic(out, &bytes, 0o644)?;
+        println!(
+            "bundle written to {} ({} bytes)",
+            out.display(),
+            bytes.len()
+        );
+    }
+    let list: Vec<String> = plan.names().iter().map(ToString::to_string).collect();
+    if opts.no_boot {
+        println!(
+            "bundle for {} built ({} bytes); not booted (--no-boot)",
+            list.join(", "),
+            bytes.len()
+        );
+        return Ok(());
+    }
+    let log_names = plan.log_names();
+    let pins: Vec<(PartitionName, crate::model::KeyFingerprint)> = plan
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            p.record
+                .spec
+                .witness_key_fingerprint
+                .map(|f| (p.record.spec.name.clone(), f))
+        })
+        .collect();
+    let policy = KeyPolicy {
+        bundle_key: Some(plan.witness_key.public),
+        pins: pins.clone(),
+    };
+    let mut sink = Filed::open(&ctx.home, &log_names, policy).map_err(|e| {
+        Error::failed(format!(
+            "witness store {}: {e}; not booted (a run whose witness log cannot be filed does not start)",
+            ctx.home.witness_dir().display()
+        ))
+    })?;
+
+    let tmp = TempFile(std::env::temp_dir().join(format!(
+        "rvm-bundle-{}-{}.bin",
+        std::process::id(),
+        ctx.now
+    )));
+    store::write_atomic(&tmp.0, &bytes, 0o600)?;
+    let program = qemu::qemu_binary(opts.qemu.as_deref());
+    let args = qemu::machine_args(&images.hypervisor, &tmp.0);
+    eprintln!(
+        "rvm-loader: booting {} under {} (timeout {} s)",
+        list.join(", "),
+        Path::new(&program).display(),
+        opts.timeout.as_secs()
+    );
+
+    let started = store::now_unix();
+    let all = plan.names();
+    set_runs(ctx, names, &|_| RunRecord {
+        started_unix: started,
+        ended_unix: None,
+        loader_pid: Some(std::process::id()),
+        state: RunState::Booting,
+        with: all.clone(),
+        outcome: None,
+    })?;
+
+    let clock = Instant::now();
+    let mut session = Session::new(log_names.clone(), &mut sink);
+    session.live = opts.live_witness;
+    let mut watcher = Watcher {
+        splitter: LineSplitter::default(),
+        session: &mut session,
+        start: Instant::now(),
+        first_output: None,
+        timeout: opts.timeout,
+    };
+    let run = qemu::run(&program, &args, opts.timeout, &mut watcher);
+    {
+        let Watcher {
+            splitter, session, ..
+        } = &mut watcher;
+        splitter.finish(&mut |line| session.line(&line, &mut show));
+    }
+    let states = session.states().clone();
+    let sink_error = session.sink_error().cloned();
+    drop(session);
+    let summary = sink.finish();
+
+    let outcome = match (&run, &sink_error) {
+        (_, Some(SinkError::Refused(m))) => format!("stopped by the loader: {m}"),
+        (_, Some(SinkError::Store(m))) => {
+            format!("stopped by the loader: the witness log could not be filed: {m}")
+        }
+        (Ok(r), None) => match r.exit {
+            Exit::Code(0) => "hypervisor exited normally".to_string(),
+            Exit::Code(c) => format!("hypervisor exited with code {c}"),
+            Exit::Signal => "QEMU was ended by a signal".to_string(),
+            Exit::TimedOut => format!("timed out after {} s; QEMU killed", opts.timeout.as_secs()),
+            Exit::Stopped => "stopped by the loader".to_string(),
+        },
+        (Err(e), None) => e.to_string(),
+    };
+    let ended = store::now_unix();
+    let final_state = |n: &PartitionName| {
+        let id = all
+            .iter()
+            .position(|x| x == n)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(bundler::partition_id);
+        match id.and_then(|id| states.get(&id)) {
+            Some(
+                RunState::Booting | RunState::Running | RunState::Restarted | RunState::RolledBack,
+            )
+            | None => RunState::Stopped,
+            Some(s) => *s,
+        }
+    };
+    set_runs(ctx, names, &|n| RunRecord {
+        started_unix: started,
+        ended_unix: Some(ended),
+        loader_pid: None,
+        state: final_state(n),
+        with: all.clone(),
+        outcome: Some(outcome.clone()),
+    })?;
+    for n in &all {
+        eprintln!(
+            "rvm-loader: {n} at the end of the run: {}",
+            final_state(n).name()
+        );
+    }
+    eprintln!(
+        "rvm-loader: run took {:.1} s",
+        clock.elapsed().as_secs_f64()
+    );
+    let mut problems = Vec::new();
+    match &summary {
+        Ok(s) => {
+            eprintln!("rvm-loader: {}", s.note);
+            for w in &s.warnings {
+                eprintln!("rvm-loader: witness warning: {w}");
+            }
+            if !s.archived.is_empty() {
+                eprintln!(
+                    "rvm-loader: witness: {} files of earlier runs moved to {}",
+                    s.archived.len(),
+                    ctx.home
+                        .witness_dir()
+                        .join(rvm_witness_host::store::ARCHIVE_DIR)
+                        .display()
+                );
+            }
+            problems.extend(verify_filed(s, &pins));
+        }
+        Err(e) => {
+            eprintln!("rvm-loader: witness store: {e}");
+            problems.push(format!("witness store ({e})"));
+        }
+    }
+    let r = run?;
+    if let Some(e) = sink_error {
+        return Err(Error::failed(e.to_string()));
+    }
+    match r.exit {
+        Exit::Code(0) => {}
+        _ => {
+            let tail = r.stderr_tail.trim();
+            return Err(Error::failed(if tail.is_empty() {
+                outcome
+            } else {
+                format!("{outcome}; QEMU said: {tail}")
+            }));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::failed(format!(
+            "the witness logs of this run do not verify: {}",
+            problems.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Verify every log a run filed, printing one line per log; the logs that
+/// do not verify are returned.
+fn verify_filed(
+    s: &crate::witness_sink::SinkSummary,
+    pins: &[(PartitionName, crate::model::KeyFingerprint)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for l in &s.logs {
+        let pin = pins
+            .iter()
+            .find(|(n, _)| n.as_str() == l.name)
+            .map(|(_, f)| rvm_witness::Hash(f.0));
+        let opts = rvm_witness_host::VerifyOptions {
+            expected_fingerprint: pin,
+            ..Default::default()
+        };
+        match rvm_witness_host::verify(&l.path, &opts) {
+            Ok(rep) if rep.is_ok() => {
+                let (signed, unsigned) = rep
+                    .result
+                    .as_ref()
+                    .map_or((0, 0), |v| (v.signed, v.unsigned));
+                eprintln!(
+                    "rvm-loader: witness {}.log verified: {} records, {signed} signed{}",
+                    l.name,
+                    rep.records,
+                    if unsigned > 0 {
+                        format!(", {unsigned} not yet signed")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(rep) => {
+                eprint!("rvm-loader: witness {}.log does NOT verify:\n{rep}", l.name);
+                problems.push(format!("{}.log", l.name));
+            }
+            Err(e) => {
+                eprintln!("rvm-loader: witness {}.log cannot be verified: {e}", l.name);
+                problems.push(format!("{}.log", l.name));
+            }
+        }
+    }
+    problems
+}

@@ -1,0 +1,442 @@
+//! `rvm-loader witness ...`: the witness logs a boot filed under
+//! `RVM_HOME/witness/`, shown, verified, exported and proven, through
+//! `rvm-witness-host`.
+//!
+//! A log is named either by its partition (`demo-minimal`, or `hypervisor`
+//! for the hypervisor's own log), meaning `RVM_HOME/witness/<name>.log`, or
+//! by a path to any `<name>.log` file (a log handed over from elsewhere;
+//! its `.checkpoints` and `.pub` files are read from beside it).
+//!
+//! Exit codes: 0 when everything verifies; 2 when a log or proof does not
+//! verify (the report names the first bad record) or an argument is wrong
+//! (no such log, a malformed proof file); 1 for I/O failures.
+
+use crate::commands::Ctx;
+use crate::diag::Diagnostic;
+use crate::error::{Error, Result};
+use crate::keys::KeyRole;
+use crate::model::{KeyFingerprint, PartitionName};
+use crate::store::{self, Registry};
+use rvm_abi::witness::HYPERVISOR_LOG;
+use rvm_witness::{Hash, PublicKey};
+use rvm_witness_host::store::{HYPERVISOR_NAME, LOG_SUFFIX};
+use rvm_witness_host::{HostError, LogNames, VerifyOptions};
+use std::path::{Path, PathBuf};
+
+/// One log the user named.
+#[derive(Clone, Debug)]
+pub struct LogTarget {
+    pub path: PathBuf,
+    /// File stem: the partition name (or `hypervisor`).
+    pub name: String,
+    /// Whether it is this home's current log of that name.
+    pub in_home: bool,
+}
+
+fn host_error(e: HostError) -> Error {
+    match e {
+        HostError::Io { .. } => Error::failed(e.to_string()),
+        other => Error::Refused(vec![Diagnostic::file("witness", other.to_string())]),
+    }
+}
+
+/// Resolve `<partition|file>`: a path if it contains `/` or ends in `.log`,
+/// else a log name in this home.
+pub fn target(ctx: &Ctx, t: &str) -> Result<LogTarget> {
+    if t.contains('/') || t.ends_with(LOG_SUFFIX) {
+        let path = PathBuf::from(t);
+        if !path.is_file() {
+            return Err(Error::refused(t, "no such log file"));
+        }
+        let name = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(LOG_SUFFIX))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::refused(t, "a witness log file name ends in .log"))?
+            .to_string();
+        let in_home = std::fs::canonicalize(&path).ok().and_then(|p| {
+            p.parent().map(|d| {
+                Some(d.to_path_buf()) == std::fs::canonicalize(ctx.home.witness_dir()).ok()
+            })
+        }) == Some(true);
+        return Ok(LogTarget {
+            path,
+            name,
+            in_home,
+        });
+    }
+    if t != HYPERVISOR_NAME {
+        crate::parse::names::partition_name("<partition|file>", "value", t)?;
+    }
+    let path = ctx.home.witness_dir().join(format!("{t}{LOG_SUFFIX}"));
+    if !path.is_file() {
+        let reg = ctx.home.load()?;
+        let why = match PartitionName::new(t)
+            .ok()
+            .and_then(|n| reg.partitions.get(&n))
+        {
+            Some(r) if r.last_run.is_none() => "it is registered but has not booted yet",
+            Some(_) => "its runs filed no record",
+            None if t == HYPERVISOR_NAME => "nothing has booted from this RVM_HOME yet",
+            None => "no partition of that name is registered",
+        };
+        return Err(Error::refused(
+            t,
+            format!("no witness log {}: {why}", path.display()),
+        ));
+    }
+    Ok(LogTarget {
+        path,
+        name: t.to_string(),
+        in_home: true,
+    })
+}
+
+/// Every current log in this home, the hypervisor's first.
+pub fn all_logs(ctx: &Ctx) -> Result<Vec<LogTarget>> {
+    let dir = ctx.home.witness_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::refused(
+                dir.display().to_string(),
+                "no witness logs: nothing has booted from this RVM_HOME yet",
+            ))
+        }
+        Err(e) => return Err(Error::failed(format!("{}: {e}", dir.display()))),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::failed(format!("{}: {e}", dir.display())))?;
+        let path = e.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(LOG_SUFFIX))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if path.is_file() {
+            out.push(LogTarget {
+                path,
+                name,
+                in_home: true,
+            });
+        }
+    }
+    out.sort_by_key(|l| (l.name != HYPERVISOR_NAME, l.name.clone()));
+    if out.is_empty() {
+        return Err(Error::refused(
+            dir.display().to_string(),
+            "no witness logs: nothing has booted from this RVM_HOME yet",
+        ));
+    }
+    Ok(out)
+}
+
+/// Which partition id had which name in the run that filed `log`: the
+/// partition's last run, or for the hypervisor's log the newest run.
+pub fn names_for(reg: &Registry, log: &LogTarget) -> LogNames {
+    if !log.in_home {
+        return LogNames::new();
+    }
+    let run = if log.name == HYPERVISOR_NAME {
+        reg.partitions
+            .values()
+            .filter_map(|r| r.last_run.as_ref())
+            .max_by_key(|r| r.started_unix)
+    } else {
+        PartitionName::new(&log.name)
+            .ok()
+            .and_then(|n| reg.partitions.get(&n))
+            .and_then(|r| r.last_run.as_ref())
+    };
+    let pairs = run.map_or_else(Vec::new, |r| {
+        r.with
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                Some((
+                    crate::bundler::partition_id(u32::try_from(i).ok()?),
+                    n.as_str(),
+                ))
+            })
+            .collect()
+    });
+    LogNames::from_pairs(pairs).unwrap_or_default()
+}
+
+/// The header of `witness show`, in the columns of
+/// `rvm_witness_host::ShowLine`'s display.
+pub fn show_header() -> String {
+    format!(
+        "{:>8} {:>17} {:<16} {:<18} {:<4} {:<18} CAPABILITY",
+        "SEQ", "TIME", "PARTITION", "OPERATION", "TIER", "OUTCOME"
+    )
+}
+
+/// `witness show [<partition|file>]`.
+pub fn show(ctx: &Ctx, which: Option<&str>) -> Result<()> {
+    let logs = match which {
+        Some(t) => vec![target(ctx, t)?],
+        None => all_logs(ctx)?,
+    };
+    let reg = ctx.home.load()?;
+    for (i, log) in logs.iter().enumerate() {
+        let lines = rvm_witness_host::show(&log.path, &names_for(&reg, log)).map_err(host_error)?;
+        if i > 0 {
+            println!();
+        }
+        println!("{} ({} records)", log.path.display(), lines.len());
+        println!("{}", show_header());
+        for l in &lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+/// How `witness verify` judges the key.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyArgs {
+    /// Expect this key fingerprint (overrides the defaults).
+    pub key_fingerprint: Option<KeyFingerprint>,
+    /// Verify with the key in this `.pub` file instead of the one beside the log.
+    pub pub_file: Option<PathBuf>,
+    /// Records after the newest checkpoint fail verification.
+    pub require_signed: bool,
+}
+
+/// The fingerprint a home's log is expected to carry: the manifest's pin,
+/// else this home's witness key (whose seed went into the bundle).
+fn expected_for(ctx: &Ctx, reg: &Registry, log: &LogTarget) -> Result<Option<(Hash, String)>> {
+    if !log.in_home {
+        return Ok(None);
+    }
+    let pin = PartitionName::new(&log.name)
+        .ok()
+        .and_then(|n| reg.partitions.get(&n))
+        .and_then(|r| r.spec.witness_key_fingerprint);
+    if let Some(p) = pin {
+        return Ok(Some((
+            Hash(p.0),
+            "the manifest's witness_key_fingerprint".into(),
+        )));
+    }
+    Ok(ctx.home.key(&KeyRole::Witness)?.map(|k| {
+        (
+            Hash(k.fingerprint().0),
+            "this RVM_HOME's witness key".into(),
+        )
+    }))
+}
+
+/// `witness verify [<partition|file>]`: every log when none is named.
+pub fn verify(ctx: &Ctx, which: Option<&str>, args: &VerifyArgs) -> Result<()> {
+    let logs = match which {
+        Some(t) => vec![target(ctx, t)?],
+        None => all_logs(ctx)?,
+    };
+    let reg = ctx.home.load()?;
+    let given_key = match &args.pub_file {
+        Some(p) => Some(rvm_witness_host::read_key(p).map_err(host_error)?),
+        None => None,
+    };
+    let mut failed = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        let (expected, why) = match args.key_fingerprint {
+            Some(f) => (Some(Hash(f.0)), "--key-fingerprint".to_string()),
+            None => match expected_for(ctx, &reg, log)? {
+                Some((h, w)) => (Some(h), w),
+                None => (None, String::new()),
+            },
+        };
+        let opts = VerifyOptions {
+            key: given_key,
+            expected_fingerprint: expected,
+            ..VerifyOptions::default()
+        };
+        let rep = rvm_witness_host::verify(&log.path, &opts).map_err(host_error)?;
+        if i > 0 {
+            println!();
+        }
+        print!("{rep}");
+        if expected.is_some() {
+            println!("(expected key: {why})");
+        }
+        let unsigned = rep.result.as_ref().map_or(0, |s| s.unsigned);
+        if !rep.is_ok() {
+            failed.push(match rep.first_bad_record() {
+                Some(r) => format!(
+                    "{}: does not verify; first bad record {r}",
+                    log.path.display()
+                ),
+                None => format!("{}: does not verify", log.path.display()),
+            });
+        } else if args.require_signed && unsigned > 0 {
+            failed.push(format!(
+                "{}: {unsigned} records are not signed by a checkpoint (--require-signed)",
+                log.path.display()
+            ));
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(
+        failed
+            .into_iter()
+            .map(|f| Diagnostic::file("witness verify", f))
+            .collect(),
+    ))
+}
+
+/// Output formats of `witness export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per record, one per line.
+    Jsonl,
+}
+
+fn write_out(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    match out {
+        Some(p) => store::write_atomic(p, bytes, 0o644),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(bytes)
+                .map_err(|e| Error::failed(format!("<stdout>: {e}")))
+        }
+    }
+}
+
+/// `witness export --format jsonl <partition|file> [--out FILE]`.
+pub fn export(ctx: &Ctx, which: &str, format: ExportFormat, out: Option<&Path>) -> Result<()> {
+    let log = target(ctx, which)?;
+    let reg = ctx.home.load()?;
+    let mut buf = Vec::new();
+    let n = match format {
+        ExportFormat::Jsonl => {
+            rvm_witness_host::export_jsonl(&log.path, &names_for(&reg, &log), &mut buf)
+                .map_err(host_error)?
+        }
+    };
+    write_out(out, &buf)?;
+    if let Some(p) = out {
+        eprintln!(
+            "{n} records of {} written to {}",
+            log.path.display(),
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// `witness prove --seq N <partition|file> [--json] [--out FILE]`.
+pub fn prove(ctx: &Ctx, which: &str, seq: u64, json: bool, out: Option<&Path>) -> Result<()> {
+    let log = target(ctx, which)?;
+    let proof = rvm_witness_host::prove(&log.path, seq).map_err(host_error)?;
+    let text = if json {
+        proof.to_json() + "\n"
+    } else {
+        proof.to_text()
+    };
+    write_out(out, text.as_bytes())?;
+    eprintln!(
+        "inclusion proof of record {seq} of {} (log {}) against its signed checkpoint of size {}{}",
+        log.path.display(),
+        proof.log,
+        proof.size,
+        out.map_or(String::new(), |p| format!(", written to {}", p.display()))
+    );
+    Ok(())
+}
+
+/// Where `witness verify-proof` takes the key from.
+#[derive(Clone, Debug)]
+pub enum ProofKey {
+    /// A verifier-key file (`<name>.pub`).
+    PubFile(PathBuf),
+    /// The `.pub` beside a log of this home.
+    Log(String),
+    /// This home's witness key.
+    Home,
+}
+
+/// `witness verify-proof <FILE> [--pub FILE | --log NAME]`.
+pub fn verify_proof(ctx: &Ctx, file: &Path, key: &ProofKey) -> Result<()> {
+    let shown = file.display().to_string();
+    let text = if shown == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Error::failed(format!("<stdin>: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::refused(&shown, "no such file"),
+            _ => Error::failed(format!("{shown}: {e}")),
+        })?
+    };
+    let proof = rvm_witness_host::InclusionProof::parse(&text)
+        .map_err(|e| Error::refused(&shown, e.to_string()))?;
+    let mut own: Option<String> = None;
+    let (public, source) = match key {
+        ProofKey::PubFile(p) => (
+            rvm_witness_host::read_key(p).map_err(host_error)?,
+            p.display().to_string(),
+        ),
+        ProofKey::Log(name) => {
+            let log = target(ctx, name)?;
+            let files = rvm_witness_host::LogFiles::for_log_path(&log.path).map_err(host_error)?;
+            own = Some(log.name);
+            (
+                rvm_witness_host::read_key(&files.key).map_err(host_error)?,
+                files.key.display().to_string(),
+            )
+        }
+        ProofKey::Home => {
+            let k = ctx.home.key(&KeyRole::Witness)?.ok_or_else(|| {
+                Error::refused(
+                    &shown,
+                    "this RVM_HOME has no witness key to check the proof with: pass --pub FILE",
+                )
+            })?;
+            (
+                PublicKey(k.public),
+                "this RVM_HOME's witness key".to_string(),
+            )
+        }
+    };
+    match rvm_witness_host::verify_proof_embedded(&proof, &public) {
+        Ok(p) => {
+            let line = rvm_witness_host::show::decode_line(
+                p.seq,
+                &proof.record,
+                &Hash::ZERO,
+                |id| match (id, own.as_deref()) {
+                    (HYPERVISOR_LOG, _) => HYPERVISOR_NAME.to_string(),
+                    (id, Some(n)) if id == p.log.0 => n.to_string(),
+                    (id, _) => format!("partition-{id}"),
+                },
+            );
+            println!(
+                "OK: record {} of log {} is leaf {} of the tree of size {} (root {}), whose checkpoint is signed by key {} ({source})",
+                p.seq,
+                p.log,
+                p.seq,
+                p.size,
+                p.root,
+                KeyFingerprint(public.fingerprint().0),
+            );
+            println!("{}", show_header());
+            println!("{line}");
+            Ok(())
+        }
+        Err(e) => Err(Error::refused(
+            &shown,
+            format!("the proof does not verify: {e}"),
+        )),
+    }
+}

@@ -1,0 +1,491 @@
+//! End to end, with the real images under QEMU: the adapter's files →
+//! `rvm-loader` → the hypervisor → witness logs filed under `RVM_HOME` →
+//! `rvm-loader witness verify`.
+//!
+//! The images come from `$RVM_IMAGE_DIR`, else `target/rvm/` of the
+//! workspace; `make images` builds them (`make test` does it first). Every
+//! command runs in its own process group with a deadline; on the deadline
+//! the whole group (the loader and its QEMU) is killed. The loader itself
+//! kills QEMU at its `--timeout`.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One QEMU at a time: the machine has few cores, and boots are short.
+static QEMU: Mutex<()> = Mutex::new(());
+
+/// How long the loader may let QEMU run (its `--timeout`).
+const LOADER_TIMEOUT: &str = "60";
+/// How long a command may take before the test kills its process group.
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// The image folder, checked.
+fn images() -> PathBuf {
+    let dir = std::env::var_os("RVM_IMAGE_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/rvm"),
+            PathBuf::from,
+        );
+    for f in ["rvm.bin", "guest-runtime.elf", "agents/reference.wasm"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{}: missing; build the images first with `make images` (`make test` does it), or set RVM_IMAGE_DIR",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// A fresh RVM_HOME and the real images.
+struct Real {
+    home: TempDir,
+    images: PathBuf,
+    /// A folder holding `rvm-loader` for PATH.
+    bin: TempDir,
+}
+
+impl Real {
+    fn new() -> Self {
+        let images = images();
+        let home = TempDir::new("e2e-home");
+        std::fs::remove_dir(home.path()).unwrap();
+        let bin = TempDir::new("e2e-bin");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rvm-loader"), bin.join("rvm-loader"))
+            .unwrap();
+        Self { home, images, bin }
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn witness(&self, file: &str) -> PathBuf {
+        self.home().join("witness").join(file)
+    }
+
+    fn command(&self, program: &Path, cwd: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args)
+            .current_dir(cwd)
+            .env("RVM_HOME", self.home())
+            .env("RVM_IMAGE_DIR", &self.images)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    self.bin.path().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env_remove("RVM_QEMU");
+        c
+    }
+
+    /// Run `rvm-loader` with a deadline.
+    fn loader(&self, args: &[&str]) -> Out {
+        let c = self.command(
+            Path::new(env!("CARGO_BIN_EXE_rvm-loader")),
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            args,
+        );
+        bounded(c, &format!("rvm-loader {}", args.join(" ")))
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let o = self.loader(args);
+        assert_eq!(o.code, 0, "{args:?}: {o:#?}");
+        o
+    }
+
+    /// Register the reference agent as the guest of the adapter's package.
+    fn add_reference(&self) {
+        let wasm = self.images.join("agents/reference.wasm");
+        self.ok(&[
+            "guest",
+            "add",
+            "@metaharness/kernel@0.1.0",
+            wasm.to_str().unwrap(),
+        ]);
+    }
+}
+
+/// Run `cmd` in its own process group; kill the group at the deadline.
+fn bounded(mut cmd: Command, what: &str) -> Out {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let pgid = child.id();
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut s);
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = pipe(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = pipe(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > DEADLINE {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let Some(status) = status else {
+        // The loader and its QEMU: the whole group.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{pgid}")])
+            .status();
+        let _ = child.wait();
+        panic!(
+            "{what}: still running after {DEADLINE:?}; its process group was killed\nstdout:\n{}\nstderr:\n{}",
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default()
+        );
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+fn qemu_lock() -> std::sync::MutexGuard<'static, ()> {
+    QEMU.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The log's three files are there and `witness verify` passes, with every
+/// record signed.
+fn assert_filed_and_verified(env: &Real, name: &str) -> String {
+    for ext in ["log", "checkpoints", "pub"] {
+        assert!(
+            env.witness(&format!("{name}.{ext}")).is_file(),
+            "{name}.{ext} not filed"
+        );
+    }
+    let o = env.ok(&["witness", "verify", name, "--require-signed"]);
+    assert!(
+        o.stdout.contains("matches the expected fingerprint")
+            && o.stdout.contains("chained and signed, Merkle roots match"),
+        "{o:#?}"
+    );
+    o.stdout
+}
+
+/// `witness show NAME`, as lines.
+fn show(env: &Real, name: &str) -> String {
+    env.ok(&["witness", "show", name]).stdout
+}
+
+/// A module whose entry traps at once (`unreachable`): a fault at run time.
+fn trapping_module() -> Vec<u8> {
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    m.extend([0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type 0: () -> ()
+    m.extend([0x03, 0x02, 0x01, 0x00]); // func 0: type 0
+    m.extend([0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00]); // export "run"
+    m.extend([0x0a, 0x05, 0x01, 0x03, 0x00, 0x00, 0x0b]); // body: unreachable
+    m
+}
+
+#[test]
+fn the_emitted_install_script_runs_unmodified_under_qemu() {
+    let env = Real::new();
+    env.add_reference();
+    let dir = fixture("template-minimal");
+    let _q = qemu_lock();
+    let c = env.command(
+        Path::new("bash"),
+        &dir,
+        &[dir.join("install-rvm.sh").to_str().unwrap()],
+    );
+    let o = bounded(c, "install-rvm.sh");
+    assert_eq!(o.code, 0, "{o:#?}");
+    // The three commands ran, the agent ran in its partition under QEMU.
+    for s in [
+        "partition demo-minimal registered",
+        "installed 2 capabilities for partition demo-minimal",
+        "rvm: partition 1 'demo-minimal' loaded",
+        "[demo-minimal] runtime: running `run`",
+        "rvm: partition 1 'demo-minimal' exited",
+        "RVM partition 'demo-minimal' is up.",
+    ] {
+        assert!(o.stdout.contains(s), "missing {s:?}: {o:#?}");
+    }
+    for s in [
+        "rvm-loader: demo-minimal: running",
+        "rvm-loader: witness demo-minimal.log verified",
+    ] {
+        assert!(o.stderr.contains(s), "missing {s:?}: {o:#?}");
+    }
+    // Filed, and it verifies on its own.
+    assert_filed_and_verified(&env, "demo-minimal");
+    assert_filed_and_verified(&env, "hypervisor");
+    let log = show(&env, "demo-minimal");
+    for op in [
+        "PartitionCreate",
+        "PartitionStart",
+        "ConsoleWrite",
+        "Exit",
+        "PartitionExit",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" demo-minimal ") && l.contains(op)),
+            "no {op} record: {log}"
+        );
+    }
+}
+
+#[test]
+fn deploy_of_a_fixture_folder_boots_files_and_verifies() {
+    let env = Real::new();
+    env.add_reference();
+    let dir = fixture("template-vertical_devops");
+    let _q = qemu_lock();
+    let o = env.ok(&["deploy", dir.to_str().unwrap(), "--timeout", LOADER_TIMEOUT]);
+    assert!(
+        o.stdout.contains("deployed partition demo-devops")
+            && o.stdout.contains("[demo-devops] runtime: running `run`"),
+        "{o:#?}"
+    );
+    // The script was linted, never run.
+    assert!(!o.stderr.contains("not run"), "{o:#?}");
+    let v = assert_filed_and_verified(&env, "demo-devops");
+    assert!(v.contains("log 1 (demo-devops)"), "{v}");
+    let status = env.ok(&["status"]).stdout;
+    assert!(
+        status.contains("partition demo-devops: exited")
+            && status.contains(&format!(
+                "witness log {}",
+                env.witness("demo-devops.log").display()
+            )),
+        "{status}"
+    );
+    // JSON lines and an inclusion proof of a record, checked.
+    let jsonl = env
+        .ok(&["witness", "export", "--format", "jsonl", "demo-devops"])
+        .stdout;
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["partition_name"], "demo-devops");
+    assert_eq!(first["op"], "PartitionCreate");
+    let proof = env.home().join("proof.txt");
+    env.ok(&[
+        "witness",
+        "prove",
+        "--seq",
+        "3",
+        "demo-devops",
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
+    let ok = env.ok(&[
+        "witness",
+        "verify-proof",
+        proof.to_str().unwrap(),
+        "--log",
+        "demo-devops",
+    ]);
+    assert!(ok.stdout.starts_with("OK: record 3 of log 1"), "{ok:#?}");
+    // A proof whose record was changed does not verify.
+    let text = std::fs::read_to_string(&proof).unwrap();
+    let rec = text.lines().find(|l| l.starts_with("record ")).unwrap();
+    let flipped = rec.replacen("record 01", "record 02", 1);
+    std::fs::write(&proof, text.replace(rec, &flipped)).unwrap();
+    let bad = env.loader(&["witness", "verify-proof", proof.to_str().unwrap()]);
+    assert_eq!(bad.code, 2, "{bad:#?}");
+    assert!(bad.stderr.contains("the proof does not verify"), "{bad:#?}");
+}
+
+#[test]
+fn three_tenants_from_three_templates_and_a_trapping_one_leaves_the_others_intact() {
+    let env = Real::new();
+    env.add_reference();
+    let t = TempDir::new("trap");
+    let trap_path = t.join("trap.wasm");
+    std::fs::write(&trap_path, trapping_module()).unwrap();
+    env.ok(&[
+        "deploy",
+        fixture("template-minimal").to_str().unwrap(),
+        "--no-boot",
+    ]);
+    env.ok(&[
+        "deploy",
+        fixture("template-vertical_coding").to_str().unwrap(),
+        "--no-boot",
+    ]);
+    // The third tenant gets the hostile module instead of the reference agent.
+    env.ok(&[
+        "deploy",
+        fixture("template-vertical_devops").to_str().unwrap(),
+        "--wasm",
+        trap_path.to_str().unwrap(),
+        "--no-boot",
+    ]);
+    let _q = qemu_lock();
+    let o = env.ok(&[
+        "up",
+        "demo-minimal",
+        "demo-coding",
+        "demo-devops",
+        "--timeout",
+        LOADER_TIMEOUT,
+    ]);
+    // The hostile one trapped at run time ...
+    assert!(
+        o.stdout.contains("[demo-devops] runtime: agent trapped"),
+        "{o:#?}"
+    );
+    // ... and the other two played their whole exchange and committed.
+    for n in ["demo-minimal", "demo-coding"] {
+        assert!(
+            o.stdout.contains(&format!(
+                "[{n}] reference: done: 8 pongs received, 8 pings answered, state committed"
+            )),
+            "{n}: {o:#?}"
+        );
+        assert!(
+            o.stderr
+                .contains(&format!("rvm-loader: {n} at the end of the run: exited")),
+            "{o:#?}"
+        );
+    }
+    // Each tenant has its own log file, each verifies, and each holds only
+    // its own partition's records.
+    for (id, n) in [(1, "demo-minimal"), (2, "demo-coding"), (3, "demo-devops")] {
+        let v = assert_filed_and_verified(&env, n);
+        assert!(v.contains(&format!("log {id} ({n})")), "{v}");
+        let log = show(&env, n);
+        let records: Vec<&str> = log.lines().skip(2).collect();
+        assert!(!records.is_empty(), "{log}");
+        assert!(
+            records
+                .iter()
+                .all(|l| l.split_whitespace().nth(2) == Some(n)),
+            "{n}'s log names another partition: {log}"
+        );
+    }
+    // The fault is in the hostile tenant's log, not in the others'. A
+    // kernel with the F1-F4 policy restarts it, rolls it back and fences
+    // it, every step witnessed; a kernel without ends the partition.
+    let devops = show(&env, "demo-devops");
+    assert!(devops.lines().any(|l| l.contains(" Exit ")), "{devops}");
+    if devops.contains(" Fault ") {
+        for step in ["RecoverRestart", "RecoverFence"] {
+            assert!(devops.contains(step), "no {step}: {devops}");
+        }
+        assert!(
+            o.stderr.contains("rvm-loader: demo-devops: fault")
+                && o.stderr
+                    .contains("rvm-loader: demo-devops at the end of the run: fenced (F3)"),
+            "{o:#?}"
+        );
+    } else {
+        assert!(devops.contains("PartitionExit"), "{devops}");
+    }
+    for n in ["demo-minimal", "demo-coding"] {
+        let log = show(&env, n);
+        assert!(
+            log.contains("StateCommit") && log.contains("ChannelSend"),
+            "{log}"
+        );
+        assert!(
+            !log.contains(" Fault ") && !log.contains("Recover"),
+            "{log}"
+        );
+    }
+    assert_filed_and_verified(&env, "hypervisor");
+    // Everything at once, as `make run` does it.
+    let all = env.ok(&["witness", "verify", "--require-signed"]).stdout;
+    assert_eq!(all.matches("OK: records").count(), 4, "{all}");
+}
+
+#[test]
+fn a_tampered_log_byte_is_named_by_witness_verify() {
+    let env = Real::new();
+    env.add_reference();
+    let _q = qemu_lock();
+    env.ok(&[
+        "deploy",
+        fixture("template-minimal").to_str().unwrap(),
+        "--timeout",
+        LOADER_TIMEOUT,
+    ]);
+    drop(_q);
+    assert_filed_and_verified(&env, "demo-minimal");
+    let log = env.witness("demo-minimal.log");
+    let pristine = std::fs::read(&log).unwrap();
+    let records = pristine.len() / 64;
+    assert!(records > 8, "{records} records");
+    let flip = |offset: usize| {
+        let mut b = pristine.clone();
+        b[offset] ^= 0x01;
+        std::fs::write(&log, b).unwrap();
+        env.loader(&["witness", "verify", "demo-minimal"])
+    };
+
+    // A record's seq field (bytes 8..16): that very record is named.
+    let k = records / 2;
+    let o = flip(k * 64 + 8);
+    assert_eq!(o.code, 2, "{o:#?}");
+    assert!(
+        o.stdout.contains(&format!("first bad record: {k}\n")),
+        "{o:#?}"
+    );
+    assert!(
+        o.stderr.contains(&format!(
+            "demo-minimal.log: does not verify; first bad record {k}"
+        )),
+        "{o:#?}"
+    );
+
+    // A byte of its timestamp: the chain breaks at the next record, whose
+    // link no longer matches (the verifier says which two records it is
+    // between).
+    let o = flip(k * 64 + 20);
+    assert_eq!(o.code, 2, "{o:#?}");
+    assert!(
+        o.stdout.contains(&format!(
+            "FAILED at record {}: does not link to the record before it",
+            k + 1
+        )),
+        "{o:#?}"
+    );
+
+    // The last record: caught by the signed checkpoint that covers it.
+    let last = records - 1;
+    let o = flip(last * 64 + 20);
+    assert_eq!(o.code, 2, "{o:#?}");
+    assert!(
+        o.stdout.contains(&format!("first bad record: {last}\n")),
+        "{o:#?}"
+    );
+
+    // Put back, it verifies again.
+    std::fs::write(&log, &pristine).unwrap();
+    assert_filed_and_verified(&env, "demo-minimal");
+}
