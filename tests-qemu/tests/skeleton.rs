@@ -104,3 +104,13 @@ fn entering_at_el1_is_refused_cleanly() {
     run.assert(run.contains("RVM must be entered at EL2"), "clear message");
     run.assert(run.exit == Some(3), "distinct exit code");
 }
+
+#[test]
+fn a_reference_agent_alone_runs_solo_and_commits() {
+    let spec = BundleSpec::new().partition(PartitionSpec::wasm("alone", artifact("agents/reference.wasm")));
+    let run = boot(&spec.build(), &QemuOptions::default());
+    run.assert(run.exit == Some(0), "exit 0");
+    run.assert(run.console_of("alone").any(|l| l == "reference: done: solo run 1 committed"), "solo run committed");
+    run.assert(run.contains("'alone' exited: code 0x0"), "finished cleanly");
+    run.assert(run.log(1).iter().any(|r| r.op == Hypercall::StateCommit as u16 && r.outcome == 0), "commit witnessed");
+}

@@ -4,7 +4,6 @@ use rvm_guest::{clock, println, yield_now, Channel, HvError, StateStore};
 
 use crate::protocol::{Message, Side, MESSAGE_LEN, ROUNDS};
 
-const EXIT_NO_CHANNEL: i32 = 2;
 const EXIT_NO_STORE: i32 = 3;
 const EXIT_PROTOCOL: i32 = 4;
 const EXIT_STATE_MISMATCH: i32 = 5;
@@ -13,6 +12,31 @@ const EXIT_HOST_ERROR: i32 = 6;
 /// The state-store keys this agent commits.
 const KEY_PINGS: &[u8] = b"reference/pings";
 const KEY_PONGS: &[u8] = b"reference/pongs";
+const KEY_SOLO_RUNS: &[u8] = b"reference/solo-runs";
+
+/// Alone in its partition set (no channel handle): count the run in the
+/// state store, read it back, and finish.
+fn run_solo(store: &StateStore) {
+    println!("reference: no peer channel: running solo");
+    let runs = match read_u32(store, KEY_SOLO_RUNS) {
+        Ok(prev) => prev.unwrap_or(0) + 1,
+        Err(e) => fail(EXIT_NO_STORE, "state get", e),
+    };
+    let staged = store
+        .stage(KEY_SOLO_RUNS, &runs.to_le_bytes())
+        .and_then(|()| store.validate())
+        .and_then(|()| store.commit());
+    if let Err(e) = staged {
+        fail(EXIT_HOST_ERROR, "state commit", e);
+    }
+    match read_u32(store, KEY_SOLO_RUNS) {
+        Ok(Some(n)) if n == runs => println!("reference: done: solo run {runs} committed"),
+        other => {
+            println!("reference: state read back wrong: {other:?}");
+            rvm_guest::exit(EXIT_STATE_MISMATCH)
+        }
+    }
+}
 
 fn fail(code: i32, what: &str, e: HvError) -> ! {
     println!("reference: {what} failed: {}", e.name());
@@ -33,8 +57,11 @@ fn read_u32(store: &StateStore, key: &[u8]) -> Result<Option<u32>, HvError> {
 /// The entry point (see the agent engine's entry convention).
 #[no_mangle]
 pub extern "C" fn run() {
-    let channel = Channel::nth(0).unwrap_or_else(|e| fail(EXIT_NO_CHANNEL, "channel lookup", e));
     let store = StateStore::nth(0).unwrap_or_else(|e| fail(EXIT_NO_STORE, "state store lookup", e));
+    let Ok(channel) = Channel::nth(0) else {
+        run_solo(&store);
+        return;
+    };
     match read_u32(&store, KEY_PONGS) {
         Ok(Some(prev)) => println!("reference: a previous run committed {prev} pongs"),
         Ok(None) => {}
