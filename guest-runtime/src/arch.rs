@@ -163,6 +163,28 @@ pub fn hypercall(call: Hypercall, args: &mut [Arg<'_>]) -> Result<[u64; 3], HvEr
     }
 }
 
+/// Issue `hvc #0` with `x0`–`x6` exactly as given and return `x0`–`x3` as
+/// the hypervisor left them, the status uninterpreted: for test guests (the
+/// hypercall fuzzer) that must see every status, including any that no
+/// [`HvError`] names.
+///
+/// `None`, and nothing issued, if the heap has been initialised or if an
+/// argument lies in this image (`IMAGE_BASE..image_end()`). That keeps the
+/// call from naming Rust memory: without a heap, every Rust object of an
+/// EL1 image lives in the image, nothing is mapped below it or between its
+/// end and the boot-info page, and the hypervisor checks a whole buffer
+/// before it moves a byte — so a buffer that starts below the image or past
+/// its end is refused, or lies above it, and never reaches it.
+pub fn hvc_raw(x: [u64; 7]) -> Option<[u64; 4]> {
+    let end = image_end();
+    let in_image = |v: &u64| (layout::IMAGE_BASE..end).contains(v);
+    if HEAP_READY.load(Ordering::Acquire) || x[1..].iter().any(in_image) {
+        return None;
+    }
+    let (r0, r1, r2, r3) = raw_hvc(x);
+    Some([r0, r1, r2, r3])
+}
+
 fn raw_hvc(x: [u64; 7]) -> (u64, u64, u64, u64) {
     let (r0, r1, r2, r3);
     // SAFETY: `hvc #0` traps to the hypervisor, which follows the SMCCC: it
@@ -266,6 +288,27 @@ pub fn wasm_module(ipa: u64, len: u64) -> Option<&'static [u8]> {
     Some(unsafe { core::slice::from_raw_parts(start as *const u8, len) })
 }
 
+/// Run `f` on the checkpoint image the hypervisor mapped read-only at
+/// `[ipa, ipa + len)` for this start, if the range lies in the layout's
+/// restore window. The slice cannot outlive `f`: the mapping goes away once
+/// the runtime hands over a new checkpoint.
+pub fn with_checkpoint_image<R>(ipa: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let inside = ipa >= layout::CHECKPOINT_IPA
+        && len <= layout::CHECKPOINT_MAX_LEN
+        && ipa.checked_add(len)? <= layout::CHECKPOINT_IPA + layout::CHECKPOINT_MAX_LEN;
+    if !inside || len == 0 {
+        return None;
+    }
+    let (start, len) = (usize::try_from(ipa).ok()?, usize::try_from(len).ok()?);
+    // SAFETY: the boot-info page names [ipa, ipa+len) as the checkpoint the
+    // hypervisor mapped read-only for this start (inside the restore window,
+    // checked); it stays mapped until this runtime issues a `Checkpoint`
+    // call, which cannot happen while `f` holds the slice (the slice is not
+    // handed to anything that outlives `f`).
+    let image = unsafe { core::slice::from_raw_parts(start as *const u8, len) };
+    Some(f(image))
+}
+
 unsafe extern "C" {
     static __stack_bottom: u8;
     static __stack_top: u8;
@@ -345,6 +388,17 @@ pub mod probe {
 /// hypervisor sets PMCCFILTR.NSH) at EL2.
 pub mod bench {
     use core::arch::asm;
+
+    /// The cycle counter (instructions under `-icount shift=0`).
+    pub fn cycles() -> u64 {
+        let c: u64;
+        // SAFETY: reads PMCCNTR_EL0, which the hypervisor leaves readable
+        // at EL1; no memory or flags are touched.
+        unsafe {
+            asm!("isb", "mrs {c}, pmccntr_el0", c = out(reg) c, options(nomem, nostack, preserves_flags))
+        };
+        c
+    }
 
     /// Instructions (cycles) one `hvc #0` with function ID `x0` costs, seen
     /// from EL1: the counter is read right before and right after the call,

@@ -2,7 +2,7 @@
 
 use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::{CapHandle, HvError, Hypercall};
-use rvm_agent_engine::{DeriveRequest, HostCalls};
+use rvm_agent_engine::{CheckpointReceipt, DeriveRequest, HostCalls};
 
 use crate::arch::{hypercall, Arg};
 
@@ -130,7 +130,30 @@ impl HostCalls for El1Host {
         .map(drop)
     }
 
-    fn checkpoint(&mut self, image: &[u8]) -> Result<u64, HvError> {
-        hypercall(Hypercall::Checkpoint, &mut [Arg::In(image)]).map(|[id, _, _]| id)
+    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {
+        let before = crate::arch::bench::cycles();
+        let result = hypercall(
+            Hypercall::Checkpoint,
+            &mut [Arg::In(header), Arg::In(memory)],
+        );
+        let cycles = crate::arch::bench::cycles().wrapping_sub(before);
+        let len = header.len() + memory.len();
+        match result {
+            Ok([id, lo, hi]) => {
+                let mut hash_prefix = [0u8; 16];
+                hash_prefix[..8].copy_from_slice(&lo.to_le_bytes());
+                hash_prefix[8..].copy_from_slice(&hi.to_le_bytes());
+                crate::el1_println!(
+                    "runtime: checkpoint {id} of {len} bytes handed over in {cycles} cycles, state hash {:016x}{:016x}",
+                    u64::from_be_bytes(lo.to_le_bytes()),
+                    u64::from_be_bytes(hi.to_le_bytes())
+                );
+                Ok(CheckpointReceipt { id, hash_prefix })
+            }
+            Err(e) => {
+                crate::el1_println!("runtime: checkpoint of {len} bytes refused: {}", e.name());
+                Err(e)
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 extern crate alloc;
 
 use rvm_abi::bootinfo::exit;
-use rvm_abi::bootinfo::BootInfo;
+use rvm_abi::bootinfo::{BootInfo, RestoreInfo};
 use rvm_agent_engine::{Agent, AgentConfig, FuelPolicy, RunOutcome};
 use rvm_el1::arch;
 use rvm_el1::el1_println as println;
@@ -73,13 +73,39 @@ fn main(boot_info_ipa: u64) -> ! {
             fail(e.exit_code())
         }
     };
+    if let Some(restore) = RestoreInfo::read(page).filter(RestoreInfo::is_restore) {
+        let before = arch::bench::cycles();
+        let restored = arch::with_checkpoint_image(restore.image_ipa, restore.image_len, |image| {
+            agent.restore(image)
+        });
+        let cycles = arch::bench::cycles().wrapping_sub(before);
+        match restored {
+            Some(Ok(())) => println!(
+                "runtime: restored checkpoint {} ({} bytes) in {cycles} cycles; resuming after turn {}",
+                restore.checkpoint_id,
+                restore.image_len,
+                agent.turns()
+            ),
+            Some(Err(e)) => {
+                println!("runtime: checkpoint {} not restored: {e}", restore.checkpoint_id);
+                fail(exit::RESTORE_FAILED)
+            }
+            None => {
+                println!(
+                    "runtime: checkpoint at {:#x} (+{:#x}) is outside the restore window",
+                    restore.image_ipa, restore.image_len
+                );
+                fail(exit::RESTORE_FAILED)
+            }
+        }
+    }
     println!("runtime: running `{}`", agent.entry_name());
     let report = agent.run();
     match report.outcome {
         RunOutcome::Finished { code } => {
             println!(
-                "runtime: agent finished with code {code} ({} host calls, {} fuel slices)",
-                report.host_calls, report.slices
+                "runtime: agent finished with code {code} ({} host calls, {} fuel slices, {} turns, {} checkpoints)",
+                report.host_calls, report.slices, report.turns, report.checkpoints
             );
             report_resources();
             // The agent's code, sign-extended into x1.

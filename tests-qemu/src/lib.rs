@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+use rvm_abi::bundle::{BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
 use rvm_abi::frame::Frame;
 use rvm_abi::WitnessRecord;
 
@@ -46,14 +46,58 @@ pub struct PartitionSpec {
     pub guest: Guest,
     pub wasm_pages: u32,
     pub fuel_per_slice: u64,
+    /// Capability-table entries installed after the partition's own state
+    /// store (so the first is handle 1), before its channel handles.
+    pub caps: Vec<CapDesc>,
+    /// Ed25519 public key bound to the partition's capabilities: the key
+    /// whose signatures approve their P3 operations.
+    pub authority: Option<[u8; 32]>,
+    /// For a raw image: bytes mapped read-only where a module would be (the
+    /// probe's input: seeds, approvals signed on the host).
+    pub input: Option<Vec<u8>>,
+    /// Recovery thresholds (the manifest's recovery map).
+    pub recovery: RecoveryDesc,
 }
 
 impl PartitionSpec {
     pub fn wasm(name: &str, module: Vec<u8>) -> Self {
-        Self { name: name.into(), guest: Guest::Wasm(module), wasm_pages: 16, fuel_per_slice: 0 }
+        Self {
+            name: name.into(),
+            guest: Guest::Wasm(module),
+            wasm_pages: 16,
+            fuel_per_slice: 0,
+            caps: Vec::new(),
+            authority: None,
+            input: None,
+            recovery: RecoveryDesc::DEFAULT,
+        }
     }
     pub fn image(name: &str, elf: Vec<u8>) -> Self {
-        Self { name: name.into(), guest: Guest::Image(elf), wasm_pages: 16, fuel_per_slice: 0 }
+        Self { guest: Guest::Image(elf), ..Self::wasm(name, Vec::new()) }
+    }
+
+    /// Add a capability-table entry.
+    pub fn cap(mut self, desc: CapDesc) -> Self {
+        self.caps.push(desc);
+        self
+    }
+
+    /// Bind an authority public key.
+    pub fn authority(mut self, public_key: [u8; 32]) -> Self {
+        self.authority = Some(public_key);
+        self
+    }
+
+    /// Use these recovery thresholds.
+    pub fn recovery(mut self, recovery: RecoveryDesc) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// Give a raw image its input bytes.
+    pub fn input(mut self, bytes: Vec<u8>) -> Self {
+        self.input = Some(bytes);
+        self
     }
 }
 
@@ -82,6 +126,7 @@ impl BundleSpec {
         self
     }
 
+    /// Set [`BootConfig::flags`] bits.
     pub fn budget_ms(mut self, ms: u32) -> Self {
         self.run_budget_ms = ms;
         self
@@ -94,7 +139,11 @@ impl BundleSpec {
             w.entry(EntryKind::GuestRuntime, GLOBAL, &artifact("guest-runtime.elf"));
         }
         w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[0x42; 32]);
-        let config = BootConfig { run_budget_ms: self.run_budget_ms, slice_us: self.slice_us, ..BootConfig::DEFAULT };
+        let config = BootConfig {
+            run_budget_ms: self.run_budget_ms,
+            slice_us: self.slice_us,
+            ..BootConfig::DEFAULT
+        };
         w.entry(EntryKind::BootConfig, GLOBAL, &config.to_bytes());
         for p in &self.partitions {
             let desc = PartitionDesc {
@@ -105,13 +154,24 @@ impl BundleSpec {
                 default_tier: 2,
                 wasm_pages: p.wasm_pages,
                 fuel_per_slice: p.fuel_per_slice,
-                recovery: RecoveryDesc::DEFAULT,
+                recovery: p.recovery,
                 witness_key_fingerprint: None,
             };
             let i = w.partition(&desc);
             match &p.guest {
                 Guest::Wasm(m) => w.entry(EntryKind::Wasm, i, m),
-                Guest::Image(elf) => w.entry(EntryKind::GuestImage, i, elf),
+                Guest::Image(elf) => {
+                    w.entry(EntryKind::GuestImage, i, elf);
+                    if let Some(input) = &p.input {
+                        w.entry(EntryKind::Wasm, i, input);
+                    }
+                }
+            }
+            if let Some(key) = &p.authority {
+                w.entry(EntryKind::AuthorityKey, i, key);
+            }
+            for c in &p.caps {
+                w.entry(EntryKind::Capability, i, &c.to_bytes());
             }
         }
         for (a, b) in &self.channels {
@@ -267,6 +327,15 @@ impl QemuRun {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The hypervisor's public key, from its `@K` frame (it signs
+    /// checkpoints and `Prove` attestations).
+    pub fn witness_key(&self) -> Option<[u8; 32]> {
+        self.lines().filter_map(Frame::parse).find_map(|f| match f {
+            Frame::Key { public } => Some(public),
+            _ => None,
+        })
     }
 
     /// Decoded records of one log, in order.

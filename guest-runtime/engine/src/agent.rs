@@ -1,29 +1,52 @@
 //! Loading an agent and running its entry.
 
+use alloc::format;
 use alloc::string::ToString;
 
+use rvm_abi::imports::turn;
 use wasmi::{
     CompilationMode, Config, Engine, Error, ExternType, Linker, Module, Store, TypedFunc,
-    TypedResumableCall,
+    TypedResumableCall, Val,
 };
 
-use crate::budget::store_limits;
+use crate::budget::{budget_bytes, store_limits};
+use crate::checkpoint::{self, GlobalValue};
 use crate::config::{AgentConfig, FuelPolicy};
-use crate::error::{LoadError, RunOutcome, RunReport, Trap};
-use crate::glue::{self, Ctx};
+use crate::error::{LoadError, RestoreError, RunOutcome, RunReport, Trap};
+use crate::glue::{self, CheckpointMode, Ctx};
 use crate::host::HostCalls;
 use crate::screen;
 
-/// The exports tried as the entry point, in order; the first that exists with
-/// type `[] -> []` is used.
+/// The exports tried as a one-call entry point, in order; the first that
+/// exists with type `[] -> []` is used — unless the agent is a turn agent
+/// (it exports [`turn::EXPORT`] of type `[] -> [i32]`), which is driven one
+/// turn at a time instead.
 pub const ENTRY_NAMES: [&str; 2] = ["run", "_start"];
+
+/// How the agent is driven.
+enum Entry {
+    /// Called once.
+    Run(TypedFunc<(), ()>),
+    /// Called once per turn until it returns `turn::DONE`.
+    Turn(TypedFunc<(), i32>),
+}
 
 /// A loaded, instantiated agent, ready to run.
 pub struct Agent<H: HostCalls + 'static> {
     store: Store<Ctx<H>>,
-    entry: TypedFunc<(), ()>,
+    entry: Entry,
     entry_name: &'static str,
     fuel: FuelPolicy,
+    /// The memory budget, in WASM pages.
+    wasm_pages: u32,
+    /// Turns completed (carried over by a restore).
+    turns: u64,
+}
+
+/// How one call into the agent ended.
+enum CallEnd<R> {
+    Returned(R),
+    Ended(RunOutcome),
 }
 
 fn engine_config(fuel: FuelPolicy) -> Config {
@@ -41,19 +64,30 @@ fn engine_config(fuel: FuelPolicy) -> Config {
 impl<H: HostCalls + 'static> Agent<H> {
     /// Screen, validate, compile and instantiate `wasm` under `config`.
     pub fn load(wasm: &[u8], config: AgentConfig, host: H) -> Result<Self, LoadError> {
-        screen::prescan(wasm, config.wasm_pages)?;
+        let facts = screen::prescan(wasm, config.wasm_pages)?;
         let engine = Engine::new(&engine_config(config.fuel));
         let module = Module::new(&engine, wasm).map_err(|e| LoadError::Invalid {
             detail: e.to_string(),
         })?;
         screen::check_import_signatures(&module)?;
-        let entry_name = ENTRY_NAMES
-            .into_iter()
-            .find(|name| {
-                matches!(module.get_export(name),
-                    Some(ExternType::Func(ty)) if ty.params().is_empty() && ty.results().is_empty())
-            })
-            .ok_or(LoadError::NoEntry)?;
+        let is_turn_agent = matches!(module.get_export(turn::EXPORT),
+            Some(ExternType::Func(ty)) if ty.params().is_empty() && ty.results() == [wasmi::ValType::I32]);
+        let entry_name = if is_turn_agent {
+            turn::EXPORT
+        } else {
+            ENTRY_NAMES
+                .into_iter()
+                .find(|name| {
+                    matches!(module.get_export(name),
+                        Some(ExternType::Func(ty)) if ty.params().is_empty() && ty.results().is_empty())
+                })
+                .ok_or(LoadError::NoEntry)?
+        };
+        let checkpoint_mode = match (facts.hidden_mutable_global, is_turn_agent) {
+            (true, _) => CheckpointMode::Unsupported,
+            (false, true) => CheckpointMode::AtTurnEnd,
+            (false, false) => CheckpointMode::Immediate,
+        };
 
         let ctx = Ctx {
             host,
@@ -62,6 +96,8 @@ impl<H: HostCalls + 'static> Agent<H> {
             instance: None,
             memory: None,
             host_calls: 0,
+            checkpoint_mode,
+            checkpoint_requested: false,
         };
         let mut store = Store::new(&engine, ctx);
         store.limiter(|ctx| &mut ctx.limits);
@@ -78,15 +114,37 @@ impl<H: HostCalls + 'static> Agent<H> {
             .find_map(|export| export.into_memory());
         store.data_mut().instance = Some(instance);
         store.data_mut().memory = memory;
-        let entry = instance
-            .get_typed_func::<(), ()>(&store, entry_name)
-            .map_err(instantiation)?;
+        let entry = if is_turn_agent {
+            Entry::Turn(
+                instance
+                    .get_typed_func::<(), i32>(&store, entry_name)
+                    .map_err(instantiation)?,
+            )
+        } else {
+            Entry::Run(
+                instance
+                    .get_typed_func::<(), ()>(&store, entry_name)
+                    .map_err(instantiation)?,
+            )
+        };
         Ok(Self {
             store,
             entry,
             entry_name,
             fuel: config.fuel,
+            wasm_pages: config.wasm_pages,
+            turns: 0,
         })
+    }
+
+    /// Whether the agent is driven turn by turn.
+    pub fn is_turn_agent(&self) -> bool {
+        matches!(self.entry, Entry::Turn(_))
+    }
+
+    /// Turns completed so far (including those before a restored checkpoint).
+    pub fn turns(&self) -> u64 {
+        self.turns
     }
 
     /// The name of the export used as the entry.
@@ -128,43 +186,166 @@ impl<H: HostCalls + 'static> Agent<H> {
         }
     }
 
-    /// Run the entry to its end: returns when it returns, calls `exit`, traps,
-    /// or (with fuel) the host refuses a yield.
+    /// Run one call of `f` to its end, yielding and refuelling as the fuel
+    /// policy says.
+    fn call<R: wasmi::WasmResults>(&mut self, f: TypedFunc<(), R>, slices: &mut u64) -> CallEnd<R> {
+        let mut call = f.call_resumable(&mut self.store, ());
+        loop {
+            match call {
+                Ok(TypedResumableCall::Finished(r)) => return CallEnd::Returned(r),
+                Ok(TypedResumableCall::HostTrap(trap)) => {
+                    return CallEnd::Ended(classify(trap.host_error()))
+                }
+                Ok(TypedResumableCall::OutOfFuel(pending)) => {
+                    if let Err(e) = self.store.data_mut().host.yield_now() {
+                        return CallEnd::Ended(RunOutcome::Stopped(e));
+                    }
+                    *slices += 1;
+                    if let Err(e) = self.refuel(pending.required_fuel()) {
+                        return CallEnd::Ended(classify(&e));
+                    }
+                    call = pending.resume(&mut self.store);
+                }
+                Err(e) => return CallEnd::Ended(classify(&e)),
+            }
+        }
+    }
+
+    /// Run the agent to its end: a `run` entry once; a turn agent turn after
+    /// turn until it is done. Returns when it finishes, calls `exit`, traps,
+    /// or (with fuel) the host refuses a yield. A turn agent that asked for
+    /// a checkpoint during a turn is checkpointed when that turn ends.
     pub fn run(&mut self) -> RunReport {
         let calls_before = self.store.data().host_calls;
+        let turns_before = self.turns;
         let mut slices = u64::from(matches!(self.fuel, FuelPolicy::PerSlice(_)));
+        let (mut checkpoints, mut refused) = (0, 0);
         let outcome = 'run: {
             if let Err(e) = self.refuel(0) {
                 break 'run classify(&e);
             }
-            let mut call = self.entry.call_resumable(&mut self.store, ());
-            loop {
-                match call {
-                    Ok(TypedResumableCall::Finished(())) => {
-                        break 'run RunOutcome::Finished { code: 0 }
+            match self.entry {
+                Entry::Run(f) => match self.call(f, &mut slices) {
+                    CallEnd::Returned(()) => RunOutcome::Finished { code: 0 },
+                    CallEnd::Ended(outcome) => outcome,
+                },
+                Entry::Turn(f) => loop {
+                    let result = match self.call(f, &mut slices) {
+                        CallEnd::Returned(r) => r,
+                        CallEnd::Ended(outcome) => break 'run outcome,
+                    };
+                    if result != turn::CONTINUE && result != turn::DONE {
+                        break 'run RunOutcome::Trapped(Trap::Other(format!(
+                            "`{}` returned {result} (want {} or {})",
+                            turn::EXPORT,
+                            turn::CONTINUE,
+                            turn::DONE
+                        )));
                     }
-                    Ok(TypedResumableCall::HostTrap(trap)) => {
-                        break 'run classify(trap.host_error())
-                    }
-                    Ok(TypedResumableCall::OutOfFuel(pending)) => {
-                        if let Err(e) = self.store.data_mut().host.yield_now() {
-                            break 'run RunOutcome::Stopped(e);
+                    self.turns += 1;
+                    if core::mem::take(&mut self.store.data_mut().checkpoint_requested) {
+                        match self.checkpoint() {
+                            Ok(_) => checkpoints += 1,
+                            Err(_) => refused += 1,
                         }
-                        slices += 1;
-                        if let Err(e) = self.refuel(pending.required_fuel()) {
-                            break 'run classify(&e);
-                        }
-                        call = pending.resume(&mut self.store);
                     }
-                    Err(e) => break 'run classify(&e),
-                }
+                    if result == turn::DONE {
+                        break 'run RunOutcome::Finished { code: 0 };
+                    }
+                },
             }
         };
         RunReport {
             outcome,
             slices,
             host_calls: self.store.data().host_calls - calls_before,
+            turns: self.turns - turns_before,
+            checkpoints,
+            checkpoints_refused: refused,
         }
+    }
+
+    /// Hand the agent's state to the host now (between turns).
+    pub fn checkpoint(&mut self) -> Result<crate::CheckpointReceipt, rvm_abi::HvError> {
+        let meta = glue::capture_meta(&self.store, self.turns);
+        match self.store.data().memory {
+            Some(mem) => {
+                let (data, ctx) = mem.data_and_store_mut(&mut self.store);
+                let header = checkpoint::encode_header(&meta, data.len());
+                ctx.host.checkpoint(&header, data)
+            }
+            None => {
+                let header = checkpoint::encode_header(&meta, 0);
+                self.store.data_mut().host.checkpoint(&header, &[])
+            }
+        }
+    }
+
+    /// Put a freshly loaded turn agent into the state `image` records (see
+    /// [`checkpoint`]): memory grown and overwritten, mutable globals set,
+    /// the turn count carried over. The next [`Agent::run`] resumes at the
+    /// turn after the checkpoint. Nothing is changed unless the image fits.
+    pub fn restore(&mut self, image: &[u8]) -> Result<(), RestoreError> {
+        if !self.is_turn_agent() {
+            return Err(RestoreError::NotTurnAgent);
+        }
+        let image = checkpoint::decode(image).map_err(RestoreError::Image)?;
+        let globals = glue::mutable_globals(&self.store);
+        if globals.len() != image.meta.globals.len() {
+            return Err(RestoreError::GlobalCount {
+                image: image.meta.globals.len(),
+                agent: globals.len(),
+            });
+        }
+        for (index, (g, want)) in globals.iter().zip(&image.meta.globals).enumerate() {
+            let have = glue::global_value(g.get(&self.store));
+            if !have.is_some_and(|h| h.same_type(*want)) {
+                return Err(RestoreError::GlobalType { index });
+            }
+        }
+        let agent_table = glue::capture_meta(&self.store, 0).table_len;
+        if agent_table != image.meta.table_len {
+            return Err(RestoreError::TableLength {
+                image: image.meta.table_len,
+                agent: agent_table,
+            });
+        }
+        let memory = self.store.data().memory;
+        let agent_bytes = self.memory_len();
+        let image_bytes = image.memory.len();
+        let page = usize::try_from(rvm_abi::bootinfo::layout::WASM_PAGE).unwrap_or(usize::MAX);
+        let limit = budget_bytes(self.wasm_pages);
+        let size_ok = image_bytes % page == 0 && image_bytes >= agent_bytes && image_bytes <= limit;
+        let size_error = RestoreError::MemorySize {
+            image_bytes,
+            agent_bytes,
+        };
+        match memory {
+            None if image_bytes == 0 => {}
+            None => return Err(size_error),
+            Some(_) if !size_ok => return Err(size_error),
+            Some(mem) => {
+                let grow = u64::try_from((image_bytes - agent_bytes) / page)
+                    .map_err(|_| size_error.clone())?;
+                if grow > 0 {
+                    mem.grow(&mut self.store, grow)
+                        .map_err(|_| size_error.clone())?;
+                }
+                mem.data_mut(&mut self.store)[..image_bytes].copy_from_slice(image.memory);
+            }
+        }
+        for (g, value) in globals.iter().zip(&image.meta.globals) {
+            let v = match *value {
+                GlobalValue::I32(v) => Val::I32(v),
+                GlobalValue::I64(v) => Val::I64(v),
+                GlobalValue::F32(v) => Val::F32(wasmi::F32::from_bits(v)),
+                GlobalValue::F64(v) => Val::F64(wasmi::F64::from_bits(v)),
+            };
+            // Types were checked above; a mutable global takes any value of its type.
+            let _ = g.set(&mut self.store, v);
+        }
+        self.turns = image.meta.turn;
+        Ok(())
     }
 }
 

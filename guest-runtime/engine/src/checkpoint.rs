@@ -1,26 +1,36 @@
-//! The byte-stable image of an agent's state that the `checkpoint` import
-//! hands to the hypervisor.
+//! The byte-stable image of an agent's state that the engine hands to the
+//! hypervisor at a turn boundary, and restores from.
 //!
 //! ```text
 //! offset  size  field
-//! 0       8     magic "RVMCKPT1"
+//! 0       8     magic "RVMCKPT2"
 //! 8       8     linear memory length in bytes (LE)
 //! 16      4     number of globals (LE)
-//! 20      4     reserved, 0
-//! 24      16×n  globals, in export order: type tag u8, 7 bytes 0, value bits u64 LE
+//! 20      4     table length in elements (LE)
+//! 24      8     turns completed when it was taken (LE)
+//! 32      16×n  globals, in export order: type tag u8, 7 bytes 0, value bits u64 LE
 //! ..      len   linear memory
 //! ```
 //!
-//! Captured: the linear memory and every *exported* mutable numeric global
-//! (Rust agents export `__stack_pointer` for this). Non-exported globals and
-//! tables are not captured, and restoring an image is not implemented yet.
+//! Captured: the linear memory, every mutable numeric global (the engine
+//! refuses to checkpoint an agent with a mutable global it does not export —
+//! Rust agents export `__stack_pointer` for this), the turn count, and the
+//! table's length. A table's contents are function references, which have no
+//! byte form; a restored agent gets its table as instantiation builds it
+//! (its element segments), and restore refuses an image whose table length
+//! differs. An agent that rewrites its table (`table.set`) is therefore not
+//! restorable exactly; Rust agents never do.
+//!
+//! The header and globals ([`encode_header`]) and the memory are handed to
+//! the hypervisor as two parts of one image, so the memory is never copied
+//! inside the partition; [`encode`] builds the same bytes in one buffer.
 
 use alloc::vec::Vec;
 
 /// First bytes of every image.
-pub const MAGIC: [u8; 8] = *b"RVMCKPT1";
+pub const MAGIC: [u8; 8] = *b"RVMCKPT2";
 /// Length of the fixed header.
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = 32;
 /// Length of one global entry.
 pub const GLOBAL_LEN: usize = 16;
 
@@ -45,6 +55,11 @@ impl GlobalValue {
         }
     }
 
+    /// Whether `other` has the same type.
+    pub fn same_type(self, other: GlobalValue) -> bool {
+        self.tag() == other.tag()
+    }
+
     fn bits(self) -> u64 {
         match self {
             GlobalValue::I32(v) => u64::from(u32::from_ne_bytes(v.to_ne_bytes())),
@@ -66,28 +81,39 @@ impl GlobalValue {
     }
 }
 
-/// Serialize globals and memory into an image.
-pub fn encode(globals: &[GlobalValue], memory: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + globals.len() * GLOBAL_LEN + memory.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(
-        &u64::try_from(memory.len())
-            .unwrap_or(u64::MAX)
-            .to_le_bytes(),
-    );
+/// What an image records besides the memory bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageMeta {
+    pub globals: Vec<GlobalValue>,
+    /// Elements in the agent's table (0 without one).
+    pub table_len: u32,
+    /// Turns the agent had completed.
+    pub turn: u64,
+}
+
+/// The header and globals of an image whose memory is `memory_len` bytes.
+pub fn encode_header(meta: &ImageMeta, memory_len: usize) -> Vec<u8> {
     // A module has far fewer than 2^32 globals; the count saturates rather
     // than wraps, and only that many entries follow.
-    let count = u32::try_from(globals.len()).unwrap_or(u32::MAX);
+    let count = u32::try_from(meta.globals.len()).unwrap_or(u32::MAX);
+    let entries = usize::try_from(count).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(HEADER_LEN + entries.min(meta.globals.len()) * GLOBAL_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&u64::try_from(memory_len).unwrap_or(u64::MAX).to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    for g in globals
-        .iter()
-        .take(usize::try_from(count).unwrap_or(usize::MAX))
-    {
+    out.extend_from_slice(&meta.table_len.to_le_bytes());
+    out.extend_from_slice(&meta.turn.to_le_bytes());
+    for g in meta.globals.iter().take(entries) {
         out.push(g.tag());
         out.extend_from_slice(&[0; 7]);
         out.extend_from_slice(&g.bits().to_le_bytes());
     }
+    out
+}
+
+/// The whole image in one buffer.
+pub fn encode(meta: &ImageMeta, memory: &[u8]) -> Vec<u8> {
+    let mut out = encode_header(meta, memory.len());
     out.extend_from_slice(memory);
     out
 }
@@ -95,7 +121,7 @@ pub fn encode(globals: &[GlobalValue], memory: &[u8]) -> Vec<u8> {
 /// A decoded image, borrowing its memory bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image<'a> {
-    pub globals: Vec<GlobalValue>,
+    pub meta: ImageMeta,
     pub memory: &'a [u8],
 }
 
@@ -108,18 +134,28 @@ pub enum ImageError {
     TrailingBytes,
 }
 
+fn u32_at(b: &[u8], o: usize) -> Result<u32, ImageError> {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(b.get(o..o + 4).ok_or(ImageError::Truncated)?);
+    Ok(u32::from_le_bytes(x))
+}
+
+fn u64_at(b: &[u8], o: usize) -> Result<u64, ImageError> {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(b.get(o..o + 8).ok_or(ImageError::Truncated)?);
+    Ok(u64::from_le_bytes(x))
+}
+
 /// Decode an image.
 pub fn decode(bytes: &[u8]) -> Result<Image<'_>, ImageError> {
     let header = bytes.get(..HEADER_LEN).ok_or(ImageError::Truncated)?;
     if header[..8] != MAGIC {
         return Err(ImageError::BadMagic);
     }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&header[8..16]);
-    let memory_len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| ImageError::Truncated)?;
-    let mut count = [0u8; 4];
-    count.copy_from_slice(&header[16..20]);
-    let count = usize::try_from(u32::from_le_bytes(count)).map_err(|_| ImageError::Truncated)?;
+    let memory_len = usize::try_from(u64_at(header, 8)?).map_err(|_| ImageError::Truncated)?;
+    let count = usize::try_from(u32_at(header, 16)?).map_err(|_| ImageError::Truncated)?;
+    let table_len = u32_at(header, 20)?;
+    let turn = u64_at(header, 24)?;
     let globals_end = count
         .checked_mul(GLOBAL_LEN)
         .and_then(|g| g.checked_add(HEADER_LEN))
@@ -129,10 +165,9 @@ pub fn decode(bytes: &[u8]) -> Result<Image<'_>, ImageError> {
         .ok_or(ImageError::Truncated)?;
     let mut globals = Vec::with_capacity(count);
     for (index, entry) in table.chunks_exact(GLOBAL_LEN).enumerate() {
-        let mut bits = [0u8; 8];
-        bits.copy_from_slice(&entry[8..16]);
-        let value = GlobalValue::from_parts(entry[0], u64::from_le_bytes(bits))
-            .ok_or(ImageError::BadGlobal { index })?;
+        let bits = u64_at(entry, 8)?;
+        let value =
+            GlobalValue::from_parts(entry[0], bits).ok_or(ImageError::BadGlobal { index })?;
         globals.push(value);
     }
     let end = globals_end
@@ -142,32 +177,55 @@ pub fn decode(bytes: &[u8]) -> Result<Image<'_>, ImageError> {
     if bytes.len() != end {
         return Err(ImageError::TrailingBytes);
     }
-    Ok(Image { globals, memory })
+    Ok(Image {
+        meta: ImageMeta {
+            globals,
+            table_len,
+            turn,
+        },
+        memory,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
+
+    fn meta() -> ImageMeta {
+        ImageMeta {
+            globals: vec![
+                GlobalValue::I32(-5),
+                GlobalValue::I64(1 << 40),
+                GlobalValue::F32(0x7fc0_0000),
+                GlobalValue::F64(3),
+            ],
+            table_len: 7,
+            turn: 250,
+        }
+    }
 
     #[test]
-    fn round_trip() {
-        let globals = [
-            GlobalValue::I32(-5),
-            GlobalValue::I64(1 << 40),
-            GlobalValue::F32(0x7fc0_0000),
-            GlobalValue::F64(3),
-        ];
+    fn round_trip_and_the_two_part_form_is_the_same_bytes() {
         let memory = [1u8, 2, 3, 4, 5];
-        let image = encode(&globals, &memory);
+        let image = encode(&meta(), &memory);
         assert_eq!(image.len(), HEADER_LEN + 4 * GLOBAL_LEN + 5);
+        let mut parts = encode_header(&meta(), memory.len());
+        parts.extend_from_slice(&memory);
+        assert_eq!(parts, image);
         let back = decode(&image).unwrap();
-        assert_eq!(back.globals, globals);
+        assert_eq!(back.meta, meta());
         assert_eq!(back.memory, memory);
     }
 
     #[test]
     fn damage_is_detected() {
-        let image = encode(&[GlobalValue::I32(1)], &[9; 16]);
+        let m = ImageMeta {
+            globals: vec![GlobalValue::I32(1)],
+            table_len: 0,
+            turn: 1,
+        };
+        let image = encode(&m, &[9; 16]);
         assert_eq!(
             decode(&image[..image.len() - 1]),
             Err(ImageError::Truncated)
@@ -181,5 +239,6 @@ mod tests {
         let mut tag = image;
         tag[HEADER_LEN] = 9;
         assert_eq!(decode(&tag), Err(ImageError::BadGlobal { index: 0 }));
+        assert_eq!(decode(&[0; 8]), Err(ImageError::Truncated));
     }
 }

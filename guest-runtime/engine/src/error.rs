@@ -116,6 +116,52 @@ pub struct RunReport {
     pub slices: u64,
     /// Host-function calls the agent made.
     pub host_calls: u64,
+    /// Turns completed in this run (turn agents; 0 for a `run` entry).
+    pub turns: u64,
+    /// Checkpoints taken at turn ends, and those the hypervisor refused.
+    pub checkpoints: u64,
+    pub checkpoints_refused: u64,
+}
+
+/// Why [`Agent::restore`](crate::Agent::restore) refused an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    /// Only turn agents resume from an image.
+    NotTurnAgent,
+    /// The image does not decode.
+    Image(crate::checkpoint::ImageError),
+    /// The image holds a different number of mutable globals.
+    GlobalCount { image: usize, agent: usize },
+    /// Global `index` has another type in the image.
+    GlobalType { index: usize },
+    /// The image's memory is not a whole number of pages, is smaller than
+    /// the fresh instance's, or exceeds the budget.
+    MemorySize {
+        image_bytes: usize,
+        agent_bytes: usize,
+    },
+    /// The image's table length differs from the fresh instance's.
+    TableLength { image: u32, agent: u32 },
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestoreError::NotTurnAgent => f.write_str("the agent has no `turn` export"),
+            RestoreError::Image(e) => write!(f, "image does not decode: {e:?}"),
+            RestoreError::GlobalCount { image, agent } => {
+                write!(f, "image has {image} mutable globals, the agent {agent}")
+            }
+            RestoreError::GlobalType { index } => write!(f, "global {index} has another type"),
+            RestoreError::MemorySize { image_bytes, agent_bytes } => write!(
+                f,
+                "image memory of {image_bytes} bytes cannot replace the agent's {agent_bytes} within its budget"
+            ),
+            RestoreError::TableLength { image, agent } => {
+                write!(f, "image table of {image} elements, the agent's has {agent}")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,23 @@ use core::ops::Range;
 
 use rvm_abi::imports::{self, HostImport, PROVE_BUFFER_LEN};
 use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
-use wasmi::{Caller, Extern, Instance, Linker, Memory, StoreLimits, Val};
+use wasmi::{AsContext, Caller, Extern, Global, Instance, Linker, Memory, StoreLimits, Val};
 
-use crate::checkpoint::{self, GlobalValue};
+use crate::checkpoint::{self, GlobalValue, ImageMeta};
 use crate::config::HandleList;
 use crate::host::{DeriveRequest, HostCalls};
+
+/// What the `checkpoint` import does for this agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CheckpointMode {
+    /// A turn agent: note the request; the engine checkpoints when the turn ends.
+    AtTurnEnd,
+    /// A `run` agent: capture now (the image cannot be resumed mid-call).
+    Immediate,
+    /// The agent has state no image can hold (a mutable global it does not
+    /// export): the import answers `NotSupported`.
+    Unsupported,
+}
 
 /// The store's data: the host, the policy, and what the host functions need.
 pub(crate) struct Ctx<H> {
@@ -22,6 +34,9 @@ pub(crate) struct Ctx<H> {
     pub(crate) instance: Option<Instance>,
     pub(crate) memory: Option<Memory>,
     pub(crate) host_calls: u64,
+    pub(crate) checkpoint_mode: CheckpointMode,
+    /// A turn agent asked for a checkpoint during the current turn.
+    pub(crate) checkpoint_requested: bool,
 }
 
 type C<'a, H> = Caller<'a, Ctx<H>>;
@@ -112,26 +127,62 @@ fn count<'a, H>(caller: &'a mut C<'_, H>) -> &'a mut Ctx<H> {
     ctx
 }
 
-/// The agent's exported mutable numeric globals, in export order.
-fn exported_globals<H>(caller: &C<'_, H>) -> Vec<GlobalValue> {
-    let Some(instance) = caller.data().instance else {
+/// The agent's exported mutable numeric globals, in export order, and its
+/// first exported table's length: what an image records besides memory.
+pub(crate) fn capture_meta<H>(ctx: impl AsContext<Data = Ctx<H>>, turn: u64) -> ImageMeta {
+    let store = ctx.as_context();
+    let mut meta = ImageMeta {
+        globals: Vec::new(),
+        table_len: 0,
+        turn,
+    };
+    let Some(instance) = store.data().instance else {
+        return meta;
+    };
+    let mut table = None;
+    for export in instance.exports(store) {
+        match export.into_extern() {
+            Extern::Global(g) if g.ty(store).mutability().is_mut() => {
+                if let Some(v) = global_value(g.get(store)) {
+                    meta.globals.push(v);
+                }
+            }
+            Extern::Table(t) if table.is_none() => table = Some(t),
+            _ => {}
+        }
+    }
+    meta.table_len = table.map_or(0, |t| u32::try_from(t.size(store)).unwrap_or(u32::MAX));
+    meta
+}
+
+/// The agent's exported mutable globals (in export order), as handles.
+pub(crate) fn mutable_globals<H>(ctx: impl AsContext<Data = Ctx<H>>) -> Vec<Global> {
+    let store = ctx.as_context();
+    let Some(instance) = store.data().instance else {
         return Vec::new();
     };
     instance
-        .exports(caller)
+        .exports(store)
         .filter_map(|export| match export.into_extern() {
-            Extern::Global(g) => Some(g),
-            _ => None,
-        })
-        .filter(|g| g.ty(caller).mutability().is_mut())
-        .filter_map(|g| match g.get(caller) {
-            Val::I32(v) => Some(GlobalValue::I32(v)),
-            Val::I64(v) => Some(GlobalValue::I64(v)),
-            Val::F32(v) => Some(GlobalValue::F32(v.to_bits())),
-            Val::F64(v) => Some(GlobalValue::F64(v.to_bits())),
+            Extern::Global(g)
+                if g.ty(store).mutability().is_mut() && global_value(g.get(store)).is_some() =>
+            {
+                Some(g)
+            }
             _ => None,
         })
         .collect()
+}
+
+/// A numeric global's value.
+pub(crate) fn global_value(v: Val) -> Option<GlobalValue> {
+    match v {
+        Val::I32(v) => Some(GlobalValue::I32(v)),
+        Val::I64(v) => Some(GlobalValue::I64(v)),
+        Val::F32(v) => Some(GlobalValue::F32(v.to_bits())),
+        Val::F64(v) => Some(GlobalValue::F64(v.to_bits())),
+        _ => None,
+    }
 }
 
 /// Define every entry of the import table in `linker`.
@@ -293,12 +344,28 @@ pub(crate) fn define<H: HostCalls + 'static>(
             }
             HostImport::Checkpoint => {
                 linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
-                    let globals = exported_globals(&c);
-                    let image = match memory(&c) {
-                        Ok(mem) => checkpoint::encode(&globals, mem.data(&c)),
-                        Err(_) => checkpoint::encode(&globals, &[]),
-                    };
-                    status(count(&mut c).host.checkpoint(&image).map(|_id| ()))
+                    let mode = count(&mut c).checkpoint_mode;
+                    match mode {
+                        CheckpointMode::AtTurnEnd => {
+                            c.data_mut().checkpoint_requested = true;
+                            0
+                        }
+                        CheckpointMode::Unsupported => status(Err(HvError::NotSupported)),
+                        CheckpointMode::Immediate => {
+                            let meta = capture_meta(&c, 0);
+                            status(match memory(&c) {
+                                Ok(mem) => {
+                                    let (data, ctx) = mem.data_and_store_mut(&mut c);
+                                    let header = checkpoint::encode_header(&meta, data.len());
+                                    ctx.host.checkpoint(&header, data).map(drop)
+                                }
+                                Err(_) => {
+                                    let header = checkpoint::encode_header(&meta, 0);
+                                    c.data_mut().host.checkpoint(&header, &[]).map(drop)
+                                }
+                            })
+                        }
+                    }
                 })?;
             }
             HostImport::Exit => {

@@ -66,6 +66,17 @@ pub trait HostCalls {
     /// `Prove`: a signed attestation of `handle`'s object.
     fn prove(&mut self, handle: CapHandle, out: &mut [u8; PROVE_BUFFER_LEN])
         -> Result<(), HvError>;
-    /// `Checkpoint`: hand a serialized checkpoint to the hypervisor; its id.
-    fn checkpoint(&mut self, image: &[u8]) -> Result<u64, HvError>;
+    /// `Checkpoint`: hand a checkpoint image to the hypervisor, as two parts
+    /// of one image — `header` (the [`checkpoint`](crate::checkpoint) header
+    /// and globals) followed by `memory` (the linear memory, in place).
+    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError>;
+}
+
+/// What the hypervisor answers a checkpoint with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReceipt {
+    /// The checkpoint's id (1, 2, ... per partition).
+    pub id: u64,
+    /// The first 16 bytes of its state hash.
+    pub hash_prefix: [u8; 16],
 }

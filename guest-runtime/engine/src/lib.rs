@@ -39,5 +39,5 @@ mod screen;
 pub use agent::{Agent, ENTRY_NAMES};
 pub use budget::MAX_TABLE_ELEMENTS;
 pub use config::{AgentConfig, FuelPolicy, HandleList};
-pub use error::{LoadError, RunOutcome, RunReport, Trap};
-pub use host::{DeriveRequest, HostCalls};
+pub use error::{LoadError, RestoreError, RunOutcome, RunReport, Trap};
+pub use host::{CheckpointReceipt, DeriveRequest, HostCalls};

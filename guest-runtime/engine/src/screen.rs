@@ -2,10 +2,11 @@
 //! table, the memory budget, no start function.
 
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
 use rvm_abi::imports::{self, HostImport};
 use wasmi::{ExternType, Module};
-use wasmparser::{Parser, Payload, TypeRef};
+use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
 
 use crate::LoadError;
 
@@ -15,13 +16,39 @@ fn invalid(e: impl core::fmt::Display) -> LoadError {
     }
 }
 
+/// What the screen learnt about a module besides its verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ModuleFacts {
+    /// The module defines a mutable global it does not export: its state is
+    /// not all reachable, so it cannot be checkpointed faithfully.
+    pub(crate) hidden_mutable_global: bool,
+}
+
 /// Walk the module's sections (parsing only, cheap): every import must be a
 /// function of the `rvm` table, the declared memory minimum must fit
 /// `budget_pages`, and there must be no start function.
-pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<(), LoadError> {
+pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<ModuleFacts, LoadError> {
     let mut declared_pages: u64 = 0;
+    let mut mutable_globals: Vec<u32> = Vec::new();
+    let mut exported_globals: Vec<u32> = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
+            Payload::GlobalSection(reader) => {
+                // Global imports are refused, so indexes start at 0 here.
+                for (index, global) in (0u32..).zip(reader) {
+                    if global.map_err(invalid)?.ty.mutable {
+                        mutable_globals.push(index);
+                    }
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(invalid)?;
+                    if export.kind == ExternalKind::Global {
+                        exported_globals.push(export.index);
+                    }
+                }
+            }
             Payload::ImportSection(reader) => {
                 for import in reader {
                     let import = import.map_err(invalid)?;
@@ -64,7 +91,11 @@ pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<(), LoadError> {
             budget_pages,
         });
     }
-    Ok(())
+    Ok(ModuleFacts {
+        hidden_mutable_global: mutable_globals
+            .iter()
+            .any(|g| !exported_globals.contains(g)),
+    })
 }
 
 fn wasmi_type(t: imports::ValType) -> wasmi::ValType {

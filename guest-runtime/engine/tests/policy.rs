@@ -193,7 +193,8 @@ fn checkpoint_hands_memory_to_the_host() {
     let world = host.world.lock().unwrap();
     let image = checkpoint::decode(&world.checkpoints[0][0]).expect("a well-formed image");
     assert_eq!(image.memory.len(), 2 << 16);
-    assert!(image.globals.is_empty());
+    assert!(image.meta.globals.is_empty());
+    assert_eq!(image.meta.turn, 0, "a `run` agent has no turns");
 }
 
 #[test]

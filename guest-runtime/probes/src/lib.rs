@@ -51,3 +51,71 @@ pub fn require_outside_image(probe: &str, ipa: u64) {
         finish(EXIT_BAD_TARGET);
     }
 }
+
+/// What a probe starts with: its boot-info page, its capability handles, and
+/// the input bytes the test put in the bundle.
+///
+/// A partition that runs a raw image instead of the runtime may still carry
+/// a module entry in the bundle; the hypervisor maps it read-only at the
+/// module IPA like any module. The test-only probes use it as their input
+/// (seeds, signatures made on the host), not as WASM.
+pub struct Start {
+    pub info: rvm_abi::bootinfo::BootInfo,
+    page: &'static [u8],
+    input: &'static [u8],
+}
+
+impl Start {
+    /// Read the boot-info page at `boot_info` (the entry's `x0`).
+    pub fn read(boot_info: u64) -> Option<Start> {
+        let page = arch::boot_page(boot_info)?;
+        let info = rvm_abi::bootinfo::BootInfo::read(page)?;
+        let input = if info.wasm_len == 0 { &[][..] } else { arch::wasm_module(info.wasm_ipa, info.wasm_len)? };
+        Some(Start { info, page, input })
+    }
+
+    /// The input bytes (empty if the bundle gave none).
+    pub fn input(&self) -> &'static [u8] {
+        self.input
+    }
+
+    /// The `n`-th handle the partition started with (install order: its
+    /// state store, the bundle's capability entries, then one per channel).
+    pub fn handle(&self, n: usize) -> Option<rvm_abi::bootinfo::HandleInfo> {
+        let count = usize::try_from(self.info.handle_count).ok()?;
+        (n < count).then(|| rvm_abi::bootinfo::BootInfo::read_handle(self.page, n)).flatten()
+    }
+
+    /// Number of handles listed.
+    pub fn handle_count(&self) -> usize {
+        usize::try_from(self.info.handle_count).unwrap_or(0)
+    }
+
+    /// The first handle naming an object of `kind`.
+    pub fn first_of(&self, kind: rvm_abi::ObjectKind) -> Option<u64> {
+        (0..self.handle_count()).filter_map(|n| self.handle(n)).find(|h| h.kind == kind as u8).map(|h| h.raw)
+    }
+}
+
+/// Start, or say why not and exit with [`EXIT_BAD_TARGET`].
+pub fn start(probe: &str, boot_info: u64) -> Start {
+    match Start::read(boot_info) {
+        Some(s) => s,
+        None => {
+            println!("probe {probe}: no boot-info page or input at {boot_info:#x}");
+            finish(EXIT_BAD_TARGET)
+        }
+    }
+}
+
+/// Little-endian `u64` at `at` in `bytes`, if there.
+pub fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let b = bytes.get(at..at.checked_add(8)?)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(b);
+    Some(u64::from_le_bytes(w))
+}
+
+/// The message a probe sends its peer when it is done (16 bytes, so no
+/// fuzzed message of another length can be mistaken for it).
+pub const DONE_MESSAGE: [u8; 16] = *b"RVM-PROBE-DONE\0\0";

@@ -11,19 +11,28 @@
 //! }
 //! ```
 //!
+//! A *turn agent* exports `turn` instead ([`turn`]): the runtime calls it
+//! once per turn, and checkpoints it between turns.
+//!
 //! The raw imports exist only on `wasm32`; on other targets this crate still
 //! compiles (its pure parts are host-testable) but has no host functions.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 #[cfg(target_arch = "wasm32")]
 mod calls;
 pub mod console;
+pub mod plan;
 #[cfg(target_arch = "wasm32")]
 mod raw;
+pub mod turn;
 
 #[cfg(target_arch = "wasm32")]
 pub use calls::*;
 pub use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
+pub use turn::TurnCell;
 
 /// Decode an `i32` status: `>= 0` is a success value, negative an error.
 pub fn decode_status(status: i32) -> Result<u32, HvError> {

@@ -14,16 +14,21 @@
 //! | 32 | 8 | IPA of the start of the runtime's heap |
 //! | 40 | 8 | heap length in bytes |
 //! | 48 | 4 | WASM memory budget, in 64 KiB pages |
-//! | 52 | 4 | restart count (0 on first start; F1 restarts add one) |
+//! | 52 | 4 | restart count (0 on first start; each restart — F1, F2, unfence — adds one) |
 //! | 56 | 8 | fuel per slice (0 = none) |
 //! | 64 | 32 | partition name, NUL-padded |
 //! | 96 | 16 × n | handles: raw handle u64, object kind u8, rights u8, 6 reserved |
+//! | 4064 | 32 | [`RestoreInfo`]: the checkpoint to resume from, if any |
 
 pub const MAGIC: u64 = 0x3146_4e49_4d56_52; // "RVMINF1" little-endian
 pub const HANDLES_OFFSET: usize = 96;
 pub const HANDLE_ENTRY_LEN: usize = 16;
-/// Most handles listed on the page.
-pub const MAX_HANDLES: usize = (4096 - HANDLES_OFFSET) / HANDLE_ENTRY_LEN;
+/// Where the [`RestoreInfo`] block starts: the last 32 bytes of the page.
+pub const RESTORE_OFFSET: usize = 4096 - RESTORE_LEN;
+/// Length of the [`RestoreInfo`] block.
+pub const RESTORE_LEN: usize = 32;
+/// Most handles listed on the page (the table ends where [`RestoreInfo`] starts).
+pub const MAX_HANDLES: usize = (RESTORE_OFFSET - HANDLES_OFFSET) / HANDLE_ENTRY_LEN;
 
 /// A handle the partition starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +122,60 @@ impl BootInfo {
     }
 }
 
+/// What the guest runtime resumes from after an F2 rollback or an operator
+/// unfence: a checkpoint the hypervisor kept, mapped read-only into the
+/// partition. All zero on a fresh start or an F1 restart (pristine image,
+/// committed state kept).
+///
+/// | offset (in the block) | size | field |
+/// |---|---|---|
+/// | 0 | 8 | IPA of the checkpoint image (inside [`layout::CHECKPOINT_IPA`]'s window) |
+/// | 8 | 8 | its length in bytes (0 = nothing to restore) |
+/// | 16 | 8 | the checkpoint's id (the `x1` its `Checkpoint` call returned) |
+/// | 24 | 4 | rollbacks so far (F2 restores and unfences) |
+/// | 28 | 4 | reserved, 0 |
+///
+/// The image is the agent engine's checkpoint format exactly as the runtime
+/// handed it over; the committed state store is restored by the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreInfo {
+    pub image_ipa: u64,
+    pub image_len: u64,
+    pub checkpoint_id: u64,
+    pub rollbacks: u32,
+}
+
+impl RestoreInfo {
+    /// Nothing to restore.
+    pub const NONE: RestoreInfo = RestoreInfo { image_ipa: 0, image_len: 0, checkpoint_id: 0, rollbacks: 0 };
+
+    /// Whether there is a checkpoint to resume from.
+    pub const fn is_restore(&self) -> bool {
+        self.image_len != 0
+    }
+
+    /// Write the block into a boot-info page.
+    pub fn write(&self, page: &mut [u8]) {
+        let b = &mut page[RESTORE_OFFSET..RESTORE_OFFSET + RESTORE_LEN];
+        b[0..8].copy_from_slice(&self.image_ipa.to_le_bytes());
+        b[8..16].copy_from_slice(&self.image_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.checkpoint_id.to_le_bytes());
+        b[24..28].copy_from_slice(&self.rollbacks.to_le_bytes());
+        b[28..32].copy_from_slice(&[0; 4]);
+    }
+
+    /// Read the block from a boot-info page (`None` if the page is short).
+    pub fn read(page: &[u8]) -> Option<Self> {
+        let b = page.get(RESTORE_OFFSET..RESTORE_OFFSET + RESTORE_LEN)?;
+        Some(Self {
+            image_ipa: u64_at(b, 0),
+            image_len: u64_at(b, 8),
+            checkpoint_id: u64_at(b, 16),
+            rollbacks: u32_at(b, 24),
+        })
+    }
+}
+
 /// The guest-physical address map every partition sees.
 ///
 /// ```text
@@ -126,7 +185,10 @@ impl BootInfo {
 ///                              physical copy; data/bss private, read-write)
 /// 0x8000_0000                  the boot-info page (read-only)
 /// 0x8000_1000 .. +16 MiB       the agent's WASM module (read-only)
-/// 0x9000_0000 .. +heap_len     the runtime's heap (read-write)
+/// 0x9000_0000 .. +heap_len     the runtime's heap (read-write); must end
+///                              at or below 0xC000_0000
+/// 0xC000_0000 .. 0x1_0000_0000 a checkpoint being restored (read-only,
+///                              mapped only while the runtime restores it)
 /// ```
 pub mod layout {
     /// Lowest IPA a guest image may be linked at.
@@ -141,6 +203,11 @@ pub mod layout {
     pub const RUNTIME_HEAP_OVERHEAD: u64 = 2 << 20;
     /// Size of a WASM page.
     pub const WASM_PAGE: u64 = 64 << 10;
+    /// Where a checkpoint to restore is mapped (read-only). The heap window
+    /// must end at or below it.
+    pub const CHECKPOINT_IPA: u64 = 0xC000_0000;
+    /// Largest checkpoint image the window holds.
+    pub const CHECKPOINT_MAX_LEN: u64 = 0x4000_0000;
 }
 
 /// Exit codes a guest runtime passes to the `Exit` hypercall. Codes below
@@ -162,10 +229,19 @@ pub mod exit {
     pub const RUNTIME_PANIC: u64 = 0x104;
     /// The module has no entry export.
     pub const NO_ENTRY: u64 = 0x105;
+    /// The checkpoint named in the boot-info page could not be restored.
+    pub const RESTORE_FAILED: u64 = 0x106;
 
     /// Whether the code means the module was refused before it ran.
     pub const fn is_refusal(code: u64) -> bool {
         matches!(code, MODULE_INVALID | IMPORT_UNKNOWN | MEMORY_BUDGET | NO_ENTRY)
+    }
+
+    /// Whether the code says the agent or its runtime failed while running
+    /// (a trap, a panic, a failed restore): a fault the recovery policy
+    /// answers (F1 restart, escalating), not a normal end.
+    pub const fn is_failure(code: u64) -> bool {
+        matches!(code, TRAP | RUNTIME_PANIC | RESTORE_FAILED)
     }
 
     /// A short reason for a runtime-defined code.
@@ -178,7 +254,42 @@ pub mod exit {
             TRAP => "agent trapped",
             RUNTIME_PANIC => "guest runtime panicked",
             NO_ENTRY => "module exports no entry function",
+            RESTORE_FAILED => "checkpoint could not be restored",
             _ => "agent-defined exit code",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_block_round_trips_and_leaves_the_handle_table_alone() {
+        let mut page = [0u8; 4096];
+        let info = RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: 12345, checkpoint_id: 7, rollbacks: 2 };
+        info.write(&mut page);
+        assert_eq!(RestoreInfo::read(&page), Some(info));
+        assert!(info.is_restore() && !RestoreInfo::NONE.is_restore());
+        // The last handle entry ends where the block starts.
+        assert!(HANDLES_OFFSET + MAX_HANDLES * HANDLE_ENTRY_LEN <= RESTORE_OFFSET);
+        let last = HandleInfo { raw: u64::MAX, kind: 0xff, rights: 0xff };
+        assert!(BootInfo::write_handle(&mut page, MAX_HANDLES - 1, last));
+        assert_eq!(RestoreInfo::read(&page), Some(info));
+        assert!(!BootInfo::write_handle(&mut page, MAX_HANDLES, last));
+    }
+
+    #[test]
+    fn failures_are_neither_refusals_nor_agent_codes() {
+        for code in [exit::TRAP, exit::RUNTIME_PANIC, exit::RESTORE_FAILED] {
+            assert!(exit::is_failure(code) && !exit::is_refusal(code));
+        }
+        assert!(!exit::is_failure(exit::OK) && !exit::is_failure(exit::NO_ENTRY));
+    }
+
+    #[test]
+    fn the_checkpoint_window_is_inside_a_32_bit_ipa_space_and_above_the_heap() {
+        assert!(layout::CHECKPOINT_IPA > layout::HEAP_IPA);
+        assert_eq!(layout::CHECKPOINT_IPA + layout::CHECKPOINT_MAX_LEN, 1 << 32);
     }
 }

@@ -152,22 +152,30 @@ impl MemoryTier {
     }
 }
 
-/// Per-partition recovery thresholds (DESIGN section 7).
+/// Per-partition recovery thresholds (DESIGN section 7). A zero limit or
+/// window means the kernel's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoveryDesc {
-    /// F1 restarts within `window_ms` that escalate to F2.
+    /// The `f1_limit`-th F1-class fault (trap, runtime panic) within
+    /// `window_ms` is answered with F2 instead of F1.
     pub f1_limit: u8,
-    /// F2 rollbacks within `window_ms` that escalate to F3.
+    /// The `f2_limit`-th F2 within `window_ms` is answered with F3 instead.
     pub f2_limit: u8,
     /// The escalation window.
     pub window_ms: u32,
     /// How long a fence may stand before F4 eviction (0 = until the operator acts).
     pub fence_timeout_ms: u32,
+    /// Invalid hypercalls (`BadAddress`, `BadHandle`) within one second that
+    /// make hypercall abuse (F3): 0 = the kernel's default,
+    /// [`RecoveryDesc::ABUSE_NEVER`] = never (a fuzzing test partition).
+    pub abuse_limit: u16,
 }
 
 impl RecoveryDesc {
     pub const DEFAULT: RecoveryDesc =
-        RecoveryDesc { f1_limit: 3, f2_limit: 2, window_ms: 10_000, fence_timeout_ms: 0 };
+        RecoveryDesc { f1_limit: 3, f2_limit: 2, window_ms: 10_000, fence_timeout_ms: 0, abuse_limit: 0 };
+    /// `abuse_limit` that turns abuse fencing off.
+    pub const ABUSE_NEVER: u16 = u16::MAX;
 }
 
 /// A partition as the bundle describes it (96 bytes).
@@ -183,7 +191,7 @@ impl RecoveryDesc {
 /// | 40 | 8 | fuel per time slice (0 = timer preemption only) |
 /// | 48 | 1 | F1 limit |
 /// | 49 | 1 | F2 limit |
-/// | 50 | 2 | reserved |
+/// | 50 | 2 | abuse limit (0 = default, 0xffff = never) |
 /// | 52 | 4 | recovery window, ms |
 /// | 56 | 4 | fence timeout, ms |
 /// | 60 | 4 | flags (bit 0: a witness key fingerprint is given) |
@@ -221,6 +229,7 @@ impl PartitionDesc {
         b[40..48].copy_from_slice(&self.fuel_per_slice.to_le_bytes());
         b[48] = self.recovery.f1_limit;
         b[49] = self.recovery.f2_limit;
+        b[50..52].copy_from_slice(&self.recovery.abuse_limit.to_le_bytes());
         b[52..56].copy_from_slice(&self.recovery.window_ms.to_le_bytes());
         b[56..60].copy_from_slice(&self.recovery.fence_timeout_ms.to_le_bytes());
         if let Some(fp) = self.witness_key_fingerprint {
@@ -264,6 +273,7 @@ impl PartitionDesc {
                 f2_limit: b[49],
                 window_ms: u32_at(b, 52),
                 fence_timeout_ms: u32_at(b, 56),
+                abuse_limit: u16_at(b, 50),
             },
             witness_key_fingerprint: fingerprint,
         })
@@ -380,7 +390,8 @@ impl ChannelDesc {
 
 /// How the hypervisor runs this bundle (16 bytes): run budget ms u32 (0 =
 /// until every partition has finished), time slice µs u32, signed checkpoint
-/// every N records u32 (0 = only at P3 operations and shutdown), flags u32.
+/// every N records u32 (0 = only at P3 operations and shutdown), flags u32
+/// (reserved, 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootConfig {
     pub run_budget_ms: u32,
@@ -658,5 +669,14 @@ mod tests {
         bad[off as usize] = b'/';
         assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::PartitionName(0));
         assert_eq!(Bundle::parse(&good[..20]).unwrap_err(), BundleError::TooShort);
+    }
+
+    #[test]
+    fn recovery_thresholds_round_trip() {
+        let mut d = desc("agent-a");
+        d.recovery = RecoveryDesc { f1_limit: 1, f2_limit: 4, window_ms: 50, fence_timeout_ms: 200, abuse_limit: RecoveryDesc::ABUSE_NEVER };
+        let b = d.to_bytes();
+        assert_eq!(b[50..52], [0xff, 0xff]);
+        assert_eq!(PartitionDesc::from_bytes(&b), Some(d));
     }
 }

@@ -63,10 +63,12 @@ hypercalls! {
     /// `x1` = handle: `x1` = object kind, `x2` = rights, `x3` = proof tier mask.
     CapQuery = 0x02,
     /// `x1` = parent handle, `x2` = target partition id, `x3` = rights,
-    /// `x4` = expiry (ns, 0 = parent's), `x5` = proof IPA, `x6` = nonce:
+    /// `x4` = expiry (absolute, ns on the kernel clock of witness
+    /// timestamps; 0 = parent's), `x5` = proof IPA, `x6` = nonce:
     /// `x1` = new handle (in the target's table).
     CapDerive = 0x03,
-    /// `x1` = handle whose derived subtree is revoked, `x5` = proof IPA, `x6` = nonce.
+    /// `x1` = handle whose derived subtree is revoked, `x5` = proof IPA,
+    /// `x6` = nonce: `x1` = capabilities removed.
     CapRevoke = 0x04,
     /// `x1` = region handle, `x2` = offset, `x3` = IPA, `x4` = length.
     RegionRead = 0x05,
@@ -89,11 +91,16 @@ hypercalls! {
     /// `x1` = store handle, `x2` = key IPA, `x3` = key length,
     /// `x4` = value IPA, `x5` = capacity: `x1` = value length.
     StateGet = 0x0d,
-    /// `x1` = IPA, `x2` = length of the serialized checkpoint: `x1` = checkpoint id.
+    /// `x1` = IPA, `x2` = length of the serialized checkpoint; optionally
+    /// `x3` = IPA, `x4` = length of a second part appended to it (the agent's
+    /// linear memory, passed in place; `x4` = 0 for none): `x1` = checkpoint
+    /// id, `x2`, `x3` = the first 16 bytes of its state hash (LE words).
     Checkpoint = 0x0e,
     /// `x1` = module handle: start another agent instance.
     Spawn = 0x0f,
-    /// `x1` = handle, `x2` = IPA of a 96-byte buffer: signed attestation.
+    /// `x1` = handle, `x2` = IPA of a 96-byte buffer, `x5` = proof IPA,
+    /// `x6` = nonce: signed attestation (state digest, signature); `x1` =
+    /// its timestamp, `x2` = object kind, `x3` = object id.
     Prove = 0x10,
     /// `x1` = from sequence number, `x2` = IPA, `x3` = capacity (records).
     WitnessQuery = 0x11,

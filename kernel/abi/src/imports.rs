@@ -91,10 +91,28 @@ host_imports! {
     CapRevoke = "cap_revoke" (I64) -> (I32),
     /// `(handle, ptr) -> status`: write a [`PROVE_BUFFER_LEN`]-byte attestation at `ptr`.
     Prove = "prove" (I64, I32) -> (I32),
-    /// `() -> status`: checkpoint the agent's state now.
+    /// `() -> status`: checkpoint the agent's state. A turn agent (see
+    /// [`turn`]) is checkpointed at the end of the current turn; an agent
+    /// with a `run` entry at once (such an image cannot be resumed).
     Checkpoint = "checkpoint" () -> (I32),
     /// `(code)`: finish; never returns.
     Exit = "exit" (I32) -> (),
+}
+
+/// The turn contract. An agent that exports [`turn::EXPORT`] of type
+/// `[] -> [i32]` is a *turn agent*: the runtime calls it in a loop, once per
+/// turn, until it returns [`turn::DONE`] (or calls `exit`). Between two calls
+/// no WASM frame is live, so the agent's whole state is its linear memory,
+/// its mutable globals and its table: that is where checkpoints are taken
+/// and where a restored agent resumes (at the turn after the checkpoint).
+/// Agents with only a `run`/`_start` entry run once, as before.
+pub mod turn {
+    /// The export called once per turn.
+    pub const EXPORT: &str = "turn";
+    /// `turn` returned this: call it again.
+    pub const CONTINUE: i32 = 0;
+    /// `turn` returned this: the agent is done (exit code 0).
+    pub const DONE: i32 = 1;
 }
 
 #[cfg(test)]

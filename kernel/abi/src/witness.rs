@@ -79,7 +79,8 @@ kernel_events! {
     PartitionExit = 0x8005,
     /// The partition faulted (stage-2 abort, undefined instruction, SMC...).
     Fault = 0x8010,
-    /// F1: the guest was restarted from the pristine image.
+    /// F1: the guest was restarted from the pristine image; `args` =
+    /// [`RecoveryArgs`](crate::recovery::RecoveryArgs) (as for every recovery step).
     RecoverRestart = 0x8011,
     /// F2: the guest was rolled back to its last checkpoint.
     RecoverRollback = 0x8012,
@@ -89,7 +90,8 @@ kernel_events! {
     RecoverEvict = 0x8014,
     /// An operator cleared a fence.
     Unfence = 0x8015,
-    /// A checkpoint was taken; `args` = its state hash prefix.
+    /// A checkpoint was taken; `args` = the first 16 bytes of its state hash
+    /// (SHA-256 over [`StateEncoder`](crate::recovery::StateEncoder)'s encoding).
     CheckpointTaken = 0x8020,
     /// A signed checkpoint of this log's head was emitted.
     LogCheckpoint = 0x8021,

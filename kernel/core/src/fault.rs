@@ -1,18 +1,25 @@
-//! Faults of a partition. A fault stops that partition only; the others keep
-//! running.
+//! Faults of a partition and the recovery steps that answer them. A fault
+//! touches that partition only; the others keep running.
 //!
-//! The walking skeleton applies F3 (fence) to every hardware-level fault — a
-//! stage-2 violation, an SMC, an undefined instruction — as DESIGN section 7
-//! prescribes for stage-2 violations. The graduated F1/F2 steps for agent
-//! traps belong to the recovery policy.
+//! Every fault goes through the partition's [`RecoveryState`](crate::recovery::RecoveryState),
+//! which picks the class (F1–F4, escalating with the history); this module
+//! applies it. Each step is witnessed in the partition's log — the fault
+//! (`Fault`, with what happened), then the step (`RecoverRestart`,
+//! `RecoverRollback`, `RecoverFence`, `RecoverEvict`, `Unfence`, with
+//! [`RecoveryArgs`]). A restart or rollback whose record cannot be written
+//! does not happen: the partition is fenced instead (stopping a faulty
+//! partition is always safe).
 
+use rvm_abi::recovery::{self, RecoveryArgs};
 use rvm_abi::witness::KernelEvent;
-use rvm_abi::{HvError, Outcome};
+use rvm_abi::{HvError, Hypercall, Outcome};
 
 use crate::arch::Arch;
 use crate::console;
-use crate::hypervisor::{name_str, Hypervisor};
+use crate::hypervisor::{name_str, Flow, Hypervisor};
 use crate::partition::PartitionState;
+use crate::recovery::{RecoveryClass, Trigger, ValidationResponse};
+use crate::restart::StartFrom;
 use crate::trap::{Exit, FaultStatus};
 
 /// A short description of a faulting exit.
@@ -47,38 +54,304 @@ impl core::fmt::Display for Described {
     }
 }
 
-/// Record the fault and fence the partition (F3): vCPU stopped, capabilities
-/// suspended, memory kept for forensics.
+/// Why an operator's order was not carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderError {
+    /// No partition has that id.
+    NoSuchPartition,
+    /// Unfence of a partition that is not fenced.
+    NotFenced,
+    /// Eviction of a partition already evicted (or refused).
+    AlreadyEvicted,
+    /// The guest could not be recreated (out of frames); it stays fenced.
+    Recreate(HvError),
+}
+
+fn class_code(class: RecoveryClass) -> u8 {
+    match class {
+        RecoveryClass::Restart => recovery::class::RESTART,
+        RecoveryClass::Rollback => recovery::class::ROLLBACK,
+        RecoveryClass::Fence => recovery::class::FENCE,
+        RecoveryClass::Evict => recovery::class::EVICT,
+    }
+}
+
+fn event_of(class: RecoveryClass) -> KernelEvent {
+    match class {
+        RecoveryClass::Restart => KernelEvent::RecoverRestart,
+        RecoveryClass::Rollback => KernelEvent::RecoverRollback,
+        RecoveryClass::Fence => KernelEvent::RecoverFence,
+        RecoveryClass::Evict => KernelEvent::RecoverEvict,
+    }
+}
+
+fn args<A: Arch>(hv: &Hypervisor<A>, idx: usize, class: u8, trigger: u8, checkpoint_id: u64) -> [u8; 16] {
+    RecoveryArgs {
+        class,
+        trigger,
+        committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
+        checkpoint_id,
+    }
+    .to_bytes()
+}
+
+/// A hardware-level fault (stage-2 abort outside the heap, SMC, undefined
+/// instruction, anything else from EL1): recorded, then F3.
 pub(crate) fn partition_fault<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, exit: Exit) {
+    let trigger = match exit {
+        Exit::DataAbort { .. } | Exit::InstructionAbort { .. } => Trigger::Stage2Violation,
+        _ => Trigger::HardwareFault,
+    };
     let p = &mut hv.partitions[idx];
     p.stats.faults += 1;
-    let (id, name, pc) = (p.id, p.desc.name, p.vcpu.regs.pc);
-    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
-    console::hyp_line(
-        &mut hv.arch,
-        format_args!("partition {} '{}' fault: {} at pc {:#x}; fenced (F3)", id.0, name_str(&name), Described(exit), pc),
-    );
+    let pc = p.vcpu.regs.pc;
     let detail = match exit {
         Exit::DataAbort { ipa, .. } | Exit::InstructionAbort { ipa, .. } => ipa.raw(),
         Exit::Undefined { esr } | Exit::Other { esr } => esr,
         _ => 0,
     };
-    let args = crate::digest::of_parts(&[&detail.to_le_bytes(), &pc.to_le_bytes()]);
-    hv.kernel_event(id, KernelEvent::Fault, Outcome::Denied(HvError::BadAddress), args);
-    fence(hv, idx);
+    record_fault(hv, idx, trigger, HvError::BadAddress, &[&detail.to_le_bytes(), &pc.to_le_bytes()]);
+    respond(hv, idx, trigger, format_args!("fault: {} at pc {:#x}", Described(exit), pc));
 }
 
-/// F3: stop the vCPU and suspend the partition's capabilities.
-pub(crate) fn fence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+/// The guest runtime reported a failure through `Exit` (`exit::is_failure`).
+pub(crate) fn guest_failure<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
+    let trigger = match code {
+        rvm_abi::bootinfo::exit::RUNTIME_PANIC => Trigger::RuntimePanic,
+        rvm_abi::bootinfo::exit::RESTORE_FAILED => Trigger::RestoreFailed,
+        _ => Trigger::Trap,
+    };
+    hv.partitions[idx].stats.faults += 1;
+    record_fault(hv, idx, trigger, HvError::InvalidArgument, &[&code.to_le_bytes()]);
+    respond(hv, idx, trigger, format_args!("{} (exit code {code:#x})", trigger.describe()));
+}
+
+/// Look at a hypercall's status once it was handled (`function` is the `x0`
+/// the guest passed): a failed validation or the last straw of abuse starts
+/// a recovery step. Calls that succeeded cost one comparison here.
+#[inline]
+pub(crate) fn after_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: u64, flow: Flow) -> Flow {
+    let status = i64::from_ne_bytes(hv.partitions[idx].vcpu.regs.x[0].to_ne_bytes());
+    if status >= 0 {
+        return flow;
+    }
+    denied_call(hv, idx, function, status, flow)
+}
+
+/// The slow half of [`after_call`]: an RVM call that was refused.
+#[cold]
+#[inline(never)]
+fn denied_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: u64, status: i64, flow: Flow) -> Flow {
+    // PSCI and other SMCCC services answer with their own codes.
+    let (Some(call), Some(error)) = (Hypercall::from_function_id(function), HvError::from_code(status)) else {
+        return flow;
+    };
+    if !hv.partitions[idx].is_runnable() {
+        return flow;
+    }
+    let p = &hv.partitions[idx];
+    if error == HvError::ValidationFailed
+        && matches!(call, Hypercall::StateValidate | Hypercall::StateCommit)
+        && p.recovery.policy.on_failed_validation == ValidationResponse::Rollback
+    {
+        record_fault(hv, idx, Trigger::FailedValidation, error, &[&[call as u8]]);
+        respond(hv, idx, Trigger::FailedValidation, format_args!("{}: {}", call.name(), Trigger::FailedValidation.describe()));
+        return Flow::Reschedule;
+    }
+    let now = hv.arch.now_ns();
+    if hv.partitions[idx].recovery.note_denial(error, now) {
+        let a = hv.partitions[idx].recovery.policy.abuse;
+        hv.partitions[idx].vcpu.set_return(HvError::Abuse.code(), &[]);
+        record_fault(hv, idx, Trigger::HypercallAbuse, HvError::Abuse, &[&[call as u8]]);
+        respond(
+            hv,
+            idx,
+            Trigger::HypercallAbuse,
+            format_args!(
+                "{}: {} invalid calls within {} ms",
+                Trigger::HypercallAbuse.describe(),
+                a.limit.unwrap_or(0),
+                a.window_ns / 1_000_000
+            ),
+        );
+        return Flow::Reschedule;
+    }
+    flow
+}
+
+/// Append the `Fault` record: what happened, before anything is done.
+fn record_fault<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger, error: HvError, detail: &[&[u8]]) {
     let id = hv.partitions[idx].id;
-    hv.caps.suspend(id);
-    hv.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, [0; 16]);
+    let code = [trigger.code()];
+    let mut parts: heapless::Vec<&[u8], 4> = heapless::Vec::new();
+    let _ = parts.push(&code);
+    for d in detail.iter().take(3) {
+        let _ = parts.push(d);
+    }
+    let args = crate::digest::of_parts(&parts);
+    hv.kernel_event(id, KernelEvent::Fault, Outcome::Denied(error), args);
 }
 
-/// Return every private frame (scrubbed) and the stage-2 tables' frames.
+/// Decide the class for `trigger` and apply it; `what` says what happened.
+pub(crate) fn respond<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    idx: usize,
+    trigger: Trigger,
+    what: core::fmt::Arguments<'_>,
+) -> RecoveryClass {
+    let now = hv.arch.now_ns();
+    let class = hv.partitions[idx].recovery.decide(trigger, now);
+    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    match class {
+        RecoveryClass::Restart | RecoveryClass::Rollback => {
+            let (from, resume) = if class == RecoveryClass::Rollback {
+                (StartFrom::LastCheckpoint, hv.partitions[idx].checkpoint.as_ref().map_or(0, |c| c.id))
+            } else {
+                (StartFrom::Pristine, 0)
+            };
+            let items = match (class, hv.partitions[idx].checkpoint.as_ref()) {
+                (RecoveryClass::Rollback, Some(ck)) => ck.store.len(),
+                _ => hv.stores[idx].committed_items(),
+            };
+            let before = hv.stores[idx].committed_items();
+            let mut a = RecoveryArgs::from_bytes(&args(hv, idx, class_code(class), trigger.code(), resume));
+            a.committed_items = u32::try_from(items).unwrap_or(u32::MAX);
+            if !hv.kernel_event(id, event_of(class), Outcome::Done, a.to_bytes()) {
+                console::hyp_line(&mut hv.arch, format_args!("partition {} '{}' {what}; recovery record refused: fenced (F3)", id.0, name_str(&name)));
+                fence(hv, idx, trigger);
+                return RecoveryClass::Fence;
+            }
+            let started = hv.arch.now_ns();
+            if let Err(e) = crate::restart::recreate(hv, idx, from) {
+                console::hyp_line(
+                    &mut hv.arch,
+                    format_args!("partition {} '{}' {what}; could not be recreated ({}): fenced (F3)", id.0, name_str(&name), e.name()),
+                );
+                fence(hv, idx, trigger);
+                return RecoveryClass::Fence;
+            }
+            let took = hv.arch.now_ns().saturating_sub(started);
+            hv.partitions[idx].recovery.record(class, now);
+            let from_text = match (class, resume) {
+                (RecoveryClass::Restart, _) => alloc::string::String::from("from the pristine image"),
+                (_, 0) => alloc::string::String::from("to the pristine image (no checkpoint yet)"),
+                (_, ck) => alloc::format!("to checkpoint {ck}"),
+            };
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!(
+                    "partition {} '{}' {what}; {} {from_text} ({}) in {took} ns, {before} committed items before, {} after",
+                    id.0,
+                    name_str(&name),
+                    class.action(),
+                    class.label(),
+                    hv.stores[idx].committed_items()
+                ),
+            );
+        }
+        RecoveryClass::Fence => {
+            let items = hv.stores[idx].committed_items();
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!("partition {} '{}' {what}; fenced (F3), {items} committed items kept", id.0, name_str(&name)),
+            );
+            fence(hv, idx, trigger);
+        }
+        RecoveryClass::Evict => {
+            if hv.partitions[idx].state != PartitionState::Fenced && hv.partitions[idx].state != PartitionState::Finished {
+                fence(hv, idx, trigger);
+            }
+            let items = hv.stores[idx].committed_items();
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!("partition {} '{}' {what}; evicted (F4), {items} committed items kept by the hypervisor", id.0, name_str(&name)),
+            );
+            evict(hv, idx, trigger);
+        }
+    }
+    class
+}
+
+/// F3: stop the vCPU and suspend the partition's capabilities; memory is
+/// kept for forensics.
+pub(crate) fn fence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger) {
+    let id = hv.partitions[idx].id;
+    let a = args(hv, idx, recovery::class::FENCE, trigger.code(), 0);
+    hv.caps.suspend(id);
+    hv.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, a);
+    let now = hv.arch.now_ns();
+    hv.partitions[idx].recovery.record(RecoveryClass::Fence, now);
+}
+
+/// F4: the final record, then every capability revoked (with what was
+/// derived from them) and all memory scrubbed and returned. The committed
+/// state store stays with the hypervisor (it is what an operator exports).
+pub(crate) fn evict<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger) {
+    let id = hv.partitions[idx].id;
+    let a = args(hv, idx, recovery::class::EVICT, trigger.code(), 0);
+    hv.transition(idx, PartitionState::Evicted, KernelEvent::RecoverEvict, a);
+    hv.caps.evict(id);
+    release(hv, idx);
+    let now = hv.arch.now_ns();
+    hv.partitions[idx].recovery.record(RecoveryClass::Evict, now);
+    hv.note_evicted();
+}
+
+/// An operator's unfence: capabilities resumed, the guest recreated from
+/// its last checkpoint (or the pristine image), running again.
+pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64, OrderError> {
+    if hv.partitions[idx].state != PartitionState::Fenced {
+        return Err(OrderError::NotFenced);
+    }
+    let resume = crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint).map_err(OrderError::Recreate)?;
+    let id = hv.partitions[idx].id;
+    hv.caps.resume(id);
+    let a = args(hv, idx, recovery::class::UNFENCE, recovery::trigger::OPERATOR, resume);
+    hv.transition(idx, PartitionState::Running, KernelEvent::Unfence, a);
+    hv.partitions[idx].recovery.unfenced();
+    let name = hv.partitions[idx].desc.name;
+    console::hyp_line(
+        &mut hv.arch,
+        format_args!("partition {} '{}' unfenced by the operator; resumed from checkpoint {resume}", id.0, name_str(&name)),
+    );
+    Ok(resume)
+}
+
+/// Evict every fenced partition whose fence timed out.
+pub(crate) fn expire_fences<A: Arch>(hv: &mut Hypervisor<A>) {
+    let now = hv.arch.now_ns();
+    for idx in 0..hv.partitions.len() {
+        let p = &hv.partitions[idx];
+        if p.state == PartitionState::Fenced && p.recovery.fence_expired(now) {
+            let ms = p.recovery.policy.fence_timeout_ns.unwrap_or(0) / 1_000_000;
+            respond(hv, idx, Trigger::FenceTimeout, format_args!("fence not cleared within {ms} ms"));
+        }
+    }
+}
+
+/// Scrub and return every frame the partition holds: private pages, heap,
+/// its checkpoint, its own image, and its stage-2 tables (all but an empty
+/// root, which stays so the partition's table remains valid to walk).
 pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let frames = core::mem::take(&mut hv.partitions[idx].private_frames);
     for pa in frames {
         hv.scrub_and_free(pa);
+    }
+    let heap = core::mem::take(&mut hv.partitions[idx].heap_pages);
+    for (_, pa) in heap {
+        hv.scrub_and_free(pa);
+    }
+    // The own image's frames were among the private ones.
+    hv.partitions[idx].own_image = None;
+    hv.partitions[idx].checkpoint_mapped = 0;
+    if let Some(ck) = hv.partitions[idx].checkpoint.take() {
+        ck.release(&mut hv.arch, &mut hv.frames);
+    }
+    if let Some(empty) = crate::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
+        let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
+        old.destroy(&mut hv.arch, &mut hv.frames);
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.flush_stage2(vmid);
     }
 }

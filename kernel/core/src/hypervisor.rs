@@ -62,6 +62,8 @@ pub struct RunSummary {
     pub refused: u32,
     /// Partitions still running when the budget ran out.
     pub stopped: u32,
+    /// Partitions evicted (F4) during the run.
+    pub evicted: u32,
     pub elapsed_ns: u64,
 }
 
@@ -88,6 +90,7 @@ pub struct Hypervisor<A: Arch> {
     last_run: Option<usize>,
     cursor: usize,
     refused: u32,
+    evicted: u32,
 }
 
 impl<A: Arch> Hypervisor<A> {
@@ -127,6 +130,7 @@ impl<A: Arch> Hypervisor<A> {
             last_run: None,
             cursor: 0,
             refused: 0,
+            evicted: 0,
         };
         hv.witness.announce_key(&mut hv.arch);
         let mut boot_digest = [0u8; 16];
@@ -155,6 +159,49 @@ impl<A: Arch> Hypervisor<A> {
 
     pub(crate) fn note_refused(&mut self) {
         self.refused += 1;
+    }
+
+    pub(crate) fn note_evicted(&mut self) {
+        self.evicted += 1;
+    }
+
+    /// Partition `idx`'s guest was recreated: whatever EL1 and FP state the
+    /// CPU still holds for it is stale, so it must be neither saved nor kept.
+    pub(crate) fn forget_loaded_vcpu(&mut self, idx: usize) {
+        if self.last_run == Some(idx) {
+            self.last_run = None;
+        }
+    }
+
+    /// The committed state store of partition `id`.
+    pub fn store(&self, id: PartitionId) -> Option<&StateStore> {
+        self.index_of(id).map(|idx| &self.stores[idx])
+    }
+
+    fn index_of(&self, id: PartitionId) -> Option<usize> {
+        self.partitions.iter().position(|p| p.id == id)
+    }
+
+    /// Operator order: clear the fence of partition `id`. Its capabilities
+    /// answer again and its guest is recreated from its last checkpoint (or
+    /// the pristine image). Returns the checkpoint id resumed from (0 =
+    /// pristine). There is no run-time channel from the host yet, so only
+    /// code in the hypervisor (and host tests) can give this order.
+    pub fn unfence(&mut self, id: PartitionId) -> Result<u64, crate::fault::OrderError> {
+        let idx = self.index_of(id).ok_or(crate::fault::OrderError::NoSuchPartition)?;
+        crate::fault::unfence(self, idx)
+    }
+
+    /// Operator order: evict partition `id` (F4). A partition that still
+    /// runs is fenced first (F3), so no class is skipped. Same caveat as
+    /// [`Hypervisor::unfence`].
+    pub fn evict(&mut self, id: PartitionId) -> Result<(), crate::fault::OrderError> {
+        let idx = self.index_of(id).ok_or(crate::fault::OrderError::NoSuchPartition)?;
+        if self.partitions[idx].state == PartitionState::Evicted {
+            return Err(crate::fault::OrderError::AlreadyEvicted);
+        }
+        crate::fault::respond(self, idx, crate::recovery::Trigger::OperatorEvict, format_args!("eviction ordered by the operator"));
+        Ok(())
     }
 
     /// The partitions, in id order.
@@ -208,7 +255,9 @@ impl<A: Arch> Hypervisor<A> {
     /// refused, or the run budget is spent.
     pub fn run(&mut self) -> RunSummary {
         let start = self.arch.now_ns();
-        while let Some(idx) = self.next_runnable() {
+        loop {
+            crate::fault::expire_fences(self);
+            let Some(idx) = self.next_runnable() else { break };
             if self.policy.budget_ns != 0 && self.arch.now_ns() - start >= self.policy.budget_ns {
                 break;
             }
@@ -244,7 +293,11 @@ impl<A: Arch> Hypervisor<A> {
 
     fn handle_exit(&mut self, idx: usize, exit: Exit) -> Flow {
         match exit {
-            Exit::Hvc { imm: 0 } => crate::dispatch::hypercall(self, idx),
+            Exit::Hvc { imm: 0 } => {
+                let function = self.partitions[idx].vcpu.regs.x[0];
+                let flow = crate::dispatch::hypercall(self, idx);
+                crate::fault::after_call(self, idx, function, flow)
+            }
             Exit::Hvc { .. } => {
                 self.partitions[idx].vcpu.set_return(HvError::NotSupported.code(), &[]);
                 Flow::Resume
@@ -279,7 +332,7 @@ impl<A: Arch> Hypervisor<A> {
         let p = &mut self.partitions[idx];
         match p.stage2.map(&mut self.arch, &mut self.frames, ipa.page_base(), frame, S2Perm::ReadWrite, MemType::Normal) {
             Ok(()) => {
-                p.private_frames.push(frame);
+                p.heap_pages.push((ipa.page_base(), frame));
                 p.stats.demand_pages += 1;
                 Flow::Resume
             }
@@ -299,13 +352,24 @@ impl<A: Arch> Hypervisor<A> {
             fenced: 0,
             refused: self.refused,
             stopped: 0,
+            evicted: self.evicted,
             elapsed_ns: self.arch.now_ns() - start,
         };
         for idx in 0..self.partitions.len() {
             console::flush_line(&mut self.arch, &mut self.partitions[idx]);
             match self.partitions[idx].state {
                 PartitionState::Finished => summary.finished += 1,
-                PartitionState::Fenced => summary.fenced += 1,
+                PartitionState::Fenced => {
+                    summary.fenced += 1;
+                    if let Some(deadline) = self.partitions[idx].recovery.fence_deadline() {
+                        let name = self.partitions[idx].desc.name;
+                        let left_ms = deadline.saturating_sub(self.arch.now_ns()) / 1_000_000;
+                        console::hyp_line(
+                            &mut self.arch,
+                            format_args!("{} stays fenced: the run ended {left_ms} ms before its fence timeout", name_str(&name)),
+                        );
+                    }
+                }
                 PartitionState::Running | PartitionState::Suspended | PartitionState::Loaded => {
                     summary.stopped += 1;
                     let name = self.partitions[idx].desc.name;

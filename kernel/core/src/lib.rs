@@ -10,7 +10,9 @@
 //! * [`dispatch`], [`psci`] — hypercalls and emulated PSCI.
 //! * [`caps`], [`witness`] — capability checks and the witness logs.
 //! * [`channel`], [`store`] — inter-partition messages, the state store.
-//! * [`fault`] — what a partition's fault does to it (and nobody else).
+//! * [`fault`], [`recovery`], [`restart`] — what a partition's fault does to
+//!   it (and nobody else): the F1–F4 policy and its steps.
+//! * [`checkpoint`] — checkpoints kept by EL2 and their state hashes.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod addr;
 pub mod arch;
 pub mod caps;
 pub mod channel;
+pub mod checkpoint;
 pub mod console;
 pub mod digest;
 pub mod dispatch;
@@ -33,7 +36,9 @@ pub mod image;
 pub mod load;
 pub mod partition;
 pub mod psci;
+pub mod recovery;
 mod report;
+pub mod restart;
 pub mod stage2;
 pub mod store;
 pub mod trap;
@@ -42,6 +47,10 @@ pub mod witness;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_caps;
+#[cfg(test)]
+mod tests_recovery;
 
 pub use arch::Arch;
 pub use hypervisor::{BootError, Hypervisor, RunSummary};

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use rvm_abi::bootinfo::{layout, BootInfo, HandleInfo};
+use rvm_abi::bootinfo::{layout, BootInfo, HandleInfo, RestoreInfo};
 use rvm_abi::bundle::{Bundle, CapDesc, ChannelDesc, EntryKind, PartitionDesc};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{ObjectKind, Outcome, Rights};
@@ -10,10 +10,12 @@ use rvm_abi::{ObjectKind, Outcome, Rights};
 use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::Channel;
+use crate::checkpoint::CheckpointLimit;
 use crate::console;
 use crate::hypervisor::{BootError, Hypervisor};
 use crate::image::SharedImage;
 use crate::partition::{DemandWindow, Partition, PartitionId, PartitionState, PartitionStats};
+use crate::recovery::{RecoveryPolicy, RecoveryState};
 use crate::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
 use crate::vcpu::Vcpu;
@@ -30,6 +32,8 @@ pub enum Refusal {
     NoModule,
     OutOfMemory,
     BadCapability,
+    /// The memory budget makes the heap window overlap the restore window.
+    HeapWindow,
 }
 
 impl Refusal {
@@ -41,6 +45,7 @@ impl Refusal {
             Refusal::NoModule => "no WASM module for the partition",
             Refusal::OutOfMemory => "out of memory",
             Refusal::BadCapability => "capability table entry could not be installed",
+            Refusal::HeapWindow => "memory budget too large for the partition's heap window",
         }
     }
 }
@@ -55,7 +60,9 @@ pub(crate) fn load_partition<A: Arch>(
     let id = PartitionId(index + 1);
     let vmid = u8::try_from(id.0).map_err(|_| BootError::TooManyPartitions)?;
     let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
-    let heap_len = u64::from(desc.wasm_pages) * layout::WASM_PAGE + layout::RUNTIME_HEAP_OVERHEAD;
+    let heap_len = u64::from(desc.wasm_pages)
+        .saturating_mul(layout::WASM_PAGE)
+        .saturating_add(layout::RUNTIME_HEAP_OVERHEAD);
     hv.partitions.push(Partition {
         id,
         desc,
@@ -65,6 +72,16 @@ pub(crate) fn load_partition<A: Arch>(
         vcpu: Vcpu::new(0, layout::BOOTINFO_IPA),
         private_frames: Vec::new(),
         heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
+        heap_pages: Vec::new(),
+        entry: Ipa::new(0),
+        own_image: None,
+        checkpoint: None,
+        checkpoint_limit: CheckpointLimit::for_budget(desc.wasm_pages),
+        next_checkpoint_id: 1,
+        checkpoint_mapped: 0,
+        recovery: RecoveryState::new(RecoveryPolicy::from_desc(&desc.recovery)),
+        restarts: 0,
+        rollbacks: 0,
         console_line: heapless::Vec::new(),
         exit_code: None,
         stats: PartitionStats::default(),
@@ -75,7 +92,9 @@ pub(crate) fn load_partition<A: Arch>(
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     let idx = hv.partitions.len() - 1;
     hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
-    match populate(hv, bundle, index, idx) {
+    let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::CHECKPOINT_IPA);
+    let populated = if heap_fits { populate(hv, bundle, index, idx) } else { Err(Refusal::HeapWindow) };
+    match populated {
         Ok(digest) => {
             hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
             let p = &hv.partitions[idx];
@@ -124,20 +143,16 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
                 Err(crate::image::ImageError::OutOfMemory) => return Err(Refusal::OutOfMemory),
             };
             let p = &mut hv.partitions[idx];
-            // A private image: its pages belong to this partition alone.
+            // A private image: its pages belong to this partition alone; the
+            // pristine copies of its writable pages are kept for restarts.
             for page in &img.pages {
-                if page.perm != S2Perm::ReadWrite {
-                    p.private_frames.push(page.pa);
-                }
+                p.private_frames.push(page.pa);
             }
-            img.map_into(&mut hv.arch, &mut hv.frames, &mut p.stage2, &mut p.private_frames)
-                .map_err(|_| Refusal::OutOfMemory)?;
-            for page in &img.pages {
-                if page.perm == S2Perm::ReadWrite {
-                    hv.frames.free(page.pa);
-                }
-            }
-            img.entry
+            let entry = img.entry;
+            let mapped = img.map_into(&mut hv.arch, &mut hv.frames, &mut p.stage2, &mut p.private_frames);
+            p.own_image = Some(img);
+            mapped.map_err(|_| Refusal::OutOfMemory)?;
+            entry
         }
         None => {
             let Hypervisor { arch, frames, partitions, runtime, .. } = hv;
@@ -174,6 +189,7 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
             .map(&mut hv.arch, &mut hv.frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
             .map_err(|_| Refusal::OutOfMemory)?;
         p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
+        p.entry = entry;
         p.wasm = (wasm_ipa, wasm_len);
     }
     // Capabilities: the authority key first (bound to what follows), the
@@ -288,29 +304,35 @@ fn index_of<A: Arch>(hv: &Hypervisor<A>, bundle_index: u32) -> Option<usize> {
 /// Write every loaded partition's boot-info page.
 pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>) {
     for idx in 0..hv.partitions.len() {
-        let p = &hv.partitions[idx];
-        if p.state != PartitionState::Loaded {
-            continue;
+        if hv.partitions[idx].state == PartitionState::Loaded {
+            write_boot_info(hv, idx, RestoreInfo::NONE);
         }
-        let Some(t) = p.stage2.translate(&hv.arch, Ipa::new(layout::BOOTINFO_IPA)) else { continue };
-        let mut page = [0u8; PAGE_BYTES];
-        let info = BootInfo {
-            partition: p.id.0,
-            handle_count: p.boot_handles.len().min(rvm_abi::bootinfo::MAX_HANDLES) as u32,
-            wasm_ipa: p.wasm.0,
-            wasm_len: p.wasm.1,
-            heap_ipa: p.heap.base.raw(),
-            heap_len: p.heap.len,
-            wasm_pages: p.desc.wasm_pages,
-            restarts: 0,
-            fuel_per_slice: p.desc.fuel_per_slice,
-            name: p.desc.name,
-        };
-        info.write(&mut page);
-        for (n, h) in p.boot_handles.iter().enumerate() {
-            BootInfo::write_handle(&mut page, n, *h);
-        }
-        let pa: PhysAddr = t.pa;
-        hv.arch.phys_write(pa, &page);
     }
+}
+
+/// Write partition `idx`'s boot-info page: its identity, module, heap,
+/// handles, how often it was restarted, and the checkpoint to resume from.
+pub(crate) fn write_boot_info<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, restore: RestoreInfo) {
+    let p = &hv.partitions[idx];
+    let Some(t) = p.stage2.translate(&hv.arch, Ipa::new(layout::BOOTINFO_IPA)) else { return };
+    let mut page = [0u8; PAGE_BYTES];
+    let info = BootInfo {
+        partition: p.id.0,
+        handle_count: u32::try_from(p.boot_handles.len().min(rvm_abi::bootinfo::MAX_HANDLES)).unwrap_or(0),
+        wasm_ipa: p.wasm.0,
+        wasm_len: p.wasm.1,
+        heap_ipa: p.heap.base.raw(),
+        heap_len: p.heap.len,
+        wasm_pages: p.desc.wasm_pages,
+        restarts: p.restarts,
+        fuel_per_slice: p.desc.fuel_per_slice,
+        name: p.desc.name,
+    };
+    info.write(&mut page);
+    for (n, h) in p.boot_handles.iter().enumerate() {
+        BootInfo::write_handle(&mut page, n, *h);
+    }
+    restore.write(&mut page);
+    let pa: PhysAddr = t.pa;
+    hv.arch.phys_write(pa, &page);
 }

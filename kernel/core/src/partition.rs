@@ -5,6 +5,9 @@ use alloc::vec::Vec;
 use rvm_abi::bundle::PartitionDesc;
 
 use crate::addr::{Ipa, PhysAddr};
+use crate::checkpoint::{Checkpoint, CheckpointLimit};
+use crate::image::SharedImage;
+use crate::recovery::RecoveryState;
 use crate::stage2::Stage2Table;
 use crate::vcpu::Vcpu;
 
@@ -110,6 +113,28 @@ pub struct Partition {
     /// Frames only this partition maps (scrubbed and freed on eviction).
     pub private_frames: Vec<PhysAddr>,
     pub heap: DemandWindow,
+    /// Heap pages backed so far (IPA, frame): scrubbed and unmapped when the
+    /// guest is restarted, freed on eviction.
+    pub heap_pages: Vec<(Ipa, PhysAddr)>,
+    /// Where the guest image is entered (every start begins here).
+    pub entry: Ipa,
+    /// The partition's own raw image, kept pristine for restarts (partitions
+    /// running the shared runtime restart from the hypervisor's copy).
+    pub own_image: Option<SharedImage>,
+    /// The last checkpoint the runtime handed over.
+    pub checkpoint: Option<Checkpoint>,
+    /// Bound on a checkpoint's size.
+    pub checkpoint_limit: CheckpointLimit,
+    /// Id the next checkpoint gets.
+    pub next_checkpoint_id: u64,
+    /// Pages of the restore window mapped now.
+    pub checkpoint_mapped: u64,
+    /// Recovery policy and history.
+    pub recovery: RecoveryState,
+    /// Guest starts after the first (restarts, rollbacks, unfences).
+    pub restarts: u32,
+    /// Starts that resumed from a checkpoint.
+    pub rollbacks: u32,
     pub console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
     pub exit_code: Option<u64>,
     pub stats: PartitionStats,

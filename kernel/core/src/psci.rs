@@ -41,8 +41,14 @@ pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     Flow::Resume
 }
 
-/// The partition's agent is done: record why and stop scheduling it.
+/// The partition's agent is done: record why and stop scheduling it. A code
+/// that reports a failure (a trap, a runtime panic, a failed restore) is not
+/// an end but a fault: the recovery policy answers it.
 pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
+    if rvm_abi::bootinfo::exit::is_failure(code) && hv.partitions[idx].is_runnable() {
+        crate::fault::guest_failure(hv, idx, code);
+        return;
+    }
     let p = &mut hv.partitions[idx];
     p.exit_code = Some(code);
     let (id, name) = (p.id, p.desc.name);

@@ -8,12 +8,13 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
     hyp_line(
         &mut hv.arch,
         format_args!(
-            "run complete in {} ms: {} finished, {} fenced, {} refused, {} stopped",
+            "run complete in {} ms: {} finished, {} fenced, {} refused, {} stopped, {} evicted",
             s.elapsed_ns / 1_000_000,
             s.finished,
             s.fenced,
             s.refused,
-            s.stopped
+            s.stopped,
+            s.evicted
         ),
     );
     for idx in 0..hv.partitions.len() {
@@ -32,6 +33,20 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
         );
         hv.arch.console_write(line.as_bytes());
         hv.arch.console_write(b"\n");
+        let r = p.recovery.counts;
+        if r != crate::recovery::RecoveryCounts::default() || p.checkpoint.is_some() {
+            let line = alloc::format!(
+                "     recovery: {} restarts (F1), {} rollbacks (F2), {} fences (F3), {} unfences; last checkpoint {}; {} committed items",
+                r.restarts,
+                r.rollbacks,
+                r.fences,
+                r.unfences,
+                p.checkpoint.as_ref().map_or(alloc::string::String::from("none"), |c| alloc::format!("{} ({} bytes)", c.id, c.len)),
+                hv.stores[idx].committed_items(),
+            );
+            hv.arch.console_write(line.as_bytes());
+            hv.arch.console_write(b"\n");
+        }
     }
     for (n, c) in hv.channels.iter().enumerate() {
         let line = alloc::format!(

@@ -172,6 +172,17 @@ impl Stage2Table {
         Some(found)
     }
 
+    /// Remove the mappings of the pages at `ipas` (those mapped; the others
+    /// are skipped) and invalidate the VMID's translations once.
+    pub fn unmap_many(&mut self, arch: &mut dyn Arch, ipas: impl IntoIterator<Item = Ipa>, vmid: u8) {
+        for ipa in ipas {
+            if let Ok(Some(leaf)) = self.leaf_table(arch, None, ipa) {
+                arch.write_pte(leaf, index(ipa, 3), 0);
+            }
+        }
+        arch.flush_stage2(vmid);
+    }
+
     /// Where `ipa`'s page lives and with which access, if mapped.
     pub fn translate(&self, arch: &dyn Arch, ipa: Ipa) -> Option<Translation> {
         walk(arch, self.root, ipa)

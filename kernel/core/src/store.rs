@@ -24,6 +24,27 @@ impl StoreLimits {
         StoreLimits { max_key: 64, max_value: 4096, max_staged: 64, max_items: 1024, max_bytes: 1 << 20 };
 }
 
+/// The committed items of a store at one moment (kept with a checkpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreSnapshot {
+    items: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl StoreSnapshot {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Every item, in ascending key order.
+    pub fn items(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.items.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+}
+
 /// The committed items and the open transaction.
 pub struct StateStore {
     limits: StoreLimits,
@@ -108,6 +129,29 @@ impl StateStore {
         Ok(n)
     }
 
+    /// Drop the open transaction (a restarted guest starts a new one).
+    pub fn abort(&mut self) {
+        self.staged.clear();
+        self.validated = false;
+    }
+
+    /// A copy of the committed items, for a checkpoint.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot { items: self.committed.clone() }
+    }
+
+    /// Make the committed items exactly those of `snapshot` (a rollback);
+    /// the open transaction is dropped.
+    pub fn restore(&mut self, snapshot: &StoreSnapshot) {
+        self.committed = snapshot.items.clone();
+        self.abort();
+    }
+
+    /// Every committed item, in ascending key order.
+    pub fn items(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.committed.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.committed.get(key).map(Vec::as_slice)
     }
@@ -141,5 +185,22 @@ mod tests {
         assert_eq!(s.get(b"c"), None);
         assert_eq!(s.staged_items(), 0);
         assert_eq!(s.stage(b"", b"x"), Err(HvError::InvalidArgument));
+    }
+
+    #[test]
+    fn a_snapshot_restores_exactly_what_was_committed() {
+        let mut s = StateStore::new(StoreLimits::DEFAULT);
+        s.stage(b"a", b"1").unwrap();
+        s.commit().unwrap();
+        let snap = s.snapshot();
+        s.stage(b"a", b"2").unwrap();
+        s.stage(b"b", b"3").unwrap();
+        s.commit().unwrap();
+        s.stage(b"c", b"4").unwrap();
+        s.restore(&snap);
+        assert_eq!(s.get(b"a"), Some(&b"1"[..]));
+        assert_eq!(s.get(b"b"), None, "a commit after the snapshot is gone");
+        assert_eq!(s.staged_items(), 0, "and so is the open transaction");
+        assert_eq!(s.items().collect::<Vec<_>>(), snap.items().collect::<Vec<_>>());
     }
 }

@@ -94,4 +94,21 @@ impl Witness {
     pub fn records(&self, id: u32) -> u64 {
         self.logs.get(&id).map_or(0, WitnessLog::size)
     }
+
+    /// The chain head of log `id` after its last record, if the log exists.
+    pub fn head(&self, id: u32) -> Option<[u8; 32]> {
+        self.logs.get(&id).map(|l| l.head().0)
+    }
+
+    /// Sign `message` with the hypervisor's key (the checkpoint key): the
+    /// `Prove` attestations. Their messages begin with a NUL-containing
+    /// binary tag, so none can be mistaken for a checkpoint note (text).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signer.sign(message)
+    }
+
+    /// The hypervisor's public key (announced in the `@K` frame).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signer.public_key().0
+    }
 }

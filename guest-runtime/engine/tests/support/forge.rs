@@ -50,6 +50,8 @@ pub struct Module {
     memory: Option<u32>,
     exports: Vec<(String, u32)>,
     start: Option<u32>,
+    /// Mutable i32 globals: (initial value, exported as).
+    globals: Vec<(i32, Option<String>)>,
 }
 
 impl Module {
@@ -103,6 +105,12 @@ impl Module {
         self
     }
 
+    /// A mutable `i32` global, exported as `export` if given; its index.
+    pub fn global_i32(&mut self, init: i32, export: Option<&str>) -> u32 {
+        self.globals.push((init, export.map(String::from)));
+        (self.globals.len() - 1) as u32
+    }
+
     pub fn start(&mut self, func: u32) -> &mut Self {
         self.start = Some(func);
         self
@@ -142,8 +150,19 @@ impl Module {
             leb(u64::from(min), &mut b);
             section(5, b, &mut out);
         }
+        if !self.globals.is_empty() {
+            let mut b = Vec::new();
+            leb(self.globals.len() as u64, &mut b);
+            for (init, _) in &self.globals {
+                b.extend([I32, 1, 0x41]);
+                sleb(i64::from(*init), &mut b);
+                b.push(0x0b);
+            }
+            section(6, b, &mut out);
+        }
         let mut b = Vec::new();
-        let n = self.exports.len() + usize::from(self.memory.is_some());
+        let exported_globals = self.globals.iter().filter(|(_, e)| e.is_some()).count();
+        let n = self.exports.len() + usize::from(self.memory.is_some()) + exported_globals;
         leb(n as u64, &mut b);
         for (e, f) in &self.exports {
             name(e, &mut b);
@@ -153,6 +172,13 @@ impl Module {
         if self.memory.is_some() {
             name("memory", &mut b);
             b.extend([2, 0]);
+        }
+        for (i, (_, e)) in self.globals.iter().enumerate() {
+            if let Some(e) = e {
+                name(e, &mut b);
+                b.push(3);
+                leb(i as u64, &mut b);
+            }
         }
         section(7, b, &mut out);
         if let Some(s) = self.start {
@@ -197,4 +223,6 @@ pub mod op {
     pub const LOCAL_SET: u8 = 0x21;
     pub const I32_GE_U: u8 = 0x4f;
     pub const I32_ADD: u8 = 0x6a;
+    pub const GLOBAL_GET: u8 = 0x23;
+    pub const GLOBAL_SET: u8 = 0x24;
 }

@@ -1,6 +1,7 @@
 //! `ChannelSend` and `ChannelRecv`.
 
-use rvm_abi::{HvError, ObjectKind, Rights};
+use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
+use rvm_cap::ArgsDigest;
 
 use crate::addr::Ipa;
 use crate::arch::Arch;
@@ -8,16 +9,30 @@ use crate::caps::Granted;
 use crate::guest_mem;
 use crate::hypervisor::{Flow, Hypervisor};
 
-use super::{allow, check, deny, read_guest, Witnessed};
+use super::{allow, authorize, deny, read_guest, refuse, CapUse, ProofRegs, Witnessed};
 
 fn channel_index(g: &Granted) -> usize {
     usize::try_from(g.object).unwrap_or(usize::MAX)
 }
 
+/// A message is the byte range `0..length` of the channel: a channel
+/// capability's byte window bounds message lengths, its byte quota the bytes
+/// sent per epoch. A P3 approval signs `ArgsDigest::of(&[], message)`.
 pub(super) fn send<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let g = match check(hv, idx, regs[0], ObjectKind::Channel, Rights::WRITE) {
+    let u = CapUse {
+        call: Hypercall::ChannelSend,
+        raw: regs[0],
+        kind: Some(ObjectKind::Channel),
+        need: Rights::WRITE,
+        access: Some((0, regs[2])),
+        proof: ProofRegs::x5_x6(regs),
+    };
+    let message_digest = |hv: &Hypervisor<A>| {
+        read_guest(hv, idx, regs[1], regs[2], crate::channel::MAX_MESSAGE as u64).map(|m| ArgsDigest::of(&[], &m))
+    };
+    let g = match authorize(hv, idx, &u, message_digest) {
         Ok(g) => g,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(r) => return refuse(hv, idx, w, r),
     };
     let w = w.granted(&g);
     let msg = match read_guest(hv, idx, regs[1], regs[2], crate::channel::MAX_MESSAGE as u64) {
@@ -39,10 +54,19 @@ pub(super) fn send<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     })
 }
 
+/// A P3 approval signs `ArgsDigest::of(&[], &[])`.
 pub(super) fn recv<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let g = match check(hv, idx, regs[0], ObjectKind::Channel, Rights::READ) {
+    let u = CapUse {
+        call: Hypercall::ChannelRecv,
+        raw: regs[0],
+        kind: Some(ObjectKind::Channel),
+        need: Rights::READ,
+        access: None,
+        proof: ProofRegs::x5_x6(regs),
+    };
+    let g = match authorize(hv, idx, &u, |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(r) => return refuse(hv, idx, w, r),
     };
     let w = w.granted(&g);
     let ch = channel_index(&g);

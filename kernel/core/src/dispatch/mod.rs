@@ -10,15 +10,18 @@ use alloc::vec::Vec;
 
 use rvm_abi::hypercall::{smccc_owner, SMCCC_OWNER_STANDARD};
 use rvm_abi::witness::NO_CAP;
-use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, Outcome, Rights, WitnessOp, WitnessRecord};
+use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, Outcome, ProofTier, Rights, WitnessOp, WitnessRecord};
+use rvm_cap::{ArgsDigest, Signature};
 
 use crate::addr::Ipa;
 use crate::arch::Arch;
-use crate::caps::Granted;
+use crate::caps::{Approval, Granted, Refused, UseParams};
 use crate::guest_mem;
 
 mod cap;
+pub use cap::{store_digest, STORE_DIGEST_TAG};
 mod channel;
+mod checkpoint;
 mod console;
 mod state;
 use crate::hypervisor::{Flow, Hypervisor};
@@ -50,6 +53,13 @@ impl Witnessed {
     pub(crate) fn granted(mut self, g: &Granted) -> Self {
         self.tier = g.tier as u8;
         self.cap = g.cap_id;
+        self
+    }
+
+    /// A refused capability check: the tier it reached and the handle.
+    pub(crate) fn refused(mut self, r: &Refused) -> Self {
+        self.tier = r.tier as u8;
+        self.cap = r.cap_id;
         self
     }
 
@@ -121,10 +131,115 @@ pub(crate) fn read_guest<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len:
     Ok(buf)
 }
 
-pub(crate) fn check<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, raw: u64, kind: ObjectKind, need: Rights) -> Result<Granted, HvError> {
+/// Witness a refused capability use (its tier, its handle, the exact error)
+/// and return the error to the guest.
+pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r: Refused) -> Flow {
+    let w = w.refused(&r);
+    deny(hv, idx, &w, r.error)
+}
+
+/// Where a call carries its P3 approval and its replay nonce.
+///
+/// Every call whose `x5` and `x6` are free uses them the same way: `x5` =
+/// IPA of the 64-byte Ed25519 signature (0 = none), `x6` = nonce (0 =
+/// none). Calls that use `x5` for an argument (`StateStage`, `StateGet`)
+/// carry neither: at P3 they are refused with `BadProof`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProofRegs {
+    /// IPA of the signature, 0 = none.
+    pub signature_ipa: u64,
+    /// The nonce, 0 = none.
+    pub nonce: u64,
+}
+
+impl ProofRegs {
+    /// A call with no room for a proof or a nonce.
+    pub(crate) const NONE: ProofRegs = ProofRegs { signature_ipa: 0, nonce: 0 };
+
+    /// `x5` = signature IPA, `x6` = nonce.
+    pub(crate) fn x5_x6(regs: &[u64; 6]) -> Self {
+        Self { signature_ipa: regs[4], nonce: regs[5] }
+    }
+}
+
+/// How a call uses its capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CapUse {
+    /// The call (the operation a P3 approval names).
+    pub call: Hypercall,
+    /// The handle register.
+    pub raw: u64,
+    /// The kind of object the call acts on (`None`: any kind).
+    pub kind: Option<ObjectKind>,
+    /// The rights it needs.
+    pub need: Rights,
+    /// The bytes it touches within the object, `(offset, length)`: checked
+    /// against the byte window and charged to the byte quota from P2 up.
+    pub access: Option<(u64, u64)>,
+    pub proof: ProofRegs,
+}
+
+/// P1 of a use, changing nothing: handle, rights, object kind. The tier the
+/// use runs at.
+pub(crate) fn preflight<A: Arch>(hv: &Hypervisor<A>, idx: usize, u: &CapUse) -> Result<ProofTier, Refused> {
+    hv.caps.required_tier(hv.partitions[idx].id, u.raw, u.kind, u.need)
+}
+
+/// Check a use at every tier and record it (nonce, quota). At P3 the
+/// guest's signature is read and the arguments digest computed by `args`
+/// (only then: P1 and P2 calls never pay for it). A call that passed no
+/// signature goes straight to the check, which refuses a P3 use without one
+/// (`BadProof`).
+pub(crate) fn authorize<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    idx: usize,
+    u: &CapUse,
+    args: impl FnOnce(&Hypervisor<A>) -> Result<ArgsDigest, HvError>,
+) -> Result<Granted, Refused> {
+    let tier = match u.proof.signature_ipa {
+        0 => ProofTier::P1,
+        _ => preflight(hv, idx, u)?,
+    };
+    authorize_at(hv, idx, u, tier, args)
+}
+
+/// [`authorize`] once [`preflight`] has answered `tier` (only a P3 tier
+/// changes anything here: it reads the approval).
+pub(crate) fn authorize_at<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    idx: usize,
+    u: &CapUse,
+    tier: ProofTier,
+    args: impl FnOnce(&Hypervisor<A>) -> Result<ArgsDigest, HvError>,
+) -> Result<Granted, Refused> {
+    let approval = match tier {
+        ProofTier::P3 => match read_signature(hv, idx, u.proof.signature_ipa, u.raw)? {
+            Some(signature) => {
+                let args = args(hv).map_err(|e| Refused::at(e, ProofTier::P3, u.raw))?;
+                Some(Approval { op: u.call, args, signature })
+            }
+            None => None,
+        },
+        ProofTier::P1 | ProofTier::P2 => None,
+    };
     let id = hv.partitions[idx].id;
-    let now = hv.arch.now_ns();
-    hv.caps.check(id, raw, kind, need, now)
+    let params = UseParams { now_ns: hv.arch.now_ns(), access: u.access, nonce: u.proof.nonce };
+    match u.kind {
+        Some(kind) => hv.caps.check(id, u.raw, kind, u.need, &params, approval.as_ref()),
+        None => hv.caps.check_any(id, u.raw, u.need, &params, approval.as_ref()),
+    }
+}
+
+/// The 64-byte signature a guest passed at `ipa` (0 = none). An unreadable
+/// buffer is `BadAddress`, refused at P3 (only P3 uses read it).
+pub(crate) fn read_signature<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, raw: u64) -> Result<Option<Signature>, Refused> {
+    if ipa == 0 {
+        return Ok(None);
+    }
+    let mut sig = [0u8; 64];
+    guest_mem::read(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(ipa), &mut sig)
+        .map_err(|e| Refused::at(e, ProofTier::P3, raw))?;
+    Ok(Some(Signature(sig)))
 }
 
 /// Handle `hvc #0` from partition `idx`.
@@ -155,6 +270,10 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         Hypercall::StateValidate | Hypercall::StateCommit => state::finish(hv, idx, call, w.handle(regs[0]), &regs),
         Hypercall::StateGet => state::get(hv, idx, w.handle(regs[0]), &regs),
         Hypercall::CapQuery => cap::query(hv, idx, w.handle(regs[0]), &regs),
+        Hypercall::CapDerive => cap::derive(hv, idx, w.handle(regs[0]), &regs),
+        Hypercall::CapRevoke => cap::revoke(hv, idx, w.handle(regs[0]), &regs),
+        Hypercall::Prove => cap::prove(hv, idx, w.handle(regs[0]), &regs),
+        Hypercall::Checkpoint => checkpoint::take(hv, idx, w, &regs),
         Hypercall::ClockRead => {
             let p = &hv.partitions[idx];
             let now = hv.arch.now_ns().saturating_sub(p.started_ns.unwrap_or(0));
@@ -168,14 +287,10 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
             Flow::Reschedule
         }
         // Not built yet: refused honestly, and witnessed like any denial.
-        Hypercall::CapDerive
-        | Hypercall::CapRevoke
-        | Hypercall::RegionRead
+        Hypercall::RegionRead
         | Hypercall::RegionWrite
         | Hypercall::RegionMap
-        | Hypercall::Checkpoint
         | Hypercall::Spawn
-        | Hypercall::Prove
         | Hypercall::WitnessQuery => deny(hv, idx, &w, HvError::NotSupported),
     }
 }

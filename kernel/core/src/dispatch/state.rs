@@ -1,6 +1,7 @@
 //! The state store: `StateStage`, `StateValidate`, `StateCommit`, `StateGet`.
 
 use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
+use rvm_cap::ArgsDigest;
 
 use crate::addr::Ipa;
 use crate::arch::Arch;
@@ -8,7 +9,7 @@ use crate::caps::Granted;
 use crate::guest_mem;
 use crate::hypervisor::{Flow, Hypervisor};
 
-use super::{allow, check, deny, read_guest, Witnessed};
+use super::{allow, authorize, deny, read_guest, refuse, CapUse, ProofRegs, Witnessed};
 
 fn store_index<A: Arch>(hv: &Hypervisor<A>, g: &Granted) -> Option<usize> {
     // A state-store object id is the id of the partition that owns it.
@@ -16,10 +17,22 @@ fn store_index<A: Arch>(hv: &Hypervisor<A>, g: &Granted) -> Option<usize> {
     (id >= 1 && id <= hv.stores.len()).then(|| id - 1)
 }
 
+/// `x5` is the value length, so staging carries no P3 approval and no
+/// nonce: a store whose WRITE is at P3 refuses it with `BadProof`. The item
+/// is the byte range `0..key length + value length` for the window and the
+/// byte quota.
 pub(super) fn stage<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let g = match check(hv, idx, regs[0], ObjectKind::StateStore, Rights::WRITE) {
+    let u = CapUse {
+        call: Hypercall::StateStage,
+        raw: regs[0],
+        kind: Some(ObjectKind::StateStore),
+        need: Rights::WRITE,
+        access: Some((0, regs[2].saturating_add(regs[4]))),
+        proof: ProofRegs::NONE,
+    };
+    let g = match authorize(hv, idx, &u, |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(r) => return refuse(hv, idx, w, r),
     };
     let w = w.granted(&g);
     let Some(s) = store_index(hv, &g) else { return deny(hv, idx, &w, HvError::BadHandle) };
@@ -42,10 +55,20 @@ pub(super) fn stage<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
     })
 }
 
+/// `StateValidate` and `StateCommit`; a P3 approval signs
+/// `ArgsDigest::of(&[], &[])`.
 pub(super) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercall, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let g = match check(hv, idx, regs[0], ObjectKind::StateStore, Rights::WRITE) {
+    let u = CapUse {
+        call,
+        raw: regs[0],
+        kind: Some(ObjectKind::StateStore),
+        need: Rights::WRITE,
+        access: None,
+        proof: ProofRegs::x5_x6(regs),
+    };
+    let g = match authorize(hv, idx, &u, |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(r) => return refuse(hv, idx, w, r),
     };
     let w = w.granted(&g);
     let Some(s) = store_index(hv, &g) else { return deny(hv, idx, &w, HvError::BadHandle) };
@@ -67,10 +90,20 @@ pub(super) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercal
     })
 }
 
+/// `x5` is the capacity, so reading carries no P3 approval and no nonce:
+/// a store whose READ is at P3 refuses it with `BadProof`.
 pub(super) fn get<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let g = match check(hv, idx, regs[0], ObjectKind::StateStore, Rights::READ) {
+    let u = CapUse {
+        call: Hypercall::StateGet,
+        raw: regs[0],
+        kind: Some(ObjectKind::StateStore),
+        need: Rights::READ,
+        access: None,
+        proof: ProofRegs::NONE,
+    };
+    let g = match authorize(hv, idx, &u, |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(r) => return refuse(hv, idx, w, r),
     };
     let w = w.granted(&g);
     let Some(s) = store_index(hv, &g) else { return deny(hv, idx, &w, HvError::BadHandle) };

@@ -1,0 +1,161 @@
+//! Host time of the checkpoint path for 1 MiB and 16 MiB linear memories:
+//! the engine capturing an image (header and globals; the memory is handed
+//! over in place), the state hash the kernel computes over it (SHA-256 of
+//! the canonical encoding, with the witness crate's SHA-256), and the
+//! engine restoring a freshly loaded agent from it (grow, copy, globals).
+//! The QEMU instruction counts are in `tests-qemu/tests/recovery.rs`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use rvm_abi::imports::PROVE_BUFFER_LEN;
+use rvm_abi::recovery::StateEncoder;
+use rvm_abi::{CapHandle, HvError};
+use rvm_agent_engine::checkpoint;
+use rvm_agent_engine::{
+    Agent, AgentConfig, CheckpointReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
+};
+
+/// A host that keeps the last image and refuses everything else.
+#[derive(Default)]
+struct Keeper {
+    image: Vec<u8>,
+}
+
+impl HostCalls for Keeper {
+    fn console_write(&mut self, _: &[u8]) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn channel_send(&mut self, _: CapHandle, _: &[u8]) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn channel_recv(&mut self, _: CapHandle, _: &mut [u8]) -> Result<usize, HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn state_stage(&mut self, _: CapHandle, _: &[u8], _: &[u8]) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn state_validate(&mut self, _: CapHandle) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn state_commit(&mut self, _: CapHandle) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn state_get(&mut self, _: CapHandle, _: &[u8], _: &mut [u8]) -> Result<usize, HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn clock_read(&mut self) -> Result<u64, HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn yield_now(&mut self) -> Result<(), HvError> {
+        Ok(())
+    }
+    fn cap_derive(&mut self, _: &DeriveRequest<'_>) -> Result<CapHandle, HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn cap_revoke(&mut self, _: CapHandle, _: Option<&[u8]>, _: u64) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn prove(&mut self, _: CapHandle, _: &mut [u8; PROVE_BUFFER_LEN]) -> Result<(), HvError> {
+        Err(HvError::NotSupported)
+    }
+    fn checkpoint(
+        &mut self,
+        header: &[u8],
+        memory: &[u8],
+    ) -> Result<CheckpointReceipt, HvError> {
+        // What crosses to EL2 is the two parts; keep them as one image.
+        self.image.clear();
+        self.image.extend_from_slice(header);
+        self.image.extend_from_slice(memory);
+        Ok(CheckpointReceipt::default())
+    }
+}
+
+fn leb(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+    out.push(id);
+    leb(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
+/// A turn agent with a memory of `pages` pages (exported), one exported
+/// mutable i32 global, and `turn` returning DONE.
+fn module(pages: u32) -> Vec<u8> {
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 1, 0x7f], &mut m); // type 0: [] -> [i32]
+    section(3, &[1, 0], &mut m); // func 0: type 0
+    let mut mem = vec![1, 0];
+    leb(u64::from(pages), &mut mem);
+    section(5, &mem, &mut m);
+    section(6, &[1, 0x7f, 1, 0x41, 0, 0x0b], &mut m); // mut i32 = 0
+    let mut ex = vec![3];
+    for (name, kind) in [("turn", 0u8), ("memory", 2), ("g", 3)] {
+        leb(name.len() as u64, &mut ex);
+        ex.extend_from_slice(name.as_bytes());
+        ex.extend([kind, 0]);
+    }
+    section(7, &ex, &mut m);
+    section(10, &[1, 4, 0, 0x41, 1, 0x0b], &mut m); // i32.const 1
+    m
+}
+
+fn load(wasm: &[u8], pages: u32) -> Agent<Keeper> {
+    let cfg = AgentConfig {
+        wasm_pages: pages,
+        fuel: FuelPolicy::Unmetered,
+        handles: HandleList::default(),
+    };
+    Agent::load(wasm, cfg, Keeper::default()).expect("the bench module loads")
+}
+
+fn state_hash(image: &[u8]) -> [u8; 32] {
+    let mut h = rvm_witness::sha256::Sha256::new();
+    {
+        let mut e = StateEncoder::new(|b: &[u8]| h.update(b), image.len() as u64);
+        e.image(image);
+        e.items(0);
+    }
+    h.finalize().0
+}
+
+fn bench(c: &mut Criterion) {
+    for mib in [1u32, 16] {
+        let pages = mib * 16;
+        let wasm = module(pages);
+        let mut agent = load(&wasm, pages);
+        agent.checkpoint().expect("checkpoint");
+        let image = std::mem::take(&mut agent.host_mut().image);
+        assert_eq!(
+            checkpoint::decode(&image).unwrap().memory.len(),
+            (mib as usize) << 20
+        );
+        let mut g = c.benchmark_group(format!("checkpoint_{mib}MiB"));
+        g.throughput(Throughput::Bytes(image.len() as u64));
+        g.sample_size(10);
+        g.bench_function("engine_capture", |b| {
+            b.iter(|| agent.checkpoint().expect("checkpoint"))
+        });
+        g.bench_function("state_hash", |b| b.iter(|| state_hash(&image)));
+        g.bench_function("engine_restore", |b| {
+            b.iter_batched(
+                || load(&wasm, pages),
+                |mut fresh| fresh.restore(&image).expect("restore"),
+                BatchSize::LargeInput,
+            )
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,104 @@
+//! Recreating a partition's guest in place (F1 restart, F2 rollback, an
+//! operator's unfence): the image's writable pages are copied again from the
+//! pristine image, the demand-paged heap is scrubbed and unmapped, the vCPU
+//! starts over at the entry, and the boot-info page says how often the guest
+//! was restarted and which checkpoint, if any, to resume from.
+//!
+//! What is kept: the partition's identity, stage-2 tables, shared pages, the
+//! WASM module, its capabilities and channels, and its committed state
+//! store — except that resuming from a checkpoint makes the store what it
+//! was when the checkpoint was taken. An open (staged, uncommitted)
+//! transaction is dropped either way.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bootinfo::{layout, RestoreInfo};
+use rvm_abi::HvError;
+
+use crate::addr::{Ipa, PhysAddr, PAGE_BYTES};
+use crate::arch::Arch;
+use crate::hypervisor::Hypervisor;
+use crate::stage2::S2Perm;
+use crate::vcpu::Vcpu;
+
+/// Where a recreated guest begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The pristine image, with the committed state as it stands (F1).
+    Pristine,
+    /// The last checkpoint, memory and committed state (F2, unfence); the
+    /// pristine image when there is none.
+    LastCheckpoint,
+}
+
+/// Recreate partition `idx`'s guest. Returns the id of the checkpoint it
+/// resumes from (0 = the pristine image). On `Err` the guest must not run
+/// again (the caller fences it): its memory may be half reset.
+pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<u64, HvError> {
+    crate::console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    hv.stores[idx].abort();
+    reset_image_data(hv, idx)?;
+    scrub_heap(hv, idx);
+    let restore = map_checkpoint(hv, idx, from)?;
+    let p = &mut hv.partitions[idx];
+    p.restarts = p.restarts.saturating_add(1);
+    if restore.is_restore() {
+        p.rollbacks = p.rollbacks.saturating_add(1);
+    }
+    p.exit_code = None;
+    p.vcpu = Vcpu::new(p.entry.raw(), layout::BOOTINFO_IPA);
+    hv.forget_loaded_vcpu(idx);
+    crate::load::write_boot_info(hv, idx, RestoreInfo { rollbacks: hv.partitions[idx].rollbacks, ..restore });
+    Ok(restore.checkpoint_id)
+}
+
+/// Copy every writable page of the guest image from its pristine version
+/// over the partition's private copy.
+fn reset_image_data<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<(), HvError> {
+    let Hypervisor { arch, partitions, runtime, .. } = hv;
+    let p = &mut partitions[idx];
+    let image = p.own_image.as_ref().or(runtime.as_ref()).ok_or(HvError::NotSupported)?;
+    let pristine: Vec<(Ipa, PhysAddr)> =
+        image.pages.iter().filter(|pg| pg.perm == S2Perm::ReadWrite).map(|pg| (pg.ipa, pg.pa)).collect();
+    for (ipa, src) in pristine {
+        let t = p.stage2.translate(arch, ipa).ok_or(HvError::BadAddress)?;
+        arch.phys_copy(t.pa, src, PAGE_BYTES);
+    }
+    Ok(())
+}
+
+/// Unmap, scrub and return every demand-paged heap page.
+fn scrub_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+    let pages = core::mem::take(&mut hv.partitions[idx].heap_pages);
+    let vmid = hv.partitions[idx].vmid;
+    hv.partitions[idx].stage2.unmap_many(&mut hv.arch, pages.iter().map(|&(ipa, _)| ipa), vmid);
+    for (_, pa) in pages {
+        hv.scrub_and_free(pa);
+    }
+}
+
+/// Unmap whatever the restore window held, then map the last checkpoint
+/// there and restore its store when resuming from it.
+fn map_checkpoint<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<RestoreInfo, HvError> {
+    let Hypervisor { arch, frames, partitions, stores, .. } = hv;
+    let p = &mut partitions[idx];
+    if p.checkpoint_mapped != 0 {
+        crate::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
+        p.checkpoint_mapped = 0;
+    }
+    let ck = match (from, p.checkpoint.as_ref()) {
+        (StartFrom::LastCheckpoint, Some(ck)) => ck,
+        _ => return Ok(RestoreInfo::NONE),
+    };
+    match ck.map_into(arch, frames, &mut p.stage2) {
+        Ok(pages) => p.checkpoint_mapped = pages,
+        Err(_) => {
+            // Some pages may be mapped: take them all out again.
+            let pages = ck.pages();
+            crate::checkpoint::unmap_window(arch, &mut p.stage2, pages, p.vmid);
+            return Err(HvError::NoMemory);
+        }
+    }
+    stores[idx].restore(&ck.store);
+    Ok(RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: ck.len, checkpoint_id: ck.id, rollbacks: 0 })
+}
