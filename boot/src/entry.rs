@@ -10,6 +10,25 @@
 
 core::arch::global_asm!(
     r#"
+// Turn on the EL2 MMU with the early tables: x1 = table, x2 = MAIR value.
+.macro EL2_MMU_ON
+    msr     mair_el2, x2
+    ldr     x3, =0x80823520         // T0SZ 32, WB walks, inner shareable, 40-bit PA
+    msr     tcr_el2, x3
+    msr     ttbr0_el2, x1
+    isb
+    tlbi    alle2
+    dsb     sy
+    isb
+    mrs     x3, sctlr_el2
+    mov     x4, #0x1005             // M, C, I
+    orr     x3, x3, x4
+    bic     x3, x3, #0x2            // no alignment checks
+    bic     x3, x3, #0x80000        // no WXN
+    msr     sctlr_el2, x3
+    isb
+.endm
+
 .section .text.head, "ax"
 .global _head
 _head:
@@ -62,21 +81,7 @@ rvm_primary_entry:
     isb
     b       .Lrust
 .Lel2:
-    msr     mair_el2, x2
-    ldr     x3, =0x80823520
-    msr     tcr_el2, x3
-    msr     ttbr0_el2, x1
-    isb
-    tlbi    alle2
-    dsb     sy
-    isb
-    mrs     x3, sctlr_el2
-    mov     x4, #0x1005
-    orr     x3, x3, x4
-    bic     x3, x3, #0x2
-    bic     x3, x3, #0x80000
-    msr     sctlr_el2, x3
-    isb
+    EL2_MMU_ON
     b       .Lrust
 .Lel1:
     msr     mair_el1, x2
@@ -112,21 +117,7 @@ rvm_secondary_entry:
     mov     sp, x1
     ldr     x1, =rvm_boot_l1
     mov     x2, #0xff00
-    msr     mair_el2, x2
-    ldr     x3, =0x80823520
-    msr     tcr_el2, x3
-    msr     ttbr0_el2, x1
-    isb
-    tlbi    alle2
-    dsb     sy
-    isb
-    mrs     x3, sctlr_el2
-    mov     x4, #0x1005
-    orr     x3, x3, x4
-    bic     x3, x3, #0x2
-    bic     x3, x3, #0x80000
-    msr     sctlr_el2, x3
-    isb
+    EL2_MMU_ON
     mov     x0, x19
     bl      rvm_secondary_main
 4:  wfe
