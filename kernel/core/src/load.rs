@@ -34,6 +34,8 @@ pub enum Refusal {
     BadCapability,
     /// The memory budget makes the heap window overlap the restore window.
     HeapWindow,
+    /// The manifest pins a witness key this hypervisor does not sign with.
+    WitnessKey,
 }
 
 impl Refusal {
@@ -46,6 +48,7 @@ impl Refusal {
             Refusal::OutOfMemory => "out of memory",
             Refusal::BadCapability => "capability table entry could not be installed",
             Refusal::HeapWindow => "memory budget too large for the partition's heap window",
+            Refusal::WitnessKey => "its witness_key_fingerprint does not match this hypervisor's witness key",
         }
     }
 }
@@ -93,7 +96,14 @@ pub(crate) fn load_partition<A: Arch>(
     let idx = hv.partitions.len() - 1;
     hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
     let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::CHECKPOINT_IPA);
-    let populated = if heap_fits { populate(hv, bundle, index, idx) } else { Err(Refusal::HeapWindow) };
+    let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
+    let populated = if !key_ok {
+        Err(Refusal::WitnessKey)
+    } else if heap_fits {
+        populate(hv, bundle, index, idx)
+    } else {
+        Err(Refusal::HeapWindow)
+    };
     match populated {
         Ok(digest) => {
             hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);

@@ -249,3 +249,24 @@ fn guest_buffers_outside_the_partition_are_refused_and_witnessed() {
     let denied = records(&text).iter().filter(|(l, r)| *l == 1 && r.outcome < 0 && r.op < 0x8000).count();
     assert_eq!(denied, 4);
 }
+
+#[test]
+fn a_partition_pinning_another_witness_key_is_refused_and_the_rest_run() {
+    let mut w = BundleWriter::new();
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
+    w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
+    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 50, ..BootConfig::DEFAULT }.to_bytes());
+    let key = rvm_witness::CheckpointSigner::from_seed(&[7u8; 32]).public_key().fingerprint().0;
+    for (name, fp) in [("pinned-right", key), ("pinned-wrong", [0xee; 32])] {
+        let i = w.partition(&PartitionDesc { witness_key_fingerprint: Some(fp), ..desc(name) });
+        w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
+    }
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    let mut hv = Hypervisor::boot(FakeArch::new(), frames, &w.finish()).unwrap();
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    let summary = hv.run();
+    let text = hv.arch.console_text();
+    assert!(text.contains("'pinned-wrong' refused: its witness_key_fingerprint does not match"), "{text}");
+    assert_eq!(summary.finished, 1, "{text}");
+    assert_eq!(hv.partitions()[1].state, PartitionState::Evicted);
+}
