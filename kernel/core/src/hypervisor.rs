@@ -74,6 +74,8 @@ pub(crate) enum Flow {
     Resume,
     /// Give the CPU to the next partition.
     Reschedule,
+    /// The guest gave up the rest of its slice (`Yield`, `wfi`).
+    Yielded,
 }
 
 /// The hypervisor's state.
@@ -88,7 +90,7 @@ pub struct Hypervisor<A: Arch> {
     pub(crate) policy: RunPolicy,
     pub(crate) runtime: Option<SharedImage>,
     last_run: Option<usize>,
-    cursor: usize,
+    pub(crate) sched: crate::sched::Scheduler,
     refused: u32,
     evicted: u32,
 }
@@ -128,7 +130,7 @@ impl<A: Arch> Hypervisor<A> {
             policy: RunPolicy::from_config(&config),
             runtime: None,
             last_run: None,
-            cursor: 0,
+            sched: crate::sched::Scheduler::new(count),
             refused: 0,
             evicted: 0,
         };
@@ -147,6 +149,7 @@ impl<A: Arch> Hypervisor<A> {
         for (index, desc) in bundle.partitions().enumerate() {
             let index = u32::try_from(index).map_err(|_| BootError::TooManyPartitions)?;
             crate::load::load_partition(&mut hv, &bundle, index, desc)?;
+            hv.sched.admit(hv.partitions.len() - 1, &desc);
         }
         for e in bundle.entries().filter(|e| e.kind == EntryKind::Channel) {
             if let Some(c) = rvm_abi::bundle::ChannelDesc::from_bytes(e.data) {
@@ -240,18 +243,11 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     fn next_runnable(&mut self) -> Option<usize> {
-        let n = self.partitions.len();
-        for step in 0..n {
-            let idx = (self.cursor + step) % n;
-            if self.partitions[idx].is_runnable() {
-                self.cursor = (idx + 1) % n;
-                return Some(idx);
-            }
-        }
-        None
+        let parts = &self.partitions;
+        self.sched.pick(parts.len(), |i| parts[i].is_runnable())
     }
 
-    /// Run partitions round-robin until every one has finished, been fenced or
+    /// Run partitions by weighted fair share until every one has finished, been fenced or
     /// refused, or the run budget is spent.
     pub fn run(&mut self) -> RunSummary {
         let start = self.arch.now_ns();
@@ -272,7 +268,8 @@ impl<A: Arch> Hypervisor<A> {
             self.partitions[idx].started_ns = Some(self.arch.now_ns());
             self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, [0; 16]);
         }
-        let slice_end = self.arch.now_ns().saturating_add(self.policy.slice_ns);
+        let slice_start = self.arch.now_ns();
+        let slice_end = slice_start.saturating_add(self.policy.slice_ns);
         loop {
             let switched = self.last_run != Some(idx);
             if let Some(prev) = self.last_run.filter(|&p| p != idx) {
@@ -285,7 +282,11 @@ impl<A: Arch> Hypervisor<A> {
             // EL2 handled an exit, the pending interrupt exits the guest at once.
             let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, slice_end, switched);
             let flow = self.handle_exit(idx, Exit::decode(&trap));
-            if flow == Flow::Reschedule || !self.partitions[idx].is_runnable() {
+            if flow != Flow::Resume || !self.partitions[idx].is_runnable() {
+                let ran = self.arch.now_ns().saturating_sub(slice_start);
+                // A yield forfeits the rest of the slice: charge all of it.
+                let charged = if flow == Flow::Yielded { ran.max(self.policy.slice_ns) } else { ran };
+                self.sched.charge(idx, charged);
                 return;
             }
         }
@@ -308,7 +309,7 @@ impl<A: Arch> Hypervisor<A> {
             }
             Exit::WaitForInterrupt => {
                 self.partitions[idx].vcpu.skip_instruction();
-                Flow::Reschedule
+                Flow::Yielded
             }
             Exit::DataAbort { ipa, fault: FaultStatus::Translation(_), .. }
                 if self.partitions[idx].heap.contains(ipa) =>

@@ -36,6 +36,7 @@ pub mod image;
 pub mod load;
 pub mod partition;
 pub mod psci;
+pub mod sched;
 pub mod recovery;
 mod report;
 pub mod restart;

@@ -270,3 +270,35 @@ fn a_partition_pinning_another_witness_key_is_refused_and_the_rest_run() {
     assert_eq!(summary.finished, 1, "{text}");
     assert_eq!(hv.partitions()[1].state, PartitionState::Evicted);
 }
+
+#[test]
+fn cpu_time_follows_the_manifest_priority_and_yields_pass_the_cpu() {
+    // Two spinners, one urgent, one not; and a poller that only yields.
+    let mut w = BundleWriter::new();
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
+    w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
+    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 2_000, slice_us: 1_000, ..BootConfig::DEFAULT }.to_bytes());
+    let urgent = PartitionDesc { deadline_urgency: 100, cut_pressure: 0, ..desc("urgent") };
+    let relaxed = PartitionDesc { deadline_urgency: 0, cut_pressure: 0, ..desc("relaxed") };
+    for d in [urgent, relaxed, desc("poller")] {
+        let i = w.partition(&d);
+        w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
+    }
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    let mut hv = Hypervisor::boot(FakeArch::new(), frames, &w.finish()).unwrap();
+    hv.arch.tick_ns = 100_000; // every entry costs 100 us of virtual time
+    hv.arch.set_guest(1, Box::new(|_, _| FakeArch::timer()));
+    hv.arch.set_guest(2, Box::new(|_, _| FakeArch::timer()));
+    hv.arch.set_guest(3, Box::new(|v, _| call(v, Hypercall::Yield, &[])));
+    hv.run();
+    let w_urgent = hv.sched.weight_for(&urgent).get();
+    let w_relaxed = hv.sched.weight_for(&relaxed).get();
+    assert!(w_urgent > w_relaxed);
+    let (a, b) = (hv.sched.ran_ns(0) as f64, hv.sched.ran_ns(1) as f64);
+    let want = f64::from(w_urgent) / f64::from(w_relaxed);
+    assert!(((a / b) / want - 1.0).abs() < 0.05, "ran {a} vs {b}, ratio {} want {want}", a / b);
+    // The poller yields every time it runs, yet does not starve the others
+    // nor take more than its share.
+    assert!(hv.arch.runs > 100);
+    assert!(hv.partitions()[2].stats.preemptions == 0);
+}

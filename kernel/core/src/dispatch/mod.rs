@@ -261,7 +261,7 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         }
         Hypercall::Yield => {
             hv.partitions[idx].vcpu.set_return(0, &[]);
-            Flow::Reschedule
+            Flow::Yielded
         }
         Hypercall::ConsoleWrite => console::write(hv, idx, w, &regs),
         Hypercall::ChannelSend => channel::send(hv, idx, w.handle(regs[0]), &regs),
