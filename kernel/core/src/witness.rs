@@ -53,6 +53,17 @@ impl Witness {
         self.signer.public_key().fingerprint().0
     }
 
+    /// Make sure the next append to log `id` cannot fail (see
+    /// `WitnessLog::reserve_next`): for operations applied before their record.
+    pub fn reserve(&mut self, id: u32) -> Result<(), HvError> {
+        if !self.logs.contains_key(&id) {
+            let l = WitnessLog::new(LogId(id), self.config).map_err(|_| HvError::WitnessUnavailable)?;
+            self.logs.insert(id, l);
+        }
+        let log = self.logs.get_mut(&id).ok_or(HvError::WitnessUnavailable)?;
+        log.reserve_next().map_err(HvError::from)
+    }
+
     /// Append `rec` to log `id` and stream it (and any checkpoint now due).
     /// Fail-closed: `Err` means nothing was recorded and the operation the
     /// record describes must not happen.

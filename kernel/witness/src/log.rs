@@ -242,6 +242,23 @@ impl WitnessLog {
     /// on any error nothing changes and the caller must not perform the
     /// operation.
     #[inline]
+    /// Make room for the next record now, so that appending one well-formed
+    /// record of this log afterwards cannot fail: no checkpoint owed, a
+    /// sequence number left, a free ring slot, and memory for the checkpoint
+    /// it may announce. For operations that must be decided and applied in
+    /// one step before their record can be written (the record carries a
+    /// result): reserve, apply, append.
+    pub fn reserve_next(&mut self) -> Result<(), WitnessError> {
+        if let Some(size) = self.owed {
+            return Err(WitnessError::CheckpointOwed { size });
+        }
+        self.size().checked_add(1).ok_or(WitnessError::SequenceExhausted)?;
+        if !self.ring.has_room() {
+            return Err(WitnessError::RingFull { capacity: self.ring.capacity() });
+        }
+        self.pending.try_reserve(1).map_err(|_| WitnessError::NoMemory)
+    }
+
     pub fn append(&mut self, mut record: WitnessRecord) -> Result<AppendedRecord, WitnessError> {
         if let Some(size) = self.owed {
             return Err(WitnessError::CheckpointOwed { size });
@@ -405,6 +422,19 @@ mod tests {
         );
         r.timestamp = 5;
         r
+    }
+
+    #[test]
+    fn a_reservation_makes_the_next_append_succeed_and_a_full_ring_refuses_it() {
+        let mut log = WitnessLog::new(LogId(2), config(2, 100)).unwrap();
+        log.reserve_next().unwrap();
+        log.append(call(2)).unwrap();
+        log.append(call(2)).unwrap();
+        // Two undrained records fill a ring of two: no room to reserve.
+        assert!(matches!(log.reserve_next(), Err(WitnessError::RingFull { .. })));
+        assert!(log.drain_next().is_some());
+        log.reserve_next().unwrap();
+        log.append(call(2)).unwrap();
     }
 
     #[test]

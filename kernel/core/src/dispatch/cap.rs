@@ -2,11 +2,12 @@
 //!
 //! Each follows the dispatch pattern — check, witness, act — with one
 //! difference for `CapDerive` and `CapRevoke`: `rvm-cap` decides and applies
-//! those in one step (a denied derive or revoke changes nothing), so their
-//! record is appended right after the change rather than before it. The
-//! append can then fail only if the log cannot allocate room for a signed
-//! checkpoint; the call answers `WitnessUnavailable` in that case, although
-//! the change stands.
+//! those in one step (a denied derive or revoke changes nothing), and their
+//! record carries the result (the new handle, the count removed). So the
+//! caller's log is *reserved* first — ring slot, sequence number, memory for
+//! a checkpoint — which makes the record's append after the change unable to
+//! fail; if the reservation fails the call answers `WitnessUnavailable` and
+//! nothing changes. Still fail-closed.
 //!
 //! # P3 approvals
 //!
@@ -91,6 +92,10 @@ pub(super) fn derive<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         ProofTier::P1 | ProofTier::P2 => None,
     };
     let params = UseParams { now_ns: hv.arch.now_ns(), access: None, nonce: regs[5] };
+    if let Err(e) = hv.witness.reserve(id.0) {
+        hv.partitions[idx].vcpu.set_return(e.code(), &[]);
+        return Flow::Resume;
+    }
     match hv.caps.derive(id, raw, &args, &params, signature.as_ref()) {
         Ok((handle, g)) => {
             let new = handle.to_raw();
@@ -126,6 +131,10 @@ pub(super) fn revoke<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         ProofTier::P1 | ProofTier::P2 => None,
     };
     let params = UseParams { now_ns: hv.arch.now_ns(), access: None, nonce: u.proof.nonce };
+    if let Err(e) = hv.witness.reserve(id.0) {
+        hv.partitions[idx].vcpu.set_return(e.code(), &[]);
+        return Flow::Resume;
+    }
     match hv.caps.revoke(id, raw, &params, signature.as_ref()) {
         Ok((removed, g)) => {
             let w = w.granted(&g).data(regs, &removed.to_le_bytes());
