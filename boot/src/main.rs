@@ -14,12 +14,12 @@ mod smp;
 
 use rvm_hal::dtb::Platform;
 use rvm_hal::gic::Gic;
-use rvm_hal::machine::{Machine, CONSOLE, POWER_OFF};
+use rvm_hal::machine::{Cpu, Machine, CONSOLE, POWER_OFF};
 use rvm_hal::power::{power_off, PowerOff};
 use rvm_hal::uart::Pl011;
 use rvm_hal::{print, sysreg};
 use rvm_kernel::frames::FrameAllocator;
-use rvm_kernel::Hypervisor;
+use rvm_kernel::{CpuId, Hypervisor};
 
 /// Exit codes the image powers off with (semihosting), for test harnesses.
 mod exit_code {
@@ -95,8 +95,8 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         Some(g) => g.enable_ppi(platform.hyp_timer_intid),
         None => print!("rvm: warning: no GICv3: guests are not preempted by the timer\n"),
     }
-    let online = smp::start_secondaries(&platform);
-    print!("rvm: {} of {} CPUs online (secondaries via PSCI CPU_ON, parked: the scheduler runs on CPU 0)\n", online, platform.cpus);
+    let online = smp::start_secondaries(&platform, gic.is_some());
+    print!("rvm: {} of {} CPUs online (secondaries via PSCI CPU_ON), one run queue each\n", online, platform.cpus);
     let Some(initrd) = platform.initrd else {
         print!("rvm: no bundle: pass one as the initrd (qemu -initrd bundle.rvm). Powering off.\n");
         power_off(how, exit_code::NO_BUNDLE);
@@ -112,18 +112,18 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     for r in &platform.memory {
         let _ = ram.push(*r);
     }
-    let machine = Machine::new(ram, gic, platform.hyp_timer_intid);
+    let machine = Machine::new(ram);
     let boot_ns = rvm_hal::timer::Clock::new().ticks_to_ns(rvm_hal::timer::counter() - t0);
     print!("rvm: platform up in {} us\n", boot_ns / 1000);
-    let mut hv = match Hypervisor::boot(machine, frames, bundle) {
+    let hv = match Hypervisor::boot(machine, frames, bundle) {
         Ok(hv) => hv,
         Err(e) => {
             print!("rvm: bundle refused: {:?}. Powering off.\n", e);
             power_off(how, exit_code::BAD_BUNDLE);
         }
     };
-    let summary = hv.run();
-    let _ = summary;
+    let mut cpu = Cpu::new(CpuId::BOOT, gic.is_some(), platform.hyp_timer_intid);
+    smp::run_all(hv, online, &mut cpu);
     print!("rvm: powering off\n");
     power_off(how, exit_code::OK)
 }

@@ -274,6 +274,19 @@ pub fn boot_page(ipa: u64) -> Option<&'static [u8]> {
     Some(unsafe { core::slice::from_raw_parts(start as *const u8, BOOT_PAGE_LEN) })
 }
 
+/// The agent table page of a partition with several agents: present only
+/// when the boot-info page's agent count (`agent_count`) is not 0.
+pub fn agent_table_page(agent_count: u32) -> Option<&'static [u8]> {
+    if agent_count == 0 {
+        return None;
+    }
+    let start = usize::try_from(layout::AGENTS_IPA).ok()?;
+    // SAFETY: the hypervisor maps the agent table page read-only at
+    // layout::AGENTS_IPA for the partition's life whenever the boot-info
+    // page's agent count is not 0 (checked above), and nothing writes it.
+    Some(unsafe { core::slice::from_raw_parts(start as *const u8, BOOT_PAGE_LEN) })
+}
+
 /// The agent's WASM module, if it lies where the layout puts modules.
 pub fn wasm_module(ipa: u64, len: u64) -> Option<&'static [u8]> {
     let inside = ipa >= layout::WASM_IPA

@@ -22,6 +22,15 @@ fn as_len(reported: u64) -> Result<usize, HvError> {
     usize::try_from(reported).map_err(|_| HvError::InvalidArgument)
 }
 
+/// `AgentSwitch`: the calls that follow are those of the agent in `slot`.
+/// `Ok(true)` when the kernel moves that agent to another partition
+/// (`agent_switch::DEPART`): checkpoint it and drop it.
+pub fn agent_switch(slot: usize) -> Result<bool, HvError> {
+    let slot = u64::try_from(slot).map_err(|_| HvError::InvalidArgument)?;
+    hypercall(Hypercall::AgentSwitch, &mut [Arg::Val(slot)])
+        .map(|[x1, _, _]| x1 == rvm_abi::hypercall::agent_switch::DEPART)
+}
+
 impl HostCalls for El1Host {
     fn console_write(&mut self, text: &[u8]) -> Result<(), HvError> {
         hypercall(Hypercall::ConsoleWrite, &mut [Arg::In(text)]).map(drop)
@@ -128,6 +137,12 @@ impl HostCalls for El1Host {
             &mut [Arg::Val(handle.to_raw()), Arg::OutPtr(out)],
         )
         .map(drop)
+    }
+
+    fn idle(&mut self, checkpoint_id: u64) -> Result<bool, HvError> {
+        // Asked with a checkpoint id, the call returns only if a message
+        // arrived meanwhile: asleep, this partition is recreated instead.
+        hypercall(Hypercall::Idle, &mut [Arg::Val(checkpoint_id)]).map(|[may, _, _]| may == 1)
     }
 
     fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {

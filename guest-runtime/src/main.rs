@@ -15,6 +15,8 @@ use rvm_el1::arch;
 use rvm_el1::el1_println as println;
 use rvm_el1::hostcalls::El1Host;
 
+mod domain;
+
 rvm_el1::el1_main!(main);
 
 fn fail(code: u64) -> ! {
@@ -42,6 +44,11 @@ fn main(boot_info_ipa: u64) -> ! {
     if let Err(e) = arch::init_heap(info.heap_ipa, info.heap_len) {
         println!("runtime: cannot use the heap: {e:?}");
         fail(exit::RUNTIME_PANIC)
+    }
+    // Several agents: each its own instance, round-robin by turn.
+    let agents = rvm_abi::bootinfo::agent_count(page);
+    if agents != 0 {
+        domain::run(&info, page, agents, fail)
     }
     let Some(wasm) = arch::wasm_module(info.wasm_ipa, info.wasm_len) else {
         println!(
@@ -73,6 +80,9 @@ fn main(boot_info_ipa: u64) -> ! {
             fail(e.exit_code())
         }
     };
+    // One agent: its checkpoint is the partition's state, so an idle turn
+    // may put a `Dormant`-tier partition to sleep (the kernel decides).
+    agent.allow_dormancy(true);
     if let Some(restore) = RestoreInfo::read(page).filter(RestoreInfo::is_restore) {
         let before = arch::bench::cycles();
         let restored = arch::with_checkpoint_image(restore.image_ipa, restore.image_len, |image| {

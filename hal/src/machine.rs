@@ -1,12 +1,18 @@
-//! The real machine as the kernel's [`Arch`].
+//! The real machine as the kernel's [`Arch`] (shared by every CPU, used
+//! under the kernel lock), and each physical CPU as its [`CpuArch`] (used by
+//! that CPU alone).
 
 use rvm_kernel::addr::{PhysAddr, PhysRange};
-use rvm_kernel::arch::{Arch, Stage2Context, TrapInfo, TrapKind};
+use rvm_kernel::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
 use rvm_kernel::vcpu::Vcpu;
 
 use crate::gic::Gic;
 use crate::uart::Pl011;
 use crate::{cpu, timer, vectors};
+
+/// How long console input may pause within a line before a read returns
+/// what it has (operator orders arrive a FIFO at a time).
+const INPUT_GAP_NS: u64 = 2_000_000;
 
 /// The console, shared with the panic and exception paths.
 pub static CONSOLE: spin::Mutex<Option<Pl011>> = spin::Mutex::new(None);
@@ -29,22 +35,18 @@ macro_rules! print {
     }};
 }
 
-/// The machine RVM runs on.
+/// The machine RVM runs on, as every CPU shares it: RAM, the console, the
+/// counter. Its stage-2 TLB maintenance is broadcast to every CPU in the
+/// inner-shareable domain (`tlbi vmalls12e1is`, [`cpu::flush_vmid`]).
 pub struct Machine {
     /// RAM the kernel may read and write through `phys_*` (checked on use).
     ram: heapless::Vec<PhysRange, 4>,
-    gic: Option<Gic>,
-    timer_intid: u32,
     clock: timer::Clock,
-    /// The deadline the hypervisor timer is armed for (0 = disarmed).
-    armed_ns: u64,
-    /// Interrupts seen that were not the hypervisor timer.
-    pub stray_irqs: u64,
 }
 
 impl Machine {
-    pub fn new(ram: heapless::Vec<PhysRange, 4>, gic: Option<Gic>, timer_intid: u32) -> Self {
-        Self { ram, gic, timer_intid, clock: timer::Clock::new(), armed_ns: 0, stray_irqs: 0 }
+    pub fn new(ram: heapless::Vec<PhysRange, 4>) -> Self {
+        Self { ram, clock: timer::Clock::new() }
     }
 
     /// Panic unless `[pa, pa+len)` is RAM: the kernel only ever hands the
@@ -57,9 +59,6 @@ impl Machine {
         pa.raw() as usize
     }
 
-    pub fn has_gic(&self) -> bool {
-        self.gic.is_some()
-    }
 }
 
 impl Arch for Machine {
@@ -69,6 +68,33 @@ impl Arch for Machine {
 
     fn console_write(&mut self, bytes: &[u8]) {
         console_write(bytes);
+    }
+
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        let mut guard = CONSOLE.lock();
+        let Some(uart) = guard.as_mut() else { return 0 };
+        let mut n = 0;
+        let mut last_byte_ns = None;
+        while n < buf.len() {
+            match uart.read_byte() {
+                Some(b) => {
+                    buf[n] = b;
+                    n += 1;
+                    last_byte_ns = Some(self.clock.now_ns());
+                    if b == b'\n' {
+                        break;
+                    }
+                }
+                // A line is arriving: its next bytes are on their way (the
+                // host feeds the FIFO between reads), so wait a moment for
+                // them rather than take one FIFO's worth per poll.
+                None => match last_byte_ns {
+                    Some(t) if self.clock.now_ns().saturating_sub(t) < INPUT_GAP_NS => core::hint::spin_loop(),
+                    _ => break,
+                },
+            }
+        }
+        n
     }
 
     fn phys_read(&self, pa: PhysAddr, buf: &mut [u8]) {
@@ -127,6 +153,62 @@ impl Arch for Machine {
         unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack, preserves_flags)) };
     }
 
+}
+
+/// One physical CPU: its world switch, the EL1/FP state it holds, and its
+/// EL2 physical timer (CNTHP), which ends a guest's slice.
+pub struct Cpu {
+    id: CpuId,
+    /// The GIC delivers this CPU's timer interrupt (otherwise guests are not
+    /// preempted and idling spins).
+    has_gic: bool,
+    timer_intid: u32,
+    clock: timer::Clock,
+    /// The deadline the hypervisor timer is armed for (0 = disarmed).
+    armed_ns: u64,
+    /// Interrupts seen that were not the hypervisor timer.
+    pub stray_irqs: u64,
+    /// Failed tries for the kernel lock.
+    pub lock_waits: u64,
+}
+
+/// Looks at the kernel lock between two naps while this CPU is next in line
+/// (a power of two).
+const LOCK_SPINS_PER_NAP: u64 = 64;
+
+/// How long a CPU naps (timer armed, `wfi`) while it waits for the kernel
+/// lock: always when other CPUs are before it, now and then when it is next.
+/// Under QEMU each CPU is a host thread and `wfe` does not sleep, so a
+/// waiting CPU that only spun would take host time from the holder.
+const LOCK_NAP_NS: u64 = 10_000;
+
+impl Cpu {
+    /// The calling CPU as `id`. Its vectors, EL2 configuration and GIC
+    /// redistributor (with `timer_intid` enabled) must be set up already.
+    pub fn new(id: CpuId, has_gic: bool, timer_intid: u32) -> Self {
+        Self { id, has_gic, timer_intid, clock: timer::Clock::new(), armed_ns: 0, stray_irqs: 0, lock_waits: 0 }
+    }
+
+    /// Acknowledge and end whatever interrupt is pending, then disarm the
+    /// timer.
+    fn take_irq(&mut self) {
+        let intid = Gic::ack();
+        if intid != crate::gic::SPURIOUS {
+            Gic::eoi(intid);
+        }
+        if intid != self.timer_intid && intid != crate::gic::SPURIOUS {
+            self.stray_irqs += 1;
+        }
+        timer::disarm_hyp_timer();
+        self.armed_ns = 0;
+    }
+}
+
+impl CpuArch for Cpu {
+    fn cpu(&self) -> CpuId {
+        self.id
+    }
+
     fn save_vcpu_state(&mut self, vcpu: &mut Vcpu) {
         cpu::save_el1(&mut vcpu.el1);
         cpu::save_fp(&mut vcpu.fp);
@@ -138,7 +220,7 @@ impl Arch for Machine {
             cpu::load_el1(&vcpu.el1);
             cpu::restore_fp(&vcpu.fp);
         }
-        if self.gic.is_some() && self.armed_ns != deadline_ns {
+        if self.has_gic && self.armed_ns != deadline_ns {
             timer::arm_hyp_timer_at(self.clock.ns_to_ticks(deadline_ns));
             crate::sysreg::isb();
             self.armed_ns = deadline_ns;
@@ -146,15 +228,7 @@ impl Arch for Machine {
         let kind = vectors::enter_guest(&mut vcpu.regs);
         match kind {
             vectors::EXIT_IRQ => {
-                let intid = Gic::ack();
-                if intid != crate::gic::SPURIOUS {
-                    Gic::eoi(intid);
-                }
-                if intid != self.timer_intid {
-                    self.stray_irqs += 1;
-                }
-                timer::disarm_hyp_timer();
-                self.armed_ns = 0;
+                self.take_irq();
                 TrapInfo { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 }
             }
             vectors::EXIT_SYNC => TrapInfo {
@@ -165,6 +239,37 @@ impl Arch for Machine {
             },
             // SError or AArch32: report as an unknown exception of the guest.
             other => TrapInfo { kind: TrapKind::Sync, esr: 0x2f << 26 | other, far: 0, hpfar: 0 },
+        }
+    }
+
+    fn idle(&mut self, until_ns: u64) {
+        if !self.has_gic {
+            // No interrupt to wake on: wait by the counter.
+            while self.clock.now_ns() < until_ns {
+                core::hint::spin_loop();
+            }
+            return;
+        }
+        if self.clock.now_ns() >= until_ns {
+            return;
+        }
+        timer::arm_hyp_timer_at(self.clock.ns_to_ticks(until_ns));
+        crate::sysreg::isb();
+        self.armed_ns = until_ns;
+        // SAFETY: `wfi` only waits; IRQs are masked at EL2, so the timer's
+        // interrupt wakes the CPU without being taken, and is acknowledged
+        // below.
+        unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        self.take_irq();
+    }
+
+    fn wait_for_lock(&mut self, ahead: u64) {
+        self.lock_waits = self.lock_waits.wrapping_add(1);
+        if ahead > 1 || self.lock_waits & (LOCK_SPINS_PER_NAP - 1) == 0 {
+            let until = self.clock.now_ns().saturating_add(LOCK_NAP_NS);
+            self.idle(until);
+        } else {
+            core::hint::spin_loop();
         }
     }
 }

@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rvm_abi::bundle::{BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+use rvm_abi::bundle::{
+    AgentChannelDesc, AgentRef, BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc,
+    RecoveryDesc, GLOBAL,
+};
 use rvm_abi::frame::Frame;
 use rvm_abi::WitnessRecord;
 
@@ -57,6 +60,11 @@ pub struct PartitionSpec {
     pub input: Option<Vec<u8>>,
     /// Recovery thresholds (the manifest's recovery map).
     pub recovery: RecoveryDesc,
+    /// Modules of the partition's agents after the first (slots 1, 2, ...):
+    /// a coherence domain of several agents.
+    pub more_agents: Vec<Vec<u8>>,
+    /// The manifest's memory tier (default `Warm`).
+    pub tier: MemoryTier,
 }
 
 impl PartitionSpec {
@@ -70,7 +78,21 @@ impl PartitionSpec {
             authority: None,
             input: None,
             recovery: RecoveryDesc::DEFAULT,
+            more_agents: Vec::new(),
+            tier: MemoryTier::Warm,
         }
+    }
+
+    /// Use this memory tier.
+    pub fn tier(mut self, tier: MemoryTier) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// Add another agent (the next slot) running `module`.
+    pub fn agent(mut self, module: Vec<u8>) -> Self {
+        self.more_agents.push(module);
+        self
     }
     pub fn image(name: &str, elf: Vec<u8>) -> Self {
         Self { guest: Guest::Image(elf), ..Self::wasm(name, Vec::new()) }
@@ -109,11 +131,23 @@ pub struct BundleSpec {
     pub channels: Vec<(u32, u32)>,
     pub run_budget_ms: u32,
     pub slice_us: u32,
+    /// Channels between agents: (partition index, slot) pairs.
+    pub agent_channels: Vec<((u32, u32), (u32, u32))>,
+    /// [`BootConfig::flags`] bits.
+    pub flags: u32,
+    /// The operator's Ed25519 public key (orders from the host).
+    pub operator_key: Option<[u8; 32]>,
 }
 
 impl BundleSpec {
     pub fn new() -> Self {
         Self { run_budget_ms: 0, slice_us: BootConfig::DEFAULT.slice_us, ..Self::default() }
+    }
+
+    /// Bind the operator key whose signed orders the hypervisor accepts.
+    pub fn operator_key(mut self, public: [u8; 32]) -> Self {
+        self.operator_key = Some(public);
+        self
     }
 
     pub fn partition(mut self, p: PartitionSpec) -> Self {
@@ -126,7 +160,19 @@ impl BundleSpec {
         self
     }
 
+    /// Connect agent `a` = (partition index, slot) with agent `b`.
+    pub fn agent_channel(mut self, a: (u32, u32), b: (u32, u32)) -> Self {
+        self.agent_channels.push((a, b));
+        self
+    }
+
     /// Set [`BootConfig::flags`] bits.
+    pub fn flags(mut self, bits: u32) -> Self {
+        self.flags |= bits;
+        self
+    }
+
+    /// Stop the run after `ms` milliseconds ([`BootConfig::run_budget_ms`]).
     pub fn budget_ms(mut self, ms: u32) -> Self {
         self.run_budget_ms = ms;
         self
@@ -142,13 +188,17 @@ impl BundleSpec {
         let config = BootConfig {
             run_budget_ms: self.run_budget_ms,
             slice_us: self.slice_us,
+            flags: self.flags,
             ..BootConfig::DEFAULT
         };
         w.entry(EntryKind::BootConfig, GLOBAL, &config.to_bytes());
+        if let Some(key) = &self.operator_key {
+            w.entry(EntryKind::OperatorKey, GLOBAL, key);
+        }
         for p in &self.partitions {
             let desc = PartitionDesc {
                 name: PartitionDesc::name_field(&p.name).expect("test partition names are safe"),
-                memory_tier: MemoryTier::Warm,
+                memory_tier: p.tier,
                 deadline_urgency: 50,
                 cut_pressure: 30,
                 default_tier: 2,
@@ -159,7 +209,12 @@ impl BundleSpec {
             };
             let i = w.partition(&desc);
             match &p.guest {
-                Guest::Wasm(m) => w.entry(EntryKind::Wasm, i, m),
+                Guest::Wasm(m) => {
+                    w.entry(EntryKind::Wasm, i, m);
+                    for more in &p.more_agents {
+                        w.entry(EntryKind::Wasm, i, more);
+                    }
+                }
                 Guest::Image(elf) => {
                     w.entry(EntryKind::GuestImage, i, elf);
                     if let Some(input) = &p.input {
@@ -176,6 +231,14 @@ impl BundleSpec {
         }
         for (a, b) in &self.channels {
             w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: *a, b: *b, capacity: 16 }.to_bytes());
+        }
+        for ((pa, sa), (pb, sb)) in &self.agent_channels {
+            let c = AgentChannelDesc {
+                a: AgentRef { partition: *pa, slot: *sa },
+                b: AgentRef { partition: *pb, slot: *sb },
+                capacity: 16,
+            };
+            w.entry(EntryKind::AgentChannel, GLOBAL, &c.to_bytes());
         }
         w.finish()
     }
@@ -234,6 +297,23 @@ pub fn boot(bundle: &[u8], opts: &QemuOptions) -> QemuRun {
 /// As [`boot`], handing every chunk of serial output to `on_output` as it
 /// arrives.
 pub fn boot_with(bundle: &[u8], opts: &QemuOptions, mut on_output: impl FnMut(&[u8])) -> QemuRun {
+    boot_driven(bundle, opts, false, |chunk, _| on_output(chunk))
+}
+
+/// As [`boot_with`], with QEMU's standard input (the serial line's receive
+/// side) open: `on_output` may write to it, e.g. an operator's order once
+/// the serial output shows it is due. Standard input is closed when QEMU
+/// is reaped.
+pub fn boot_interactive(bundle: &[u8], opts: &QemuOptions, on_output: impl FnMut(&[u8], &mut dyn std::io::Write)) -> QemuRun {
+    boot_driven(bundle, opts, true, on_output)
+}
+
+fn boot_driven(
+    bundle: &[u8],
+    opts: &QemuOptions,
+    interactive: bool,
+    mut on_output: impl FnMut(&[u8], &mut dyn std::io::Write),
+) -> QemuRun {
     let dir = tempdir();
     let bundle_path = dir.join("bundle.rvm");
     std::fs::write(&bundle_path, bundle).expect("write bundle");
@@ -251,10 +331,15 @@ pub fn boot_with(bundle: &[u8], opts: &QemuOptions, mut on_output: impl FnMut(&[
     if opts.icount {
         cmd.args(["-icount", "shift=0"]);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let stdin = if interactive { Stdio::piped() } else { Stdio::null() };
+    cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = Reaper(cmd.spawn().expect("start qemu-system-aarch64 (apt-get install qemu-system-arm)"));
     let mut stdout = child.0.stdout.take().expect("stdout");
+    let mut input: Box<dyn std::io::Write> = match child.0.stdin.take() {
+        Some(pipe) => Box::new(pipe),
+        None => Box::new(std::io::sink()),
+    };
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -274,7 +359,8 @@ pub fn boot_with(bundle: &[u8], opts: &QemuOptions, mut on_output: impl FnMut(&[
     let mut timed_out = false;
     loop {
         while let Ok(chunk) = rx.try_recv() {
-            on_output(&chunk);
+            on_output(&chunk, &mut *input);
+            let _ = input.flush();
             serial.extend_from_slice(&chunk);
         }
         if let Ok(Some(status)) = child.0.try_wait() {
@@ -288,10 +374,11 @@ pub fn boot_with(bundle: &[u8], opts: &QemuOptions, mut on_output: impl FnMut(&[
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = start.elapsed();
+    drop(input);
     drop(child);
     let _ = reader.join();
     while let Ok(chunk) = rx.try_recv() {
-        on_output(&chunk);
+        on_output(&chunk, &mut std::io::sink());
         serial.extend_from_slice(&chunk);
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -441,7 +441,7 @@ fn the_hypervisor_survives_a_hypercall_fuzzer() {
     for p in ["peer", "agent-a", "agent-b"] {
         run.assert(run.contains(&format!("'{p}' exited: code 0x0")), &format!("{p} finished"));
     }
-    // The fuzzer's chain is whole, every call but `Null` and `Yield` is in
+    // The fuzzer's chain is whole, every call but `Null`, `Yield` and `Idle(0)` is in
     // it (PSCI calls as `Psci` events), and its head is signed.
     let records = check_chain(&run, 1);
     let psci = rvm_abi::witness::KernelEvent::Psci as u16;

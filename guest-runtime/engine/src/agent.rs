@@ -41,6 +41,8 @@ pub struct Agent<H: HostCalls + 'static> {
     wasm_pages: u32,
     /// Turns completed (carried over by a restore).
     turns: u64,
+    /// Whether an idle turn may put the partition to sleep ([`Agent::allow_dormancy`]).
+    dormancy: bool,
 }
 
 /// How one call into the agent ended.
@@ -98,6 +100,7 @@ impl<H: HostCalls + 'static> Agent<H> {
             host_calls: 0,
             checkpoint_mode,
             checkpoint_requested: false,
+            inbox: glue::InboxSignal::default(),
         };
         let mut store = Store::new(&engine, ctx);
         store.limiter(|ctx| &mut ctx.limits);
@@ -134,6 +137,7 @@ impl<H: HostCalls + 'static> Agent<H> {
             fuel: config.fuel,
             wasm_pages: config.wasm_pages,
             turns: 0,
+            dormancy: false,
         })
     }
 
@@ -216,6 +220,33 @@ impl<H: HostCalls + 'static> Agent<H> {
     /// or (with fuel) the host refuses a yield. A turn agent that asked for
     /// a checkpoint during a turn is checkpointed when that turn ends.
     pub fn run(&mut self) -> RunReport {
+        match self.drive(None) {
+            Some(report) => report,
+            // Without a turn limit the drive only returns when the agent ends.
+            None => RunReport {
+                outcome: RunOutcome::Trapped(Trap::Other(
+                    "turn loop paused without a limit".to_string(),
+                )),
+                slices: 0,
+                host_calls: 0,
+                turns: 0,
+                checkpoints: 0,
+                checkpoints_refused: 0,
+            },
+        }
+    }
+
+    /// Run at most `max_turns` turns (at least one), then pause: `None`
+    /// while the agent has more turns to run, its report once it has ended
+    /// (finished, exited, trapped or stopped). A `run`-entry agent runs to
+    /// its end in one call. A runtime with several agents drives each this
+    /// way, one after the other, at turn boundaries.
+    pub fn run_turns(&mut self, max_turns: u64) -> Option<RunReport> {
+        self.drive(Some(max_turns.max(1)))
+    }
+
+    /// [`Agent::run`] with an optional limit on the turns run before pausing.
+    fn drive(&mut self, limit: Option<u64>) -> Option<RunReport> {
         let calls_before = self.store.data().host_calls;
         let turns_before = self.turns;
         let mut slices = u64::from(matches!(self.fuel, FuelPolicy::PerSlice(_)));
@@ -252,16 +283,46 @@ impl<H: HostCalls + 'static> Agent<H> {
                     if result == turn::DONE {
                         break 'run RunOutcome::Finished { code: 0 };
                     }
+                    if core::mem::take(&mut self.store.data_mut().inbox).idle() && self.dormancy {
+                        checkpoints += self.idle_boundary();
+                    }
+                    if limit.is_some_and(|l| self.turns - turns_before >= l) {
+                        return None;
+                    }
                 },
             }
         };
-        RunReport {
+        Some(RunReport {
             outcome,
             slices,
             host_calls: self.store.data().host_calls - calls_before,
             turns: self.turns - turns_before,
             checkpoints,
             checkpoints_refused: refused,
+        })
+    }
+
+    /// Let an idle turn put the partition to sleep (the `Dormant` memory
+    /// tier): only for a runtime whose partition runs this one agent — the
+    /// agent's checkpoint is then the partition's whole state.
+    pub fn allow_dormancy(&mut self, allow: bool) {
+        self.dormancy = allow;
+    }
+
+    /// After a turn that found the inbox empty and received nothing: if the
+    /// host says the partition may sleep, checkpoint and tell it so. On a
+    /// real machine the second `idle` returns only if a message arrived in
+    /// between; the turns go on either way. Returns the checkpoints taken.
+    fn idle_boundary(&mut self) -> u64 {
+        if !matches!(self.store.data_mut().host.idle(0), Ok(true)) {
+            return 0;
+        }
+        match self.checkpoint() {
+            Ok(receipt) => {
+                let _ = self.store.data_mut().host.idle(receipt.id);
+                1
+            }
+            Err(_) => 0,
         }
     }
 

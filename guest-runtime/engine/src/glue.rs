@@ -37,6 +37,33 @@ pub(crate) struct Ctx<H> {
     pub(crate) checkpoint_mode: CheckpointMode,
     /// A turn agent asked for a checkpoint during the current turn.
     pub(crate) checkpoint_requested: bool,
+    /// What the agent's receives met during the current turn.
+    pub(crate) inbox: InboxSignal,
+}
+
+/// What an agent's `channel_recv` calls met during one turn: the signal
+/// of an idle turn (the `Dormant` tier sleeps after one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InboxSignal {
+    /// A receive found its channel empty (`WouldBlock`).
+    pub(crate) found_empty: bool,
+    /// A receive delivered a message.
+    pub(crate) received: bool,
+}
+
+impl InboxSignal {
+    fn note<T>(&mut self, result: &Result<T, HvError>) {
+        match result {
+            Ok(_) => self.received = true,
+            Err(HvError::WouldBlock) => self.found_empty = true,
+            Err(_) => {}
+        }
+    }
+
+    /// The turn found the inbox empty and received nothing.
+    pub(crate) fn idle(self) -> bool {
+        self.found_empty && !self.received
+    }
 }
 
 type C<'a, H> = Caller<'a, Ctx<H>>;
@@ -218,10 +245,12 @@ pub(crate) fn define<H: HostCalls + 'static>(
                     m,
                     name,
                     |mut c: C<'_, H>, h: i64, ptr: i32, cap: i32| -> i32 {
-                        length(with_memory(&mut c, |mem, host| {
+                        let got = with_memory(&mut c, |mem, host| {
                             let r = range(mem.len(), ptr, cap)?;
                             host.channel_recv(handle(h)?, &mut mem[r])
-                        }))
+                        });
+                        c.data_mut().inbox.note(&got);
+                        length(got)
                     },
                 )?;
             }
@@ -427,5 +456,17 @@ mod tests {
         );
         assert_eq!(value(Ok(5)), 5);
         assert_eq!(handle(-1), Err(HvError::BadHandle));
+    }
+
+    #[test]
+    fn a_turn_is_idle_when_a_receive_found_nothing_and_none_delivered() {
+        let mut s = InboxSignal::default();
+        assert!(!s.idle(), "a turn that never received is not idle");
+        s.note::<usize>(&Err(HvError::WouldBlock));
+        assert!(s.idle());
+        s.note::<usize>(&Err(HvError::BadHandle));
+        assert!(s.idle(), "other errors say nothing about the inbox");
+        s.note(&Ok(3usize));
+        assert!(!s.idle(), "a message was received this turn");
     }
 }

@@ -70,6 +70,16 @@ pub trait HostCalls {
     /// of one image — `header` (the [`checkpoint`](crate::checkpoint) header
     /// and globals) followed by `memory` (the linear memory, in place).
     fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError>;
+    /// `Idle` (the `Dormant` memory tier), at a turn boundary after a turn
+    /// that found the inbox empty and received nothing. `checkpoint_id` 0
+    /// asks whether the partition may sleep now (`Ok(true)`); then the
+    /// engine checkpoints and calls again with that checkpoint's id, which
+    /// does not return on a real machine unless a message arrived meanwhile
+    /// (`Ok(false)`). A host without a dormant tier keeps the default.
+    fn idle(&mut self, checkpoint_id: u64) -> Result<bool, HvError> {
+        let _ = checkpoint_id;
+        Ok(false)
+    }
 }
 
 /// What the hypervisor answers a checkpoint with.

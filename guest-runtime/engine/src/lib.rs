@@ -3,8 +3,9 @@
 //!
 //! Every effect outside the module goes through [`HostCalls`], one method per
 //! hypercall. The EL1 guest runtime implements it with `hvc`; host tests
-//! implement it with an in-memory fake, and the replayer will implement it from
-//! a partition's journal — the engine itself is the same in all three.
+//! implement it with an in-memory fake, and the host replayer
+//! (`rvm-loader witness replay`) implements it from a partition's input
+//! journal — the engine itself is the same in all three.
 //!
 //! # The agent contract
 //!

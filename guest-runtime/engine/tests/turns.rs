@@ -235,6 +235,31 @@ fn a_checkpoint_asked_for_mid_turn_is_taken_when_the_turn_ends() {
 }
 
 #[test]
+fn run_turns_pauses_at_turn_boundaries_and_reports_only_the_end() {
+    // Several agents share a runtime by being driven a few turns at a time.
+    let mut agent = load(&counter(true));
+    assert_eq!(agent.run_turns(1), None);
+    assert_eq!(agent.turns(), 1);
+    assert_eq!(agent.run_turns(1), None);
+    assert_eq!(agent.turns(), 2);
+    let report = agent.run_turns(5).expect("the third turn is its last");
+    assert_eq!(
+        (report.outcome, report.turns),
+        (RunOutcome::Finished { code: 0 }, 1)
+    );
+    assert_eq!(agent.turns(), 3);
+    // A `run` entry ends in one call whatever the limit.
+    let mut m = Module::new();
+    let f = m.func(&[], &[], &[]);
+    m.memory(1).export("run", f);
+    let mut once = load(&m.encode());
+    assert_eq!(
+        once.run_turns(1).map(|r| r.outcome),
+        Some(RunOutcome::Finished { code: 0 })
+    );
+}
+
+#[test]
 fn an_agent_with_a_hidden_mutable_global_cannot_checkpoint() {
     let mut agent = load(&counter(false));
     let report = agent.run();

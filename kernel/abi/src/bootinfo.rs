@@ -17,7 +17,7 @@
 //! | 52 | 4 | restart count (0 on first start; each restart — F1, F2, unfence — adds one) |
 //! | 56 | 8 | fuel per slice (0 = none) |
 //! | 64 | 32 | partition name, NUL-padded |
-//! | 96 | 16 × n | handles: raw handle u64, object kind u8, rights u8, 6 reserved |
+//! | 96 | 16 × n | handles: raw handle u64, object kind u8, rights u8, agent u8 ([`HandleInfo::agent`]), 5 reserved |
 //! | 4064 | 32 | [`RestoreInfo`]: the checkpoint to resume from, if any |
 
 pub const MAGIC: u64 = 0x3146_4e49_4d56_52; // "RVMINF1" little-endian
@@ -36,6 +36,10 @@ pub struct HandleInfo {
     pub raw: u64,
     pub kind: u8,
     pub rights: u8,
+    /// Which agent of the partition the handle is for: 0 = every agent (a
+    /// single-agent partition's handles, the partition's state store),
+    /// `s + 1` = only the agent in slot `s` (its channels).
+    pub agent: u8,
 }
 
 /// The boot-info page, decoded.
@@ -105,6 +109,7 @@ impl BootInfo {
         page[o..o + 8].copy_from_slice(&h.raw.to_le_bytes());
         page[o + 8] = h.kind;
         page[o + 9] = h.rights;
+        page[o + 10] = h.agent;
         true
     }
 
@@ -113,7 +118,7 @@ impl BootInfo {
             return None;
         }
         let o = HANDLES_OFFSET + n * HANDLE_ENTRY_LEN;
-        Some(HandleInfo { raw: u64_at(page, o), kind: page[o + 8], rights: page[o + 9] })
+        Some(HandleInfo { raw: u64_at(page, o), kind: page[o + 8], rights: page[o + 9], agent: page[o + 10] })
     }
 
     pub fn name(&self) -> &str {
@@ -133,7 +138,7 @@ impl BootInfo {
 /// | 8 | 8 | its length in bytes (0 = nothing to restore) |
 /// | 16 | 8 | the checkpoint's id (the `x1` its `Checkpoint` call returned) |
 /// | 24 | 4 | rollbacks so far (F2 restores and unfences) |
-/// | 28 | 4 | reserved, 0 |
+/// | 28 | 4 | agents in the [`AgentTable`] (0 = one agent: the module above); not part of this struct, see [`agent_count`] |
 ///
 /// The image is the agent engine's checkpoint format exactly as the runtime
 /// handed it over; the committed state store is restored by the hypervisor.
@@ -176,6 +181,90 @@ impl RestoreInfo {
     }
 }
 
+/// Offset in the boot-info page of the agent count (see [`agent_count`]).
+pub const AGENT_COUNT_OFFSET: usize = RESTORE_OFFSET + 28;
+
+/// How many agents the partition's [`AgentTable`] lists: 0 for a
+/// single-agent partition (no table is mapped; the boot-info page's module
+/// is the agent).
+pub fn agent_count(page: &[u8]) -> u32 {
+    page.get(AGENT_COUNT_OFFSET..AGENT_COUNT_OFFSET + 4).map_or(0, |b| u32_at(b, 0))
+}
+
+/// Write the agent count (after [`RestoreInfo::write`], which clears it).
+pub fn write_agent_count(page: &mut [u8], count: u32) {
+    page[AGENT_COUNT_OFFSET..AGENT_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+}
+
+/// The agent table of a partition with several agents: one read-only page at
+/// [`layout::AGENTS_IPA`], mapped only when the boot-info page's
+/// [`agent_count`] is not 0.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 8 | magic [`AgentTable::MAGIC`] |
+/// | 8 | 4 | number of agents |
+/// | 12 | 4 | reserved, 0 |
+/// | 16 + 32 × s | 32 | slot `s`: module IPA u64, module length u64, kernel agent id u32, 12 reserved |
+///
+/// Modules lie one after the other (page-aligned) in the WASM window; slot 0
+/// is also the boot-info page's module.
+pub struct AgentTable;
+
+/// One agent as the [`AgentTable`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentEntry {
+    pub module_ipa: u64,
+    pub module_len: u64,
+    /// The kernel-wide agent id (as `rvm-loader status` and the witness
+    /// log name it).
+    pub agent_id: u32,
+}
+
+impl AgentTable {
+    pub const MAGIC: u64 = 0x0031_5447_414d_5652; // "RVMAGT1" little-endian
+    pub const HEADER_LEN: usize = 16;
+    pub const ENTRY_LEN: usize = 32;
+    /// Most entries the page holds.
+    pub const MAX: usize = (4096 - Self::HEADER_LEN) / Self::ENTRY_LEN;
+
+    /// Write the table into `page` (at most [`AgentTable::MAX`] entries).
+    pub fn write(page: &mut [u8], agents: &[AgentEntry]) {
+        let n = agents.len().min(Self::MAX);
+        page[0..8].copy_from_slice(&Self::MAGIC.to_le_bytes());
+        page[8..12].copy_from_slice(&u32::try_from(n).unwrap_or(0).to_le_bytes());
+        page[12..16].copy_from_slice(&[0; 4]);
+        for (s, a) in agents.iter().take(n).enumerate() {
+            let o = Self::HEADER_LEN + s * Self::ENTRY_LEN;
+            page[o..o + 8].copy_from_slice(&a.module_ipa.to_le_bytes());
+            page[o + 8..o + 16].copy_from_slice(&a.module_len.to_le_bytes());
+            page[o + 16..o + 20].copy_from_slice(&a.agent_id.to_le_bytes());
+            page[o + 20..o + 32].copy_from_slice(&[0; 12]);
+        }
+    }
+
+    /// Agent `slot` from a table page (`None`: bad magic or no such slot).
+    pub fn read(page: &[u8], slot: usize) -> Option<AgentEntry> {
+        if page.len() < Self::HEADER_LEN || u64_at(page, 0) != Self::MAGIC {
+            return None;
+        }
+        let n = usize::try_from(u32_at(page, 8)).ok()?;
+        if slot >= n.min(Self::MAX) {
+            return None;
+        }
+        let o = Self::HEADER_LEN + slot * Self::ENTRY_LEN;
+        Some(AgentEntry { module_ipa: u64_at(page, o), module_len: u64_at(page, o + 8), agent_id: u32_at(page, o + 16) })
+    }
+
+    /// How many agents the table lists (0 for a bad magic).
+    pub fn count(page: &[u8]) -> usize {
+        if page.len() < Self::HEADER_LEN || u64_at(page, 0) != Self::MAGIC {
+            return 0;
+        }
+        usize::try_from(u32_at(page, 8)).map_or(0, |n| n.min(Self::MAX))
+    }
+}
+
 /// The guest-physical address map every partition sees.
 ///
 /// ```text
@@ -184,7 +273,11 @@ impl RestoreInfo {
 ///                              (the shared runtime: text read-only+exec, one
 ///                              physical copy; data/bss private, read-write)
 /// 0x8000_0000                  the boot-info page (read-only)
-/// 0x8000_1000 .. +16 MiB       the agent's WASM module (read-only)
+/// 0x8000_1000 .. +16 MiB       the agent's WASM module (read-only); with
+///                              several agents, their modules one after
+///                              the other, page-aligned
+/// 0x8100_1000                  the agent table (read-only), only in a
+///                              partition with several agents
 /// 0x9000_0000 .. +heap_len     the runtime's heap (read-write); must end
 ///                              at or below 0xC000_0000
 /// 0xC000_0000 .. 0x1_0000_0000 a checkpoint being restored (read-only,
@@ -198,6 +291,8 @@ pub mod layout {
     pub const BOOTINFO_IPA: u64 = 0x8000_0000;
     pub const WASM_IPA: u64 = 0x8000_1000;
     pub const WASM_MAX_LEN: u64 = 16 << 20;
+    /// The [`AgentTable`](super::AgentTable) page, right after the WASM window.
+    pub const AGENTS_IPA: u64 = WASM_IPA + WASM_MAX_LEN;
     pub const HEAP_IPA: u64 = 0x9000_0000;
     /// Heap the runtime gets beyond the agent's WASM memory budget.
     pub const RUNTIME_HEAP_OVERHEAD: u64 = 2 << 20;
@@ -273,10 +368,32 @@ mod tests {
         assert!(info.is_restore() && !RestoreInfo::NONE.is_restore());
         // The last handle entry ends where the block starts.
         assert!(HANDLES_OFFSET + MAX_HANDLES * HANDLE_ENTRY_LEN <= RESTORE_OFFSET);
-        let last = HandleInfo { raw: u64::MAX, kind: 0xff, rights: 0xff };
+        let last = HandleInfo { raw: u64::MAX, kind: 0xff, rights: 0xff, agent: 3 };
         assert!(BootInfo::write_handle(&mut page, MAX_HANDLES - 1, last));
         assert_eq!(RestoreInfo::read(&page), Some(info));
         assert!(!BootInfo::write_handle(&mut page, MAX_HANDLES, last));
+    }
+
+    #[test]
+    fn agent_table_and_count_round_trip_beside_the_restore_block() {
+        let mut page = [0u8; 4096];
+        let info = RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: 9, checkpoint_id: 1, rollbacks: 0 };
+        info.write(&mut page);
+        assert_eq!(agent_count(&page), 0);
+        write_agent_count(&mut page, 3);
+        assert_eq!(agent_count(&page), 3);
+        assert_eq!(RestoreInfo::read(&page), Some(info));
+        let agents = [
+            AgentEntry { module_ipa: layout::WASM_IPA, module_len: 100, agent_id: 4 },
+            AgentEntry { module_ipa: layout::WASM_IPA + 0x1000, module_len: 5000, agent_id: 5 },
+        ];
+        let mut table = [0u8; 4096];
+        AgentTable::write(&mut table, &agents);
+        assert_eq!(AgentTable::count(&table), 2);
+        assert_eq!(AgentTable::read(&table, 1), Some(agents[1]));
+        assert_eq!(AgentTable::read(&table, 2), None);
+        assert_eq!(AgentTable::read(&[0u8; 64], 0), None);
+        assert!(layout::AGENTS_IPA < layout::HEAP_IPA);
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub enum EntryKind {
     GuestRuntime = 1,
     /// A [`PartitionDesc`] (owner = its own index).
     Partition = 2,
-    /// An agent's WebAssembly module (owner = its partition).
+    /// An agent's WebAssembly module (owner = its partition). A partition
+    /// may carry several: each is one agent of the partition's coherence
+    /// domain, its *slot* the module's position among the partition's
+    /// `Wasm` entries in bundle order (slot 0 first). At most
+    /// [`MAX_AGENTS_PER_PARTITION`].
     Wasm = 3,
     /// A [`CapDesc`] installed into the owner's capability table.
     Capability = 4,
@@ -47,6 +51,12 @@ pub enum EntryKind {
     GuestImage = 8,
     /// A [`BootConfig`] (global, at most one).
     BootConfig = 9,
+    /// The Ed25519 public key (32 bytes) whose signature an operator's order
+    /// (`@O` line, [`crate::frame::OrderFrame`]) must carry (global, at most
+    /// one; without it the hypervisor refuses every order).
+    OperatorKey = 10,
+    /// An [`AgentChannelDesc`] connecting two agents (global).
+    AgentChannel = 11,
 }
 
 impl EntryKind {
@@ -61,6 +71,8 @@ impl EntryKind {
             7 => EntryKind::WitnessKeySeed,
             8 => EntryKind::GuestImage,
             9 => EntryKind::BootConfig,
+            10 => EntryKind::OperatorKey,
+            11 => EntryKind::AgentChannel,
             _ => return None,
         })
     }
@@ -388,10 +400,59 @@ impl ChannelDesc {
     }
 }
 
+/// Most agents (WASM modules) one partition carries.
+pub const MAX_AGENTS_PER_PARTITION: usize = 16;
+
+/// One agent: its partition (bundle index) and its slot there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentRef {
+    pub partition: u32,
+    pub slot: u32,
+}
+
+/// A channel between two agents (20 bytes): `a.partition` u32, `a.slot`
+/// u32, `b.partition` u32, `b.slot` u32, capacity in messages u32. The two
+/// agents may share a partition (not the same slot). Each end's partition
+/// gets a channel capability with READ and WRITE listed for that agent
+/// (see [`HandleInfo::agent`](crate::bootinfo::HandleInfo::agent)); only
+/// that agent may use the channel. A [`ChannelDesc`] is the same as an
+/// agent channel between the slot-0 agents of its two partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentChannelDesc {
+    pub a: AgentRef,
+    pub b: AgentRef,
+    pub capacity: u32,
+}
+
+pub const AGENT_CHANNEL_DESC_LEN: usize = 20;
+
+impl AgentChannelDesc {
+    pub fn to_bytes(&self) -> [u8; AGENT_CHANNEL_DESC_LEN] {
+        let mut out = [0u8; AGENT_CHANNEL_DESC_LEN];
+        out[0..4].copy_from_slice(&self.a.partition.to_le_bytes());
+        out[4..8].copy_from_slice(&self.a.slot.to_le_bytes());
+        out[8..12].copy_from_slice(&self.b.partition.to_le_bytes());
+        out[12..16].copy_from_slice(&self.b.slot.to_le_bytes());
+        out[16..20].copy_from_slice(&self.capacity.to_le_bytes());
+        out
+    }
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != AGENT_CHANNEL_DESC_LEN {
+            return None;
+        }
+        Some(Self {
+            a: AgentRef { partition: u32_at(b, 0), slot: u32_at(b, 4) },
+            b: AgentRef { partition: u32_at(b, 8), slot: u32_at(b, 12) },
+            capacity: u32_at(b, 16),
+        })
+    }
+}
+
 /// How the hypervisor runs this bundle (16 bytes): run budget ms u32 (0 =
 /// until every partition has finished), time slice µs u32, signed checkpoint
 /// every N records u32 (0 = only at P3 operations and shutdown), flags u32
-/// (reserved, 0).
+/// (bit 0: [`BOOT_FLAG_JOURNAL`](crate::journal::BOOT_FLAG_JOURNAL), the
+/// input journal; bit 1: [`BOOT_FLAG_COHERENCE`]; other bits reserved, 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootConfig {
     pub run_budget_ms: u32,
@@ -401,6 +462,11 @@ pub struct BootConfig {
 }
 
 pub const BOOT_CONFIG_LEN: usize = 16;
+
+/// [`BootConfig::flags`] bit: run the coherence engine — evaluate the
+/// communication graph once per epoch and witness its split and merge
+/// decisions (`SplitDecided`, `MergeDecided`). Traffic is recorded either way.
+pub const BOOT_FLAG_COHERENCE: u32 = 1 << 1;
 
 impl BootConfig {
     pub const DEFAULT: BootConfig =
@@ -478,8 +544,11 @@ impl<'a> Bundle<'a> {
             let size_ok = match e.kind {
                 EntryKind::Partition => e.data.len() == PARTITION_DESC_LEN,
                 EntryKind::Capability => e.data.len() == CAP_DESC_LEN,
-                EntryKind::AuthorityKey | EntryKind::WitnessKeySeed => e.data.len() == 32,
+                EntryKind::AuthorityKey | EntryKind::WitnessKeySeed | EntryKind::OperatorKey => {
+                    e.data.len() == 32
+                }
                 EntryKind::Channel => e.data.len() == CHANNEL_DESC_LEN,
+                EntryKind::AgentChannel => e.data.len() == AGENT_CHANNEL_DESC_LEN,
                 EntryKind::BootConfig => e.data.len() == BOOT_CONFIG_LEN,
                 EntryKind::GuestRuntime | EntryKind::Wasm | EntryKind::GuestImage => {
                     !e.data.is_empty()
@@ -505,8 +574,10 @@ impl<'a> Bundle<'a> {
                 e.kind,
                 EntryKind::GuestRuntime
                     | EntryKind::Channel
+                    | EntryKind::AgentChannel
                     | EntryKind::WitnessKeySeed
                     | EntryKind::BootConfig
+                    | EntryKind::OperatorKey
             );
             if global != (e.owner == GLOBAL) || (!global && e.owner >= partitions) {
                 return Err(BundleError::EntryOwner(n));
@@ -669,6 +740,30 @@ mod tests {
         bad[off as usize] = b'/';
         assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::PartitionName(0));
         assert_eq!(Bundle::parse(&good[..20]).unwrap_err(), BundleError::TooShort);
+    }
+
+    #[test]
+    fn agent_channels_round_trip_and_are_global() {
+        let c = AgentChannelDesc {
+            a: AgentRef { partition: 0, slot: 1 },
+            b: AgentRef { partition: 0, slot: 2 },
+            capacity: 16,
+        };
+        assert_eq!(AgentChannelDesc::from_bytes(&c.to_bytes()), Some(c));
+        let mut w = BundleWriter::new();
+        let p = w.partition(&desc("domain"));
+        w.entry(EntryKind::Wasm, p, b"\0asm\x01\0\0\0");
+        w.entry(EntryKind::Wasm, p, b"\0asm\x01\0\0\0");
+        w.entry(EntryKind::AgentChannel, GLOBAL, &c.to_bytes());
+        let bytes = w.finish();
+        let parsed = Bundle::parse(&bytes).unwrap();
+        assert_eq!(parsed.owned(EntryKind::Wasm, p).count(), 2);
+        assert_eq!(parsed.global(EntryKind::AgentChannel).map(|e| e.data.len()), Some(AGENT_CHANNEL_DESC_LEN));
+        // Owned by a partition instead of global: refused.
+        let mut w = BundleWriter::new();
+        let p = w.partition(&desc("domain"));
+        w.entry(EntryKind::AgentChannel, p, &c.to_bytes());
+        assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), BundleError::EntryOwner(1));
     }
 
     #[test]

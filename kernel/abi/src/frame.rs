@@ -14,6 +14,11 @@
 //!
 //! `<log>` is the decimal partition id (0 = the hypervisor's own log).
 //! Frames always start at the beginning of a line and end with `\n`.
+//!
+//! One frame travels the other way, from the host into the UART's receive
+//! side: an operator's signed order,
+//! `@O <nonce> <order> <partition name> <128 hex digits of signature>`
+//! ([`OrderFrame`]).
 
 use crate::hex;
 use crate::witness::RECORD_LEN;
@@ -148,8 +153,159 @@ impl Frame {
     }
 }
 
+/// What an operator may order from the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OrderKind {
+    /// Clear a partition's fence (F3): it resumes from its last checkpoint.
+    Unfence = 1,
+    /// Evict a partition (F4).
+    Evict = 2,
+}
+
+impl OrderKind {
+    pub const ALL: [OrderKind; 2] = [OrderKind::Unfence, OrderKind::Evict];
+
+    /// The word on the `@O` line and on the loader's command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OrderKind::Unfence => "unfence",
+            OrderKind::Evict => "evict",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+}
+
+/// Domain-separation prefix of a signed order.
+pub const ORDER_TAG: [u8; 16] = *b"RVM-OPERATOR-ORD";
+/// Length of the message an order's signature covers.
+pub const ORDER_MESSAGE_LEN: usize = 96;
+/// Longest `@O` line, without its newline.
+pub const MAX_ORDER_LINE: usize = 3 + 20 + 1 + 7 + 1 + 32 + 1 + 128;
+
+/// An operator's order as it arrives on the UART's receive side:
+/// `@O <nonce> <order> <partition name> <signature>`, where `nonce` is a
+/// decimal `u64` that must exceed every nonce the hypervisor accepted since
+/// it booted, and `signature` the Ed25519 signature, by the operator key the
+/// bundle binds ([`EntryKind::OperatorKey`](crate::bundle::EntryKind::OperatorKey)),
+/// over [`OrderFrame::message`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderFrame {
+    pub kind: OrderKind,
+    pub nonce: u64,
+    /// The target's name, NUL-padded (a safe identifier).
+    pub partition: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+impl OrderFrame {
+    /// The signed message (96 bytes, little-endian):
+    ///
+    /// | offset | size | field |
+    /// |---|---|---|
+    /// | 0 | 16 | [`ORDER_TAG`] |
+    /// | 16 | 1 | order ([`OrderKind`] code) |
+    /// | 17 | 7 | reserved, 0 |
+    /// | 24 | 8 | nonce |
+    /// | 32 | 32 | partition name, NUL-padded |
+    /// | 64 | 32 | SHA-256 of the bundle the hypervisor booted (an order is good for one deployment only) |
+    pub fn message(kind: OrderKind, nonce: u64, partition: &[u8; 32], bundle_digest: &[u8; 32]) -> [u8; ORDER_MESSAGE_LEN] {
+        let mut m = [0u8; ORDER_MESSAGE_LEN];
+        m[0..16].copy_from_slice(&ORDER_TAG);
+        m[16] = kind as u8;
+        m[24..32].copy_from_slice(&nonce.to_le_bytes());
+        m[32..64].copy_from_slice(partition);
+        m[64..96].copy_from_slice(bundle_digest);
+        m
+    }
+
+    /// The partition name as text.
+    pub fn partition_name(&self) -> &str {
+        let end = self.partition.iter().position(|&b| b == 0).unwrap_or(32);
+        core::str::from_utf8(&self.partition[..end]).unwrap_or("?")
+    }
+
+    /// Encode as one line ending in `\n`.
+    pub fn encode(&self) -> FrameLine {
+        let mut l = FrameLine::new();
+        l.push(b"@O ");
+        l.push_dec(self.nonce);
+        l.push(b" ");
+        l.push(self.kind.name().as_bytes());
+        l.push(b" ");
+        l.push(self.partition_name().as_bytes());
+        l.push(b" ");
+        l.push_hex(&self.signature);
+        l.push(b"\n");
+        l
+    }
+
+    /// Decode one `@O` line (with or without its `\n`/`\r\n`). `None` for
+    /// anything else or a damaged line: an unknown order, a name that is not
+    /// a safe identifier, a nonce of 0, a signature of the wrong length.
+    pub fn parse(line: &str) -> Option<OrderFrame> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.len() > MAX_ORDER_LINE {
+            return None;
+        }
+        let mut parts = line.split(' ');
+        if parts.next()? != "@O" {
+            return None;
+        }
+        let nonce: u64 = parts.next()?.parse().ok().filter(|&n| n != 0)?;
+        let kind = OrderKind::from_name(parts.next()?)?;
+        let name = parts.next()?;
+        crate::ident::check(name).ok()?;
+        let mut partition = [0u8; 32];
+        partition.get_mut(..name.len())?.copy_from_slice(name.as_bytes());
+        let mut signature = [0u8; 64];
+        hex::decode(parts.next()?.as_bytes(), &mut signature)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(OrderFrame { kind, nonce, partition, signature })
+    }
+
+    /// Whether a line is meant as an order (damaged or not).
+    pub fn is_order_line(line: &str) -> bool {
+        line.starts_with("@O ")
+    }
+}
+
+/// The `args` of an `OperatorOrder` or `OrderRefused` record (16 bytes):
+/// order code u8, 7 reserved bytes, nonce u64 LE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderArgs {
+    /// [`OrderKind`] code (0 when the line named no known order).
+    pub order: u8,
+    pub nonce: u64,
+}
+
+impl OrderArgs {
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0] = self.order;
+        b[8..16].copy_from_slice(&self.nonce.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 16]) -> Self {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&b[8..16]);
+        Self { order: b[0], nonce: u64::from_le_bytes(n) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     #[test]
@@ -185,6 +341,36 @@ mod tests {
         old[..7].copy_from_slice(b"@C 0 1 ");
         old[7 + 64] = b' ';
         assert_eq!(Frame::parse(core::str::from_utf8(&old).unwrap()), None);
+    }
+
+    #[test]
+    fn orders_round_trip_and_damage_is_refused() {
+        let mut partition = [0u8; 32];
+        partition[..7].copy_from_slice(b"agent-a");
+        for kind in OrderKind::ALL {
+            let o = OrderFrame { kind, nonce: u64::MAX, partition, signature: [0xab; 64] };
+            let line = o.encode();
+            let text = core::str::from_utf8(line.as_bytes()).unwrap();
+            assert!(text.starts_with("@O ") && text.ends_with('\n'));
+            assert_eq!(OrderFrame::parse(text), Some(o));
+        }
+        let sig = "ab".repeat(64);
+        assert!(OrderFrame::parse(&alloc_free_line("@O 1 unfence agent-a ", &sig)).is_some());
+        assert_eq!(OrderFrame::parse(&alloc_free_line("@O 0 unfence agent-a ", &sig)), None, "nonce 0");
+        assert_eq!(OrderFrame::parse(&alloc_free_line("@O 1 reboot agent-a ", &sig)), None, "unknown order");
+        assert_eq!(OrderFrame::parse(&alloc_free_line("@O 1 evict ../x ", &sig)), None, "unsafe name");
+        assert_eq!(OrderFrame::parse(&alloc_free_line("@O 1 evict agent-a ", &sig[2..])), None, "short signature");
+        assert_eq!(OrderFrame::parse("@W 1 00"), None);
+        // The message binds every field.
+        let m = OrderFrame::message(OrderKind::Evict, 7, &partition, &[9; 32]);
+        assert_ne!(m, OrderFrame::message(OrderKind::Unfence, 7, &partition, &[9; 32]));
+        assert_ne!(m, OrderFrame::message(OrderKind::Evict, 8, &partition, &[9; 32]));
+        assert_ne!(m, OrderFrame::message(OrderKind::Evict, 7, &partition, &[8; 32]));
+        assert_eq!(OrderArgs::from_bytes(&OrderArgs { order: 2, nonce: 5 }.to_bytes()), OrderArgs { order: 2, nonce: 5 });
+    }
+
+    fn alloc_free_line(prefix: &str, rest: &str) -> std::string::String {
+        std::format!("{prefix}{rest}")
     }
 
     #[test]

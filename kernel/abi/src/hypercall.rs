@@ -38,7 +38,18 @@ macro_rules! hypercalls {
             $( $(#[$doc])* $name = $num, )*
         }
 
-        impl Hypercall {
+        /// `AgentSwitch` results (`x1`).
+pub mod agent_switch {
+    /// Run the agent's turn as usual.
+    pub const STAY: u64 = 0;
+    /// The agent leaves this partition: checkpoint it now (`Checkpoint`,
+    /// its image alone) and drop its instance; it resumes from that
+    /// checkpoint in another partition. If the checkpoint is refused, the
+    /// agent stays and runs its turn.
+    pub const DEPART: u64 = 1;
+}
+
+impl Hypercall {
             /// Every hypercall, in number order.
             pub const ALL: &'static [Hypercall] = &[$(Hypercall::$name,)*];
 
@@ -111,6 +122,26 @@ hypercalls! {
     Exit = 0x13,
     /// Read the partition's virtual clock (ns since partition start): `x1`.
     ClockRead = 0x14,
+    /// The agent is idle at a turn boundary (its last turn found its inbox
+    /// empty and received nothing). `x1` = 0 asks whether the partition may
+    /// go dormant now: `x1` = 1 when its memory tier is `Dormant` and no
+    /// message is waiting for it, else 0 (not witnessed, changes nothing).
+    /// `x1` = the id of the checkpoint the runtime just took at this turn
+    /// boundary: the partition goes dormant (its memory is reclaimed) and the
+    /// call does not return; the next message sent to it restores it from
+    /// that checkpoint. If a message is already waiting it returns 0 at once
+    /// (`x1` = 0). `InvalidArgument` when the id is not the partition's last
+    /// checkpoint, `NotSupported` when its tier is not `Dormant`.
+    Idle = 0x15,
+    /// `x1` = agent slot (its index in the partition's agent table): the
+    /// calls that follow are this agent's, until the next `AgentSwitch`.
+    /// Issued by the guest runtime of a partition with several agents at
+    /// every turn boundary; witnessed (`args` digest names the slot). A slot
+    /// the partition does not have is `InvalidArgument`. Result `x1`:
+    /// [`agent_switch::STAY`], or [`agent_switch::DEPART`] when the kernel
+    /// moves this agent to another partition (a coherence-domain split):
+    /// the runtime then checkpoints it with `Checkpoint` and drops it.
+    AgentSwitch = 0x16,
 }
 
 impl Hypercall {

@@ -12,6 +12,7 @@
 //! * [`bundle`] — the image the loader hands to the hypervisor as its initrd.
 //! * [`bootinfo`] — what a partition's guest runtime finds at boot.
 //! * [`imports`] — the host functions an agent's WASM module may import.
+//! * [`journal`] — the input journal beside the witness log (`@J` frames), for host replay.
 //! * [`recovery`] — recovery records' arguments and the checkpoint state-hash encoding.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod hex;
 pub mod hypercall;
 pub mod ident;
 pub mod imports;
+pub mod journal;
 pub mod object;
 pub mod recovery;
 pub mod rights;

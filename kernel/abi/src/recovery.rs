@@ -21,6 +21,38 @@ pub struct RecoveryArgs {
     pub checkpoint_id: u64,
 }
 
+/// The `args` of a `DormantEnter` or `DormantExit` record (16 bytes,
+/// little-endian):
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 4 | frames: returned to the pool (enter) or taken from it (exit) |
+/// | 4 | 4 | committed state items |
+/// | 8 | 8 | the checkpoint the partition sleeps on / resumes from |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DormantArgs {
+    pub frames: u32,
+    pub committed_items: u32,
+    pub checkpoint_id: u64,
+}
+
+impl DormantArgs {
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.frames.to_le_bytes());
+        b[4..8].copy_from_slice(&self.committed_items.to_le_bytes());
+        b[8..16].copy_from_slice(&self.checkpoint_id.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 16]) -> Self {
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&b[8..16]);
+        Self { frames: u32_at(0), committed_items: u32_at(4), checkpoint_id: u64::from_le_bytes(id) }
+    }
+}
+
 /// Class codes of [`RecoveryArgs::class`].
 pub mod class {
     pub const RESTART: u8 = 1;

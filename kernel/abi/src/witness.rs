@@ -73,7 +73,8 @@ kernel_events! {
     PartitionLoad = 0x8002,
     /// The partition's bundle entry or module was refused.
     PartitionRefused = 0x8003,
-    /// The partition's vCPU was first scheduled.
+    /// The partition's vCPU was first scheduled; `args` = the binding
+    /// digest of the handles it started with (see [`crate::journal`]).
     PartitionStart = 0x8004,
     /// The agent finished (its `Exit` call or PSCI `SYSTEM_OFF`).
     PartitionExit = 0x8005,
@@ -90,6 +91,15 @@ kernel_events! {
     RecoverEvict = 0x8014,
     /// An operator cleared a fence.
     Unfence = 0x8015,
+    /// A signed operator order (`@O` line) was verified and is being
+    /// applied; `args` = [`OrderArgs`](crate::frame::OrderArgs). Written
+    /// to the target partition's log, before the step it orders.
+    OperatorOrder = 0x8016,
+    /// An operator order was refused (bad signature, replayed nonce, unknown
+    /// partition, nothing to do); `outcome` = the reason, `args` =
+    /// [`OrderArgs`](crate::frame::OrderArgs). Written to the target's log,
+    /// or the hypervisor's when no partition has that name.
+    OrderRefused = 0x8017,
     /// A checkpoint was taken; `args` = the first 16 bytes of its state hash
     /// (SHA-256 over [`StateEncoder`](crate::recovery::StateEncoder)'s encoding).
     CheckpointTaken = 0x8020,
@@ -99,10 +109,23 @@ kernel_events! {
     Split = 0x8030,
     /// Two coherence domains merged.
     Merge = 0x8031,
+    /// The coherence engine decided that a domain should split; `args` as
+    /// for `Split` (cut value, internal traffic). A decision, not a move:
+    /// `Split` records a split that happened.
+    SplitDecided = 0x8032,
+    /// The coherence engine decided that two domains should merge; `args`
+    /// as for `Merge`. A decision, not a move.
+    MergeDecided = 0x8033,
     /// A capability was installed from the bundle's table.
     CapInstall = 0x8040,
     /// A PSCI call from a partition was emulated.
     Psci = 0x8050,
+    /// A `Dormant`-tier partition went dormant at a turn boundary: its
+    /// memory was reclaimed; `args` = [`DormantArgs`](crate::recovery::DormantArgs).
+    DormantEnter = 0x8060,
+    /// A message woke a dormant partition: it was recreated from the
+    /// pristine image and its checkpoint; `args` = [`DormantArgs`](crate::recovery::DormantArgs).
+    DormantExit = 0x8061,
     /// The hypervisor is powering off.
     Shutdown = 0x80ff,
 }

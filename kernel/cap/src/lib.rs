@@ -32,6 +32,7 @@ pub mod policy;
 pub mod proof;
 pub mod quota;
 mod revoke;
+mod transplant;
 mod space;
 pub mod table;
 pub mod tiers;

@@ -69,6 +69,8 @@ pub(crate) struct Table {
     free_head: Option<u16>,
     free_tail: Option<u16>,
     live: u16,
+    /// Never-used slots [`Table::claim_exact`] skipped over, still vacant.
+    skipped: u16,
 }
 
 impl Table {
@@ -86,6 +88,7 @@ impl Table {
             free_head: None,
             free_tail: None,
             live: 0,
+            skipped: 0,
         })
     }
 
@@ -130,7 +133,7 @@ impl Table {
 
     /// Whether [`Table::claim`] would succeed without growing past the limit.
     pub fn has_room(&self) -> bool {
-        self.slots.len() < usize::from(self.limit) || self.free_head.is_some()
+        self.slots.len() < usize::from(self.limit) || self.free_head.is_some() || self.skipped > 0
     }
 
     /// Pick the slot the next capability will occupy and make it ready
@@ -146,6 +149,10 @@ impl Table {
                 generation: 0,
                 state: SlotState::Vacant,
             });
+            return Ok(index);
+        }
+        if let Some(index) = self.skipped_vacant() {
+            self.skipped -= 1;
             return Ok(index);
         }
         while let Some(index) = self.free_head {
@@ -171,6 +178,59 @@ impl Table {
             }
         }
         Err(HvError::Full)
+    }
+
+    /// Make slot `index` ready to carry exactly the handle `(index,
+    /// generation)` (a capability moved from another table with the agent
+    /// that holds its handle). Only a slot never used in this table
+    /// qualifies: beyond the slots in use (the never-used slots skipped on
+    /// the way stay vacant and are taken by [`Table::claim`] once the table
+    /// has no other room), or such a vacant slot. `Full` beyond the limit;
+    /// `InvalidArgument` for a slot that was ever used.
+    pub fn claim_exact(&mut self, index: u16, generation: u32) -> Result<u16, HvError> {
+        let at = usize::from(index);
+        if index >= self.limit {
+            return Err(HvError::Full);
+        }
+        if at >= self.slots.len() {
+            // Within the capacity reserved by `Table::new`: no allocation.
+            self.slots
+                .try_reserve(at + 1 - self.slots.len())
+                .map_err(|_| HvError::NoMemory)?;
+            while self.slots.len() < at {
+                self.slots.push(Slot {
+                    generation: 0,
+                    state: SlotState::Vacant,
+                });
+                self.skipped += 1;
+            }
+            self.slots.push(Slot {
+                generation,
+                state: SlotState::Vacant,
+            });
+            return Ok(index);
+        }
+        let slot = &mut self.slots[at];
+        // A vacant slot was never issued (claims are filled at once), so no
+        // handle of an earlier generation can exist for it.
+        if !matches!(slot.state, SlotState::Vacant) {
+            return Err(HvError::InvalidArgument);
+        }
+        slot.generation = generation;
+        self.skipped -= 1;
+        Ok(index)
+    }
+
+    /// A never-used slot left vacant by [`Table::claim_exact`].
+    fn skipped_vacant(&self) -> Option<u16> {
+        if self.skipped == 0 {
+            return None;
+        }
+        let at = self
+            .slots
+            .iter()
+            .position(|s| matches!(s.state, SlotState::Vacant))?;
+        u16::try_from(at).ok()
     }
 
     /// Put a capability into a slot returned by [`Table::claim`].

@@ -942,3 +942,59 @@ fn a_handle_of_another_kind_is_bad_and_charges_nothing() {
         .unwrap();
     assert_eq!((g.object, g.tier), (REGION, ProofTier::P2));
 }
+
+// ---------------------------------------------------------------- transplant
+
+#[test]
+fn a_transplant_keeps_the_raw_handle_and_revocation_reaches_it() {
+    let mut s = space();
+    // P1's table: three roots and a child of the first.
+    let a = s.install(P1, &params(ProofTier::P1)).unwrap();
+    let b = s.install(P1, &params(ProofTier::P1)).unwrap();
+    let c = s.install(P1, &params(ProofTier::P1)).unwrap();
+    assert_eq!((a.index, b.index, c.index), (0, 1, 2));
+    let child = s
+        .derive(P1, a, P1, &DeriveParams::rights(Rights::READ), &req(), None)
+        .unwrap()
+        .handle;
+    assert_eq!(child.index, 3);
+    // Moving the derived child to P2 keeps (index, generation).
+    let moved = s.transplant(P1, child, P2).unwrap();
+    assert_eq!(moved, child);
+    assert!(check(&mut s, P2, moved, Rights::READ).is_ok());
+    assert_eq!(
+        err(check(&mut s, P2, moved, Rights::WRITE)),
+        HvError::NoRights
+    );
+    // The same slot again, and a handle that does not resolve, are refused.
+    assert_eq!(s.transplant(P1, child, P2), Err(HvError::InvalidArgument));
+    assert_eq!(
+        s.transplant(P1, CapHandle::new(9, 0), P2),
+        Err(HvError::BadHandle)
+    );
+    // The slots skipped in P2 stay never-issued, and are taken by ordinary
+    // installs once the fresh slots run out.
+    assert_eq!(
+        err(check(&mut s, P2, CapHandle::new(0, 0), Rights::READ)),
+        HvError::BadHandle
+    );
+    let next = s.install(P2, &params(ProofTier::P1)).unwrap();
+    assert_eq!(next.index, 4);
+    let mut indexes = std::vec::Vec::new();
+    while let Ok(h) = s.install(P2, &params(ProofTier::P1)) {
+        indexes.push(h.index);
+    }
+    assert_eq!(
+        indexes.len(),
+        16 - 2,
+        "every slot but the two taken: {indexes:?}"
+    );
+    assert!(indexes.contains(&0) && indexes.contains(&2));
+    // Revoking the root in P1 reaches the copy in P2.
+    s.revoke(P1, a, &req(), None).unwrap();
+    assert_eq!(
+        err(check(&mut s, P2, moved, Rights::READ)),
+        HvError::Revoked
+    );
+    assert!(check(&mut s, P1, c, Rights::READ).is_ok());
+}

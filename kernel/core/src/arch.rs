@@ -1,9 +1,14 @@
 //! The boundary between the kernel's logic and the machine.
 //!
-//! The kernel reaches hardware only through [`Arch`]. On AArch64 the `hal`
-//! crate implements it with real system registers, stage-2 tables in RAM and
-//! a world switch; on the host, [`crate::fake::FakeArch`] implements it in
-//! memory so the whole kernel is tested with `cargo test`.
+//! The kernel reaches hardware only through two traits: [`Arch`], the
+//! machine every CPU shares (RAM, stage-2 tables, console, clock), used only
+//! under the kernel lock; and [`CpuArch`], one physical CPU (its world switch,
+//! the EL1/FP state it holds lazily, its hypervisor timer), used by that CPU
+//! alone, also while the kernel lock is free. On AArch64 the `hal` crate
+//! implements them with real system registers, stage-2 tables in RAM and a
+//! world switch; on the host, [`crate::fake::FakeArch`] and
+//! [`crate::fake::FakeCpu`] implement them in memory so the whole kernel is
+//! tested with `cargo test`.
 
 use crate::addr::PhysAddr;
 use crate::vcpu::Vcpu;
@@ -39,7 +44,9 @@ pub struct Stage2Context {
     pub vmid: u8,
 }
 
-/// What the kernel needs from the machine.
+/// What the kernel needs from the machine as a whole: memory, tables, the
+/// console, the clock. One value, shared by every CPU behind the kernel lock
+/// ([`crate::smp::KernelLock`]).
 pub trait Arch {
     /// Monotonic time since boot, in nanoseconds.
     fn now_ns(&self) -> u64;
@@ -72,8 +79,47 @@ pub trait Arch {
     /// Make freshly written instructions visible to guest instruction fetch.
     fn sync_icache(&mut self, pa: PhysAddr, len: usize);
 
-    /// Save the EL1 and FP/SIMD state the CPU holds for `vcpu` before another
-    /// vCPU runs on this CPU.
+    /// Read what the console's receive side holds now, without waiting:
+    /// returns how many bytes were put in `buf` (0 = nothing). The host's
+    /// operator orders arrive here ([`crate::orders`]). A machine without
+    /// console input keeps the default.
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        let _ = buf;
+        0
+    }
+
+}
+
+/// A physical CPU's index: 0 is the boot CPU, secondaries count up in the
+/// order they came online.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CpuId(pub u8);
+
+impl CpuId {
+    /// The boot CPU.
+    pub const BOOT: CpuId = CpuId(0);
+
+    /// As an index into per-CPU tables.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl core::fmt::Display for CpuId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What one physical CPU does for the kernel. Each CPU owns its own value;
+/// [`CpuArch::run_vcpu`] and [`CpuArch::idle`] are called with the kernel
+/// lock released, [`CpuArch::save_vcpu_state`] with it held.
+pub trait CpuArch {
+    /// Which CPU this is.
+    fn cpu(&self) -> CpuId;
+
+    /// Save the EL1 and FP/SIMD state this CPU holds for `vcpu` before another
+    /// vCPU runs on it.
     fn save_vcpu_state(&mut self, vcpu: &mut Vcpu);
 
     /// Run `vcpu` under `stage2` until it traps or the clock reaches
@@ -82,4 +128,17 @@ pub trait Arch {
     /// did, so EL1 and FP state must be reloaded.
     fn run_vcpu(&mut self, vcpu: &mut Vcpu, stage2: Stage2Context, deadline_ns: u64, switched: bool)
         -> TrapInfo;
+
+    /// Nothing to run here: wait until the clock reaches `until_ns` at the
+    /// latest (an interrupt may end the wait sooner).
+    fn idle(&mut self, until_ns: u64);
+
+    /// The kernel lock is not this CPU's yet: `ahead` CPUs come before it
+    /// (1 = it is next). Wait a little before looking again. A real CPU
+    /// spins; one that may be a thread of a loaded host (QEMU) should sleep
+    /// briefly when its turn is not near, so the holder can run.
+    fn wait_for_lock(&mut self, ahead: u64) {
+        let _ = ahead;
+        core::hint::spin_loop();
+    }
 }

@@ -168,6 +168,36 @@ impl Caps {
         Self { space, authority: alloc::vec![None; partitions + 1], boot_unix_secs: 0 }
     }
 
+    /// An empty table for partition `p`, created at run time (a split).
+    /// `InvalidArgument` beyond the space's bound or if `p` has one.
+    pub fn add_partition(&mut self, p: PartitionId) -> Result<(), HvError> {
+        self.space.add_partition(Self::pid(p))?;
+        let at = usize::try_from(p.0).map_err(|_| HvError::InvalidArgument)?;
+        if self.authority.len() <= at {
+            self.authority.resize(at + 1, None);
+        }
+        Ok(())
+    }
+
+    /// Move the capability behind `raw` of partition `from` into `to`'s
+    /// table at the same slot and generation (derived from it, so
+    /// revocation reaches it): the raw handle works in `to` as it did in
+    /// `from`. Kernel use only (migration); see
+    /// [`rvm_cap::CapabilitySpace::transplant`].
+    pub fn transplant(&mut self, from: PartitionId, raw: u64, to: PartitionId) -> Result<CapHandle, HvError> {
+        let handle = CapHandle::from_raw(raw).ok_or(HvError::BadHandle)?;
+        let placed = self.space.transplant(Self::pid(from), handle, Self::pid(to))?;
+        if let (Some(key), Ok(at)) = (
+            usize::try_from(from.0).ok().and_then(|i| self.authority.get(i).copied().flatten()),
+            usize::try_from(to.0),
+        ) {
+            if let Some(slot) = self.authority.get_mut(at) {
+                slot.get_or_insert(key);
+            }
+        }
+        Ok(placed)
+    }
+
     fn pid(p: PartitionId) -> rvm_cap::PartitionId {
         rvm_cap::PartitionId(p.0)
     }

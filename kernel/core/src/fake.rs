@@ -1,13 +1,25 @@
 //! An in-memory machine for host tests: sparse RAM, a settable clock, a
 //! captured console, and guests written as Rust closures that see their
 //! memory only through the stage-2 tables, as hardware would.
+//!
+//! [`FakeArch`] is the shared machine; [`FakeCpu`]s are its CPUs, which share
+//! its RAM, guests and clock. [`Hypervisor::run_on_cpus`] drives N of them
+//! through the same per-CPU steps real CPUs take ([`crate::smp`]),
+//! interleaved deterministically: each round, every CPU in turn either
+//! picks its next partition or runs its leased guest once and hands the
+//! exit back — so while one CPU handles an exit, the others' guests are out
+//! on their CPUs, as on hardware.
 
 use alloc::boxed::Box;
+use alloc::rc::Rc;
+use core::cell::RefCell;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
-use crate::arch::{Arch, Stage2Context, TrapInfo, TrapKind};
+use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
+use crate::hypervisor::{Hypervisor, RunSummary};
+use crate::smp::Step;
 use crate::stage2::{self, S2Perm};
 use crate::vcpu::Vcpu;
 
@@ -101,24 +113,30 @@ impl Arch for PteReader<'_> {
     fn write_pte(&mut self, _: PhysAddr, _: usize, _: u64) {}
     fn flush_stage2(&mut self, _: u8) {}
     fn sync_icache(&mut self, _: PhysAddr, _: usize) {}
-    fn save_vcpu_state(&mut self, _: &mut Vcpu) {}
-    fn run_vcpu(&mut self, _: &mut Vcpu, _: Stage2Context, _: u64, _: bool) -> TrapInfo {
-        TrapInfo { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 }
-    }
 }
 
 /// A guest program: called each time its vCPU is run; returns how it left.
 pub type GuestFn = Box<dyn FnMut(&mut Vcpu, &mut GuestView<'_>) -> TrapInfo>;
 
+/// What the fake machine's CPUs share: RAM, the guest programs, the clock.
+#[derive(Default)]
+struct FakeWorld {
+    mem: BTreeMap<u64, Box<[u8; PAGE_BYTES]>>,
+    guests: BTreeMap<u8, GuestFn>,
+    clock_ns: u64,
+}
+
 /// The fake machine.
 #[derive(Default)]
 pub struct FakeArch {
-    mem: BTreeMap<u64, Box<[u8; PAGE_BYTES]>>,
-    pub clock_ns: u64,
+    world: Rc<RefCell<FakeWorld>>,
     /// Nanoseconds the clock advances on every guest entry.
     pub tick_ns: u64,
     pub console: Vec<u8>,
-    guests: BTreeMap<u8, GuestFn>,
+    /// Bytes waiting on the console's receive side ([`FakeArch::type_input`]).
+    pub input: alloc::collections::VecDeque<u8>,
+    /// Guest entries, EL1/FP reloads and saves, over all CPUs (updated when
+    /// a run on the fake CPUs returns).
     pub runs: u64,
     pub flushes: u64,
     pub switches: u64,
@@ -132,15 +150,31 @@ impl FakeArch {
 
     /// Install the program that runs whenever VMID `vmid` is entered.
     pub fn set_guest(&mut self, vmid: u8, guest: GuestFn) {
-        self.guests.insert(vmid, guest);
+        self.world.borrow_mut().guests.insert(vmid, guest);
     }
 
     pub fn console_text(&self) -> alloc::string::String {
         alloc::string::String::from_utf8_lossy(&self.console).into_owned()
     }
 
-    fn page_mut(&mut self, pa: u64) -> &mut [u8; PAGE_BYTES] {
-        self.mem.entry(pa / PAGE_SIZE).or_insert_with(|| Box::new([0; PAGE_BYTES]))
+    /// Put bytes on the console's receive side, as the host would send them.
+    pub fn type_input(&mut self, bytes: &[u8]) {
+        self.input.extend(bytes.iter().copied());
+    }
+
+    /// The clock, in nanoseconds.
+    pub fn clock_ns(&self) -> u64 {
+        self.world.borrow().clock_ns
+    }
+
+    /// Set the clock.
+    pub fn set_clock_ns(&mut self, ns: u64) {
+        self.world.borrow_mut().clock_ns = ns;
+    }
+
+    /// CPU `id` of this machine.
+    pub fn cpu(&self, id: CpuId) -> FakeCpu {
+        FakeCpu { id, world: Rc::clone(&self.world), tick_ns: self.tick_ns, runs: 0, switches: 0, saves: 0, idles: 0 }
     }
 
     /// Hypercall exit as the fake hardware reports it.
@@ -157,11 +191,21 @@ impl FakeArch {
     pub fn trap(esr: u64) -> TrapInfo {
         TrapInfo { kind: TrapKind::Sync, esr, far: 0, hpfar: 0 }
     }
+
+    fn absorb(&mut self, cpu: &FakeCpu) {
+        self.runs += cpu.runs;
+        self.switches += cpu.switches;
+        self.saves += cpu.saves;
+    }
+}
+
+fn page_mut(mem: &mut BTreeMap<u64, Box<[u8; PAGE_BYTES]>>, pa: u64) -> &mut [u8; PAGE_BYTES] {
+    mem.entry(pa / PAGE_SIZE).or_insert_with(|| Box::new([0; PAGE_BYTES]))
 }
 
 impl Arch for FakeArch {
     fn now_ns(&self) -> u64 {
-        self.clock_ns
+        self.world.borrow().clock_ns
     }
 
     fn console_write(&mut self, bytes: &[u8]) {
@@ -169,23 +213,26 @@ impl Arch for FakeArch {
     }
 
     fn phys_read(&self, pa: PhysAddr, buf: &mut [u8]) {
+        let w = self.world.borrow();
         for (i, b) in buf.iter_mut().enumerate() {
             let a = pa.raw() + i as u64;
-            *b = self.mem.get(&(a / PAGE_SIZE)).map_or(0, |p| p[(a % PAGE_SIZE) as usize]);
+            *b = w.mem.get(&(a / PAGE_SIZE)).map_or(0, |p| p[(a % PAGE_SIZE) as usize]);
         }
     }
 
     fn phys_write(&mut self, pa: PhysAddr, data: &[u8]) {
+        let mut w = self.world.borrow_mut();
         for (i, b) in data.iter().enumerate() {
             let a = pa.raw() + i as u64;
-            self.page_mut(a)[(a % PAGE_SIZE) as usize] = *b;
+            page_mut(&mut w.mem, a)[(a % PAGE_SIZE) as usize] = *b;
         }
     }
 
     fn phys_zero(&mut self, pa: PhysAddr, len: usize) {
+        let mut w = self.world.borrow_mut();
         for i in 0..len {
             let a = pa.raw() + i as u64;
-            self.page_mut(a)[(a % PAGE_SIZE) as usize] = 0;
+            page_mut(&mut w.mem, a)[(a % PAGE_SIZE) as usize] = 0;
         }
     }
 
@@ -196,7 +243,7 @@ impl Arch for FakeArch {
     }
 
     fn read_pte(&self, table: PhysAddr, index: usize) -> u64 {
-        PteReader { mem: &self.mem }.pte(table, index)
+        PteReader { mem: &self.world.borrow().mem }.pte(table, index)
     }
 
     fn write_pte(&mut self, table: PhysAddr, index: usize, value: u64) {
@@ -209,6 +256,31 @@ impl Arch for FakeArch {
 
     fn sync_icache(&mut self, _pa: PhysAddr, _len: usize) {}
 
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.input.len());
+        for (slot, b) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *slot = b;
+        }
+        n
+    }
+}
+
+/// One CPU of the fake machine.
+pub struct FakeCpu {
+    id: CpuId,
+    world: Rc<RefCell<FakeWorld>>,
+    tick_ns: u64,
+    pub runs: u64,
+    pub switches: u64,
+    pub saves: u64,
+    pub idles: u64,
+}
+
+impl CpuArch for FakeCpu {
+    fn cpu(&self) -> CpuId {
+        self.id
+    }
+
     fn save_vcpu_state(&mut self, _vcpu: &mut Vcpu) {
         self.saves += 1;
     }
@@ -218,18 +290,91 @@ impl Arch for FakeArch {
         if switched {
             self.switches += 1;
         }
-        if self.clock_ns >= deadline_ns {
+        let mut w = self.world.borrow_mut();
+        if w.clock_ns >= deadline_ns {
             // The slice's timer interrupt is pending: the guest exits at once.
-            return Self::timer();
+            return FakeArch::timer();
         }
-        self.clock_ns += self.tick_ns;
-        let Some(mut guest) = self.guests.remove(&s2.vmid) else {
+        w.clock_ns += self.tick_ns;
+        let Some(mut guest) = w.guests.remove(&s2.vmid) else {
             // No program: the guest idles.
-            return Self::trap(esr::WFI);
+            return FakeArch::trap(esr::WFI);
         };
-        let mut view = GuestView { mem: &mut self.mem, root: s2.root };
+        let mut view = GuestView { mem: &mut w.mem, root: s2.root };
         let trap = guest(vcpu, &mut view);
-        self.guests.insert(s2.vmid, guest);
+        w.guests.insert(s2.vmid, guest);
         trap
+    }
+
+    fn idle(&mut self, _until_ns: u64) {
+        // One tick of waiting: the other CPUs' guests move the clock on.
+        self.idles += 1;
+        self.world.borrow_mut().clock_ns += self.tick_ns;
+    }
+}
+
+impl Hypervisor<FakeArch> {
+    /// Run on the boot CPU alone until every partition has finished, been
+    /// fenced or refused, or the run budget is spent.
+    pub fn run(&mut self) -> RunSummary {
+        self.run_on_cpus(1)
+    }
+
+    /// Run on `cpus` fake CPUs, interleaved deterministically (see the
+    /// module documentation), then finish the run as the boot CPU does.
+    pub fn run_on_cpus(&mut self, cpus: usize) -> RunSummary {
+        if self.cpus() != cpus {
+            self.set_cpus(cpus);
+        }
+        self.restart_run();
+        let mut hw: Vec<FakeCpu> = (0..self.cpus()).map(|c| self.arch.cpu(CpuId(c as u8))).collect();
+        let mut steps: Vec<Option<Step>> = (0..hw.len()).map(|_| None).collect();
+        loop {
+            let mut all_stopped = true;
+            for (c, cpu) in hw.iter_mut().enumerate() {
+                let next = match steps[c].take() {
+                    None => self.cpu_next(cpu),
+                    Some(Step::Run(mut lease)) => {
+                        let trap = lease.run(cpu);
+                        self.cpu_exit(lease, trap, cpu)
+                    }
+                    Some(Step::Idle { until_ns }) => {
+                        cpu.idle(until_ns);
+                        self.cpu_next(cpu)
+                    }
+                    Some(Step::Stop) => Step::Stop,
+                };
+                all_stopped &= matches!(next, Step::Stop);
+                steps[c] = Some(next);
+            }
+            if all_stopped && self.all_cpus_stopped() {
+                break;
+            }
+        }
+        for cpu in &hw {
+            self.arch.absorb(cpu);
+        }
+        self.finish_run()
+    }
+
+    /// Run partition `idx` for one slice on its home CPU, whatever the
+    /// scheduler would pick.
+    pub fn run_slice(&mut self, idx: usize) {
+        let home = self.home_cpu(idx).unwrap_or(CpuId::BOOT);
+        let mut cpu = self.arch.cpu(home);
+        self.start_if_loaded(idx);
+        let start = self.arch.now_ns();
+        let mut lease = self.lease(&mut cpu, idx, start, start.saturating_add(self.policy.slice_ns));
+        loop {
+            let trap = lease.run(&mut cpu);
+            if self.cpu_exit_fast(&mut lease, trap) {
+                continue;
+            }
+            match self.slice_over(lease, &mut cpu) {
+                Some(again) => lease = again,
+                None => break,
+            }
+        }
+        self.arch.absorb(&cpu);
     }
 }

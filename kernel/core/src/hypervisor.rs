@@ -8,7 +8,7 @@ use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
 
 use crate::addr::{PhysAddr, PAGE_BYTES};
-use crate::arch::{Arch, Stage2Context};
+use crate::arch::Arch;
 use crate::caps::Caps;
 use crate::channel::Channel;
 use crate::console;
@@ -87,9 +87,17 @@ pub struct Hypervisor<A: Arch> {
     pub(crate) channels: Vec<Channel>,
     pub(crate) caps: Caps,
     pub(crate) witness: Witness,
+    /// Agents per partition, the communication graph, split/merge decisions.
+    pub(crate) domains: crate::domains::Domains,
+    pub(crate) journal: crate::journal::Journal,
+    /// Operator orders from the host ([`crate::orders`]).
+    pub(crate) orders: crate::orders::OrderDesk,
+    /// Dormant-tier figures ([`crate::dormant`]).
+    pub(crate) dormant: crate::dormant::DormantLedger,
     pub(crate) policy: RunPolicy,
     pub(crate) runtime: Option<SharedImage>,
-    last_run: Option<usize>,
+    /// The CPUs, which partition runs where, deferred orders ([`crate::smp`]).
+    pub(crate) smp: crate::smp::SmpState,
     pub(crate) sched: crate::sched::Scheduler,
     refused: u32,
     evicted: u32,
@@ -127,9 +135,16 @@ impl<A: Arch> Hypervisor<A> {
             channels: Vec::new(),
             caps: Caps::new(count),
             witness,
+            domains: crate::domains::Domains::new(config.flags),
+            journal: crate::journal::Journal::from_config(&config),
+            orders: crate::orders::OrderDesk::new(
+                bundle.global(EntryKind::OperatorKey).and_then(|e| e.data.try_into().ok()),
+                bundle_digest,
+            ),
+            dormant: crate::dormant::DormantLedger::default(),
             policy: RunPolicy::from_config(&config),
             runtime: None,
-            last_run: None,
+            smp: crate::smp::SmpState::new(),
             sched: crate::sched::Scheduler::new(count),
             refused: 0,
             evicted: 0,
@@ -156,6 +171,7 @@ impl<A: Arch> Hypervisor<A> {
                 crate::load::connect(&mut hv, c);
             }
         }
+        crate::load::connect_agent_channels(&mut hv, &bundle);
         crate::load::write_all_boot_info(&mut hv);
         Ok(hv)
     }
@@ -171,9 +187,7 @@ impl<A: Arch> Hypervisor<A> {
     /// Partition `idx`'s guest was recreated: whatever EL1 and FP state the
     /// CPU still holds for it is stale, so it must be neither saved nor kept.
     pub(crate) fn forget_loaded_vcpu(&mut self, idx: usize) {
-        if self.last_run == Some(idx) {
-            self.last_run = None;
-        }
+        self.smp.forget_loaded(idx);
     }
 
     /// The committed state store of partition `id`.
@@ -192,16 +206,26 @@ impl<A: Arch> Hypervisor<A> {
     /// code in the hypervisor (and host tests) can give this order.
     pub fn unfence(&mut self, id: PartitionId) -> Result<u64, crate::fault::OrderError> {
         let idx = self.index_of(id).ok_or(crate::fault::OrderError::NoSuchPartition)?;
+        if self.running_on(idx).is_some() {
+            // Only a fenced partition is unfenced, and a fenced one never runs.
+            return Err(crate::fault::OrderError::NotFenced);
+        }
         crate::fault::unfence(self, idx)
     }
 
     /// Operator order: evict partition `id` (F4). A partition that still
     /// runs is fenced first (F3), so no class is skipped. Same caveat as
-    /// [`Hypervisor::unfence`].
+    /// [`Hypervisor::unfence`]. If its guest is on a CPU right now, the
+    /// eviction is [deferred](Hypervisor::defer) until that CPU comes back
+    /// (at the latest at the end of the slice).
     pub fn evict(&mut self, id: PartitionId) -> Result<(), crate::fault::OrderError> {
         let idx = self.index_of(id).ok_or(crate::fault::OrderError::NoSuchPartition)?;
         if self.partitions[idx].state == PartitionState::Evicted {
             return Err(crate::fault::OrderError::AlreadyEvicted);
+        }
+        if self.running_on(idx).is_some() {
+            self.defer(idx, crate::smp::DeferredOrder::Evict);
+            return Ok(());
         }
         crate::fault::respond(self, idx, crate::recovery::Trigger::OperatorEvict, format_args!("eviction ordered by the operator"));
         Ok(())
@@ -210,6 +234,11 @@ impl<A: Arch> Hypervisor<A> {
     /// The partitions, in id order.
     pub fn partitions(&self) -> &[Partition] {
         &self.partitions
+    }
+
+    /// Agents per partition, the communication graph, witnessed decisions.
+    pub fn domains(&self) -> &crate::domains::Domains {
+        &self.domains
     }
 
     /// Frames the pool has handed out.
@@ -242,57 +271,35 @@ impl<A: Arch> Hypervisor<A> {
         self.kernel_event(id, event, Outcome::Done, args);
     }
 
-    fn next_runnable(&mut self) -> Option<usize> {
-        let parts = &self.partitions;
-        self.sched.pick(parts.len(), |i| parts[i].is_runnable())
-    }
-
-    /// Run partitions by weighted fair share until every one has finished, been fenced or
-    /// refused, or the run budget is spent.
-    pub fn run(&mut self) -> RunSummary {
-        let start = self.arch.now_ns();
-        loop {
-            crate::fault::expire_fences(self);
-            let Some(idx) = self.next_runnable() else { break };
-            if self.policy.budget_ns != 0 && self.arch.now_ns() - start >= self.policy.budget_ns {
-                break;
+    /// Global housekeeping, under the kernel lock, by whichever CPU is
+    /// about to pick its next partition: fence timeouts first, then the run
+    /// budget. Other global steps (operator orders, tiering, coherence)
+    /// belong here too, one call each.
+    pub fn housekeeping(&mut self) {
+        crate::fault::expire_fences(self);
+        crate::orders::poll(self);
+        crate::domains::housekeeping(self);
+        if let Some(start) = self.run_started_ns() {
+            if self.policy.budget_ns != 0 && self.arch.now_ns().saturating_sub(start) >= self.policy.budget_ns {
+                self.stop_run();
             }
-            self.run_slice(idx);
         }
-        self.shutdown(start)
     }
 
-    /// Run one partition until it gives up the CPU.
-    pub(crate) fn run_slice(&mut self, idx: usize) {
+    /// Partition `idx` runs for the first time: witness its start.
+    pub(crate) fn start_if_loaded(&mut self, idx: usize) {
         if self.partitions[idx].state == PartitionState::Loaded {
-            self.partitions[idx].started_ns = Some(self.arch.now_ns());
-            self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, [0; 16]);
-        }
-        let slice_start = self.arch.now_ns();
-        let slice_end = slice_start.saturating_add(self.policy.slice_ns);
-        loop {
-            let switched = self.last_run != Some(idx);
-            if let Some(prev) = self.last_run.filter(|&p| p != idx) {
-                self.arch.save_vcpu_state(&mut self.partitions[prev].vcpu);
-            }
-            self.last_run = Some(idx);
-            let p = &mut self.partitions[idx];
-            let ctx = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
-            // The timer interrupt ends the slice: if the deadline passed while
-            // EL2 handled an exit, the pending interrupt exits the guest at once.
-            let trap = self.arch.run_vcpu(&mut p.vcpu, ctx, slice_end, switched);
-            let flow = self.handle_exit(idx, Exit::decode(&trap));
-            if flow != Flow::Resume || !self.partitions[idx].is_runnable() {
-                let ran = self.arch.now_ns().saturating_sub(slice_start);
-                // A yield forfeits the rest of the slice: charge all of it.
-                let charged = if flow == Flow::Yielded { ran.max(self.policy.slice_ns) } else { ran };
-                self.sched.charge(idx, charged);
-                return;
-            }
+            // A partition created by a split keeps its agent's clock (set
+            // at creation, [`crate::migrate`]).
+            let now = self.arch.now_ns();
+            self.partitions[idx].started_ns.get_or_insert(now);
+            let handles = crate::journal::start_args(self, idx);
+            self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, handles);
+            crate::journal::started(self, idx);
         }
     }
 
-    fn handle_exit(&mut self, idx: usize, exit: Exit) -> Flow {
+    pub(crate) fn handle_exit(&mut self, idx: usize, exit: Exit) -> Flow {
         match exit {
             Exit::Hvc { imm: 0 } => {
                 let function = self.partitions[idx].vcpu.regs.x[0];
@@ -347,7 +354,7 @@ impl<A: Arch> Hypervisor<A> {
 
     /// Flush consoles, stop what still runs, sign every log's head, print the
     /// summary.
-    fn shutdown(&mut self, start: u64) -> RunSummary {
+    pub(crate) fn shutdown(&mut self, start: u64) -> RunSummary {
         let mut summary = RunSummary {
             finished: 0,
             fenced: 0,

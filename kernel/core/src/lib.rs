@@ -4,7 +4,9 @@
 //! AArch64 implementation lives in the `hal` crate and an in-memory one in
 //! [`fake`], so the whole kernel runs under `cargo test` on the host.
 //!
-//! * [`hypervisor`] — partitions from the bundle, the run loop, exits.
+//! * [`hypervisor`] — partitions from the bundle, exits, housekeeping.
+//! * [`smp`], [`sched`] — one run queue per CPU, the kernel lock, leases of
+//!   running vCPUs, deferred orders, the end of a run.
 //! * [`load`], [`image`], [`elf`] — building partitions from the bundle.
 //! * [`stage2`], [`frames`], [`guest_mem`] — memory isolation.
 //! * [`dispatch`], [`psci`] — hypercalls and emulated PSCI.
@@ -25,7 +27,10 @@ pub mod channel;
 pub mod checkpoint;
 pub mod console;
 pub mod digest;
+pub mod dormant;
 pub mod dispatch;
+pub mod domains;
+pub mod migrate;
 pub mod elf;
 pub mod fake;
 pub mod fault;
@@ -33,10 +38,13 @@ pub mod frames;
 pub mod guest_mem;
 pub mod hypervisor;
 pub mod image;
+pub mod journal;
 pub mod load;
+pub mod orders;
 pub mod partition;
 pub mod psci;
 pub mod sched;
+pub mod smp;
 pub mod recovery;
 mod report;
 pub mod restart;
@@ -51,7 +59,15 @@ mod tests;
 #[cfg(test)]
 mod tests_caps;
 #[cfg(test)]
+mod tests_domains;
+#[cfg(test)]
 mod tests_recovery;
+#[cfg(test)]
+mod tests_smp;
+#[cfg(test)]
+mod tests_orders;
+#[cfg(test)]
+mod tests_dormant;
 
-pub use arch::Arch;
+pub use arch::{Arch, CpuArch, CpuId};
 pub use hypervisor::{BootError, Hypervisor, RunSummary};

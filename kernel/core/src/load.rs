@@ -2,14 +2,16 @@
 
 use alloc::vec::Vec;
 
-use rvm_abi::bootinfo::{layout, BootInfo, HandleInfo, RestoreInfo};
-use rvm_abi::bundle::{Bundle, CapDesc, ChannelDesc, EntryKind, PartitionDesc};
+use rvm_abi::bootinfo::{layout, AgentEntry, AgentTable, BootInfo, HandleInfo, RestoreInfo};
+use rvm_abi::bundle::{
+    AgentChannelDesc, AgentRef, Bundle, CapDesc, ChannelDesc, EntryKind, PartitionDesc, MAX_AGENTS_PER_PARTITION,
+};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{ObjectKind, Outcome, Rights};
 
 use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
-use crate::channel::Channel;
+use crate::channel::{AgentSlot, Channel, Endpoint};
 use crate::checkpoint::CheckpointLimit;
 use crate::console;
 use crate::hypervisor::{BootError, Hypervisor};
@@ -36,6 +38,9 @@ pub enum Refusal {
     HeapWindow,
     /// The manifest pins a witness key this hypervisor does not sign with.
     WitnessKey,
+    /// More agents than [`MAX_AGENTS_PER_PARTITION`], or their modules
+    /// together larger than the WASM window.
+    TooManyAgents,
 }
 
 impl Refusal {
@@ -49,6 +54,7 @@ impl Refusal {
             Refusal::BadCapability => "capability table entry could not be installed",
             Refusal::HeapWindow => "memory budget too large for the partition's heap window",
             Refusal::WitnessKey => "its witness_key_fingerprint does not match this hypervisor's witness key",
+            Refusal::TooManyAgents => "more than 16 agents, or their modules together larger than 16 MiB",
         }
     }
 }
@@ -63,16 +69,19 @@ pub(crate) fn load_partition<A: Arch>(
     let id = PartitionId(index + 1);
     let vmid = u8::try_from(id.0).map_err(|_| BootError::TooManyPartitions)?;
     let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
+    // Each agent gets the manifest's memory budget and the runtime's overhead.
+    let agents = agent_modules(bundle, index);
     let heap_len = u64::from(desc.wasm_pages)
         .saturating_mul(layout::WASM_PAGE)
-        .saturating_add(layout::RUNTIME_HEAP_OVERHEAD);
+        .saturating_add(layout::RUNTIME_HEAP_OVERHEAD)
+        .saturating_mul(agents);
     hv.partitions.push(Partition {
         id,
         desc,
         state: PartitionState::Created,
         vmid,
         stage2,
-        vcpu: Vcpu::new(0, layout::BOOTINFO_IPA),
+        vcpu: alloc::boxed::Box::new(Vcpu::new(0, layout::BOOTINFO_IPA)),
         private_frames: Vec::new(),
         heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
         heap_pages: Vec::new(),
@@ -135,6 +144,7 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
         format_args!("partition {} '{}' refused: {}", id.0, crate::hypervisor::name_str(&name), why.reason()),
     );
     hv.kernel_event(id, KernelEvent::PartitionRefused, Outcome::Denied(rvm_abi::HvError::InvalidArgument), [0; 16]);
+    hv.domains.forget_partition(idx);
     crate::fault::release(hv, idx);
     hv.partitions[idx].state = PartitionState::Evicted;
     hv.note_refused();
@@ -189,6 +199,13 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
         None if own.is_some() => (0, 0),
         None => return Err(Refusal::NoModule),
     };
+    // Its agents: slot 0 is the module above (or the raw image); more
+    // modules follow it in the WASM window, listed by the agent table.
+    let pid = hv.partitions[idx].id;
+    hv.domains.register(idx, pid);
+    if own.is_none() {
+        map_more_agents(hv, bundle, index, idx, wasm_len)?;
+    }
     // The boot-info page (content written once channels are connected).
     let page = hv.frames.alloc().ok_or(Refusal::OutOfMemory)?;
     hv.arch.phys_zero(page, PAGE_BYTES);
@@ -198,7 +215,7 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
         p.stage2
             .map(&mut hv.arch, &mut hv.frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
             .map_err(|_| Refusal::OutOfMemory)?;
-        p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
+        *p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
         p.entry = entry;
         p.wasm = (wasm_ipa, wasm_len);
     }
@@ -226,11 +243,56 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
         let desc = CapDesc::from_bytes(e.data).ok_or(Refusal::BadCapability)?;
         install(hv, idx, &desc)?;
     }
+    if own.is_none() && hv.domains.is_multi_agent(idx) {
+        // Several agents: the load record binds every module, in slot order.
+        let modules: Vec<&[u8]> = bundle.owned(EntryKind::Wasm, index).map(|e| e.data).collect();
+        return Ok(crate::digest::of_parts(&modules));
+    }
     Ok(crate::digest::of_parts(&[digest_src]))
 }
 
+/// How many agents partition `index` runs: one per `Wasm` entry, at least
+/// one (a raw guest image is one agent; its `Wasm` entry is its input).
+fn agent_modules(bundle: &Bundle<'_>, index: u32) -> u64 {
+    if bundle.owned(EntryKind::GuestImage, index).next().is_some() {
+        return 1;
+    }
+    (bundle.owned(EntryKind::Wasm, index).count() as u64).max(1)
+}
+
+/// Map the modules of agents 1.. after slot 0's (`first_len` bytes) in the
+/// WASM window, register them, and write the agent table page.
+fn map_more_agents<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, idx: usize, first_len: u64) -> Result<(), Refusal> {
+    let modules: Vec<&[u8]> = bundle.owned(EntryKind::Wasm, index).map(|e| e.data).collect();
+    if modules.len() < 2 {
+        return Ok(());
+    }
+    if modules.len() > MAX_AGENTS_PER_PARTITION {
+        return Err(Refusal::TooManyAgents);
+    }
+    let pid = hv.partitions[idx].id;
+    let mut table = Vec::with_capacity(modules.len());
+    let first = hv.domains.agent_at(idx, AgentSlot::FIRST).map_or(0, |a| a.id.0);
+    table.push(AgentEntry { module_ipa: layout::WASM_IPA, module_len: first_len, agent_id: first });
+    let mut at = layout::WASM_IPA + first_len.next_multiple_of(PAGE_SIZE);
+    for m in &modules[1..] {
+        let len = m.len() as u64;
+        let end = at.checked_add(len).ok_or(Refusal::TooManyAgents)?;
+        if end > layout::WASM_IPA + layout::WASM_MAX_LEN {
+            return Err(Refusal::TooManyAgents);
+        }
+        map_bytes(hv, idx, Ipa::new(at), m, S2Perm::ReadOnly)?;
+        let agent = hv.domains.register(idx, pid);
+        table.push(AgentEntry { module_ipa: at, module_len: len, agent_id: agent.id.0 });
+        at = end.next_multiple_of(PAGE_SIZE);
+    }
+    let mut page = [0u8; PAGE_BYTES];
+    AgentTable::write(&mut page, &table);
+    map_bytes(hv, idx, Ipa::new(layout::AGENTS_IPA), &page, S2Perm::ReadOnly)
+}
+
 /// Copy `data` into fresh frames mapped at `base` with `perm`.
-fn map_bytes<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, base: Ipa, data: &[u8], perm: S2Perm) -> Result<(), Refusal> {
+pub(crate) fn map_bytes<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, base: Ipa, data: &[u8], perm: S2Perm) -> Result<(), Refusal> {
     let p = &mut hv.partitions[idx];
     for (n, chunk) in data.chunks(PAGE_BYTES).enumerate() {
         let pa = hv.frames.alloc().ok_or(Refusal::OutOfMemory)?;
@@ -258,6 +320,16 @@ pub(crate) fn tiers_for(rights: Rights, tier: u8) -> [u8; 7] {
 
 /// Install a capability and remember its handle for the boot-info page.
 fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc) -> Result<(), Refusal> {
+    install_for(hv, idx, desc, None)
+}
+
+/// [`install`], listed for one agent (`Some(slot)`) or for all of them.
+/// A single-agent partition lists every handle for all (tag 0).
+fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot: Option<AgentSlot>) -> Result<(), Refusal> {
+    let agent = match slot {
+        Some(s) if hv.domains.is_multi_agent(idx) => u8::try_from(s.0 + 1).map_err(|_| Refusal::BadCapability)?,
+        _ => 0,
+    };
     let id = hv.partitions[idx].id;
     let now = hv.arch.now_ns();
     let handle = hv.caps.install(id, desc, now).map_err(|_| Refusal::BadCapability)?;
@@ -274,6 +346,7 @@ fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc) -> Resul
         raw: handle.to_raw(),
         kind: desc.kind as u8,
         rights: desc.rights.bits(),
+        agent,
     });
     Ok(())
 }
@@ -299,7 +372,51 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
         resource_digest: [0; 16],
     };
     for idx in [a, b] {
-        if install(hv, idx, &desc).is_err() {
+        if install_for(hv, idx, &desc, Some(AgentSlot::FIRST)).is_err() {
+            refuse(hv, idx, Refusal::BadCapability);
+        }
+    }
+}
+
+/// Create every agent channel of the bundle.
+pub(crate) fn connect_agent_channels<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>) {
+    for e in bundle.entries().filter(|e| e.kind == EntryKind::AgentChannel) {
+        if let Some(c) = AgentChannelDesc::from_bytes(e.data) {
+            connect_agents(hv, c);
+        }
+    }
+}
+
+/// Create a channel between two agents and give each end's partition a
+/// handle listed for that agent. A channel naming an agent that does not
+/// exist, or the same agent twice, is left out.
+pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDesc) {
+    let end = |hv: &Hypervisor<A>, r: AgentRef| {
+        let idx = index_of(hv, r.partition)?;
+        let slot = AgentSlot(u16::try_from(r.slot).ok()?);
+        hv.domains.agent_at(idx, slot)?;
+        hv.partitions[idx].is_runnable().then_some((idx, Endpoint { partition: hv.partitions[idx].id, slot }))
+    };
+    let (Some((a, ea)), Some((b, eb))) = (end(hv, c.a), end(hv, c.b)) else { return };
+    if ea == eb {
+        return;
+    }
+    let object = hv.channels.len() as u32;
+    let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
+    hv.channels.push(Channel::between(ea, eb, cap));
+    let desc = CapDesc {
+        kind: ObjectKind::Channel,
+        rights: Rights::READ | Rights::WRITE,
+        tiers: tiers_for(Rights::READ | Rights::WRITE, 1),
+        object,
+        quota: 0,
+        expires_at: 0,
+        window_start: 0,
+        window_len: 0,
+        resource_digest: [0; 16],
+    };
+    for (idx, e) in [(a, ea), (b, eb)] {
+        if install_for(hv, idx, &desc, Some(e.slot)).is_err() {
             refuse(hv, idx, Refusal::BadCapability);
         }
     }
@@ -343,6 +460,10 @@ pub(crate) fn write_boot_info<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, resto
         BootInfo::write_handle(&mut page, n, *h);
     }
     restore.write(&mut page);
+    if hv.domains.is_multi_agent(idx) {
+        let agents = hv.domains.agent_count(idx);
+        rvm_abi::bootinfo::write_agent_count(&mut page, u32::try_from(agents).unwrap_or(0));
+    }
     let pa: PhysAddr = t.pa;
     hv.arch.phys_write(pa, &page);
 }

@@ -37,6 +37,12 @@ pub enum PartitionState {
     Evicted,
     /// The agent finished (its `Exit` call or PSCI SYSTEM_OFF).
     Finished,
+    /// Memory tier `Dormant`, idle at a turn boundary: checkpointed, its
+    /// memory scrubbed and returned to the pool, its stage-2 tables torn
+    /// down; VMID, capabilities, channels, state store and log kept. The
+    /// next message sent to it recreates it from the pristine image and
+    /// that checkpoint ([`crate::dormant`]).
+    Dormant,
 }
 
 impl PartitionState {
@@ -49,6 +55,7 @@ impl PartitionState {
             PartitionState::Fenced => "fenced",
             PartitionState::Evicted => "evicted",
             PartitionState::Finished => "finished",
+            PartitionState::Dormant => "dormant",
         }
     }
 
@@ -72,6 +79,11 @@ impl PartitionState {
                 | (Fenced, Running)
                 | (Fenced, Evicted)
                 | (Finished, Evicted)
+                | (Running, Dormant)
+                | (Suspended, Dormant)
+                | (Dormant, Running)
+                | (Dormant, Fenced)
+                | (Dormant, Evicted)
         )
     }
 }
@@ -109,7 +121,9 @@ pub struct Partition {
     pub state: PartitionState,
     pub vmid: u8,
     pub stage2: Stage2Table,
-    pub vcpu: Vcpu,
+    /// Boxed so a CPU can take it out cheaply while the guest runs
+    /// ([`crate::smp::Lease`]); a placeholder stands in meanwhile.
+    pub vcpu: alloc::boxed::Box<Vcpu>,
     /// Frames only this partition maps (scrubbed and freed on eviction).
     pub private_frames: Vec<PhysAddr>,
     pub heap: DemandWindow,
@@ -168,5 +182,8 @@ mod tests {
         assert!(!Evicted.may_become(Running));
         assert!(!Finished.may_become(Running));
         assert!(!Created.may_become(Running));
+        assert!(Running.may_become(Dormant) && Dormant.may_become(Running));
+        assert!(Dormant.may_become(Fenced) && Dormant.may_become(Evicted));
+        assert!(!Dormant.may_become(Finished) && !Loaded.may_become(Dormant));
     }
 }

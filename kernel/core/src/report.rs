@@ -20,7 +20,7 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
     for idx in 0..hv.partitions.len() {
         let p = &hv.partitions[idx];
         let line = alloc::format!(
-            "  {:>2} {:<24} {:<9} exit {:<6} calls {:<5} denied {:<4} preempted {:<4} faults {} witness records {}",
+            "  {:>2} {:<24} {:<9} exit {:<6} calls {:<5} denied {:<4} preempted {:<4} faults {} witness records {} cpu {} charged {} us",
             p.id.0,
             p.name(),
             p.state.name(),
@@ -30,6 +30,8 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
             p.stats.preemptions,
             p.stats.faults,
             hv.witness.records(p.id.0),
+            hv.ran_on(idx),
+            hv.sched.ran_ns(idx) / 1_000,
         );
         hv.arch.console_write(line.as_bytes());
         hv.arch.console_write(b"\n");
@@ -47,6 +49,10 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
             hv.arch.console_write(line.as_bytes());
             hv.arch.console_write(b"\n");
         }
+    }
+    for line in hv.cpu_lines() {
+        hv.arch.console_write(line.as_bytes());
+        hv.arch.console_write(b"\n");
     }
     for (n, c) in hv.channels.iter().enumerate() {
         let line = alloc::format!(

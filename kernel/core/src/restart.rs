@@ -46,7 +46,7 @@ pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartF
         p.rollbacks = p.rollbacks.saturating_add(1);
     }
     p.exit_code = None;
-    p.vcpu = Vcpu::new(p.entry.raw(), layout::BOOTINFO_IPA);
+    *p.vcpu = Vcpu::new(p.entry.raw(), layout::BOOTINFO_IPA);
     hv.forget_loaded_vcpu(idx);
     crate::load::write_boot_info(hv, idx, RestoreInfo { rollbacks: hv.partitions[idx].rollbacks, ..restore });
     Ok(restore.checkpoint_id)

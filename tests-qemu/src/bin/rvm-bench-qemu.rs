@@ -6,7 +6,13 @@
 //! * a witnessed hypercall round trip (plus a SHA-256 chain step, the
 //!   argument digest and the frame streamed on the UART);
 //! * reset to the first witness record (the timestamp of the hypervisor's
-//!   `Boot` record, in virtual ns = instructions).
+//!   `Boot` record, in virtual ns = instructions);
+//! * a `Yield` round trip alone on the CPU (the slice ends, the scheduler
+//!   picks the same partition again), and with two partitions on one CPU,
+//!   where every `Yield` is a context switch to the other partition and one
+//!   back (EL1 and FP/SIMD state saved and loaded, VTTBR switched): half of
+//!   that round trip is one partition-to-partition switch, hypercall
+//!   included.
 
 use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions};
 
@@ -16,6 +22,37 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     }
+    context_switch()
+}
+
+/// Two bench partitions on one CPU: their `Yield` samples are switches.
+fn context_switch() -> std::process::ExitCode {
+    let spec = BundleSpec::new()
+        .partition(PartitionSpec::image("bench-a", artifact("probes/probe-bench.elf")))
+        .partition(PartitionSpec::image("bench-b", artifact("probes/probe-bench.elf")));
+    let opts = QemuOptions { icount: true, smp: 1, ..QemuOptions::default() };
+    let run = boot(&spec.build(), &opts);
+    if run.timed_out || run.exit != Some(0) {
+        eprintln!("rvm-bench-qemu: run failed (exit {:?}, timed out {})\n{}", run.exit, run.timed_out, run.serial);
+        return std::process::ExitCode::FAILURE;
+    }
+    println!("RVM context switch, QEMU -icount shift=0, cortex-a72, two partitions on one CPU (instructions)");
+    let mut medians = Vec::new();
+    for name in ["bench-a", "bench-b"] {
+        for line in run.console_of(name) {
+            if let Some(rest) = line.strip_prefix("bench yield ") {
+                println!("  {name} yield_to_other_and_back {rest}");
+                let median = rest.split_whitespace().skip_while(|w| *w != "median").nth(1).and_then(|m| m.parse::<u64>().ok());
+                medians.extend(median);
+            }
+        }
+    }
+    if medians.len() != 2 {
+        eprintln!("rvm-bench-qemu: the probes printed no yield figures\n{}", run.serial);
+        return std::process::ExitCode::FAILURE;
+    }
+    let per_switch = medians.iter().sum::<u64>() / 4;
+    println!("  context_switch_one_way {per_switch} (half the median round trip, Yield hypercall included)");
     std::process::ExitCode::SUCCESS
 }
 

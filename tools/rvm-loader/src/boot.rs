@@ -50,6 +50,8 @@ pub struct BootOptions {
     pub no_boot: bool,
     /// Print every witness frame compactly as it arrives.
     pub live_witness: bool,
+    /// Journal every partition's inputs (`@J` frames) for `witness replay`.
+    pub journal: bool,
 }
 
 /// Whether a capability table holds any right at proof tier 3 (and so
@@ -122,6 +124,7 @@ pub fn plan(
         .map_err(|d| Error::failed(d.to_string()))?;
     // Everything is checked: create what is missing.
     let witness_key = ctx.home.key_or_create(&KeyRole::Witness)?;
+    let operator_key = ctx.home.key_or_create(&KeyRole::Operator)?;
     for p in &mut parts {
         let p3 = p.record.caps.as_ref().is_some_and(|c| has_p3(&c.tokens));
         if p3 {
@@ -132,8 +135,14 @@ pub fn plan(
         }
     }
     let budget_ms = u32::try_from(opts.timeout.as_millis() / 4 * 3).unwrap_or(u32::MAX);
+    let flags = if opts.journal {
+        rvm_abi::journal::BOOT_FLAG_JOURNAL
+    } else {
+        0
+    };
     let config = BootConfig {
         run_budget_ms: budget_ms,
+        flags,
         ..BootConfig::DEFAULT
     };
     Ok((
@@ -142,6 +151,7 @@ pub fn plan(
             runtime,
             witness_key,
             config,
+            operator_key: Some(operator_key.public),
         },
         images,
     ))
@@ -300,7 +310,16 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         first_output: None,
         timeout: opts.timeout,
     };
-    let run = qemu::run(&program, &args, opts.timeout, &mut watcher);
+    // Operator orders (`partition unfence|evict`) reach the run here.
+    let control = crate::control::ControlServer::listen(
+        crate::control::socket_path(ctx.home.root(), std::process::id()),
+        &bytes,
+    )
+    .map_err(|e| {
+        eprintln!("rvm-loader: no control socket, so no operator orders for this run: {e}")
+    })
+    .ok();
+    let run = qemu::run(&program, &args, opts.timeout, &mut watcher, control);
     {
         let Watcher {
             splitter, session, ..

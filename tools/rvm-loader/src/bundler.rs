@@ -52,6 +52,14 @@ pub struct BootPlan {
     pub witness_key: Key,
     /// How the hypervisor runs the bundle.
     pub config: BootConfig,
+    /// The public half of the operator key whose signed orders the
+    /// hypervisor accepts while it runs (`partition unfence|evict`).
+    pub operator_key: Option<[u8; 32]>,
+}
+
+/// SHA-256 of a bundle: what an operator's order is bound to.
+pub fn digest(bundle: &[u8]) -> [u8; 32] {
+    Sha256::digest(bundle).into()
 }
 
 impl BootPlan {
@@ -155,6 +163,9 @@ pub fn build(plan: &BootPlan) -> Result<Vec<u8>> {
     w.entry(EntryKind::GuestRuntime, GLOBAL, &plan.runtime);
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &plan.witness_key.seed);
     w.entry(EntryKind::BootConfig, GLOBAL, &plan.config.to_bytes());
+    if let Some(key) = &plan.operator_key {
+        w.entry(EntryKind::OperatorKey, GLOBAL, key);
+    }
     let mut caps = 0usize;
     let mut indices = Vec::new();
     for p in &plan.partitions {

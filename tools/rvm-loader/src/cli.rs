@@ -133,7 +133,37 @@ enum PartitionCmd {
         /// The partition's name.
         name: String,
     },
+    /// Operator order to a running instance: clear the partition's fence
+    /// (F3). It resumes from its last checkpoint.
+    #[command(long_about = ORDER_LONG)]
+    Unfence {
+        /// The partition's name.
+        name: String,
+    },
+    /// Operator order to a running instance: evict the partition (F4):
+    /// its capabilities revoked, its memory scrubbed and returned.
+    #[command(long_about = ORDER_LONG)]
+    Evict {
+        /// The partition's name.
+        name: String,
+    },
 }
+
+const ORDER_LONG: &str = "\
+An operator's order to the hypervisor running the partition.
+
+The order goes to the control socket of the loader that booted it
+($RVM_HOME/run/loader-<pid>.sock, open while `up` or `guest boot` runs),
+signed with this RVM_HOME's operator key ($RVM_HOME/keys/operator.seed,
+whose public half is in every bundle booted from here) over the digest of
+the bundle that instance booted, with a fresh nonce. The hypervisor verifies
+it, witnesses it in the partition's log, applies it, and answers; the answer
+is printed.
+
+Exit codes: 0 done; 2 refused (unknown name, or the hypervisor refused the
+order: not fenced, already evicted, bad signature, replayed nonce);
+1 not delivered (the partition is not running, the socket cannot be reached,
+no answer within 30 s).";
 
 #[derive(Subcommand, Debug)]
 enum CapsCmd {
@@ -248,6 +278,20 @@ enum WitnessCmd {
         #[arg(long)]
         require_signed: bool,
     },
+    /// Re-execute a partition's agent on the host from its log and journal
+    /// and reproduce every checkpoint's state hash.
+    #[command(long_about = REPLAY_LONG)]
+    Replay {
+        /// The partition (its log, journal and registered guest module).
+        #[arg(value_name = "PARTITION")]
+        partition: String,
+        /// Replay this module instead of the partition's registered guest.
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+        /// Print nothing while replaying, only the result.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Write a log's records as JSON lines (one object per record).
     Export {
         /// A partition name (or `hypervisor`), or the path of a .log file.
@@ -299,8 +343,28 @@ Every boot files each partition's log as <partition>.log (the hypervisor's own
 as hypervisor.log), its signed checkpoints as <partition>.checkpoints and the
 announced key as <partition>.pub; the previous run's files of the same name
 move to witness/archive/. A log is named by its partition (or `hypervisor`), or
-by the path of a .log file. `witness replay` (re-running a partition from its
-log and journal) is not built yet.";
+by the path of a .log file. A run booted with --journal also files
+<partition>.journal, the inputs `witness replay` re-executes the agent from.";
+
+const REPLAY_LONG: &str = "\
+Re-execute a partition's agent on the host from its filed witness log and
+input journal (boot with --journal), in the same engine the guest runtime
+runs, and reproduce every checkpoint's state hash.
+
+Every journal entry is first checked against its record (the record's args
+digest is recomputed from it); then each hypercall the agent makes must be
+the log's next record, with the same handle, lengths and outgoing bytes, and
+gets the journaled status and input bytes. The committed state store is
+modelled from the agent's own stage/validate/commit calls; F1 restarts and
+F2 rollbacks in the log are followed. The module is the partition's
+registered guest (or --wasm FILE).
+
+Output: turns replayed, checkpoints matched, and \"all N state hashes
+reproduced\", or the first record and turn that differ, expected vs got.
+
+Exit codes: 0 reproduced; 1 the replay differs, or the journal or log was
+changed; 2 no such partition, log, journal or module, or the log holds calls
+replay does not re-execute (capability derivation, revocation, Prove).";
 
 const VERIFY_LONG: &str = "\
 Check a witness log: every record's version, seq and link to the previous
@@ -366,6 +430,11 @@ struct BootArgs {
     /// compact line each), between the console lines.
     #[arg(long)]
     show_witness: bool,
+    /// Journal what enters each partition (messages received, state read,
+    /// clock values, every call's status) beside its witness log, so that
+    /// `witness replay` can re-execute it on the host.
+    #[arg(long)]
+    journal: bool,
 }
 
 impl BootArgs {
@@ -377,6 +446,7 @@ impl BootArgs {
             bundle_out: self.bundle_out.clone(),
             no_boot: self.no_boot,
             live_witness: self.show_witness,
+            journal: self.journal,
         }
     }
 }
@@ -393,6 +463,12 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Partition(PartitionCmd::List) => commands::partition_list(&ctx),
         Command::Partition(PartitionCmd::Remove { name }) => {
             commands::partition_remove(&ctx, &name)
+        }
+        Command::Partition(PartitionCmd::Unfence { name }) => {
+            commands::partition_order(&ctx, rvm_abi::frame::OrderKind::Unfence, &name)
+        }
+        Command::Partition(PartitionCmd::Evict { name }) => {
+            commands::partition_order(&ctx, rvm_abi::frame::OrderKind::Evict, &name)
         }
         Command::Caps(CapsCmd::Install { table, partition }) => {
             commands::caps_install(&ctx, &table, partition.as_deref())
@@ -441,6 +517,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                 require_signed,
             },
         ),
+        Command::Witness(WitnessCmd::Replay {
+            partition,
+            wasm,
+            quiet,
+        }) => witness_cli::replay(&ctx, &partition, wasm.as_deref(), quiet),
         Command::Witness(WitnessCmd::Export { log, format, out }) => {
             witness_cli::export(&ctx, &log, format, out.as_deref())
         }

@@ -581,6 +581,13 @@ fn recovery_text(r: &RecoveryDesc) -> String {
     )
 }
 
+/// `partition unfence|evict NAME`: an operator's order to the running
+/// instance that booted `NAME` ([`crate::control`]).
+pub fn partition_order(ctx: &Ctx, kind: rvm_abi::frame::OrderKind, name: &str) -> Result<()> {
+    let name = name_arg("NAME", name)?;
+    crate::control::order(&ctx.home, kind, &name)
+}
+
 /// `partition list`.
 pub fn partition_list(ctx: &Ctx) -> Result<()> {
     let reg = ctx.home.load()?;
@@ -692,6 +699,10 @@ pub fn status(ctx: &Ctx) -> Result<()> {
                 m.len() / rvm_abi::witness::RECORD_LEN as u64
             );
         }
+        // Its coherence domain: the loader deploys one agent per partition.
+        let last = crate::domains::last_decision_in(&log)
+            .map_or_else(|| "none".to_string(), |d| d.describe());
+        println!("  domain: 1 agent (slot 0); last cut decision: {last}");
         println!("  recovery: {}", recovery_text(&RecoveryDesc::DEFAULT));
         if let Some(run) = &r.last_run {
             let with: Vec<&str> = run.with.iter().map(PartitionName::as_str).collect();

@@ -2,7 +2,9 @@
 //! checkpoint signing key (one per home; its seed travels in the bundle)
 //! and one authority key per partition that holds P3 capabilities (its
 //! public half is bound to the partition's capabilities in the bundle; its
-//! seed stays in the home and signs approvals, `caps prove`). Seeds are
+//! seed stays in the home and signs approvals, `caps prove`), and the
+//! operator key that signs orders to a running hypervisor (`partition
+//! unfence|evict`; its public half travels in every bundle). Seeds are
 //! generated once, kept `0600`.
 
 use crate::model::{KeyFingerprint, PartitionName};
@@ -17,6 +19,9 @@ pub enum KeyRole {
     Witness,
     /// Authorises one partition's P3 operations (operator approvals).
     Authority(PartitionName),
+    /// Signs the operator's orders to a running hypervisor
+    /// (`partition unfence|evict`); its public half travels in every bundle.
+    Operator,
 }
 
 /// Folder of the authority keys under `RVM_HOME/keys/`.
@@ -28,6 +33,7 @@ impl KeyRole {
         match self {
             KeyRole::Witness => PathBuf::from("witness.seed"),
             KeyRole::Authority(p) => PathBuf::from(AUTHORITY_DIR).join(format!("{p}.seed")),
+            KeyRole::Operator => PathBuf::from("operator.seed"),
         }
     }
 
@@ -36,6 +42,7 @@ impl KeyRole {
         match self {
             KeyRole::Witness => "witness".to_string(),
             KeyRole::Authority(p) => format!("authority ({p})"),
+            KeyRole::Operator => "operator".to_string(),
         }
     }
 }

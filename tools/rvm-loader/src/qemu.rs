@@ -183,17 +183,21 @@ enum Chunk {
 }
 
 /// Run `program` with `args`, streaming its standard output to `watch`,
-/// for at most `timeout`.
+/// for at most `timeout`. With a `control` socket, QEMU's standard input
+/// (the serial line's receive side) carries the operator's orders and the
+/// output is shown to the socket too, for their answers.
 pub fn run(
     program: &OsStr,
     args: &[OsString],
     timeout: Duration,
     watch: &mut dyn Watch,
+    mut control: Option<crate::control::ControlServer>,
 ) -> Result<Run> {
     let start = Instant::now();
+    let stdin = if control.is_some() { Stdio::piped() } else { Stdio::null() };
     let child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -205,6 +209,9 @@ pub fn run(
         })?;
     let mut child = KillOnDrop(child);
     watch.started(child.0.id());
+    if let (Some(c), Some(stdin)) = (control.as_ref(), child.0.stdin.take()) {
+        c.attach(Box::new(stdin));
+    }
     let mut stdout = child
         .0
         .stdout
@@ -260,6 +267,9 @@ pub fn run(
         match rx.recv_timeout(left.min(QUIET_TICK)) {
             Ok(Chunk::Data(d)) => {
                 last_output = Instant::now();
+                if let Some(c) = control.as_mut() {
+                    c.output(&d);
+                }
                 if watch.output(&d) == Flow::Stop {
                     stopped = true;
                     break;
@@ -283,6 +293,7 @@ pub fn run(
             Err(e) => return Err(Error::failed(format!("waiting for QEMU: {e}"))),
         }
     };
+    drop(control); // closes QEMU's input, answers whoever still waits
     drop(child); // kills QEMU if it is still running, and reaps it
     let _ = reader.join();
     let stderr_tail = err_reader.join().unwrap_or_default();
@@ -348,6 +359,7 @@ mod tests {
             ],
             Duration::from_secs(20),
             &mut |b: &[u8]| got.extend_from_slice(b),
+            None,
         )
         .unwrap();
         assert_eq!(got, b"a\nb\n");
@@ -368,6 +380,7 @@ mod tests {
             &["-c".into(), script.into()],
             Duration::from_millis(500),
             &mut |b: &[u8]| got.extend_from_slice(b),
+            None,
         )
         .unwrap();
         assert_eq!(r.exit, Exit::TimedOut);
@@ -407,6 +420,7 @@ mod tests {
             &["-c".into(), "echo key; exec sleep 30".into()],
             Duration::from_secs(20),
             &mut w,
+            None,
         )
         .unwrap();
         assert_eq!(r.exit, Exit::Stopped);
@@ -426,6 +440,7 @@ mod tests {
             &[],
             Duration::from_secs(1),
             &mut |_: &[u8]| {},
+            None,
         )
         .unwrap_err();
         assert!(

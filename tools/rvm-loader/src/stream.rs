@@ -6,13 +6,18 @@
 use crate::store::RunState;
 use crate::witness_sink::{LogNames, SinkError, WitnessSink};
 use rvm_abi::frame::Frame;
+use rvm_abi::journal::{self, JournalFrame};
 use rvm_abi::witness::{KernelEvent, WitnessOp, WitnessRecord, HYPERVISOR_LOG};
 use rvm_witness_host::show::decode_line;
 use rvm_witness_host::store::HYPERVISOR_NAME;
 use std::collections::BTreeMap;
 
-/// Longest console line kept; the rest of a longer line is dropped.
+/// Longest console line kept; the rest of a longer line is dropped. An
+/// input-journal line (`@J`) may be up to [`journal::MAX_LINE_LEN`].
 pub const CONSOLE_LINE_MAX: usize = 4096;
+
+/// How a journal line starts.
+const JOURNAL_PREFIX: &[u8] = b"@J ";
 
 /// Splits a byte stream into lines (`\n`, with an optional `\r` before it).
 #[derive(Debug, Default)]
@@ -27,7 +32,9 @@ impl LineSplitter {
         for &b in bytes {
             if b == b'\n' {
                 self.emit(out);
-            } else if self.buf.len() < CONSOLE_LINE_MAX {
+            } else if self.buf.len() < CONSOLE_LINE_MAX
+                || (self.buf.starts_with(JOURNAL_PREFIX) && self.buf.len() < journal::MAX_LINE_LEN)
+            {
                 self.buf.push(b);
             } else {
                 self.cut = true;
@@ -143,6 +150,10 @@ impl<'a> Session<'a> {
 
     /// Handle one line.
     pub fn line(&mut self, line: &str, show: &mut dyn FnMut(Shown)) {
+        if journal::is_journal_line(line) {
+            self.journal_line(line, show);
+            return;
+        }
         if !Frame::is_frame_line(line) {
             show(Shown::Console(printable(line)));
             return;
@@ -174,6 +185,28 @@ impl<'a> Session<'a> {
         }
         if let Frame::Record { bytes, .. } = frame {
             self.follow(&bytes, show);
+        }
+    }
+
+    /// An input-journal line: to the sink, or counted as damaged.
+    fn journal_line(&mut self, line: &str, show: &mut dyn FnMut(Shown)) {
+        let Some(frame) = JournalFrame::parse(line) else {
+            self.damaged += 1;
+            self.sink.damaged(line);
+            show(Shown::Progress(
+                "damaged journal frame on the console (not filed)".into(),
+            ));
+            return;
+        };
+        self.frames += 1;
+        if let Err(e) = self.sink.journal(&frame, line) {
+            if self.sink_error.is_none() {
+                show(Shown::Progress(match &e {
+                    SinkError::Store(m) => format!("witness store: {m}: stopping the run"),
+                    SinkError::Refused(m) => m.clone(),
+                }));
+                self.sink_error = Some(e);
+            }
         }
     }
 

@@ -194,6 +194,50 @@ pub fn show(ctx: &Ctx, which: Option<&str>) -> Result<()> {
         for l in &lines {
             println!("{l}");
         }
+        if let Some(entries) = journal_beside(log)? {
+            println!();
+            println!(
+                "{} ({} entries)",
+                crate::witness_sink::journal_path(&log.path).display(),
+                entries.len()
+            );
+            println!(
+                "{:>8} {:<6} {:>6} {:>10} DATA",
+                "SEQ", "KIND", "STATUS", "RESULT"
+            );
+            for f in &entries {
+                match &f.entry {
+                    rvm_abi::journal::Entry::Call {
+                        seq,
+                        status,
+                        results,
+                        data,
+                        ..
+                    } => {
+                        let shown = &data[..data.len().min(16)];
+                        let more = if data.len() > 16 { "..." } else { "" };
+                        println!(
+                            "{seq:>8} {:<6} {status:>6} {:>10} {} bytes {}{more}",
+                            "call",
+                            results[0],
+                            data.len(),
+                            store::hex(shown)
+                        );
+                    }
+                    rvm_abi::journal::Entry::Start { seq, handles } => {
+                        let hs: Vec<String> =
+                            handles.iter().map(|h| format!("{:#x}", h.raw)).collect();
+                        println!(
+                            "{seq:>8} {:<6} {:>6} {:>10} handles {}",
+                            "start",
+                            "",
+                            "",
+                            hs.join(" ")
+                        );
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -298,6 +342,54 @@ pub fn verify(ctx: &Ctx, which: Option<&str>, args: &VerifyArgs) -> Result<()> {
 pub enum ExportFormat {
     /// One JSON object per record, one per line.
     Jsonl,
+    /// The input journal beside the log: one JSON object per entry, one per
+    /// line (`kind`, `seq`, `regs`, `status`, `results`, `data` hex; or the
+    /// start entry's `handles`).
+    JournalJsonl,
+}
+
+/// The journal entries filed beside `log` (`None` when it has no journal).
+fn journal_beside(log: &LogTarget) -> Result<Option<Vec<rvm_abi::journal::JournalFrame>>> {
+    let path = crate::witness_sink::journal_path(&log.path);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::failed(format!("{}: {e}", path.display()))),
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let f = rvm_abi::journal::JournalFrame::parse(line).ok_or_else(|| {
+            Error::refused(
+                path.display().to_string(),
+                format!("line {}: not a journal entry", n + 1),
+            )
+        })?;
+        out.push(f);
+    }
+    Ok(Some(out))
+}
+
+/// One journal entry as a JSON object.
+fn journal_json(f: &rvm_abi::journal::JournalFrame) -> serde_json::Value {
+    use rvm_abi::journal::Entry;
+    match &f.entry {
+        Entry::Call {
+            seq,
+            regs,
+            status,
+            results,
+            data,
+        } => serde_json::json!({
+            "log": f.log, "kind": "call", "seq": seq, "regs": regs, "status": status,
+            "results": results, "data": store::hex(data),
+        }),
+        Entry::Start { seq, handles } => serde_json::json!({
+            "log": f.log, "kind": "start", "seq": seq,
+            "handles": handles.iter().map(|h| serde_json::json!({
+                "raw": h.raw, "kind": h.kind, "rights": h.rights, "agent": h.agent,
+            })).collect::<Vec<_>>(),
+        }),
+    }
 }
 
 fn write_out(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
@@ -321,6 +413,19 @@ pub fn export(ctx: &Ctx, which: &str, format: ExportFormat, out: Option<&Path>) 
         ExportFormat::Jsonl => {
             rvm_witness_host::export_jsonl(&log.path, &names_for(&reg, &log), &mut buf)
                 .map_err(host_error)?
+        }
+        ExportFormat::JournalJsonl => {
+            let entries = journal_beside(&log)?.ok_or_else(|| {
+                Error::refused(
+                    log.path.display().to_string(),
+                    "no journal beside this log (boot with --journal)",
+                )
+            })?;
+            for f in &entries {
+                buf.extend_from_slice(journal_json(f).to_string().as_bytes());
+                buf.push(b'\n');
+            }
+            entries.len() as u64
         }
     };
     write_out(out, &buf)?;
@@ -438,5 +543,137 @@ pub fn verify_proof(ctx: &Ctx, file: &Path, key: &ProofKey) -> Result<()> {
             &shown,
             format!("the proof does not verify: {e}"),
         )),
+    }
+}
+
+/// `witness replay <partition> [--wasm FILE] [--quiet]`: re-execute the
+/// partition's agent from its filed log and journal (see [`crate::replay`]).
+/// Exit 0 when every state hash is reproduced; 1 when the replay differs or
+/// the journal or log was changed; 2 for a missing partition, log, journal
+/// or module, or a log the replay cannot re-execute.
+pub fn replay(ctx: &Ctx, partition: &str, wasm: Option<&Path>, quiet: bool) -> Result<()> {
+    use crate::replay::{self as rp, Progress, ReplayFailure, ReplayInput};
+    let name = crate::parse::names::partition_name("<partition>", "value", partition)?;
+    let reg = ctx.home.load()?;
+    let module = match wasm {
+        Some(p) => std::fs::read(p).map_err(|e| {
+            Error::refused(
+                p.display().to_string(),
+                format!("cannot read the module: {e}"),
+            )
+        })?,
+        None => {
+            let rec = reg.partitions.get(&name).ok_or_else(|| {
+                Error::refused(
+                    partition,
+                    "no partition of that name is registered (or give the module with --wasm FILE)",
+                )
+            })?;
+            let g = rec.guest.as_ref().ok_or_else(|| {
+                Error::refused(
+                    partition,
+                    "the partition has no guest module bound (give it with --wasm FILE)",
+                )
+            })?;
+            ctx.home.module(&g.module_sha256)?
+        }
+    };
+    let info = crate::resolve::check_module(&format!("module of partition {partition}"), &module)?;
+    let log = target(ctx, partition)?;
+    let bytes = std::fs::read(&log.path)
+        .map_err(|e| Error::failed(format!("{}: {e}", log.path.display())))?;
+    if bytes.len() % rvm_abi::witness::RECORD_LEN != 0 {
+        return Err(Error::refused(
+            log.path.display().to_string(),
+            "not a whole number of 64-byte records",
+        ));
+    }
+    let records: Vec<[u8; 64]> = bytes
+        .chunks_exact(rvm_abi::witness::RECORD_LEN)
+        .map(|c| <[u8; 64]>::try_from(c).unwrap_or([0; 64]))
+        .collect();
+    let first = records
+        .first()
+        .and_then(|b| rvm_abi::WitnessRecord::from_bytes(b).ok());
+    let Some(log_id) = first.map(|r| r.partition) else {
+        return Err(Error::refused(
+            log.path.display().to_string(),
+            "the log is empty",
+        ));
+    };
+    let journal_path = crate::witness_sink::journal_path(&log.path);
+    let text = match std::fs::read_to_string(&journal_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::refused(
+                journal_path.display().to_string(),
+                "no journal beside the log: boot with --journal to record what replay needs",
+            ))
+        }
+        Err(e) => return Err(Error::failed(format!("{}: {e}", journal_path.display()))),
+    };
+    let journal = rp::parse_journal(&text, log_id).map_err(|e| {
+        Error::Failed(format!(
+            "{}: {e}: the journal was changed or damaged",
+            journal_path.display()
+        ))
+    })?;
+    if !quiet {
+        eprintln!(
+            "replaying {} ({} records, {} journal entries) with a module of {} bytes",
+            log.path.display(),
+            records.len(),
+            journal.len(),
+            module.len()
+        );
+    }
+    let input = ReplayInput {
+        log: log_id,
+        records,
+        journal,
+        wasm: &module,
+        wasm_pages: crate::resolve::wasm_pages(&info),
+        fuel_per_slice: 0,
+    };
+    let started = std::time::Instant::now();
+    let mut show = |p: &Progress| {
+        if quiet {
+            return;
+        }
+        match p {
+            Progress::Checkpoint { id, turn, seq } => {
+                eprintln!(
+                    "  checkpoint {id} after turn {turn} (record #{seq}): state hash reproduced"
+                )
+            }
+            Progress::Instance { n, turns, next } => {
+                eprintln!("  instance {n} ended after turn {turns}: {next}")
+            }
+        }
+    };
+    match rp::replay_on_own_stack(input, &mut show) {
+        Ok(report) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!("{partition}: {report}");
+            if !quiet && secs > 0.0 {
+                eprintln!(
+                    "  {:.0} turns/s, {:.0} calls/s ({secs:.3} s)",
+                    report.turns as f64 / secs,
+                    report.calls as f64 / secs
+                );
+            }
+            Ok(())
+        }
+        Err(f) => {
+            let msg = format!("{partition}: {f}");
+            match f {
+                ReplayFailure::Tampered { .. } | ReplayFailure::Diverged { .. } => {
+                    Err(Error::Failed(msg))
+                }
+                ReplayFailure::Input(_) | ReplayFailure::Unsupported { .. } => {
+                    Err(Error::refused(partition, f.to_string()))
+                }
+            }
+        }
     }
 }

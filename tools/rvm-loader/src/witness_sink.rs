@@ -30,10 +30,12 @@
 use crate::model::{KeyFingerprint, PartitionName};
 use crate::store::Home;
 use rvm_abi::frame::Frame;
+use rvm_abi::journal::JournalFrame;
 use rvm_witness::Hash;
 use rvm_witness_host::{FiledLog, Recorder};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which partition each log id belongs to (log 0 is the hypervisor's).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub struct SinkSummary {
     pub checkpoints: u64,
     pub keys: u64,
     pub damaged: u64,
+    /// Input-journal entries received (`@J`).
+    pub journal_entries: u64,
     /// Whether the frames were written under `RVM_HOME/witness/`.
     pub filed: bool,
     /// Each log written.
@@ -96,6 +100,11 @@ pub trait WitnessSink {
     fn frame(&mut self, frame: &Frame) -> Result<(), SinkError>;
     /// A line that starts like a frame but does not decode (damaged in transit).
     fn damaged(&mut self, line: &str);
+    /// An input-journal entry (`@J`), with its line as it arrived.
+    fn journal(&mut self, frame: &JournalFrame, line: &str) -> Result<(), SinkError> {
+        let _ = (frame, line);
+        Ok(())
+    }
     /// The run is over.
     fn finish(&mut self) -> Result<SinkSummary, String>;
 }
@@ -118,6 +127,11 @@ impl WitnessSink for NotFiled {
 
     fn damaged(&mut self, _line: &str) {
         self.summary.damaged += 1;
+    }
+
+    fn journal(&mut self, _frame: &JournalFrame, _line: &str) -> Result<(), SinkError> {
+        self.summary.journal_entries += 1;
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<SinkSummary, String> {
@@ -172,6 +186,8 @@ impl KeyPolicy {
 /// The sink of a real boot: files every frame with `rvm_witness_host::Recorder`.
 pub struct Filed {
     recorder: Option<Recorder>,
+    /// Journal lines by log, filed beside the logs when the run ends.
+    journals: BTreeMap<u32, Vec<String>>,
     policy: KeyPolicy,
     refused: Option<String>,
     counts: SinkSummary,
@@ -183,6 +199,7 @@ impl Filed {
         let recorder = Recorder::new(home.root(), names.to_host()?).map_err(|e| e.to_string())?;
         Ok(Self {
             recorder: Some(recorder),
+            journals: BTreeMap::new(),
             policy,
             refused: None,
             counts: SinkSummary::default(),
@@ -227,13 +244,41 @@ impl WitnessSink for Filed {
         }
     }
 
+    fn journal(&mut self, frame: &JournalFrame, line: &str) -> Result<(), SinkError> {
+        if let Some(r) = &self.refused {
+            return Err(SinkError::Refused(r.clone()));
+        }
+        self.counts.journal_entries += 1;
+        self.journals
+            .entry(frame.log)
+            .or_default()
+            .push(line.to_string());
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<SinkSummary, String> {
         let recorder = self
             .recorder
             .take()
             .ok_or_else(|| "the witness store was already closed".to_string())?;
         let filed = recorder.finish().map_err(|e| e.to_string())?;
+        let mut journal_warnings = Vec::new();
+        let mut journal_archived = Vec::new();
+        for l in &filed.logs {
+            let lines = self.journals.remove(&l.log).unwrap_or_default();
+            match file_journal(&l.path, &filed.archived, &lines) {
+                Ok(moved) => journal_archived.extend(moved),
+                Err(e) => journal_warnings.push(format!("journal of {} not filed: {e}", l.name)),
+            }
+        }
+        for log in self.journals.keys() {
+            journal_warnings.push(format!(
+                "journal entries of log {log}, which filed no records, were dropped"
+            ));
+        }
         let mut s = self.counts.clone();
+        s.warnings.extend(journal_warnings);
+        s.archived.extend(journal_archived);
         s.filed = !filed.logs.is_empty();
         s.key_fingerprint = filed.key_fingerprint.map(|h| KeyFingerprint(h.0));
         s.archived = filed.archived;
@@ -254,8 +299,12 @@ impl WitnessSink for Filed {
         } else if s.logs.is_empty() {
             "witness: no records arrived; nothing filed".to_string()
         } else {
+            let journal = match s.journal_entries {
+                0 => String::new(),
+                n => format!(", {n} journal entries"),
+            };
             format!(
-                "witness: filed {} records, {} checkpoints in {}: {}",
+                "witness: filed {} records, {} checkpoints{journal} in {}: {}",
                 s.records,
                 s.checkpoints,
                 s.logs
@@ -267,6 +316,56 @@ impl WitnessSink for Filed {
         };
         Ok(s)
     }
+}
+
+/// Where a log's input journal lives: beside it, `<name>.journal`.
+pub fn journal_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension(JOURNAL_EXTENSION)
+}
+
+/// File extension of a journal (the `@J` lines of one log, as they arrived).
+pub const JOURNAL_EXTENSION: &str = "journal";
+
+/// File `lines` as the journal beside `log_path` (temporary file, then
+/// rename). An earlier run's journal there goes to the archive under the
+/// number its log was archived with (found in `archived`), so a journal
+/// never sits beside a log of another run. Returns what was archived.
+fn file_journal(
+    log_path: &Path,
+    archived: &[PathBuf],
+    lines: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    let path = journal_path(log_path);
+    let mut moved = Vec::new();
+    if path.exists() {
+        let stem = log_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let archived_log = archived.iter().find(|a| {
+            a.extension().is_some_and(|e| e == "log")
+                && a.file_stem()
+                    .and_then(|s| s.to_str())
+                    .is_some_and(|s| s.rsplit_once('.').is_some_and(|(n, _)| n == stem))
+        });
+        let to = match archived_log {
+            Some(a) => a.with_extension(JOURNAL_EXTENSION),
+            None => log_path.with_extension("journal.old"),
+        };
+        std::fs::rename(&path, &to)
+            .map_err(|e| format!("{}: move to {}: {e}", path.display(), to.display()))?;
+        moved.push(to);
+    }
+    if lines.is_empty() {
+        return Ok(moved);
+    }
+    let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    crate::store::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    Ok(moved)
 }
 
 #[cfg(test)]
@@ -341,5 +440,31 @@ mod tests {
         let w = other.judge(&key).unwrap();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains(&fp.to_string()), "{w:?}");
+    }
+
+    #[test]
+    fn a_journal_is_filed_beside_its_log_and_an_old_one_follows_its_log_to_the_archive() {
+        let home = tmp_home("journal");
+        let dir = home.witness_dir();
+        std::fs::create_dir_all(dir.join("archive")).unwrap();
+        let log = dir.join("a.log");
+        std::fs::write(journal_path(&log), "@J 1 s 0 00000000\n").unwrap();
+        let archived = vec![dir.join("archive").join("a.1.log")];
+        let lines = vec!["@J 1 s 3 00000000".to_string()];
+        let moved = file_journal(&log, &archived, &lines).unwrap();
+        assert_eq!(moved, vec![dir.join("archive").join("a.1.journal")]);
+        assert_eq!(
+            std::fs::read_to_string(&moved[0]).unwrap(),
+            "@J 1 s 0 00000000\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(journal_path(&log)).unwrap(),
+            "@J 1 s 3 00000000\n"
+        );
+        // A run without a journal leaves none beside its log.
+        let moved = file_journal(&log, &[dir.join("archive").join("a.2.log")], &[]).unwrap();
+        assert_eq!(moved, vec![dir.join("archive").join("a.2.journal")]);
+        assert!(!journal_path(&log).exists());
+        let _ = std::fs::remove_dir_all(home.root());
     }
 }

@@ -173,6 +173,14 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
         ),
         "{status}"
     );
+    // Each partition is a one-agent domain; this run decided no cut.
+    assert_eq!(
+        status
+            .matches("domain: 1 agent (slot 0); last cut decision: none")
+            .count(),
+        3,
+        "{status}"
+    );
 
     // The command line of the reference machine.
     let args = q.args();

@@ -489,3 +489,83 @@ fn a_tampered_log_byte_is_named_by_witness_verify() {
     std::fs::write(&log, &pristine).unwrap();
     assert_filed_and_verified(&env, "demo-minimal");
 }
+
+/// A tenant folder whose guest spins forever (only preemption stops it).
+fn spinner_folder(env: &Real, dir: &Path) {
+    let wasm = env.images.join("agents/spin.wasm");
+    env.ok(&["guest", "add", "@rvm/spin@0.1.0", wasm.to_str().unwrap()]);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("rvm-partition.toml"),
+        "[partition]\nname = \"spinner\"\nmemory_tier = \"Hot\"\ndeadline_urgency = 0.5\ncut_pressure = 0.3\n\n\
+         [wasm_guest]\npackage = \"@rvm/spin\"\nversion = \"0.1.0\"\nlifecycle = \"managed\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wasm-guest.json"),
+        r#"{"schema": 1, "partition": "spinner",
+            "guest": {"package": "@rvm/spin", "version": "0.1.0", "entrypoint": "spin.wasm"},
+            "lifecycle": "managed", "proof_tier_default": "P2",
+            "failure_class_recovery": {"F1": "restart-guest", "F2": "rollback-to-checkpoint",
+                                       "F3": "partition-fence", "F4": "partition-evict"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("capability-table.json"),
+        r#"[{"rights": ["READ"], "resource": "memory/spinner", "proof_tier": "P1", "expires_at": 0}]"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn operator_orders_reach_a_running_instance_through_its_control_socket() {
+    let env = Real::new();
+    let dir = env.home().with_extension("spinner");
+    spinner_folder(&env, &dir);
+    env.ok(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    // Not running: nothing to deliver to.
+    let idle = env.loader(&["partition", "evict", "spinner"]);
+    assert_eq!(idle.code, 1, "{idle:#?}");
+    assert!(idle.stderr.contains("spinner is not running"), "{idle:#?}");
+    let _q = qemu_lock();
+    let up = env.command(
+        Path::new(env!("CARGO_BIN_EXE_rvm-loader")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["up", "spinner", "--timeout", LOADER_TIMEOUT],
+    );
+    std::thread::scope(|s| {
+        let run = s.spawn(move || bounded(up, "rvm-loader up spinner"));
+        // Wait for the instance's control socket.
+        let run_dir = env.home().join("run");
+        let start = Instant::now();
+        while !std::fs::read_dir(&run_dir).is_ok_and(|mut d| d.next().is_some()) {
+            assert!(start.elapsed() < DEADLINE, "no control socket appeared in {}", run_dir.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let bad = env.loader(&["partition", "unfence", "../x"]);
+        assert_eq!(bad.code, 2, "{bad:#?}");
+        let unknown = env.loader(&["partition", "evict", "nobody"]);
+        assert_eq!(unknown.code, 2, "{unknown:#?}");
+        assert!(unknown.stderr.contains("no partition named nobody is registered"), "{unknown:#?}");
+        // The hypervisor answers; it may take a moment to boot.
+        let pointless = env.loader(&["partition", "unfence", "spinner"]);
+        assert_eq!(pointless.code, 2, "{pointless:#?}");
+        assert!(
+            pointless.stderr.contains("refused: partition is not fenced (it is"),
+            "{pointless:#?}"
+        );
+        let evict = env.ok(&["partition", "evict", "spinner"]);
+        // Evicted at once, or when its CPU comes back (a guest on a CPU).
+        assert!(evict.stdout.contains("evict 'spinner' done: "), "{evict:#?}");
+        let o = run.join().unwrap();
+        assert_eq!(o.code, 0, "{o:#?}");
+        assert!(o.stderr.contains("spinner at the end of the run: evicted (F4)"), "{o:#?}");
+    });
+    assert!(
+        std::fs::read_dir(env.home().join("run")).is_ok_and(|mut d| d.next().is_none()),
+        "the control socket is removed when the run ends"
+    );
+    let shown = show(&env, "spinner");
+    assert!(shown.contains("OperatorOrder") && shown.contains("OrderRefused"), "{shown}");
+    assert_filed_and_verified(&env, "spinner");
+}

@@ -119,6 +119,7 @@ impl FakeHost {
                         Object::Store(_) => ObjectKind::StateStore as u8,
                     },
                     rights: r.bits(),
+                    agent: 0,
                 })
                 .collect(),
         )

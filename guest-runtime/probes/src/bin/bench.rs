@@ -33,5 +33,9 @@ fn main(_boot_info: u64) -> ! {
     // ClockRead: the same path plus one witness record (SHA-256 chain step,
     // argument digest) streamed to the UART as a frame line.
     measure("witnessed_hvc", Hypercall::ClockRead);
+    // Yield: the slice ends and the CPU picks again. Alone on its CPU the
+    // partition is picked again at once; with a second one on the same CPU
+    // each sample is a switch to it and back (`rvm-bench-qemu` runs both).
+    measure("yield", Hypercall::Yield);
     rvm_guest_probes::finish(0)
 }

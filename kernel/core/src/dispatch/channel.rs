@@ -41,17 +41,21 @@ pub(super) fn send<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     };
     let w = w.data(regs, &msg);
     let ch = channel_index(&g);
-    let me = hv.partitions[idx].id;
+    let me = crate::domains::caller(hv, idx);
     // Would the queue take it? Ask without changing anything.
     let room = hv.channels.get(ch).ok_or(HvError::BadHandle).and_then(|c| c.check_send(me, msg.len()));
     if let Err(e) = room {
         return deny(hv, idx, &w, e);
     }
-    allow(hv, idx, &w, |hv| {
+    let flow = allow(hv, idx, &w, |hv| {
         let sent = hv.channels[ch].send(me, &msg);
         debug_assert!(sent.is_ok());
+        crate::domains::record_send(hv, ch, me, msg.len());
         [msg.len() as u64, 0, 0]
-    })
+    });
+    // A dormant receiver wakes for the message (it stays queued for it).
+    crate::dormant::message_sent(hv, ch);
+    flow
 }
 
 /// A P3 approval signs `ArgsDigest::of(&[], &[])`.
@@ -70,7 +74,7 @@ pub(super) fn recv<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     };
     let w = w.granted(&g);
     let ch = channel_index(&g);
-    let me = hv.partitions[idx].id;
+    let me = crate::domains::caller(hv, idx);
     let len = match hv.channels.get(ch).map(|c| c.peek_len(me)) {
         None => return deny(hv, idx, &w, HvError::BadHandle),
         Some(Err(e)) => return deny(hv, idx, &w, e),

@@ -39,11 +39,21 @@ pub(crate) struct Witnessed {
     /// otherwise computed from `regs` only when the record is written, so
     /// calls that are not witnessed never pay for a hash.
     args: Option<[u8; 16]>,
+    /// Whether the run journals this call (`crate::journal`).
+    journal: bool,
+    /// The bytes `args` covers after the registers, kept for the journal.
+    kept: Option<Vec<u8>>,
 }
 
 impl Witnessed {
     pub(crate) fn new(call: Hypercall, regs: &[u64; 6]) -> Self {
-        Self { call: call as u16, tier: 0, cap: NO_CAP, regs: *regs, args: None }
+        Self { call: call as u16, tier: 0, cap: NO_CAP, regs: *regs, args: None, journal: false, kept: None }
+    }
+
+    /// Keep the digested bytes for the input journal when `on`.
+    pub(crate) fn journaled(mut self, on: bool) -> Self {
+        self.journal = on;
+        self
     }
 
     fn digest(&self) -> [u8; 16] {
@@ -70,6 +80,9 @@ impl Witnessed {
 
     pub(crate) fn data(mut self, regs: &[u64; 6], data: &[u8]) -> Self {
         self.args = Some(crate::digest::of_call(regs, data));
+        if self.journal {
+            self.kept = Some(data.to_vec());
+        }
         self
     }
 }
@@ -81,6 +94,12 @@ pub(crate) fn regs_of<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> [u64; 6] {
 
 /// Append the call's record; `Err` if the log could not take it.
 pub(crate) fn witness<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, outcome: Outcome) -> Result<(), HvError> {
+    witness_seq(hv, idx, w, outcome, false).map(|_| ())
+}
+
+/// [`witness`], answering the record's sequence number; `journaled`: the
+/// caller writes the call's journal entry (the record says so).
+fn witness_seq<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, outcome: Outcome, journaled: bool) -> Result<u64, HvError> {
     let p = &mut hv.partitions[idx];
     p.stats.hypercalls += 1;
     if outcome != Outcome::Done {
@@ -91,18 +110,30 @@ pub(crate) fn witness<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed
     rec.tier = w.tier;
     rec.cap = w.cap;
     rec.args = w.digest();
+    if journaled && w.journal {
+        rec.flags |= rvm_abi::witness::flags::JOURNALED;
+    }
     rec.timestamp = hv.arch.now_ns();
     let log = p.id.0;
-    hv.witness.append(&mut hv.arch, log, rec).map(|_| ()).map_err(|_| HvError::WitnessUnavailable)
+    hv.witness.append(&mut hv.arch, log, rec).map_err(|_| HvError::WitnessUnavailable)
+}
+
+/// The journal entry of a witnessed call (see [`crate::journal`]).
+fn journal_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, seq: u64, status: i64, results: &[u64]) {
+    let input = crate::journal::CallInput { seq, regs: &w.regs, data: w.kept.as_deref().unwrap_or(&[]) };
+    crate::journal::call(hv, idx, &input, status, results);
 }
 
 /// Witness a denial and return its status to the guest.
 pub(crate) fn deny<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, err: HvError) -> Flow {
-    let status = match witness(hv, idx, w, Outcome::Denied(err)) {
-        Ok(()) => err,
-        Err(e) => e,
+    let (status, seq) = match witness_seq(hv, idx, w, Outcome::Denied(err), true) {
+        Ok(seq) => (err, Some(seq)),
+        Err(e) => (e, None),
     };
     hv.partitions[idx].vcpu.set_return(status.code(), &[]);
+    if let Some(seq) = seq {
+        journal_call(hv, idx, w, seq, status.code(), &[]);
+    }
     Flow::Resume
 }
 
@@ -113,12 +144,16 @@ pub(crate) fn allow<A: Arch>(
     w: &Witnessed,
     apply: impl FnOnce(&mut Hypervisor<A>) -> [u64; 3],
 ) -> Flow {
-    if let Err(e) = witness(hv, idx, w, Outcome::Done) {
-        hv.partitions[idx].vcpu.set_return(e.code(), &[]);
-        return Flow::Resume;
-    }
+    let seq = match witness_seq(hv, idx, w, Outcome::Done, true) {
+        Ok(seq) => seq,
+        Err(e) => {
+            hv.partitions[idx].vcpu.set_return(e.code(), &[]);
+            return Flow::Resume;
+        }
+    };
     let results = apply(hv);
     hv.partitions[idx].vcpu.set_return(0, &results);
+    journal_call(hv, idx, w, seq, 0, &results);
     Flow::Resume
 }
 
@@ -250,10 +285,10 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     }
     let regs = regs_of(hv, idx);
     let Some(call) = Hypercall::from_function_id(x0) else {
-        let w = Witnessed { call: (x0 & 0x7fff) as u16, tier: 0, cap: NO_CAP, regs, args: None };
+        let w = Witnessed { call: (x0 & 0x7fff) as u16, tier: 0, cap: NO_CAP, regs, args: None, journal: false, kept: None };
         return deny(hv, idx, &w, HvError::NotSupported);
     };
-    let w = Witnessed::new(call, &regs);
+    let w = Witnessed::new(call, &regs).journaled(hv.journal.on());
     match call {
         Hypercall::Null => {
             hv.partitions[idx].vcpu.set_return(0, &[]);
@@ -273,7 +308,13 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         Hypercall::CapDerive => cap::derive(hv, idx, w.handle(regs[0]), &regs),
         Hypercall::CapRevoke => cap::revoke(hv, idx, w.handle(regs[0]), &regs),
         Hypercall::Prove => cap::prove(hv, idx, w.handle(regs[0]), &regs),
+        // One checkpoint per partition holds one agent: refused when it runs several.
+        // A departing agent's checkpoint carries out its move.
+        Hypercall::Checkpoint if crate::migrate::departs(hv, idx) => crate::migrate::depart(hv, idx, w, &regs),
+        Hypercall::Checkpoint if crate::domains::refuses_checkpoint(hv, idx) => deny(hv, idx, &w, HvError::NotSupported),
         Hypercall::Checkpoint => checkpoint::take(hv, idx, w, &regs),
+        Hypercall::AgentSwitch => crate::domains::switch(hv, idx, w, &regs),
+        Hypercall::Idle => crate::dormant::idle(hv, idx, w, &regs),
         Hypercall::ClockRead => {
             let p = &hv.partitions[idx];
             let now = hv.arch.now_ns().saturating_sub(p.started_ns.unwrap_or(0));

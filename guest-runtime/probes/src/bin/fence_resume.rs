@@ -1,0 +1,58 @@
+//! Probe for operator orders: on its first start it hands the hypervisor a
+//! 16-byte checkpoint, then writes hypervisor memory (a stage-2 abort: the
+//! partition is fenced, F3). Unfenced by the operator, it is recreated from
+//! its pristine image with that checkpoint mapped in its restore window; it
+//! checks the image and finishes with code 0.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+use rvm_abi::bootinfo::RestoreInfo;
+use rvm_abi::Hypercall;
+use rvm_el1::arch::{self, probe, Arg};
+use rvm_el1::el1_println as println;
+use rvm_guest_probes::{finish, not_isolated, require_outside_image, start, HYPERVISOR_PA};
+
+rvm_el1::el1_main!(main);
+
+/// What the first start checkpoints and a resumed start expects back.
+const MARKER: [u8; 16] = *b"fence-resume-ck1";
+/// Exit code of a resumed start whose checkpoint image differs.
+const EXIT_WRONG_IMAGE: i32 = 0x0bb0;
+/// Exit code when the checkpoint is refused.
+const EXIT_NO_CHECKPOINT: i32 = 0x0bb1;
+
+fn main(boot_info: u64) -> ! {
+    let s = start("fence-resume", boot_info);
+    let restore = arch::boot_page(boot_info).and_then(RestoreInfo::read).filter(RestoreInfo::is_restore);
+    match restore {
+        None => {
+            require_outside_image("fence-resume", HYPERVISOR_PA);
+            let marker = MARKER;
+            let id = match arch::hypercall(Hypercall::Checkpoint, &mut [Arg::In(&marker)]) {
+                Ok([id, _, _]) => id,
+                Err(e) => {
+                    println!("probe fence-resume: checkpoint refused: {}", e.name());
+                    finish(EXIT_NO_CHECKPOINT)
+                }
+            };
+            println!(
+                "probe fence-resume: start {} took checkpoint {id}; writing hypervisor memory at {HYPERVISOR_PA:#x}",
+                s.info.restarts
+            );
+            probe::write_u64(HYPERVISOR_PA, 0xdead_beef_dead_beef);
+            not_isolated("fence-resume", HYPERVISOR_PA)
+        }
+        Some(r) => {
+            let intact = arch::with_checkpoint_image(r.image_ipa, r.image_len, |image| image == MARKER).unwrap_or(false);
+            println!(
+                "probe fence-resume: start {} resumed from checkpoint {} ({} bytes, {})",
+                s.info.restarts,
+                r.checkpoint_id,
+                r.image_len,
+                if intact { "intact" } else { "DIFFERENT" }
+            );
+            finish(if intact { 0 } else { EXIT_WRONG_IMAGE })
+        }
+    }
+}

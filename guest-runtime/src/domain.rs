@@ -1,0 +1,170 @@
+//! A partition with several agents (a coherence domain): one wasmi instance
+//! per agent, driven round-robin one turn at a time. Before each turn the
+//! runtime tells the hypervisor which agent runs (`AgentSwitch`), so every
+//! hypercall of the turn is that agent's.
+//!
+//! At a turn boundary the kernel may move an agent to another partition
+//! (a coherence-domain split): its `AgentSwitch` answers `DEPART`, the
+//! runtime checkpoints that agent alone and drops its instance; it resumes
+//! from that checkpoint in the new partition's runtime.
+//!
+//! Each agent gets the partition's memory budget and sees only the handles
+//! listed for it (its channels) or for every agent (the partition's state
+//! store). A trap or a refused yield in any agent ends the whole partition
+//! with that failure (the recovery policy restarts every agent); when all
+//! agents have finished, the partition exits with the first nonzero code.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bootinfo::{exit, AgentTable, BootInfo, RestoreInfo};
+use rvm_agent_engine::{Agent, AgentConfig, FuelPolicy, HandleList, RunOutcome};
+use rvm_el1::arch;
+use rvm_el1::el1_println as println;
+use rvm_el1::hostcalls::{agent_switch, El1Host};
+
+/// Turns an agent runs before the next agent's turn.
+const TURNS_PER_VISIT: u64 = 1;
+
+/// The handles listed for the agent in `slot` (tag `slot + 1`) or for all (tag 0).
+fn handles_for(info: &BootInfo, page: &[u8], slot: usize) -> HandleList {
+    let all = HandleList::from_boot_page(info, page);
+    let tag = u8::try_from(slot + 1).unwrap_or(u8::MAX);
+    HandleList::new(
+        all.entries()
+            .iter()
+            .copied()
+            .filter(|h| h.agent == 0 || h.agent == tag)
+            .collect(),
+    )
+}
+
+/// Load every agent of the table and run them to their end; never returns.
+pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
+    let Some(table) = arch::agent_table_page(count) else {
+        println!("runtime: no agent table page");
+        fail(exit::RUNTIME_PANIC)
+    };
+    let n = AgentTable::count(table);
+    if n == 0 || u32::try_from(n).ok() != Some(count) {
+        println!("runtime: agent table lists {n} agents, the boot-info page {count}");
+        fail(exit::RUNTIME_PANIC)
+    }
+    if RestoreInfo::read(page).is_some_and(|r| r.is_restore()) {
+        println!("runtime: a partition with several agents does not resume from a checkpoint");
+        fail(exit::RESTORE_FAILED)
+    }
+    let fuel = FuelPolicy::from_boot_info(info.fuel_per_slice);
+    let mut agents: Vec<(usize, u32, Agent<El1Host>)> = Vec::with_capacity(n);
+    for slot in 0..n {
+        let Some(entry) = AgentTable::read(table, slot) else {
+            println!("runtime: agent table slot {slot} unreadable");
+            fail(exit::RUNTIME_PANIC)
+        };
+        if entry.module_len == 0 {
+            // The agent moved to another partition (a split): not ours.
+            println!("runtime: agent {} (slot {slot}) moved away", entry.agent_id);
+            continue;
+        }
+        let Some(wasm) = arch::wasm_module(entry.module_ipa, entry.module_len) else {
+            println!("runtime: agent {slot}'s module lies outside the module window");
+            fail(exit::RUNTIME_PANIC)
+        };
+        let config = AgentConfig {
+            wasm_pages: info.wasm_pages,
+            fuel,
+            handles: handles_for(info, page, slot),
+        };
+        let handles = config.handles.entries().len();
+        match Agent::load(wasm, config, El1Host) {
+            Ok(agent) => {
+                println!(
+                    "runtime: agent {} (slot {slot}): module {} bytes, {handles} handles, `{}`",
+                    entry.agent_id,
+                    wasm.len(),
+                    agent.entry_name()
+                );
+                agents.push((slot, entry.agent_id, agent));
+            }
+            Err(e) => {
+                println!(
+                    "runtime: agent {} (slot {slot}) refused: {e}",
+                    entry.agent_id
+                );
+                fail(e.exit_code())
+            }
+        }
+    }
+    println!(
+        "runtime: partition {} ({}): {n} agents, round-robin by turn, restart {}",
+        info.partition,
+        info.name(),
+        info.restarts
+    );
+    let mut code: i32 = 0;
+    let mut at = 0;
+    while !agents.is_empty() {
+        at %= agents.len();
+        let (slot, id, agent) = &mut agents[at];
+        match agent_switch(*slot) {
+            Ok(false) => {}
+            Ok(true) => {
+                // A turn boundary: the agent moves to another partition.
+                // Its checkpoint is its state there; the kernel keeps it.
+                // Refused, the agent stays and runs its turn.
+                let before = arch::bench::cycles();
+                let handed = agent.checkpoint();
+                let cycles = arch::bench::cycles().wrapping_sub(before);
+                if handed.is_ok() {
+                    println!(
+                        "runtime: agent {id} (slot {slot}) moved out after {} turns; hand-over took {cycles} cycles",
+                        agent.turns()
+                    );
+                    agents.remove(at);
+                    continue;
+                }
+                println!("runtime: agent {id} (slot {slot}) stays: its checkpoint was refused");
+            }
+            Err(e) => {
+                println!(
+                    "runtime: the hypervisor refused agent slot {slot}: {}",
+                    e.name()
+                );
+                fail(exit::RUNTIME_PANIC)
+            }
+        }
+        let Some(report) = agent.run_turns(TURNS_PER_VISIT) else {
+            at += 1;
+            continue;
+        };
+        match report.outcome {
+            RunOutcome::Finished { code: c } => {
+                println!(
+                    "runtime: agent {id} finished with code {c} after {} turns",
+                    agent.turns()
+                );
+                if code == 0 {
+                    code = c;
+                }
+                agents.remove(at);
+            }
+            RunOutcome::Trapped(trap) => {
+                println!("runtime: agent {id} trapped: {trap}");
+                fail(exit::TRAP)
+            }
+            RunOutcome::Stopped(e) => {
+                println!(
+                    "runtime: agent {id}: a fuel yield was refused ({}); stopping",
+                    e.name()
+                );
+                fail(exit::TRAP)
+            }
+        }
+    }
+    println!("runtime: every agent finished");
+    let (stack, stack_used) = arch::stack_usage();
+    let (heap_used, heap_free) = arch::heap_usage();
+    println!(
+        "runtime: stack {stack_used}/{stack} bytes used; heap {heap_used} used, {heap_free} free"
+    );
+    arch::exit(u64::from_ne_bytes(i64::from(code).to_ne_bytes()))
+}

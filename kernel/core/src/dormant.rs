@@ -1,0 +1,271 @@
+//! The `Dormant` memory tier: a partition that sleeps between messages.
+//!
+//! **The signal.** The guest runtime drives its agent turn by turn. When a
+//! turn ended in which the agent found its inbox empty (a `ChannelRecv`
+//! answered `WouldBlock`) and received nothing, the runtime asks `Idle`
+//! with `x1` = 0 whether the partition may sleep (the kernel says yes when
+//! its manifest tier is `Dormant` and no message waits for it), takes its
+//! turn-boundary checkpoint, and calls `Idle` with that checkpoint's id.
+//!
+//! **Going dormant** ([`enter`]): unless a message arrived meanwhile, the
+//! call is witnessed and does not return. The partition's memory is
+//! scrubbed and returned to the frame pool — heap (the agent's linear
+//! memory and the runtime's heap), the runtime's private data pages, the
+//! boot-info page — and its stage-2 tables are torn down (an empty root
+//! stays, so the partition's table remains valid to walk). Kept: VMID,
+//! capabilities, channels, the committed state store, the witness log, the
+//! checkpoint, and the read-only frames of its WASM module (its pristine
+//! code, like the shared runtime image). State `Dormant`, witnessed with
+//! `DormantEnter` ([`DormantArgs`]: frames returned).
+//!
+//! **Waking** ([`message_sent`], called by `ChannelSend` once a message is
+//! queued): a dormant partition with a message waiting gets fresh stage-2
+//! tables, the runtime image mapped again (private pages copied from the
+//! pristine image), its module and a new boot-info page, and is recreated
+//! by [`crate::restart::recreate`] from that checkpoint; it is `Running`
+//! again, witnessed with `DormantExit` (frames taken). The message stays
+//! queued and is received by the restored agent: nothing is lost or
+//! delivered twice. A partition that cannot be rebuilt (out of frames) is
+//! fenced (F3) and says why.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bootinfo::layout;
+use rvm_abi::bundle::MemoryTier;
+use rvm_abi::recovery::DormantArgs;
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::HvError;
+
+use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::arch::Arch;
+use crate::console;
+use crate::dispatch::{allow, deny, Witnessed};
+use crate::hypervisor::{name_str, Flow, Hypervisor};
+use crate::partition::{PartitionId, PartitionState};
+use crate::restart::StartFrom;
+use crate::stage2::{MemType, S2Perm, Stage2Table};
+
+/// Per-partition dormancy figures (indexed like the partitions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dormancy {
+    /// Times the partition went dormant.
+    pub sleeps: u32,
+    /// Times a message woke it.
+    pub wakes: u32,
+    /// Frames returned to the pool by the last sleep.
+    pub last_reclaimed: u64,
+    /// Frames taken from the pool by the last wake.
+    pub last_restored: u64,
+    /// Clock time the last wake took (rebuild and recreate, not the
+    /// runtime's own restore, which runs in the guest).
+    pub last_wake_ns: u64,
+}
+
+/// The hypervisor's dormancy ledger.
+#[derive(Default)]
+pub(crate) struct DormantLedger {
+    per_partition: Vec<Dormancy>,
+}
+
+impl DormantLedger {
+    fn entry(&mut self, idx: usize) -> &mut Dormancy {
+        if self.per_partition.len() <= idx {
+            self.per_partition.resize(idx + 1, Dormancy::default());
+        }
+        &mut self.per_partition[idx]
+    }
+
+    /// Figures for partition `idx`.
+    pub(crate) fn get(&self, idx: usize) -> Dormancy {
+        self.per_partition.get(idx).copied().unwrap_or_default()
+    }
+}
+
+impl<A: Arch> Hypervisor<A> {
+    /// Dormancy figures of partition `id` (all zero for one that never slept).
+    pub fn dormancy(&self, id: PartitionId) -> Dormancy {
+        self.partitions.iter().position(|p| p.id == id).map_or(Dormancy::default(), |idx| self.dormant.get(idx))
+    }
+}
+
+/// Whether a message waits for any agent of partition `idx`.
+fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
+    let id = hv.partitions[idx].id;
+    hv.channels
+        .iter()
+        .any(|c| (0..2).any(|i| c.ends[i] == id && c.pending_for(c.endpoint(i)) > 0))
+}
+
+/// Whether partition `idx` is of the `Dormant` tier and runs an agent
+/// module under the shared runtime (only those can be rebuilt on a wake).
+fn dormant_tier<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
+    let p = &hv.partitions[idx];
+    p.desc.memory_tier == MemoryTier::Dormant && p.own_image.is_none() && p.wasm.1 != 0 && hv.runtime.is_some()
+}
+
+/// The `Idle` hypercall (see [`rvm_abi::Hypercall::Idle`]).
+pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let checkpoint_id = regs[0];
+    if checkpoint_id == 0 {
+        // The question changes nothing and is not witnessed.
+        let may = dormant_tier(hv, idx) && !message_waiting(hv, idx);
+        hv.partitions[idx].vcpu.set_return(0, &[u64::from(may)]);
+        return Flow::Resume;
+    }
+    if !dormant_tier(hv, idx) {
+        return deny(hv, idx, &w, HvError::NotSupported);
+    }
+    let last = hv.partitions[idx].checkpoint.as_ref().map(|c| c.id);
+    if last != Some(checkpoint_id) {
+        return deny(hv, idx, &w, HvError::InvalidArgument);
+    }
+    if message_waiting(hv, idx) {
+        // Something arrived since the runtime asked: carry on.
+        return allow(hv, idx, &w, |_| [0; 3]);
+    }
+    let flow = allow(hv, idx, &w, |_| [1, 0, 0]);
+    if hv.partitions[idx].vcpu.regs.x[0] != 0 {
+        // The record was refused: the partition stays awake.
+        return flow;
+    }
+    enter(hv, idx);
+    Flow::Reschedule
+}
+
+/// Put partition `idx` to sleep: scrub and return its memory, tear down
+/// its stage-2 tables, keep its module frames and its checkpoint.
+pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+    let before = hv.frames.frames_in_use();
+    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    hv.stores[idx].abort();
+    let module = module_frames(hv, idx);
+    // Heap pages: the agent's linear memory and the runtime's heap.
+    let heap = core::mem::take(&mut hv.partitions[idx].heap_pages);
+    for (_, pa) in heap {
+        hv.scrub_and_free(pa);
+    }
+    // Private pages (runtime data, boot-info page) except the module's.
+    let private = core::mem::take(&mut hv.partitions[idx].private_frames);
+    for pa in private {
+        if !module.contains(&pa) {
+            hv.scrub_and_free(pa);
+        }
+    }
+    hv.partitions[idx].private_frames = module;
+    hv.partitions[idx].checkpoint_mapped = 0;
+    if let Some(empty) = Stage2Table::new(&mut hv.arch, &mut hv.frames) {
+        let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
+        old.destroy(&mut hv.arch, &mut hv.frames);
+    }
+    let vmid = hv.partitions[idx].vmid;
+    hv.arch.flush_stage2(vmid);
+    hv.forget_loaded_vcpu(idx);
+    let reclaimed = before.saturating_sub(hv.frames.frames_in_use());
+    let ck = hv.partitions[idx].checkpoint.as_ref().map_or(0, |c| c.id);
+    let args = DormantArgs {
+        frames: u32::try_from(reclaimed).unwrap_or(u32::MAX),
+        committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
+        checkpoint_id: ck,
+    };
+    hv.transition(idx, PartitionState::Dormant, KernelEvent::DormantEnter, args.to_bytes());
+    let d = hv.dormant.entry(idx);
+    d.sleeps += 1;
+    d.last_reclaimed = reclaimed;
+    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    console::hyp_line(
+        &mut hv.arch,
+        format_args!(
+            "partition {} '{}' dormant on checkpoint {ck}: {reclaimed} frames ({} KiB) returned",
+            id.0,
+            name_str(&name),
+            reclaimed * PAGE_SIZE / 1024
+        ),
+    );
+}
+
+/// The frames backing the partition's WASM module window.
+fn module_frames<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Vec<PhysAddr> {
+    let p = &hv.partitions[idx];
+    let (ipa, len) = p.wasm;
+    let pages = len.div_ceil(PAGE_SIZE);
+    (0..pages)
+        .filter_map(|n| p.stage2.translate(&hv.arch, Ipa::new(ipa + n * PAGE_SIZE)))
+        .map(|t| t.pa)
+        .collect()
+}
+
+/// A message was queued by `ChannelSend` on channel `ch`: wake its other
+/// end if that partition is dormant.
+pub(crate) fn message_sent<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
+    let Some(c) = hv.channels.get(ch) else { return };
+    let ends = c.ends;
+    for end in ends {
+        let Some(idx) = hv.partitions.iter().position(|p| p.id == end) else { continue };
+        if hv.partitions[idx].state == PartitionState::Dormant && message_waiting(hv, idx) {
+            wake(hv, idx);
+        }
+    }
+}
+
+/// Rebuild partition `idx` and recreate its guest from its checkpoint.
+pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+    let started = hv.arch.now_ns();
+    let before = hv.frames.frames_in_use();
+    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    let rebuilt = rebuild(hv, idx).and_then(|()| crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint));
+    let ck = match rebuilt {
+        Ok(ck) => ck,
+        Err(e) => {
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!("partition {} '{}' could not be woken ({}): fenced (F3)", id.0, name_str(&name), e.name()),
+            );
+            crate::fault::fence(hv, idx, crate::recovery::Trigger::RestoreFailed);
+            return;
+        }
+    };
+    let taken = hv.frames.frames_in_use().saturating_sub(before);
+    let args = DormantArgs {
+        frames: u32::try_from(taken).unwrap_or(u32::MAX),
+        committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
+        checkpoint_id: ck,
+    };
+    hv.transition(idx, PartitionState::Running, KernelEvent::DormantExit, args.to_bytes());
+    let took = hv.arch.now_ns().saturating_sub(started);
+    let d = hv.dormant.entry(idx);
+    d.wakes += 1;
+    d.last_restored = taken;
+    d.last_wake_ns = took;
+    console::hyp_line(
+        &mut hv.arch,
+        format_args!(
+            "partition {} '{}' woken by a message: {taken} frames taken, resuming from checkpoint {ck} ({took} ns)",
+            id.0,
+            name_str(&name)
+        ),
+    );
+}
+
+/// Fresh stage-2 tables with the runtime image, the module and a new
+/// boot-info page mapped (its contents are written by `recreate`).
+fn rebuild<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<(), HvError> {
+    let Hypervisor { arch, frames, partitions, runtime, .. } = &mut *hv;
+    let rt = runtime.as_ref().ok_or(HvError::NotSupported)?;
+    let p = &mut partitions[idx];
+    let fresh = Stage2Table::new(arch, frames).ok_or(HvError::NoMemory)?;
+    let empty = core::mem::replace(&mut p.stage2, fresh);
+    empty.destroy(arch, frames);
+    let module = p.private_frames.clone();
+    rt.map_into(arch, frames, &mut p.stage2, &mut p.private_frames).map_err(|_| HvError::NoMemory)?;
+    for (n, pa) in module.into_iter().enumerate() {
+        let ipa = Ipa::new(layout::WASM_IPA + n as u64 * PAGE_SIZE);
+        p.stage2.map(arch, frames, ipa, pa, S2Perm::ReadOnly, MemType::Normal).map_err(|_| HvError::NoMemory)?;
+    }
+    let page = frames.alloc().ok_or(HvError::NoMemory)?;
+    arch.phys_zero(page, PAGE_BYTES);
+    p.private_frames.push(page);
+    p.stage2
+        .map(arch, frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
+        .map_err(|_| HvError::NoMemory)?;
+    Ok(())
+}

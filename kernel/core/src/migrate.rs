@@ -1,0 +1,478 @@
+//! Migration: carrying out a coherence split by moving an agent to a new
+//! partition at a turn boundary, through checkpoint and restore
+//! (DESIGN section 8).
+//!
+//! 1. **Decision.** When the engine decides to split one agent out of a
+//!    partition running the shared runtime, [`begin_split`] marks it
+//!    departing (one move at a time; a split of several agents stays a
+//!    witnessed decision, pending).
+//! 2. **Departure.** At the mover's next `AgentSwitch` (a turn boundary) the
+//!    kernel answers [`agent_switch::DEPART`]; the runtime checkpoints that
+//!    one agent with `Checkpoint` and drops its instance. That checkpoint
+//!    is [`depart`]'s: captured like any checkpoint (image + the committed
+//!    store it can reach, hashed), then the split happens before the call
+//!    returns. If anything fails, nothing moved: the call is refused, the
+//!    agent stays, and the decision is cancelled in the engine (evaluated
+//!    again later).
+//! 3. **Split.** A new partition at run time: the next id and VMID, its own
+//!    stage-2, the shared runtime image, a copy of the mover's module, its
+//!    boot-info page with the checkpoint mapped for restore
+//!    (`RestoreInfo`), an empty capability table, admitted to the
+//!    scheduler. The capabilities the mover could use (those listed for it
+//!    or for every agent) are transplanted into the new table at the same
+//!    slot and generation ([`rvm_cap::CapabilitySpace::transplant`]: derived
+//!    from the originals, so revocation reaches them), so the raw handles
+//!    the agent cached still work; each is witnessed. Its channel ends are
+//!    re-pointed ([`Channel::repoint`]): queued messages stay in the kernel
+//!    queues, nothing lost or duplicated.
+//! 4. **Committed state.** A state store belongs to the partition it was
+//!    created for, and a capability names it. The mover's store handle is
+//!    transplanted, so it keeps committing to the same store it committed to
+//!    before: nothing is copied, forked or lost. The new partition's own
+//!    store starts empty and no handle names it.
+//! 5. **Witness.** `Split` (`args` = cut value, internal traffic) in the
+//!    split partition's log, after its `Checkpoint` call record, and in the
+//!    new partition's log after its creation and load records.
+//!
+//! Not built: merge (the agents of one partition moving into another);
+//! `MergeDecided` stays a decision.
+
+use alloc::vec::Vec;
+
+use rvm_abi::bootinfo::{layout, AgentTable, HandleInfo, RestoreInfo};
+use rvm_abi::bundle::PartitionDesc;
+use rvm_abi::hypercall::agent_switch;
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
+use rvm_coherence::{AgentId, Decision, DomainId, SplitDecision, Weight};
+
+use crate::addr::{Ipa, PAGE_BYTES, PAGE_SIZE};
+use crate::arch::Arch;
+use crate::channel::{AgentSlot, Endpoint};
+use crate::checkpoint::{Checkpoint, GuestPart};
+use crate::dispatch::{allow, deny, Witnessed};
+use crate::hypervisor::{Flow, Hypervisor};
+use crate::partition::{DemandWindow, Partition, PartitionId, PartitionState, PartitionStats};
+use crate::recovery::{RecoveryPolicy, RecoveryState};
+use crate::stage2::{MemType, S2Perm, Stage2Table};
+use crate::store::{StateStore, StoreLimits};
+use crate::vcpu::Vcpu;
+
+/// A split being carried out: its mover leaves at its next turn boundary.
+#[derive(Clone, Debug)]
+pub struct Departure {
+    pub agent: AgentId,
+    /// Its partition's position and its slot there.
+    pub partition: usize,
+    pub slot: AgentSlot,
+    pub decision: SplitDecision,
+    /// When it was told to leave (kernel clock).
+    pub since_ns: u64,
+}
+
+/// How long a departing agent has to reach a turn boundary and hand itself
+/// over before the move is abandoned (the decision is cancelled and the
+/// domain evaluated again): an agent that never yields a turn, or ignores
+/// `DEPART`, does not block every later move.
+pub const DEPARTURE_TIMEOUT_NS: u64 = 2_000_000_000;
+
+/// A move carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub agent: AgentId,
+    pub from: PartitionId,
+    pub to: PartitionId,
+    pub cut: Weight,
+    pub internal: Weight,
+    /// Channel ends re-pointed.
+    pub channels: u32,
+    /// Messages waiting in those channels (both directions) when it moved.
+    pub queued: u64,
+    /// Capabilities transplanted.
+    pub handles: u32,
+    /// Bytes of the agent's checkpoint.
+    pub image_bytes: u64,
+    /// When the split was carried out (kernel clock).
+    pub at_ns: u64,
+    /// Kernel clock from the captured checkpoint to the `Split` records:
+    /// creating the partition and moving the agent (under QEMU `-icount`,
+    /// instructions).
+    pub took_ns: u64,
+}
+
+/// Why a move did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveError {
+    /// No VMID or partition id left.
+    TooManyPartitions,
+    OutOfMemory,
+    /// The mover's module could not be read from its partition.
+    Module,
+    /// A capability could not be transplanted.
+    Capability(HvError),
+}
+
+impl MoveError {
+    fn reason(self) -> &'static str {
+        match self {
+            MoveError::TooManyPartitions => "no partition id or VMID left",
+            MoveError::OutOfMemory => "out of memory",
+            MoveError::Module => "its module could not be read",
+            MoveError::Capability(_) => "a capability could not be transplanted",
+        }
+    }
+
+    fn status(self) -> HvError {
+        match self {
+            MoveError::Capability(e) => e,
+            MoveError::TooManyPartitions | MoveError::OutOfMemory => HvError::NoMemory,
+            MoveError::Module => HvError::InvalidArgument,
+        }
+    }
+}
+
+/// Start carrying out `s` if it can be: one mover, in a partition of the
+/// shared runtime with several agents, and no other move under way.
+pub(crate) fn begin_split<A: Arch>(hv: &mut Hypervisor<A>, s: &SplitDecision) -> Result<(), &'static str> {
+    if hv.domains.departing.is_some() {
+        return Err("another move is under way");
+    }
+    let [agent] = s.movers.as_slice() else {
+        return Err("migration of several agents at once not built");
+    };
+    let Some(info) = hv.domains.agents().get(usize::try_from(agent.0).unwrap_or(usize::MAX)).copied() else {
+        return Err("unknown agent");
+    };
+    let p = &hv.partitions[info.partition];
+    if p.own_image.is_some() || !hv.domains.is_multi_agent(info.partition) || !p.is_runnable() {
+        return Err("its partition cannot hand over one agent");
+    }
+    let since_ns = hv.arch.now_ns();
+    hv.domains.departing =
+        Some(Departure { agent: *agent, partition: info.partition, slot: info.slot, decision: s.clone(), since_ns });
+    Ok(())
+}
+
+/// Housekeeping: abandon a departure whose partition stopped running, or
+/// that did not happen within [`DEPARTURE_TIMEOUT_NS`].
+pub(crate) fn expire<A: Arch>(hv: &mut Hypervisor<A>, now_ns: u64) {
+    let Some(dep) = hv.domains.departing.as_ref() else { return };
+    let why = if !hv.partitions[dep.partition].is_runnable() {
+        "its partition stopped running"
+    } else if now_ns.saturating_sub(dep.since_ns) > DEPARTURE_TIMEOUT_NS {
+        "it did not reach a turn boundary in time"
+    } else {
+        return;
+    };
+    if let Some(dep) = hv.domains.departing.take() {
+        abandon(hv, &dep, why);
+    }
+}
+
+/// `AgentSwitch`'s `x1` for agent `slot` of partition `idx`.
+pub(crate) fn switch_result<A: Arch>(hv: &Hypervisor<A>, idx: usize, slot: AgentSlot) -> u64 {
+    match &hv.domains.departing {
+        Some(d) if d.partition == idx && d.slot == slot => agent_switch::DEPART,
+        _ => agent_switch::STAY,
+    }
+}
+
+/// Whether partition `idx`'s running agent is departing (its `Checkpoint`
+/// is [`depart`]'s).
+pub(crate) fn departs<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
+    hv.domains.departing.as_ref().is_some_and(|d| d.partition == idx && d.slot == hv.domains.running(idx))
+}
+
+/// `Checkpoint` of a departing agent: capture it, split it out, answer as
+/// `Checkpoint` does (`x1` = checkpoint id, `x2`/`x3` = state hash prefix).
+pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let Some(dep) = hv.domains.departing.take() else { return deny(hv, idx, &w, HvError::NotSupported) };
+    let parts = [GuestPart { ipa: Ipa::new(regs[0]), len: regs[1] }, GuestPart { ipa: Ipa::new(regs[2]), len: regs[3] }];
+    let snapshot = hv.stores[idx].snapshot();
+    let captured = {
+        let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
+        let p = &partitions[idx];
+        Checkpoint::capture(arch, frames, &p.stage2, &parts, p.checkpoint_limit, 1, snapshot)
+    };
+    let ck = match captured {
+        Ok(ck) => ck,
+        Err(e) => {
+            abandon(hv, &dep, "its checkpoint was refused");
+            return deny(hv, idx, &w, e);
+        }
+    };
+    let hash = ck.hash;
+    let w = w.data(regs, &hash.0);
+    let src = hv.partitions[idx].id;
+    // The call's record must follow the move: make sure it cannot fail.
+    if let Err(e) = hv.witness.reserve(src.0) {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        abandon(hv, &dep, "the witness log refused");
+        return deny(hv, idx, &w, e);
+    }
+    let before = hv.arch.now_ns();
+    let moved = match split(hv, &dep, ck) {
+        Ok(m) => m,
+        Err(e) => {
+            abandon(hv, &dep, e.reason());
+            return deny(hv, idx, &w, e.status());
+        }
+    };
+    let flow = allow(hv, idx, &w, |_| {
+        let [lo, hi] = hash.prefix_words();
+        [1, lo, hi]
+    });
+    hv.kernel_event(src, KernelEvent::Split, Outcome::Done, split_args(&dep.decision));
+    let took = hv.arch.now_ns().saturating_sub(before);
+    if let Some(last) = hv.domains.moves.last_mut() {
+        last.took_ns = took;
+    }
+    let (from_name, to_name) = (hv.partitions[idx].desc.name, hv.partitions[moved].desc.name);
+    if let Some(m) = hv.domains.moves.last().cloned() {
+        crate::console::hyp_line(
+            &mut hv.arch,
+            format_args!(
+                "coherence: split of partition {} '{}': agent {} moved to partition {} '{}' ({} channels re-pointed, {} messages queued kept, {} handles transplanted, image {} bytes) in {} ns",
+                src.0,
+                crate::hypervisor::name_str(&from_name),
+                m.agent.0,
+                m.to.0,
+                crate::hypervisor::name_str(&to_name),
+                m.channels,
+                m.queued,
+                m.handles,
+                m.image_bytes,
+                m.took_ns,
+            ),
+        );
+    }
+    flow
+}
+
+/// A split's witness `args`: cut value, internal traffic.
+fn split_args(d: &SplitDecision) -> [u8; 16] {
+    Decision::Split(d.clone()).witness_args()
+}
+
+/// The move will not happen: cancel the decision (the engine evaluates the
+/// domain again) and say why.
+fn abandon<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, why: &str) {
+    if let Some(engine) = hv.domains.engine.as_mut() {
+        let _ = engine.cancel(dep.decision.id);
+    }
+    crate::console::hyp_line(
+        &mut hv.arch,
+        format_args!("coherence: agent {} stays in its partition: {why}", dep.agent.0),
+    );
+}
+
+/// The new partition's name: `<from>.a<agent>`, or `agent-<agent>` when
+/// that is too long.
+fn name_for(from: &PartitionDesc, agent: AgentId) -> [u8; 32] {
+    let long = alloc::format!("{}.a{}", from.name(), agent.0);
+    PartitionDesc::name_field(&long)
+        .or_else(|_| PartitionDesc::name_field(&alloc::format!("agent-{}", agent.0)))
+        .unwrap_or([0; 32])
+}
+
+/// Read `len` bytes of partition `idx`'s memory at `ipa`.
+fn read_guest_bytes<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len: u64) -> Option<Vec<u8>> {
+    let len = usize::try_from(len).ok()?;
+    let mut out = alloc::vec![0u8; len];
+    let mut done = 0usize;
+    while done < len {
+        let at = Ipa::new(ipa.checked_add(done as u64)?);
+        let t = hv.partitions[idx].stage2.translate(&hv.arch, at)?;
+        let take = (len - done).min(PAGE_BYTES - usize::try_from(at.page_offset()).ok()?);
+        hv.arch.phys_read(t.pa, &mut out[done..done + take]);
+        done += take;
+    }
+    Some(out)
+}
+
+/// Create the new partition for `dep`'s agent from its checkpoint `ck`,
+/// move the agent, its channel ends and its capabilities there. Returns the
+/// new partition's position. On `Err` nothing moved (a partition created
+/// on the way is refused and its memory returned).
+fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, ck: Checkpoint) -> Result<usize, MoveError> {
+    let src_idx = dep.partition;
+    let src = hv.partitions[src_idx].id;
+    // The mover's module, from its partition's agent table.
+    let entry = read_guest_bytes(hv, src_idx, layout::AGENTS_IPA, PAGE_SIZE)
+        .and_then(|page| AgentTable::read(&page, usize::from(dep.slot.0)))
+        .filter(|e| e.agent_id == dep.agent.0);
+    let Some(module) = entry.and_then(|e| read_guest_bytes(hv, src_idx, e.module_ipa, e.module_len)) else {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        return Err(MoveError::Module);
+    };
+    let idx = hv.partitions.len();
+    let Some(vmid) = u32::try_from(idx + 1).ok().and_then(|n| u8::try_from(n).ok()) else {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        return Err(MoveError::TooManyPartitions);
+    };
+    let id = PartitionId(u32::from(vmid));
+    if hv.caps.add_partition(id).is_err() {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        return Err(MoveError::TooManyPartitions);
+    }
+    let Some(stage2) = Stage2Table::new(&mut hv.arch, &mut hv.frames) else {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        hv.caps.evict(id);
+        return Err(MoveError::OutOfMemory);
+    };
+    let from_desc = hv.partitions[src_idx].desc;
+    let desc = PartitionDesc { name: name_for(&from_desc, dep.agent), ..from_desc };
+    let heap_len = u64::from(desc.wasm_pages).saturating_mul(layout::WASM_PAGE).saturating_add(layout::RUNTIME_HEAP_OVERHEAD);
+    hv.partitions.push(Partition {
+        id,
+        desc,
+        state: PartitionState::Created,
+        vmid,
+        stage2,
+        vcpu: alloc::boxed::Box::new(Vcpu::new(0, layout::BOOTINFO_IPA)),
+        private_frames: Vec::new(),
+        heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
+        heap_pages: Vec::new(),
+        entry: Ipa::new(0),
+        own_image: None,
+        checkpoint: None,
+        checkpoint_limit: hv.partitions[src_idx].checkpoint_limit,
+        next_checkpoint_id: ck.id + 1,
+        checkpoint_mapped: 0,
+        recovery: RecoveryState::new(RecoveryPolicy::from_desc(&desc.recovery)),
+        restarts: 0,
+        rollbacks: 0,
+        console_line: heapless::Vec::new(),
+        exit_code: None,
+        stats: PartitionStats::default(),
+        // The agent's clock (`ClockRead`) goes on from its old partition's.
+        started_ns: hv.partitions[src_idx].started_ns,
+        boot_handles: Vec::new(),
+        wasm: (layout::WASM_IPA, module.len() as u64),
+    });
+    hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
+    hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
+    if let Err(e) = populate(hv, idx, src, dep, &module, ck) {
+        hv.caps.evict(id);
+        let why = match e {
+            MoveError::Capability(_) => crate::load::Refusal::BadCapability,
+            MoveError::Module => crate::load::Refusal::NoModule,
+            MoveError::TooManyPartitions | MoveError::OutOfMemory => crate::load::Refusal::OutOfMemory,
+        };
+        crate::load::refuse(hv, idx, why);
+        return Err(e);
+    }
+    // The point of no return: the agent, its channel ends, the engine.
+    let to = Endpoint { partition: id, slot: AgentSlot::FIRST };
+    let from = Endpoint { partition: src, slot: dep.slot };
+    let (mut channels, mut queued) = (0u32, 0u64);
+    for ch in hv.channels.iter_mut() {
+        if ch.repoint(from, to) {
+            channels += 1;
+            queued += (ch.pending_for(to) + ch.peer_endpoint(to).map_or(0, |p| ch.pending_for(p))) as u64;
+        }
+    }
+    hv.domains.relocate(dep.agent, idx);
+    vacate_table_slot(hv, src_idx, dep.slot);
+    let now = hv.arch.now_ns();
+    if let Some(engine) = hv.domains.engine.as_mut() {
+        // Only fails if the graph no longer matches the decision; the move
+        // stands either way (the graph then still lists the agent where it was).
+        let _ = engine.apply_split(&dep.decision, DomainId(id.0), now);
+    }
+    let digest = crate::digest::of_parts(&[&module]);
+    hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
+    hv.kernel_event(id, KernelEvent::Split, Outcome::Done, split_args(&dep.decision));
+    hv.sched.admit(idx, &desc);
+    let p = &hv.partitions[idx];
+    hv.domains.moves.push(Move {
+        agent: dep.agent,
+        from: src,
+        to: id,
+        cut: dep.decision.cut,
+        internal: dep.decision.internal,
+        channels,
+        queued,
+        handles: u32::try_from(p.boot_handles.len()).unwrap_or(u32::MAX),
+        image_bytes: p.checkpoint.as_ref().map_or(0, |c| c.len),
+        at_ns: now,
+        took_ns: 0,
+    });
+    Ok(idx)
+}
+
+/// Mark `slot` of partition `idx`'s agent table as moved away (module
+/// length 0), so a restarted runtime does not start that agent again.
+fn vacate_table_slot<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, slot: AgentSlot) {
+    let Some(t) = hv.partitions[idx].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
+    let mut page = [0u8; PAGE_BYTES];
+    hv.arch.phys_read(t.pa, &mut page);
+    let mut entries: Vec<_> = (0..AgentTable::count(&page)).filter_map(|s| AgentTable::read(&page, s)).collect();
+    if let Some(e) = entries.get_mut(usize::from(slot.0)) {
+        e.module_len = 0;
+    }
+    AgentTable::write(&mut page, &entries);
+    hv.arch.phys_write(t.pa, &page);
+}
+
+/// Map the runtime, the module, the boot-info page and the checkpoint into
+/// the new partition `idx`; transplant the mover's capabilities.
+fn populate<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    idx: usize,
+    src: PartitionId,
+    dep: &Departure,
+    module: &[u8],
+    ck: Checkpoint,
+) -> Result<(), MoveError> {
+    // Kept first, so a failure below returns its frames with the partition's.
+    let ck_pages = {
+        let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
+        let p = &mut partitions[idx];
+        let mapped = ck.map_into(arch, frames, &mut p.stage2);
+        p.checkpoint = Some(ck);
+        mapped.map_err(|_| MoveError::OutOfMemory)?
+    };
+    hv.partitions[idx].checkpoint_mapped = ck_pages;
+    let entry = {
+        let Hypervisor { arch, frames, partitions, runtime, .. } = &mut *hv;
+        let rt = runtime.as_ref().ok_or(MoveError::Module)?;
+        let p = &mut partitions[idx];
+        rt.map_into(arch, frames, &mut p.stage2, &mut p.private_frames).map_err(|_| MoveError::OutOfMemory)?;
+        rt.entry
+    };
+    crate::load::map_bytes(hv, idx, Ipa::new(layout::WASM_IPA), module, S2Perm::ReadOnly)
+        .map_err(|_| MoveError::OutOfMemory)?;
+    let page = hv.frames.alloc().ok_or(MoveError::OutOfMemory)?;
+    hv.arch.phys_zero(page, PAGE_BYTES);
+    {
+        let p = &mut hv.partitions[idx];
+        p.private_frames.push(page);
+        p.stage2
+            .map(&mut hv.arch, &mut hv.frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
+            .map_err(|_| MoveError::OutOfMemory)?;
+        *p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
+        p.entry = entry;
+    }
+    // The handles the mover saw, in the order it saw them.
+    let tag = u8::try_from(dep.slot.0 + 1).unwrap_or(u8::MAX);
+    let mine: Vec<HandleInfo> =
+        hv.partitions[dep.partition].boot_handles.iter().copied().filter(|h| h.agent == 0 || h.agent == tag).collect();
+    let id = hv.partitions[idx].id;
+    for h in mine {
+        let handle = hv.caps.transplant(src, h.raw, id).map_err(MoveError::Capability)?;
+        let mut rec = WitnessRecord::new(WitnessOp::Event(KernelEvent::CapInstall), Outcome::Done, id.0);
+        rec.cap = handle.witness_id();
+        rec.args = crate::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
+        rec.timestamp = hv.arch.now_ns();
+        let _ = hv.witness.append(&mut hv.arch, id.0, rec);
+        hv.partitions[idx].boot_handles.push(HandleInfo { agent: 0, ..h });
+    }
+    let restore = {
+        let p = &hv.partitions[idx];
+        let ck = p.checkpoint.as_ref().ok_or(MoveError::OutOfMemory)?;
+        RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: ck.len, checkpoint_id: ck.id, rollbacks: 0 }
+    };
+    crate::load::write_boot_info(hv, idx, restore);
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! Running partitions on several physical CPUs.
+//!
+//! # Locks
+//!
+//! There is one lock, the **kernel lock** ([`KernelLock`]): a ticket spin
+//! lock around the whole [`Hypervisor`], so CPUs take turns in the order
+//! they asked. A CPU holds it for all EL2 work —
+//! choosing the next partition, handling a guest exit (hypercall dispatch,
+//! witness appends, channels, capabilities, recovery), housekeeping — and
+//! releases it while a guest runs. The machine's own locks (the console
+//! UART's, the heap allocator's) are taken inside it and never the other way
+//! round, so there is no order to get wrong.
+//!
+//! # The running vCPU
+//!
+//! While a partition's guest runs on a CPU, its vCPU is not in the
+//! partition: it is moved out in a [`Lease`] that the CPU owns with the lock
+//! released (the partition keeps a placeholder), and `running_on` names that
+//! CPU. Nothing else can reach the running registers. An order that would
+//! tear the partition down or recreate it (an operator's eviction, …) is
+//! [deferred](Hypervisor::defer) and carried out by the CPU that runs it when
+//! its guest exits — at the latest at the end of the slice.
+//!
+//! # One CPU's loop
+//!
+//! [`Hypervisor::cpu_next`] (under the lock) does the housekeeping and picks
+//! from the CPU's own run queue ([`crate::sched`]); the CPU runs the lease
+//! with the lock free ([`Lease::run`]); [`Hypervisor::cpu_exit`] (under the
+//! lock) hands the vCPU back, handles the exit and says what comes next.
+//! [`cpu_main`] is that loop for real CPUs; the fake machine interleaves the
+//! same steps deterministically ([`crate::fake`]).
+//!
+//! The run ends for everyone when no partition anywhere is runnable (none
+//! runs either, since a running partition is runnable) or the run budget is
+//! spent: every CPU then stops; the boot CPU waits for the others
+//! ([`Hypervisor::all_cpus_stopped`]) and calls [`Hypervisor::finish_run`],
+//! which signs the logs and prints the summary.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo};
+use crate::hypervisor::{Flow, Hypervisor, RunSummary};
+use crate::trap::Exit;
+use crate::vcpu::Vcpu;
+
+/// The kernel lock: the one lock around all kernel state. CPUs get it in
+/// the order they asked (a ticket lock), so a CPU whose guest exits often
+/// cannot keep the others out.
+pub struct KernelLock<A: Arch> {
+    /// The next ticket to hand out.
+    next: AtomicU64,
+    /// The ticket whose holder may take the kernel now.
+    serving: AtomicU64,
+    kernel: spin::Mutex<Hypervisor<A>>,
+}
+
+impl<A: Arch> KernelLock<A> {
+    /// Put `hv` behind the lock.
+    pub fn new(hv: Hypervisor<A>) -> Self {
+        Self { next: AtomicU64::new(0), serving: AtomicU64::new(0), kernel: spin::Mutex::new(hv) }
+    }
+
+    /// Take the lock on CPU `hw`, waiting the way that CPU waits
+    /// ([`CpuArch::wait_for_lock`]) until its turn.
+    pub fn lock<C: CpuArch>(&self, hw: &mut C) -> KernelGuard<'_, A> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let serving = self.serving.load(Ordering::Acquire);
+            if serving == ticket {
+                break;
+            }
+            hw.wait_for_lock(ticket.wrapping_sub(serving));
+        }
+        // Our turn: the previous holder released the mutex before it
+        // advanced `serving`, so this does not wait.
+        KernelGuard { guard: Some(self.kernel.lock()), serving: &self.serving }
+    }
+}
+
+/// The kernel, held under the kernel lock; dropping it passes the lock on.
+pub struct KernelGuard<'a, A: Arch> {
+    guard: Option<spin::MutexGuard<'a, Hypervisor<A>>>,
+    serving: &'a AtomicU64,
+}
+
+impl<A: Arch> core::ops::Deref for KernelGuard<'_, A> {
+    type Target = Hypervisor<A>;
+    fn deref(&self) -> &Hypervisor<A> {
+        self.guard.as_deref().expect("the kernel is held until the guard drops")
+    }
+}
+
+impl<A: Arch> core::ops::DerefMut for KernelGuard<'_, A> {
+    fn deref_mut(&mut self) -> &mut Hypervisor<A> {
+        self.guard.as_deref_mut().expect("the kernel is held until the guard drops")
+    }
+}
+
+impl<A: Arch> Drop for KernelGuard<'_, A> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.serving.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// An order that must wait until the partition is back from its CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeferredOrder {
+    /// F4 eviction ordered by the operator.
+    Evict,
+}
+
+/// What a CPU does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Run this vCPU (release the kernel lock first).
+    Run(Lease),
+    /// Nothing runnable here: wait (lock released) until about `until_ns`.
+    Idle { until_ns: u64 },
+    /// The run is over for this CPU.
+    Stop,
+}
+
+/// A partition's vCPU, taken out of the kernel for the time its guest runs
+/// on one CPU.
+#[derive(Debug)]
+pub struct Lease {
+    cpu: CpuId,
+    idx: usize,
+    vcpu: Box<Vcpu>,
+    stage2: Stage2Context,
+    slice_start: u64,
+    slice_end: u64,
+    switched: bool,
+    /// The vCPU went back to its partition (`vcpu` is the placeholder) and
+    /// the guest left the CPU with `flow`.
+    returned: bool,
+    flow: Flow,
+}
+
+impl Lease {
+    /// Index of the partition whose vCPU this is.
+    pub fn partition(&self) -> usize {
+        self.idx
+    }
+
+    /// The CPU it was leased to.
+    pub fn cpu(&self) -> CpuId {
+        self.cpu
+    }
+
+    /// Enter the guest on `hw` (the CPU it was leased to) until it exits.
+    pub fn run(&mut self, hw: &mut impl CpuArch) -> TrapInfo {
+        debug_assert_eq!(hw.cpu(), self.cpu);
+        debug_assert!(!self.returned);
+        let trap = hw.run_vcpu(&mut self.vcpu, self.stage2, self.slice_end, self.switched);
+        self.switched = false;
+        trap
+    }
+}
+
+/// What the kernel keeps about one CPU.
+#[derive(Debug, Default)]
+struct CpuSlot {
+    /// The partition whose EL1/FP state this CPU's registers hold.
+    loaded: Option<usize>,
+    /// The placeholder a partition holds while its vCPU is leased.
+    spare: Option<Box<Vcpu>>,
+    /// This CPU has left the run.
+    stopped: bool,
+    /// Slices it ran, and times it idled.
+    slices: u64,
+    idles: u64,
+}
+
+/// Per-CPU kernel state: the CPUs, which partition runs where, deferred
+/// orders, and whether the run is ending.
+#[derive(Debug, Default)]
+pub struct SmpState {
+    cpus: Vec<CpuSlot>,
+    /// Per partition: the CPU its guest runs on right now.
+    running_on: Vec<Option<CpuId>>,
+    /// Per partition: a bit per CPU it has run on.
+    ran_on: Vec<u32>,
+    deferred: Vec<(usize, DeferredOrder)>,
+    started_ns: Option<u64>,
+    stopping: bool,
+}
+
+impl SmpState {
+    /// One CPU, the boot CPU.
+    pub fn new() -> Self {
+        Self { cpus: alloc::vec![CpuSlot::default()], ..Self::default() }
+    }
+
+    /// Partition `idx` was recreated: whatever EL1/FP state a CPU holds for
+    /// it is stale, so it must be neither saved nor kept.
+    pub(crate) fn forget_loaded(&mut self, idx: usize) {
+        for c in &mut self.cpus {
+            if c.loaded == Some(idx) {
+                c.loaded = None;
+            }
+        }
+    }
+
+    fn running_on(&self, idx: usize) -> Option<CpuId> {
+        self.running_on.get(idx).copied().flatten()
+    }
+
+    fn set_running(&mut self, idx: usize, cpu: Option<CpuId>) {
+        if self.running_on.len() <= idx {
+            self.running_on.resize(idx + 1, None);
+            self.ran_on.resize(idx + 1, 0);
+        }
+        self.running_on[idx] = cpu;
+        if let Some(c) = cpu {
+            self.ran_on[idx] |= 1u32.checked_shl(u32::from(c.0)).unwrap_or(0);
+        }
+    }
+}
+
+/// The CPUs partition `idx` ran on, lowest first.
+pub struct RanOn(u32);
+
+impl RanOn {
+    /// Whether it ran at all.
+    pub fn any(&self) -> bool {
+        self.0 != 0
+    }
+
+    /// The CPUs, lowest first.
+    pub fn cpus(&self) -> impl Iterator<Item = CpuId> + '_ {
+        (0u8..32).filter(|c| self.0 & (1 << c) != 0).map(CpuId)
+    }
+}
+
+impl core::fmt::Display for RanOn {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if !self.any() {
+            return f.write_str("-");
+        }
+        for (n, c) in self.cpus().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<A: Arch> Hypervisor<A> {
+    /// Spread the partitions over `cpus` CPUs (their run queues and slots).
+    /// Call once, before any CPU runs.
+    pub fn set_cpus(&mut self, cpus: usize) {
+        let cpus = cpus.clamp(1, crate::sched::MAX_CPUS);
+        self.sched.set_cpus(cpus);
+        self.smp.cpus = (0..cpus).map(|_| CpuSlot::default()).collect();
+    }
+
+    /// CPUs the run uses.
+    pub fn cpus(&self) -> usize {
+        self.smp.cpus.len()
+    }
+
+    /// The CPU partition `idx`'s guest is running on right now, if any.
+    /// While it runs, its vCPU is out of reach (the partition holds a
+    /// placeholder); anything that would change or tear down the partition
+    /// must [defer](Hypervisor::defer) instead.
+    pub fn running_on(&self, idx: usize) -> Option<CpuId> {
+        self.smp.running_on(idx)
+    }
+
+    /// Partition `idx`'s home CPU (where its run queue entry lives).
+    pub fn home_cpu(&self, idx: usize) -> Option<CpuId> {
+        self.sched.home(idx)
+    }
+
+    /// The CPUs partition `idx` has run on so far.
+    pub fn ran_on(&self, idx: usize) -> RanOn {
+        RanOn(self.smp.ran_on.get(idx).copied().unwrap_or(0))
+    }
+
+    /// Orders waiting for their partition to come back from its CPU.
+    pub fn deferred_orders(&self) -> usize {
+        self.smp.deferred.len()
+    }
+
+    /// Carry out `order` against partition `idx` when its guest next exits
+    /// (it does at the latest at the end of its slice).
+    pub fn defer(&mut self, idx: usize, order: DeferredOrder) {
+        if !self.smp.deferred.contains(&(idx, order)) {
+            self.smp.deferred.push((idx, order));
+        }
+    }
+
+    /// One line per CPU for the run summary: the partitions homed there,
+    /// slices run, idle waits.
+    pub(crate) fn cpu_lines(&self) -> Vec<alloc::string::String> {
+        self.smp
+            .cpus
+            .iter()
+            .enumerate()
+            .map(|(n, c)| {
+                let cpu = CpuId(u8::try_from(n).unwrap_or(u8::MAX));
+                let homed = self.sched.members(cpu).len();
+                alloc::format!("  cpu {n}: {homed} partitions, {} slices, {} idle waits", c.slices, c.idles)
+            })
+            .collect()
+    }
+
+    /// Whether every CPU has left the run (the boot CPU may then finish it).
+    pub fn all_cpus_stopped(&self) -> bool {
+        self.smp.cpus.iter().all(|c| c.stopped)
+    }
+
+    /// Whether the run is ending (no CPU starts another slice).
+    pub fn stopping(&self) -> bool {
+        self.smp.stopping
+    }
+
+    /// Under the kernel lock: global housekeeping, then the next thing CPU
+    /// `hw` does — run a partition from its queue, idle, or stop.
+    pub fn cpu_next(&mut self, hw: &mut impl CpuArch) -> Step {
+        let cpu = hw.cpu();
+        let now = self.arch.now_ns();
+        self.smp.started_ns.get_or_insert(now);
+        if !self.smp.stopping {
+            self.housekeeping();
+        }
+        if !self.smp.stopping && !self.partitions.iter().any(|p| p.is_runnable()) {
+            self.smp.stopping = true;
+        }
+        let Some(slot) = self.smp.cpus.get_mut(cpu.index()) else { return Step::Stop };
+        if self.smp.stopping {
+            slot.stopped = true;
+            return Step::Stop;
+        }
+        let (parts, running) = (&self.partitions, &self.smp.running_on);
+        let pick = self.sched.pick(cpu, |i| parts[i].is_runnable() && running.get(i).copied().flatten().is_none());
+        let Some(idx) = pick else {
+            slot.idles += 1;
+            return Step::Idle { until_ns: now.saturating_add(self.policy.slice_ns) };
+        };
+        slot.slices += 1;
+        self.start_if_loaded(idx);
+        let start = self.arch.now_ns();
+        Step::Run(self.lease(hw, idx, start, start.saturating_add(self.policy.slice_ns)))
+    }
+
+    /// Under the kernel lock: `lease`'s guest exited with `trap`. The vCPU
+    /// goes back into its partition, the exit is handled, deferred orders
+    /// against the partition are carried out, and the CPU gets its next step
+    /// (the same partition again while its slice lasts).
+    pub fn cpu_exit(&mut self, mut lease: Lease, trap: TrapInfo, hw: &mut impl CpuArch) -> Step {
+        if self.cpu_exit_fast(&mut lease, trap) {
+            return Step::Run(lease);
+        }
+        match self.slice_over(lease, hw) {
+            Some(again) => Step::Run(again),
+            None => self.cpu_next(hw),
+        }
+    }
+
+    /// The common case of [`Hypervisor::cpu_exit`], without moving the
+    /// lease: the vCPU goes back into its partition, the exit is handled,
+    /// and if the guest simply goes on (nothing deferred, still runnable),
+    /// the vCPU is leased out again in place and this returns true. Otherwise
+    /// the vCPU stays in its partition, the lease is spent, and the caller
+    /// hands it to [`Hypervisor::cpu_after`].
+    pub fn cpu_exit_fast(&mut self, lease: &mut Lease, trap: TrapInfo) -> bool {
+        let idx = lease.idx;
+        core::mem::swap(&mut self.partitions[idx].vcpu, &mut lease.vcpu);
+        self.smp.running_on[idx] = None;
+        let flow = self.handle_exit(idx, Exit::decode(&trap));
+        let p = &mut self.partitions[idx];
+        if flow == Flow::Resume && self.smp.deferred.is_empty() && p.is_runnable() {
+            lease.stage2 = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
+            core::mem::swap(&mut p.vcpu, &mut lease.vcpu);
+            self.smp.running_on[idx] = Some(lease.cpu);
+            let slot = &mut self.smp.cpus[lease.cpu.index()];
+            if slot.loaded != Some(idx) {
+                // Recreated while it was back: its EL1/FP state is new.
+                slot.loaded = Some(idx);
+                lease.switched = true;
+            }
+            return true;
+        }
+        lease.flow = flow;
+        lease.returned = true;
+        false
+    }
+
+    /// Under the kernel lock, after [`Hypervisor::cpu_exit_fast`] said no:
+    /// carry out deferred orders, charge the slice, and give the CPU its
+    /// next step.
+    pub fn cpu_after(&mut self, lease: Lease, hw: &mut impl CpuArch) -> Step {
+        match self.slice_over(lease, hw) {
+            Some(again) => Step::Run(again),
+            None => self.cpu_next(hw),
+        }
+    }
+
+    /// A spent lease: the lease to run next if the slice goes on after all
+    /// (orders deferred against other partitions only), `None` once the
+    /// partition gave up the CPU (its slice is then charged).
+    pub(crate) fn slice_over(&mut self, lease: Lease, hw: &mut impl CpuArch) -> Option<Lease> {
+        debug_assert!(lease.returned);
+        let (idx, start, end, mut flow) = (lease.idx, lease.slice_start, lease.slice_end, lease.flow);
+        if let Some(slot) = self.smp.cpus.get_mut(lease.cpu.index()) {
+            slot.spare = Some(lease.vcpu);
+        }
+        if self.apply_deferred(idx) {
+            flow = Flow::Reschedule;
+        }
+        if flow == Flow::Resume && self.partitions[idx].is_runnable() {
+            return Some(self.lease(hw, idx, start, end));
+        }
+        self.end_slice(idx, start, flow);
+        None
+    }
+
+    /// Charge the slice that started at `start` and ended with `flow`.
+    pub(crate) fn end_slice(&mut self, idx: usize, start: u64, flow: Flow) {
+        let ran = self.arch.now_ns().saturating_sub(start);
+        // A yield forfeits the rest of the slice: charge all of it.
+        let charged = if flow == Flow::Yielded { ran.max(self.policy.slice_ns) } else { ran };
+        self.sched.charge(idx, charged);
+    }
+
+    /// Move partition `idx`'s vCPU out to CPU `hw`, saving the EL1/FP state
+    /// of the partition that last ran there first if it was another.
+    pub(crate) fn lease(&mut self, hw: &mut impl CpuArch, idx: usize, slice_start: u64, slice_end: u64) -> Lease {
+        let cpu = hw.cpu();
+        let slot = &mut self.smp.cpus[cpu.index()];
+        let switched = slot.loaded != Some(idx);
+        let prev = slot.loaded.filter(|&p| p != idx);
+        slot.loaded = Some(idx);
+        let spare = slot.spare.take().unwrap_or_else(|| Box::new(Vcpu::new(0, 0)));
+        if let Some(prev) = prev {
+            hw.save_vcpu_state(&mut self.partitions[prev].vcpu);
+        }
+        let p = &mut self.partitions[idx];
+        let stage2 = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
+        let vcpu = core::mem::replace(&mut p.vcpu, spare);
+        self.smp.set_running(idx, Some(cpu));
+        Lease { cpu, idx, vcpu, stage2, slice_start, slice_end, switched, returned: false, flow: Flow::Resume }
+    }
+
+    /// Carry out the orders that waited for partition `idx`; true if any.
+    fn apply_deferred(&mut self, idx: usize) -> bool {
+        if !self.smp.deferred.iter().any(|&(i, _)| i == idx) {
+            return false;
+        }
+        let mine: Vec<DeferredOrder> = self.smp.deferred.iter().filter(|&&(i, _)| i == idx).map(|&(_, o)| o).collect();
+        self.smp.deferred.retain(|&(i, _)| i != idx);
+        for order in mine {
+            match order {
+                DeferredOrder::Evict => {
+                    if self.partitions[idx].state != crate::partition::PartitionState::Evicted {
+                        crate::fault::respond(
+                            self,
+                            idx,
+                            crate::recovery::Trigger::OperatorEvict,
+                            format_args!("eviction ordered by the operator (carried out when its CPU came back)"),
+                        );
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Under the kernel lock, on the boot CPU once [`all_cpus_stopped`]:
+    /// stop what still runs, sign every log's head, print the summary.
+    ///
+    /// [`all_cpus_stopped`]: Hypervisor::all_cpus_stopped
+    pub fn finish_run(&mut self) -> RunSummary {
+        let start = self.smp.started_ns.unwrap_or_else(|| self.arch.now_ns());
+        self.shutdown(start)
+    }
+
+    /// The run's start (first pick on any CPU).
+    pub(crate) fn run_started_ns(&self) -> Option<u64> {
+        self.smp.started_ns
+    }
+
+    /// Make the run start afresh (a host test may run the same hypervisor
+    /// again after an order).
+    pub(crate) fn restart_run(&mut self) {
+        self.smp.stopping = false;
+        self.smp.started_ns = None;
+        for c in &mut self.smp.cpus {
+            c.stopped = false;
+        }
+    }
+
+    /// Stop every CPU at its next step.
+    pub(crate) fn stop_run(&mut self) {
+        self.smp.stopping = true;
+    }
+}
+
+/// One CPU's loop: take the kernel lock, take the next step, release the
+/// lock, run the guest (or idle), and again, until the run is over. Returns
+/// when this CPU has stopped; the boot CPU then waits for
+/// [`Hypervisor::all_cpus_stopped`] and calls [`Hypervisor::finish_run`].
+pub fn cpu_main<A: Arch, C: CpuArch>(kernel: &KernelLock<A>, hw: &mut C) {
+    let mut step = kernel.lock(hw).cpu_next(hw);
+    loop {
+        step = match step {
+            Step::Run(mut lease) => loop {
+                let trap = lease.run(hw);
+                let mut hv = kernel.lock(hw);
+                if !hv.cpu_exit_fast(&mut lease, trap) {
+                    break hv.cpu_after(lease, hw);
+                }
+            },
+            Step::Idle { until_ns } => {
+                hw.idle(until_ns);
+                kernel.lock(hw).cpu_next(hw)
+            }
+            Step::Stop => return,
+        };
+    }
+}

@@ -1,0 +1,651 @@
+//! Whole-kernel tests of coherence domains on the fake machine: several
+//! agents in one partition, each call attributed to the running agent,
+//! traffic recorded in the communication graph, and split and merge
+//! decisions witnessed with their cut value.
+
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use rvm_abi::bootinfo::{self, layout, AgentTable, HandleInfo};
+use rvm_abi::bundle::{
+    AgentChannelDesc, AgentRef, BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTier, PartitionDesc,
+    RecoveryDesc, BOOT_FLAG_COHERENCE, GLOBAL,
+};
+use rvm_abi::frame::Frame;
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::{HvError, Hypercall, ObjectKind, WitnessRecord};
+use rvm_coherence::{AgentId, Decision, Weight};
+
+use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::arch::{Arch, TrapInfo};
+use crate::fake::FakeArch;
+use crate::frames::FrameAllocator;
+use crate::hypervisor::Hypervisor;
+
+const HEAP: u64 = layout::HEAP_IPA;
+const MSG: &[u8] = b"hello, agent";
+const RECV: u64 = HEAP + 0x100;
+
+fn runtime() -> Vec<u8> {
+    crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
+}
+
+fn desc(name: &str) -> PartitionDesc {
+    PartitionDesc {
+        name: PartitionDesc::name_field(name).unwrap(),
+        memory_tier: MemoryTier::Warm,
+        deadline_urgency: 50,
+        cut_pressure: 30,
+        default_tier: 2,
+        wasm_pages: 1,
+        fuel_per_slice: 0,
+        recovery: RecoveryDesc::DEFAULT,
+        witness_key_fingerprint: None,
+    }
+}
+
+fn agent(partition: u32, slot: u32) -> AgentRef {
+    AgentRef { partition, slot }
+}
+
+/// Partitions `p1..` with `agents[i]` modules each; agent channels and
+/// partition channels as given.
+fn boot(agents: &[usize], agent_channels: &[(AgentRef, AgentRef)], channels: &[(u32, u32)], flags: u32) -> Hypervisor<FakeArch> {
+    let mut w = BundleWriter::new();
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
+    w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7; 32]);
+    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { flags, ..BootConfig::DEFAULT }.to_bytes());
+    for (n, &count) in agents.iter().enumerate() {
+        let i = w.partition(&desc(&alloc::format!("p{}", n + 1)));
+        for k in 0..count {
+            // Distinct modules (the kernel does not parse them).
+            let mut module = b"\0asm\x01\0\0\0".to_vec();
+            module.extend(core::iter::repeat_n(0u8, 5000 * k));
+            w.entry(EntryKind::Wasm, i, &module);
+        }
+    }
+    for (a, b) in channels {
+        w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: *a, b: *b, capacity: 8 }.to_bytes());
+    }
+    for (a, b) in agent_channels {
+        w.entry(EntryKind::AgentChannel, GLOBAL, &AgentChannelDesc { a: *a, b: *b, capacity: 8 }.to_bytes());
+    }
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    Hypervisor::boot(FakeArch::new(), frames, &w.finish()).unwrap()
+}
+
+/// A page of partition `idx`'s guest memory, if mapped.
+fn guest_page(hv: &Hypervisor<FakeArch>, idx: usize, ipa: u64) -> Option<Vec<u8>> {
+    let t = hv.partitions[idx].stage2.translate(&hv.arch, Ipa::new(ipa))?;
+    let mut page = vec![0u8; 4096];
+    hv.arch.phys_read(t.pa, &mut page);
+    Some(page)
+}
+
+/// What one call returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ret {
+    call: Hypercall,
+    status: i64,
+    x1: u64,
+}
+
+type Trace = Rc<RefCell<Vec<Ret>>>;
+
+/// A guest that writes [`MSG`] into its heap before each call (a restart
+/// scrubs the heap), makes `calls` in order, then exits 0.
+fn guest(calls: Vec<(Hypercall, [u64; 6])>, trace: Trace) -> crate::fake::GuestFn {
+    let mut calls = calls.into_iter();
+    let mut last: Option<Hypercall> = None;
+    Box::new(move |v, m| {
+        if let Some(call) = last.take() {
+            trace.borrow_mut().push(Ret { call, status: v.regs.x[0] as i64, x1: v.regs.x[1] });
+        }
+        if let Err(f) = m.write(HEAP, MSG) {
+            return f.0;
+        }
+        let (c, regs) = calls.next().unwrap_or((Hypercall::Exit, [0; 6]));
+        last = Some(c);
+        v.regs.x[0] = u64::from(c.function_id());
+        v.regs.x[1..7].copy_from_slice(&regs);
+        let t: TrapInfo = FakeArch::hvc();
+        t
+    })
+}
+
+fn switch(slot: u64) -> (Hypercall, [u64; 6]) {
+    (Hypercall::AgentSwitch, [slot, 0, 0, 0, 0, 0])
+}
+fn send(handle: u64) -> (Hypercall, [u64; 6]) {
+    (Hypercall::ChannelSend, [handle, HEAP, MSG.len() as u64, 0, 0, 0])
+}
+fn recv(handle: u64) -> (Hypercall, [u64; 6]) {
+    (Hypercall::ChannelRecv, [handle, RECV, 64, 0, 0, 0])
+}
+
+/// The channel handles of partition `idx`, in install order.
+fn channel_handles(hv: &Hypervisor<FakeArch>, idx: usize) -> Vec<HandleInfo> {
+    hv.partitions[idx].boot_handles.iter().copied().filter(|h| h.kind == ObjectKind::Channel as u8).collect()
+}
+
+/// Every record of every log, decoded from the console.
+fn records(hv: &Hypervisor<FakeArch>) -> Vec<(u32, WitnessRecord)> {
+    hv.arch
+        .console_text()
+        .lines()
+        .filter_map(Frame::parse)
+        .filter_map(|f| match f {
+            Frame::Record { log, bytes } => Some((log, WitnessRecord::from_bytes(&bytes).unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every log's chain links each record to its predecessor, in sequence.
+fn assert_chains_verify(hv: &Hypervisor<FakeArch>) {
+    let mut logs: alloc::collections::BTreeMap<u32, Vec<[u8; 64]>> = Default::default();
+    for f in hv.arch.console_text().lines().filter_map(Frame::parse) {
+        if let Frame::Record { log, bytes } = f {
+            logs.entry(log).or_default().push(bytes);
+        }
+    }
+    assert!(!logs.is_empty());
+    for (log, recs) in logs {
+        let mut head = rvm_witness::Hash::ZERO;
+        for (i, bytes) in recs.iter().enumerate() {
+            let r = WitnessRecord::from_bytes(bytes).unwrap();
+            assert_eq!(r.seq, i as u64, "log {log}: seq");
+            assert_eq!(r.prev, head.prefix16(), "log {log}: record {i} links its predecessor");
+            head = rvm_witness::chain::chain_step(&head, bytes);
+        }
+    }
+}
+
+#[test]
+fn a_partition_carries_several_agents_with_a_table_and_per_agent_handles() {
+    // p1: three agents; p2: one. Channels: p1/0 ↔ p1/1 (inside p1) and
+    // p1/2 ↔ p2/0 (across).
+    let hv = boot(&[3, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 2), agent(1, 0))], &[], 0);
+    let d = hv.domains();
+    let ids: Vec<(u32, usize, u16)> = d.agents().iter().map(|a| (a.id.0, a.partition, a.slot.0)).collect();
+    assert_eq!(ids, [(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 1, 0)]);
+    assert!(d.is_multi_agent(0) && !d.is_multi_agent(1));
+
+    // The boot-info page counts the agents; the table lists their modules.
+    let boot1 = guest_page(&hv, 0, layout::BOOTINFO_IPA).unwrap();
+    assert_eq!(bootinfo::agent_count(&boot1), 3);
+    let table = guest_page(&hv, 0, layout::AGENTS_IPA).expect("agent table mapped");
+    assert_eq!(AgentTable::count(&table), 3);
+    let entries: Vec<_> = (0..3).map(|s| AgentTable::read(&table, s).unwrap()).collect();
+    assert_eq!(entries[0].module_ipa, layout::WASM_IPA);
+    assert_eq!(entries.iter().map(|e| e.module_len).collect::<Vec<_>>(), [8, 5008, 10008]);
+    assert_eq!(entries.iter().map(|e| e.agent_id).collect::<Vec<_>>(), [0, 1, 2]);
+    for pair in entries.windows(2) {
+        assert!(pair[1].module_ipa >= pair[0].module_ipa + pair[0].module_len, "modules overlap");
+        assert_eq!(pair[1].module_ipa % 4096, 0);
+    }
+    let second = guest_page(&hv, 0, entries[1].module_ipa).unwrap();
+    assert_eq!(&second[..8], b"\0asm\x01\0\0\0");
+
+    // The load record binds every module of the domain, in slot order.
+    let modules: Vec<Vec<u8>> = (0..3)
+        .map(|k| {
+            let mut m = b"\0asm\x01\0\0\0".to_vec();
+            m.extend(core::iter::repeat_n(0u8, 5000 * k));
+            m
+        })
+        .collect();
+    let parts: Vec<&[u8]> = modules.iter().map(Vec::as_slice).collect();
+    let load = records(&hv)
+        .into_iter()
+        .find(|(l, r)| *l == 1 && r.op == KernelEvent::PartitionLoad as u16)
+        .expect("p1 loaded")
+        .1;
+    assert_eq!(load.args, crate::digest::of_parts(&parts));
+
+    // A single-agent partition looks as it always did: no count, no table,
+    // every handle for every agent.
+    let boot2 = guest_page(&hv, 1, layout::BOOTINFO_IPA).unwrap();
+    assert_eq!(bootinfo::agent_count(&boot2), 0);
+    assert!(guest_page(&hv, 1, layout::AGENTS_IPA).is_none());
+    assert!(hv.partitions[1].boot_handles.iter().all(|h| h.agent == 0));
+
+    // p1's handles: the store for all, each channel end for its agent.
+    let tags: Vec<(u8, u8)> = hv.partitions[0].boot_handles.iter().map(|h| (h.kind, h.agent)).collect();
+    let (st, ch) = (ObjectKind::StateStore as u8, ObjectKind::Channel as u8);
+    assert_eq!(tags, [(st, 0), (ch, 1), (ch, 2), (ch, 3)]);
+    // The page lists the tags the runtime filters by.
+    let listed: Vec<u8> = (0..4).map(|n| rvm_abi::bootinfo::BootInfo::read_handle(&boot1, n).unwrap().agent).collect();
+    assert_eq!(listed, [0, 1, 2, 3]);
+}
+
+#[test]
+fn every_call_belongs_to_the_running_agent_and_traffic_is_recorded() {
+    let mut hv = boot(&[3, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 2), agent(1, 0))], &[], 0);
+    let h = channel_handles(&hv, 0);
+    let (c0_s0, c0_s1, c1_s2) = (h[0].raw, h[1].raw, h[2].raw);
+    let trace: Trace = Rc::default();
+    let calls = vec![
+        switch(1),
+        send(c0_s1),   // agent 1 → agent 0
+        switch(0),
+        recv(c0_s0),   // agent 0 takes it
+        send(c0_s1),   // a handle names the channel; the end is the caller's: agent 0 → agent 1
+        recv(c1_s2),   // agent 0 is no end of agent 2's channel
+        switch(2),
+        send(c1_s2),   // agent 2 → p2's agent
+        send(c1_s2),
+        switch(7),     // no such agent
+        (Hypercall::Checkpoint, [HEAP, 16, 0, 0, 0, 0]),
+    ];
+    let vmid = hv.partitions[0].vmid;
+    hv.arch.set_guest(vmid, guest(calls, trace.clone()));
+    let vmid2 = hv.partitions[1].vmid;
+    hv.arch.set_guest(vmid2, guest(vec![], Rc::default()));
+    hv.run();
+
+    let got: Vec<(Hypercall, Result<(), HvError>)> = trace
+        .borrow()
+        .iter()
+        .map(|r| (r.call, if r.status == 0 { Ok(()) } else { Err(HvError::from_code(r.status).unwrap()) }))
+        .collect();
+    use Hypercall::*;
+    assert_eq!(
+        got,
+        [
+            (AgentSwitch, Ok(())),
+            (ChannelSend, Ok(())),
+            (AgentSwitch, Ok(())),
+            (ChannelRecv, Ok(())),
+            (ChannelSend, Ok(())),
+            (ChannelRecv, Err(HvError::BadHandle)),
+            (AgentSwitch, Ok(())),
+            (ChannelSend, Ok(())),
+            (ChannelSend, Ok(())),
+            (AgentSwitch, Err(HvError::InvalidArgument)),
+            (Checkpoint, Err(HvError::NotSupported)),
+        ]
+    );
+    assert_eq!(trace.borrow()[3].x1, MSG.len() as u64);
+    // Queued, not lost: p2 never received; agent 1 has agent 0's message.
+    assert_eq!(hv.channels[1].pending_for(hv.partitions[1].id), 2);
+    let p1 = hv.partitions[0].id;
+    assert_eq!(hv.channels[0].pending_for(crate::channel::Endpoint { partition: p1, slot: crate::channel::AgentSlot(1) }), 1);
+    assert_eq!(hv.channels[0].pending_for(p1), 0);
+
+    // The chain names the running agent before each of its calls.
+    let p1 = p1.0;
+    let ops: Vec<u16> = records(&hv).into_iter().filter(|(l, r)| *l == p1 && r.op < 0x8000).map(|(_, r)| r.op).collect();
+    assert_eq!(ops.iter().filter(|&&op| op == AgentSwitch as u16).count(), 4);
+    assert_eq!(ops.len(), 11 + 1, "every call and the final Exit");
+
+    // The graph holds exactly the delivered traffic, agent to agent.
+    let g = hv.domains().engine().unwrap().graph();
+    let inside = g.edge(AgentId(0), AgentId(1)).expect("agents 0 and 1 talked");
+    let across = g.edge(AgentId(2), AgentId(3)).expect("agent 2 talked to p2");
+    assert_eq!((inside.messages, inside.bytes), (2, 2 * MSG.len() as u64));
+    assert_eq!((across.messages, across.bytes), (2, 2 * MSG.len() as u64));
+    assert!(g.edge(AgentId(0), AgentId(2)).is_none());
+    assert!(hv.domains().decisions().is_empty(), "evaluation is off without the boot flag");
+    assert_chains_verify(&hv);
+}
+
+/// `rounds` of: agent 0 and agent 1 exchange a message each way over `a`
+/// (agent 0's end) / `b` (agent 1's end); every `quiet_every` rounds agent 2
+/// sends one message on `q2` that agent 0 takes on `q0`.
+fn chatty_domain(rounds: usize, quiet_every: usize, a: u64, b: u64, q0: u64, q2: u64) -> Vec<(Hypercall, [u64; 6])> {
+    let mut calls = Vec::new();
+    for n in 0..rounds {
+        calls.extend([switch(0), send(a), switch(1), recv(b), send(b), switch(0), recv(a)]);
+        if n % quiet_every == 0 {
+            calls.extend([switch(2), send(q2), switch(0), recv(q0)]);
+        }
+    }
+    calls
+}
+
+/// A single-agent partition sending and receiving on `h`, `rounds` times.
+fn chatty_peer(rounds: usize, h: u64) -> Vec<(Hypercall, [u64; 6])> {
+    (0..rounds).flat_map(|_| [send(h), recv(h), (Hypercall::Yield, [0; 6])]).collect()
+}
+
+#[test]
+fn the_quiet_agent_is_decided_out_and_chatty_partitions_together_with_their_cut_values() {
+    // p1: agents 0, 1 chat; agent 2 says little. p2 and p3 chat across.
+    let mut hv = boot(
+        &[3, 1, 1],
+        &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))],
+        &[(1, 2)],
+        BOOT_FLAG_COHERENCE,
+    );
+    // One millisecond per guest entry: the run spans seconds of epochs.
+    hv.arch.tick_ns = 1_000_000;
+    let h = channel_handles(&hv, 0);
+    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
+    let trace: Trace = Rc::default();
+    let vmid = hv.partitions[0].vmid;
+    hv.arch.set_guest(vmid, guest(chatty_domain(400, 40, a, b, q0, q2), trace.clone()));
+    let (t2, t3): (Trace, Trace) = (Rc::default(), Rc::default());
+    for (idx, t) in [(1, &t2), (2, &t3)] {
+        let h = channel_handles(&hv, idx)[0].raw;
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), t.clone()));
+    }
+    hv.run();
+
+    let d = hv.domains();
+    let split = d.decisions().iter().find(|r| r.event == KernelEvent::SplitDecided).expect("a split decided");
+    assert_eq!(split.partition, hv.partitions[0].id);
+    assert_eq!(split.movers, [AgentId(2)], "the quiet agent is the one that would move");
+    assert!(!split.cut.is_zero() && split.cut.raw() * 10 < split.internal.raw(), "a weak cut: {split:?}");
+    let merge = d.decisions().iter().find(|r| r.event == KernelEvent::MergeDecided).expect("a merge decided");
+    let (p2, p3) = (hv.partitions[1].id, hv.partitions[2].id);
+    assert!([(merge.partition, merge.other), (merge.other.unwrap(), Some(merge.partition))].contains(&(p2, Some(p3))));
+    assert!(merge.cut >= Weight::from_units(32));
+    // The merge stays pending (merge migration is not built): decided once.
+    // This script ignores `AgentSwitch`'s DEPART, so each split departure
+    // is abandoned after its timeout and the domain decided again: every
+    // split decision names the same quiet agent.
+    let merges = d.decisions().iter().filter(|r| r.event == KernelEvent::MergeDecided).count();
+    assert_eq!(merges, 1, "the merge decided once: it stays pending, nothing flaps");
+    let splits: Vec<_> = d.decisions().iter().filter(|r| r.event == KernelEvent::SplitDecided).collect();
+    assert!(splits.iter().all(|r| r.movers == [AgentId(2)]));
+
+    // Witnessed with the cut value: the split in p1's log, the merge in both.
+    let recs = records(&hv);
+    let events = |log: u32, e: KernelEvent| -> Vec<WitnessRecord> {
+        recs.iter().filter(|(l, r)| *l == log && r.op == e as u16).map(|(_, r)| *r).collect()
+    };
+    let s = events(hv.partitions[0].id.0, KernelEvent::SplitDecided);
+    assert_eq!(s.len(), splits.len());
+    assert_eq!(Decision::parse_witness_args(&s[0].args), (split.cut, split.internal));
+    for p in [p2, p3] {
+        let m = events(p.0, KernelEvent::MergeDecided);
+        assert_eq!(m.len(), 1, "merge in log {}", p.0);
+        assert_eq!(Decision::parse_witness_args(&m[0].args).0, merge.cut);
+    }
+    // This script ignores `AgentSwitch`'s DEPART and never hands the agent
+    // over: so nothing moves, and no split is claimed.
+    assert!(events(hv.partitions[0].id.0, KernelEvent::Split).is_empty(), "no split is claimed");
+    assert!(d.moves().is_empty());
+    let text = hv.arch.console_text();
+    assert!(splits.len() > 1, "decided again after the abandoned departure");
+    assert!(text.contains("coherence: agent 2 stays in its partition: it did not reach a turn boundary in time"), "{text}");
+    assert!(text.contains("coherence: split of partition 1 'p1' decided: agents [2] would move"), "{text}");
+    assert!(text.contains("coherence: merge of partition"), "{text}");
+
+    // No message lost: what was sent is what was received plus what waits.
+    let ok = |t: &Trace, c: Hypercall| t.borrow().iter().filter(|r| r.call == c && r.status == 0).count() as u64;
+    let sent = ok(&trace, Hypercall::ChannelSend) + ok(&t2, Hypercall::ChannelSend) + ok(&t3, Hypercall::ChannelSend);
+    let received = ok(&trace, Hypercall::ChannelRecv) + ok(&t2, Hypercall::ChannelRecv) + ok(&t3, Hypercall::ChannelRecv);
+    let delivered: u64 = hv.channels.iter().map(|c| c.delivered[0] + c.delivered[1]).sum();
+    let waiting: u64 = hv
+        .channels
+        .iter()
+        .map(|c| (c.pending_for(c.endpoint(0)) + c.pending_for(c.endpoint(1))) as u64)
+        .sum();
+    assert_eq!(sent, delivered);
+    assert_eq!(received + waiting, sent);
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn an_f1_restart_restarts_every_agent_and_keeps_the_queues_and_the_table() {
+    let mut hv = boot(&[3], &[(agent(0, 0), agent(0, 1))], &[], 0);
+    let h = channel_handles(&hv, 0);
+    let (c0_s0, c0_s1) = (h[0].raw, h[1].raw);
+    let trace: Trace = Rc::default();
+    let calls = vec![
+        switch(1),
+        send(c0_s1),
+        // One agent traps: the runtime ends the partition with TRAP (F1).
+        (Hypercall::Exit, [bootinfo::exit::TRAP, 0, 0, 0, 0, 0]),
+        // The restarted runtime starts every agent again; agent 0 finds the
+        // message queued before the restart.
+        switch(0),
+        recv(c0_s0),
+    ];
+    let vmid = hv.partitions[0].vmid;
+    hv.arch.set_guest(vmid, guest(calls, trace.clone()));
+    hv.run();
+    let t = trace.borrow();
+    // Every call came back (the final Exit does not return).
+    assert_eq!(t.iter().map(|r| r.call).collect::<Vec<_>>(), [Hypercall::AgentSwitch, Hypercall::ChannelSend, Hypercall::Exit, Hypercall::AgentSwitch, Hypercall::ChannelRecv]);
+    assert_eq!((t[4].call, t[4].status, t[4].x1), (Hypercall::ChannelRecv, 0, MSG.len() as u64));
+    assert_eq!(hv.partitions[0].restarts, 1);
+    let p1 = hv.partitions[0].id.0;
+    assert_eq!(records(&hv).iter().filter(|(l, r)| *l == p1 && r.op == KernelEvent::RecoverRestart as u16).count(), 1);
+    // The restarted guest finds the same agents.
+    let page = guest_page(&hv, 0, layout::BOOTINFO_IPA).unwrap();
+    assert_eq!(bootinfo::agent_count(&page), 3);
+    assert_eq!(AgentTable::count(&guest_page(&hv, 0, layout::AGENTS_IPA).unwrap()), 3);
+    assert_chains_verify(&hv);
+}
+
+fn stage(store: u64, key_len: u64) -> (Hypercall, [u64; 6]) {
+    (Hypercall::StateStage, [store, HEAP, key_len, HEAP, MSG.len() as u64, 0])
+}
+fn commit(store: u64) -> (Hypercall, [u64; 6]) {
+    (Hypercall::StateCommit, [store, 0, 0, 0, 0, 0])
+}
+fn get(store: u64, key_len: u64) -> (Hypercall, [u64; 6]) {
+    (Hypercall::StateGet, [store, HEAP, key_len, RECV, 64, 0])
+}
+
+/// A multi-agent runtime's script: each call is made by the agent in its
+/// slot. When an `AgentSwitch` answers `DEPART`, the runtime checkpoints
+/// that agent (16 bytes of its heap) and, if the kernel took it, drops every
+/// later call of that agent.
+fn domain_runtime(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace) -> crate::fake::GuestFn {
+    domain_runtime_handing(calls, trace, [HEAP, 16, 0, 0, 0, 0])
+}
+
+/// [`domain_runtime`] handing over the departing agent's image as `image`
+/// (the `Checkpoint` registers).
+fn domain_runtime_handing(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace, image: [u64; 6]) -> crate::fake::GuestFn {
+    let mut calls = calls.into_iter();
+    let mut last: Option<(u16, Hypercall)> = None;
+    let mut gone: Vec<u16> = Vec::new();
+    let mut departing: Option<u16> = None;
+    Box::new(move |v, m| {
+        if let Some((slot, call)) = last.take() {
+            let (status, x1) = (v.regs.x[0] as i64, v.regs.x[1]);
+            trace.borrow_mut().push(Ret { call, status, x1 });
+            match call {
+                Hypercall::AgentSwitch if status == 0 && x1 == rvm_abi::hypercall::agent_switch::DEPART => {
+                    departing = Some(slot)
+                }
+                Hypercall::Checkpoint if status == 0 => gone.push(slot),
+                _ => {}
+            }
+        }
+        if let Err(f) = m.write(HEAP, MSG) {
+            return f.0;
+        }
+        let (slot, (c, regs)) = match departing.take() {
+            Some(slot) => (slot, (Hypercall::Checkpoint, image)),
+            None => calls.find(|(s, _)| !gone.contains(s)).unwrap_or((0, (Hypercall::Exit, [0; 6]))),
+        };
+        last = Some((slot, c));
+        v.regs.x[0] = u64::from(c.function_id());
+        v.regs.x[1..7].copy_from_slice(&regs);
+        let t: TrapInfo = FakeArch::hvc();
+        t
+    })
+}
+
+#[test]
+fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
+    // p1: agents 0, 1 chat; agent 2 says little. Agent 0 also sends agent 2
+    // three messages it never reads in p1: they are queued when it moves.
+    let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], BOOT_FLAG_COHERENCE);
+    hv.arch.tick_ns = 1_000_000;
+    let h = channel_handles(&hv, 0);
+    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
+    let store = hv.partitions[0].boot_handles[0].raw;
+    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = vec![
+        (0, switch(0)),
+        (0, send(q0)),
+        (0, send(q0)),
+        (0, send(q0)),
+        (2, switch(2)),
+        (2, stage(store, 4)),
+        (2, commit(store)),
+    ];
+    for n in 0..900 {
+        calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
+        if n % 40 == 0 {
+            calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
+        }
+    }
+    let trace: Trace = Rc::default();
+    let vmid = hv.partitions[0].vmid;
+    hv.arch.set_guest(vmid, domain_runtime(calls, trace.clone()));
+    let (t2, t3): (Trace, Trace) = (Rc::default(), Rc::default());
+    for (idx, t) in [(1, &t2), (2, &t3)] {
+        let h = channel_handles(&hv, idx)[0].raw;
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), t.clone()));
+    }
+    // The moved agent, in the new partition (VMID 4): its cached handles
+    // still work. It reads the committed item, takes the three queued
+    // messages, sends one, commits another item, and exits.
+    let t4: Trace = Rc::default();
+    let moved_calls = vec![get(store, 4), recv(q2), recv(q2), recv(q2), recv(q2), send(q2), stage(store, 5), commit(store)];
+    hv.arch.set_guest(4, guest(moved_calls, t4.clone()));
+    hv.run();
+
+    // The move happened once, witnessed with the decision's cut value.
+    let d = hv.domains();
+    let split = d.decisions().iter().find(|r| r.event == KernelEvent::SplitDecided).expect("a split decided").clone();
+    assert_eq!(split.movers, [AgentId(2)]);
+    assert_eq!(d.moves().len(), 1, "{:?}", d.moves());
+    let m = d.moves()[0].clone();
+    let (p1, p4) = (hv.partitions[0].id, hv.partitions[3].id);
+    assert_eq!((m.agent, m.from, m.to), (AgentId(2), p1, p4));
+    assert_eq!((m.channels, m.handles), (1, 2), "one channel end, the store and that channel");
+    assert_eq!(m.queued, 3, "agent 0's three messages waited for it");
+    assert_eq!(hv.partitions[3].name(), "p1.a2");
+    let info = d.agents()[2];
+    assert_eq!((info.partition, info.slot.0), (3, 0));
+    assert!(d.agent_at(0, crate::channel::AgentSlot(2)).is_none(), "its old slot names nobody");
+    // A restarted p1 runtime would not start it again: its table entry is vacated.
+    let table = guest_page(&hv, 0, layout::AGENTS_IPA).unwrap();
+    assert_eq!(AgentTable::count(&table), 3);
+    assert_eq!(AgentTable::read(&table, 2).unwrap().module_len, 0);
+    assert_ne!(AgentTable::read(&table, 1).unwrap().module_len, 0);
+    let recs = records(&hv);
+    let events = |log: u32, e: KernelEvent| -> Vec<WitnessRecord> {
+        recs.iter().filter(|(l, r)| *l == log && r.op == e as u16).map(|(_, r)| *r).collect()
+    };
+    for log in [p1.0, p4.0] {
+        let s = events(log, KernelEvent::Split);
+        assert_eq!(s.len(), 1, "one Split in log {log}");
+        assert_eq!(Decision::parse_witness_args(&s[0].args), (split.cut, split.internal));
+    }
+    assert_eq!(events(p4.0, KernelEvent::PartitionCreate).len(), 1);
+    assert_eq!(events(p4.0, KernelEvent::CapInstall).len(), 2, "each transplanted handle witnessed");
+    assert!(hv.arch.console_text().contains("coherence: split of partition 1 'p1': agent 2 moved to partition 4 'p1.a2'"));
+
+    // The departure: the switch said DEPART, the checkpoint was taken, and
+    // agent 2 made no call in p1 after it.
+    let t = trace.borrow();
+    let at = t.iter().position(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART).expect("DEPART");
+    assert_eq!((t[at + 1].call, t[at + 1].status, t[at + 1].x1), (Hypercall::Checkpoint, 0, 1));
+    let later: Vec<&Ret> = t[at + 2..].iter().filter(|r| r.call == Hypercall::AgentSwitch && (r.status != 0 || r.x1 != 0)).collect();
+    assert!(later.is_empty(), "{later:?}");
+    drop(t);
+
+    // In p4: the committed item is there, the three queued messages arrive
+    // in order, then nothing; its send reaches agent 0; its commit lands in
+    // the store it always used.
+    let t4 = t4.borrow();
+    let got: Vec<(Hypercall, i64)> = t4.iter().map(|r| (r.call, r.status)).collect();
+    let would_block = HvError::WouldBlock.code();
+    assert_eq!(
+        got,
+        [
+            (Hypercall::StateGet, 0),
+            (Hypercall::ChannelRecv, 0),
+            (Hypercall::ChannelRecv, 0),
+            (Hypercall::ChannelRecv, 0),
+            (Hypercall::ChannelRecv, would_block),
+            (Hypercall::ChannelSend, 0),
+            (Hypercall::StateStage, 0),
+            (Hypercall::StateCommit, 0),
+        ]
+    );
+    assert_eq!(t4[0].x1, MSG.len() as u64);
+    let store1 = hv.store(p1).unwrap();
+    assert!(store1.get(&MSG[..4]).is_some() && store1.get(&MSG[..5]).is_some(), "both commits in the domain's store");
+    assert_eq!(hv.partitions[3].state, crate::partition::PartitionState::Finished);
+
+    // No message lost or duplicated: sent = received + waiting, per channel.
+    let ok = |t: &Trace, c: Hypercall| t.borrow().iter().filter(|r| r.call == c && r.status == 0).count() as u64;
+    let ok4 = |c: Hypercall| t4.iter().filter(|r| r.call == c && r.status == 0).count() as u64;
+    let sent = ok(&trace, Hypercall::ChannelSend) + ok(&t2, Hypercall::ChannelSend) + ok(&t3, Hypercall::ChannelSend) + ok4(Hypercall::ChannelSend);
+    let received = ok(&trace, Hypercall::ChannelRecv) + ok(&t2, Hypercall::ChannelRecv) + ok(&t3, Hypercall::ChannelRecv) + ok4(Hypercall::ChannelRecv);
+    let delivered: u64 = hv.channels.iter().map(|c| c.delivered[0] + c.delivered[1]).sum();
+    let waiting: u64 =
+        hv.channels.iter().map(|c| (c.pending_for(c.endpoint(0)) + c.pending_for(c.endpoint(1))) as u64).sum();
+    assert_eq!(sent, delivered);
+    assert_eq!(received + waiting, sent);
+    let ch2 = &hv.channels[2];
+    assert_eq!(ch2.endpoint(1), crate::channel::Endpoint { partition: p4, slot: crate::channel::AgentSlot(0) });
+
+    // The transplanted handles are the originals' children: the same raw
+    // handle in p4; evicting p1 revokes them too.
+    let q2_raw = q2;
+    assert!(hv.caps.info(p4, q2_raw).is_ok());
+    hv.caps.evict(p1);
+    assert_eq!(hv.caps.info(p4, q2_raw).err(), Some(HvError::Revoked));
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
+    let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], BOOT_FLAG_COHERENCE);
+    hv.arch.tick_ns = 1_000_000;
+    let h = channel_handles(&hv, 0);
+    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
+    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = Vec::new();
+    for n in 0..900 {
+        calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
+        if n % 40 == 0 {
+            calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
+        }
+    }
+    let trace: Trace = Rc::default();
+    let vmid = hv.partitions[0].vmid;
+    // The image lies outside the partition's memory: the checkpoint is refused.
+    hv.arch.set_guest(vmid, domain_runtime_handing(calls, trace.clone(), [0x10_0000_0000, 16, 0, 0, 0, 0]));
+    for idx in [1, 2] {
+        let h = channel_handles(&hv, idx)[0].raw;
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), Rc::default()));
+    }
+    hv.run();
+
+    let t = trace.borrow();
+    let departs = t.iter().filter(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART).count();
+    assert!(departs >= 1, "the agent was told to leave");
+    let refused: Vec<&Ret> = t.iter().filter(|r| r.call == Hypercall::Checkpoint).collect();
+    assert_eq!(refused.len(), departs);
+    assert!(refused.iter().all(|r| r.status == HvError::BadAddress.code()), "{refused:?}");
+    // The agent stayed: it went on sending from p1 after the refusal.
+    let at = t.iter().position(|r| r.call == Hypercall::Checkpoint).unwrap();
+    assert!(t[at..].iter().any(|r| r.call == Hypercall::ChannelSend && r.status == 0));
+    drop(t);
+    assert_eq!(hv.partitions.len(), 3, "no partition created");
+    assert!(hv.domains().moves().is_empty());
+    assert_eq!(hv.domains().agents()[2].partition, 0);
+    let recs = records(&hv);
+    assert!(!recs.iter().any(|(_, r)| r.op == KernelEvent::Split as u16), "no Split witnessed");
+    assert!(hv.arch.console_text().contains("coherence: agent 2 stays in its partition: its checkpoint was refused"));
+    // No checkpoint is held anywhere.
+    assert!(hv.partitions.iter().all(|p| p.checkpoint.is_none()));
+    assert_chains_verify(&hv);
+}

@@ -1,0 +1,410 @@
+//! Operator orders on the fake machine: signed `@O` lines typed into the
+//! console's receive side, verified, applied and witnessed; forged,
+//! replayed, unknown and pointless orders refused and witnessed.
+//!
+//! The helpers here (a guest that plays the runtime, bundles with an
+//! operator key, channels and memory tiers) are shared with
+//! `tests_dormant`.
+
+use alloc::boxed::Box;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use ed25519_dalek::{Signer, SigningKey};
+use rvm_abi::bootinfo::{layout, BootInfo, RestoreInfo};
+use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+use rvm_abi::frame::{Frame, OrderArgs, OrderFrame, OrderKind};
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::{HvError, Hypercall, ObjectKind, Outcome, WitnessRecord};
+
+use crate::addr::{PhysAddr, PhysRange};
+use crate::arch::TrapInfo;
+use crate::fake::{FakeArch, GuestView};
+use crate::frames::FrameAllocator;
+use crate::hypervisor::Hypervisor;
+use crate::partition::{PartitionId, PartitionState};
+use crate::vcpu::Vcpu;
+
+/// Entry of the test runtime image.
+pub(crate) const ENTRY: u64 = 0x4000_0000;
+/// Its writable data pages.
+pub(crate) const DATA: u64 = 0x4000_1000;
+pub(crate) const HEAP: u64 = layout::HEAP_IPA;
+/// Seed of the operator key the test bundles bind.
+pub(crate) const OPERATOR_SEED: [u8; 32] = [0x0b; 32];
+
+/// One partition of a test bundle.
+pub(crate) struct Part {
+    pub name: &'static str,
+    pub tier: MemoryTier,
+    pub recovery: RecoveryDesc,
+}
+
+impl Part {
+    pub(crate) fn new(name: &'static str) -> Self {
+        Self { name, tier: MemoryTier::Warm, recovery: RecoveryDesc::DEFAULT }
+    }
+    pub(crate) fn tier(mut self, tier: MemoryTier) -> Self {
+        self.tier = tier;
+        self
+    }
+}
+
+/// A booted test hypervisor and the bundle it booted (orders sign its digest).
+pub(crate) fn boot(parts: &[Part], channels: &[(u32, u32)], operator_key: bool) -> (Hypervisor<FakeArch>, Vec<u8>) {
+    let mut w = BundleWriter::new();
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &crate::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)]));
+    w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
+    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig::DEFAULT.to_bytes());
+    if operator_key {
+        let public = SigningKey::from_bytes(&OPERATOR_SEED).verifying_key().to_bytes();
+        w.entry(EntryKind::OperatorKey, GLOBAL, &public);
+    }
+    for p in parts {
+        let i = w.partition(&PartitionDesc {
+            name: PartitionDesc::name_field(p.name).unwrap(),
+            memory_tier: p.tier,
+            deadline_urgency: 50,
+            cut_pressure: 30,
+            default_tier: 2,
+            wasm_pages: 1,
+            fuel_per_slice: 0,
+            recovery: p.recovery,
+            witness_key_fingerprint: None,
+        });
+        // Two pages of module, so its window spans more than one frame.
+        let mut module = alloc::vec![0u8; 5000];
+        module[..8].copy_from_slice(b"\0asm\x01\0\0\0");
+        module[4999] = i as u8;
+        w.entry(EntryKind::Wasm, i, &module);
+    }
+    for &(a, b) in channels {
+        w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a, b, capacity: 4 }.to_bytes());
+    }
+    let bundle = w.finish();
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    (Hypervisor::boot(FakeArch::new(), frames, &bundle).unwrap(), bundle)
+}
+
+/// A signed `@O` line for the test bundle `bundle`.
+pub(crate) fn order_line(bundle: &[u8], seed: &[u8; 32], kind: OrderKind, nonce: u64, name: &str) -> String {
+    let partition = PartitionDesc::name_field(name).unwrap();
+    let message = OrderFrame::message(kind, nonce, &partition, &crate::digest::full(bundle));
+    let signature = SigningKey::from_bytes(seed).sign(&message).to_bytes();
+    let line = OrderFrame { kind, nonce, partition, signature }.encode();
+    String::from(core::str::from_utf8(line.as_bytes()).unwrap())
+}
+
+/// One exit of a guest, as a test script sees it.
+pub(crate) struct Step<'a, 'b> {
+    pub v: &'a mut Vcpu,
+    pub m: &'a mut GuestView<'b>,
+    /// Which start of the guest this is (0 = the first).
+    pub start: u32,
+    /// Which exit of this start (0 = the first).
+    pub step: u32,
+    pub info: BootInfo,
+    pub restore: RestoreInfo,
+}
+
+impl Step<'_, '_> {
+    pub(crate) fn call(&mut self, c: Hypercall, args: &[u64]) -> TrapInfo {
+        self.v.regs.x[0] = u64::from(c.function_id());
+        for (i, a) in args.iter().enumerate() {
+            self.v.regs.x[1 + i] = *a;
+        }
+        FakeArch::hvc()
+    }
+
+    pub(crate) fn status(&self) -> i64 {
+        self.v.regs.x[0] as i64
+    }
+
+    pub(crate) fn result(&self, n: usize) -> u64 {
+        self.v.regs.x[1 + n]
+    }
+
+    pub(crate) fn handle(&self, kind: ObjectKind) -> u64 {
+        let mut page = [0u8; 4096];
+        self.m.read(layout::BOOTINFO_IPA, &mut page).unwrap();
+        (0..self.info.handle_count as usize)
+            .filter_map(|n| BootInfo::read_handle(&page, n))
+            .find(|h| h.kind == kind as u8)
+            .map(|h| h.raw)
+            .unwrap()
+    }
+
+    pub(crate) fn exit(&mut self, code: u64) -> TrapInfo {
+        self.call(Hypercall::Exit, &[code])
+    }
+}
+
+pub(crate) type Script = dyn FnMut(&mut Step<'_, '_>) -> TrapInfo;
+
+/// A guest that knows when the kernel (re)started it; it touches two heap
+/// pages at every start before its first step.
+pub(crate) fn runtime(mut f: Box<Script>) -> crate::fake::GuestFn {
+    let (mut start, mut step, mut first, mut fresh) = (0u32, 0u32, true, false);
+    Box::new(move |v, m| {
+        if v.regs.pc == ENTRY {
+            assert_eq!(v.regs.x[0], layout::BOOTINFO_IPA, "x0 names the boot-info page");
+            if !first {
+                start += 1;
+            }
+            first = false;
+            fresh = true;
+            v.regs.pc = ENTRY + 4;
+        }
+        for page in 0..2 {
+            if let Err(fault) = m.read(HEAP + page * 4096, &mut [0u8]) {
+                return fault.0;
+            }
+        }
+        if fresh {
+            fresh = false;
+            step = 0;
+        } else {
+            step += 1;
+        }
+        let mut page = [0u8; 4096];
+        m.read(layout::BOOTINFO_IPA, &mut page).unwrap();
+        let info = BootInfo::read(&page).unwrap();
+        let restore = RestoreInfo::read(&page).unwrap();
+        f(&mut Step { v, m, start, step, info, restore })
+    })
+}
+
+pub(crate) fn shared<T: Default>() -> (Rc<RefCell<T>>, Rc<RefCell<T>>) {
+    let a: Rc<RefCell<T>> = Rc::default();
+    (a.clone(), a)
+}
+
+pub(crate) fn records(hv: &Hypervisor<FakeArch>, log: u32) -> Vec<WitnessRecord> {
+    hv.arch
+        .console_text()
+        .lines()
+        .filter_map(Frame::parse)
+        .filter_map(|f| match f {
+            Frame::Record { log: l, bytes } if l == log => Some(WitnessRecord::from_bytes(&bytes).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The kernel events of `log` named in `of`, in order, with their records.
+pub(crate) fn events(hv: &Hypervisor<FakeArch>, log: u32, of: &[KernelEvent]) -> Vec<(KernelEvent, WitnessRecord)> {
+    records(hv, log)
+        .into_iter()
+        .filter_map(|r| KernelEvent::from_code(r.op).filter(|e| of.contains(e)).map(|e| (e, r)))
+        .collect()
+}
+
+/// Every log on the console is consecutive and linked.
+pub(crate) fn assert_chains_verify(hv: &Hypervisor<FakeArch>) {
+    let mut logs: alloc::collections::BTreeMap<u32, Vec<[u8; 64]>> = Default::default();
+    for f in hv.arch.console_text().lines().filter_map(Frame::parse) {
+        if let Frame::Record { log, bytes } = f {
+            logs.entry(log).or_default().push(bytes);
+        }
+    }
+    assert!(!logs.is_empty());
+    for (log, recs) in logs {
+        let mut head = rvm_witness::Hash::ZERO;
+        for (i, bytes) in recs.iter().enumerate() {
+            let r = WitnessRecord::from_bytes(bytes).unwrap();
+            assert_eq!(r.seq, i as u64, "log {log}: seq");
+            assert_eq!(r.prev, head.prefix16(), "log {log}: record {i} links its predecessor");
+            head = rvm_witness::chain::chain_step(&head, bytes);
+        }
+    }
+}
+
+/// An IPA no partition ever has mapped.
+const UNMAPPED: u64 = 0x1000;
+
+/// A guest that checkpoints `marker` from its heap, then writes outside
+/// its memory (F3 with the default policy); restarted from a checkpoint,
+/// it reports what the restore window holds and finishes.
+fn faulting_victim(log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
+    runtime(Box::new(move |g| match (g.start, g.step) {
+        (0, 0) => {
+            g.m.write(HEAP, b"marker-1").unwrap();
+            g.call(Hypercall::Checkpoint, &[HEAP, 8, 0, 0])
+        }
+        (0, 1) => {
+            log.borrow_mut().push(alloc::format!("checkpoint {} id {}", g.status(), g.result(0)));
+            match g.m.write(UNMAPPED, b"x") {
+                Err(f) => f.0,
+                Ok(()) => panic!("the write outside the partition succeeded"),
+            }
+        }
+        (1, 0) => {
+            let mut image = [0u8; 8];
+            g.m.read(g.restore.image_ipa, &mut image).unwrap();
+            log.borrow_mut().push(alloc::format!(
+                "resumed from {} image {}",
+                g.restore.checkpoint_id,
+                core::str::from_utf8(&image).unwrap_or("?")
+            ));
+            g.exit(0)
+        }
+        (s, n) => panic!("unexpected start {s} step {n}"),
+    }))
+}
+
+/// A partner that commits one item and finishes.
+fn bystander() -> crate::fake::GuestFn {
+    runtime(Box::new(|g| match g.step {
+        0 => {
+            g.m.write(HEAP, b"k").unwrap();
+            g.m.write(HEAP + 0x100, b"v").unwrap();
+            let h = g.handle(ObjectKind::StateStore);
+            g.call(Hypercall::StateStage, &[h, HEAP, 1, HEAP + 0x100, 1])
+        }
+        1 => {
+            let h = g.handle(ObjectKind::StateStore);
+            g.call(Hypercall::StateCommit, &[h])
+        }
+        _ => g.exit(0),
+    }))
+}
+
+#[test]
+fn an_operator_unfences_a_fenced_partition_and_it_resumes_from_its_checkpoint() {
+    let (mut hv, bundle) = boot(&[Part::new("victim"), Part::new("bystander")], &[], true);
+    let (log, seen) = shared::<Vec<String>>();
+    hv.arch.set_guest(1, faulting_victim(log));
+    hv.arch.set_guest(2, bystander());
+    hv.run();
+    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+    assert_eq!(hv.partitions()[1].state, PartitionState::Finished, "the other partition is unaffected");
+
+    hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 17, "victim").as_bytes());
+    hv.housekeeping();
+    let text = hv.arch.console_text();
+    assert!(text.contains("rvm: order 17 unfence 'victim' done: resumed from checkpoint 1"), "{text}");
+    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
+    let summary = hv.run();
+    assert_eq!(hv.partitions()[0].state, PartitionState::Finished);
+    assert_eq!(summary.fenced, 0);
+    assert_eq!(
+        *seen.borrow(),
+        ["checkpoint 0 id 1", "resumed from 1 image marker-1"],
+        "resumed from the checkpoint taken before the fault"
+    );
+    // The order, then the step it ordered, in the victim's log.
+    let ev = events(&hv, 1, &[KernelEvent::OperatorOrder, KernelEvent::Unfence, KernelEvent::RecoverFence]);
+    let kinds: Vec<KernelEvent> = ev.iter().map(|(e, _)| *e).collect();
+    assert_eq!(kinds, [KernelEvent::RecoverFence, KernelEvent::OperatorOrder, KernelEvent::Unfence]);
+    assert_eq!(OrderArgs::from_bytes(&ev[1].1.args), OrderArgs { order: OrderKind::Unfence as u8, nonce: 17 });
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn forged_replayed_unknown_and_pointless_orders_are_refused_and_witnessed() {
+    let (mut hv, bundle) = boot(&[Part::new("victim"), Part::new("bystander")], &[], true);
+    let (log, _seen) = shared::<Vec<String>>();
+    hv.arch.set_guest(1, faulting_victim(log));
+    hv.arch.set_guest(2, bystander());
+    hv.run();
+    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+
+    let forged = order_line(&bundle, &[0x99; 32], OrderKind::Unfence, 5, "victim");
+    let other_bundle = order_line(b"another deployment", &OPERATOR_SEED, OrderKind::Unfence, 6, "victim");
+    let good = order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 7, "victim");
+    let pointless = order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 8, "bystander");
+    let unknown = order_line(&bundle, &OPERATOR_SEED, OrderKind::Evict, 9, "nobody");
+    let mut input = String::new();
+    for line in [&forged, &other_bundle, "hello there\n", "@O 12 unfence victim 00\n", &good, &good, &pointless, &unknown] {
+        input.push_str(line);
+    }
+    hv.arch.type_input(input.as_bytes());
+    // One poll takes a bounded amount of input; the rest waits for the next.
+    hv.housekeeping();
+    assert!(!hv.arch.input.is_empty(), "a flood of input is not swallowed by one poll");
+    while !hv.arch.input.is_empty() {
+        hv.housekeeping();
+    }
+    let text = hv.arch.console_text();
+    for expect in [
+        "rvm: order 5 unfence 'victim' refused: signature does not verify with the operator key",
+        "rvm: order 6 unfence 'victim' refused: signature does not verify with the operator key",
+        "rvm: console input ignored: not an order",
+        "rvm: order 12 ? '?' refused: malformed order line",
+        "rvm: order 7 unfence 'victim' done: resumed from checkpoint 1",
+        "rvm: order 7 unfence 'victim' refused: nonce replayed (must exceed 7)",
+        "rvm: order 8 unfence 'bystander' refused: partition is not fenced (it is finished)",
+        "rvm: order 9 evict 'nobody' refused: no partition has that name",
+    ] {
+        assert!(text.contains(expect), "missing `{expect}` in:\n{text}");
+    }
+    // Exactly one order carried out.
+    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
+    let refused = |log| -> Vec<(HvError, u64)> {
+        events(&hv, log, &[KernelEvent::OrderRefused])
+            .into_iter()
+            .map(|(_, r)| match r.outcome() {
+                Some(Outcome::Denied(e)) => (e, OrderArgs::from_bytes(&r.args).nonce),
+                other => panic!("a refusal with outcome {other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(refused(1), [(HvError::BadProof, 5), (HvError::BadProof, 6), (HvError::Replay, 7)]);
+    assert_eq!(refused(2), [(HvError::InvalidArgument, 8)]);
+    assert_eq!(refused(0), [(HvError::InvalidArgument, 12), (HvError::InvalidArgument, 9)]);
+    assert_eq!(events(&hv, 1, &[KernelEvent::OperatorOrder]).len(), 1);
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn without_an_operator_key_every_order_is_refused() {
+    let (mut hv, bundle) = boot(&[Part::new("victim")], &[], false);
+    hv.arch.set_guest(1, faulting_victim(Rc::default()));
+    hv.run();
+    hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 1, "victim").as_bytes());
+    hv.housekeeping();
+    assert!(hv.arch.console_text().contains("refused: the bundle binds no operator key"));
+    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+}
+
+#[test]
+fn an_eviction_order_evicts_scrubs_and_returns_the_memory() {
+    let (mut hv, bundle) = boot(&[Part::new("victim"), Part::new("bystander")], &[], true);
+    hv.arch.set_guest(1, faulting_victim(Rc::default()));
+    hv.arch.set_guest(2, bystander());
+    hv.run();
+    let fenced_frames = hv.frames_in_use();
+    hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Evict, 3, "victim").as_bytes());
+    hv.housekeeping();
+    assert_eq!(hv.partitions()[0].state, PartitionState::Evicted);
+    assert!(hv.frames_in_use() < fenced_frames, "evicted memory returned");
+    assert!(hv.arch.console_text().contains("rvm: order 3 evict 'victim' done: evicted (F4)"));
+    let ev = events(&hv, 1, &[KernelEvent::OperatorOrder, KernelEvent::RecoverEvict]);
+    assert_eq!(ev.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [KernelEvent::OperatorOrder, KernelEvent::RecoverEvict]);
+    // A second eviction has nothing to do.
+    hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Evict, 4, "victim").as_bytes());
+    hv.housekeeping();
+    assert!(hv.arch.console_text().contains("rvm: order 4 evict 'victim' refused: partition is already evicted"));
+    assert_eq!(hv.partitions()[1].state, PartitionState::Finished);
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn an_order_split_across_reads_and_an_overlong_line_are_handled() {
+    let (mut hv, bundle) = boot(&[Part::new("victim")], &[], true);
+    hv.arch.set_guest(1, faulting_victim(Rc::default()));
+    hv.run();
+    let junk = "x".repeat(1000) + "\n";
+    hv.arch.type_input(junk.as_bytes());
+    let line = order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 2, "victim");
+    let (a, b) = line.as_bytes().split_at(40);
+    hv.arch.type_input(a);
+    hv.housekeeping();
+    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced, "half a line is not an order");
+    hv.arch.type_input(b);
+    hv.housekeeping();
+    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
+    assert_eq!(hv.partitions()[0].id, PartitionId(1));
+}
