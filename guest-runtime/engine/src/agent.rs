@@ -85,7 +85,8 @@ impl<H: HostCalls + 'static> Agent<H> {
                 })
                 .ok_or(LoadError::NoEntry)?
         };
-        let checkpoint_mode = match (facts.hidden_mutable_global, is_turn_agent) {
+        let unfaithful = facts.hidden_mutable_global || facts.table_writer;
+        let checkpoint_mode = match (unfaithful, is_turn_agent) {
             (true, _) => CheckpointMode::Unsupported,
             (false, true) => CheckpointMode::AtTurnEnd,
             (false, false) => CheckpointMode::Immediate,

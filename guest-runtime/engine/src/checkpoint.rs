@@ -18,8 +18,11 @@
 //! table's length. A table's contents are function references, which have no
 //! byte form; a restored agent gets its table as instantiation builds it
 //! (its element segments), and restore refuses an image whose table length
-//! differs. An agent that rewrites its table (`table.set`) is therefore not
-//! restorable exactly; Rust agents never do.
+//! differs. That is exact because the screen only lets an agent checkpoint
+//! when none of its code can change a table or an element segment
+//! (`table.set`, `table.grow`, `table.fill`, `table.copy`, `table.init`,
+//! `elem.drop`): such an agent's `checkpoint` import answers `NotSupported`,
+//! as for a hidden mutable global. Rust agents never change their tables.
 //!
 //! The header and globals ([`encode_header`]) and the memory are handed to
 //! the hypervisor as two parts of one image, so the memory is never copied

@@ -21,7 +21,8 @@ pub(crate) enum CheckpointMode {
     /// A `run` agent: capture now (the image cannot be resumed mid-call).
     Immediate,
     /// The agent has state no image can hold (a mutable global it does not
-    /// export): the import answers `NotSupported`.
+    /// export, or code that changes a table): the import answers
+    /// `NotSupported`.
     Unsupported,
 }
 

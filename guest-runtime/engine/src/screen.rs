@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use rvm_abi::imports::{self, HostImport};
 use wasmi::{ExternType, Module};
-use wasmparser::{ExternalKind, Parser, Payload, TypeRef};
+use wasmparser::{ExternalKind, FunctionBody, Operator, Parser, Payload, TypeRef};
 
 use crate::LoadError;
 
@@ -22,6 +22,35 @@ pub(crate) struct ModuleFacts {
     /// The module defines a mutable global it does not export: its state is
     /// not all reachable, so it cannot be checkpointed faithfully.
     pub(crate) hidden_mutable_global: bool,
+    /// Some function may change a table or an element segment (`table.set`,
+    /// `table.grow`, `table.fill`, `table.copy`, `table.init`, `elem.drop`),
+    /// or its code could not be read to rule that out. Function references
+    /// have no byte form, so such a module's tables could differ from what
+    /// instantiation rebuilds: it cannot be checkpointed faithfully. Without
+    /// any of these instructions a table is exactly what the element segments
+    /// made it, and a restore rebuilds it as it was.
+    pub(crate) table_writer: bool,
+}
+
+/// Whether `body` may change a table or an element segment. Code that cannot
+/// be decoded counts as a writer: the answer must never be a false "no".
+fn writes_tables(body: &FunctionBody<'_>) -> bool {
+    let Ok(mut ops) = body.get_operators_reader() else { return true };
+    while !ops.eof() {
+        match ops.read() {
+            Ok(
+                Operator::TableSet { .. }
+                | Operator::TableGrow { .. }
+                | Operator::TableFill { .. }
+                | Operator::TableCopy { .. }
+                | Operator::TableInit { .. }
+                | Operator::ElemDrop { .. },
+            ) => return true,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// Walk the module's sections (parsing only, cheap): every import must be a
@@ -31,6 +60,7 @@ pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<ModuleFacts, Loa
     let mut declared_pages: u64 = 0;
     let mut mutable_globals: Vec<u32> = Vec::new();
     let mut exported_globals: Vec<u32> = Vec::new();
+    let mut table_writer = false;
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
             Payload::GlobalSection(reader) => {
@@ -82,6 +112,9 @@ pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<ModuleFacts, Loa
                 }
             }
             Payload::StartSection { .. } => return Err(LoadError::StartFunction),
+            Payload::CodeSectionEntry(body) => {
+                table_writer = table_writer || writes_tables(&body);
+            }
             _ => {}
         }
     }
@@ -95,6 +128,7 @@ pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<ModuleFacts, Loa
         hidden_mutable_global: mutable_globals
             .iter()
             .any(|g| !exported_globals.contains(g)),
+        table_writer,
     })
 }
 

@@ -271,6 +271,50 @@ fn an_agent_with_a_hidden_mutable_global_cannot_checkpoint() {
     assert!(agent.into_host().world.lock().unwrap().checkpoints[0].is_empty());
 }
 
+/// A turn agent with a table that asks for a checkpoint in its first turn
+/// and finishes in its second; with `grow`, the turn also runs `table.grow`.
+fn table_agent(grow: bool) -> Vec<u8> {
+    let mut m = Module::new();
+    let ck = m.import("rvm", "checkpoint", &[], &[I32]);
+    let g = m.global_i32(0, Some("g"));
+    let mut body = Vec::new();
+    if grow {
+        // drop(table.grow 0 (ref.null func) (i32.const 1))
+        body.extend([0xd0, 0x70, op::I32_CONST]);
+        sleb(1, &mut body);
+        body.extend([0xfc, 0x0f, 0x00, op::DROP]);
+    }
+    // g += 1; if g == 1 { drop(checkpoint()) }; g >= 2
+    body.extend([op::GLOBAL_GET, g as u8, op::I32_CONST]);
+    sleb(1, &mut body);
+    body.extend([op::I32_ADD, op::GLOBAL_SET, g as u8, op::GLOBAL_GET, g as u8, op::I32_CONST]);
+    sleb(1, &mut body);
+    body.extend([0x46, 0x04, 0x40, op::CALL, ck as u8, op::DROP, op::END]);
+    body.extend([op::GLOBAL_GET, g as u8, op::I32_CONST]);
+    sleb(2, &mut body);
+    body.push(0x4e);
+    let f = m.func(&[], &[I32], &body);
+    m.table(1).memory(1).export("turn", f);
+    m.encode()
+}
+
+#[test]
+fn an_agent_that_changes_its_table_cannot_checkpoint() {
+    // Control: a table that only instantiation fills is rebuilt exactly by a
+    // restore, so the checkpoint is taken.
+    let mut steady = load(&table_agent(false));
+    let report = steady.run();
+    assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
+    assert_eq!(report.checkpoints, 1);
+    // `table.grow` changes what no image can hold: the import answers
+    // NotSupported and nothing is handed over.
+    let mut growing = load(&table_agent(true));
+    let report = growing.run();
+    assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
+    assert_eq!(report.checkpoints, 0);
+    assert!(growing.into_host().world.lock().unwrap().checkpoints[0].is_empty());
+}
+
 #[test]
 fn restore_refuses_images_that_do_not_fit_and_changes_nothing() {
     let good = ImageMeta {

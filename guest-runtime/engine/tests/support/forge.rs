@@ -48,6 +48,8 @@ pub struct Module {
     imports: Vec<(String, String, u32)>,
     funcs: Vec<(u32, u32, Vec<u8>)>,
     memory: Option<u32>,
+    /// A `funcref` table of this many elements (none if `None`).
+    table: Option<u32>,
     exports: Vec<(String, u32)>,
     start: Option<u32>,
     /// Mutable i32 globals: (initial value, exported as).
@@ -92,6 +94,12 @@ impl Module {
         let ty = self.ty(params, results);
         self.funcs.push((ty, i32_locals, body.to_vec()));
         (self.imports.len() + self.funcs.len() - 1) as u32
+    }
+
+    /// A `funcref` table of `min` elements, not exported.
+    pub fn table(&mut self, min: u32) -> &mut Self {
+        self.table = Some(min);
+        self
     }
 
     /// A memory of `min` pages, exported as "memory".
@@ -145,6 +153,11 @@ impl Module {
             leb(u64::from(*t), &mut b);
         }
         section(3, b, &mut out);
+        if let Some(min) = self.table {
+            let mut b = vec![1, 0x70, 0];
+            leb(u64::from(min), &mut b);
+            section(4, b, &mut out);
+        }
         if let Some(min) = self.memory {
             let mut b = vec![1, 0];
             leb(u64::from(min), &mut b);
