@@ -92,7 +92,10 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         _ => None,
     };
     match &gic {
-        Some(g) => g.enable_ppi(platform.hyp_timer_intid),
+        Some(g) => {
+            g.enable_ppi(platform.hyp_timer_intid);
+            g.enable_sgi(rvm_hal::gic::KICK_SGI);
+        }
         None => print!("rvm: warning: no GICv3: guests are not preempted by the timer\n"),
     }
     let online = smp::start_secondaries(&platform, gic.is_some());
@@ -104,7 +107,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     print!("rvm: bundle at {:#x} ({} bytes)\n", initrd.start.raw(), initrd.len());
     let free = memory::free_ranges(&platform, heap::range());
     let frames = FrameAllocator::new(&free);
-    print!("rvm: {} MiB free for partitions\n", frames.frames_total() * 4096 >> 20);
+    print!("rvm: {} MiB free for partitions\n", (frames.frames_total() * 4096) >> 20);
     // SAFETY: the initrd range comes from the device tree, lies in RAM, is
     // excluded from the frame pool above, and nothing writes it.
     let bundle = unsafe { core::slice::from_raw_parts(initrd.start.raw() as *const u8, initrd.len() as usize) };
@@ -112,7 +115,15 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     for r in &platform.memory {
         let _ = ram.push(*r);
     }
-    let machine = Machine::new(ram);
+    let mut machine = Machine::new(ram);
+    // Idle CPUs are woken by a kick (SGI) when work arrives for them;
+    // `rvm.kick=off` leaves them to their next tick (to measure the
+    // difference).
+    let kicks = platform.bootarg("rvm.kick") != Some("off");
+    if gic.is_some() && kicks {
+        machine = machine.with_kicks(&smp::affinities(online));
+    }
+    print!("rvm: idle CPUs woken by {}\n", if gic.is_some() && kicks { "a kick (SGI) when work arrives" } else { "their tick only" });
     let boot_ns = rvm_hal::timer::Clock::new().ticks_to_ns(rvm_hal::timer::counter() - t0);
     print!("rvm: platform up in {} us\n", boot_ns / 1000);
     let hv = match Hypervisor::boot(machine, frames, bundle) {

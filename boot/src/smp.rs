@@ -7,7 +7,7 @@
 //! finishes the run (signs the logs, prints the summary) and powers off.
 //! Secondaries reach the console only through the kernel, under the lock.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rvm_abi::hypercall::psci;
 use rvm_hal::dtb::Platform;
@@ -21,6 +21,15 @@ pub const MAX_CPUS: usize = 4;
 
 /// CPUs that finished their bring-up (the boot CPU counts).
 static ONLINE: AtomicU32 = AtomicU32::new(1);
+
+/// Per CPU index: its affinity (MPIDR Aff fields), where a kick is sent.
+static AFFINITY: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// The affinities of the first `online` CPUs, by CPU index (for
+/// `Machine::with_kicks`).
+pub fn affinities(online: u32) -> heapless::Vec<u64, MAX_CPUS> {
+    AFFINITY.iter().take(online as usize).map(|a| a.load(Ordering::Acquire)).collect()
+}
 
 /// GIC bases and the hypervisor timer's INTID for the secondaries (set
 /// before any is started).
@@ -55,6 +64,7 @@ pub fn start_secondaries(p: &Platform, has_gic: bool) -> u32 {
         GIC.call_once(|| (d, r, intid));
     }
     let me = rvm_hal::sysreg::mpidr();
+    AFFINITY[0].store(me, Ordering::Release);
     let entry = rvm_secondary_entry as *const () as u64;
     let mut index = 1u64;
     for &id in p.cpu_ids.iter().filter(|&&id| id != me) {
@@ -62,6 +72,7 @@ pub fn start_secondaries(p: &Platform, has_gic: bool) -> u32 {
             break;
         }
         let before = ONLINE.load(Ordering::Acquire);
+        AFFINITY[index as usize].store(id, Ordering::Release);
         let status = rvm_hal::power::psci_call(conduit, psci::CPU_ON_64, id, entry, index);
         if status != psci::SUCCESS {
             rvm_hal::print!("rvm: CPU {:#x} did not start: PSCI status {}\n", id, status);
@@ -93,6 +104,7 @@ extern "C" fn rvm_secondary_main(index: u64) -> ! {
         // same idempotent enable the boot CPU made.
         if let Some(gic) = unsafe { rvm_hal::gic::Gic::init(d, r, rvm_hal::sysreg::mpidr()) } {
             gic.enable_ppi(intid);
+            gic.enable_sgi(rvm_hal::gic::KICK_SGI);
             timer_intid = intid;
             has_gic = true;
         }

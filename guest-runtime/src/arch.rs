@@ -270,8 +270,34 @@ pub fn boot_page(ipa: u64) -> Option<&'static [u8]> {
     }
     let start = usize::try_from(ipa).ok()?;
     // SAFETY: the hypervisor maps the boot-info page read-only at
-    // layout::BOOTINFO_IPA for the partition's life, and nothing writes it.
+    // layout::BOOTINFO_IPA for the partition's life; the guest never writes
+    // it. (The hypervisor rewrites it only when an agent arrives, during an
+    // `AgentSwitch`; the runtime reads the new content with
+    // `read_page_now`, never through a view taken before.)
     Some(unsafe { core::slice::from_raw_parts(start as *const u8, BOOT_PAGE_LEN) })
+}
+
+/// A copy of the boot-info page or (when `agent_count` is not 0) the agent
+/// table page, read now with volatile loads. The hypervisor rewrites both
+/// during an `AgentSwitch` when an agent arrives in this partition (a
+/// merge: one more table entry, its handles), so a copy taken after that
+/// call sees the new content, whatever views were read before.
+pub fn read_page_now(ipa: u64, agent_count: u32) -> Option<[u8; BOOT_PAGE_LEN]> {
+    let mapped = ipa == layout::BOOTINFO_IPA || (ipa == layout::AGENTS_IPA && agent_count != 0);
+    if !mapped {
+        return None;
+    }
+    let start = usize::try_from(ipa).ok()? as *const u8;
+    let mut out = [0u8; BOOT_PAGE_LEN];
+    for (i, byte) in out.iter_mut().enumerate() {
+        // SAFETY: the hypervisor maps the boot-info page, and the agent
+        // table whenever the agent count is not 0 (checked above),
+        // read-only at these IPAs for the partition's life; `i` stays
+        // inside the page. Volatile: the content may have changed since
+        // any earlier read (an arrival).
+        *byte = unsafe { core::ptr::read_volatile(start.add(i)) };
+    }
+    Some(out)
 }
 
 /// The agent table page of a partition with several agents: present only
@@ -283,7 +309,9 @@ pub fn agent_table_page(agent_count: u32) -> Option<&'static [u8]> {
     let start = usize::try_from(layout::AGENTS_IPA).ok()?;
     // SAFETY: the hypervisor maps the agent table page read-only at
     // layout::AGENTS_IPA for the partition's life whenever the boot-info
-    // page's agent count is not 0 (checked above), and nothing writes it.
+    // page's agent count is not 0 (checked above); the guest never writes
+    // it. (The hypervisor appends to it only when an agent arrives, during
+    // an `AgentSwitch`; the runtime reads that with `read_page_now`.)
     Some(unsafe { core::slice::from_raw_parts(start as *const u8, BOOT_PAGE_LEN) })
 }
 

@@ -8,6 +8,16 @@
 //! runtime checkpoints that agent alone and drops its instance; it resumes
 //! from that checkpoint in the new partition's runtime.
 //!
+//! An agent may also **arrive** (a coherence merge): `AgentSwitch` reports
+//! how many slots the agent table lists; a new slot is admitted before the
+//! next turn: its module instantiated, its state restored from the
+//! checkpoint the kernel mapped for it. A partition whose last agent
+//! departs is retired by the kernel at that agent's checkpoint.
+//!
+//! In a bundle that evaluates coherence, a single agent runs here too (a
+//! table of one), so the kernel can move it; it may resume from the
+//! partition's checkpoint like the single-agent runtime.
+//!
 //! Each agent gets the partition's memory budget and sees only the handles
 //! listed for it (its channels) or for every agent (the partition's state
 //! store). A trap or a refused yield in any agent ends the whole partition
@@ -16,11 +26,11 @@
 
 use alloc::vec::Vec;
 
-use rvm_abi::bootinfo::{exit, AgentTable, BootInfo, RestoreInfo};
+use rvm_abi::bootinfo::{exit, layout, AgentEntry, AgentTable, BootInfo, RestoreInfo};
 use rvm_agent_engine::{Agent, AgentConfig, FuelPolicy, HandleList, RunOutcome};
 use rvm_el1::arch;
 use rvm_el1::el1_println as println;
-use rvm_el1::hostcalls::{agent_switch, El1Host};
+use rvm_el1::hostcalls::{agent_switch, El1Host, Switch};
 
 /// Turns an agent runs before the next agent's turn.
 const TURNS_PER_VISIT: u64 = 1;
@@ -49,7 +59,8 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
         println!("runtime: agent table lists {n} agents, the boot-info page {count}");
         fail(exit::RUNTIME_PANIC)
     }
-    if RestoreInfo::read(page).is_some_and(|r| r.is_restore()) {
+    let restore = RestoreInfo::read(page).filter(RestoreInfo::is_restore);
+    if restore.is_some() && n > 1 {
         println!("runtime: a partition with several agents does not resume from a checkpoint");
         fail(exit::RESTORE_FAILED)
     }
@@ -76,7 +87,14 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
         };
         let handles = config.handles.entries().len();
         match Agent::load(wasm, config, El1Host) {
-            Ok(agent) => {
+            Ok(mut agent) => {
+                if n == 1 {
+                    // One agent: its checkpoint is the partition's state.
+                    agent.allow_dormancy(true);
+                    if let Some(r) = restore {
+                        restore_from(&mut agent, r.image_ipa, r.image_len, r.checkpoint_id, fail);
+                    }
+                }
                 println!(
                     "runtime: agent {} (slot {slot}): module {} bytes, {handles} handles, `{}`",
                     entry.agent_id,
@@ -102,12 +120,29 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
     );
     let mut code: i32 = 0;
     let mut at = 0;
+    let mut known = n;
     while !agents.is_empty() {
         at %= agents.len();
-        let (slot, id, agent) = &mut agents[at];
-        match agent_switch(*slot) {
-            Ok(false) => {}
-            Ok(true) => {
+        let (slot, id) = (agents[at].0, agents[at].1);
+        let answer = agent_switch(slot);
+        if let Ok(Switch { listed, .. }) = answer {
+            // Agents that arrived (a merge) join after this turn.
+            while known < listed.min(AgentTable::MAX) {
+                if let Some(arrived) = admit(info.wasm_pages, fuel, known, listed, fail) {
+                    // Several agents now: no agent's checkpoint is the
+                    // partition's state, so none may put it to sleep.
+                    for (_, _, a) in agents.iter_mut() {
+                        a.allow_dormancy(false);
+                    }
+                    agents.push(arrived);
+                }
+                known += 1;
+            }
+        }
+        let (_, _, agent) = &mut agents[at];
+        match answer {
+            Ok(Switch { depart: false, .. }) => {}
+            Ok(Switch { depart: true, .. }) => {
                 // A turn boundary: the agent moves to another partition.
                 // Its checkpoint is its state there; the kernel keeps it.
                 // Refused, the agent stays and runs its turn.
@@ -167,4 +202,92 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
         "runtime: stack {stack_used}/{stack} bytes used; heap {heap_used} used, {heap_free} free"
     );
     arch::exit(u64::from_ne_bytes(i64::from(code).to_ne_bytes()))
+}
+
+/// Restore `agent` from the checkpoint image at `[ipa, ipa + len)`.
+fn restore_from(agent: &mut Agent<El1Host>, ipa: u64, len: u64, id: u64, fail: fn(u64) -> !) {
+    let before = arch::bench::cycles();
+    let restored = arch::with_checkpoint_image(ipa, len, |image| agent.restore(image));
+    let cycles = arch::bench::cycles().wrapping_sub(before);
+    match restored {
+        Some(Ok(())) => println!(
+            "runtime: restored checkpoint {id} ({len} bytes) in {cycles} cycles; resuming after turn {}",
+            agent.turns()
+        ),
+        Some(Err(e)) => {
+            println!("runtime: checkpoint {id} not restored: {e}");
+            fail(exit::RESTORE_FAILED)
+        }
+        None => {
+            println!("runtime: checkpoint at {ipa:#x} (+{len:#x}) is outside the restore window");
+            fail(exit::RESTORE_FAILED)
+        }
+    }
+}
+
+/// Admit the agent that arrived in `slot` (a merge): read its table entry
+/// and its handles from pages read now, instantiate its module, restore it
+/// from the checkpoint the kernel mapped for it. `None` for a slot that
+/// names nobody.
+fn admit(
+    wasm_pages: u32,
+    fuel: FuelPolicy,
+    slot: usize,
+    listed: usize,
+    fail: fn(u64) -> !,
+) -> Option<(usize, u32, Agent<El1Host>)> {
+    let count = u32::try_from(listed).unwrap_or(0);
+    let entry: Option<AgentEntry> = arch::read_page_now(layout::AGENTS_IPA, count)
+        .and_then(|table| AgentTable::read(&table, slot));
+    let Some(entry) = entry.filter(|e| e.module_len != 0) else {
+        println!("runtime: agent table slot {slot} names no agent");
+        return None;
+    };
+    let Some(page) = arch::read_page_now(layout::BOOTINFO_IPA, 0) else {
+        fail(exit::RUNTIME_PANIC)
+    };
+    let Some(info) = BootInfo::read(&page) else {
+        println!("runtime: the boot-info page lost its magic");
+        fail(exit::RUNTIME_PANIC)
+    };
+    let Some(wasm) = arch::wasm_module(entry.module_ipa, entry.module_len) else {
+        println!(
+            "runtime: arriving agent {}'s module lies outside the module window",
+            entry.agent_id
+        );
+        fail(exit::RUNTIME_PANIC)
+    };
+    let config = AgentConfig {
+        wasm_pages,
+        fuel,
+        handles: handles_for(&info, &page, slot),
+    };
+    let handles = config.handles.entries().len();
+    let mut agent = match Agent::load(wasm, config, El1Host) {
+        Ok(agent) => agent,
+        Err(e) => {
+            println!(
+                "runtime: arriving agent {} (slot {slot}) refused: {e}",
+                entry.agent_id
+            );
+            fail(e.exit_code())
+        }
+    };
+    if entry.restore_len != 0 {
+        restore_from(
+            &mut agent,
+            layout::CHECKPOINT_IPA,
+            entry.restore_len,
+            0,
+            fail,
+        );
+    }
+    println!(
+        "runtime: agent {} (slot {slot}) arrived: module {} bytes, {handles} handles, `{}`, after turn {}",
+        entry.agent_id,
+        wasm.len(),
+        agent.entry_name(),
+        agent.turns()
+    );
+    Some((slot, entry.agent_id, agent))
 }

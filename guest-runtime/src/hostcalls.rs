@@ -22,13 +22,24 @@ fn as_len(reported: u64) -> Result<usize, HvError> {
     usize::try_from(reported).map_err(|_| HvError::InvalidArgument)
 }
 
+/// What `AgentSwitch` answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    /// The kernel moves that agent to another partition
+    /// (`agent_switch::DEPART`): checkpoint it and drop it.
+    pub depart: bool,
+    /// How many slots the partition's agent table lists now (0: no
+    /// table). More than the runtime knows: agents arrived (a merge).
+    pub listed: usize,
+}
+
 /// `AgentSwitch`: the calls that follow are those of the agent in `slot`.
-/// `Ok(true)` when the kernel moves that agent to another partition
-/// (`agent_switch::DEPART`): checkpoint it and drop it.
-pub fn agent_switch(slot: usize) -> Result<bool, HvError> {
+pub fn agent_switch(slot: usize) -> Result<Switch, HvError> {
     let slot = u64::try_from(slot).map_err(|_| HvError::InvalidArgument)?;
-    hypercall(Hypercall::AgentSwitch, &mut [Arg::Val(slot)])
-        .map(|[x1, _, _]| x1 == rvm_abi::hypercall::agent_switch::DEPART)
+    hypercall(Hypercall::AgentSwitch, &mut [Arg::Val(slot)]).map(|[x1, x2, _]| Switch {
+        depart: x1 == rvm_abi::hypercall::agent_switch::DEPART,
+        listed: usize::try_from(x2).unwrap_or(0),
+    })
 }
 
 impl HostCalls for El1Host {

@@ -1,4 +1,6 @@
-//! GICv3: just enough to take the hypervisor timer's PPI at EL2.
+//! GICv3: just enough to take the hypervisor timer's PPI at EL2, and to
+//! wake another CPU with a software-generated interrupt (the kernel's kick,
+//! [`KICK_SGI`]).
 //!
 //! Physical interrupts are routed to EL2 while a guest runs (HCR_EL2.IMO)
 //! and stay masked while EL2 itself runs, so the kernel sees the timer only
@@ -28,6 +30,20 @@ pub struct Gic {
 
 /// INTID reported when no interrupt is pending.
 pub const SPURIOUS: u32 = 1023;
+
+/// The software-generated interrupt one CPU sends another to end its idle
+/// wait (`rvm_kernel::arch::Arch::kick`).
+pub const KICK_SGI: u32 = 0;
+
+/// ICC_SGI1R_EL1 fields (GICv3 architecture specification, 12.11.1).
+mod sgi1r {
+    pub const TARGET_LIST_BITS: u64 = 16;
+    pub const AFF1_SHIFT: u32 = 16;
+    pub const INTID_SHIFT: u32 = 24;
+    pub const AFF2_SHIFT: u32 = 32;
+    pub const RS_SHIFT: u32 = 44;
+    pub const AFF3_SHIFT: u32 = 48;
+}
 
 impl Gic {
     /// Bring up the distributor and the calling CPU's redistributor.
@@ -75,6 +91,20 @@ impl Gic {
         if !(16..32).contains(&intid) {
             return;
         }
+        self.enable_private(intid);
+    }
+
+    /// Enable a software-generated interrupt (SGI 0..16) on this CPU as
+    /// group 1 with middle priority, so another CPU's [`Gic::send_sgi`]
+    /// wakes it from `wfi`.
+    pub fn enable_sgi(&self, intid: u32) {
+        if !(0..16).contains(&intid) {
+            return;
+        }
+        self.enable_private(intid);
+    }
+
+    fn enable_private(&self, intid: u32) {
         let bit = 1u32 << intid;
         self.redist.write32(GICR_IGROUPR0, self.redist.read32(GICR_IGROUPR0) | bit);
         let prio_reg = GICR_IPRIORITYR + (intid as usize & !3);
@@ -87,6 +117,23 @@ impl Gic {
     /// Acknowledge the highest-priority pending interrupt.
     pub fn ack() -> u32 {
         (crate::sysreg_read!("icc_iar1_el1") & 0xff_ffff) as u32
+    }
+
+    /// Send group-1 SGI `intid` to the CPU whose affinity (MPIDR Aff3..Aff0,
+    /// as the device tree's `cpu` nodes name it) is `mpidr`.
+    pub fn send_sgi(intid: u32, mpidr: u64) {
+        let aff0 = mpidr & 0xff;
+        let value = (1u64 << (aff0 % sgi1r::TARGET_LIST_BITS))
+            | ((mpidr >> 8) & 0xff) << sgi1r::AFF1_SHIFT
+            | u64::from(intid & 0xf) << sgi1r::INTID_SHIFT
+            | ((mpidr >> 16) & 0xff) << sgi1r::AFF2_SHIFT
+            | (aff0 / sgi1r::TARGET_LIST_BITS) << sgi1r::RS_SHIFT
+            | ((mpidr >> 32) & 0xff) << sgi1r::AFF3_SHIFT;
+        // The kernel's writes (the woken partition's state) are visible
+        // before the target can act on the interrupt.
+        crate::sysreg::dsb_ishst();
+        crate::sysreg_write!("icc_sgi1r_el1", value);
+        crate::sysreg::isb();
     }
 
     /// Signal the end of an acknowledged interrupt.

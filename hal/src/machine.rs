@@ -42,11 +42,29 @@ pub struct Machine {
     /// RAM the kernel may read and write through `phys_*` (checked on use).
     ram: heapless::Vec<PhysRange, 4>,
     clock: timer::Clock,
+    /// Per CPU index (`CpuId`): its affinity, the address of a kick. Empty
+    /// without a GICv3 (a kick is then a no-op and idle CPUs wait out
+    /// their tick).
+    affinities: heapless::Vec<u64, { crate::machine::MAX_KICK_CPUS }>,
 }
+
+/// Most CPUs a kick can address.
+pub const MAX_KICK_CPUS: usize = 8;
 
 impl Machine {
     pub fn new(ram: heapless::Vec<PhysRange, 4>) -> Self {
-        Self { ram, clock: timer::Clock::new() }
+        Self { ram, clock: timer::Clock::new(), affinities: heapless::Vec::new() }
+    }
+
+    /// Make [`Arch::kick`] reach CPU `n` at `affinities[n]` (MPIDR Aff
+    /// fields) with [`crate::gic::KICK_SGI`]. Every CPU must have enabled
+    /// that SGI ([`Gic::enable_sgi`]).
+    pub fn with_kicks(mut self, affinities: &[u64]) -> Self {
+        self.affinities.clear();
+        for &a in affinities.iter().take(MAX_KICK_CPUS) {
+            let _ = self.affinities.push(a);
+        }
+        self
     }
 
     /// Panic unless `[pa, pa+len)` is RAM: the kernel only ever hands the
@@ -153,6 +171,11 @@ impl Arch for Machine {
         unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack, preserves_flags)) };
     }
 
+    fn kick(&mut self, cpu: CpuId) -> bool {
+        let Some(&affinity) = self.affinities.get(cpu.index()) else { return false };
+        Gic::send_sgi(crate::gic::KICK_SGI, affinity);
+        true
+    }
 }
 
 /// One physical CPU: its world switch, the EL1/FP state it holds, and its
@@ -166,11 +189,16 @@ pub struct Cpu {
     clock: timer::Clock,
     /// The deadline the hypervisor timer is armed for (0 = disarmed).
     armed_ns: u64,
-    /// Interrupts seen that were not the hypervisor timer.
+    /// Interrupts seen that were neither the hypervisor timer nor a kick.
     pub stray_irqs: u64,
+    /// Kicks taken (another CPU ended this one's idle wait).
+    pub kicks: u64,
     /// Failed tries for the kernel lock.
     pub lock_waits: u64,
 }
+
+/// Most interrupts one exit acknowledges (the timer, a kick, a stray one).
+const MAX_IRQS_PER_TAKE: usize = 4;
 
 /// Looks at the kernel lock between two naps while this CPU is next in line
 /// (a power of two).
@@ -186,21 +214,27 @@ impl Cpu {
     /// The calling CPU as `id`. Its vectors, EL2 configuration and GIC
     /// redistributor (with `timer_intid` enabled) must be set up already.
     pub fn new(id: CpuId, has_gic: bool, timer_intid: u32) -> Self {
-        Self { id, has_gic, timer_intid, clock: timer::Clock::new(), armed_ns: 0, stray_irqs: 0, lock_waits: 0 }
+        Self { id, has_gic, timer_intid, clock: timer::Clock::new(), armed_ns: 0, stray_irqs: 0, kicks: 0, lock_waits: 0 }
     }
 
-    /// Acknowledge and end whatever interrupt is pending, then disarm the
-    /// timer.
+    /// Disarm the timer, then acknowledge and end every interrupt pending
+    /// (the timer's, a kick, both), so none is left to cut the next guest
+    /// entry or wait short.
     fn take_irq(&mut self) {
-        let intid = Gic::ack();
-        if intid != crate::gic::SPURIOUS {
-            Gic::eoi(intid);
-        }
-        if intid != self.timer_intid && intid != crate::gic::SPURIOUS {
-            self.stray_irqs += 1;
-        }
         timer::disarm_hyp_timer();
         self.armed_ns = 0;
+        for _ in 0..MAX_IRQS_PER_TAKE {
+            let intid = Gic::ack();
+            if intid == crate::gic::SPURIOUS {
+                break;
+            }
+            Gic::eoi(intid);
+            if intid == crate::gic::KICK_SGI {
+                self.kicks += 1;
+            } else if intid != self.timer_intid {
+                self.stray_irqs += 1;
+            }
+        }
     }
 }
 

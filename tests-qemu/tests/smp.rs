@@ -1,9 +1,13 @@
 //! Per-CPU scheduling under QEMU: partitions spread over the CPUs, each
 //! running only on its home CPU, every one progressing, every witness chain
-//! intact, and a clean power-off — with 4 CPUs and with 1.
+//! intact, and a clean power-off — with 4 CPUs and with 1. Idle CPUs are
+//! kicked awake when work arrives for them, and messages flow across CPUs
+//! (counts reported for 1 CPU, 4 CPUs without kicks and 4 CPUs with them).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rvm_abi::bundle::MemoryTier;
+use rvm_abi::witness::KernelEvent;
 use rvm_abi::Hypercall;
 use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions, QemuRun};
 
@@ -144,4 +148,120 @@ fn one_cpu_still_runs_everything() {
     run.assert(run.contains("'agent-a' exited: code 0x0") && run.contains("'agent-b' exited: code 0x0"), "agents finished");
     run.assert(s.values().all(|p| p.calls > 0 || p.preempted > 0), "all progressed");
     run.assert(assert_chains(&run) == 5, "every log verifies");
+}
+
+const PLAN_MARKER: &[u8; 16] = b"RVM-CHATTER-PLN1";
+
+/// The chatter agent talking for `seconds` of its guest clock: `burst`
+/// messages every `every` turns on the channels in `mask`.
+fn chatter(every: u8, mask: u8, seconds: u8, burst: u8) -> Vec<u8> {
+    let mut wasm = artifact("agents/chatter.wasm");
+    let at = wasm.windows(16).position(|w| w == PLAN_MARKER).expect("plan marker in the chatter module") + 16;
+    wasm[at..at + 4].copy_from_slice(&[every, mask, seconds, burst]);
+    wasm
+}
+
+/// Two chatty partitions (a burst of 4 every turn, each way) and a sleeper
+/// (`Dormant` tier, says nothing while talking) that a pinger sends one
+/// message every 20th turn: the sleeper's CPU idles between messages, and
+/// each message wakes it from another CPU. One second of talk each.
+fn chatting() -> BundleSpec {
+    BundleSpec::new()
+        .partition(PartitionSpec::wasm("chat-a", chatter(1, 0b1, 1, 4)))
+        .partition(PartitionSpec::wasm("chat-b", chatter(1, 0b1, 1, 4)))
+        .partition(PartitionSpec::wasm("sleeper", chatter(1, 0b0, 1, 1)).tier(MemoryTier::Dormant))
+        .partition(PartitionSpec::wasm("pinger", chatter(20, 0b1, 1, 1)))
+        .channel(0, 1)
+        .channel(2, 3)
+}
+
+/// `(sent, received)` a single-channel chatter printed at its end.
+fn counts(run: &QemuRun, name: &str) -> (u64, u64) {
+    let line = run
+        .console_of(name)
+        .find(|l| l.starts_with("chatter: channel 0 sent "))
+        .unwrap_or_else(|| panic!("{name} printed its counts\n{}", run.serial));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[4].parse().unwrap(), w[6].parse().unwrap())
+}
+
+/// The turns a chatter made (its last line).
+fn turns(run: &QemuRun, name: &str) -> u64 {
+    run.console_of(name)
+        .find_map(|l| l.strip_prefix("chatter: done after ")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kicks per CPU from the run summary's CPU lines.
+fn kicks(run: &QemuRun) -> Vec<u64> {
+    run.lines()
+        .filter(|l| l.trim_start().starts_with("cpu ") && l.contains(" idle waits, "))
+        .filter_map(|l| l.rsplit(", ").next()?.strip_suffix(" kicks")?.parse().ok())
+        .collect()
+}
+
+/// One run of [`chatting`]: asserts both ends of each channel agree and
+/// every chain verifies; prints the run's figures and returns (chat
+/// messages, sleeper messages, wakes, kicks).
+fn chat_run(label: &str, smp: u32, append: &str) -> (u64, u64, usize, u64) {
+    let opts = QemuOptions { smp, append: append.into(), timeout: std::time::Duration::from_secs(180), ..QemuOptions::default() };
+    let run = boot(&chatting().build(), &opts);
+    run.assert(!run.timed_out && run.exit == Some(0), "clean power-off");
+    run.assert(run.contains(&format!("{smp} of {smp} CPUs online")), "all CPUs online");
+    let (a, b, sleeper, pinger) = (counts(&run, "chat-a"), counts(&run, "chat-b"), counts(&run, "sleeper"), counts(&run, "pinger"));
+    run.assert(a.0 == b.1 && b.0 == a.1, &format!("chat-a/chat-b: every message sent was received once: {a:?} {b:?}"));
+    run.assert(pinger.0 == sleeper.1 && sleeper.0 == pinger.1, &format!("pinger/sleeper counts match: {pinger:?} {sleeper:?}"));
+    run.assert(a.0 > 0 && b.0 > 0 && pinger.0 > 0, "messages flowed");
+    let wakes = run.log(3).iter().filter(|r| KernelEvent::from_code(r.op) == Some(KernelEvent::DormantExit)).count();
+    let kicks: u64 = kicks(&run).iter().sum();
+    run.assert(assert_chains(&run) == 5, "the hypervisor's log and four partition logs verify");
+    println!(
+        "smp chatter, {label}: chat-a+chat-b exchanged {} messages in 1 s of guest time ({} and {} turns); \
+         sleeper got {} messages ({} turns), woke {wakes} times; pinger {} turns; {kicks} kicks",
+        a.0 + b.0,
+        turns(&run, "chat-a"),
+        turns(&run, "chat-b"),
+        sleeper.1,
+        turns(&run, "sleeper"),
+        turns(&run, "pinger"),
+    );
+    (a.0 + b.0, sleeper.1, wakes, kicks)
+}
+
+#[test]
+fn idle_cpus_are_kicked_awake_and_messages_flow_across_cpus() {
+    let one = chat_run("1 CPU", 1, "");
+    let untouched = chat_run("4 CPUs, tick only (rvm.kick=off)", 4, "rvm.kick=off");
+    let kicked = chat_run("4 CPUs, kicks", 4, "");
+    // With one CPU nothing is idle to kick, and `rvm.kick=off` sends none.
+    assert_eq!(one.3, 0, "no kicks on one CPU");
+    assert_eq!(untouched.3, 0, "no kicks with rvm.kick=off");
+    // With kicks, the sleeper's CPU idles between messages and each wake
+    // from the pinger's CPU kicks it.
+    assert!(kicked.2 > 0, "the sleeper slept and woke: {kicked:?}");
+    assert!(kicked.3 > 0, "the kick path was used: {kicked:?}");
+}
+
+#[test]
+fn a_chatting_pair_alone_exchanges_messages_on_one_cpu_and_on_four() {
+    // The chatty pair of `chatting` without the sleeper and the pinger: what
+    // the pair exchanges when no other partition takes the kernel lock.
+    for smp in [1, 4] {
+        let spec = BundleSpec::new()
+            .partition(PartitionSpec::wasm("chat-a", chatter(1, 0b1, 1, 4)))
+            .partition(PartitionSpec::wasm("chat-b", chatter(1, 0b1, 1, 4)))
+            .channel(0, 1);
+        let opts = QemuOptions { smp, timeout: std::time::Duration::from_secs(180), ..QemuOptions::default() };
+        let run = boot(&spec.build(), &opts);
+        run.assert(!run.timed_out && run.exit == Some(0), "clean power-off");
+        let (a, b) = (counts(&run, "chat-a"), counts(&run, "chat-b"));
+        run.assert(a.0 == b.1 && b.0 == a.1, &format!("every message sent was received once: {a:?} {b:?}"));
+        run.assert(a.0 > 0 && b.0 > 0, "messages flowed");
+        println!(
+            "smp chatter pair alone, {smp} CPU(s): exchanged {} messages in 1 s of guest time ({} and {} turns)",
+            a.0 + b.0,
+            turns(&run, "chat-a"),
+            turns(&run, "chat-b")
+        );
+    }
 }

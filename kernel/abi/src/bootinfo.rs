@@ -205,10 +205,18 @@ pub fn write_agent_count(page: &mut [u8], count: u32) {
 /// | 0 | 8 | magic [`AgentTable::MAGIC`] |
 /// | 8 | 4 | number of agents |
 /// | 12 | 4 | reserved, 0 |
-/// | 16 + 32 × s | 32 | slot `s`: module IPA u64, module length u64, kernel agent id u32, 12 reserved |
+/// | 16 + 32 × s | 32 | slot `s`: module IPA u64, module length u64, kernel agent id u32, 4 reserved, restore length u64 |
 ///
 /// Modules lie one after the other (page-aligned) in the WASM window; slot 0
 /// is also the boot-info page's module.
+///
+/// In a bundle with [`crate::bundle::BOOT_FLAG_COHERENCE`], every partition
+/// of the shared runtime has a table (a single agent: one entry), so its
+/// runtime reaches the turn boundaries where the kernel moves agents.
+/// An agent that **arrives** at run time (a coherence merge) is appended
+/// with a nonzero restore length: its checkpoint image lies at
+/// [`layout::CHECKPOINT_IPA`] until its first `AgentSwitch`, and the
+/// runtime restores it from there when it admits it.
 pub struct AgentTable;
 
 /// One agent as the [`AgentTable`] lists it.
@@ -219,6 +227,9 @@ pub struct AgentEntry {
     /// The kernel-wide agent id (as `rvm-loader status` and the witness
     /// log name it).
     pub agent_id: u32,
+    /// Nonzero for an agent arriving at run time: the length of its
+    /// checkpoint image at [`layout::CHECKPOINT_IPA`], to restore it from.
+    pub restore_len: u64,
 }
 
 impl AgentTable {
@@ -239,7 +250,8 @@ impl AgentTable {
             page[o..o + 8].copy_from_slice(&a.module_ipa.to_le_bytes());
             page[o + 8..o + 16].copy_from_slice(&a.module_len.to_le_bytes());
             page[o + 16..o + 20].copy_from_slice(&a.agent_id.to_le_bytes());
-            page[o + 20..o + 32].copy_from_slice(&[0; 12]);
+            page[o + 20..o + 24].copy_from_slice(&[0; 4]);
+            page[o + 24..o + 32].copy_from_slice(&a.restore_len.to_le_bytes());
         }
     }
 
@@ -253,7 +265,12 @@ impl AgentTable {
             return None;
         }
         let o = Self::HEADER_LEN + slot * Self::ENTRY_LEN;
-        Some(AgentEntry { module_ipa: u64_at(page, o), module_len: u64_at(page, o + 8), agent_id: u32_at(page, o + 16) })
+        Some(AgentEntry {
+            module_ipa: u64_at(page, o),
+            module_len: u64_at(page, o + 8),
+            agent_id: u32_at(page, o + 16),
+            restore_len: u64_at(page, o + 24),
+        })
     }
 
     /// How many agents the table lists (0 for a bad magic).
@@ -384,8 +401,8 @@ mod tests {
         assert_eq!(agent_count(&page), 3);
         assert_eq!(RestoreInfo::read(&page), Some(info));
         let agents = [
-            AgentEntry { module_ipa: layout::WASM_IPA, module_len: 100, agent_id: 4 },
-            AgentEntry { module_ipa: layout::WASM_IPA + 0x1000, module_len: 5000, agent_id: 5 },
+            AgentEntry { module_ipa: layout::WASM_IPA, module_len: 100, agent_id: 4, restore_len: 0 },
+            AgentEntry { module_ipa: layout::WASM_IPA + 0x1000, module_len: 5000, agent_id: 5, restore_len: 0x2345 },
         ];
         let mut table = [0u8; 4096];
         AgentTable::write(&mut table, &agents);

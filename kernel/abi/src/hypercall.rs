@@ -45,7 +45,9 @@ pub mod agent_switch {
     /// The agent leaves this partition: checkpoint it now (`Checkpoint`,
     /// its image alone) and drop its instance; it resumes from that
     /// checkpoint in another partition. If the checkpoint is refused, the
-    /// agent stays and runs its turn.
+    /// agent stays and runs its turn. When it was the partition's last
+    /// agent (a merge), the kernel retires the partition at that
+    /// checkpoint: the call does not return.
     pub const DEPART: u64 = 1;
 }
 
@@ -139,8 +141,12 @@ hypercalls! {
     /// every turn boundary; witnessed (`args` digest names the slot). A slot
     /// the partition does not have is `InvalidArgument`. Result `x1`:
     /// [`agent_switch::STAY`], or [`agent_switch::DEPART`] when the kernel
-    /// moves this agent to another partition (a coherence-domain split):
-    /// the runtime then checkpoints it with `Checkpoint` and drops it.
+    /// moves this agent to another partition (a coherence-domain split or
+    /// merge): the runtime then checkpoints it with `Checkpoint` and drops
+    /// it. Result `x2`: how many slots the agent table lists now; more than
+    /// the runtime knows means agents arrived (a merge): the runtime admits
+    /// them from the table before the next turn (see
+    /// [`crate::bootinfo::AgentTable`]).
     AgentSwitch = 0x16,
 }
 

@@ -165,6 +165,30 @@ impl CapabilitySpace {
     /// Ed25519 point or is weak, an unknown or evicted partition;
     /// `Full` when the table or the authority list is full; `NoMemory`.
     pub fn install(&mut self, p: PartitionId, params: &CapParams) -> Result<CapHandle, HvError> {
+        self.install_in(p, params, None)
+    }
+
+    /// [`CapabilitySpace::install`] at slot `index` of `p`'s table, which
+    /// must never have been used (`InvalidArgument` otherwise; `Full`
+    /// beyond the table). The kernel spreads the boot handles of a
+    /// coherence bundle's partitions over disjoint slots this way, so an
+    /// agent moved between them keeps its handles' slots
+    /// ([`CapabilitySpace::transplant`]).
+    pub fn install_at(
+        &mut self,
+        p: PartitionId,
+        params: &CapParams,
+        index: u16,
+    ) -> Result<CapHandle, HvError> {
+        self.install_in(p, params, Some(index))
+    }
+
+    fn install_in(
+        &mut self,
+        p: PartitionId,
+        params: &CapParams,
+        at: Option<u16>,
+    ) -> Result<CapHandle, HvError> {
         if params.rights.is_empty() {
             return Err(HvError::InvalidArgument);
         }
@@ -200,7 +224,10 @@ impl CapabilitySpace {
             links: Links::default(),
         };
         let table = self.table_mut(p).ok_or(HvError::InvalidArgument)?;
-        let index = table.claim()?;
+        let index = match at {
+            Some(index) => table.claim_exact(index, 0)?,
+            None => table.claim()?,
+        };
         table.fill(index, cap).ok_or(HvError::Full)
     }
 

@@ -998,3 +998,33 @@ fn a_transplant_keeps_the_raw_handle_and_revocation_reaches_it() {
     );
     assert!(check(&mut s, P1, c, Rights::READ).is_ok());
 }
+
+#[test]
+fn install_at_places_a_root_at_a_fresh_slot_and_can_transplant_predicts_the_move() {
+    let mut s = space();
+    // P1's roots at slots 0 and 5, P2's at 5: slot 5 meets, slot 0 does not.
+    let a = s.install_at(P1, &params(ProofTier::P1), 0).unwrap();
+    let b = s.install_at(P1, &params(ProofTier::P1), 5).unwrap();
+    assert_eq!((a.index, b.index), (0, 5));
+    assert!(check(&mut s, P1, b, Rights::READ).is_ok());
+    assert_eq!(
+        s.install_at(P1, &params(ProofTier::P1), 5),
+        Err(HvError::InvalidArgument),
+        "a slot in use"
+    );
+    s.install_at(P2, &params(ProofTier::P1), 5).unwrap();
+    // The check changes nothing and answers what the transplant would.
+    assert_eq!(s.can_transplant(P1, a, P2), Ok(()));
+    assert_eq!(s.can_transplant(P1, b, P2), Err(HvError::InvalidArgument));
+    assert_eq!(
+        s.can_transplant(P1, CapHandle::new(9, 0), P2),
+        Err(HvError::BadHandle)
+    );
+    assert_eq!(s.transplant(P1, b, P2), Err(HvError::InvalidArgument));
+    assert_eq!(s.transplant(P1, a, P2), Ok(a));
+    assert_eq!(
+        s.can_transplant(P1, a, P2),
+        Err(HvError::InvalidArgument),
+        "now taken"
+    );
+}

@@ -22,6 +22,38 @@ use crate::space::CapabilitySpace;
 use crate::table::PartitionCapState;
 
 impl CapabilitySpace {
+    /// Whether [`CapabilitySpace::transplant`] of `handle` from `from` into
+    /// `to` would succeed, without changing anything: the same refusals
+    /// (bar `NoMemory`). A move of several handles checks them all first,
+    /// so it either moves every one or none.
+    pub fn can_transplant(
+        &self,
+        from: PartitionId,
+        handle: CapHandle,
+        to: PartitionId,
+    ) -> Result<(), HvError> {
+        let parent = self.resolve(from, handle)?;
+        match parent.depth.checked_add(1) {
+            Some(d) if d <= MAX_DERIVATION_DEPTH => {}
+            _ => return Err(HvError::DepthExceeded),
+        }
+        let table = self.table(to).ok_or(HvError::InvalidArgument)?;
+        match table.state {
+            PartitionCapState::Active => {}
+            PartitionCapState::Suspended => return Err(HvError::Suspended),
+            PartitionCapState::Evicted => return Err(HvError::InvalidArgument),
+        }
+        if handle.index >= self.policy().slots_per_partition {
+            return Err(HvError::Full);
+        }
+        match table.slots.get(usize::from(handle.index)) {
+            Some(slot) if !matches!(slot.state, crate::table::SlotState::Vacant) => {
+                Err(HvError::InvalidArgument)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Derive `handle` of partition `from` into partition `to`'s table at
     /// the same slot and generation; returns the handle (equal to
     /// `handle`). Refusals: the original does not resolve (its error), the

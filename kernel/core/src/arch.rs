@@ -88,6 +88,19 @@ pub trait Arch {
         0
     }
 
+    /// Wake CPU `cpu` from [`CpuArch::idle`]: a partition homed on it became
+    /// runnable while it waits (a message woke a `Dormant` partition, an
+    /// unfence, a partition created by a split), or the run is ending. Called
+    /// under the kernel lock, only for a CPU that is idling
+    /// ([`crate::smp`]). A kick that arrives before the CPU reaches its wait
+    /// must still end that wait (on AArch64 the SGI stays pending, so `wfi`
+    /// returns at once). Returns whether the machine sent it; one that
+    /// cannot (one CPU, no interrupt controller) keeps the default, and its
+    /// idle CPUs wait out their tick.
+    fn kick(&mut self, cpu: CpuId) -> bool {
+        let _ = cpu;
+        false
+    }
 }
 
 /// A physical CPU's index: 0 is the boot CPU, secondaries count up in the
@@ -130,7 +143,8 @@ pub trait CpuArch {
         -> TrapInfo;
 
     /// Nothing to run here: wait until the clock reaches `until_ns` at the
-    /// latest (an interrupt may end the wait sooner).
+    /// latest. A [kick](Arch::kick) ends the wait sooner (as may any other
+    /// interrupt).
     fn idle(&mut self, until_ns: u64);
 
     /// The kernel lock is not this CPU's yet: `ahead` CPUs come before it

@@ -198,6 +198,12 @@ impl Caps {
         Ok(placed)
     }
 
+    /// Whether [`Caps::transplant`] of `raw` would succeed (nothing changes).
+    pub fn can_transplant(&self, from: PartitionId, raw: u64, to: PartitionId) -> Result<(), HvError> {
+        let handle = CapHandle::from_raw(raw).ok_or(HvError::BadHandle)?;
+        self.space.can_transplant(Self::pid(from), handle, Self::pid(to))
+    }
+
     fn pid(p: PartitionId) -> rvm_cap::PartitionId {
         rvm_cap::PartitionId(p.0)
     }
@@ -219,6 +225,13 @@ impl Caps {
         let authority = usize::try_from(p.0).ok().and_then(|i| self.authority.get(i).copied().flatten());
         let params = CapParams::from_desc(desc, authority, self.boot_unix_secs)?;
         self.space.install(Self::pid(p), &params)
+    }
+
+    /// [`Caps::install`] at slot `index` of `p`'s table (never used before).
+    pub fn install_at(&mut self, p: PartitionId, desc: &CapDesc, index: u16) -> Result<CapHandle, HvError> {
+        let authority = usize::try_from(p.0).ok().and_then(|i| self.authority.get(i).copied().flatten());
+        let params = CapParams::from_desc(desc, authority, self.boot_unix_secs)?;
+        self.space.install_at(Self::pid(p), &params, index)
     }
 
     /// The tier a use of `raw` needing `need` (on an object of `kind`, if

@@ -20,10 +20,13 @@
 //!   8–15).
 //!
 //! **Migration** ([`crate::migrate`]): a split decision that moves one
-//! agent out of a partition running the shared runtime is carried out at
-//! that agent's next turn boundary (its `AgentSwitch` answers `DEPART`);
-//! other decisions (several movers, merges) stay witnessed decisions,
-//! pending in the engine so the same domains are not decided again.
+//! agent out of a partition running the shared runtime, and a merge whose
+//! emptied partition runs one agent, are carried out at that agent's next
+//! turn boundary (its `AgentSwitch` answers `DEPART`); other decisions
+//! (several movers) stay witnessed decisions, pending in the engine so the
+//! same domains are not decided again. With [`BOOT_FLAG_COHERENCE`] every
+//! partition of the shared runtime has an agent table (one entry for a
+//! single agent), so its runtime reaches those turn boundaries.
 //!
 //! **Checkpoints in a multi-agent partition** are refused (`NotSupported`,
 //! witnessed), except a departing agent's (its move): a checkpoint image
@@ -94,6 +97,11 @@ pub struct Domains {
     pub(crate) departing: Option<crate::migrate::Departure>,
     /// Moves carried out, oldest first.
     pub(crate) moves: Vec<crate::migrate::Move>,
+    /// Per partition (by position): whether an agent table is mapped.
+    tables: Vec<bool>,
+    /// An agent that arrived (a merge) and has not yet run its first turn:
+    /// its checkpoint stays mapped for its runtime to restore it.
+    pub(crate) arrival: Option<crate::migrate::Arrival>,
 }
 
 impl Domains {
@@ -112,6 +120,8 @@ impl Domains {
             decisions: Vec::new(),
             departing: None,
             moves: Vec::new(),
+            tables: Vec::new(),
+            arrival: None,
         }
     }
 
@@ -187,7 +197,22 @@ impl Domains {
         &self.moves
     }
 
-    /// How many agents partition `partition` runs.
+    /// Partition `partition` has an agent table mapped.
+    pub(crate) fn mark_table(&mut self, partition: usize) {
+        if self.tables.len() <= partition {
+            self.tables.resize(partition + 1, false);
+        }
+        self.tables[partition] = true;
+    }
+
+    /// Whether partition `partition` has an agent table (several agents, or
+    /// one in a bundle that evaluates coherence).
+    pub fn has_table(&self, partition: usize) -> bool {
+        self.tables.get(partition).copied().unwrap_or(false)
+    }
+
+    /// How many slots partition `partition`'s agents take (a slot an agent
+    /// moved away from stays taken).
     pub fn agent_count(&self, partition: usize) -> usize {
         self.slots.get(partition).map_or(0, Vec::len)
     }
@@ -232,7 +257,10 @@ pub(crate) fn switch<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
             if let Some(r) = hv.domains.running.get_mut(idx) {
                 *r = slot;
             }
-            [crate::migrate::switch_result(hv, idx, slot), 0, 0]
+            // An arrived agent's first turn: its runtime restored it.
+            crate::migrate::arrived(hv, idx, slot);
+            let listed = if hv.domains.has_table(idx) { hv.domains.agent_count(idx) } else { 0 };
+            [crate::migrate::switch_result(hv, idx, slot), u64::try_from(listed).unwrap_or(0), 0]
         }),
     }
 }
@@ -280,7 +308,11 @@ pub(crate) fn housekeeping<A: Arch>(hv: &mut Hypervisor<A>) {
     hv.domains.next_evaluation_ns = now.saturating_add(hv.domains.epoch_ns);
     let Some(engine) = hv.domains.engine.as_mut() else { return };
     let evaluation = engine.evaluate(now);
-    for decision in &evaluation.decisions {
+    // Splits first: one move runs at a time, and a merge whose partition
+    // never reaches a turn boundary must not keep a split from starting.
+    let (splits, merges): (Vec<&Decision>, Vec<&Decision>) =
+        evaluation.decisions.iter().partition(|d| matches!(d, Decision::Split(_)));
+    for decision in splits.into_iter().chain(merges) {
         witness_decision(hv, decision, now);
     }
 }
@@ -315,8 +347,13 @@ fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u
     }
     let carried = match decision {
         Decision::Split(s) => crate::migrate::begin_split(hv, s),
-        Decision::Merge(_) => Err("merge migration not built"),
+        Decision::Merge(m) => crate::migrate::begin_merge(hv, m),
     };
+    if carried == Err(crate::migrate::BUSY) {
+        if let Some(engine) = hv.domains.engine.as_mut() {
+            let _ = engine.cancel(decision.id());
+        }
+    }
     print_decision(hv, &record, carried);
     if hv.domains.decisions.len() == DECISIONS_KEPT {
         hv.domains.decisions.remove(0);

@@ -141,6 +141,8 @@ pub struct FakeArch {
     pub flushes: u64,
     pub switches: u64,
     pub saves: u64,
+    /// Every [kick](Arch::kick) the kernel sent, in order: the CPU it woke.
+    pub kicks: Vec<CpuId>,
 }
 
 impl FakeArch {
@@ -256,6 +258,11 @@ impl Arch for FakeArch {
 
     fn sync_icache(&mut self, _pa: PhysAddr, _len: usize) {}
 
+    fn kick(&mut self, cpu: CpuId) -> bool {
+        self.kicks.push(cpu);
+        true
+    }
+
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.input.len());
         for (slot, b) in buf.iter_mut().zip(self.input.drain(..n)) {
@@ -367,7 +374,7 @@ impl Hypervisor<FakeArch> {
         let mut lease = self.lease(&mut cpu, idx, start, start.saturating_add(self.policy.slice_ns));
         loop {
             let trap = lease.run(&mut cpu);
-            if self.cpu_exit_fast(&mut lease, trap) {
+            if lease.answer_without_lock(&trap) || self.cpu_exit_fast(&mut lease, trap) {
                 continue;
             }
             match self.slice_over(lease, &mut cpu) {

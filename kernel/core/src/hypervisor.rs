@@ -195,7 +195,7 @@ impl<A: Arch> Hypervisor<A> {
         self.index_of(id).map(|idx| &self.stores[idx])
     }
 
-    fn index_of(&self, id: PartitionId) -> Option<usize> {
+    pub(crate) fn index_of(&self, id: PartitionId) -> Option<usize> {
         self.partitions.iter().position(|p| p.id == id)
     }
 
@@ -266,7 +266,12 @@ impl<A: Arch> Hypervisor<A> {
         if p.state == to || !p.state.may_become(to) {
             return;
         }
+        let was_runnable = p.is_runnable();
         p.state = to;
+        if !was_runnable && p.is_runnable() {
+            // Its home CPU may be idling: kick it before the lock goes.
+            self.smp.note_runnable();
+        }
         let id = p.id;
         self.kernel_event(id, event, Outcome::Done, args);
     }

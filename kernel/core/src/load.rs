@@ -261,10 +261,12 @@ fn agent_modules(bundle: &Bundle<'_>, index: u32) -> u64 {
 }
 
 /// Map the modules of agents 1.. after slot 0's (`first_len` bytes) in the
-/// WASM window, register them, and write the agent table page.
+/// WASM window, register them, and write the agent table page. A single
+/// agent has a table (of one) only when coherence is evaluated, so its
+/// runtime reaches the turn boundaries where the kernel moves agents.
 fn map_more_agents<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, idx: usize, first_len: u64) -> Result<(), Refusal> {
     let modules: Vec<&[u8]> = bundle.owned(EntryKind::Wasm, index).map(|e| e.data).collect();
-    if modules.len() < 2 {
+    if modules.len() < 2 && !hv.domains.evaluating() {
         return Ok(());
     }
     if modules.len() > MAX_AGENTS_PER_PARTITION {
@@ -273,9 +275,9 @@ fn map_more_agents<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: 
     let pid = hv.partitions[idx].id;
     let mut table = Vec::with_capacity(modules.len());
     let first = hv.domains.agent_at(idx, AgentSlot::FIRST).map_or(0, |a| a.id.0);
-    table.push(AgentEntry { module_ipa: layout::WASM_IPA, module_len: first_len, agent_id: first });
+    table.push(AgentEntry { module_ipa: layout::WASM_IPA, module_len: first_len, agent_id: first, restore_len: 0 });
     let mut at = layout::WASM_IPA + first_len.next_multiple_of(PAGE_SIZE);
-    for m in &modules[1..] {
+    for m in modules.iter().skip(1) {
         let len = m.len() as u64;
         let end = at.checked_add(len).ok_or(Refusal::TooManyAgents)?;
         if end > layout::WASM_IPA + layout::WASM_MAX_LEN {
@@ -283,12 +285,14 @@ fn map_more_agents<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: 
         }
         map_bytes(hv, idx, Ipa::new(at), m, S2Perm::ReadOnly)?;
         let agent = hv.domains.register(idx, pid);
-        table.push(AgentEntry { module_ipa: at, module_len: len, agent_id: agent.id.0 });
+        table.push(AgentEntry { module_ipa: at, module_len: len, agent_id: agent.id.0, restore_len: 0 });
         at = end.next_multiple_of(PAGE_SIZE);
     }
     let mut page = [0u8; PAGE_BYTES];
     AgentTable::write(&mut page, &table);
-    map_bytes(hv, idx, Ipa::new(layout::AGENTS_IPA), &page, S2Perm::ReadOnly)
+    map_bytes(hv, idx, Ipa::new(layout::AGENTS_IPA), &page, S2Perm::ReadOnly)?;
+    hv.domains.mark_table(idx);
+    Ok(())
 }
 
 /// Copy `data` into fresh frames mapped at `base` with `perm`.
@@ -318,6 +322,35 @@ pub(crate) fn tiers_for(rights: Rights, tier: u8) -> [u8; 7] {
     t
 }
 
+/// Where the boot handles of a coherence bundle's partitions go: partition
+/// `n`'s from slot `(n - 1) × stride` of its table, so the slots of
+/// different partitions do not meet and an agent moved between them
+/// (a merge) keeps its handles at the same slots
+/// ([`crate::caps::Caps::transplant`]). Without coherence, handles fill
+/// each table from slot 0 as always.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HandleSpread {
+    /// Slots per partition's range.
+    pub stride: u16,
+}
+
+impl HandleSpread {
+    pub(crate) const COHERENCE: HandleSpread = HandleSpread { stride: 16 };
+
+    /// The slot for partition `idx`'s next boot handle, or `None`: fill
+    /// as usual (no coherence, a raw image, or beyond its range).
+    fn slot_for<A: Arch>(self, hv: &Hypervisor<A>, idx: usize) -> Option<u16> {
+        let p = &hv.partitions[idx];
+        if !hv.domains.evaluating() || p.own_image.is_some() {
+            return None;
+        }
+        let n = u16::try_from(p.boot_handles.len()).ok().filter(|&n| n < self.stride)?;
+        let base = u16::try_from(p.id.0.checked_sub(1)?).ok()?.checked_mul(self.stride)?;
+        let at = base.checked_add(n)?;
+        (at < hv.caps.space().policy().slots_per_partition).then_some(at)
+    }
+}
+
 /// Install a capability and remember its handle for the boot-info page.
 fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc) -> Result<(), Refusal> {
     install_for(hv, idx, desc, None)
@@ -332,7 +365,11 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
     };
     let id = hv.partitions[idx].id;
     let now = hv.arch.now_ns();
-    let handle = hv.caps.install(id, desc, now).map_err(|_| Refusal::BadCapability)?;
+    let handle = match HandleSpread::COHERENCE.slot_for(hv, idx) {
+        Some(at) => hv.caps.install_at(id, desc, at),
+        None => hv.caps.install(id, desc, now),
+    }
+    .map_err(|_| Refusal::BadCapability)?;
     let mut rec = rvm_abi::WitnessRecord::new(
         rvm_abi::WitnessOp::Event(KernelEvent::CapInstall),
         Outcome::Done,
@@ -460,7 +497,7 @@ pub(crate) fn write_boot_info<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, resto
         BootInfo::write_handle(&mut page, n, *h);
     }
     restore.write(&mut page);
-    if hv.domains.is_multi_agent(idx) {
+    if hv.domains.has_table(idx) {
         let agents = hv.domains.agent_count(idx);
         rvm_abi::bootinfo::write_agent_count(&mut page, u32::try_from(agents).unwrap_or(0));
     }

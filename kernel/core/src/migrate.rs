@@ -34,21 +34,45 @@
 //!    split partition's log, after its `Checkpoint` call record, and in the
 //!    new partition's log after its creation and load records.
 //!
-//! Not built: merge (the agents of one partition moving into another);
-//! `MergeDecided` stays a decision.
+//! **Merge** ([`begin_merge`]): when two partitions chat heavily, the
+//! agent of the one that empties (it must run one agent; several movers
+//! are not built) leaves at its next turn boundary the same way, and
+//! arrives in the partition that stays:
+//!
+//! * its module is mapped after the target's modules in the WASM window,
+//!   its checkpoint at the target's restore window, and the target's agent
+//!   table gains its entry (restore length nonzero); the target's runtime
+//!   learns it from `AgentSwitch`'s `x2` (the slots its table lists) at its
+//!   next turn boundary, instantiates the module and restores the agent
+//!   ([`Arrival`]; the image is unmapped and returned at the arrival's
+//!   first `AgentSwitch`);
+//! * its capabilities are transplanted slot-exact into the target's table
+//!   (every one checked first: a slot the target uses refuses the whole
+//!   move, nothing changes); a coherence bundle spreads each partition's
+//!   boot handles over its own slot range so they do not meet
+//!   ([`crate::load::HandleSpread`]);
+//! * its channel ends are re-pointed (queued messages stay queued);
+//! * `Merge` (`args` = traffic between the two, their internal traffic) is
+//!   witnessed in the target's log after the move, and in the emptied
+//!   partition's log after its `Checkpoint` call record; that partition is
+//!   then retired on the CPU it runs on (it is the caller): `Finished`
+//!   (witnessed), its memory scrubbed and returned. Its capability table
+//!   stays: the moved copies derive from it. Its committed store stays
+//!   where it is, named by the moved agent's store handle (as for a split).
 
 use alloc::vec::Vec;
 
-use rvm_abi::bootinfo::{layout, AgentTable, HandleInfo, RestoreInfo};
+use rvm_abi::bootinfo::{layout, AgentEntry, AgentTable, HandleInfo, RestoreInfo};
 use rvm_abi::bundle::PartitionDesc;
 use rvm_abi::hypercall::agent_switch;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
-use rvm_coherence::{AgentId, Decision, DomainId, SplitDecision, Weight};
+use rvm_coherence::{AgentId, Decision, DecisionId, DomainId, MergeDecision, SplitDecision, Weight};
 
 use crate::addr::{Ipa, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Endpoint};
+use crate::domains::AgentInfo;
 use crate::checkpoint::{Checkpoint, GuestPart};
 use crate::dispatch::{allow, deny, Witnessed};
 use crate::hypervisor::{Flow, Hypervisor};
@@ -58,16 +82,88 @@ use crate::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
 use crate::vcpu::Vcpu;
 
-/// A split being carried out: its mover leaves at its next turn boundary.
+/// What a departure carries out.
+// A split carries its movers inline, as its decision does (one departure
+// at a time: the size does not matter).
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// The mover goes to a new partition.
+    Split(SplitDecision),
+    /// The mover, its partition's only agent, goes to the partition at
+    /// position `into`; its own partition is then retired.
+    Merge { decision: MergeDecision, into: usize },
+}
+
+impl Plan {
+    fn id(&self) -> DecisionId {
+        match self {
+            Plan::Split(d) => d.id,
+            Plan::Merge { decision, .. } => decision.id,
+        }
+    }
+
+    /// The `Split`/`Merge` record's `args`: cut value, internal traffic.
+    fn witness_args(&self) -> [u8; 16] {
+        match self {
+            Plan::Split(d) => Decision::Split(d.clone()).witness_args(),
+            Plan::Merge { decision, .. } => Decision::Merge(*decision).witness_args(),
+        }
+    }
+
+    fn event(&self) -> KernelEvent {
+        match self {
+            Plan::Split(_) => KernelEvent::Split,
+            Plan::Merge { .. } => KernelEvent::Merge,
+        }
+    }
+
+    fn kind(&self) -> MoveKind {
+        match self {
+            Plan::Split(_) => MoveKind::Split,
+            Plan::Merge { .. } => MoveKind::Merge,
+        }
+    }
+
+    /// Cut value and internal traffic.
+    fn weights(&self) -> (Weight, Weight) {
+        match self {
+            Plan::Split(d) => (d.cut, d.internal),
+            Plan::Merge { decision, .. } => (decision.cross, decision.internal),
+        }
+    }
+}
+
+/// A move being carried out: its mover leaves at its next turn boundary.
 #[derive(Clone, Debug)]
 pub struct Departure {
     pub agent: AgentId,
     /// Its partition's position and its slot there.
     pub partition: usize,
     pub slot: AgentSlot,
-    pub decision: SplitDecision,
+    pub plan: Plan,
     /// When it was told to leave (kernel clock).
     pub since_ns: u64,
+}
+
+/// An agent that arrived in a partition (a merge) and has not yet run:
+/// its checkpoint stays mapped at the target's restore window until its
+/// first `AgentSwitch` (its runtime restored it before that turn).
+#[derive(Debug)]
+pub struct Arrival {
+    pub partition: usize,
+    pub slot: AgentSlot,
+    checkpoint: Checkpoint,
+    pages: u64,
+}
+
+/// Which kind of move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveKind {
+    /// To a new partition.
+    Split,
+    /// Into an existing partition, retiring the emptied one.
+    Merge,
 }
 
 /// How long a departing agent has to reach a turn boundary and hand itself
@@ -79,6 +175,7 @@ pub const DEPARTURE_TIMEOUT_NS: u64 = 2_000_000_000;
 /// A move carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Move {
+    pub kind: MoveKind,
     pub agent: AgentId,
     pub from: PartitionId,
     pub to: PartitionId,
@@ -110,6 +207,9 @@ pub enum MoveError {
     Module,
     /// A capability could not be transplanted.
     Capability(HvError),
+    /// The target partition cannot admit the agent now: its agent table
+    /// or module window is full, or its restore window is in use.
+    TargetBusy,
 }
 
 impl MoveError {
@@ -119,6 +219,7 @@ impl MoveError {
             MoveError::OutOfMemory => "out of memory",
             MoveError::Module => "its module could not be read",
             MoveError::Capability(_) => "a capability could not be transplanted",
+            MoveError::TargetBusy => "the target partition cannot admit it now",
         }
     }
 
@@ -127,15 +228,29 @@ impl MoveError {
             MoveError::Capability(e) => e,
             MoveError::TooManyPartitions | MoveError::OutOfMemory => HvError::NoMemory,
             MoveError::Module => HvError::InvalidArgument,
+            MoveError::TargetBusy => HvError::Full,
         }
     }
+}
+
+/// Why a decision is not carried out now but will be decided again: one
+/// move at a time. [`crate::domains`] cancels such a decision in the engine
+/// (other refusals leave it pending, so the same domains are not decided
+/// again and again).
+pub(crate) const BUSY: &str = "another move is under way; decided again later";
+
+/// Whether an agent arrived in partition `idx` and has not run yet (its
+/// image still occupies the restore window): no other move touches `idx`
+/// until it has.
+fn arriving<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
+    hv.domains.arrival.as_ref().is_some_and(|a| a.partition == idx)
 }
 
 /// Start carrying out `s` if it can be: one mover, in a partition of the
 /// shared runtime with several agents, and no other move under way.
 pub(crate) fn begin_split<A: Arch>(hv: &mut Hypervisor<A>, s: &SplitDecision) -> Result<(), &'static str> {
     if hv.domains.departing.is_some() {
-        return Err("another move is under way");
+        return Err(BUSY);
     }
     let [agent] = s.movers.as_slice() else {
         return Err("migration of several agents at once not built");
@@ -143,22 +258,71 @@ pub(crate) fn begin_split<A: Arch>(hv: &mut Hypervisor<A>, s: &SplitDecision) ->
     let Some(info) = hv.domains.agents().get(usize::try_from(agent.0).unwrap_or(usize::MAX)).copied() else {
         return Err("unknown agent");
     };
+    if arriving(hv, info.partition) {
+        return Err(BUSY);
+    }
     let p = &hv.partitions[info.partition];
     if p.own_image.is_some() || !hv.domains.is_multi_agent(info.partition) || !p.is_runnable() {
         return Err("its partition cannot hand over one agent");
     }
     let since_ns = hv.arch.now_ns();
     hv.domains.departing =
-        Some(Departure { agent: *agent, partition: info.partition, slot: info.slot, decision: s.clone(), since_ns });
+        Some(Departure { agent: *agent, partition: info.partition, slot: info.slot, plan: Plan::Split(s.clone()), since_ns });
+    Ok(())
+}
+
+/// Start carrying out merge `m` if it can be: the partition that empties
+/// runs one agent, both run the shared runtime with an agent table (so
+/// their runtimes reach turn boundaries), both are running, and no other
+/// move is under way.
+pub(crate) fn begin_merge<A: Arch>(hv: &mut Hypervisor<A>, m: &MergeDecision) -> Result<(), &'static str> {
+    if hv.domains.departing.is_some() {
+        return Err(BUSY);
+    }
+    let index_of = |id: u32| hv.partitions.iter().position(|p| p.id == PartitionId(id));
+    let (Some(from), Some(into)) = (index_of(m.from.0), index_of(m.into.0)) else {
+        return Err("unknown partition");
+    };
+    if arriving(hv, from) || arriving(hv, into) {
+        return Err(BUSY);
+    }
+    let movers: Vec<AgentInfo> = hv.domains.agents_of(from).copied().collect();
+    let [mover] = movers.as_slice() else {
+        return Err("merge of a partition with several agents not built");
+    };
+    for idx in [from, into] {
+        let p = &hv.partitions[idx];
+        if p.own_image.is_some() || !hv.domains.has_table(idx) {
+            return Err("a partition without the shared runtime's agent table cannot hand over or admit an agent");
+        }
+        if !p.is_runnable() {
+            return Err("a partition is not running");
+        }
+    }
+    let since_ns = hv.arch.now_ns();
+    hv.domains.departing = Some(Departure {
+        agent: mover.id,
+        partition: from,
+        slot: mover.slot,
+        plan: Plan::Merge { decision: *m, into },
+        since_ns,
+    });
     Ok(())
 }
 
 /// Housekeeping: abandon a departure whose partition stopped running, or
 /// that did not happen within [`DEPARTURE_TIMEOUT_NS`].
 pub(crate) fn expire<A: Arch>(hv: &mut Hypervisor<A>, now_ns: u64) {
+    if hv.domains.arrival.as_ref().is_some_and(|a| !hv.partitions[a.partition].is_runnable()) {
+        // Its partition stopped before the arrival ran: return the image.
+        release_arrival(hv);
+    }
     let Some(dep) = hv.domains.departing.as_ref() else { return };
+    let target_stopped = matches!(dep.plan, Plan::Merge { into, .. } if !hv.partitions[into].is_runnable());
     let why = if !hv.partitions[dep.partition].is_runnable() {
         "its partition stopped running"
+    } else if target_stopped {
+        "the partition it would join stopped running"
     } else if now_ns.saturating_sub(dep.since_ns) > DEPARTURE_TIMEOUT_NS {
         "it did not reach a turn boundary in time"
     } else {
@@ -211,7 +375,11 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         return deny(hv, idx, &w, e);
     }
     let before = hv.arch.now_ns();
-    let moved = match split(hv, &dep, ck) {
+    let result = match &dep.plan {
+        Plan::Split(decision) => split(hv, &dep, decision, ck),
+        Plan::Merge { decision, into } => merge(hv, &dep, decision, *into, ck),
+    };
+    let moved = match result {
         Ok(m) => m,
         Err(e) => {
             abandon(hv, &dep, e.reason());
@@ -222,17 +390,21 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         let [lo, hi] = hash.prefix_words();
         [1, lo, hi]
     });
-    hv.kernel_event(src, KernelEvent::Split, Outcome::Done, split_args(&dep.decision));
+    hv.kernel_event(src, dep.plan.event(), Outcome::Done, dep.plan.witness_args());
     let took = hv.arch.now_ns().saturating_sub(before);
     if let Some(last) = hv.domains.moves.last_mut() {
         last.took_ns = took;
     }
     let (from_name, to_name) = (hv.partitions[idx].desc.name, hv.partitions[moved].desc.name);
     if let Some(m) = hv.domains.moves.last().cloned() {
+        let what = match m.kind {
+            MoveKind::Split => "split",
+            MoveKind::Merge => "merge",
+        };
         crate::console::hyp_line(
             &mut hv.arch,
             format_args!(
-                "coherence: split of partition {} '{}': agent {} moved to partition {} '{}' ({} channels re-pointed, {} messages queued kept, {} handles transplanted, image {} bytes) in {} ns",
+                "coherence: {what} of partition {} '{}': agent {} moved to partition {} '{}' ({} channels re-pointed, {} messages queued kept, {} handles transplanted, image {} bytes) in {} ns",
                 src.0,
                 crate::hypervisor::name_str(&from_name),
                 m.agent.0,
@@ -246,19 +418,74 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
             ),
         );
     }
+    if matches!(dep.plan, Plan::Merge { .. }) {
+        retire(hv, idx);
+        return Flow::Reschedule;
+    }
     flow
 }
 
-/// A split's witness `args`: cut value, internal traffic.
-fn split_args(d: &SplitDecision) -> [u8; 16] {
-    Decision::Split(d.clone()).witness_args()
+/// The partition at `idx` gave its last agent away (a merge) and is the
+/// caller, on this CPU: it finishes (witnessed) and its memory is scrubbed
+/// and returned. Its capability table stays (the moved copies derive from
+/// it) and so does its state store (the moved agent's handle names it).
+fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+    let code: u64 = 0;
+    hv.partitions[idx].exit_code = Some(code);
+    {
+        let Hypervisor { arch, partitions, .. } = &mut *hv;
+        crate::console::flush_line(arch, &mut partitions[idx]);
+    }
+    hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, crate::digest::of_parts(&[&code.to_le_bytes()]));
+    let before = hv.frames.frames_in_use();
+    crate::fault::release(hv, idx);
+    let returned = before.saturating_sub(hv.frames.frames_in_use());
+    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    crate::console::hyp_line(
+        &mut hv.arch,
+        format_args!(
+            "coherence: partition {} '{}' retired: emptied by the merge, {returned} frames scrubbed and returned",
+            id.0,
+            crate::hypervisor::name_str(&name)
+        ),
+    );
+}
+
+/// Agent `slot` of partition `idx` runs a turn: if it is the arrival, its
+/// runtime restored it, so its image is unmapped and returned.
+pub(crate) fn arrived<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, slot: AgentSlot) {
+    if hv.domains.arrival.as_ref().is_some_and(|a| a.partition == idx && a.slot == slot) {
+        release_arrival(hv);
+    }
+}
+
+/// Unmap the arrival's image from its partition, return its frames, and
+/// clear its restore length in the agent table (a restart starts it from
+/// its module, as every agent of a partition with several).
+fn release_arrival<A: Arch>(hv: &mut Hypervisor<A>) {
+    let Some(a) = hv.domains.arrival.take() else { return };
+    {
+        let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
+        let p = &mut partitions[a.partition];
+        crate::checkpoint::unmap_window(arch, &mut p.stage2, a.pages, p.vmid);
+        a.checkpoint.release(arch, frames);
+    }
+    let Some(t) = hv.partitions[a.partition].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
+    let mut page = [0u8; PAGE_BYTES];
+    hv.arch.phys_read(t.pa, &mut page);
+    let mut entries: Vec<_> = (0..AgentTable::count(&page)).filter_map(|s| AgentTable::read(&page, s)).collect();
+    if let Some(e) = entries.get_mut(usize::from(a.slot.0)) {
+        e.restore_len = 0;
+    }
+    AgentTable::write(&mut page, &entries);
+    hv.arch.phys_write(t.pa, &page);
 }
 
 /// The move will not happen: cancel the decision (the engine evaluates the
 /// domain again) and say why.
 fn abandon<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, why: &str) {
     if let Some(engine) = hv.domains.engine.as_mut() {
-        let _ = engine.cancel(dep.decision.id);
+        let _ = engine.cancel(dep.plan.id());
     }
     crate::console::hyp_line(
         &mut hv.arch,
@@ -294,7 +521,7 @@ fn read_guest_bytes<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len: u64)
 /// move the agent, its channel ends and its capabilities there. Returns the
 /// new partition's position. On `Err` nothing moved (a partition created
 /// on the way is refused and its memory returned).
-fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, ck: Checkpoint) -> Result<usize, MoveError> {
+fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecision, ck: Checkpoint) -> Result<usize, MoveError> {
     let src_idx = dep.partition;
     let src = hv.partitions[src_idx].id;
     // The mover's module, from its partition's agent table.
@@ -352,16 +579,21 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, ck: Checkpoint) -> Re
     });
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
-    if let Err(e) = populate(hv, idx, src, dep, &module, ck) {
-        hv.caps.evict(id);
-        let why = match e {
-            MoveError::Capability(_) => crate::load::Refusal::BadCapability,
-            MoveError::Module => crate::load::Refusal::NoModule,
-            MoveError::TooManyPartitions | MoveError::OutOfMemory => crate::load::Refusal::OutOfMemory,
-        };
-        crate::load::refuse(hv, idx, why);
-        return Err(e);
-    }
+    let restore = match populate(hv, idx, src, dep, &module, ck) {
+        Ok(restore) => restore,
+        Err(e) => {
+            hv.caps.evict(id);
+            let why = match e {
+                MoveError::Capability(_) => crate::load::Refusal::BadCapability,
+                MoveError::Module => crate::load::Refusal::NoModule,
+                MoveError::TooManyPartitions | MoveError::OutOfMemory | MoveError::TargetBusy => {
+                    crate::load::Refusal::OutOfMemory
+                }
+            };
+            crate::load::refuse(hv, idx, why);
+            return Err(e);
+        }
+    };
     // The point of no return: the agent, its channel ends, the engine.
     let to = Endpoint { partition: id, slot: AgentSlot::FIRST };
     let from = Endpoint { partition: src, slot: dep.slot };
@@ -374,23 +606,26 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, ck: Checkpoint) -> Re
     }
     hv.domains.relocate(dep.agent, idx);
     vacate_table_slot(hv, src_idx, dep.slot);
+    // Again, now that it lists its agent (the count of its table).
+    crate::load::write_boot_info(hv, idx, restore);
     let now = hv.arch.now_ns();
     if let Some(engine) = hv.domains.engine.as_mut() {
         // Only fails if the graph no longer matches the decision; the move
         // stands either way (the graph then still lists the agent where it was).
-        let _ = engine.apply_split(&dep.decision, DomainId(id.0), now);
+        let _ = engine.apply_split(decision, DomainId(id.0), now);
     }
     let digest = crate::digest::of_parts(&[&module]);
     hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
-    hv.kernel_event(id, KernelEvent::Split, Outcome::Done, split_args(&dep.decision));
+    hv.kernel_event(id, KernelEvent::Split, Outcome::Done, dep.plan.witness_args());
     hv.sched.admit(idx, &desc);
     let p = &hv.partitions[idx];
     hv.domains.moves.push(Move {
+        kind: MoveKind::Split,
         agent: dep.agent,
         from: src,
         to: id,
-        cut: dep.decision.cut,
-        internal: dep.decision.internal,
+        cut: decision.cut,
+        internal: decision.internal,
         channels,
         queued,
         handles: u32::try_from(p.boot_handles.len()).unwrap_or(u32::MAX),
@@ -424,7 +659,7 @@ fn populate<A: Arch>(
     dep: &Departure,
     module: &[u8],
     ck: Checkpoint,
-) -> Result<(), MoveError> {
+) -> Result<RestoreInfo, MoveError> {
     // Kept first, so a failure below returns its frames with the partition's.
     let ck_pages = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
@@ -468,11 +703,159 @@ fn populate<A: Arch>(
         let _ = hv.witness.append(&mut hv.arch, id.0, rec);
         hv.partitions[idx].boot_handles.push(HandleInfo { agent: 0, ..h });
     }
+    if hv.domains.evaluating() {
+        // An agent table of one, so its runtime reaches turn boundaries
+        // (and the agent can move again).
+        let mut page = [0u8; PAGE_BYTES];
+        let entry = AgentEntry { module_ipa: layout::WASM_IPA, module_len: module.len() as u64, agent_id: dep.agent.0, restore_len: 0 };
+        AgentTable::write(&mut page, &[entry]);
+        crate::load::map_bytes(hv, idx, Ipa::new(layout::AGENTS_IPA), &page, S2Perm::ReadOnly)
+            .map_err(|_| MoveError::OutOfMemory)?;
+        hv.domains.mark_table(idx);
+    }
     let restore = {
         let p = &hv.partitions[idx];
         let ck = p.checkpoint.as_ref().ok_or(MoveError::OutOfMemory)?;
         RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: ck.len, checkpoint_id: ck.id, rollbacks: 0 }
     };
     crate::load::write_boot_info(hv, idx, restore);
-    Ok(())
+    Ok(restore)
+}
+
+/// Read partition `idx`'s agent table (empty if it has none).
+fn table_of<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Vec<AgentEntry> {
+    read_guest_bytes(hv, idx, layout::AGENTS_IPA, PAGE_SIZE)
+        .map(|page| (0..AgentTable::count(&page)).filter_map(|s| AgentTable::read(&page, s)).collect())
+        .unwrap_or_default()
+}
+
+/// Move `dep`'s agent, the only one of its partition, into the partition
+/// at `into` from its checkpoint `ck` (see the module documentation).
+/// Returns `into`. On `Err` nothing moved: every step that can fail is
+/// checked before the first change.
+fn merge<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    dep: &Departure,
+    decision: &MergeDecision,
+    into: usize,
+    ck: Checkpoint,
+) -> Result<usize, MoveError> {
+    let src_idx = dep.partition;
+    let (src, dst) = (hv.partitions[src_idx].id, hv.partitions[into].id);
+    let refuse = |hv: &mut Hypervisor<A>, ck: Checkpoint, e: MoveError| {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        Err(e)
+    };
+    // The mover's module, from its partition's agent table.
+    let entry = table_of(hv, src_idx).get(usize::from(dep.slot.0)).copied().filter(|e| e.agent_id == dep.agent.0);
+    let Some(module) = entry.and_then(|e| read_guest_bytes(hv, src_idx, e.module_ipa, e.module_len)) else {
+        return refuse(hv, ck, MoveError::Module);
+    };
+    // Room in the target: a table slot, the module window, the restore window.
+    let mut table = table_of(hv, into);
+    let slot = AgentSlot(u16::try_from(hv.domains.agent_count(into)).unwrap_or(u16::MAX));
+    let window_end = layout::WASM_IPA + layout::WASM_MAX_LEN;
+    let at = table.iter().map(|e| e.module_ipa.saturating_add(e.module_len)).max().unwrap_or(layout::WASM_IPA).next_multiple_of(PAGE_SIZE);
+    let fits = at.checked_add(module.len() as u64).is_some_and(|end| end <= window_end);
+    let busy = table.is_empty()
+        || table.len() != usize::from(slot.0)
+        || table.len() >= AgentTable::MAX
+        || !fits
+        || hv.partitions[into].checkpoint_mapped != 0;
+    if busy {
+        return refuse(hv, ck, MoveError::TargetBusy);
+    }
+    // Every capability the mover could use must land at its own slot.
+    let mine: Vec<HandleInfo> = hv.partitions[src_idx].boot_handles.clone();
+    if let Some(e) = mine.iter().find_map(|h| hv.caps.can_transplant(src, h.raw, dst).err()) {
+        return refuse(hv, ck, MoveError::Capability(e));
+    }
+    // Module and image into the target (new mappings only: the target's
+    // runtime looks at them after its next `AgentSwitch`).
+    if crate::load::map_bytes(hv, into, Ipa::new(at), &module, S2Perm::ReadOnly).is_err() {
+        return refuse(hv, ck, MoveError::OutOfMemory);
+    }
+    let mapped = {
+        let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
+        ck.map_into(arch, frames, &mut partitions[into].stage2)
+    };
+    let pages = match mapped {
+        Ok(pages) => pages,
+        Err(_) => {
+            let Hypervisor { arch, partitions, .. } = &mut *hv;
+            let p = &mut partitions[into];
+            crate::checkpoint::unmap_window(arch, &mut p.stage2, ck.pages(), p.vmid);
+            return refuse(hv, ck, MoveError::OutOfMemory);
+        }
+    };
+    // The point of no return. The target now runs several agents, whose
+    // restarts start every agent afresh: a checkpoint it kept as a single
+    // agent (not mapped: checked above) would only mislead a rollback.
+    if let Some(old) = hv.partitions[into].checkpoint.take() {
+        old.release(&mut hv.arch, &mut hv.frames);
+    }
+    // Capabilities (checked above).
+    let tag = u8::try_from(slot.0 + 1).unwrap_or(u8::MAX);
+    if hv.domains.agent_count(into) == 1 {
+        // The target's own agent: its handles were listed for all.
+        for h in hv.partitions[into].boot_handles.iter_mut().filter(|h| h.agent == 0) {
+            h.agent = 1;
+        }
+    }
+    let mut handles = 0u32;
+    for h in mine {
+        let Ok(handle) = hv.caps.transplant(src, h.raw, dst) else { continue };
+        let mut rec = WitnessRecord::new(WitnessOp::Event(KernelEvent::CapInstall), Outcome::Done, dst.0);
+        rec.cap = handle.witness_id();
+        rec.args = crate::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
+        rec.timestamp = hv.arch.now_ns();
+        let _ = hv.witness.append(&mut hv.arch, dst.0, rec);
+        hv.partitions[into].boot_handles.push(HandleInfo { agent: tag, ..h });
+        handles += 1;
+    }
+    // Channel ends.
+    let to = Endpoint { partition: dst, slot };
+    let from = Endpoint { partition: src, slot: dep.slot };
+    let (mut channels, mut queued) = (0u32, 0u64);
+    for ch in hv.channels.iter_mut() {
+        if ch.repoint(from, to) {
+            channels += 1;
+            queued += (ch.pending_for(to) + ch.peer_endpoint(to).map_or(0, |p| ch.pending_for(p))) as u64;
+        }
+    }
+    // The agent table, the kernel's view, the boot-info page, the engine.
+    table.push(AgentEntry { module_ipa: at, module_len: module.len() as u64, agent_id: dep.agent.0, restore_len: ck.len });
+    if let Some(t) = hv.partitions[into].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) {
+        let mut page = [0u8; PAGE_BYTES];
+        AgentTable::write(&mut page, &table);
+        hv.arch.phys_write(t.pa, &page);
+    }
+    hv.domains.relocate(dep.agent, into);
+    vacate_table_slot(hv, src_idx, dep.slot);
+    crate::load::write_boot_info(hv, into, RestoreInfo::NONE);
+    let now = hv.arch.now_ns();
+    if let Some(engine) = hv.domains.engine.as_mut() {
+        // Only fails if the graph no longer matches the decision; the move
+        // stands either way.
+        let _ = engine.apply_merge(decision, now);
+    }
+    let image_bytes = ck.len;
+    hv.domains.arrival = Some(Arrival { partition: into, slot, checkpoint: ck, pages });
+    hv.kernel_event(dst, KernelEvent::Merge, Outcome::Done, dep.plan.witness_args());
+    let (cut, internal) = dep.plan.weights();
+    hv.domains.moves.push(Move {
+        kind: dep.plan.kind(),
+        agent: dep.agent,
+        from: src,
+        to: dst,
+        cut,
+        internal,
+        channels,
+        queued,
+        handles,
+        image_bytes,
+        at_ns: now,
+        took_ns: 0,
+    });
+    Ok(into)
 }

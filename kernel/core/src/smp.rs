@@ -30,6 +30,18 @@
 //! [`cpu_main`] is that loop for real CPUs; the fake machine interleaves the
 //! same steps deterministically ([`crate::fake`]).
 //!
+//! # Waking an idle CPU
+//!
+//! A CPU with nothing runnable on its queue idles ([`Step::Idle`]) until its
+//! next tick at the latest. Work for it appears on other CPUs, under the
+//! lock: a message wakes a `Dormant` partition homed on it, an unfence, a
+//! partition created by a split is admitted to its queue. Every state
+//! transition into a runnable state marks the kernel (`woke`); before the
+//! CPU that made it releases the lock, it kicks ([`Arch::kick`]) each idling
+//! CPU whose queue now has a partition to run, once per wait. The idle CPU's
+//! wait ends on the kick and it picks at once, instead of a tick later. When
+//! the run ends, idling CPUs are kicked so they stop at once too.
+//!
 //! The run ends for everyone when no partition anywhere is runnable (none
 //! runs either, since a running partition is runnable) or the run budget is
 //! spent: every CPU then stops; the boot CPU waits for the others
@@ -44,6 +56,7 @@ use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo};
 use crate::hypervisor::{Flow, Hypervisor, RunSummary};
 use crate::trap::Exit;
 use crate::vcpu::Vcpu;
+use rvm_abi::Hypercall;
 
 /// The kernel lock: the one lock around all kernel state. CPUs get it in
 /// the order they asked (a ticket lock), so a CPU whose guest exits often
@@ -151,6 +164,27 @@ impl Lease {
         self.cpu
     }
 
+    /// Answer an exit that needs no kernel state, on the leased CPU without
+    /// the kernel lock: the `Null` hypercall (it changes nothing, is not
+    /// witnessed, and answers status 0). True if answered: the guest goes on
+    /// at once. Anything else — including every witnessed call and `Yield` —
+    /// is handled under the lock ([`Hypervisor::cpu_exit_fast`]). Orders
+    /// deferred against the partition wait for that next locked exit, at the
+    /// latest the end of the slice (the timer's exit), as before.
+    #[inline]
+    pub fn answer_without_lock(&mut self, trap: &TrapInfo) -> bool {
+        // x0 first: the cheapest test, and it rules out nearly every other
+        // exit before the syndrome is decoded.
+        if self.vcpu.regs.x[0] != u64::from(Hypercall::Null.function_id()) {
+            return false;
+        }
+        if !matches!(Exit::decode(trap), Exit::Hvc { imm: 0 }) {
+            return false;
+        }
+        self.vcpu.set_return(0, &[]);
+        true
+    }
+
     /// Enter the guest on `hw` (the CPU it was leased to) until it exits.
     pub fn run(&mut self, hw: &mut impl CpuArch) -> TrapInfo {
         debug_assert_eq!(hw.cpu(), self.cpu);
@@ -173,6 +207,13 @@ struct CpuSlot {
     /// Slices it ran, and times it idled.
     slices: u64,
     idles: u64,
+    /// It is in (or on its way to) an idle wait: its last step was
+    /// [`Step::Idle`].
+    idling: bool,
+    /// It was kicked during this wait (one kick per wait is enough).
+    kicked: bool,
+    /// Kicks the machine sent it over the run.
+    kicks: u64,
 }
 
 /// Per-CPU kernel state: the CPUs, which partition runs where, deferred
@@ -187,6 +228,8 @@ pub struct SmpState {
     deferred: Vec<(usize, DeferredOrder)>,
     started_ns: Option<u64>,
     stopping: bool,
+    /// A partition became runnable since idle CPUs were last looked at.
+    woke: bool,
 }
 
 impl SmpState {
@@ -203,6 +246,12 @@ impl SmpState {
                 c.loaded = None;
             }
         }
+    }
+
+    /// A partition moved into a runnable state: idle CPUs are looked at
+    /// (and kicked if it is theirs) before the kernel lock is released.
+    pub(crate) fn note_runnable(&mut self) {
+        self.woke = true;
     }
 
     fn running_on(&self, idx: usize) -> Option<CpuId> {
@@ -297,7 +346,7 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     /// One line per CPU for the run summary: the partitions homed there,
-    /// slices run, idle waits.
+    /// slices run, idle waits, kicks that ended a wait early.
     pub(crate) fn cpu_lines(&self) -> Vec<alloc::string::String> {
         self.smp
             .cpus
@@ -306,7 +355,10 @@ impl<A: Arch> Hypervisor<A> {
             .map(|(n, c)| {
                 let cpu = CpuId(u8::try_from(n).unwrap_or(u8::MAX));
                 let homed = self.sched.members(cpu).len();
-                alloc::format!("  cpu {n}: {homed} partitions, {} slices, {} idle waits", c.slices, c.idles)
+                alloc::format!(
+                    "  cpu {n}: {homed} partitions, {} slices, {} idle waits, {} kicks",
+                    c.slices, c.idles, c.kicks
+                )
             })
             .collect()
     }
@@ -333,6 +385,15 @@ impl<A: Arch> Hypervisor<A> {
         if !self.smp.stopping && !self.partitions.iter().any(|p| p.is_runnable()) {
             self.smp.stopping = true;
         }
+        if let Some(slot) = self.smp.cpus.get_mut(cpu.index()) {
+            slot.idling = false;
+            slot.kicked = false;
+        }
+        // Housekeeping may have woken partitions (a fence timed out into
+        // recovery, an operator's unfence), or ended the run.
+        if self.smp.woke || self.smp.stopping {
+            self.kick_idle_cpus();
+        }
         let Some(slot) = self.smp.cpus.get_mut(cpu.index()) else { return Step::Stop };
         if self.smp.stopping {
             slot.stopped = true;
@@ -342,6 +403,7 @@ impl<A: Arch> Hypervisor<A> {
         let pick = self.sched.pick(cpu, |i| parts[i].is_runnable() && running.get(i).copied().flatten().is_none());
         let Some(idx) = pick else {
             slot.idles += 1;
+            slot.idling = true;
             return Step::Idle { until_ns: now.saturating_add(self.policy.slice_ns) };
         };
         slot.slices += 1;
@@ -355,7 +417,7 @@ impl<A: Arch> Hypervisor<A> {
     /// against the partition are carried out, and the CPU gets its next step
     /// (the same partition again while its slice lasts).
     pub fn cpu_exit(&mut self, mut lease: Lease, trap: TrapInfo, hw: &mut impl CpuArch) -> Step {
-        if self.cpu_exit_fast(&mut lease, trap) {
+        if lease.answer_without_lock(&trap) || self.cpu_exit_fast(&mut lease, trap) {
             return Step::Run(lease);
         }
         match self.slice_over(lease, hw) {
@@ -375,6 +437,9 @@ impl<A: Arch> Hypervisor<A> {
         core::mem::swap(&mut self.partitions[idx].vcpu, &mut lease.vcpu);
         self.smp.running_on[idx] = None;
         let flow = self.handle_exit(idx, Exit::decode(&trap));
+        if self.smp.woke {
+            self.kick_idle_cpus();
+        }
         let p = &mut self.partitions[idx];
         if flow == Flow::Resume && self.smp.deferred.is_empty() && p.is_runnable() {
             lease.stage2 = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
@@ -449,6 +514,43 @@ impl<A: Arch> Hypervisor<A> {
         Lease { cpu, idx, vcpu, stage2, slice_start, slice_end, switched, returned: false, flow: Flow::Resume }
     }
 
+    /// Kick every idling CPU that has a partition to run now (after a
+    /// partition became runnable), or every idling CPU once the run is
+    /// ending — each at most once per wait. Under the kernel lock, before
+    /// it is released.
+    #[cold]
+    #[inline(never)]
+    fn kick_idle_cpus(&mut self) {
+        let woke = core::mem::take(&mut self.smp.woke);
+        if !woke && !self.smp.stopping {
+            return;
+        }
+        for n in 0..self.smp.cpus.len() {
+            let slot = &self.smp.cpus[n];
+            if !slot.idling || slot.kicked {
+                continue;
+            }
+            let cpu = CpuId(u8::try_from(n).unwrap_or(u8::MAX));
+            let has_work = self.smp.stopping
+                || self
+                    .sched
+                    .members(cpu)
+                    .iter()
+                    .any(|&i| self.partitions[i].is_runnable() && self.smp.running_on(i).is_none());
+            if has_work {
+                let sent = self.arch.kick(cpu);
+                let slot = &mut self.smp.cpus[n];
+                slot.kicked = true;
+                slot.kicks += u64::from(sent);
+            }
+        }
+    }
+
+    /// Kicks sent to CPU `cpu` over the run (each ended one idle wait early).
+    pub fn kicks_sent(&self, cpu: CpuId) -> u64 {
+        self.smp.cpus.get(cpu.index()).map_or(0, |c| c.kicks)
+    }
+
     /// Carry out the orders that waited for partition `idx`; true if any.
     fn apply_deferred(&mut self, idx: usize) -> bool {
         if !self.smp.deferred.iter().any(|&(i, _)| i == idx) {
@@ -513,6 +615,9 @@ pub fn cpu_main<A: Arch, C: CpuArch>(kernel: &KernelLock<A>, hw: &mut C) {
         step = match step {
             Step::Run(mut lease) => loop {
                 let trap = lease.run(hw);
+                if lease.answer_without_lock(&trap) {
+                    continue;
+                }
                 let mut hv = kernel.lock(hw);
                 if !hv.cpu_exit_fast(&mut lease, trap) {
                     break hv.cpu_after(lease, hw);

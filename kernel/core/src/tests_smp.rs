@@ -271,3 +271,88 @@ fn cpus_run_their_queues_through_the_kernel_lock_and_the_boot_cpu_finishes() {
     assert!(!hv.ran_on(1).any());
     assert!(hv.arch.console_text().contains("  cpu 1: 1 partitions, 0 slices"));
 }
+
+/// Two partitions, one per CPU; partition 1 sleeps (`Dormant`), so CPU 1
+/// has nothing to run and idles. Returns the kernel and both fake CPUs, with
+/// CPU 0 running partition 0 and CPU 1 idling.
+fn one_busy_one_idle() -> (Hypervisor<FakeArch>, crate::fake::FakeCpu, crate::fake::FakeCpu, crate::smp::Lease) {
+    let mut hv = boot(&[("busy", 50), ("sleeper", 50)], 0, 1_000);
+    hv.set_cpus(2);
+    assert_eq!(hv.home_cpu(1), Some(CpuId(1)));
+    hv.partitions[1].state = PartitionState::Dormant;
+    let (mut c0, mut c1) = (hv.arch.cpu(CpuId(0)), hv.arch.cpu(CpuId(1)));
+    let Step::Run(lease) = hv.cpu_next(&mut c0) else { panic!("CPU 0 runs partition 0") };
+    assert!(matches!(hv.cpu_next(&mut c1), Step::Idle { .. }), "CPU 1 has nothing runnable");
+    (hv, c0, c1, lease)
+}
+
+#[test]
+fn a_partition_woken_for_an_idle_cpu_kicks_that_cpu_once() {
+    let (mut hv, mut c0, mut c1, mut lease) = one_busy_one_idle();
+    // An ordinary exit on CPU 0 wakes nobody: no kick.
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Null, &[])));
+    let trap = lease.run(&mut c0);
+    assert!(hv.cpu_exit_fast(&mut lease, trap));
+    assert!(hv.arch.kicks.is_empty(), "nothing became runnable");
+    // While CPU 0 handles an exit, the sleeper wakes (as a message to a
+    // Dormant partition wakes it): CPU 1 is kicked before the lock goes.
+    hv.transition(1, PartitionState::Running, KernelEvent::DormantExit, [0; 16]);
+    let trap = lease.run(&mut c0);
+    assert!(hv.cpu_exit_fast(&mut lease, trap));
+    assert_eq!(hv.arch.kicks, [CpuId(1)], "the idle CPU whose queue got work is kicked");
+    // Another wake during the same wait sends no second kick.
+    hv.partitions[1].state = PartitionState::Dormant;
+    hv.transition(1, PartitionState::Running, KernelEvent::DormantExit, [0; 16]);
+    let trap = lease.run(&mut c0);
+    assert!(hv.cpu_exit_fast(&mut lease, trap));
+    assert_eq!(hv.arch.kicks.len(), 1, "one kick per wait");
+    // The kicked CPU picks the woken partition at once.
+    let Step::Run(l1) = hv.cpu_next(&mut c1) else { panic!("CPU 1 runs the woken partition") };
+    assert_eq!(l1.partition(), 1);
+    assert_eq!(hv.kicks_sent(CpuId(1)), 1);
+    assert_eq!(hv.kicks_sent(CpuId(0)), 0);
+    let _ = (&mut c0, l1);
+}
+
+#[test]
+fn a_wake_for_a_busy_or_own_cpu_sends_no_kick() {
+    let (mut hv, mut c0, _c1, mut lease) = one_busy_one_idle();
+    // Partition 0 (on CPU 0, which is running it) goes to sleep and wakes
+    // within one exit: its own CPU is not idling, nobody is kicked.
+    hv.partitions[0].state = PartitionState::Dormant;
+    hv.transition(0, PartitionState::Running, KernelEvent::DormantExit, [0; 16]);
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Null, &[])));
+    let trap = lease.run(&mut c0);
+    assert!(hv.cpu_exit_fast(&mut lease, trap));
+    assert!(hv.arch.kicks.is_empty(), "CPU 1's queue got no work; CPU 0 is not idle");
+    let _ = &mut c0;
+}
+
+#[test]
+fn idle_cpus_are_kicked_when_the_run_ends() {
+    let (mut hv, mut c0, _c1, lease) = one_busy_one_idle();
+    // The busy partition exits: nothing anywhere is runnable, the run ends,
+    // and the idling CPU is kicked so it stops now rather than a tick later.
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    let mut lease = lease;
+    let trap = lease.run(&mut c0);
+    assert!(!hv.cpu_exit_fast(&mut lease, trap));
+    assert!(matches!(hv.cpu_after(lease, &mut c0), Step::Stop));
+    assert_eq!(hv.arch.kicks, [CpuId(1)]);
+}
+
+#[test]
+fn cross_cpu_wakes_on_the_fake_machine_kick_and_are_counted() {
+    // A full run on two fake CPUs: the sleeper is woken (by an order given
+    // between runs here) and CPU 1, idle, is kicked; the summary says so.
+    let (mut hv, mut c0, mut c1, lease) = one_busy_one_idle();
+    hv.transition(1, PartitionState::Running, KernelEvent::DormantExit, [0; 16]);
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Null, &[])));
+    let mut lease = lease;
+    let trap = lease.run(&mut c0);
+    assert!(hv.cpu_exit_fast(&mut lease, trap));
+    assert_eq!(hv.kicks_sent(CpuId(1)), 1);
+    let _ = (&mut c0, &mut c1);
+    let lines = hv.cpu_lines();
+    assert!(lines[1].ends_with(", 1 kicks"), "{lines:?}");
+}

@@ -52,9 +52,9 @@ impl CutDecision {
     pub fn describe(&self) -> String {
         let what = match self.event {
             KernelEvent::SplitDecided => "split decided (a decision; its move, if carried out, follows as `split`)",
-            KernelEvent::MergeDecided => "merge decided (a decision: merge migration is not built)",
+            KernelEvent::MergeDecided => "merge decided (a decision; its move, if carried out, follows as `merge`)",
             KernelEvent::Split => "split carried out (an agent moved to a new partition)",
-            _ => "merge carried out",
+            _ => "merge carried out (an agent moved into the other partition; the emptied one was retired)",
         };
         format!(
             "{what} at record {} ({:.3} s): cut {} of internal traffic {}",
@@ -95,6 +95,20 @@ mod tests {
         r.timestamp = 1_500_000_000;
         r.args = args;
         r.to_bytes()
+    }
+
+    #[test]
+    fn a_carried_out_merge_is_described_as_a_move() {
+        let mut args = [0u8; 16];
+        args[..8].copy_from_slice(&(40u64 << 16).to_le_bytes());
+        let log = record(0, WitnessOp::Event(KernelEvent::Merge), args);
+        let d = last_decision(&log).expect("a merge");
+        assert_eq!(d.event, KernelEvent::Merge);
+        assert!(
+            d.describe().starts_with("merge carried out (an agent moved into the other partition; the emptied one was retired) at record 0"),
+            "{}",
+            d.describe()
+        );
     }
 
     #[test]

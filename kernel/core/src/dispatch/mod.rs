@@ -277,27 +277,39 @@ pub(crate) fn read_signature<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, 
     Ok(Some(Signature(sig)))
 }
 
+/// `Null` and `Yield`: no state changes and no witness record; status 0.
+/// `None` for every other call.
+#[inline]
+fn unwitnessed<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercall) -> Option<Flow> {
+    let flow = match call {
+        Hypercall::Null => Flow::Resume,
+        Hypercall::Yield => Flow::Yielded,
+        _ => return None,
+    };
+    hv.partitions[idx].vcpu.set_return(0, &[]);
+    Some(flow)
+}
+
 /// Handle `hvc #0` from partition `idx`.
 pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     let x0 = hv.partitions[idx].vcpu.regs.x[0];
     if u32::try_from(x0).is_ok_and(|id| smccc_owner(id) == SMCCC_OWNER_STANDARD) {
         return crate::psci::call(hv, idx);
     }
-    let regs = regs_of(hv, idx);
     let Some(call) = Hypercall::from_function_id(x0) else {
+        let regs = regs_of(hv, idx);
         let w = Witnessed { call: (x0 & 0x7fff) as u16, tier: 0, cap: NO_CAP, regs, args: None, journal: false, kept: None };
         return deny(hv, idx, &w, HvError::NotSupported);
     };
+    // The calls that change no state and are not witnessed are answered
+    // before anything is gathered for a witness record.
+    if let Some(flow) = unwitnessed(hv, idx, call) {
+        return flow;
+    }
+    let regs = regs_of(hv, idx);
     let w = Witnessed::new(call, &regs).journaled(hv.journal.on());
     match call {
-        Hypercall::Null => {
-            hv.partitions[idx].vcpu.set_return(0, &[]);
-            Flow::Resume
-        }
-        Hypercall::Yield => {
-            hv.partitions[idx].vcpu.set_return(0, &[]);
-            Flow::Yielded
-        }
+        Hypercall::Null | Hypercall::Yield => unwitnessed(hv, idx, call).unwrap_or(Flow::Resume),
         Hypercall::ConsoleWrite => console::write(hv, idx, w, &regs),
         Hypercall::ChannelSend => channel::send(hv, idx, w.handle(regs[0]), &regs),
         Hypercall::ChannelRecv => channel::recv(hv, idx, w.handle(regs[0]), &regs),
