@@ -434,6 +434,26 @@ impl QemuRun {
             .collect()
     }
 
+    /// Check that every log on the serial line is consecutive from sequence 0
+    /// and hash-linked record by record (each record's `prev` is the prefix of
+    /// the head before it); returns how many logs there were.
+    pub fn assert_chains_linked(&self) -> usize {
+        let mut logs: std::collections::BTreeMap<u32, Vec<[u8; 64]>> = std::collections::BTreeMap::new();
+        for (log, bytes) in self.records() {
+            logs.entry(log).or_default().push(bytes);
+        }
+        for (log, records) in &logs {
+            let mut head = rvm_witness::Hash::ZERO;
+            for (i, bytes) in records.iter().enumerate() {
+                let r = WitnessRecord::from_bytes(bytes).expect("record version");
+                self.assert(r.seq == i as u64, &format!("log {log}: seq {i} consecutive"));
+                self.assert(r.prev == head.prefix16(), &format!("log {log}: record {i} links its predecessor"));
+                head = rvm_witness::chain::chain_step(&head, bytes);
+            }
+        }
+        logs.len()
+    }
+
     /// Panic with the whole serial output if `cond` fails.
     pub fn assert(&self, cond: bool, what: &str) {
         assert!(cond, "{what}\n--- serial ---\n{}\n--- end (exit {:?}, timed out {}) ---", self.serial, self.exit, self.timed_out);

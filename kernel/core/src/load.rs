@@ -12,12 +12,10 @@ use rvm_abi::{ObjectKind, Outcome, Rights};
 use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Channel, Endpoint};
-use crate::checkpoint::CheckpointLimit;
 use crate::console;
 use crate::hypervisor::{BootError, Hypervisor};
 use crate::image::SharedImage;
-use crate::partition::{DemandWindow, Partition, PartitionId, PartitionState, PartitionStats};
-use crate::recovery::{RecoveryPolicy, RecoveryState};
+use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
 use crate::vcpu::Vcpu;
@@ -75,32 +73,7 @@ pub(crate) fn load_partition<A: Arch>(
         .saturating_mul(layout::WASM_PAGE)
         .saturating_add(layout::RUNTIME_HEAP_OVERHEAD)
         .saturating_mul(agents);
-    hv.partitions.push(Partition {
-        id,
-        desc,
-        state: PartitionState::Created,
-        vmid,
-        stage2,
-        vcpu: alloc::boxed::Box::new(Vcpu::new(0, layout::BOOTINFO_IPA)),
-        private_frames: Vec::new(),
-        heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
-        heap_pages: Vec::new(),
-        entry: Ipa::new(0),
-        own_image: None,
-        checkpoint: None,
-        checkpoint_limit: CheckpointLimit::for_budget(desc.wasm_pages),
-        next_checkpoint_id: 1,
-        checkpoint_mapped: 0,
-        recovery: RecoveryState::new(RecoveryPolicy::from_desc(&desc.recovery)),
-        restarts: 0,
-        rollbacks: 0,
-        console_line: heapless::Vec::new(),
-        exit_code: None,
-        stats: PartitionStats::default(),
-        started_ns: None,
-        boot_handles: Vec::new(),
-        wasm: (0, 0),
-    });
+    hv.partitions.push(Partition::created(id, desc, vmid, stage2, heap_len));
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     let idx = hv.partitions.len() - 1;
     hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
@@ -397,7 +370,18 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
     let object = hv.channels.len() as u32;
     let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
     hv.channels.push(Channel::new(hv.partitions[a].id, hv.partitions[b].id, cap));
-    let desc = CapDesc {
+    let desc = channel_cap(object);
+    for idx in [a, b] {
+        if install_for(hv, idx, &desc, Some(AgentSlot::FIRST)).is_err() {
+            refuse(hv, idx, Refusal::BadCapability);
+        }
+    }
+}
+
+/// The capability each end of a bundle channel starts with: send and
+/// receive at P1, no quota, window or expiry.
+fn channel_cap(object: u32) -> CapDesc {
+    CapDesc {
         kind: ObjectKind::Channel,
         rights: Rights::READ | Rights::WRITE,
         tiers: tiers_for(Rights::READ | Rights::WRITE, 1),
@@ -407,11 +391,6 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
         window_start: 0,
         window_len: 0,
         resource_digest: [0; 16],
-    };
-    for idx in [a, b] {
-        if install_for(hv, idx, &desc, Some(AgentSlot::FIRST)).is_err() {
-            refuse(hv, idx, Refusal::BadCapability);
-        }
     }
 }
 
@@ -441,17 +420,7 @@ pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDes
     let object = hv.channels.len() as u32;
     let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
     hv.channels.push(Channel::between(ea, eb, cap));
-    let desc = CapDesc {
-        kind: ObjectKind::Channel,
-        rights: Rights::READ | Rights::WRITE,
-        tiers: tiers_for(Rights::READ | Rights::WRITE, 1),
-        object,
-        quota: 0,
-        expires_at: 0,
-        window_start: 0,
-        window_len: 0,
-        resource_digest: [0; 16],
-    };
+    let desc = channel_cap(object);
     for (idx, e) in [(a, ea), (b, eb)] {
         if install_for(hv, idx, &desc, Some(e.slot)).is_err() {
             refuse(hv, idx, Refusal::BadCapability);

@@ -76,8 +76,7 @@ use crate::domains::AgentInfo;
 use crate::checkpoint::{Checkpoint, GuestPart};
 use crate::dispatch::{allow, deny, Witnessed};
 use crate::hypervisor::{Flow, Hypervisor};
-use crate::partition::{DemandWindow, Partition, PartitionId, PartitionState, PartitionStats};
-use crate::recovery::{RecoveryPolicy, RecoveryState};
+use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
 use crate::vcpu::Vcpu;
@@ -551,31 +550,12 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
     let desc = PartitionDesc { name: name_for(&from_desc, dep.agent), ..from_desc };
     let heap_len = u64::from(desc.wasm_pages).saturating_mul(layout::WASM_PAGE).saturating_add(layout::RUNTIME_HEAP_OVERHEAD);
     hv.partitions.push(Partition {
-        id,
-        desc,
-        state: PartitionState::Created,
-        vmid,
-        stage2,
-        vcpu: alloc::boxed::Box::new(Vcpu::new(0, layout::BOOTINFO_IPA)),
-        private_frames: Vec::new(),
-        heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
-        heap_pages: Vec::new(),
-        entry: Ipa::new(0),
-        own_image: None,
-        checkpoint: None,
         checkpoint_limit: hv.partitions[src_idx].checkpoint_limit,
         next_checkpoint_id: ck.id + 1,
-        checkpoint_mapped: 0,
-        recovery: RecoveryState::new(RecoveryPolicy::from_desc(&desc.recovery)),
-        restarts: 0,
-        rollbacks: 0,
-        console_line: heapless::Vec::new(),
-        exit_code: None,
-        stats: PartitionStats::default(),
         // The agent's clock (`ClockRead`) goes on from its old partition's.
         started_ns: hv.partitions[src_idx].started_ns,
-        boot_handles: Vec::new(),
         wasm: (layout::WASM_IPA, module.len() as u64),
+        ..Partition::created(id, desc, vmid, stage2, heap_len)
     });
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));

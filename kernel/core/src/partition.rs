@@ -161,6 +161,39 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// A partition just created from `desc`: tables and VMID in place,
+    /// nothing loaded, its heap window `heap_len` bytes from
+    /// `layout::HEAP_IPA`, the recovery policy its manifest asks for.
+    pub fn created(id: PartitionId, desc: PartitionDesc, vmid: u8, stage2: Stage2Table, heap_len: u64) -> Self {
+        use rvm_abi::bootinfo::layout;
+        Self {
+            id,
+            desc,
+            state: PartitionState::Created,
+            vmid,
+            stage2,
+            vcpu: alloc::boxed::Box::new(Vcpu::new(0, layout::BOOTINFO_IPA)),
+            private_frames: Vec::new(),
+            heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
+            heap_pages: Vec::new(),
+            entry: Ipa::new(0),
+            own_image: None,
+            checkpoint: None,
+            checkpoint_limit: CheckpointLimit::for_budget(desc.wasm_pages),
+            next_checkpoint_id: 1,
+            checkpoint_mapped: 0,
+            recovery: RecoveryState::new(crate::recovery::RecoveryPolicy::from_desc(&desc.recovery)),
+            restarts: 0,
+            rollbacks: 0,
+            console_line: heapless::Vec::new(),
+            exit_code: None,
+            stats: PartitionStats::default(),
+            started_ns: None,
+            boot_handles: Vec::new(),
+            wasm: (0, 0),
+        }
+    }
+
     pub fn name(&self) -> &str {
         self.desc.name()
     }

@@ -102,35 +102,35 @@ fn two_partitions_exchange_messages_and_every_call_is_witnessed() {
     // alpha: print, send "ping", commit state, exit 0.
     let mut step = 0;
     hv.arch.set_guest(1, Box::new(move |v, m| {
-        let t = loop {
+        let t = 'step: {
             match step {
                 0 => {
                     if let Err(f) = m.write(HEAP, b"hello from alpha\nping") {
-                        break f.0;
+                        break 'step f.0;
                     }
                     step = 1;
-                    break call(v, Hypercall::ConsoleWrite, &[HEAP, 17]);
+                    break 'step call(v, Hypercall::ConsoleWrite, &[HEAP, 17]);
                 }
                 1 => {
                     assert_eq!(status(v), 0);
                     step = 2;
-                    break call(v, Hypercall::ChannelSend, &[handle(m, ObjectKind::Channel), HEAP + 17, 4]);
+                    break 'step call(v, Hypercall::ChannelSend, &[handle(m, ObjectKind::Channel), HEAP + 17, 4]);
                 }
                 2 => {
                     assert_eq!(status(v), 0);
                     m.write(HEAP + 100, b"turns1").unwrap();
                     step = 3;
-                    break call(v, Hypercall::StateStage, &[handle(m, ObjectKind::StateStore), HEAP + 100, 5, HEAP + 105, 1]);
+                    break 'step call(v, Hypercall::StateStage, &[handle(m, ObjectKind::StateStore), HEAP + 100, 5, HEAP + 105, 1]);
                 }
                 3 => {
                     assert_eq!(status(v), 0);
                     step = 4;
-                    break call(v, Hypercall::StateCommit, &[handle(m, ObjectKind::StateStore)]);
+                    break 'step call(v, Hypercall::StateCommit, &[handle(m, ObjectKind::StateStore)]);
                 }
                 4 => {
                     assert_eq!(status(v), 0);
                     step = 5;
-                    break call(v, Hypercall::Exit, &[0]);
+                    break 'step call(v, Hypercall::Exit, &[0]);
                 }
                 _ => panic!("alpha ran after exit"),
             }
