@@ -98,7 +98,7 @@ mod tests {
     use alloc::vec::Vec;
 
     use rvm_abi::bootinfo::{layout, BootInfo};
-    use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+    use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, GLOBAL};
     use rvm_abi::frame::Frame;
     use rvm_abi::journal::{Entry, JournalFrame, BOOT_FLAG_JOURNAL};
     use rvm_abi::witness::{flags, KernelEvent};
@@ -120,17 +120,7 @@ mod tests {
         w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
         w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 50, flags, ..BootConfig::DEFAULT }.to_bytes());
         for name in ["alpha", "beta"] {
-            let i = w.partition(&PartitionDesc {
-                name: PartitionDesc::name_field(name).unwrap(),
-                memory_tier: MemoryTier::Warm,
-                deadline_urgency: 50,
-                cut_pressure: 30,
-                default_tier: 2,
-                wasm_pages: 1,
-                fuel_per_slice: 0,
-                recovery: RecoveryDesc::DEFAULT,
-                witness_key_fingerprint: None,
-            });
+            let i = w.partition(&crate::tests::desc(name));
             w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
         }
         w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: 0, b: 1, capacity: 4 }.to_bytes());

@@ -18,7 +18,8 @@ use crate::hypervisor::Hypervisor;
 use crate::partition::PartitionState;
 use crate::vcpu::Vcpu;
 
-fn desc(name: &str) -> PartitionDesc {
+/// A partition description with the test defaults (Warm, one page).
+pub(crate) fn desc(name: &str) -> PartitionDesc {
     PartitionDesc {
         name: PartitionDesc::name_field(name).unwrap(),
         memory_tier: MemoryTier::Warm,

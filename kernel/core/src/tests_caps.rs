@@ -17,7 +17,7 @@ use core::cell::{Cell, RefCell};
 
 use rvm_abi::bootinfo::layout;
 use rvm_abi::bundle::{
-    BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL,
+    BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, GLOBAL,
 };
 use rvm_abi::frame::Frame;
 use rvm_abi::imports::PROVE_BUFFER_LEN;
@@ -86,17 +86,7 @@ fn boot(parts: &[Part], channels: &[(u32, u32)]) -> Hypervisor<FakeArch> {
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &WITNESS_SEED);
     w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 200, ..BootConfig::DEFAULT }.to_bytes());
     for (n, p) in parts.iter().enumerate() {
-        let desc = PartitionDesc {
-            name: PartitionDesc::name_field(&alloc::format!("p{}", n + 1)).unwrap(),
-            memory_tier: MemoryTier::Warm,
-            deadline_urgency: 50,
-            cut_pressure: 30,
-            default_tier: 2,
-            wasm_pages: 1,
-            fuel_per_slice: 0,
-            recovery: RecoveryDesc::DEFAULT,
-            witness_key_fingerprint: None,
-        };
+        let desc = crate::tests::desc(&alloc::format!("p{}", n + 1));
         let i = w.partition(&desc);
         w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
         if let Some(seed) = p.authority {

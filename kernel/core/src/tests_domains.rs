@@ -11,8 +11,7 @@ use core::cell::RefCell;
 
 use rvm_abi::bootinfo::{self, layout, AgentTable, HandleInfo};
 use rvm_abi::bundle::{
-    AgentChannelDesc, AgentRef, BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTier, PartitionDesc,
-    RecoveryDesc, BOOT_FLAG_COHERENCE, GLOBAL,
+    AgentChannelDesc, AgentRef, BootConfig, BundleWriter, ChannelDesc, EntryKind, BOOT_FLAG_COHERENCE, GLOBAL,
 };
 use rvm_abi::frame::Frame;
 use rvm_abi::witness::KernelEvent;
@@ -33,19 +32,7 @@ fn runtime() -> Vec<u8> {
     crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 
-fn desc(name: &str) -> PartitionDesc {
-    PartitionDesc {
-        name: PartitionDesc::name_field(name).unwrap(),
-        memory_tier: MemoryTier::Warm,
-        deadline_urgency: 50,
-        cut_pressure: 30,
-        default_tier: 2,
-        wasm_pages: 1,
-        fuel_per_slice: 0,
-        recovery: RecoveryDesc::DEFAULT,
-        witness_key_fingerprint: None,
-    }
-}
+use crate::tests::desc;
 
 fn agent(partition: u32, slot: u32) -> AgentRef {
     AgentRef { partition, slot }

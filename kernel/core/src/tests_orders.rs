@@ -63,17 +63,7 @@ pub(crate) fn boot(parts: &[Part], channels: &[(u32, u32)], operator_key: bool) 
         w.entry(EntryKind::OperatorKey, GLOBAL, &public);
     }
     for p in parts {
-        let i = w.partition(&PartitionDesc {
-            name: PartitionDesc::name_field(p.name).unwrap(),
-            memory_tier: p.tier,
-            deadline_urgency: 50,
-            cut_pressure: 30,
-            default_tier: 2,
-            wasm_pages: 1,
-            fuel_per_slice: 0,
-            recovery: p.recovery,
-            witness_key_fingerprint: None,
-        });
+        let i = w.partition(&PartitionDesc { memory_tier: p.tier, recovery: p.recovery, ..crate::tests::desc(p.name) });
         // Two pages of module, so its window spans more than one frame.
         let mut module = alloc::vec![0u8; 5000];
         module[..8].copy_from_slice(b"\0asm\x01\0\0\0");

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use rvm_abi::bootinfo::{exit, layout, BootInfo, RestoreInfo};
-use rvm_abi::bundle::{BootConfig, BundleWriter, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+use rvm_abi::bundle::{BootConfig, BundleWriter, EntryKind, PartitionDesc, RecoveryDesc, GLOBAL};
 use rvm_abi::frame::Frame;
 use rvm_abi::recovery::{class, trigger, RecoveryArgs, StateEncoder};
 use rvm_abi::witness::KernelEvent;
@@ -43,17 +43,7 @@ fn runtime_image() -> Vec<u8> {
 }
 
 fn desc(name: &str, recovery: RecoveryDesc) -> PartitionDesc {
-    PartitionDesc {
-        name: PartitionDesc::name_field(name).unwrap(),
-        memory_tier: MemoryTier::Warm,
-        deadline_urgency: 50,
-        cut_pressure: 30,
-        default_tier: 2,
-        wasm_pages: 1,
-        fuel_per_slice: 0,
-        recovery,
-        witness_key_fingerprint: None,
-    }
+    PartitionDesc { recovery, ..crate::tests::desc(name) }
 }
 
 fn boot_with(parts: &[(&str, RecoveryDesc)], budget_ms: u32) -> Hypervisor<FakeArch> {

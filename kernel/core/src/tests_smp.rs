@@ -6,7 +6,7 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use rvm_abi::bundle::{BootConfig, BundleWriter, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
+use rvm_abi::bundle::{BootConfig, BundleWriter, EntryKind, PartitionDesc, GLOBAL};
 use rvm_abi::frame::Frame;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{Hypercall, WitnessOp, WitnessRecord};
@@ -21,17 +21,7 @@ use crate::smp::{cpu_main, KernelLock, Step};
 use crate::vcpu::Vcpu;
 
 fn desc(name: &str, urgency: u8) -> PartitionDesc {
-    PartitionDesc {
-        name: PartitionDesc::name_field(name).unwrap(),
-        memory_tier: MemoryTier::Warm,
-        deadline_urgency: urgency,
-        cut_pressure: 0,
-        default_tier: 2,
-        wasm_pages: 1,
-        fuel_per_slice: 0,
-        recovery: RecoveryDesc::DEFAULT,
-        witness_key_fingerprint: None,
-    }
+    PartitionDesc { deadline_urgency: urgency, cut_pressure: 0, ..crate::tests::desc(name) }
 }
 
 fn runtime() -> Vec<u8> {
