@@ -69,9 +69,10 @@ pub fn tree_hash(root: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The adapter fixtures folder.
+/// The adapter fixtures folder: the adapter's real output, kept in the
+/// repository (`tests/data/host-rvm/README.md` says where each case comes from).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/host-rvm")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/host-rvm")
 }
 
 pub fn fixture(case: &str) -> PathBuf {
