@@ -108,9 +108,11 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     let free = memory::free_ranges(&platform, heap::range());
     let frames = FrameAllocator::new(&free);
     print!("rvm: {} MiB free for partitions\n", (frames.frames_total() * 4096) >> 20);
-    // SAFETY: the initrd range comes from the device tree, lies in RAM, is
-    // excluded from the frame pool above, and nothing writes it.
-    let bundle = unsafe { core::slice::from_raw_parts(initrd.start.raw() as *const u8, initrd.len() as usize) };
+    // SAFETY: the initrd range comes from the device tree, lies in RAM
+    // (identity-mapped, writable at EL2), is excluded from the frame pool
+    // above, and nothing else refers to it: this is the only reference,
+    // and it lives until the end of this function.
+    let bundle = unsafe { core::slice::from_raw_parts_mut(initrd.start.raw() as *mut u8, initrd.len() as usize) };
     let mut ram = heapless::Vec::new();
     for r in &platform.memory {
         let _ = ram.push(*r);
@@ -126,7 +128,12 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     print!("rvm: idle CPUs woken by {}\n", if gic.is_some() && kicks { "a kick (SGI) when work arrives" } else { "their tick only" });
     let boot_ns = rvm_hal::timer::Clock::new().ticks_to_ns(rvm_hal::timer::counter() - t0);
     print!("rvm: platform up in {} us\n", boot_ns / 1000);
-    let hv = match Hypervisor::boot(machine, frames, bundle) {
+    let booted = Hypervisor::boot(machine, frames, bundle);
+    // The signer holds the witness key now (or the bundle was refused):
+    // the initrd's copy of its seed goes, on either path.
+    let scrubbed = rvm_kernel::witness::scrub_bundle_secrets(bundle);
+    print!("rvm: witness key seed scrubbed from the bundle ({} bytes zeroed)\n", scrubbed);
+    let hv = match booted {
         Ok(hv) => hv,
         Err(e) => {
             print!("rvm: bundle refused: {:?}. Powering off.\n", e);

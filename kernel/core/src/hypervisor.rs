@@ -120,11 +120,11 @@ impl<A: Arch> Hypervisor<A> {
             .global(EntryKind::BootConfig)
             .and_then(|e| BootConfig::from_bytes(e.data))
             .unwrap_or(BootConfig::DEFAULT);
-        let seed = bundle.global(EntryKind::WitnessKeySeed).map(|e| {
-            let mut s = [0u8; 32];
-            s.copy_from_slice(e.data);
-            s
-        });
+        // The seed is borrowed from the bundle, never copied: the signer
+        // holds the only copy, and the boot code scrubs the bundle's
+        // ([`crate::witness::scrub_bundle_secrets`]) once this returns.
+        let seed: Option<&[u8; 32]> =
+            bundle.global(EntryKind::WitnessKeySeed).and_then(|e| e.data.try_into().ok());
         let bundle_digest = crate::digest::full(bundle_bytes);
         let witness = Witness::new(seed, config.checkpoint_every, bundle_digest);
         let mut hv = Self {

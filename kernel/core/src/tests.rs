@@ -303,3 +303,76 @@ fn cpu_time_follows_the_manifest_priority_and_yields_pass_the_cpu() {
     assert!(hv.arch.runs > 100);
     assert!(hv.partitions()[2].stats.preemptions == 0);
 }
+
+// ---- issue 12, item 3: the witness key seed leaves the bundle ----
+
+#[test]
+fn the_witness_seed_is_scrubbed_from_the_bundle_and_the_signer_still_signs() {
+    let mut bytes = bundle(&["alpha"], false);
+    let before = bytes.clone();
+    let seed = [7u8; 32];
+    let at = before.windows(32).position(|w| w == seed).expect("the test bundle carries the seed");
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    let mut hv = Hypervisor::boot(FakeArch::new(), frames, &bytes).unwrap();
+    assert_eq!(crate::witness::scrub_bundle_secrets(&mut bytes), 32);
+    assert!(!bytes.windows(32).any(|w| w == seed), "the seed is still in the bundle");
+    assert_eq!(&bytes[at..at + 32], &[0u8; 32]);
+    // Nothing else changed.
+    assert_eq!(&bytes[..at], &before[..at]);
+    assert_eq!(&bytes[at + 32..], &before[at + 32..]);
+    // A second scrub finds nothing left to do but zeroes the same range.
+    assert_eq!(crate::witness::scrub_bundle_secrets(&mut bytes), 32);
+    // The hypervisor signs with the key derived before the scrub.
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    hv.run();
+    let want = rvm_witness::CheckpointSigner::from_seed(&seed).public_key().0;
+    assert_eq!(hv.witness.public_key(), want);
+    let text = hv.arch.console_text();
+    assert!(text.lines().any(|l| l.starts_with("@C 1 ")), "{text}");
+    // A bundle without a seed, or not a bundle at all: nothing is touched.
+    let mut w = BundleWriter::new();
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
+    let i = w.partition(&desc("x"));
+    w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
+    let mut no_seed = w.finish();
+    let copy = no_seed.clone();
+    assert_eq!(crate::witness::scrub_bundle_secrets(&mut no_seed), 0);
+    assert_eq!(no_seed, copy);
+    let mut junk = alloc::vec![7u8; 100];
+    assert_eq!(crate::witness::scrub_bundle_secrets(&mut junk), 0);
+    assert_eq!(junk, alloc::vec![7u8; 100]);
+}
+
+// ---- issue 12, item 4: a finished run's logs end signed ----
+
+#[test]
+fn at_shutdown_every_log_ends_with_its_final_record_signed() {
+    // One partition exits, one faults (fenced), one spins until the budget.
+    let mut hv = boot(&["quits", "faults", "spins"], false);
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    hv.arch.set_guest(2, Box::new(|_, m| m.write(0x4800_0000, b"x").unwrap_err().0));
+    hv.arch.set_guest(3, Box::new(|_, _| FakeArch::timer()));
+    hv.run();
+    let text = hv.arch.console_text();
+    let mut records: alloc::collections::BTreeMap<u32, u64> = Default::default();
+    let mut signed: alloc::collections::BTreeMap<u32, u64> = Default::default();
+    let mut last_frame_of: alloc::collections::BTreeMap<u32, char> = Default::default();
+    for f in text.lines().filter_map(Frame::parse) {
+        match f {
+            Frame::Record { log, .. } => {
+                *records.entry(log).or_default() += 1;
+                last_frame_of.insert(log, 'W');
+            }
+            Frame::Checkpoint { log, size, .. } => {
+                signed.insert(log, size);
+                last_frame_of.insert(log, 'C');
+            }
+            Frame::Key { .. } => {}
+        }
+    }
+    assert_eq!(records.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3], "{text}");
+    for (log, n) in &records {
+        assert_eq!(signed.get(log), Some(n), "log {log}: {n} records, last checkpoint covers {:?}", signed.get(log));
+        assert_eq!(last_frame_of[log], 'C', "log {log} ends with a record after its last checkpoint");
+    }
+}

@@ -14,6 +14,39 @@ use rvm_witness::{CheckpointSigner, LogConfig, LogId, WitnessLog};
 
 use crate::arch::Arch;
 
+/// Zero every secret `bundle` carries (the [`EntryKind::WitnessKeySeed`]
+/// entry's bytes) in place, once the hypervisor has booted from it, so the
+/// initrd no longer holds the witness key. Returns how many bytes were
+/// zeroed (0 for a bundle without a seed, or one that does not parse).
+/// The rest of the bundle is left as it was.
+///
+/// [`EntryKind::WitnessKeySeed`]: rvm_abi::bundle::EntryKind::WitnessKeySeed
+pub fn scrub_bundle_secrets(bundle: &mut [u8]) -> usize {
+    use rvm_abi::bundle::{Bundle, EntryKind};
+    let mut ranges: alloc::vec::Vec<core::ops::Range<usize>> = alloc::vec::Vec::new();
+    {
+        let Ok(parsed) = Bundle::parse(bundle) else { return 0 };
+        let base = bundle.as_ptr() as usize;
+        for e in parsed.entries().filter(|e| e.kind == EntryKind::WitnessKeySeed) {
+            // The entry's data is a sub-slice of `bundle`: its offset is the
+            // distance between the two starts.
+            let start = e.data.as_ptr() as usize - base;
+            ranges.push(start..start + e.data.len());
+        }
+    }
+    let mut zeroed = 0;
+    for r in ranges {
+        if let Some(bytes) = bundle.get_mut(r) {
+            bytes.fill(0);
+            // Keep the stores: the zeros must reach memory even though
+            // nothing in this program reads them again.
+            core::hint::black_box(&mut *bytes);
+            zeroed += bytes.len();
+        }
+    }
+    zeroed
+}
+
 /// All logs and the key that signs their checkpoints.
 pub struct Witness {
     logs: BTreeMap<u32, WitnessLog>,
@@ -23,9 +56,11 @@ pub struct Witness {
 }
 
 impl Witness {
-    pub fn new(seed: Option<[u8; 32]>, checkpoint_every: u32, fallback: [u8; 32]) -> Self {
+    /// `seed` is borrowed from the bundle and not copied; the signer keeps
+    /// the only copy the hypervisor needs.
+    pub fn new(seed: Option<&[u8; 32]>, checkpoint_every: u32, fallback: [u8; 32]) -> Self {
         let derived_key = seed.is_none();
-        let signer = CheckpointSigner::from_seed(&seed.unwrap_or(fallback));
+        let signer = CheckpointSigner::from_seed(seed.unwrap_or(&fallback));
         let mut config = LogConfig::default();
         config.checkpoints = rvm_witness::CheckpointPolicy {
             every: core::num::NonZeroU64::new(u64::from(checkpoint_every)),

@@ -33,6 +33,7 @@ use crate::stream::{LineSplitter, Session, Shown};
 use crate::witness_sink::{Filed, KeyPolicy, SinkError, WitnessSink};
 use rvm_abi::bundle::BootConfig;
 use rvm_abi::ProofTier;
+use rvm_witness_host::files::TempFile;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,68 @@ pub struct BootOptions {
     pub live_witness: bool,
     /// Journal every partition's inputs (`@J` frames) for `witness replay`.
     pub journal: bool,
+    /// Channels the operator asked for (`--link A:B`); no other channel
+    /// exists between the partitions of a boot.
+    pub links: Vec<Link>,
+    /// `--bundle-out` keeps the witness key's seed (`--include-witness-seed`).
+    pub include_witness_seed: bool,
+}
+
+/// `--link A:B`: a channel between two partitions booted together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub a: PartitionName,
+    pub b: PartitionName,
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.a, self.b)
+    }
+}
+
+/// The bundle indices of the partitions each `--link` joins. Refused (exit
+/// 2) when a name does not boot in this run, a partition is linked to
+/// itself, or a pair is named twice.
+pub fn link_indices(names: &[PartitionName], links: &[Link]) -> Result<Vec<(u32, u32)>> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for l in links {
+        let index = |n: &PartitionName| {
+            names
+                .iter()
+                .position(|x| x == n)
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| {
+                    Error::refused(
+                        format!("--link {l}"),
+                        format!(
+                            "names {n}, which does not boot in this run (booting: {})",
+                            names
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })
+        };
+        let (a, b) = (index(&l.a)?, index(&l.b)?);
+        if a == b {
+            return Err(Error::refused(
+                format!("--link {l}"),
+                "links a partition to itself",
+            ));
+        }
+        let pair = (a.min(b), a.max(b));
+        if out.contains(&pair) {
+            return Err(Error::refused(
+                format!("--link {l}"),
+                "links the same two partitions twice",
+            ));
+        }
+        out.push(pair);
+    }
+    Ok(out)
 }
 
 /// Whether a capability table holds any right at proof tier 3 (and so
@@ -75,6 +138,7 @@ pub fn plan(
             ));
         }
     }
+    let links = link_indices(names, &opts.links)?;
     if names.len() > limits::PARTITIONS_PER_BOOT_MAX {
         return Err(Error::refused(
             "boot",
@@ -152,18 +216,78 @@ pub fn plan(
             witness_key,
             config,
             operator_key: Some(operator_key.public),
+            links,
         },
         images,
     ))
 }
 
-/// A temporary bundle file, removed when dropped.
-struct TempFile(PathBuf);
+/// Name prefix of a boot's bundle under `RVM_HOME/run/`:
+/// `bundle-<loader pid>-<random>.bin`.
+const BUNDLE_PREFIX: &str = "bundle-";
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// Remove the bundles under `run` that a loader left behind when it was
+/// killed before it could (its process is gone): they hold the witness key's
+/// seed.
+fn sweep_stale_bundles(run: &Path) {
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(BUNDLE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
+}
+
+/// Write the bundle QEMU boots: under `RVM_HOME/run/` (0700), mode 0600,
+/// created with `O_EXCL|O_NOFOLLOW` under an unpredictable name. It is
+/// removed once QEMU has loaded it (the first output), and on every way out
+/// of [`boot`] (dropped).
+fn write_run_bundle(ctx: &Ctx, bytes: &[u8]) -> Result<TempFile> {
+    let run = ctx.home.run_dir()?;
+    sweep_stale_bundles(&run);
+    TempFile::write_new(
+        &run,
+        &format!("{BUNDLE_PREFIX}{}-", std::process::id()),
+        ".bin",
+        0o600,
+        bytes,
+    )
+    .map_err(|e| Error::failed(format!("{}: bundle: {e}", run.display())))
+}
+
+/// `--bundle-out FILE`: the bundle without the witness key's seed, unless
+/// `--include-witness-seed` (then mode 0600, and a warning).
+fn write_bundle_out(out: &Path, bytes: &[u8], include_seed: bool) -> Result<()> {
+    if include_seed {
+        eprintln!(
+            "rvm-loader: warning: {} holds the witness key's seed (--include-witness-seed): whoever reads it can sign this home's witness checkpoints",
+            out.display()
+        );
+        store::write_atomic(out, bytes, 0o600)?;
+        println!(
+            "bundle written to {} ({} bytes, with the witness key's seed, mode 0600)",
+            out.display(),
+            bytes.len()
+        );
+    } else {
+        let stripped = bundler::without_witness_seed(bytes)?;
+        store::write_atomic(out, &stripped, 0o644)?;
+        println!(
+            "bundle written to {} ({} bytes; the witness key's seed left out: pass --include-witness-seed to keep it)",
+            out.display(),
+            stripped.len()
+        );
+    }
+    Ok(())
 }
 
 fn set_runs(
@@ -195,6 +319,9 @@ struct Watcher<'s, 'a> {
     start: Instant,
     first_output: Option<Duration>,
     timeout: Duration,
+    /// The bundle file QEMU was given: removed at the first output (QEMU
+    /// has loaded it by then), else when the watcher is dropped.
+    bundle_file: TempFile,
 }
 
 impl Watch for Watcher<'_, '_> {
@@ -202,6 +329,7 @@ impl Watch for Watcher<'_, '_> {
         if self.first_output.is_none() {
             let t = self.start.elapsed();
             self.first_output = Some(t);
+            self.bundle_file.remove();
             eprintln!(
                 "rvm-loader: the hypervisor is talking after {:.2} s",
                 t.as_secs_f64()
@@ -236,12 +364,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     let (plan, images) = plan(ctx, names, opts)?;
     let bytes = bundler::build(&plan)?;
     if let Some(out) = &opts.bundle_out {
-        store::write_atomic(out, &bytes, 0o644)?;
-        println!(
-            "bundle written to {} ({} bytes)",
-            out.display(),
-            bytes.len()
-        );
+        write_bundle_out(out, &bytes, opts.include_witness_seed)?;
     }
     let list: Vec<String> = plan.names().iter().map(ToString::to_string).collect();
     if opts.no_boot {
@@ -274,14 +397,14 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         ))
     })?;
 
-    let tmp = TempFile(std::env::temp_dir().join(format!(
-        "rvm-bundle-{}-{}.bin",
-        std::process::id(),
-        ctx.now
-    )));
-    store::write_atomic(&tmp.0, &bytes, 0o600)?;
+    let bundle_file = write_run_bundle(ctx, &bytes)?;
     let program = qemu::qemu_binary(opts.qemu.as_deref());
-    let args = qemu::machine_args(&images.hypervisor, &tmp.0);
+    let args = qemu::machine_args(
+        &images.hypervisor,
+        bundle_file
+            .path()
+            .ok_or_else(|| Error::failed("bundle file gone"))?,
+    );
     eprintln!(
         "rvm-loader: booting {} under {} (timeout {} s)",
         list.join(", "),
@@ -309,6 +432,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         start: Instant::now(),
         first_output: None,
         timeout: opts.timeout,
+        bundle_file,
     };
     // Operator orders (`partition unfence|evict`) reach the run here.
     let control = crate::control::ControlServer::listen(
@@ -438,25 +562,19 @@ fn verify_filed(
             .iter()
             .find(|(n, _)| n.as_str() == l.name)
             .map(|(_, f)| rvm_witness::Hash(f.0));
+        // The rule of `witness verify` without --allow-unsigned-tail: the
+        // run has ended, so every record must be signed.
         let opts = rvm_witness_host::VerifyOptions {
             expected_fingerprint: pin,
+            allow_unsigned_tail: false,
             ..Default::default()
         };
         match rvm_witness_host::verify(&l.path, &opts) {
             Ok(rep) if rep.is_ok() => {
-                let (signed, unsigned) = rep
-                    .result
-                    .as_ref()
-                    .map_or((0, 0), |v| (v.signed, v.unsigned));
+                let signed = rep.result.as_ref().map_or(0, |v| v.signed);
                 eprintln!(
-                    "rvm-loader: witness {}.log verified: {} records, {signed} signed{}",
-                    l.name,
-                    rep.records,
-                    if unsigned > 0 {
-                        format!(", {unsigned} not yet signed")
-                    } else {
-                        String::new()
-                    }
+                    "rvm-loader: witness {}.log verified: {} records, {signed} signed",
+                    l.name, rep.records,
                 );
             }
             Ok(rep) => {

@@ -8,8 +8,9 @@
 //! and signs approvals, `rvm-loader caps prove`). Global: the guest
 //! runtime ELF, the witness checkpoint key seed, the boot configuration
 //! (its run budget set below the loader's own timeout, so the hypervisor
-//! shuts down and signs its logs' heads before QEMU is killed), and a channel between each
-//! pair of consecutive partitions so agents booted together can talk.
+//! shuts down and signs its logs' heads before QEMU is killed), and a channel
+//! for each pair the operator linked (`--link A:B`) and for no other: tenants
+//! booted together cannot talk unless linked.
 
 use crate::error::{Error, Result};
 use crate::keys::Key;
@@ -55,6 +56,9 @@ pub struct BootPlan {
     /// The public half of the operator key whose signed orders the
     /// hypervisor accepts while it runs (`partition unfence|evict`).
     pub operator_key: Option<[u8; 32]>,
+    /// Pairs of partitions (indices into `partitions`) that get a channel:
+    /// the operator's `--link`s, and nothing else.
+    pub links: Vec<(u32, u32)>,
 }
 
 /// SHA-256 of a bundle: what an operator's order is bound to.
@@ -144,6 +148,27 @@ pub fn partition_desc(p: &PlannedPartition) -> Result<PartitionDesc> {
     })
 }
 
+/// The same bundle without its [`EntryKind::WitnessKeySeed`] entry (what
+/// `--bundle-out` writes unless asked for the seed): every other entry, in
+/// the same order, with the same owners.
+pub fn without_witness_seed(bytes: &[u8]) -> Result<Vec<u8>> {
+    let parsed =
+        Bundle::parse(bytes).map_err(|e| Error::failed(format!("bundle does not parse: {e}")))?;
+    let mut w = BundleWriter::new();
+    for e in parsed.entries() {
+        match e.kind {
+            EntryKind::WitnessKeySeed => {}
+            EntryKind::Partition => {
+                let desc = PartitionDesc::from_bytes(e.data)
+                    .ok_or_else(|| Error::failed("bundle: a partition entry does not read"))?;
+                w.partition(&desc);
+            }
+            kind => w.entry(kind, e.owner, e.data),
+        }
+    }
+    Ok(w.finish())
+}
+
 /// Lay out the bundle and check it reads back as written.
 pub fn build(plan: &BootPlan) -> Result<Vec<u8>> {
     if plan.partitions.is_empty() {
@@ -181,10 +206,15 @@ pub fn build(plan: &BootPlan) -> Result<Vec<u8>> {
         }
         indices.push(idx);
     }
-    for pair in indices.windows(2) {
+    for &(a, b) in &plan.links {
+        let (Some(&a), Some(&b)) = (indices.get(a as usize), indices.get(b as usize)) else {
+            return Err(Error::failed(format!(
+                "link {a}:{b} names no partition of the plan"
+            )));
+        };
         let ch = ChannelDesc {
-            a: pair[0],
-            b: pair[1],
+            a,
+            b,
             capacity: limits::CHANNEL_CAPACITY,
         };
         w.entry(EntryKind::Channel, GLOBAL, &ch.to_bytes());

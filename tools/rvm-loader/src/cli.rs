@@ -95,7 +95,8 @@ enum Command {
     /// last run.
     Status,
     /// Boot several registered partitions together in one hypervisor (all
-    /// that have a guest when none is named); consecutive ones share a channel.
+    /// that have a guest when none is named). They share no channel unless
+    /// linked with --link A:B.
     Up {
         /// Partitions to boot, in boot order.
         names: Vec<String>,
@@ -274,8 +275,13 @@ enum WitnessCmd {
         /// Verify with the key in this .pub file instead of the one beside the log.
         #[arg(long = "pub", value_name = "FILE")]
         pub_file: Option<PathBuf>,
-        /// Fail if records after the newest checkpoint are not signed yet.
-        #[arg(long)]
+        /// Accept records after the newest checkpoint (a live log whose run
+        /// has not ended). Without it, every record must be signed.
+        #[arg(long, visible_alias = "live")]
+        allow_unsigned_tail: bool,
+        /// The default since every record must be signed; still accepted so
+        /// that scripts which pass it keep working. Does nothing.
+        #[arg(long, conflicts_with = "allow_unsigned_tail")]
         require_signed: bool,
     },
     /// Re-execute a partition's agent on the host from its log and journal
@@ -369,9 +375,13 @@ replay does not re-execute (capability derivation, revocation, Prove).";
 const VERIFY_LONG: &str = "\
 Check a witness log: every record's version, seq and link to the previous
 chain head; every checkpoint's Ed25519 signature, log id, size, chain head and
-Merkle root; nothing truncated after a checkpoint. The report names the first
-bad record. Records after the newest checkpoint are chained but not yet
-signed: reported, and a failure only with --require-signed.
+Merkle root; nothing truncated after a checkpoint; and every record covered
+by a signed checkpoint (a finished run's log ends with its final record
+signed, so records after the newest checkpoint, or a log without checkpoints,
+fail and the report names the first unsigned record). The report names the
+first bad record. --allow-unsigned-tail (alias --live) accepts records after
+the newest checkpoint, for a log whose run is still going. --require-signed
+is the default and accepted for old scripts (it does nothing).
 
 The key is read from the .pub file beside the log (or --pub FILE) and, for a
 log of this RVM_HOME, must be the one the manifest's witness_key_fingerprint
@@ -435,6 +445,26 @@ struct BootArgs {
     /// `witness replay` can re-execute it on the host.
     #[arg(long)]
     journal: bool,
+    /// Give partitions A and B a channel between them (repeatable). Both
+    /// must boot in this run. Partitions booted together share nothing
+    /// unless linked.
+    #[arg(long = "link", value_name = "A:B", value_parser = parse_link)]
+    links: Vec<commands::Link>,
+    /// With --bundle-out: also write the witness key's seed into that file
+    /// (mode 0600). Without it the written bundle leaves the seed out.
+    #[arg(long, requires = "bundle_out")]
+    include_witness_seed: bool,
+}
+
+fn parse_link(s: &str) -> Result<commands::Link, String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected A:B, two partition names"))?;
+    let a =
+        crate::model::PartitionName::new(a).map_err(|e| format!("{s:?}: partition name {e}"))?;
+    let b =
+        crate::model::PartitionName::new(b).map_err(|e| format!("{s:?}: partition name {e}"))?;
+    Ok(commands::Link { a, b })
 }
 
 impl BootArgs {
@@ -447,6 +477,8 @@ impl BootArgs {
             no_boot: self.no_boot,
             live_witness: self.show_witness,
             journal: self.journal,
+            links: self.links.clone(),
+            include_witness_seed: self.include_witness_seed,
         }
     }
 }
@@ -507,14 +539,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             log,
             key_fingerprint,
             pub_file,
-            require_signed,
+            allow_unsigned_tail,
+            require_signed: _,
         }) => witness_cli::verify(
             &ctx,
             log.as_deref(),
             &VerifyArgs {
                 key_fingerprint,
                 pub_file,
-                require_signed,
+                allow_unsigned_tail,
             },
         ),
         Command::Witness(WitnessCmd::Replay {

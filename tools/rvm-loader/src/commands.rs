@@ -25,7 +25,7 @@ pub struct Ctx {
 }
 
 use crate::boot::boot;
-pub use crate::boot::BootOptions;
+pub use crate::boot::{BootOptions, Link};
 
 fn warn(w: &Warnings) {
     for d in w.iter() {
@@ -348,6 +348,7 @@ pub fn guest_boot(
     wasm: Option<&Path>,
     opts: &BootOptions,
 ) -> Result<()> {
+    one_partition_boot("guest boot", opts)?;
     let name = name_arg("--partition", partition)?;
     let g = folder::load_guest(wasm_ref)?;
     warn(&g.warnings);
@@ -399,6 +400,14 @@ pub fn deploy(
     replace: bool,
     opts: &BootOptions,
 ) -> Result<()> {
+    one_partition_boot(
+        if manifest.is_some() {
+            "launch"
+        } else {
+            "deploy"
+        },
+        opts,
+    )?;
     let ex = folder::examine(dir, manifest, ctx.now);
     warn(&ex.warnings);
     for d in &ex.script {
@@ -525,6 +534,21 @@ pub fn check(ctx: &Ctx, dir: &Path) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// A command that boots one partition has nothing to link: a `--link` is
+/// refused before anything is registered.
+fn one_partition_boot(command: &str, opts: &BootOptions) -> Result<()> {
+    match opts.links.first() {
+        None => Ok(()),
+        Some(l) => Err(Error::refused(
+            format!("--link {l}"),
+            format!(
+                "names {} and {}, but `{command}` boots one partition; link partitions booted together with `up A B --link A:B`",
+                l.a, l.b
+            ),
+        )),
+    }
 }
 
 /// `up [NAME...]`: boot registered partitions together (all that have a guest

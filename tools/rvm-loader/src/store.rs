@@ -10,10 +10,13 @@
 //!                        (0600), made when a table with P3 rights is installed
 //! witness/<name>.log     witness logs (filed by the witness host)
 //! .lock                  held while the registry is rewritten
+//! run/                   this home's running instances: control sockets and
+//!                        each boot's bundle (0600, removed when the run ends)
 //! ```
 //!
-//! Every write is a temporary file in the same directory, synced, then
-//! renamed over the target. A registration that touches several things
+//! Every write is a temporary file in the same directory (unpredictable
+//! name, created with `O_EXCL|O_NOFOLLOW`), synced, then renamed over the
+//! target. A registration that touches several things
 //! (partition + capabilities + guest binding) is one rewrite of
 //! `registry.json`, so it is all there or not at all. A command validates
 //! its whole input before it creates anything, so a refused command leaves
@@ -27,7 +30,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -392,6 +395,41 @@ impl Home {
         Ok(out)
     }
 
+    /// `run/`: this home's running instances (control sockets, bundles),
+    /// created 0700 if missing (an older one open to others is closed);
+    /// refused if it is not a directory (a symbolic link, a file).
+    pub fn run_dir(&self) -> Result<PathBuf> {
+        let dir = self.root.join(crate::control::RUN_DIR);
+        self.ensure_dir(&self.root)?;
+        if !dir.exists() && fs::symlink_metadata(&dir).is_err() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| io(&dir, e))?;
+        }
+        let meta = fs::symlink_metadata(&dir).map_err(|e| io(&dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::failed(format!(
+                "{}: not a directory (a symbolic link?); remove it",
+                dir.display()
+            )));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            // Made by an older loader with the default mode: close it (fails
+            // if it is not ours).
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| io(&dir, e))?;
+        }
+        Ok(dir)
+    }
+
     /// Create a directory (mode 0700) if missing; true if it was created.
     fn ensure_dir(&self, dir: &Path) -> Result<bool> {
         if dir.is_dir() {
@@ -409,12 +447,7 @@ impl Home {
         let path = self.root.join(LOCK_FILE);
         let start = Instant::now();
         loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
+            match rvm_witness_host::files::create_new(&path, 0o600) {
                 Ok(mut f) => {
                     let _ = write!(f, "{}", std::process::id());
                     return Ok(LockGuard { path });
@@ -454,34 +487,12 @@ impl Drop for LockGuard {
 }
 
 /// Write `bytes` to `path` through a synced temporary file and a rename.
+/// The temporary file has an unpredictable name and is created with
+/// `O_EXCL|O_NOFOLLOW` (`rvm_witness_host::files`): nothing planted beside
+/// the target is opened, and a link planted at the target is replaced, not
+/// written through.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::failed(format!("{}: no parent directory", path.display())))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io(path, e));
-    }
-    Ok(())
+    rvm_witness_host::files::write_atomic(path, bytes, mode).map_err(|e| io(path, e))
 }
 
 #[cfg(test)]

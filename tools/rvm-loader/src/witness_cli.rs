@@ -249,8 +249,9 @@ pub struct VerifyArgs {
     pub key_fingerprint: Option<KeyFingerprint>,
     /// Verify with the key in this `.pub` file instead of the one beside the log.
     pub pub_file: Option<PathBuf>,
-    /// Records after the newest checkpoint fail verification.
-    pub require_signed: bool,
+    /// Accept records after the newest checkpoint (a live log); by default
+    /// they fail verification.
+    pub allow_unsigned_tail: bool,
 }
 
 /// The fingerprint a home's log is expected to carry: the manifest's pin,
@@ -300,6 +301,7 @@ pub fn verify(ctx: &Ctx, which: Option<&str>, args: &VerifyArgs) -> Result<()> {
         let opts = VerifyOptions {
             key: given_key,
             expected_fingerprint: expected,
+            allow_unsigned_tail: args.allow_unsigned_tail,
             ..VerifyOptions::default()
         };
         let rep = rvm_witness_host::verify(&log.path, &opts).map_err(host_error)?;
@@ -310,8 +312,15 @@ pub fn verify(ctx: &Ctx, which: Option<&str>, args: &VerifyArgs) -> Result<()> {
         if expected.is_some() {
             println!("(expected key: {why})");
         }
-        let unsigned = rep.result.as_ref().map_or(0, |s| s.unsigned);
-        if !rep.is_ok() {
+        let key_mismatch = matches!(rep.key_check, rvm_witness_host::KeyCheck::Mismatch { .. });
+        if let Some(first) = rep.first_unsigned_record().filter(|_| !key_mismatch) {
+            let unsigned = rep.result.as_ref().map_or(0, |s| s.unsigned);
+            failed.push(format!(
+                "{}: {unsigned} records are not signed by a checkpoint; first unsigned record {first} \
+                 (pass --allow-unsigned-tail for a log whose run is still going)",
+                log.path.display()
+            ));
+        } else if !rep.is_ok() {
             failed.push(match rep.first_bad_record() {
                 Some(r) => format!(
                     "{}: does not verify; first bad record {r}",
@@ -319,11 +328,6 @@ pub fn verify(ctx: &Ctx, which: Option<&str>, args: &VerifyArgs) -> Result<()> {
                 ),
                 None => format!("{}: does not verify", log.path.display()),
             });
-        } else if args.require_signed && unsigned > 0 {
-            failed.push(format!(
-                "{}: {unsigned} records are not signed by a checkpoint (--require-signed)",
-                log.path.display()
-            ));
         }
     }
     if failed.is_empty() {

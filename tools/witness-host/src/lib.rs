@@ -7,7 +7,9 @@
 //! * [`report`] — `witness verify`: [`verify`] a log file, naming the first
 //!   bad record;
 //! * [`show`](mod@show) — `witness show` and `witness export --format jsonl`;
-//! * [`proof`] — `witness prove` and `witness verify-proof`.
+//! * [`proof`] — `witness prove` and `witness verify-proof`;
+//! * [`files`] — exclusive, no-follow file creation and atomic writes (also
+//!   used by the loader for everything it writes).
 //!
 //! Chain, checkpoint note format and signing key are described in the
 //! `rvm-witness` crate.
@@ -15,6 +17,7 @@
 
 pub mod demux;
 pub mod error;
+pub mod files;
 pub mod proof;
 pub mod read;
 pub mod report;

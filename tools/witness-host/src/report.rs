@@ -20,6 +20,12 @@ pub struct VerifyOptions {
     pub log: Option<LogId>,
     /// Recompute Merkle roots (default) or check chain heads only.
     pub roots: RootCheck,
+    /// Accept records after the last signed checkpoint (a live log whose
+    /// run has not finished). By default every record must be covered by a
+    /// signed checkpoint: a finished run's log ends with its final record
+    /// signed, so records after the last checkpoint were appended by
+    /// someone else, or the checkpoints were removed.
+    pub allow_unsigned_tail: bool,
 }
 
 impl Default for VerifyOptions {
@@ -29,6 +35,7 @@ impl Default for VerifyOptions {
             expected_fingerprint: None,
             log: None,
             roots: RootCheck::Check,
+            allow_unsigned_tail: false,
         }
     }
 }
@@ -60,21 +67,37 @@ pub struct VerifyReport {
     /// Checkpoints in the checkpoint file.
     pub checkpoints: usize,
     pub result: Result<VerifySummary, VerifyFailure>,
+    /// Records after the last checkpoint were accepted
+    /// ([`VerifyOptions::allow_unsigned_tail`]).
+    pub unsigned_tail_allowed: bool,
 }
 
 impl VerifyReport {
     /// Everything checked out (the key included, when an expected
     /// fingerprint was given).
     pub fn is_ok(&self) -> bool {
-        self.result.is_ok() && !matches!(self.key_check, KeyCheck::Mismatch { .. })
+        self.result.is_ok()
+            && !matches!(self.key_check, KeyCheck::Mismatch { .. })
+            && self.first_unsigned_record().is_none()
     }
 
-    /// The first record that cannot be trusted, when verification failed.
+    /// The first record no signed checkpoint covers, when that fails the
+    /// log (not with [`VerifyOptions::allow_unsigned_tail`]).
+    pub fn first_unsigned_record(&self) -> Option<u64> {
+        match &self.result {
+            Ok(s) if s.unsigned > 0 && !self.unsigned_tail_allowed => Some(s.signed),
+            _ => None,
+        }
+    }
+
+    /// The first record that cannot be trusted, when verification failed
+    /// (a broken chain, or a record no signed checkpoint covers).
     pub fn first_bad_record(&self) -> Option<u64> {
         self.result
             .as_ref()
             .err()
             .and_then(VerifyFailure::first_bad_record)
+            .or_else(|| self.first_unsigned_record())
     }
 }
 
@@ -108,7 +131,25 @@ impl fmt::Display for VerifyReport {
                     write!(f, ", Merkle roots match")?;
                 }
                 writeln!(f)?;
-                if s.unsigned > 0 {
+                if s.unsigned > 0 && !self.unsigned_tail_allowed {
+                    write!(
+                        f,
+                        "FAILED: records {}..{} are not signed by any checkpoint ({} records after the last checkpoint{}); \
+                         first unsigned record: {}",
+                        s.signed,
+                        s.records,
+                        s.unsigned,
+                        if self.checkpoints == 0 { ", and there is no checkpoint at all" } else { "" },
+                        s.signed
+                    )?;
+                    if s.final_checkpoint_missing {
+                        write!(
+                            f,
+                            "; the last record announced a checkpoint that never arrived"
+                        )?;
+                    }
+                    writeln!(f)?;
+                } else if s.unsigned > 0 {
                     write!(
                         f,
                         "not yet signed: records {}..{} ({} records after the last checkpoint)",
@@ -161,6 +202,7 @@ pub fn verify_loaded(loaded: &LoadedLog, opts: &VerifyOptions) -> VerifyReport {
         records: loaded.record_count(),
         checkpoints: loaded.checkpoints.len(),
         result,
+        unsigned_tail_allowed: opts.allow_unsigned_tail,
     }
 }
 

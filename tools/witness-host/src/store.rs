@@ -15,7 +15,9 @@
 //! checkpoints and key, to `archive/<name>.<n>.*` (n = 1, 2, ...).
 //!
 //! Writes never leave a half-written file behind: the key file is written
-//! to a temporary file and renamed; the log and checkpoint files are
+//! to a temporary file and renamed; every file is created with
+//! `O_EXCL|O_NOFOLLOW` ([`crate::files`]), so nothing planted at a path is
+//! opened or followed; the log and checkpoint files are
 //! append-only, and every append is one write at the length the recorder
 //! knows, undone (the file cut back to that length) if it fails. They are
 //! synced to disk at every checkpoint and at the end of the run.
@@ -25,7 +27,7 @@ use rvm_abi::frame::Frame;
 use rvm_abi::witness::{WitnessRecord, HYPERVISOR_LOG};
 use rvm_witness::{LogId, PublicKey, SignedCheckpoint};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -210,26 +212,14 @@ fn append_exact(
     }
 }
 
-/// Write a whole small file through a temporary file and a rename.
+/// Write a whole small file through a temporary file (unpredictable name,
+/// created with `O_EXCL|O_NOFOLLOW`) and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HostError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(HostError::Io {
-            path: path.into(),
-            op: "write",
-            source: e,
-        });
-    }
-    Ok(())
+    crate::files::write_atomic(path, bytes, 0o644).map_err(|e| HostError::Io {
+        path: path.into(),
+        op: "write",
+        source: e,
+    })
 }
 
 /// The key file's text.
@@ -411,13 +401,10 @@ impl Recorder {
             }
             let files = LogFiles::in_dir(&self.dir, &self.names.file_name(id));
             self.archive(&files)?;
-            let create = |p: &Path| {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(p)
-                    .map_err(HostError::io(p, "create"))
-            };
+            // Exclusive and not through a link: a file planted at the path
+            // (after the archive moved the earlier run's away) is refused.
+            let create =
+                |p: &Path| crate::files::create_new(p, 0o644).map_err(HostError::io(p, "create"));
             let log_file = create(&files.log)?;
             let cp_file = create(&files.checkpoints)?;
             self.logs.insert(

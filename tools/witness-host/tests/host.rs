@@ -56,6 +56,12 @@ fn names() -> LogNames {
 /// What a hypervisor run writes on its console: boot text, the key, and
 /// three logs' records and checkpoints interleaved with guest output.
 fn serial_stream(salt: u64) -> Vec<u8> {
+    serial_stream_with_tail(salt, false)
+}
+
+/// [`serial_stream`], with `tail`: one more agent-a record after the
+/// final checkpoints (chained, never signed).
+fn serial_stream_with_tail(salt: u64, tail: bool) -> Vec<u8> {
     let signer = CheckpointSigner::from_seed(&seed());
     let config = LogConfig {
         ring_capacity: NonZeroUsize::new(64).unwrap(),
@@ -120,6 +126,13 @@ fn serial_stream(salt: u64) -> Vec<u8> {
         log.checkpoint(&signer).unwrap();
         while let Some(o) = log.drain_next() {
             out.extend_from_slice(o.to_frame(log.id()).encode().as_bytes());
+        }
+    }
+    if tail {
+        let r = WitnessRecord::new(WitnessOp::Call(Hypercall::ChannelSend), Outcome::Done, 1);
+        logs[1].append(r).unwrap();
+        while let Some(o) = logs[1].drain_next() {
+            out.extend_from_slice(o.to_frame(logs[1].id()).encode().as_bytes());
         }
     }
     out.extend_from_slice(b"rvm: powering off\n");
@@ -608,4 +621,69 @@ fn checkpoints_before_the_key_are_filed_when_it_arrives() {
         std::fs::metadata(home.log("agent-b")).unwrap().len(),
         29 * RECORD_LEN as u64
     );
+}
+
+// ---- issue 12, item 4: verification fails closed by default ----
+
+#[test]
+fn an_unsigned_tail_or_missing_checkpoints_fail_unless_allowed() {
+    let home = TempHome::new();
+    let (path, clean) = fresh(&home);
+    let live = VerifyOptions {
+        allow_unsigned_tail: true,
+        ..VerifyOptions::default()
+    };
+    // A finished run's log: every record signed.
+    let r = verify(&path, &VerifyOptions::default()).unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.first_unsigned_record(), None);
+    let n = clean.len() / RECORD_LEN;
+
+    // One record appended, chained to the head: what anyone who can write
+    // the file can do. The chain holds; no checkpoint covers it.
+    let other = TempHome::new();
+    record_run(&other.0, &serial_stream_with_tail(0, true));
+    let appended = std::fs::read(other.log("agent-a")).unwrap();
+    assert_eq!(appended.len(), clean.len() + RECORD_LEN);
+    assert_eq!(appended[..clean.len()], clean[..]);
+    write(&path, &appended);
+    let r = verify(&path, &VerifyOptions::default()).unwrap();
+    assert!(r.result.is_ok(), "the appended record chains: {r}");
+    assert!(!r.is_ok(), "an appended unsigned record passed:\n{r}");
+    assert_eq!(r.first_unsigned_record(), Some(n as u64));
+    assert_eq!(r.first_bad_record(), Some(n as u64));
+    let text = r.to_string();
+    assert!(
+        text.contains(&format!("FAILED: records {n}..{}", n + 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("first unsigned record: {n}")),
+        "{text}"
+    );
+    // A live log may end unsigned when the caller says so.
+    let r = verify(&path, &live).unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert!(r.to_string().contains("not yet signed"), "{r}");
+
+    // The checkpoints removed: nothing is signed, from record 0. (The log
+    // cut to its first 9 records, before the first record that announces a
+    // checkpoint, so that the chain alone has nothing to object to.)
+    write(&path, &clean[..9 * RECORD_LEN]);
+    std::fs::remove_file(home.witness().join("agent-a.checkpoints")).unwrap();
+    let r = verify(&path, &VerifyOptions::default()).unwrap();
+    assert!(r.result.is_ok(), "{r}");
+    assert!(!r.is_ok(), "a log without checkpoints passed:\n{r}");
+    assert_eq!(r.first_unsigned_record(), Some(0), "{r}");
+    assert!(r.to_string().contains("no checkpoint at all"), "{r}");
+    assert!(verify(&path, &live).unwrap().is_ok());
+    // The whole log without its checkpoints fails too (at the first record
+    // that announced one).
+    write(&path, &clean);
+    assert!(!verify(&path, &VerifyOptions::default()).unwrap().is_ok());
+    write(&path, &clean[..9 * RECORD_LEN]);
+    // An empty checkpoints file is the same.
+    write(&home.witness().join("agent-a.checkpoints"), b"");
+    let r = verify(&path, &VerifyOptions::default()).unwrap();
+    assert_eq!(r.first_unsigned_record(), Some(0), "{r}");
 }
