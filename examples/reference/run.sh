@@ -40,9 +40,9 @@ step guest add @rvm/reference-agent@0.1.0 "$images/agents/reference.wasm"
 step deploy "$here/agent-a" --no-boot
 step deploy "$here/agent-b" --no-boot
 t0=$(ms)
-step up agent-a agent-b --show-witness --timeout 60
+step up agent-a agent-b --link agent-a:agent-b --show-witness --timeout 60
 t1=$(ms)
-step witness verify --require-signed
+step witness verify
 t2=$(ms)
 step witness show hypervisor
 printf '\nboot to verified: %s ms (boot and run %s ms, verify %s ms)\n' \

@@ -255,6 +255,9 @@ pub struct QemuOptions {
     pub append: String,
     /// Machine flags after `virt,` (default `virtualization=on,gic-version=3`).
     pub machine: String,
+    /// More QEMU arguments, after all the others (e.g. a `-monitor` for a
+    /// test that reads guest memory from outside).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for QemuOptions {
@@ -265,6 +268,7 @@ impl Default for QemuOptions {
             icount: false,
             append: String::new(),
             machine: "virtualization=on,gic-version=3".into(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -331,6 +335,7 @@ fn boot_driven(
     if opts.icount {
         cmd.args(["-icount", "shift=0"]);
     }
+    cmd.args(&opts.extra_args);
     let stdin = if interactive { Stdio::piped() } else { Stdio::null() };
     cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();

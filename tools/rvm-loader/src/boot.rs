@@ -589,3 +589,33 @@ fn verify_filed(
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> PartitionName {
+        PartitionName::new(s).unwrap()
+    }
+
+    fn link(a: &str, b: &str) -> Link {
+        Link { a: n(a), b: n(b) }
+    }
+
+    #[test]
+    fn links_name_partitions_of_the_boot_and_nothing_else() {
+        let names = [n("a"), n("b"), n("c")];
+        assert_eq!(link_indices(&names, &[]).unwrap(), []);
+        assert_eq!(
+            link_indices(&names, &[link("c", "a"), link("b", "c")]).unwrap(),
+            [(0, 2), (1, 2)]
+        );
+        for bad in [
+            vec![link("a", "x")],
+            vec![link("a", "a")],
+            vec![link("a", "b"), link("b", "a")],
+        ] {
+            assert!(matches!(link_indices(&names, &bad), Err(Error::Refused(_))));
+        }
+    }
+}

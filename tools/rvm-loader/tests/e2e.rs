@@ -347,11 +347,15 @@ fn three_tenants_from_three_templates_and_a_trapping_one_leaves_the_others_intac
         "--no-boot",
     ]);
     let _q = qemu_lock();
+    // The two reference agents are linked; the hostile one is linked to
+    // nobody.
     let o = env.ok(&[
         "up",
         "demo-minimal",
         "demo-coding",
         "demo-devops",
+        "--link",
+        "demo-minimal:demo-coding",
         "--timeout",
         LOADER_TIMEOUT,
     ]);
@@ -535,10 +539,14 @@ fn operator_orders_reach_a_running_instance_through_its_control_socket() {
     );
     std::thread::scope(|s| {
         let run = s.spawn(move || bounded(up, "rvm-loader up spinner"));
-        // Wait for the instance's control socket.
+        // Wait for the instance's control socket (run/ also holds the
+        // boot's bundle for a moment).
         let run_dir = env.home().join("run");
         let start = Instant::now();
-        while !std::fs::read_dir(&run_dir).is_ok_and(|mut d| d.next().is_some()) {
+        let has_socket = |mut d: std::fs::ReadDir| {
+            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".sock")))
+        };
+        while !std::fs::read_dir(&run_dir).is_ok_and(has_socket) {
             assert!(start.elapsed() < DEADLINE, "no control socket appeared in {}", run_dir.display());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -568,4 +576,46 @@ fn operator_orders_reach_a_running_instance_through_its_control_socket() {
     let shown = show(&env, "spinner");
     assert!(shown.contains("OperatorOrder") && shown.contains("OrderRefused"), "{shown}");
     assert_filed_and_verified(&env, "spinner");
+}
+
+// ---------------------------------------------------------------------
+// issue 12, item 9: no default channels
+// ---------------------------------------------------------------------
+
+/// The two reference tenants of `examples/reference`, deployed.
+fn reference_pair(env: &Real) {
+    let wasm = env.images.join("agents/reference.wasm");
+    env.ok(&[
+        "guest",
+        "add",
+        "@rvm/reference-agent@0.1.0",
+        wasm.to_str().unwrap(),
+    ]);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/reference");
+    for t in ["agent-a", "agent-b"] {
+        env.ok(&["deploy", examples.join(t).to_str().unwrap(), "--no-boot"]);
+    }
+}
+
+#[test]
+fn item9_two_tenants_booted_together_without_a_link_cannot_message_each_other() {
+    let env = Real::new();
+    reference_pair(&env);
+    let _q = qemu_lock();
+    let o = env.ok(&["up", "agent-a", "agent-b", "--timeout", LOADER_TIMEOUT]);
+    // Each reference agent looks for a peer channel and finds none.
+    for n in ["agent-a", "agent-b"] {
+        assert!(
+            o.stdout
+                .contains(&format!("[{n}] reference: no peer channel: running solo")),
+            "{n} found a channel nobody linked: {o:#?}"
+        );
+        let log = show(&env, n);
+        assert!(
+            !log.contains("ChannelSend") && !log.contains("ChannelRecv"),
+            "{n} messaged: {log}"
+        );
+        assert_filed_and_verified(&env, n);
+    }
+    assert!(!o.stdout.contains("pongs received"), "{o:#?}");
 }
