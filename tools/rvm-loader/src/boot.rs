@@ -8,17 +8,25 @@
 //! 1. [`plan`]: every partition registered, with a guest whose module
 //!    still passes the import check; no name twice; each manifest's
 //!    `witness_key_fingerprint` pin equal to this home's witness key (whose
-//!    seed goes into the bundle). Any problem is a refusal (exit 2) before
-//!    anything is written.
+//!    seed goes into the bundle); every `--link A:B` names two partitions of
+//!    this boot (the only channels the bundle gets). Any problem is a
+//!    refusal (exit 2) before anything is written.
 //! 2. Keys are created if missing (the witness key; an authority key for a
 //!    partition with P3 rights), the bundle is laid out and read back, the
-//!    witness store is opened. QEMU starts only if all of that worked.
+//!    witness store is opened. The bundle QEMU reads holds the witness
+//!    key's seed: it is written to `RVM_HOME/run/` (0700) as a 0600 file
+//!    created `O_EXCL|O_NOFOLLOW` under an unpredictable name, removed when
+//!    the hypervisor first speaks and on every way out of [`boot`].
+//!    `--bundle-out` leaves the seed out unless `--include-witness-seed`.
+//!    QEMU starts only if all of that worked.
 //! 3. The run: console lines are printed, witness frames filed as they
 //!    arrive (with `--show-witness`, also printed compactly). The run stops
 //!    early — QEMU killed — when the announced witness key is not the one a
 //!    manifest pins, or when a frame cannot be filed.
 //! 4. After the run every filed log is verified (chain, links, signatures,
-//!    checkpoints). A log that does not verify fails the command (exit 1).
+//!    checkpoints, and every record signed: the rule of `witness verify`
+//!    without `--allow-unsigned-tail`). A log that does not verify fails the
+//!    command (exit 1).
 
 use crate::bundler::{self, BootPlan, PlannedPartition};
 use crate::error::{Error, Result};
