@@ -167,7 +167,7 @@ fn item3_the_boot_bundle_is_private_under_rvm_home_run_and_gone_after_every_run(
             .unwrap()
             .to_str()
             .unwrap()
-            .starts_with(&format!("bundle-")),
+            .starts_with("bundle-"),
         "{initrd:?}"
     );
     assert_eq!(q.initrd_mode(), "600", "the bundle QEMU reads is 0600");
@@ -216,7 +216,6 @@ fn item3_the_boot_bundle_is_private_under_rvm_home_run_and_gone_after_every_run(
 #[test]
 fn item3_a_planted_run_directory_link_is_refused() {
     let (env, t) = with_tenants(&["solo"]);
-    let seed = witness_seed(&env);
     // Someone replaced run/ with a link to a folder they read.
     let theirs = t.join("attacker");
     std::fs::create_dir_all(&theirs).unwrap();
@@ -227,7 +226,6 @@ fn item3_a_planted_run_directory_link_is_refused() {
     assert!(o.stderr.contains("run: not a directory"), "{o:?}");
     assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
     assert!(!q.dir.join("args.txt").exists(), "QEMU was started");
-    let _ = seed;
 }
 
 #[test]
