@@ -25,6 +25,8 @@ impl FakeQemu {
         let dir = TempDir::new("adv-qemu");
         std::fs::write(dir.join("serial.txt"), serial).unwrap();
         let d = dir.path().display();
+        // `@DIR@` in `tail` names this stand-in's folder.
+        let tail = tail.replace("@DIR@", &d.to_string());
         let script = format!(
             "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/args.txt\nprev=\nfor a in \"$@\"; do\n  if [ \"$prev\" = -initrd ]; then\n    printf '%s' \"$a\" > {d}/initrd-path\n    stat -c '%a' \"$a\" > {d}/initrd-mode\n    cp \"$a\" {d}/bundle.bin\n  fi\n  prev=$a\ndone\necho $$ > {d}/pid\ncat {d}/serial.txt\n{tail}\nexit {code}\n"
         );
@@ -302,6 +304,54 @@ fn item3_bundle_out_leaves_the_seed_out_unless_asked() {
     // The flag alone means nothing.
     let o = env.run(&["up", "solo", "--no-boot", "--include-witness-seed"]);
     assert_eq!(o.code, 2, "{o:?}");
+}
+
+#[test]
+fn item3_the_bundle_is_gone_once_the_hypervisor_speaks_so_ctrl_c_leaves_no_seed() {
+    let (env, _t) = with_tenants(&["solo"]);
+    // QEMU prints, then looks for its initrd a moment later, then hangs.
+    let q = FakeQemu::new(
+        "rvm: booting\n",
+        "sleep 1; if [ -e \"$(cat @DIR@/initrd-path)\" ]; then echo present; else echo gone; fi > @DIR@/after; exec sleep 30",
+        0,
+    );
+    let mut loader = std::process::Command::new(env!("CARGO_BIN_EXE_rvm-loader"))
+        .args(["up", "solo", "--qemu", &q.path(), "--timeout", "60"])
+        .env("RVM_HOME", env.home())
+        .env("RVM_IMAGE_DIR", env.images.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !q.dir.join("after").exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "QEMU stand-in never looked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        std::fs::read_to_string(q.dir.join("after")).unwrap().trim(),
+        "gone",
+        "the bundle is still on disk while the machine runs"
+    );
+    // Ctrl-C: the loader ends without running any cleanup.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &loader.id().to_string()])
+        .status();
+    let _ = loader.wait();
+    if let Ok(pid) = std::fs::read_to_string(q.dir.join("pid")) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status();
+    }
+    assert!(
+        run_files(&env).iter().all(|f| !f.starts_with("bundle-")),
+        "a bundle is left: {:?}",
+        run_files(&env)
+    );
 }
 
 // ---------------------------------------------------------------------
