@@ -52,3 +52,5 @@ pub use window::{Access, ByteWindow};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tree;
