@@ -152,6 +152,7 @@ pub fn plan(
             witness_key,
             config,
             operator_key: Some(operator_key.public),
+            boot_id: bundler::fresh_boot_id()?,
         },
         images,
     ))
@@ -291,6 +292,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
 
     let started = store::now_unix();
     let all = plan.names();
+    let boot_id = Some(store::hex(&plan.boot_id));
     set_runs(ctx, names, &|_| RunRecord {
         started_unix: started,
         ended_unix: None,
@@ -298,6 +300,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         state: RunState::Booting,
         with: all.clone(),
         outcome: None,
+        boot_id: boot_id.clone(),
     })?;
 
     let clock = Instant::now();
@@ -367,6 +370,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         state: final_state(n),
         with: all.clone(),
         outcome: Some(outcome.clone()),
+        boot_id: boot_id.clone(),
     })?;
     for n in &all {
         eprintln!(

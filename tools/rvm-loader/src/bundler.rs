@@ -20,7 +20,7 @@ use crate::store::PartitionRecord;
 use crate::witness_sink::LogNames;
 use rvm_abi::bundle::{
     BootConfig, Bundle, BundleWriter, CapDesc, ChannelDesc, EntryKind, PartitionDesc, RecoveryDesc,
-    GLOBAL,
+    BOOT_ID_LEN, GLOBAL,
 };
 use rvm_abi::rights::RIGHT_NAMES;
 use rvm_abi::ObjectKind;
@@ -55,6 +55,20 @@ pub struct BootPlan {
     /// The public half of the operator key whose signed orders the
     /// hypervisor accepts while it runs (`partition unfence|evict`).
     pub operator_key: Option<[u8; 32]>,
+    /// This boot's random id ([`EntryKind::BootId`]): orders and P3
+    /// approvals sign it, so none is good for another boot.
+    pub boot_id: [u8; BOOT_ID_LEN],
+}
+
+/// A fresh random boot id, from the operating system's generator: every
+/// bundle built gets its own, so no two bundles are byte-identical.
+pub fn fresh_boot_id() -> Result<[u8; BOOT_ID_LEN]> {
+    use std::io::Read;
+    let mut id = [0u8; BOOT_ID_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(|e| Error::failed(format!("/dev/urandom: {e}")))?;
+    Ok(id)
 }
 
 /// SHA-256 of a bundle: what an operator's order is bound to.
@@ -163,6 +177,7 @@ pub fn build(plan: &BootPlan) -> Result<Vec<u8>> {
     w.entry(EntryKind::GuestRuntime, GLOBAL, &plan.runtime);
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &plan.witness_key.seed);
     w.entry(EntryKind::BootConfig, GLOBAL, &plan.config.to_bytes());
+    w.entry(EntryKind::BootId, GLOBAL, &plan.boot_id);
     if let Some(key) = &plan.operator_key {
         w.entry(EntryKind::OperatorKey, GLOBAL, key);
     }
