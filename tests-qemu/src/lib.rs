@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rvm_abi::bundle::{
     AgentChannelDesc, AgentRef, BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc,
-    RecoveryDesc, GLOBAL,
+    RecoveryDesc, BOOT_ID_LEN, GLOBAL,
 };
 use rvm_abi::frame::Frame;
 use rvm_abi::WitnessRecord;
@@ -137,11 +137,27 @@ pub struct BundleSpec {
     pub flags: u32,
     /// The operator's Ed25519 public key (orders from the host).
     pub operator_key: Option<[u8; 32]>,
+    /// The bundle's boot id ([`EntryKind::BootId`]): random per
+    /// [`BundleSpec::new`], as the loader's are; orders and P3 approvals
+    /// sign it.
+    pub boot_id: [u8; BOOT_ID_LEN],
+}
+
+/// A fresh random boot id from the operating system's generator.
+pub fn fresh_boot_id() -> [u8; BOOT_ID_LEN] {
+    rvm_witness_host::files::random_bytes().expect("/dev/urandom gives a boot id")
 }
 
 impl BundleSpec {
+    /// An empty spec with a fresh random boot id.
     pub fn new() -> Self {
-        Self { run_budget_ms: 0, slice_us: BootConfig::DEFAULT.slice_us, ..Self::default() }
+        Self { run_budget_ms: 0, slice_us: BootConfig::DEFAULT.slice_us, boot_id: fresh_boot_id(), ..Self::default() }
+    }
+
+    /// Use this boot id instead of the fresh one.
+    pub fn boot_id(mut self, id: [u8; BOOT_ID_LEN]) -> Self {
+        self.boot_id = id;
+        self
     }
 
     /// Bind the operator key whose signed orders the hypervisor accepts.
@@ -192,6 +208,7 @@ impl BundleSpec {
             ..BootConfig::DEFAULT
         };
         w.entry(EntryKind::BootConfig, GLOBAL, &config.to_bytes());
+        w.entry(EntryKind::BootId, GLOBAL, &self.boot_id);
         if let Some(key) = &self.operator_key {
             w.entry(EntryKind::OperatorKey, GLOBAL, key);
         }

@@ -1,6 +1,6 @@
 //! The adversary suite of issue 12 ("a hostile tenant gets nothing"): one
 //! section per item, each an attack that failed before the item was closed.
-//! Sections are independent; helpers stay inside their section.
+//! Sections are independent.
 
 // ---------------------------------------------------------------------
 // item 3: witness seed
@@ -166,5 +166,289 @@ mod item3 {
             run.serial
         );
         assert_eq!(run.exit, Some(0), "{}", run.serial);
+    }
+}
+
+// ===================================================================
+// item 2: approvals and quotas
+// ===================================================================
+//
+// `probe-approvals` copies a P3 capability into its own table and replays
+// one approval through each copy, replays an approval signed for an earlier
+// boot of the same deployment, splits a quota of one call per epoch over
+// six copies, and commits other staged items than the approved ones. Each
+// line it prints is paired with its witness record of the same call.
+
+mod item2 {
+    use rvm_abi::bundle::CapDesc;
+    use rvm_abi::{HvError, Hypercall, ObjectKind, Rights, WitnessRecord};
+    use rvm_cap::proof::{approval_message, authority_key, sign_operation, staged_args_digest, RootRef};
+    use rvm_cap::{ArgsDigest, Nonce, ObjectRef, PartitionId};
+    use rvm_tests_qemu::{artifact, boot, fresh_boot_id, BundleSpec, PartitionSpec, QemuOptions, QemuRun};
+
+    const AUTHORITY_SEED: [u8; 32] = [0x3c; 32];
+    /// Partition id of the probe: first in the bundle.
+    const PROBE: u32 = 1;
+    /// Epoch of the kernel's quotas (one second of its clock).
+    const EPOCH_NS: u64 = 1_000_000_000;
+
+    fn store(rights: &[(Rights, u8)], quota: u32) -> CapDesc {
+        let mut all = Rights::empty();
+        let mut tiers = [0u8; 7];
+        for (r, t) in rights {
+            all |= *r;
+            tiers[r.index().expect("one right")] = *t;
+        }
+        CapDesc {
+            kind: ObjectKind::StateStore,
+            rights: all,
+            tiers,
+            object: PROBE,
+            quota,
+            expires_at: 0,
+            window_start: 0,
+            window_len: 0,
+            resource_digest: [0; 16],
+        }
+    }
+
+    /// An approval of `op` by the probe through its boot handle `root`.
+    fn sign(op: Hypercall, root: u16, nonce: u64, boot_id: [u8; 32], args: &ArgsDigest) -> [u8; 64] {
+        let object = ObjectRef::new(ObjectKind::StateStore, PROBE);
+        let root = RootRef { partition: PROBE, index: root, generation: 0 };
+        sign_operation(&AUTHORITY_SEED, &approval_message(op, object, PartitionId(PROBE), root, Nonce(nonce), boot_id, args))
+            .0
+    }
+
+    /// The probe's input (layout in its documentation).
+    fn input(boot_id: [u8; 32], earlier_boot_id: [u8; 32]) -> Vec<u8> {
+        let nothing = staged_args_digest(std::iter::empty());
+        let good = staged_args_digest([(&b"k"[..], &b"good"[..])].into_iter());
+        let mut input = b"RVMAPR01".to_vec();
+        input.extend_from_slice(&[0; 8]);
+        for sig in [
+            sign(Hypercall::StateValidate, 1, 1, boot_id, &nothing),
+            sign(Hypercall::StateValidate, 1, 2, earlier_boot_id, &nothing),
+            sign(Hypercall::StateCommit, 4, 1, boot_id, &good),
+            sign(Hypercall::StateCommit, 4, 2, boot_id, &good),
+        ] {
+            input.extend_from_slice(&sig);
+        }
+        assert_eq!(input.len(), 272);
+        input
+    }
+
+    /// One `attack ...` line of the probe.
+    #[derive(Debug)]
+    struct Line {
+        name: String,
+        op: u16,
+        cap: u32,
+        status: i64,
+    }
+
+    fn lines(run: &QemuRun) -> Vec<Line> {
+        run.console_of("approvals")
+            .filter_map(|l| l.strip_prefix("attack "))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(f.len(), 9, "attack line {l:?}");
+                Line {
+                    name: f[0].into(),
+                    op: f[2].parse().expect("op"),
+                    cap: u32::from_str_radix(f[4].trim_start_matches("0x"), 16).expect("cap id"),
+                    status: f[6].parse().expect("status"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn item2_approvals_are_good_once_per_tree_and_boot_and_a_quota_is_one_quota() {
+        // The deployment's earlier boot: its bundle had a boot id of its own;
+        // an approval made for it is what a replaying tenant still holds.
+        let earlier = fresh_boot_id();
+        let spec = BundleSpec::new();
+        assert_ne!(spec.boot_id, earlier);
+        let probe = PartitionSpec::image("approvals", artifact("probes/probe-approvals.elf"))
+            .authority(authority_key(&AUTHORITY_SEED).0)
+            .cap(store(&[(Rights::WRITE, 3), (Rights::GRANT, 1)], 0))
+            .cap(store(&[(Rights::WRITE, 2), (Rights::GRANT, 1)], 1))
+            .cap(store(&[(Rights::WRITE, 1)], 0))
+            .cap(store(&[(Rights::WRITE, 3)], 0))
+            .input(input(spec.boot_id, earlier));
+        let bundle = spec
+            .partition(probe)
+            .partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")))
+            .partition(PartitionSpec::wasm("agent-b", artifact("agents/reference.wasm")))
+            .channel(1, 2)
+            .build();
+        let run = boot(&bundle, &QemuOptions::default());
+        run.assert(run.exit == Some(0), "the hypervisor powered off cleanly");
+        run.assert(run.contains("'approvals' exited: code 0x0"), "the probe ran to its end");
+        for p in ["agent-a", "agent-b"] {
+            run.assert(run.contains(&format!("'{p}' exited: code 0x0")), &format!("{p} finished"));
+        }
+        run.assert_chains_linked();
+
+        let lines = lines(&run);
+        let calls: Vec<WitnessRecord> = run
+            .log(PROBE)
+            .into_iter()
+            .filter(|r| r.op < 0x8000 && r.op != Hypercall::ConsoleWrite as u16 && r.op != Hypercall::Exit as u16)
+            .collect();
+        run.assert(calls.len() == lines.len(), &format!("{} lines, {} call records", lines.len(), calls.len()));
+        let pairs: Vec<(&Line, &WitnessRecord)> = lines.iter().zip(&calls).collect();
+        // Every line and its record agree on the call, capability and outcome.
+        for (l, r) in &pairs {
+            let what = format!("{l:?} / {r:?}");
+            run.assert(r.op == l.op, &format!("record op of {what}"));
+            run.assert(r.cap == l.cap, &format!("record capability of {what}"));
+            run.assert(i64::from(r.outcome) == l.status, &format!("record outcome of {what}"));
+        }
+        let expect = |prefix: &str, want: Result<(), HvError>, tier: u8| -> usize {
+            let code = want.map_or_else(|e| e.code(), |()| 0);
+            let mut n = 0;
+            for (l, r) in pairs.iter().filter(|(l, _)| l.name.starts_with(prefix)) {
+                run.assert(l.status == code, &format!("{l:?}: want {want:?}"));
+                run.assert(r.tier == tier, &format!("{l:?}: record tier {} want {tier}", r.tier));
+                n += 1;
+            }
+            run.assert(n > 0, &format!("{prefix} calls were made"));
+            n
+        };
+        expect("approved-", Ok(()), 3);
+        expect("replay-", Err(HvError::Replay), 3);
+        run.assert(expect("self-copy-", Ok(()), 1) == 6, "six copies made");
+        run.assert(expect("copy-replay-", Err(HvError::Replay), 3) == 6, "the approval refused through every copy");
+        expect("earlier-boot-", Err(HvError::BadProof), 3);
+        expect("quota-copy-", Ok(()), 1);
+        expect("stage-", Ok(()), 1);
+        expect("commit-approved-", Ok(()), 3);
+        expect("commit-other-items-", Err(HvError::BadProof), 3);
+        // Quota 1 per epoch over six copies: one call allowed per epoch the
+        // six calls touched, every other refused with QuotaExceeded.
+        let uses: Vec<(&Line, &WitnessRecord)> =
+            pairs.iter().copied().filter(|(l, _)| l.name.starts_with("quota-use-")).collect();
+        run.assert(uses.len() == 6, "six quota uses");
+        let mut epochs: Vec<u64> = uses.iter().map(|(_, r)| r.timestamp / EPOCH_NS).collect();
+        epochs.dedup();
+        let allowed = uses.iter().filter(|(l, _)| l.status == 0).count();
+        run.assert(allowed == epochs.len(), &format!("{allowed} calls allowed in {} epoch(s)", epochs.len()));
+        for (l, r) in &uses {
+            let code = if l.status == 0 { 0 } else { HvError::QuotaExceeded.code() };
+            run.assert(l.status == code, &format!("{l:?}: allowed or QuotaExceeded"));
+            run.assert(r.tier == 2, &format!("{l:?}: at P2"));
+        }
+        run.assert(run.console_of("approvals").any(|l| l == "approvals: finished"), "the probe finished its attacks");
+    }
+}
+
+// ===================================================================
+// item 10: boot-bound orders
+// ===================================================================
+//
+// The same deployment booted twice (two bundles built from the same spec,
+// as `rvm-loader up` does on every boot): an operator's `unfence` order
+// captured from the first boot's serial input is replayed into the second
+// boot and refused (`BadProof`, witnessed); the second boot's own order is
+// carried out.
+
+mod item10 {
+    use ed25519_dalek::{Signer, SigningKey};
+    use rvm_abi::bundle::{PartitionDesc, RecoveryDesc};
+    use rvm_abi::frame::{OrderArgs, OrderFrame, OrderKind};
+    use rvm_abi::witness::KernelEvent;
+    use rvm_abi::{HvError, Outcome};
+    use rvm_tests_qemu::{artifact, boot_interactive, BundleSpec, PartitionSpec, QemuOptions, QemuRun};
+    use sha2::{Digest, Sha256};
+
+    const OPERATOR_SEED: [u8; 32] = [0x6e; 32];
+    /// The victim's partition id (first in the bundle).
+    const VICTIM: u32 = 1;
+
+    /// A signed order line for `bundle`.
+    fn order(bundle: &[u8], kind: OrderKind, nonce: u64, name: &str) -> Vec<u8> {
+        let partition = PartitionDesc::name_field(name).unwrap();
+        let digest: [u8; 32] = Sha256::digest(bundle).into();
+        let signature =
+            SigningKey::from_bytes(&OPERATOR_SEED).sign(&OrderFrame::message(kind, nonce, &partition, &digest)).to_bytes();
+        OrderFrame { kind, nonce, partition, signature }.encode().as_bytes().to_vec()
+    }
+
+    /// One build of the deployment: a probe that checkpoints and is then
+    /// fenced with no timeout (only the operator can end it), beside the
+    /// reference pair.
+    fn build() -> Vec<u8> {
+        let operator = SigningKey::from_bytes(&OPERATOR_SEED).verifying_key().to_bytes();
+        let victim = PartitionSpec::image("victim", artifact("probes/probe-fence-resume.elf"))
+            .recovery(RecoveryDesc { fence_timeout_ms: 0, ..RecoveryDesc::DEFAULT });
+        BundleSpec::new()
+            .operator_key(operator)
+            .partition(victim)
+            .partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")))
+            .partition(PartitionSpec::wasm("agent-b", artifact("agents/reference.wasm")))
+            .channel(1, 2)
+            .budget_ms(60_000)
+            .build()
+    }
+
+    /// Boot `bundle`; once the victim is fenced, write each of `orders` in
+    /// turn, the next once the previous was answered.
+    fn run_with_orders(bundle: &[u8], orders: &[Vec<u8>]) -> QemuRun {
+        let mut seen = String::new();
+        let mut sent = 0;
+        let opts = QemuOptions { timeout: std::time::Duration::from_secs(240), ..QemuOptions::default() };
+        boot_interactive(bundle, &opts, |chunk, stdin| {
+            seen.push_str(&String::from_utf8_lossy(chunk));
+            let fenced = seen.lines().any(|l| l.contains("'victim'") && l.contains("fenced (F3)"));
+            let answered = seen.lines().filter(|l| l.starts_with("rvm: order ")).count();
+            if fenced && sent < orders.len() && answered == sent {
+                let _ = stdin.write_all(&orders[sent]);
+                sent += 1;
+            }
+        })
+    }
+
+    fn refusals(run: &QemuRun) -> Vec<(Option<Outcome>, u64)> {
+        run.log(VICTIM)
+            .into_iter()
+            .filter(|r| KernelEvent::from_code(r.op) == Some(KernelEvent::OrderRefused))
+            .map(|r| (r.outcome(), OrderArgs::from_bytes(&r.args).nonce))
+            .collect()
+    }
+
+    #[test]
+    fn item10_an_order_replayed_from_an_earlier_boot_of_the_same_deployment_is_refused() {
+        // First boot: the operator unfences the victim; the line is captured.
+        let first = build();
+        let captured = order(&first, OrderKind::Unfence, 1, "victim");
+        let run = run_with_orders(&first, std::slice::from_ref(&captured));
+        run.assert(run.contains("rvm: order 1 unfence 'victim' done: "), "the order is carried out in its own boot");
+        run.assert(run.contains("'victim' exited: code 0x0"), "and the victim finishes");
+
+        // Second boot of the same deployment: the captured line is replayed
+        // first, then the operator's order for this boot.
+        let second = build();
+        run.assert(second.len() == first.len(), "the same deployment");
+        run.assert(second != first, "each build carries its own boot id");
+        let own = order(&second, OrderKind::Unfence, 2, "victim");
+        let run = run_with_orders(&second, &[captured, own]);
+        run.assert(run.exit == Some(0), "clean power-off");
+        run.assert(
+            run.contains("rvm: order 1 unfence 'victim' refused: signature does not verify with the operator key"),
+            "the replayed order is refused",
+        );
+        run.assert(
+            refusals(&run) == [(Some(Outcome::Denied(HvError::BadProof)), 1)],
+            &format!("the refusal is witnessed in the victim's log: {:?}", refusals(&run)),
+        );
+        run.assert(run.contains("rvm: order 2 unfence 'victim' done: "), "this boot's own order is carried out");
+        let orders = run.log(VICTIM).iter().filter(|r| KernelEvent::from_code(r.op) == Some(KernelEvent::OperatorOrder)).count();
+        run.assert(orders == 1, "only this boot's order was applied");
+        for p in ["victim", "agent-a", "agent-b"] {
+            run.assert(run.contains(&format!("'{p}' exited: code 0x0")), &format!("{p} finished"));
+        }
+        run.assert_chains_linked();
     }
 }

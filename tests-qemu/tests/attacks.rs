@@ -21,7 +21,7 @@ use rvm_abi::bundle::{CapDesc, RecoveryDesc};
 use rvm_abi::witness::NO_CAP;
 use rvm_abi::{HvError, Hypercall, ObjectKind, Rights, WitnessRecord};
 use rvm_cap::attest::{verify_attestation, Attestation};
-use rvm_cap::proof::{authority_key, revoke_args_digest, sign_operation};
+use rvm_cap::proof::{approval_message, authority_key, revoke_args_digest, sign_operation, RootRef};
 use rvm_cap::{ArgsDigest, AuthorityKey, DeriveParams, Nonce, ObjectRef, PartitionId, Signature, Timestamp};
 use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions, QemuRun};
 
@@ -63,25 +63,28 @@ fn store(p: u32, rights: &[(Rights, u8)]) -> CapDesc {
     cap(ObjectKind::StateStore, p, rights)
 }
 
-fn sign(seed: &[u8; 32], op: Hypercall, nonce: u64, args: &ArgsDigest) -> [u8; 64] {
+/// An approval by the attacker, through the tree rooted at its boot handle
+/// `root`, in the boot `boot_id`.
+fn sign(seed: &[u8; 32], op: Hypercall, root: u16, nonce: u64, boot_id: [u8; 32], args: &ArgsDigest) -> [u8; 64] {
     let object = ObjectRef::new(ObjectKind::StateStore, ATTACKER);
-    sign_operation(seed, op, object, PartitionId(ATTACKER), Nonce(nonce), args).0
+    let root = RootRef { partition: ATTACKER, index: root, generation: 0 };
+    sign_operation(seed, &approval_message(op, object, PartitionId(ATTACKER), root, Nonce(nonce), boot_id, args)).0
 }
 
 /// The attacker's input: the approvals its P3 attacks present (layout in
-/// the probe's documentation).
-fn attacker_input() -> Vec<u8> {
+/// the probe's documentation), for the boot `boot_id`.
+fn attacker_input(boot_id: [u8; 32]) -> Vec<u8> {
     let derive = |rights: Rights| DeriveParams::rights(rights).args_digest(PartitionId(ATTACKER));
     let none = ArgsDigest::of(&[], &[]);
     let mut input = b"RVMATK01".to_vec();
     input.extend_from_slice(&[0; 8]);
     for sig in [
-        sign(&AUTHORITY_SEED, Hypercall::CapRevoke, 1, &revoke_args_digest()),
-        sign(&STRANGER_SEED, Hypercall::CapRevoke, 1, &revoke_args_digest()),
-        sign(&AUTHORITY_SEED, Hypercall::CapDerive, 1, &derive(W | G | PRV)),
-        sign(&AUTHORITY_SEED, Hypercall::CapDerive, 2, &derive(W | PRV)),
-        sign(&AUTHORITY_SEED, Hypercall::Prove, 3, &none),
-        sign(&AUTHORITY_SEED, Hypercall::Prove, 4, &none),
+        sign(&AUTHORITY_SEED, Hypercall::CapRevoke, 6, 1, boot_id, &revoke_args_digest()),
+        sign(&STRANGER_SEED, Hypercall::CapRevoke, 6, 1, boot_id, &revoke_args_digest()),
+        sign(&AUTHORITY_SEED, Hypercall::CapDerive, 7, 1, boot_id, &derive(W | G | PRV)),
+        sign(&AUTHORITY_SEED, Hypercall::CapDerive, 7, 2, boot_id, &derive(W | PRV)),
+        sign(&AUTHORITY_SEED, Hypercall::Prove, 7, 3, boot_id, &none),
+        sign(&AUTHORITY_SEED, Hypercall::Prove, 7, 4, boot_id, &none),
     ] {
         input.extend_from_slice(&sig);
     }
@@ -89,7 +92,7 @@ fn attacker_input() -> Vec<u8> {
     input
 }
 
-fn attacker() -> PartitionSpec {
+fn attacker(boot_id: [u8; 32]) -> PartitionSpec {
     let mut quota = store(ATTACKER, &[(W, 2)]);
     quota.quota = 3;
     let mut expiring = store(ATTACKER, &[(W, 2), (G, 1)]);
@@ -106,7 +109,7 @@ fn attacker() -> PartitionSpec {
         .cap(store(ATTACKER, &[(R, 1), (G, 1), (REV, 3)]))
         .cap(store(ATTACKER, &[(W, 1), (G, 3), (REV, 1), (PRV, 3)]))
         .cap(cap(ObjectKind::WitnessLog, ATTACKER, &[(PRV, 1)]))
-        .input(attacker_input())
+        .input(attacker_input(boot_id))
 }
 
 /// The peer holds more capabilities than the attacker, so its last handle
@@ -262,7 +265,9 @@ fn attestation(run: &QemuRun, name: &str) -> (u64, ObjectRef, [u8; 32], Signatur
 
 #[test]
 fn capability_attacks_from_a_guest_are_refused_exactly_and_witnessed() {
-    let spec = with_reference_pair(BundleSpec::new().partition(attacker()).partition(peer()));
+    let spec = BundleSpec::new();
+    let boot_id = spec.boot_id;
+    let spec = with_reference_pair(spec.partition(attacker(boot_id)).partition(peer()));
     let run = boot(&spec.build(), &QemuOptions::default());
     dump(&run, "attacks");
     run.assert(run.exit == Some(0), "the hypervisor powered off cleanly");

@@ -57,7 +57,17 @@ pub enum EntryKind {
     OperatorKey = 10,
     /// An [`AgentChannelDesc`] connecting two agents (global).
     AgentChannel = 11,
+    /// [`BOOT_ID_LEN`] random bytes, fresh for every bundle the host builds
+    /// (global, at most one). Operator orders and P3 approvals sign it (the
+    /// orders through the bundle digest, the approvals explicitly in
+    /// [`crate::approval::ApprovalMessage`]), so neither is accepted by a
+    /// boot of another bundle, even a byte-identical rebuild. Without it the
+    /// hypervisor refuses every P3 approval and every order.
+    BootId = 12,
 }
+
+/// Length of a [`EntryKind::BootId`] entry.
+pub const BOOT_ID_LEN: usize = 32;
 
 impl EntryKind {
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -73,6 +83,7 @@ impl EntryKind {
             9 => EntryKind::BootConfig,
             10 => EntryKind::OperatorKey,
             11 => EntryKind::AgentChannel,
+            12 => EntryKind::BootId,
             _ => return None,
         })
     }
@@ -550,6 +561,7 @@ impl<'a> Bundle<'a> {
                 EntryKind::Channel => e.data.len() == CHANNEL_DESC_LEN,
                 EntryKind::AgentChannel => e.data.len() == AGENT_CHANNEL_DESC_LEN,
                 EntryKind::BootConfig => e.data.len() == BOOT_CONFIG_LEN,
+                EntryKind::BootId => e.data.len() == BOOT_ID_LEN,
                 EntryKind::GuestRuntime | EntryKind::Wasm | EntryKind::GuestImage => {
                     !e.data.is_empty()
                 }
@@ -578,6 +590,7 @@ impl<'a> Bundle<'a> {
                     | EntryKind::WitnessKeySeed
                     | EntryKind::BootConfig
                     | EntryKind::OperatorKey
+                    | EntryKind::BootId
             );
             if global != (e.owner == GLOBAL) || (!global && e.owner >= partitions) {
                 return Err(BundleError::EntryOwner(n));
@@ -620,6 +633,11 @@ impl<'a> Bundle<'a> {
     /// The first global entry of a kind.
     pub fn global(&self, kind: EntryKind) -> Option<Entry<'a>> {
         self.entries().find(|e| e.kind == kind && e.owner == GLOBAL)
+    }
+
+    /// The bundle's boot id ([`EntryKind::BootId`]), if it has one.
+    pub fn boot_id(&self) -> Option<[u8; BOOT_ID_LEN]> {
+        self.global(EntryKind::BootId).and_then(|e| e.data.try_into().ok())
     }
 
     /// Partition descriptors, in index order.

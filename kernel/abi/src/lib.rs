@@ -7,6 +7,7 @@
 //! * [`hypercall`] — SMCCC function identifiers and argument conventions.
 //! * [`status`] — the status codes a hypercall returns.
 //! * [`rights`], [`object`], [`tier`], [`handle`] — the capability vocabulary.
+//! * [`approval`] — the message an authority signs to approve a P3 operation.
 //! * [`witness`] — the 64-byte witness record and the operation codes it names.
 //! * [`frame`] — how records and checkpoints travel on the console UART.
 //! * [`bundle`] — the image the loader hands to the hypervisor as its initrd.
@@ -20,6 +21,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod approval;
 pub mod bootinfo;
 pub mod bundle;
 pub mod frame;

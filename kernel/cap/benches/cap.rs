@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rvm_abi::{CapHandle, Hypercall, ObjectKind, ProofTier, Rights};
-use rvm_cap::proof::{authority_key, operation_message, sign_operation};
+use rvm_cap::proof::{approval_message, authority_key, sign_operation, RootRef};
 use rvm_cap::tiers::TierMap;
 use rvm_cap::*;
 
@@ -64,8 +64,11 @@ fn space_with(partitions: u32, slots: u16) -> CapabilitySpace {
     for p in 0..partitions {
         s.add_partition(PartitionId(p)).unwrap();
     }
+    s.set_boot_id(BOOT_ID);
     s
 }
+
+const BOOT_ID: [u8; 32] = [0x5b; 32];
 
 /// A chain of `depth` derives below a root in partition 0, alternating
 /// through eight partitions; returns the leaf.
@@ -199,6 +202,7 @@ fn checks(c: &mut Criterion) {
     let mut s = space_with(8, 256);
     let root = s.install(PartitionId(0), &p3_use_params()).unwrap();
     let (leaf_p, leaf) = chain(&mut s, root, MAX_DERIVATION_DEPTH);
+    let leaf_root = s.root(leaf_p, leaf).unwrap();
     assert_eq!(
         s.required_tier(leaf_p, leaf, Rights::WRITE),
         Ok(ProofTier::P3)
@@ -224,11 +228,15 @@ fn checks(c: &mut Criterion) {
                     Nonce(nonce),
                     sign_operation(
                         &SEED,
-                        Hypercall::RegionWrite,
-                        OBJ,
-                        leaf_p,
-                        Nonce(nonce),
-                        &args,
+                        &approval_message(
+                            Hypercall::RegionWrite,
+                            OBJ,
+                            leaf_p,
+                            leaf_root,
+                            Nonce(nonce),
+                            BOOT_ID,
+                            &args,
+                        ),
                     ),
                 )
             },
@@ -260,15 +268,22 @@ fn ed25519(c: &mut Criterion) {
     use rvm_cap::ed25519_dalek::{Signature as Sig, VerifyingKey};
     let key = VerifyingKey::from_bytes(&authority_key(&SEED).0).unwrap();
     let args = ArgsDigest::of(&[1, 2], &[]);
-    let msg = operation_message(Hypercall::CapDerive, OBJ, PartitionId(1), Nonce(1), &args);
-    let sig = sign_operation(
-        &SEED,
+    let root = RootRef {
+        partition: 1,
+        index: 0,
+        generation: 0,
+    };
+    let m = approval_message(
         Hypercall::CapDerive,
         OBJ,
         PartitionId(1),
+        root,
         Nonce(1),
+        BOOT_ID,
         &args,
     );
+    let msg = m.to_bytes();
+    let sig = sign_operation(&SEED, &m);
     let sig = Sig::from_bytes(&sig.0);
     c.bench_function("ed25519/verify_strict", |b| {
         b.iter(|| {

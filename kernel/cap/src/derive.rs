@@ -80,7 +80,9 @@ impl CapabilitySpace {
     /// (`InvalidArgument`), and have room (`Full`, `NoMemory`).
     ///
     /// The child inherits the parent's object, per-right tiers, authority key
-    /// and resource; its quota usage starts fresh in `req.epoch`.
+    /// and resource; its own quota usage starts fresh in `req.epoch`, but
+    /// each of its uses is charged to every ancestor up to the root too, and
+    /// its nonces must exceed the root's floor (shared by the whole tree).
     pub fn derive(
         &mut self,
         caller: PartitionId,

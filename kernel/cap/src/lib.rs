@@ -10,7 +10,8 @@
 //!   [`suspend_partition`](CapabilitySpace::suspend_partition),
 //!   [`revoke_partition`](CapabilitySpace::revoke_partition).
 //! * [`table`] — how a handle resolves, and which error a dead handle gets.
-//! * [`proof`] — the P3 message, its verifier, and the host-side signer
+//! * [`proof`] — the P3 verifier (the message is `rvm_abi::approval`), the
+//!   arguments digests, and the host-side signer
 //!   (feature `signer`).
 //! * [`attest`] — the kernel's signed attestation for PROVE.
 //! * [`window`], [`quota`], [`tiers`], [`ids`], [`policy`] — the pieces of
@@ -52,3 +53,5 @@ pub use window::{Access, ByteWindow};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tree;

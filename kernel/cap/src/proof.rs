@@ -1,45 +1,35 @@
-//! P3 proofs: the one definition of the message an authority signs to approve
-//! an operation, its verification in the kernel, and (feature `signer`) the
-//! host-side signer used by `rvm-loader caps prove`.
+//! P3 proofs: the verification in the kernel of an authority's signed
+//! approval of one operation, and (feature `signer`) the host-side signer
+//! used by `rvm-loader caps prove`.
 //!
-//! # The signed message (72 bytes, little-endian)
+//! The signed message is [`ApprovalMessage`] (defined in `rvm-abi`, module
+//! [`rvm_abi::approval`]): operation, object, the partition performing it,
+//! the root of the capability's derivation tree, the nonce, the boot id of
+//! the booted bundle, and the digest of the arguments.
 //!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 0 | 16 | [`OPERATION_TAG`] (domain separation) |
-//! | 16 | 2 | operation: the [`Hypercall`] number |
-//! | 18 | 1 | object kind ([`ObjectKind`](rvm_abi::ObjectKind) code) |
-//! | 19 | 1 | reserved, 0 |
-//! | 20 | 4 | object id |
-//! | 24 | 4 | partition performing the operation |
-//! | 28 | 4 | reserved, 0 |
-//! | 32 | 8 | nonce (must exceed the capability's last nonce) |
-//! | 40 | 32 | [`ArgsDigest`] of the operation's arguments |
-//!
-//! The partition is bound in addition to (operation, object, arguments,
-//! nonce) so that an approval given to one partition cannot be replayed by
-//! another partition holding a capability for the same object under the same
-//! authority.
+//! The partition is bound so that an approval given to one partition cannot
+//! be replayed by another holding a capability for the same object under
+//! the same authority; the root so that it cannot be replayed through
+//! another tree (the nonce floor is the root's, shared by every copy); the
+//! boot id so that it cannot be replayed in a later boot.
 //!
 //! The arguments digest is computed by the kernel from the arguments it is
 //! about to act on (never taken from the guest), with [`ArgsDigest::of`]; for
 //! `CapDerive` and `CapRevoke` this crate computes it itself
 //! ([`DeriveParams::args_digest`](crate::DeriveParams::args_digest),
-//! [`revoke_args_digest`]). The proof's own address and the nonce register are
-//! not arguments.
+//! [`revoke_args_digest`]), and for `StateValidate` and `StateCommit` it is
+//! the digest of the staged set ([`staged_args_digest`]). The proof's own
+//! address and the nonce register are not arguments.
 
 use ed25519_dalek::{Signature as DalekSignature, VerifyingKey};
+pub use rvm_abi::approval::{ApprovalMessage, RootRef, APPROVAL_MESSAGE_LEN};
 use rvm_abi::Hypercall;
 use sha2::{Digest, Sha256};
 
 use crate::ids::{Nonce, ObjectRef, PartitionId};
 
-/// Domain-separation prefix of every P3 operation message.
-pub const OPERATION_TAG: [u8; 16] = *b"RVM-P3-OPERATION";
 /// Domain-separation prefix of every arguments digest.
 pub const ARGS_TAG: [u8; 12] = *b"RVM-P3-ARGS\0";
-/// Length of the signed operation message.
-pub const OPERATION_MESSAGE_LEN: usize = 72;
 
 /// An Ed25519 public key that authorises P3 operations on the capabilities
 /// it was bound to at install (and on everything derived from them).
@@ -88,24 +78,50 @@ pub fn revoke_args_digest() -> ArgsDigest {
     ArgsDigest::of(&[], &[])
 }
 
-/// The exact bytes an authority signs to approve `op` on `object` by
-/// `partition` with `nonce` and arguments `args`.
-pub fn operation_message(
+/// The arguments digest of `StateValidate` and `StateCommit`: the staged
+/// set the call acts on, in staging order. Equal to
+/// `ArgsDigest::of(&[], data)` where `data` is `count u64 ‖ (key length u32
+/// ‖ key ‖ value length u32 ‖ value)*`, integers little-endian — so
+/// `rvm-loader caps prove --data-hex` of that encoding produces it.
+pub fn staged_args_digest<'a>(
+    items: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+) -> ArgsDigest {
+    let mut h = Sha256::new();
+    h.update(ARGS_TAG);
+    h.update(0u32.to_le_bytes());
+    h.update(u64::try_from(items.len()).unwrap_or(u64::MAX).to_le_bytes());
+    for (k, v) in items {
+        // Keys and values are bounded by the store's limits (far below 4 GiB).
+        h.update(u32::try_from(k.len()).unwrap_or(u32::MAX).to_le_bytes());
+        h.update(k);
+        h.update(u32::try_from(v.len()).unwrap_or(u32::MAX).to_le_bytes());
+        h.update(v);
+    }
+    ArgsDigest(h.finalize().into())
+}
+
+/// The approval message of `op` on `object` by `partition`, through the
+/// tree rooted at `root`, with `nonce`, in the boot `boot_id`, over
+/// arguments `args`.
+pub fn approval_message(
     op: Hypercall,
     object: ObjectRef,
     partition: PartitionId,
+    root: RootRef,
     nonce: Nonce,
+    boot_id: [u8; 32],
     args: &ArgsDigest,
-) -> [u8; OPERATION_MESSAGE_LEN] {
-    let mut m = [0u8; OPERATION_MESSAGE_LEN];
-    m[0..16].copy_from_slice(&OPERATION_TAG);
-    m[16..18].copy_from_slice(&(op as u16).to_le_bytes());
-    m[18] = object.kind as u8;
-    m[20..24].copy_from_slice(&object.id.0.to_le_bytes());
-    m[24..28].copy_from_slice(&partition.0.to_le_bytes());
-    m[32..40].copy_from_slice(&nonce.0.to_le_bytes());
-    m[40..72].copy_from_slice(&args.0);
-    m
+) -> ApprovalMessage {
+    ApprovalMessage {
+        op,
+        object_kind: object.kind,
+        object_id: object.id.0,
+        partition: partition.0,
+        root,
+        nonce: nonce.0,
+        boot_id,
+        args_digest: args.0,
+    }
 }
 
 /// An operation's P3 proof as the kernel presents it to
@@ -119,20 +135,15 @@ pub struct Proof<'a> {
     pub signature: &'a Signature,
 }
 
-/// Verify `signature` over the operation message with `key` (strict
-/// verification: non-canonical signatures are refused).
+/// Verify `signature` over `message` with `key` (strict verification:
+/// non-canonical signatures are refused).
 pub(crate) fn verify_operation(
     key: &VerifyingKey,
-    op: Hypercall,
-    object: ObjectRef,
-    partition: PartitionId,
-    nonce: Nonce,
-    args: &ArgsDigest,
+    message: &ApprovalMessage,
     signature: &Signature,
 ) -> bool {
-    let message = operation_message(op, object, partition, nonce, args);
     let sig = DalekSignature::from_bytes(&signature.0);
-    key.verify_strict(&message, &sig).is_ok()
+    key.verify_strict(&message.to_bytes(), &sig).is_ok()
 }
 
 /// The authority public key for a 32-byte Ed25519 secret seed.
@@ -145,24 +156,13 @@ pub fn authority_key(secret_seed: &[u8; 32]) -> AuthorityKey {
     )
 }
 
-/// Sign an approval of `op` on `object` by `partition` with `nonce` and
-/// arguments `args`, with the authority's 32-byte secret seed. Host side only
-/// (feature `signer`): `rvm-loader caps prove` calls this.
+/// Sign `message` with the authority's 32-byte secret seed. Host side
+/// only (feature `signer`): `rvm-loader caps prove` calls this.
 #[cfg(any(test, feature = "signer"))]
-pub fn sign_operation(
-    secret_seed: &[u8; 32],
-    op: Hypercall,
-    object: ObjectRef,
-    partition: PartitionId,
-    nonce: Nonce,
-    args: &ArgsDigest,
-) -> Signature {
+pub fn sign_operation(secret_seed: &[u8; 32], message: &ApprovalMessage) -> Signature {
     use ed25519_dalek::Signer;
     let key = ed25519_dalek::SigningKey::from_bytes(secret_seed);
-    Signature(
-        key.sign(&operation_message(op, object, partition, nonce, args))
-            .to_bytes(),
-    )
+    Signature(key.sign(&message.to_bytes()).to_bytes())
 }
 
 #[cfg(test)]
@@ -171,27 +171,11 @@ mod tests {
     use rvm_abi::ObjectKind;
 
     const SEED: [u8; 32] = [7; 32];
-
-    #[test]
-    fn message_layout_is_fixed() {
-        let args = ArgsDigest([0xaa; 32]);
-        let m = operation_message(
-            Hypercall::CapRevoke,
-            ObjectRef::new(ObjectKind::Channel, 0x0102_0304),
-            PartitionId(9),
-            Nonce(0x1122_3344_5566_7788),
-            &args,
-        );
-        assert_eq!(&m[0..16], b"RVM-P3-OPERATION");
-        assert_eq!(m[16..18], [0x04, 0x00]);
-        assert_eq!(m[18], ObjectKind::Channel as u8);
-        assert_eq!(m[19], 0);
-        assert_eq!(m[20..24], [0x04, 0x03, 0x02, 0x01]);
-        assert_eq!(m[24..28], [9, 0, 0, 0]);
-        assert_eq!(m[28..32], [0; 4]);
-        assert_eq!(m[32..40], 0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(m[40..72], [0xaa; 32]);
-    }
+    const ROOT: RootRef = RootRef {
+        partition: 1,
+        index: 3,
+        generation: 0,
+    };
 
     #[test]
     fn args_digest_separates_words_from_data() {
@@ -205,78 +189,85 @@ mod tests {
     }
 
     #[test]
+    fn the_staged_digest_is_the_args_digest_of_its_encoding() {
+        let items: [(&[u8], &[u8]); 2] = [(b"k1", b"v"), (b"key2", b"")];
+        let mut enc = Vec::new();
+        enc.extend_from_slice(&2u64.to_le_bytes());
+        for (k, v) in items {
+            enc.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            enc.extend_from_slice(k);
+            enc.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            enc.extend_from_slice(v);
+        }
+        assert_eq!(
+            staged_args_digest(items.into_iter()),
+            ArgsDigest::of(&[], &enc)
+        );
+        assert_ne!(
+            staged_args_digest(items.into_iter()),
+            staged_args_digest(items.into_iter().rev())
+        );
+    }
+
+    #[test]
     fn signer_and_verifier_agree_and_every_field_is_bound() {
         let key = authority_key(&SEED).decode().unwrap();
         let obj = ObjectRef::new(ObjectKind::Region, 1);
         let args = ArgsDigest::of(&[0, 16], b"payload");
-        let sig = sign_operation(
-            &SEED,
+        let good = approval_message(
             Hypercall::RegionWrite,
             obj,
             PartitionId(1),
+            ROOT,
             Nonce(5),
+            [9; 32],
             &args,
         );
-        let ok = |op, o, p, n, a: &ArgsDigest| verify_operation(&key, op, o, p, n, a, &sig);
-        assert!(ok(
-            Hypercall::RegionWrite,
-            obj,
-            PartitionId(1),
-            Nonce(5),
-            &args
-        ));
-        assert!(!ok(
-            Hypercall::RegionRead,
-            obj,
-            PartitionId(1),
-            Nonce(5),
-            &args
-        ));
-        assert!(!ok(
-            Hypercall::RegionWrite,
-            ObjectRef::new(ObjectKind::Region, 2),
-            PartitionId(1),
-            Nonce(5),
-            &args
-        ));
-        assert!(!ok(
-            Hypercall::RegionWrite,
-            ObjectRef::new(ObjectKind::Channel, 1),
-            PartitionId(1),
-            Nonce(5),
-            &args
-        ));
-        assert!(!ok(
-            Hypercall::RegionWrite,
-            obj,
-            PartitionId(2),
-            Nonce(5),
-            &args
-        ));
-        assert!(!ok(
-            Hypercall::RegionWrite,
-            obj,
-            PartitionId(1),
-            Nonce(6),
-            &args
-        ));
-        assert!(!ok(
-            Hypercall::RegionWrite,
-            obj,
-            PartitionId(1),
-            Nonce(5),
-            &ArgsDigest::of(&[0, 16], b"payloaD")
-        ));
+        let sig = sign_operation(&SEED, &good);
+        assert!(verify_operation(&key, &good, &sig));
+        let changed: [ApprovalMessage; 9] = [
+            ApprovalMessage {
+                op: Hypercall::RegionRead,
+                ..good
+            },
+            ApprovalMessage {
+                object_id: 2,
+                ..good
+            },
+            ApprovalMessage {
+                object_kind: ObjectKind::Channel,
+                ..good
+            },
+            ApprovalMessage {
+                partition: 2,
+                ..good
+            },
+            ApprovalMessage { nonce: 6, ..good },
+            ApprovalMessage {
+                root: RootRef { index: 4, ..ROOT },
+                ..good
+            },
+            ApprovalMessage {
+                root: RootRef {
+                    generation: 1,
+                    ..ROOT
+                },
+                ..good
+            },
+            ApprovalMessage {
+                boot_id: [8; 32],
+                ..good
+            },
+            ApprovalMessage {
+                args_digest: ArgsDigest::of(&[0, 16], b"payloaD").0,
+                ..good
+            },
+        ];
+        for m in &changed {
+            assert!(!verify_operation(&key, m, &sig), "{m:?}");
+        }
         let other = authority_key(&[8; 32]).decode().unwrap();
-        assert!(!verify_operation(
-            &other,
-            Hypercall::RegionWrite,
-            obj,
-            PartitionId(1),
-            Nonce(5),
-            &args,
-            &sig
-        ));
+        assert!(!verify_operation(&other, &good, &sig));
     }
 
     #[test]

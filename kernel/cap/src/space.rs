@@ -9,7 +9,7 @@ use rvm_abi::bundle::CapDesc;
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, ProofTier, Rights};
 
 use crate::capability::{AuthorityId, CapInfo, CapRef, Capability, Links};
-use crate::ids::{Nonce, ObjectRef, PartitionId, Timestamp};
+use crate::ids::{Epoch, Nonce, ObjectRef, PartitionId, Timestamp};
 use crate::outcome::{Denied, Granted, Request};
 use crate::policy::{SpacePolicy, MAX_DERIVATION_DEPTH};
 use crate::proof::{verify_operation, ArgsDigest, AuthorityKey, Proof, Signature};
@@ -17,6 +17,8 @@ use crate::quota::{Quota, Usage};
 use crate::table::{PartitionCapState, Table};
 use crate::tiers::TierMap;
 use crate::window::ByteWindow;
+use rvm_abi::approval::{ApprovalMessage, RootRef};
+use rvm_abi::bundle::BOOT_ID_LEN;
 
 /// A capability to install: the kernel builds one per capability-table entry
 /// of the bundle (see [`CapParams::from_desc`]).
@@ -62,10 +64,12 @@ impl CapParams {
 pub(crate) struct Verdict {
     pub granted: Granted,
     pub at: CapRef,
-    /// Nonce to record (P2/P3 with a nonce).
+    /// Nonce to record at the root of `at`'s derivation tree (P2/P3 with a
+    /// nonce).
     pub nonce: Option<Nonce>,
-    /// Usage to record (P2/P3).
-    pub usage: Option<Usage>,
+    /// The call to charge, in this epoch with this many bytes, to `at` and
+    /// every ancestor up to its root (P2/P3).
+    pub charge: Option<(Epoch, u64)>,
 }
 
 /// A proof as the check needs it: the operation, the kernel's digest of its
@@ -89,6 +93,9 @@ pub struct CapabilitySpace {
     policy: SpacePolicy,
     tables: Vec<Option<Table>>,
     authorities: Vec<(AuthorityKey, VerifyingKey)>,
+    /// The booted bundle's boot id, which every P3 approval signs; none
+    /// set, every P3 approval is refused (`BadProof`).
+    boot_id: Option<[u8; BOOT_ID_LEN]>,
 }
 
 impl CapabilitySpace {
@@ -98,7 +105,19 @@ impl CapabilitySpace {
             policy,
             tables: Vec::new(),
             authorities: Vec::new(),
+            boot_id: None,
         }
+    }
+
+    /// Bind this boot's id: P3 approvals must sign it
+    /// ([`ApprovalMessage::boot_id`]).
+    pub fn set_boot_id(&mut self, id: [u8; BOOT_ID_LEN]) {
+        self.boot_id = Some(id);
+    }
+
+    /// The boot id P3 approvals must sign, if one is bound.
+    pub fn boot_id(&self) -> Option<[u8; BOOT_ID_LEN]> {
+        self.boot_id
     }
 
     pub fn policy(&self) -> SpacePolicy {
@@ -307,15 +326,19 @@ impl CapabilitySpace {
     ///   (`BadHandle`, `StaleHandle`, `Revoked`, `Suspended`, `NoRights`,
     ///   `GrantConsumed` for a used GRANT_ONCE).
     /// * P2: and not expired (`Expired`), `req.access` inside the window
-    ///   (`OutOfWindow`), `req.nonce` (if any) above the last (`Replay`),
-    ///   one more call and `access.len` more bytes within the epoch's quota
-    ///   (`QuotaExceeded`).
+    ///   (`OutOfWindow`), `req.nonce` (if any) above the nonce floor of the
+    ///   capability's derivation tree — kept at its root, shared by every
+    ///   capability derived from it (`Replay`), one more call and
+    ///   `access.len` more bytes within the epoch's quota of the capability
+    ///   and of every ancestor up to the root (`QuotaExceeded`): a copy of a
+    ///   capability is never a fresh start.
     /// * P3: and the derivation chain re-checked to its root: every ancestor
     ///   live (`Revoked`), its partition not fenced (`Suspended`), unexpired
     ///   (`Expired`), holding at least this capability's rights, window,
     ///   expiry and quota (`NoRights`); and `proof` present with a nonce and
-    ///   a valid signature by the authority key over
-    ///   [`operation_message`](crate::proof::operation_message)
+    ///   a valid signature by the authority key over the
+    ///   [`ApprovalMessage`] naming the tree's root and this boot's id
+    ///   ([`CapabilitySpace::set_boot_id`]; none set: `BadProof`)
     ///   (`BadProof`).
     ///
     /// `proof` is ignored below P3. Nothing changes unless the use is
@@ -418,7 +441,7 @@ impl CapabilitySpace {
                 granted,
                 at,
                 nonce: None,
-                usage: None,
+                charge: None,
             });
         }
         self.evaluate_policy(caller, handle, granted, req, proof)
@@ -452,26 +475,48 @@ impl CapabilitySpace {
                 return Err(deny(HvError::OutOfWindow));
             }
         }
+        // The tree's nonce floor and quotas: the root's, and every
+        // ancestor's on the way (a copy of a capability is no fresh start).
+        let (root_at, root) = self.root_of(at, cap).map_err(deny)?;
         if let Some(n) = req.nonce {
-            if n.0 <= cap.last_nonce {
+            if n.0 <= root.last_nonce {
                 return Err(deny(HvError::Replay));
             }
         }
         let bytes = req.access.map_or(0, |a| a.len);
-        let usage = cap
-            .usage
-            .charge(cap.quota, req.epoch, bytes)
-            .ok_or_else(|| deny(HvError::QuotaExceeded))?;
+        if !self.chain_charge(cap, req.epoch, bytes) {
+            return Err(deny(HvError::QuotaExceeded));
+        }
 
         if tier == ProofTier::P3 {
             self.chain_check(cap, req.now).map_err(deny)?;
             let (op, args, signature) = proof.ok_or_else(|| deny(HvError::BadProof))?;
             let nonce = req.nonce.ok_or_else(|| deny(HvError::BadProof))?;
+            let boot_id = self.boot_id.ok_or_else(|| deny(HvError::BadProof))?;
             let key = cap
                 .authority
                 .and_then(|a| self.authorities.get(usize::from(a.0)))
                 .ok_or_else(|| deny(HvError::BadProof))?;
-            if !verify_operation(&key.1, op, cap.object, caller, nonce, &args, signature) {
+            let generation = self
+                .table(root_at.partition)
+                .and_then(|t| t.slots.get(usize::from(root_at.index)))
+                .map(|slot| slot.generation)
+                .ok_or_else(|| deny(HvError::Revoked))?;
+            let message = ApprovalMessage {
+                op,
+                object_kind: cap.object.kind,
+                object_id: cap.object.id.0,
+                partition: caller.0,
+                root: RootRef {
+                    partition: root_at.partition.0,
+                    index: root_at.index,
+                    generation,
+                },
+                nonce: nonce.0,
+                boot_id,
+                args_digest: args.0,
+            };
+            if !verify_operation(&key.1, &message, signature) {
                 return Err(deny(HvError::BadProof));
             }
         }
@@ -479,21 +524,99 @@ impl CapabilitySpace {
             granted,
             at,
             nonce: req.nonce,
-            usage: Some(usage),
+            charge: Some((req.epoch, bytes)),
         })
     }
 
-    /// Record an allowed use.
+    /// The root of `cap`'s derivation tree (`cap` itself for a root) and
+    /// where it lives. `Revoked` for a broken chain (never the case while
+    /// the tree's links are intact: a root outlives its subtree).
+    fn root_of<'s>(
+        &'s self,
+        at: CapRef,
+        cap: &'s Capability,
+    ) -> Result<(CapRef, &'s Capability), HvError> {
+        let (mut at, mut cap) = (at, cap);
+        let mut steps: u8 = 0;
+        while let Some(up) = cap.links.parent {
+            steps += 1;
+            if steps > MAX_DERIVATION_DEPTH {
+                return Err(HvError::Revoked);
+            }
+            cap = self.cap(up).ok_or(HvError::Revoked)?;
+            at = up;
+        }
+        Ok((at, cap))
+    }
+
+    /// Whether one more call of `bytes` bytes in `epoch` fits the quota of
+    /// `cap` and of every ancestor up to its root.
+    fn chain_charge(&self, cap: &Capability, epoch: Epoch, bytes: u64) -> bool {
+        let mut cur = cap;
+        let mut steps: u8 = 0;
+        loop {
+            if cur.usage.charge(cur.quota, epoch, bytes).is_none() {
+                return false;
+            }
+            let Some(up) = cur.links.parent else {
+                return true;
+            };
+            steps += 1;
+            if steps > MAX_DERIVATION_DEPTH {
+                return false;
+            }
+            match self.cap(up) {
+                Some(parent) => cur = parent,
+                None => return false,
+            }
+        }
+    }
+
+    /// The root of the derivation tree of `handle`'s capability in
+    /// `caller`'s table, as a P3 approval names it.
+    pub fn root(&self, caller: PartitionId, handle: CapHandle) -> Result<RootRef, HvError> {
+        let cap = self.resolve(caller, handle)?;
+        let at = CapRef {
+            partition: caller,
+            index: handle.index,
+        };
+        let (root_at, _) = self.root_of(at, cap)?;
+        let generation = self
+            .table(root_at.partition)
+            .and_then(|t| t.slots.get(usize::from(root_at.index)))
+            .map(|slot| slot.generation)
+            .ok_or(HvError::Revoked)?;
+        Ok(RootRef {
+            partition: root_at.partition.0,
+            index: root_at.index,
+            generation,
+        })
+    }
+
+    /// Record an allowed use: the call charged to the capability and every
+    /// ancestor, the nonce at the root.
     pub(crate) fn commit(&mut self, verdict: &Verdict) {
-        if verdict.nonce.is_none() && verdict.usage.is_none() {
+        if verdict.nonce.is_none() && verdict.charge.is_none() {
             return;
         }
-        if let Some(cap) = self.cap_mut(verdict.at) {
-            if let Some(n) = verdict.nonce {
-                cap.last_nonce = n.0;
+        let mut cur = Some(verdict.at);
+        let mut steps: u8 = 0;
+        while let Some(at) = cur {
+            let Some(cap) = self.cap_mut(at) else { return };
+            if let Some((epoch, bytes)) = verdict.charge {
+                if let Some(u) = cap.usage.charge(cap.quota, epoch, bytes) {
+                    cap.usage = u;
+                }
             }
-            if let Some(u) = verdict.usage {
-                cap.usage = u;
+            cur = cap.links.parent;
+            if cur.is_none() {
+                if let Some(n) = verdict.nonce {
+                    cap.last_nonce = n.0;
+                }
+            }
+            steps += 1;
+            if steps > MAX_DERIVATION_DEPTH {
+                return;
             }
         }
     }

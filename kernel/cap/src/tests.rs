@@ -3,7 +3,7 @@
 
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, ProofTier, Rights};
 
-use crate::proof::{authority_key, revoke_args_digest, sign_operation};
+use crate::proof::{approval_message, authority_key, revoke_args_digest, sign_operation, RootRef};
 use crate::tiers::TierMap;
 use crate::*;
 
@@ -22,8 +22,18 @@ fn space() -> CapabilitySpace {
     for p in [P1, P2, P3] {
         s.add_partition(p).unwrap();
     }
+    s.set_boot_id(BOOT_ID);
     s
 }
+
+/// The boot the tests' approvals are signed for.
+const BOOT_ID: [u8; 32] = [0xb0; 32];
+/// The first capability installed into P1: the root the tests' approvals name.
+const ROOT: RootRef = RootRef {
+    partition: 1,
+    index: 0,
+    generation: 0,
+};
 
 /// Every right, each at `tier`.
 fn params(tier: ProofTier) -> CapParams {
@@ -396,7 +406,10 @@ fn signed(
     nonce: u64,
     args: &ArgsDigest,
 ) -> Signature {
-    sign_operation(seed, op, REGION, p, Nonce(nonce), args)
+    sign_operation(
+        seed,
+        &approval_message(op, REGION, p, ROOT, Nonce(nonce), BOOT_ID, args),
+    )
 }
 
 #[test]
@@ -504,7 +517,8 @@ fn p3_rechecks_the_chain_fenced_ancestor_is_suspended() {
     let d = s.verify_chain(P2, child, Timestamp(0)).unwrap_err();
     assert_eq!((d.error, d.tier), (HvError::Suspended, ProofTier::P3));
     let args = ArgsDigest::of(&[], &[]);
-    let sig = signed(Hypercall::RegionWrite, &SEED, P2, 1, &args);
+    // Nonce 1 was the derive's: the tree's floor is shared.
+    let sig = signed(Hypercall::RegionWrite, &SEED, P2, 2, &args);
     let proof = Proof {
         op: Hypercall::RegionWrite,
         args,
@@ -515,7 +529,7 @@ fn p3_rechecks_the_chain_fenced_ancestor_is_suspended() {
             P2,
             child,
             Rights::WRITE,
-            &req().with_nonce(Nonce(1)),
+            &req().with_nonce(Nonce(2)),
             Some(&proof)
         )),
         HvError::Suspended
@@ -526,7 +540,7 @@ fn p3_rechecks_the_chain_fenced_ancestor_is_suspended() {
             P2,
             child,
             Rights::WRITE,
-            &req().with_nonce(Nonce(1)),
+            &req().with_nonce(Nonce(2)),
             Some(&proof)
         )
         .is_ok());

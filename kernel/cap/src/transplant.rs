@@ -9,8 +9,9 @@
 //! This is a kernel decision, not a guest's use of a right: no GRANT is
 //! needed or consumed and no policy is charged. The child keeps the
 //! original's rights, tiers, window, expiry, quota and authority; its depth
-//! is one more (bounded by [`MAX_DERIVATION_DEPTH`]), and its quota usage
-//! starts fresh.
+//! is one more (bounded by [`MAX_DERIVATION_DEPTH`]). Its own quota usage
+//! starts fresh, but every use is charged to the original (and up to the
+//! root) too, and it shares the root's nonce floor.
 
 use rvm_abi::{CapHandle, HvError};
 

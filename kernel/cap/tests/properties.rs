@@ -9,7 +9,9 @@
 
 use proptest::prelude::*;
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, ProofTier, Rights};
-use rvm_cap::proof::{authority_key, revoke_args_digest, sign_operation};
+use rvm_cap::proof::{
+    approval_message, authority_key, revoke_args_digest, sign_operation, RootRef,
+};
 use rvm_cap::tiers::TierMap;
 use rvm_cap::*;
 
@@ -118,6 +120,16 @@ fn rights_of(bits: u8) -> Rights {
     Rights::from_bits_truncate(bits)
 }
 
+/// The boot the approvals are signed for.
+const BOOT_ID: [u8; 32] = [0x5b; 32];
+/// What an approval names when the handle has no root (it is dead: the
+/// operation is refused before the signature matters).
+const NO_ROOT: RootRef = RootRef {
+    partition: u32::MAX,
+    index: 0,
+    generation: 0,
+};
+
 impl Harness {
     fn new() -> Harness {
         let mut space = CapabilitySpace::new(SpacePolicy {
@@ -127,6 +139,7 @@ impl Harness {
         for p in 0..PARTITIONS {
             space.add_partition(PartitionId(p)).unwrap();
         }
+        space.set_boot_id(BOOT_ID);
         Harness {
             space,
             known: Vec::new(),
@@ -235,13 +248,18 @@ impl Harness {
                 let target = PartitionId(target);
                 let sig = sign.then(|| {
                     let obj = ObjectRef::new(ObjectKind::Region, 1);
+                    let root = self.space.root(caller, parent.h).unwrap_or(NO_ROOT);
                     sign_operation(
                         &SEED,
-                        Hypercall::CapDerive,
-                        obj,
-                        caller,
-                        nonce,
-                        &params.args_digest(target),
+                        &approval_message(
+                            Hypercall::CapDerive,
+                            obj,
+                            caller,
+                            root,
+                            nonce,
+                            BOOT_ID,
+                            &params.args_digest(target),
+                        ),
                     )
                 });
                 match self.space.derive(
@@ -324,13 +342,18 @@ impl Harness {
                 let nonce = self.next_nonce();
                 let sig = sign.then(|| {
                     let obj = ObjectRef::new(ObjectKind::Region, 1);
+                    let root = self.space.root(k.p, k.h).unwrap_or(NO_ROOT);
                     sign_operation(
                         &SEED,
-                        Hypercall::CapRevoke,
-                        obj,
-                        k.p,
-                        nonce,
-                        &revoke_args_digest(),
+                        &approval_message(
+                            Hypercall::CapRevoke,
+                            obj,
+                            k.p,
+                            root,
+                            nonce,
+                            BOOT_ID,
+                            &revoke_args_digest(),
+                        ),
                     )
                 });
                 if let Ok(report) = self.space.revoke(k.p, k.h, &req(Some(nonce)), sig.as_ref()) {

@@ -208,6 +208,19 @@ impl Caps {
         rvm_cap::PartitionId(p.0)
     }
 
+    /// Bind this boot's id ([`rvm_abi::bundle::EntryKind::BootId`]): every
+    /// P3 approval must sign it. Without one, every approval is refused.
+    pub fn set_boot_id(&mut self, id: [u8; rvm_abi::bundle::BOOT_ID_LEN]) {
+        self.space.set_boot_id(id);
+    }
+
+    /// The root of the derivation tree of `raw`'s capability, as a P3
+    /// approval names it.
+    pub fn root(&self, p: PartitionId, raw: u64) -> Result<rvm_cap::proof::RootRef, HvError> {
+        let handle = CapHandle::from_raw(raw).ok_or(HvError::BadHandle)?;
+        self.space.root(Self::pid(p), handle)
+    }
+
     /// The capability space itself (kernel diagnostics and tests).
     pub fn space(&self) -> &CapabilitySpace {
         &self.space

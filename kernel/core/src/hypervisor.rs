@@ -140,6 +140,7 @@ impl<A: Arch> Hypervisor<A> {
             orders: crate::orders::OrderDesk::new(
                 bundle.global(EntryKind::OperatorKey).and_then(|e| e.data.try_into().ok()),
                 bundle_digest,
+                bundle.boot_id().is_some(),
             ),
             dormant: crate::dormant::DormantLedger::default(),
             policy: RunPolicy::from_config(&config),
@@ -149,6 +150,9 @@ impl<A: Arch> Hypervisor<A> {
             refused: 0,
             evicted: 0,
         };
+        if let Some(id) = bundle.boot_id() {
+            hv.caps.set_boot_id(id);
+        }
         hv.witness.announce_key(&mut hv.arch);
         let mut boot_digest = [0u8; 16];
         boot_digest.copy_from_slice(&bundle_digest[..16]);

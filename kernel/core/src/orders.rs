@@ -29,8 +29,13 @@
 //! can match the answer to the order it sent.
 //!
 //! Replay protection lasts one boot: the nonce floor starts at 0 when the
-//! hypervisor boots, so the loader uses a clock-based nonce, and the bundle
-//! digest in the signed message confines an order to one deployment.
+//! hypervisor boots, so the loader uses a clock-based nonce; the bundle
+//! digest in the signed message confines an order to one boot, because every
+//! bundle the host builds carries a fresh random
+//! [`BootId`](rvm_abi::bundle::EntryKind::BootId) — a second boot of the same
+//! deployment, even from a byte-identical rebuild of everything else, has
+//! another digest. A bundle without a boot id accepts no order
+//! ([`OrderRefusal::NoBootId`]).
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use rvm_abi::frame::{OrderArgs, OrderFrame, OrderKind, MAX_ORDER_LINE};
@@ -53,6 +58,8 @@ const POLL_BUDGET: usize = 4 * (MAX_ORDER_LINE + 2);
 pub(crate) struct OrderDesk {
     key: Option<[u8; 32]>,
     bundle_digest: [u8; 32],
+    /// The bundle carries a boot id, so its digest names this boot alone.
+    boot_bound: bool,
     last_nonce: u64,
     line: heapless::Vec<u8, MAX_ORDER_LINE>,
     /// The current line outgrew the buffer: drop it up to its newline.
@@ -69,6 +76,9 @@ pub enum OrderRefusal {
     Malformed,
     /// The bundle binds no operator key.
     NoOperatorKey,
+    /// The bundle carries no boot id: an order signed for it would be
+    /// good for every boot of a byte-identical bundle.
+    NoBootId,
     /// No partition has that name.
     UnknownPartition,
     /// The signature does not verify with the operator key.
@@ -88,7 +98,7 @@ impl OrderRefusal {
     pub fn error(self) -> HvError {
         match self {
             OrderRefusal::Malformed | OrderRefusal::UnknownPartition => HvError::InvalidArgument,
-            OrderRefusal::NoOperatorKey | OrderRefusal::BadSignature => HvError::BadProof,
+            OrderRefusal::NoOperatorKey | OrderRefusal::NoBootId | OrderRefusal::BadSignature => HvError::BadProof,
             OrderRefusal::Replayed { .. } => HvError::Replay,
             OrderRefusal::NotFenced(_) | OrderRefusal::AlreadyEvicted => HvError::InvalidArgument,
             OrderRefusal::Failed(e) => e,
@@ -101,6 +111,7 @@ impl core::fmt::Display for OrderRefusal {
         match self {
             OrderRefusal::Malformed => write!(f, "malformed order line"),
             OrderRefusal::NoOperatorKey => write!(f, "the bundle binds no operator key"),
+            OrderRefusal::NoBootId => write!(f, "the bundle carries no boot id"),
             OrderRefusal::UnknownPartition => write!(f, "no partition has that name"),
             OrderRefusal::BadSignature => write!(f, "signature does not verify with the operator key"),
             OrderRefusal::Replayed { last } => write!(f, "nonce replayed (must exceed {last})"),
@@ -113,11 +124,13 @@ impl core::fmt::Display for OrderRefusal {
 
 impl OrderDesk {
     /// `key`: the bundle's operator key, if any; `bundle_digest`: SHA-256 of
-    /// the bundle this hypervisor booted.
-    pub(crate) fn new(key: Option<[u8; 32]>, bundle_digest: [u8; 32]) -> Self {
+    /// the bundle this hypervisor booted; `boot_bound`: the bundle carries a
+    /// boot id (else every order is refused).
+    pub(crate) fn new(key: Option<[u8; 32]>, bundle_digest: [u8; 32], boot_bound: bool) -> Self {
         Self {
             key,
             bundle_digest,
+            boot_bound,
             last_nonce: 0,
             line: heapless::Vec::new(),
             overlong: false,
@@ -151,6 +164,9 @@ impl OrderDesk {
         let key = VerifyingKey::from_bytes(&key).map_err(|_| OrderRefusal::NoOperatorKey)?;
         if key.is_weak() {
             return Err(OrderRefusal::NoOperatorKey);
+        }
+        if !self.boot_bound {
+            return Err(OrderRefusal::NoBootId);
         }
         let message = OrderFrame::message(order.kind, order.nonce, &order.partition, &self.bundle_digest);
         key.verify_strict(&message, &Signature::from_bytes(&order.signature))

@@ -160,6 +160,11 @@ impl StateStore {
         self.committed.len()
     }
 
+    /// The open transaction's items, in staging order.
+    pub fn staged(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+        self.staged.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
     pub fn staged_items(&self) -> usize {
         self.staged.len()
     }

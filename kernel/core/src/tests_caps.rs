@@ -24,7 +24,7 @@ use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::witness::{flags, NO_CAP};
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, Rights, WitnessRecord};
 use rvm_cap::attest::{verify_attestation, Attestation};
-use rvm_cap::proof::{authority_key, revoke_args_digest, sign_operation};
+use rvm_cap::proof::{approval_message, authority_key, revoke_args_digest, sign_operation, staged_args_digest, RootRef};
 use rvm_cap::{ArgsDigest, AuthorityKey, DeriveParams, Nonce, ObjectRef, PartitionId, Signature, Timestamp};
 
 use crate::addr::{PhysAddr, PhysRange};
@@ -35,6 +35,8 @@ use crate::hypervisor::Hypervisor;
 use crate::partition::PartitionState;
 
 const WITNESS_SEED: [u8; 32] = [7; 32];
+/// The boot id of the test bundles: the boot every approval here signs.
+const BOOT_ID: [u8; 32] = [0xb1; 32];
 const AUTHORITY: [u8; 32] = [0x11; 32];
 const STRANGER: [u8; 32] = [0x22; 32];
 const HEAP: u64 = layout::HEAP_IPA;
@@ -85,6 +87,7 @@ fn boot(parts: &[Part], channels: &[(u32, u32)]) -> Hypervisor<FakeArch> {
     w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &WITNESS_SEED);
     w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 200, ..BootConfig::DEFAULT }.to_bytes());
+    w.entry(EntryKind::BootId, GLOBAL, &BOOT_ID);
     for (n, p) in parts.iter().enumerate() {
         let desc = crate::tests::desc(&alloc::format!("p{}", n + 1));
         let i = w.partition(&desc);
@@ -290,8 +293,19 @@ fn derived(done: &[Ret], i: usize) -> u64 {
     done[i].x[0]
 }
 
-fn sign(seed: &[u8; 32], op: Hypercall, object: ObjectRef, p: u32, nonce: u64, args: &ArgsDigest) -> Vec<u8> {
-    sign_operation(seed, op, object, PartitionId(p), Nonce(nonce), args).0.to_vec()
+/// An approval of `op` on `object` by partition `p`, through the tree whose
+/// root is `root` = (partition, handle index; generation 0: the boot's
+/// installs), in this boot.
+#[allow(clippy::too_many_arguments)]
+fn sign(seed: &[u8; 32], op: Hypercall, object: ObjectRef, p: u32, root: (u32, u16), nonce: u64, args: &ArgsDigest) -> Vec<u8> {
+    let root = RootRef { partition: root.0, index: root.1, generation: 0 };
+    sign_operation(seed, &approval_message(op, object, PartitionId(p), root, Nonce(nonce), BOOT_ID, args)).0.to_vec()
+}
+
+/// The digest a `StateValidate` or `StateCommit` approval signs when
+/// `items` are staged.
+fn staged(items: &[(&[u8], &[u8])]) -> ArgsDigest {
+    staged_args_digest(items.iter().copied())
 }
 
 fn store_ref(p: u32) -> ObjectRef {
@@ -552,16 +566,16 @@ fn p3_needs_a_valid_approval_by_the_bound_key_and_refuses_replays() {
         &[],
     );
     let obj = store_ref(1);
-    let revoke1 = sign(&AUTHORITY, Hypercall::CapRevoke, obj, 1, 1, &revoke_args_digest());
-    let wrong_key = sign(&STRANGER, Hypercall::CapRevoke, obj, 1, 1, &revoke_args_digest());
+    let revoke1 = sign(&AUTHORITY, Hypercall::CapRevoke, obj, 1, (1, 1), 1, &revoke_args_digest());
+    let wrong_key = sign(&STRANGER, Hypercall::CapRevoke, obj, 1, (1, 1), 1, &revoke_args_digest());
     let mut garbage = revoke1.clone();
     garbage[7] ^= 0x40;
     let wpg = W | G | PRV;
-    let derive_c1 = sign(&AUTHORITY, Hypercall::CapDerive, obj, 1, 1, &derive_digest(wpg, 1));
-    let derive_other = sign(&AUTHORITY, Hypercall::CapDerive, obj, 1, 1, &derive_digest(W, 1));
-    let derive_c2 = sign(&AUTHORITY, Hypercall::CapDerive, obj, 1, 2, &derive_digest(W | PRV, 1));
-    let prove1 = sign(&AUTHORITY, Hypercall::Prove, obj, 1, 3, &empty_args());
-    let prove2 = sign(&AUTHORITY, Hypercall::Prove, obj, 1, 4, &empty_args());
+    let derive_c1 = sign(&AUTHORITY, Hypercall::CapDerive, obj, 1, (1, 2), 1, &derive_digest(wpg, 1));
+    let derive_other = sign(&AUTHORITY, Hypercall::CapDerive, obj, 1, (1, 2), 1, &derive_digest(W, 1));
+    let derive_c2 = sign(&AUTHORITY, Hypercall::CapDerive, obj, 1, (1, 2), 2, &derive_digest(W | PRV, 1));
+    let prove1 = sign(&AUTHORITY, Hypercall::Prove, obj, 1, (1, 2), 3, &empty_args());
+    let prove2 = sign(&AUTHORITY, Hypercall::Prove, obj, 1, (1, 2), 4, &empty_args());
     let t = new_trace();
     let d = |rights: Rights| u64::from(rights.bits());
     hv.arch.set_guest(
@@ -653,8 +667,8 @@ fn a_p3_use_is_suspended_while_an_ancestor_s_partition_is_fenced() {
         ),
     );
     let obj = store_ref(1);
-    let a1 = sign(&AUTHORITY, Hypercall::StateValidate, obj, 2, 1, &empty_args());
-    let a2 = sign(&AUTHORITY, Hypercall::StateValidate, obj, 2, 2, &empty_args());
+    let a1 = sign(&AUTHORITY, Hypercall::StateValidate, obj, 2, (1, 1), 1, &staged(&[]));
+    let a2 = sign(&AUTHORITY, Hypercall::StateValidate, obj, 2, (1, 1), 2, &staged(&[]));
     let (g1, g2) = (given.clone(), given.clone());
     hv.arch.set_guest(
         2,
@@ -825,8 +839,8 @@ fn p3_channel_sends_bind_the_message_and_staging_cannot_carry_a_proof() {
         &[(0, 1)],
     );
     let chan = ObjectRef::new(ObjectKind::Channel, 0);
-    let hello = sign(&AUTHORITY, Hypercall::ChannelSend, chan, 1, 1, &ArgsDigest::of(&[], b"hello"));
-    let hello2 = sign(&AUTHORITY, Hypercall::ChannelSend, chan, 1, 2, &ArgsDigest::of(&[], b"hello"));
+    let hello = sign(&AUTHORITY, Hypercall::ChannelSend, chan, 1, (1, 1), 1, &ArgsDigest::of(&[], b"hello"));
+    let hello2 = sign(&AUTHORITY, Hypercall::ChannelSend, chan, 1, (1, 1), 2, &ArgsDigest::of(&[], b"hello"));
     let t = new_trace();
     hv.arch.set_guest(
         1,
@@ -849,4 +863,98 @@ fn p3_channel_sends_bind_the_message_and_staging_cannot_carry_a_proof() {
     );
     let text = run(&mut hv);
     check_all(&text, 1, &t, &[ok(3, 1), no(HvError::BadProof, 3, 1), no(HvError::BadProof, 3, 2)]);
+}
+
+// ------------------------------------------------ approvals and quotas of a tree
+
+#[test]
+fn a_derive_to_self_replays_no_approval_and_splits_no_quota() {
+    // Handle 1: WRITE at P3 with GRANT at P1; handle 2: WRITE at P2, one
+    // call per epoch.
+    let mut quota1 = store(1, &[(W, 2), (G, 1)]);
+    quota1.quota = 1;
+    let mut hv = boot(&[Part { caps: vec![store(1, &[(W, 3), (G, 1)]), quota1], authority: Some(AUTHORITY) }], &[]);
+    let approval = sign(&AUTHORITY, Hypercall::StateValidate, store_ref(1), 1, (1, 1), 1, &staged(&[]));
+    let t = new_trace();
+    let mut steps = vec![
+        call_with(Hypercall::StateValidate, &[1, 0, 0, 0, SIG, 1], SIG, approval.clone()), // 0: approved
+        call_with(Hypercall::StateValidate, &[1, 0, 0, 0, SIG, 1], SIG, approval.clone()), // 1: replayed
+    ];
+    // Three copies of handle 1 in the caller's own table, each presenting
+    // the same approval.
+    for k in 0..3 {
+        let at = 2 + 2 * k;
+        steps.push(derive(1, 1, W, 0));
+        let a = approval.clone();
+        steps.push(step(move |d, m| {
+            m.write(SIG, &a).unwrap();
+            Do::Call(Hypercall::StateValidate, [derived(d, at), 0, 0, 0, SIG, 1])
+        }));
+    }
+    // Six copies of handle 2, one call each: one call in the epoch in all.
+    for k in 0..6 {
+        let at = 8 + 2 * k;
+        steps.push(derive(2, 1, W, 0));
+        steps.push(step(move |d, _| Do::Call(Hypercall::StateValidate, [derived(d, at), 0, 0, 0, 0, 0])));
+    }
+    hv.arch.set_guest(1, scripted(steps, t.clone()));
+    let text = run(&mut hv);
+    let calls = witnessed(&t);
+    let mut expect = vec![ok(3, 1), no(HvError::Replay, 3, 1)];
+    for k in 0..3 {
+        let child = calls[2 + 2 * k].x[0];
+        expect.push(ok(1, 1));
+        expect.push(no(HvError::Replay, 3, child));
+    }
+    for k in 0..6 {
+        let child = calls[8 + 2 * k].x[0];
+        expect.push(ok(1, 2));
+        expect.push(if k == 0 { ok(2, child) } else { no(HvError::QuotaExceeded, 2, child) });
+    }
+    check_all(&text, 1, &t, &expect);
+}
+
+#[test]
+fn a_commit_approval_covers_exactly_the_staged_items() {
+    // Handle 1 stages (WRITE at P1); handle 2 commits (WRITE at P3).
+    let mut hv = boot(
+        &[Part { caps: vec![store(1, &[(W, 1)]), store(1, &[(W, 3)])], authority: Some(AUTHORITY) }],
+        &[],
+    );
+    let obj = store_ref(1);
+    let for_good = sign(&AUTHORITY, Hypercall::StateCommit, obj, 1, (1, 2), 1, &staged(&[(b"k", b"good")]));
+    let for_evil = sign(&AUTHORITY, Hypercall::StateCommit, obj, 1, (1, 2), 2, &staged(&[(b"k", b"evil")]));
+    let good_again = sign(&AUTHORITY, Hypercall::StateCommit, obj, 1, (1, 2), 3, &staged(&[(b"k", b"good")]));
+    let t = new_trace();
+    hv.arch.set_guest(
+        1,
+        scripted(
+            vec![
+                step(|_, m| {
+                    m.write(BUF, b"kevil").unwrap();
+                    Do::Call(Hypercall::StateStage, [1, BUF, 1, BUF + 1, 4, 0])
+                }), // 0: other items than the approved ones
+                call_with(Hypercall::StateCommit, &[2, 0, 0, 0, SIG, 1], SIG, for_good.clone()), // 1
+                call_with(Hypercall::StateCommit, &[2, 0, 0, 0, SIG, 2], SIG, for_evil),          // 2: its own approval
+                step(|_, m| {
+                    m.write(BUF, b"kgood").unwrap();
+                    Do::Call(Hypercall::StateStage, [1, BUF, 1, BUF + 1, 4, 0])
+                }), // 3
+                step(|_, m| {
+                    m.write(BUF + 0x10, b"x").unwrap();
+                    Do::Call(Hypercall::StateStage, [1, BUF + 0x10, 1, BUF + 0x10, 1, 0])
+                }), // 4: one item more than approved
+                call_with(Hypercall::StateCommit, &[2, 0, 0, 0, SIG, 3], SIG, good_again), // 5
+            ],
+            t.clone(),
+        ),
+    );
+    let text = run(&mut hv);
+    check_all(
+        &text,
+        1,
+        &t,
+        &[ok(1, 1), no(HvError::BadProof, 3, 2), ok(3, 2), ok(1, 1), ok(1, 1), no(HvError::BadProof, 3, 2)],
+    );
+    assert_eq!(hv.store(crate::partition::PartitionId(1)).unwrap().get(b"k"), Some(&b"evil"[..]));
 }

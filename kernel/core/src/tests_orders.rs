@@ -52,9 +52,33 @@ impl Part {
     }
 }
 
-/// A booted test hypervisor and the bundle it booted (orders sign its digest).
+/// A boot id no earlier build of this test process used, as the host's
+/// bundle builders draw a random one for every build.
+pub(crate) fn fresh_boot_id() -> [u8; 32] {
+    static BUILDS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+    let n = BUILDS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut id = [0x1d; 32];
+    id[..8].copy_from_slice(&n.to_le_bytes());
+    id
+}
+
+/// A booted test hypervisor and the bundle it booted (orders sign its
+/// digest); every build carries a fresh boot id, as the host's do.
 pub(crate) fn boot(parts: &[Part], channels: &[(u32, u32)], operator_key: bool) -> (Hypervisor<FakeArch>, Vec<u8>) {
+    boot_with_id(parts, channels, operator_key, Some(fresh_boot_id()))
+}
+
+/// [`boot`] with this boot id, or none.
+pub(crate) fn boot_with_id(
+    parts: &[Part],
+    channels: &[(u32, u32)],
+    operator_key: bool,
+    boot_id: Option<[u8; 32]>,
+) -> (Hypervisor<FakeArch>, Vec<u8>) {
     let mut w = BundleWriter::new();
+    if let Some(id) = boot_id {
+        w.entry(EntryKind::BootId, GLOBAL, &id);
+    }
     w.entry(EntryKind::GuestRuntime, GLOBAL, &crate::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)]));
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
     w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig::DEFAULT.to_bytes());
@@ -397,4 +421,62 @@ fn an_order_split_across_reads_and_an_overlong_line_are_handled() {
     hv.housekeeping();
     assert_eq!(hv.partitions()[0].state, PartitionState::Running);
     assert_eq!(hv.partitions()[0].id, PartitionId(1));
+}
+
+#[test]
+fn an_order_for_an_earlier_boot_of_the_same_deployment_is_refused() {
+    let deployment = || [Part::new("victim"), Part::new("bystander")];
+    // The first boot: the operator unfences the victim; the order line is
+    // captured on its way.
+    let (mut first, bundle_a) = boot(&deployment(), &[], true);
+    first.arch.set_guest(1, faulting_victim(Rc::default()));
+    first.arch.set_guest(2, bystander());
+    first.run();
+    let captured = order_line(&bundle_a, &OPERATOR_SEED, OrderKind::Unfence, 40, "victim");
+    first.arch.type_input(captured.as_bytes());
+    first.housekeeping();
+    assert_eq!(first.partitions()[0].state, PartitionState::Running);
+
+    // The same deployment booted again (same partitions, modules, keys):
+    // the captured line replayed into it is refused and witnessed, and the
+    // victim stays fenced.
+    let (mut second, bundle_b) = boot(&deployment(), &[], true);
+    assert_eq!(bundle_a.len(), bundle_b.len(), "the same deployment");
+    second.arch.set_guest(1, faulting_victim(Rc::default()));
+    second.arch.set_guest(2, bystander());
+    second.run();
+    assert_eq!(second.partitions()[0].state, PartitionState::Fenced);
+    second.arch.type_input(captured.as_bytes());
+    second.housekeeping();
+    let text = second.arch.console_text();
+    assert!(
+        text.contains("rvm: order 40 unfence 'victim' refused: signature does not verify with the operator key"),
+        "{text}"
+    );
+    assert_eq!(second.partitions()[0].state, PartitionState::Fenced);
+    let refused: Vec<(Option<Outcome>, u64)> = events(&second, 1, &[KernelEvent::OrderRefused])
+        .into_iter()
+        .map(|(_, r)| (r.outcome(), OrderArgs::from_bytes(&r.args).nonce))
+        .collect();
+    assert_eq!(refused, [(Some(Outcome::Denied(HvError::BadProof)), 40)]);
+    assert!(events(&second, 1, &[KernelEvent::OperatorOrder]).is_empty());
+    // The order signed for this boot is carried out.
+    second.arch.type_input(order_line(&bundle_b, &OPERATOR_SEED, OrderKind::Unfence, 41, "victim").as_bytes());
+    second.housekeeping();
+    assert_eq!(second.partitions()[0].state, PartitionState::Running);
+    assert_chains_verify(&second);
+}
+
+#[test]
+fn a_bundle_without_a_boot_id_accepts_no_order() {
+    let (mut hv, bundle) = boot_with_id(&[Part::new("victim")], &[], true, None);
+    hv.arch.set_guest(1, faulting_victim(Rc::default()));
+    hv.run();
+    hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 1, "victim").as_bytes());
+    hv.housekeeping();
+    assert!(hv.arch.console_text().contains("rvm: order 1 unfence 'victim' refused: the bundle carries no boot id"));
+    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+    let ev = events(&hv, 1, &[KernelEvent::OrderRefused]);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].1.outcome(), Some(Outcome::Denied(HvError::BadProof)));
 }

@@ -1,16 +1,23 @@
 //! `rvm-loader caps prove`: an operator's signed approval of one P3
 //! operation.
 //!
-//! The signed message is `rvm_cap::proof::operation_message` — the one
+//! The signed message is `rvm_abi::approval::ApprovalMessage` — the one
 //! definition the kernel checks against — over (operation, object,
-//! partition id, nonce, arguments digest), signed with the partition's own
+//! partition id, root of the capability's derivation tree, nonce, boot id,
+//! arguments digest), signed with the partition's own
 //! authority key (`RVM_HOME/keys/authority/<partition>.seed`, created by
 //! `caps install` for a table with P3 rights and bound to the partition's
 //! capabilities in every bundle). The guest hands the 64-byte signature to
 //! the kernel with the call (`x5` = its address, `x6` = the nonce).
 //!
 //! The partition id is the partition's position in its boot (1 for the
-//! first partition of `up a b c`); by default the one of its last run.
+//! first partition of `up a b c`); by default the one of its last run. The
+//! boot id is the random id of the bundle the approval is for: by default
+//! the one of the partition's last (or running) run, which the loader
+//! records when it builds the bundle; an approval is good for that boot
+//! only. The root names the capability's derivation tree (its handle in its
+//! partition's table): the nonce floor is the tree's, so an approval is
+//! accepted once whichever copy of the capability presents it.
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
@@ -19,13 +26,15 @@ use crate::model::PartitionName;
 use crate::parse::names;
 use crate::store;
 use rvm_abi::{Hypercall, ObjectKind};
-use rvm_cap::proof::{operation_message, sign_operation, ArgsDigest};
+use rvm_abi::approval::{ApprovalMessage, RootRef};
+use rvm_abi::CapHandle;
+use rvm_cap::proof::{approval_message, sign_operation, ArgsDigest};
 use rvm_cap::{Nonce, ObjectRef, PartitionId};
 use serde::Serialize;
 use std::path::PathBuf;
 
 /// First line of the text form of an approval.
-pub const APPROVAL_HEADER: &str = "rvm P3 approval v1";
+pub const APPROVAL_HEADER: &str = "rvm P3 approval v2";
 
 /// The arguments of the approved call, or their digest.
 #[derive(Clone, Debug, Default)]
@@ -50,6 +59,13 @@ pub struct ApprovalRequest {
     pub op: String,
     /// `KIND:ID`, e.g. `channel:0`.
     pub object: String,
+    /// The handle (register form) of the root of the capability's
+    /// derivation tree, in the root partition's table.
+    pub root: u64,
+    /// The partition whose table holds the root (default: `partition_id`).
+    pub root_partition_id: Option<u32>,
+    /// The boot id (64 hex digits); default: the partition's last run's.
+    pub boot_id: Option<String>,
     pub nonce: u64,
     pub args: ArgsSpec,
     pub json: bool,
@@ -63,9 +79,12 @@ pub struct Approval {
     pub partition_id: u32,
     pub operation: &'static str,
     pub object: String,
+    /// The root: `PARTITION:HANDLE` (handle in register form, hex).
+    pub root: String,
+    pub boot_id: String,
     pub nonce: u64,
     pub args_digest: String,
-    /// The signed 72-byte message, hex.
+    /// The signed 112-byte message, hex.
     pub message: String,
     /// The authority's public key, hex.
     pub authority: String,
@@ -75,11 +94,13 @@ pub struct Approval {
 impl Approval {
     pub fn to_text(&self) -> String {
         format!(
-            "{APPROVAL_HEADER}\npartition {}\npartition-id {}\noperation {}\nobject {}\nnonce {}\nargs-digest {}\nmessage {}\nauthority {}\nsignature {}\n",
+            "{APPROVAL_HEADER}\npartition {}\npartition-id {}\noperation {}\nobject {}\nroot {}\nboot-id {}\nnonce {}\nargs-digest {}\nmessage {}\nauthority {}\nsignature {}\n",
             self.partition,
             self.partition_id,
             self.operation,
             self.object,
+            self.root,
+            self.boot_id,
             self.nonce,
             self.args_digest,
             self.message,
@@ -210,32 +231,43 @@ pub fn make(ctx: &Ctx, req: &ApprovalRequest) -> Result<Approval> {
                 "has no authority key: its capability table has no P3 right, so no operation of it needs an approval",
             )
         })?;
-    let sig = sign_operation(
-        &key.seed,
-        op,
-        object,
-        PartitionId(partition_id),
-        Nonce(req.nonce),
-        &args,
-    );
-    let message = operation_message(
-        op,
-        object,
-        PartitionId(partition_id),
-        Nonce(req.nonce),
-        &args,
-    );
+    let root_partition = match req.root_partition_id {
+        Some(0) => return Err(Error::refused("--root-partition-id", "partition ids count from 1 (0 is the hypervisor)")),
+        Some(id) => id,
+        None => partition_id,
+    };
+    let handle = CapHandle::from_raw(req.root)
+        .ok_or_else(|| Error::refused("--root", "is not a capability handle (bits above the 48-bit form are set)"))?;
+    let root = RootRef { partition: root_partition, index: handle.index, generation: handle.generation };
+    let boot_hex = match &req.boot_id {
+        Some(h) => h.clone(),
+        None => rec.last_run.as_ref().and_then(|r| r.boot_id.clone()).ok_or_else(|| {
+            Error::refused(
+                format!("partition {name}"),
+                "has no recorded boot id (it has not booted from this RVM_HOME yet): pass --boot-id HEX, the BootId entry of the bundle it will boot",
+            )
+        })?,
+    };
+    let boot_id: [u8; rvm_abi::bundle::BOOT_ID_LEN] = decode_hex("--boot-id", &boot_hex)?
+        .try_into()
+        .map_err(|_| Error::refused("--boot-id", "is not 32 bytes (64 hex digits)"))?;
+    let approval: ApprovalMessage =
+        approval_message(op, object, PartitionId(partition_id), root, Nonce(req.nonce), boot_id, &args);
+    let sig = sign_operation(&key.seed, &approval);
+    let message = approval.to_bytes();
     // Check it the way the kernel will.
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.public)
         .map_err(|e| Error::failed(format!("authority key of {name}: {e}")))?;
     vk.verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&sig.0))
         .map_err(|e| Error::failed(format!("the approval does not verify: {e}")))?;
     Ok(Approval {
-        format: "rvm-p3-approval/1",
+        format: "rvm-p3-approval/2",
         partition: name.to_string(),
         partition_id,
         operation: op.name(),
         object: format!("{}:{}", object.kind.name(), object.id.0),
+        root: format!("{root_partition}:{:#x}", req.root),
+        boot_id: store::hex(&boot_id),
         nonce: req.nonce,
         args_digest: store::hex(&args.0),
         message: store::hex(&message),

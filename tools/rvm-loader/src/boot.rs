@@ -225,6 +225,7 @@ pub fn plan(
             config,
             operator_key: Some(operator_key.public),
             links,
+            boot_id: bundler::fresh_boot_id()?,
         },
         images,
     ))
@@ -422,6 +423,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
 
     let started = store::now_unix();
     let all = plan.names();
+    let boot_id = Some(store::hex(&plan.boot_id));
     set_runs(ctx, names, &|_| RunRecord {
         started_unix: started,
         ended_unix: None,
@@ -429,6 +431,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         state: RunState::Booting,
         with: all.clone(),
         outcome: None,
+        boot_id: boot_id.clone(),
     })?;
 
     let clock = Instant::now();
@@ -499,6 +502,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         state: final_state(n),
         with: all.clone(),
         outcome: Some(outcome.clone()),
+        boot_id: boot_id.clone(),
     })?;
     for n in &all {
         eprintln!(

@@ -21,7 +21,7 @@ use crate::store::PartitionRecord;
 use crate::witness_sink::LogNames;
 use rvm_abi::bundle::{
     BootConfig, Bundle, BundleWriter, CapDesc, ChannelDesc, EntryKind, PartitionDesc, RecoveryDesc,
-    GLOBAL,
+    BOOT_ID_LEN, GLOBAL,
 };
 use rvm_abi::rights::RIGHT_NAMES;
 use rvm_abi::ObjectKind;
@@ -59,6 +59,15 @@ pub struct BootPlan {
     /// Pairs of partitions (indices into `partitions`) that get a channel:
     /// the operator's `--link`s, and nothing else.
     pub links: Vec<(u32, u32)>,
+    /// This boot's random id ([`EntryKind::BootId`]): orders and P3
+    /// approvals sign it, so none is good for another boot.
+    pub boot_id: [u8; BOOT_ID_LEN],
+}
+
+/// A fresh random boot id, from the operating system's generator: every
+/// bundle built gets its own, so no two bundles are byte-identical.
+pub fn fresh_boot_id() -> Result<[u8; BOOT_ID_LEN]> {
+    rvm_witness_host::files::random_bytes().map_err(|e| Error::failed(format!("/dev/urandom: {e}")))
 }
 
 /// SHA-256 of a bundle: what an operator's order is bound to.
@@ -188,6 +197,7 @@ pub fn build(plan: &BootPlan) -> Result<Vec<u8>> {
     w.entry(EntryKind::GuestRuntime, GLOBAL, &plan.runtime);
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &plan.witness_key.seed);
     w.entry(EntryKind::BootConfig, GLOBAL, &plan.config.to_bytes());
+    w.entry(EntryKind::BootId, GLOBAL, &plan.boot_id);
     if let Some(key) = &plan.operator_key {
         w.entry(EntryKind::OperatorKey, GLOBAL, key);
     }

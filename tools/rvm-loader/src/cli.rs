@@ -201,8 +201,23 @@ enum CapsCmd {
         /// state-store:1, witness-log:1.
         #[arg(long, value_name = "KIND:ID")]
         object: String,
-        /// Replay nonce: must exceed the capability's last used nonce
-        /// (decimal or 0x hex).
+        /// The root of the capability's derivation tree: its handle in its
+        /// partition's table (register form, generation << 16 | index, as
+        /// boot info and witness records name it). For a capability
+        /// installed from the table, its own handle; for a derived one, its
+        /// root's.
+        #[arg(long, value_name = "HANDLE", value_parser = parse_word)]
+        root: u64,
+        /// The partition id whose table holds the root (default:
+        /// --partition-id).
+        #[arg(long, value_name = "N")]
+        root_partition_id: Option<u32>,
+        /// The boot the approval is for: the bundle's boot id, 64 hex
+        /// digits (default: the one of the partition's last run).
+        #[arg(long, value_name = "HEX")]
+        boot_id: Option<String>,
+        /// Replay nonce: must exceed the nonce floor of the capability's
+        /// derivation tree, shared by every copy of it (decimal or 0x hex).
         #[arg(long, value_parser = parse_word)]
         nonce: u64,
         /// The call's register arguments, comma-separated (decimal or 0x hex).
@@ -227,10 +242,16 @@ enum CapsCmd {
 const PROVE_LONG: &str = "\
 Sign an operator's approval of one P3 operation.
 
-The signed message is the kernel's own (rvm_cap::proof::operation_message):
-operation, object (kind and id), partition id, nonce and the SHA-256 digest of
-the call's arguments, ArgsDigest::of(words, data). What each call binds:
-  CapRevoke, StateValidate, StateCommit, Prove: no words, no data
+The signed message is the kernel's own (rvm_abi::approval::ApprovalMessage):
+operation, object (kind and id), partition id, the root of the capability's
+derivation tree (--root, --root-partition-id), nonce, the boot id of the bundle
+it is for (--boot-id, default the last run's: an approval is good for one
+boot) and the SHA-256 digest of the call's arguments, ArgsDigest::of(words,
+data). What each call binds:
+  CapRevoke, Prove: no words, no data
+  StateValidate, StateCommit: --data-* = the staged set, count u64 then
+             (key length u32, key, value length u32, value) per item in
+             staging order, little-endian
   ChannelSend: no words, --data-* = the message
   CapDerive: the ten words target, rights, has_expiry, expiry, has_window,
              first, last, has_quota, calls, bytes (absent values 0)
@@ -511,6 +532,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             partition_id,
             op,
             object,
+            root,
+            root_partition_id,
+            boot_id,
             nonce,
             words,
             data_hex,
@@ -524,6 +548,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 partition_id,
                 op,
                 object,
+                root,
+                root_partition_id,
+                boot_id,
                 nonce,
                 args: ArgsSpec {
                     words,

@@ -75,10 +75,7 @@ impl std::fmt::Debug for Key {
 
 /// 32 bytes from the operating system's random source.
 pub fn random_seed() -> std::io::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
-    Ok(seed)
+    rvm_witness_host::files::random_bytes()
 }
 
 #[cfg(test)]

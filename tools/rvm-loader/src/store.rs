@@ -136,6 +136,9 @@ pub struct RunRecord {
     /// Every partition booted in the same run.
     pub with: Vec<PartitionName>,
     pub outcome: Option<String>,
+    /// The run's boot id (hex): what `caps prove` signs by default.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// A registered partition.

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use rvm_abi::bundle::{Bundle, EntryKind};
 use rvm_abi::{Hypercall, ObjectKind};
-use rvm_cap::proof::{operation_message, revoke_args_digest, ArgsDigest};
+use rvm_abi::approval::{RootRef, APPROVAL_MESSAGE_LEN};
+use rvm_cap::proof::{approval_message, revoke_args_digest, ArgsDigest};
 use rvm_cap::{Nonce, ObjectRef, PartitionId};
 
 fn with_guest() -> (Env, TempDir) {
@@ -53,6 +54,26 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
         .try_into()
         .unwrap();
     let key = ed25519_dalek::VerifyingKey::from_bytes(&bound).unwrap();
+    // The bundle's boot id: the approval is for a boot of this bundle.
+    let boot_id = b.boot_id().expect("every bundle carries a boot id");
+    let boot_hex: String = boot_id.iter().map(|x| format!("{x:02x}")).collect();
+    let root = RootRef {
+        partition: 1,
+        index: 3,
+        generation: 0,
+    };
+    let message = |op, object, nonce, args: &ArgsDigest| {
+        approval_message(
+            op,
+            object,
+            PartitionId(1),
+            root,
+            Nonce(nonce),
+            boot_id,
+            args,
+        )
+        .to_bytes()
+    };
 
     let approve = |args: &[&str]| -> serde_json::Value {
         let mut all = vec![
@@ -62,12 +83,16 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
             "star-perms",
             "--partition-id",
             "1",
+            "--root",
+            "3",
+            "--boot-id",
+            &boot_hex,
             "--json",
         ];
         all.extend_from_slice(args);
         serde_json::from_str(&env.ok(&all).stdout).unwrap()
     };
-    let check = |a: &serde_json::Value, want: [u8; 72]| {
+    let check = |a: &serde_json::Value, want: [u8; APPROVAL_MESSAGE_LEN]| {
         assert_eq!(hex(a["message"].as_str().unwrap()), want, "{a}");
         assert_eq!(hex(a["authority"].as_str().unwrap()), bound, "{a}");
         let sig: [u8; 64] = hex(a["signature"].as_str().unwrap()).try_into().unwrap();
@@ -92,11 +117,10 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
     ]);
     check(
         &a,
-        operation_message(
+        message(
             Hypercall::CapRevoke,
             ObjectRef::new(ObjectKind::Channel, 0),
-            PartitionId(1),
-            Nonce(7),
+            7,
             &revoke_args_digest(),
         ),
     );
@@ -113,11 +137,10 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
     ]);
     check(
         &a,
-        operation_message(
+        message(
             Hypercall::ChannelSend,
             ObjectRef::new(ObjectKind::Channel, 2),
-            PartitionId(1),
-            Nonce(16),
+            16,
             &ArgsDigest::of(&[], b"hello"),
         ),
     );
@@ -134,11 +157,10 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
     ]);
     check(
         &a,
-        operation_message(
+        message(
             Hypercall::CapDerive,
             ObjectRef::new(ObjectKind::Resource, 0),
-            PartitionId(1),
-            Nonce(8),
+            8,
             &ArgsDigest::of(&[2, 3, 0, 0, 0, 0, 0, 0, 0, 0], &[]),
         ),
     );
@@ -151,6 +173,10 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
             "star-perms",
             "--partition-id",
             "1",
+            "--root",
+            "3",
+            "--boot-id",
+            &boot_hex,
             "--op",
             "cap-revoke",
             "--object",
@@ -159,7 +185,20 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
             "7",
         ])
         .stdout;
-    assert!(text.starts_with("rvm P3 approval v1\npartition star-perms\npartition-id 1\noperation CapRevoke\nobject channel:0\nnonce 7\n"), "{text}");
+    assert!(text.starts_with(&format!("rvm P3 approval v2\npartition star-perms\npartition-id 1\noperation CapRevoke\nobject channel:0\nroot 1:0x3\nboot-id {boot_hex}\nnonce 7\n")), "{text}");
+    // Another build of the same deployment carries another boot id.
+    let again = env.images.join("star2.bundle");
+    env.ok(&[
+        "deploy",
+        fixture("permissions-star").to_str().unwrap(),
+        "--no-boot",
+        "--bundle-out",
+        again.to_str().unwrap(),
+    ]);
+    let again = std::fs::read(&again).unwrap();
+    let again_id = Bundle::parse(&again).unwrap().boot_id().unwrap();
+    assert_ne!(again_id, boot_id, "every bundle gets a fresh boot id");
+    assert_eq!(again.len(), bytes.len(), "and nothing else differs in size");
     // Removing the partition removes its authority key.
     env.ok(&["partition", "remove", "star-perms"]);
     assert!(!env.home().join("keys/authority/star-perms.seed").exists());
@@ -188,6 +227,8 @@ fn caps_prove_refusals() {
             "cap-revoke",
             "--object",
             "channel:0",
+            "--root",
+            "1",
             "--nonce",
             "1",
         ]
@@ -233,6 +274,20 @@ fn caps_prove_refusals() {
     a.extend(["--partition-id".into(), "0".into()]);
     let o = run(a);
     assert!(o.stderr.contains("partition ids count from 1"), "{o:?}");
+    // Never booted: no boot id is known either, so it must be given.
+    let mut a = base("star-perms");
+    a.extend(["--partition-id".into(), "1".into()]);
+    let o = run(a);
+    assert!(o.stderr.contains("has no recorded boot id"), "{o:?}");
+    let mut a = base("star-perms");
+    a.extend([
+        "--partition-id".into(),
+        "1".into(),
+        "--boot-id".into(),
+        "ab".into(),
+    ]);
+    let o = run(a);
+    assert!(o.stderr.contains("--boot-id: is not 32 bytes"), "{o:?}");
     // Unregistered partition.
     let mut a = base("nobody");
     a.extend(["--partition-id".into(), "1".into()]);

@@ -26,6 +26,13 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
+/// `N` random bytes from the operating system (keys, boot ids, file names).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// `n` random bytes as lower-case hex, from the operating system.
 pub fn random_hex(n: usize) -> io::Result<String> {
     let mut bytes = vec![0u8; n];

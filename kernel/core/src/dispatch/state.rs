@@ -1,6 +1,7 @@
 //! The state store: `StateStage`, `StateValidate`, `StateCommit`, `StateGet`.
 
 use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
+use rvm_cap::proof::staged_args_digest;
 use rvm_cap::ArgsDigest;
 
 use crate::addr::Ipa;
@@ -55,8 +56,22 @@ pub(super) fn stage<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
     })
 }
 
-/// `StateValidate` and `StateCommit`; a P3 approval signs
-/// `ArgsDigest::of(&[], &[])`.
+/// The digest a P3 approval of `StateValidate` or `StateCommit` through
+/// `raw` signs: the store's staged set as it stands
+/// ([`staged_args_digest`]), so an approval covers exactly the items it was
+/// given for and no other set staged later.
+fn staged_digest<A: Arch>(hv: &Hypervisor<A>, idx: usize, raw: u64) -> Result<ArgsDigest, HvError> {
+    let info = hv.caps.info(hv.partitions[idx].id, raw)?;
+    let s = usize::try_from(info.object.id.0)
+        .ok()
+        .and_then(|id| id.checked_sub(1))
+        .filter(|s| *s < hv.stores.len())
+        .ok_or(HvError::BadHandle)?;
+    Ok(staged_args_digest(hv.stores[s].staged()))
+}
+
+/// `StateValidate` and `StateCommit`; a P3 approval signs the digest of
+/// the staged set ([`staged_args_digest`]).
 pub(super) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercall, w: Witnessed, regs: &[u64; 6]) -> Flow {
     let u = CapUse {
         call,
@@ -66,7 +81,7 @@ pub(super) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercal
         access: None,
         proof: ProofRegs::x5_x6(regs),
     };
-    let g = match authorize(hv, idx, &u, |_| Ok(ArgsDigest::of(&[], &[]))) {
+    let g = match authorize(hv, idx, &u, |hv| staged_digest(hv, idx, u.raw)) {
         Ok(g) => g,
         Err(r) => return refuse(hv, idx, w, r),
     };
