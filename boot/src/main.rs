@@ -21,7 +21,8 @@ use rvm_hal::{print, sysreg};
 use rvm_kernel::frames::FrameAllocator;
 use rvm_kernel::{CpuId, Hypervisor};
 
-/// Exit codes the image powers off with (semihosting), for test harnesses.
+/// Exit codes the image reports in its exit frame (`@X <code>`) before it
+/// powers off, for the loader and test harnesses.
 mod exit_code {
     pub const OK: u32 = 0;
     pub const NO_BUNDLE: u32 = 2;
@@ -48,11 +49,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         // the early map; this is its only driver.
         *CONSOLE.lock() = Some(unsafe { Pl011::new(base) });
     }
-    let how = if platform.bootarg("rvm.exit") == Some("semihosting") {
-        Some(PowerOff::Semihosting)
-    } else {
-        platform.psci.map(PowerOff::Psci)
-    };
+    let how = platform.psci.map(PowerOff::Psci);
     *POWER_OFF.lock() = how;
     if el != 2 {
         print!("rvm: RVM must be entered at EL2 (hypervisor mode), but the CPU started at EL{el}.\n");
@@ -148,10 +145,9 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    // The console lock may be held by the code that panicked; take it anyway
-    // rather than deadlock on the way out.
-    // SAFETY: see above; we are stopping the machine.
-    unsafe { CONSOLE.force_unlock() };
+    // The console lock may be held by the code that panicked: take it after
+    // a while anyway rather than deadlock on the way out.
+    rvm_hal::machine::reclaim_console();
     print!("\nrvm: PANIC: {}\n", info);
     let how = *POWER_OFF.lock();
     power_off(how, exit_code::PANIC)

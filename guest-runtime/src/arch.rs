@@ -409,6 +409,33 @@ pub mod probe {
         unsafe { asm!("str {v}, [{a}]", a = in(reg) ipa, v = in(reg) value, options(nostack)) };
     }
 
+    /// Issue the A64 semihosting trap `hlt #0xf000` with operation `op` in
+    /// `w0` and parameter `param` in `x1`; return `x0` as it comes back.
+    /// RVM never enables semihosting, so at EL1 this is an undefined
+    /// instruction taken by the image's own EL1 vectors; only a machine that
+    /// serves semihosting (a debugger, QEMU with `-semihosting`) returns.
+    pub fn semihosting(op: u64, param: u64) -> u64 {
+        let r;
+        // SAFETY: `hlt` either raises an exception at EL1 (handled by the
+        // vectors, which never return here) or is served by a semihosting
+        // host, which reads the parameter block `param` points to (memory
+        // the caller lends for the call) and writes x0 only.
+        unsafe { asm!("hlt #0xf000", inlateout("x0") op => r, in("x1") param, options(nostack)) };
+        r
+    }
+
+    /// The virtual counter and its frequency in Hz.
+    pub fn counter() -> (u64, u64) {
+        let (c, f): (u64, u64);
+        // SAFETY: reads of CNTVCT_EL0 and CNTFRQ_EL0, always readable at
+        // EL1; no memory or flags are touched.
+        unsafe {
+            asm!("isb", "mrs {c}, cntvct_el0", "mrs {f}, cntfrq_el0", c = out(reg) c, f = out(reg) f,
+                 options(nomem, nostack, preserves_flags))
+        };
+        (c, f)
+    }
+
     /// Mask every exception (D, A, I, F) at EL1 and spin forever without a
     /// host call: only the hypervisor's own timer can take the CPU back.
     pub fn spin_masked() -> ! {

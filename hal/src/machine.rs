@@ -24,6 +24,28 @@ pub fn console_write(bytes: &[u8]) {
     }
 }
 
+/// Make the console available for a last message from a CPU that may have
+/// stopped in the middle of anything (a panic, an exception at EL2): wait up
+/// to 100 ms for whoever holds it to finish (every line goes out in one
+/// write, so it finishes its line and no guest text is left to start the
+/// next one), then take it anyway rather than deadlock (the holder may be
+/// this very CPU).
+pub fn reclaim_console() {
+    let t0 = timer::counter();
+    let limit = timer::frequency() / 10;
+    while CONSOLE.is_locked() {
+        if timer::counter().wrapping_sub(t0) > limit {
+            // SAFETY: the machine is being stopped; after 100 ms the holder
+            // is not going to release the console (it is this CPU, or
+            // stuck), and a UART written by two CPUs at once only garbles
+            // text.
+            unsafe { CONSOLE.force_unlock() };
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// Formatted console output for the boot path: `hal::print!(...)`.
 #[macro_export]
 macro_rules! print {
@@ -312,6 +334,7 @@ impl CpuArch for Cpu {
 /// bug. Print what is known and stop.
 #[no_mangle]
 extern "C" fn rvm_hyp_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    reclaim_console();
     crate::print!("\nrvm: FATAL: EL2 exception (vector {kind}): esr {esr:#x} elr {elr:#x} far {far:#x}\n");
     crate::power::power_off(*POWER_OFF.lock(), 70)
 }

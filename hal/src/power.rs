@@ -1,6 +1,9 @@
-//! Ending a run: PSCI SYSTEM_OFF for a clean power-off, semihosting
-//! SYS_EXIT_EXTENDED when a test harness wants an exit code.
+//! Ending a run: the exit status on the console as the exit frame
+//! (`rvm_abi::frame::ExitFrame`, `@X <code>`), then PSCI SYSTEM_OFF. RVM
+//! never uses semihosting: a machine that serves it would serve its guests
+//! too (`hlt #0xf000` at EL1 reaches QEMU before EL2 sees it).
 
+use rvm_abi::frame::ExitFrame;
 use rvm_abi::hypercall::psci;
 
 use crate::dtb::Conduit;
@@ -26,30 +29,17 @@ pub fn psci_call(conduit: Conduit, function: u32, a1: u64, a2: u64, a3: u64) -> 
 /// How the machine is switched off at the end of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerOff {
-    /// PSCI SYSTEM_OFF (boards, and QEMU exits 0).
+    /// PSCI SYSTEM_OFF (boards, and QEMU, which then exits 0).
     Psci(Conduit),
-    /// Semihosting SYS_EXIT_EXTENDED with the exit code (QEMU tests;
-    /// selected by the boot argument `rvm.exit=semihosting`).
-    Semihosting,
 }
 
-const SYS_EXIT_EXTENDED: u64 = 0x20;
-const ADP_STOPPED_APPLICATION_EXIT: u64 = 0x20026;
-
-fn semihosting_exit(code: u32) {
-    let block: [u64; 2] = [ADP_STOPPED_APPLICATION_EXIT, u64::from(code)];
-    // SAFETY: `hlt #0xf000` is the A64 semihosting trap; with semihosting
-    // enabled the debugger (QEMU) reads the two-word parameter block we pass
-    // in x1, which lives on this stack frame for the duration of the call.
-    unsafe {
-        core::arch::asm!("hlt #0xf000", inout("x0") SYS_EXIT_EXTENDED => _, in("x1") block.as_ptr(), options(nostack));
-    }
-}
-
-/// Power off with `code` (0 = success). Never returns.
+/// Print the exit frame with `code` (0 = success), then power off. Never
+/// returns. The frame is one console write, so it is a whole line of its
+/// own; without a console (no device tree) nothing can say how the run
+/// ended, and a host reading the console sees a run that did not finish.
 pub fn power_off(how: Option<PowerOff>, code: u32) -> ! {
+    crate::machine::console_write(ExitFrame { code }.encode().as_bytes());
     match how {
-        Some(PowerOff::Semihosting) => semihosting_exit(code),
         Some(PowerOff::Psci(c)) => {
             psci_call(c, psci::SYSTEM_OFF, 0, 0, 0);
         }

@@ -14,7 +14,7 @@ use rvm_abi::bundle::{
     AgentChannelDesc, AgentRef, BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc,
     RecoveryDesc, BOOT_ID_LEN, GLOBAL,
 };
-use rvm_abi::frame::Frame;
+use rvm_abi::frame::{ExitFrame, Frame};
 use rvm_abi::WitnessRecord;
 
 /// Where the Makefile puts the cross-built artifacts.
@@ -268,7 +268,7 @@ pub struct QemuOptions {
     pub smp: u32,
     /// `-icount shift=0`: deterministic instruction-count time.
     pub icount: bool,
-    /// Extra kernel command line (`rvm.exit=semihosting` is always given).
+    /// Kernel command line (`-append`, given when not empty).
     pub append: String,
     /// Machine flags after `virt,` (default `virtualization=on,gic-version=3`).
     pub machine: String,
@@ -294,8 +294,15 @@ impl Default for QemuOptions {
 #[derive(Debug)]
 pub struct QemuRun {
     pub serial: String,
-    /// QEMU's exit code (the semihosting code RVM exited with), if it exited.
+    /// The hypervisor's exit status: the code of its exit frame (`@X`, the
+    /// first whole line that is one), if QEMU then exited by itself with 0
+    /// (PSCI `SYSTEM_OFF`). `None` for a run that ended any other way: no
+    /// exit frame, a timeout, QEMU failing or killed.
     pub exit: Option<i32>,
+    /// QEMU's own exit status, if it exited by itself.
+    pub qemu_exit: Option<i32>,
+    /// What QEMU wrote to its standard error.
+    pub stderr: String,
     pub timed_out: bool,
     pub elapsed: Duration,
 }
@@ -343,12 +350,14 @@ fn boot_driven(
     let mut cmd = Command::new("qemu-system-aarch64");
     cmd.args(["-machine", &format!("virt,{}", opts.machine)])
         .args(["-cpu", "cortex-a72", "-smp", &opts.smp.to_string(), "-m", "512M"])
-        .args(["-nographic", "-nic", "none", "-semihosting-config", "enable=on,target=native"])
+        .args(["-nographic", "-nic", "none"])
         .arg("-kernel")
         .arg(&image)
         .arg("-initrd")
-        .arg(&bundle_path)
-        .args(["-append", &format!("rvm.exit=semihosting {}", opts.append)]);
+        .arg(&bundle_path);
+    if !opts.append.is_empty() {
+        cmd.args(["-append", &opts.append]);
+    }
     if opts.icount {
         cmd.args(["-icount", "shift=0"]);
     }
@@ -358,6 +367,12 @@ fn boot_driven(
     let start = Instant::now();
     let mut child = Reaper(cmd.spawn().expect("start qemu-system-aarch64 (apt-get install qemu-system-arm)"));
     let mut stdout = child.0.stdout.take().expect("stdout");
+    let mut stderr = child.0.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    });
     let mut input: Box<dyn std::io::Write> = match child.0.stdin.take() {
         Some(pipe) => Box::new(pipe),
         None => Box::new(std::io::sink()),
@@ -377,7 +392,7 @@ fn boot_driven(
         }
     });
     let mut serial = Vec::new();
-    let mut exit = None;
+    let mut qemu_exit = None;
     let mut timed_out = false;
     loop {
         while let Ok(chunk) = rx.try_recv() {
@@ -386,7 +401,7 @@ fn boot_driven(
             serial.extend_from_slice(&chunk);
         }
         if let Ok(Some(status)) = child.0.try_wait() {
-            exit = status.code();
+            qemu_exit = status.code();
             break;
         }
         if start.elapsed() > opts.timeout {
@@ -399,12 +414,25 @@ fn boot_driven(
     drop(input);
     drop(child);
     let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
     while let Ok(chunk) = rx.try_recv() {
         on_output(&chunk, &mut std::io::sink());
         serial.extend_from_slice(&chunk);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    QemuRun { serial: String::from_utf8_lossy(&serial).replace('\r', ""), exit, timed_out, elapsed }
+    let serial = String::from_utf8_lossy(&serial).replace('\r', "");
+    let exit = match qemu_exit {
+        Some(0) => exit_status(&serial),
+        _ => None,
+    };
+    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed }
+}
+
+/// The code of the hypervisor's exit frame: the first whole line of the
+/// serial output that is one. A guest's lines all start with `[name] `, so
+/// no guest can print one.
+pub fn exit_status(serial: &str) -> Option<i32> {
+    serial.lines().find_map(ExitFrame::parse).and_then(|f| i32::try_from(f.code).ok())
 }
 
 fn tempdir() -> PathBuf {
@@ -478,10 +506,34 @@ impl QemuRun {
 
     /// Panic with the whole serial output if `cond` fails.
     pub fn assert(&self, cond: bool, what: &str) {
-        assert!(cond, "{what}\n--- serial ---\n{}\n--- end (exit {:?}, timed out {}) ---", self.serial, self.exit, self.timed_out);
+        assert!(
+            cond,
+            "{what}\n--- serial ---\n{}\n--- end (exit {:?}, QEMU exit {:?}, timed out {}) ---{}",
+            self.serial,
+            self.exit,
+            self.qemu_exit,
+            self.timed_out,
+            if self.stderr.is_empty() { String::new() } else { format!("\n--- QEMU stderr ---\n{}", self.stderr) }
+        );
     }
 
     pub fn contains(&self, needle: &str) -> bool {
         self.serial.contains(needle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_status;
+
+    #[test]
+    fn the_exit_status_is_the_first_whole_exit_frame_line() {
+        assert_eq!(exit_status("rvm: powering off\n@X 0\n"), Some(0));
+        assert_eq!(exit_status("rvm: PANIC: x\n@X 101\n@X 0\n"), Some(101));
+        // A guest's line is prefixed; a damaged or partial frame is none.
+        assert_eq!(exit_status("[evil] @X 0\nrvm: powering off\n"), None);
+        assert_eq!(exit_status("[evil] x\n@X 0 trailing\n@X +0\n"), None);
+        assert_eq!(exit_status("@X 3\n[evil] @X 0\n"), Some(3));
+        assert_eq!(exit_status(""), None);
     }
 }

@@ -10,10 +10,14 @@
 //!   where `size` is the number of records covered (last seq + 1), `head`
 //!   the hash-chain head after the last of them and `root` the RFC 6962
 //!   Merkle root over them (`rvm-witness` documents the signed note);
-//! * the checkpoint signing key: `@K <64 hex digits of the Ed25519 public key>`.
+//! * the checkpoint signing key: `@K <64 hex digits of the Ed25519 public key>`;
+//! * the hypervisor's exit status, its last line before it powers off with
+//!   PSCI `SYSTEM_OFF`: `@X <decimal code>` ([`ExitFrame`]; 0 = a clean run).
 //!
 //! `<log>` is the decimal partition id (0 = the hypervisor's own log).
-//! Frames always start at the beginning of a line and end with `\n`.
+//! Frames always start at the beginning of a line and end with `\n`. Only
+//! the hypervisor starts lines, so a whole line that parses as a frame is the
+//! hypervisor's; a guest's text always follows its `[name] ` prefix.
 //!
 //! One frame travels the other way, from the host into the UART's receive
 //! side: an operator's signed order,
@@ -150,6 +154,47 @@ impl Frame {
     /// Whether a line is meant as a frame (starts with a frame tag), damaged or not.
     pub fn is_frame_line(line: &str) -> bool {
         line.starts_with("@W ") || line.starts_with("@C ") || line.starts_with("@K ")
+    }
+}
+
+/// The hypervisor's exit status: `@X <code>`, printed once, just before it
+/// powers off (PSCI `SYSTEM_OFF`, after which QEMU exits 0 whatever the
+/// code). The code says how the run ended: 0 a clean run, anything else why
+/// not (docs/ARCHITECTURE.md lists them). A host reads the run's status from
+/// this line only, and only as a whole line: a machine that stops without
+/// it did not finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitFrame {
+    pub code: u32,
+}
+
+impl ExitFrame {
+    /// How the line starts.
+    pub const TAG: &'static str = "@X ";
+
+    /// Encode as one line ending in `\n`.
+    pub fn encode(&self) -> FrameLine {
+        let mut l = FrameLine::new();
+        l.push(Self::TAG.as_bytes());
+        l.push_dec(u64::from(self.code));
+        l.push(b"\n");
+        l
+    }
+
+    /// Decode one whole line (with or without its `\n`/`\r\n`): the tag at
+    /// its very start, then decimal digits only, up to the end of the line.
+    /// `None` for anything else, a damaged exit frame included.
+    pub fn parse(line: &str) -> Option<ExitFrame> {
+        let digits = line.trim_end_matches(['\n', '\r']).strip_prefix(Self::TAG)?;
+        if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ExitFrame { code: digits.parse().ok()? })
+    }
+
+    /// Whether a line is meant as an exit frame (damaged or not).
+    pub fn is_exit_line(line: &str) -> bool {
+        line.starts_with(Self::TAG)
     }
 }
 
@@ -341,6 +386,28 @@ mod tests {
         old[..7].copy_from_slice(b"@C 0 1 ");
         old[7 + 64] = b' ';
         assert_eq!(Frame::parse(core::str::from_utf8(&old).unwrap()), None);
+    }
+
+    #[test]
+    fn exit_frames_round_trip_and_only_whole_lines_count() {
+        for code in [0, 2, 101, u32::MAX] {
+            let f = ExitFrame { code };
+            let line = f.encode();
+            let text = core::str::from_utf8(line.as_bytes()).unwrap();
+            assert!(text.starts_with("@X ") && text.ends_with('\n'));
+            assert!(text.len() <= MAX_FRAME_LEN + 1);
+            assert!(ExitFrame::is_exit_line(text));
+            assert_eq!(ExitFrame::parse(text), Some(f));
+            assert_eq!(Frame::parse(text), None, "not a witness frame");
+        }
+        assert_eq!(ExitFrame::parse("@X 7\r\n"), Some(ExitFrame { code: 7 }));
+        // A guest's line never starts with the tag: its prefix comes first.
+        assert_eq!(ExitFrame::parse("[agent-a] @X 0"), None);
+        assert_eq!(ExitFrame::parse(" @X 0"), None);
+        for damaged in ["@X", "@X ", "@X +1", "@X -1", "@X 1 2", "@X 0x1", "@X 4294967296", "@X 1\n@X 0", "@X  0", "@X 0 "] {
+            assert_eq!(ExitFrame::parse(damaged), None, "{damaged:?}");
+        }
+        assert!(ExitFrame::is_exit_line("@X damaged"));
     }
 
     #[test]

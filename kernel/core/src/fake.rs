@@ -133,6 +133,9 @@ pub struct FakeArch {
     /// Nanoseconds the clock advances on every guest entry.
     pub tick_ns: u64,
     pub console: Vec<u8>,
+    /// Where each console write ended in [`FakeArch::console`], in order
+    /// (one entry per `console_write`, to check that lines are written whole).
+    pub console_writes: Vec<usize>,
     /// Bytes waiting on the console's receive side ([`FakeArch::type_input`]).
     pub input: alloc::collections::VecDeque<u8>,
     /// Guest entries, EL1/FP reloads and saves, over all CPUs (updated when
@@ -212,6 +215,7 @@ impl Arch for FakeArch {
 
     fn console_write(&mut self, bytes: &[u8]) {
         self.console.extend_from_slice(bytes);
+        self.console_writes.push(self.console.len());
     }
 
     fn phys_read(&self, pa: PhysAddr, buf: &mut [u8]) {

@@ -53,13 +53,13 @@ fn bundle(names: &[&str], channel: bool) -> Vec<u8> {
     w.finish()
 }
 
-fn boot(names: &[&str], channel: bool) -> Hypervisor<FakeArch> {
+pub(crate) fn boot(names: &[&str], channel: bool) -> Hypervisor<FakeArch> {
     let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
     Hypervisor::boot(FakeArch::new(), frames, &bundle(names, channel)).unwrap()
 }
 
 /// Put a hypercall in the registers.
-fn call(v: &mut Vcpu, c: Hypercall, args: &[u64]) -> TrapInfo {
+pub(crate) fn call(v: &mut Vcpu, c: Hypercall, args: &[u64]) -> TrapInfo {
     v.regs.x[0] = u64::from(c.function_id());
     for (i, a) in args.iter().enumerate() {
         v.regs.x[1 + i] = *a;

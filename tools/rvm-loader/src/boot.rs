@@ -23,7 +23,11 @@
 //!    arrive (with `--show-witness`, also printed compactly). The run stops
 //!    early — QEMU killed — when the announced witness key is not the one a
 //!    manifest pins, or when a frame cannot be filed.
-//! 4. After the run every filed log is verified (chain, links, signatures,
+//! 4. The run's status is the hypervisor's exit frame (`@X <code>`, its
+//!    last line before PSCI `SYSTEM_OFF`, after which QEMU exits 0): code 0
+//!    is a clean run; any other code, no exit frame, or a nonzero exit of
+//!    QEMU itself fails the command (exit 1).
+//! 5. After the run every filed log is verified (chain, links, signatures,
 //!    checkpoints, and every record signed: the rule of `witness verify`
 //!    without `--allow-unsigned-tail`). A log that does not verify fails the
 //!    command (exit 1).
@@ -463,6 +467,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     }
     let states = session.states().clone();
     let sink_error = session.sink_error().cloned();
+    let exit_status = session.exit_status();
     drop(session);
     let summary = sink.finish();
 
@@ -471,12 +476,19 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         (_, Some(SinkError::Store(m))) => {
             format!("stopped by the loader: the witness log could not be filed: {m}")
         }
-        (Ok(r), None) => match r.exit {
-            Exit::Code(0) => "hypervisor exited normally".to_string(),
-            Exit::Code(c) => format!("hypervisor exited with code {c}"),
-            Exit::Signal => "QEMU was ended by a signal".to_string(),
-            Exit::TimedOut => format!("timed out after {} s; QEMU killed", opts.timeout.as_secs()),
-            Exit::Stopped => "stopped by the loader".to_string(),
+        (Ok(r), None) => match (&r.exit, exit_status) {
+            (Exit::Code(0), Some(0)) => "hypervisor exited normally".to_string(),
+            (Exit::Code(0), Some(c)) => format!("hypervisor exited with code {c}"),
+            (Exit::Code(0), None) => {
+                "QEMU exited without the hypervisor's exit frame: the run did not finish"
+                    .to_string()
+            }
+            (Exit::Code(c), _) => format!("QEMU exited with code {c}"),
+            (Exit::Signal, _) => "QEMU was ended by a signal".to_string(),
+            (Exit::TimedOut, _) => {
+                format!("timed out after {} s; QEMU killed", opts.timeout.as_secs())
+            }
+            (Exit::Stopped, _) => "stopped by the loader".to_string(),
         },
         (Err(e), None) => e.to_string(),
     };
@@ -542,8 +554,8 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     if let Some(e) = sink_error {
         return Err(Error::failed(e.to_string()));
     }
-    match r.exit {
-        Exit::Code(0) => {}
+    match (r.exit, exit_status) {
+        (Exit::Code(0), Some(0)) => {}
         _ => {
             let tail = r.stderr_tail.trim();
             return Err(Error::failed(if tail.is_empty() {

@@ -1,11 +1,12 @@
 //! The serial stream of a run: split into lines, console text told apart
 //! from witness frames (`rvm_abi::frame`), frames handed to the witness
-//! sink, and the partitions' lifecycle followed from the kernel-event
-//! records so the operator sees progress.
+//! sink, the partitions' lifecycle followed from the kernel-event records so
+//! the operator sees progress, and the hypervisor's exit status taken from
+//! its exit frame (`@X`, a whole line: guests' lines all start `[name] `).
 
 use crate::store::RunState;
 use crate::witness_sink::{LogNames, SinkError, WitnessSink};
-use rvm_abi::frame::Frame;
+use rvm_abi::frame::{ExitFrame, Frame};
 use rvm_abi::journal::{self, JournalFrame};
 use rvm_abi::witness::{KernelEvent, WitnessOp, WitnessRecord, HYPERVISOR_LOG};
 use rvm_witness_host::show::decode_line;
@@ -94,6 +95,7 @@ pub struct Session<'a> {
     sink: &'a mut dyn WitnessSink,
     states: BTreeMap<u32, RunState>,
     sink_error: Option<SinkError>,
+    exit: Option<u32>,
     /// Show every witness frame as a [`Shown::Witness`] line.
     pub live: bool,
     pub frames: u64,
@@ -107,6 +109,7 @@ impl<'a> Session<'a> {
             sink,
             states: BTreeMap::new(),
             sink_error: None,
+            exit: None,
             live: false,
             frames: 0,
             damaged: 0,
@@ -150,6 +153,27 @@ impl<'a> Session<'a> {
 
     /// Handle one line.
     pub fn line(&mut self, line: &str, show: &mut dyn FnMut(Shown)) {
+        if ExitFrame::is_exit_line(line) {
+            match ExitFrame::parse(line) {
+                Some(f) if self.exit.is_none() => {
+                    self.exit = Some(f.code);
+                    show(Shown::Progress(format!(
+                        "the hypervisor is powering off: exit status {}",
+                        f.code
+                    )));
+                }
+                // Only the hypervisor starts lines; the first exit frame is
+                // its word on the run.
+                Some(_) => {}
+                None => {
+                    self.damaged += 1;
+                    show(Shown::Progress(
+                        "damaged exit frame on the console (ignored)".into(),
+                    ));
+                }
+            }
+            return;
+        }
         if journal::is_journal_line(line) {
             self.journal_line(line, show);
             return;
@@ -252,6 +276,12 @@ impl<'a> Session<'a> {
         &self.states
     }
 
+    /// The hypervisor's exit status: the code of the first exit frame, if
+    /// one came. A run without one did not finish.
+    pub fn exit_status(&self) -> Option<u32> {
+        self.exit
+    }
+
     /// The first error the sink reported, if any: the run must stop.
     pub fn sink_error(&self) -> Option<&SinkError> {
         self.sink_error.as_ref()
@@ -321,12 +351,17 @@ mod tests {
                 event(KernelEvent::RecoverFence, 2),
                 "@W 1 00zz".to_string(),
                 event(KernelEvent::PartitionExit, 1),
+                "[a] @X 0".to_string(),
+                "@X 3".to_string(),
+                "@X 0".to_string(),
             ] {
                 s.line(l.trim_end(), &mut |x| shown.push(x));
             }
             assert_eq!(s.states()[&1], RunState::Exited);
             assert_eq!(s.states()[&2], RunState::Fenced);
             assert_eq!((s.frames, s.damaged), (5, 1));
+            // The hypervisor's exit frame, not the guest's line; the first.
+            assert_eq!(s.exit_status(), Some(3));
         }
         let summary = crate::witness_sink::WitnessSink::finish(&mut sink).unwrap();
         assert_eq!(
@@ -348,7 +383,26 @@ mod tests {
                         .into()
                 ),
                 Shown::Progress("a: exited".into()),
+                Shown::Console("[a] @X 0".into()),
+                Shown::Progress("the hypervisor is powering off: exit status 3".into()),
             ]
         );
+    }
+
+    #[test]
+    fn no_exit_frame_means_no_exit_status() {
+        let mut sink = NotFiled::default();
+        let mut s = Session::new(LogNames(Vec::new()), &mut sink);
+        for l in [
+            "rvm: powering off",
+            "[a] @X 0",
+            " @X 0",
+            "@X 0 [line cut]",
+            "@X",
+        ] {
+            s.line(l, &mut |_| {});
+        }
+        assert_eq!(s.exit_status(), None);
+        assert_eq!(s.damaged, 1, "the cut frame");
     }
 }

@@ -1,7 +1,8 @@
 //! Booting, with a stand-in for QEMU: a shell script that records its
 //! command line and the bundle it was given, prints a prepared serial
 //! stream (console lines and witness frames chained and signed as the
-//! kernel does, `common::Chain`) and exits with a chosen code. These tests
+//! kernel does, `common::Chain`, and the hypervisor's exit frame) and exits
+//! with a chosen code. These tests
 //! cover the loader's side of the path with exact control over what the
 //! "device" says: the command line, the bundle, the stream handling, the
 //! witness filing and the key check, the timeout and the run records. The
@@ -11,7 +12,7 @@ mod common;
 
 use common::*;
 use rvm_abi::bundle::{Bundle, ChannelDesc, EntryKind};
-use rvm_abi::frame::Frame;
+use rvm_abi::frame::{ExitFrame, Frame};
 use rvm_abi::witness::{KernelEvent, Outcome, WitnessOp, WitnessRecord};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,14 @@ impl FakeQemu {
             .trim()
             .to_string()
     }
+}
+
+/// The hypervisor's exit frame as one console line, without its line end.
+fn exit_line(code: u32) -> String {
+    String::from_utf8(ExitFrame { code }.encode().as_bytes().to_vec())
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 /// A frame that is not part of any chain (for runs cut short).
@@ -103,6 +112,7 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
         c.event(KernelEvent::PartitionExit, 3),
         c.finish(),
         "rvm: shutdown".into(),
+        exit_line(0),
     ]
     .iter()
     .map(|l| l.trim_end().to_string() + "\r\n")
@@ -186,18 +196,19 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
     let args = q.args();
     let joined = args.join(" ");
     assert!(joined.starts_with(
-        "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none -semihosting-config enable=on,target=native -kernel "
+        "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none -kernel "
     ), "{joined}");
+    // No semihosting: QEMU would serve it to every guest.
+    assert!(!joined.contains("semihosting"), "{joined}");
     assert_eq!(
-        args[args.len() - 5],
+        args[args.len() - 3],
         env.images
             .join("rvm.bin")
             .display()
             .to_string()
             .replace("//", "/")
     );
-    assert_eq!(args[args.len() - 4], "-initrd");
-    assert_eq!(args[args.len() - 2..], ["-append", "rvm.exit=semihosting"]);
+    assert_eq!(args[args.len() - 2], "-initrd");
     // The bundle QEMU was given: three partitions in boot order, each with
     // its own capabilities, and no channel (none was linked: issue 12,
     // item 9).
@@ -219,7 +230,7 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
         []
     );
     // The loader's temporary bundle is gone.
-    assert!(!Path::new(&args[args.len() - 3]).exists());
+    assert!(!Path::new(&args[args.len() - 1]).exists());
     // The bundle carries a random boot id, recorded with the run of every
     // partition in it (what `caps prove` signs by default).
     let boot_id = b.boot_id().expect("every bundle carries a boot id");
@@ -283,13 +294,51 @@ fn a_nonzero_hypervisor_exit_is_a_failure() {
         fixture("permissions-empty").to_str().unwrap(),
         "--no-boot",
     ]);
-    let q = FakeQemu::new("rvm: panic\n", "echo 'qemu: fatal thing' >&2", 3);
+    // QEMU exits 0 after the hypervisor's SYSTEM_OFF; the code is the frame's.
+    let q = FakeQemu::new(
+        &format!("rvm: panic\n{}\n", exit_line(101)),
+        "echo 'qemu: fatal thing' >&2",
+        0,
+    );
     let o = env.run(&["up", "--qemu", q.path().to_str().unwrap()]);
     assert_eq!(o.code, 1, "{o:?}");
     assert!(
         o.stderr
             .trim_end()
-            .ends_with("hypervisor exited with code 3; QEMU said: qemu: fatal thing"),
+            .ends_with("hypervisor exited with code 101; QEMU said: qemu: fatal thing"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_run_without_the_hypervisors_exit_frame_is_a_failure() {
+    let (env, _m) = with_guest();
+    env.ok(&[
+        "deploy",
+        fixture("permissions-empty").to_str().unwrap(),
+        "--no-boot",
+    ]);
+    // A guest's line that carries a clean exit frame, and QEMU exiting 0 (a
+    // guest that could end QEMU would do just this): no exit status.
+    let q = FakeQemu::new(
+        &format!("[empty-perms] {}\n\r{}trailing\n", exit_line(0), exit_line(0)),
+        "",
+        0,
+    );
+    let o = env.run(&["up", "--qemu", q.path().to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.trim_end().ends_with(
+            "QEMU exited without the hypervisor's exit frame: the run did not finish"
+        ),
+        "{o:?}"
+    );
+    // A clean exit frame does not excuse QEMU failing.
+    let q = FakeQemu::new(&format!("{}\n", exit_line(0)), "", 5);
+    let o = env.run(&["up", "--qemu", q.path().to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.trim_end().ends_with("QEMU exited with code 5"),
         "{o:?}"
     );
 }
@@ -305,11 +354,12 @@ fn the_emitted_install_script_runs_unmodified() {
     let mut c = Chain::new(witness_seed(&env));
     let q = FakeQemu::new(
         &format!(
-            "{}\n{}\n[demo-minimal] up\n{}\n{}\n",
+            "{}\n{}\n[demo-minimal] up\n{}\n{}\n{}\n",
             c.key_line(),
             c.event(KernelEvent::PartitionStart, 1),
             c.event(KernelEvent::PartitionExit, 1),
-            c.finish()
+            c.finish(),
+            exit_line(0)
         ),
         "",
         0,
