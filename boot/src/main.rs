@@ -11,6 +11,7 @@ mod entry;
 mod heap;
 mod memory;
 mod smp;
+mod wx;
 
 use rvm_hal::dtb::Platform;
 use rvm_hal::gic::Gic;
@@ -59,6 +60,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         print!("rvm: boot QEMU with '-machine virt,virtualization=on', or the board's firmware at EL2. Powering off.\n");
         power_off(how, exit_code::WRONG_EL);
     }
+    wx::install(&platform);
     heap::init();
     print!("\nRVM {} — AArch64 microhypervisor at EL2\n", env!("CARGO_PKG_VERSION"));
     print!("rvm: machine '{}', {} CPUs, counter {} Hz\n", platform.model, platform.cpus, rvm_hal::timer::frequency());
@@ -77,6 +79,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     rvm_hal::vectors::install(smp::percpu(0));
     rvm_hal::cpu::init_el2();
     rvm_hal::pmu::enable();
+    wx::self_test(0);
     let sha = if platform.bootarg("rvm.sha2") == Some("off") {
         "portable (rvm.sha2=off)"
     } else if rvm_hal::sha2ce::available() && rvm_witness::sha256::self_test(rvm_hal::sha2ce::compress) {

@@ -168,3 +168,98 @@ mod item3 {
         assert_eq!(run.exit, Some(0), "{}", run.serial);
     }
 }
+
+// ============================================================================
+// item 6: W^X at EL2
+// ============================================================================
+mod item6_wx {
+    use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions};
+
+    const CPUS: u32 = 4;
+
+    /// The ESR a self-test line reports.
+    fn esr_of(line: &str) -> Option<u64> {
+        let hex = line.split("(esr 0x").nth(1)?.split(' ').next()?;
+        u64::from_str_radix(hex, 16).ok()
+    }
+
+    /// With `rvm.selftest=wx` every CPU, once on the hypervisor's map, tries
+    /// to write its text and rodata, to execute from its data and from RAM
+    /// outside the image (where the heap and every guest frame are), and to
+    /// read each stack's guard page; each must fault at EL2, be recognised
+    /// as the fault the probe expected, and the boot go on to run the
+    /// partitions. Before the map existed (one RWX block over RAM, no guard
+    /// pages) the write and the executes went through.
+    #[test]
+    fn el2_text_is_not_writable_and_data_is_not_executable() {
+        let spec = BundleSpec::new()
+            .partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")))
+            .partition(PartitionSpec::wasm("agent-b", artifact("agents/reference.wasm")))
+            .channel(0, 1);
+        let opts = QemuOptions { smp: CPUS, append: "rvm.selftest=wx".into(), ..QemuOptions::default() };
+        let run = boot(&spec.build(), &opts);
+        run.assert(run.contains("rvm: EL2 map: text 0x40200000.."), "the EL2 map was built");
+        run.assert(run.contains("WXN on"), "SCTLR_EL2.WXN is set");
+        run.assert(!run.contains("FAILED"), "no check failed");
+        let checks = [
+            "write to .text",
+            "write to .rodata",
+            "execute from .data",
+            "execute from RAM outside the image (heap, guest frames)",
+        ];
+        for cpu in 0..CPUS {
+            for what in checks {
+                let line = format!("rvm: selftest wx cpu{cpu}: {what}: faulted as expected (esr ");
+                run.assert(run.contains(&line), &line);
+            }
+            for slot in 0..CPUS {
+                let line = format!("rvm: selftest wx cpu{cpu}: read of stack {slot}'s guard page ");
+                let hit = run.lines().any(|l| l.starts_with(&line) && l.contains(": faulted as expected"));
+                run.assert(hit, &line);
+            }
+            run.assert(run.contains(&format!("rvm: selftest wx cpu{cpu}: passed")), "every check on this CPU");
+        }
+        // The writes were data aborts (EC 0x25) with WnR set, the executes
+        // instruction aborts (EC 0x21), all permission faults (FSC 0b0011xx);
+        // the guard-page reads translation faults (0b0001xx).
+        for (what, ec, write, fsc) in [
+            ("write to .text", 0x25, true, 0x0c),
+            ("write to .rodata", 0x25, true, 0x0c),
+            ("execute from .data", 0x21, false, 0x0c),
+            ("guard page", 0x25, false, 0x04),
+        ] {
+            let esrs: Vec<u64> = run.lines().filter(|l| l.contains(what)).filter_map(esr_of).collect();
+            run.assert(esrs.len() >= CPUS as usize, what);
+            for esr in esrs {
+                let ok = (esr >> 26) & 0x3f == ec && (esr & 0x3c) == fsc && (ec != 0x25 || ((esr >> 6) & 1 == 1) == write);
+                run.assert(ok, &format!("{what}: syndrome {esr:#x}"));
+            }
+        }
+        run.assert(run.exit == Some(0), "clean power-off");
+        run.assert(run.contains("'agent-a' exited: code 0x0"), "partitions run on the map");
+        run.assert(run.contains("'agent-b' exited: code 0x0"), "partitions run on the map");
+    }
+
+    /// `rvm.selftest=stack-overflow` makes the boot CPU recurse until its
+    /// stack runs out: the store into the guard page faults, the vector sees
+    /// the stack pointer in a guard page and reports a stack overflow from
+    /// the top of the CPU's own stack, and the machine powers off. Before the
+    /// guard pages the stack ran on into .bss (and, with a writable text,
+    /// through the code) with no report.
+    #[test]
+    fn an_el2_stack_overflow_hits_the_guard_page() {
+        let spec = BundleSpec::new().partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")));
+        let opts = QemuOptions { smp: 1, append: "rvm.selftest=stack-overflow".into(), ..QemuOptions::default() };
+        let run = boot(&spec.build(), &opts);
+        run.assert(run.contains("rvm: selftest stack-overflow: recursing"), "the overflow was started");
+        let line = run.lines().find(|l| l.starts_with("rvm: FATAL: EL2 stack overflow (guard page hit)"));
+        run.assert(line.is_some(), "reported as a stack overflow");
+        // The fault address is in the boot CPU's guard page (stack slot 0's
+        // lowest page, right after .bss).
+        let far = line.and_then(|l| l.split("far 0x").nth(1)).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        run.assert(far.is_some_and(|f| f % 0x20000 < 0x1000), "the fault is in a guard page");
+        eprintln!("{}", line.unwrap_or_default());
+        run.assert(!run.contains("FAILED"), "the recursion never came back");
+        run.assert(!run.timed_out && run.exit != Some(0), "the machine stopped");
+    }
+}
