@@ -78,6 +78,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     );
     rvm_hal::vectors::install(smp::percpu(0));
     rvm_hal::cpu::init_el2();
+    rvm_hal::pmu::lend_to_el1(platform.bootarg("rvm.bench") == Some("pmu"));
     rvm_hal::pmu::enable();
     wx::self_test(0);
     let sha = if platform.bootarg("rvm.sha2") == Some("off") {

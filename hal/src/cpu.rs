@@ -21,8 +21,16 @@ pub const VTCR_EL2_VALUE: u64 = {
 /// directly; EL2 is built soft-float and never touches those registers.
 const CPTR_EL2_NO_TRAPS: u64 = 0x33ff;
 
-/// CNTHCTL_EL2: EL1 may read the physical counter and use the physical timer.
-const CNTHCTL_EL2_EL1_ACCESS: u64 = 0b11;
+/// CNTHCTL_EL2: EL1PCTEN (bit 0) set, EL1PCEN (bit 1) clear. The physical
+/// timer (`CNTP_CTL_EL0`, `CNTP_CVAL_EL0`, `CNTP_TVAL_EL0`) is one per CPU
+/// and not switched between partitions, so an EL1 access to it traps to EL2
+/// (EC 0x18) and faults the partition: no partition can arm, read or stop
+/// a timer another one left behind. Partitions time themselves with the
+/// virtual timer and counter, which are part of the vCPU state. Reading the
+/// physical counter (`CNTPCT_EL0`) stays allowed: with `CNTVOFF_EL2` = 0
+/// it shows exactly what the virtual counter shows, so trapping it would
+/// only cost.
+const CNTHCTL_EL2_EL1_ACCESS: u64 = 0b01;
 
 /// Configure EL2 for running partitions. Call once per CPU.
 pub fn init_el2() {

@@ -263,3 +263,76 @@ mod item6_wx {
         run.assert(!run.timed_out && run.exit != Some(0), "the machine stopped");
     }
 }
+
+// ============================================================================
+// item 7: side channels
+// ============================================================================
+mod item7_side_channels {
+    use rvm_abi::witness::KernelEvent;
+    use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions};
+
+    /// Each access `probe-shared-regs` can make: the PMU (cycle counter,
+    /// its control), the debug registers (debug control, a breakpoint, the
+    /// OS lock, the debug ROM address) and the physical timer.
+    const ACCESSES: [&str; 11] = [
+        "pmccntr_el0 read",
+        "pmcr_el0 write",
+        "mdscr_el1 read",
+        "dbgbvr0_el1 read",
+        "dbgbvr0_el1 write",
+        "oslsr_el1 read",
+        "mdrar_el1 read",
+        "cntp_ctl_el0 read",
+        "cntp_cval_el0 read",
+        "cntp_ctl_el0 write",
+        "cntp_cval_el0 write",
+    ];
+
+    /// One hostile partition per access, beside a pair of reference agents
+    /// exchanging messages. Every access must trap to EL2 (EC 0x18, a
+    /// trapped system-register access) and fault only that partition,
+    /// witnessed (its `Fault` and `RecoverFence` records); the neighbours
+    /// finish and the hypervisor powers off cleanly. Before, EL1 reached the
+    /// PMU, the debug registers and the physical timer directly, and every
+    /// probe printed the value it read and exited.
+    #[test]
+    fn pmu_debug_and_physical_timer_are_trapped() {
+        // Two boots, so that no boot holds more partitions than the
+        // hypervisor admits.
+        for chunk in ACCESSES.chunks(6) {
+            let mut spec = BundleSpec::new()
+                .partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")))
+                .partition(PartitionSpec::wasm("agent-b", artifact("agents/reference.wasm")))
+                .channel(0, 1);
+            for (i, access) in chunk.iter().enumerate() {
+                let name = format!("sc{i}");
+                spec = spec.partition(
+                    PartitionSpec::image(&name, artifact("probes/probe-shared-regs.elf")).input(access.as_bytes().to_vec()),
+                );
+            }
+            let run = boot(&spec.build(), &QemuOptions::default());
+            run.assert(!run.contains("FAILED"), "no access went through");
+            for (i, access) in chunk.iter().enumerate() {
+                let name = format!("sc{i}");
+                let log = 3 + i as u32;
+                run.assert(run.console_of(&name).any(|l| l == format!("probe shared-regs: {access}")), access);
+                let fault = format!("'{name}' fault: trapped system register access (esr 0x");
+                let line = run.lines().find(|l| l.contains(&fault));
+                run.assert(line.is_some(), &format!("{access}: faulted as a trapped register access"));
+                let esr = line
+                    .and_then(|l| l.split("(esr 0x").nth(1))
+                    .and_then(|h| u64::from_str_radix(h.split(')').next()?, 16).ok());
+                run.assert(esr.is_some_and(|e| (e >> 26) & 0x3f == 0x18), &format!("{access}: EC 0x18"));
+                let write = access.ends_with("write");
+                run.assert(esr.is_some_and(|e| (e & 1 == 0) == write), &format!("{access}: direction in the syndrome"));
+                let records = run.log(log);
+                run.assert(records.iter().any(|r| r.op == KernelEvent::Fault as u16), &format!("{access}: fault witnessed"));
+                run.assert(records.iter().any(|r| r.op == KernelEvent::RecoverFence as u16), &format!("{access}: fence witnessed"));
+            }
+            run.assert(run.contains("'agent-a' exited: code 0x0"), "the neighbours finished");
+            run.assert(run.contains("'agent-b' exited: code 0x0"), "the neighbours finished");
+            run.assert(!run.timed_out && run.exit == Some(0), "clean power-off");
+            run.assert_chains_linked();
+        }
+    }
+}
