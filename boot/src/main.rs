@@ -60,7 +60,6 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         print!("rvm: boot QEMU with '-machine virt,virtualization=on', or the board's firmware at EL2. Powering off.\n");
         power_off(how, exit_code::WRONG_EL);
     }
-    wx::install(&platform);
     heap::init();
     print!("\nRVM {} — AArch64 microhypervisor at EL2\n", env!("CARGO_PKG_VERSION"));
     print!("rvm: machine '{}', {} CPUs, counter {} Hz\n", platform.model, platform.cpus, rvm_hal::timer::frequency());
@@ -76,6 +75,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         platform.hyp_timer_intid,
         platform.psci
     );
+    wx::install(&platform);
     rvm_hal::vectors::install(smp::percpu(0));
     rvm_hal::cpu::init_el2();
     rvm_hal::pmu::lend_to_el1(platform.bootarg("rvm.bench") == Some("pmu"));
