@@ -17,9 +17,11 @@ pub const VTCR_EL2_VALUE: u64 = {
     (1 << 31) | (2 << 16) | (3 << 12) | (1 << 10) | (1 << 8) | (1 << 6) | t0sz
 };
 
-/// CPTR_EL2 with its RES1 bits and nothing trapped: guests use FP/SIMD
+/// CPTR_EL2 with its RES1 bits and FP/SIMD not trapped: guests use FP/SIMD
 /// directly; EL2 is built soft-float and never touches those registers.
-const CPTR_EL2_NO_TRAPS: u64 = 0x33ff;
+/// TTA (bit 20) traps EL1's access to the trace unit's system registers,
+/// per-CPU state shared by every partition like the PMU (see `pmu`).
+const CPTR_EL2_VALUE: u64 = 0x33ff | (1 << 20);
 
 /// CNTHCTL_EL2: EL1PCTEN (bit 0) set, EL1PCEN (bit 1) clear. The physical
 /// timer (`CNTP_CTL_EL0`, `CNTP_CVAL_EL0`, `CNTP_TVAL_EL0`) is one per CPU
@@ -35,7 +37,7 @@ const CNTHCTL_EL2_EL1_ACCESS: u64 = 0b01;
 /// Configure EL2 for running partitions. Call once per CPU.
 pub fn init_el2() {
     crate::sysreg_write!("vtcr_el2", VTCR_EL2_VALUE);
-    crate::sysreg_write!("cptr_el2", CPTR_EL2_NO_TRAPS);
+    crate::sysreg_write!("cptr_el2", CPTR_EL2_VALUE);
     crate::sysreg_write!("cnthctl_el2", CNTHCTL_EL2_EL1_ACCESS);
     crate::sysreg_write!("cntvoff_el2", 0);
     crate::sysreg_write!("hcr_el2", HCR_EL2_GUEST);
