@@ -185,7 +185,7 @@ impl<'a> El2Map<'a> {
     /// Map `[start, end)` (page-aligned, below [`VA_LIMIT`]) identity as
     /// `perm`, replacing whatever was mapped there.
     pub fn map(&mut self, start: u64, end: u64, perm: Perm) -> Result<(), MapError> {
-        if start % PAGE != 0 || end % PAGE != 0 || start > end || end > VA_LIMIT {
+        if !start.is_multiple_of(PAGE) || !end.is_multiple_of(PAGE) || start > end || end > VA_LIMIT {
             return Err(MapError::BadRange { start, end });
         }
         let attrs = perm.attrs();
@@ -193,7 +193,7 @@ impl<'a> El2Map<'a> {
         while va < end {
             let t2 = self.l2(va)?;
             let i2 = (va >> 21) as usize & (ENTRIES - 1);
-            if va % BLOCK == 0 && end - va >= BLOCK {
+            if va.is_multiple_of(BLOCK) && end - va >= BLOCK {
                 // A whole block: one level-2 entry (any level-3 table that
                 // was there is dropped; its pool slot is not reused).
                 self.pool[t2].0[i2] = if perm == Perm::Unmapped { 0 } else { va | attrs | VALID };
