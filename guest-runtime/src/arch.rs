@@ -436,16 +436,22 @@ pub mod probe {
         CntpCvalRead,
         /// `msr CNTP_CVAL_EL0, 0`: fire it now.
         CntpCvalWrite,
+        /// `msr ACTLR_EL1, 0`: auxiliary (implementation-defined) control.
+        ActlrWrite,
+        /// `dc cisw`: clean and invalidate a cache line by set/way, whoever
+        /// owns it.
+        DcSetWay,
     }
 
     /// Access `reg` once from EL1; what a read returned (0 for a write). The
     /// hypervisor traps every one of these: the call should never return.
     pub fn shared_reg(reg: SharedReg) -> u64 {
         let mut v: u64 = 0;
-        // SAFETY: one system-register access each, no memory touched. If
-        // the hypervisor let it through, a write changes only CPU state the
-        // probe is testing (counter reset, a breakpoint address with
-        // breakpoints disabled, a timer whose interrupt nobody enabled).
+        // SAFETY: one system-register access or cache operation each, no
+        // memory touched. If the hypervisor let it through, a write changes
+        // only CPU state the probe is testing (counter reset, a breakpoint
+        // address with breakpoints disabled, a timer whose interrupt nobody
+        // enabled, ACTLR's defaults, one cache line cleaned to memory).
         unsafe {
             match reg {
                 SharedReg::PmccntrRead => asm!("mrs {v}, pmccntr_el0", v = out(reg) v, options(nomem, nostack)),
@@ -459,6 +465,8 @@ pub mod probe {
                 SharedReg::CntpCtlWrite => asm!("msr cntp_ctl_el0, {v}", v = in(reg) 1u64, options(nomem, nostack)),
                 SharedReg::CntpCvalRead => asm!("mrs {v}, cntp_cval_el0", v = out(reg) v, options(nomem, nostack)),
                 SharedReg::CntpCvalWrite => asm!("msr cntp_cval_el0, {v}", v = in(reg) 0u64, options(nomem, nostack)),
+                SharedReg::ActlrWrite => asm!("msr actlr_el1, {v}", v = in(reg) 0u64, options(nomem, nostack)),
+                SharedReg::DcSetWay => asm!("dc cisw, {v}", v = in(reg) 0u64, options(nostack)),
             }
         }
         v

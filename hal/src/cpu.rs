@@ -7,8 +7,24 @@ use rvm_kernel::vcpu::{El1Regs, FpRegs};
 /// HCR_EL2 while a partition runs: stage 2 on (VM), set/way as clean+inv
 /// (SWIO), FIQ/IRQ/SError to EL2 (FMO/IMO/AMO), default cacheable (DC: the
 /// guest runs with its MMU off on Normal memory), trap WFI (TWI) and SMC
-/// (TSC), EL1 is AArch64 (RW).
-pub const HCR_EL2_GUEST: u64 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 12) | (1 << 13) | (1 << 19) | (1 << 31);
+/// (TSC), EL1 is AArch64 (RW). Also trapped, as state every partition on a
+/// CPU shares: `ACTLR_EL1` (TACR), data-cache maintenance by set/way (TSW:
+/// it cleans or invalidates lines of every partition) and the
+/// implementation-defined registers (TIDCP: CPU and L2 control such as
+/// prefetch and cache behaviour; QEMU 7.2 ignores this bit). Each arrives
+/// as EC 0x18, a fault of the partition.
+pub const HCR_EL2_GUEST: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 19)
+    | (1 << 21)
+    | (1 << 22)
+    | (1 << 31)
+    | (1 << 53);
 
 /// VTCR_EL2: 32-bit IPA space (T0SZ 32) walked from level 1 (SL0 1), inner
 /// and outer write-back walks, inner shareable, 4 KiB granule, 40-bit PA.

@@ -1,5 +1,6 @@
 //! Probe: touch one register the partitions on a CPU would share if EL1
-//! could reach it (PMU, debug, physical timer), chosen by the probe's input
+//! could reach it (PMU, debug, physical timer, auxiliary control,
+//! set/way cache maintenance), chosen by the probe's input
 //! (the register's name and the access, e.g. `pmccntr_el0 read`). The
 //! hypervisor traps each such access (EC 0x18) and faults the partition; if
 //! the access returns instead, the probe says so and exits with
@@ -15,7 +16,7 @@ use rvm_guest_probes::{finish, start, EXIT_BAD_TARGET, EXIT_NOT_ISOLATED};
 rvm_el1::el1_main!(main);
 
 /// Every access the probe knows, by the name its input gives.
-const ACCESSES: [(&str, SharedReg); 11] = [
+const ACCESSES: [(&str, SharedReg); 13] = [
     ("pmccntr_el0 read", SharedReg::PmccntrRead),
     ("pmcr_el0 write", SharedReg::PmcrWrite),
     ("mdscr_el1 read", SharedReg::MdscrRead),
@@ -27,6 +28,8 @@ const ACCESSES: [(&str, SharedReg); 11] = [
     ("cntp_ctl_el0 write", SharedReg::CntpCtlWrite),
     ("cntp_cval_el0 read", SharedReg::CntpCvalRead),
     ("cntp_cval_el0 write", SharedReg::CntpCvalWrite),
+    ("actlr_el1 write", SharedReg::ActlrWrite),
+    ("dc cisw write", SharedReg::DcSetWay),
 ];
 
 fn main(boot_info: u64) -> ! {
