@@ -83,6 +83,20 @@ pub fn install(p: &Platform) {
     if let Err(e) = result {
         panic!("EL2 map: {e:?}");
     }
+    // Before switching (a gap would fault with no console to say so): the
+    // code running now, this stack, the console and the bundle are mapped
+    // as they must be.
+    let here = 0u8;
+    let stack = core::hint::black_box(&here) as *const u8 as u64;
+    let perm = |va: u64| map.perm_of(va).map(|(perm, _)| perm);
+    assert_eq!(perm(install as *const () as u64), Some(Perm::Text), "EL2 map: text");
+    assert_eq!(perm(stack), Some(Perm::ReadWrite), "EL2 map: stack");
+    if let Some(uart) = p.uart {
+        assert_eq!(perm(uart as u64), Some(Perm::Device), "EL2 map: console");
+    }
+    if let Some(initrd) = p.initrd {
+        assert_eq!(perm(initrd.start.raw()), Some(Perm::ReadWrite), "EL2 map: bundle");
+    }
     let root = map.root();
     let used = map.tables_used();
     ROOT.store(root, Ordering::Release);
