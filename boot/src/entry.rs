@@ -7,6 +7,10 @@
 //! Normal write-back (RAM on the QEMU virt machine and on boards whose DRAM
 //! starts at 1 GiB). It is built for whatever EL the CPU was entered at, so
 //! the wrong-EL message can be printed before powering off.
+//!
+//! This map lets everything be written and executed; it lives only until
+//! `wx::install` has built the real one (W^X, 4 KiB pages for the image,
+//! guard pages under the stacks) and switched every CPU to it.
 
 core::arch::global_asm!(
     r#"
@@ -50,7 +54,8 @@ rvm_primary_entry:
     mrs     x20, CurrentEL
     ubfx    x20, x20, #2, #2
     ldr     x1, =__stacks_start
-    add     x1, x1, #0x20000
+    ldr     x2, =__stack_slot
+    add     x1, x1, x2              // top of slot 0 (linker.ld)
     mov     sp, x1
     ldr     x1, =__bss_start
     ldr     x2, =__bss_end
@@ -111,7 +116,7 @@ rvm_secondary_entry:
     msr     daifset, #0xf
     mov     x19, x0
     ldr     x1, =__stacks_start
-    mov     x2, #0x20000
+    ldr     x2, =__stack_slot
     madd    x1, x19, x2, x1
     add     x1, x1, x2
     mov     sp, x1

@@ -11,6 +11,7 @@ mod entry;
 mod heap;
 mod memory;
 mod smp;
+mod wx;
 
 use rvm_hal::dtb::Platform;
 use rvm_hal::gic::Gic;
@@ -71,9 +72,12 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         platform.hyp_timer_intid,
         platform.psci
     );
+    wx::install(&platform);
     rvm_hal::vectors::install(smp::percpu(0));
     rvm_hal::cpu::init_el2();
+    rvm_hal::pmu::lend_to_el1(platform.bootarg("rvm.bench") == Some("pmu"));
     rvm_hal::pmu::enable();
+    wx::self_test(0);
     let sha = if platform.bootarg("rvm.sha2") == Some("off") {
         "portable (rvm.sha2=off)"
     } else if rvm_hal::sha2ce::available() && rvm_witness::sha256::self_test(rvm_hal::sha2ce::compress) {

@@ -1,5 +1,6 @@
 //! Secondary CPUs: started through PSCI `CPU_ON` (conduit and CPU ids from
-//! the device tree), each with its own stack, vectors, EL2 configuration,
+//! the device tree), each with its own stack (guard page below), the boot
+//! CPU's EL2 map (`wx`), its own vectors, EL2 configuration,
 //! GIC redistributor and hypervisor timer. Once the boot CPU has built the
 //! kernel and put it behind the kernel lock ([`KERNEL`]), every CPU runs
 //! partitions from its own run queue (`rvm_kernel::smp::cpu_main`). When the
@@ -16,7 +17,8 @@ use rvm_hal::vectors::PerCpu;
 use rvm_kernel::smp::{cpu_main, KernelLock};
 use rvm_kernel::{CpuArch, CpuId, Hypervisor};
 
-/// CPUs the image has stacks for (see `linker.ld`).
+/// CPUs the image has stacks for (see `linker.ld`; `wx::install` checks
+/// the two agree).
 pub const MAX_CPUS: usize = 4;
 
 /// CPUs that finished their bring-up (the boot CPU counts).
@@ -41,8 +43,7 @@ static KERNEL: spin::Once<KernelLock<Machine>> = spin::Once::new();
 /// How many CPUs take part in the run (set with [`KERNEL`]).
 static RUN_CPUS: AtomicU32 = AtomicU32::new(1);
 
-const NO_GUEST: PerCpu = PerCpu { scratch: 0, guest: core::ptr::null_mut() };
-static mut PERCPU: [PerCpu; MAX_CPUS] = [NO_GUEST; MAX_CPUS];
+static mut PERCPU: [PerCpu; MAX_CPUS] = [PerCpu::EMPTY; MAX_CPUS];
 
 /// CPU `n`'s per-CPU block.
 pub fn percpu(n: usize) -> &'static mut PerCpu {
@@ -93,9 +94,11 @@ pub fn start_secondaries(p: &Platform, has_gic: bool) -> u32 {
 #[no_mangle]
 extern "C" fn rvm_secondary_main(index: u64) -> ! {
     let n = usize::try_from(index).unwrap_or(MAX_CPUS - 1);
+    crate::wx::install_secondary();
     rvm_hal::vectors::install(percpu(n));
     rvm_hal::cpu::init_el2();
     rvm_hal::pmu::enable();
+    crate::wx::self_test(n);
     let mut timer_intid = 0;
     let mut has_gic = false;
     if let Some(&(d, r, intid)) = GIC.get() {

@@ -436,6 +436,69 @@ pub mod probe {
         (c, f)
     }
 
+    /// A CPU register every partition on a physical CPU would share if the
+    /// hypervisor let EL1 reach it: the PMU, the debug registers, the
+    /// physical timer.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum SharedReg {
+        /// `mrs PMCCNTR_EL0`: the cycle counter (counts EL2 work too).
+        PmccntrRead,
+        /// `msr PMCR_EL0, E|C`: reset the cycle counter under everyone.
+        PmcrWrite,
+        /// `mrs MDSCR_EL1`: debug control.
+        MdscrRead,
+        /// `mrs DBGBVR0_EL1`: breakpoint 0's address.
+        Dbgbvr0Read,
+        /// `msr DBGBVR0_EL1`: set breakpoint 0's address.
+        Dbgbvr0Write,
+        /// `mrs OSLSR_EL1`: the OS lock.
+        OslsrRead,
+        /// `mrs MDRAR_EL1`: the debug ROM's address.
+        MdrarRead,
+        /// `mrs CNTP_CTL_EL0`: the physical timer's control.
+        CntpCtlRead,
+        /// `msr CNTP_CTL_EL0, 1`: arm the physical timer.
+        CntpCtlWrite,
+        /// `mrs CNTP_CVAL_EL0`: its compare value (another's deadline).
+        CntpCvalRead,
+        /// `msr CNTP_CVAL_EL0, 0`: fire it now.
+        CntpCvalWrite,
+        /// `msr ACTLR_EL1, 0`: auxiliary (implementation-defined) control.
+        ActlrWrite,
+        /// `dc cisw`: clean and invalidate a cache line by set/way, whoever
+        /// owns it.
+        DcSetWay,
+    }
+
+    /// Access `reg` once from EL1; what a read returned (0 for a write). The
+    /// hypervisor traps every one of these: the call should never return.
+    pub fn shared_reg(reg: SharedReg) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: one system-register access or cache operation each, no
+        // memory touched. If the hypervisor let it through, a write changes
+        // only CPU state the probe is testing (counter reset, a breakpoint
+        // address with breakpoints disabled, a timer whose interrupt nobody
+        // enabled, ACTLR's defaults, one cache line cleaned to memory).
+        unsafe {
+            match reg {
+                SharedReg::PmccntrRead => asm!("mrs {v}, pmccntr_el0", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::PmcrWrite => asm!("msr pmcr_el0, {v}", v = in(reg) 0b101u64, options(nomem, nostack)),
+                SharedReg::MdscrRead => asm!("mrs {v}, mdscr_el1", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::Dbgbvr0Read => asm!("mrs {v}, dbgbvr0_el1", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::Dbgbvr0Write => asm!("msr dbgbvr0_el1, {v}", v = in(reg) 0x4000_0000u64, options(nomem, nostack)),
+                SharedReg::OslsrRead => asm!("mrs {v}, oslsr_el1", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::MdrarRead => asm!("mrs {v}, mdrar_el1", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::CntpCtlRead => asm!("mrs {v}, cntp_ctl_el0", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::CntpCtlWrite => asm!("msr cntp_ctl_el0, {v}", v = in(reg) 1u64, options(nomem, nostack)),
+                SharedReg::CntpCvalRead => asm!("mrs {v}, cntp_cval_el0", v = out(reg) v, options(nomem, nostack)),
+                SharedReg::CntpCvalWrite => asm!("msr cntp_cval_el0, {v}", v = in(reg) 0u64, options(nomem, nostack)),
+                SharedReg::ActlrWrite => asm!("msr actlr_el1, {v}", v = in(reg) 0u64, options(nomem, nostack)),
+                SharedReg::DcSetWay => asm!("dc cisw, {v}", v = in(reg) 0u64, options(nostack)),
+            }
+        }
+        v
+    }
+
     /// Mask every exception (D, A, I, F) at EL1 and spin forever without a
     /// host call: only the hypervisor's own timer can take the CPU back.
     pub fn spin_masked() -> ! {
@@ -451,21 +514,34 @@ pub mod probe {
     }
 }
 
-/// Cost measurements for the instruction-count benchmarks: under QEMU with
-/// `-icount shift=0` the cycle counter counts instructions, at EL1 and (the
-/// hypervisor sets PMCCFILTR.NSH) at EL2.
+/// Cost measurements. The runtime times its own steps (checkpoint
+/// hand-over, restore) with the virtual counter, which every partition may
+/// read: under QEMU with `-icount shift=0` one nanosecond of virtual time
+/// is one instruction. The hypercall benchmark (`probe-bench`) reads the
+/// cycle counter (instructions under `-icount`, at EL1 and, with
+/// PMCCFILTR.NSH, at EL2), which the hypervisor traps unless it was booted
+/// with `rvm.bench=pmu` for the benchmark: the PMU is shared by every
+/// partition on a CPU.
 pub mod bench {
     use core::arch::asm;
 
-    /// The cycle counter (instructions under `-icount shift=0`).
-    pub fn cycles() -> u64 {
-        let c: u64;
-        // SAFETY: reads PMCCNTR_EL0, which the hypervisor leaves readable
-        // at EL1; no memory or flags are touched.
+    /// Nanoseconds of the virtual counter.
+    pub fn now_ns() -> u64 {
+        let (count, freq): (u64, u64);
+        // SAFETY: reads CNTVCT_EL0 and CNTFRQ_EL0, which EL1 may always
+        // read; no memory or flags are touched.
         unsafe {
-            asm!("isb", "mrs {c}, pmccntr_el0", c = out(reg) c, options(nomem, nostack, preserves_flags))
+            asm!(
+                "isb",
+                "mrs {c}, cntvct_el0",
+                "mrs {f}, cntfrq_el0",
+                c = out(reg) count,
+                f = out(reg) freq,
+                options(nomem, nostack, preserves_flags)
+            )
         };
-        c
+        let ns = u128::from(count) * 1_000_000_000 / u128::from(freq.max(1));
+        u64::try_from(ns).unwrap_or(u64::MAX)
     }
 
     /// Instructions (cycles) one `hvc #0` with function ID `x0` costs, seen
@@ -473,8 +549,9 @@ pub mod bench {
     /// so the figure includes the `isb`/`mrs` pair on each side.
     pub fn hvc_round_trip(x0: u64) -> (u64, u64) {
         let (before, after, status): (u64, u64, u64);
-        // SAFETY: reads of the cycle counter (EL1 access is left enabled by
-        // the hypervisor) around one hypercall that takes no buffers; the
+        // SAFETY: reads of the cycle counter (left to EL1 by a hypervisor
+        // booted with `rvm.bench=pmu`; otherwise the first read traps and
+        // the hypervisor faults this partition) around one hypercall that takes no buffers; the
         // hypervisor may clobber x0-x17 (declared) and touches no memory of
         // ours for a call without buffer arguments.
         unsafe {

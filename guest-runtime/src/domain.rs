@@ -146,12 +146,12 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
                 // A turn boundary: the agent moves to another partition.
                 // Its checkpoint is its state there; the kernel keeps it.
                 // Refused, the agent stays and runs its turn.
-                let before = arch::bench::cycles();
+                let before = arch::bench::now_ns();
                 let handed = agent.checkpoint();
-                let cycles = arch::bench::cycles().wrapping_sub(before);
+                let ns = arch::bench::now_ns().wrapping_sub(before);
                 if handed.is_ok() {
                     println!(
-                        "runtime: agent {id} (slot {slot}) moved out after {} turns; hand-over took {cycles} cycles",
+                        "runtime: agent {id} (slot {slot}) moved out after {} turns; hand-over took {ns} ns",
                         agent.turns()
                     );
                     agents.remove(at);
@@ -206,12 +206,12 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
 
 /// Restore `agent` from the checkpoint image at `[ipa, ipa + len)`.
 fn restore_from(agent: &mut Agent<El1Host>, ipa: u64, len: u64, id: u64, fail: fn(u64) -> !) {
-    let before = arch::bench::cycles();
+    let before = arch::bench::now_ns();
     let restored = arch::with_checkpoint_image(ipa, len, |image| agent.restore(image));
-    let cycles = arch::bench::cycles().wrapping_sub(before);
+    let ns = arch::bench::now_ns().wrapping_sub(before);
     match restored {
         Some(Ok(())) => println!(
-            "runtime: restored checkpoint {id} ({len} bytes) in {cycles} cycles; resuming after turn {}",
+            "runtime: restored checkpoint {id} ({len} bytes) in {ns} ns; resuming after turn {}",
             agent.turns()
         ),
         Some(Err(e)) => {

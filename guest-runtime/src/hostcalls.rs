@@ -157,12 +157,12 @@ impl HostCalls for El1Host {
     }
 
     fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {
-        let before = crate::arch::bench::cycles();
+        let before = crate::arch::bench::now_ns();
         let result = hypercall(
             Hypercall::Checkpoint,
             &mut [Arg::In(header), Arg::In(memory)],
         );
-        let cycles = crate::arch::bench::cycles().wrapping_sub(before);
+        let ns = crate::arch::bench::now_ns().wrapping_sub(before);
         let len = header.len() + memory.len();
         match result {
             Ok([id, lo, hi]) => {
@@ -170,7 +170,7 @@ impl HostCalls for El1Host {
                 hash_prefix[..8].copy_from_slice(&lo.to_le_bytes());
                 hash_prefix[8..].copy_from_slice(&hi.to_le_bytes());
                 crate::el1_println!(
-                    "runtime: checkpoint {id} of {len} bytes handed over in {cycles} cycles, state hash {:016x}{:016x}",
+                    "runtime: checkpoint {id} of {len} bytes handed over in {ns} ns, state hash {:016x}{:016x}",
                     u64::from_be_bytes(lo.to_le_bytes()),
                     u64::from_be_bytes(hi.to_le_bytes())
                 );

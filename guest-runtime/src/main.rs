@@ -84,14 +84,14 @@ fn main(boot_info_ipa: u64) -> ! {
     // may put a `Dormant`-tier partition to sleep (the kernel decides).
     agent.allow_dormancy(true);
     if let Some(restore) = RestoreInfo::read(page).filter(RestoreInfo::is_restore) {
-        let before = arch::bench::cycles();
+        let before = arch::bench::now_ns();
         let restored = arch::with_checkpoint_image(restore.image_ipa, restore.image_len, |image| {
             agent.restore(image)
         });
-        let cycles = arch::bench::cycles().wrapping_sub(before);
+        let ns = arch::bench::now_ns().wrapping_sub(before);
         match restored {
             Some(Ok(())) => println!(
-                "runtime: restored checkpoint {} ({} bytes) in {cycles} cycles; resuming after turn {}",
+                "runtime: restored checkpoint {} ({} bytes) in {ns} ns; resuming after turn {}",
                 restore.checkpoint_id,
                 restore.image_len,
                 agent.turns()

@@ -7,8 +7,24 @@ use rvm_kernel::vcpu::{El1Regs, FpRegs};
 /// HCR_EL2 while a partition runs: stage 2 on (VM), set/way as clean+inv
 /// (SWIO), FIQ/IRQ/SError to EL2 (FMO/IMO/AMO), default cacheable (DC: the
 /// guest runs with its MMU off on Normal memory), trap WFI (TWI) and SMC
-/// (TSC), EL1 is AArch64 (RW).
-pub const HCR_EL2_GUEST: u64 = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 12) | (1 << 13) | (1 << 19) | (1 << 31);
+/// (TSC), EL1 is AArch64 (RW). Also trapped, as state every partition on a
+/// CPU shares: `ACTLR_EL1` (TACR), data-cache maintenance by set/way (TSW:
+/// it cleans or invalidates lines of every partition) and the
+/// implementation-defined registers (TIDCP: CPU and L2 control such as
+/// prefetch and cache behaviour; QEMU 7.2 ignores this bit). Each arrives
+/// as EC 0x18, a fault of the partition.
+pub const HCR_EL2_GUEST: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 19)
+    | (1 << 21)
+    | (1 << 22)
+    | (1 << 31)
+    | (1 << 53);
 
 /// VTCR_EL2: 32-bit IPA space (T0SZ 32) walked from level 1 (SL0 1), inner
 /// and outer write-back walks, inner shareable, 4 KiB granule, 40-bit PA.
@@ -17,17 +33,27 @@ pub const VTCR_EL2_VALUE: u64 = {
     (1 << 31) | (2 << 16) | (3 << 12) | (1 << 10) | (1 << 8) | (1 << 6) | t0sz
 };
 
-/// CPTR_EL2 with its RES1 bits and nothing trapped: guests use FP/SIMD
+/// CPTR_EL2 with its RES1 bits and FP/SIMD not trapped: guests use FP/SIMD
 /// directly; EL2 is built soft-float and never touches those registers.
-const CPTR_EL2_NO_TRAPS: u64 = 0x33ff;
+/// TTA (bit 20) traps EL1's access to the trace unit's system registers,
+/// per-CPU state shared by every partition like the PMU (see `pmu`).
+const CPTR_EL2_VALUE: u64 = 0x33ff | (1 << 20);
 
-/// CNTHCTL_EL2: EL1 may read the physical counter and use the physical timer.
-const CNTHCTL_EL2_EL1_ACCESS: u64 = 0b11;
+/// CNTHCTL_EL2: EL1PCTEN (bit 0) set, EL1PCEN (bit 1) clear. The physical
+/// timer (`CNTP_CTL_EL0`, `CNTP_CVAL_EL0`, `CNTP_TVAL_EL0`) is one per CPU
+/// and not switched between partitions, so an EL1 access to it traps to EL2
+/// (EC 0x18) and faults the partition: no partition can arm, read or stop
+/// a timer another one left behind. Partitions time themselves with the
+/// virtual timer and counter, which are part of the vCPU state. Reading the
+/// physical counter (`CNTPCT_EL0`) stays allowed: with `CNTVOFF_EL2` = 0
+/// it shows exactly what the virtual counter shows, so trapping it would
+/// only cost.
+const CNTHCTL_EL2_EL1_ACCESS: u64 = 0b01;
 
 /// Configure EL2 for running partitions. Call once per CPU.
 pub fn init_el2() {
     crate::sysreg_write!("vtcr_el2", VTCR_EL2_VALUE);
-    crate::sysreg_write!("cptr_el2", CPTR_EL2_NO_TRAPS);
+    crate::sysreg_write!("cptr_el2", CPTR_EL2_VALUE);
     crate::sysreg_write!("cnthctl_el2", CNTHCTL_EL2_EL1_ACCESS);
     crate::sysreg_write!("cntvoff_el2", 0);
     crate::sysreg_write!("hcr_el2", HCR_EL2_GUEST);

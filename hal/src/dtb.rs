@@ -19,6 +19,9 @@ pub struct Platform {
     pub uart: Option<usize>,
     pub gicd: Option<usize>,
     pub gicr: Option<usize>,
+    /// The register ranges of the devices above (UART, GIC): what the
+    /// hypervisor maps as Device memory at EL2.
+    pub devices: heapless::Vec<PhysRange, 8>,
     /// 3 for GICv3; other versions are reported, not driven.
     pub gic_version: u8,
     /// INTID of the EL2 physical (hypervisor) timer.
@@ -72,6 +75,7 @@ impl Platform {
             uart: None,
             gicd: None,
             gicr: None,
+            devices: heapless::Vec::new(),
             gic_version: 0,
             hyp_timer_intid: 26,
             psci: None,
@@ -95,6 +99,7 @@ impl Platform {
         }
         if let Some(uart) = chosen.stdout().or_else(|| fdt.find_compatible(&["arm,pl011"])) {
             p.uart = uart.reg().and_then(|mut r| r.next()).map(|r| r.starting_address as usize);
+            p.add_devices(uart.reg());
         }
         if let Some(gic) = fdt.find_compatible(&["arm,gic-v3"]) {
             p.gic_version = 3;
@@ -102,6 +107,7 @@ impl Platform {
                 p.gicd = regs.next().map(|r| r.starting_address as usize);
                 p.gicr = regs.next().map(|r| r.starting_address as usize);
             }
+            p.add_devices(gic.reg());
         } else if fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400"]).is_some() {
             p.gic_version = 2;
         }
@@ -136,6 +142,17 @@ impl Platform {
             let _ = p.cpu_ids.push(cpu.ids().first() as u64);
         }
         Ok(p)
+    }
+
+    /// Record a device's register ranges (a range without a size counts
+    /// as one page).
+    fn add_devices(&mut self, regs: Option<impl Iterator<Item = fdt::standard_nodes::MemoryRegion>>) {
+        for r in regs.into_iter().flatten() {
+            let size = r.size.unwrap_or(4096) as u64;
+            if let Some(range) = PhysRange::new(PhysAddr::new(r.starting_address as u64), size) {
+                let _ = self.devices.push(range);
+            }
+        }
     }
 
     /// A `key=value` boot argument.

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod dtb;
+pub mod el2map;
 pub mod gic;
 pub mod machine;
 pub mod mmio;

@@ -335,6 +335,10 @@ impl CpuArch for Cpu {
 #[no_mangle]
 extern "C" fn rvm_hyp_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
     reclaim_console();
+    if kind == vectors::KIND_STACK_OVERFLOW {
+        crate::print!("\nrvm: FATAL: EL2 stack overflow (guard page hit): esr {esr:#x} elr {elr:#x} far {far:#x}\n");
+        crate::power::power_off(*POWER_OFF.lock(), 70)
+    }
     crate::print!("\nrvm: FATAL: EL2 exception (vector {kind}): esr {esr:#x} elr {elr:#x} far {far:#x}\n");
     crate::power::power_off(*POWER_OFF.lock(), 70)
 }

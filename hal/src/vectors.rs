@@ -7,6 +7,13 @@
 //! from `rvm_enter_guest` with the exit kind. EL1 system registers and
 //! FP/SIMD are not touched on this path: they are switched only when another
 //! partition runs (`cpu`), which keeps a hypercall round trip short.
+//!
+//! A synchronous exception taken at EL2 itself is a hypervisor bug and
+//! stops the machine, with two exceptions: a stack pointer in a guard page
+//! (a stack overflow) is reported as such, from the top of the CPU's own
+//! stack slot rather than by faulting again; and a probe that expects a
+//! fault ([`probe_write_u32`], [`probe_read_u64`], [`probe_exec`], used by
+//! the boot self-test) gets it recorded and resumes.
 
 use rvm_kernel::vcpu::GuestRegs;
 
@@ -23,6 +30,18 @@ pub struct PerCpu {
     pub scratch: u64,
     /// The guest register file being run.
     pub guest: *mut GuestRegs,
+    /// Non-zero while a probe expects a fault at EL2; the exception vector
+    /// clears it when the fault is taken.
+    pub expect_fault: u64,
+    /// ESR_EL2 and FAR_EL2 of the expected fault.
+    pub fault_esr: u64,
+    pub fault_far: u64,
+}
+
+impl PerCpu {
+    /// A CPU's block before it runs anything.
+    pub const EMPTY: PerCpu =
+        PerCpu { scratch: 0, guest: core::ptr::null_mut(), expect_fault: 0, fault_esr: 0, fault_far: 0 };
 }
 
 const _: () = {
@@ -30,7 +49,14 @@ const _: () = {
     assert!(core::mem::offset_of!(GuestRegs, pc) == 248);
     assert!(core::mem::offset_of!(GuestRegs, pstate) == 256);
     assert!(core::mem::offset_of!(PerCpu, guest) == 8);
+    assert!(core::mem::offset_of!(PerCpu, expect_fault) == 16);
+    assert!(core::mem::offset_of!(PerCpu, fault_esr) == 24);
+    assert!(core::mem::offset_of!(PerCpu, fault_far) == 32);
 };
+
+/// The `kind` [`rvm_hyp_exception`](crate::machine) gets for a stack
+/// overflow (the vector numbers are 0–7).
+pub const KIND_STACK_OVERFLOW: u64 = 8;
 
 core::arch::global_asm!(
     r#"
@@ -84,9 +110,10 @@ rvm_el2_vectors:
     HYP_FAULT 2
     .balign 0x80
     HYP_FAULT 3
-    // Current EL with SP_ELx: a hypervisor bug.
+    // Current EL with SP_ELx: a hypervisor bug, a stack overflow, or a
+    // fault a probe expects.
     .balign 0x80
-    HYP_FAULT 4
+    b       rvm_el2_sync_self
     .balign 0x80
     HYP_FAULT 5
     .balign 0x80
@@ -113,6 +140,50 @@ rvm_el2_vectors:
     GUEST_EXIT 3
 
 .section .text, "ax"
+// A synchronous exception at EL2 itself. First, without touching memory
+// (the stack pointer may be in a guard page): swap x0 with sp's value
+// through sp itself and check whether the 32 bytes pushed below would land
+// in the lowest page of a 128 KiB stack slot (linker.ld: slots are aligned
+// to their size and that page is the unmapped guard).
+rvm_el2_sync_self:
+    add     sp, sp, x0              // sp = sp + x0
+    sub     x0, sp, x0              // x0 = old sp
+    sub     x0, x0, #32
+    tst     x0, #0x1f000            // page index within the slot
+    b.eq    9f
+    add     x0, x0, #32
+    sub     x0, sp, x0              // x0 = old x0
+    sub     sp, sp, x0              // sp = old sp
+    stp     x0, x1, [sp, #-32]!
+    stp     x2, x30, [sp, #16]
+    mrs     x0, tpidr_el2
+    ldr     x1, [x0, #16]           // PerCpu.expect_fault
+    cbz     x1, 8f
+    str     xzr, [x0, #16]
+    mrs     x1, esr_el2
+    str     x1, [x0, #24]
+    mrs     x2, far_el2
+    str     x2, [x0, #32]
+    lsr     x1, x1, #26
+    cmp     x1, #0x21               // instruction abort: back to the caller
+    b.ne    1f
+    ldr     x1, [sp, #24]           // its x30 (the probe branched with blr)
+    b       2f
+1:  mrs     x1, elr_el2             // data abort: skip the access
+    add     x1, x1, #4
+2:  msr     elr_el2, x1
+    ldp     x2, x30, [sp, #16]
+    ldp     x0, x1, [sp], #32
+    eret
+8:  ldp     x2, x30, [sp, #16]
+    ldp     x0, x1, [sp], #32
+    HYP_FAULT 4
+9:  // Stack overflow: report it from the top of this CPU's own slot.
+    and     x0, x0, #0xfffffffffffe0000
+    add     x0, x0, #0x20000
+    mov     sp, x0
+    HYP_FAULT 8
+
 .global rvm_enter_guest
 rvm_enter_guest:
     sub     sp, sp, #96
@@ -219,6 +290,70 @@ pub fn install(percpu: &'static mut PerCpu) {
     crate::sysreg_write!("vbar_el2", vbar);
     crate::sysreg_write!("tpidr_el2", percpu as *mut PerCpu as u64);
     crate::sysreg::isb();
+}
+
+/// What an expected fault left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub esr: u64,
+    pub far: u64,
+}
+
+/// Run `access` (one instruction that may fault) with this CPU's
+/// expect-fault flag set; the fault it took, if any.
+fn expecting(access: impl FnOnce()) -> Option<Fault> {
+    let percpu = crate::sysreg_read!("tpidr_el2") as *mut PerCpu;
+    assert!(!percpu.is_null(), "vectors not installed");
+    // SAFETY: TPIDR_EL2 points at this CPU's own `PerCpu` (`install`); only
+    // this CPU and its exception vector touch it, and the vector runs only
+    // inside `access` (synchronously, on this CPU). Volatile accesses keep
+    // the flag's writes and reads on either side of the access.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*percpu).expect_fault), 1);
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        access();
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        if core::ptr::read_volatile(core::ptr::addr_of!((*percpu).expect_fault)) != 0 {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*percpu).expect_fault), 0);
+            return None;
+        }
+        Some(Fault {
+            esr: core::ptr::read_volatile(core::ptr::addr_of!((*percpu).fault_esr)),
+            far: core::ptr::read_volatile(core::ptr::addr_of!((*percpu).fault_far)),
+        })
+    }
+}
+
+/// Store `value` at `addr` from EL2, expecting a fault (the self-test of
+/// the EL2 map). If the store goes through, it wrote `value`: pass what is
+/// there already.
+pub fn probe_write_u32(addr: usize, value: u32) -> Option<Fault> {
+    expecting(|| {
+        // SAFETY: one store of 4 bytes the caller chose (normally to memory
+        // the map forbids writing, so it faults and is skipped; if it does
+        // not fault it writes back the value that is there).
+        unsafe { core::arch::asm!("str {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)) }
+    })
+}
+
+/// Load 8 bytes at `addr` from EL2, expecting a fault.
+pub fn probe_read_u64(addr: usize) -> Option<Fault> {
+    expecting(|| {
+        // SAFETY: one load into a scratch register; faults are expected and
+        // skipped.
+        unsafe { core::arch::asm!("ldr {t}, [{a}]", a = in(reg) addr, t = out(reg) _, options(nostack)) }
+    })
+}
+
+/// Branch to `addr` at EL2, expecting an instruction abort (execution of
+/// memory the map marks execute-never). The target should hold `ret`, so
+/// a branch that is not stopped comes straight back.
+pub fn probe_exec(addr: usize) -> Option<Fault> {
+    expecting(|| {
+        // SAFETY: the target is a `ret` (or faults before executing): either
+        // way control returns here through x30 with the C ABI's clobbers.
+        unsafe { core::arch::asm!("blr {a}", a = in(reg) addr, clobber_abi("C")) }
+    })
 }
 
 /// Run the guest whose registers are `regs` until it exits; returns the

@@ -212,7 +212,7 @@ fn the_quiet_agent_is_split_out_and_the_chatty_partitions_merge() {
     );
     // Figures, for `--nocapture`: one migration under `-icount shift=0`
     // (one instruction per ns of the virtual clock; the runtime's counts
-    // are PMCCNTR cycles).
+    // are virtual-counter ns, also instructions under icount).
     for l in run.lines().filter(|l| {
         l.contains("moved out after")
             || l.contains("moved to partition")

@@ -88,7 +88,7 @@ fn a_dormant_source_sleeps_between_requests_and_answers_every_one() {
     let avg = |v: &[u64]| if v.is_empty() { 0 } else { v.iter().sum::<u64>() / v.len() as u64 };
     eprintln!(
         "dormant figures: {} sleeps, {} wakes; frames reclaimed per sleep avg {} (max {}); \
-         kernel wake (rebuild + recreate) avg {} ns; runtime restore avg {} cycles; checkpoints slept on {}",
+         kernel wake (rebuild + recreate) avg {} ns; runtime restore avg {} ns; checkpoints slept on {}",
         enters.len(),
         exits.len(),
         avg(&reclaimed),

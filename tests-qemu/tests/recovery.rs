@@ -346,7 +346,7 @@ fn numbers_after<'a>(run: &'a QemuRun, needle: &'a str, key: &'a str) -> impl It
 /// the image into its frames, hashes it with the committed store, witnesses
 /// it). Restore = EL2 recreating the guest with the image mapped (kernel
 /// clock, ns = instructions under icount) plus the runtime decoding it and
-/// copying it into a fresh instance (cycles at EL1); the runtime's own
+/// copying it into a fresh instance (virtual-counter ns at EL1); the runtime's own
 /// re-initialisation (loading the module) is not included.
 #[test]
 #[ignore = "figures: run with --ignored --nocapture"]

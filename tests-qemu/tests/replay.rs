@@ -182,7 +182,8 @@ fn the_packet_scenario_replays_on_the_host_with_every_state_hash() {
 fn journal_cost_per_call_in_instructions() {
     let median = |flags: u32| -> (u64, u64) {
         let spec = BundleSpec::new().partition(PartitionSpec::image("bench", artifact("probes/probe-bench.elf"))).flags(flags);
-        let opts = QemuOptions { icount: true, smp: 1, ..QemuOptions::default() };
+        // `rvm.bench=pmu`: the probe reads the cycle counter from EL1.
+        let opts = QemuOptions { icount: true, smp: 1, append: "rvm.bench=pmu".into(), ..QemuOptions::default() };
         let run = boot(&spec.build(), &opts);
         run.assert(run.exit == Some(0), "clean power-off");
         let m = run

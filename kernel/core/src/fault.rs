@@ -45,6 +45,21 @@ impl core::fmt::Display for Described {
                 write!(f, "stage-2 {} fault on instruction fetch at {}", kind(fault), ipa)
             }
             Exit::Smc => write!(f, "SMC from a partition"),
+            Exit::Undefined { esr } if (esr >> 26) & 0x3f == crate::trap::ec::SYSREG => {
+                // ISS: Op0 [21:20], Op2 [19:17], Op1 [16:14], CRn [13:10],
+                // CRm [4:1], direction [0] (1 = read).
+                let field = |at: u32, bits: u32| (esr >> at) & ((1 << bits) - 1);
+                write!(
+                    f,
+                    "trapped system register access (esr {esr:#x}): {} S{}_{}_C{}_C{}_{}",
+                    if esr & 1 == 1 { "mrs" } else { "msr" },
+                    field(20, 2),
+                    field(14, 3),
+                    field(10, 4),
+                    field(1, 4),
+                    field(17, 3)
+                )
+            }
             Exit::Undefined { esr } => write!(f, "undefined instruction (esr {esr:#x})"),
             Exit::Other { esr } => write!(f, "unhandled exception (esr {esr:#x})"),
             Exit::Hvc { imm } => write!(f, "hvc #{imm}"),

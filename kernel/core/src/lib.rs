@@ -31,6 +31,7 @@ pub mod dormant;
 pub mod dispatch;
 pub mod domains;
 pub mod migrate;
+pub mod el2map;
 pub mod elf;
 pub mod fake;
 pub mod fault;

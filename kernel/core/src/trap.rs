@@ -4,7 +4,7 @@ use crate::addr::Ipa;
 use crate::arch::{TrapInfo, TrapKind};
 
 /// Exception classes (ESR_ELx.EC) the kernel handles.
-mod ec {
+pub(crate) mod ec {
     pub const WFX: u64 = 0x01;
     pub const HVC64: u64 = 0x16;
     pub const SMC64: u64 = 0x17;
@@ -29,7 +29,10 @@ pub enum Exit {
     InstructionAbort { ipa: Ipa, fault: FaultStatus },
     /// The hypervisor's timer fired: the slice is over.
     Timer,
-    /// An undefined instruction or a trapped system register access.
+    /// An undefined instruction or a trapped system register access (EC
+    /// 0x18: the PMU, debug and physical-timer registers the hypervisor
+    /// traps because every partition on a CPU would share them). Either is
+    /// a fault of the partition.
     Undefined { esr: u64 },
     /// Anything else: a fault of the partition.
     Other { esr: u64 },
@@ -118,5 +121,19 @@ mod tests {
         let irq = TrapInfo { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 };
         assert_eq!(Exit::decode(&irq), Exit::Timer);
         assert_eq!(Exit::decode(&sync(0x0200_0000, 0, 0)), Exit::Undefined { esr: 0x0200_0000 });
+    }
+
+    #[test]
+    fn a_trapped_register_access_is_a_fault_of_the_partition() {
+        // `mrs x0, pmccntr_el0` (S3_3_C9_C13_0, read) trapped by MDCR_EL2.TPM.
+        let esr = (0x18 << 26) | (1 << 25) | (3 << 20) | (3 << 14) | (9 << 10) | (13 << 1) | 1;
+        let exit = Exit::decode(&sync(esr, 0, 0));
+        assert_eq!(exit, Exit::Undefined { esr });
+        let text = alloc::format!("{}", crate::fault::Described(exit));
+        assert_eq!(text, alloc::format!("trapped system register access (esr {esr:#x}): mrs S3_3_C9_C13_0"));
+        // `msr cntp_ctl_el0, x0` (S3_3_C14_C2_1, write) trapped by CNTHCTL_EL2.EL1PCEN.
+        let esr = (0x18 << 26) | (1 << 25) | (3 << 20) | (1 << 17) | (3 << 14) | (14 << 10) | (2 << 1);
+        let text = alloc::format!("{}", crate::fault::Described(Exit::decode(&sync(esr, 0, 0))));
+        assert!(text.ends_with("msr S3_3_C14_C2_1"), "{text}");
     }
 }

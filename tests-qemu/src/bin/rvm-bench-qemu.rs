@@ -13,6 +13,12 @@
 //!   back (EL1 and FP/SIMD state saved and loaded, VTTBR switched): half of
 //!   that round trip is one partition-to-partition switch, hypercall
 //!   included.
+//!
+//! The probe reads the cycle counter from EL1, which the hypervisor traps
+//! unless booted with `rvm.bench=pmu` ([`BENCH_ARG`]), as every run here is.
+
+/// The kernel argument that leaves the PMU to EL1 for the bench probe.
+const BENCH_ARG: &str = "rvm.bench=pmu";
 
 use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions};
 
@@ -30,7 +36,7 @@ fn context_switch() -> std::process::ExitCode {
     let spec = BundleSpec::new()
         .partition(PartitionSpec::image("bench-a", artifact("probes/probe-bench.elf")))
         .partition(PartitionSpec::image("bench-b", artifact("probes/probe-bench.elf")));
-    let opts = QemuOptions { icount: true, smp: 1, ..QemuOptions::default() };
+    let opts = QemuOptions { icount: true, smp: 1, append: BENCH_ARG.into(), ..QemuOptions::default() };
     let run = boot(&spec.build(), &opts);
     if run.timed_out || run.exit != Some(0) {
         eprintln!("rvm-bench-qemu: run failed (exit {:?}, timed out {})\n{}", run.exit, run.timed_out, run.serial);
@@ -58,7 +64,7 @@ fn context_switch() -> std::process::ExitCode {
 
 fn measure(label: &str, append: &str) -> std::process::ExitCode {
     let spec = BundleSpec::new().partition(PartitionSpec::image("bench", artifact("probes/probe-bench.elf")));
-    let opts = QemuOptions { icount: true, smp: 1, append: append.into(), ..QemuOptions::default() };
+    let opts = QemuOptions { icount: true, smp: 1, append: format!("{BENCH_ARG} {append}"), ..QemuOptions::default() };
     let run = boot(&spec.build(), &opts);
     if run.timed_out || run.exit != Some(0) {
         eprintln!("rvm-bench-qemu: run failed (exit {:?}, timed out {})\n{}", run.exit, run.timed_out, run.serial);
