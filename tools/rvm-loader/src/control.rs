@@ -42,8 +42,8 @@ use crate::store::Home;
 pub const PROTOCOL: u32 = 1;
 /// Folder of the sockets under `RVM_HOME`.
 pub const RUN_DIR: &str = "run";
-/// How long an order waits for QEMU to be started.
-const START_WAIT: Duration = Duration::from_secs(10);
+/// How long an order waits for the hypervisor to be ready for input.
+const START_WAIT: Duration = Duration::from_secs(30);
 /// How long a client waits for the hypervisor's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,6 +63,10 @@ pub struct ControlServer {
     path: PathBuf,
     input: Input,
     waiting: Waiting,
+    /// QEMU's standard input until the hypervisor has spoken: the PL011
+    /// empties its receive FIFO when the hypervisor sets it up, so bytes
+    /// written before that would be lost (a truncated order).
+    pending: Mutex<Option<Box<dyn Write + Send>>>,
     /// The serial line's unfinished last line.
     partial: Vec<u8>,
 }
@@ -86,19 +90,28 @@ impl ControlServer {
                 std::thread::spawn(move || serve(stream, &g, &i, &w));
             }
         });
-        Ok(Self { path, input, waiting, partial: Vec::new() })
+        Ok(Self { path, input, waiting, pending: Mutex::new(None), partial: Vec::new() })
     }
 
-    /// QEMU is running: orders go to `stdin` from now on.
+    /// QEMU is running: orders go to `stdin` once the hypervisor has
+    /// printed its first line (its console, and so its receive side, is set
+    /// up by then).
     pub fn attach(&self, stdin: Box<dyn Write + Send>) {
-        if let Ok(mut i) = self.input.lock() {
-            *i = Some(stdin);
+        if let Ok(mut p) = self.pending.lock() {
+            *p = Some(stdin);
         }
     }
 
     /// Serial output: pass each order's answer back to whoever sent it.
     pub fn output(&mut self, bytes: &[u8]) {
         self.partial.extend_from_slice(bytes);
+        if self.partial.contains(&b'\n') {
+            if let Some(stdin) = self.pending.get_mut().ok().and_then(Option::take) {
+                if let Ok(mut i) = self.input.lock() {
+                    *i = Some(stdin);
+                }
+            }
+        }
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line);
@@ -284,6 +297,10 @@ mod tests {
         let partition = PartitionDesc::name_field("agent-a").unwrap();
         let line = OrderFrame { kind: OrderKind::Evict, nonce: 9, partition, signature: [1; 64] }.encode();
         (&stream).write_all(line.as_bytes()).unwrap();
+        // Nothing reaches QEMU before the hypervisor has printed a line (its
+        // UART empties the receive FIFO when it is set up).
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "an order went out before the hypervisor spoke");
+        server.output(b"\nRVM 0.1.0\n");
         let delivered = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(delivered, line.as_bytes());
         server.output(b"[agent-a] noise\nrvm: order 9 evict 'agent-a' done: ev");
