@@ -14,21 +14,126 @@ use crate::{cpu, timer, vectors};
 /// what it has (operator orders arrive a FIFO at a time).
 const INPUT_GAP_NS: u64 = 2_000_000;
 
-/// The console, shared with the panic and exception paths.
+/// The console, shared with the panic and exception paths. Lock order:
+/// `CONSOLE` before [`OUTPUT`], never the other way round.
 pub static CONSOLE: spin::Mutex<Option<Pl011>> = spin::Mutex::new(None);
 
-/// Write to the console if there is one.
-pub fn console_write(bytes: &[u8]) {
+/// Bytes the console output buffer holds.
+pub const OUTPUT_BYTES: usize = 64 << 10;
+
+/// Most bytes one guest entry moves from the buffer to the UART: a CPU that
+/// enters a guest pays for a bounded share of what is waiting, the rest is
+/// left to the next entry (mostly the producer's own: its vCPU goes on after
+/// the call that wrote) or an idling CPU (which drains it all).
+pub const DRAIN_PER_ENTRY: usize = 512;
+
+/// Console output written under the kernel lock, waiting for the UART: the
+/// kernel never waits on the UART while it holds its lock; each CPU drains
+/// the buffer with the lock released ([`drain`]). Nothing is dropped: when
+/// it is full, the writer drains it first (the kernel keeps every
+/// partition's share of the output bounded with credits, so only a burst
+/// of the hypervisor's own lines can fill it).
+pub static OUTPUT: spin::Mutex<OutputBuffer> = spin::Mutex::new(OutputBuffer::new());
+
+/// A byte ring.
+pub struct OutputBuffer {
+    bytes: [u8; OUTPUT_BYTES],
+    head: usize,
+    len: usize,
+}
+
+impl OutputBuffer {
+    const fn new() -> Self {
+        Self { bytes: [0; OUTPUT_BYTES], head: 0, len: 0 }
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append all of `data`, or nothing if it does not fit.
+    fn push(&mut self, data: &[u8]) -> bool {
+        if OUTPUT_BYTES - self.len < data.len() {
+            return false;
+        }
+        for &b in data {
+            self.bytes[(self.head + self.len) % OUTPUT_BYTES] = b;
+            self.len += 1;
+        }
+        true
+    }
+
+    /// Take up to `out.len()` of the oldest bytes.
+    fn pop(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len);
+        for slot in out.iter_mut().take(n) {
+            *slot = self.bytes[self.head];
+            self.head = (self.head + 1) % OUTPUT_BYTES;
+        }
+        self.len -= n;
+        n
+    }
+}
+
+/// Move up to `max` buffered bytes to `uart` (the caller holds `CONSOLE`).
+fn drain_into(uart: &mut Pl011, max: usize) {
+    let mut chunk = [0u8; 128];
+    let mut moved = 0;
+    while moved < max {
+        let n = OUTPUT.lock().pop(&mut chunk[..(max - moved).min(128)]);
+        if n == 0 {
+            break;
+        }
+        uart.write_bytes(&chunk[..n]);
+        moved += n;
+    }
+}
+
+/// Move up to `max` buffered bytes to the UART, unless another CPU is at it
+/// (then it does the work and this one goes on). Call with the kernel lock
+/// released.
+pub fn drain(max: usize) {
+    if OUTPUT.lock().is_empty() {
+        return;
+    }
+    if let Some(mut guard) = CONSOLE.try_lock() {
+        if let Some(uart) = guard.as_mut() {
+            drain_into(uart, max);
+        }
+    }
+}
+
+/// Write everything buffered, then return (the run's end, a fatal error).
+pub fn flush() {
     if let Some(uart) = CONSOLE.lock().as_mut() {
+        drain_into(uart, usize::MAX);
+    }
+}
+
+/// Write to the console if there is one: into the output buffer, or, when
+/// that is full, straight to the UART after what it holds.
+pub fn console_write(bytes: &[u8]) {
+    if OUTPUT.lock().push(bytes) {
+        return;
+    }
+    if let Some(uart) = CONSOLE.lock().as_mut() {
+        drain_into(uart, usize::MAX);
         uart.write_bytes(bytes);
     }
 }
 
-/// Formatted console output for the boot path: `hal::print!(...)`.
+/// Formatted console output for the boot path: `hal::print!(...)`, after
+/// whatever is buffered.
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
+        $crate::machine::flush();
         if let Some(uart) = $crate::machine::CONSOLE.lock().as_mut() {
             let _ = write!(uart, $($arg)*);
         }
@@ -86,6 +191,14 @@ impl Arch for Machine {
 
     fn console_write(&mut self, bytes: &[u8]) {
         console_write(bytes);
+    }
+
+    fn console_flush(&mut self) {
+        flush();
+    }
+
+    fn console_backlog(&self) -> usize {
+        OUTPUT.lock().len()
     }
 
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
@@ -249,6 +362,9 @@ impl CpuArch for Cpu {
     }
 
     fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, deadline_ns: u64, switched: bool) -> TrapInfo {
+        // The kernel lock is free here: a bounded share of the console
+        // output goes out now.
+        drain(DRAIN_PER_ENTRY);
         if switched {
             cpu::set_stage2(s2.root.raw(), s2.vmid);
             cpu::load_el1(&vcpu.el1);
@@ -277,6 +393,7 @@ impl CpuArch for Cpu {
     }
 
     fn idle(&mut self, until_ns: u64) {
+        drain(usize::MAX);
         if !self.has_gic {
             // No interrupt to wake on: wait by the counter.
             while self.clock.now_ns() < until_ns {
