@@ -85,7 +85,7 @@ mod item5_no_stall {
         // Runs alternate (spinner, flooder) so both see the same host load;
         // the medians of `RVM_STALL_SAMPLES` (default 3) runs each compare.
         let samples = std::env::var("RVM_STALL_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3usize).max(1);
-        let beside = |mode| with_pair(BundleSpec::new().partition(stall("hostile", mode, 0)), 1).budget_ms(6_000);
+        let beside = |mode| with_pair(BundleSpec::new().partition(stall("hostile", mode, 0)), 1).budget_ms(20_000);
         let (mut spin_us, mut flood_us) = (Vec::new(), Vec::new());
         let mut last_flood = None;
         for _ in 0..samples {
