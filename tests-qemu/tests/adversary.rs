@@ -33,13 +33,22 @@ mod item5_no_stall {
     /// The reference pair after `spec`'s partitions (`first` = the index
     /// the pair's first agent gets).
     fn with_pair(spec: BundleSpec, first: u32) -> BundleSpec {
-        spec.partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")))
-            .partition(PartitionSpec::wasm("agent-b", artifact("agents/reference.wasm")))
-            .channel(first, first + 1)
+        spec.partition(PartitionSpec::wasm(
+            "agent-a",
+            artifact("agents/reference.wasm"),
+        ))
+        .partition(PartitionSpec::wasm(
+            "agent-b",
+            artifact("agents/reference.wasm"),
+        ))
+        .channel(first, first + 1)
     }
 
     fn run(spec: &BundleSpec, timeout_s: u64) -> QemuRun {
-        let opts = QemuOptions { timeout: Duration::from_secs(timeout_s), ..QemuOptions::default() };
+        let opts = QemuOptions {
+            timeout: Duration::from_secs(timeout_s),
+            ..QemuOptions::default()
+        };
         boot(&spec.build(), &opts)
     }
 
@@ -47,10 +56,17 @@ mod item5_no_stall {
     fn pair_finished(run: &QemuRun) -> u64 {
         let mut worst = 0;
         for p in ["agent-a", "agent-b"] {
-            run.assert(run.contains(&format!("'{p}' exited: code 0x0")), &format!("{p} finished"));
+            run.assert(
+                run.contains(&format!("'{p}' exited: code 0x0")),
+                &format!("{p} finished"),
+            );
             let us = run
                 .console_of(p)
-                .find_map(|l| l.strip_prefix("reference: done: ").and_then(|r| r.rsplit_once('(')).map(|(_, t)| t.to_string()))
+                .find_map(|l| {
+                    l.strip_prefix("reference: done: ")
+                        .and_then(|r| r.rsplit_once('('))
+                        .map(|(_, t)| t.to_string())
+                })
                 .and_then(|t| t.trim_end_matches(" us)").parse::<u64>().ok())
                 .unwrap_or_else(|| panic!("{p} printed its exchange time"));
             worst = worst.max(us);
@@ -67,9 +83,17 @@ mod item5_no_stall {
     fn chain(run: &QemuRun, log: u32) -> Vec<WitnessRecord> {
         let mut head = rvm_witness::Hash::ZERO;
         let mut out = Vec::new();
-        for (i, (_, bytes)) in run.records().into_iter().filter(|(l, _)| *l == log).enumerate() {
+        for (i, (_, bytes)) in run
+            .records()
+            .into_iter()
+            .filter(|(l, _)| *l == log)
+            .enumerate()
+        {
             let r = WitnessRecord::from_bytes(&bytes).expect("record version");
-            run.assert(r.seq == i as u64 && r.prev == head.prefix16(), &format!("log {log}: record {i} chained"));
+            run.assert(
+                r.seq == i as u64 && r.prev == head.prefix16(),
+                &format!("log {log}: record {i} chained"),
+            );
             head = rvm_witness::chain_step(&head, &bytes);
             out.push(r);
         }
@@ -77,15 +101,24 @@ mod item5_no_stall {
     }
 
     fn ratio_max() -> f64 {
-        std::env::var("RVM_STALL_RATIO_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0)
+        std::env::var("RVM_STALL_RATIO_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0)
     }
 
     #[test]
     fn console_flood_does_not_slow_the_neighbours() {
         // Runs alternate (spinner, flooder) so both see the same host load;
         // the medians of `RVM_STALL_SAMPLES` (default 3) runs each compare.
-        let samples = std::env::var("RVM_STALL_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3usize).max(1);
-        let beside = |mode| with_pair(BundleSpec::new().partition(stall("hostile", mode, 0)), 1).budget_ms(20_000);
+        let samples = std::env::var("RVM_STALL_SAMPLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3usize)
+            .max(1);
+        let beside = |mode| {
+            with_pair(BundleSpec::new().partition(stall("hostile", mode, 0)), 1).budget_ms(20_000)
+        };
         let (mut spin_us, mut flood_us) = (Vec::new(), Vec::new());
         let mut last_flood = None;
         for _ in 0..samples {
@@ -106,28 +139,57 @@ mod item5_no_stall {
         eprintln!("pair exchange (us): beside a spinner {spin_us:?}, beside a console flooder {flood_us:?}: median ratio {ratio:.2}");
         let flood = last_flood.expect("one run");
         // The flood was cut to its credit, the rest dropped and counted.
-        flood.assert(flood.contains("'hostile' console output over its credit"), "the flood is cut to its credit");
-        flood.assert(flood.lines().any(|l| l.contains("console bytes dropped over its credit")), "and the drop counted");
+        flood.assert(
+            flood.contains("'hostile' console output over its credit"),
+            "the flood is cut to its credit",
+        );
+        flood.assert(
+            flood
+                .lines()
+                .any(|l| l.contains("console bytes dropped over its credit")),
+            "and the drop counted",
+        );
         // Its witness frames were not dropped: its log is one whole chain.
         let records = chain(&flood, 1);
         flood.assert(records.len() > 1, "the flooder's calls are witnessed");
-        flood.assert(ratio <= ratio_max(), &format!("flood/spin exchange-time ratio {ratio:.2} <= {}", ratio_max()));
+        flood.assert(
+            ratio <= ratio_max(),
+            &format!(
+                "flood/spin exchange-time ratio {ratio:.2} <= {}",
+                ratio_max()
+            ),
+        );
     }
 
     #[test]
     fn unknown_call_storm_is_fenced_and_witnessed() {
-        let spec = with_pair(BundleSpec::new().partition(stall("hostile", UNKNOWN_CALLS, 0)), 1).budget_ms(60_000);
+        let spec = with_pair(
+            BundleSpec::new().partition(stall("hostile", UNKNOWN_CALLS, 0)),
+            1,
+        )
+        .budget_ms(60_000);
         let run = run(&spec, 240);
         clean_power_off(&run);
         pair_finished(&run);
-        run.assert(run.contains("'hostile' hypercall abuse: 16 invalid calls within 1000 ms; fenced (F3)"), "the storm is fenced (F3)");
+        run.assert(
+            run.contains("'hostile' hypercall abuse: 16 invalid calls within 1000 ms; fenced (F3)"),
+            "the storm is fenced (F3)",
+        );
         let records = chain(&run, 1);
         let refused = |op: u16| {
-            records.iter().filter(|r| r.op == op && r.outcome == HvError::NotSupported.outcome_code()).count()
+            records
+                .iter()
+                .filter(|r| r.op == op && r.outcome == HvError::NotSupported.outcome_code())
+                .count()
         };
         run.assert(refused(HVC_IMMEDIATE_OP) >= 7, "each hvc #1 is witnessed");
         run.assert(refused(0x7ff) >= 7, "each unknown function ID is witnessed");
-        run.assert(records.iter().any(|r| r.op == KernelEvent::RecoverFence as u16), "the fence is witnessed");
+        run.assert(
+            records
+                .iter()
+                .any(|r| r.op == KernelEvent::RecoverFence as u16),
+            "the fence is witnessed",
+        );
     }
 
     #[test]
@@ -142,10 +204,21 @@ mod item5_no_stall {
         let run = run(&spec, 300);
         clean_power_off(&run);
         pair_finished(&run);
-        run.assert(run.contains("'fuzzer' hypercall abuse: 16 invalid calls within 1000 ms; fenced (F3)"), "the fuzzer is fenced (F3)");
-        run.assert(!run.contains("fuzz done"), "it was stopped before its 100 000 calls");
+        run.assert(
+            run.contains("'fuzzer' hypercall abuse: 16 invalid calls within 1000 ms; fenced (F3)"),
+            "the fuzzer is fenced (F3)",
+        );
+        run.assert(
+            !run.contains("fuzz done"),
+            "it was stopped before its 100 000 calls",
+        );
         let records = chain(&run, 1);
-        run.assert(records.iter().any(|r| r.op == KernelEvent::RecoverFence as u16), "the fence is witnessed");
+        run.assert(
+            records
+                .iter()
+                .any(|r| r.op == KernelEvent::RecoverFence as u16),
+            "the fence is witnessed",
+        );
     }
 
     #[test]
@@ -163,16 +236,25 @@ mod item5_no_stall {
         let run = run(&spec, 300);
         clean_power_off(&run);
         pair_finished(&run);
-        run.assert(run.contains("'greedy-0' exited: code 0x0"), "the first greedy tenant ran within its reservation");
+        run.assert(
+            run.contains("'greedy-0' exited: code 0x0"),
+            "the first greedy tenant ran within its reservation",
+        );
         run.assert(
             run.contains("'greedy-3' refused: its memory budget does not fit in the frames not reserved for other partitions"),
             "the last greedy tenant is refused at admission",
         );
         let refused = chain(&run, 4);
         run.assert(
-            refused.iter().any(|r| r.op == KernelEvent::PartitionRefused as u16 && r.outcome == HvError::NoMemory.outcome_code()),
+            refused.iter().any(|r| {
+                r.op == KernelEvent::PartitionRefused as u16
+                    && r.outcome == HvError::NoMemory.outcome_code()
+            }),
             "the refusal is witnessed",
         );
-        run.assert(!run.lines().any(|l| l.contains("fault:")), "no admitted partition faulted for want of memory");
+        run.assert(
+            !run.lines().any(|l| l.contains("fault:")),
+            "no admitted partition faulted for want of memory",
+        );
     }
 }

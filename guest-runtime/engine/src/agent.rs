@@ -195,7 +195,12 @@ impl<H: HostCalls + 'static> Agent<H> {
     /// policy says. A `turn` call gets one slice's fuel: running out of it
     /// ends the run with [`Trap::TurnOverBudget`] (the runtime reports an
     /// agent trap, F1).
-    fn call<R: wasmi::WasmResults>(&mut self, f: TypedFunc<(), R>, slices: &mut u64, turn: bool) -> CallEnd<R> {
+    fn call<R: wasmi::WasmResults>(
+        &mut self,
+        f: TypedFunc<(), R>,
+        slices: &mut u64,
+        turn: bool,
+    ) -> CallEnd<R> {
         let mut call = f.call_resumable(&mut self.store, ());
         loop {
             match call {

@@ -83,7 +83,14 @@ impl Default for OutputCredit {
 
 impl OutputCredit {
     pub const fn new() -> Self {
-        Self { text: TEXT_BURST, frames: FRAME_BURST as i64, at_ns: 0, dropped: 0, dropping: false, held: 0 }
+        Self {
+            text: TEXT_BURST,
+            frames: FRAME_BURST as i64,
+            at_ns: 0,
+            dropped: 0,
+            dropping: false,
+            held: 0,
+        }
     }
 
     fn refill(&mut self, now: u64) {
@@ -92,7 +99,9 @@ impl OutputCredit {
             return;
         }
         self.at_ns = now;
-        let add = |rate: u64| u64::try_from(u128::from(dt) * u128::from(rate) / 1_000_000_000).unwrap_or(u64::MAX);
+        let add = |rate: u64| {
+            u64::try_from(u128::from(dt) * u128::from(rate) / 1_000_000_000).unwrap_or(u64::MAX)
+        };
         self.text = self.text.saturating_add(add(TEXT_RATE)).min(TEXT_BURST);
         let f = i64::try_from(add(FRAME_RATE)).unwrap_or(i64::MAX);
         self.frames = self.frames.saturating_add(f).min(FRAME_BURST as i64);

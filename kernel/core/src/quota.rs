@@ -78,7 +78,10 @@ mod tests {
         let mut l = HeapLedger::default();
         let per = partition_bytes(&StoreLimits::DEFAULT);
         let fits = (EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES) / per;
-        assert!(fits >= 8, "the default heap admits at least 8 partitions with default stores ({fits})");
+        assert!(
+            fits >= 8,
+            "the default heap admits at least 8 partitions with default stores ({fits})"
+        );
         for _ in 0..fits {
             l.commit(per).unwrap();
         }

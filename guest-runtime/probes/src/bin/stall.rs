@@ -56,19 +56,39 @@ fn main(boot_info: u64) -> ! {
             }
             3 => {
                 let unknown = u64::from(RVM_CALL_BASE | 0x7ff);
-                let x0 = if n % 2 == 0 { hvc_raw([unknown, 0, 0, 0, 0, 0, 0]).map_or(0, |r| r[0]) } else { probe::hvc_imm1(unknown) };
+                let x0 = if n % 2 == 0 {
+                    hvc_raw([unknown, 0, 0, 0, 0, 0, 0]).map_or(0, |r| r[0])
+                } else {
+                    probe::hvc_imm1(unknown)
+                };
                 HvError::from_code(x0 as i64)
             }
             4 => {
                 // The whole heap window, as large a checkpoint as a call may ask.
-                hvc_raw([u64::from(Hypercall::Checkpoint.function_id()), layout::HEAP_IPA, 16 << 20, 0, 0, 0, 0])
-                    .and_then(|r| HvError::from_code(r[0] as i64))
+                hvc_raw([
+                    u64::from(Hypercall::Checkpoint.function_id()),
+                    layout::HEAP_IPA,
+                    16 << 20,
+                    0,
+                    0,
+                    0,
+                    0,
+                ])
+                .and_then(|r| HvError::from_code(r[0] as i64))
             }
             5 => {
                 // Distinct keys, the largest values: the store grows until refused.
                 probe::write_u64(layout::HEAP_IPA, n);
-                hvc_raw([u64::from(Hypercall::StateStage.function_id()), store, layout::HEAP_IPA, 8, layout::HEAP_IPA + 4096, 64 << 10, 0])
-                    .and_then(|r| HvError::from_code(r[0] as i64))
+                hvc_raw([
+                    u64::from(Hypercall::StateStage.function_id()),
+                    store,
+                    layout::HEAP_IPA,
+                    8,
+                    layout::HEAP_IPA + 4096,
+                    64 << 10,
+                    0,
+                ])
+                .and_then(|r| HvError::from_code(r[0] as i64))
             }
             6 => {
                 let pages = s.info.heap_len / 4096;
