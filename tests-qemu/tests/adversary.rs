@@ -20,6 +20,7 @@ mod item5_no_stall {
     const FLOOD: u64 = 1;
     const SPIN: u64 = 2;
     const UNKNOWN_CALLS: u64 = 3;
+    const STORE_STORM: u64 = 5;
     const TOUCH_HEAP: u64 = 6;
 
     /// The hostile partition, making `calls` attacks of `mode` (0 = forever).
@@ -255,6 +256,36 @@ mod item5_no_stall {
         run.assert(
             !run.lines().any(|l| l.contains("fault:")),
             "no admitted partition faulted for want of memory",
+        );
+    }
+
+    #[test]
+    fn a_store_storm_cannot_exhaust_the_hypervisor_heap() {
+        // Sixteen tenants fill their state stores (1 MiB each, the store's
+        // bound) beside the pair: more than the heap holds unless each is
+        // admitted with its share reserved.
+        let mut spec = with_pair(BundleSpec::new(), 0);
+        for n in 0..16 {
+            spec = spec.partition(stall(&format!("storm-{n}"), STORE_STORM, 2048));
+        }
+        let run = run(&spec.budget_ms(120_000), 300);
+        clean_power_off(&run);
+        pair_finished(&run);
+        let refused = run
+            .lines()
+            .filter(|l| l.contains("refused: its share of the hypervisor heap (store, snapshots, queues) does not fit"))
+            .count();
+        run.assert(
+            refused > 0,
+            "the tenants beyond the heap are refused at admission",
+        );
+        let done = run
+            .lines()
+            .filter(|l| l.contains("stall 5 done") || l.contains("fenced (F3)"))
+            .count();
+        run.assert(
+            done + refused >= 16,
+            "every admitted tenant filled its store or was fenced for its refusals",
         );
     }
 }

@@ -5,15 +5,19 @@
 //! # Output credits
 //!
 //! The console is shared, so each partition has a share of it
-//! ([`OutputCredit`]): two byte buckets refilled with time. Guest text
-//! beyond [`TEXT_RATE`] (after a burst of [`TEXT_BURST`]) is not taken:
+//! ([`OutputCredit`]): byte buckets refilled with time. Guest text beyond
+//! [`TEXT_RATE`] (after a burst of [`TEXT_BURST`]) is not taken:
 //! `ConsoleWrite` reads (and witnesses) only the bytes within the credit,
-//! answers how many it took, and drops and counts the rest; the first drop is noted in a line of the hypervisor, and the
-//! run summary says how many bytes were dropped. Witness frames are the audit trail and are never dropped:
+//! answers how many it took, and drops and counts the rest; the first drop
+//! is noted in a line of the hypervisor, and the run summary says how many
+//! bytes were dropped. Witness frames are the audit trail and are never
+//! dropped:
 //! each record a partition's calls produce is charged [`RECORD_FRAME_COST`]
 //! to its frame bucket ([`FRAME_RATE`], [`FRAME_BURST`]); a partition in
 //! debt is not picked to run until the bucket refilled (back-pressure on the
-//! producer, not its neighbours). The machine buffers console output and
+//! producer, not its neighbours). Checkpoints are charged the same way
+//! ([`CHECKPOINT_RATE`], [`CHECKPOINT_BURST`]): a checkpoint storm holds
+//! back the partition that storms. The machine buffers console output and
 //! sends it with the kernel lock released ([`Arch::console_write`]).
 
 use crate::arch::Arch;
@@ -53,6 +57,12 @@ pub const TEXT_RATE: u64 = 32 << 10;
 pub const FRAME_BURST: u64 = 64 << 10;
 /// Witness frames a partition's calls may produce per second (bytes).
 pub const FRAME_RATE: u64 = 512 << 10;
+/// Checkpoint bytes a partition may hand over at once (then it is held
+/// back like a partition in debt for its frames: a checkpoint storm costs
+/// the storming partition its CPU, not the others the kernel lock).
+pub const CHECKPOINT_BURST: u64 = 32 << 20;
+/// Checkpoint bytes a partition may hand over per second after the burst.
+pub const CHECKPOINT_RATE: u64 = 16 << 20;
 /// Bytes one record's `@W` frame takes at most: `@W`, a space, a 10-digit
 /// log id, a space, 128 hex digits, the line end (`\r\n`).
 pub const RECORD_FRAME_COST: u64 = 2 + 1 + 10 + 1 + 128 + 2;
@@ -64,6 +74,8 @@ pub struct OutputCredit {
     text: u64,
     /// Frame bytes it may still produce (negative: in debt).
     frames: i64,
+    /// Checkpoint bytes it may still hand over (negative: in debt).
+    checkpoints: i64,
     /// When the buckets were last refilled.
     at_ns: u64,
     /// Text bytes dropped over the run.
@@ -71,7 +83,8 @@ pub struct OutputCredit {
     /// Whether text was dropped already (only the first drop is noted; the
     /// run summary counts them all).
     dropping: bool,
-    /// Times the partition was held back for its frames.
+    /// Times the partition went into debt (for its frames or checkpoints)
+    /// and was held back.
     pub held: u64,
 }
 
@@ -86,6 +99,7 @@ impl OutputCredit {
         Self {
             text: TEXT_BURST,
             frames: FRAME_BURST as i64,
+            checkpoints: CHECKPOINT_BURST as i64,
             at_ns: 0,
             dropped: 0,
             dropping: false,
@@ -105,6 +119,11 @@ impl OutputCredit {
         self.text = self.text.saturating_add(add(TEXT_RATE)).min(TEXT_BURST);
         let f = i64::try_from(add(FRAME_RATE)).unwrap_or(i64::MAX);
         self.frames = self.frames.saturating_add(f).min(FRAME_BURST as i64);
+        let c = i64::try_from(add(CHECKPOINT_RATE)).unwrap_or(i64::MAX);
+        self.checkpoints = self
+            .checkpoints
+            .saturating_add(c)
+            .min(CHECKPOINT_BURST as i64);
     }
 
     /// How many of `len` text bytes may be printed at `now` (charged).
@@ -129,23 +148,39 @@ impl OutputCredit {
         }
     }
 
-    /// Whether the frame bucket was overdrawn when last charged (cheap: no
-    /// clock; [`OutputCredit::in_debt`] says whether it still is).
+    /// Charge a checkpoint of `bytes` (never refused); counts the times
+    /// the partition goes into debt.
+    pub fn charge_checkpoint(&mut self, now: u64, bytes: u64) {
+        self.refill(now);
+        let before = self.checkpoints;
+        self.checkpoints = self
+            .checkpoints
+            .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if before >= 0 && self.checkpoints < 0 {
+            self.held += 1;
+        }
+    }
+
+    /// Whether a bucket was overdrawn when last charged (cheap: no clock;
+    /// [`OutputCredit::in_debt`] says whether it still is).
     #[inline]
     pub fn owes(&self) -> bool {
-        self.frames < 0
+        self.frames < 0 || self.checkpoints < 0
     }
 
     /// Whether the partition owes frame bytes at `now`: it is not picked to
     /// run until it does not.
     #[inline]
     pub fn in_debt(&self, now: u64) -> bool {
-        if self.frames >= 0 {
+        if !self.owes() {
             return false;
         }
-        let dt = now.saturating_sub(self.at_ns);
-        let add = u128::from(dt) * u128::from(FRAME_RATE) / 1_000_000_000;
-        i128::from(self.frames) + i128::try_from(add).unwrap_or(i128::MAX) < 0
+        let dt = u128::from(now.saturating_sub(self.at_ns));
+        let owes = |bucket: i64, rate: u64| {
+            let add = dt * u128::from(rate) / 1_000_000_000;
+            i128::from(bucket) + i128::try_from(add).unwrap_or(i128::MAX) < 0
+        };
+        owes(self.frames, FRAME_RATE) || owes(self.checkpoints, CHECKPOINT_RATE)
     }
 }
 

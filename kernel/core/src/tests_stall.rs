@@ -346,3 +346,67 @@ fn partitions_beyond_the_el2_heap_are_refused_at_admission_and_witnessed() {
     }
     assert!(hv.heap.committed() <= EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES);
 }
+
+#[test]
+fn a_checkpoint_storm_holds_back_the_partition_that_storms() {
+    use crate::console::{CHECKPOINT_BURST, CHECKPOINT_RATE};
+    // Two parts over the 16 KiB the runtime touched: 32 KiB per checkpoint,
+    // so the checkpoint credit, not the frame credit, is what holds it back.
+    const PART: u64 = 16 << 10;
+    const LEN: u64 = 2 * PART;
+    const CALLS: u32 = 1_500;
+    let mut hv = boot_with(
+        &[
+            ("storm", RecoveryDesc::DEFAULT),
+            ("quiet", RecoveryDesc::DEFAULT),
+        ],
+        0,
+    );
+    let (taken, log) = shared::<u32>();
+    hv.arch.set_guest(
+        1,
+        runtime(Box::new(move |g| {
+            if g.step > 0 && g.status() == 0 {
+                *log.borrow_mut() += 1;
+            }
+            if g.step < CALLS {
+                g.call(Hypercall::Checkpoint, &[HEAP, PART, HEAP, PART])
+            } else {
+                g.exit(0)
+            }
+        })),
+    );
+    let mut n = 0;
+    hv.arch.set_guest(
+        2,
+        Box::new(move |v, _| {
+            n += 1;
+            v.regs.x[0] = u64::from(
+                if n < 50 {
+                    Hypercall::Yield
+                } else {
+                    Hypercall::Exit
+                }
+                .function_id(),
+            );
+            v.regs.x[1] = 0;
+            FakeArch::hvc()
+        }),
+    );
+    let summary = hv.run();
+    assert_eq!(summary.finished, 2);
+    assert_eq!(
+        *taken.borrow(),
+        CALLS,
+        "every checkpoint was taken: none refused"
+    );
+    // What went beyond the burst took the storm its own time, at the rate.
+    let beyond = u64::from(CALLS) * LEN - CHECKPOINT_BURST;
+    let at_least_ns = beyond * 1_000_000_000 / CHECKPOINT_RATE;
+    assert!(
+        hv.arch.clock_ns() >= at_least_ns,
+        "{} ns < {at_least_ns} ns",
+        hv.arch.clock_ns()
+    );
+    assert!(hv.partitions()[0].output.held > 0);
+}
