@@ -2,6 +2,8 @@
 //! under the kernel lock), and each physical CPU as its [`CpuArch`] (used by
 //! that CPU alone).
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use rvm_kernel::addr::{PhysAddr, PhysRange};
 use rvm_kernel::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
 use rvm_kernel::vcpu::Vcpu;
@@ -61,24 +63,33 @@ impl OutputBuffer {
         if OUTPUT_BYTES - self.len < data.len() {
             return false;
         }
-        for &b in data {
-            self.bytes[(self.head + self.len) % OUTPUT_BYTES] = b;
-            self.len += 1;
-        }
+        let tail = (self.head + self.len) % OUTPUT_BYTES;
+        let first = data.len().min(OUTPUT_BYTES - tail);
+        self.bytes[tail..tail + first].copy_from_slice(&data[..first]);
+        self.bytes[..data.len() - first].copy_from_slice(&data[first..]);
+        self.len += data.len();
+        PENDING.store(true, Ordering::Relaxed);
         true
     }
 
     /// Take up to `out.len()` of the oldest bytes.
     fn pop(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.len);
-        for slot in out.iter_mut().take(n) {
-            *slot = self.bytes[self.head];
-            self.head = (self.head + 1) % OUTPUT_BYTES;
-        }
+        let first = n.min(OUTPUT_BYTES - self.head);
+        out[..first].copy_from_slice(&self.bytes[self.head..self.head + first]);
+        out[first..n].copy_from_slice(&self.bytes[..n - first]);
+        self.head = (self.head + n) % OUTPUT_BYTES;
         self.len -= n;
+        if self.len == 0 {
+            PENDING.store(false, Ordering::Relaxed);
+        }
         n
     }
 }
+
+/// Whether [`OUTPUT`] may hold bytes: read without its lock on every guest
+/// entry (a stale answer only moves a drain to the next entry).
+static PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Move up to `max` buffered bytes to `uart` (the caller holds `CONSOLE`).
 fn drain_into(uart: &mut Pl011, max: usize) {
@@ -97,8 +108,9 @@ fn drain_into(uart: &mut Pl011, max: usize) {
 /// Move up to `max` buffered bytes to the UART, unless another CPU is at it
 /// (then it does the work and this one goes on). Call with the kernel lock
 /// released.
+#[inline]
 pub fn drain(max: usize) {
-    if OUTPUT.lock().is_empty() {
+    if !PENDING.load(Ordering::Relaxed) {
         return;
     }
     if let Some(mut guard) = CONSOLE.try_lock() {
@@ -115,9 +127,24 @@ pub fn flush() {
     }
 }
 
-/// Write to the console if there is one: into the output buffer, or, when
-/// that is full, straight to the UART after what it holds.
+/// Write to the console if there is one: into the UART's FIFO while it has
+/// room and nothing is buffered, else into the output buffer, or, when that
+/// is full, to the UART after what the buffer holds.
 pub fn console_write(bytes: &[u8]) {
+    // Nothing waiting and the UART free: straight into its FIFO, as far as
+    // it takes them now (never waiting for it); the rest is buffered.
+    let mut bytes = bytes;
+    if !PENDING.load(Ordering::Relaxed) {
+        if let Some(mut guard) = CONSOLE.try_lock() {
+            if let Some(uart) = guard.as_mut() {
+                let n = uart.try_write_bytes(bytes);
+                bytes = &bytes[n..];
+            }
+        }
+        if bytes.is_empty() {
+            return;
+        }
+    }
     if OUTPUT.lock().push(bytes) {
         return;
     }
