@@ -401,6 +401,8 @@ impl<A: Arch> Hypervisor<A> {
         self.kernel_event(PartitionId::HYPERVISOR, KernelEvent::Shutdown, Outcome::Done, [0; 16]);
         self.witness.checkpoint_all(&mut self.arch);
         crate::report::print_summary(self, &summary);
+        // Everything buffered reaches the console before the power goes off.
+        self.arch.console_flush();
         summary
     }
 
