@@ -3,8 +3,9 @@
 use linked_list_allocator::LockedHeap;
 use rvm_kernel::addr::{PhysAddr, PhysRange};
 
-/// Size of the EL2 heap.
-pub const HEAP_SIZE: usize = 16 << 20;
+/// Size of the EL2 heap: the kernel shares it out among partitions
+/// (`rvm_kernel::quota`).
+pub const HEAP_SIZE: usize = rvm_kernel::quota::EL2_HEAP_BYTES;
 
 #[global_allocator]
 static ALLOCATOR: LockedHeap = LockedHeap::empty();

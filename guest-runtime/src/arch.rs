@@ -499,6 +499,16 @@ pub mod probe {
         v
     }
 
+    /// `hvc #1` with `x0` = `function`: no RVM call (only `hvc #0` is one);
+    /// answers `x0`.
+    pub fn hvc_imm1(function: u64) -> u64 {
+        let r0;
+        // SAFETY: `hvc #1` traps to the hypervisor, which answers in `x0`
+        // and changes no other register of ours or any memory.
+        unsafe { asm!("hvc #1", inout("x0") function => r0, options(nostack)) };
+        r0
+    }
+
     /// Mask every exception (D, A, I, F) at EL1 and spin forever without a
     /// host call: only the hypervisor's own timer can take the CPU back.
     pub fn spin_masked() -> ! {

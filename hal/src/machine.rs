@@ -2,6 +2,8 @@
 //! under the kernel lock), and each physical CPU as its [`CpuArch`] (used by
 //! that CPU alone).
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use rvm_kernel::addr::{PhysAddr, PhysRange};
 use rvm_kernel::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
 use rvm_kernel::vcpu::Vcpu;
@@ -14,14 +16,156 @@ use crate::{cpu, timer, vectors};
 /// what it has (operator orders arrive a FIFO at a time).
 const INPUT_GAP_NS: u64 = 2_000_000;
 
-/// The console, shared with the panic and exception paths.
+/// The console, shared with the panic and exception paths. Lock order:
+/// `CONSOLE` before [`OUTPUT`], never the other way round.
 pub static CONSOLE: spin::Mutex<Option<Pl011>> = spin::Mutex::new(None);
 
-/// Write to the console if there is one.
-pub fn console_write(bytes: &[u8]) {
-    if let Some(uart) = CONSOLE.lock().as_mut() {
-        uart.write_bytes(bytes);
+/// Bytes the console output buffer holds.
+pub const OUTPUT_BYTES: usize = 64 << 10;
+
+/// Most bytes one guest entry moves from the buffer to the UART: a CPU that
+/// enters a guest pays for a bounded share of what is waiting, the rest is
+/// left to the next entry (mostly the producer's own: its vCPU goes on after
+/// the call that wrote) or an idling CPU (which drains it all).
+pub const DRAIN_PER_ENTRY: usize = 512;
+
+/// Console output written under the kernel lock, waiting for the UART: the
+/// kernel never waits on the UART while it holds its lock; each CPU drains
+/// the buffer with the lock released ([`drain`]). Nothing is dropped: when
+/// it is full, the writer drains it first (the kernel keeps every
+/// partition's share of the output bounded with credits, so only a burst
+/// of the hypervisor's own lines can fill it).
+pub static OUTPUT: spin::Mutex<OutputBuffer> = spin::Mutex::new(OutputBuffer::new());
+
+/// A byte ring.
+pub struct OutputBuffer {
+    bytes: [u8; OUTPUT_BYTES],
+    head: usize,
+    len: usize,
+}
+
+impl OutputBuffer {
+    const fn new() -> Self {
+        Self { bytes: [0; OUTPUT_BYTES], head: 0, len: 0 }
     }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append all of `data`, or nothing if it does not fit.
+    fn push(&mut self, data: &[u8]) -> bool {
+        if OUTPUT_BYTES - self.len < data.len() {
+            return false;
+        }
+        let tail = (self.head + self.len) % OUTPUT_BYTES;
+        let first = data.len().min(OUTPUT_BYTES - tail);
+        self.bytes[tail..tail + first].copy_from_slice(&data[..first]);
+        self.bytes[..data.len() - first].copy_from_slice(&data[first..]);
+        self.len += data.len();
+        PENDING.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Copy up to `out.len()` of the oldest bytes, leaving them in place.
+    fn peek(&self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len);
+        let first = n.min(OUTPUT_BYTES - self.head);
+        out[..first].copy_from_slice(&self.bytes[self.head..self.head + first]);
+        out[first..n].copy_from_slice(&self.bytes[..n - first]);
+        n
+    }
+
+    /// Drop the `n` oldest bytes (at most what is held).
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.head = (self.head + n) % OUTPUT_BYTES;
+        self.len -= n;
+        if self.len == 0 {
+            PENDING.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether [`OUTPUT`] may hold bytes: read without its lock on every guest
+/// entry (a stale answer only moves a drain to the next entry).
+static PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Move up to `max` buffered bytes to `uart` (the caller holds `CONSOLE`):
+/// as many as its FIFO takes now, or, with `wait`, all of them.
+fn drain_into(uart: &mut Pl011, max: usize, wait: bool) {
+    let mut chunk = [0u8; 128];
+    let mut moved = 0;
+    while moved < max {
+        let mut out = OUTPUT.lock();
+        let n = out.peek(&mut chunk[..(max - moved).min(128)]);
+        if n == 0 {
+            break;
+        }
+        let sent = if wait {
+            uart.write_bytes(&chunk[..n]);
+            n
+        } else {
+            uart.try_write_bytes(&chunk[..n])
+        };
+        out.consume(sent);
+        moved += sent;
+        if sent < n {
+            break;
+        }
+    }
+}
+
+/// Move up to `max` buffered bytes to the UART, unless another CPU is at it
+/// (then it does the work and this one goes on). Call with the kernel lock
+/// released.
+#[inline]
+pub fn drain(max: usize) {
+    if !PENDING.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(mut guard) = CONSOLE.try_lock() {
+        if let Some(uart) = guard.as_mut() {
+            drain_into(uart, max, false);
+        }
+    }
+}
+
+/// Write everything buffered, then return (the run's end, a fatal error).
+pub fn flush() {
+    if let Some(uart) = CONSOLE.lock().as_mut() {
+        drain_into(uart, usize::MAX, true);
+    }
+}
+
+/// Write to the console if there is one: into the UART's FIFO while it has
+/// room and nothing is buffered, else into the output buffer, or, when that
+/// is full, to the UART after what the buffer holds. `CONSOLE` is held
+/// throughout, so one write stays one run of bytes on the line: no other
+/// write or drain can come between what the FIFO took and the rest (a
+/// guest's line never ends up split around another line). Holding it never
+/// means waiting on the UART, except when the buffer is full: drains only
+/// move what the FIFO takes at once.
+pub fn console_write(bytes: &[u8]) {
+    let mut guard = CONSOLE.lock();
+    let Some(uart) = guard.as_mut() else { return };
+    let mut bytes = bytes;
+    if !PENDING.load(Ordering::Relaxed) {
+        bytes = &bytes[uart.try_write_bytes(bytes)..];
+        if bytes.is_empty() {
+            return;
+        }
+    }
+    if OUTPUT.lock().push(bytes) {
+        return;
+    }
+    drain_into(uart, usize::MAX, true);
+    uart.write_bytes(bytes);
 }
 
 /// Make the console available for a last message from a CPU that may have
@@ -46,11 +190,13 @@ pub fn reclaim_console() {
     }
 }
 
-/// Formatted console output for the boot path: `hal::print!(...)`.
+/// Formatted console output for the boot path: `hal::print!(...)`, after
+/// whatever is buffered.
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
+        $crate::machine::flush();
         if let Some(uart) = $crate::machine::CONSOLE.lock().as_mut() {
             let _ = write!(uart, $($arg)*);
         }
@@ -108,6 +254,14 @@ impl Arch for Machine {
 
     fn console_write(&mut self, bytes: &[u8]) {
         console_write(bytes);
+    }
+
+    fn console_flush(&mut self) {
+        flush();
+    }
+
+    fn console_backlog(&self) -> usize {
+        OUTPUT.lock().len()
     }
 
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
@@ -271,6 +425,9 @@ impl CpuArch for Cpu {
     }
 
     fn run_vcpu(&mut self, vcpu: &mut Vcpu, s2: Stage2Context, deadline_ns: u64, switched: bool) -> TrapInfo {
+        // The kernel lock is free here: a bounded share of the console
+        // output goes out now.
+        drain(DRAIN_PER_ENTRY);
         if switched {
             cpu::set_stage2(s2.root.raw(), s2.vmid);
             cpu::load_el1(&vcpu.el1);
@@ -299,6 +456,7 @@ impl CpuArch for Cpu {
     }
 
     fn idle(&mut self, until_ns: u64) {
+        drain(usize::MAX);
         if !self.has_gic {
             // No interrupt to wake on: wait by the counter.
             while self.clock.now_ns() < until_ns {

@@ -62,6 +62,24 @@ impl Pl011 {
         }
     }
 
+    /// Write as many of `bytes` as the transmit FIFO takes now, without
+    /// waiting (a newline goes out as `\r\n`; once its `\r` is in, the `\n`
+    /// waits for one slot at most). Returns how many were written.
+    pub fn try_write_bytes(&mut self, bytes: &[u8]) -> usize {
+        for (n, &b) in bytes.iter().enumerate() {
+            if self.regs.read32(FR) & FR_TXFF != 0 {
+                return n;
+            }
+            if b == b'\n' {
+                self.regs.write8(DR, b'\r');
+                self.write_byte(b);
+            } else {
+                self.regs.write8(DR, b);
+            }
+        }
+        bytes.len()
+    }
+
     pub fn write_bytes(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if b == b'\n' {

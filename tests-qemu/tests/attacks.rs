@@ -99,7 +99,11 @@ fn attacker(boot_id: [u8; 32]) -> PartitionSpec {
     // Unix seconds; the bundle gives the kernel no wall clock, so this is
     // read as seconds after boot: far away, but not never.
     expiring.expires_at = 4_000_000_000;
+    // Every refused call counts toward abuse (F3 after 16 within a second);
+    // the attacker is refused on purpose, so its recovery map turns abuse
+    // fencing off (its calls are still refused and witnessed).
     PartitionSpec::image("attacker", artifact("probes/probe-cap-attacks.elf"))
+        .recovery(RecoveryDesc { abuse_limit: RecoveryDesc::ABUSE_NEVER, ..RecoveryDesc::DEFAULT })
         .authority(authority_key(&AUTHORITY_SEED).0)
         .cap(store(ATTACKER, &[(R, 1), (W, 1), (G, 1), (REV, 1), (PRV, 1)]))
         .cap(store(ATTACKER, &[(R, 1), (W, 1), (ONCE, 1)]))

@@ -192,14 +192,28 @@ impl<H: HostCalls + 'static> Agent<H> {
     }
 
     /// Run one call of `f` to its end, yielding and refuelling as the fuel
-    /// policy says.
-    fn call<R: wasmi::WasmResults>(&mut self, f: TypedFunc<(), R>, slices: &mut u64) -> CallEnd<R> {
+    /// policy says. A `turn` call gets one slice's fuel: running out of it
+    /// ends the run with [`Trap::TurnOverBudget`] (the runtime reports an
+    /// agent trap, F1).
+    fn call<R: wasmi::WasmResults>(
+        &mut self,
+        f: TypedFunc<(), R>,
+        slices: &mut u64,
+        turn: bool,
+    ) -> CallEnd<R> {
         let mut call = f.call_resumable(&mut self.store, ());
         loop {
             match call {
                 Ok(TypedResumableCall::Finished(r)) => return CallEnd::Returned(r),
                 Ok(TypedResumableCall::HostTrap(trap)) => {
                     return CallEnd::Ended(classify(trap.host_error()))
+                }
+                Ok(TypedResumableCall::OutOfFuel(_)) if turn => {
+                    let fuel = match self.fuel {
+                        FuelPolicy::PerSlice(f) => f.get(),
+                        FuelPolicy::Unmetered => 0,
+                    };
+                    return CallEnd::Ended(RunOutcome::Trapped(Trap::TurnOverBudget { fuel }));
                 }
                 Ok(TypedResumableCall::OutOfFuel(pending)) => {
                     if let Err(e) = self.store.data_mut().host.yield_now() {
@@ -257,12 +271,16 @@ impl<H: HostCalls + 'static> Agent<H> {
                 break 'run classify(&e);
             }
             match self.entry {
-                Entry::Run(f) => match self.call(f, &mut slices) {
+                Entry::Run(f) => match self.call(f, &mut slices, false) {
                     CallEnd::Returned(()) => RunOutcome::Finished { code: 0 },
                     CallEnd::Ended(outcome) => outcome,
                 },
                 Entry::Turn(f) => loop {
-                    let result = match self.call(f, &mut slices) {
+                    // Each turn starts with a full tank: its CPU budget.
+                    if let Err(e) = self.refuel(0) {
+                        break 'run classify(&e);
+                    }
+                    let result = match self.call(f, &mut slices, true) {
                         CallEnd::Returned(r) => r,
                         CallEnd::Ended(outcome) => break 'run outcome,
                     };

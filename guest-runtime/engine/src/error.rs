@@ -86,6 +86,10 @@ pub enum Trap {
     Wasm(TrapCode),
     /// Any other execution error, described.
     Other(String),
+    /// A turn ran past its CPU budget: the partition's fuel per slice is
+    /// each turn's budget (a turn agent is preempted by its turns ending, so
+    /// a turn that does not end within it is a fault, F1).
+    TurnOverBudget { fuel: u64 },
 }
 
 impl fmt::Display for Trap {
@@ -93,6 +97,7 @@ impl fmt::Display for Trap {
         match self {
             Trap::Wasm(code) => write!(f, "wasm trap: {code}"),
             Trap::Other(detail) => write!(f, "execution error: {detail}"),
+            Trap::TurnOverBudget { fuel } => write!(f, "a turn ran past its budget of {fuel} fuel"),
         }
     }
 }

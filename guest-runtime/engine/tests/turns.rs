@@ -399,3 +399,37 @@ fn a_turn_that_returns_something_else_is_a_trap() {
         RunOutcome::Trapped(rvm_agent_engine::Trap::Other(_))
     ));
 }
+
+/// A turn agent whose turn never ends (`loop br 0 end`).
+fn endless_turn() -> Vec<u8> {
+    let mut m = Module::new();
+    let body = vec![0x03 /* loop */, 0x40, 0x0c /* br */, 0x00, op::END, op::I32_CONST, 0x00];
+    let f = m.func(&[], &[I32], &body);
+    m.memory(1).export("turn", f);
+    m.encode()
+}
+
+#[test]
+fn a_turn_past_its_fuel_budget_is_a_trap_not_a_yield() {
+    // The host refuses the 50th yield: before, the endless turn yielded
+    // slice after slice until then (Stopped); now its first slice's fuel is
+    // its budget and running past it is a trap (the runtime's F1).
+    let (host, _) = two_partitions(1, YieldLimit::Refuse(50));
+    let cfg = AgentConfig { fuel: FuelPolicy::PerSlice(std::num::NonZeroU64::new(10_000).unwrap()), ..config(&host) };
+    let mut agent = Agent::load(&endless_turn(), cfg, host).unwrap();
+    assert_eq!(
+        agent.run().outcome,
+        RunOutcome::Trapped(rvm_agent_engine::Trap::TurnOverBudget { fuel: 10_000 })
+    );
+}
+
+#[test]
+fn many_cheap_turns_do_not_add_up_to_an_overrun() {
+    // `counter` runs three cheap turns (one costs 13 to 20 fuel); with a
+    // budget that one turn fits in but not three, the run finishes: the
+    // budget is per turn, refilled each turn.
+    let (host, _) = two_partitions(1, YieldLimit::Refuse(0));
+    let cfg = AgentConfig { fuel: FuelPolicy::PerSlice(std::num::NonZeroU64::new(20).unwrap()), ..config(&host) };
+    let mut agent = Agent::load(&counter(true), cfg, host).unwrap();
+    assert_eq!(agent.run().outcome, RunOutcome::Finished { code: 0 });
+}

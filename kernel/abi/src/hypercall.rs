@@ -71,7 +71,9 @@ impl Hypercall {
 hypercalls! {
     /// Does nothing and is not witnessed: the cost floor of a round trip.
     Null = 0x00,
-    /// `x1` = IPA, `x2` = length: write UTF-8 text to the partition's console.
+    /// `x1` = IPA, `x2` = length: write UTF-8 text to the partition's
+    /// console: `x1` = bytes taken (fewer when the partition's console
+    /// credit is spent; the rest is dropped and counted).
     ConsoleWrite = 0x01,
     /// `x1` = handle: `x1` = object kind, `x2` = rights, `x3` = proof tier mask.
     CapQuery = 0x02,

@@ -30,6 +30,11 @@ pub const RECORD_LEN: usize = 64;
 pub const RECORD_VERSION: u8 = 1;
 /// `cap` field value for "no capability involved".
 pub const NO_CAP: u32 = u32::MAX;
+/// `op` of a refused `hvc #imm` with `imm ≠ 0` (only `hvc #0` is a call);
+/// its `args` digest covers `x1..x6`, then the immediate (2 bytes) and `x0`
+/// (8 bytes). A function ID that names no call is recorded with its low 15
+/// bits as `op` (at most `HVC_IMMEDIATE_OP - 1`) and `x0` after `x1..x6`.
+pub const HVC_IMMEDIATE_OP: u16 = 0x7fff;
 /// Partition id of the hypervisor's own log.
 pub const HYPERVISOR_LOG: u32 = 0;
 

@@ -51,8 +51,17 @@ pub trait Arch {
     /// Monotonic time since boot, in nanoseconds.
     fn now_ns(&self) -> u64;
 
-    /// Write bytes to the console UART.
+    /// Write bytes to the console UART. The machine may buffer them and
+    /// send them with the kernel lock released; it never drops them.
     fn console_write(&mut self, bytes: &[u8]);
+
+    /// Send everything [`Arch::console_write`] buffered (the run's end).
+    fn console_flush(&mut self) {}
+
+    /// Bytes written but not sent yet.
+    fn console_backlog(&self) -> usize {
+        0
+    }
 
     /// Read host-physical memory that the kernel owns (frames, the bundle).
     fn phys_read(&self, pa: PhysAddr, buf: &mut [u8]);

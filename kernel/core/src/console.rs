@@ -5,6 +5,24 @@
 //! guest's or the hypervisor's, goes to the UART in one write, so no output
 //! from elsewhere (another CPU's panic, say) can land inside it and leave
 //! the rest of a guest's line at the start of one.
+//!
+//! # Output credits
+//!
+//! The console is shared, so each partition has a share of it
+//! ([`OutputCredit`]): byte buckets refilled with time. Guest text beyond
+//! [`TEXT_RATE`] (after a burst of [`TEXT_BURST`]) is not taken:
+//! `ConsoleWrite` reads (and witnesses) only the bytes within the credit,
+//! answers how many it took, and drops and counts the rest; the first drop
+//! is noted in a line of the hypervisor, and the run summary says how many
+//! bytes were dropped. Witness frames are the audit trail and are never
+//! dropped:
+//! each record a partition's calls produce is charged [`RECORD_FRAME_COST`]
+//! to its frame bucket ([`FRAME_RATE`], [`FRAME_BURST`]); a partition in
+//! debt is not picked to run until the bucket refilled (back-pressure on the
+//! producer, not its neighbours). Checkpoints are charged the same way
+//! ([`CHECKPOINT_RATE`], [`CHECKPOINT_BURST`]): a checkpoint storm holds
+//! back the partition that storms. The machine buffers console output and
+//! sends it with the kernel lock released ([`Arch::console_write`]).
 
 use crate::arch::Arch;
 use crate::partition::{Partition, CONSOLE_LINE_MAX};
@@ -66,7 +84,163 @@ fn sanitize(b: u8) -> u8 {
     }
 }
 
-/// Append guest text to the partition's line buffer, printing full lines.
+/// Guest text a partition may print at once (bytes).
+pub const TEXT_BURST: u64 = 16 << 10;
+/// Guest text a partition may print per second (bytes), after the burst.
+pub const TEXT_RATE: u64 = 32 << 10;
+/// Witness frames a partition's calls may produce at once (bytes).
+pub const FRAME_BURST: u64 = 64 << 10;
+/// Witness frames a partition's calls may produce per second (bytes).
+pub const FRAME_RATE: u64 = 512 << 10;
+/// Checkpoint bytes a partition may hand over at once (then it is held
+/// back like a partition in debt for its frames: a checkpoint storm costs
+/// the storming partition its CPU, not the others the kernel lock).
+pub const CHECKPOINT_BURST: u64 = 32 << 20;
+/// Checkpoint bytes a partition may hand over per second after the burst.
+pub const CHECKPOINT_RATE: u64 = 16 << 20;
+/// Bytes one record's `@W` frame takes at most: `@W`, a space, a 10-digit
+/// log id, a space, 128 hex digits, the line end (`\r\n`).
+pub const RECORD_FRAME_COST: u64 = 2 + 1 + 10 + 1 + 128 + 2;
+
+/// A partition's share of the console ([module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputCredit {
+    /// Text bytes it may still print.
+    text: u64,
+    /// Frame bytes it may still produce (negative: in debt).
+    frames: i64,
+    /// Checkpoint bytes it may still hand over (negative: in debt).
+    checkpoints: i64,
+    /// When the buckets were last refilled.
+    at_ns: u64,
+    /// Text bytes dropped over the run.
+    pub dropped: u64,
+    /// Whether text was dropped already (only the first drop is noted; the
+    /// run summary counts them all).
+    dropping: bool,
+    /// Times the partition went into debt (for its frames or checkpoints)
+    /// and was held back.
+    pub held: u64,
+}
+
+impl Default for OutputCredit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OutputCredit {
+    pub const fn new() -> Self {
+        Self {
+            text: TEXT_BURST,
+            frames: FRAME_BURST as i64,
+            checkpoints: CHECKPOINT_BURST as i64,
+            at_ns: 0,
+            dropped: 0,
+            dropping: false,
+            held: 0,
+        }
+    }
+
+    fn refill(&mut self, now: u64) {
+        let dt = now.saturating_sub(self.at_ns);
+        if dt == 0 {
+            return;
+        }
+        self.at_ns = now;
+        let add = |rate: u64| {
+            u64::try_from(u128::from(dt) * u128::from(rate) / 1_000_000_000).unwrap_or(u64::MAX)
+        };
+        self.text = self.text.saturating_add(add(TEXT_RATE)).min(TEXT_BURST);
+        let f = i64::try_from(add(FRAME_RATE)).unwrap_or(i64::MAX);
+        self.frames = self.frames.saturating_add(f).min(FRAME_BURST as i64);
+        let c = i64::try_from(add(CHECKPOINT_RATE)).unwrap_or(i64::MAX);
+        self.checkpoints = self
+            .checkpoints
+            .saturating_add(c)
+            .min(CHECKPOINT_BURST as i64);
+    }
+
+    /// How many of `len` text bytes may be printed at `now` (charged).
+    pub fn take_text(&mut self, now: u64, len: usize) -> usize {
+        self.refill(now);
+        let n = u64::try_from(len).unwrap_or(u64::MAX).min(self.text);
+        self.text -= n;
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    /// Charge one witness record's frame (never refused); counts the times
+    /// the partition goes into debt.
+    #[inline]
+    pub fn charge_frame(&mut self, now: u64) {
+        let before = self.frames;
+        self.frames -= RECORD_FRAME_COST as i64;
+        if self.frames < 0 {
+            self.refill(now);
+            if before >= 0 && self.frames < 0 {
+                self.held += 1;
+            }
+        }
+    }
+
+    /// Charge a checkpoint of `bytes` (never refused); counts the times
+    /// the partition goes into debt.
+    pub fn charge_checkpoint(&mut self, now: u64, bytes: u64) {
+        self.refill(now);
+        let before = self.checkpoints;
+        self.checkpoints = self
+            .checkpoints
+            .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if before >= 0 && self.checkpoints < 0 {
+            self.held += 1;
+        }
+    }
+
+    /// Whether a bucket was overdrawn when last charged (cheap: no clock;
+    /// [`OutputCredit::in_debt`] says whether it still is).
+    #[inline]
+    pub fn owes(&self) -> bool {
+        self.frames < 0 || self.checkpoints < 0
+    }
+
+    /// Whether the partition owes frame bytes at `now`: it is not picked to
+    /// run until it does not.
+    #[inline]
+    pub fn in_debt(&self, now: u64) -> bool {
+        if !self.owes() {
+            return false;
+        }
+        let dt = u128::from(now.saturating_sub(self.at_ns));
+        let owes = |bucket: i64, rate: u64| {
+            let add = dt * u128::from(rate) / 1_000_000_000;
+            i128::from(bucket) + i128::try_from(add).unwrap_or(i128::MAX) < 0
+        };
+        owes(self.frames, FRAME_RATE) || owes(self.checkpoints, CHECKPOINT_RATE)
+    }
+}
+
+/// `n` bytes of a partition's text were dropped over its credit: counted,
+/// and the first drop noted in a line of the hypervisor.
+pub fn dropped(arch: &mut dyn Arch, p: &mut Partition, n: usize) {
+    p.output.dropped += n as u64;
+    if !p.output.dropping {
+        p.output.dropping = true;
+        flush_line(arch, p);
+        let name = p.desc.name;
+        hyp_line(
+            arch,
+            format_args!(
+                "partition {} '{}' console output over its credit ({} bytes/s): dropped",
+                p.id.0,
+                crate::hypervisor::name_str(&name),
+                TEXT_RATE
+            ),
+        );
+    }
+}
+
+/// Append guest text to the partition's line buffer, printing full lines
+/// (the caller took the bytes from its credit, [`OutputCredit::take_text`]).
 pub fn guest_write(arch: &mut dyn Arch, p: &mut Partition, text: &[u8]) {
     for &b in text {
         if b == b'\n' {

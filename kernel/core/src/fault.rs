@@ -10,6 +10,7 @@
 //! does not happen: the partition is fenced instead (stopping a faulty
 //! partition is always safe).
 
+use rvm_abi::hypercall::{smccc_owner, SMCCC_OWNER_STANDARD};
 use rvm_abi::recovery::{self, RecoveryArgs};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Hypercall, Outcome};
@@ -153,31 +154,52 @@ pub(crate) fn after_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: 
     denied_call(hv, idx, function, status, flow)
 }
 
-/// The slow half of [`after_call`]: an RVM call that was refused.
+/// The slow half of [`after_call`]: a call that was refused.
 #[cold]
 #[inline(never)]
 fn denied_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: u64, status: i64, flow: Flow) -> Flow {
-    // PSCI and other SMCCC services answer with their own codes.
-    let (Some(call), Some(error)) = (Hypercall::from_function_id(function), HvError::from_code(status)) else {
+    // PSCI and other standard SMCCC services answer with their own codes.
+    if u32::try_from(function).is_ok_and(|id| smccc_owner(id) == SMCCC_OWNER_STANDARD) {
+        return flow;
+    }
+    let Some(error) = HvError::from_code(status) else {
         return flow;
     };
     if !hv.partitions[idx].is_runnable() {
         return flow;
     }
+    let call = Hypercall::from_function_id(function);
     let p = &hv.partitions[idx];
-    if error == HvError::ValidationFailed
-        && matches!(call, Hypercall::StateValidate | Hypercall::StateCommit)
-        && p.recovery.policy.on_failed_validation == ValidationResponse::Rollback
-    {
-        record_fault(hv, idx, Trigger::FailedValidation, error, &[&[call as u8]]);
-        respond(hv, idx, Trigger::FailedValidation, format_args!("{}: {}", call.name(), Trigger::FailedValidation.describe()));
-        return Flow::Reschedule;
+    if let Some(call) = call.filter(|c| matches!(c, Hypercall::StateValidate | Hypercall::StateCommit)) {
+        if error == HvError::ValidationFailed && p.recovery.policy.on_failed_validation == ValidationResponse::Rollback {
+            record_fault(hv, idx, Trigger::FailedValidation, error, &[&[call as u8]]);
+            respond(hv, idx, Trigger::FailedValidation, format_args!("{}: {}", call.name(), Trigger::FailedValidation.describe()));
+            return Flow::Reschedule;
+        }
     }
+    // An unknown function ID counts like any other refusal.
+    let op = call.map_or((function & 0x7fff) as u16, |c| c as u16);
+    note_refusal(hv, idx, op, error, flow)
+}
+
+/// A refused `hvc` that is no RVM call at all (`hvc #imm` with `imm ≠ 0`,
+/// `op` = [`HVC_IMMEDIATE_OP`]): counted toward abuse like any refusal.
+pub(crate) fn after_refusal<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, op: u16, flow: Flow) -> Flow {
+    let status = i64::from_ne_bytes(hv.partitions[idx].vcpu.regs.x[0].to_ne_bytes());
+    match HvError::from_code(status) {
+        Some(error) if hv.partitions[idx].is_runnable() => note_refusal(hv, idx, op, error, flow),
+        _ => flow,
+    }
+}
+
+/// Count a refusal with `error` of the call `op`; the last straw of the
+/// partition's abuse policy fences it (F3).
+fn note_refusal<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, op: u16, error: HvError, flow: Flow) -> Flow {
     let now = hv.arch.now_ns();
     if hv.partitions[idx].recovery.note_denial(error, now) {
         let a = hv.partitions[idx].recovery.policy.abuse;
         hv.partitions[idx].vcpu.set_return(HvError::Abuse.code(), &[]);
-        record_fault(hv, idx, Trigger::HypercallAbuse, HvError::Abuse, &[&[call as u8]]);
+        record_fault(hv, idx, Trigger::HypercallAbuse, HvError::Abuse, &[&op.to_le_bytes()]);
         respond(
             hv,
             idx,
@@ -349,6 +371,10 @@ pub(crate) fn expire_fences<A: Arch>(hv: &mut Hypervisor<A>) {
 /// its checkpoint, its own image, and its stage-2 tables (all but an empty
 /// root, which stays so the partition's table remains valid to walk).
 pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+    let committed = core::mem::take(&mut hv.partitions[idx].frames_committed);
+    hv.frames.uncommit(committed);
+    let heap = core::mem::take(&mut hv.partitions[idx].heap_committed);
+    hv.heap.uncommit(heap);
     let frames = core::mem::take(&mut hv.partitions[idx].private_frames);
     for pa in frames {
         hv.scrub_and_free(pa);

@@ -14,6 +14,11 @@ pub struct FrameAllocator {
     free: Vec<PhysAddr>,
     in_use: u64,
     total: u64,
+    /// Frames promised to admitted partitions ([`FrameAllocator::commit`]).
+    committed: u64,
+    /// Frames in use when the first partition was admitted (the
+    /// hypervisor's own: the shared runtime image, ...).
+    base: Option<u64>,
 }
 
 impl FrameAllocator {
@@ -30,7 +35,32 @@ impl FrameAllocator {
             }
         }
         let cursor = trimmed.first().map(|r| r.start).unwrap_or_default();
-        Self { ranges: trimmed, cursor, cursor_range: 0, free: Vec::new(), in_use: 0, total }
+        Self { ranges: trimmed, cursor, cursor_range: 0, free: Vec::new(), in_use: 0, total, committed: 0, base: None }
+    }
+
+    /// Reserve `n` frames for a partition being admitted: its most (its
+    /// memory budget, checkpoints, tables, images). Admission is refused
+    /// (`Err`, with the frames still unpromised) when the promises would
+    /// exceed the pool, so partitions are never overcommitted: whatever one
+    /// does within its budget, the others' frames are there.
+    pub fn commit(&mut self, n: u64) -> Result<(), u64> {
+        let base = *self.base.get_or_insert(self.in_use);
+        let free = self.total.saturating_sub(base).saturating_sub(self.committed);
+        if n > free {
+            return Err(free);
+        }
+        self.committed += n;
+        Ok(())
+    }
+
+    /// Give back a promise (the partition was refused or evicted).
+    pub fn uncommit(&mut self, n: u64) {
+        self.committed = self.committed.saturating_sub(n);
+    }
+
+    /// Frames promised to partitions.
+    pub fn frames_committed(&self) -> u64 {
+        self.committed
     }
 
     /// One frame (not zeroed), or `None` when RAM is exhausted.

@@ -4,8 +4,8 @@
 use alloc::vec::Vec;
 
 use rvm_abi::bundle::{BootConfig, Bundle, EntryKind};
-use rvm_abi::witness::KernelEvent;
-use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
+use rvm_abi::witness::{KernelEvent, HVC_IMMEDIATE_OP};
+use rvm_abi::{Outcome, WitnessOp, WitnessRecord};
 
 use crate::addr::{PhysAddr, PAGE_BYTES};
 use crate::arch::Arch;
@@ -82,6 +82,8 @@ pub(crate) enum Flow {
 pub struct Hypervisor<A: Arch> {
     pub arch: A,
     pub(crate) frames: FrameAllocator,
+    /// The EL2 heap reserved for partitions ([`crate::quota`]).
+    pub(crate) heap: crate::quota::HeapLedger,
     pub(crate) partitions: Vec<Partition>,
     pub(crate) stores: Vec<StateStore>,
     pub(crate) channels: Vec<Channel>,
@@ -130,6 +132,7 @@ impl<A: Arch> Hypervisor<A> {
         let mut hv = Self {
             arch,
             frames,
+            heap: crate::quota::HeapLedger::default(),
             partitions: Vec::with_capacity(count),
             stores: Vec::with_capacity(count),
             channels: Vec::new(),
@@ -315,9 +318,9 @@ impl<A: Arch> Hypervisor<A> {
                 let flow = crate::dispatch::hypercall(self, idx);
                 crate::fault::after_call(self, idx, function, flow)
             }
-            Exit::Hvc { .. } => {
-                self.partitions[idx].vcpu.set_return(HvError::NotSupported.code(), &[]);
-                Flow::Resume
+            Exit::Hvc { imm } => {
+                let flow = crate::dispatch::bad_immediate(self, idx, imm);
+                crate::fault::after_refusal(self, idx, HVC_IMMEDIATE_OP, flow)
             }
             Exit::Timer => {
                 self.partitions[idx].stats.preemptions += 1;
@@ -402,6 +405,8 @@ impl<A: Arch> Hypervisor<A> {
         self.kernel_event(PartitionId::HYPERVISOR, KernelEvent::Shutdown, Outcome::Done, [0; 16]);
         self.witness.checkpoint_all(&mut self.arch);
         crate::report::print_summary(self, &summary);
+        // Everything buffered reaches the console before the power goes off.
+        self.arch.console_flush();
         summary
     }
 

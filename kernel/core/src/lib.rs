@@ -44,6 +44,7 @@ pub mod load;
 pub mod orders;
 pub mod partition;
 pub mod psci;
+pub mod quota;
 pub mod sched;
 pub mod smp;
 pub mod recovery;

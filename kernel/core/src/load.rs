@@ -39,6 +39,11 @@ pub enum Refusal {
     /// More agents than [`MAX_AGENTS_PER_PARTITION`], or their modules
     /// together larger than the WASM window.
     TooManyAgents,
+    /// The frames its budget needs at most ([`footprint`]) are not free of
+    /// other partitions' reservations.
+    MemoryBudget,
+    /// Its share of the EL2 heap ([`crate::quota`]) does not fit.
+    HeapBudget,
 }
 
 impl Refusal {
@@ -53,8 +58,34 @@ impl Refusal {
             Refusal::HeapWindow => "memory budget too large for the partition's heap window",
             Refusal::WitnessKey => "its witness_key_fingerprint does not match this hypervisor's witness key",
             Refusal::TooManyAgents => "more than 16 agents, or their modules together larger than 16 MiB",
+            Refusal::MemoryBudget => "its memory budget does not fit in the frames not reserved for other partitions",
+            Refusal::HeapBudget => "its share of the hypervisor heap (store, snapshots, queues) does not fit",
         }
     }
+
+    /// The outcome its `PartitionRefused` record carries.
+    pub fn error(self) -> rvm_abi::HvError {
+        match self {
+            Refusal::OutOfMemory | Refusal::MemoryBudget | Refusal::HeapBudget => rvm_abi::HvError::NoMemory,
+            _ => rvm_abi::HvError::InvalidArgument,
+        }
+    }
+}
+
+/// The most frames partition `idx` can ever hold once loaded: what it holds
+/// now (images, modules, boot page), its whole heap window, two checkpoints
+/// of its largest size (a new one is taken before the last is released), and
+/// the stage-2 tables that map them.
+pub(crate) fn footprint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> u64 {
+    const PAGE: u64 = 4096;
+    const TABLE_SPAN: u64 = 2 << 20;
+    let p = &hv.partitions[idx];
+    let held = p.private_frames.len() as u64;
+    let heap = p.heap.len.div_ceil(PAGE);
+    let ck = p.checkpoint_limit.max_bytes.div_ceil(PAGE);
+    // A level-3 table per 2 MiB mapped, the level-1/2 tables above them.
+    let tables = p.heap.len.div_ceil(TABLE_SPAN) + p.checkpoint_limit.max_bytes.div_ceil(TABLE_SPAN) + held.div_ceil(512) + 8;
+    held + heap + 2 * ck + tables
 }
 
 /// Create partition `index` from `desc`, load it, or refuse it.
@@ -86,6 +117,29 @@ pub(crate) fn load_partition<A: Arch>(
     } else {
         Err(Refusal::HeapWindow)
     };
+    // Memory is reserved at admission: refused if it does not fit.
+    let populated = populated.and_then(|digest| {
+        let need = footprint(hv, idx);
+        match hv.frames.commit(need) {
+            Ok(()) => {
+                hv.partitions[idx].frames_committed = need;
+                commit_heap(hv, idx, crate::quota::partition_bytes(&StoreLimits::DEFAULT)).map(|()| digest)
+            }
+            Err(free) => {
+                console::hyp_line(
+                    &mut hv.arch,
+                    format_args!(
+                        "partition {} '{}' needs up to {} KiB, {} KiB are not reserved",
+                        id.0,
+                        crate::hypervisor::name_str(&desc.name),
+                        need * 4,
+                        free * 4
+                    ),
+                );
+                Err(Refusal::MemoryBudget)
+            }
+        }
+    });
     match populated {
         Ok(digest) => {
             hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
@@ -108,6 +162,30 @@ pub(crate) fn load_partition<A: Arch>(
     Ok(())
 }
 
+/// Reserve `bytes` more of the EL2 heap for partition `idx`.
+fn commit_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, bytes: usize) -> Result<(), Refusal> {
+    match hv.heap.commit(bytes) {
+        Ok(()) => {
+            hv.partitions[idx].heap_committed += bytes;
+            Ok(())
+        }
+        Err(free) => {
+            let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!(
+                    "partition {} '{}' needs {} KiB more of the hypervisor heap, {} KiB are not reserved",
+                    id.0,
+                    crate::hypervisor::name_str(&name),
+                    bytes / 1024,
+                    free / 1024
+                ),
+            );
+            Err(Refusal::HeapBudget)
+        }
+    }
+}
+
 /// Witness and print a refusal, then release what the partition held.
 pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) {
     let id = hv.partitions[idx].id;
@@ -116,7 +194,7 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
         &mut hv.arch,
         format_args!("partition {} '{}' refused: {}", id.0, crate::hypervisor::name_str(&name), why.reason()),
     );
-    hv.kernel_event(id, KernelEvent::PartitionRefused, Outcome::Denied(rvm_abi::HvError::InvalidArgument), [0; 16]);
+    hv.kernel_event(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
     hv.domains.forget_partition(idx);
     crate::fault::release(hv, idx);
     hv.partitions[idx].state = PartitionState::Evicted;
@@ -369,6 +447,13 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
     }
     let object = hv.channels.len() as u32;
     let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
+    // Each end's receive queue is its own: reserved from its heap share.
+    for idx in [a, b] {
+        if let Err(why) = commit_heap(hv, idx, crate::quota::queue_bytes(cap)) {
+            refuse(hv, idx, why);
+            return;
+        }
+    }
     hv.channels.push(Channel::new(hv.partitions[a].id, hv.partitions[b].id, cap));
     let desc = channel_cap(object);
     for idx in [a, b] {

@@ -126,6 +126,11 @@ pub struct Partition {
     pub vcpu: alloc::boxed::Box<Vcpu>,
     /// Frames only this partition maps (scrubbed and freed on eviction).
     pub private_frames: Vec<PhysAddr>,
+    /// Frames reserved for it at admission ([`crate::load::footprint`]),
+    /// given back when it is evicted.
+    pub frames_committed: u64,
+    /// EL2 heap reserved for it at admission ([`crate::quota`]).
+    pub heap_committed: usize,
     pub heap: DemandWindow,
     /// Heap pages backed so far (IPA, frame): scrubbed and unmapped when the
     /// guest is restarted, freed on eviction.
@@ -150,6 +155,9 @@ pub struct Partition {
     /// Starts that resumed from a checkpoint.
     pub rollbacks: u32,
     pub console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
+    /// Its share of the console: text beyond it is dropped, witness frames
+    /// beyond it hold the partition back ([`crate::console::OutputCredit`]).
+    pub output: crate::console::OutputCredit,
     pub exit_code: Option<u64>,
     pub stats: PartitionStats,
     /// When the partition was first run, for its virtual clock.
@@ -174,6 +182,8 @@ impl Partition {
             stage2,
             vcpu: alloc::boxed::Box::new(Vcpu::new(0, layout::BOOTINFO_IPA)),
             private_frames: Vec::new(),
+            frames_committed: 0,
+            heap_committed: 0,
             heap: DemandWindow { base: Ipa::new(layout::HEAP_IPA), len: heap_len },
             heap_pages: Vec::new(),
             entry: Ipa::new(0),
@@ -186,6 +196,7 @@ impl Partition {
             restarts: 0,
             rollbacks: 0,
             console_line: heapless::Vec::new(),
+            output: crate::console::OutputCredit::new(),
             exit_code: None,
             stats: PartitionStats::default(),
             started_ns: None,

@@ -153,12 +153,17 @@ impl AbusePolicy {
         }
     }
 
-    /// Whether a denial with `error` counts: a buffer that is not the
-    /// caller's or a handle that names nothing it holds. Errors an honest
-    /// agent meets in normal operation (`WouldBlock`, `Full`, quota, expiry,
-    /// a failed validation...) do not.
+    /// Whether a denial with `error` counts: every refusal does (an unknown
+    /// call, a bad argument, buffer or handle, missing rights or proof, a
+    /// spent quota, ...), except flow control an honest agent meets in normal
+    /// operation (`WouldBlock`, `Full`), a failed validation (its own
+    /// response, [`ValidationResponse`]), a log that could not take the
+    /// record (not the caller's doing) and `Abuse` itself.
     pub const fn counts(error: HvError) -> bool {
-        matches!(error, HvError::BadAddress | HvError::BadHandle)
+        !matches!(
+            error,
+            HvError::WouldBlock | HvError::Full | HvError::ValidationFailed | HvError::WitnessUnavailable | HvError::Abuse
+        )
     }
 }
 

@@ -35,6 +35,14 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
         );
         hv.arch.console_write(line.as_bytes());
         hv.arch.console_write(b"\n");
+        if p.output.dropped != 0 || p.output.held != 0 {
+            let line = alloc::format!(
+                "     output: {} console bytes dropped over its credit, held back {} times for its witness frames or checkpoints",
+                p.output.dropped, p.output.held
+            );
+            hv.arch.console_write(line.as_bytes());
+            hv.arch.console_write(b"\n");
+        }
         let r = p.recovery.counts;
         if r != crate::recovery::RecoveryCounts::default() || p.checkpoint.is_some() {
             let line = alloc::format!(

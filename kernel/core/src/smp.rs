@@ -400,7 +400,11 @@ impl<A: Arch> Hypervisor<A> {
             return Step::Stop;
         }
         let (parts, running) = (&self.partitions, &self.smp.running_on);
-        let pick = self.sched.pick(cpu, |i| parts[i].is_runnable() && running.get(i).copied().flatten().is_none());
+        // A partition in debt for its witness frames waits for its credit
+        // ([`crate::console::OutputCredit`]).
+        let pick = self.sched.pick(cpu, |i| {
+            parts[i].is_runnable() && running.get(i).copied().flatten().is_none() && !parts[i].output.in_debt(now)
+        });
         let Some(idx) = pick else {
             slot.idles += 1;
             slot.idling = true;
@@ -436,7 +440,12 @@ impl<A: Arch> Hypervisor<A> {
         let idx = lease.idx;
         core::mem::swap(&mut self.partitions[idx].vcpu, &mut lease.vcpu);
         self.smp.running_on[idx] = None;
-        let flow = self.handle_exit(idx, Exit::decode(&trap));
+        let mut flow = self.handle_exit(idx, Exit::decode(&trap));
+        // Back-pressure: a partition in debt for its witness frames gives up
+        // the CPU until its credit refilled.
+        if flow == Flow::Resume && self.partitions[idx].output.owes() && self.partitions[idx].output.in_debt(self.arch.now_ns()) {
+            flow = Flow::Yielded;
+        }
         if self.smp.woke {
             self.kick_idle_cpus();
         }

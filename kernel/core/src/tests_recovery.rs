@@ -603,3 +603,8 @@ fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
     let denied = records(&hv, 1).iter().filter(|r| r.op == Hypercall::Checkpoint as u16 && r.outcome < 0).count();
     assert_eq!(denied, 3, "denials are witnessed");
 }
+
+// No tenant can stall or crash the machine: its host tests, beside these
+// (they use this file's guest scripting).
+#[path = "tests_stall.rs"]
+mod stall;

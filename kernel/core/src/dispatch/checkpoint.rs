@@ -37,6 +37,10 @@ pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
         Err(e) => return deny(hv, idx, &w, e),
     };
     let hash = ck.hash;
+    // Charged to the partition: past its checkpoint credit it gives up its
+    // CPU until the credit refilled ([`crate::console::OutputCredit`]).
+    let now = hv.arch.now_ns();
+    hv.partitions[idx].output.charge_checkpoint(now, ck.len);
     let w = w.data(regs, &hash.0);
     let mut ck = Some(ck);
     let flow = allow(hv, idx, &w, |hv| {

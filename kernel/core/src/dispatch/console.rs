@@ -1,4 +1,8 @@
-//! `ConsoleWrite`.
+//! `ConsoleWrite`: the text within the partition's console credit is read,
+//! witnessed and printed; the rest is dropped and counted
+//! ([`crate::console::OutputCredit`]). `x1` answers the bytes taken.
+
+use rvm_abi::HvError;
 
 use crate::arch::Arch;
 use crate::hypervisor::{Flow, Hypervisor};
@@ -6,14 +10,23 @@ use crate::hypervisor::{Flow, Hypervisor};
 use super::{allow, deny, read_guest, Witnessed, MAX_CONSOLE_WRITE};
 
 pub(super) fn write<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let text = match read_guest(hv, idx, regs[0], regs[1], MAX_CONSOLE_WRITE) {
+    if regs[1] > MAX_CONSOLE_WRITE {
+        return deny(hv, idx, &w, HvError::InvalidArgument);
+    }
+    let asked = regs[1] as usize;
+    let now = hv.arch.now_ns();
+    let taken = hv.partitions[idx].output.take_text(now, asked);
+    let text = match read_guest(hv, idx, regs[0], taken as u64, MAX_CONSOLE_WRITE) {
         Ok(t) => t,
         Err(e) => return deny(hv, idx, &w, e),
     };
     let w = w.data(regs, &text);
     allow(hv, idx, &w, |hv| {
-        crate::console::guest_write(&mut hv.arch, &mut hv.partitions[idx], &text);
+        let p = &mut hv.partitions[idx];
+        crate::console::guest_write(&mut hv.arch, p, &text);
+        if taken < asked {
+            crate::console::dropped(&mut hv.arch, p, asked - taken);
+        }
         [text.len() as u64, 0, 0]
     })
 }
-

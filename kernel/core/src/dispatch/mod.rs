@@ -5,11 +5,10 @@
 //! with `WitnessUnavailable` and nothing happens (fail-closed). `Null` and
 //! `Yield` change no state and are not witnessed.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use rvm_abi::hypercall::{smccc_owner, SMCCC_OWNER_STANDARD};
-use rvm_abi::witness::NO_CAP;
+use rvm_abi::witness::{HVC_IMMEDIATE_OP, NO_CAP};
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, Outcome, ProofTier, Rights, WitnessOp, WitnessRecord};
 use rvm_cap::{ArgsDigest, Signature};
 
@@ -114,6 +113,7 @@ fn witness_seq<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, outco
         rec.flags |= rvm_abi::witness::flags::JOURNALED;
     }
     rec.timestamp = hv.arch.now_ns();
+    p.output.charge_frame(rec.timestamp);
     let log = p.id.0;
     hv.witness.append(&mut hv.arch, log, rec).map_err(|_| HvError::WitnessUnavailable)
 }
@@ -161,7 +161,11 @@ pub(crate) fn read_guest<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len:
     if len > max {
         return Err(HvError::InvalidArgument);
     }
-    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| HvError::InvalidArgument)?];
+    // The guest names the size: allocated fallibly (`NoMemory`, never an abort).
+    let len = usize::try_from(len).map_err(|_| HvError::InvalidArgument)?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| HvError::NoMemory)?;
+    buf.resize(len, 0);
     guest_mem::read(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(ipa), &mut buf)?;
     Ok(buf)
 }
@@ -290,6 +294,26 @@ fn unwitnessed<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercall) -> 
     Some(flow)
 }
 
+/// The `op` of a refused call whose function ID names no RVM call: its low
+/// 15 bits, kept clear of [`HVC_IMMEDIATE_OP`].
+fn unknown_call_op(x0: u64) -> u16 {
+    ((x0 & 0x7fff) as u16).min(HVC_IMMEDIATE_OP - 1)
+}
+
+/// `hvc #imm` with `imm ≠ 0` from partition `idx`: refused with
+/// `NotSupported` and witnessed (op [`HVC_IMMEDIATE_OP`], the digest over
+/// `x1..x6`, the immediate and `x0`), like any refused call.
+pub(crate) fn bad_immediate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, imm: u16) -> Flow {
+    let regs = regs_of(hv, idx);
+    let x0 = hv.partitions[idx].vcpu.regs.x[0];
+    let mut data = [0u8; 10];
+    data[..2].copy_from_slice(&imm.to_le_bytes());
+    data[2..].copy_from_slice(&x0.to_le_bytes());
+    let w = Witnessed { call: HVC_IMMEDIATE_OP, tier: 0, cap: NO_CAP, regs, args: None, journal: false, kept: None };
+    let w = w.data(&regs, &data);
+    deny(hv, idx, &w, HvError::NotSupported)
+}
+
 /// Handle `hvc #0` from partition `idx`.
 pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     let x0 = hv.partitions[idx].vcpu.regs.x[0];
@@ -298,7 +322,8 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     }
     let Some(call) = Hypercall::from_function_id(x0) else {
         let regs = regs_of(hv, idx);
-        let w = Witnessed { call: (x0 & 0x7fff) as u16, tier: 0, cap: NO_CAP, regs, args: None, journal: false, kept: None };
+        let w = Witnessed { call: unknown_call_op(x0), tier: 0, cap: NO_CAP, regs, args: None, journal: false, kept: None };
+        let w = w.data(&regs, &x0.to_le_bytes());
         return deny(hv, idx, &w, HvError::NotSupported);
     };
     // The calls that change no state and are not witnessed are answered
