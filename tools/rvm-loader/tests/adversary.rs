@@ -124,6 +124,7 @@ fn signed_run(seed: [u8; 32], n: u32, extra: impl FnOnce(&mut Chain) -> Vec<Stri
     lines.push(c.finish());
     lines.extend(extra(&mut c));
     lines.push("rvm: powering off".into());
+    lines.push(String::from_utf8_lossy(rvm_abi::frame::ExitFrame { code: 0 }.encode().as_bytes()).into_owned());
     lines
         .iter()
         .map(|l| l.trim_end().to_string() + "\n")
