@@ -178,6 +178,8 @@ pub struct WitnessLog {
     last_checkpoint: Option<SignedCheckpoint>,
     /// The size a checkpoint is owed at.
     owed: Option<u64>,
+    /// Appends the log has room held for ([`WitnessLog::reserve`]).
+    held: usize,
 }
 
 impl WitnessLog {
@@ -195,6 +197,7 @@ impl WitnessLog {
             pending,
             last_checkpoint: None,
             owed: None,
+            held: 0,
         })
     }
 
@@ -237,28 +240,64 @@ impl WitnessLog {
         self.last_checkpoint.as_ref()
     }
 
-    /// Append a record: fill `seq` and `prev`, set [`flags::CHECKPOINTED`]
-    /// if the policy calls for a checkpoint, advance the head. Fail-closed:
-    /// on any error nothing changes and the caller must not perform the
-    /// operation.
-    #[inline]
-    /// Make room for the next record now, so that appending one well-formed
-    /// record of this log afterwards cannot fail: no checkpoint owed, a
-    /// sequence number left, a free ring slot, and memory for the checkpoint
-    /// it may announce. For operations that must be decided and applied in
-    /// one step before their record can be written (the record carries a
-    /// result): reserve, apply, append.
+    /// Make room for the next record now (see [`reserve`](Self::reserve)).
     pub fn reserve_next(&mut self) -> Result<(), WitnessError> {
+        self.reserve(1)
+    }
+
+    /// Hold room for `n` more records, on top of what is held already, so
+    /// that the next appends of well-formed records of this log cannot fail:
+    /// no checkpoint owed, sequence numbers left, free ring slots (held: no
+    /// other append takes them), and memory for the checkpoints they may
+    /// announce. For operations that must be decided and applied before their
+    /// records can be written (a record carries a result, or a change must
+    /// not be half witnessed): reserve, apply, append. A due checkpoint must
+    /// still be signed before the next append (as it always must). On `Err`
+    /// nothing is held.
+    pub fn reserve(&mut self, n: usize) -> Result<(), WitnessError> {
         if let Some(size) = self.owed {
             return Err(WitnessError::CheckpointOwed { size });
         }
-        self.size().checked_add(1).ok_or(WitnessError::SequenceExhausted)?;
-        if !self.ring.has_room() {
-            return Err(WitnessError::RingFull { capacity: self.ring.capacity() });
+        let total = self.held.checked_add(n).ok_or(WitnessError::SequenceExhausted)?;
+        self.size()
+            .checked_add(total as u64)
+            .ok_or(WitnessError::SequenceExhausted)?;
+        if self.ring.free() < total as u64 {
+            return Err(WitnessError::RingFull {
+                capacity: self.ring.capacity(),
+            });
         }
-        self.pending.try_reserve(1).map_err(|_| WitnessError::NoMemory)
+        let owed = self.pending.len();
+        self.pending
+            .try_reserve(total)
+            .map_err(|_| WitnessError::NoMemory)?;
+        debug_assert!(self.pending.capacity() >= owed + total);
+        self.held = total;
+        Ok(())
     }
 
+    /// Give back `n` held slots (an operation that wrote fewer records).
+    pub fn unreserve(&mut self, n: usize) {
+        self.held = self.held.saturating_sub(n);
+    }
+
+    /// Appends room is held for.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Whether a checkpoint is due and not signed yet (appends and
+    /// reservations are refused until it is).
+    pub fn owes_checkpoint(&self) -> bool {
+        self.owed.is_some()
+    }
+
+    /// Append a record: fill `seq` and `prev`, set [`flags::CHECKPOINTED`]
+    /// if the policy calls for a checkpoint, advance the head. Exactly two
+    /// outcomes: `Ok`, the record is in the chain; `Err`, nothing changed
+    /// and the caller must not perform the operation. Takes a held slot if
+    /// there is one; an append without one must leave the held slots free.
+    #[inline]
     pub fn append(&mut self, mut record: WitnessRecord) -> Result<AppendedRecord, WitnessError> {
         if let Some(size) = self.owed {
             return Err(WitnessError::CheckpointOwed { size });
@@ -302,6 +341,7 @@ impl WitnessLog {
             });
         }
         self.head = head;
+        self.held = self.held.saturating_sub(1);
         if due {
             self.owed = Some(size_after);
         }
