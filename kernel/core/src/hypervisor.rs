@@ -292,17 +292,17 @@ impl<A: Arch> Hypervisor<A> {
     /// Append a kernel-decision record with room held by `r`: cannot fail.
     pub(crate) fn held_event(&mut self, r: &mut Reservation, event: KernelEvent, outcome: Outcome, args: [u8; 16]) {
         let rec = self.event_record(PartitionId(r.log()), event, outcome, args);
-        self.witness.append_held(&mut self.arch, r, rec);
-        if self.witness.lost() {
-            self.witness_lost();
+        let was_lost = self.witness.lost();
+        if self.witness.append_held(&mut self.arch, r, rec).is_none() {
+            self.stop_unwitnessed(was_lost);
         }
     }
 
     /// Append `rec` (a record of `r`'s log) with room held by `r`: cannot fail.
     pub(crate) fn held_record(&mut self, r: &mut Reservation, rec: WitnessRecord) {
-        self.witness.append_held(&mut self.arch, r, rec);
-        if self.witness.lost() {
-            self.witness_lost();
+        let was_lost = self.witness.lost();
+        if self.witness.append_held(&mut self.arch, r, rec).is_none() {
+            self.stop_unwitnessed(was_lost);
         }
     }
 
@@ -345,8 +345,15 @@ impl<A: Arch> Hypervisor<A> {
     /// at its next step (a run that cannot be witnessed does not go on).
     #[cold]
     pub(crate) fn witness_lost(&mut self) {
+        let was_lost = self.witness.lost();
         self.witness.set_lost();
-        if !self.stopping() {
+        self.stop_unwitnessed(was_lost);
+    }
+
+    /// The witness is lost: say so (once) and stop every CPU.
+    #[cold]
+    fn stop_unwitnessed(&mut self, said: bool) {
+        if !said {
             console::hyp_line(&mut self.arch, format_args!("witness log refused a record the kernel cannot refuse: stopping"));
         }
         self.stop_run();

@@ -68,6 +68,8 @@ mod tests_smp;
 mod tests_orders;
 #[cfg(test)]
 mod tests_dormant;
+#[cfg(test)]
+mod tests_failclosed;
 
 pub use arch::{Arch, CpuArch, CpuId};
 pub use hypervisor::{BootError, Hypervisor, RunSummary};

@@ -478,6 +478,69 @@ mod tests {
     }
 
     #[test]
+    fn room_held_for_several_records_is_not_promised_twice() {
+        let mut log = WitnessLog::new(LogId(2), config(4, 3)).unwrap();
+        log.reserve(3).unwrap();
+        assert_eq!(log.held(), 3);
+        // One slot left beyond the three held: two more cannot be promised.
+        assert!(matches!(log.reserve(2), Err(WitnessError::RingFull { .. })));
+        assert_eq!(log.held(), 3, "a refused reservation holds nothing");
+        for _ in 0..3 {
+            let a = log.append(call(2)).unwrap();
+            if a.checkpoint_due {
+                assert!(log.owes_checkpoint());
+                assert!(matches!(log.reserve(1), Err(WitnessError::CheckpointOwed { .. })));
+                log.checkpoint(&signer()).unwrap();
+            }
+        }
+        assert_eq!(log.held(), 0);
+        log.reserve(1).unwrap();
+        log.unreserve(1);
+        assert_eq!(log.held(), 0);
+    }
+
+    #[test]
+    fn append_has_two_outcomes_under_random_operations() {
+        // Err: size and head unchanged; Ok: exactly one more record, linked.
+        let s = signer();
+        let mut log = WitnessLog::new(LogId(1), config(3, 4)).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let (mut oks, mut errs) = (0, 0);
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 5 {
+                0 => {
+                    let _ = log.drain_next();
+                }
+                1 if x & 0x100 != 0 => {
+                    let _ = log.checkpoint(&s);
+                }
+                2 => {
+                    let _ = log.reserve((x >> 20) as usize % 3);
+                }
+                _ => {
+                    let (size, head) = (log.size(), log.head());
+                    match log.append(call(1)) {
+                        Ok(a) => {
+                            oks += 1;
+                            assert_eq!((a.seq, log.size()), (size, size + 1));
+                            let rec = WitnessRecord::from_bytes(log.record(a.seq).unwrap()).unwrap();
+                            assert_eq!(rec.prev, head.prefix16());
+                        }
+                        Err(_) => {
+                            errs += 1;
+                            assert_eq!((log.size(), log.head()), (size, head));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(oks > 100 && errs > 100, "{oks} {errs}");
+    }
+
+    #[test]
     fn append_fills_chain_fields() {
         let mut log = WitnessLog::new(LogId(2), config(8, 100)).unwrap();
         let a = log.append(call(2)).unwrap();
