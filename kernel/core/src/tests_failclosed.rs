@@ -138,11 +138,13 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
                 h.raw
             );
         }
-        // Its checkpoint was taken, witnessed.
+        // Its checkpoint was taken, witnessed (or came with its agent, moved
+        // by a witnessed split).
         if let Some(ck) = &p.checkpoint {
             let prefix = ck.hash.prefix16();
             assert!(
-                own.iter().any(|r| event(r) == Some(KernelEvent::CheckpointTaken) && r.args == prefix),
+                own.iter().any(|r| event(r) == Some(KernelEvent::CheckpointTaken) && r.args == prefix)
+                    || own.iter().any(|r| event(r) == Some(KernelEvent::Split)),
                 "{what}: partition {} keeps checkpoint {} with no CheckpointTaken record",
                 p.id.0,
                 ck.id
@@ -434,4 +436,73 @@ fn a_boot_whose_record_cannot_be_written_runs_nothing() {
     assert!(hv.witness.lost());
     assert_eq!(ran, [0, 0], "nothing ran unwitnessed");
     assert_every_change_witnessed(&hv, &ran, "boot refused");
+}
+
+/// The split scenario of `tests_domains` (agent 2 of p1 says little and is
+/// moved out to a new partition), with the witness refusing as `fail` says
+/// from boot on.
+fn split_scenario(fail: Option<FailAt>) -> Hypervisor<FakeArch> {
+    use crate::tests_domains::{agent, boot, channel_handles, chatty_peer, domain_runtime, guest, recv, send, switch};
+    let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], rvm_abi::bundle::BOOT_FLAG_COHERENCE);
+    hv.witness.inject(fail);
+    hv.arch.tick_ns = 1_000_000;
+    let h = channel_handles(&hv, 0);
+    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
+    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = Vec::new();
+    for n in 0..900 {
+        calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
+        if n % 40 == 0 {
+            calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
+        }
+    }
+    let vmid = hv.partitions[0].vmid;
+    hv.arch.set_guest(vmid, domain_runtime(calls, Rc::default()));
+    for idx in [1, 2] {
+        let h = channel_handles(&hv, idx)[0].raw;
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), Rc::default()));
+    }
+    hv.arch.set_guest(4, guest(alloc::vec![recv(q2)], Rc::default()));
+    hv.run();
+    hv
+}
+
+#[test]
+fn a_split_whose_records_are_refused_moves_nothing_or_is_witnessed_whole() {
+    let clean = split_scenario(None);
+    assert_eq!(clean.domains().moves().len(), 1, "the scenario splits");
+    let code = |e: KernelEvent| rvm_abi::WitnessOp::Event(e).code();
+    let find = |log: u32, e: KernelEvent| {
+        clean.witness.trace.iter().find(|(_, l, o)| *l == log && *o == code(e)).map(|(n, _, _)| *n - 1).unwrap()
+    };
+    let decided = find(1, KernelEvent::SplitDecided);
+    let created = find(4, KernelEvent::PartitionCreate);
+    let split = find(1, KernelEvent::Split);
+    // The decision, then the hand-over: the call's reservation, the new
+    // partition's creation, each capability, the load and the `Split`s.
+    let window: Vec<u64> = (decided..decided + 2).chain(created.saturating_sub(2)..=split).collect();
+    assert!(window.len() >= 6, "{window:?}");
+    for at in window {
+        for count in [1, 2, u64::MAX] {
+            let hv = split_scenario(Some(FailAt { at, count }));
+            let what = alloc::format!("split: {count} admissions from {at} refused");
+            assert_every_change_witnessed(&hv, &[], &what);
+            let recs = all_records(&hv);
+            let has = |log: u32, e: KernelEvent| recs.iter().any(|(l, r)| *l == log && event(r) == Some(e));
+            match hv.domains().moves().len() {
+                0 => {
+                    assert_eq!(hv.domains().agents()[2].partition, 0, "{what}: the agent stayed");
+                    assert!(!has(1, KernelEvent::Split), "{what}");
+                    if let Some(p) = hv.partitions().get(3) {
+                        assert_eq!(p.state, Evicted, "{what}: a partition created on the way is refused");
+                    }
+                }
+                _ => {
+                    assert_eq!(hv.domains().agents()[2].partition, 3, "{what}");
+                    assert!(has(1, KernelEvent::SplitDecided) && has(1, KernelEvent::Split), "{what}: the move in its source's log");
+                    assert!(has(4, KernelEvent::Split) && has(4, KernelEvent::PartitionLoad), "{what}: the move in the new partition's log");
+                }
+            }
+        }
+    }
 }
