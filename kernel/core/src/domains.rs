@@ -342,8 +342,25 @@ fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u
             internal: m.internal,
         },
     };
+    // Room in every log it concerns first: a decision is carried out only
+    // if all of them record it (otherwise it is cancelled, as a busy one is).
+    let mut held: Vec<crate::witness::Reservation> = Vec::new();
     for log in [Some(record.partition), record.other].into_iter().flatten() {
-        hv.kernel_event(log, record.event, Outcome::Done, args);
+        match hv.hold(log, 1) {
+            Some(r) => held.push(r),
+            None => {
+                for r in held.into_iter().rev() {
+                    hv.release(r);
+                }
+                if let Some(engine) = hv.domains.engine.as_mut() {
+                    let _ = engine.cancel(decision.id());
+                }
+                return;
+            }
+        }
+    }
+    for mut r in held {
+        hv.held_event(&mut r, record.event, Outcome::Done, args);
     }
     let carried = match decision {
         Decision::Split(s) => crate::migrate::begin_split(hv, s),

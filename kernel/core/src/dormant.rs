@@ -44,6 +44,7 @@ use crate::hypervisor::{name_str, Flow, Hypervisor};
 use crate::partition::{PartitionId, PartitionState};
 use crate::restart::StartFrom;
 use crate::stage2::{MemType, S2Perm, Stage2Table};
+use crate::witness::Reservation;
 
 /// Per-partition dormancy figures (indexed like the partitions).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,18 +124,26 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
         // Something arrived since the runtime asked: carry on.
         return allow(hv, idx, &w, |_| [0; 3]);
     }
+    // Room for the call's record and `DormantEnter` before either: the
+    // partition does not lose its memory unwitnessed.
+    let id = hv.partitions[idx].id;
+    let Some(mut held) = hv.hold(id, 2) else {
+        return deny(hv, idx, &w, HvError::WitnessUnavailable);
+    };
     let flow = allow(hv, idx, &w, |_| [1, 0, 0]);
     if hv.partitions[idx].vcpu.regs.x[0] != 0 {
         // The record was refused: the partition stays awake.
+        hv.release(held);
         return flow;
     }
-    enter(hv, idx);
+    enter(hv, idx, &mut held);
+    hv.release(held);
     Flow::Reschedule
 }
 
 /// Put partition `idx` to sleep: scrub and return its memory, tear down
 /// its stage-2 tables, keep its module frames and its checkpoint.
-pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Reservation) {
     let before = hv.frames.frames_in_use();
     console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
     hv.stores[idx].abort();
@@ -167,7 +176,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
         checkpoint_id: ck,
     };
-    hv.transition(idx, PartitionState::Dormant, KernelEvent::DormantEnter, args.to_bytes());
+    hv.transition_held(held, idx, PartitionState::Dormant, KernelEvent::DormantEnter, args.to_bytes());
     let d = hv.dormant.entry(idx);
     d.sleeps += 1;
     d.last_reclaimed = reclaimed;
@@ -212,6 +221,9 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let started = hv.arch.now_ns();
     let before = hv.frames.frames_in_use();
     let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    // Room for `DormantExit` first: a wake that cannot be witnessed does
+    // not happen (the partition sleeps on; the message waits).
+    let Some(mut held) = hv.hold(id, 1) else { return };
     let rebuilt = rebuild(hv, idx).and_then(|()| crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint));
     let ck = match rebuilt {
         Ok(ck) => ck,
@@ -220,6 +232,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
                 &mut hv.arch,
                 format_args!("partition {} '{}' could not be woken ({}): fenced (F3)", id.0, name_str(&name), e.name()),
             );
+            hv.release(held);
             crate::fault::fence(hv, idx, crate::recovery::Trigger::RestoreFailed);
             return;
         }
@@ -230,7 +243,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
         checkpoint_id: ck,
     };
-    hv.transition(idx, PartitionState::Running, KernelEvent::DormantExit, args.to_bytes());
+    hv.transition_held(&mut held, idx, PartitionState::Running, KernelEvent::DormantExit, args.to_bytes());
     let took = hv.arch.now_ns().saturating_sub(started);
     let d = hv.dormant.entry(idx);
     d.wakes += 1;

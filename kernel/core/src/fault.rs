@@ -226,7 +226,8 @@ fn record_fault<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger, e
         let _ = parts.push(d);
     }
     let args = crate::digest::of_parts(&parts);
-    hv.kernel_event(id, KernelEvent::Fault, Outcome::Denied(error), args);
+    // A fault happened whether or not a log takes its record.
+    hv.must_witness(id, KernelEvent::Fault, Outcome::Denied(error), args);
 }
 
 /// Decide the class for `trigger` and apply it; `what` says what happened.
@@ -341,11 +342,20 @@ pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64
     if hv.partitions[idx].state != PartitionState::Fenced {
         return Err(OrderError::NotFenced);
     }
-    let resume = crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint).map_err(OrderError::Recreate)?;
     let id = hv.partitions[idx].id;
+    // Room for the `Unfence` record before anything changes: a partition is
+    // never let run again unwitnessed.
+    let mut held = hv.hold(id, 1).ok_or(OrderError::Recreate(HvError::WitnessUnavailable))?;
+    let resume = match crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint) {
+        Ok(resume) => resume,
+        Err(e) => {
+            hv.release(held);
+            return Err(OrderError::Recreate(e));
+        }
+    };
     hv.caps.resume(id);
     let a = args(hv, idx, recovery::class::UNFENCE, recovery::trigger::OPERATOR, resume);
-    hv.transition(idx, PartitionState::Running, KernelEvent::Unfence, a);
+    hv.transition_held(&mut held, idx, PartitionState::Running, KernelEvent::Unfence, a);
     hv.partitions[idx].recovery.unfenced();
     let name = hv.partitions[idx].desc.name;
     console::hyp_line(

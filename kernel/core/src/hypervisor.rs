@@ -18,7 +18,7 @@ use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::stage2::{MemType, S2Perm};
 use crate::store::StateStore;
 use crate::trap::{Exit, FaultStatus};
-use crate::witness::Witness;
+use crate::witness::{Reservation, Witness};
 
 /// Why the hypervisor could not start from a bundle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +110,17 @@ impl<A: Arch> Hypervisor<A> {
     /// module cannot be loaded is refused (witnessed, printed) and the others
     /// still start; only a bundle that cannot be read at all is an error.
     pub fn boot(arch: A, frames: FrameAllocator, bundle_bytes: &[u8]) -> Result<Self, BootError> {
+        Self::boot_with(arch, frames, bundle_bytes, |_| {})
+    }
+
+    /// [`Hypervisor::boot`], with `setup` applied to the witness before the
+    /// first record (host tests inject failures there).
+    pub(crate) fn boot_with(
+        arch: A,
+        frames: FrameAllocator,
+        bundle_bytes: &[u8],
+        setup: impl FnOnce(&mut Witness),
+    ) -> Result<Self, BootError> {
         let bundle = Bundle::parse(bundle_bytes).map_err(BootError::Bundle)?;
         let count = bundle.partition_count() as usize;
         if count == 0 {
@@ -128,7 +139,8 @@ impl<A: Arch> Hypervisor<A> {
         let seed: Option<&[u8; 32]> =
             bundle.global(EntryKind::WitnessKeySeed).and_then(|e| e.data.try_into().ok());
         let bundle_digest = crate::digest::full(bundle_bytes);
-        let witness = Witness::new(seed, config.checkpoint_every, bundle_digest);
+        let mut witness = Witness::new(seed, config.checkpoint_every, bundle_digest);
+        setup(&mut witness);
         let mut hv = Self {
             arch,
             frames,
@@ -159,7 +171,8 @@ impl<A: Arch> Hypervisor<A> {
         hv.witness.announce_key(&mut hv.arch);
         let mut boot_digest = [0u8; 16];
         boot_digest.copy_from_slice(&bundle_digest[..16]);
-        hv.kernel_event(PartitionId::HYPERVISOR, KernelEvent::Boot, Outcome::Done, boot_digest);
+        // A boot that cannot be witnessed runs nothing (the run stops at once).
+        hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::Boot, Outcome::Done, boot_digest);
         if let Some(rt) = bundle.global(EntryKind::GuestRuntime) {
             let image = SharedImage::load(&mut hv.arch, &mut hv.frames, rt.data)
                 .map_err(|e| match e {
@@ -253,7 +266,19 @@ impl<A: Arch> Hypervisor<A> {
         self.frames.frames_in_use()
     }
 
-    /// Append a kernel-decision record to `log`.
+    /// A kernel-decision record about `partition`, stamped now.
+    fn event_record(&self, partition: PartitionId, event: KernelEvent, outcome: Outcome, args: [u8; 16]) -> WitnessRecord {
+        let mut rec = WitnessRecord::new(WitnessOp::Event(event), outcome, partition.0);
+        rec.args = args;
+        rec.timestamp = self.arch.now_ns();
+        rec
+    }
+
+    /// Append a kernel-decision record to `log`. Fail-closed: `false` means
+    /// nothing was written, and the decision must not take effect (use
+    /// [`Hypervisor::hold`] first when the change comes before the record,
+    /// and [`Hypervisor::must_witness`] for a decision that cannot be
+    /// refused).
     pub(crate) fn kernel_event(
         &mut self,
         log: PartitionId,
@@ -261,26 +286,151 @@ impl<A: Arch> Hypervisor<A> {
         outcome: Outcome,
         args: [u8; 16],
     ) -> bool {
-        let mut rec = WitnessRecord::new(WitnessOp::Event(event), outcome, log.0);
-        rec.args = args;
-        rec.timestamp = self.arch.now_ns();
+        let rec = self.event_record(log, event, outcome, args);
         self.witness.append(&mut self.arch, log.0, rec).is_ok()
     }
 
-    /// Move partition `idx` to `to`, witnessing the transition in its log.
-    pub(crate) fn transition(&mut self, idx: usize, to: PartitionState, event: KernelEvent, args: [u8; 16]) {
-        let p = &mut self.partitions[idx];
+    /// Hold room for `n` records in `log` before a change they describe;
+    /// `None`: nothing held, the change must not happen.
+    pub(crate) fn hold(&mut self, log: PartitionId, n: u32) -> Option<Reservation> {
+        self.witness.hold(log.0, n).ok()
+    }
+
+    /// Append a kernel-decision record with room held by `r`: cannot fail.
+    pub(crate) fn held_event(&mut self, r: &mut Reservation, event: KernelEvent, outcome: Outcome, args: [u8; 16]) {
+        let rec = self.event_record(PartitionId(r.log()), event, outcome, args);
+        let was_lost = self.witness.lost();
+        if self.witness.append_held(&mut self.arch, r, rec).is_none() {
+            self.stop_unwitnessed(was_lost);
+        }
+    }
+
+    /// Append `rec` (a record of `r`'s log) with room held by `r`: cannot fail.
+    pub(crate) fn held_record(&mut self, r: &mut Reservation, rec: WitnessRecord) {
+        let was_lost = self.witness.lost();
+        if self.witness.append_held(&mut self.arch, r, rec).is_none() {
+            self.stop_unwitnessed(was_lost);
+        }
+    }
+
+    /// Give back what is left of `r` (see [`Witness::release`]).
+    pub(crate) fn release(&mut self, r: Reservation) {
+        self.witness.release(r);
+    }
+
+    /// [`Hypervisor::transition`] with room already held by `r` (a move
+    /// that must not be refused once the operation it ends has begun).
+    pub(crate) fn transition_held(&mut self, r: &mut Reservation, idx: usize, to: PartitionState, event: KernelEvent, args: [u8; 16]) {
+        let p = &self.partitions[idx];
         if p.state == to || !p.state.may_become(to) {
             return;
         }
+        self.set_state(idx, to);
+        self.held_event(r, event, Outcome::Done, args);
+    }
+
+    /// Record a decision the kernel cannot refuse (a fault, a fence, an
+    /// exit, the end of the run): in `log`; if that log cannot take it, in
+    /// the hypervisor's own log (which may name any partition); if neither
+    /// can, the witness is lost and the hypervisor stops the run rather
+    /// than go on unwitnessed. True if the record was written.
+    pub(crate) fn must_witness(&mut self, log: PartitionId, event: KernelEvent, outcome: Outcome, args: [u8; 16]) -> bool {
+        if self.kernel_event(log, event, outcome, args) {
+            return true;
+        }
+        if log != PartitionId::HYPERVISOR {
+            let rec = self.event_record(log, event, outcome, args);
+            if self.witness.append(&mut self.arch, PartitionId::HYPERVISOR.0, rec).is_ok() {
+                return true;
+            }
+        }
+        self.witness_lost();
+        false
+    }
+
+    /// A record the kernel could not refuse was not written: stop every CPU
+    /// at its next step (a run that cannot be witnessed does not go on).
+    #[cold]
+    pub(crate) fn witness_lost(&mut self) {
+        let was_lost = self.witness.lost();
+        self.witness.set_lost();
+        self.stop_unwitnessed(was_lost);
+    }
+
+    /// The witness is lost: say so (once) and stop every CPU.
+    #[cold]
+    fn stop_unwitnessed(&mut self, said: bool) {
+        if !said {
+            console::hyp_line(&mut self.arch, format_args!("witness log refused a record the kernel cannot refuse: stopping"));
+        }
+        self.stop_run();
+    }
+
+    /// Move partition `idx` to `to`, witnessed in its log: room for the
+    /// record is held before the state changes. A move the kernel may
+    /// refuse (to `Loaded`, `Running`, `Dormant`) that cannot be witnessed
+    /// does not happen, and a partition it would leave runnable is fenced
+    /// instead (the safe answer; never running unwitnessed). A move to a
+    /// stopped state (`Suspended`, `Fenced`, `Finished`, `Evicted`) always
+    /// happens: witnessed as [`Hypervisor::must_witness`] says. Returns
+    /// whether the partition is now in `to`.
+    pub(crate) fn transition(&mut self, idx: usize, to: PartitionState, event: KernelEvent, args: [u8; 16]) -> bool {
+        let p = &self.partitions[idx];
+        if p.state == to || !p.state.may_become(to) {
+            return p.state == to;
+        }
+        let id = p.id;
+        match self.hold(id, 1) {
+            Some(mut r) => {
+                self.set_state(idx, to);
+                self.held_event(&mut r, event, Outcome::Done, args);
+                true
+            }
+            None if !matches!(to, PartitionState::Loaded | PartitionState::Running | PartitionState::Dormant) => {
+                self.set_state(idx, to);
+                self.must_witness(id, event, Outcome::Done, args);
+                true
+            }
+            None => {
+                if self.partitions[idx].is_runnable() {
+                    self.fence_unwitnessed(idx);
+                }
+                false
+            }
+        }
+    }
+
+    fn set_state(&mut self, idx: usize, to: PartitionState) {
+        let p = &mut self.partitions[idx];
         let was_runnable = p.is_runnable();
         p.state = to;
         if !was_runnable && p.is_runnable() {
             // Its home CPU may be idling: kick it before the lock goes.
             self.smp.note_runnable();
         }
-        let id = p.id;
-        self.kernel_event(id, event, Outcome::Done, args);
+    }
+
+    /// A runnable partition whose own change could not be witnessed is
+    /// fenced (F3, trigger 0: the kernel's own decision): its capabilities
+    /// suspended, its vCPU not run again until an operator unfences it.
+    #[cold]
+    fn fence_unwitnessed(&mut self, idx: usize) {
+        let id = self.partitions[idx].id;
+        let name = self.partitions[idx].desc.name;
+        console::hyp_line(
+            &mut self.arch,
+            format_args!("partition {} '{}': a change could not be witnessed: fenced (F3)", id.0, name_str(&name)),
+        );
+        self.caps.suspend(id);
+        let args = rvm_abi::recovery::RecoveryArgs {
+            class: rvm_abi::recovery::class::FENCE,
+            trigger: 0,
+            committed_items: u32::try_from(self.stores[idx].committed_items()).unwrap_or(u32::MAX),
+            checkpoint_id: 0,
+        };
+        self.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, args.to_bytes());
+        let now = self.arch.now_ns();
+        self.partitions[idx].recovery.record(crate::recovery::RecoveryClass::Fence, now);
     }
 
     /// Global housekeeping, under the kernel lock, by whichever CPU is
@@ -306,8 +456,9 @@ impl<A: Arch> Hypervisor<A> {
             let now = self.arch.now_ns();
             self.partitions[idx].started_ns.get_or_insert(now);
             let handles = crate::journal::start_args(self, idx);
-            self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, handles);
-            crate::journal::started(self, idx);
+            if self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, handles) {
+                crate::journal::started(self, idx);
+            }
         }
     }
 
@@ -402,7 +553,7 @@ impl<A: Arch> Hypervisor<A> {
                 _ => {}
             }
         }
-        self.kernel_event(PartitionId::HYPERVISOR, KernelEvent::Shutdown, Outcome::Done, [0; 16]);
+        self.must_witness(PartitionId::HYPERVISOR, KernelEvent::Shutdown, Outcome::Done, [0; 16]);
         self.witness.checkpoint_all(&mut self.arch);
         crate::report::print_summary(self, &summary);
         // Everything buffered reaches the console before the power goes off.

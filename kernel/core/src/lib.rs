@@ -72,6 +72,8 @@ mod tests_orders;
 mod tests_dormant;
 #[cfg(test)]
 mod tests_console;
+#[cfg(test)]
+mod tests_failclosed;
 
 pub use arch::{Arch, CpuArch, CpuId};
 pub use hypervisor::{BootError, Hypervisor, RunSummary};

@@ -44,6 +44,9 @@ pub enum Refusal {
     MemoryBudget,
     /// Its share of the EL2 heap ([`crate::quota`]) does not fit.
     HeapBudget,
+    /// Its witness log could not take a record of its creation, load or
+    /// capabilities (nothing unwitnessed is admitted).
+    Witness,
 }
 
 impl Refusal {
@@ -60,6 +63,7 @@ impl Refusal {
             Refusal::TooManyAgents => "more than 16 agents, or their modules together larger than 16 MiB",
             Refusal::MemoryBudget => "its memory budget does not fit in the frames not reserved for other partitions",
             Refusal::HeapBudget => "its share of the hypervisor heap (store, snapshots, queues) does not fit",
+            Refusal::Witness => "its witness log could not take the record",
         }
     }
 
@@ -67,6 +71,7 @@ impl Refusal {
     pub fn error(self) -> rvm_abi::HvError {
         match self {
             Refusal::OutOfMemory | Refusal::MemoryBudget | Refusal::HeapBudget => rvm_abi::HvError::NoMemory,
+            Refusal::Witness => rvm_abi::HvError::WitnessUnavailable,
             _ => rvm_abi::HvError::InvalidArgument,
         }
     }
@@ -107,10 +112,12 @@ pub(crate) fn load_partition<A: Arch>(
     hv.partitions.push(Partition::created(id, desc, vmid, stage2, heap_len));
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     let idx = hv.partitions.len() - 1;
-    hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
+    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
     let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::CHECKPOINT_IPA);
     let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
-    let populated = if !key_ok {
+    let populated = if !created {
+        Err(Refusal::Witness)
+    } else if !key_ok {
         Err(Refusal::WitnessKey)
     } else if heap_fits {
         populate(hv, bundle, index, idx)
@@ -141,8 +148,10 @@ pub(crate) fn load_partition<A: Arch>(
         }
     });
     match populated {
-        Ok(digest) => {
-            hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
+        Ok(digest) if !hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest) => {
+            refuse(hv, idx, Refusal::Witness);
+        }
+        Ok(_) => {
             let p = &hv.partitions[idx];
             let (name, pages) = (p.desc.name, p.private_frames.len());
             console::hyp_line(
@@ -194,7 +203,8 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
         &mut hv.arch,
         format_args!("partition {} '{}' refused: {}", id.0, crate::hypervisor::name_str(&name), why.reason()),
     );
-    hv.kernel_event(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
+    // A refusal is not refused: witnessed here or in the hypervisor's log.
+    hv.must_witness(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
     hv.domains.forget_partition(idx);
     crate::fault::release(hv, idx);
     hv.partitions[idx].state = PartitionState::Evicted;
@@ -416,11 +426,19 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
     };
     let id = hv.partitions[idx].id;
     let now = hv.arch.now_ns();
+    // Room for the record first: a capability is never installed unwitnessed.
+    let mut held = hv.hold(id, 1).ok_or(Refusal::Witness)?;
     let handle = match HandleSpread::COHERENCE.slot_for(hv, idx) {
         Some(at) => hv.caps.install_at(id, desc, at),
         None => hv.caps.install(id, desc, now),
-    }
-    .map_err(|_| Refusal::BadCapability)?;
+    };
+    let handle = match handle {
+        Ok(h) => h,
+        Err(_) => {
+            hv.release(held);
+            return Err(Refusal::BadCapability);
+        }
+    };
     let mut rec = rvm_abi::WitnessRecord::new(
         rvm_abi::WitnessOp::Event(KernelEvent::CapInstall),
         Outcome::Done,
@@ -429,7 +447,7 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
     rec.cap = handle.witness_id();
     rec.args = crate::digest::of_parts(&[&desc.to_bytes()]);
     rec.timestamp = now;
-    let _ = hv.witness.append(&mut hv.arch, id.0, rec);
+    hv.held_record(&mut held, rec);
     hv.partitions[idx].boot_handles.push(HandleInfo {
         raw: handle.to_raw(),
         kind: desc.kind as u8,
@@ -457,8 +475,8 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
     hv.channels.push(Channel::new(hv.partitions[a].id, hv.partitions[b].id, cap));
     let desc = channel_cap(object);
     for idx in [a, b] {
-        if install_for(hv, idx, &desc, Some(AgentSlot::FIRST)).is_err() {
-            refuse(hv, idx, Refusal::BadCapability);
+        if let Err(why) = install_for(hv, idx, &desc, Some(AgentSlot::FIRST)) {
+            refuse(hv, idx, why);
         }
     }
 }
@@ -507,8 +525,8 @@ pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDes
     hv.channels.push(Channel::between(ea, eb, cap));
     let desc = channel_cap(object);
     for (idx, e) in [(a, ea), (b, eb)] {
-        if install_for(hv, idx, &desc, Some(e.slot)).is_err() {
-            refuse(hv, idx, Refusal::BadCapability);
+        if let Err(why) = install_for(hv, idx, &desc, Some(e.slot)) {
+            refuse(hv, idx, why);
         }
     }
 }

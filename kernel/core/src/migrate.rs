@@ -209,6 +209,8 @@ pub enum MoveError {
     /// The target partition cannot admit the agent now: its agent table
     /// or module window is full, or its restore window is in use.
     TargetBusy,
+    /// A log the move writes to could not take its records.
+    Witness,
 }
 
 impl MoveError {
@@ -219,6 +221,7 @@ impl MoveError {
             MoveError::Module => "its module could not be read",
             MoveError::Capability(_) => "a capability could not be transplanted",
             MoveError::TargetBusy => "the target partition cannot admit it now",
+            MoveError::Witness => "the witness log refused",
         }
     }
 
@@ -228,6 +231,7 @@ impl MoveError {
             MoveError::TooManyPartitions | MoveError::OutOfMemory => HvError::NoMemory,
             MoveError::Module => HvError::InvalidArgument,
             MoveError::TargetBusy => HvError::Full,
+            MoveError::Witness => HvError::WitnessUnavailable,
         }
     }
 }
@@ -367,12 +371,13 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     let hash = ck.hash;
     let w = w.data(regs, &hash.0);
     let src = hv.partitions[idx].id;
-    // The call's record must follow the move: make sure it cannot fail.
-    if let Err(e) = hv.witness.reserve(src.0) {
+    // The call's record and the move's (`Split`/`Merge`) must follow the
+    // move: room for both first.
+    let Some(held) = hv.hold(src, 2) else {
         ck.release(&mut hv.arch, &mut hv.frames);
         abandon(hv, &dep, "the witness log refused");
-        return deny(hv, idx, &w, e);
-    }
+        return deny(hv, idx, &w, HvError::WitnessUnavailable);
+    };
     let before = hv.arch.now_ns();
     let result = match &dep.plan {
         Plan::Split(decision) => split(hv, &dep, decision, ck),
@@ -382,7 +387,9 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         Ok(m) => m,
         Err(e) => {
             abandon(hv, &dep, e.reason());
-            return deny(hv, idx, &w, e.status());
+            let flow = deny(hv, idx, &w, e.status());
+            hv.release(held);
+            return flow;
         }
     };
     let flow = allow(hv, idx, &w, |_| {
@@ -390,6 +397,7 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         [1, lo, hi]
     });
     hv.kernel_event(src, dep.plan.event(), Outcome::Done, dep.plan.witness_args());
+    hv.release(held);
     let took = hv.arch.now_ns().saturating_sub(before);
     if let Some(last) = hv.domains.moves.last_mut() {
         last.took_ns = took;
@@ -558,8 +566,17 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
         ..Partition::created(id, desc, vmid, stage2, heap_len)
     });
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
-    hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
-    let restore = match populate(hv, idx, src, dep, &module, ck) {
+    // Its creation, capabilities, load and the `Split` all in its log:
+    // room for the creation record now, for each capability as it is
+    // transplanted, for the load and the `Split` before the point of no
+    // return. Any refusal undoes the move.
+    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
+    let populated = if created { populate(hv, idx, src, dep, &module, ck) } else { Err(MoveError::Witness) };
+    let held = match populated {
+        Ok(restore) => hv.hold(id, 2).map(|h| (restore, h)).ok_or(MoveError::Witness),
+        Err(e) => Err(e),
+    };
+    let (restore, mut held) = match held {
         Ok(restore) => restore,
         Err(e) => {
             hv.caps.evict(id);
@@ -569,6 +586,7 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
                 MoveError::TooManyPartitions | MoveError::OutOfMemory | MoveError::TargetBusy => {
                     crate::load::Refusal::OutOfMemory
                 }
+                MoveError::Witness => crate::load::Refusal::Witness,
             };
             crate::load::refuse(hv, idx, why);
             return Err(e);
@@ -595,8 +613,9 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
         let _ = engine.apply_split(decision, DomainId(id.0), now);
     }
     let digest = crate::digest::of_parts(&[&module]);
-    hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
-    hv.kernel_event(id, KernelEvent::Split, Outcome::Done, dep.plan.witness_args());
+    hv.transition_held(&mut held, idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
+    hv.held_event(&mut held, KernelEvent::Split, Outcome::Done, dep.plan.witness_args());
+    hv.release(held);
     hv.sched.admit(idx, &desc);
     let p = &hv.partitions[idx];
     hv.domains.moves.push(Move {
@@ -675,12 +694,19 @@ fn populate<A: Arch>(
         hv.partitions[dep.partition].boot_handles.iter().copied().filter(|h| h.agent == 0 || h.agent == tag).collect();
     let id = hv.partitions[idx].id;
     for h in mine {
-        let handle = hv.caps.transplant(src, h.raw, id).map_err(MoveError::Capability)?;
+        let mut held = hv.hold(id, 1).ok_or(MoveError::Witness)?;
+        let handle = match hv.caps.transplant(src, h.raw, id) {
+            Ok(handle) => handle,
+            Err(e) => {
+                hv.release(held);
+                return Err(MoveError::Capability(e));
+            }
+        };
         let mut rec = WitnessRecord::new(WitnessOp::Event(KernelEvent::CapInstall), Outcome::Done, id.0);
         rec.cap = handle.witness_id();
         rec.args = crate::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
         rec.timestamp = hv.arch.now_ns();
-        let _ = hv.witness.append(&mut hv.arch, id.0, rec);
+        hv.held_record(&mut held, rec);
         hv.partitions[idx].boot_handles.push(HandleInfo { agent: 0, ..h });
     }
     if hv.domains.evaluating() {
@@ -750,10 +776,18 @@ fn merge<A: Arch>(
     if let Some(e) = mine.iter().find_map(|h| hv.caps.can_transplant(src, h.raw, dst).err()) {
         return refuse(hv, ck, MoveError::Capability(e));
     }
+    // Room in the target's log for every capability and the `Merge`.
+    let Some(mut held) = u32::try_from(mine.len() + 1).ok().and_then(|n| hv.hold(dst, n)) else {
+        return refuse(hv, ck, MoveError::Witness);
+    };
+    let refuse = |hv: &mut Hypervisor<A>, ck: Checkpoint, e: MoveError, held: crate::witness::Reservation| {
+        hv.release(held);
+        refuse(hv, ck, e)
+    };
     // Module and image into the target (new mappings only: the target's
     // runtime looks at them after its next `AgentSwitch`).
     if crate::load::map_bytes(hv, into, Ipa::new(at), &module, S2Perm::ReadOnly).is_err() {
-        return refuse(hv, ck, MoveError::OutOfMemory);
+        return refuse(hv, ck, MoveError::OutOfMemory, held);
     }
     let mapped = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
@@ -765,7 +799,7 @@ fn merge<A: Arch>(
             let Hypervisor { arch, partitions, .. } = &mut *hv;
             let p = &mut partitions[into];
             crate::checkpoint::unmap_window(arch, &mut p.stage2, ck.pages(), p.vmid);
-            return refuse(hv, ck, MoveError::OutOfMemory);
+            return refuse(hv, ck, MoveError::OutOfMemory, held);
         }
     };
     // The point of no return. The target now runs several agents, whose
@@ -789,7 +823,7 @@ fn merge<A: Arch>(
         rec.cap = handle.witness_id();
         rec.args = crate::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
         rec.timestamp = hv.arch.now_ns();
-        let _ = hv.witness.append(&mut hv.arch, dst.0, rec);
+        hv.held_record(&mut held, rec);
         hv.partitions[into].boot_handles.push(HandleInfo { agent: tag, ..h });
         handles += 1;
     }
@@ -821,7 +855,8 @@ fn merge<A: Arch>(
     }
     let image_bytes = ck.len;
     hv.domains.arrival = Some(Arrival { partition: into, slot, checkpoint: ck, pages });
-    hv.kernel_event(dst, KernelEvent::Merge, Outcome::Done, dep.plan.witness_args());
+    hv.held_event(&mut held, KernelEvent::Merge, Outcome::Done, dep.plan.witness_args());
+    hv.release(held);
     let (cut, internal) = dep.plan.weights();
     hv.domains.moves.push(Move {
         kind: dep.plan.kind(),

@@ -18,7 +18,14 @@ pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     let function = u32::try_from(x[0]).unwrap_or(0);
     let id = hv.partitions[idx].id;
     let args = crate::digest::of_parts(&[&x[0].to_le_bytes(), &x[1].to_le_bytes()]);
-    hv.kernel_event(id, KernelEvent::Psci, Outcome::Done, args);
+    let witnessed = hv.kernel_event(id, KernelEvent::Psci, Outcome::Done, args);
+    if !witnessed && !matches!(function, psci::SYSTEM_OFF | psci::CPU_OFF) {
+        // Fail-closed: an unwitnessed call is not answered. Turning off is
+        // carried out regardless (stopping is the safe answer; `finish`
+        // witnesses it as it can).
+        hv.partitions[idx].vcpu.set_return(psci::DENIED, &[]);
+        return Flow::Resume;
+    }
     let vcpu = &mut hv.partitions[idx].vcpu;
     match function {
         psci::VERSION => vcpu.set_return(PSCI_VERSION_1_1, &[]),
@@ -63,7 +70,7 @@ pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
                 rvm_abi::bootinfo::exit::reason(code)
             ),
         );
-        hv.kernel_event(
+        hv.must_witness(
             id,
             KernelEvent::PartitionRefused,
             Outcome::Denied(rvm_abi::HvError::InvalidArgument),

@@ -412,6 +412,10 @@ impl<A: Arch> Hypervisor<A> {
         };
         slot.slices += 1;
         self.start_if_loaded(idx);
+        if !self.partitions[idx].is_runnable() {
+            // Its start could not be witnessed: it was fenced instead.
+            return self.cpu_next(hw);
+        }
         let start = self.arch.now_ns();
         Step::Run(self.lease(hw, idx, start, start.saturating_add(self.policy.slice_ns)))
     }
@@ -450,7 +454,7 @@ impl<A: Arch> Hypervisor<A> {
             self.kick_idle_cpus();
         }
         let p = &mut self.partitions[idx];
-        if flow == Flow::Resume && self.smp.deferred.is_empty() && p.is_runnable() {
+        if flow == Flow::Resume && self.smp.deferred.is_empty() && p.is_runnable() && !self.witness.lost() {
             lease.stage2 = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
             core::mem::swap(&mut p.vcpu, &mut lease.vcpu);
             self.smp.running_on[idx] = Some(lease.cpu);
@@ -489,7 +493,7 @@ impl<A: Arch> Hypervisor<A> {
         if self.apply_deferred(idx) {
             flow = Flow::Reschedule;
         }
-        if flow == Flow::Resume && self.partitions[idx].is_runnable() {
+        if flow == Flow::Resume && self.partitions[idx].is_runnable() && !self.witness.lost() {
             return Some(self.lease(hw, idx, start, end));
         }
         self.end_slice(idx, start, flow);
@@ -601,7 +605,8 @@ impl<A: Arch> Hypervisor<A> {
     /// Make the run start afresh (a host test may run the same hypervisor
     /// again after an order).
     pub(crate) fn restart_run(&mut self) {
-        self.smp.stopping = false;
+        // A run whose witness was lost does not start again.
+        self.smp.stopping = self.witness.lost();
         self.smp.started_ns = None;
         for c in &mut self.smp.cpus {
             c.stopped = false;

@@ -34,13 +34,13 @@ fn runtime() -> Vec<u8> {
 
 use crate::tests::desc;
 
-fn agent(partition: u32, slot: u32) -> AgentRef {
+pub(crate) fn agent(partition: u32, slot: u32) -> AgentRef {
     AgentRef { partition, slot }
 }
 
 /// Partitions `p1..` with `agents[i]` modules each; agent channels and
 /// partition channels as given.
-fn boot(agents: &[usize], agent_channels: &[(AgentRef, AgentRef)], channels: &[(u32, u32)], flags: u32) -> Hypervisor<FakeArch> {
+pub(crate) fn boot(agents: &[usize], agent_channels: &[(AgentRef, AgentRef)], channels: &[(u32, u32)], flags: u32) -> Hypervisor<FakeArch> {
     let mut w = BundleWriter::new();
     w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7; 32]);
@@ -74,17 +74,17 @@ fn guest_page(hv: &Hypervisor<FakeArch>, idx: usize, ipa: u64) -> Option<Vec<u8>
 
 /// What one call returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ret {
+pub(crate) struct Ret {
     call: Hypercall,
     status: i64,
     x1: u64,
 }
 
-type Trace = Rc<RefCell<Vec<Ret>>>;
+pub(crate) type Trace = Rc<RefCell<Vec<Ret>>>;
 
 /// A guest that writes [`MSG`] into its heap before each call (a restart
 /// scrubs the heap), makes `calls` in order, then exits 0.
-fn guest(calls: Vec<(Hypercall, [u64; 6])>, trace: Trace) -> crate::fake::GuestFn {
+pub(crate) fn guest(calls: Vec<(Hypercall, [u64; 6])>, trace: Trace) -> crate::fake::GuestFn {
     let mut calls = calls.into_iter();
     let mut last: Option<Hypercall> = None;
     Box::new(move |v, m| {
@@ -103,18 +103,18 @@ fn guest(calls: Vec<(Hypercall, [u64; 6])>, trace: Trace) -> crate::fake::GuestF
     })
 }
 
-fn switch(slot: u64) -> (Hypercall, [u64; 6]) {
+pub(crate) fn switch(slot: u64) -> (Hypercall, [u64; 6]) {
     (Hypercall::AgentSwitch, [slot, 0, 0, 0, 0, 0])
 }
-fn send(handle: u64) -> (Hypercall, [u64; 6]) {
+pub(crate) fn send(handle: u64) -> (Hypercall, [u64; 6]) {
     (Hypercall::ChannelSend, [handle, HEAP, MSG.len() as u64, 0, 0, 0])
 }
-fn recv(handle: u64) -> (Hypercall, [u64; 6]) {
+pub(crate) fn recv(handle: u64) -> (Hypercall, [u64; 6]) {
     (Hypercall::ChannelRecv, [handle, RECV, 64, 0, 0, 0])
 }
 
 /// The channel handles of partition `idx`, in install order.
-fn channel_handles(hv: &Hypervisor<FakeArch>, idx: usize) -> Vec<HandleInfo> {
+pub(crate) fn channel_handles(hv: &Hypervisor<FakeArch>, idx: usize) -> Vec<HandleInfo> {
     hv.partitions[idx].boot_handles.iter().copied().filter(|h| h.kind == ObjectKind::Channel as u8).collect()
 }
 
@@ -295,7 +295,7 @@ fn chatty_domain(rounds: usize, quiet_every: usize, a: u64, b: u64, q0: u64, q2:
 }
 
 /// A single-agent partition sending and receiving on `h`, `rounds` times.
-fn chatty_peer(rounds: usize, h: u64) -> Vec<(Hypercall, [u64; 6])> {
+pub(crate) fn chatty_peer(rounds: usize, h: u64) -> Vec<(Hypercall, [u64; 6])> {
     (0..rounds).flat_map(|_| [send(h), recv(h), (Hypercall::Yield, [0; 6])]).collect()
 }
 
@@ -429,7 +429,7 @@ fn get(store: u64, key_len: u64) -> (Hypercall, [u64; 6]) {
 /// slot. When an `AgentSwitch` answers `DEPART`, the runtime checkpoints
 /// that agent (16 bytes of its heap) and, if the kernel took it, drops every
 /// later call of that agent.
-fn domain_runtime(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace) -> crate::fake::GuestFn {
+pub(crate) fn domain_runtime(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace) -> crate::fake::GuestFn {
     domain_runtime_handing(calls, trace, [HEAP, 16, 0, 0, 0, 0])
 }
 

@@ -178,6 +178,8 @@ pub struct WitnessLog {
     last_checkpoint: Option<SignedCheckpoint>,
     /// The size a checkpoint is owed at.
     owed: Option<u64>,
+    /// Appends the log has room held for ([`WitnessLog::reserve`]).
+    held: usize,
 }
 
 impl WitnessLog {
@@ -195,6 +197,7 @@ impl WitnessLog {
             pending,
             last_checkpoint: None,
             owed: None,
+            held: 0,
         })
     }
 
@@ -237,28 +240,64 @@ impl WitnessLog {
         self.last_checkpoint.as_ref()
     }
 
-    /// Append a record: fill `seq` and `prev`, set [`flags::CHECKPOINTED`]
-    /// if the policy calls for a checkpoint, advance the head. Fail-closed:
-    /// on any error nothing changes and the caller must not perform the
-    /// operation.
-    #[inline]
-    /// Make room for the next record now, so that appending one well-formed
-    /// record of this log afterwards cannot fail: no checkpoint owed, a
-    /// sequence number left, a free ring slot, and memory for the checkpoint
-    /// it may announce. For operations that must be decided and applied in
-    /// one step before their record can be written (the record carries a
-    /// result): reserve, apply, append.
+    /// Make room for the next record now (see [`reserve`](Self::reserve)).
     pub fn reserve_next(&mut self) -> Result<(), WitnessError> {
+        self.reserve(1)
+    }
+
+    /// Hold room for `n` more records, on top of what is held already, so
+    /// that the next appends of well-formed records of this log cannot fail:
+    /// no checkpoint owed, sequence numbers left, free ring slots (held: no
+    /// other append takes them), and memory for the checkpoints they may
+    /// announce. For operations that must be decided and applied before their
+    /// records can be written (a record carries a result, or a change must
+    /// not be half witnessed): reserve, apply, append. A due checkpoint must
+    /// still be signed before the next append (as it always must). On `Err`
+    /// nothing is held.
+    pub fn reserve(&mut self, n: usize) -> Result<(), WitnessError> {
         if let Some(size) = self.owed {
             return Err(WitnessError::CheckpointOwed { size });
         }
-        self.size().checked_add(1).ok_or(WitnessError::SequenceExhausted)?;
-        if !self.ring.has_room() {
-            return Err(WitnessError::RingFull { capacity: self.ring.capacity() });
+        let total = self.held.checked_add(n).ok_or(WitnessError::SequenceExhausted)?;
+        self.size()
+            .checked_add(total as u64)
+            .ok_or(WitnessError::SequenceExhausted)?;
+        if self.ring.free() < total as u64 {
+            return Err(WitnessError::RingFull {
+                capacity: self.ring.capacity(),
+            });
         }
-        self.pending.try_reserve(1).map_err(|_| WitnessError::NoMemory)
+        let owed = self.pending.len();
+        self.pending
+            .try_reserve(total)
+            .map_err(|_| WitnessError::NoMemory)?;
+        debug_assert!(self.pending.capacity() >= owed + total);
+        self.held = total;
+        Ok(())
     }
 
+    /// Give back `n` held slots (an operation that wrote fewer records).
+    pub fn unreserve(&mut self, n: usize) {
+        self.held = self.held.saturating_sub(n);
+    }
+
+    /// Appends room is held for.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Whether a checkpoint is due and not signed yet (appends and
+    /// reservations are refused until it is).
+    pub fn owes_checkpoint(&self) -> bool {
+        self.owed.is_some()
+    }
+
+    /// Append a record: fill `seq` and `prev`, set [`flags::CHECKPOINTED`]
+    /// if the policy calls for a checkpoint, advance the head. Exactly two
+    /// outcomes: `Ok`, the record is in the chain; `Err`, nothing changed
+    /// and the caller must not perform the operation. Takes a held slot if
+    /// there is one; an append without one must leave the held slots free.
+    #[inline]
     pub fn append(&mut self, mut record: WitnessRecord) -> Result<AppendedRecord, WitnessError> {
         if let Some(size) = self.owed {
             return Err(WitnessError::CheckpointOwed { size });
@@ -302,6 +341,7 @@ impl WitnessLog {
             });
         }
         self.head = head;
+        self.held = self.held.saturating_sub(1);
         if due {
             self.owed = Some(size_after);
         }
@@ -435,6 +475,69 @@ mod tests {
         assert!(log.drain_next().is_some());
         log.reserve_next().unwrap();
         log.append(call(2)).unwrap();
+    }
+
+    #[test]
+    fn room_held_for_several_records_is_not_promised_twice() {
+        let mut log = WitnessLog::new(LogId(2), config(4, 3)).unwrap();
+        log.reserve(3).unwrap();
+        assert_eq!(log.held(), 3);
+        // One slot left beyond the three held: two more cannot be promised.
+        assert!(matches!(log.reserve(2), Err(WitnessError::RingFull { .. })));
+        assert_eq!(log.held(), 3, "a refused reservation holds nothing");
+        for _ in 0..3 {
+            let a = log.append(call(2)).unwrap();
+            if a.checkpoint_due {
+                assert!(log.owes_checkpoint());
+                assert!(matches!(log.reserve(1), Err(WitnessError::CheckpointOwed { .. })));
+                log.checkpoint(&signer()).unwrap();
+            }
+        }
+        assert_eq!(log.held(), 0);
+        log.reserve(1).unwrap();
+        log.unreserve(1);
+        assert_eq!(log.held(), 0);
+    }
+
+    #[test]
+    fn append_has_two_outcomes_under_random_operations() {
+        // Err: size and head unchanged; Ok: exactly one more record, linked.
+        let s = signer();
+        let mut log = WitnessLog::new(LogId(1), config(3, 4)).unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let (mut oks, mut errs) = (0, 0);
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 5 {
+                0 => {
+                    let _ = log.drain_next();
+                }
+                1 if x & 0x100 != 0 => {
+                    let _ = log.checkpoint(&s);
+                }
+                2 => {
+                    let _ = log.reserve((x >> 20) as usize % 3);
+                }
+                _ => {
+                    let (size, head) = (log.size(), log.head());
+                    match log.append(call(1)) {
+                        Ok(a) => {
+                            oks += 1;
+                            assert_eq!((a.seq, log.size()), (size, size + 1));
+                            let rec = WitnessRecord::from_bytes(log.record(a.seq).unwrap()).unwrap();
+                            assert_eq!(rec.prev, head.prefix16());
+                        }
+                        Err(_) => {
+                            errs += 1;
+                            assert_eq!((log.size(), log.head()), (size, head));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(oks > 100 && errs > 100, "{oks} {errs}");
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl RecordRing {
         self.next - self.drained
     }
 
+    /// Records that fit without overwriting an undrained one.
+    pub(crate) fn free(&self) -> u64 {
+        (self.capacity.get() as u64).saturating_sub(self.undrained())
+    }
+
     /// Whether one more record fits without overwriting an undrained one.
     pub(crate) fn has_room(&self) -> bool {
         self.undrained() < self.capacity.get() as u64

@@ -42,6 +42,13 @@ pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     let now = hv.arch.now_ns();
     hv.partitions[idx].output.charge_checkpoint(now, ck.len);
     let w = w.data(regs, &hash.0);
+    // Room for both records (the call's, `CheckpointTaken`) before either:
+    // a checkpoint is installed witnessed or not at all.
+    let pid = hv.partitions[idx].id;
+    let Some(held) = hv.hold(pid, 2) else {
+        ck.release(&mut hv.arch, &mut hv.frames);
+        return deny(hv, idx, &w, rvm_abi::HvError::WitnessUnavailable);
+    };
     let mut ck = Some(ck);
     let flow = allow(hv, idx, &w, |hv| {
         let [lo, hi] = hash.prefix_words();
@@ -54,6 +61,7 @@ pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     if let Some(ck) = ck {
         ck.release(&mut hv.arch, &mut hv.frames);
     }
+    hv.release(held);
     flow
 }
 
@@ -72,5 +80,6 @@ fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, ck: Checkpoint) {
     if let Some(old) = p.checkpoint.replace(ck) {
         old.release(arch, frames);
     }
+    // Room was held by `take`: this append cannot fail.
     hv.kernel_event(pid, KernelEvent::CheckpointTaken, Outcome::Done, prefix);
 }
