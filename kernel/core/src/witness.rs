@@ -375,7 +375,7 @@ mod tests {
         // streamed. What follows is refused (the checkpoint is owed) with
         // nothing appended, until the checkpoint can be signed.
         let mut arch = FakeArch::new();
-        let mut w = Witness::new(Some([3; 32]), 1, [0; 32]);
+        let mut w = Witness::new(Some(&[3; 32]), 1, [0; 32]);
         w.fail_checkpoints(true);
         let first = w.append(&mut arch, 4, event(4));
         assert_eq!((w.records(4), streamed(&arch, 4)), (1, 1), "the record entered the chain and was streamed");
@@ -394,7 +394,7 @@ mod tests {
         // A small deterministic generator: appends, holds, releases, held
         // appends, failing admissions and failing checkpoints in any order.
         let mut arch = FakeArch::new();
-        let mut w = Witness::new(Some([5; 32]), 3, [0; 32]);
+        let mut w = Witness::new(Some(&[5; 32]), 3, [0; 32]);
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
             x ^= x << 13;
@@ -457,7 +457,7 @@ mod tests {
     #[test]
     fn held_room_survives_a_log_that_refuses_everything_else() {
         let mut arch = FakeArch::new();
-        let mut w = Witness::new(Some([3; 32]), 2, [0; 32]);
+        let mut w = Witness::new(Some(&[3; 32]), 2, [0; 32]);
         let mut r = w.hold(7, 3).unwrap();
         w.inject(Some(FailAt::from(w.admissions())));
         for n in 0..3 {
@@ -475,7 +475,7 @@ mod tests {
         // Only a kernel bug gets here (a checkpoint that cannot be signed
         // although its memory was reserved): the hypervisor must stop.
         let mut arch = FakeArch::new();
-        let mut w = Witness::new(Some([3; 32]), 1, [0; 32]);
+        let mut w = Witness::new(Some(&[3; 32]), 1, [0; 32]);
         let mut r = w.hold(2, 2).unwrap();
         w.fail_checkpoints(true);
         w.append_held(&mut arch, &mut r, event(2));
