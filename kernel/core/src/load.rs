@@ -125,28 +125,7 @@ pub(crate) fn load_partition<A: Arch>(
         Err(Refusal::HeapWindow)
     };
     // Memory is reserved at admission: refused if it does not fit.
-    let populated = populated.and_then(|digest| {
-        let need = footprint(hv, idx);
-        match hv.frames.commit(need) {
-            Ok(()) => {
-                hv.partitions[idx].frames_committed = need;
-                commit_heap(hv, idx, crate::quota::partition_bytes(&StoreLimits::DEFAULT)).map(|()| digest)
-            }
-            Err(free) => {
-                console::hyp_line(
-                    &mut hv.arch,
-                    format_args!(
-                        "partition {} '{}' needs up to {} KiB, {} KiB are not reserved",
-                        id.0,
-                        crate::hypervisor::name_str(&desc.name),
-                        need * 4,
-                        free * 4
-                    ),
-                );
-                Err(Refusal::MemoryBudget)
-            }
-        }
-    });
+    let populated = populated.and_then(|digest| reserve_memory(hv, idx).map(|()| digest));
     match populated {
         Ok(digest) if !hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest) => {
             refuse(hv, idx, Refusal::Witness);
@@ -169,6 +148,34 @@ pub(crate) fn load_partition<A: Arch>(
         Err(why) => refuse(hv, idx, why),
     }
     Ok(())
+}
+
+/// Reserve what partition `idx` can ever hold, at its admission (a boot's
+/// partition or one a split creates): its [`footprint`] in frames and its
+/// share of the EL2 heap; refused, with the numbers on the console, when
+/// either does not fit beside what other partitions reserved.
+pub(crate) fn reserve_memory<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<(), Refusal> {
+    let need = footprint(hv, idx);
+    match hv.frames.commit(need) {
+        Ok(()) => {
+            hv.partitions[idx].frames_committed = need;
+            commit_heap(hv, idx, crate::quota::partition_bytes(&StoreLimits::DEFAULT))
+        }
+        Err(free) => {
+            let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+            console::hyp_line(
+                &mut hv.arch,
+                format_args!(
+                    "partition {} '{}' needs up to {} KiB, {} KiB are not reserved",
+                    id.0,
+                    crate::hypervisor::name_str(&name),
+                    need * 4,
+                    free * 4
+                ),
+            );
+            Err(Refusal::MemoryBudget)
+        }
+    }
 }
 
 /// Reserve `bytes` more of the EL2 heap for partition `idx`.

@@ -211,6 +211,9 @@ pub enum MoveError {
     TargetBusy,
     /// A log the move writes to could not take its records.
     Witness,
+    /// The new partition's memory reservation does not fit (frames or EL2
+    /// heap), as for any admission.
+    Reservation(crate::load::Refusal),
 }
 
 impl MoveError {
@@ -221,6 +224,7 @@ impl MoveError {
             MoveError::Module => "its module could not be read",
             MoveError::Capability(_) => "a capability could not be transplanted",
             MoveError::TargetBusy => "the target partition cannot admit it now",
+            MoveError::Reservation(r) => r.reason(),
             MoveError::Witness => "the witness log refused",
         }
     }
@@ -232,6 +236,7 @@ impl MoveError {
             MoveError::Module => HvError::InvalidArgument,
             MoveError::TargetBusy => HvError::Full,
             MoveError::Witness => HvError::WitnessUnavailable,
+            MoveError::Reservation(r) => r.error(),
         }
     }
 }
@@ -572,6 +577,10 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
     // return. Any refusal undoes the move.
     let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
     let populated = if created { populate(hv, idx, src, dep, &module, ck) } else { Err(MoveError::Witness) };
+    // A split admits a partition: it reserves its memory like any other.
+    let populated = populated.and_then(|restore| {
+        crate::load::reserve_memory(hv, idx).map(|()| restore).map_err(MoveError::Reservation)
+    });
     let held = match populated {
         Ok(restore) => hv.hold(id, 2).map(|h| (restore, h)).ok_or(MoveError::Witness),
         Err(e) => Err(e),
@@ -587,6 +596,7 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
                     crate::load::Refusal::OutOfMemory
                 }
                 MoveError::Witness => crate::load::Refusal::Witness,
+                MoveError::Reservation(r) => r,
             };
             crate::load::refuse(hv, idx, why);
             return Err(e);

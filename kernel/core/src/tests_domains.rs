@@ -874,3 +874,47 @@ fn a_refused_merge_hand_over_moves_nothing() {
         assert_chains_verify(&hv);
     }
 }
+
+#[test]
+fn a_split_whose_new_partition_does_not_fit_is_refused_and_the_agent_stays() {
+    // A split admits a partition: with every frame already promised to the
+    // partitions running, the new one cannot reserve its memory, so the
+    // move is refused (witnessed, `NoMemory`) and the agent stays.
+    let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], BOOT_FLAG_COHERENCE);
+    hv.arch.tick_ns = 1_000_000;
+    let unpromised = hv.frames.commit(u64::MAX).expect_err("the pool is finite");
+    hv.frames.commit(unpromised).unwrap();
+    let h = channel_handles(&hv, 0);
+    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
+    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = Vec::new();
+    for n in 0..900 {
+        calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
+        if n % 40 == 0 {
+            calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
+        }
+    }
+    let trace: Trace = Rc::default();
+    let vmid = hv.partitions[0].vmid;
+    hv.arch.set_guest(vmid, domain_runtime(calls, trace.clone()));
+    for idx in [1, 2] {
+        let h = channel_handles(&hv, idx)[0].raw;
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), Rc::default()));
+    }
+    // Were the move carried out, its partition (VMID 4) would just exit.
+    hv.arch.set_guest(4, guest(Vec::new(), Rc::default()));
+    hv.run();
+
+    let text = hv.arch.console_text();
+    assert!(hv.domains().decisions().iter().any(|r| r.event == KernelEvent::SplitDecided), "a split was decided: {text}");
+    assert!(hv.domains().moves().is_empty(), "nothing moved: {:?}", hv.domains().moves());
+    assert_eq!(hv.domains().agents()[2].partition, 0, "the agent stayed in p1");
+    assert!(text.contains("refused: its memory budget does not fit"), "{text}");
+    let recs = records(&hv);
+    assert!(!recs.iter().any(|(_, r)| r.op == KernelEvent::Split as u16), "no Split witnessed");
+    let refused: Vec<&WitnessRecord> = recs.iter().filter(|(_, r)| r.op == KernelEvent::PartitionRefused as u16).map(|(_, r)| r).collect();
+    assert!(!refused.is_empty(), "the refused admission is witnessed");
+    assert!(refused.iter().all(|r| r.outcome == HvError::NoMemory.outcome_code()), "{refused:?}");
+    assert!(hv.frames.frames_committed() <= hv.frames.frames_total(), "never overcommitted");
+    assert_chains_verify(&hv);
+}
