@@ -798,6 +798,7 @@ mod item5_no_stall {
     const FLOOD: u64 = 1;
     const SPIN: u64 = 2;
     const UNKNOWN_CALLS: u64 = 3;
+    const CHECKPOINT_STORM: u64 = 4;
     const STORE_STORM: u64 = 5;
     const TOUCH_HEAP: u64 = 6;
 
@@ -937,6 +938,48 @@ mod item5_no_stall {
                 "flood/spin exchange-time ratio {ratio:.2} <= {}",
                 ratio_max()
             ),
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_storm_is_held_to_its_credit_and_the_neighbours_finish() {
+        // The hostile partition asks for its whole heap window as a
+        // checkpoint, again and again; each one is charged to its checkpoint
+        // credit (a burst, then a rate), so it is held back, not its
+        // neighbours.
+        let spec = with_pair(
+            BundleSpec::new().partition(stall("hostile", CHECKPOINT_STORM, 0)),
+            1,
+        )
+        .budget_ms(10_000);
+        let run = run(&spec, 240);
+        clean_power_off(&run);
+        pair_finished(&run);
+        let records = chain(&run, 1);
+        let taken: Vec<&WitnessRecord> = records
+            .iter()
+            .filter(|r| r.op == KernelEvent::CheckpointTaken as u16)
+            .collect();
+        run.assert(taken.len() >= 2, "the storm took checkpoints (the attack ran)");
+        // Within the run's guest time (at most its wall time), no more than
+        // the credit's burst and rate allow for images of this size (the
+        // probe's WASM budget: its heap window less the runtime's share).
+        use rvm_kernel::console::{CHECKPOINT_BURST, CHECKPOINT_RATE};
+        let window = run
+            .lines()
+            .find_map(|l| l.strip_prefix("rvm: partition 1 'hostile' loaded: ")?.split("heap window ").nth(1)?.strip_suffix(" KiB")?.parse::<u64>().ok())
+            .expect("the hostile partition's heap window")
+            * 1024
+            - rvm_abi::bootinfo::layout::RUNTIME_HEAP_OVERHEAD;
+        let allowed = (CHECKPOINT_BURST + CHECKPOINT_RATE * (run.elapsed.as_secs() + 1)).div_ceil(window) + 1;
+        eprintln!(
+            "checkpoint storm: {} checkpoints in {:.1} s (credit allows {allowed})",
+            taken.len(),
+            run.elapsed.as_secs_f64()
+        );
+        run.assert(
+            taken.len() as u64 <= allowed,
+            &format!("{} checkpoints <= {allowed}: the storm is held to its credit", taken.len()),
         );
     }
 

@@ -47,6 +47,14 @@ fn main(boot_info: u64) -> ! {
     let mut refused = 0u64;
     let mut n = 0u64;
     let store = s.first_of(ObjectKind::StateStore).unwrap_or(0);
+    // The checkpoint storm's image: its whole WASM memory budget, every page
+    // touched (a checkpoint covers only memory the partition has).
+    let image_len = s.info.heap_len.saturating_sub(layout::RUNTIME_HEAP_OVERHEAD);
+    if mode == 4 {
+        for page in 0..image_len / 4096 {
+            probe::write_u64(layout::HEAP_IPA + page * 4096, page);
+        }
+    }
     while calls == 0 || n < calls {
         let status = match mode {
             1 => hypercall(Hypercall::ConsoleWrite, &mut [Arg::In(&LINE)]).err(),
@@ -64,11 +72,12 @@ fn main(boot_info: u64) -> ! {
                 HvError::from_code(x0 as i64)
             }
             4 => {
-                // The whole heap window, as large a checkpoint as a call may ask.
+                // Its whole WASM memory budget (the heap window less the
+                // runtime's share): as large a checkpoint as it may ask.
                 hvc_raw([
                     u64::from(Hypercall::Checkpoint.function_id()),
                     layout::HEAP_IPA,
-                    16 << 20,
+                    image_len,
                     0,
                     0,
                     0,
