@@ -476,7 +476,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     let h = channel_handles(&hv, 0);
     let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
     let store = hv.partitions[0].boot_handles[0].raw;
-    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = vec![
+    let first = vec![
         (0, switch(0)),
         (0, send(q0)),
         (0, send(q0)),
@@ -485,12 +485,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
         (2, stage(store, 4)),
         (2, commit(store)),
     ];
-    for n in 0..900 {
-        calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
-        if n % 40 == 0 {
-            calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
-        }
-    }
+    let calls = quiet_third_agent(first, a, b, q0, q2);
     let trace: Trace = Rc::default();
     let vmid = hv.partitions[0].vmid;
     hv.arch.set_guest(vmid, domain_runtime(calls, trace.clone()));
@@ -601,19 +596,32 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     assert_chains_verify(&hv);
 }
 
-#[test]
-fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
-    let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], BOOT_FLAG_COHERENCE);
-    hv.arch.tick_ns = 1_000_000;
-    let h = channel_handles(&hv, 0);
-    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
-    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = Vec::new();
+/// `first`, then 900 rounds in which agents 0 and 1 chat over `a`/`b` and
+/// agent 2 says little (one message on `q2` every 40 rounds, read on `q0`):
+/// the traffic that decides agent 2 out of its partition.
+fn quiet_third_agent(
+    mut calls: Vec<(u16, (Hypercall, [u64; 6]))>,
+    a: u64,
+    b: u64,
+    q0: u64,
+    q2: u64,
+) -> Vec<(u16, (Hypercall, [u64; 6]))> {
     for n in 0..900 {
         calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
         if n % 40 == 0 {
             calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
         }
     }
+    calls
+}
+
+#[test]
+fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
+    let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], BOOT_FLAG_COHERENCE);
+    hv.arch.tick_ns = 1_000_000;
+    let h = channel_handles(&hv, 0);
+    let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
+    let calls = quiet_third_agent(Vec::new(), a, b, q0, q2);
     let trace: Trace = Rc::default();
     let vmid = hv.partitions[0].vmid;
     // The image lies outside the partition's memory: the checkpoint is refused.
@@ -886,13 +894,7 @@ fn a_split_whose_new_partition_does_not_fit_is_refused_and_the_agent_stays() {
     hv.frames.commit(unpromised).unwrap();
     let h = channel_handles(&hv, 0);
     let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
-    let mut calls: Vec<(u16, (Hypercall, [u64; 6]))> = Vec::new();
-    for n in 0..900 {
-        calls.extend([(0, switch(0)), (0, send(a)), (1, switch(1)), (1, recv(b)), (1, send(b)), (0, switch(0)), (0, recv(a))]);
-        if n % 40 == 0 {
-            calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
-        }
-    }
+    let calls = quiet_third_agent(Vec::new(), a, b, q0, q2);
     let trace: Trace = Rc::default();
     let vmid = hv.partitions[0].vmid;
     hv.arch.set_guest(vmid, domain_runtime(calls, trace.clone()));
