@@ -4,6 +4,18 @@
 use super::*;
 
 /// `hvc #imm` as the hardware reports it.
+/// A neighbour that yields `calls - 1` times, then exits 0.
+fn yields_then_exits(calls: u32) -> crate::fake::GuestFn {
+    let mut n = 0;
+    Box::new(move |v, _| {
+        n += 1;
+        let call = if n < calls { Hypercall::Yield } else { Hypercall::Exit };
+        v.regs.x[0] = u64::from(call.function_id());
+        v.regs.x[1] = 0;
+        FakeArch::hvc()
+    })
+}
+
 fn hvc_imm(imm: u16) -> TrapInfo {
     FakeArch::trap(crate::fake::esr::HVC0 | u64::from(imm))
 }
@@ -45,23 +57,7 @@ fn unknown_function_ids_and_hvc_immediates_are_witnessed_and_count_as_abuse() {
             }
         })),
     );
-    let mut n = 0;
-    hv.arch.set_guest(
-        2,
-        Box::new(move |v, _| {
-            n += 1;
-            v.regs.x[0] = u64::from(
-                if n < 50 {
-                    Hypercall::Yield
-                } else {
-                    Hypercall::Exit
-                }
-                .function_id(),
-            );
-            v.regs.x[1] = 0;
-            FakeArch::hvc()
-        }),
-    );
+    hv.arch.set_guest(2, yields_then_exits(50));
     let summary = hv.run();
     let text = hv.arch.console_text();
     assert_eq!((summary.fenced, summary.finished), (1, 1), "{text}");
@@ -376,23 +372,7 @@ fn a_checkpoint_storm_holds_back_the_partition_that_storms() {
             }
         })),
     );
-    let mut n = 0;
-    hv.arch.set_guest(
-        2,
-        Box::new(move |v, _| {
-            n += 1;
-            v.regs.x[0] = u64::from(
-                if n < 50 {
-                    Hypercall::Yield
-                } else {
-                    Hypercall::Exit
-                }
-                .function_id(),
-            );
-            v.regs.x[1] = 0;
-            FakeArch::hvc()
-        }),
-    );
+    hv.arch.set_guest(2, yields_then_exits(50));
     let summary = hv.run();
     assert_eq!(summary.finished, 2);
     assert_eq!(
