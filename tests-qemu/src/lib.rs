@@ -443,10 +443,41 @@ fn tempdir() -> PathBuf {
     dir
 }
 
+/// One `attack <name> op <op> cap <id> status <status> x1 <x1>` line of an
+/// attacking probe (`probe-cap-attacks`, `probe-approvals`): what one call
+/// answered, to be paired with its witness record.
+#[derive(Debug)]
+pub struct AttackLine {
+    pub name: String,
+    pub op: u16,
+    pub cap: u32,
+    pub status: i64,
+    pub x1: u64,
+}
+
 impl QemuRun {
     /// Lines of serial output.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.serial.lines()
+    }
+
+    /// The `attack ...` lines partition `name` printed, in order.
+    pub fn attack_lines(&self, name: &str) -> Vec<AttackLine> {
+        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex");
+        self.console_of(name)
+            .filter_map(|l| l.strip_prefix("attack "))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(f.len(), 9, "attack line {l:?}");
+                AttackLine {
+                    name: f[0].into(),
+                    op: f[2].parse().expect("op"),
+                    cap: u32::try_from(hex(f[4])).expect("cap id"),
+                    status: f[6].parse().expect("status"),
+                    x1: hex(f[8]),
+                }
+            })
+            .collect()
     }
 
     /// Console lines of partition `name`, without the `[name] ` prefix.

@@ -184,7 +184,7 @@ mod item2 {
     use rvm_abi::{HvError, Hypercall, ObjectKind, Rights, WitnessRecord};
     use rvm_cap::proof::{approval_message, authority_key, sign_operation, staged_args_digest, RootRef};
     use rvm_cap::{ArgsDigest, Nonce, ObjectRef, PartitionId};
-    use rvm_tests_qemu::{artifact, boot, fresh_boot_id, BundleSpec, PartitionSpec, QemuOptions, QemuRun};
+    use rvm_tests_qemu::{artifact, boot, fresh_boot_id, BundleSpec, PartitionSpec, QemuOptions, AttackLine as Line};
 
     const AUTHORITY_SEED: [u8; 32] = [0x3c; 32];
     /// Partition id of the probe: first in the bundle.
@@ -238,31 +238,6 @@ mod item2 {
         input
     }
 
-    /// One `attack ...` line of the probe.
-    #[derive(Debug)]
-    struct Line {
-        name: String,
-        op: u16,
-        cap: u32,
-        status: i64,
-    }
-
-    fn lines(run: &QemuRun) -> Vec<Line> {
-        run.console_of("approvals")
-            .filter_map(|l| l.strip_prefix("attack "))
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                assert_eq!(f.len(), 9, "attack line {l:?}");
-                Line {
-                    name: f[0].into(),
-                    op: f[2].parse().expect("op"),
-                    cap: u32::from_str_radix(f[4].trim_start_matches("0x"), 16).expect("cap id"),
-                    status: f[6].parse().expect("status"),
-                }
-            })
-            .collect()
-    }
-
     #[test]
     fn item2_approvals_are_good_once_per_tree_and_boot_and_a_quota_is_one_quota() {
         // The deployment's earlier boot: its bundle had a boot id of its own;
@@ -291,7 +266,7 @@ mod item2 {
         }
         run.assert_chains_linked();
 
-        let lines = lines(&run);
+        let lines = run.attack_lines("approvals");
         let calls: Vec<WitnessRecord> = run
             .log(PROBE)
             .into_iter()

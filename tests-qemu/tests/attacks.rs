@@ -133,34 +133,6 @@ fn with_reference_pair(spec: BundleSpec) -> BundleSpec {
         .channel(2, 3)
 }
 
-/// One `attack ...` line of the probe.
-#[derive(Debug)]
-struct Line {
-    name: String,
-    op: u16,
-    cap: u32,
-    status: i64,
-    x1: u64,
-}
-
-fn parse_attacks(run: &QemuRun) -> Vec<Line> {
-    run.console_of("attacker")
-        .filter_map(|l| l.strip_prefix("attack "))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(f.len(), 9, "attack line {l:?}");
-            let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex");
-            Line {
-                name: f[0].into(),
-                op: f[2].parse().expect("op"),
-                cap: u32::try_from(hex(f[4])).expect("cap id"),
-                status: f[6].parse().expect("status"),
-                x1: hex(f[8]),
-            }
-        })
-        .collect()
-}
-
 /// What each attack must answer: the status and the proof tier its check
 /// reached.
 fn expectations() -> HashMap<&'static str, (Result<(), HvError>, u8)> {
@@ -287,7 +259,7 @@ fn capability_attacks_from_a_guest_are_refused_exactly_and_witnessed() {
         "the attacker received the peer's handle",
     );
 
-    let lines = parse_attacks(&run);
+    let lines = run.attack_lines("attacker");
     let records = check_chain(&run, ATTACKER);
     // The attacker's calls, without its console writes and the polls while
     // it waited for the peer's handle; the last is its Exit.
