@@ -1,11 +1,11 @@
 //! The hypervisor's own heap: a fixed region right after the image.
 
 use linked_list_allocator::LockedHeap;
-use rvm_kernel::addr::{PhysAddr, PhysRange};
+use rvm_kernel::memory::addr::{PhysAddr, PhysRange};
 
 /// Size of the EL2 heap: the kernel shares it out among partitions
-/// (`rvm_kernel::quota`).
-pub const HEAP_SIZE: usize = rvm_kernel::quota::EL2_HEAP_BYTES;
+/// (`rvm_kernel::memory::quota`).
+pub const HEAP_SIZE: usize = rvm_kernel::memory::quota::EL2_HEAP_BYTES;
 
 #[global_allocator]
 static ALLOCATOR: LockedHeap = LockedHeap::empty();

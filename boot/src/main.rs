@@ -19,7 +19,7 @@ use rvm_hal::machine::{Cpu, Machine, CONSOLE, POWER_OFF};
 use rvm_hal::power::{power_off, PowerOff};
 use rvm_hal::uart::Pl011;
 use rvm_hal::{print, sysreg};
-use rvm_kernel::frames::FrameAllocator;
+use rvm_kernel::memory::frames::FrameAllocator;
 use rvm_kernel::{CpuId, Hypervisor};
 
 /// Exit codes the image reports in its exit frame (`@X <code>`) before it

@@ -2,7 +2,7 @@
 //! the device tree and the bundle.
 
 use rvm_hal::dtb::Platform;
-use rvm_kernel::addr::PhysRange;
+use rvm_kernel::memory::addr::PhysRange;
 
 /// RAM ranges left after removing the reserved ones.
 pub fn free_ranges(p: &Platform, image: PhysRange) -> heapless::Vec<PhysRange, 16> {

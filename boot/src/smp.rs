@@ -3,7 +3,7 @@
 //! CPU's EL2 map (`wx`), its own vectors, EL2 configuration,
 //! GIC redistributor and hypervisor timer. Once the boot CPU has built the
 //! kernel and put it behind the kernel lock ([`KERNEL`]), every CPU runs
-//! partitions from its own run queue (`rvm_kernel::smp::cpu_main`). When the
+//! partitions from its own run queue (`rvm_kernel::running::smp::cpu_main`). When the
 //! run is over the secondaries park; the boot CPU waits for them to stop,
 //! finishes the run (signs the logs, prints the summary) and powers off.
 //! Secondaries reach the console only through the kernel, under the lock.
@@ -14,7 +14,7 @@ use rvm_abi::hypercall::psci;
 use rvm_hal::dtb::Platform;
 use rvm_hal::machine::{Cpu, Machine};
 use rvm_hal::vectors::PerCpu;
-use rvm_kernel::smp::{cpu_main, KernelLock};
+use rvm_kernel::running::smp::{cpu_main, KernelLock};
 use rvm_kernel::{CpuArch, CpuId, Hypervisor};
 
 /// CPUs the image has stacks for (see `linker.ld`; `wx::install` checks

@@ -2,7 +2,7 @@
 //! registers: EL1 registers and FP/SIMD, switched only when another
 //! partition's vCPU is loaded.
 
-use rvm_kernel::vcpu::{El1Regs, FpRegs};
+use rvm_kernel::running::vcpu::{El1Regs, FpRegs};
 
 /// HCR_EL2 while a partition runs: stage 2 on (VM), set/way as clean+inv
 /// (SWIO), FIQ/IRQ/SError to EL2 (FMO/IMO/AMO), default cacheable (DC: the
@@ -29,7 +29,7 @@ pub const HCR_EL2_GUEST: u64 = (1 << 0)
 /// VTCR_EL2: 32-bit IPA space (T0SZ 32) walked from level 1 (SL0 1), inner
 /// and outer write-back walks, inner shareable, 4 KiB granule, 40-bit PA.
 pub const VTCR_EL2_VALUE: u64 = {
-    let t0sz = 64 - rvm_kernel::stage2::IPA_BITS as u64;
+    let t0sz = 64 - rvm_kernel::memory::stage2::IPA_BITS as u64;
     (1 << 31) | (2 << 16) | (3 << 12) | (1 << 10) | (1 << 8) | (1 << 6) | t0sz
 };
 

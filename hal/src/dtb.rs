@@ -2,7 +2,7 @@
 //! interrupt, PSCI conduit, the initrd (the bundle) and the boot arguments.
 //! Nothing about a board is hard-coded.
 
-use rvm_kernel::addr::{PhysAddr, PhysRange};
+use rvm_kernel::memory::addr::{PhysAddr, PhysRange};
 
 /// How to reach the firmware's PSCI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

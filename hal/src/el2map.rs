@@ -1,8 +1,8 @@
 //! Switching a CPU to the hypervisor's own W^X map, which
-//! [`rvm_kernel::el2map::El2Map`] builds (descriptors in safe Rust, tested
+//! [`rvm_kernel::memory::el2map::El2Map`] builds (descriptors in safe Rust, tested
 //! on the host).
 
-pub use rvm_kernel::el2map::{El2Map, MapError, Perm, Table, MAIR, SCTLR_WXN, VA_LIMIT};
+pub use rvm_kernel::memory::el2map::{El2Map, MapError, Perm, Table, MAIR, SCTLR_WXN, VA_LIMIT};
 
 core::arch::global_asm!(
     r#"

@@ -4,9 +4,9 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use rvm_kernel::addr::{PhysAddr, PhysRange};
+use rvm_kernel::memory::addr::{PhysAddr, PhysRange};
 use rvm_kernel::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
-use rvm_kernel::vcpu::Vcpu;
+use rvm_kernel::running::vcpu::Vcpu;
 
 use crate::gic::Gic;
 use crate::uart::Pl011;

@@ -15,7 +15,7 @@
 //! fault ([`probe_write_u32`], [`probe_read_u64`], [`probe_exec`], used by
 //! the boot self-test) gets it recorded and resumes.
 
-use rvm_kernel::vcpu::GuestRegs;
+use rvm_kernel::running::vcpu::GuestRegs;
 
 /// Exit kinds `rvm_enter_guest` returns.
 pub const EXIT_SYNC: u64 = 0;

@@ -10,8 +10,8 @@
 //! [`crate::fake::FakeCpu`] implement them in memory so the whole kernel is
 //! tested with `cargo test`.
 
-use crate::addr::PhysAddr;
-use crate::vcpu::Vcpu;
+use crate::memory::addr::PhysAddr;
+use crate::running::vcpu::Vcpu;
 
 /// Why control came back from a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum TrapKind {
 }
 
 /// Raw syndrome of a guest exit, as the hardware reported it. The kernel
-/// decodes it ([`crate::trap::Exit::decode`]).
+/// decodes it ([`crate::running::trap::Exit::decode`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapInfo {
     pub kind: TrapKind,
@@ -46,7 +46,7 @@ pub struct Stage2Context {
 
 /// What the kernel needs from the machine as a whole: memory, tables, the
 /// console, the clock. One value, shared by every CPU behind the kernel lock
-/// ([`crate::smp::KernelLock`]).
+/// ([`crate::running::smp::KernelLock`]).
 pub trait Arch {
     /// Monotonic time since boot, in nanoseconds.
     fn now_ns(&self) -> u64;
@@ -101,7 +101,7 @@ pub trait Arch {
     /// runnable while it waits (a message woke a `Dormant` partition, an
     /// unfence, a partition created by a split), or the run is ending. Called
     /// under the kernel lock, only for a CPU that is idling
-    /// ([`crate::smp`]). A kick that arrives before the CPU reaches its wait
+    /// ([`crate::running::smp`]). A kick that arrives before the CPU reaches its wait
     /// must still end that wait (on AArch64 the SGI stays pending, so `wfi`
     /// returns at once). Returns whether the machine sent it; one that
     /// cannot (one CPU, no interrupt controller) keeps the default, and its

@@ -4,7 +4,7 @@
 //!
 //! [`FakeArch`] is the shared machine; [`FakeCpu`]s are its CPUs, which share
 //! its RAM, guests and clock. [`Hypervisor::run_on_cpus`] drives N of them
-//! through the same per-CPU steps real CPUs take ([`crate::smp`]),
+//! through the same per-CPU steps real CPUs take ([`crate::running::smp`]),
 //! interleaved deterministically: each round, every CPU in turn either
 //! picks its next partition or runs its leased guest once and hands the
 //! exit back — so while one CPU handles an exit, the others' guests are out
@@ -16,12 +16,12 @@ use core::cell::RefCell;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
 use crate::hypervisor::{Hypervisor, RunSummary};
-use crate::smp::Step;
-use crate::stage2::{self, S2Perm};
-use crate::vcpu::Vcpu;
+use crate::running::smp::Step;
+use crate::memory::stage2::{self, S2Perm};
+use crate::running::vcpu::Vcpu;
 
 /// ESR values the fake guests use to leave.
 pub mod esr {

@@ -7,17 +7,17 @@ use rvm_abi::bundle::{BootConfig, Bundle, EntryKind};
 use rvm_abi::witness::{KernelEvent, HVC_IMMEDIATE_OP};
 use rvm_abi::{Outcome, WitnessOp, WitnessRecord};
 
-use crate::addr::{PhysAddr, PAGE_BYTES};
+use crate::memory::addr::{PhysAddr, PAGE_BYTES};
 use crate::arch::Arch;
 use crate::caps::Caps;
 use crate::channel::Channel;
 use crate::console;
-use crate::frames::FrameAllocator;
-use crate::image::SharedImage;
+use crate::memory::frames::FrameAllocator;
+use crate::load::image::SharedImage;
 use crate::partition::{Partition, PartitionId, PartitionState};
-use crate::stage2::{MemType, S2Perm};
+use crate::memory::stage2::{MemType, S2Perm};
 use crate::store::StateStore;
-use crate::trap::{Exit, FaultStatus};
+use crate::running::trap::{Exit, FaultStatus};
 use crate::witness::{Reservation, Witness};
 
 /// Why the hypervisor could not start from a bundle.
@@ -30,7 +30,7 @@ pub enum BootError {
     TooManyPartitions,
     OutOfMemory,
     /// The shared guest runtime image is not a loadable AArch64 ELF.
-    Runtime(crate::elf::ElfError),
+    Runtime(crate::load::elf::ElfError),
 }
 
 /// Scheduling and run-time policy, from the bundle's boot configuration.
@@ -82,8 +82,8 @@ pub(crate) enum Flow {
 pub struct Hypervisor<A: Arch> {
     pub arch: A,
     pub(crate) frames: FrameAllocator,
-    /// The EL2 heap reserved for partitions ([`crate::quota`]).
-    pub(crate) heap: crate::quota::HeapLedger,
+    /// The EL2 heap reserved for partitions ([`crate::memory::quota`]).
+    pub(crate) heap: crate::memory::quota::HeapLedger,
     pub(crate) partitions: Vec<Partition>,
     pub(crate) stores: Vec<StateStore>,
     pub(crate) channels: Vec<Channel>,
@@ -94,13 +94,13 @@ pub struct Hypervisor<A: Arch> {
     pub(crate) journal: crate::journal::Journal,
     /// Operator orders from the host ([`crate::orders`]).
     pub(crate) orders: crate::orders::OrderDesk,
-    /// Dormant-tier figures ([`crate::dormant`]).
-    pub(crate) dormant: crate::dormant::DormantLedger,
+    /// Dormant-tier figures ([`crate::domains::dormant`]).
+    pub(crate) dormant: crate::domains::dormant::DormantLedger,
     pub(crate) policy: RunPolicy,
     pub(crate) runtime: Option<SharedImage>,
-    /// The CPUs, which partition runs where, deferred orders ([`crate::smp`]).
-    pub(crate) smp: crate::smp::SmpState,
-    pub(crate) sched: crate::sched::Scheduler,
+    /// The CPUs, which partition runs where, deferred orders ([`crate::running::smp`]).
+    pub(crate) smp: crate::running::smp::SmpState,
+    pub(crate) sched: crate::running::sched::Scheduler,
     refused: u32,
     evicted: u32,
 }
@@ -144,7 +144,7 @@ impl<A: Arch> Hypervisor<A> {
         let mut hv = Self {
             arch,
             frames,
-            heap: crate::quota::HeapLedger::default(),
+            heap: crate::memory::quota::HeapLedger::default(),
             partitions: Vec::with_capacity(count),
             stores: Vec::with_capacity(count),
             channels: Vec::new(),
@@ -157,11 +157,11 @@ impl<A: Arch> Hypervisor<A> {
                 bundle_digest,
                 bundle.boot_id().is_some(),
             ),
-            dormant: crate::dormant::DormantLedger::default(),
+            dormant: crate::domains::dormant::DormantLedger::default(),
             policy: RunPolicy::from_config(&config),
             runtime: None,
-            smp: crate::smp::SmpState::new(),
-            sched: crate::sched::Scheduler::new(count),
+            smp: crate::running::smp::SmpState::new(),
+            sched: crate::running::sched::Scheduler::new(count),
             refused: 0,
             evicted: 0,
         };
@@ -176,8 +176,8 @@ impl<A: Arch> Hypervisor<A> {
         if let Some(rt) = bundle.global(EntryKind::GuestRuntime) {
             let image = SharedImage::load(&mut hv.arch, &mut hv.frames, rt.data)
                 .map_err(|e| match e {
-                    crate::image::ImageError::Elf(e) => BootError::Runtime(e),
-                    crate::image::ImageError::OutOfMemory => BootError::OutOfMemory,
+                    crate::load::image::ImageError::Elf(e) => BootError::Runtime(e),
+                    crate::load::image::ImageError::OutOfMemory => BootError::OutOfMemory,
                 })?;
             hv.runtime = Some(image);
         }
@@ -224,13 +224,13 @@ impl<A: Arch> Hypervisor<A> {
     /// the pristine image). Returns the checkpoint id resumed from (0 =
     /// pristine). There is no run-time channel from the host yet, so only
     /// code in the hypervisor (and host tests) can give this order.
-    pub fn unfence(&mut self, id: PartitionId) -> Result<u64, crate::fault::OrderError> {
-        let idx = self.index_of(id).ok_or(crate::fault::OrderError::NoSuchPartition)?;
+    pub fn unfence(&mut self, id: PartitionId) -> Result<u64, crate::recovery::fault::OrderError> {
+        let idx = self.index_of(id).ok_or(crate::recovery::fault::OrderError::NoSuchPartition)?;
         if self.running_on(idx).is_some() {
             // Only a fenced partition is unfenced, and a fenced one never runs.
-            return Err(crate::fault::OrderError::NotFenced);
+            return Err(crate::recovery::fault::OrderError::NotFenced);
         }
-        crate::fault::unfence(self, idx)
+        crate::recovery::fault::unfence(self, idx)
     }
 
     /// Operator order: evict partition `id` (F4). A partition that still
@@ -238,16 +238,16 @@ impl<A: Arch> Hypervisor<A> {
     /// [`Hypervisor::unfence`]. If its guest is on a CPU right now, the
     /// eviction is [deferred](Hypervisor::defer) until that CPU comes back
     /// (at the latest at the end of the slice).
-    pub fn evict(&mut self, id: PartitionId) -> Result<(), crate::fault::OrderError> {
-        let idx = self.index_of(id).ok_or(crate::fault::OrderError::NoSuchPartition)?;
+    pub fn evict(&mut self, id: PartitionId) -> Result<(), crate::recovery::fault::OrderError> {
+        let idx = self.index_of(id).ok_or(crate::recovery::fault::OrderError::NoSuchPartition)?;
         if self.partitions[idx].state == PartitionState::Evicted {
-            return Err(crate::fault::OrderError::AlreadyEvicted);
+            return Err(crate::recovery::fault::OrderError::AlreadyEvicted);
         }
         if self.running_on(idx).is_some() {
-            self.defer(idx, crate::smp::DeferredOrder::Evict);
+            self.defer(idx, crate::running::smp::DeferredOrder::Evict);
             return Ok(());
         }
-        crate::fault::respond(self, idx, crate::recovery::Trigger::OperatorEvict, format_args!("eviction ordered by the operator"));
+        crate::recovery::fault::respond(self, idx, crate::recovery::policy::Trigger::OperatorEvict, format_args!("eviction ordered by the operator"));
         Ok(())
     }
 
@@ -430,7 +430,7 @@ impl<A: Arch> Hypervisor<A> {
         };
         self.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, args.to_bytes());
         let now = self.arch.now_ns();
-        self.partitions[idx].recovery.record(crate::recovery::RecoveryClass::Fence, now);
+        self.partitions[idx].recovery.record(crate::recovery::policy::RecoveryClass::Fence, now);
     }
 
     /// Global housekeeping, under the kernel lock, by whichever CPU is
@@ -438,7 +438,7 @@ impl<A: Arch> Hypervisor<A> {
     /// budget. Other global steps (operator orders, tiering, coherence)
     /// belong here too, one call each.
     pub fn housekeeping(&mut self) {
-        crate::fault::expire_fences(self);
+        crate::recovery::fault::expire_fences(self);
         crate::orders::poll(self);
         crate::domains::housekeeping(self);
         if let Some(start) = self.run_started_ns() {
@@ -452,7 +452,7 @@ impl<A: Arch> Hypervisor<A> {
     pub(crate) fn start_if_loaded(&mut self, idx: usize) {
         if self.partitions[idx].state == PartitionState::Loaded {
             // A partition created by a split keeps its agent's clock (set
-            // at creation, [`crate::migrate`]).
+            // at creation, [`crate::domains::migrate`]).
             let now = self.arch.now_ns();
             self.partitions[idx].started_ns.get_or_insert(now);
             let handles = crate::journal::start_args(self, idx);
@@ -467,11 +467,11 @@ impl<A: Arch> Hypervisor<A> {
             Exit::Hvc { imm: 0 } => {
                 let function = self.partitions[idx].vcpu.regs.x[0];
                 let flow = crate::dispatch::hypercall(self, idx);
-                crate::fault::after_call(self, idx, function, flow)
+                crate::recovery::fault::after_call(self, idx, function, flow)
             }
             Exit::Hvc { imm } => {
                 let flow = crate::dispatch::bad_immediate(self, idx, imm);
-                crate::fault::after_refusal(self, idx, HVC_IMMEDIATE_OP, flow)
+                crate::recovery::fault::after_refusal(self, idx, HVC_IMMEDIATE_OP, flow)
             }
             Exit::Timer => {
                 self.partitions[idx].stats.preemptions += 1;
@@ -487,16 +487,16 @@ impl<A: Arch> Hypervisor<A> {
                 self.demand_page(idx, ipa)
             }
             other => {
-                crate::fault::partition_fault(self, idx, other);
+                crate::recovery::fault::partition_fault(self, idx, other);
                 Flow::Reschedule
             }
         }
     }
 
     /// Back a first touch of the heap window with a zeroed frame.
-    fn demand_page(&mut self, idx: usize, ipa: crate::addr::Ipa) -> Flow {
+    fn demand_page(&mut self, idx: usize, ipa: crate::memory::addr::Ipa) -> Flow {
         let Some(frame) = self.frames.alloc() else {
-            crate::fault::partition_fault(self, idx, Exit::Other { esr: 0 });
+            crate::recovery::fault::partition_fault(self, idx, Exit::Other { esr: 0 });
             return Flow::Reschedule;
         };
         self.arch.phys_zero(frame, PAGE_BYTES);
@@ -509,7 +509,7 @@ impl<A: Arch> Hypervisor<A> {
             }
             Err(_) => {
                 self.frames.free(frame);
-                crate::fault::partition_fault(self, idx, Exit::Other { esr: 0 });
+                crate::recovery::fault::partition_fault(self, idx, Exit::Other { esr: 0 });
                 Flow::Reschedule
             }
         }

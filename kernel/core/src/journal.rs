@@ -104,18 +104,18 @@ mod tests {
     use rvm_abi::witness::{flags, KernelEvent};
     use rvm_abi::{HvError, Hypercall, ObjectKind, WitnessRecord};
 
-    use crate::addr::{PhysAddr, PhysRange};
+    use crate::memory::addr::{PhysAddr, PhysRange};
     use crate::arch::TrapInfo;
     use crate::fake::{FakeArch, GuestView};
-    use crate::frames::FrameAllocator;
+    use crate::memory::frames::FrameAllocator;
     use crate::hypervisor::Hypervisor;
-    use crate::vcpu::Vcpu;
+    use crate::running::vcpu::Vcpu;
 
     const HEAP: u64 = layout::HEAP_IPA;
 
     fn bundle(flags: u32) -> Vec<u8> {
         let mut w = BundleWriter::new();
-        let runtime = crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)]);
+        let runtime = crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)]);
         w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime);
         w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
         w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 50, flags, ..BootConfig::DEFAULT }.to_bytes());

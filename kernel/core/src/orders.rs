@@ -269,10 +269,10 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         }
         Err(e) => {
             let r = match e {
-                crate::fault::OrderError::Recreate(e) => OrderRefusal::Failed(e),
-                crate::fault::OrderError::NotFenced => OrderRefusal::NotFenced(hv.partitions[idx].state),
-                crate::fault::OrderError::AlreadyEvicted => OrderRefusal::AlreadyEvicted,
-                crate::fault::OrderError::NoSuchPartition => OrderRefusal::UnknownPartition,
+                crate::recovery::fault::OrderError::Recreate(e) => OrderRefusal::Failed(e),
+                crate::recovery::fault::OrderError::NotFenced => OrderRefusal::NotFenced(hv.partitions[idx].state),
+                crate::recovery::fault::OrderError::AlreadyEvicted => OrderRefusal::AlreadyEvicted,
+                crate::recovery::fault::OrderError::NoSuchPartition => OrderRefusal::UnknownPartition,
             };
             refuse(hv, Some(idx), order.partition_name(), args, r);
         }

@@ -4,12 +4,12 @@ use alloc::vec::Vec;
 
 use rvm_abi::bundle::PartitionDesc;
 
-use crate::addr::{Ipa, PhysAddr};
-use crate::checkpoint::{Checkpoint, CheckpointLimit};
-use crate::image::SharedImage;
-use crate::recovery::RecoveryState;
-use crate::stage2::Stage2Table;
-use crate::vcpu::Vcpu;
+use crate::memory::addr::{Ipa, PhysAddr};
+use crate::recovery::checkpoint::{Checkpoint, CheckpointLimit};
+use crate::load::image::SharedImage;
+use crate::recovery::policy::RecoveryState;
+use crate::memory::stage2::Stage2Table;
+use crate::running::vcpu::Vcpu;
 
 /// A partition's id: its index in the bundle plus one (0 is the hypervisor's
 /// own log). Also the id of its witness log.
@@ -41,7 +41,7 @@ pub enum PartitionState {
     /// memory scrubbed and returned to the pool, its stage-2 tables torn
     /// down; VMID, capabilities, channels, state store and log kept. The
     /// next message sent to it recreates it from the pristine image and
-    /// that checkpoint ([`crate::dormant`]).
+    /// that checkpoint ([`crate::domains::dormant`]).
     Dormant,
 }
 
@@ -122,14 +122,14 @@ pub struct Partition {
     pub vmid: u8,
     pub stage2: Stage2Table,
     /// Boxed so a CPU can take it out cheaply while the guest runs
-    /// ([`crate::smp::Lease`]); a placeholder stands in meanwhile.
+    /// ([`crate::running::smp::Lease`]); a placeholder stands in meanwhile.
     pub vcpu: alloc::boxed::Box<Vcpu>,
     /// Frames only this partition maps (scrubbed and freed on eviction).
     pub private_frames: Vec<PhysAddr>,
     /// Frames reserved for it at admission ([`crate::load::footprint`]),
     /// given back when it is evicted.
     pub frames_committed: u64,
-    /// EL2 heap reserved for it at admission ([`crate::quota`]).
+    /// EL2 heap reserved for it at admission ([`crate::memory::quota`]).
     pub heap_committed: usize,
     pub heap: DemandWindow,
     /// Heap pages backed so far (IPA, frame): scrubbed and unmapped when the
@@ -192,7 +192,7 @@ impl Partition {
             checkpoint_limit: CheckpointLimit::for_budget(desc.wasm_pages),
             next_checkpoint_id: 1,
             checkpoint_mapped: 0,
-            recovery: RecoveryState::new(crate::recovery::RecoveryPolicy::from_desc(&desc.recovery)),
+            recovery: RecoveryState::new(crate::recovery::policy::RecoveryPolicy::from_desc(&desc.recovery)),
             restarts: 0,
             rollbacks: 0,
             console_line: heapless::Vec::new(),

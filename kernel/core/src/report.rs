@@ -44,7 +44,7 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
             hv.arch.console_write(b"\n");
         }
         let r = p.recovery.counts;
-        if r != crate::recovery::RecoveryCounts::default() || p.checkpoint.is_some() {
+        if r != crate::recovery::policy::RecoveryCounts::default() || p.checkpoint.is_some() {
             let line = alloc::format!(
                 "     recovery: {} restarts (F1), {} rollbacks (F2), {} fences (F3), {} unfences; last checkpoint {}; {} committed items",
                 r.restarts,

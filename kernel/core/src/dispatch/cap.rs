@@ -27,10 +27,10 @@ use rvm_cap::attest::Attestation;
 use rvm_cap::{ArgsDigest, ObjectRef, Timestamp};
 use sha2::{Digest, Sha256};
 
-use crate::addr::Ipa;
+use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::{DeriveArgs, Refused, UseParams};
-use crate::guest_mem;
+use crate::memory::guest_mem;
 use crate::hypervisor::{Flow, Hypervisor};
 use crate::store::StoreSnapshot;
 

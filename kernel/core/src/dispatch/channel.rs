@@ -3,10 +3,10 @@
 use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
 use rvm_cap::ArgsDigest;
 
-use crate::addr::Ipa;
+use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::Granted;
-use crate::guest_mem;
+use crate::memory::guest_mem;
 use crate::hypervisor::{Flow, Hypervisor};
 
 use super::{allow, authorize, deny, read_guest, refuse, CapUse, ProofRegs, Witnessed};
@@ -54,7 +54,7 @@ pub(super) fn send<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
         [msg.len() as u64, 0, 0]
     });
     // A dormant receiver wakes for the message (it stays queued for it).
-    crate::dormant::message_sent(hv, ch);
+    crate::domains::dormant::message_sent(hv, ch);
     flow
 }
 

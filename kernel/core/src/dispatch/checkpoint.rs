@@ -4,10 +4,10 @@
 //! part appended to it (the linear memory, passed in place so the runtime
 //! needs no second copy). The kernel copies both into frames of its own,
 //! adds a snapshot of the committed state store, hashes the whole
-//! ([`crate::checkpoint`]), and keeps it as the partition's last checkpoint.
+//! ([`crate::recovery::checkpoint`]), and keeps it as the partition's last checkpoint.
 //!
 //! A partition checkpoints only itself, into space bounded by its
-//! [`CheckpointLimit`](crate::checkpoint::CheckpointLimit), so the call
+//! [`CheckpointLimit`](crate::recovery::checkpoint::CheckpointLimit), so the call
 //! needs no capability. Records: the call's own (its `args` digest covers the
 //! registers and the state hash), then `CheckpointTaken` with the hash's
 //! first 16 bytes. Results: `x1` = checkpoint id, `x2`/`x3` = the hash's first
@@ -16,9 +16,9 @@
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::Outcome;
 
-use crate::addr::Ipa;
+use crate::memory::addr::Ipa;
 use crate::arch::Arch;
-use crate::checkpoint::{Checkpoint, GuestPart};
+use crate::recovery::checkpoint::{Checkpoint, GuestPart};
 use crate::hypervisor::{Flow, Hypervisor};
 
 use super::{allow, deny, Witnessed};
@@ -73,7 +73,7 @@ fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, ck: Checkpoint) {
     let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
     let p = &mut partitions[idx];
     if p.checkpoint_mapped != 0 {
-        crate::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
+        crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
         p.checkpoint_mapped = 0;
     }
     p.next_checkpoint_id = ck.id + 1;

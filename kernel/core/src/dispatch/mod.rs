@@ -5,6 +5,8 @@
 //! with `WitnessUnavailable` and nothing happens (fail-closed). `Null` and
 //! `Yield` change no state and are not witnessed.
 
+pub mod psci;
+
 use alloc::vec::Vec;
 
 use rvm_abi::hypercall::{smccc_owner, SMCCC_OWNER_STANDARD};
@@ -12,10 +14,10 @@ use rvm_abi::witness::{HVC_IMMEDIATE_OP, NO_CAP};
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, Outcome, ProofTier, Rights, WitnessOp, WitnessRecord};
 use rvm_cap::{ArgsDigest, Signature};
 
-use crate::addr::Ipa;
+use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::{Approval, Granted, Refused, UseParams};
-use crate::guest_mem;
+use crate::memory::guest_mem;
 
 mod cap;
 pub use cap::{store_digest, STORE_DIGEST_TAG};
@@ -318,7 +320,7 @@ pub(crate) fn bad_immediate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, imm: u1
 pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     let x0 = hv.partitions[idx].vcpu.regs.x[0];
     if u32::try_from(x0).is_ok_and(|id| smccc_owner(id) == SMCCC_OWNER_STANDARD) {
-        return crate::psci::call(hv, idx);
+        return crate::dispatch::psci::call(hv, idx);
     }
     let Some(call) = Hypercall::from_function_id(x0) else {
         let regs = regs_of(hv, idx);
@@ -347,11 +349,11 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         Hypercall::Prove => cap::prove(hv, idx, w.handle(regs[0]), &regs),
         // One checkpoint per partition holds one agent: refused when it runs several.
         // A departing agent's checkpoint carries out its move.
-        Hypercall::Checkpoint if crate::migrate::departs(hv, idx) => crate::migrate::depart(hv, idx, w, &regs),
+        Hypercall::Checkpoint if crate::domains::migrate::departs(hv, idx) => crate::domains::migrate::depart(hv, idx, w, &regs),
         Hypercall::Checkpoint if crate::domains::refuses_checkpoint(hv, idx) => deny(hv, idx, &w, HvError::NotSupported),
         Hypercall::Checkpoint => checkpoint::take(hv, idx, w, &regs),
         Hypercall::AgentSwitch => crate::domains::switch(hv, idx, w, &regs),
-        Hypercall::Idle => crate::dormant::idle(hv, idx, w, &regs),
+        Hypercall::Idle => crate::domains::dormant::idle(hv, idx, w, &regs),
         Hypercall::ClockRead => {
             let p = &hv.partitions[idx];
             let now = hv.arch.now_ns().saturating_sub(p.started_ns.unwrap_or(0));
@@ -361,7 +363,7 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         Hypercall::Exit => {
             let code = regs[0];
             let _ = allow(hv, idx, &w, |_| [0; 3]);
-            crate::psci::finish(hv, idx, code);
+            crate::dispatch::psci::finish(hv, idx, code);
             Flow::Reschedule
         }
         // Not built yet: refused honestly, and witnessed like any denial.

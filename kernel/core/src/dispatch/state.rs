@@ -4,10 +4,10 @@ use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
 use rvm_cap::proof::staged_args_digest;
 use rvm_cap::ArgsDigest;
 
-use crate::addr::Ipa;
+use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::Granted;
-use crate::guest_mem;
+use crate::memory::guest_mem;
 use crate::hypervisor::{Flow, Hypervisor};
 
 use super::{allow, authorize, deny, read_guest, refuse, CapUse, ProofRegs, Witnessed};

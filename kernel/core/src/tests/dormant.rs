@@ -15,7 +15,7 @@ use rvm_abi::{HvError, Hypercall, ObjectKind};
 
 use crate::fake::FakeArch;
 use crate::partition::{PartitionId, PartitionState};
-use crate::tests_orders::{assert_chains_verify, boot, events, runtime, shared, Part, DATA, HEAP};
+use crate::tests::orders::{assert_chains_verify, boot, events, runtime, shared, Part, DATA, HEAP};
 
 /// A Dormant-tier agent: its first start commits an item, finds its inbox
 /// empty, asks `Idle`, checkpoints its heap and sleeps (`asleep` set just
@@ -230,7 +230,7 @@ fn an_operator_may_evict_a_dormant_partition() {
     hv.run();
     assert_eq!(hv.partitions()[0].state, PartitionState::Dormant);
     let dormant_frames = hv.frames_in_use();
-    let line = crate::tests_orders::order_line(&bundle, &crate::tests_orders::OPERATOR_SEED, rvm_abi::frame::OrderKind::Evict, 1, "sleeper");
+    let line = crate::tests::orders::order_line(&bundle, &crate::tests::orders::OPERATOR_SEED, rvm_abi::frame::OrderKind::Evict, 1, "sleeper");
     hv.arch.type_input(line.as_bytes());
     hv.housekeeping();
     assert_eq!(hv.partitions()[0].state, PartitionState::Evicted);

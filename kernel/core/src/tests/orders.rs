@@ -19,13 +19,13 @@ use rvm_abi::frame::{Frame, OrderArgs, OrderFrame, OrderKind};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Hypercall, ObjectKind, Outcome, WitnessRecord};
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{FakeArch, GuestView};
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
-use crate::vcpu::Vcpu;
+use crate::running::vcpu::Vcpu;
 
 /// Entry of the test runtime image.
 pub(crate) const ENTRY: u64 = 0x4000_0000;
@@ -79,7 +79,7 @@ pub(crate) fn boot_with_id(
     if let Some(id) = boot_id {
         w.entry(EntryKind::BootId, GLOBAL, &id);
     }
-    w.entry(EntryKind::GuestRuntime, GLOBAL, &crate::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)]));
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &crate::load::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)]));
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
     w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig::DEFAULT.to_bytes());
     if operator_key {

@@ -18,10 +18,10 @@ use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Hypercall, ObjectKind, WitnessRecord};
 use rvm_coherence::{AgentId, Decision, Weight};
 
-use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::memory::addr::{Ipa, PhysAddr, PhysRange};
 use crate::arch::{Arch, TrapInfo};
 use crate::fake::FakeArch;
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 
 const HEAP: u64 = layout::HEAP_IPA;
@@ -29,7 +29,7 @@ const MSG: &[u8] = b"hello, agent";
 const RECV: u64 = HEAP + 0x100;
 
 fn runtime() -> Vec<u8> {
-    crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
+    crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 
 use crate::tests::desc;
@@ -740,7 +740,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     assert_eq!((merge.partition, merge.other), (p1, Some(p2)), "p2 empties into p1 (the lower id on a tie)");
     assert_eq!(d.moves().len(), 1, "{:?}", d.moves());
     let m = d.moves()[0].clone();
-    assert_eq!((m.kind, m.agent, m.from, m.to), (crate::migrate::MoveKind::Merge, AgentId(1), p2, p1));
+    assert_eq!((m.kind, m.agent, m.from, m.to), (crate::domains::migrate::MoveKind::Merge, AgentId(1), p2, p1));
     assert_eq!((m.channels, m.handles), (1, 2), "its channel end; the store and that channel");
     assert!(m.queued >= 3, "p1's three unread messages waited for it: {m:?}");
     assert_eq!((m.cut, m.internal), (merge.cut, merge.internal));

@@ -16,12 +16,12 @@ use rvm_abi::frame::{Frame, OrderKind};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{Hypercall, ObjectKind, WitnessRecord};
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::fake::FakeArch;
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
-use crate::tests_orders::{assert_chains_verify, order_line, runtime, Part, HEAP, OPERATOR_SEED};
+use crate::tests::orders::{assert_chains_verify, order_line, runtime, Part, HEAP, OPERATOR_SEED};
 use crate::witness::FailAt;
 
 use PartitionState::*;
@@ -169,7 +169,7 @@ fn frames() -> FrameAllocator {
 /// The bundle of the life-cycle scenario: a victim and a bystander linked
 /// by a channel, with an operator key.
 fn lifecycle_bundle() -> Vec<u8> {
-    crate::tests_orders::boot(&[Part::new("victim"), Part::new("bystander")], &[(0, 1)], true).1
+    crate::tests::orders::boot(&[Part::new("victim"), Part::new("bystander")], &[(0, 1)], true).1
 }
 
 /// The life-cycle scenario, with the witness refusing as `fail` says:
@@ -442,7 +442,7 @@ fn a_boot_whose_record_cannot_be_written_runs_nothing() {
 /// moved out to a new partition), with the witness refusing as `fail` says
 /// from boot on.
 fn split_scenario(fail: Option<FailAt>) -> Hypervisor<FakeArch> {
-    use crate::tests_domains::{agent, boot, channel_handles, chatty_peer, domain_runtime, guest, recv, send, switch};
+    use crate::tests::domains::{agent, boot, channel_handles, chatty_peer, domain_runtime, guest, recv, send, switch};
     let mut hv = boot(&[3, 1, 1], &[(agent(0, 0), agent(0, 1)), (agent(0, 0), agent(0, 2))], &[(1, 2)], rvm_abi::bundle::BOOT_FLAG_COHERENCE);
     hv.witness.inject(fail);
     hv.arch.tick_ns = 1_000_000;

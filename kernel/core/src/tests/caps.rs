@@ -27,10 +27,10 @@ use rvm_cap::attest::{verify_attestation, Attestation};
 use rvm_cap::proof::{approval_message, authority_key, revoke_args_digest, sign_operation, staged_args_digest, RootRef};
 use rvm_cap::{ArgsDigest, AuthorityKey, DeriveParams, Nonce, ObjectRef, PartitionId, Signature, Timestamp};
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{FakeArch, GuestView};
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 use crate::partition::PartitionState;
 
@@ -79,7 +79,7 @@ fn cap(kind: ObjectKind, object: u32, rights: &[(Rights, u8)]) -> CapDesc {
 }
 
 fn runtime() -> Vec<u8> {
-    crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
+    crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 
 fn boot(parts: &[Part], channels: &[(u32, u32)]) -> Hypervisor<FakeArch> {
@@ -193,7 +193,7 @@ fn scripted(mut steps: Vec<Step>, trace: Trace) -> crate::fake::GuestFn {
     })
 }
 
-fn hvc(v: &mut crate::vcpu::Vcpu, c: Hypercall, regs: &[u64; 6]) -> TrapInfo {
+fn hvc(v: &mut crate::running::vcpu::Vcpu, c: Hypercall, regs: &[u64; 6]) -> TrapInfo {
     v.regs.x[0] = u64::from(c.function_id());
     v.regs.x[1..7].copy_from_slice(regs);
     FakeArch::hvc()
@@ -783,7 +783,7 @@ fn prove_attests_a_log_head_and_a_store_with_the_hypervisor_key() {
     // Read back what the two Prove calls wrote, through p1's stage 2.
     let mut out = [0u8; 0x200];
     let s2 = &hv.partitions()[0].stage2;
-    crate::guest_mem::read(&hv.arch, s2, crate::addr::Ipa::new(OUT), &mut out).unwrap();
+    crate::memory::guest_mem::read(&hv.arch, s2, crate::memory::addr::Ipa::new(OUT), &mut out).unwrap();
     let key = witness_public();
     // The log head attested is the head before the Prove record (seq n).
     let all: Vec<[u8; 64]> = text

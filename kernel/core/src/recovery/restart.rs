@@ -15,11 +15,11 @@ use alloc::vec::Vec;
 use rvm_abi::bootinfo::{layout, RestoreInfo};
 use rvm_abi::HvError;
 
-use crate::addr::{Ipa, PhysAddr, PAGE_BYTES};
+use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES};
 use crate::arch::Arch;
 use crate::hypervisor::Hypervisor;
-use crate::stage2::S2Perm;
-use crate::vcpu::Vcpu;
+use crate::memory::stage2::S2Perm;
+use crate::running::vcpu::Vcpu;
 
 /// Where a recreated guest begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ fn map_checkpoint<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) 
     let Hypervisor { arch, frames, partitions, stores, .. } = hv;
     let p = &mut partitions[idx];
     if p.checkpoint_mapped != 0 {
-        crate::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
+        crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
         p.checkpoint_mapped = 0;
     }
     let ck = match (from, p.checkpoint.as_ref()) {
@@ -95,7 +95,7 @@ fn map_checkpoint<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) 
         Err(_) => {
             // Some pages may be mapped: take them all out again.
             let pages = ck.pages();
-            crate::checkpoint::unmap_window(arch, &mut p.stage2, pages, p.vmid);
+            crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, pages, p.vmid);
             return Err(HvError::NoMemory);
         }
     }

@@ -17,10 +17,10 @@ use rvm_abi::bootinfo::layout;
 use rvm_abi::recovery::StateEncoder;
 use rvm_abi::HvError;
 
-use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
-use crate::frames::FrameAllocator;
-use crate::stage2::{MapError, MemType, S2Perm, Stage2Table};
+use crate::memory::frames::FrameAllocator;
+use crate::memory::stage2::{MapError, MemType, S2Perm, Stage2Table};
 use crate::store::StoreSnapshot;
 
 /// Room a checkpoint may take beyond the agent's memory budget: the image
@@ -121,7 +121,7 @@ impl Checkpoint {
                 cur = Ipa::new(cur.raw() + chunk);
             }
         }
-        let pages = usize::try_from(crate::addr::page_round_up(total).ok_or(HvError::InvalidArgument)? / PAGE_SIZE)
+        let pages = usize::try_from(crate::memory::addr::page_round_up(total).ok_or(HvError::InvalidArgument)? / PAGE_SIZE)
             .map_err(|_| HvError::NoMemory)?;
         let mut own = Vec::with_capacity(pages);
         for _ in 0..pages {

@@ -7,9 +7,9 @@
 
 use rvm_abi::HvError;
 
-use crate::addr::{Ipa, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PAGE_SIZE};
 use crate::arch::Arch;
-use crate::stage2::{MemType, Stage2Table};
+use crate::memory::stage2::{MemType, Stage2Table};
 
 /// Largest buffer one hypercall may pass.
 pub const MAX_BUFFER: u64 = 1 << 20;
@@ -29,7 +29,7 @@ fn for_each_chunk(
     ipa: Ipa,
     len: u64,
     access: Access,
-    mut f: impl FnMut(crate::addr::PhysAddr, usize, usize),
+    mut f: impl FnMut(crate::memory::addr::PhysAddr, usize, usize),
 ) -> Result<(), HvError> {
     if len > MAX_BUFFER {
         return Err(HvError::BadAddress);
@@ -58,7 +58,7 @@ fn for_each_chunk(
 /// Copy `buf.len()` bytes from the guest's `ipa`.
 pub fn read(arch: &dyn Arch, s2: &Stage2Table, ipa: Ipa, buf: &mut [u8]) -> Result<(), HvError> {
     let len = u64::try_from(buf.len()).map_err(|_| HvError::BadAddress)?;
-    let mut pieces: heapless::Vec<(crate::addr::PhysAddr, usize, usize), 257> = heapless::Vec::new();
+    let mut pieces: heapless::Vec<(crate::memory::addr::PhysAddr, usize, usize), 257> = heapless::Vec::new();
     for_each_chunk(arch, s2, ipa, len, Access::Read, |pa, off, n| {
         let _ = pieces.push((pa, off, n));
     })?;
@@ -71,7 +71,7 @@ pub fn read(arch: &dyn Arch, s2: &Stage2Table, ipa: Ipa, buf: &mut [u8]) -> Resu
 /// Copy `data` into the guest's `ipa` (which must be writable).
 pub fn write(arch: &mut dyn Arch, s2: &Stage2Table, ipa: Ipa, data: &[u8]) -> Result<(), HvError> {
     let len = u64::try_from(data.len()).map_err(|_| HvError::BadAddress)?;
-    let mut pieces: heapless::Vec<(crate::addr::PhysAddr, usize, usize), 257> = heapless::Vec::new();
+    let mut pieces: heapless::Vec<(crate::memory::addr::PhysAddr, usize, usize), 257> = heapless::Vec::new();
     for_each_chunk(arch, s2, ipa, len, Access::Write, |pa, off, n| {
         let _ = pieces.push((pa, off, n));
     })?;

@@ -22,7 +22,7 @@
 //! queued): a dormant partition with a message waiting gets fresh stage-2
 //! tables, the runtime image mapped again (private pages copied from the
 //! pristine image), its module and a new boot-info page, and is recreated
-//! by [`crate::restart::recreate`] from that checkpoint; it is `Running`
+//! by [`crate::recovery::restart::recreate`] from that checkpoint; it is `Running`
 //! again, witnessed with `DormantExit` (frames taken). The message stays
 //! queued and is received by the restored agent: nothing is lost or
 //! delivered twice. A partition that cannot be rebuilt (out of frames) is
@@ -36,14 +36,14 @@ use rvm_abi::recovery::DormantArgs;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::HvError;
 
-use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::console;
 use crate::dispatch::{allow, deny, Witnessed};
 use crate::hypervisor::{name_str, Flow, Hypervisor};
 use crate::partition::{PartitionId, PartitionState};
-use crate::restart::StartFrom;
-use crate::stage2::{MemType, S2Perm, Stage2Table};
+use crate::recovery::restart::StartFrom;
+use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use crate::witness::Reservation;
 
 /// Per-partition dormancy figures (indexed like the partitions).
@@ -224,7 +224,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     // Room for `DormantExit` first: a wake that cannot be witnessed does
     // not happen (the partition sleeps on; the message waits).
     let Some(mut held) = hv.hold(id, 1) else { return };
-    let rebuilt = rebuild(hv, idx).and_then(|()| crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint));
+    let rebuilt = rebuild(hv, idx).and_then(|()| crate::recovery::restart::recreate(hv, idx, StartFrom::LastCheckpoint));
     let ck = match rebuilt {
         Ok(ck) => ck,
         Err(e) => {
@@ -233,7 +233,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
                 format_args!("partition {} '{}' could not be woken ({}): fenced (F3)", id.0, name_str(&name), e.name()),
             );
             hv.release(held);
-            crate::fault::fence(hv, idx, crate::recovery::Trigger::RestoreFailed);
+            crate::recovery::fault::fence(hv, idx, crate::recovery::policy::Trigger::RestoreFailed);
             return;
         }
     };

@@ -19,7 +19,7 @@
 //!   [`Decision::witness_args`] (cut value in bytes 0–7, internal traffic in
 //!   8–15).
 //!
-//! **Migration** ([`crate::migrate`]): a split decision that moves one
+//! **Migration** ([`crate::domains::migrate`]): a split decision that moves one
 //! agent out of a partition running the shared runtime, and a merge whose
 //! emptied partition runs one agent, are carried out at that agent's next
 //! turn boundary (its `AgentSwitch` answers `DEPART`); other decisions
@@ -34,6 +34,9 @@
 //! partition. So F1 and F2 of a multi-agent
 //! partition both restart every agent of it from the pristine image, with
 //! the partition's committed state store kept.
+
+pub mod dormant;
+pub mod migrate;
 
 use alloc::vec::Vec;
 
@@ -94,14 +97,14 @@ pub struct Domains {
     next_evaluation_ns: u64,
     decisions: Vec<DecisionRecord>,
     /// The split being carried out: its mover leaves at its next turn boundary.
-    pub(crate) departing: Option<crate::migrate::Departure>,
+    pub(crate) departing: Option<crate::domains::migrate::Departure>,
     /// Moves carried out, oldest first.
-    pub(crate) moves: Vec<crate::migrate::Move>,
+    pub(crate) moves: Vec<crate::domains::migrate::Move>,
     /// Per partition (by position): whether an agent table is mapped.
     tables: Vec<bool>,
     /// An agent that arrived (a merge) and has not yet run its first turn:
     /// its checkpoint stays mapped for its runtime to restore it.
-    pub(crate) arrival: Option<crate::migrate::Arrival>,
+    pub(crate) arrival: Option<crate::domains::migrate::Arrival>,
 }
 
 impl Domains {
@@ -193,7 +196,7 @@ impl Domains {
     }
 
     /// The agent moves carried out so far, oldest first.
-    pub fn moves(&self) -> &[crate::migrate::Move] {
+    pub fn moves(&self) -> &[crate::domains::migrate::Move] {
         &self.moves
     }
 
@@ -258,15 +261,15 @@ pub(crate) fn switch<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
                 *r = slot;
             }
             // An arrived agent's first turn: its runtime restored it.
-            crate::migrate::arrived(hv, idx, slot);
+            crate::domains::migrate::arrived(hv, idx, slot);
             let listed = if hv.domains.has_table(idx) { hv.domains.agent_count(idx) } else { 0 };
-            [crate::migrate::switch_result(hv, idx, slot), u64::try_from(listed).unwrap_or(0), 0]
+            [crate::domains::migrate::switch_result(hv, idx, slot), u64::try_from(listed).unwrap_or(0), 0]
         }),
     }
 }
 
 /// Whether partition `idx`'s `Checkpoint` is refused (it runs several
-/// agents; a departing agent's checkpoint is [`crate::migrate`]'s).
+/// agents; a departing agent's checkpoint is [`crate::domains::migrate`]'s).
 pub(crate) fn refuses_checkpoint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     hv.domains.is_multi_agent(idx)
 }
@@ -301,7 +304,7 @@ pub(crate) fn housekeeping<A: Arch>(hv: &mut Hypervisor<A>) {
         return;
     }
     let now = hv.arch.now_ns();
-    crate::migrate::expire(hv, now);
+    crate::domains::migrate::expire(hv, now);
     if now < hv.domains.next_evaluation_ns {
         return;
     }
@@ -318,7 +321,7 @@ pub(crate) fn housekeeping<A: Arch>(hv: &mut Hypervisor<A>) {
 }
 
 /// Write a decision into the logs it concerns, print it, remember it, and
-/// start carrying it out if [`crate::migrate`] can; otherwise it stays
+/// start carrying it out if [`crate::domains::migrate`] can; otherwise it stays
 /// pending in the engine.
 fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u64) {
     let args = decision.witness_args();
@@ -363,10 +366,10 @@ fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u
         hv.held_event(&mut r, record.event, Outcome::Done, args);
     }
     let carried = match decision {
-        Decision::Split(s) => crate::migrate::begin_split(hv, s),
-        Decision::Merge(m) => crate::migrate::begin_merge(hv, m),
+        Decision::Split(s) => crate::domains::migrate::begin_split(hv, s),
+        Decision::Merge(m) => crate::domains::migrate::begin_merge(hv, m),
     };
-    if carried == Err(crate::migrate::BUSY) {
+    if carried == Err(crate::domains::migrate::BUSY) {
         if let Some(engine) = hv.domains.engine.as_mut() {
             let _ = engine.cancel(decision.id());
         }

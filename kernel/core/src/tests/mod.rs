@@ -1,6 +1,15 @@
 //! Whole-kernel tests on the fake machine: bundles in, guests as closures,
 //! witness frames and console lines out.
 
+mod caps;
+mod console;
+mod domains;
+mod dormant;
+mod failclosed;
+mod orders;
+mod recovery;
+mod smp;
+
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -10,13 +19,13 @@ use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTi
 use rvm_abi::frame::Frame;
 use rvm_abi::{HvError, Hypercall, ObjectKind, WitnessRecord};
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{esr, FakeArch, GuestView};
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 use crate::partition::PartitionState;
-use crate::vcpu::Vcpu;
+use crate::running::vcpu::Vcpu;
 
 /// A partition description with the test defaults (Warm, one page).
 pub(crate) fn desc(name: &str) -> PartitionDesc {
@@ -35,7 +44,7 @@ pub(crate) fn desc(name: &str) -> PartitionDesc {
 
 /// A runtime image: one RX text page, one RW data page.
 fn runtime() -> Vec<u8> {
-    crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
+    crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 
 fn bundle(names: &[&str], channel: bool) -> Vec<u8> {

@@ -4,11 +4,11 @@
 
 use alloc::vec::Vec;
 
-use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
-use crate::elf::{ElfError, ElfImage};
-use crate::frames::FrameAllocator;
-use crate::stage2::{MapError, MemType, S2Perm, Stage2Table};
+use crate::load::elf::{ElfError, ElfImage};
+use crate::memory::frames::FrameAllocator;
+use crate::memory::stage2::{MapError, MemType, S2Perm, Stage2Table};
 
 /// Why an image could not be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl SharedImage {
                 (false, true) => S2Perm::ReadExec,
                 (false, false) => S2Perm::ReadOnly,
             };
-            let count = crate::addr::page_round_up(seg.mem_len).ok_or(ImageError::OutOfMemory)? / PAGE_SIZE;
+            let count = crate::memory::addr::page_round_up(seg.mem_len).ok_or(ImageError::OutOfMemory)? / PAGE_SIZE;
             for n in 0..count {
                 let Some(pa) = frames.alloc() else {
                     for p in &pages {

@@ -33,7 +33,7 @@ fn unknown_function_ids_and_hvc_immediates_are_witnessed_and_count_as_abuse() {
         ],
         2_000,
     );
-    let limit = u32::from(crate::recovery::AbusePolicy::DEFAULT.limit.unwrap());
+    let limit = u32::from(crate::recovery::policy::AbusePolicy::DEFAULT.limit.unwrap());
     let (seen, log) = shared::<Vec<i64>>();
     hv.arch.set_guest(
         1,
@@ -99,7 +99,7 @@ fn unknown_function_ids_and_hvc_immediates_are_witnessed_and_count_as_abuse() {
 
 #[test]
 fn every_refusal_counts_but_flow_control_does_not() {
-    use crate::recovery::AbusePolicy;
+    use crate::recovery::policy::AbusePolicy;
     for e in HvError::ALL {
         let flow = matches!(
             e,
@@ -315,7 +315,7 @@ fn a_partition_whose_budget_does_not_fit_is_refused_at_admission_and_witnessed()
 
 #[test]
 fn partitions_beyond_the_el2_heap_are_refused_at_admission_and_witnessed() {
-    use crate::quota::{partition_bytes, EL2_HEAP_BYTES, HYPERVISOR_HEAP_BYTES};
+    use crate::memory::quota::{partition_bytes, EL2_HEAP_BYTES, HYPERVISOR_HEAP_BYTES};
     let per = partition_bytes(&crate::store::StoreLimits::DEFAULT);
     let fit = (EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES) / per;
     let budgets = alloc::vec![1u32; fit + 3];

@@ -20,7 +20,7 @@
 //! before the heap exists). `rvm_hal::el2map::activate` then switches a CPU
 //! to the map with `SCTLR_EL2.WXN` set, so nothing writable is ever
 //! executable, even if a later change got an entry wrong. Every CPU
-//! activates the same map. Like [`crate::stage2`], the descriptors are
+//! activates the same map. Like [`crate::memory::stage2`], the descriptors are
 //! built here, in safe Rust, and tested on the host.
 //!
 //! Written by hand rather than with the `aarch64-paging` crate: that crate's

@@ -5,9 +5,9 @@
 //! mapped (level 3). A mapping is read-only, read-write or read-execute —
 //! never writable and executable at once, which [`S2Perm`] cannot express.
 
-use crate::addr::{Ipa, PhysAddr};
+use crate::memory::addr::{Ipa, PhysAddr};
 use crate::arch::Arch;
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 
 /// Width of every partition's IPA space.
 pub const IPA_BITS: u32 = 32;
@@ -86,7 +86,7 @@ impl Stage2Table {
     /// Allocate an empty root table.
     pub fn new(arch: &mut dyn Arch, frames: &mut FrameAllocator) -> Option<Self> {
         let root = frames.alloc()?;
-        arch.phys_zero(root, crate::addr::PAGE_BYTES);
+        arch.phys_zero(root, crate::memory::addr::PAGE_BYTES);
         Some(Self { root, tables: 1 })
     }
 
@@ -129,7 +129,7 @@ impl Stage2Table {
             } else {
                 let Some(frames) = frames.as_deref_mut() else { return Ok(None) };
                 let next = frames.alloc().ok_or(MapError::OutOfFrames)?;
-                arch.phys_zero(next, crate::addr::PAGE_BYTES);
+                arch.phys_zero(next, crate::memory::addr::PAGE_BYTES);
                 arch.write_pte(table, i, next.raw() | VALID | TABLE_OR_PAGE);
                 self.tables += 1;
                 next

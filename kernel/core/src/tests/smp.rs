@@ -11,21 +11,21 @@ use rvm_abi::frame::Frame;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{Hypercall, WitnessOp, WitnessRecord};
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::{CpuId, TrapInfo};
 use crate::fake::FakeArch;
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
-use crate::smp::{cpu_main, KernelLock, Step};
-use crate::vcpu::Vcpu;
+use crate::running::smp::{cpu_main, KernelLock, Step};
+use crate::running::vcpu::Vcpu;
 
 fn desc(name: &str, urgency: u8) -> PartitionDesc {
     PartitionDesc { deadline_urgency: urgency, cut_pressure: 0, ..crate::tests::desc(name) }
 }
 
 fn runtime() -> Vec<u8> {
-    crate::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
+    crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 
 /// Boot partitions named by `parts` (name, deadline urgency) with a run
@@ -161,7 +161,7 @@ fn a_running_vcpu_is_leased_out_and_an_eviction_waits_for_its_cpu() {
     hv.evict(PartitionId(2)).unwrap();
     assert_eq!(hv.deferred_orders(), 1);
     assert_eq!(hv.partitions()[1].state, PartitionState::Running, "not torn down under its CPU");
-    assert_eq!(hv.unfence(PartitionId(2)), Err(crate::fault::OrderError::NotFenced));
+    assert_eq!(hv.unfence(PartitionId(2)), Err(crate::recovery::fault::OrderError::NotFenced));
     // CPU 1 comes back from the guest: the order is carried out there.
     let trap = lease.run(&mut cpu1);
     let next = hv.cpu_exit(lease, trap, &mut cpu1);
@@ -265,7 +265,7 @@ fn cpus_run_their_queues_through_the_kernel_lock_and_the_boot_cpu_finishes() {
 /// Two partitions, one per CPU; partition 1 sleeps (`Dormant`), so CPU 1
 /// has nothing to run and idles. Returns the kernel and both fake CPUs, with
 /// CPU 0 running partition 0 and CPU 1 idling.
-fn one_busy_one_idle() -> (Hypervisor<FakeArch>, crate::fake::FakeCpu, crate::fake::FakeCpu, crate::smp::Lease) {
+fn one_busy_one_idle() -> (Hypervisor<FakeArch>, crate::fake::FakeCpu, crate::fake::FakeCpu, crate::running::smp::Lease) {
     let mut hv = boot(&[("busy", 50), ("sleeper", 50)], 0, 1_000);
     hv.set_cpus(2);
     assert_eq!(hv.home_cpu(1), Some(CpuId(1)));

@@ -1,7 +1,7 @@
 //! The recovery policy (DESIGN section 7): which class of response a fault
 //! gets, as small named types decided without touching the machine.
 //!
-//! | class | triggers | response (applied by `crate::fault`) |
+//! | class | triggers | response (applied by `crate::recovery::fault`) |
 //! |---|---|---|
 //! | F1 restart | WASM trap, runtime panic, failed restore | fresh runtime from the pristine image; committed state kept |
 //! | F2 rollback | the [`Escalation::limit`]-th F1 fault within the window; a failed state validation | restore the last checkpoint (memory and committed state as of that turn boundary) |

@@ -24,7 +24,7 @@
 //! # One CPU's loop
 //!
 //! [`Hypervisor::cpu_next`] (under the lock) does the housekeeping and picks
-//! from the CPU's own run queue ([`crate::sched`]); the CPU runs the lease
+//! from the CPU's own run queue ([`crate::running::sched`]); the CPU runs the lease
 //! with the lock free ([`Lease::run`]); [`Hypervisor::cpu_exit`] (under the
 //! lock) hands the vCPU back, handles the exit and says what comes next.
 //! [`cpu_main`] is that loop for real CPUs; the fake machine interleaves the
@@ -54,8 +54,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo};
 use crate::hypervisor::{Flow, Hypervisor, RunSummary};
-use crate::trap::Exit;
-use crate::vcpu::Vcpu;
+use crate::running::trap::Exit;
+use crate::running::vcpu::Vcpu;
 use rvm_abi::Hypercall;
 
 /// The kernel lock: the one lock around all kernel state. CPUs get it in
@@ -304,7 +304,7 @@ impl<A: Arch> Hypervisor<A> {
     /// Spread the partitions over `cpus` CPUs (their run queues and slots).
     /// Call once, before any CPU runs.
     pub fn set_cpus(&mut self, cpus: usize) {
-        let cpus = cpus.clamp(1, crate::sched::MAX_CPUS);
+        let cpus = cpus.clamp(1, crate::running::sched::MAX_CPUS);
         self.sched.set_cpus(cpus);
         self.smp.cpus = (0..cpus).map(|_| CpuSlot::default()).collect();
     }
@@ -575,10 +575,10 @@ impl<A: Arch> Hypervisor<A> {
             match order {
                 DeferredOrder::Evict => {
                     if self.partitions[idx].state != crate::partition::PartitionState::Evicted {
-                        crate::fault::respond(
+                        crate::recovery::fault::respond(
                             self,
                             idx,
-                            crate::recovery::Trigger::OperatorEvict,
+                            crate::recovery::policy::Trigger::OperatorEvict,
                             format_args!("eviction ordered by the operator (carried out when its CPU came back)"),
                         );
                     }
@@ -604,6 +604,7 @@ impl<A: Arch> Hypervisor<A> {
 
     /// Make the run start afresh (a host test may run the same hypervisor
     /// again after an order).
+    #[cfg(any(test, feature = "fake"))]
     pub(crate) fn restart_run(&mut self) {
         // A run whose witness was lost does not start again.
         self.smp.stopping = self.witness.lost();

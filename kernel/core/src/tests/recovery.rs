@@ -22,14 +22,14 @@ use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Hypercall, ObjectKind, WitnessRecord};
 use sha2::{Digest, Sha256};
 
-use crate::addr::{PhysAddr, PhysRange};
+use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{esr, FakeArch, GuestView};
-use crate::frames::FrameAllocator;
+use crate::memory::frames::FrameAllocator;
 use crate::hypervisor::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
 use crate::store::{StateStore, StoreLimits};
-use crate::vcpu::Vcpu;
+use crate::running::vcpu::Vcpu;
 
 /// Entry of the test runtime image.
 const ENTRY: u64 = 0x4000_0000;
@@ -39,7 +39,7 @@ const HEAP: u64 = layout::HEAP_IPA;
 
 /// A runtime image: one RX text page, two RW data pages.
 fn runtime_image() -> Vec<u8> {
-    crate::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)])
+    crate::load::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)])
 }
 
 fn desc(name: &str, recovery: RecoveryDesc) -> PartitionDesc {
@@ -426,7 +426,7 @@ fn repeated_rollbacks_fence_and_an_unresolved_fence_is_evicted() {
 #[test]
 fn hypercall_abuse_fences_and_keeps_memory_and_state() {
     let mut hv = boot_with(&[("abuser", RecoveryDesc::DEFAULT), ("other", RecoveryDesc::DEFAULT)], 0);
-    let limit = u32::from(crate::recovery::AbusePolicy::DEFAULT.limit.unwrap());
+    let limit = u32::from(crate::recovery::policy::AbusePolicy::DEFAULT.limit.unwrap());
     let (seen, log) = shared::<Vec<i64>>();
     hv.arch.set_guest(1, runtime(Box::new(move |g| match g.step {
         0 => g.stage(b"item", b"1").unwrap(),
@@ -541,9 +541,9 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
     let summary = hv.run();
     assert_eq!(summary.fenced, 1);
     let id = PartitionId(1);
-    assert_eq!(hv.evict(PartitionId(9)), Err(crate::fault::OrderError::NoSuchPartition));
+    assert_eq!(hv.evict(PartitionId(9)), Err(crate::recovery::fault::OrderError::NoSuchPartition));
     assert_eq!(hv.unfence(id), Ok(1), "resumed from checkpoint 1");
-    assert_eq!(hv.unfence(id), Err(crate::fault::OrderError::NotFenced));
+    assert_eq!(hv.unfence(id), Err(crate::recovery::fault::OrderError::NotFenced));
     assert_eq!(hv.partitions()[0].state, PartitionState::Running);
     // Run a little: the guest reads its checkpoint, its capabilities answer again.
     for _ in 0..3 {
@@ -551,7 +551,7 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
     }
     assert_eq!(seen.borrow().as_slice(), ["state at the checkpoint"]);
     hv.evict(id).unwrap();
-    assert_eq!(hv.evict(id), Err(crate::fault::OrderError::AlreadyEvicted));
+    assert_eq!(hv.evict(id), Err(crate::recovery::fault::OrderError::AlreadyEvicted));
     let events: Vec<KernelEvent> = steps(&hv, 1).iter().map(|(e, _)| *e).collect();
     assert_eq!(
         events,
@@ -606,5 +606,6 @@ fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
 
 // No tenant can stall or crash the machine: its host tests, beside these
 // (they use this file's guest scripting).
-#[path = "tests_stall.rs"]
+
+#[path = "stall.rs"]
 mod stall;

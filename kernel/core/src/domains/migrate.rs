@@ -69,17 +69,17 @@ use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
 use rvm_coherence::{AgentId, Decision, DecisionId, DomainId, MergeDecision, SplitDecision, Weight};
 
-use crate::addr::{Ipa, PAGE_BYTES, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Endpoint};
 use crate::domains::AgentInfo;
-use crate::checkpoint::{Checkpoint, GuestPart};
+use crate::recovery::checkpoint::{Checkpoint, GuestPart};
 use crate::dispatch::{allow, deny, Witnessed};
 use crate::hypervisor::{Flow, Hypervisor};
 use crate::partition::{Partition, PartitionId, PartitionState};
-use crate::stage2::{MemType, S2Perm, Stage2Table};
+use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
-use crate::vcpu::Vcpu;
+use crate::running::vcpu::Vcpu;
 
 /// What a departure carries out.
 // A split carries its movers inline, as its decision does (one departure
@@ -450,7 +450,7 @@ fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     }
     hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, crate::digest::of_parts(&[&code.to_le_bytes()]));
     let before = hv.frames.frames_in_use();
-    crate::fault::release(hv, idx);
+    crate::recovery::fault::release(hv, idx);
     let returned = before.saturating_sub(hv.frames.frames_in_use());
     let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
     crate::console::hyp_line(
@@ -479,7 +479,7 @@ fn release_arrival<A: Arch>(hv: &mut Hypervisor<A>) {
     {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &mut partitions[a.partition];
-        crate::checkpoint::unmap_window(arch, &mut p.stage2, a.pages, p.vmid);
+        crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, a.pages, p.vmid);
         a.checkpoint.release(arch, frames);
     }
     let Some(t) = hv.partitions[a.partition].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
@@ -808,7 +808,7 @@ fn merge<A: Arch>(
         Err(_) => {
             let Hypervisor { arch, partitions, .. } = &mut *hv;
             let p = &mut partitions[into];
-            crate::checkpoint::unmap_window(arch, &mut p.stage2, ck.pages(), p.vmid);
+            crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, ck.pages(), p.vmid);
             return refuse(hv, ck, MoveError::OutOfMemory, held);
         }
     };

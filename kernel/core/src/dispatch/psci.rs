@@ -53,7 +53,7 @@ pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
 /// an end but a fault: the recovery policy answers it.
 pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
     if rvm_abi::bootinfo::exit::is_failure(code) && hv.partitions[idx].is_runnable() {
-        crate::fault::guest_failure(hv, idx, code);
+        crate::recovery::fault::guest_failure(hv, idx, code);
         return;
     }
     let p = &mut hv.partitions[idx];

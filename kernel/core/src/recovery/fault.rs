@@ -1,7 +1,7 @@
 //! Faults of a partition and the recovery steps that answer them. A fault
 //! touches that partition only; the others keep running.
 //!
-//! Every fault goes through the partition's [`RecoveryState`](crate::recovery::RecoveryState),
+//! Every fault goes through the partition's [`RecoveryState`](crate::recovery::policy::RecoveryState),
 //! which picks the class (F1–F4, escalating with the history); this module
 //! applies it. Each step is witnessed in the partition's log — the fault
 //! (`Fault`, with what happened), then the step (`RecoverRestart`,
@@ -19,9 +19,9 @@ use crate::arch::Arch;
 use crate::console;
 use crate::hypervisor::{name_str, Flow, Hypervisor};
 use crate::partition::PartitionState;
-use crate::recovery::{RecoveryClass, Trigger, ValidationResponse};
-use crate::restart::StartFrom;
-use crate::trap::{Exit, FaultStatus};
+use crate::recovery::policy::{RecoveryClass, Trigger, ValidationResponse};
+use crate::recovery::restart::StartFrom;
+use crate::running::trap::{Exit, FaultStatus};
 
 /// A short description of a faulting exit.
 pub struct Described(pub Exit);
@@ -46,7 +46,7 @@ impl core::fmt::Display for Described {
                 write!(f, "stage-2 {} fault on instruction fetch at {}", kind(fault), ipa)
             }
             Exit::Smc => write!(f, "SMC from a partition"),
-            Exit::Undefined { esr } if (esr >> 26) & 0x3f == crate::trap::ec::SYSREG => {
+            Exit::Undefined { esr } if (esr >> 26) & 0x3f == crate::running::trap::ec::SYSREG => {
                 // ISS: Op0 [21:20], Op2 [19:17], Op1 [16:14], CRn [13:10],
                 // CRm [4:1], direction [0] (1 = read).
                 let field = |at: u32, bits: u32| (esr >> at) & ((1 << bits) - 1);
@@ -261,7 +261,7 @@ pub(crate) fn respond<A: Arch>(
                 return RecoveryClass::Fence;
             }
             let started = hv.arch.now_ns();
-            if let Err(e) = crate::restart::recreate(hv, idx, from) {
+            if let Err(e) = crate::recovery::restart::recreate(hv, idx, from) {
                 console::hyp_line(
                     &mut hv.arch,
                     format_args!("partition {} '{}' {what}; could not be recreated ({}): fenced (F3)", id.0, name_str(&name), e.name()),
@@ -346,7 +346,7 @@ pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64
     // Room for the `Unfence` record before anything changes: a partition is
     // never let run again unwitnessed.
     let mut held = hv.hold(id, 1).ok_or(OrderError::Recreate(HvError::WitnessUnavailable))?;
-    let resume = match crate::restart::recreate(hv, idx, StartFrom::LastCheckpoint) {
+    let resume = match crate::recovery::restart::recreate(hv, idx, StartFrom::LastCheckpoint) {
         Ok(resume) => resume,
         Err(e) => {
             hv.release(held);
@@ -399,7 +399,7 @@ pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     if let Some(ck) = hv.partitions[idx].checkpoint.take() {
         ck.release(&mut hv.arch, &mut hv.frames);
     }
-    if let Some(empty) = crate::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
+    if let Some(empty) = crate::memory::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
         let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
         old.destroy(&mut hv.arch, &mut hv.frames);
         let vmid = hv.partitions[idx].vmid;

@@ -1,7 +1,7 @@
 //! Just enough ELF64 to load a guest image: its entry point and its PT_LOAD
 //! segments. Every field is checked against the file; nothing is trusted.
 
-use crate::addr::{Ipa, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PAGE_SIZE};
 
 const PT_LOAD: u32 = 1;
 const PF_X: u32 = 1;
@@ -124,8 +124,8 @@ impl ElfImage {
         // Segments must not overlap (page granular).
         for (i, a) in segments.iter().enumerate() {
             for b in segments.iter().skip(i + 1) {
-                let a_end = crate::addr::page_round_up(a.vaddr.raw() + a.mem_len).ok_or(t)?;
-                let b_end = crate::addr::page_round_up(b.vaddr.raw() + b.mem_len).ok_or(t)?;
+                let a_end = crate::memory::addr::page_round_up(a.vaddr.raw() + a.mem_len).ok_or(t)?;
+                let b_end = crate::memory::addr::page_round_up(b.vaddr.raw() + b.mem_len).ok_or(t)?;
                 if a.vaddr.raw() < b_end && b.vaddr.raw() < a_end {
                     return Err(ElfError::BadAddress);
                 }

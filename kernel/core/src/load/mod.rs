@@ -1,5 +1,8 @@
 //! Building partitions from the bundle.
 
+pub mod elf;
+pub mod image;
+
 use alloc::vec::Vec;
 
 use rvm_abi::bootinfo::{layout, AgentEntry, AgentTable, BootInfo, HandleInfo, RestoreInfo};
@@ -9,16 +12,16 @@ use rvm_abi::bundle::{
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{ObjectKind, Outcome, Rights};
 
-use crate::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
+use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Channel, Endpoint};
 use crate::console;
 use crate::hypervisor::{BootError, Hypervisor};
-use crate::image::SharedImage;
+use crate::load::image::SharedImage;
 use crate::partition::{Partition, PartitionId, PartitionState};
-use crate::stage2::{MemType, S2Perm, Stage2Table};
+use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
-use crate::vcpu::Vcpu;
+use crate::running::vcpu::Vcpu;
 
 /// Messages a bundle channel holds per direction.
 const CHANNEL_CAPACITY: usize = 64;
@@ -27,7 +30,7 @@ const CHANNEL_CAPACITY: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     NoImage,
-    Image(crate::elf::ElfError),
+    Image(crate::load::elf::ElfError),
     ModuleTooLarge,
     NoModule,
     OutOfMemory,
@@ -42,7 +45,7 @@ pub enum Refusal {
     /// The frames its budget needs at most ([`footprint`]) are not free of
     /// other partitions' reservations.
     MemoryBudget,
-    /// Its share of the EL2 heap ([`crate::quota`]) does not fit.
+    /// Its share of the EL2 heap ([`crate::memory::quota`]) does not fit.
     HeapBudget,
     /// Its witness log could not take a record of its creation, load or
     /// capabilities (nothing unwitnessed is admitted).
@@ -159,7 +162,7 @@ pub(crate) fn reserve_memory<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Res
     match hv.frames.commit(need) {
         Ok(()) => {
             hv.partitions[idx].frames_committed = need;
-            commit_heap(hv, idx, crate::quota::partition_bytes(&StoreLimits::DEFAULT))
+            commit_heap(hv, idx, crate::memory::quota::partition_bytes(&StoreLimits::DEFAULT))
         }
         Err(free) => {
             let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
@@ -213,7 +216,7 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
     // A refusal is not refused: witnessed here or in the hypervisor's log.
     hv.must_witness(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
     hv.domains.forget_partition(idx);
-    crate::fault::release(hv, idx);
+    crate::recovery::fault::release(hv, idx);
     hv.partitions[idx].state = PartitionState::Evicted;
     hv.note_refused();
 }
@@ -227,8 +230,8 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
         Some(e) => {
             let img = match SharedImage::load(&mut hv.arch, &mut hv.frames, e.data) {
                 Ok(img) => img,
-                Err(crate::image::ImageError::Elf(err)) => return Err(Refusal::Image(err)),
-                Err(crate::image::ImageError::OutOfMemory) => return Err(Refusal::OutOfMemory),
+                Err(crate::load::image::ImageError::Elf(err)) => return Err(Refusal::Image(err)),
+                Err(crate::load::image::ImageError::OutOfMemory) => return Err(Refusal::OutOfMemory),
             };
             let p = &mut hv.partitions[idx];
             // A private image: its pages belong to this partition alone; the
@@ -474,7 +477,7 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
     let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
     // Each end's receive queue is its own: reserved from its heap share.
     for idx in [a, b] {
-        if let Err(why) = commit_heap(hv, idx, crate::quota::queue_bytes(cap)) {
+        if let Err(why) = commit_heap(hv, idx, crate::memory::quota::queue_bytes(cap)) {
             refuse(hv, idx, why);
             return;
         }

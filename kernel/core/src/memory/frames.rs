@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use crate::addr::{PhysAddr, PhysRange, PAGE_SIZE};
+use crate::memory::addr::{PhysAddr, PhysRange, PAGE_SIZE};
 
 /// Hands out page frames from free RAM ranges; freed frames are reused first.
 pub struct FrameAllocator {
@@ -27,7 +27,7 @@ impl FrameAllocator {
         let mut trimmed = Vec::new();
         let mut total = 0;
         for r in ranges {
-            let start = crate::addr::page_round_up(r.start.raw()).unwrap_or(u64::MAX);
+            let start = crate::memory::addr::page_round_up(r.start.raw()).unwrap_or(u64::MAX);
             let end = r.end.raw() & !(PAGE_SIZE - 1);
             if start < end {
                 trimmed.push(PhysRange { start: PhysAddr::new(start), end: PhysAddr::new(end) });

@@ -1,6 +1,6 @@
 //! Decoding why a guest stopped running (ESR_EL2 and friends).
 
-use crate::addr::Ipa;
+use crate::memory::addr::Ipa;
 use crate::arch::{TrapInfo, TrapKind};
 
 /// Exception classes (ESR_ELx.EC) the kernel handles.
@@ -129,11 +129,11 @@ mod tests {
         let esr = (0x18 << 26) | (1 << 25) | (3 << 20) | (3 << 14) | (9 << 10) | (13 << 1) | 1;
         let exit = Exit::decode(&sync(esr, 0, 0));
         assert_eq!(exit, Exit::Undefined { esr });
-        let text = alloc::format!("{}", crate::fault::Described(exit));
+        let text = alloc::format!("{}", crate::recovery::fault::Described(exit));
         assert_eq!(text, alloc::format!("trapped system register access (esr {esr:#x}): mrs S3_3_C9_C13_0"));
         // `msr cntp_ctl_el0, x0` (S3_3_C14_C2_1, write) trapped by CNTHCTL_EL2.EL1PCEN.
         let esr = (0x18 << 26) | (1 << 25) | (3 << 20) | (1 << 17) | (3 << 14) | (14 << 10) | (2 << 1);
-        let text = alloc::format!("{}", crate::fault::Described(Exit::decode(&sync(esr, 0, 0))));
+        let text = alloc::format!("{}", crate::recovery::fault::Described(Exit::decode(&sync(esr, 0, 0))));
         assert!(text.ends_with("msr S3_3_C14_C2_1"), "{text}");
     }
 }

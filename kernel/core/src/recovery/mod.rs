@@ -1,0 +1,12 @@
+//! Recovery: what a partition's fault does to it, and to nobody else.
+//!
+//! * [`policy`] — the F1–F4 classes and escalation, decided without
+//!   touching the machine.
+//! * [`fault`] — applying a class: restart, rollback, fence, evict.
+//! * [`restart`] — recreating a guest from its pristine image.
+//! * [`checkpoint`] — checkpoints kept by EL2 and their state hashes.
+
+pub mod checkpoint;
+pub mod fault;
+pub mod policy;
+pub mod restart;
