@@ -25,8 +25,6 @@
 //! sends it with the kernel lock released ([`Arch::console_write`]).
 
 use crate::arch::Arch;
-use crate::partition::{Partition, CONSOLE_LINE_MAX};
-use rvm_abi::ident::MAX_IDENT_LEN;
 
 /// Print a hypervisor line: `rvm: ...`, in one write (a line longer than
 /// [`HYP_LINE_MAX`] goes out in pieces of that size; all of it is the
@@ -76,7 +74,7 @@ impl core::fmt::Write for LineWriter<'_> {
 }
 
 /// Printable form of a guest byte.
-fn sanitize(b: u8) -> u8 {
+pub(crate) fn sanitize(b: u8) -> u8 {
     match b {
         b'\t' | 0x20..=0x7e => b,
         _ if b >= 0x80 => b, // UTF-8 continuation and lead bytes pass
@@ -196,6 +194,13 @@ impl OutputCredit {
         }
     }
 
+    /// `n` bytes of text were dropped over the credit; true for the first
+    /// drop (which the hypervisor notes in a line).
+    pub fn note_dropped(&mut self, n: usize) -> bool {
+        self.dropped += n as u64;
+        !core::mem::replace(&mut self.dropping, true)
+    }
+
     /// Whether a bucket was overdrawn when last charged (cheap: no clock;
     /// [`OutputCredit::in_debt`] says whether it still is).
     #[inline]
@@ -217,63 +222,4 @@ impl OutputCredit {
         };
         owes(self.frames, FRAME_RATE) || owes(self.checkpoints, CHECKPOINT_RATE)
     }
-}
-
-/// `n` bytes of a partition's text were dropped over its credit: counted,
-/// and the first drop noted in a line of the hypervisor.
-pub fn dropped(arch: &mut dyn Arch, p: &mut Partition, n: usize) {
-    p.output.dropped += n as u64;
-    if !p.output.dropping {
-        p.output.dropping = true;
-        flush_line(arch, p);
-        let name = p.desc.name;
-        hyp_line(
-            arch,
-            format_args!(
-                "partition {} '{}' console output over its credit ({} bytes/s): dropped",
-                p.id.0,
-                crate::hypervisor::name_str(&name),
-                TEXT_RATE
-            ),
-        );
-    }
-}
-
-/// Append guest text to the partition's line buffer, printing full lines
-/// (the caller took the bytes from its credit, [`OutputCredit::take_text`]).
-pub fn guest_write(arch: &mut dyn Arch, p: &mut Partition, text: &[u8]) {
-    for &b in text {
-        if b == b'\n' {
-            flush_line(arch, p);
-            continue;
-        }
-        if b == b'\r' {
-            continue;
-        }
-        if p.console_line.len() >= CONSOLE_LINE_MAX {
-            flush_line(arch, p);
-        }
-        let _ = p.console_line.push(sanitize(b));
-    }
-}
-
-/// Print whatever is buffered as one line.
-pub fn flush_line(arch: &mut dyn Arch, p: &mut Partition) {
-    if p.console_line.is_empty() {
-        return;
-    }
-    let mut line = heapless::Vec::<u8, { MAX_IDENT_LEN + CONSOLE_LINE_MAX + 4 }>::new();
-    let name = p.desc.name().as_bytes();
-    for part in [
-        &b"["[..],
-        &name[..name.len().min(MAX_IDENT_LEN)],
-        b"] ",
-        &p.console_line,
-        b"\n",
-    ] {
-        // Cannot fail: the capacity covers the longest name and line.
-        let _ = line.extend_from_slice(part);
-    }
-    arch.console_write(&line);
-    p.console_line.clear();
 }

@@ -18,7 +18,8 @@ use alloc::vec::Vec;
 
 use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
-use crate::hypervisor::{Hypervisor, RunSummary};
+use crate::report::RunSummary;
+use crate::state::Hypervisor;
 use crate::running::smp::Step;
 use crate::memory::stage2::{self, S2Perm};
 use crate::running::vcpu::Vcpu;

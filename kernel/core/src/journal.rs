@@ -20,7 +20,6 @@ use rvm_abi::bundle::BootConfig;
 use rvm_abi::journal::{self, CallEntry, BOOT_FLAG_JOURNAL};
 
 use crate::arch::Arch;
-use crate::hypervisor::Hypervisor;
 
 /// Whether the run journals its partitions' inputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,10 +48,10 @@ pub(crate) struct CallInput<'a> {
     pub data: &'a [u8],
 }
 
-/// Write the journal entry of a witnessed call whose return registers are
-/// now `status` and `results` (nothing when journaling is off).
-pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, input: &CallInput<'_>, status: i64, results: &[u64]) {
-    if !hv.journal.on() {
+/// Write the journal entry of a witnessed call of log `log` whose return
+/// registers are now `status` and `results` (nothing when journaling is off).
+pub(crate) fn call(journal: Journal, arch: &mut dyn Arch, log: u32, input: &CallInput<'_>, status: i64, results: &[u64]) {
+    if !journal.on() {
         return;
     }
     let mut r = [0u64; 3];
@@ -60,35 +59,30 @@ pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, input: &CallInpu
         *slot = *v;
     }
     let entry = CallEntry { seq: input.seq, regs: *input.regs, status, results: r, data: input.data };
-    let log = hv.partitions[idx].id.0;
     // One write per line, so no other output lands inside it.
     let mut line = Vec::with_capacity(40 + 2 * (journal::CALL_HEADER_LEN + input.data.len()));
     journal::write_call(&mut |b: &[u8]| line.extend_from_slice(b), log, &entry);
-    hv.arch.console_write(&line);
+    arch.console_write(&line);
 }
 
-/// The `args` of partition `idx`'s `PartitionStart` record: the binding
-/// digest of the handles it starts with (written whether or not the run
+/// The `args` of a `PartitionStart` record: the binding digest of the
+/// handles the partition starts with (written whether or not the run
 /// journals, so the record means the same in every run).
-pub(crate) fn start_args<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> [u8; 16] {
-    let handles: &[HandleInfo] = &hv.partitions[idx].boot_handles;
+pub(crate) fn start_args(handles: &[HandleInfo]) -> [u8; 16] {
     let mut input = Vec::new();
     journal::start_digest_input(&mut |b: &[u8]| input.extend_from_slice(b), handles);
     crate::digest::of_parts(&[&input])
 }
 
-/// Partition `idx` has just started (its `PartitionStart` record is the last
-/// of its log): write the start entry with its handles.
-pub(crate) fn started<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
-    if !hv.journal.on() {
+/// A partition has just started: its `PartitionStart` record is record
+/// `seq` of log `log`. Write the start entry with its handles.
+pub(crate) fn started(journal: Journal, arch: &mut dyn Arch, log: u32, seq: u64, handles: &[HandleInfo]) {
+    if !journal.on() {
         return;
     }
-    let p = &hv.partitions[idx];
-    let log = p.id.0;
-    let Some(seq) = hv.witness.records(log).checked_sub(1) else { return };
     let mut line = Vec::new();
-    journal::write_start(&mut |b: &[u8]| line.extend_from_slice(b), log, seq, &p.boot_handles);
-    hv.arch.console_write(&line);
+    journal::write_start(&mut |b: &[u8]| line.extend_from_slice(b), log, seq, handles);
+    arch.console_write(&line);
 }
 
 #[cfg(test)]
@@ -108,7 +102,7 @@ mod tests {
     use crate::arch::TrapInfo;
     use crate::fake::{FakeArch, GuestView};
     use crate::memory::frames::FrameAllocator;
-    use crate::hypervisor::Hypervisor;
+    use crate::state::Hypervisor;
     use crate::running::vcpu::Vcpu;
 
     const HEAP: u64 = layout::HEAP_IPA;

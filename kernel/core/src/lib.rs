@@ -37,8 +37,9 @@ pub mod memory;
 pub mod orders;
 pub mod partition;
 pub mod recovery;
-mod report;
+pub mod report;
 pub mod running;
+pub mod state;
 pub mod store;
 pub mod witness;
 
@@ -46,4 +47,6 @@ pub mod witness;
 mod tests;
 
 pub use arch::{Arch, CpuArch, CpuId};
-pub use hypervisor::{BootError, Hypervisor, RunSummary};
+pub use hypervisor::BootError;
+pub use report::RunSummary;
+pub use state::Hypervisor;

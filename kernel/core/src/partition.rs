@@ -10,6 +10,9 @@ use crate::load::image::SharedImage;
 use crate::recovery::policy::RecoveryState;
 use crate::memory::stage2::Stage2Table;
 use crate::running::vcpu::Vcpu;
+use crate::arch::Arch;
+use crate::console::{hyp_line, sanitize, OutputCredit};
+use rvm_abi::ident::MAX_IDENT_LEN;
 
 /// A partition's id: its index in the bundle plus one (0 is the hypervisor's
 /// own log). Also the id of its witness log.
@@ -156,8 +159,8 @@ pub struct Partition {
     pub rollbacks: u32,
     pub console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
     /// Its share of the console: text beyond it is dropped, witness frames
-    /// beyond it hold the partition back ([`crate::console::OutputCredit`]).
-    pub output: crate::console::OutputCredit,
+    /// beyond it hold the partition back ([`OutputCredit`]).
+    pub output: OutputCredit,
     pub exit_code: Option<u64>,
     pub stats: PartitionStats,
     /// When the partition was first run, for its virtual clock.
@@ -196,7 +199,7 @@ impl Partition {
             restarts: 0,
             rollbacks: 0,
             console_line: heapless::Vec::new(),
-            output: crate::console::OutputCredit::new(),
+            output: OutputCredit::new(),
             exit_code: None,
             stats: PartitionStats::default(),
             started_ns: None,
@@ -209,9 +212,68 @@ impl Partition {
         self.desc.name()
     }
 
+    /// `n` bytes of its text were dropped over its credit: counted, and the
+    /// first drop noted in a line of the hypervisor.
+    pub fn console_dropped(&mut self, arch: &mut dyn Arch, n: usize) {
+        if self.output.note_dropped(n) {
+            self.console_flush(arch);
+            hyp_line(
+                arch,
+                format_args!(
+                    "partition {} '{}' console output over its credit ({} bytes/s): dropped",
+                    self.id.0,
+                    self.name(),
+                    crate::console::TEXT_RATE
+                ),
+            );
+        }
+    }
+
+    /// Append guest text to its line buffer, printing full lines (the
+    /// caller took the bytes from its credit, [`OutputCredit::take_text`]).
+    pub fn console_write(&mut self, arch: &mut dyn Arch, text: &[u8]) {
+        for &b in text {
+            if b == b'\n' {
+                self.console_flush(arch);
+                continue;
+            }
+            if b == b'\r' {
+                continue;
+            }
+            if self.console_line.len() >= CONSOLE_LINE_MAX {
+                self.console_flush(arch);
+            }
+            let _ = self.console_line.push(sanitize(b));
+        }
+    }
+
+    /// Print whatever text is buffered as one line, `[name] text`.
+    pub fn console_flush(&mut self, arch: &mut dyn Arch) {
+        if self.console_line.is_empty() {
+            return;
+        }
+        let mut line = heapless::Vec::<u8, { MAX_IDENT_LEN + CONSOLE_LINE_MAX + 4 }>::new();
+        let name = self.desc.name().as_bytes();
+        for part in [&b"["[..], &name[..name.len().min(MAX_IDENT_LEN)], b"] ", &self.console_line, b"\n"] {
+            // Cannot fail: the capacity covers the longest name and line.
+            let _ = line.extend_from_slice(part);
+        }
+        arch.console_write(&line);
+        self.console_line.clear();
+    }
+
     pub fn is_runnable(&self) -> bool {
         matches!(self.state, PartitionState::Loaded | PartitionState::Running)
     }
+}
+
+/// Most partitions one hypervisor runs (VMIDs 1..=255).
+pub const MAX_PARTITIONS: usize = 255;
+
+/// A NUL-padded name field as text.
+pub fn name_str(field: &[u8; 32]) -> &str {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(32);
+    core::str::from_utf8(&field[..end]).unwrap_or("?")
 }
 
 #[cfg(test)]

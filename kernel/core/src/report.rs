@@ -2,7 +2,21 @@
 
 use crate::arch::Arch;
 use crate::console::hyp_line;
-use crate::hypervisor::{Hypervisor, RunSummary};
+use crate::state::Hypervisor;
+
+/// How one run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    pub finished: u32,
+    pub fenced: u32,
+    pub refused: u32,
+    /// Partitions still running when the budget ran out.
+    pub stopped: u32,
+    /// Partitions evicted (F4) during the run.
+    pub evicted: u32,
+    pub elapsed_ns: u64,
+}
+
 
 pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
     hyp_line(

@@ -31,7 +31,7 @@ use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::{DeriveArgs, Refused, UseParams};
 use crate::memory::guest_mem;
-use crate::hypervisor::{Flow, Hypervisor};
+use crate::state::{Flow, Hypervisor};
 use crate::store::StoreSnapshot;
 
 use super::{allow, authorize_at, preflight, read_signature, refuse, witness, CapUse, ProofRegs, Witnessed};

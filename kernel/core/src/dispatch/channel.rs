@@ -7,7 +7,7 @@ use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::Granted;
 use crate::memory::guest_mem;
-use crate::hypervisor::{Flow, Hypervisor};
+use crate::state::{Flow, Hypervisor};
 
 use super::{allow, authorize, deny, read_guest, refuse, CapUse, ProofRegs, Witnessed};
 

@@ -19,7 +19,7 @@ use rvm_abi::Outcome;
 use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::recovery::checkpoint::{Checkpoint, GuestPart};
-use crate::hypervisor::{Flow, Hypervisor};
+use crate::state::{Flow, Hypervisor};
 
 use super::{allow, deny, Witnessed};
 

@@ -5,7 +5,7 @@
 use rvm_abi::HvError;
 
 use crate::arch::Arch;
-use crate::hypervisor::{Flow, Hypervisor};
+use crate::state::{Flow, Hypervisor};
 
 use super::{allow, deny, read_guest, Witnessed, MAX_CONSOLE_WRITE};
 
@@ -23,9 +23,9 @@ pub(super) fn write<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
     let w = w.data(regs, &text);
     allow(hv, idx, &w, |hv| {
         let p = &mut hv.partitions[idx];
-        crate::console::guest_write(&mut hv.arch, p, &text);
+        p.console_write(&mut hv.arch, &text);
         if taken < asked {
-            crate::console::dropped(&mut hv.arch, p, asked - taken);
+            p.console_dropped(&mut hv.arch, asked - taken);
         }
         [text.len() as u64, 0, 0]
     })

@@ -7,7 +7,8 @@ use rvm_abi::Outcome;
 
 use crate::arch::Arch;
 use crate::console;
-use crate::hypervisor::{name_str, Flow, Hypervisor};
+use crate::partition::name_str;
+use crate::state::{Flow, Hypervisor};
 use crate::partition::PartitionState;
 
 /// PSCI 1.1.
@@ -59,7 +60,7 @@ pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
     let p = &mut hv.partitions[idx];
     p.exit_code = Some(code);
     let (id, name) = (p.id, p.desc.name);
-    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    hv.partitions[idx].console_flush(&mut hv.arch);
     if rvm_abi::bootinfo::exit::is_refusal(code) {
         console::hyp_line(
             &mut hv.arch,

@@ -39,55 +39,13 @@ use rvm_abi::HvError;
 use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::console;
-use crate::dispatch::{allow, deny, Witnessed};
-use crate::hypervisor::{name_str, Flow, Hypervisor};
-use crate::partition::{PartitionId, PartitionState};
+use crate::dispatch::call::{allow, deny, Witnessed};
+use crate::partition::name_str;
+use crate::state::{Flow, Hypervisor};
+use crate::partition::PartitionState;
 use crate::recovery::restart::StartFrom;
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use crate::witness::Reservation;
-
-/// Per-partition dormancy figures (indexed like the partitions).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Dormancy {
-    /// Times the partition went dormant.
-    pub sleeps: u32,
-    /// Times a message woke it.
-    pub wakes: u32,
-    /// Frames returned to the pool by the last sleep.
-    pub last_reclaimed: u64,
-    /// Frames taken from the pool by the last wake.
-    pub last_restored: u64,
-    /// Clock time the last wake took (rebuild and recreate, not the
-    /// runtime's own restore, which runs in the guest).
-    pub last_wake_ns: u64,
-}
-
-/// The hypervisor's dormancy ledger.
-#[derive(Default)]
-pub(crate) struct DormantLedger {
-    per_partition: Vec<Dormancy>,
-}
-
-impl DormantLedger {
-    fn entry(&mut self, idx: usize) -> &mut Dormancy {
-        if self.per_partition.len() <= idx {
-            self.per_partition.resize(idx + 1, Dormancy::default());
-        }
-        &mut self.per_partition[idx]
-    }
-
-    /// Figures for partition `idx`.
-    pub(crate) fn get(&self, idx: usize) -> Dormancy {
-        self.per_partition.get(idx).copied().unwrap_or_default()
-    }
-}
-
-impl<A: Arch> Hypervisor<A> {
-    /// Dormancy figures of partition `id` (all zero for one that never slept).
-    pub fn dormancy(&self, id: PartitionId) -> Dormancy {
-        self.partitions.iter().position(|p| p.id == id).map_or(Dormancy::default(), |idx| self.dormant.get(idx))
-    }
-}
 
 /// Whether a message waits for any agent of partition `idx`.
 fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
@@ -145,7 +103,7 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
 /// its stage-2 tables, keep its module frames and its checkpoint.
 pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Reservation) {
     let before = hv.frames.frames_in_use();
-    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    hv.partitions[idx].console_flush(&mut hv.arch);
     hv.stores[idx].abort();
     let module = module_frames(hv, idx);
     // Heap pages: the agent's linear memory and the runtime's heap.

@@ -67,179 +67,21 @@ use rvm_abi::bundle::PartitionDesc;
 use rvm_abi::hypercall::agent_switch;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
-use rvm_coherence::{AgentId, Decision, DecisionId, DomainId, MergeDecision, SplitDecision, Weight};
+use rvm_coherence::{AgentId, DomainId, MergeDecision, SplitDecision};
 
 use crate::memory::addr::{Ipa, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Endpoint};
-use crate::domains::AgentInfo;
+use crate::domains::registry::AgentInfo;
 use crate::recovery::checkpoint::{Checkpoint, GuestPart};
-use crate::dispatch::{allow, deny, Witnessed};
-use crate::hypervisor::{Flow, Hypervisor};
+use crate::dispatch::call::{allow, deny, Witnessed};
+use crate::state::{Flow, Hypervisor};
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use crate::store::{StateStore, StoreLimits};
 use crate::running::vcpu::Vcpu;
 
-/// What a departure carries out.
-// A split carries its movers inline, as its decision does (one departure
-// at a time: the size does not matter).
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-pub enum Plan {
-    /// The mover goes to a new partition.
-    Split(SplitDecision),
-    /// The mover, its partition's only agent, goes to the partition at
-    /// position `into`; its own partition is then retired.
-    Merge { decision: MergeDecision, into: usize },
-}
-
-impl Plan {
-    fn id(&self) -> DecisionId {
-        match self {
-            Plan::Split(d) => d.id,
-            Plan::Merge { decision, .. } => decision.id,
-        }
-    }
-
-    /// The `Split`/`Merge` record's `args`: cut value, internal traffic.
-    fn witness_args(&self) -> [u8; 16] {
-        match self {
-            Plan::Split(d) => Decision::Split(d.clone()).witness_args(),
-            Plan::Merge { decision, .. } => Decision::Merge(*decision).witness_args(),
-        }
-    }
-
-    fn event(&self) -> KernelEvent {
-        match self {
-            Plan::Split(_) => KernelEvent::Split,
-            Plan::Merge { .. } => KernelEvent::Merge,
-        }
-    }
-
-    fn kind(&self) -> MoveKind {
-        match self {
-            Plan::Split(_) => MoveKind::Split,
-            Plan::Merge { .. } => MoveKind::Merge,
-        }
-    }
-
-    /// Cut value and internal traffic.
-    fn weights(&self) -> (Weight, Weight) {
-        match self {
-            Plan::Split(d) => (d.cut, d.internal),
-            Plan::Merge { decision, .. } => (decision.cross, decision.internal),
-        }
-    }
-}
-
-/// A move being carried out: its mover leaves at its next turn boundary.
-#[derive(Clone, Debug)]
-pub struct Departure {
-    pub agent: AgentId,
-    /// Its partition's position and its slot there.
-    pub partition: usize,
-    pub slot: AgentSlot,
-    pub plan: Plan,
-    /// When it was told to leave (kernel clock).
-    pub since_ns: u64,
-}
-
-/// An agent that arrived in a partition (a merge) and has not yet run:
-/// its checkpoint stays mapped at the target's restore window until its
-/// first `AgentSwitch` (its runtime restored it before that turn).
-#[derive(Debug)]
-pub struct Arrival {
-    pub partition: usize,
-    pub slot: AgentSlot,
-    checkpoint: Checkpoint,
-    pages: u64,
-}
-
-/// Which kind of move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MoveKind {
-    /// To a new partition.
-    Split,
-    /// Into an existing partition, retiring the emptied one.
-    Merge,
-}
-
-/// How long a departing agent has to reach a turn boundary and hand itself
-/// over before the move is abandoned (the decision is cancelled and the
-/// domain evaluated again): an agent that never yields a turn, or ignores
-/// `DEPART`, does not block every later move.
-pub const DEPARTURE_TIMEOUT_NS: u64 = 2_000_000_000;
-
-/// A move carried out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Move {
-    pub kind: MoveKind,
-    pub agent: AgentId,
-    pub from: PartitionId,
-    pub to: PartitionId,
-    pub cut: Weight,
-    pub internal: Weight,
-    /// Channel ends re-pointed.
-    pub channels: u32,
-    /// Messages waiting in those channels (both directions) when it moved.
-    pub queued: u64,
-    /// Capabilities transplanted.
-    pub handles: u32,
-    /// Bytes of the agent's checkpoint.
-    pub image_bytes: u64,
-    /// When the split was carried out (kernel clock).
-    pub at_ns: u64,
-    /// Kernel clock from the captured checkpoint to the `Split` records:
-    /// creating the partition and moving the agent (under QEMU `-icount`,
-    /// instructions).
-    pub took_ns: u64,
-}
-
-/// Why a move did not happen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MoveError {
-    /// No VMID or partition id left.
-    TooManyPartitions,
-    OutOfMemory,
-    /// The mover's module could not be read from its partition.
-    Module,
-    /// A capability could not be transplanted.
-    Capability(HvError),
-    /// The target partition cannot admit the agent now: its agent table
-    /// or module window is full, or its restore window is in use.
-    TargetBusy,
-    /// A log the move writes to could not take its records.
-    Witness,
-    /// The new partition's memory reservation does not fit (frames or EL2
-    /// heap), as for any admission.
-    Reservation(crate::load::Refusal),
-}
-
-impl MoveError {
-    fn reason(self) -> &'static str {
-        match self {
-            MoveError::TooManyPartitions => "no partition id or VMID left",
-            MoveError::OutOfMemory => "out of memory",
-            MoveError::Module => "its module could not be read",
-            MoveError::Capability(_) => "a capability could not be transplanted",
-            MoveError::TargetBusy => "the target partition cannot admit it now",
-            MoveError::Reservation(r) => r.reason(),
-            MoveError::Witness => "the witness log refused",
-        }
-    }
-
-    fn status(self) -> HvError {
-        match self {
-            MoveError::Capability(e) => e,
-            MoveError::TooManyPartitions | MoveError::OutOfMemory => HvError::NoMemory,
-            MoveError::Module => HvError::InvalidArgument,
-            MoveError::TargetBusy => HvError::Full,
-            MoveError::Witness => HvError::WitnessUnavailable,
-            MoveError::Reservation(r) => r.error(),
-        }
-    }
-}
+pub use crate::domains::moves::{Arrival, Departure, Move, MoveError, MoveKind, Plan, DEPARTURE_TIMEOUT_NS};
 
 /// Why a decision is not carried out now but will be decided again: one
 /// move at a time. [`crate::domains`] cancels such a decision in the engine
@@ -418,10 +260,10 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
             format_args!(
                 "coherence: {what} of partition {} '{}': agent {} moved to partition {} '{}' ({} channels re-pointed, {} messages queued kept, {} handles transplanted, image {} bytes) in {} ns",
                 src.0,
-                crate::hypervisor::name_str(&from_name),
+                crate::partition::name_str(&from_name),
                 m.agent.0,
                 m.to.0,
-                crate::hypervisor::name_str(&to_name),
+                crate::partition::name_str(&to_name),
                 m.channels,
                 m.queued,
                 m.handles,
@@ -446,11 +288,11 @@ fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     hv.partitions[idx].exit_code = Some(code);
     {
         let Hypervisor { arch, partitions, .. } = &mut *hv;
-        crate::console::flush_line(arch, &mut partitions[idx]);
+        partitions[idx].console_flush(arch);
     }
     hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, crate::digest::of_parts(&[&code.to_le_bytes()]));
     let before = hv.frames.frames_in_use();
-    crate::recovery::fault::release(hv, idx);
+    crate::load::release(hv, idx);
     let returned = before.saturating_sub(hv.frames.frames_in_use());
     let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
     crate::console::hyp_line(
@@ -458,7 +300,7 @@ fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
         format_args!(
             "coherence: partition {} '{}' retired: emptied by the merge, {returned} frames scrubbed and returned",
             id.0,
-            crate::hypervisor::name_str(&name)
+            crate::partition::name_str(&name)
         ),
     );
 }

@@ -35,216 +35,27 @@
 //! partition both restart every agent of it from the pristine image, with
 //! the partition's committed state store kept.
 
+pub mod dormancy;
 pub mod dormant;
 pub mod migrate;
+pub mod moves;
+pub mod registry;
+
+pub use registry::{AgentInfo, DecisionRecord, Domains, DECISIONS_KEPT};
 
 use alloc::vec::Vec;
 
-use rvm_abi::bundle::BOOT_FLAG_COHERENCE;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{HvError, Outcome};
 use rvm_coherence::{
-    AgentId, Coherence, CoherencePolicy, CommGraph, DecayPolicy, Decision, DomainId, GraphLimits, TrafficPolicy, Weight,
+    Decision, Weight,
 };
 
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Endpoint};
-use crate::dispatch::{allow, deny, Witnessed};
-use crate::hypervisor::{Flow, Hypervisor};
+use crate::dispatch::call::{allow, deny, Witnessed};
+use crate::state::{Flow, Hypervisor};
 use crate::partition::PartitionId;
-
-/// Decisions remembered for [`Domains::decisions`].
-pub const DECISIONS_KEPT: usize = 16;
-
-/// One agent the kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AgentInfo {
-    pub id: AgentId,
-    /// Its partition's position in the hypervisor's table.
-    pub partition: usize,
-    pub slot: AgentSlot,
-}
-
-/// A decision the kernel witnessed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecisionRecord {
-    /// `SplitDecided` or `MergeDecided`.
-    pub event: KernelEvent,
-    pub at_ns: u64,
-    /// The split partition, or the one merged into.
-    pub partition: PartitionId,
-    /// The partition merged from (a merge only).
-    pub other: Option<PartitionId>,
-    /// The agents that would move (a split only).
-    pub movers: Vec<AgentId>,
-    /// The cut value: a split's minimum cut, the traffic between merging partitions.
-    pub cut: Weight,
-    /// The internal traffic it was weighed against.
-    pub internal: Weight,
-}
-
-/// The kernel's view of coherence domains.
-pub struct Domains {
-    agents: Vec<AgentInfo>,
-    /// Per partition (by position): its agents' ids, by slot.
-    slots: Vec<Vec<AgentId>>,
-    /// Per partition (by position): the agent running now.
-    running: Vec<AgentSlot>,
-    pub(crate) engine: Option<Coherence>,
-    /// Whether decisions are evaluated and witnessed ([`BOOT_FLAG_COHERENCE`]).
-    evaluating: bool,
-    epoch_ns: u64,
-    next_evaluation_ns: u64,
-    decisions: Vec<DecisionRecord>,
-    /// The split being carried out: its mover leaves at its next turn boundary.
-    pub(crate) departing: Option<crate::domains::migrate::Departure>,
-    /// Moves carried out, oldest first.
-    pub(crate) moves: Vec<crate::domains::migrate::Move>,
-    /// Per partition (by position): whether an agent table is mapped.
-    tables: Vec<bool>,
-    /// An agent that arrived (a merge) and has not yet run its first turn:
-    /// its checkpoint stays mapped for its runtime to restore it.
-    pub(crate) arrival: Option<crate::domains::migrate::Arrival>,
-}
-
-impl Domains {
-    /// No agents yet; decisions evaluated when `boot_flags` has [`BOOT_FLAG_COHERENCE`].
-    pub fn new(boot_flags: u32) -> Self {
-        let decay = DecayPolicy::DEFAULT;
-        let graph = CommGraph::new(GraphLimits::DEFAULT, TrafficPolicy::DEFAULT, decay);
-        Self {
-            agents: Vec::new(),
-            slots: Vec::new(),
-            running: Vec::new(),
-            engine: Coherence::new(graph, CoherencePolicy::DEFAULT).ok(),
-            evaluating: boot_flags & BOOT_FLAG_COHERENCE != 0,
-            epoch_ns: decay.epoch_ns(),
-            next_evaluation_ns: 0,
-            decisions: Vec::new(),
-            departing: None,
-            moves: Vec::new(),
-            tables: Vec::new(),
-            arrival: None,
-        }
-    }
-
-    /// Give partition `partition` (id `id`) its next agent; returns it.
-    pub fn register(&mut self, partition: usize, id: PartitionId) -> AgentInfo {
-        if self.slots.len() <= partition {
-            self.slots.resize(partition + 1, Vec::new());
-            self.running.resize(partition + 1, AgentSlot::FIRST);
-        }
-        let slot = AgentSlot(u16::try_from(self.slots[partition].len()).unwrap_or(u16::MAX));
-        let agent = AgentInfo {
-            id: AgentId(u32::try_from(self.agents.len()).unwrap_or(u32::MAX)),
-            partition,
-            slot,
-        };
-        self.agents.push(agent);
-        self.slots[partition].push(agent.id);
-        if let Some(engine) = self.engine.as_mut() {
-            // A full graph leaves the agent out of it: its traffic is not
-            // weighed, nothing else changes.
-            let _ = engine.graph_mut().add_agent(agent.id, DomainId(id.0));
-        }
-        agent
-    }
-
-    /// Partition `partition` was refused: its agents leave the graph.
-    pub fn forget_partition(&mut self, partition: usize) {
-        if let Some(engine) = self.engine.as_mut() {
-            for a in self.agents.iter().filter(|a| a.partition == partition) {
-                let _ = engine.graph_mut().remove_agent(a.id);
-            }
-        }
-    }
-
-    /// Every agent, by id.
-    pub fn agents(&self) -> &[AgentInfo] {
-        &self.agents
-    }
-
-    /// The agents of partition `partition`, by slot.
-    pub fn agents_of(&self, partition: usize) -> impl Iterator<Item = &AgentInfo> + '_ {
-        self.agents.iter().filter(move |a| a.partition == partition)
-    }
-
-    /// The agent in `slot` of partition `partition` (`None` once it moved
-    /// to another partition).
-    pub fn agent_at(&self, partition: usize, slot: AgentSlot) -> Option<AgentInfo> {
-        let id = self.slots.get(partition)?.get(usize::from(slot.0))?;
-        self.agents
-            .get(usize::try_from(id.0).ok()?)
-            .copied()
-            .filter(|a| a.partition == partition && a.slot == slot)
-    }
-
-    /// Agent `id` now runs in partition `partition` (a new one), slot 0
-    /// there; its old slot stays taken (the runtime's table keeps its
-    /// numbering) but names nobody. Returns its new identity.
-    pub(crate) fn relocate(&mut self, id: AgentId, partition: usize) -> Option<AgentInfo> {
-        if self.slots.len() <= partition {
-            self.slots.resize(partition + 1, Vec::new());
-            self.running.resize(partition + 1, AgentSlot::FIRST);
-        }
-        let slot = AgentSlot(u16::try_from(self.slots[partition].len()).ok()?);
-        let agent = self.agents.get_mut(usize::try_from(id.0).ok()?)?;
-        agent.partition = partition;
-        agent.slot = slot;
-        self.slots[partition].push(id);
-        Some(*agent)
-    }
-
-    /// The agent moves carried out so far, oldest first.
-    pub fn moves(&self) -> &[crate::domains::migrate::Move] {
-        &self.moves
-    }
-
-    /// Partition `partition` has an agent table mapped.
-    pub(crate) fn mark_table(&mut self, partition: usize) {
-        if self.tables.len() <= partition {
-            self.tables.resize(partition + 1, false);
-        }
-        self.tables[partition] = true;
-    }
-
-    /// Whether partition `partition` has an agent table (several agents, or
-    /// one in a bundle that evaluates coherence).
-    pub fn has_table(&self, partition: usize) -> bool {
-        self.tables.get(partition).copied().unwrap_or(false)
-    }
-
-    /// How many slots partition `partition`'s agents take (a slot an agent
-    /// moved away from stays taken).
-    pub fn agent_count(&self, partition: usize) -> usize {
-        self.slots.get(partition).map_or(0, Vec::len)
-    }
-
-    /// Whether partition `partition` runs more than one agent.
-    pub fn is_multi_agent(&self, partition: usize) -> bool {
-        self.agent_count(partition) > 1
-    }
-
-    /// The agent of partition `partition` running now.
-    pub fn running(&self, partition: usize) -> AgentSlot {
-        self.running.get(partition).copied().unwrap_or(AgentSlot::FIRST)
-    }
-
-    /// The coherence engine (its graph and per-domain reports).
-    pub fn engine(&self) -> Option<&Coherence> {
-        self.engine.as_ref()
-    }
-
-    /// The decisions witnessed so far (the last [`DECISIONS_KEPT`]).
-    pub fn decisions(&self) -> &[DecisionRecord] {
-        &self.decisions
-    }
-
-    /// Whether decisions are evaluated.
-    pub fn evaluating(&self) -> bool {
-        self.evaluating
-    }
-}
 
 /// The agent making partition `idx`'s calls now.
 pub(crate) fn caller<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Endpoint {
@@ -257,9 +68,7 @@ pub(crate) fn switch<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     match slot {
         None => deny(hv, idx, &w, HvError::InvalidArgument),
         Some(slot) => allow(hv, idx, &w, |hv| {
-            if let Some(r) = hv.domains.running.get_mut(idx) {
-                *r = slot;
-            }
+            hv.domains.set_running(idx, slot);
             // An arrived agent's first turn: its runtime restored it.
             crate::domains::migrate::arrived(hv, idx, slot);
             let listed = if hv.domains.has_table(idx) { hv.domains.agent_count(idx) } else { 0 };
@@ -300,15 +109,14 @@ pub(crate) fn record_send<A: Arch>(hv: &mut Hypervisor<A>, ch: usize, from: Endp
 /// Once per epoch (with [`BOOT_FLAG_COHERENCE`]): evaluate the graph and
 /// witness every decision. Called from the run loop.
 pub(crate) fn housekeeping<A: Arch>(hv: &mut Hypervisor<A>) {
-    if !hv.domains.evaluating {
+    if !hv.domains.evaluating() {
         return;
     }
     let now = hv.arch.now_ns();
     crate::domains::migrate::expire(hv, now);
-    if now < hv.domains.next_evaluation_ns {
+    if !hv.domains.start_epoch(now) {
         return;
     }
-    hv.domains.next_evaluation_ns = now.saturating_add(hv.domains.epoch_ns);
     let Some(engine) = hv.domains.engine.as_mut() else { return };
     let evaluation = engine.evaluate(now);
     // Splits first: one move runs at a time, and a merge whose partition
@@ -375,10 +183,7 @@ fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u
         }
     }
     print_decision(hv, &record, carried);
-    if hv.domains.decisions.len() == DECISIONS_KEPT {
-        hv.domains.decisions.remove(0);
-    }
-    hv.domains.decisions.push(record);
+    hv.domains.remember(record);
 }
 
 /// A weight as whole units with two decimals.
@@ -412,7 +217,7 @@ fn print_decision<A: Arch>(hv: &mut Hypervisor<A>, r: &DecisionRecord, carried: 
                 format_args!(
                     "coherence: split of partition {} '{}' decided: agents [{}] would move (cut {} of internal {}); {next}",
                     r.partition.0,
-                    crate::hypervisor::name_str(&this),
+                    crate::partition::name_str(&this),
                     movers,
                     Units(r.cut),
                     Units(r.internal)
@@ -426,9 +231,9 @@ fn print_decision<A: Arch>(hv: &mut Hypervisor<A>, r: &DecisionRecord, carried: 
                 format_args!(
                     "coherence: merge of partition {} '{}' into {} '{}' decided (cross traffic {}, internal {}); {next}",
                     other.0,
-                    crate::hypervisor::name_str(&from),
+                    crate::partition::name_str(&from),
                     r.partition.0,
-                    crate::hypervisor::name_str(&this),
+                    crate::partition::name_str(&this),
                     Units(r.cut),
                     Units(r.internal)
                 ),

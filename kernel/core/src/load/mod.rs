@@ -2,6 +2,7 @@
 
 pub mod elf;
 pub mod image;
+pub mod refusal;
 
 use alloc::vec::Vec;
 
@@ -16,7 +17,8 @@ use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Channel, Endpoint};
 use crate::console;
-use crate::hypervisor::{BootError, Hypervisor};
+pub use crate::load::refusal::{BootError, Refusal};
+use crate::state::Hypervisor;
 use crate::load::image::SharedImage;
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
@@ -26,59 +28,6 @@ use crate::running::vcpu::Vcpu;
 /// Messages a bundle channel holds per direction.
 const CHANNEL_CAPACITY: usize = 64;
 
-/// Why one partition was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    NoImage,
-    Image(crate::load::elf::ElfError),
-    ModuleTooLarge,
-    NoModule,
-    OutOfMemory,
-    BadCapability,
-    /// The memory budget makes the heap window overlap the restore window.
-    HeapWindow,
-    /// The manifest pins a witness key this hypervisor does not sign with.
-    WitnessKey,
-    /// More agents than [`MAX_AGENTS_PER_PARTITION`], or their modules
-    /// together larger than the WASM window.
-    TooManyAgents,
-    /// The frames its budget needs at most ([`footprint`]) are not free of
-    /// other partitions' reservations.
-    MemoryBudget,
-    /// Its share of the EL2 heap ([`crate::memory::quota`]) does not fit.
-    HeapBudget,
-    /// Its witness log could not take a record of its creation, load or
-    /// capabilities (nothing unwitnessed is admitted).
-    Witness,
-}
-
-impl Refusal {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refusal::NoImage => "no guest runtime or guest image in the bundle",
-            Refusal::Image(_) => "guest image is not a loadable AArch64 ELF",
-            Refusal::ModuleTooLarge => "WASM module larger than 16 MiB",
-            Refusal::NoModule => "no WASM module for the partition",
-            Refusal::OutOfMemory => "out of memory",
-            Refusal::BadCapability => "capability table entry could not be installed",
-            Refusal::HeapWindow => "memory budget too large for the partition's heap window",
-            Refusal::WitnessKey => "its witness_key_fingerprint does not match this hypervisor's witness key",
-            Refusal::TooManyAgents => "more than 16 agents, or their modules together larger than 16 MiB",
-            Refusal::MemoryBudget => "its memory budget does not fit in the frames not reserved for other partitions",
-            Refusal::HeapBudget => "its share of the hypervisor heap (store, snapshots, queues) does not fit",
-            Refusal::Witness => "its witness log could not take the record",
-        }
-    }
-
-    /// The outcome its `PartitionRefused` record carries.
-    pub fn error(self) -> rvm_abi::HvError {
-        match self {
-            Refusal::OutOfMemory | Refusal::MemoryBudget | Refusal::HeapBudget => rvm_abi::HvError::NoMemory,
-            Refusal::Witness => rvm_abi::HvError::WitnessUnavailable,
-            _ => rvm_abi::HvError::InvalidArgument,
-        }
-    }
-}
 
 /// The most frames partition `idx` can ever hold once loaded: what it holds
 /// now (images, modules, boot page), its whole heap window, two checkpoints
@@ -141,7 +90,7 @@ pub(crate) fn load_partition<A: Arch>(
                 format_args!(
                     "partition {} '{}' loaded: vmid {}, {} private pages, heap window {} KiB",
                     id.0,
-                    crate::hypervisor::name_str(&name),
+                    crate::partition::name_str(&name),
                     vmid,
                     pages,
                     heap_len / 1024
@@ -171,7 +120,7 @@ pub(crate) fn reserve_memory<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Res
                 format_args!(
                     "partition {} '{}' needs up to {} KiB, {} KiB are not reserved",
                     id.0,
-                    crate::hypervisor::name_str(&name),
+                    crate::partition::name_str(&name),
                     need * 4,
                     free * 4
                 ),
@@ -195,7 +144,7 @@ fn commit_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, bytes: usize) -> Res
                 format_args!(
                     "partition {} '{}' needs {} KiB more of the hypervisor heap, {} KiB are not reserved",
                     id.0,
-                    crate::hypervisor::name_str(&name),
+                    crate::partition::name_str(&name),
                     bytes / 1024,
                     free / 1024
                 ),
@@ -211,14 +160,44 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
     let name = hv.partitions[idx].desc.name;
     console::hyp_line(
         &mut hv.arch,
-        format_args!("partition {} '{}' refused: {}", id.0, crate::hypervisor::name_str(&name), why.reason()),
+        format_args!("partition {} '{}' refused: {}", id.0, crate::partition::name_str(&name), why.reason()),
     );
     // A refusal is not refused: witnessed here or in the hypervisor's log.
     hv.must_witness(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
     hv.domains.forget_partition(idx);
-    crate::recovery::fault::release(hv, idx);
+    crate::load::release(hv, idx);
     hv.partitions[idx].state = PartitionState::Evicted;
     hv.note_refused();
+}
+
+/// Scrub and return every frame the partition holds: private pages, heap,
+/// its checkpoint, its own image, and its stage-2 tables (all but an empty
+/// root, which stays so the partition's table remains valid to walk).
+pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
+    let committed = core::mem::take(&mut hv.partitions[idx].frames_committed);
+    hv.frames.uncommit(committed);
+    let heap = core::mem::take(&mut hv.partitions[idx].heap_committed);
+    hv.heap.uncommit(heap);
+    let frames = core::mem::take(&mut hv.partitions[idx].private_frames);
+    for pa in frames {
+        hv.scrub_and_free(pa);
+    }
+    let heap = core::mem::take(&mut hv.partitions[idx].heap_pages);
+    for (_, pa) in heap {
+        hv.scrub_and_free(pa);
+    }
+    // The own image's frames were among the private ones.
+    hv.partitions[idx].own_image = None;
+    hv.partitions[idx].checkpoint_mapped = 0;
+    if let Some(ck) = hv.partitions[idx].checkpoint.take() {
+        ck.release(&mut hv.arch, &mut hv.frames);
+    }
+    if let Some(empty) = crate::memory::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
+        let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
+        old.destroy(&mut hv.arch, &mut hv.frames);
+        let vmid = hv.partitions[idx].vmid;
+        hv.arch.flush_stage2(vmid);
+    }
 }
 
 /// Map the image, the module and the boot-info page; install capabilities.

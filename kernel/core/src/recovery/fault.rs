@@ -17,7 +17,8 @@ use rvm_abi::{HvError, Hypercall, Outcome};
 
 use crate::arch::Arch;
 use crate::console;
-use crate::hypervisor::{name_str, Flow, Hypervisor};
+use crate::partition::name_str;
+use crate::state::{Flow, Hypervisor};
 use crate::partition::PartitionState;
 use crate::recovery::policy::{RecoveryClass, Trigger, ValidationResponse};
 use crate::recovery::restart::StartFrom;
@@ -240,7 +241,7 @@ pub(crate) fn respond<A: Arch>(
     let now = hv.arch.now_ns();
     let class = hv.partitions[idx].recovery.decide(trigger, now);
     let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
-    console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    hv.partitions[idx].console_flush(&mut hv.arch);
     match class {
         RecoveryClass::Restart | RecoveryClass::Rollback => {
             let (from, resume) = if class == RecoveryClass::Rollback {
@@ -330,7 +331,7 @@ pub(crate) fn evict<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigge
     let a = args(hv, idx, recovery::class::EVICT, trigger.code(), 0);
     hv.transition(idx, PartitionState::Evicted, KernelEvent::RecoverEvict, a);
     hv.caps.evict(id);
-    release(hv, idx);
+    crate::load::release(hv, idx);
     let now = hv.arch.now_ns();
     hv.partitions[idx].recovery.record(RecoveryClass::Evict, now);
     hv.note_evicted();
@@ -377,32 +378,3 @@ pub(crate) fn expire_fences<A: Arch>(hv: &mut Hypervisor<A>) {
     }
 }
 
-/// Scrub and return every frame the partition holds: private pages, heap,
-/// its checkpoint, its own image, and its stage-2 tables (all but an empty
-/// root, which stays so the partition's table remains valid to walk).
-pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
-    let committed = core::mem::take(&mut hv.partitions[idx].frames_committed);
-    hv.frames.uncommit(committed);
-    let heap = core::mem::take(&mut hv.partitions[idx].heap_committed);
-    hv.heap.uncommit(heap);
-    let frames = core::mem::take(&mut hv.partitions[idx].private_frames);
-    for pa in frames {
-        hv.scrub_and_free(pa);
-    }
-    let heap = core::mem::take(&mut hv.partitions[idx].heap_pages);
-    for (_, pa) in heap {
-        hv.scrub_and_free(pa);
-    }
-    // The own image's frames were among the private ones.
-    hv.partitions[idx].own_image = None;
-    hv.partitions[idx].checkpoint_mapped = 0;
-    if let Some(ck) = hv.partitions[idx].checkpoint.take() {
-        ck.release(&mut hv.arch, &mut hv.frames);
-    }
-    if let Some(empty) = crate::memory::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
-        let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
-        old.destroy(&mut hv.arch, &mut hv.frames);
-        let vmid = hv.partitions[idx].vmid;
-        hv.arch.flush_stage2(vmid);
-    }
-}

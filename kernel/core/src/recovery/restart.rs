@@ -17,7 +17,7 @@ use rvm_abi::HvError;
 
 use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES};
 use crate::arch::Arch;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::memory::stage2::S2Perm;
 use crate::running::vcpu::Vcpu;
 
@@ -35,7 +35,7 @@ pub enum StartFrom {
 /// resumes from (0 = the pristine image). On `Err` the guest must not run
 /// again (the caller fences it): its memory may be half reset.
 pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<u64, HvError> {
-    crate::console::flush_line(&mut hv.arch, &mut hv.partitions[idx]);
+    hv.partitions[idx].console_flush(&mut hv.arch);
     hv.stores[idx].abort();
     reset_image_data(hv, idx)?;
     scrub_heap(hv, idx);

@@ -56,10 +56,10 @@ impl Scheduler {
     /// CPU); [`Scheduler::set_cpus`] spreads them over more.
     pub fn new(partitions: usize) -> Self {
         Self {
-            queues: alloc::vec![RunQueue::new(partitions.max(crate::hypervisor::MAX_PARTITIONS))],
+            queues: alloc::vec![RunQueue::new(partitions.max(crate::partition::MAX_PARTITIONS))],
             placed: Vec::with_capacity(partitions),
             // Room for partitions created during the run (splits) as well.
-            capacity: partitions.max(crate::hypervisor::MAX_PARTITIONS),
+            capacity: partitions.max(crate::partition::MAX_PARTITIONS),
             curve: WeightCurve::DEFAULT,
             blend: BlendPolicy::DEFAULT,
         }

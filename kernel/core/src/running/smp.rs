@@ -53,8 +53,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo};
-use crate::hypervisor::{Flow, Hypervisor, RunSummary};
+use crate::report::RunSummary;
+use crate::state::{Flow, Hypervisor};
 use crate::running::trap::Exit;
+use crate::running::cpus::DeferredOrder;
 use crate::running::vcpu::Vcpu;
 use rvm_abi::Hypercall;
 
@@ -116,13 +118,6 @@ impl<A: Arch> Drop for KernelGuard<'_, A> {
         drop(self.guard.take());
         self.serving.fetch_add(1, Ordering::Release);
     }
-}
-
-/// An order that must wait until the partition is back from its CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeferredOrder {
-    /// F4 eviction ordered by the operator.
-    Evict,
 }
 
 /// What a CPU does next.
@@ -195,184 +190,7 @@ impl Lease {
     }
 }
 
-/// What the kernel keeps about one CPU.
-#[derive(Debug, Default)]
-struct CpuSlot {
-    /// The partition whose EL1/FP state this CPU's registers hold.
-    loaded: Option<usize>,
-    /// The placeholder a partition holds while its vCPU is leased.
-    spare: Option<Box<Vcpu>>,
-    /// This CPU has left the run.
-    stopped: bool,
-    /// Slices it ran, and times it idled.
-    slices: u64,
-    idles: u64,
-    /// It is in (or on its way to) an idle wait: its last step was
-    /// [`Step::Idle`].
-    idling: bool,
-    /// It was kicked during this wait (one kick per wait is enough).
-    kicked: bool,
-    /// Kicks the machine sent it over the run.
-    kicks: u64,
-}
-
-/// Per-CPU kernel state: the CPUs, which partition runs where, deferred
-/// orders, and whether the run is ending.
-#[derive(Debug, Default)]
-pub struct SmpState {
-    cpus: Vec<CpuSlot>,
-    /// Per partition: the CPU its guest runs on right now.
-    running_on: Vec<Option<CpuId>>,
-    /// Per partition: a bit per CPU it has run on.
-    ran_on: Vec<u32>,
-    deferred: Vec<(usize, DeferredOrder)>,
-    started_ns: Option<u64>,
-    stopping: bool,
-    /// A partition became runnable since idle CPUs were last looked at.
-    woke: bool,
-}
-
-impl SmpState {
-    /// One CPU, the boot CPU.
-    pub fn new() -> Self {
-        Self { cpus: alloc::vec![CpuSlot::default()], ..Self::default() }
-    }
-
-    /// Partition `idx` was recreated: whatever EL1/FP state a CPU holds for
-    /// it is stale, so it must be neither saved nor kept.
-    pub(crate) fn forget_loaded(&mut self, idx: usize) {
-        for c in &mut self.cpus {
-            if c.loaded == Some(idx) {
-                c.loaded = None;
-            }
-        }
-    }
-
-    /// A partition moved into a runnable state: idle CPUs are looked at
-    /// (and kicked if it is theirs) before the kernel lock is released.
-    pub(crate) fn note_runnable(&mut self) {
-        self.woke = true;
-    }
-
-    fn running_on(&self, idx: usize) -> Option<CpuId> {
-        self.running_on.get(idx).copied().flatten()
-    }
-
-    fn set_running(&mut self, idx: usize, cpu: Option<CpuId>) {
-        if self.running_on.len() <= idx {
-            self.running_on.resize(idx + 1, None);
-            self.ran_on.resize(idx + 1, 0);
-        }
-        self.running_on[idx] = cpu;
-        if let Some(c) = cpu {
-            self.ran_on[idx] |= 1u32.checked_shl(u32::from(c.0)).unwrap_or(0);
-        }
-    }
-}
-
-/// The CPUs partition `idx` ran on, lowest first.
-pub struct RanOn(u32);
-
-impl RanOn {
-    /// Whether it ran at all.
-    pub fn any(&self) -> bool {
-        self.0 != 0
-    }
-
-    /// The CPUs, lowest first.
-    pub fn cpus(&self) -> impl Iterator<Item = CpuId> + '_ {
-        (0u8..32).filter(|c| self.0 & (1 << c) != 0).map(CpuId)
-    }
-}
-
-impl core::fmt::Display for RanOn {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        if !self.any() {
-            return f.write_str("-");
-        }
-        for (n, c) in self.cpus().enumerate() {
-            if n > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{c}")?;
-        }
-        Ok(())
-    }
-}
-
 impl<A: Arch> Hypervisor<A> {
-    /// Spread the partitions over `cpus` CPUs (their run queues and slots).
-    /// Call once, before any CPU runs.
-    pub fn set_cpus(&mut self, cpus: usize) {
-        let cpus = cpus.clamp(1, crate::running::sched::MAX_CPUS);
-        self.sched.set_cpus(cpus);
-        self.smp.cpus = (0..cpus).map(|_| CpuSlot::default()).collect();
-    }
-
-    /// CPUs the run uses.
-    pub fn cpus(&self) -> usize {
-        self.smp.cpus.len()
-    }
-
-    /// The CPU partition `idx`'s guest is running on right now, if any.
-    /// While it runs, its vCPU is out of reach (the partition holds a
-    /// placeholder); anything that would change or tear down the partition
-    /// must [defer](Hypervisor::defer) instead.
-    pub fn running_on(&self, idx: usize) -> Option<CpuId> {
-        self.smp.running_on(idx)
-    }
-
-    /// Partition `idx`'s home CPU (where its run queue entry lives).
-    pub fn home_cpu(&self, idx: usize) -> Option<CpuId> {
-        self.sched.home(idx)
-    }
-
-    /// The CPUs partition `idx` has run on so far.
-    pub fn ran_on(&self, idx: usize) -> RanOn {
-        RanOn(self.smp.ran_on.get(idx).copied().unwrap_or(0))
-    }
-
-    /// Orders waiting for their partition to come back from its CPU.
-    pub fn deferred_orders(&self) -> usize {
-        self.smp.deferred.len()
-    }
-
-    /// Carry out `order` against partition `idx` when its guest next exits
-    /// (it does at the latest at the end of its slice).
-    pub fn defer(&mut self, idx: usize, order: DeferredOrder) {
-        if !self.smp.deferred.contains(&(idx, order)) {
-            self.smp.deferred.push((idx, order));
-        }
-    }
-
-    /// One line per CPU for the run summary: the partitions homed there,
-    /// slices run, idle waits, kicks that ended a wait early.
-    pub(crate) fn cpu_lines(&self) -> Vec<alloc::string::String> {
-        self.smp
-            .cpus
-            .iter()
-            .enumerate()
-            .map(|(n, c)| {
-                let cpu = CpuId(u8::try_from(n).unwrap_or(u8::MAX));
-                let homed = self.sched.members(cpu).len();
-                alloc::format!(
-                    "  cpu {n}: {homed} partitions, {} slices, {} idle waits, {} kicks",
-                    c.slices, c.idles, c.kicks
-                )
-            })
-            .collect()
-    }
-
-    /// Whether every CPU has left the run (the boot CPU may then finish it).
-    pub fn all_cpus_stopped(&self) -> bool {
-        self.smp.cpus.iter().all(|c| c.stopped)
-    }
-
-    /// Whether the run is ending (no CPU starts another slice).
-    pub fn stopping(&self) -> bool {
-        self.smp.stopping
-    }
-
     /// Under the kernel lock: global housekeeping, then the next thing CPU
     /// `hw` does — run a partition from its queue, idle, or stop.
     pub fn cpu_next(&mut self, hw: &mut impl CpuArch) -> Step {
@@ -559,11 +377,6 @@ impl<A: Arch> Hypervisor<A> {
         }
     }
 
-    /// Kicks sent to CPU `cpu` over the run (each ended one idle wait early).
-    pub fn kicks_sent(&self, cpu: CpuId) -> u64 {
-        self.smp.cpus.get(cpu.index()).map_or(0, |c| c.kicks)
-    }
-
     /// Carry out the orders that waited for partition `idx`; true if any.
     fn apply_deferred(&mut self, idx: usize) -> bool {
         if !self.smp.deferred.iter().any(|&(i, _)| i == idx) {
@@ -597,27 +410,6 @@ impl<A: Arch> Hypervisor<A> {
         self.shutdown(start)
     }
 
-    /// The run's start (first pick on any CPU).
-    pub(crate) fn run_started_ns(&self) -> Option<u64> {
-        self.smp.started_ns
-    }
-
-    /// Make the run start afresh (a host test may run the same hypervisor
-    /// again after an order).
-    #[cfg(any(test, feature = "fake"))]
-    pub(crate) fn restart_run(&mut self) {
-        // A run whose witness was lost does not start again.
-        self.smp.stopping = self.witness.lost();
-        self.smp.started_ns = None;
-        for c in &mut self.smp.cpus {
-            c.stopped = false;
-        }
-    }
-
-    /// Stop every CPU at its next step.
-    pub(crate) fn stop_run(&mut self) {
-        self.smp.stopping = true;
-    }
 }
 
 /// One CPU's loop: take the kernel lock, take the next step, release the

@@ -31,7 +31,7 @@ use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{FakeArch, GuestView};
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::PartitionState;
 
 const WITNESS_SEED: [u8; 32] = [7; 32];

@@ -22,7 +22,7 @@ use crate::memory::addr::{Ipa, PhysAddr, PhysRange};
 use crate::arch::{Arch, TrapInfo};
 use crate::fake::FakeArch;
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 
 const HEAP: u64 = layout::HEAP_IPA;
 const MSG: &[u8] = b"hello, agent";

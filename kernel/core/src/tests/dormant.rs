@@ -118,7 +118,7 @@ fn peer(asleep: Rc<RefCell<bool>>, send: bool, log: Rc<RefCell<Vec<String>>>) ->
     }))
 }
 
-fn dormant_pair() -> (crate::hypervisor::Hypervisor<FakeArch>, Vec<u8>) {
+fn dormant_pair() -> (crate::state::Hypervisor<FakeArch>, Vec<u8>) {
     boot(&[Part::new("sleeper").tier(MemoryTier::Dormant), Part::new("peer")], &[(0, 1)], true)
 }
 

@@ -19,7 +19,7 @@ use rvm_abi::{Hypercall, ObjectKind, WitnessRecord};
 use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::fake::FakeArch;
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
 use crate::tests::orders::{assert_chains_verify, order_line, runtime, Part, HEAP, OPERATOR_SEED};
 use crate::witness::FailAt;

@@ -23,7 +23,7 @@ use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{esr, FakeArch, GuestView};
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::PartitionState;
 use crate::running::vcpu::Vcpu;
 

@@ -23,7 +23,7 @@ use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{FakeArch, GuestView};
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
 use crate::running::vcpu::Vcpu;
 

@@ -26,7 +26,7 @@ use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::TrapInfo;
 use crate::fake::{esr, FakeArch, GuestView};
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
 use crate::store::{StateStore, StoreLimits};
 use crate::running::vcpu::Vcpu;
@@ -541,17 +541,17 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
     let summary = hv.run();
     assert_eq!(summary.fenced, 1);
     let id = PartitionId(1);
-    assert_eq!(hv.evict(PartitionId(9)), Err(crate::recovery::fault::OrderError::NoSuchPartition));
-    assert_eq!(hv.unfence(id), Ok(1), "resumed from checkpoint 1");
-    assert_eq!(hv.unfence(id), Err(crate::recovery::fault::OrderError::NotFenced));
+    assert_eq!(crate::orders::evict(&mut hv, PartitionId(9)), Err(crate::recovery::fault::OrderError::NoSuchPartition));
+    assert_eq!(crate::orders::unfence(&mut hv, id), Ok(1), "resumed from checkpoint 1");
+    assert_eq!(crate::orders::unfence(&mut hv, id), Err(crate::recovery::fault::OrderError::NotFenced));
     assert_eq!(hv.partitions()[0].state, PartitionState::Running);
     // Run a little: the guest reads its checkpoint, its capabilities answer again.
     for _ in 0..3 {
         hv.run_slice(0);
     }
     assert_eq!(seen.borrow().as_slice(), ["state at the checkpoint"]);
-    hv.evict(id).unwrap();
-    assert_eq!(hv.evict(id), Err(crate::recovery::fault::OrderError::AlreadyEvicted));
+    crate::orders::evict(&mut hv, id).unwrap();
+    assert_eq!(crate::orders::evict(&mut hv, id), Err(crate::recovery::fault::OrderError::AlreadyEvicted));
     let events: Vec<KernelEvent> = steps(&hv, 1).iter().map(|(e, _)| *e).collect();
     assert_eq!(
         events,

@@ -15,7 +15,7 @@ use crate::memory::addr::{PhysAddr, PhysRange};
 use crate::arch::{CpuId, TrapInfo};
 use crate::fake::FakeArch;
 use crate::memory::frames::FrameAllocator;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
 use crate::running::smp::{cpu_main, KernelLock, Step};
 use crate::running::vcpu::Vcpu;
@@ -158,10 +158,10 @@ fn a_running_vcpu_is_leased_out_and_an_eviction_waits_for_its_cpu() {
     // The partition holds a placeholder while its vCPU is out.
     assert_eq!(hv.partitions()[1].vcpu.regs.pc, 0);
     // The operator orders the eviction of the running partition: deferred.
-    hv.evict(PartitionId(2)).unwrap();
+    crate::orders::evict(&mut hv, PartitionId(2)).unwrap();
     assert_eq!(hv.deferred_orders(), 1);
     assert_eq!(hv.partitions()[1].state, PartitionState::Running, "not torn down under its CPU");
-    assert_eq!(hv.unfence(PartitionId(2)), Err(crate::recovery::fault::OrderError::NotFenced));
+    assert_eq!(crate::orders::unfence(&mut hv, PartitionId(2)), Err(crate::recovery::fault::OrderError::NotFenced));
     // CPU 1 comes back from the guest: the order is carried out there.
     let trap = lease.run(&mut cpu1);
     let next = hv.cpu_exit(lease, trap, &mut cpu1);
@@ -178,7 +178,7 @@ fn a_running_vcpu_is_leased_out_and_an_eviction_waits_for_its_cpu() {
         let trap = lease.run(&mut cpu0);
         // It yielded; CPU 0 has nothing else, so it runs it again.
         let Step::Run(mut lease) = hv.cpu_exit(lease, trap, &mut cpu0) else { panic!("CPU 0 runs it again") };
-        hv.evict(PartitionId(1)).unwrap();
+        crate::orders::evict(&mut hv, PartitionId(1)).unwrap();
         assert_eq!(hv.deferred_orders(), 1);
         let trap = lease.run(&mut cpu0);
         let next = hv.cpu_exit(lease, trap, &mut cpu0);

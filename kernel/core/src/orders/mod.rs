@@ -20,8 +20,8 @@
 //! 5. check there is something to do (unfence: the partition is fenced;
 //!    evict: it is not already evicted), else refused;
 //! 6. witness `OperatorOrder` in the partition's log, then apply the order
-//!    through the kernel's own entry points ([`Hypervisor::unfence`],
-//!    [`Hypervisor::evict`]), which witness the step itself.
+//!    through the kernel's own entry points ([`unfence`],
+//!    [`evict`]), which witness the step itself.
 //!
 //! Every refusal is witnessed (`OrderRefused`, outcome = the reason; in the
 //! partition's log, or the hypervisor's when no partition has the name)
@@ -37,14 +37,18 @@
 //! another digest. A bundle without a boot id accepts no order
 //! ([`OrderRefusal::NoBootId`]).
 
-use ed25519_dalek::{Signature, VerifyingKey};
+
 use rvm_abi::frame::{OrderArgs, OrderFrame, OrderKind, MAX_ORDER_LINE};
 use rvm_abi::witness::KernelEvent;
-use rvm_abi::{HvError, Outcome};
+use rvm_abi::Outcome;
+
+pub mod desk;
+
+pub use desk::OrderRefusal;
 
 use crate::arch::Arch;
 use crate::console;
-use crate::hypervisor::Hypervisor;
+use crate::state::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
 
 /// Bytes read from the console per read call.
@@ -53,126 +57,6 @@ const READ_CHUNK: usize = 64;
 /// the run loop.
 const POLL_BUDGET: usize = 4 * (MAX_ORDER_LINE + 2);
 
-/// The hypervisor's side of the operator channel: the key, the nonce floor
-/// and the line being assembled.
-pub(crate) struct OrderDesk {
-    key: Option<[u8; 32]>,
-    bundle_digest: [u8; 32],
-    /// The bundle carries a boot id, so its digest names this boot alone.
-    boot_bound: bool,
-    last_nonce: u64,
-    line: heapless::Vec<u8, MAX_ORDER_LINE>,
-    /// The current line outgrew the buffer: drop it up to its newline.
-    overlong: bool,
-    /// Orders applied and refused since boot.
-    pub(crate) applied: u32,
-    pub(crate) refused: u32,
-}
-
-/// Why an order was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OrderRefusal {
-    /// The `@O` line could not be decoded.
-    Malformed,
-    /// The bundle binds no operator key.
-    NoOperatorKey,
-    /// The bundle carries no boot id: an order signed for it would be
-    /// good for every boot of a byte-identical bundle.
-    NoBootId,
-    /// No partition has that name.
-    UnknownPartition,
-    /// The signature does not verify with the operator key.
-    BadSignature,
-    /// The nonce does not exceed the last accepted one.
-    Replayed { last: u64 },
-    /// Unfence of a partition that is not fenced.
-    NotFenced(PartitionState),
-    /// Eviction of a partition already evicted.
-    AlreadyEvicted,
-    /// The guest could not be recreated.
-    Failed(HvError),
-}
-
-impl OrderRefusal {
-    /// The status the `OrderRefused` record states.
-    pub fn error(self) -> HvError {
-        match self {
-            OrderRefusal::Malformed | OrderRefusal::UnknownPartition => HvError::InvalidArgument,
-            OrderRefusal::NoOperatorKey | OrderRefusal::NoBootId | OrderRefusal::BadSignature => HvError::BadProof,
-            OrderRefusal::Replayed { .. } => HvError::Replay,
-            OrderRefusal::NotFenced(_) | OrderRefusal::AlreadyEvicted => HvError::InvalidArgument,
-            OrderRefusal::Failed(e) => e,
-        }
-    }
-}
-
-impl core::fmt::Display for OrderRefusal {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            OrderRefusal::Malformed => write!(f, "malformed order line"),
-            OrderRefusal::NoOperatorKey => write!(f, "the bundle binds no operator key"),
-            OrderRefusal::NoBootId => write!(f, "the bundle carries no boot id"),
-            OrderRefusal::UnknownPartition => write!(f, "no partition has that name"),
-            OrderRefusal::BadSignature => write!(f, "signature does not verify with the operator key"),
-            OrderRefusal::Replayed { last } => write!(f, "nonce replayed (must exceed {last})"),
-            OrderRefusal::NotFenced(s) => write!(f, "partition is not fenced (it is {})", s.name()),
-            OrderRefusal::AlreadyEvicted => write!(f, "partition is already evicted"),
-            OrderRefusal::Failed(e) => write!(f, "could not be carried out ({})", e.name()),
-        }
-    }
-}
-
-impl OrderDesk {
-    /// `key`: the bundle's operator key, if any; `bundle_digest`: SHA-256 of
-    /// the bundle this hypervisor booted; `boot_bound`: the bundle carries a
-    /// boot id (else every order is refused).
-    pub(crate) fn new(key: Option<[u8; 32]>, bundle_digest: [u8; 32], boot_bound: bool) -> Self {
-        Self {
-            key,
-            bundle_digest,
-            boot_bound,
-            last_nonce: 0,
-            line: heapless::Vec::new(),
-            overlong: false,
-            applied: 0,
-            refused: 0,
-        }
-    }
-
-    /// Take one input byte; a finished line comes back.
-    fn take(&mut self, b: u8) -> Option<heapless::Vec<u8, MAX_ORDER_LINE>> {
-        match b {
-            b'\n' => {
-                let line = core::mem::take(&mut self.line);
-                let was_overlong = core::mem::replace(&mut self.overlong, false);
-                (!was_overlong).then_some(line)
-            }
-            b'\r' => None,
-            _ if self.overlong => None,
-            _ => {
-                if self.line.push(b).is_err() {
-                    self.line.clear();
-                    self.overlong = true;
-                }
-                None
-            }
-        }
-    }
-
-    fn verify(&self, order: &OrderFrame) -> Result<(), OrderRefusal> {
-        let key = self.key.ok_or(OrderRefusal::NoOperatorKey)?;
-        let key = VerifyingKey::from_bytes(&key).map_err(|_| OrderRefusal::NoOperatorKey)?;
-        if key.is_weak() {
-            return Err(OrderRefusal::NoOperatorKey);
-        }
-        if !self.boot_bound {
-            return Err(OrderRefusal::NoBootId);
-        }
-        let message = OrderFrame::message(order.kind, order.nonce, &order.partition, &self.bundle_digest);
-        key.verify_strict(&message, &Signature::from_bytes(&order.signature))
-            .map_err(|_| OrderRefusal::BadSignature)
-    }
-}
 
 /// Read and handle whatever operator input is waiting. Called by the run
 /// loop's housekeeping, between slices.
@@ -221,12 +105,10 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         refuse(hv, Some(idx), order.partition_name(), args, r);
         return;
     }
-    if order.nonce <= hv.orders.last_nonce {
-        let last = hv.orders.last_nonce;
-        refuse(hv, Some(idx), order.partition_name(), args, OrderRefusal::Replayed { last });
+    if let Err(r) = hv.orders.use_nonce(order.nonce) {
+        refuse(hv, Some(idx), order.partition_name(), args, r);
         return;
     }
-    hv.orders.last_nonce = order.nonce;
     let state = hv.partitions[idx].state;
     let nothing_to_do = match order.kind {
         OrderKind::Unfence if state != PartitionState::Fenced => Some(OrderRefusal::NotFenced(state)),
@@ -248,8 +130,8 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         return;
     }
     let result = match order.kind {
-        OrderKind::Unfence => hv.unfence(id),
-        OrderKind::Evict => hv.evict(id).map(|()| 0),
+        OrderKind::Unfence => unfence(hv, id),
+        OrderKind::Evict => evict(hv, id).map(|()| 0),
     };
     match result {
         Ok(ck) => {
@@ -286,4 +168,34 @@ fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: Option<usize>, name: &str, args:
     hv.kernel_event(log, KernelEvent::OrderRefused, Outcome::Denied(why.error()), args.to_bytes());
     let what = OrderKind::from_u8(args.order).map_or("?", OrderKind::name);
     console::hyp_line(&mut hv.arch, format_args!("order {} {what} '{name}' refused: {why}", args.nonce));
+}
+
+/// Operator order: clear the fence of partition `id`. Its capabilities
+/// answer again and its guest is recreated from its last checkpoint (or
+/// the pristine image). Returns the checkpoint id resumed from (0 =
+/// pristine). Given by a verified order from the host ([`poll`]).
+pub fn unfence<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -> Result<u64, crate::recovery::fault::OrderError> {
+    let idx = hv.index_of(id).ok_or(crate::recovery::fault::OrderError::NoSuchPartition)?;
+    if hv.running_on(idx).is_some() {
+        // Only a fenced partition is unfenced, and a fenced one never runs.
+        return Err(crate::recovery::fault::OrderError::NotFenced);
+    }
+    crate::recovery::fault::unfence(hv, idx)
+}
+
+/// Operator order: evict partition `id` (F4). A partition that still
+/// runs is fenced first (F3), so no class is skipped. If its guest is on a CPU right now, the
+/// eviction is [deferred](Hypervisor::defer) until that CPU comes back
+/// (at the latest at the end of the slice).
+pub fn evict<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -> Result<(), crate::recovery::fault::OrderError> {
+    let idx = hv.index_of(id).ok_or(crate::recovery::fault::OrderError::NoSuchPartition)?;
+    if hv.partitions[idx].state == PartitionState::Evicted {
+        return Err(crate::recovery::fault::OrderError::AlreadyEvicted);
+    }
+    if hv.running_on(idx).is_some() {
+        hv.defer(idx, crate::running::cpus::DeferredOrder::Evict);
+        return Ok(());
+    }
+    crate::recovery::fault::respond(hv, idx, crate::recovery::policy::Trigger::OperatorEvict, format_args!("eviction ordered by the operator"));
+    Ok(())
 }

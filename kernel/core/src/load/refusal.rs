@@ -1,0 +1,69 @@
+//! Why a bundle, or one partition of it, is not admitted.
+
+
+/// Why the hypervisor could not start from a bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootError {
+    Bundle(rvm_abi::bundle::BundleError),
+    /// No partitions to run.
+    Empty,
+    /// More partitions than VMIDs.
+    TooManyPartitions,
+    OutOfMemory,
+    /// The shared guest runtime image is not a loadable AArch64 ELF.
+    Runtime(crate::load::elf::ElfError),
+}
+
+/// Why one partition was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NoImage,
+    Image(crate::load::elf::ElfError),
+    ModuleTooLarge,
+    NoModule,
+    OutOfMemory,
+    BadCapability,
+    /// The memory budget makes the heap window overlap the restore window.
+    HeapWindow,
+    /// The manifest pins a witness key this hypervisor does not sign with.
+    WitnessKey,
+    /// More agents than [`MAX_AGENTS_PER_PARTITION`], or their modules
+    /// together larger than the WASM window.
+    TooManyAgents,
+    /// The frames its budget needs at most ([`footprint`]) are not free of
+    /// other partitions' reservations.
+    MemoryBudget,
+    /// Its share of the EL2 heap ([`crate::memory::quota`]) does not fit.
+    HeapBudget,
+    /// Its witness log could not take a record of its creation, load or
+    /// capabilities (nothing unwitnessed is admitted).
+    Witness,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoImage => "no guest runtime or guest image in the bundle",
+            Refusal::Image(_) => "guest image is not a loadable AArch64 ELF",
+            Refusal::ModuleTooLarge => "WASM module larger than 16 MiB",
+            Refusal::NoModule => "no WASM module for the partition",
+            Refusal::OutOfMemory => "out of memory",
+            Refusal::BadCapability => "capability table entry could not be installed",
+            Refusal::HeapWindow => "memory budget too large for the partition's heap window",
+            Refusal::WitnessKey => "its witness_key_fingerprint does not match this hypervisor's witness key",
+            Refusal::TooManyAgents => "more than 16 agents, or their modules together larger than 16 MiB",
+            Refusal::MemoryBudget => "its memory budget does not fit in the frames not reserved for other partitions",
+            Refusal::HeapBudget => "its share of the hypervisor heap (store, snapshots, queues) does not fit",
+            Refusal::Witness => "its witness log could not take the record",
+        }
+    }
+
+    /// The outcome its `PartitionRefused` record carries.
+    pub fn error(self) -> rvm_abi::HvError {
+        match self {
+            Refusal::OutOfMemory | Refusal::MemoryBudget | Refusal::HeapBudget => rvm_abi::HvError::NoMemory,
+            Refusal::Witness => rvm_abi::HvError::WitnessUnavailable,
+            _ => rvm_abi::HvError::InvalidArgument,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The hypervisor's side of the operator channel: the operator's key, the
+//! nonce floor, the line being assembled, and why an order is refused.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use rvm_abi::frame::{OrderFrame, MAX_ORDER_LINE};
+use rvm_abi::HvError;
+
+use crate::partition::PartitionState;
+
+/// The hypervisor's side of the operator channel: the key, the nonce floor
+/// and the line being assembled.
+pub(crate) struct OrderDesk {
+    key: Option<[u8; 32]>,
+    bundle_digest: [u8; 32],
+    /// The bundle carries a boot id, so its digest names this boot alone.
+    boot_bound: bool,
+    last_nonce: u64,
+    line: heapless::Vec<u8, MAX_ORDER_LINE>,
+    /// The current line outgrew the buffer: drop it up to its newline.
+    overlong: bool,
+    /// Orders applied and refused since boot.
+    pub(crate) applied: u32,
+    pub(crate) refused: u32,
+}
+
+/// Why an order was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderRefusal {
+    /// The `@O` line could not be decoded.
+    Malformed,
+    /// The bundle binds no operator key.
+    NoOperatorKey,
+    /// The bundle carries no boot id: an order signed for it would be
+    /// good for every boot of a byte-identical bundle.
+    NoBootId,
+    /// No partition has that name.
+    UnknownPartition,
+    /// The signature does not verify with the operator key.
+    BadSignature,
+    /// The nonce does not exceed the last accepted one.
+    Replayed { last: u64 },
+    /// Unfence of a partition that is not fenced.
+    NotFenced(PartitionState),
+    /// Eviction of a partition already evicted.
+    AlreadyEvicted,
+    /// The guest could not be recreated.
+    Failed(HvError),
+}
+
+impl OrderRefusal {
+    /// The status the `OrderRefused` record states.
+    pub fn error(self) -> HvError {
+        match self {
+            OrderRefusal::Malformed | OrderRefusal::UnknownPartition => HvError::InvalidArgument,
+            OrderRefusal::NoOperatorKey | OrderRefusal::NoBootId | OrderRefusal::BadSignature => HvError::BadProof,
+            OrderRefusal::Replayed { .. } => HvError::Replay,
+            OrderRefusal::NotFenced(_) | OrderRefusal::AlreadyEvicted => HvError::InvalidArgument,
+            OrderRefusal::Failed(e) => e,
+        }
+    }
+}
+
+impl core::fmt::Display for OrderRefusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            OrderRefusal::Malformed => write!(f, "malformed order line"),
+            OrderRefusal::NoOperatorKey => write!(f, "the bundle binds no operator key"),
+            OrderRefusal::NoBootId => write!(f, "the bundle carries no boot id"),
+            OrderRefusal::UnknownPartition => write!(f, "no partition has that name"),
+            OrderRefusal::BadSignature => write!(f, "signature does not verify with the operator key"),
+            OrderRefusal::Replayed { last } => write!(f, "nonce replayed (must exceed {last})"),
+            OrderRefusal::NotFenced(s) => write!(f, "partition is not fenced (it is {})", s.name()),
+            OrderRefusal::AlreadyEvicted => write!(f, "partition is already evicted"),
+            OrderRefusal::Failed(e) => write!(f, "could not be carried out ({})", e.name()),
+        }
+    }
+}
+
+impl OrderDesk {
+    /// `key`: the bundle's operator key, if any; `bundle_digest`: SHA-256 of
+    /// the bundle this hypervisor booted; `boot_bound`: the bundle carries a
+    /// boot id (else every order is refused).
+    pub(crate) fn new(key: Option<[u8; 32]>, bundle_digest: [u8; 32], boot_bound: bool) -> Self {
+        Self {
+            key,
+            bundle_digest,
+            boot_bound,
+            last_nonce: 0,
+            line: heapless::Vec::new(),
+            overlong: false,
+            applied: 0,
+            refused: 0,
+        }
+    }
+
+    /// Take one input byte; a finished line comes back.
+    pub(crate) fn take(&mut self, b: u8) -> Option<heapless::Vec<u8, MAX_ORDER_LINE>> {
+        match b {
+            b'\n' => {
+                let line = core::mem::take(&mut self.line);
+                let was_overlong = core::mem::replace(&mut self.overlong, false);
+                (!was_overlong).then_some(line)
+            }
+            b'\r' => None,
+            _ if self.overlong => None,
+            _ => {
+                if self.line.push(b).is_err() {
+                    self.line.clear();
+                    self.overlong = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// Use up `nonce`: it must exceed every nonce accepted since boot.
+    pub(crate) fn use_nonce(&mut self, nonce: u64) -> Result<(), OrderRefusal> {
+        if nonce <= self.last_nonce {
+            return Err(OrderRefusal::Replayed { last: self.last_nonce });
+        }
+        self.last_nonce = nonce;
+        Ok(())
+    }
+
+    pub(crate) fn verify(&self, order: &OrderFrame) -> Result<(), OrderRefusal> {
+        let key = self.key.ok_or(OrderRefusal::NoOperatorKey)?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| OrderRefusal::NoOperatorKey)?;
+        if key.is_weak() {
+            return Err(OrderRefusal::NoOperatorKey);
+        }
+        if !self.boot_bound {
+            return Err(OrderRefusal::NoBootId);
+        }
+        let message = OrderFrame::message(order.kind, order.nonce, &order.partition, &self.bundle_digest);
+        key.verify_strict(&message, &Signature::from_bytes(&order.signature))
+            .map_err(|_| OrderRefusal::BadSignature)
+    }
+}
