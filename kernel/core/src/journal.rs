@@ -15,7 +15,6 @@
 
 use alloc::vec::Vec;
 
-use rvm_abi::bootinfo::HandleInfo;
 use rvm_abi::bundle::BootConfig;
 use rvm_abi::journal::{self, CallEntry, BOOT_FLAG_JOURNAL};
 
@@ -71,10 +70,7 @@ pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, input: &CallInpu
 /// digest of the handles it starts with (written whether or not the run
 /// journals, so the record means the same in every run).
 pub(crate) fn start_args<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> [u8; 16] {
-    let handles: &[HandleInfo] = &hv.partitions[idx].boot_handles;
-    let mut input = Vec::new();
-    journal::start_digest_input(&mut |b: &[u8]| input.extend_from_slice(b), handles);
-    crate::digest::of_parts(&[&input])
+    rvm_state::digest::of_start(&hv.partitions[idx].boot_handles)
 }
 
 /// Partition `idx` has just started (its `PartitionStart` record is the last
@@ -199,7 +195,7 @@ mod tests {
     }
 
     fn digest(parts: &[&[u8]]) -> [u8; 16] {
-        crate::digest::of_parts(parts)
+        rvm_state::digest::of_parts(parts)
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! * [`stage2`], [`frames`], [`guest_mem`] — memory isolation.
 //! * [`dispatch`], [`psci`] — hypercalls and emulated PSCI.
 //! * [`caps`], [`witness`] — capability checks and the witness logs.
-//! * [`channel`], [`store`] — inter-partition messages, the state store.
+//! * [`channel`] — inter-partition messages (the state store is
+//!   `rvm_state::store`).
 //! * [`fault`], [`recovery`], [`restart`] — what a partition's fault does to
 //!   it (and nobody else): the F1–F4 policy and its steps.
 //! * [`checkpoint`] — checkpoints kept by EL2 and their state hashes.
@@ -26,7 +27,6 @@ pub mod caps;
 pub mod channel;
 pub mod checkpoint;
 pub mod console;
-pub mod digest;
 pub mod dormant;
 pub mod dispatch;
 pub mod domains;
@@ -51,7 +51,6 @@ pub mod recovery;
 mod report;
 pub mod restart;
 pub mod stage2;
-pub mod store;
 pub mod trap;
 pub mod vcpu;
 pub mod witness;
