@@ -306,4 +306,3 @@ impl HostCalls for ReplayHost {
         Ok(CheckpointReceipt { id, hash_prefix })
     }
 }
-
