@@ -84,6 +84,7 @@ pub(super) struct Matched {
 }
 
 impl Matched {
+    /// The journaled status, as the call answers it.
     pub fn status(&self) -> Result<(), HvError> {
         if self.status == 0 {
             Ok(())
@@ -94,6 +95,8 @@ impl Matched {
 }
 
 impl Shared {
+    /// Keep the first thing that went wrong; the call answers
+    /// `WitnessUnavailable`, so the agent stops.
     pub fn fail(&mut self, f: ReplayFailure) -> HvError {
         if self.failure.is_none() {
             self.failure = Some(f);
