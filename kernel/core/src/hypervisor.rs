@@ -53,7 +53,7 @@ impl<A: Arch> Hypervisor<A> {
         // ([`crate::witness::scrub_bundle_secrets`]) once this returns.
         let seed: Option<&[u8; 32]> =
             bundle.global(EntryKind::WitnessKeySeed).and_then(|e| e.data.try_into().ok());
-        let bundle_digest = crate::digest::full(bundle_bytes);
+        let bundle_digest = rvm_state::digest::full(bundle_bytes);
         let mut witness = Witness::new(seed, config.checkpoint_every, bundle_digest);
         setup(&mut witness);
         let orders = crate::orders::desk::OrderDesk::new(

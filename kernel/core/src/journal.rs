@@ -69,9 +69,7 @@ pub(crate) fn call(journal: Journal, arch: &mut dyn Arch, log: u32, input: &Call
 /// handles the partition starts with (written whether or not the run
 /// journals, so the record means the same in every run).
 pub(crate) fn start_args(handles: &[HandleInfo]) -> [u8; 16] {
-    let mut input = Vec::new();
-    journal::start_digest_input(&mut |b: &[u8]| input.extend_from_slice(b), handles);
-    crate::digest::of_parts(&[&input])
+    rvm_state::digest::of_start(handles)
 }
 
 /// A partition has just started: its `PartitionStart` record is record
@@ -193,7 +191,7 @@ mod tests {
     }
 
     fn digest(parts: &[&[u8]]) -> [u8; 16] {
-        crate::digest::of_parts(parts)
+        rvm_state::digest::of_parts(parts)
     }
 
     #[test]

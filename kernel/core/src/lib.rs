@@ -11,7 +11,8 @@
 //! * [`memory`] — frames, stage-2 tables, guest memory, the EL2 map.
 //! * [`dispatch`] — hypercalls and emulated PSCI.
 //! * [`caps`], [`witness`] — capability checks and the witness logs.
-//! * [`channel`], [`store`] — inter-partition messages, the state store.
+//! * [`channel`] — inter-partition messages (the state store is
+//!   `rvm_state::store`).
 //! * [`recovery`] — what a partition's fault does to it (and nobody else):
 //!   the F1–F4 policy, its steps, and checkpoints.
 //! * [`domains`] — coherence domains, moving agents, the Dormant tier.
@@ -25,7 +26,6 @@ pub mod arch;
 pub mod caps;
 pub mod channel;
 pub mod console;
-pub mod digest;
 pub mod dispatch;
 pub mod domains;
 #[cfg(any(test, feature = "fake"))]
@@ -40,7 +40,6 @@ pub mod recovery;
 pub mod report;
 pub mod running;
 pub mod state;
-pub mod store;
 pub mod witness;
 
 #[cfg(test)]

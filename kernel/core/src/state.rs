@@ -19,7 +19,7 @@ use crate::memory::addr::{PhysAddr, PAGE_BYTES};
 use crate::memory::frames::FrameAllocator;
 use crate::load::image::SharedImage;
 use crate::partition::{name_str, Partition, PartitionId, PartitionState};
-use crate::store::StateStore;
+use rvm_state::store::StateStore;
 use crate::witness::{Reservation, Witness};
 
 /// Scheduling and run-time policy, from the bundle's boot configuration.

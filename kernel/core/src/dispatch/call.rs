@@ -43,7 +43,7 @@ impl Witnessed {
     }
 
     fn digest(&self) -> [u8; 16] {
-        self.args.unwrap_or_else(|| crate::digest::of_call(&self.regs, &[]))
+        self.args.unwrap_or_else(|| rvm_state::digest::of_call(&self.regs, &[]))
     }
 
     pub(crate) fn granted(mut self, g: &Granted) -> Self {
@@ -65,7 +65,7 @@ impl Witnessed {
     }
 
     pub(crate) fn data(mut self, regs: &[u64; 6], data: &[u8]) -> Self {
-        self.args = Some(crate::digest::of_call(regs, data));
+        self.args = Some(rvm_state::digest::of_call(regs, data));
         if self.journal {
             self.kept = Some(data.to_vec());
         }

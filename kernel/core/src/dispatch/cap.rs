@@ -32,7 +32,7 @@ use crate::arch::Arch;
 use crate::caps::{DeriveArgs, Refused, UseParams};
 use crate::memory::guest_mem;
 use crate::state::{Flow, Hypervisor};
-use crate::store::StoreSnapshot;
+use rvm_state::store::StoreSnapshot;
 
 use super::{allow, authorize_at, preflight, read_signature, refuse, witness, CapUse, ProofRegs, Witnessed};
 

@@ -18,7 +18,7 @@ pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
     let x = hv.partitions[idx].vcpu.regs.x;
     let function = u32::try_from(x[0]).unwrap_or(0);
     let id = hv.partitions[idx].id;
-    let args = crate::digest::of_parts(&[&x[0].to_le_bytes(), &x[1].to_le_bytes()]);
+    let args = rvm_state::digest::of_parts(&[&x[0].to_le_bytes(), &x[1].to_le_bytes()]);
     let witnessed = hv.kernel_event(id, KernelEvent::Psci, Outcome::Done, args);
     if !witnessed && !matches!(function, psci::SYSTEM_OFF | psci::CPU_OFF) {
         // Fail-closed: an unwitnessed call is not answered. Turning off is
@@ -75,7 +75,7 @@ pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
             id,
             KernelEvent::PartitionRefused,
             Outcome::Denied(rvm_abi::HvError::InvalidArgument),
-            crate::digest::of_parts(&[&code.to_le_bytes()]),
+            rvm_state::digest::of_parts(&[&code.to_le_bytes()]),
         );
         hv.note_refused();
     } else {
@@ -84,5 +84,5 @@ pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
             format_args!("partition {} '{}' exited: code {:#x} ({})", id.0, name_str(&name), code, rvm_abi::bootinfo::exit::reason(code)),
         );
     }
-    hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, crate::digest::of_parts(&[&code.to_le_bytes()]));
+    hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, rvm_state::digest::of_parts(&[&code.to_le_bytes()]));
 }

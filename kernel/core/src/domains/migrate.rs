@@ -78,7 +78,7 @@ use crate::dispatch::call::{allow, deny, Witnessed};
 use crate::state::{Flow, Hypervisor};
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
-use crate::store::{StateStore, StoreLimits};
+use rvm_state::store::{StateStore, StoreLimits};
 use crate::running::vcpu::Vcpu;
 
 pub use crate::domains::moves::{Arrival, Departure, Move, MoveError, MoveKind, Plan, DEPARTURE_TIMEOUT_NS};
@@ -290,7 +290,7 @@ fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
         let Hypervisor { arch, partitions, .. } = &mut *hv;
         partitions[idx].console_flush(arch);
     }
-    hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, crate::digest::of_parts(&[&code.to_le_bytes()]));
+    hv.transition(idx, PartitionState::Finished, KernelEvent::PartitionExit, rvm_state::digest::of_parts(&[&code.to_le_bytes()]));
     let before = hv.frames.frames_in_use();
     crate::load::release(hv, idx);
     let returned = before.saturating_sub(hv.frames.frames_in_use());
@@ -417,7 +417,7 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
     // room for the creation record now, for each capability as it is
     // transplanted, for the load and the `Split` before the point of no
     // return. Any refusal undoes the move.
-    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
+    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, rvm_state::digest::of_parts(&[&desc.to_bytes()]));
     let populated = if created { populate(hv, idx, src, dep, &module, ck) } else { Err(MoveError::Witness) };
     // A split admits a partition: it reserves its memory like any other.
     let populated = populated.and_then(|restore| {
@@ -464,7 +464,7 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
         // stands either way (the graph then still lists the agent where it was).
         let _ = engine.apply_split(decision, DomainId(id.0), now);
     }
-    let digest = crate::digest::of_parts(&[&module]);
+    let digest = rvm_state::digest::of_parts(&[&module]);
     hv.transition_held(&mut held, idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest);
     hv.held_event(&mut held, KernelEvent::Split, Outcome::Done, dep.plan.witness_args());
     hv.release(held);
@@ -556,7 +556,7 @@ fn populate<A: Arch>(
         };
         let mut rec = WitnessRecord::new(WitnessOp::Event(KernelEvent::CapInstall), Outcome::Done, id.0);
         rec.cap = handle.witness_id();
-        rec.args = crate::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
+        rec.args = rvm_state::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
         rec.timestamp = hv.arch.now_ns();
         hv.held_record(&mut held, rec);
         hv.partitions[idx].boot_handles.push(HandleInfo { agent: 0, ..h });
@@ -673,7 +673,7 @@ fn merge<A: Arch>(
         let Ok(handle) = hv.caps.transplant(src, h.raw, dst) else { continue };
         let mut rec = WitnessRecord::new(WitnessOp::Event(KernelEvent::CapInstall), Outcome::Done, dst.0);
         rec.cap = handle.witness_id();
-        rec.args = crate::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
+        rec.args = rvm_state::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
         rec.timestamp = hv.arch.now_ns();
         hv.held_record(&mut held, rec);
         hv.partitions[into].boot_handles.push(HandleInfo { agent: tag, ..h });

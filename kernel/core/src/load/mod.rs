@@ -22,7 +22,7 @@ use crate::state::Hypervisor;
 use crate::load::image::SharedImage;
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
-use crate::store::{StateStore, StoreLimits};
+use rvm_state::store::{StateStore, StoreLimits};
 use crate::running::vcpu::Vcpu;
 
 /// Messages a bundle channel holds per direction.
@@ -64,7 +64,7 @@ pub(crate) fn load_partition<A: Arch>(
     hv.partitions.push(Partition::created(id, desc, vmid, stage2, heap_len));
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     let idx = hv.partitions.len() - 1;
-    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, crate::digest::of_parts(&[&desc.to_bytes()]));
+    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, rvm_state::digest::of_parts(&[&desc.to_bytes()]));
     let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::CHECKPOINT_IPA);
     let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
     let populated = if !created {
@@ -296,9 +296,9 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
     if own.is_none() && hv.domains.is_multi_agent(idx) {
         // Several agents: the load record binds every module, in slot order.
         let modules: Vec<&[u8]> = bundle.owned(EntryKind::Wasm, index).map(|e| e.data).collect();
-        return Ok(crate::digest::of_parts(&modules));
+        return Ok(rvm_state::digest::of_parts(&modules));
     }
-    Ok(crate::digest::of_parts(&[digest_src]))
+    Ok(rvm_state::digest::of_parts(&[digest_src]))
 }
 
 /// How many agents partition `index` runs: one per `Wasm` entry, at least
@@ -434,7 +434,7 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
         id.0,
     );
     rec.cap = handle.witness_id();
-    rec.args = crate::digest::of_parts(&[&desc.to_bytes()]);
+    rec.args = rvm_state::digest::of_parts(&[&desc.to_bytes()]);
     rec.timestamp = now;
     hv.held_record(&mut held, rec);
     hv.partitions[idx].boot_handles.push(HandleInfo {

@@ -11,7 +11,7 @@
 //! (`NoMemory` instead of an abort).
 
 use crate::channel::MAX_MESSAGE;
-use crate::store::StoreLimits;
+use rvm_state::store::StoreLimits;
 
 /// Size of the EL2 heap (the boot code gives the allocator this much).
 pub const EL2_HEAP_BYTES: usize = 64 << 20;

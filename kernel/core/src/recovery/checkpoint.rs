@@ -1,8 +1,9 @@
 //! Checkpoints: the agent image a partition's runtime hands over at a turn
 //! boundary (the `Checkpoint` hypercall), kept by EL2 in frames of its own
 //! together with a snapshot of the committed state store, and hashed into a
-//! byte-stable state hash (SHA-256 over [`rvm_abi::recovery::StateEncoder`]'s
-//! encoding, with the same SHA-256 as the witness log).
+//! byte-stable state hash ([`rvm_state::digest::state_hash`]: SHA-256 over
+//! [`rvm_abi::recovery::StateEncoder`]'s encoding, with the same SHA-256 as
+//! the witness log).
 //!
 //! The image's bytes move from the guest's frames to the checkpoint's with
 //! `phys_copy`, page by page; EL2's heap never holds them, so a checkpoint
@@ -14,14 +15,13 @@
 use alloc::vec::Vec;
 
 use rvm_abi::bootinfo::layout;
-use rvm_abi::recovery::StateEncoder;
 use rvm_abi::HvError;
 
 use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES, PAGE_SIZE};
 use crate::arch::Arch;
 use crate::memory::frames::FrameAllocator;
 use crate::memory::stage2::{MapError, MemType, S2Perm, Stage2Table};
-use crate::store::StoreSnapshot;
+use rvm_state::store::StoreSnapshot;
 
 /// Room a checkpoint may take beyond the agent's memory budget: the image
 /// header and its globals.
@@ -160,25 +160,17 @@ impl Checkpoint {
 
     /// The state hash of the image in the frames and the store snapshot.
     fn compute_hash(&self, arch: &dyn Arch) -> StateHash {
-        // The witness crate's SHA-256: the Armv8 SHA-2 instructions where the
-        // platform installed them, the portable code otherwise.
-        let mut h = rvm_witness::sha256::Sha256::new();
-        {
-            let mut enc = StateEncoder::new(|b: &[u8]| h.update(b), self.len);
+        let image = |feed: &mut dyn FnMut(&[u8])| {
             let mut buf = [0u8; PAGE_BYTES];
             let mut left = self.len;
             for &pa in &self.frames {
                 let n = usize::try_from(left.min(PAGE_SIZE)).unwrap_or(PAGE_BYTES);
                 arch.phys_read(pa, &mut buf[..n]);
-                enc.image(&buf[..n]);
+                feed(&buf[..n]);
                 left -= n as u64;
             }
-            enc.items(self.store.len() as u64);
-            for (k, v) in self.store.items() {
-                enc.item(k, v);
-            }
-        }
-        StateHash(h.finalize().0)
+        };
+        StateHash(rvm_state::digest::state_hash(self.len, image, &self.store))
     }
 
     /// Frames holding the image.

@@ -226,7 +226,7 @@ fn record_fault<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger, e
     for d in detail.iter().take(3) {
         let _ = parts.push(d);
     }
-    let args = crate::digest::of_parts(&parts);
+    let args = rvm_state::digest::of_parts(&parts);
     // A fault happened whether or not a log takes its record.
     hv.must_witness(id, KernelEvent::Fault, Outcome::Denied(error), args);
 }

@@ -455,7 +455,7 @@ fn derivation_only_attenuates_and_depth_and_grant_once_are_enforced() {
     assert!(info.grant_once_consumed && !info.rights.contains(ONCE));
     // The derive's record binds the new handle (its args digest covers it).
     let regs = [1, 1, u64::from(rg), 0, 0, 0];
-    assert_eq!(call_records(&text, 1)[0].args, crate::digest::of_call(&regs, &h(0).to_le_bytes()));
+    assert_eq!(call_records(&text, 1)[0].args, rvm_state::digest::of_call(&regs, &h(0).to_le_bytes()));
 }
 
 #[test]

@@ -191,7 +191,7 @@ fn a_partition_carries_several_agents_with_a_table_and_per_agent_handles() {
         .find(|(l, r)| *l == 1 && r.op == KernelEvent::PartitionLoad as u16)
         .expect("p1 loaded")
         .1;
-    assert_eq!(load.args, crate::digest::of_parts(&parts));
+    assert_eq!(load.args, rvm_state::digest::of_parts(&parts));
 
     // A single-agent partition looks as it always did: no count, no table,
     // every handle for every agent.

@@ -105,7 +105,7 @@ pub(crate) fn boot_with_id(
 /// A signed `@O` line for the test bundle `bundle`.
 pub(crate) fn order_line(bundle: &[u8], seed: &[u8; 32], kind: OrderKind, nonce: u64, name: &str) -> String {
     let partition = PartitionDesc::name_field(name).unwrap();
-    let message = OrderFrame::message(kind, nonce, &partition, &crate::digest::full(bundle));
+    let message = OrderFrame::message(kind, nonce, &partition, &rvm_state::digest::full(bundle));
     let signature = SigningKey::from_bytes(seed).sign(&message).to_bytes();
     let line = OrderFrame { kind, nonce, partition, signature }.encode();
     String::from(core::str::from_utf8(line.as_bytes()).unwrap())

@@ -28,7 +28,7 @@ use crate::fake::{esr, FakeArch, GuestView};
 use crate::memory::frames::FrameAllocator;
 use crate::state::Hypervisor;
 use crate::partition::{PartitionId, PartitionState};
-use crate::store::{StateStore, StoreLimits};
+use rvm_state::store::{StateStore, StoreLimits};
 use crate::running::vcpu::Vcpu;
 
 /// Entry of the test runtime image.
