@@ -2,10 +2,14 @@
 #
 # The EL2 image is built for aarch64-unknown-none-softfloat (EL2 never touches
 # FP/SIMD, so guest FP state survives every trap untouched), the EL1 guest
-# runtime and raw test guests for aarch64-unknown-none, agents for
+# runtime and raw test guests for aarch64-unknown-none (the `cargo el2` and
+# `cargo el1` aliases of .cargo/config.toml), agents for
 # wasm32-unknown-unknown. Everything lands in target/rvm/.
 
 CARGO     ?= cargo
+# The compiler pinned in rust-toolchain.toml: `make setup` installs it and
+# adds the targets and components to it (by name, whatever rustup's default).
+TOOLCHAIN := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 TARGET    := $(or $(CARGO_TARGET_DIR),target)
 OUT       := target/rvm
 EL2       := $(TARGET)/aarch64-unknown-none-softfloat/release
@@ -27,14 +31,15 @@ help:
 	@echo "make images      cross-build the EL2 image, guest runtime, test guests and agents"
 
 setup:
-	rustup show active-toolchain >/dev/null
-	rustup target add aarch64-unknown-none aarch64-unknown-none-softfloat wasm32-unknown-unknown
-	rustup component add rust-src llvm-tools
+	rustup toolchain install $(TOOLCHAIN) --profile minimal
+	rustup target add --toolchain $(TOOLCHAIN) aarch64-unknown-none aarch64-unknown-none-softfloat wasm32-unknown-unknown
+	rustup component add --toolchain $(TOOLCHAIN) rust-src llvm-tools
+	rustup show active-toolchain
 	command -v qemu-system-aarch64 >/dev/null || { apt-get update && apt-get install -y qemu-system-arm; }
 
 images:
-	$(CARGO) build -p rvm-boot --release --target aarch64-unknown-none-softfloat
-	$(CARGO) build -p rvm-guest-runtime -p rvm-guest-probes --release --target aarch64-unknown-none
+	$(CARGO) el2
+	$(CARGO) el1
 	$(CARGO) build $(foreach a,$(AGENTS),-p rvm-agent-$(a)) --release --target wasm32-unknown-unknown
 	mkdir -p $(OUT)/agents $(OUT)/probes
 	$(OBJCOPY) -O binary $(EL2)/rvm $(OUT)/rvm.bin

@@ -175,7 +175,7 @@ impl MemoryTier {
     }
 }
 
-/// Per-partition recovery thresholds (DESIGN section 7). A zero limit or
+/// Per-partition recovery thresholds (docs/DESIGN.md section 7). A zero limit or
 /// window means the kernel's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoveryDesc {

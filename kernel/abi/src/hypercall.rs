@@ -85,11 +85,16 @@ hypercalls! {
     /// `x1` = handle whose derived subtree is revoked, `x5` = proof IPA,
     /// `x6` = nonce: `x1` = capabilities removed.
     CapRevoke = 0x04,
-    /// `x1` = region handle, `x2` = offset, `x3` = IPA, `x4` = length.
+    /// Reserved: the kernel answers `NotSupported` (witnessed like any
+    /// refusal). Intended: `x1` = region handle, `x2` = offset, `x3` = IPA,
+    /// `x4` = length.
     RegionRead = 0x05,
-    /// `x1` = region handle, `x2` = offset, `x3` = IPA, `x4` = length.
+    /// Reserved: the kernel answers `NotSupported` (witnessed like any
+    /// refusal). Intended: `x1` = region handle, `x2` = offset, `x3` = IPA,
+    /// `x4` = length.
     RegionWrite = 0x06,
-    /// `x1` = region handle, `x2` = IPA to map at.
+    /// Reserved: the kernel answers `NotSupported` (witnessed like any
+    /// refusal). Intended: `x1` = region handle, `x2` = IPA to map at.
     RegionMap = 0x07,
     /// `x1` = channel handle, `x2` = IPA, `x3` = length.
     ChannelSend = 0x08,
@@ -111,13 +116,17 @@ hypercalls! {
     /// linear memory, passed in place; `x4` = 0 for none): `x1` = checkpoint
     /// id, `x2`, `x3` = the first 16 bytes of its state hash (LE words).
     Checkpoint = 0x0e,
-    /// `x1` = module handle: start another agent instance.
+    /// Reserved: the kernel answers `NotSupported` (witnessed like any
+    /// refusal). Intended: `x1` = module handle: start another agent
+    /// instance.
     Spawn = 0x0f,
     /// `x1` = handle, `x2` = IPA of a 96-byte buffer, `x5` = proof IPA,
     /// `x6` = nonce: signed attestation (state digest, signature); `x1` =
     /// its timestamp, `x2` = object kind, `x3` = object id.
     Prove = 0x10,
-    /// `x1` = from sequence number, `x2` = IPA, `x3` = capacity (records).
+    /// Reserved: the kernel answers `NotSupported` (witnessed like any
+    /// refusal). Intended: `x1` = from sequence number, `x2` = IPA,
+    /// `x3` = capacity (records).
     WitnessQuery = 0x11,
     /// Give up the rest of the time slice.
     Yield = 0x12,

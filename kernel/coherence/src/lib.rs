@@ -1,4 +1,4 @@
-//! Coherence domains (DESIGN section 8): which agents should share a
+//! Coherence domains (docs/DESIGN.md section 8): which agents should share a
 //! partition, decided from the traffic they really exchange.
 //!
 //! A *coherence domain* is the set of agents that share one partition; its

@@ -1,5 +1,5 @@
 //! Scheduler priority: a blend of a partition's deadline urgency and its cut
-//! pressure (DESIGN section 8).
+//! pressure (docs/DESIGN.md section 8).
 //!
 //! **Formula.** With urgency `u` and cut pressure `c` in hundredths
 //! (`0..=100`) and the policy's weights `wu`, `wc`:

@@ -86,9 +86,9 @@ fn memoryless() -> DecayPolicy {
     DecayPolicy::new(EPOCH, Retention::new(0).unwrap()).unwrap()
 }
 
-/// DESIGN section 8's scenario, with the default policy and decay: three
-/// agents share partition 1; agents 1 and 2 chat heavily, agent 3 barely
-/// speaks → agent 3 is split out. Later agent 3 and agent 4 (alone in
+/// The split-then-merge scenario of docs/DESIGN.md section 8, with the
+/// default policy and decay: three agents share partition 1; agents 1 and 2
+/// chat heavily, agent 3 barely speaks → agent 3 is split out. Later agent 3 and agent 4 (alone in
 /// partition 3) chat heavily → their partitions merge. Then nothing flaps.
 #[test]
 fn quiet_agent_splits_out_then_chatty_partitions_merge_and_nothing_flaps() {

@@ -234,7 +234,7 @@ pub struct Token {
     pub expires_at: u64,
 }
 
-/// Recovery response of a failure class (DESIGN section 7).
+/// Recovery response of a failure class (docs/DESIGN.md section 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureClass {
     F1,

@@ -82,7 +82,7 @@ pub fn qemu_binary(explicit: Option<&Path>) -> OsString {
         .unwrap_or_else(|| QEMU_DEFAULT.into())
 }
 
-/// QEMU's arguments for the reference machine (DESIGN section 2). No
+/// QEMU's arguments for the reference machine (docs/DESIGN.md section 2). No
 /// semihosting: QEMU would serve it to every guest (`hlt #0xf000` at EL1
 /// runs host commands, opens host files, ends the machine); the hypervisor
 /// reports how the run ended in its exit frame (`rvm_abi::frame::ExitFrame`)

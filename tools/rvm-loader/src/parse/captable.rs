@@ -16,7 +16,7 @@
 //! (exact upper case; a repeated right is a warning); `grant_once` must agree
 //! with the GRANT_ONCE right; `expires_at` is whole Unix seconds (0 = never).
 //! An expiry already past, and an expiry on a P1 token (P1 does not check
-//! expiry: DESIGN section 4), are warnings.
+//! expiry: docs/DESIGN.md section 4), are warnings.
 
 use super::value::{self, Fields, Value};
 use crate::diag::{quote, Diagnostic, Warnings};
