@@ -23,7 +23,7 @@ impl PartitionId {
     pub const HYPERVISOR: PartitionId = PartitionId(rvm_abi::witness::HYPERVISOR_LOG);
 }
 
-/// Life cycle (DESIGN section 3). Every transition is witnessed.
+/// Life cycle (docs/DESIGN.md section 3). Every transition is witnessed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PartitionState {
     /// VMID and tables allocated, nothing loaded.

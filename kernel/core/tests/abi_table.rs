@@ -19,9 +19,9 @@ use rvm_abi::bootinfo::{layout, BootInfo};
 use rvm_abi::bundle::{BootConfig, BundleWriter, CapDesc, ChannelDesc, EntryKind, MemoryTier, PartitionDesc, RecoveryDesc, GLOBAL};
 use rvm_abi::frame::Frame;
 use rvm_abi::{HvError, Hypercall, ObjectKind, Rights, WitnessRecord};
-use rvm_kernel::addr::{PhysAddr, PhysRange};
+use rvm_kernel::memory::addr::{PhysAddr, PhysRange};
 use rvm_kernel::fake::{FakeArch, GuestView};
-use rvm_kernel::frames::FrameAllocator;
+use rvm_kernel::memory::frames::FrameAllocator;
 use rvm_kernel::Hypervisor;
 
 const ABI_MD: &str = include_str!("../../../docs/ABI.md");

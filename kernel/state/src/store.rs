@@ -1,5 +1,5 @@
 //! A partition's state store: writes are staged, validated, then committed
-//! atomically — all staged items or none (DESIGN section 7).
+//! atomically — all staged items or none (docs/DESIGN.md section 7).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;

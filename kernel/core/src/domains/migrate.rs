@@ -1,6 +1,6 @@
 //! Migration: carrying out a coherence split by moving an agent to a new
 //! partition at a turn boundary, through checkpoint and restore
-//! (DESIGN section 8).
+//! (docs/DESIGN.md section 8).
 //!
 //! 1. **Decision.** When the engine decides to split one agent out of a
 //!    partition running the shared runtime, [`begin_split`] marks it

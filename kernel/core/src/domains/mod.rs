@@ -1,4 +1,4 @@
-//! Coherence domains (DESIGN section 8) in the kernel: the agents each
+//! Coherence domains (docs/DESIGN.md section 8) in the kernel: the agents each
 //! partition runs, which of them is running, the communication graph fed by
 //! every delivered message, and the split and merge decisions of the
 //! coherence engine, witnessed with their cut value.

@@ -1,4 +1,4 @@
-//! The recovery policy (DESIGN section 7): which class of response a fault
+//! The recovery policy (docs/DESIGN.md section 7): which class of response a fault
 //! gets, as small named types decided without touching the machine.
 //!
 //! | class | triggers | response (applied by `crate::recovery::fault`) |
