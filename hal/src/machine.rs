@@ -8,6 +8,8 @@ use rvm_kernel::addr::{PhysAddr, PhysRange};
 use rvm_kernel::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
 use rvm_kernel::vcpu::Vcpu;
 
+use aarch64_cpu::registers::{Readable, ESR_EL2, FAR_EL2, HPFAR_EL2};
+
 use crate::gic::Gic;
 use crate::uart::Pl011;
 use crate::{cpu, timer, vectors};
@@ -446,9 +448,9 @@ impl CpuArch for Cpu {
             }
             vectors::EXIT_SYNC => TrapInfo {
                 kind: TrapKind::Sync,
-                esr: crate::sysreg_read!("esr_el2"),
-                far: crate::sysreg_read!("far_el2"),
-                hpfar: crate::sysreg_read!("hpfar_el2"),
+                esr: ESR_EL2.get(),
+                far: FAR_EL2.get(),
+                hpfar: HPFAR_EL2.get(),
             },
             // SError or AArch32: report as an unknown exception of the guest.
             other => TrapInfo { kind: TrapKind::Sync, esr: 0x2f << 26 | other, far: 0, hpfar: 0 },
@@ -470,10 +472,9 @@ impl CpuArch for Cpu {
         timer::arm_hyp_timer_at(self.clock.ns_to_ticks(until_ns));
         crate::sysreg::isb();
         self.armed_ns = until_ns;
-        // SAFETY: `wfi` only waits; IRQs are masked at EL2, so the timer's
-        // interrupt wakes the CPU without being taken, and is acknowledged
-        // below.
-        unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        // IRQs are masked at EL2, so the timer's interrupt wakes the CPU
+        // from `wfi` without being taken, and is acknowledged below.
+        aarch64_cpu::asm::wfi();
         self.take_irq();
     }
 
