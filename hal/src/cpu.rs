@@ -78,7 +78,7 @@ pub fn init_el2() {
             + HCR_EL2::TACR::SET
             + HCR_EL2::TSW::SET
             + HCR_EL2::RW::EL1IsAarch64
-            + HCR_EL2::EnSCXT::SET,
+            + HCR_EL2::TIDCP::SET,
     );
     crate::sysreg::isb();
 }
