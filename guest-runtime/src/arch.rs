@@ -217,8 +217,8 @@ pub fn exit(code: u64) -> ! {
     let _ = hypercall(Hypercall::Exit, &mut [Arg::Val(code)]);
     let _ = raw_hvc([u64::from(psci::SYSTEM_OFF), 0, 0, 0, 0, 0, 0]);
     loop {
-        // SAFETY: `wfi` only waits; with interrupts masked it may return at once.
-        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        // With interrupts masked, `wfi` may return at once.
+        aarch64_cpu::asm::wfi();
     }
 }
 
@@ -426,14 +426,9 @@ pub mod probe {
 
     /// The virtual counter and its frequency in Hz.
     pub fn counter() -> (u64, u64) {
-        let (c, f): (u64, u64);
-        // SAFETY: reads of CNTVCT_EL0 and CNTFRQ_EL0, always readable at
-        // EL1; no memory or flags are touched.
-        unsafe {
-            asm!("isb", "mrs {c}, cntvct_el0", "mrs {f}, cntfrq_el0", c = out(reg) c, f = out(reg) f,
-                 options(nomem, nostack, preserves_flags))
-        };
-        (c, f)
+        use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+        aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+        (CNTVCT_EL0.get(), CNTFRQ_EL0.get())
     }
 
     /// A CPU register every partition on a physical CPU would share if the
@@ -472,6 +467,9 @@ pub mod probe {
 
     /// Access `reg` once from EL1; what a read returned (0 for a write). The
     /// hypervisor traps every one of these: the call should never return.
+    /// Each is the one raw instruction under test, written out here rather
+    /// than through `aarch64-cpu` (which names only some of these registers),
+    /// so what the probe executes is exactly what the variant says.
     pub fn shared_reg(reg: SharedReg) -> u64 {
         let mut v: u64 = 0;
         // SAFETY: one system-register access or cache operation each, no
