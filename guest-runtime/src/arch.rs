@@ -386,6 +386,14 @@ pub fn image_end() -> u64 {
 
 /// Raw accesses for the isolation probes: loads and stores to an IPA that
 /// is no Rust object's memory, done in asm so no Rust pointer is formed.
+/// The virtual counter (after an `isb`, so it is not read early) and its
+/// frequency in Hz, both always readable at EL1.
+fn virtual_counter() -> (u64, u64) {
+    use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    (CNTVCT_EL0.get(), CNTFRQ_EL0.get())
+}
+
 pub mod probe {
     use core::arch::asm;
 
@@ -426,9 +434,7 @@ pub mod probe {
 
     /// The virtual counter and its frequency in Hz.
     pub fn counter() -> (u64, u64) {
-        use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
-        aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-        (CNTVCT_EL0.get(), CNTFRQ_EL0.get())
+        super::virtual_counter()
     }
 
     /// A CPU register every partition on a physical CPU would share if the
@@ -535,19 +541,7 @@ pub mod bench {
 
     /// Nanoseconds of the virtual counter.
     pub fn now_ns() -> u64 {
-        let (count, freq): (u64, u64);
-        // SAFETY: reads CNTVCT_EL0 and CNTFRQ_EL0, which EL1 may always
-        // read; no memory or flags are touched.
-        unsafe {
-            asm!(
-                "isb",
-                "mrs {c}, cntvct_el0",
-                "mrs {f}, cntfrq_el0",
-                c = out(reg) count,
-                f = out(reg) freq,
-                options(nomem, nostack, preserves_flags)
-            )
-        };
+        let (count, freq) = super::virtual_counter();
         let ns = u128::from(count) * 1_000_000_000 / u128::from(freq.max(1));
         u64::try_from(ns).unwrap_or(u64::MAX)
     }

@@ -302,14 +302,18 @@ impl Arch for Machine {
 
     fn phys_write(&mut self, pa: PhysAddr, data: &[u8]) {
         let dst = self.check(pa, data.len());
-        // SAFETY: as in `phys_read`; `data` is a Rust slice elsewhere in RAM
-        // that the kernel never hands out as a frame, so they do not overlap.
+        // SAFETY: `check` proved the range is RAM, identity-mapped at EL2;
+        // the kernel owns it and nothing else accesses it now. `data` is a
+        // Rust slice elsewhere in RAM that the kernel never hands out as a
+        // frame, so the two do not overlap.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len()) }
     }
 
     fn phys_zero(&mut self, pa: PhysAddr, len: usize) {
         let dst = self.check(pa, len);
-        // SAFETY: as in `phys_write`.
+        // SAFETY: `check` proved the range is RAM, identity-mapped at EL2,
+        // that the kernel owns and nothing else accesses now; no Rust
+        // reference points into it.
         unsafe { core::ptr::write_bytes(dst as *mut u8, 0, len) }
     }
 
@@ -328,7 +332,9 @@ impl Arch for Machine {
 
     fn write_pte(&mut self, table: PhysAddr, index: usize, value: u64) {
         let at = self.check(PhysAddr::new(table.raw() + index as u64 * 8), 8);
-        // SAFETY: as in `read_pte`; the barrier orders it before any walk.
+        // SAFETY: `check` proved this aligned u64 lies inside a table frame
+        // the kernel owns (no Rust reference points into it); the barrier
+        // below orders the store before any table walk.
         unsafe { core::ptr::write_volatile(at as *mut u64, value) };
         crate::sysreg::dsb_ishst();
     }
