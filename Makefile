@@ -20,12 +20,13 @@ OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
 PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked probe-bench probe-cap-attacks probe-approvals probe-cap-peer probe-hvc-fuzz probe-fence-resume probe-semihosting probe-shared-regs probe-stall
 AGENTS    := reference spin bad-import over-budget packet faulty chatter
 
-.PHONY: help setup images run test test-host test-qemu bench bench-qemu clean
+.PHONY: help setup images run test test-host test-qemu lint bench bench-qemu clean
 
 help:
 	@echo "make setup       install Rust targets/components and qemu-system-arm (Debian)"
 	@echo "make run         build everything, boot RVM under QEMU with the reference agents"
 	@echo "make test        host unit/property tests + QEMU integration tests"
+	@echo "make lint        clippy, warnings as errors, over every crate for its target"
 	@echo "make bench       criterion benchmarks (host)"
 	@echo "make bench-qemu  instruction counts of hypervisor paths under QEMU -icount"
 	@echo "make images      cross-build the EL2 image, guest runtime, test guests and agents"
@@ -58,6 +59,16 @@ run: images
 
 test: images
 	RVM_AGENT_WASM_DIR=$(abspath $(WASM)) $(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
+
+# Clippy over every crate, each for the target it is built for. The cross
+# crates are linted alone (--no-deps): their workspace dependencies are
+# host crates, linted (with their tests) by the last line.
+lint:
+	$(CARGO) clippy --no-deps -p rvm-boot -p rvm-hal --release --target aarch64-unknown-none-softfloat -- -D warnings
+	$(CARGO) clippy --no-deps -p rvm-guest-runtime -p rvm-guest-probes --release --target aarch64-unknown-none -- -D warnings
+	$(CARGO) clippy --no-deps -p rvm-guest $(foreach a,$(AGENTS),-p rvm-agent-$(a)) --release --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy --no-deps -p rvm-agent-invalid --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets -- -D warnings
 
 bench:
 	$(CARGO) bench -p rvm-cap -p rvm-witness -p rvm-coherence

@@ -139,9 +139,9 @@ const WAIT_NAP_NS: u64 = 100_000;
 /// (`wfe` would not: QEMU treats it as a no-op with several CPUs).
 fn park() -> ! {
     loop {
-        // SAFETY: parked: waits for an interrupt; none is enabled and armed,
-        // so only power-off ends this loop.
-        unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+        // Parked: waits for an interrupt; none is enabled and armed, so only
+        // power-off ends this loop.
+        aarch64_cpu::asm::wfi();
     }
 }
 

@@ -217,8 +217,8 @@ pub fn exit(code: u64) -> ! {
     let _ = hypercall(Hypercall::Exit, &mut [Arg::Val(code)]);
     let _ = raw_hvc([u64::from(psci::SYSTEM_OFF), 0, 0, 0, 0, 0, 0]);
     loop {
-        // SAFETY: `wfi` only waits; with interrupts masked it may return at once.
-        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        // With interrupts masked, `wfi` may return at once.
+        aarch64_cpu::asm::wfi();
     }
 }
 
@@ -386,6 +386,14 @@ pub fn image_end() -> u64 {
 
 /// Raw accesses for the isolation probes: loads and stores to an IPA that
 /// is no Rust object's memory, done in asm so no Rust pointer is formed.
+/// The virtual counter (after an `isb`, so it is not read early) and its
+/// frequency in Hz, both always readable at EL1.
+fn virtual_counter() -> (u64, u64) {
+    use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    (CNTVCT_EL0.get(), CNTFRQ_EL0.get())
+}
+
 pub mod probe {
     use core::arch::asm;
 
@@ -426,14 +434,7 @@ pub mod probe {
 
     /// The virtual counter and its frequency in Hz.
     pub fn counter() -> (u64, u64) {
-        let (c, f): (u64, u64);
-        // SAFETY: reads of CNTVCT_EL0 and CNTFRQ_EL0, always readable at
-        // EL1; no memory or flags are touched.
-        unsafe {
-            asm!("isb", "mrs {c}, cntvct_el0", "mrs {f}, cntfrq_el0", c = out(reg) c, f = out(reg) f,
-                 options(nomem, nostack, preserves_flags))
-        };
-        (c, f)
+        super::virtual_counter()
     }
 
     /// A CPU register every partition on a physical CPU would share if the
@@ -472,6 +473,9 @@ pub mod probe {
 
     /// Access `reg` once from EL1; what a read returned (0 for a write). The
     /// hypervisor traps every one of these: the call should never return.
+    /// Each is the one raw instruction under test, written out here rather
+    /// than through `aarch64-cpu` (which names only some of these registers),
+    /// so what the probe executes is exactly what the variant says.
     pub fn shared_reg(reg: SharedReg) -> u64 {
         let mut v: u64 = 0;
         // SAFETY: one system-register access or cache operation each, no
@@ -537,19 +541,7 @@ pub mod bench {
 
     /// Nanoseconds of the virtual counter.
     pub fn now_ns() -> u64 {
-        let (count, freq): (u64, u64);
-        // SAFETY: reads CNTVCT_EL0 and CNTFRQ_EL0, which EL1 may always
-        // read; no memory or flags are touched.
-        unsafe {
-            asm!(
-                "isb",
-                "mrs {c}, cntvct_el0",
-                "mrs {f}, cntfrq_el0",
-                c = out(reg) count,
-                f = out(reg) freq,
-                options(nomem, nostack, preserves_flags)
-            )
-        };
+        let (count, freq) = super::virtual_counter();
         let ns = u128::from(count) * 1_000_000_000 / u128::from(freq.max(1));
         u64::try_from(ns).unwrap_or(u64::MAX)
     }

@@ -53,5 +53,9 @@ pub unsafe fn activate(root: u64) {
 
 /// Whether `SCTLR_EL2.WXN` is set on this CPU.
 pub fn wxn_enabled() -> bool {
-    crate::sysreg_read!("sctlr_el2") & SCTLR_WXN != 0
+    use aarch64_cpu::registers::{Readable, SCTLR_EL2};
+    SCTLR_EL2.is_set(SCTLR_EL2::WXN)
 }
+
+// The kernel's descriptor builder and the register type agree on the bit.
+const _: () = assert!(SCTLR_WXN == 1 << 19);

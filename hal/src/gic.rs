@@ -6,26 +6,67 @@
 //! and stay masked while EL2 itself runs, so the kernel sees the timer only
 //! as a guest exit.
 
-use crate::mmio::Mmio;
+use aarch64_cpu::registers::ICC_SRE_EL2;
+use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
+use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::{register_bitfields, register_structs};
 
-const GICD_CTLR: usize = 0x0000;
-const GICD_CTLR_ARE: u32 = 1 << 4;
-const GICD_CTLR_ENABLE_G1: u32 = 1 << 1;
-const GICD_CTLR_ENABLE_G0: u32 = 1 << 0;
-const GICR_WAKER: usize = 0x0014;
-const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-const GICR_WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
-const GICR_TYPER: usize = 0x0008;
-const GICR_TYPER_LAST: u64 = 1 << 4;
+register_bitfields! {u32,
+    GICD_CTLR [
+        /// Affinity routing.
+        ARE OFFSET(4) NUMBITS(1) [],
+        ENABLE_G1 OFFSET(1) NUMBITS(1) [],
+        ENABLE_G0 OFFSET(0) NUMBITS(1) []
+    ],
+    GICR_WAKER [
+        CHILDREN_ASLEEP OFFSET(2) NUMBITS(1) [],
+        PROCESSOR_SLEEP OFFSET(1) NUMBITS(1) []
+    ]
+}
+
+register_bitfields! {u64,
+    GICR_TYPER [
+        /// The affinity (Aff3.Aff2.Aff1.Aff0) of the CPU this frame serves.
+        AFFINITY OFFSET(32) NUMBITS(32) [],
+        /// The last frame of the redistributor region.
+        LAST OFFSET(4) NUMBITS(1) []
+    ]
+}
+
+register_structs! {
+    /// The distributor registers the driver uses (GICv3 architecture
+    /// specification, 12.9).
+    Distributor {
+        (0x0000 => ctlr: ReadWrite<u32, GICD_CTLR::Register>),
+        (0x0004 => @END),
+    },
+    /// One CPU's redistributor: its RD frame and, 64 KiB on, its SGI frame
+    /// (12.10 and 12.11), the registers the driver uses.
+    Redistributor {
+        (0x0000 => _rd_reserved0),
+        (0x0008 => typer: ReadOnly<u64, GICR_TYPER::Register>),
+        (0x0010 => _rd_reserved1),
+        (0x0014 => waker: ReadWrite<u32, GICR_WAKER::Register>),
+        (0x0018 => _rd_reserved2),
+        (0x1_0080 => igroupr0: ReadWrite<u32>),
+        (0x1_0084 => _sgi_reserved0),
+        (0x1_0100 => isenabler0: ReadWrite<u32>),
+        (0x1_0104 => _sgi_reserved1),
+        (0x1_0400 => ipriorityr: [ReadWrite<u32>; 8]),
+        (0x1_0420 => @END),
+    }
+}
+
+/// The distance between two CPUs' redistributors (RD and SGI frames).
 const GICR_FRAME: usize = 0x20000;
-const SGI_BASE: usize = 0x10000;
-const GICR_IGROUPR0: usize = SGI_BASE + 0x0080;
-const GICR_ISENABLER0: usize = SGI_BASE + 0x0100;
-const GICR_IPRIORITYR: usize = SGI_BASE + 0x0400;
 
 /// The distributor and this CPU's redistributor.
+///
+/// The GIC's CPU interface (`ICC_*_EL1`) is reached through system
+/// registers, and `aarch64-cpu` types only `ICC_SRE_EL2` of those used
+/// here; the others are written raw (`sysreg`).
 pub struct Gic {
-    redist: Mmio,
+    redist: &'static Redistributor,
 }
 
 /// INTID reported when no interrupt is pending.
@@ -52,33 +93,33 @@ impl Gic {
     /// `gicd` and `gicr` must be the GICv3 register blocks from the device
     /// tree, mapped as Device memory; only one CPU may run this at a time.
     pub unsafe fn init(gicd: usize, gicr: usize, mpidr: u64) -> Option<Self> {
-        // SAFETY: forwarded from the caller.
-        let dist = unsafe { Mmio::new(gicd) };
-        dist.write32(GICD_CTLR, GICD_CTLR_ARE | GICD_CTLR_ENABLE_G1 | GICD_CTLR_ENABLE_G0);
+        // SAFETY: the caller's contract: `gicd` is the mapped GICv3
+        // distributor, and only this CPU touches it now.
+        let dist = unsafe { &*(gicd as *const Distributor) };
+        dist.ctlr.write(GICD_CTLR::ARE::SET + GICD_CTLR::ENABLE_G1::SET + GICD_CTLR::ENABLE_G0::SET);
         // Find this CPU's redistributor by affinity.
         let aff = ((mpidr >> 32) & 0xff) << 24 | (mpidr & 0xff_ffff);
         let mut frame = gicr;
         let redist = loop {
             // SAFETY: `frame` walks the redistributor region frame by frame
-            // until the frame marked last, all inside the DTB's GICR range.
-            let r = unsafe { Mmio::new(frame) };
-            let typer = u64::from(r.read32(GICR_TYPER)) | u64::from(r.read32(GICR_TYPER + 4)) << 32;
-            if typer >> 32 == aff {
+            // until the frame marked last, all inside the DTB's GICR range
+            // (the caller's contract), mapped as Device memory.
+            let r = unsafe { &*(frame as *const Redistributor) };
+            let typer = r.typer.extract();
+            if typer.read(GICR_TYPER::AFFINITY) == aff {
                 break r;
             }
-            if typer & GICR_TYPER_LAST != 0 {
+            if typer.is_set(GICR_TYPER::LAST) {
                 return None;
             }
             frame += GICR_FRAME;
         };
-        let waker = redist.read32(GICR_WAKER);
-        redist.write32(GICR_WAKER, waker & !GICR_WAKER_PROCESSOR_SLEEP);
-        while redist.read32(GICR_WAKER) & GICR_WAKER_CHILDREN_ASLEEP != 0 {
+        redist.waker.modify(GICR_WAKER::PROCESSOR_SLEEP::CLEAR);
+        while redist.waker.is_set(GICR_WAKER::CHILDREN_ASLEEP) {
             core::hint::spin_loop();
         }
         // CPU interface: system-register access, all priorities, group 1 on.
-        let sre = crate::sysreg_read!("icc_sre_el2");
-        crate::sysreg_write!("icc_sre_el2", sre | 0b1001);
+        ICC_SRE_EL2.modify(ICC_SRE_EL2::SRE::SET + ICC_SRE_EL2::ENABLE::SET);
         crate::sysreg::isb();
         crate::sysreg_write!("icc_pmr_el1", 0xff);
         crate::sysreg_write!("icc_igrpen1_el1", 1);
@@ -106,12 +147,11 @@ impl Gic {
 
     fn enable_private(&self, intid: u32) {
         let bit = 1u32 << intid;
-        self.redist.write32(GICR_IGROUPR0, self.redist.read32(GICR_IGROUPR0) | bit);
-        let prio_reg = GICR_IPRIORITYR + (intid as usize & !3);
+        self.redist.igroupr0.set(self.redist.igroupr0.get() | bit);
+        let prio = &self.redist.ipriorityr[intid as usize / 4];
         let shift = (intid % 4) * 8;
-        let v = self.redist.read32(prio_reg) & !(0xff << shift) | 0x80 << shift;
-        self.redist.write32(prio_reg, v);
-        self.redist.write32(GICR_ISENABLER0, bit);
+        prio.set(prio.get() & !(0xff << shift) | 0x80 << shift);
+        self.redist.isenabler0.set(bit);
     }
 
     /// Acknowledge the highest-priority pending interrupt.

@@ -10,7 +10,6 @@ pub mod dtb;
 pub mod el2map;
 pub mod gic;
 pub mod machine;
-pub mod mmio;
 pub mod pmu;
 pub mod power;
 pub mod sha2ce;

@@ -8,6 +8,8 @@ use rvm_kernel::memory::addr::{PhysAddr, PhysRange};
 use rvm_kernel::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo, TrapKind};
 use rvm_kernel::running::vcpu::Vcpu;
 
+use aarch64_cpu::registers::{Readable, ESR_EL2, FAR_EL2, HPFAR_EL2};
+
 use crate::gic::Gic;
 use crate::uart::Pl011;
 use crate::{cpu, timer, vectors};
@@ -300,14 +302,18 @@ impl Arch for Machine {
 
     fn phys_write(&mut self, pa: PhysAddr, data: &[u8]) {
         let dst = self.check(pa, data.len());
-        // SAFETY: as in `phys_read`; `data` is a Rust slice elsewhere in RAM
-        // that the kernel never hands out as a frame, so they do not overlap.
+        // SAFETY: `check` proved the range is RAM, identity-mapped at EL2;
+        // the kernel owns it and nothing else accesses it now. `data` is a
+        // Rust slice elsewhere in RAM that the kernel never hands out as a
+        // frame, so the two do not overlap.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len()) }
     }
 
     fn phys_zero(&mut self, pa: PhysAddr, len: usize) {
         let dst = self.check(pa, len);
-        // SAFETY: as in `phys_write`.
+        // SAFETY: `check` proved the range is RAM, identity-mapped at EL2,
+        // that the kernel owns and nothing else accesses now; no Rust
+        // reference points into it.
         unsafe { core::ptr::write_bytes(dst as *mut u8, 0, len) }
     }
 
@@ -326,7 +332,9 @@ impl Arch for Machine {
 
     fn write_pte(&mut self, table: PhysAddr, index: usize, value: u64) {
         let at = self.check(PhysAddr::new(table.raw() + index as u64 * 8), 8);
-        // SAFETY: as in `read_pte`; the barrier orders it before any walk.
+        // SAFETY: `check` proved this aligned u64 lies inside a table frame
+        // the kernel owns (no Rust reference points into it); the barrier
+        // below orders the store before any table walk.
         unsafe { core::ptr::write_volatile(at as *mut u64, value) };
         crate::sysreg::dsb_ishst();
     }
@@ -446,9 +454,9 @@ impl CpuArch for Cpu {
             }
             vectors::EXIT_SYNC => TrapInfo {
                 kind: TrapKind::Sync,
-                esr: crate::sysreg_read!("esr_el2"),
-                far: crate::sysreg_read!("far_el2"),
-                hpfar: crate::sysreg_read!("hpfar_el2"),
+                esr: ESR_EL2.get(),
+                far: FAR_EL2.get(),
+                hpfar: HPFAR_EL2.get(),
             },
             // SError or AArch32: report as an unknown exception of the guest.
             other => TrapInfo { kind: TrapKind::Sync, esr: 0x2f << 26 | other, far: 0, hpfar: 0 },
@@ -470,10 +478,9 @@ impl CpuArch for Cpu {
         timer::arm_hyp_timer_at(self.clock.ns_to_ticks(until_ns));
         crate::sysreg::isb();
         self.armed_ns = until_ns;
-        // SAFETY: `wfi` only waits; IRQs are masked at EL2, so the timer's
-        // interrupt wakes the CPU without being taken, and is acknowledged
-        // below.
-        unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        // IRQs are masked at EL2, so the timer's interrupt wakes the CPU
+        // from `wfi` without being taken, and is acknowledged below.
+        aarch64_cpu::asm::wfi();
         self.take_irq();
     }
 

@@ -16,19 +16,36 @@
 //! which [`lend_to_el1`] turns into leaving the PMU (only the PMU) to EL1.
 //! No tenant chooses the kernel command line; the loader never sets it.
 
+//!
+//! `aarch64-cpu` types `MDCR_EL2` but none of the PMU's own registers
+//! (`PMCR_EL0`, `PMCNTENSET_EL0`, `PMCCFILTR_EL0`, `PMCCNTR_EL0`): those are
+//! read and written raw (`sysreg`), with their fields here.
+
 use core::sync::atomic::{AtomicBool, Ordering};
 
-const PMCR_E: u64 = 1 << 0;
-const PMCR_C: u64 = 1 << 2;
-const PMCNTEN_C: u64 = 1 << 31;
-const PMCCFILTR_NSH: u64 = 1 << 27;
+use aarch64_cpu::registers::{Writeable, MDCR_EL2};
+use tock_registers::fields::FieldValue;
+use tock_registers::register_bitfields;
+use tock_registers::LocalRegisterCopy;
 
-/// MDCR_EL2 trap bits.
-const MDCR_TPMCR: u64 = 1 << 5;
-const MDCR_TPM: u64 = 1 << 6;
-const MDCR_TDA: u64 = 1 << 9;
-const MDCR_TDOSA: u64 = 1 << 10;
-const MDCR_TDRA: u64 = 1 << 11;
+register_bitfields! {u64,
+    PMCR [
+        /// Number of event counters implemented.
+        N OFFSET(11) NUMBITS(5) [],
+        /// Reset the cycle counter.
+        C OFFSET(2) NUMBITS(1) [],
+        /// Enable the counters.
+        E OFFSET(0) NUMBITS(1) []
+    ],
+    PMCNTENSET [
+        /// Enable the cycle counter.
+        C OFFSET(31) NUMBITS(1) []
+    ],
+    PMCCFILTR [
+        /// Count at EL2.
+        NSH OFFSET(27) NUMBITS(1) []
+    ]
+}
 
 /// `rvm.bench=pmu`: leave the PMU to EL1 (benchmarks only).
 static LENT_TO_EL1: AtomicBool = AtomicBool::new(false);
@@ -49,20 +66,24 @@ pub fn lent_to_el1() -> bool {
 
 /// MDCR_EL2 for this boot: HPMN = every event counter (`n`), and the
 /// PMU, debug, OS lock and debug ROM traps (the PMU ones unless lent).
-pub fn mdcr_el2(n: u64) -> u64 {
-    let pmu = if lent_to_el1() { 0 } else { MDCR_TPM | MDCR_TPMCR };
-    (n & 0x1f) | pmu | MDCR_TDA | MDCR_TDOSA | MDCR_TDRA
+pub fn mdcr_el2(n: u64) -> FieldValue<u64, MDCR_EL2::Register> {
+    let pmu = if lent_to_el1() {
+        MDCR_EL2::TPM::CLEAR + MDCR_EL2::TPMCR::CLEAR
+    } else {
+        MDCR_EL2::TPM::SET + MDCR_EL2::TPMCR::SET
+    };
+    MDCR_EL2::HPMN.val(n) + pmu + MDCR_EL2::TDA::SET + MDCR_EL2::TDOSA::SET + MDCR_EL2::TDRA::SET
 }
 
 /// Start the cycle counter counting at EL1 and EL2, and trap EL1's access
 /// to the PMU and debug registers. Call once per CPU.
 pub fn enable() {
-    crate::sysreg_write!("pmccfiltr_el0", PMCCFILTR_NSH);
-    crate::sysreg_write!("pmcntenset_el0", PMCNTEN_C);
-    let pmcr = crate::sysreg_read!("pmcr_el0");
-    crate::sysreg_write!("pmcr_el0", pmcr | PMCR_E | PMCR_C);
-    let n = (crate::sysreg_read!("pmcr_el0") >> 11) & 0x1f;
-    crate::sysreg_write!("mdcr_el2", mdcr_el2(n));
+    crate::sysreg_write!("pmccfiltr_el0", PMCCFILTR::NSH::SET.value);
+    crate::sysreg_write!("pmcntenset_el0", PMCNTENSET::C::SET.value);
+    let pmcr = (PMCR::E::SET + PMCR::C::SET).modify(crate::sysreg_read!("pmcr_el0"));
+    crate::sysreg_write!("pmcr_el0", pmcr);
+    let n = LocalRegisterCopy::<u64, PMCR::Register>::new(crate::sysreg_read!("pmcr_el0")).read(PMCR::N);
+    MDCR_EL2.write(mdcr_el2(n));
     crate::sysreg::isb();
 }
 

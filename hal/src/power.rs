@@ -46,7 +46,7 @@ pub fn power_off(how: Option<PowerOff>, code: u32) -> ! {
         None => {}
     }
     loop {
-        // SAFETY: waiting for an interrupt that will not come; nothing else runs.
-        unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+        // Waiting for an interrupt that will not come; nothing else runs.
+        aarch64_cpu::asm::wfi();
     }
 }

@@ -178,9 +178,19 @@ extern "C" {
     fn rvm_sha256_blocks(state: *mut u32, blocks: *const u8, count: usize);
 }
 
+tock_registers::register_bitfields! {u64,
+    /// The ID_AA64ISAR0_EL1 field `aarch64-cpu` does not name.
+    ISAR0 [
+        /// SHA-2 instructions: 1 = SHA-256, 2 = SHA-256 and SHA-512.
+        SHA2 OFFSET(12) NUMBITS(4) []
+    ]
+}
+
 /// Whether the CPU implements the SHA-256 instructions (ID_AA64ISAR0_EL1.SHA2).
 pub fn available() -> bool {
-    (crate::sysreg_read!("id_aa64isar0_el1") >> 12) & 0xf >= 1
+    use aarch64_cpu::registers::{Readable, ID_AA64ISAR0_EL1};
+    let isar0 = tock_registers::LocalRegisterCopy::<u64, ISAR0::Register>::new(ID_AA64ISAR0_EL1.get());
+    isar0.read(ISAR0::SHA2) >= 1
 }
 
 /// Fold `blocks` into `state`. Call only when [`available`].

@@ -1,15 +1,17 @@
 //! The generic timer: the counter as the kernel's clock, and the EL2
 //! physical timer (CNTHP) that preempts guests.
 
+use aarch64_cpu::registers::{Readable, Writeable, CNTFRQ_EL0, CNTHP_CTL_EL2, CNTPCT_EL0};
+
 /// Counter frequency in Hz.
 pub fn frequency() -> u64 {
-    crate::sysreg_read!("cntfrq_el0").max(1)
+    CNTFRQ_EL0.get().max(1)
 }
 
 /// The physical counter.
 pub fn counter() -> u64 {
     crate::sysreg::isb();
-    crate::sysreg_read!("cntpct_el0")
+    CNTPCT_EL0.get()
 }
 
 /// Conversions between counter ticks and nanoseconds as 32.32 fixed-point
@@ -49,12 +51,13 @@ impl Default for Clock {
 }
 
 /// Arm the hypervisor timer to fire when the counter reaches `ticks`.
+/// (`aarch64-cpu` has no type for `CNTHP_CVAL_EL2`: see `sysreg`.)
 pub fn arm_hyp_timer_at(ticks: u64) {
     crate::sysreg_write!("cnthp_cval_el2", ticks);
-    crate::sysreg_write!("cnthp_ctl_el2", 1);
+    CNTHP_CTL_EL2.write(CNTHP_CTL_EL2::ENABLE::SET + CNTHP_CTL_EL2::IMASK::CLEAR);
 }
 
 /// Stop the hypervisor timer (and clear its interrupt).
 pub fn disarm_hyp_timer() {
-    crate::sysreg_write!("cnthp_ctl_el2", 0b10);
+    CNTHP_CTL_EL2.write(CNTHP_CTL_EL2::ENABLE::CLEAR + CNTHP_CTL_EL2::IMASK::SET);
 }

@@ -15,6 +15,7 @@
 //! fault ([`probe_write_u32`], [`probe_read_u64`], [`probe_exec`], used by
 //! the boot self-test) gets it recorded and resumes.
 
+use aarch64_cpu::registers::{Readable, Writeable, TPIDR_EL2, VBAR_EL2};
 use rvm_kernel::running::vcpu::GuestRegs;
 
 /// Exit kinds `rvm_enter_guest` returns.
@@ -287,8 +288,8 @@ extern "C" {
 pub fn install(percpu: &'static mut PerCpu) {
     // SAFETY: taking the address of a linker-placed symbol reads nothing.
     let vbar = core::ptr::addr_of!(rvm_el2_vectors) as u64;
-    crate::sysreg_write!("vbar_el2", vbar);
-    crate::sysreg_write!("tpidr_el2", percpu as *mut PerCpu as u64);
+    VBAR_EL2.set(vbar);
+    TPIDR_EL2.set(percpu as *mut PerCpu as u64);
     crate::sysreg::isb();
 }
 
@@ -302,7 +303,7 @@ pub struct Fault {
 /// Run `access` (one instruction that may fault) with this CPU's
 /// expect-fault flag set; the fault it took, if any.
 fn expecting(access: impl FnOnce()) -> Option<Fault> {
-    let percpu = crate::sysreg_read!("tpidr_el2") as *mut PerCpu;
+    let percpu = TPIDR_EL2.get() as *mut PerCpu;
     assert!(!percpu.is_null(), "vectors not installed");
     // SAFETY: TPIDR_EL2 points at this CPU's own `PerCpu` (`install`); only
     // this CPU and its exception vector touch it, and the vector runs only

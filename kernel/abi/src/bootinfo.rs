@@ -20,7 +20,8 @@
 //! | 96 | 16 × n | handles: raw handle u64, object kind u8, rights u8, agent u8 ([`HandleInfo::agent`]), 5 reserved |
 //! | 4064 | 32 | [`RestoreInfo`]: the checkpoint to resume from, if any |
 
-pub const MAGIC: u64 = 0x3146_4e49_4d56_52; // "RVMINF1" little-endian
+/// `RVMINF1` and a NUL, read as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"RVMINF1\0");
 pub const HANDLES_OFFSET: usize = 96;
 pub const HANDLE_ENTRY_LEN: usize = 16;
 /// Where the [`RestoreInfo`] block starts: the last 32 bytes of the page.
@@ -384,7 +385,7 @@ mod tests {
         assert_eq!(RestoreInfo::read(&page), Some(info));
         assert!(info.is_restore() && !RestoreInfo::NONE.is_restore());
         // The last handle entry ends where the block starts.
-        assert!(HANDLES_OFFSET + MAX_HANDLES * HANDLE_ENTRY_LEN <= RESTORE_OFFSET);
+        const { assert!(HANDLES_OFFSET + MAX_HANDLES * HANDLE_ENTRY_LEN <= RESTORE_OFFSET) };
         let last = HandleInfo { raw: u64::MAX, kind: 0xff, rights: 0xff, agent: 3 };
         assert!(BootInfo::write_handle(&mut page, MAX_HANDLES - 1, last));
         assert_eq!(RestoreInfo::read(&page), Some(info));
@@ -410,7 +411,7 @@ mod tests {
         assert_eq!(AgentTable::read(&table, 1), Some(agents[1]));
         assert_eq!(AgentTable::read(&table, 2), None);
         assert_eq!(AgentTable::read(&[0u8; 64], 0), None);
-        assert!(layout::AGENTS_IPA < layout::HEAP_IPA);
+        const { assert!(layout::AGENTS_IPA < layout::HEAP_IPA) };
     }
 
     #[test]
@@ -423,7 +424,7 @@ mod tests {
 
     #[test]
     fn the_checkpoint_window_is_inside_a_32_bit_ipa_space_and_above_the_heap() {
-        assert!(layout::CHECKPOINT_IPA > layout::HEAP_IPA);
+        const { assert!(layout::CHECKPOINT_IPA > layout::HEAP_IPA) };
         assert_eq!(layout::CHECKPOINT_IPA + layout::CHECKPOINT_MAX_LEN, 1 << 32);
     }
 }

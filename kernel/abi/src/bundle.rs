@@ -608,7 +608,7 @@ impl<'a> Bundle<'a> {
         let offset = u32_at(e, 8) as usize;
         let len = u32_at(e, 12) as usize;
         let end = offset.checked_add(len).ok_or(BundleError::EntryBounds(n))?;
-        if offset % 8 != 0 || offset < HEADER_LEN || end > self.bytes.len() {
+        if !offset.is_multiple_of(8) || offset < HEADER_LEN || end > self.bytes.len() {
             return Err(BundleError::EntryBounds(n));
         }
         Ok(Entry { kind, owner, data: &self.bytes[offset..end] })

@@ -64,7 +64,7 @@ fn main(boot_info: u64) -> ! {
             }
             3 => {
                 let unknown = u64::from(RVM_CALL_BASE | 0x7ff);
-                let x0 = if n % 2 == 0 {
+                let x0 = if n.is_multiple_of(2) {
                     hvc_raw([unknown, 0, 0, 0, 0, 0, 0]).map_or(0, |r| r[0])
                 } else {
                     probe::hvc_imm1(unknown)
