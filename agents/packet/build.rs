@@ -1,6 +1,6 @@
 //! Link settings for the wasm32 agent: a small shadow stack (the default is
 //! 1 MiB, which would be most of a partition's memory budget) and the stack
-//! pointer exported so checkpoints capture it; no DWARF (the release profile
+//! pointer exported so snapshots capture it; no DWARF (the release profile
 //! keeps debug info for the EL2 image, but a partition would only carry it).
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

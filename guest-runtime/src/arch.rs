@@ -329,21 +329,21 @@ pub fn wasm_module(ipa: u64, len: u64) -> Option<&'static [u8]> {
     Some(unsafe { core::slice::from_raw_parts(start as *const u8, len) })
 }
 
-/// Run `f` on the checkpoint image the hypervisor mapped read-only at
+/// Run `f` on the snapshot image the hypervisor mapped read-only at
 /// `[ipa, ipa + len)` for this start, if the range lies in the layout's
 /// restore window. The slice cannot outlive `f`: the mapping goes away once
-/// the runtime hands over a new checkpoint.
-pub fn with_checkpoint_image<R>(ipa: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    let inside = ipa >= layout::CHECKPOINT_IPA
-        && len <= layout::CHECKPOINT_MAX_LEN
-        && ipa.checked_add(len)? <= layout::CHECKPOINT_IPA + layout::CHECKPOINT_MAX_LEN;
+/// the runtime hands over a new snapshot.
+pub fn with_snapshot_image<R>(ipa: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let inside = ipa >= layout::SNAPSHOT_IPA
+        && len <= layout::SNAPSHOT_MAX_LEN
+        && ipa.checked_add(len)? <= layout::SNAPSHOT_IPA + layout::SNAPSHOT_MAX_LEN;
     if !inside || len == 0 {
         return None;
     }
     let (start, len) = (usize::try_from(ipa).ok()?, usize::try_from(len).ok()?);
-    // SAFETY: the boot-info page names [ipa, ipa+len) as the checkpoint the
+    // SAFETY: the boot-info page names [ipa, ipa+len) as the snapshot the
     // hypervisor mapped read-only for this start (inside the restore window,
-    // checked); it stays mapped until this runtime issues a `Checkpoint`
+    // checked); it stays mapped until this runtime issues a `Snapshot`
     // call, which cannot happen while `f` holds the slice (the slice is not
     // handed to anything that outlives `f`).
     let image = unsafe { core::slice::from_raw_parts(start as *const u8, len) };
@@ -528,7 +528,7 @@ pub mod probe {
     }
 }
 
-/// Cost measurements. The runtime times its own steps (checkpoint
+/// Cost measurements. The runtime times its own steps (snapshot
 /// hand-over, restore) with the virtual counter, which every partition may
 /// read: under QEMU with `-icount shift=0` one nanosecond of virtual time
 /// is one instruction. The hypercall benchmark (`probe-bench`) reads the

@@ -5,18 +5,18 @@
 //!
 //! At a turn boundary the kernel may move an agent to another partition
 //! (a coherence-domain split): its `AgentSwitch` answers `DEPART`, the
-//! runtime checkpoints that agent alone and drops its instance; it resumes
-//! from that checkpoint in the new partition's runtime.
+//! runtime snapshots that agent alone and drops its instance; it resumes
+//! from that snapshot in the new partition's runtime.
 //!
 //! An agent may also **arrive** (a coherence merge): `AgentSwitch` reports
 //! how many slots the agent table lists; a new slot is admitted before the
 //! next turn: its module instantiated, its state restored from the
-//! checkpoint the kernel mapped for it. A partition whose last agent
-//! departs is retired by the kernel at that agent's checkpoint.
+//! snapshot the kernel mapped for it. A partition whose last agent
+//! departs is retired by the kernel at that agent's snapshot.
 //!
 //! In a bundle that evaluates coherence, a single agent runs here too (a
 //! table of one), so the kernel can move it; it may resume from the
-//! partition's checkpoint like the single-agent runtime.
+//! partition's snapshot like the single-agent runtime.
 //!
 //! Each agent gets the partition's memory budget and sees only the handles
 //! listed for it (its channels) or for every agent (the partition's state
@@ -61,7 +61,7 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
     }
     let restore = RestoreInfo::read(page).filter(RestoreInfo::is_restore);
     if restore.is_some() && n > 1 {
-        println!("runtime: a partition with several agents does not resume from a checkpoint");
+        println!("runtime: a partition with several agents does not resume from a snapshot");
         fail(exit::RESTORE_FAILED)
     }
     let fuel = FuelPolicy::from_boot_info(info.fuel_per_slice);
@@ -89,10 +89,10 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
         match Agent::load(wasm, config, El1Host) {
             Ok(mut agent) => {
                 if n == 1 {
-                    // One agent: its checkpoint is the partition's state.
+                    // One agent: its snapshot is the partition's state.
                     agent.allow_dormancy(true);
                     if let Some(r) = restore {
-                        restore_from(&mut agent, r.image_ipa, r.image_len, r.checkpoint_id, fail);
+                        restore_from(&mut agent, r.image_ipa, r.image_len, r.snapshot_id, fail);
                     }
                 }
                 println!(
@@ -129,7 +129,7 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
             // Agents that arrived (a merge) join after this turn.
             while known < listed.min(AgentTable::MAX) {
                 if let Some(arrived) = admit(info.wasm_pages, fuel, known, listed, fail) {
-                    // Several agents now: no agent's checkpoint is the
+                    // Several agents now: no agent's snapshot is the
                     // partition's state, so none may put it to sleep.
                     for (_, _, a) in agents.iter_mut() {
                         a.allow_dormancy(false);
@@ -144,10 +144,10 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
             Ok(Switch { depart: false, .. }) => {}
             Ok(Switch { depart: true, .. }) => {
                 // A turn boundary: the agent moves to another partition.
-                // Its checkpoint is its state there; the kernel keeps it.
+                // Its snapshot is its state there; the kernel keeps it.
                 // Refused, the agent stays and runs its turn.
                 let before = arch::bench::now_ns();
-                let handed = agent.checkpoint();
+                let handed = agent.snapshot();
                 let ns = arch::bench::now_ns().wrapping_sub(before);
                 if handed.is_ok() {
                     println!(
@@ -157,7 +157,7 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
                     agents.remove(at);
                     continue;
                 }
-                println!("runtime: agent {id} (slot {slot}) stays: its checkpoint was refused");
+                println!("runtime: agent {id} (slot {slot}) stays: its snapshot was refused");
             }
             Err(e) => {
                 println!(
@@ -204,22 +204,22 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
     arch::exit(u64::from_ne_bytes(i64::from(code).to_ne_bytes()))
 }
 
-/// Restore `agent` from the checkpoint image at `[ipa, ipa + len)`.
+/// Restore `agent` from the snapshot image at `[ipa, ipa + len)`.
 fn restore_from(agent: &mut Agent<El1Host>, ipa: u64, len: u64, id: u64, fail: fn(u64) -> !) {
     let before = arch::bench::now_ns();
-    let restored = arch::with_checkpoint_image(ipa, len, |image| agent.restore(image));
+    let restored = arch::with_snapshot_image(ipa, len, |image| agent.restore(image));
     let ns = arch::bench::now_ns().wrapping_sub(before);
     match restored {
         Some(Ok(())) => println!(
-            "runtime: restored checkpoint {id} ({len} bytes) in {ns} ns; resuming after turn {}",
+            "runtime: restored snapshot {id} ({len} bytes) in {ns} ns; resuming after turn {}",
             agent.turns()
         ),
         Some(Err(e)) => {
-            println!("runtime: checkpoint {id} not restored: {e}");
+            println!("runtime: snapshot {id} not restored: {e}");
             fail(exit::RESTORE_FAILED)
         }
         None => {
-            println!("runtime: checkpoint at {ipa:#x} (+{len:#x}) is outside the restore window");
+            println!("runtime: snapshot at {ipa:#x} (+{len:#x}) is outside the restore window");
             fail(exit::RESTORE_FAILED)
         }
     }
@@ -227,7 +227,7 @@ fn restore_from(agent: &mut Agent<El1Host>, ipa: u64, len: u64, id: u64, fail: f
 
 /// Admit the agent that arrived in `slot` (a merge): read its table entry
 /// and its handles from pages read now, instantiate its module, restore it
-/// from the checkpoint the kernel mapped for it. `None` for a slot that
+/// from the snapshot the kernel mapped for it. `None` for a slot that
 /// names nobody.
 fn admit(
     wasm_pages: u32,
@@ -276,7 +276,7 @@ fn admit(
     if entry.restore_len != 0 {
         restore_from(
             &mut agent,
-            layout::CHECKPOINT_IPA,
+            layout::SNAPSHOT_IPA,
             entry.restore_len,
             0,
             fail,

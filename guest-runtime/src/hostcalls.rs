@@ -2,7 +2,7 @@
 
 use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::{CapHandle, HvError, Hypercall};
-use rvm_agent_engine::{CheckpointReceipt, DeriveRequest, HostCalls};
+use rvm_agent_engine::{SnapshotReceipt, DeriveRequest, HostCalls};
 
 use crate::arch::{hypercall, Arg};
 
@@ -26,7 +26,7 @@ fn as_len(reported: u64) -> Result<usize, HvError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Switch {
     /// The kernel moves that agent to another partition
-    /// (`agent_switch::DEPART`): checkpoint it and drop it.
+    /// (`agent_switch::DEPART`): snapshot it and drop it.
     pub depart: bool,
     /// How many slots the partition's agent table lists now (0: no
     /// table). More than the runtime knows: agents arrived (a merge).
@@ -150,16 +150,16 @@ impl HostCalls for El1Host {
         .map(drop)
     }
 
-    fn idle(&mut self, checkpoint_id: u64) -> Result<bool, HvError> {
-        // Asked with a checkpoint id, the call returns only if a message
+    fn idle(&mut self, snapshot_id: u64) -> Result<bool, HvError> {
+        // Asked with a snapshot id, the call returns only if a message
         // arrived meanwhile: asleep, this partition is recreated instead.
-        hypercall(Hypercall::Idle, &mut [Arg::Val(checkpoint_id)]).map(|[may, _, _]| may == 1)
+        hypercall(Hypercall::Idle, &mut [Arg::Val(snapshot_id)]).map(|[may, _, _]| may == 1)
     }
 
-    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {
+    fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {
         let before = crate::arch::bench::now_ns();
         let result = hypercall(
-            Hypercall::Checkpoint,
+            Hypercall::Snapshot,
             &mut [Arg::In(header), Arg::In(memory)],
         );
         let ns = crate::arch::bench::now_ns().wrapping_sub(before);
@@ -170,14 +170,14 @@ impl HostCalls for El1Host {
                 hash_prefix[..8].copy_from_slice(&lo.to_le_bytes());
                 hash_prefix[8..].copy_from_slice(&hi.to_le_bytes());
                 crate::el1_println!(
-                    "runtime: checkpoint {id} of {len} bytes handed over in {ns} ns, state hash {:016x}{:016x}",
+                    "runtime: snapshot {id} of {len} bytes handed over in {ns} ns, state hash {:016x}{:016x}",
                     u64::from_be_bytes(lo.to_le_bytes()),
                     u64::from_be_bytes(hi.to_le_bytes())
                 );
-                Ok(CheckpointReceipt { id, hash_prefix })
+                Ok(SnapshotReceipt { id, hash_prefix })
             }
             Err(e) => {
-                crate::el1_println!("runtime: checkpoint of {len} bytes refused: {}", e.name());
+                crate::el1_println!("runtime: snapshot of {len} bytes refused: {}", e.name());
                 Err(e)
             }
         }

@@ -80,29 +80,29 @@ fn main(boot_info_ipa: u64) -> ! {
             fail(e.exit_code())
         }
     };
-    // One agent: its checkpoint is the partition's state, so an idle turn
+    // One agent: its snapshot is the partition's state, so an idle turn
     // may put a `Dormant`-tier partition to sleep (the kernel decides).
     agent.allow_dormancy(true);
     if let Some(restore) = RestoreInfo::read(page).filter(RestoreInfo::is_restore) {
         let before = arch::bench::now_ns();
-        let restored = arch::with_checkpoint_image(restore.image_ipa, restore.image_len, |image| {
+        let restored = arch::with_snapshot_image(restore.image_ipa, restore.image_len, |image| {
             agent.restore(image)
         });
         let ns = arch::bench::now_ns().wrapping_sub(before);
         match restored {
             Some(Ok(())) => println!(
-                "runtime: restored checkpoint {} ({} bytes) in {ns} ns; resuming after turn {}",
-                restore.checkpoint_id,
+                "runtime: restored snapshot {} ({} bytes) in {ns} ns; resuming after turn {}",
+                restore.snapshot_id,
                 restore.image_len,
                 agent.turns()
             ),
             Some(Err(e)) => {
-                println!("runtime: checkpoint {} not restored: {e}", restore.checkpoint_id);
+                println!("runtime: snapshot {} not restored: {e}", restore.snapshot_id);
                 fail(exit::RESTORE_FAILED)
             }
             None => {
                 println!(
-                    "runtime: checkpoint at {:#x} (+{:#x}) is outside the restore window",
+                    "runtime: snapshot at {:#x} (+{:#x}) is outside the restore window",
                     restore.image_ipa, restore.image_len
                 );
                 fail(exit::RESTORE_FAILED)
@@ -114,8 +114,8 @@ fn main(boot_info_ipa: u64) -> ! {
     match report.outcome {
         RunOutcome::Finished { code } => {
             println!(
-                "runtime: agent finished with code {code} ({} host calls, {} fuel slices, {} turns, {} checkpoints)",
-                report.host_calls, report.slices, report.turns, report.checkpoints
+                "runtime: agent finished with code {code} ({} host calls, {} fuel slices, {} turns, {} snapshots)",
+                report.host_calls, report.slices, report.turns, report.snapshots
             );
             report_resources();
             // The agent's code, sign-extended into x1.

@@ -351,7 +351,7 @@ mod item10 {
         OrderFrame { kind, nonce, partition, signature }.encode().as_bytes().to_vec()
     }
 
-    /// One build of the deployment: a probe that checkpoints and is then
+    /// One build of the deployment: a probe that snapshots and is then
     /// fenced with no timeout (only the operator can end it), beside the
     /// reference pair.
     fn build() -> Vec<u8> {
@@ -773,7 +773,7 @@ mod item5_no_stall {
     const FLOOD: u64 = 1;
     const SPIN: u64 = 2;
     const UNKNOWN_CALLS: u64 = 3;
-    const CHECKPOINT_STORM: u64 = 4;
+    const SNAPSHOT_STORM: u64 = 4;
     const STORE_STORM: u64 = 5;
     const TOUCH_HEAP: u64 = 6;
 
@@ -917,13 +917,13 @@ mod item5_no_stall {
     }
 
     #[test]
-    fn a_checkpoint_storm_is_held_to_its_credit_and_the_neighbours_finish() {
+    fn a_snapshot_storm_is_held_to_its_credit_and_the_neighbours_finish() {
         // The hostile partition asks for its whole heap window as a
-        // checkpoint, again and again; each one is charged to its checkpoint
+        // snapshot, again and again; each one is charged to its snapshot
         // credit (a burst, then a rate), so it is held back, not its
         // neighbours.
         let spec = with_pair(
-            BundleSpec::new().partition(stall("hostile", CHECKPOINT_STORM, 0)),
+            BundleSpec::new().partition(stall("hostile", SNAPSHOT_STORM, 0)),
             1,
         )
         .budget_ms(10_000);
@@ -933,9 +933,9 @@ mod item5_no_stall {
         let records = chain(&run, 1);
         let taken: Vec<&WitnessRecord> = records
             .iter()
-            .filter(|r| r.op == KernelEvent::CheckpointTaken as u16)
+            .filter(|r| r.op == KernelEvent::SnapshotTaken as u16)
             .collect();
-        run.assert(taken.len() >= 2, "the storm took checkpoints (the attack ran)");
+        run.assert(taken.len() >= 2, "the storm took snapshots (the attack ran)");
         // Within the run's guest time (at most its wall time), no more than
         // the credit's burst and rate allow for images of this size (the
         // probe's WASM budget: its heap window less the runtime's share).
@@ -948,13 +948,13 @@ mod item5_no_stall {
             - rvm_abi::bootinfo::layout::RUNTIME_HEAP_OVERHEAD;
         let allowed = (CHECKPOINT_BURST + CHECKPOINT_RATE * (run.elapsed.as_secs() + 1)).div_ceil(window) + 1;
         eprintln!(
-            "checkpoint storm: {} checkpoints in {:.1} s (credit allows {allowed})",
+            "snapshot storm: {} snapshots in {:.1} s (credit allows {allowed})",
             taken.len(),
             run.elapsed.as_secs_f64()
         );
         run.assert(
             taken.len() as u64 <= allowed,
-            &format!("{} checkpoints <= {allowed}: the storm is held to its credit", taken.len()),
+            &format!("{} snapshots <= {allowed}: the storm is held to its credit", taken.len()),
         );
     }
 
@@ -1020,7 +1020,7 @@ mod item5_no_stall {
 
     #[test]
     fn frames_are_reserved_at_admission_and_a_greedy_tenant_is_refused() {
-        // Each greedy tenant's budget (128 MiB of heap, and checkpoints as
+        // Each greedy tenant's budget (128 MiB of heap, and snapshots as
         // large) fits the machine's 512 MiB alone; four touching their whole
         // heap would not.
         let mut spec = BundleSpec::new();

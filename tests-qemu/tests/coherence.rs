@@ -2,7 +2,7 @@
 //! two chatting heavily, one quiet — and two single-agent partitions that
 //! chat heavily with each other. The kernel records the real channel
 //! traffic, cuts the domain, and witnesses its decisions with their cut
-//! values, then carries them out at turn boundaries through checkpoint and
+//! values, then carries them out at turn boundaries through snapshot and
 //! restore:
 //!
 //! * **split:** the quiet agent is decided out (`SplitDecided`), handed
@@ -155,7 +155,7 @@ fn the_quiet_agent_is_split_out_and_the_chatty_partitions_merge() {
         run.contains("coherence: split of partition 1 'domain': agent 2 moved to partition 4 'domain.a2' (1 channels re-pointed"),
         "the kernel moved it",
     );
-    run.assert(run.console_of("domain.a2").any(|l| l.starts_with("runtime: restored checkpoint 1")), "restored in the new partition");
+    run.assert(run.console_of("domain.a2").any(|l| l.starts_with("runtime: restored snapshot 1")), "restored in the new partition");
     run.assert(run.contains("'domain.a2' exited: code 0x0"), "the moved agent finished in its new partition");
     for log in [1, 4] {
         let moved = events(&run, log, KernelEvent::Split);
@@ -187,7 +187,7 @@ fn the_quiet_agent_is_split_out_and_the_chatty_partitions_merge() {
     run.assert(run.contains("coherence: partition 3 'right' retired: emptied by the merge"), "the emptied partition retired");
     run.assert(!run.contains("'right' exited"), "the retired partition never ran again");
     run.assert(run.console_of("left").any(|l| l.starts_with("runtime: agent 4 (slot 1) arrived")), "admitted by 'left''s runtime");
-    run.assert(run.console_of("left").any(|l| l.starts_with("runtime: restored checkpoint")), "restored in 'left'");
+    run.assert(run.console_of("left").any(|l| l.starts_with("runtime: restored snapshot")), "restored in 'left'");
     let carried = decided2.last().unwrap();
     for log in [2, 3] {
         let moved = events(&run, log, KernelEvent::Merge);
@@ -216,7 +216,7 @@ fn the_quiet_agent_is_split_out_and_the_chatty_partitions_merge() {
     for l in run.lines().filter(|l| {
         l.contains("moved out after")
             || l.contains("moved to partition")
-            || l.contains("restored checkpoint")
+            || l.contains("restored snapshot")
             || l.contains("handed over in")
             || l.contains("arrived")
             || l.contains("retired")

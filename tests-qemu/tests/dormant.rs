@@ -1,7 +1,7 @@
 //! The `Dormant` memory tier under QEMU: the packet scenario's source is a
 //! `Dormant`-tier partition. Between requests it finds its inbox empty,
-//! checkpoints and sleeps (its memory returned to the pool); each request
-//! wakes it from the pristine runtime image and that checkpoint, and it
+//! snapshots and sleeps (its memory returned to the pool); each request
+//! wakes it from the pristine runtime image and that snapshot, and it
 //! answers. The agent gets all 500 packets, every wake is witnessed, and
 //! every chain verifies.
 
@@ -20,7 +20,7 @@ fn packet(role: u8) -> Vec<u8> {
     wasm
 }
 
-/// `(frames, checkpoint)` of every `event` record in `log`.
+/// `(frames, snapshot)` of every `event` record in `log`.
 fn dormant_records(run: &QemuRun, log: u32, event: KernelEvent) -> Vec<DormantArgs> {
     run.log(log)
         .iter()
@@ -67,8 +67,8 @@ fn a_dormant_source_sleeps_between_requests_and_answers_every_one() {
     run.assert(!enters.is_empty() && exits.len() == enters.len(), "every sleep ended in a wake");
     run.assert(enters.iter().all(|a| a.frames > 0) && exits.iter().all(|a| a.frames > 0), "frames returned and taken");
     run.assert(
-        enters.iter().zip(&exits).all(|(e, x)| e.checkpoint_id == x.checkpoint_id),
-        "each wake resumes from the checkpoint it slept on",
+        enters.iter().zip(&exits).all(|(e, x)| e.snapshot_id == x.snapshot_id),
+        "each wake resumes from the snapshot it slept on",
     );
     run.assert(dormant_records(&run, 1, KernelEvent::DormantEnter).is_empty(), "the Warm-tier agent never slept");
     // Figures, from the console.
@@ -81,14 +81,14 @@ fn a_dormant_source_sleeps_between_requests_and_answers_every_one() {
     let wake_ns = numbers(&run, "'source' woken by a message", "(");
     let restore_cycles = run
         .console_of("source")
-        .filter(|l| l.starts_with("runtime: restored checkpoint"))
+        .filter(|l| l.starts_with("runtime: restored snapshot"))
         .filter_map(|l| l.split(" in ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
         .collect::<Vec<_>>();
     run.assert(reclaimed.len() == enters.len() && reclaimed.iter().all(|&n| n > 0), "each sleep said what it returned");
     let avg = |v: &[u64]| if v.is_empty() { 0 } else { v.iter().sum::<u64>() / v.len() as u64 };
     eprintln!(
         "dormant figures: {} sleeps, {} wakes; frames reclaimed per sleep avg {} (max {}); \
-         kernel wake (rebuild + recreate) avg {} ns; runtime restore avg {} ns; checkpoints slept on {}",
+         kernel wake (rebuild + recreate) avg {} ns; runtime restore avg {} ns; snapshots slept on {}",
         enters.len(),
         exits.len(),
         avg(&reclaimed),

@@ -1,12 +1,12 @@
 //! Operator orders under QEMU: signed `@O` lines written into QEMU's
 //! standard input (the PL011's receive side) while the machine runs.
 //!
-//! `victim` (a raw probe) checkpoints, then writes hypervisor memory: a
+//! `victim` (a raw probe) snapshots, then writes hypervisor memory: a
 //! stage-2 abort, fenced (F3) with no fence timeout, so only the operator
 //! can end it. A forged order is refused; a signed `unfence` recreates it
-//! from its pristine image and that checkpoint, and it finishes. The
+//! from its pristine image and that snapshot, and it finishes. The
 //! `faulty` agent abuses hypercalls and is fenced; an `unfence` resumes it
-//! from its last checkpoint (the runtime restores it — and, its plan being
+//! from its last snapshot (the runtime restores it — and, its plan being
 //! to abuse at that turn, it offends again and is fenced again); an `evict`
 //! then evicts it, and another ends a partition that spins forever. The
 //! reference pair alongside finishes untouched, and every chain verifies.
@@ -105,17 +105,17 @@ fn operator_orders_unfence_and_evict_on_a_running_machine_and_forgeries_are_refu
         .lines()
         .find_map(|l| l.strip_prefix(&format!("rvm: order {} unfence 'faulty' done: resumed from checkpoint ", nonces[1])))
         .and_then(|n| n.trim().parse::<u64>().ok());
-    run.assert(resumed.is_some_and(|n| n >= 2), "unfenced, resuming from a checkpoint");
+    run.assert(resumed.is_some_and(|n| n >= 2), "unfenced, resuming from a snapshot");
     let ck = resumed.unwrap_or(0);
     run.assert(
-        run.console_of("faulty").any(|l| l.starts_with(&format!("runtime: restored checkpoint {ck} "))),
-        "the runtime restored that checkpoint",
+        run.console_of("faulty").any(|l| l.starts_with(&format!("runtime: restored snapshot {ck} "))),
+        "the runtime restored that snapshot",
     );
     run.assert(run.contains(&format!("rvm: order {} evict 'faulty' done: evicted (F4)", nonces[2])), "evicted by order");
     run.assert(run.contains(&format!("rvm: order {} unfence 'victim' done: resumed from checkpoint 1", nonces[3])), "the probe unfenced");
     run.assert(
-        run.contains("probe fence-resume: start 1 resumed from checkpoint 1 (16 bytes, intact)"),
-        "it resumed from its checkpoint",
+        run.contains("probe fence-resume: start 1 resumed from snapshot 1 (16 bytes, intact)"),
+        "it resumed from its snapshot",
     );
     run.assert(run.contains("'victim' exited: code 0x0"), "and finished");
     let victim_log: Vec<KernelEvent> = run

@@ -1,6 +1,6 @@
 //! Recovery under QEMU (issue 6): fault injection per class with other
 //! partitions running alongside, and the 500-turn packet scenario with a
-//! checkpoint at turn 250, a restore, and byte-identical outputs.
+//! snapshot at turn 250, a restore, and byte-identical outputs.
 //!
 //! The agents take their test plans from bytes patched into their modules
 //! (`rvm_guest::plan`); recovery thresholds come from the bundle.
@@ -149,18 +149,18 @@ fn a_trap_restarts_the_agent_which_continues_with_its_committed_state() {
 }
 
 #[test]
-fn three_traps_in_the_window_roll_back_to_the_last_checkpoint() {
+fn three_traps_in_the_window_roll_back_to_the_last_snapshot() {
     let [a, b] = reference_pair();
     let parts = [a, b, part("faulty", faulty(1, 3, 3, 2))];
     let run = run(&parts, &[(0, 1)], 0);
     run.assert(run.exit == Some(0), "clean power-off");
     let s = steps(&run, 3);
     let classes: Vec<u8> = s.iter().map(|(_, a)| a.class).collect();
-    // F1, F1, F2; the checkpoint it restores is armed, so it traps once more (F1).
+    // F1, F1, F2; the snapshot it restores is armed, so it traps once more (F1).
     run.assert(classes == [class::RESTART, class::RESTART, class::ROLLBACK, class::RESTART], "F1 F1 F2 F1");
     let rollback = s[2].1;
-    run.assert(rollback.checkpoint_id > 0, "rolled back to a checkpoint");
-    run.assert(run.contains("runtime: restored checkpoint"), "the runtime restored it");
+    run.assert(rollback.snapshot_id > 0, "rolled back to a snapshot");
+    run.assert(run.contains("runtime: restored snapshot"), "the runtime restored it");
     for (at, line, before, after) in recovery_lines(&run, "faulty") {
         run.assert(before == after, &format!("nothing committed is lost: {line}"));
         run.assert(agent_count_before(&run, "faulty", at) == Some(after), &format!("agent count matches: {line}"));
@@ -273,14 +273,14 @@ fn outputs(run: &QemuRun, name: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// The state-hash prefixes of a log's `CheckpointTaken` records, in order.
-fn checkpoint_hashes(run: &QemuRun, log: u32) -> Vec<[u8; 16]> {
-    run.log(log).iter().filter(|r| r.op == KernelEvent::CheckpointTaken as u16).map(|r| r.args).collect()
+/// The state-hash prefixes of a log's `SnapshotTaken` records, in order.
+fn snapshot_hashes(run: &QemuRun, log: u32) -> Vec<[u8; 16]> {
+    run.log(log).iter().filter(|r| r.op == KernelEvent::SnapshotTaken as u16).map(|r| r.args).collect()
 }
 
-/// Issue 6, scenario 1: the packet agent runs 500 turns with a checkpoint
+/// Issue 6, scenario 1: the packet agent runs 500 turns with a snapshot
 /// after turn 250; the source then makes it trap three times (F1, F1, F2),
-/// the rollback restores turn 250's checkpoint, and turns 251..=500 run
+/// the rollback restores turn 250's snapshot, and turns 251..=500 run
 /// again. A second pair in the same machine runs the same 500 turns with no
 /// fault. Every output, and the state hash at turn 250 and at the end,
 /// must be byte-identical.
@@ -311,15 +311,15 @@ fn packet_scenario_restores_turn_250_and_reruns_byte_identically() {
     let s = steps(&run, 1);
     let classes: Vec<u8> = s.iter().map(|(_, a)| a.class).collect();
     run.assert(classes == [class::RESTART, class::RESTART, class::ROLLBACK], "F1, F1, F2");
-    run.assert(s[2].1.checkpoint_id == 1, "back to the turn-250 checkpoint");
-    run.assert(run.contains("[packet] runtime: restored checkpoint 1"), "restored by the runtime");
+    run.assert(s[2].1.snapshot_id == 1, "back to the turn-250 snapshot");
+    run.assert(run.contains("[packet] runtime: restored snapshot 1"), "restored by the runtime");
     // The agent checks its store against its memory before every turn: a
-    // commit made after the checkpoint that survived the rollback would stop it.
-    run.assert(!run.contains("state mismatch"), "no commit after the checkpoint survived the rollback");
+    // commit made after the snapshot that survived the rollback would stop it.
+    run.assert(!run.contains("state mismatch"), "no commit after the snapshot survived the rollback");
     run.assert(run.contains("[packet] packet: starting at turn 501 from committed state"), "F1 restarts resume from the store");
-    let h_faulted = checkpoint_hashes(&run, 1);
-    let h_clean = checkpoint_hashes(&run, 3);
-    run.assert(h_faulted.len() == 2 && h_clean.len() == 2, "checkpoints at turn 250 and at the end");
+    let h_faulted = snapshot_hashes(&run, 1);
+    let h_clean = snapshot_hashes(&run, 3);
+    run.assert(h_faulted.len() == 2 && h_clean.len() == 2, "snapshots at turn 250 and at the end");
     run.assert(h_faulted == h_clean, "state hashes at turn 250 and at the end are byte-identical");
     assert_chains(&run);
 }
@@ -335,14 +335,14 @@ fn numbers_after<'a>(run: &'a QemuRun, needle: &'a str, key: &'a str) -> impl It
     })
 }
 
-/// Instruction counts of a checkpoint and a restore of a 1 MiB and a 16 MiB
+/// Instruction counts of a snapshot and a restore of a 1 MiB and a 16 MiB
 /// linear memory, under `-icount shift=0` (one instruction per cycle of the
 /// counter). Figures, not assertions: run with
 /// `cargo test -p rvm-tests-qemu --test recovery -- --ignored --nocapture`.
 ///
-/// The faulty agent grows its memory to the size, checkpoints every turn
-/// and traps three times (F1, F1, F2): the F2 restores its last checkpoint.
-/// Checkpoint = the runtime's `Checkpoint` call as seen from EL1 (EL2 copies
+/// The faulty agent grows its memory to the size, snapshots every turn
+/// and traps three times (F1, F1, F2): the F2 restores its last snapshot.
+/// Snapshot = the runtime's `Snapshot` call as seen from EL1 (EL2 copies
 /// the image into its frames, hashes it with the committed store, witnesses
 /// it). Restore = EL2 recreating the guest with the image mapped (kernel
 /// clock, ns = instructions under icount) plus the runtime decoding it and
@@ -350,8 +350,8 @@ fn numbers_after<'a>(run: &'a QemuRun, needle: &'a str, key: &'a str) -> impl It
 /// re-initialisation (loading the module) is not included.
 #[test]
 #[ignore = "figures: run with --ignored --nocapture"]
-fn checkpoint_and_restore_instruction_counts() {
-    println!("| linear memory | image bytes | checkpoint (instr., EL1 view of the call) | restore: EL2 recreate (instr.) | restore: runtime (instr.) |");
+fn snapshot_and_restore_instruction_counts() {
+    println!("| linear memory | image bytes | snapshot (instr., EL1 view of the call) | restore: EL2 recreate (instr.) | restore: runtime (instr.) |");
     println!("|---|---|---|---|---|");
     for mib in [1u8, 16] {
         let pages = u32::from(mib) * 16;
@@ -361,23 +361,23 @@ fn checkpoint_and_restore_instruction_counts() {
         let run = boot(&bundle(&parts, &[], 0), &opts);
         run.assert(run.exit == Some(0) && run.contains("'bench' exited: code 0x0"), "the bench agent finished");
         let min = u64::from(mib) << 20;
-        let checkpoints: Vec<(u64, u64)> = numbers_after(&run, "runtime: checkpoint ", " handed over in ")
+        let snapshots: Vec<(u64, u64)> = numbers_after(&run, "runtime: snapshot ", " handed over in ")
             .filter_map(|(c, l)| {
                 let bytes: u64 = l.split(" of ").nth(1)?.split(' ').next()?.parse().ok()?;
                 (bytes >= min).then_some((bytes, c))
             })
             .collect();
-        let restores: Vec<u64> = numbers_after(&run, "runtime: restored checkpoint", " bytes) in ").map(|(c, _)| c).collect();
+        let restores: Vec<u64> = numbers_after(&run, "runtime: restored snapshot", " bytes) in ").map(|(c, _)| c).collect();
         let recreate: Vec<u64> = numbers_after(&run, "rolled back to checkpoint", "(F2) in ").map(|(n, _)| n).collect();
-        run.assert(!checkpoints.is_empty() && !restores.is_empty() && !recreate.is_empty(), "figures printed");
+        run.assert(!snapshots.is_empty() && !restores.is_empty() && !recreate.is_empty(), "figures printed");
         let median = |v: &mut Vec<u64>| {
             v.sort_unstable();
             v[v.len() / 2]
         };
-        let mut ck: Vec<u64> = checkpoints.iter().map(|(_, c)| *c).collect();
+        let mut ck: Vec<u64> = snapshots.iter().map(|(_, c)| *c).collect();
         println!(
             "| {mib} MiB | {} | {} (median of {}) | {} | {} |",
-            checkpoints[0].0,
+            snapshots[0].0,
             median(&mut ck),
             ck.len(),
             recreate[0],

@@ -1,6 +1,6 @@
 //! Issue 6, acceptance scenario 3: the 500-turn packet scenario (scenario 1:
-//! a checkpoint after turn 250, three traps past turn 500 — F1, F1, F2 back
-//! to the turn-250 checkpoint — and turns 251..=500 again) runs under QEMU
+//! a snapshot after turn 250, three traps past turn 500 — F1, F1, F2 back
+//! to the turn-250 snapshot — and turns 251..=500 again) runs under QEMU
 //! with the input journal on; the loader's own stream code files the log
 //! and the journal into a fresh RVM_HOME; `witness replay` re-executes the
 //! agent on the host and reproduces every state hash. A tampered journal or
@@ -81,7 +81,7 @@ fn the_packet_scenario_replays_on_the_host_with_every_state_hash() {
     let _ = std::fs::write(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replay-scenario-serial.txt"), &run.serial);
     run.assert(run.exit == Some(0), "clean power-off");
     run.assert(run.contains("'packet' exited: code 0x0"), "the packet agent finished");
-    run.assert(run.contains("[packet] runtime: restored checkpoint 1"), "rolled back to the turn-250 checkpoint");
+    run.assert(run.contains("[packet] runtime: restored snapshot 1"), "rolled back to the turn-250 snapshot");
 
     // File the serial stream exactly as `rvm-loader up` does.
     let home = fresh_home("scenario");
@@ -107,8 +107,8 @@ fn the_packet_scenario_replays_on_the_host_with_every_state_hash() {
     // Every call record of the packet's log has its journal entry.
     let calls = records.iter().filter(|b| WitnessRecord::from_bytes(b).unwrap().flags & rvm_abi::witness::flags::KERNEL_EVENT == 0).count();
     assert_eq!(journal.iter().filter(|e| matches!(e, Entry::Call { .. })).count(), calls);
-    let taken = records.iter().filter(|b| WitnessRecord::from_bytes(b).unwrap().op == KernelEvent::CheckpointTaken as u16).count();
-    assert_eq!(taken, 2, "checkpoints after turn 250 and at the end");
+    let taken = records.iter().filter(|b| WitnessRecord::from_bytes(b).unwrap().op == KernelEvent::SnapshotTaken as u16).count();
+    assert_eq!(taken, 2, "snapshots after turn 250 and at the end");
 
     let input = |records: Vec<[u8; 64]>, journal: Vec<Entry>| ReplayInput {
         log,
@@ -128,7 +128,7 @@ fn the_packet_scenario_replays_on_the_host_with_every_state_hash() {
     for p in &progress {
         println!("  {p}");
     }
-    assert_eq!(report.checkpoints_matched, 2);
+    assert_eq!(report.snapshots_matched, 2);
     assert_eq!(report.instances, 4, "the first run, two F1 restarts, the F2 rollback");
     assert_eq!(report.turns, 500 + 250 + 1, "turns 1..=500, 251..=500 again, the end turn");
     assert!(!report.log_ended_mid_run);

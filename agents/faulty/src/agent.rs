@@ -60,7 +60,7 @@ fn die(what: &str, e: HvError) -> ! {
 }
 
 /// Grow the memory to `mib` MiB. The new pages stay zero: what a
-/// checkpoint costs does not depend on what the bytes are.
+/// snapshot costs does not depend on what the bytes are.
 fn grow(mib: u8) {
     const PAGE: usize = 65536;
     let want = usize::from(mib) * (1 << 20) / PAGE;
@@ -152,8 +152,8 @@ pub(crate) fn turn() -> i32 {
         s.items += new_items;
         s.turn = k;
         println!("faulty: turn {k} committed {} items", s.items);
-        if let Err(e) = rvm_guest::checkpoint() {
-            die("checkpoint", e);
+        if let Err(e) = rvm_guest::snapshot() {
+            die("snapshot", e);
         }
         let done = !s.armed && s.faults >= p[plan::FAULTS] && k >= at + u32::from(p[plan::AFTER]);
         if done {

@@ -1,7 +1,7 @@
 //! Fault injection for the recovery tests (issue 6, scenario 2).
 //!
 //! A turn agent. Every turn `k` commits `faulty/item-k` and its last turn,
-//! then asks for a checkpoint (so the last checkpoint always holds every
+//! then asks for a snapshot (so the last snapshot always holds every
 //! commit made so far). Its [`Plan`] — patched into the module by the test —
 //! says which fault to inject from turn `at` on, how often, and how many
 //! turns to run after the faults before it is done:
@@ -10,14 +10,14 @@
 //!   and arms; the next turn traps (`unreachable`). A fresh instance (the
 //!   F1 restart) reads the count from the store and arms again until the
 //!   plan's count is reached. So `faults = 3` traps three times in the
-//!   window — F1, F1, then F2, whose checkpoint is armed and traps once more
+//!   window — F1, F1, then F2, whose snapshot is armed and traps once more
 //!   (F1) before the agent carries on.
 //! * **abuse**: at turn `at`, calls with a forged handle until fenced.
 //! * **validation**: every turn also commits 64 items of 4 KiB; at turn
 //!   `at` it stages more than the store holds, and validation fails.
 //!
 //! Optionally it first grows its memory to `grow_mib` MiB (for the
-//! checkpoint cost figures).
+//! snapshot cost figures).
 //!
 //! It prints `faulty: turn k committed n items` after every commit.
 #![no_std]

@@ -3,7 +3,7 @@
 use rvm_guest::{println, yield_now, Channel, HvError, StateStore, TurnCell};
 
 use crate::protocol::{compile, fnv1a, Message, FNV_BASIS, MAX_MESSAGE, PAYLOAD};
-use crate::{CHECKPOINT_TURN, WINDOW};
+use crate::{SNAPSHOT_TURN, WINDOW};
 
 const EXIT_NO_CHANNEL: i32 = 2;
 const EXIT_NO_STORE: i32 = 3;
@@ -145,10 +145,10 @@ pub(crate) fn turn() -> i32 {
                 }
                 s.turn = k;
                 println!("packet: turn {k} out {:016x}", compile(k, s.sum, &s.window));
-                if k == CHECKPOINT_TURN {
-                    match rvm_guest::checkpoint() {
-                        Ok(()) => println!("packet: checkpoint requested after turn {k}"),
-                        Err(e) => fail(EXIT_HOST_ERROR, "checkpoint", e),
+                if k == SNAPSHOT_TURN {
+                    match rvm_guest::snapshot() {
+                        Ok(()) => println!("packet: snapshot requested after turn {k}"),
+                        Err(e) => fail(EXIT_HOST_ERROR, "snapshot", e),
                     }
                 }
                 rvm_guest::turn::CONTINUE
@@ -162,8 +162,8 @@ pub(crate) fn turn() -> i32 {
                     "packet: end after turn {}: final sum {:016x}",
                     s.turn, s.sum
                 );
-                if let Err(e) = rvm_guest::checkpoint() {
-                    fail(EXIT_HOST_ERROR, "checkpoint", e);
+                if let Err(e) = rvm_guest::snapshot() {
+                    fail(EXIT_HOST_ERROR, "snapshot", e);
                 }
                 rvm_guest::turn::DONE
             }

@@ -4,9 +4,9 @@
 //!   packet `k`, stages it with its running sum and the turn number, commits,
 //!   compiles its context (the turn, the sum and the last [`WINDOW`] packets,
 //!   in a fixed order) and prints the compiled bytes' hash:
-//!   `packet: turn k out <hash>`. At turn [`CHECKPOINT_TURN`] it asks for a
-//!   checkpoint. When the source says `Fault` it traps; when it says `End`
-//!   it asks for a final checkpoint and is done.
+//!   `packet: turn k out <hash>`. At turn [`SNAPSHOT_TURN`] it asks for a
+//!   snapshot. When the source says `Fault` it traps; when it says `End`
+//!   it asks for a final snapshot and is done.
 //! * **Source** (plan byte 0 = 1): answers `Req k` with packet `k` for
 //!   `k <= TURNS`; past that, with `Fault` for the first `plan[1]` requests,
 //!   then with `End`, and is done.
@@ -15,7 +15,7 @@
 //! instance (first start or an F1 restart) rebuilds it from the store, so
 //! it continues where the committed state says. Before each turn it checks
 //! that the store's last turn is the one its memory holds — after a
-//! rollback, a commit made after the checkpoint would show up here.
+//! rollback, a commit made after the snapshot would show up here.
 #![no_std]
 
 #[cfg(target_arch = "wasm32")]
@@ -26,8 +26,8 @@ mod source;
 
 /// Turns the source has packets for.
 pub const TURNS: u32 = 500;
-/// The turn after which the agent asks for a checkpoint.
-pub const CHECKPOINT_TURN: u32 = 250;
+/// The turn after which the agent asks for a snapshot.
+pub const SNAPSHOT_TURN: u32 = 250;
 /// Packets the compiled context holds.
 pub const WINDOW: usize = 8;
 

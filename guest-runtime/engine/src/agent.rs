@@ -10,10 +10,10 @@ use wasmi::{
 };
 
 use crate::budget::{budget_bytes, store_limits};
-use crate::checkpoint::{self, GlobalValue};
+use crate::snapshot::{self, GlobalValue};
 use crate::config::{AgentConfig, FuelPolicy};
 use crate::error::{LoadError, RestoreError, RunOutcome, RunReport, Trap};
-use crate::glue::{self, CheckpointMode, Ctx};
+use crate::glue::{self, SnapshotMode, Ctx};
 use crate::host::HostCalls;
 use crate::screen;
 
@@ -86,10 +86,10 @@ impl<H: HostCalls + 'static> Agent<H> {
                 .ok_or(LoadError::NoEntry)?
         };
         let unfaithful = facts.hidden_mutable_global || facts.table_writer;
-        let checkpoint_mode = match (unfaithful, is_turn_agent) {
-            (true, _) => CheckpointMode::Unsupported,
-            (false, true) => CheckpointMode::AtTurnEnd,
-            (false, false) => CheckpointMode::Immediate,
+        let snapshot_mode = match (unfaithful, is_turn_agent) {
+            (true, _) => SnapshotMode::Unsupported,
+            (false, true) => SnapshotMode::AtTurnEnd,
+            (false, false) => SnapshotMode::Immediate,
         };
 
         let ctx = Ctx {
@@ -99,8 +99,8 @@ impl<H: HostCalls + 'static> Agent<H> {
             instance: None,
             memory: None,
             host_calls: 0,
-            checkpoint_mode,
-            checkpoint_requested: false,
+            snapshot_mode,
+            snapshot_requested: false,
             inbox: glue::InboxSignal::default(),
         };
         let mut store = Store::new(&engine, ctx);
@@ -147,7 +147,7 @@ impl<H: HostCalls + 'static> Agent<H> {
         matches!(self.entry, Entry::Turn(_))
     }
 
-    /// Turns completed so far (including those before a restored checkpoint).
+    /// Turns completed so far (including those before a restored snapshot).
     pub fn turns(&self) -> u64 {
         self.turns
     }
@@ -232,8 +232,8 @@ impl<H: HostCalls + 'static> Agent<H> {
 
     /// Run the agent to its end: a `run` entry once; a turn agent turn after
     /// turn until it is done. Returns when it finishes, calls `exit`, traps,
-    /// or (with fuel) the host refuses a yield. A turn agent that asked for
-    /// a checkpoint during a turn is checkpointed when that turn ends.
+    /// or (with fuel) the host refuses a yield. A snapshot a turn agent asked
+    /// for during a turn is taken when that turn ends.
     pub fn run(&mut self) -> RunReport {
         match self.drive(None) {
             Some(report) => report,
@@ -245,8 +245,8 @@ impl<H: HostCalls + 'static> Agent<H> {
                 slices: 0,
                 host_calls: 0,
                 turns: 0,
-                checkpoints: 0,
-                checkpoints_refused: 0,
+                snapshots: 0,
+                snapshots_refused: 0,
             },
         }
     }
@@ -265,7 +265,7 @@ impl<H: HostCalls + 'static> Agent<H> {
         let calls_before = self.store.data().host_calls;
         let turns_before = self.turns;
         let mut slices = u64::from(matches!(self.fuel, FuelPolicy::PerSlice(_)));
-        let (mut checkpoints, mut refused) = (0, 0);
+        let (mut snapshots, mut refused) = (0, 0);
         let outcome = 'run: {
             if let Err(e) = self.refuel(0) {
                 break 'run classify(&e);
@@ -293,9 +293,9 @@ impl<H: HostCalls + 'static> Agent<H> {
                         )));
                     }
                     self.turns += 1;
-                    if core::mem::take(&mut self.store.data_mut().checkpoint_requested) {
-                        match self.checkpoint() {
-                            Ok(_) => checkpoints += 1,
+                    if core::mem::take(&mut self.store.data_mut().snapshot_requested) {
+                        match self.snapshot() {
+                            Ok(_) => snapshots += 1,
                             Err(_) => refused += 1,
                         }
                     }
@@ -303,7 +303,7 @@ impl<H: HostCalls + 'static> Agent<H> {
                         break 'run RunOutcome::Finished { code: 0 };
                     }
                     if core::mem::take(&mut self.store.data_mut().inbox).idle() && self.dormancy {
-                        checkpoints += self.idle_boundary();
+                        snapshots += self.idle_boundary();
                     }
                     if limit.is_some_and(|l| self.turns - turns_before >= l) {
                         return None;
@@ -316,27 +316,27 @@ impl<H: HostCalls + 'static> Agent<H> {
             slices,
             host_calls: self.store.data().host_calls - calls_before,
             turns: self.turns - turns_before,
-            checkpoints,
-            checkpoints_refused: refused,
+            snapshots,
+            snapshots_refused: refused,
         })
     }
 
     /// Let an idle turn put the partition to sleep (the `Dormant` memory
     /// tier): only for a runtime whose partition runs this one agent — the
-    /// agent's checkpoint is then the partition's whole state.
+    /// agent's snapshot is then the partition's whole state.
     pub fn allow_dormancy(&mut self, allow: bool) {
         self.dormancy = allow;
     }
 
     /// After a turn that found the inbox empty and received nothing: if the
-    /// host says the partition may sleep, checkpoint and tell it so. On a
+    /// host says the partition may sleep, snapshot and tell it so. On a
     /// real machine the second `idle` returns only if a message arrived in
-    /// between; the turns go on either way. Returns the checkpoints taken.
+    /// between; the turns go on either way. Returns the snapshots taken.
     fn idle_boundary(&mut self) -> u64 {
         if !matches!(self.store.data_mut().host.idle(0), Ok(true)) {
             return 0;
         }
-        match self.checkpoint() {
+        match self.snapshot() {
             Ok(receipt) => {
                 let _ = self.store.data_mut().host.idle(receipt.id);
                 1
@@ -346,30 +346,30 @@ impl<H: HostCalls + 'static> Agent<H> {
     }
 
     /// Hand the agent's state to the host now (between turns).
-    pub fn checkpoint(&mut self) -> Result<crate::CheckpointReceipt, rvm_abi::HvError> {
+    pub fn snapshot(&mut self) -> Result<crate::SnapshotReceipt, rvm_abi::HvError> {
         let meta = glue::capture_meta(&self.store, self.turns);
         match self.store.data().memory {
             Some(mem) => {
                 let (data, ctx) = mem.data_and_store_mut(&mut self.store);
-                let header = checkpoint::encode_header(&meta, data.len());
-                ctx.host.checkpoint(&header, data)
+                let header = snapshot::encode_header(&meta, data.len());
+                ctx.host.snapshot(&header, data)
             }
             None => {
-                let header = checkpoint::encode_header(&meta, 0);
-                self.store.data_mut().host.checkpoint(&header, &[])
+                let header = snapshot::encode_header(&meta, 0);
+                self.store.data_mut().host.snapshot(&header, &[])
             }
         }
     }
 
     /// Put a freshly loaded turn agent into the state `image` records (see
-    /// [`checkpoint`]): memory grown and overwritten, mutable globals set,
+    /// [`snapshot`]): memory grown and overwritten, mutable globals set,
     /// the turn count carried over. The next [`Agent::run`] resumes at the
-    /// turn after the checkpoint. Nothing is changed unless the image fits.
+    /// turn after the snapshot. Nothing is changed unless the image fits.
     pub fn restore(&mut self, image: &[u8]) -> Result<(), RestoreError> {
         if !self.is_turn_agent() {
             return Err(RestoreError::NotTurnAgent);
         }
-        let image = checkpoint::decode(image).map_err(RestoreError::Image)?;
+        let image = snapshot::decode(image).map_err(RestoreError::Image)?;
         let globals = glue::mutable_globals(&self.store);
         if globals.len() != image.meta.globals.len() {
             return Err(RestoreError::GlobalCount {

@@ -123,9 +123,9 @@ pub struct RunReport {
     pub host_calls: u64,
     /// Turns completed in this run (turn agents; 0 for a `run` entry).
     pub turns: u64,
-    /// Checkpoints taken at turn ends, and those the hypervisor refused.
-    pub checkpoints: u64,
-    pub checkpoints_refused: u64,
+    /// Snapshots taken at turn ends, and those the hypervisor refused.
+    pub snapshots: u64,
+    pub snapshots_refused: u64,
 }
 
 /// Why [`Agent::restore`](crate::Agent::restore) refused an image.
@@ -134,7 +134,7 @@ pub enum RestoreError {
     /// Only turn agents resume from an image.
     NotTurnAgent,
     /// The image does not decode.
-    Image(crate::checkpoint::ImageError),
+    Image(crate::snapshot::ImageError),
     /// The image holds a different number of mutable globals.
     GlobalCount { image: usize, agent: usize },
     /// Global `index` has another type in the image.

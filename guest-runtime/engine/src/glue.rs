@@ -9,14 +9,14 @@ use rvm_abi::imports::{self, HostImport, PROVE_BUFFER_LEN};
 use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
 use wasmi::{AsContext, Caller, Extern, Global, Instance, Linker, Memory, StoreLimits, Val};
 
-use crate::checkpoint::{self, GlobalValue, ImageMeta};
+use crate::snapshot::{self, GlobalValue, ImageMeta};
 use crate::config::HandleList;
 use crate::host::{DeriveRequest, HostCalls};
 
-/// What the `checkpoint` import does for this agent.
+/// What the `snapshot` import does for this agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CheckpointMode {
-    /// A turn agent: note the request; the engine checkpoints when the turn ends.
+pub(crate) enum SnapshotMode {
+    /// A turn agent: note the request; the engine snapshots when the turn ends.
     AtTurnEnd,
     /// A `run` agent: capture now (the image cannot be resumed mid-call).
     Immediate,
@@ -35,9 +35,9 @@ pub(crate) struct Ctx<H> {
     pub(crate) instance: Option<Instance>,
     pub(crate) memory: Option<Memory>,
     pub(crate) host_calls: u64,
-    pub(crate) checkpoint_mode: CheckpointMode,
-    /// A turn agent asked for a checkpoint during the current turn.
-    pub(crate) checkpoint_requested: bool,
+    pub(crate) snapshot_mode: SnapshotMode,
+    /// A turn agent asked for a snapshot during the current turn.
+    pub(crate) snapshot_requested: bool,
     /// What the agent's receives met during the current turn.
     pub(crate) inbox: InboxSignal,
 }
@@ -219,194 +219,196 @@ pub(crate) fn define<H: HostCalls + 'static>(
 ) -> Result<(), wasmi::Error> {
     let m = imports::MODULE;
     for &import in HostImport::ALL {
-        let name = import.name();
-        match import {
-            HostImport::ConsoleWrite => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>, ptr: i32, len: i32| -> i32 {
-                    status(with_memory(&mut c, |mem, host| {
-                        let r = range(mem.len(), ptr, len)?;
-                        host.console_write(&mem[r])
-                    }))
-                })?;
-            }
-            HostImport::ChannelSend => {
-                linker.func_wrap(
-                    m,
-                    name,
-                    |mut c: C<'_, H>, h: i64, ptr: i32, len: i32| -> i32 {
+        // Under its name and any former name.
+        for &name in import.names() {
+            match import {
+                HostImport::ConsoleWrite => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>, ptr: i32, len: i32| -> i32 {
                         status(with_memory(&mut c, |mem, host| {
                             let r = range(mem.len(), ptr, len)?;
-                            host.channel_send(handle(h)?, &mem[r])
+                            host.console_write(&mem[r])
                         }))
-                    },
-                )?;
-            }
-            HostImport::ChannelRecv => {
-                linker.func_wrap(
-                    m,
-                    name,
-                    |mut c: C<'_, H>, h: i64, ptr: i32, cap: i32| -> i32 {
-                        let got = with_memory(&mut c, |mem, host| {
-                            let r = range(mem.len(), ptr, cap)?;
-                            host.channel_recv(handle(h)?, &mut mem[r])
-                        });
-                        c.data_mut().inbox.note(&got);
-                        length(got)
-                    },
-                )?;
-            }
-            HostImport::StateStage => {
-                linker.func_wrap(
-                    m,
-                    name,
-                    |mut c: C<'_, H>, h: i64, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                    })?;
+                }
+                HostImport::ChannelSend => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, h: i64, ptr: i32, len: i32| -> i32 {
+                            status(with_memory(&mut c, |mem, host| {
+                                let r = range(mem.len(), ptr, len)?;
+                                host.channel_send(handle(h)?, &mem[r])
+                            }))
+                        },
+                    )?;
+                }
+                HostImport::ChannelRecv => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, h: i64, ptr: i32, cap: i32| -> i32 {
+                            let got = with_memory(&mut c, |mem, host| {
+                                let r = range(mem.len(), ptr, cap)?;
+                                host.channel_recv(handle(h)?, &mut mem[r])
+                            });
+                            c.data_mut().inbox.note(&got);
+                            length(got)
+                        },
+                    )?;
+                }
+                HostImport::StateStage => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, h: i64, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                            status(with_memory(&mut c, |mem, host| {
+                                let k = range(mem.len(), kp, kl)?;
+                                let v = range(mem.len(), vp, vl)?;
+                                host.state_stage(handle(h)?, &mem[k], &mem[v])
+                            }))
+                        },
+                    )?;
+                }
+                HostImport::StateValidate => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
+                        let ctx = count(&mut c);
+                        status(handle(h).and_then(|h| ctx.host.state_validate(h)))
+                    })?;
+                }
+                HostImport::StateCommit => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
+                        let ctx = count(&mut c);
+                        status(handle(h).and_then(|h| ctx.host.state_commit(h)))
+                    })?;
+                }
+                HostImport::StateGet => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, h: i64, kp: i32, kl: i32, vp: i32, cap: i32| -> i32 {
+                            length(with_memory(&mut c, |mem, host| {
+                                let k = range(mem.len(), kp, kl)?;
+                                let v = range(mem.len(), vp, cap)?;
+                                let (key, buf) = split(mem, k, v)?;
+                                host.state_get(handle(h)?, key, buf)
+                            }))
+                        },
+                    )?;
+                }
+                HostImport::Handle => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>, kind: i32, n: i32| -> i64 {
+                        let ctx = count(&mut c);
+                        let kind = u8::try_from(kind).ok().and_then(ObjectKind::from_u8);
+                        let n = usize::try_from(n).ok();
+                        value(match (kind, n) {
+                            (Some(kind), Some(n)) => ctx
+                                .handles
+                                .nth(kind, n)
+                                .map(CapHandle::to_raw)
+                                .ok_or(HvError::BadHandle),
+                            _ => Err(HvError::InvalidArgument),
+                        })
+                    })?;
+                }
+                HostImport::Clock => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>| -> i64 {
+                        value(count(&mut c).host.clock_read())
+                    })?;
+                }
+                HostImport::Yield => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
+                        status(count(&mut c).host.yield_now())
+                    })?;
+                }
+                HostImport::CapDerive => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>,
+                         parent: i64,
+                         target: i32,
+                         rights: i32,
+                         expiry: i64,
+                         proof: i32,
+                         nonce: i64|
+                         -> i64 {
+                            value(with_memory(&mut c, |mem, host| {
+                                let rights = u8::try_from(rights)
+                                    .ok()
+                                    .and_then(Rights::from_bits)
+                                    .ok_or(HvError::InvalidArgument)?;
+                                let proof = match usize::try_from(unsigned(proof)) {
+                                    Ok(0) => None,
+                                    Ok(p) => Some(mem.get(p..).ok_or(HvError::BadAddress)?),
+                                    Err(_) => return Err(HvError::BadAddress),
+                                };
+                                let request = DeriveRequest {
+                                    parent: handle(parent)?,
+                                    target_partition: unsigned(target),
+                                    rights,
+                                    expiry_ns: u64::from_ne_bytes(expiry.to_ne_bytes()),
+                                    proof,
+                                    nonce: u64::from_ne_bytes(nonce.to_ne_bytes()),
+                                };
+                                host.cap_derive(&request).map(CapHandle::to_raw)
+                            }))
+                        },
+                    )?;
+                }
+                HostImport::CapRevoke => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
+                        let ctx = count(&mut c);
+                        status(handle(h).and_then(|h| ctx.host.cap_revoke(h, None, 0)))
+                    })?;
+                }
+                HostImport::Prove => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64, ptr: i32| -> i32 {
                         status(with_memory(&mut c, |mem, host| {
-                            let k = range(mem.len(), kp, kl)?;
-                            let v = range(mem.len(), vp, vl)?;
-                            host.state_stage(handle(h)?, &mem[k], &mem[v])
+                            let len = i32::try_from(PROVE_BUFFER_LEN)
+                                .map_err(|_| HvError::InvalidArgument)?;
+                            let r = range(mem.len(), ptr, len)?;
+                            let out = <&mut [u8; PROVE_BUFFER_LEN]>::try_from(&mut mem[r])
+                                .map_err(|_| HvError::BadAddress)?;
+                            host.prove(handle(h)?, out)
                         }))
-                    },
-                )?;
-            }
-            HostImport::StateValidate => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
-                    let ctx = count(&mut c);
-                    status(handle(h).and_then(|h| ctx.host.state_validate(h)))
-                })?;
-            }
-            HostImport::StateCommit => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
-                    let ctx = count(&mut c);
-                    status(handle(h).and_then(|h| ctx.host.state_commit(h)))
-                })?;
-            }
-            HostImport::StateGet => {
-                linker.func_wrap(
-                    m,
-                    name,
-                    |mut c: C<'_, H>, h: i64, kp: i32, kl: i32, vp: i32, cap: i32| -> i32 {
-                        length(with_memory(&mut c, |mem, host| {
-                            let k = range(mem.len(), kp, kl)?;
-                            let v = range(mem.len(), vp, cap)?;
-                            let (key, buf) = split(mem, k, v)?;
-                            host.state_get(handle(h)?, key, buf)
-                        }))
-                    },
-                )?;
-            }
-            HostImport::Handle => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>, kind: i32, n: i32| -> i64 {
-                    let ctx = count(&mut c);
-                    let kind = u8::try_from(kind).ok().and_then(ObjectKind::from_u8);
-                    let n = usize::try_from(n).ok();
-                    value(match (kind, n) {
-                        (Some(kind), Some(n)) => ctx
-                            .handles
-                            .nth(kind, n)
-                            .map(CapHandle::to_raw)
-                            .ok_or(HvError::BadHandle),
-                        _ => Err(HvError::InvalidArgument),
-                    })
-                })?;
-            }
-            HostImport::Clock => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>| -> i64 {
-                    value(count(&mut c).host.clock_read())
-                })?;
-            }
-            HostImport::Yield => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
-                    status(count(&mut c).host.yield_now())
-                })?;
-            }
-            HostImport::CapDerive => {
-                linker.func_wrap(
-                    m,
-                    name,
-                    |mut c: C<'_, H>,
-                     parent: i64,
-                     target: i32,
-                     rights: i32,
-                     expiry: i64,
-                     proof: i32,
-                     nonce: i64|
-                     -> i64 {
-                        value(with_memory(&mut c, |mem, host| {
-                            let rights = u8::try_from(rights)
-                                .ok()
-                                .and_then(Rights::from_bits)
-                                .ok_or(HvError::InvalidArgument)?;
-                            let proof = match usize::try_from(unsigned(proof)) {
-                                Ok(0) => None,
-                                Ok(p) => Some(mem.get(p..).ok_or(HvError::BadAddress)?),
-                                Err(_) => return Err(HvError::BadAddress),
-                            };
-                            let request = DeriveRequest {
-                                parent: handle(parent)?,
-                                target_partition: unsigned(target),
-                                rights,
-                                expiry_ns: u64::from_ne_bytes(expiry.to_ne_bytes()),
-                                proof,
-                                nonce: u64::from_ne_bytes(nonce.to_ne_bytes()),
-                            };
-                            host.cap_derive(&request).map(CapHandle::to_raw)
-                        }))
-                    },
-                )?;
-            }
-            HostImport::CapRevoke => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64| -> i32 {
-                    let ctx = count(&mut c);
-                    status(handle(h).and_then(|h| ctx.host.cap_revoke(h, None, 0)))
-                })?;
-            }
-            HostImport::Prove => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>, h: i64, ptr: i32| -> i32 {
-                    status(with_memory(&mut c, |mem, host| {
-                        let len = i32::try_from(PROVE_BUFFER_LEN)
-                            .map_err(|_| HvError::InvalidArgument)?;
-                        let r = range(mem.len(), ptr, len)?;
-                        let out = <&mut [u8; PROVE_BUFFER_LEN]>::try_from(&mut mem[r])
-                            .map_err(|_| HvError::BadAddress)?;
-                        host.prove(handle(h)?, out)
-                    }))
-                })?;
-            }
-            HostImport::Checkpoint => {
-                linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
-                    let mode = count(&mut c).checkpoint_mode;
-                    match mode {
-                        CheckpointMode::AtTurnEnd => {
-                            c.data_mut().checkpoint_requested = true;
-                            0
+                    })?;
+                }
+                HostImport::Snapshot => {
+                    linker.func_wrap(m, name, |mut c: C<'_, H>| -> i32 {
+                        let mode = count(&mut c).snapshot_mode;
+                        match mode {
+                            SnapshotMode::AtTurnEnd => {
+                                c.data_mut().snapshot_requested = true;
+                                0
+                            }
+                            SnapshotMode::Unsupported => status(Err(HvError::NotSupported)),
+                            SnapshotMode::Immediate => {
+                                let meta = capture_meta(&c, 0);
+                                status(match memory(&c) {
+                                    Ok(mem) => {
+                                        let (data, ctx) = mem.data_and_store_mut(&mut c);
+                                        let header = snapshot::encode_header(&meta, data.len());
+                                        ctx.host.snapshot(&header, data).map(drop)
+                                    }
+                                    Err(_) => {
+                                        let header = snapshot::encode_header(&meta, 0);
+                                        c.data_mut().host.snapshot(&header, &[]).map(drop)
+                                    }
+                                })
+                            }
                         }
-                        CheckpointMode::Unsupported => status(Err(HvError::NotSupported)),
-                        CheckpointMode::Immediate => {
-                            let meta = capture_meta(&c, 0);
-                            status(match memory(&c) {
-                                Ok(mem) => {
-                                    let (data, ctx) = mem.data_and_store_mut(&mut c);
-                                    let header = checkpoint::encode_header(&meta, data.len());
-                                    ctx.host.checkpoint(&header, data).map(drop)
-                                }
-                                Err(_) => {
-                                    let header = checkpoint::encode_header(&meta, 0);
-                                    c.data_mut().host.checkpoint(&header, &[]).map(drop)
-                                }
-                            })
-                        }
-                    }
-                })?;
-            }
-            HostImport::Exit => {
-                linker.func_wrap(
-                    m,
-                    name,
-                    |mut c: C<'_, H>, code: i32| -> Result<(), wasmi::Error> {
-                        count(&mut c);
-                        Err(wasmi::Error::i32_exit(code))
-                    },
-                )?;
+                    })?;
+                }
+                HostImport::Exit => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, code: i32| -> Result<(), wasmi::Error> {
+                            count(&mut c);
+                            Err(wasmi::Error::i32_exit(code))
+                        },
+                    )?;
+                }
             }
         }
     }

@@ -66,26 +66,26 @@ pub trait HostCalls {
     /// `Prove`: a signed attestation of `handle`'s object.
     fn prove(&mut self, handle: CapHandle, out: &mut [u8; PROVE_BUFFER_LEN])
         -> Result<(), HvError>;
-    /// `Checkpoint`: hand a checkpoint image to the hypervisor, as two parts
-    /// of one image — `header` (the [`checkpoint`](crate::checkpoint) header
+    /// `Snapshot`: hand a snapshot image to the hypervisor, as two parts
+    /// of one image — `header` (the [`snapshot`](crate::snapshot) header
     /// and globals) followed by `memory` (the linear memory, in place).
-    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError>;
+    fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError>;
     /// `Idle` (the `Dormant` memory tier), at a turn boundary after a turn
-    /// that found the inbox empty and received nothing. `checkpoint_id` 0
+    /// that found the inbox empty and received nothing. `snapshot_id` 0
     /// asks whether the partition may sleep now (`Ok(true)`); then the
-    /// engine checkpoints and calls again with that checkpoint's id, which
+    /// engine snapshots and calls again with that snapshot's id, which
     /// does not return on a real machine unless a message arrived meanwhile
     /// (`Ok(false)`). A host without a dormant tier keeps the default.
-    fn idle(&mut self, checkpoint_id: u64) -> Result<bool, HvError> {
-        let _ = checkpoint_id;
+    fn idle(&mut self, snapshot_id: u64) -> Result<bool, HvError> {
+        let _ = snapshot_id;
         Ok(false)
     }
 }
 
-/// What the hypervisor answers a checkpoint with.
+/// What the hypervisor answers a snapshot with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CheckpointReceipt {
-    /// The checkpoint's id (1, 2, ... per partition).
+pub struct SnapshotReceipt {
+    /// The snapshot's id (1, 2, ... per partition).
     pub id: u64,
     /// The first 16 bytes of its state hash.
     pub hash_prefix: [u8; 16],

@@ -30,7 +30,7 @@ extern crate alloc;
 
 mod agent;
 mod budget;
-pub mod checkpoint;
+pub mod snapshot;
 mod config;
 mod error;
 mod glue;
@@ -41,4 +41,4 @@ pub use agent::{Agent, ENTRY_NAMES};
 pub use budget::MAX_TABLE_ELEMENTS;
 pub use config::{AgentConfig, FuelPolicy, HandleList};
 pub use error::{LoadError, RestoreError, RunOutcome, RunReport, Trap};
-pub use host::{CheckpointReceipt, DeriveRequest, HostCalls};
+pub use host::{SnapshotReceipt, DeriveRequest, HostCalls};

@@ -20,13 +20,13 @@ fn invalid(e: impl core::fmt::Display) -> LoadError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ModuleFacts {
     /// The module defines a mutable global it does not export: its state is
-    /// not all reachable, so it cannot be checkpointed faithfully.
+    /// not all reachable, so it cannot be snapshotted faithfully.
     pub(crate) hidden_mutable_global: bool,
     /// Some function may change a table or an element segment (`table.set`,
     /// `table.grow`, `table.fill`, `table.copy`, `table.init`, `elem.drop`),
     /// or its code could not be read to rule that out. Function references
     /// have no byte form, so such a module's tables could differ from what
-    /// instantiation rebuilds: it cannot be checkpointed faithfully. Without
+    /// instantiation rebuilds: it cannot be snapshotted faithfully. Without
     /// any of these instructions a table is exactly what the element segments
     /// made it, and a restore rebuilds it as it was.
     pub(crate) table_writer: bool,

@@ -1,12 +1,12 @@
 //! The engine's policy on forged modules: signatures, start functions,
-//! entries, traps, memory growth against the budget, exit codes, checkpoints.
+//! entries, traps, memory growth against the budget, exit codes, snapshots.
 
 mod support;
 
 use std::num::NonZeroU64;
 
 use rvm_abi::imports::HostImport;
-use rvm_agent_engine::checkpoint;
+use rvm_agent_engine::snapshot;
 use rvm_agent_engine::{Agent, AgentConfig, FuelPolicy, HandleList, LoadError, RunOutcome, Trap};
 use support::fake::{two_partitions, YieldLimit};
 use support::forge::{op, sleb, Module, I32, I64};
@@ -181,9 +181,9 @@ fn buffers_outside_linear_memory_get_bad_address() {
 }
 
 #[test]
-fn checkpoint_hands_memory_to_the_host() {
+fn snapshot_hands_memory_to_the_host() {
     let mut m = Module::new();
-    let ck = m.import("rvm", "checkpoint", &[], &[I32]);
+    let ck = m.import("rvm", "snapshot", &[], &[I32]);
     let exit = m.import("rvm", "exit", &[I32], &[]);
     let run = m.func(&[], &[], &[op::CALL, ck as u8, op::CALL, exit as u8]);
     m.memory(2).export("run", run);
@@ -191,10 +191,28 @@ fn checkpoint_hands_memory_to_the_host() {
     assert_eq!(agent.run().outcome, RunOutcome::Finished { code: 0 });
     let host = agent.into_host();
     let world = host.world.lock().unwrap();
-    let image = checkpoint::decode(&world.checkpoints[0][0]).expect("a well-formed image");
+    let image = snapshot::decode(&world.snapshots[0][0]).expect("a well-formed image");
     assert_eq!(image.memory.len(), 2 << 16);
     assert!(image.meta.globals.is_empty());
     assert_eq!(image.meta.turn, 0, "a `run` agent has no turns");
+}
+
+/// An agent built against the import's former name still loads and its
+/// snapshot is still taken.
+#[test]
+fn the_former_snapshot_import_name_still_links() {
+    let mut m = Module::new();
+    let ck = m.import("rvm", rvm_abi::imports::SNAPSHOT_FORMER_NAME, &[], &[I32]);
+    let exit = m.import("rvm", "exit", &[I32], &[]);
+    let run = m.func(&[], &[], &[op::CALL, ck as u8, op::CALL, exit as u8]);
+    m.memory(1).export("run", run);
+    let mut agent = load(&m.encode(), 4).unwrap();
+    assert_eq!(agent.run().outcome, RunOutcome::Finished { code: 0 });
+    let host = agent.into_host();
+    let world = host.world.lock().unwrap();
+    assert_eq!(world.snapshots[0].len(), 1, "one snapshot taken");
+    let image = snapshot::decode(&world.snapshots[0][0]).expect("a well-formed image");
+    assert_eq!(image.memory.len(), 1 << 16);
 }
 
 #[test]

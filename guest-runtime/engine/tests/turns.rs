@@ -1,4 +1,4 @@
-//! Turn agents: checkpoints at turn boundaries and restores from them, on
+//! Turn agents: snapshots at turn boundaries and restores from them, on
 //! the real packet agent (issue 6, scenario 1, on the host) and on forged
 //! modules.
 
@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::thread;
 
-use rvm_agent_engine::checkpoint::{self, GlobalValue, ImageMeta};
+use rvm_agent_engine::snapshot::{self, GlobalValue, ImageMeta};
 use rvm_agent_engine::{Agent, AgentConfig, FuelPolicy, RestoreError, RunOutcome, RunReport};
 use support::agent_wasm;
 use support::fake::{two_partitions, FakeHost, YieldLimit};
@@ -42,14 +42,14 @@ type Items = BTreeMap<Vec<u8>, Vec<u8>>;
 /// What one run of the scenario left behind.
 struct Run {
     console: String,
-    checkpoints: Vec<Vec<u8>>,
+    snapshots: Vec<Vec<u8>>,
     stores: Vec<Items>,
     final_store: Items,
     report: RunReport,
 }
 
 /// The packet agent in partition 0 and the source in partition 1, each on
-/// its own thread. With `resume`, partition 0 starts from that checkpoint
+/// its own thread. With `resume`, partition 0 starts from that snapshot
 /// image and store instead of from nothing.
 fn scenario(resume: Option<(&[u8], &Items)>) -> Run {
     let (a, b) = two_partitions(4, YieldLimit::Panic(10_000_000));
@@ -64,7 +64,7 @@ fn scenario(resume: Option<(&[u8], &Items)>) -> Run {
                 Agent::load(&packet_module([0, 0]), config(&a), a).expect("the packet agent loads");
             assert!(agent.is_turn_agent());
             if let Some(image) = image {
-                agent.restore(&image).expect("the checkpoint restores");
+                agent.restore(&image).expect("the snapshot restores");
             }
             let report = agent.run();
             (agent.into_host(), report)
@@ -86,8 +86,8 @@ fn scenario(resume: Option<(&[u8], &Items)>) -> Run {
     let w = host.world.lock().unwrap();
     Run {
         console: w.consoles[0].clone(),
-        checkpoints: w.checkpoints[0].clone(),
-        stores: w.checkpoint_stores[0].clone(),
+        snapshots: w.snapshots[0].clone(),
+        stores: w.snapshot_stores[0].clone(),
         final_store: w.stores[0].committed.clone(),
         report,
     }
@@ -106,7 +106,7 @@ fn outputs(console: &str) -> BTreeMap<u32, String> {
 }
 
 #[test]
-fn restoring_the_turn_250_checkpoint_reruns_251_to_500_byte_identically() {
+fn restoring_the_turn_250_snapshot_reruns_251_to_500_byte_identically() {
     let first = scenario(None);
     assert_eq!(
         first.report.outcome,
@@ -115,14 +115,14 @@ fn restoring_the_turn_250_checkpoint_reruns_251_to_500_byte_identically() {
         first.console
     );
     assert_eq!(first.report.turns, 501, "500 packet turns and the end turn");
-    assert_eq!(first.report.checkpoints, 2, "after turn 250 and at the end");
+    assert_eq!(first.report.snapshots, 2, "after turn 250 and at the end");
     let out1 = outputs(&first.console);
     assert_eq!(out1.len(), 500);
 
-    let at_250 = checkpoint::decode(&first.checkpoints[0]).unwrap();
+    let at_250 = snapshot::decode(&first.snapshots[0]).unwrap();
     assert_eq!(
         at_250.meta.turn, 250,
-        "the checkpoint asked for in turn 250 is taken when it ends"
+        "the snapshot asked for in turn 250 is taken when it ends"
     );
     assert_eq!(at_250.meta.globals.len(), 1, "__stack_pointer");
     let store_250 = first.stores[0].clone();
@@ -131,21 +131,21 @@ fn restoring_the_turn_250_checkpoint_reruns_251_to_500_byte_identically() {
         Some(&250u64.to_le_bytes().to_vec())
     );
 
-    // A commit made after the checkpoint must not survive a restore; were it
+    // A commit made after the snapshot must not survive a restore; were it
     // there, the agent would see its store ahead of its memory and stop.
     let mut tampered = store_250.clone();
     tampered.insert(b"packet/last-turn".to_vec(), 251u64.to_le_bytes().to_vec());
     let (host, _) = two_partitions(4, YieldLimit::Refuse(0));
     host.world.lock().unwrap().stores[0].committed = tampered;
     let mut agent = Agent::load(&packet_module([0, 0]), config(&host), host).unwrap();
-    agent.restore(&first.checkpoints[0]).unwrap();
+    agent.restore(&first.snapshots[0]).unwrap();
     assert_eq!(
         agent.run().outcome,
         RunOutcome::Finished { code: 5 },
         "state mismatch detected"
     );
 
-    let second = scenario(Some((&first.checkpoints[0], &store_250)));
+    let second = scenario(Some((&first.snapshots[0], &store_250)));
     assert_eq!(
         second.report.outcome,
         RunOutcome::Finished { code: 0 },
@@ -157,28 +157,28 @@ fn restoring_the_turn_250_checkpoint_reruns_251_to_500_byte_identically() {
     assert_eq!(
         out2.keys().next(),
         Some(&251),
-        "resumed at the turn after the checkpoint"
+        "resumed at the turn after the snapshot"
     );
     assert_eq!(out2.len(), 250);
     for (k, h) in &out2 {
         assert_eq!(out1.get(k), Some(h), "turn {k}");
     }
     // The final state — memory image and committed store — is byte-identical.
-    assert_eq!(first.checkpoints[1], second.checkpoints[0], "final images");
+    assert_eq!(first.snapshots[1], second.snapshots[0], "final images");
     assert_eq!(first.final_store, second.final_store, "final stores");
 }
 
-/// `turn` = `g += 1; [checkpoint if g == 2]; g < 3 ? CONTINUE : DONE`, with
+/// `turn` = `g += 1; [snapshot if g == 2]; g < 3 ? CONTINUE : DONE`, with
 /// `g` a mutable global exported as `g` (or hidden).
 fn counter(export_global: bool) -> Vec<u8> {
     let mut m = Module::new();
-    let ck = m.import("rvm", "checkpoint", &[], &[I32]);
+    let ck = m.import("rvm", "snapshot", &[], &[I32]);
     let g = m.global_i32(0, export_global.then_some("g"));
     let mut body = vec![op::GLOBAL_GET, g as u8];
     body.push(op::I32_CONST);
     sleb(1, &mut body);
     body.extend([op::I32_ADD, op::GLOBAL_SET, g as u8]);
-    // if g == 2 { drop(checkpoint()) }
+    // if g == 2 { drop(snapshot()) }
     body.extend([op::GLOBAL_GET, g as u8, op::I32_CONST]);
     sleb(2, &mut body);
     body.extend([
@@ -205,14 +205,14 @@ fn load(wasm: &[u8]) -> Agent<FakeHost> {
 }
 
 #[test]
-fn a_checkpoint_asked_for_mid_turn_is_taken_when_the_turn_ends() {
+fn a_snapshot_asked_for_mid_turn_is_taken_when_the_turn_ends() {
     let mut agent = load(&counter(true));
     let report = agent.run();
     assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
-    assert_eq!((report.turns, report.checkpoints), (3, 1));
+    assert_eq!((report.turns, report.snapshots), (3, 1));
     let host = agent.into_host();
     let w = host.world.lock().unwrap();
-    let image = checkpoint::decode(&w.checkpoints[0][0]).unwrap();
+    let image = snapshot::decode(&w.snapshots[0][0]).unwrap();
     assert_eq!(
         image.meta,
         ImageMeta {
@@ -225,7 +225,7 @@ fn a_checkpoint_asked_for_mid_turn_is_taken_when_the_turn_ends() {
 
     // Resumed from it, the agent runs only its third turn.
     let mut again = load(&counter(true));
-    again.restore(&w.checkpoints[0][0]).unwrap();
+    again.restore(&w.snapshots[0][0]).unwrap();
     assert_eq!(again.turns(), 2);
     let report = again.run();
     assert_eq!(
@@ -260,22 +260,22 @@ fn run_turns_pauses_at_turn_boundaries_and_reports_only_the_end() {
 }
 
 #[test]
-fn an_agent_with_a_hidden_mutable_global_cannot_checkpoint() {
+fn an_agent_with_a_hidden_mutable_global_cannot_snapshot() {
     let mut agent = load(&counter(false));
     let report = agent.run();
     assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
     assert_eq!(
-        report.checkpoints, 0,
+        report.snapshots, 0,
         "the import answers NotSupported: nothing is handed over"
     );
-    assert!(agent.into_host().world.lock().unwrap().checkpoints[0].is_empty());
+    assert!(agent.into_host().world.lock().unwrap().snapshots[0].is_empty());
 }
 
-/// A turn agent with a table that asks for a checkpoint in its first turn
+/// A turn agent with a table that asks for a snapshot in its first turn
 /// and finishes in its second; with `grow`, the turn also runs `table.grow`.
 fn table_agent(grow: bool) -> Vec<u8> {
     let mut m = Module::new();
-    let ck = m.import("rvm", "checkpoint", &[], &[I32]);
+    let ck = m.import("rvm", "snapshot", &[], &[I32]);
     let g = m.global_i32(0, Some("g"));
     let mut body = Vec::new();
     if grow {
@@ -284,7 +284,7 @@ fn table_agent(grow: bool) -> Vec<u8> {
         sleb(1, &mut body);
         body.extend([0xfc, 0x0f, 0x00, op::DROP]);
     }
-    // g += 1; if g == 1 { drop(checkpoint()) }; g >= 2
+    // g += 1; if g == 1 { drop(snapshot()) }; g >= 2
     body.extend([op::GLOBAL_GET, g as u8, op::I32_CONST]);
     sleb(1, &mut body);
     body.extend([op::I32_ADD, op::GLOBAL_SET, g as u8, op::GLOBAL_GET, g as u8, op::I32_CONST]);
@@ -299,20 +299,20 @@ fn table_agent(grow: bool) -> Vec<u8> {
 }
 
 #[test]
-fn an_agent_that_changes_its_table_cannot_checkpoint() {
+fn an_agent_that_changes_its_table_cannot_snapshot() {
     // Control: a table that only instantiation fills is rebuilt exactly by a
-    // restore, so the checkpoint is taken.
+    // restore, so the snapshot is taken.
     let mut steady = load(&table_agent(false));
     let report = steady.run();
     assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
-    assert_eq!(report.checkpoints, 1);
+    assert_eq!(report.snapshots, 1);
     // `table.grow` changes what no image can hold: the import answers
     // NotSupported and nothing is handed over.
     let mut growing = load(&table_agent(true));
     let report = growing.run();
     assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
-    assert_eq!(report.checkpoints, 0);
-    assert!(growing.into_host().world.lock().unwrap().checkpoints[0].is_empty());
+    assert_eq!(report.snapshots, 0);
+    assert!(growing.into_host().world.lock().unwrap().snapshots[0].is_empty());
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn restore_refuses_images_that_do_not_fit_and_changes_nothing() {
     };
     let cases: [(Vec<u8>, RestoreError); 4] = [
         (
-            checkpoint::encode(
+            snapshot::encode(
                 &ImageMeta {
                     globals: vec![],
                     ..good.clone()
@@ -334,7 +334,7 @@ fn restore_refuses_images_that_do_not_fit_and_changes_nothing() {
             RestoreError::GlobalCount { image: 0, agent: 1 },
         ),
         (
-            checkpoint::encode(
+            snapshot::encode(
                 &ImageMeta {
                     globals: vec![GlobalValue::I64(7)],
                     ..good.clone()
@@ -344,14 +344,14 @@ fn restore_refuses_images_that_do_not_fit_and_changes_nothing() {
             RestoreError::GlobalType { index: 0 },
         ),
         (
-            checkpoint::encode(&good, &[0; 100]),
+            snapshot::encode(&good, &[0; 100]),
             RestoreError::MemorySize {
                 image_bytes: 100,
                 agent_bytes: 1 << 16,
             },
         ),
         (
-            checkpoint::encode(&good, &vec![0; (PAGES as usize + 1) << 16]),
+            snapshot::encode(&good, &vec![0; (PAGES as usize + 1) << 16]),
             RestoreError::MemorySize {
                 image_bytes: (PAGES as usize + 1) << 16,
                 agent_bytes: 1 << 16,
@@ -372,7 +372,7 @@ fn restore_refuses_images_that_do_not_fit_and_changes_nothing() {
     // A bigger image grows the memory (within the budget) and carries the turn.
     let mut memory = vec![0u8; 3 << 16];
     memory[(2 << 16) + 5] = 0xab;
-    agent.restore(&checkpoint::encode(&good, &memory)).unwrap();
+    agent.restore(&snapshot::encode(&good, &memory)).unwrap();
     assert_eq!((agent.memory_len(), agent.turns()), (3 << 16, 9));
 
     // A `run` agent has no turns to resume.
@@ -381,7 +381,7 @@ fn restore_refuses_images_that_do_not_fit_and_changes_nothing() {
     m.memory(1).export("run", f);
     let mut run_agent = load(&m.encode());
     assert_eq!(
-        run_agent.restore(&checkpoint::encode(&good, &[0; 1 << 16])),
+        run_agent.restore(&snapshot::encode(&good, &[0; 1 << 16])),
         Err(RestoreError::NotTurnAgent)
     );
 }

@@ -47,10 +47,10 @@ pub fn yield_now() -> Result<(), HvError> {
     decode_status(unsafe { raw::yield_now() }).map(drop)
 }
 
-/// Checkpoint the agent's state now.
-pub fn checkpoint() -> Result<(), HvError> {
+/// Take a snapshot of the agent's state now.
+pub fn snapshot() -> Result<(), HvError> {
     // SAFETY: no memory is passed.
-    decode_status(unsafe { raw::checkpoint() }).map(drop)
+    decode_status(unsafe { raw::snapshot() }).map(drop)
 }
 
 /// Finish with `code`. Never returns.

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! A *turn agent* exports `turn` instead ([`turn`]): the runtime calls it
-//! once per turn, and checkpoints it between turns.
+//! once per turn, and snapshots it between turns.
 //!
 //! The raw imports exist only on `wasm32`; on other targets this crate still
 //! compiles (its pure parts are host-testable) but has no host functions.

@@ -24,6 +24,6 @@ unsafe extern "C" {
     ) -> i64;
     pub fn cap_revoke(handle: i64) -> i32;
     pub fn prove(handle: i64, out: *mut u8) -> i32;
-    pub fn checkpoint() -> i32;
+    pub fn snapshot() -> i32;
     pub fn exit(code: i32) -> !;
 }

@@ -14,7 +14,7 @@
 pub use rvm_abi::imports::turn::{CONTINUE, DONE, EXPORT};
 
 /// A value that lives in the agent's linear memory across turns (and so in
-/// its checkpoints). A nested [`with`](TurnCell::with) on the same cell
+/// its snapshots). A nested [`with`](TurnCell::with) on the same cell
 /// panics instead of aliasing or waiting forever.
 pub struct TurnCell<T>(spin::Mutex<T>);
 

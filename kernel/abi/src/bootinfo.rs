@@ -18,7 +18,7 @@
 //! | 56 | 8 | fuel per slice (0 = none) |
 //! | 64 | 32 | partition name, NUL-padded |
 //! | 96 | 16 × n | handles: raw handle u64, object kind u8, rights u8, agent u8 ([`HandleInfo::agent`]), 5 reserved |
-//! | 4064 | 32 | [`RestoreInfo`]: the checkpoint to resume from, if any |
+//! | 4064 | 32 | [`RestoreInfo`]: the snapshot to resume from, if any |
 
 /// `RVMINF1` and a NUL, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RVMINF1\0");
@@ -129,33 +129,33 @@ impl BootInfo {
 }
 
 /// What the guest runtime resumes from after an F2 rollback or an operator
-/// unfence: a checkpoint the hypervisor kept, mapped read-only into the
+/// unfence: a snapshot the hypervisor kept, mapped read-only into the
 /// partition. All zero on a fresh start or an F1 restart (pristine image,
 /// committed state kept).
 ///
 /// | offset (in the block) | size | field |
 /// |---|---|---|
-/// | 0 | 8 | IPA of the checkpoint image (inside [`layout::CHECKPOINT_IPA`]'s window) |
+/// | 0 | 8 | IPA of the snapshot image (inside [`layout::SNAPSHOT_IPA`]'s window) |
 /// | 8 | 8 | its length in bytes (0 = nothing to restore) |
-/// | 16 | 8 | the checkpoint's id (the `x1` its `Checkpoint` call returned) |
+/// | 16 | 8 | the snapshot's id (the `x1` its `Snapshot` call returned) |
 /// | 24 | 4 | rollbacks so far (F2 restores and unfences) |
 /// | 28 | 4 | agents in the [`AgentTable`] (0 = one agent: the module above); not part of this struct, see [`agent_count`] |
 ///
-/// The image is the agent engine's checkpoint format exactly as the runtime
+/// The image is the agent engine's snapshot format exactly as the runtime
 /// handed it over; the committed state store is restored by the hypervisor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RestoreInfo {
     pub image_ipa: u64,
     pub image_len: u64,
-    pub checkpoint_id: u64,
+    pub snapshot_id: u64,
     pub rollbacks: u32,
 }
 
 impl RestoreInfo {
     /// Nothing to restore.
-    pub const NONE: RestoreInfo = RestoreInfo { image_ipa: 0, image_len: 0, checkpoint_id: 0, rollbacks: 0 };
+    pub const NONE: RestoreInfo = RestoreInfo { image_ipa: 0, image_len: 0, snapshot_id: 0, rollbacks: 0 };
 
-    /// Whether there is a checkpoint to resume from.
+    /// Whether there is a snapshot to resume from.
     pub const fn is_restore(&self) -> bool {
         self.image_len != 0
     }
@@ -165,7 +165,7 @@ impl RestoreInfo {
         let b = &mut page[RESTORE_OFFSET..RESTORE_OFFSET + RESTORE_LEN];
         b[0..8].copy_from_slice(&self.image_ipa.to_le_bytes());
         b[8..16].copy_from_slice(&self.image_len.to_le_bytes());
-        b[16..24].copy_from_slice(&self.checkpoint_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.snapshot_id.to_le_bytes());
         b[24..28].copy_from_slice(&self.rollbacks.to_le_bytes());
         b[28..32].copy_from_slice(&[0; 4]);
     }
@@ -176,7 +176,7 @@ impl RestoreInfo {
         Some(Self {
             image_ipa: u64_at(b, 0),
             image_len: u64_at(b, 8),
-            checkpoint_id: u64_at(b, 16),
+            snapshot_id: u64_at(b, 16),
             rollbacks: u32_at(b, 24),
         })
     }
@@ -215,8 +215,8 @@ pub fn write_agent_count(page: &mut [u8], count: u32) {
 /// of the shared runtime has a table (a single agent: one entry), so its
 /// runtime reaches the turn boundaries where the kernel moves agents.
 /// An agent that **arrives** at run time (a coherence merge) is appended
-/// with a nonzero restore length: its checkpoint image lies at
-/// [`layout::CHECKPOINT_IPA`] until its first `AgentSwitch`, and the
+/// with a nonzero restore length: its snapshot image lies at
+/// [`layout::SNAPSHOT_IPA`] until its first `AgentSwitch`, and the
 /// runtime restores it from there when it admits it.
 pub struct AgentTable;
 
@@ -229,7 +229,7 @@ pub struct AgentEntry {
     /// log name it).
     pub agent_id: u32,
     /// Nonzero for an agent arriving at run time: the length of its
-    /// checkpoint image at [`layout::CHECKPOINT_IPA`], to restore it from.
+    /// snapshot image at [`layout::SNAPSHOT_IPA`], to restore it from.
     pub restore_len: u64,
 }
 
@@ -298,7 +298,7 @@ impl AgentTable {
 ///                              partition with several agents
 /// 0x9000_0000 .. +heap_len     the runtime's heap (read-write); must end
 ///                              at or below 0xC000_0000
-/// 0xC000_0000 .. 0x1_0000_0000 a checkpoint being restored (read-only,
+/// 0xC000_0000 .. 0x1_0000_0000 a snapshot being restored (read-only,
 ///                              mapped only while the runtime restores it)
 /// ```
 pub mod layout {
@@ -316,11 +316,11 @@ pub mod layout {
     pub const RUNTIME_HEAP_OVERHEAD: u64 = 2 << 20;
     /// Size of a WASM page.
     pub const WASM_PAGE: u64 = 64 << 10;
-    /// Where a checkpoint to restore is mapped (read-only). The heap window
+    /// Where a snapshot to restore is mapped (read-only). The heap window
     /// must end at or below it.
-    pub const CHECKPOINT_IPA: u64 = 0xC000_0000;
-    /// Largest checkpoint image the window holds.
-    pub const CHECKPOINT_MAX_LEN: u64 = 0x4000_0000;
+    pub const SNAPSHOT_IPA: u64 = 0xC000_0000;
+    /// Largest snapshot image the window holds.
+    pub const SNAPSHOT_MAX_LEN: u64 = 0x4000_0000;
 }
 
 /// Exit codes a guest runtime passes to the `Exit` hypercall. Codes below
@@ -342,7 +342,7 @@ pub mod exit {
     pub const RUNTIME_PANIC: u64 = 0x104;
     /// The module has no entry export.
     pub const NO_ENTRY: u64 = 0x105;
-    /// The checkpoint named in the boot-info page could not be restored.
+    /// The snapshot named in the boot-info page could not be restored.
     pub const RESTORE_FAILED: u64 = 0x106;
 
     /// Whether the code means the module was refused before it ran.
@@ -367,7 +367,7 @@ pub mod exit {
             TRAP => "agent trapped",
             RUNTIME_PANIC => "guest runtime panicked",
             NO_ENTRY => "module exports no entry function",
-            RESTORE_FAILED => "checkpoint could not be restored",
+            RESTORE_FAILED => "snapshot could not be restored",
             _ => "agent-defined exit code",
         }
     }
@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn restore_block_round_trips_and_leaves_the_handle_table_alone() {
         let mut page = [0u8; 4096];
-        let info = RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: 12345, checkpoint_id: 7, rollbacks: 2 };
+        let info = RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: 12345, snapshot_id: 7, rollbacks: 2 };
         info.write(&mut page);
         assert_eq!(RestoreInfo::read(&page), Some(info));
         assert!(info.is_restore() && !RestoreInfo::NONE.is_restore());
@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn agent_table_and_count_round_trip_beside_the_restore_block() {
         let mut page = [0u8; 4096];
-        let info = RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: 9, checkpoint_id: 1, rollbacks: 0 };
+        let info = RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: 9, snapshot_id: 1, rollbacks: 0 };
         info.write(&mut page);
         assert_eq!(agent_count(&page), 0);
         write_agent_count(&mut page, 3);
@@ -423,8 +423,8 @@ mod tests {
     }
 
     #[test]
-    fn the_checkpoint_window_is_inside_a_32_bit_ipa_space_and_above_the_heap() {
-        const { assert!(layout::CHECKPOINT_IPA > layout::HEAP_IPA) };
-        assert_eq!(layout::CHECKPOINT_IPA + layout::CHECKPOINT_MAX_LEN, 1 << 32);
+    fn the_snapshot_window_is_inside_a_32_bit_ipa_space_and_above_the_heap() {
+        const { assert!(layout::SNAPSHOT_IPA > layout::HEAP_IPA) };
+        assert_eq!(layout::SNAPSHOT_IPA + layout::SNAPSHOT_MAX_LEN, 1 << 32);
     }
 }

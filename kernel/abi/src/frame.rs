@@ -202,7 +202,7 @@ impl ExitFrame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum OrderKind {
-    /// Clear a partition's fence (F3): it resumes from its last checkpoint.
+    /// Clear a partition's fence (F3): it resumes from its last snapshot.
     Unfence = 1,
     /// Evict a partition (F4).
     Evict = 2,

@@ -42,12 +42,12 @@ macro_rules! hypercalls {
 pub mod agent_switch {
     /// Run the agent's turn as usual.
     pub const STAY: u64 = 0;
-    /// The agent leaves this partition: checkpoint it now (`Checkpoint`,
+    /// The agent leaves this partition: snapshot it now (`Snapshot`,
     /// its image alone) and drop its instance; it resumes from that
-    /// checkpoint in another partition. If the checkpoint is refused, the
+    /// snapshot in another partition. If the snapshot is refused, the
     /// agent stays and runs its turn. When it was the partition's last
     /// agent (a merge), the kernel retires the partition at that
-    /// checkpoint: the call does not return.
+    /// snapshot: the call does not return.
     pub const DEPART: u64 = 1;
 }
 
@@ -111,11 +111,11 @@ hypercalls! {
     /// `x1` = store handle, `x2` = key IPA, `x3` = key length,
     /// `x4` = value IPA, `x5` = capacity: `x1` = value length.
     StateGet = 0x0d,
-    /// `x1` = IPA, `x2` = length of the serialized checkpoint; optionally
+    /// `x1` = IPA, `x2` = length of the serialized snapshot; optionally
     /// `x3` = IPA, `x4` = length of a second part appended to it (the agent's
-    /// linear memory, passed in place; `x4` = 0 for none): `x1` = checkpoint
+    /// linear memory, passed in place; `x4` = 0 for none): `x1` = snapshot
     /// id, `x2`, `x3` = the first 16 bytes of its state hash (LE words).
-    Checkpoint = 0x0e,
+    Snapshot = 0x0e,
     /// Reserved: the kernel answers `NotSupported` (witnessed like any
     /// refusal). Intended: `x1` = module handle: start another agent
     /// instance.
@@ -139,12 +139,12 @@ hypercalls! {
     /// empty and received nothing). `x1` = 0 asks whether the partition may
     /// go dormant now: `x1` = 1 when its memory tier is `Dormant` and no
     /// message is waiting for it, else 0 (not witnessed, changes nothing).
-    /// `x1` = the id of the checkpoint the runtime just took at this turn
+    /// `x1` = the id of the snapshot the runtime just took at this turn
     /// boundary: the partition goes dormant (its memory is reclaimed) and the
     /// call does not return; the next message sent to it restores it from
-    /// that checkpoint. If a message is already waiting it returns 0 at once
+    /// that snapshot. If a message is already waiting it returns 0 at once
     /// (`x1` = 0). `InvalidArgument` when the id is not the partition's last
-    /// checkpoint, `NotSupported` when its tier is not `Dormant`.
+    /// snapshot, `NotSupported` when its tier is not `Dormant`.
     Idle = 0x15,
     /// `x1` = agent slot (its index in the partition's agent table): the
     /// calls that follow are this agent's, until the next `AgentSwitch`.
@@ -153,7 +153,7 @@ hypercalls! {
     /// the partition does not have is `InvalidArgument`. Result `x1`:
     /// [`agent_switch::STAY`], or [`agent_switch::DEPART`] when the kernel
     /// moves this agent to another partition (a coherence-domain split or
-    /// merge): the runtime then checkpoints it with `Checkpoint` and drops
+    /// merge): the runtime then snapshots it with `Snapshot` and drops
     /// it. Result `x2`: how many slots the agent table lists now; more than
     /// the runtime knows means agents arrived (a merge): the runtime admits
     /// them from the table before the next turn (see

@@ -45,6 +45,11 @@ macro_rules! host_imports {
                 match self { $(HostImport::$variant => $name,)* }
             }
 
+            /// The name alone, as a one-element list.
+            const fn name_slice(self) -> &'static [&'static str] {
+                match self { $(HostImport::$variant => &[$name],)* }
+            }
+
             /// Parameter types, in order.
             pub const fn params(self) -> &'static [ValType] {
                 match self { $(HostImport::$variant => &[$($p),*],)* }
@@ -55,12 +60,31 @@ macro_rules! host_imports {
                 match self { $(HostImport::$variant => &[$($r),*],)* }
             }
 
-            /// The entry with this field name, if any.
+            /// The entry with this field name (or a former name), if any.
             pub fn from_name(name: &str) -> Option<Self> {
-                match name { $($name => Some(HostImport::$variant),)* _ => None }
+                match name {
+                    $($name => Some(HostImport::$variant),)*
+                    SNAPSHOT_FORMER_NAME => Some(HostImport::Snapshot),
+                    _ => None,
+                }
             }
         }
     };
+}
+
+/// The former field name of [`HostImport::Snapshot`], still accepted and
+/// linked so that agents built against it keep loading.
+pub const SNAPSHOT_FORMER_NAME: &str = "checkpoint";
+
+impl HostImport {
+    /// Every field name the import is linked under: its name, then any
+    /// former name.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            HostImport::Snapshot => &["snapshot", SNAPSHOT_FORMER_NAME],
+            _ => self.name_slice(),
+        }
+    }
 }
 
 host_imports! {
@@ -91,10 +115,11 @@ host_imports! {
     CapRevoke = "cap_revoke" (I64) -> (I32),
     /// `(handle, ptr) -> status`: write a [`PROVE_BUFFER_LEN`]-byte attestation at `ptr`.
     Prove = "prove" (I64, I32) -> (I32),
-    /// `() -> status`: checkpoint the agent's state. A turn agent (see
-    /// [`turn`]) is checkpointed at the end of the current turn; an agent
+    /// `() -> status`: take a snapshot of the agent's state. A turn agent's
+    /// (see [`turn`]) is taken at the end of the current turn; an agent's
     /// with a `run` entry at once (such an image cannot be resumed).
-    Checkpoint = "checkpoint" () -> (I32),
+    /// Also linked under its former name, [`SNAPSHOT_FORMER_NAME`].
+    Snapshot = "snapshot" () -> (I32),
     /// `(code)`: finish; never returns.
     Exit = "exit" (I32) -> (),
 }
@@ -103,8 +128,8 @@ host_imports! {
 /// `[] -> [i32]` is a *turn agent*: the runtime calls it in a loop, once per
 /// turn, until it returns [`turn::DONE`] (or calls `exit`). Between two calls
 /// no WASM frame is live, so the agent's whole state is its linear memory,
-/// its mutable globals and its table: that is where checkpoints are taken
-/// and where a restored agent resumes (at the turn after the checkpoint).
+/// its mutable globals and its table: that is where snapshots are taken
+/// and where a restored agent resumes (at the turn after the snapshot).
 /// Agents with only a `run`/`_start` entry run once, as before.
 pub mod turn {
     /// The export called once per turn.
@@ -128,6 +153,11 @@ mod tests {
             }
         }
         assert_eq!(HostImport::from_name("system"), None);
+        for &i in HostImport::ALL {
+            assert_eq!(i.names()[0], i.name());
+            assert!(i.names().iter().all(|n| HostImport::from_name(n) == Some(i)));
+        }
+        assert_eq!(HostImport::Snapshot.names(), ["snapshot", "checkpoint"]);
     }
 
     #[test]

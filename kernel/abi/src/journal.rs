@@ -31,7 +31,7 @@
 //! What `data` holds per call: `ConsoleWrite` the text, `ChannelSend` and
 //! `ChannelRecv` the message, `StateStage` key ‖ value, `StateGet` key ‖ value
 //! (the key alone when the key has no value), `ClockRead` the value returned
-//! (u64 LE), `Checkpoint` the full 32-byte state hash; empty when the call was
+//! (u64 LE), `Snapshot` the full 32-byte state hash; empty when the call was
 //! refused before its buffers were read.
 
 use crate::bootinfo::{HandleInfo, HANDLE_ENTRY_LEN};

@@ -14,7 +14,7 @@
 //! * [`bootinfo`] — what a partition's guest runtime finds at boot.
 //! * [`imports`] — the host functions an agent's WASM module may import.
 //! * [`journal`] — the input journal beside the witness log (`@J` frames), for host replay.
-//! * [`recovery`] — recovery records' arguments and the checkpoint state-hash encoding.
+//! * [`recovery`] — recovery records' arguments and the snapshot state-hash encoding.
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -1,7 +1,7 @@
-//! What two sides must agree on about recovery and checkpoints: the `args`
+//! What two sides must agree on about recovery and snapshots: the `args`
 //! of the recovery steps' witness records, and the canonical encoding a
-//! checkpoint's state hash is computed over (the kernel hashes it when a
-//! checkpoint is taken; a host replay recomputes it).
+//! snapshot's state hash is computed over (the kernel hashes it when a
+//! snapshot is taken; a host replay recomputes it).
 
 /// The `args` of a `RecoverRestart`, `RecoverRollback`, `RecoverFence`,
 /// `RecoverEvict` or `Unfence` record (16 bytes, all little-endian):
@@ -12,13 +12,13 @@
 /// | 1 | 1 | trigger code (see [`trigger`]) |
 /// | 2 | 2 | reserved, 0 |
 /// | 4 | 4 | committed state items after the step |
-/// | 8 | 8 | checkpoint id resumed from (0 = the pristine image) |
+/// | 8 | 8 | snapshot id resumed from (0 = the pristine image) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoveryArgs {
     pub class: u8,
     pub trigger: u8,
     pub committed_items: u32,
-    pub checkpoint_id: u64,
+    pub snapshot_id: u64,
 }
 
 /// The `args` of a `DormantEnter` or `DormantExit` record (16 bytes,
@@ -28,12 +28,12 @@ pub struct RecoveryArgs {
 /// |---|---|---|
 /// | 0 | 4 | frames: returned to the pool (enter) or taken from it (exit) |
 /// | 4 | 4 | committed state items |
-/// | 8 | 8 | the checkpoint the partition sleeps on / resumes from |
+/// | 8 | 8 | the snapshot the partition sleeps on / resumes from |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DormantArgs {
     pub frames: u32,
     pub committed_items: u32,
-    pub checkpoint_id: u64,
+    pub snapshot_id: u64,
 }
 
 impl DormantArgs {
@@ -41,7 +41,7 @@ impl DormantArgs {
         let mut b = [0u8; 16];
         b[0..4].copy_from_slice(&self.frames.to_le_bytes());
         b[4..8].copy_from_slice(&self.committed_items.to_le_bytes());
-        b[8..16].copy_from_slice(&self.checkpoint_id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.snapshot_id.to_le_bytes());
         b
     }
 
@@ -49,7 +49,7 @@ impl DormantArgs {
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let mut id = [0u8; 8];
         id.copy_from_slice(&b[8..16]);
-        Self { frames: u32_at(0), committed_items: u32_at(4), checkpoint_id: u64::from_le_bytes(id) }
+        Self { frames: u32_at(0), committed_items: u32_at(4), snapshot_id: u64::from_le_bytes(id) }
     }
 }
 
@@ -81,7 +81,7 @@ impl RecoveryArgs {
         b[0] = self.class;
         b[1] = self.trigger;
         b[4..8].copy_from_slice(&self.committed_items.to_le_bytes());
-        b[8..16].copy_from_slice(&self.checkpoint_id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.snapshot_id.to_le_bytes());
         b
     }
 
@@ -94,7 +94,7 @@ impl RecoveryArgs {
             class: b[0],
             trigger: b[1],
             committed_items: u32::from_le_bytes(items),
-            checkpoint_id: u64::from_le_bytes(id),
+            snapshot_id: u64::from_le_bytes(id),
         }
     }
 }
@@ -102,7 +102,7 @@ impl RecoveryArgs {
 /// First bytes of the state-hash encoding.
 pub const STATE_HASH_DOMAIN: [u8; 16] = *b"RVM-STATE-HASH-1";
 
-/// Feeds the canonical encoding of a checkpoint's state to a sink, which
+/// Feeds the canonical encoding of a snapshot's state to a sink, which
 /// hashes it (SHA-256):
 ///
 /// ```text
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn recovery_args_round_trip() {
-        let a = RecoveryArgs { class: class::ROLLBACK, trigger: trigger::TRAP, committed_items: 42, checkpoint_id: 9 };
+        let a = RecoveryArgs { class: class::ROLLBACK, trigger: trigger::TRAP, committed_items: 42, snapshot_id: 9 };
         assert_eq!(RecoveryArgs::from_bytes(&a.to_bytes()), a);
         assert_eq!(a.to_bytes()[2..4], [0, 0]);
     }

@@ -88,7 +88,7 @@ kernel_events! {
     /// F1: the guest was restarted from the pristine image; `args` =
     /// [`RecoveryArgs`](crate::recovery::RecoveryArgs) (as for every recovery step).
     RecoverRestart = 0x8011,
-    /// F2: the guest was rolled back to its last checkpoint.
+    /// F2: the guest was rolled back to its last snapshot.
     RecoverRollback = 0x8012,
     /// F3: the partition was fenced.
     RecoverFence = 0x8013,
@@ -105,9 +105,9 @@ kernel_events! {
     /// [`OrderArgs`](crate::frame::OrderArgs). Written to the target's log,
     /// or the hypervisor's when no partition has that name.
     OrderRefused = 0x8017,
-    /// A checkpoint was taken; `args` = the first 16 bytes of its state hash
+    /// A snapshot was taken; `args` = the first 16 bytes of its state hash
     /// (SHA-256 over [`StateEncoder`](crate::recovery::StateEncoder)'s encoding).
-    CheckpointTaken = 0x8020,
+    SnapshotTaken = 0x8020,
     /// A signed checkpoint of this log's head was emitted.
     LogCheckpoint = 0x8021,
     /// A coherence domain split.
@@ -129,7 +129,7 @@ kernel_events! {
     /// memory was reclaimed; `args` = [`DormantArgs`](crate::recovery::DormantArgs).
     DormantEnter = 0x8060,
     /// A message woke a dormant partition: it was recreated from the
-    /// pristine image and its checkpoint; `args` = [`DormantArgs`](crate::recovery::DormantArgs).
+    /// pristine image and its snapshot; `args` = [`DormantArgs`](crate::recovery::DormantArgs).
     DormantExit = 0x8061,
     /// The hypervisor is powering off.
     Shutdown = 0x80ff,

@@ -8,7 +8,7 @@
 //! 2. [`Coherence::evaluate`] now and then (say every epoch) — it returns
 //!    at most [`MAX_DECISIONS`] decisions, no domain in two of them;
 //! 3. for each decision, at the agents' next turn boundary, either carry it
-//!    out (checkpoint, restore elsewhere, witness with
+//!    out (snapshot, restore elsewhere, witness with
 //!    [`Decision::witness_args`]) and call [`Coherence::apply_split`] /
 //!    [`Coherence::apply_merge`], or give it up with [`Coherence::cancel`].
 //!    Until then the domains involved are not evaluated again.

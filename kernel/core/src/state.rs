@@ -323,7 +323,7 @@ impl<A: Arch> Hypervisor<A> {
             class: rvm_abi::recovery::class::FENCE,
             trigger: 0,
             committed_items: u32::try_from(self.stores[idx].committed_items()).unwrap_or(u32::MAX),
-            checkpoint_id: 0,
+            snapshot_id: 0,
         };
         self.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, args.to_bytes());
         let now = self.arch.now_ns();

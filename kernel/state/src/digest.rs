@@ -1,6 +1,6 @@
 //! The digests witness records carry (SHA-256 through the witness crate,
 //! so the platform's accelerated compression is used): a record's `args`
-//! digest, and the state hash of a checkpoint.
+//! digest, and the state hash of a snapshot.
 
 use rvm_abi::bootinfo::HandleInfo;
 use rvm_abi::journal;
@@ -32,7 +32,7 @@ pub fn full(data: &[u8]) -> [u8; 32] {
     Sha256::digest_parts(&[data]).0
 }
 
-/// The state hash of a checkpoint: SHA-256 over [`StateEncoder`]'s encoding
+/// The state hash of a snapshot: SHA-256 over [`StateEncoder`]'s encoding
 /// of an agent image of `image_len` bytes, which `image` feeds in order to
 /// the sink it is given, and of the committed items of `store`.
 pub fn state_hash(image_len: u64, image: impl FnOnce(&mut dyn FnMut(&[u8])), store: &StoreSnapshot) -> [u8; 32] {

@@ -3,7 +3,7 @@
 //! replay (`rvm-loader`'s `witness replay`).
 //!
 //! * [`store`] — a partition's state store: staged, validated, then
-//!   committed atomically; snapshots for checkpoints and rollbacks.
+//!   committed atomically; copies kept with snapshots and for rollbacks.
 //! * [`digest`] — the argument digests witness records carry.
 #![no_std]
 #![forbid(unsafe_code)]

@@ -24,7 +24,7 @@ impl StoreLimits {
         StoreLimits { max_key: 64, max_value: 4096, max_staged: 64, max_items: 1024, max_bytes: 1 << 20 };
 }
 
-/// The committed items of a store at one moment (kept with a checkpoint).
+/// The committed items of a store at one moment (kept with a snapshot).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreSnapshot {
     items: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -135,7 +135,7 @@ impl StateStore {
         self.validated = false;
     }
 
-    /// A copy of the committed items, for a checkpoint.
+    /// A copy of the committed items, for a snapshot.
     pub fn snapshot(&self) -> StoreSnapshot {
         StoreSnapshot { items: self.committed.clone() }
     }

@@ -135,7 +135,7 @@ enum PartitionCmd {
         name: String,
     },
     /// Operator order to a running instance: clear the partition's fence
-    /// (F3). It resumes from its last checkpoint.
+    /// (F3). It resumes from its last snapshot.
     #[command(long_about = ORDER_LONG)]
     Unfence {
         /// The partition's name.
@@ -306,7 +306,7 @@ enum WitnessCmd {
         require_signed: bool,
     },
     /// Re-execute a partition's agent on the host from its log and journal
-    /// and reproduce every checkpoint's state hash.
+    /// and reproduce every snapshot's state hash.
     #[command(long_about = REPLAY_LONG)]
     Replay {
         /// The partition (its log, journal and registered guest module).
@@ -376,7 +376,7 @@ by the path of a .log file. A run booted with --journal also files
 const REPLAY_LONG: &str = "\
 Re-execute a partition's agent on the host from its filed witness log and
 input journal (boot with --journal), in the same engine the guest runtime
-runs, and reproduce every checkpoint's state hash.
+runs, and reproduce every snapshot's state hash.
 
 Every journal entry is first checked against its record (the record's args
 digest is recomputed from it); then each hypercall the agent makes must be
@@ -386,7 +386,7 @@ modelled from the agent's own stage/validate/commit calls; F1 restarts and
 F2 rollbacks in the log are followed. The module is the partition's
 registered guest (or --wasm FILE).
 
-Output: turns replayed, checkpoints matched, and \"all N state hashes
+Output: turns replayed, snapshots matched, and \"all N state hashes
 reproduced\", or the first record and turn that differ, expected vs got.
 
 Exit codes: 0 reproduced; 1 the replay differs, or the journal or log was

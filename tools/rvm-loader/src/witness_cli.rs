@@ -645,9 +645,9 @@ pub fn replay(ctx: &Ctx, partition: &str, wasm: Option<&Path>, quiet: bool) -> R
             return;
         }
         match p {
-            Progress::Checkpoint { id, turn, seq } => {
+            Progress::Snapshot { id, turn, seq } => {
                 eprintln!(
-                    "  checkpoint {id} after turn {turn} (record #{seq}): state hash reproduced"
+                    "  snapshot {id} after turn {turn} (record #{seq}): state hash reproduced"
                 )
             }
             Progress::Instance { n, turns, next } => {

@@ -3,7 +3,7 @@
 //! kernel's side of the hypercalls the agent makes writes a chained witness
 //! log and an input journal exactly as the hypervisor defines them
 //! (`rvm_abi::journal`), including an F1 restart and an F2 rollback to the
-//! turn-250 checkpoint. The replay must reproduce every state hash, and
+//! turn-250 snapshot. The replay must reproduce every state hash, and
 //! name the first record a tampered journal or log breaks.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use rvm_abi::recovery::{class, trigger, RecoveryArgs, StateEncoder};
 use rvm_abi::witness::{flags, KernelEvent, Outcome};
 use rvm_abi::{CapHandle, HvError, Hypercall, ObjectKind, WitnessOp, WitnessRecord};
 use rvm_agent_engine::{
-    Agent, AgentConfig, CheckpointReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
+    Agent, AgentConfig, SnapshotReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
     RunOutcome,
 };
 use rvm_loader::replay::{self, ReplayFailure, ReplayInput};
@@ -75,7 +75,7 @@ fn prefix(h: &[u8; 32]) -> [u8; 16] {
 type Items = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// The kernel's side of one partition, as the hypervisor writes it: a
-/// chained log, a journal, a state store, checkpoints, and a source that
+/// chained log, a journal, a state store, snapshots, and a source that
 /// answers the agent's requests on its channel.
 struct Kernel {
     records: Vec<[u8; 64]>,
@@ -83,7 +83,7 @@ struct Kernel {
     journal: Vec<Entry>,
     committed: Items,
     staged: Vec<(Vec<u8>, Vec<u8>)>,
-    checkpoints: BTreeMap<u64, (Vec<u8>, Items)>,
+    snapshots: BTreeMap<u64, (Vec<u8>, Items)>,
     inbox: Vec<Vec<u8>>,
     /// Requests answered with `WouldBlock` once first (every 7th).
     requests: u32,
@@ -105,7 +105,7 @@ impl Kernel {
             journal: Vec::new(),
             committed: BTreeMap::new(),
             staged: Vec::new(),
-            checkpoints: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
             inbox: Vec::new(),
             requests: 0,
             faults_left: faults,
@@ -196,10 +196,10 @@ impl Kernel {
         self.call(Hypercall::Exit, [code, 0, 0, 0, 0, 0], Ok([0; 3]), &[]);
     }
 
-    fn recover(&mut self, event: KernelEvent, class: u8, checkpoint_id: u64) {
+    fn recover(&mut self, event: KernelEvent, class: u8, snapshot_id: u64) {
         if let Some((_, store)) = self
-            .checkpoints
-            .get(&checkpoint_id)
+            .snapshots
+            .get(&snapshot_id)
             .filter(|_| class == class::ROLLBACK)
         {
             self.committed = store.clone();
@@ -209,7 +209,7 @@ impl Kernel {
             class,
             trigger: trigger::TRAP,
             committed_items: self.committed.len() as u32,
-            checkpoint_id,
+            snapshot_id,
         };
         self.event(event, a.to_bytes());
     }
@@ -382,7 +382,7 @@ impl HostCalls for Kernel {
         Err(HvError::NotSupported)
     }
 
-    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {
+    fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {
         let mut h = Sha256::new();
         {
             let mut e =
@@ -395,7 +395,7 @@ impl HostCalls for Kernel {
             }
         }
         let hash: [u8; 32] = h.finalize().into();
-        let id = self.checkpoints.len() as u64 + 1;
+        let id = self.snapshots.len() as u64 + 1;
         let regs = [
             IPA,
             header.len() as u64,
@@ -407,11 +407,11 @@ impl HostCalls for Kernel {
         let p = prefix(&hash);
         let lo = u64::from_le_bytes(p[..8].try_into().unwrap());
         let hi = u64::from_le_bytes(p[8..].try_into().unwrap());
-        self.call(Hypercall::Checkpoint, regs, Ok([id, lo, hi]), &hash);
-        self.event(KernelEvent::CheckpointTaken, p);
-        self.checkpoints
+        self.call(Hypercall::Snapshot, regs, Ok([id, lo, hi]), &hash);
+        self.event(KernelEvent::SnapshotTaken, p);
+        self.snapshots
             .insert(id, ([header, memory].concat(), self.committed.clone()));
-        Ok(CheckpointReceipt { id, hash_prefix: p })
+        Ok(SnapshotReceipt { id, hash_prefix: p })
     }
 }
 
@@ -421,9 +421,9 @@ struct Recorded {
     hashes: Vec<[u8; 16]>,
 }
 
-/// Scenario 1 against the emulated kernel: 500 turns with a checkpoint
-/// after turn 250, then three faults (F1, F1, F2 back to checkpoint 1),
-/// turns 251..=500 again, the end (and its checkpoint).
+/// Scenario 1 against the emulated kernel: 500 turns with a snapshot
+/// after turn 250, then three faults (F1, F1, F2 back to snapshot 1),
+/// turns 251..=500 again, the end (and its snapshot).
 fn record(wasm: &[u8]) -> Recorded {
     let mut kernel = Kernel::new(3);
     kernel.start();
@@ -438,7 +438,7 @@ fn record(wasm: &[u8]) -> Recorded {
         let cfg = config(&kernel);
         let mut agent = Agent::load(wasm, cfg, kernel).expect("the packet agent loads");
         if let Some(image) = resume.take() {
-            agent.restore(&image).expect("the checkpoint restores");
+            agent.restore(&image).expect("the snapshot restores");
         }
         let report = agent.run();
         kernel = agent.into_host();
@@ -455,7 +455,7 @@ fn record(wasm: &[u8]) -> Recorded {
                     kernel.recover(KernelEvent::RecoverRestart, class::RESTART, 0);
                 } else {
                     kernel.recover(KernelEvent::RecoverRollback, class::ROLLBACK, 1);
-                    resume = Some(kernel.checkpoints[&1].0.clone());
+                    resume = Some(kernel.snapshots[&1].0.clone());
                 }
             }
             other => panic!("unexpected end of the recorded run: {other:?}"),
@@ -465,7 +465,7 @@ fn record(wasm: &[u8]) -> Recorded {
         .records
         .iter()
         .map(|b| WitnessRecord::from_bytes(b).unwrap())
-        .filter(|r| r.op == KernelEvent::CheckpointTaken as u16)
+        .filter(|r| r.op == KernelEvent::SnapshotTaken as u16)
         .map(|r| r.args)
         .collect();
     Recorded {
@@ -493,7 +493,7 @@ fn a_recorded_packet_run_replays_with_every_state_hash_and_tampering_is_named() 
     assert_eq!(
         rec.hashes.len(),
         2,
-        "checkpoints after turn 250 and at the end of the re-run"
+        "snapshots after turn 250 and at the end of the re-run"
     );
 
     let started = Instant::now();
@@ -506,7 +506,7 @@ fn a_recorded_packet_run_replays_with_every_state_hash_and_tampering_is_named() 
         report.turns as f64 / secs,
         secs
     );
-    assert_eq!(report.checkpoints_matched, 2);
+    assert_eq!(report.snapshots_matched, 2);
     assert_eq!(
         report.instances, 4,
         "first run, two F1 restarts, one F2 rollback"
@@ -517,7 +517,7 @@ fn a_recorded_packet_run_replays_with_every_state_hash_and_tampering_is_named() 
     assert!(!report.log_ended_mid_run);
     assert_eq!(
         seen.iter()
-            .filter(|p| matches!(p, replay::Progress::Checkpoint { .. }))
+            .filter(|p| matches!(p, replay::Progress::Snapshot { .. }))
             .count(),
         2
     );

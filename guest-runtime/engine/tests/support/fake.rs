@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use rvm_abi::bootinfo::HandleInfo;
 use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
-use rvm_agent_engine::{CheckpointReceipt, DeriveRequest, HandleList, HostCalls};
+use rvm_agent_engine::{SnapshotReceipt, DeriveRequest, HandleList, HostCalls};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Object {
@@ -43,9 +43,9 @@ pub struct World {
     channels: Vec<ChannelObj>,
     pub stores: Vec<StoreObj>,
     pub consoles: Vec<String>,
-    pub checkpoints: Vec<Vec<Vec<u8>>>,
-    /// The partition's committed store when each checkpoint was taken.
-    pub checkpoint_stores: Vec<Vec<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    pub snapshots: Vec<Vec<Vec<u8>>>,
+    /// The partition's committed store when each snapshot was taken.
+    pub snapshot_stores: Vec<Vec<BTreeMap<Vec<u8>, Vec<u8>>>>,
     pub yields: Vec<u64>,
     clock_ns: u64,
 }
@@ -79,8 +79,8 @@ pub fn two_partitions(channel_capacity: usize, yield_limit: YieldLimit) -> (Fake
         }],
         stores: vec![StoreObj::default(), StoreObj::default()],
         consoles: vec![String::new(), String::new()],
-        checkpoints: vec![Vec::new(), Vec::new()],
-        checkpoint_stores: vec![Vec::new(), Vec::new()],
+        snapshots: vec![Vec::new(), Vec::new()],
+        snapshot_stores: vec![Vec::new(), Vec::new()],
         yields: vec![0, 0],
         clock_ns: 0,
     }));
@@ -295,13 +295,13 @@ impl HostCalls for FakeHost {
         Err(HvError::NotSupported)
     }
 
-    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {
+    fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {
         let mut w = self.world.lock().unwrap();
         let store = w.stores[self.partition].committed.clone();
-        w.checkpoint_stores[self.partition].push(store);
-        let list = &mut w.checkpoints[self.partition];
+        w.snapshot_stores[self.partition].push(store);
+        let list = &mut w.snapshots[self.partition];
         list.push([header, memory].concat());
-        Ok(CheckpointReceipt {
+        Ok(SnapshotReceipt {
             id: list.len() as u64,
             hash_prefix: [0; 16],
         })

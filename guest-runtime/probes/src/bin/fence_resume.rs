@@ -1,7 +1,7 @@
 //! Probe for operator orders: on its first start it hands the hypervisor a
-//! 16-byte checkpoint, then writes hypervisor memory (a stage-2 abort: the
+//! 16-byte snapshot, then writes hypervisor memory (a stage-2 abort: the
 //! partition is fenced, F3). Unfenced by the operator, it is recreated from
-//! its pristine image with that checkpoint mapped in its restore window; it
+//! its pristine image with that snapshot mapped in its restore window; it
 //! checks the image and finishes with code 0.
 #![no_std]
 #![no_main]
@@ -15,12 +15,12 @@ use rvm_guest_probes::{finish, not_isolated, require_outside_image, start, HYPER
 
 rvm_el1::el1_main!(main);
 
-/// What the first start checkpoints and a resumed start expects back.
+/// What the first start snapshots and a resumed start expects back.
 const MARKER: [u8; 16] = *b"fence-resume-ck1";
-/// Exit code of a resumed start whose checkpoint image differs.
+/// Exit code of a resumed start whose snapshot image differs.
 const EXIT_WRONG_IMAGE: i32 = 0x0bb0;
-/// Exit code when the checkpoint is refused.
-const EXIT_NO_CHECKPOINT: i32 = 0x0bb1;
+/// Exit code when the snapshot is refused.
+const EXIT_NO_SNAPSHOT: i32 = 0x0bb1;
 
 fn main(boot_info: u64) -> ! {
     let s = start("fence-resume", boot_info);
@@ -29,26 +29,26 @@ fn main(boot_info: u64) -> ! {
         None => {
             require_outside_image("fence-resume", HYPERVISOR_PA);
             let marker = MARKER;
-            let id = match arch::hypercall(Hypercall::Checkpoint, &mut [Arg::In(&marker)]) {
+            let id = match arch::hypercall(Hypercall::Snapshot, &mut [Arg::In(&marker)]) {
                 Ok([id, _, _]) => id,
                 Err(e) => {
-                    println!("probe fence-resume: checkpoint refused: {}", e.name());
-                    finish(EXIT_NO_CHECKPOINT)
+                    println!("probe fence-resume: snapshot refused: {}", e.name());
+                    finish(EXIT_NO_SNAPSHOT)
                 }
             };
             println!(
-                "probe fence-resume: start {} took checkpoint {id}; writing hypervisor memory at {HYPERVISOR_PA:#x}",
+                "probe fence-resume: start {} took snapshot {id}; writing hypervisor memory at {HYPERVISOR_PA:#x}",
                 s.info.restarts
             );
             probe::write_u64(HYPERVISOR_PA, 0xdead_beef_dead_beef);
             not_isolated("fence-resume", HYPERVISOR_PA)
         }
         Some(r) => {
-            let intact = arch::with_checkpoint_image(r.image_ipa, r.image_len, |image| image == MARKER).unwrap_or(false);
+            let intact = arch::with_snapshot_image(r.image_ipa, r.image_len, |image| image == MARKER).unwrap_or(false);
             println!(
-                "probe fence-resume: start {} resumed from checkpoint {} ({} bytes, {})",
+                "probe fence-resume: start {} resumed from snapshot {} ({} bytes, {})",
                 s.info.restarts,
-                r.checkpoint_id,
+                r.snapshot_id,
                 r.image_len,
                 if intact { "intact" } else { "DIFFERENT" }
             );

@@ -116,7 +116,7 @@ fn classes(call: Option<Hypercall>) -> [Class; 6] {
         Some(Hypercall::ChannelSend | Hypercall::ChannelRecv) => [Handle, Addr, Len, Any, Proof, Small],
         Some(Hypercall::StateStage) => [Handle, Addr, KeyLen, Addr, ValueLen, Any],
         Some(Hypercall::StateGet) => [Handle, Addr, KeyLen, Addr, Len, Any],
-        Some(Hypercall::Checkpoint) => [Addr, Len, Addr, Len, Any, Any],
+        Some(Hypercall::Snapshot) => [Addr, Len, Addr, Len, Any, Any],
         Some(Hypercall::Prove) => [Handle, Addr, Any, Any, Proof, Small],
         Some(Hypercall::WitnessQuery) => [Small, Addr, Len, Any, Any, Any],
         Some(Hypercall::AgentSwitch) => [Small, Any, Any, Any, Any, Any],
@@ -151,7 +151,7 @@ impl World {
                     12 => u64::MAX - rng.below(4096),
                     13 => self.heap_end - rng.below(64),
                     14 => SCRATCH + SCRATCH_LEN - rng.below(64),
-                    15 => layout::CHECKPOINT_IPA + rng.below(1 << 20),
+                    15 => layout::SNAPSHOT_IPA + rng.below(1 << 20),
                     16 => 0,
                     _ => rng.next(),
                 }

@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `RVMSTL01` |
-//! | 8 | 8 | mode: 1 console flood, 2 spin, 3 unknown-call storm, 4 checkpoint storm, 5 store stage storm, 6 touch its whole heap window once |
+//! | 8 | 8 | mode: 1 console flood, 2 spin, 3 unknown-call storm, 4 snapshot storm, 5 store stage storm, 6 touch its whole heap window once |
 //! | 16 | 8 | calls to make (0 = until stopped) |
 //!
 //! Prints `stall <mode> start`, then (if it ever gets there)
@@ -47,8 +47,8 @@ fn main(boot_info: u64) -> ! {
     let mut refused = 0u64;
     let mut n = 0u64;
     let store = s.first_of(ObjectKind::StateStore).unwrap_or(0);
-    // The checkpoint storm's image: its whole WASM memory budget, every page
-    // touched (a checkpoint covers only memory the partition has).
+    // The snapshot storm's image: its whole WASM memory budget, every page
+    // touched (a snapshot covers only memory the partition has).
     let image_len = s.info.heap_len.saturating_sub(layout::RUNTIME_HEAP_OVERHEAD);
     if mode == 4 {
         for page in 0..image_len / 4096 {
@@ -73,9 +73,9 @@ fn main(boot_info: u64) -> ! {
             }
             4 => {
                 // Its whole WASM memory budget (the heap window less the
-                // runtime's share): as large a checkpoint as it may ask.
+                // runtime's share): as large a snapshot as it may ask.
                 hvc_raw([
-                    u64::from(Hypercall::Checkpoint.function_id()),
+                    u64::from(Hypercall::Snapshot.function_id()),
                     layout::HEAP_IPA,
                     image_len,
                     0,

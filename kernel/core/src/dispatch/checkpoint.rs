@@ -81,5 +81,5 @@ fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, ck: Checkpoint) {
         old.release(arch, frames);
     }
     // Room was held by `take`: this append cannot fail.
-    hv.kernel_event(pid, KernelEvent::CheckpointTaken, Outcome::Done, prefix);
+    hv.kernel_event(pid, KernelEvent::SnapshotTaken, Outcome::Done, prefix);
 }

@@ -93,9 +93,9 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         Hypercall::Prove => cap::prove(hv, idx, w.handle(regs[0]), &regs),
         // One checkpoint per partition holds one agent: refused when it runs several.
         // A departing agent's checkpoint carries out its move.
-        Hypercall::Checkpoint if crate::domains::migrate::departs(hv, idx) => crate::domains::migrate::depart(hv, idx, w, &regs),
-        Hypercall::Checkpoint if crate::domains::refuses_checkpoint(hv, idx) => deny(hv, idx, &w, HvError::NotSupported),
-        Hypercall::Checkpoint => checkpoint::take(hv, idx, w, &regs),
+        Hypercall::Snapshot if crate::domains::migrate::departs(hv, idx) => crate::domains::migrate::depart(hv, idx, w, &regs),
+        Hypercall::Snapshot if crate::domains::refuses_checkpoint(hv, idx) => deny(hv, idx, &w, HvError::NotSupported),
+        Hypercall::Snapshot => checkpoint::take(hv, idx, w, &regs),
         Hypercall::AgentSwitch => crate::domains::switch(hv, idx, w, &regs),
         Hypercall::Idle => crate::domains::dormant::idle(hv, idx, w, &regs),
         Hypercall::ClockRead => {

@@ -132,7 +132,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
     let args = DormantArgs {
         frames: u32::try_from(reclaimed).unwrap_or(u32::MAX),
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
-        checkpoint_id: ck,
+        snapshot_id: ck,
     };
     hv.transition_held(held, idx, PartitionState::Dormant, KernelEvent::DormantEnter, args.to_bytes());
     let d = hv.dormant.entry(idx);
@@ -199,7 +199,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let args = DormantArgs {
         frames: u32::try_from(taken).unwrap_or(u32::MAX),
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
-        checkpoint_id: ck,
+        snapshot_id: ck,
     };
     hv.transition_held(&mut held, idx, PartitionState::Running, KernelEvent::DormantExit, args.to_bytes());
     let took = hv.arch.now_ns().saturating_sub(started);

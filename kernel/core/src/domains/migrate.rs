@@ -574,7 +574,7 @@ fn populate<A: Arch>(
     let restore = {
         let p = &hv.partitions[idx];
         let ck = p.checkpoint.as_ref().ok_or(MoveError::OutOfMemory)?;
-        RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: ck.len, checkpoint_id: ck.id, rollbacks: 0 }
+        RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: ck.len, snapshot_id: ck.id, rollbacks: 0 }
     };
     crate::load::write_boot_info(hv, idx, restore);
     Ok(restore)

@@ -65,7 +65,7 @@ pub(crate) fn load_partition<A: Arch>(
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     let idx = hv.partitions.len() - 1;
     let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, rvm_state::digest::of_parts(&[&desc.to_bytes()]));
-    let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::CHECKPOINT_IPA);
+    let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::SNAPSHOT_IPA);
     let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
     let populated = if !created {
         Err(Refusal::Witness)

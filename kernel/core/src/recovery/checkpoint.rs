@@ -10,7 +10,7 @@
 //! costs frames, bounded per partition by its [`CheckpointLimit`]. One
 //! checkpoint is kept per partition: a new one replaces the last once it is
 //! complete. To restore, the frames are mapped read-only into the partition
-//! at [`layout::CHECKPOINT_IPA`] for the runtime to read.
+//! at [`layout::SNAPSHOT_IPA`] for the runtime to read.
 
 use alloc::vec::Vec;
 
@@ -38,7 +38,7 @@ impl CheckpointLimit {
     /// and never more than the restore window holds.
     pub fn for_budget(wasm_pages: u32) -> Self {
         let memory = u64::from(wasm_pages).saturating_mul(layout::WASM_PAGE);
-        Self { max_bytes: memory.saturating_add(CHECKPOINT_OVERHEAD).min(layout::CHECKPOINT_MAX_LEN) }
+        Self { max_bytes: memory.saturating_add(CHECKPOINT_OVERHEAD).min(layout::SNAPSHOT_MAX_LEN) }
     }
 }
 
@@ -197,11 +197,11 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Map the image read-only at [`layout::CHECKPOINT_IPA`]. Returns the
+    /// Map the image read-only at [`layout::SNAPSHOT_IPA`]. Returns the
     /// pages mapped (unmap them with [`unmap_window`]).
     pub fn map_into(&self, arch: &mut dyn Arch, frames: &mut FrameAllocator, s2: &mut Stage2Table) -> Result<u64, MapError> {
         for (n, &pa) in self.frames.iter().enumerate() {
-            let ipa = Ipa::new(layout::CHECKPOINT_IPA + n as u64 * PAGE_SIZE);
+            let ipa = Ipa::new(layout::SNAPSHOT_IPA + n as u64 * PAGE_SIZE);
             s2.map(arch, frames, ipa, pa, S2Perm::ReadOnly, MemType::Normal)?;
         }
         Ok(self.pages())
@@ -218,6 +218,6 @@ impl Checkpoint {
 
 /// Remove `pages` mappings of the restore window.
 pub fn unmap_window(arch: &mut dyn Arch, s2: &mut Stage2Table, pages: u64, vmid: u8) {
-    let ipas = (0..pages).map(|n| Ipa::new(layout::CHECKPOINT_IPA + n * PAGE_SIZE));
+    let ipas = (0..pages).map(|n| Ipa::new(layout::SNAPSHOT_IPA + n * PAGE_SIZE));
     s2.unmap_many(arch, ipas, vmid);
 }

@@ -102,12 +102,12 @@ fn event_of(class: RecoveryClass) -> KernelEvent {
     }
 }
 
-fn args<A: Arch>(hv: &Hypervisor<A>, idx: usize, class: u8, trigger: u8, checkpoint_id: u64) -> [u8; 16] {
+fn args<A: Arch>(hv: &Hypervisor<A>, idx: usize, class: u8, trigger: u8, snapshot_id: u64) -> [u8; 16] {
     RecoveryArgs {
         class,
         trigger,
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
-        checkpoint_id,
+        snapshot_id,
     }
     .to_bytes()
 }

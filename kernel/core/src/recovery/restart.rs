@@ -49,7 +49,7 @@ pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartF
     *p.vcpu = Vcpu::new(p.entry.raw(), layout::BOOTINFO_IPA);
     hv.forget_loaded_vcpu(idx);
     crate::load::write_boot_info(hv, idx, RestoreInfo { rollbacks: hv.partitions[idx].rollbacks, ..restore });
-    Ok(restore.checkpoint_id)
+    Ok(restore.snapshot_id)
 }
 
 /// Copy every writable page of the guest image from its pristine version
@@ -100,5 +100,5 @@ fn map_checkpoint<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) 
         }
     }
     stores[idx].restore(&ck.store);
-    Ok(RestoreInfo { image_ipa: layout::CHECKPOINT_IPA, image_len: ck.len, checkpoint_id: ck.id, rollbacks: 0 })
+    Ok(RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: ck.len, snapshot_id: ck.id, rollbacks: 0 })
 }

@@ -226,7 +226,7 @@ fn every_call_belongs_to_the_running_agent_and_traffic_is_recorded() {
         send(c1_s2),   // agent 2 → p2's agent
         send(c1_s2),
         switch(7),     // no such agent
-        (Hypercall::Checkpoint, [HEAP, 16, 0, 0, 0, 0]),
+        (Hypercall::Snapshot, [HEAP, 16, 0, 0, 0, 0]),
     ];
     let vmid = hv.partitions[0].vmid;
     hv.arch.set_guest(vmid, guest(calls, trace.clone()));
@@ -253,7 +253,7 @@ fn every_call_belongs_to_the_running_agent_and_traffic_is_recorded() {
             (ChannelSend, Ok(())),
             (ChannelSend, Ok(())),
             (AgentSwitch, Err(HvError::InvalidArgument)),
-            (Checkpoint, Err(HvError::NotSupported)),
+            (Snapshot, Err(HvError::NotSupported)),
         ]
     );
     assert_eq!(trace.borrow()[3].x1, MSG.len() as u64);
@@ -448,7 +448,7 @@ fn domain_runtime_handing(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace
                 Hypercall::AgentSwitch if status == 0 && x1 == rvm_abi::hypercall::agent_switch::DEPART => {
                     departing = Some(slot)
                 }
-                Hypercall::Checkpoint if status == 0 => gone.push(slot),
+                Hypercall::Snapshot if status == 0 => gone.push(slot),
                 _ => {}
             }
         }
@@ -456,7 +456,7 @@ fn domain_runtime_handing(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace
             return f.0;
         }
         let (slot, (c, regs)) = match departing.take() {
-            Some(slot) => (slot, (Hypercall::Checkpoint, image)),
+            Some(slot) => (slot, (Hypercall::Snapshot, image)),
             None => calls.find(|(s, _)| !gone.contains(s)).unwrap_or((0, (Hypercall::Exit, [0; 6]))),
         };
         last = Some((slot, c));
@@ -545,7 +545,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     // agent 2 made no call in p1 after it.
     let t = trace.borrow();
     let at = t.iter().position(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART).expect("DEPART");
-    assert_eq!((t[at + 1].call, t[at + 1].status, t[at + 1].x1), (Hypercall::Checkpoint, 0, 1));
+    assert_eq!((t[at + 1].call, t[at + 1].status, t[at + 1].x1), (Hypercall::Snapshot, 0, 1));
     let later: Vec<&Ret> = t[at + 2..].iter().filter(|r| r.call == Hypercall::AgentSwitch && (r.status != 0 || r.x1 != 0)).collect();
     assert!(later.is_empty(), "{later:?}");
     drop(t);
@@ -636,11 +636,11 @@ fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
     let t = trace.borrow();
     let departs = t.iter().filter(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART).count();
     assert!(departs >= 1, "the agent was told to leave");
-    let refused: Vec<&Ret> = t.iter().filter(|r| r.call == Hypercall::Checkpoint).collect();
+    let refused: Vec<&Ret> = t.iter().filter(|r| r.call == Hypercall::Snapshot).collect();
     assert_eq!(refused.len(), departs);
     assert!(refused.iter().all(|r| r.status == HvError::BadAddress.code()), "{refused:?}");
     // The agent stayed: it went on sending from p1 after the refusal.
-    let at = t.iter().position(|r| r.call == Hypercall::Checkpoint).unwrap();
+    let at = t.iter().position(|r| r.call == Hypercall::Snapshot).unwrap();
     assert!(t[at..].iter().any(|r| r.call == Hypercall::ChannelSend && r.status == 0));
     drop(t);
     assert_eq!(hv.partitions.len(), 3, "no partition created");
@@ -754,7 +754,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     assert_eq!((e.agent_id, e.restore_len), (1, 0));
     assert!(e.module_ipa > layout::WASM_IPA && e.module_len != 0);
     assert!(d.arrival.is_none(), "the image was returned at its first turn");
-    assert!(guest_page(&hv, 0, layout::CHECKPOINT_IPA).is_none(), "and unmapped");
+    assert!(guest_page(&hv, 0, layout::SNAPSHOT_IPA).is_none(), "and unmapped");
     assert!(listed.borrow().contains(&2), "AgentSwitch reported the second slot");
     // The arrival's handles: listed for slot 1 in p1's boot-info page; p1's own for slot 0.
     let handles = &hv.partitions[0].boot_handles;
@@ -781,7 +781,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     }
     let l2 = log(p2.0);
     let at = l2.iter().position(|r| r.op == KernelEvent::Merge as u16).unwrap();
-    assert_eq!(l2[at - 1].op, Hypercall::Checkpoint as u16, "after the hand-over's call record");
+    assert_eq!(l2[at - 1].op, Hypercall::Snapshot as u16, "after the hand-over's call record");
     assert_eq!(l2.get(at + 1).map(|r| r.op), Some(KernelEvent::PartitionExit as u16), "then the retirement: {:x?}", l2[at - 2..].iter().map(|r| r.op).collect::<Vec<_>>());
     assert_eq!(at + 2, l2.len(), "nothing after");
     let l1 = log(p1.0);
@@ -862,10 +862,10 @@ fn a_refused_merge_hand_over_moves_nothing() {
 
         let t = t2.borrow();
         assert!(t.iter().any(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART));
-        let cks: Vec<&Ret> = t.iter().filter(|r| r.call == Hypercall::Checkpoint).collect();
+        let cks: Vec<&Ret> = t.iter().filter(|r| r.call == Hypercall::Snapshot).collect();
         assert!(!cks.is_empty() && cks.iter().all(|r| r.status != 0), "collide {collide}: {cks:?}");
         // It stayed and went on chatting in p2 after the refusal.
-        let at = t.iter().position(|r| r.call == Hypercall::Checkpoint).unwrap();
+        let at = t.iter().position(|r| r.call == Hypercall::Snapshot).unwrap();
         assert!(t[at..].iter().any(|r| r.call == Hypercall::ChannelSend && r.status == 0));
         drop(t);
         let d = hv.domains();

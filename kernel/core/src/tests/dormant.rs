@@ -40,7 +40,7 @@ fn sleeper(asleep: Rc<RefCell<bool>>, log: Rc<RefCell<Vec<String>>>) -> crate::f
             }
             (0, 4) => {
                 log.borrow_mut().push(alloc::format!("may sleep {}", g.result(0)));
-                g.call(Hypercall::Checkpoint, &[HEAP, 8, 0, 0])
+                g.call(Hypercall::Snapshot, &[HEAP, 8, 0, 0])
             }
             (0, 5) => {
                 let id = g.result(0);
@@ -55,7 +55,7 @@ fn sleeper(asleep: Rc<RefCell<bool>>, log: Rc<RefCell<Vec<String>>>) -> crate::f
                 g.m.read(HEAP, &mut heap).unwrap();
                 log.borrow_mut().push(alloc::format!(
                     "woken from {} image {} data reset {} heap zero {}",
-                    g.restore.checkpoint_id,
+                    g.restore.snapshot_id,
                     core::str::from_utf8(&image).unwrap_or("?"),
                     data != [0xdd; 16],
                     heap == [0; 8]
@@ -148,7 +148,7 @@ fn an_idle_dormant_partition_returns_its_memory_and_keeps_what_it_needs() {
     let ev = events(&hv, 1, &[KernelEvent::DormantEnter]);
     assert_eq!(ev.len(), 1);
     let a = DormantArgs::from_bytes(&ev[0].1.args);
-    assert_eq!((u64::from(a.frames), a.committed_items, a.checkpoint_id), (d.last_reclaimed, 1, 1));
+    assert_eq!((u64::from(a.frames), a.committed_items, a.snapshot_id), (d.last_reclaimed, 1, 1));
     assert!(hv.arch.console_text().contains("rvm: partition 1 'sleeper' dormant on checkpoint 1"));
     assert_chains_verify(&hv);
 }
@@ -179,7 +179,7 @@ fn a_message_wakes_a_dormant_partition_from_its_checkpoint_and_is_received_exact
     assert!(d.last_restored > 0);
     let ev = events(&hv, 1, &[KernelEvent::DormantEnter, KernelEvent::DormantExit]);
     assert_eq!(ev.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [KernelEvent::DormantEnter, KernelEvent::DormantExit]);
-    assert_eq!(DormantArgs::from_bytes(&ev[1].1.args).checkpoint_id, 1);
+    assert_eq!(DormantArgs::from_bytes(&ev[1].1.args).snapshot_id, 1);
     assert!(hv.arch.console_text().contains("rvm: partition 1 'sleeper' woken by a message"));
     assert_chains_verify(&hv);
 }
@@ -195,7 +195,7 @@ fn only_dormant_tier_partitions_sleep_and_only_on_their_last_checkpoint() {
             0 => g.call(Hypercall::Idle, &[0]),
             1 => {
                 log.borrow_mut().push(alloc::format!("warm may sleep {}", g.result(0)));
-                g.call(Hypercall::Checkpoint, &[HEAP, 8, 0, 0])
+                g.call(Hypercall::Snapshot, &[HEAP, 8, 0, 0])
             }
             2 => g.call(Hypercall::Idle, &[1]),
             _ => {
@@ -207,7 +207,7 @@ fn only_dormant_tier_partitions_sleep_and_only_on_their_last_checkpoint() {
     hv.arch.set_guest(
         2,
         runtime(Box::new(move |g| match g.step {
-            0 => g.call(Hypercall::Checkpoint, &[HEAP, 8, 0, 0]),
+            0 => g.call(Hypercall::Snapshot, &[HEAP, 8, 0, 0]),
             1 => g.call(Hypercall::Idle, &[2]),
             _ => {
                 l2.borrow_mut().push(alloc::format!("stale id {}", HvError::from_code(g.status()).map_or("ok", HvError::name)));

@@ -143,7 +143,7 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
         if let Some(ck) = &p.checkpoint {
             let prefix = ck.hash.prefix16();
             assert!(
-                own.iter().any(|r| event(r) == Some(KernelEvent::CheckpointTaken) && r.args == prefix)
+                own.iter().any(|r| event(r) == Some(KernelEvent::SnapshotTaken) && r.args == prefix)
                     || own.iter().any(|r| event(r) == Some(KernelEvent::Split)),
                 "{what}: partition {} keeps checkpoint {} with no CheckpointTaken record",
                 p.id.0,
@@ -190,7 +190,7 @@ fn lifecycle(fail: Option<FailAt>) -> (Hypervisor<FakeArch>, Vec<u32>) {
             match (g.start, g.step) {
                 (0, 0) => {
                     g.m.write(HEAP, b"marker-1").unwrap();
-                    g.call(Hypercall::Checkpoint, &[HEAP, 8, 0, 0])
+                    g.call(Hypercall::Snapshot, &[HEAP, 8, 0, 0])
                 }
                 (0, 1) => g.exit(exit::TRAP),
                 (1, 0) => match g.m.write(UNMAPPED, b"x") {
@@ -312,12 +312,12 @@ const ROWS: &[Row] = &[
     },
     Row {
         class: "checkpoint",
-        op: KernelEvent::CheckpointTaken,
+        op: KernelEvent::SnapshotTaken,
         log: 1,
         refused: 1,
         check: |hv, _| {
             let (own, _) = about(&all_records(hv), PartitionId(1));
-            assert!(!own.iter().any(|r| event(r) == Some(KernelEvent::CheckpointTaken)), "no checkpoint taken");
+            assert!(!own.iter().any(|r| event(r) == Some(KernelEvent::SnapshotTaken)), "no checkpoint taken");
         },
     },
     Row {

@@ -245,7 +245,7 @@ fn faulting_victim(log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
     runtime(Box::new(move |g| match (g.start, g.step) {
         (0, 0) => {
             g.m.write(HEAP, b"marker-1").unwrap();
-            g.call(Hypercall::Checkpoint, &[HEAP, 8, 0, 0])
+            g.call(Hypercall::Snapshot, &[HEAP, 8, 0, 0])
         }
         (0, 1) => {
             log.borrow_mut().push(alloc::format!("checkpoint {} id {}", g.status(), g.result(0)));
@@ -259,7 +259,7 @@ fn faulting_victim(log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
             g.m.read(g.restore.image_ipa, &mut image).unwrap();
             log.borrow_mut().push(alloc::format!(
                 "resumed from {} image {}",
-                g.restore.checkpoint_id,
+                g.restore.snapshot_id,
                 core::str::from_utf8(&image).unwrap_or("?")
             ));
             g.exit(0)

@@ -268,7 +268,7 @@ fn a_trap_restarts_the_guest_from_the_pristine_image_with_committed_state_kept()
     assert_eq!(seen[5], alloc::format!("get lost {}", HvError::InvalidArgument.code()), "the open transaction did not");
     assert_eq!(
         steps(&hv, 1),
-        [(KernelEvent::RecoverRestart, RecoveryArgs { class: class::RESTART, trigger: trigger::TRAP, committed_items: 1, checkpoint_id: 0 })]
+        [(KernelEvent::RecoverRestart, RecoveryArgs { class: class::RESTART, trigger: trigger::TRAP, committed_items: 1, snapshot_id: 0 })]
     );
     assert!(text.contains("'agent' agent trapped (exit code 0x103); restarted from the pristine image (F1) in "), "{text}");
     assert!(text.contains(" ns, 1 committed items before, 1 after"), "{text}");
@@ -303,7 +303,7 @@ fn the_third_trap_in_the_window_rolls_back_to_the_last_checkpoint() {
             (0, 2) => {
                 g.m.write(HEAP + 0x1000, &image).unwrap();
                 let rest = image.len() as u64 - header_len;
-                g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, header_len, HEAP + 0x1000 + header_len, rest])
+                g.call(Hypercall::Snapshot, &[HEAP + 0x1000, header_len, HEAP + 0x1000 + header_len, rest])
             }
             (0, 3) => {
                 log.borrow_mut().push(alloc::format!("ck {} {} {:x} {:x}", g.status(), g.v.regs.x[1], g.v.regs.x[2], g.v.regs.x[3]));
@@ -317,7 +317,7 @@ fn the_third_trap_in_the_window_rolls_back_to_the_last_checkpoint() {
             (3, 0) => {
                 log.borrow_mut().push(alloc::format!(
                     "start 3: restarts {} rollbacks {} id {} len {} at {:#x}",
-                    g.info.restarts, g.restore.rollbacks, g.restore.checkpoint_id, g.restore.image_len, g.restore.image_ipa
+                    g.info.restarts, g.restore.rollbacks, g.restore.snapshot_id, g.restore.image_len, g.restore.image_ipa
                 ));
                 let mut back = vec![0u8; g.restore.image_len as usize];
                 g.m.read(g.restore.image_ipa, &mut back).unwrap();
@@ -358,9 +358,9 @@ fn the_third_trap_in_the_window_rolls_back_to_the_last_checkpoint() {
     let lo = u64::from_le_bytes(hash[..8].try_into().unwrap());
     let hi = u64::from_le_bytes(hash[8..16].try_into().unwrap());
     assert_eq!(seen[0], alloc::format!("ck 0 1 {lo:x} {hi:x}"));
-    let taken = records(&hv, 1).into_iter().find(|r| r.op == KernelEvent::CheckpointTaken as u16).unwrap();
+    let taken = records(&hv, 1).into_iter().find(|r| r.op == KernelEvent::SnapshotTaken as u16).unwrap();
     assert_eq!(taken.args[..], hash[..16], "CheckpointTaken carries the hash prefix");
-    assert_eq!(seen[1], alloc::format!("start 3: restarts 3 rollbacks 1 id 1 len 5000 at {:#x}", layout::CHECKPOINT_IPA));
+    assert_eq!(seen[1], alloc::format!("start 3: restarts 3 rollbacks 1 id 1 len 5000 at {:#x}", layout::SNAPSHOT_IPA));
     assert_eq!(seen[2], "image intact true");
     assert_eq!(seen[3], "window writable false");
     assert_eq!(seen[4], alloc::format!("after {}", HvError::InvalidArgument.code()), "the commit after the checkpoint is gone");
@@ -368,7 +368,7 @@ fn the_third_trap_in_the_window_rolls_back_to_the_last_checkpoint() {
     let s = steps(&hv, 1);
     let classes: Vec<u8> = s.iter().map(|(_, a)| a.class).collect();
     assert_eq!(classes, [class::RESTART, class::RESTART, class::ROLLBACK]);
-    assert_eq!(s[2].1, RecoveryArgs { class: class::ROLLBACK, trigger: trigger::TRAP, committed_items: 1, checkpoint_id: 1 });
+    assert_eq!(s[2].1, RecoveryArgs { class: class::ROLLBACK, trigger: trigger::TRAP, committed_items: 1, snapshot_id: 1 });
     assert!(text.contains("rolled back to checkpoint 1 (F2) in "), "{text}");
     assert!(text.contains(" ns, 2 committed items before, 1 after"), "{text}");
     assert_chains_verify(&hv);
@@ -397,7 +397,7 @@ fn repeated_rollbacks_fence_and_an_unresolved_fence_is_evicted() {
         }
         (0, 2) => {
             g.m.write(HEAP + 0x1000, b"image").unwrap();
-            g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 5, 0, 0])
+            g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 5, 0, 0])
         }
         (_, _) => g.exit(exit::TRAP),
     })));
@@ -463,7 +463,7 @@ fn hypercall_abuse_fences_and_keeps_memory_and_state() {
     assert!(text.contains(&alloc::format!("'abuser' hypercall abuse: {limit} invalid calls within 1000 ms; fenced (F3)")), "{text}");
     let s = steps(&hv, 1);
     assert_eq!(s.len(), 1);
-    assert_eq!(s[0].1, RecoveryArgs { class: class::FENCE, trigger: trigger::HYPERCALL_ABUSE, committed_items: 1, checkpoint_id: 0 });
+    assert_eq!(s[0].1, RecoveryArgs { class: class::FENCE, trigger: trigger::HYPERCALL_ABUSE, committed_items: 1, snapshot_id: 0 });
     assert!(!hv.partitions()[0].heap_pages.is_empty(), "memory kept for forensics");
     assert_chains_verify(&hv);
 }
@@ -481,7 +481,7 @@ fn a_failed_validation_rolls_back_and_a_second_one_fences() {
         }
         (0, 3) => {
             g.m.write(HEAP + 0x1000, b"image").unwrap();
-            g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 5, 0, 0])
+            g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 5, 0, 0])
         }
         // One item too many: validation fails, twice.
         (_, 0) | (0, 4) => g.stage(b"c", b"3").unwrap(),
@@ -515,7 +515,7 @@ fn a_stage2_violation_fences_at_once_with_committed_state_kept() {
     let summary = hv.run();
     assert_eq!(summary.fenced, 1);
     let s = steps(&hv, 1);
-    assert_eq!(s, [(KernelEvent::RecoverFence, RecoveryArgs { class: class::FENCE, trigger: trigger::STAGE2_VIOLATION, committed_items: 1, checkpoint_id: 0 })]);
+    assert_eq!(s, [(KernelEvent::RecoverFence, RecoveryArgs { class: class::FENCE, trigger: trigger::STAGE2_VIOLATION, committed_items: 1, snapshot_id: 0 })]);
     assert!(hv.partitions()[0].recovery.fenced_at.is_some());
 }
 
@@ -526,7 +526,7 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
     hv.arch.set_guest(1, runtime(Box::new(move |g| match (g.start, g.step) {
         (0, 0) => {
             g.m.write(HEAP + 0x1000, b"state at the checkpoint").unwrap();
-            g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 23, 0, 0])
+            g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 23, 0, 0])
         }
         (0, 1) => FakeArch::trap(esr::SMC0),
         (1, 0) => {
@@ -558,7 +558,7 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
         [KernelEvent::RecoverFence, KernelEvent::Unfence, KernelEvent::RecoverFence, KernelEvent::RecoverEvict],
         "an operator's eviction of a running partition fences it first"
     );
-    assert_eq!(steps(&hv, 1)[1].1.checkpoint_id, 1);
+    assert_eq!(steps(&hv, 1)[1].1.snapshot_id, 1);
     assert_chains_verify(&hv);
 }
 
@@ -575,13 +575,13 @@ fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
         match g.step {
             0 => {
                 g.m.write(HEAP + 0x1000, &[1; 64]).unwrap();
-                g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 64, 0, 0])
+                g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 64, 0, 0])
             }
-            1 => g.call(Hypercall::Checkpoint, &[0x1000, 64, 0, 0]),
-            2 => g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 64, HEAP + 0x1000, limit]),
-            3 => g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 0, 0, 0]),
-            4 => g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 64, 0, 0]),
-            5 => g.call(Hypercall::Checkpoint, &[HEAP + 0x1000, 64, 0, 0]),
+            1 => g.call(Hypercall::Snapshot, &[0x1000, 64, 0, 0]),
+            2 => g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 64, HEAP + 0x1000, limit]),
+            3 => g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 0, 0, 0]),
+            4 => g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 64, 0, 0]),
+            5 => g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 64, 0, 0]),
             _ => g.exit(0),
         }
     })));
@@ -600,7 +600,7 @@ fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
     assert_eq!(p.checkpoint.as_ref().unwrap().pages(), 1);
     assert_eq!(hv.frames_in_use(), before + held);
     assert_eq!(p.checkpoint.as_ref().map(|c| c.id), Some(3));
-    let denied = records(&hv, 1).iter().filter(|r| r.op == Hypercall::Checkpoint as u16 && r.outcome < 0).count();
+    let denied = records(&hv, 1).iter().filter(|r| r.op == Hypercall::Snapshot as u16 && r.outcome < 0).count();
     assert_eq!(denied, 3, "denials are witnessed");
 }
 

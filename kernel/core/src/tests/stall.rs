@@ -366,7 +366,7 @@ fn a_checkpoint_storm_holds_back_the_partition_that_storms() {
                 *log.borrow_mut() += 1;
             }
             if g.step < CALLS {
-                g.call(Hypercall::Checkpoint, &[HEAP, PART, HEAP, PART])
+                g.call(Hypercall::Snapshot, &[HEAP, PART, HEAP, PART])
             } else {
                 g.exit(0)
             }

@@ -2,8 +2,8 @@
 //! log's next call record, with the same handle, lengths and outgoing
 //! bytes; the journaled status and incoming bytes are handed back. State
 //! calls drive the replayed store as the kernel's verdicts say, `StateGet`
-//! is checked against it, and a `Checkpoint` must reproduce the state hash
-//! the journal and the `CheckpointTaken` record hold.
+//! is checked against it, and a `Snapshot` must reproduce the state hash
+//! the journal and the `SnapshotTaken` record hold.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -11,7 +11,7 @@ use std::rc::Rc;
 use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{CapHandle, HvError, Hypercall};
-use rvm_agent_engine::{CheckpointReceipt, DeriveRequest, HostCalls};
+use rvm_agent_engine::{SnapshotReceipt, DeriveRequest, HostCalls};
 use rvm_state::digest;
 
 use super::log::{Shared, Taken};
@@ -235,15 +235,15 @@ impl HostCalls for ReplayHost {
         }))
     }
 
-    fn checkpoint(&mut self, header: &[u8], memory: &[u8]) -> Result<CheckpointReceipt, HvError> {
+    fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {
         let mut s = self.call();
-        let m = s.next(Hypercall::Checkpoint, None)?;
+        let m = s.next(Hypercall::Snapshot, None)?;
         s.expect(&m, "image header length", m.regs[1], header.len() as u64)?;
         s.expect(&m, "image memory length", m.regs[3], memory.len() as u64)?;
         m.status()?;
         let image = [header, memory].concat();
         let turn =
-            rvm_agent_engine::checkpoint::decode(&image).map_or(s.turn_base, |i| i.meta.turn);
+            rvm_agent_engine::snapshot::decode(&image).map_or(s.turn_base, |i| i.meta.turn);
         let store = s.store.snapshot();
         let hash = digest::state_hash(
             image.len() as u64,
@@ -266,14 +266,14 @@ impl HostCalls for ReplayHost {
                 got,
             }));
         }
-        // The kernel's CheckpointTaken record follows the call's.
+        // The kernel's SnapshotTaken record follows the call's.
         let i = s.cursor;
         let taken = s.records.get(i).copied();
         match taken {
-            Some(r) if r.op == KernelEvent::CheckpointTaken as u16 => {
+            Some(r) if r.op == KernelEvent::SnapshotTaken as u16 => {
                 if r.args[..] != hash[..16] {
                     let (expected, got) = (
-                        format!("CheckpointTaken {}", hex(&r.args)),
+                        format!("SnapshotTaken {}", hex(&r.args)),
                         format!("state hash {}", hex(&hash[..16])),
                     );
                     return Err(s.fail(ReplayFailure::Diverged {
@@ -289,20 +289,20 @@ impl HostCalls for ReplayHost {
                 return Err(s.diverged(
                     i as u64,
                     "the log to go on".into(),
-                    "a CheckpointTaken record after the Checkpoint call".into(),
+                    "a SnapshotTaken record after the Snapshot call".into(),
                 ))
             }
         }
         let id = m.results[0];
         s.taken.insert(id, Taken { image, store });
-        s.checkpoints += 1;
-        s.progress.push(Progress::Checkpoint {
+        s.snapshots += 1;
+        s.progress.push(Progress::Snapshot {
             id,
             turn,
             seq: m.seq,
         });
         let mut hash_prefix = [0u8; 16];
         hash_prefix.copy_from_slice(&hash[..16]);
-        Ok(CheckpointReceipt { id, hash_prefix })
+        Ok(SnapshotReceipt { id, hash_prefix })
     }
 }

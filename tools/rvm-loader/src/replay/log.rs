@@ -2,7 +2,7 @@
 //! runtime's own console lines and the kernel events that change nothing
 //! the agent sees are stepped over), and what the log says follows when an
 //! instance ends. [`Shared`] is what every instance's host calls share:
-//! the place in the log, the replayed store, the checkpoints taken.
+//! the place in the log, the replayed store, the snapshots taken.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ const FOLLOW_THE_JOURNAL: StoreLimits = StoreLimits {
     max_bytes: usize::MAX,
 };
 
-/// A checkpoint the replay took: the image and the store it was hashed with.
+/// A snapshot the replay took: the image and the store it was hashed with.
 pub(super) struct Taken {
     pub image: Vec<u8>,
     pub store: StoreSnapshot,
@@ -40,7 +40,7 @@ pub(super) struct Shared {
     pub store: StateStore,
     pub taken: BTreeMap<u64, Taken>,
     pub calls: u64,
-    pub checkpoints: u64,
+    pub snapshots: u64,
     /// The first thing that went wrong; every later call fails.
     pub failure: Option<ReplayFailure>,
     /// The log ran out while the agent still called.
@@ -65,7 +65,7 @@ impl Shared {
             store: StateStore::new(FOLLOW_THE_JOURNAL),
             taken: BTreeMap::new(),
             calls: 0,
-            checkpoints: 0,
+            snapshots: 0,
             failure: None,
             exhausted: false,
             turn_base: 0,
@@ -220,10 +220,10 @@ impl Shared {
 
 /// What follows an instance's end in the log.
 pub(super) enum Next {
-    /// A new instance: F1 fresh, or resumed from checkpoint `id`, store rolled back.
+    /// A new instance: F1 fresh, or resumed from snapshot `id`, store rolled back.
     Instance {
         rollback: bool,
-        checkpoint: u64,
+        snapshot: u64,
         committed_items: u32,
         seq: u64,
     },
@@ -243,7 +243,7 @@ pub(super) fn after_instance(s: &mut Shared) -> Result<Next, ReplayFailure> {
                 Some(KernelEvent::RecoverRestart) | Some(KernelEvent::Unfence) => {
                     return Ok(Next::Instance {
                         rollback: false,
-                        checkpoint: a.checkpoint_id,
+                        snapshot: a.snapshot_id,
                         committed_items: a.committed_items,
                         seq,
                     })
@@ -251,7 +251,7 @@ pub(super) fn after_instance(s: &mut Shared) -> Result<Next, ReplayFailure> {
                 Some(KernelEvent::RecoverRollback) => {
                     return Ok(Next::Instance {
                         rollback: true,
-                        checkpoint: a.checkpoint_id,
+                        snapshot: a.snapshot_id,
                         committed_items: a.committed_items,
                         seq,
                     })

@@ -17,13 +17,13 @@
 //! 3. The committed state store is rebuilt from the agent's own stage /
 //!    validate / commit calls, following their journaled statuses; every
 //!    `StateGet` the journal answers is checked against it.
-//! 4. At every `Checkpoint`, the state hash is recomputed (the kernel's
+//! 4. At every `Snapshot`, the state hash is recomputed (the kernel's
 //!    [`rvm_state::digest::state_hash`]) over the image the agent hands over
 //!    and the replayed store, and compared with the journaled hash and the
-//!    `CheckpointTaken` record.
+//!    `SnapshotTaken` record.
 //! 5. The log's recovery steps are followed: F1 (`RecoverRestart`) starts a
 //!    fresh instance with the committed store kept; F2 (`RecoverRollback`)
-//!    restores the replay's own checkpoint of the id the record names and
+//!    restores the replay's own snapshot of the id the record names and
 //!    rolls the replayed store back to it.
 //!
 //! Limits: one agent per partition (the slot-0 module); capability

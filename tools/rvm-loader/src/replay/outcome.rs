@@ -12,8 +12,8 @@ pub struct ReplayReport {
     pub instances: u32,
     /// Hypercalls answered from the journal.
     pub calls: u64,
-    /// Checkpoints whose state hash the replay reproduced.
-    pub checkpoints_matched: u64,
+    /// Snapshots whose state hash the replay reproduced.
+    pub snapshots_matched: u64,
     /// Records in the log.
     pub records: u64,
     /// The log ended while the agent was still running (the run was stopped).
@@ -27,11 +27,11 @@ impl fmt::Display for ReplayReport {
             "replayed {} turns in {} instance(s), {} calls over {} records; ",
             self.turns, self.instances, self.calls, self.records
         )?;
-        match self.checkpoints_matched {
-            0 => write!(f, "no checkpoint in the log: every call reproduced")?,
+        match self.snapshots_matched {
+            0 => write!(f, "no snapshot in the log: every call reproduced")?,
             n => write!(
                 f,
-                "{n} checkpoints matched: all {n} state hashes reproduced"
+                "{n} snapshots matched: all {n} state hashes reproduced"
             )?,
         }
         if self.log_ended_mid_run {
@@ -99,8 +99,8 @@ impl fmt::Display for ReplayFailure {
 /// Progress of a long replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// A checkpoint's state hash was reproduced.
-    Checkpoint { id: u64, turn: u64, seq: u64 },
+    /// A snapshot's state hash was reproduced.
+    Snapshot { id: u64, turn: u64, seq: u64 },
     /// An instance ended; the log says what follows.
     Instance { n: u32, turns: u64, next: String },
 }

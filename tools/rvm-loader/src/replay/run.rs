@@ -1,7 +1,7 @@
 //! Re-executing: the agent runs in the engine the EL1 runtime runs, one
 //! instance after another as the log's recovery steps say, until the log
 //! ends. F1 (`RecoverRestart`) starts a fresh instance with the committed
-//! store kept; F2 (`RecoverRollback`) restores the replay's own checkpoint
+//! store kept; F2 (`RecoverRollback`) restores the replay's own snapshot
 //! of the id the record names and rolls the replayed store back to it.
 
 use std::cell::RefCell;
@@ -42,7 +42,7 @@ pub fn replay_on_own_stack(
     })
 }
 
-/// Replay `input`; `progress` hears of every checkpoint reproduced and
+/// Replay `input`; `progress` hears of every snapshot reproduced and
 /// every instance ended.
 pub fn replay(
     input: ReplayInput<'_>,
@@ -67,11 +67,11 @@ pub fn replay(
             let s = shared.borrow();
             let taken = s.taken.get(&id).ok_or_else(|| {
                 ReplayFailure::Input(format!(
-                    "the log resumes from checkpoint {id}, which the replay did not take"
+                    "the log resumes from snapshot {id}, which the replay did not take"
                 ))
             })?;
             agent.restore(&taken.image).map_err(|e| {
-                ReplayFailure::Input(format!("checkpoint {id} does not restore: {e}"))
+                ReplayFailure::Input(format!("snapshot {id} does not restore: {e}"))
             })?;
         }
         shared.borrow_mut().turn_base = agent.turns();
@@ -113,44 +113,44 @@ pub fn replay(
             }
             Next::Instance {
                 rollback,
-                checkpoint,
+                snapshot,
                 committed_items,
                 seq,
             } => {
-                recover(&mut s, rollback, checkpoint, committed_items, seq, turns)?;
+                recover(&mut s, rollback, snapshot, committed_items, seq, turns)?;
                 let what = if rollback {
                     "F2 rollback"
                 } else {
                     "F1 restart"
                 };
-                let from = if checkpoint == 0 {
+                let from = if snapshot == 0 {
                     "the pristine image".to_string()
                 } else {
-                    format!("checkpoint {checkpoint}")
+                    format!("snapshot {snapshot}")
                 };
                 progress(&Progress::Instance {
                     n: report.instances,
                     turns,
                     next: format!("{ended}; {what} (record #{seq}) from {from}"),
                 });
-                resume = (checkpoint != 0).then_some(checkpoint);
+                resume = (snapshot != 0).then_some(snapshot);
             }
         }
     }
     let s = shared.borrow();
     report.calls = s.calls;
-    report.checkpoints_matched = s.checkpoints;
+    report.snapshots_matched = s.snapshots;
     let in_log = s
         .records
         .iter()
-        .filter(|r| r.op == KernelEvent::CheckpointTaken as u16)
+        .filter(|r| r.op == KernelEvent::SnapshotTaken as u16)
         .count() as u64;
-    if in_log != s.checkpoints && !report.log_ended_mid_run {
+    if in_log != s.snapshots && !report.log_ended_mid_run {
         return Err(ReplayFailure::Diverged {
             seq: s.cursor as u64,
             turn: 0,
-            expected: format!("{in_log} checkpoints"),
-            got: format!("{} reproduced", s.checkpoints),
+            expected: format!("{in_log} snapshots"),
+            got: format!("{} reproduced", s.snapshots),
         });
     }
     Ok(report)
@@ -207,20 +207,20 @@ fn agent_config(
 
 /// The recovery step of record `seq` on the replayed store: the open
 /// transaction dropped and, for a rollback, the committed items of
-/// `checkpoint` restored; the store must then hold the `committed_items`
+/// `snapshot` restored; the store must then hold the `committed_items`
 /// the record says.
 fn recover(
     s: &mut Shared,
     rollback: bool,
-    checkpoint: u64,
+    snapshot: u64,
     committed_items: u32,
     seq: u64,
     turns: u64,
 ) -> Result<(), ReplayFailure> {
     if rollback {
-        let taken = s.taken.get(&checkpoint).ok_or_else(|| {
+        let taken = s.taken.get(&snapshot).ok_or_else(|| {
             ReplayFailure::Input(format!(
-                "record #{seq} rolls back to checkpoint {checkpoint}, which the replay did not take"
+                "record #{seq} rolls back to snapshot {snapshot}, which the replay did not take"
             ))
         })?;
         s.store.restore(&taken.store);

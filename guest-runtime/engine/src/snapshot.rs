@@ -13,15 +13,15 @@
 //! ```
 //!
 //! Captured: the linear memory, every mutable numeric global (the engine
-//! refuses to checkpoint an agent with a mutable global it does not export —
+//! refuses to snapshot an agent with a mutable global it does not export —
 //! Rust agents export `__stack_pointer` for this), the turn count, and the
 //! table's length. A table's contents are function references, which have no
 //! byte form; a restored agent gets its table as instantiation builds it
 //! (its element segments), and restore refuses an image whose table length
-//! differs. That is exact because the screen only lets an agent checkpoint
+//! differs. That is exact because the screen only lets an agent snapshot
 //! when none of its code can change a table or an element segment
 //! (`table.set`, `table.grow`, `table.fill`, `table.copy`, `table.init`,
-//! `elem.drop`): such an agent's `checkpoint` import answers `NotSupported`,
+//! `elem.drop`): such an agent's `snapshot` import answers `NotSupported`,
 //! as for a hidden mutable global. Rust agents never change their tables.
 //!
 //! The header and globals ([`encode_header`]) and the memory are handed to

@@ -1,4 +1,4 @@
-//! Host time of the checkpoint path for 1 MiB and 16 MiB linear memories:
+//! Host time of the snapshot path for 1 MiB and 16 MiB linear memories:
 //! the engine capturing an image (header and globals; the memory is handed
 //! over in place), the state hash the kernel computes over it (SHA-256 of
 //! the canonical encoding, with the witness crate's SHA-256), and the
@@ -9,9 +9,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::recovery::StateEncoder;
 use rvm_abi::{CapHandle, HvError};
-use rvm_agent_engine::checkpoint;
+use rvm_agent_engine::snapshot;
 use rvm_agent_engine::{
-    Agent, AgentConfig, CheckpointReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
+    Agent, AgentConfig, SnapshotReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
 };
 
 /// A host that keeps the last image and refuses everything else.
@@ -57,16 +57,16 @@ impl HostCalls for Keeper {
     fn prove(&mut self, _: CapHandle, _: &mut [u8; PROVE_BUFFER_LEN]) -> Result<(), HvError> {
         Err(HvError::NotSupported)
     }
-    fn checkpoint(
+    fn snapshot(
         &mut self,
         header: &[u8],
         memory: &[u8],
-    ) -> Result<CheckpointReceipt, HvError> {
+    ) -> Result<SnapshotReceipt, HvError> {
         // What crosses to EL2 is the two parts; keep them as one image.
         self.image.clear();
         self.image.extend_from_slice(header);
         self.image.extend_from_slice(memory);
-        Ok(CheckpointReceipt::default())
+        Ok(SnapshotReceipt::default())
     }
 }
 
@@ -133,17 +133,17 @@ fn bench(c: &mut Criterion) {
         let pages = mib * 16;
         let wasm = module(pages);
         let mut agent = load(&wasm, pages);
-        agent.checkpoint().expect("checkpoint");
+        agent.snapshot().expect("snapshot");
         let image = std::mem::take(&mut agent.host_mut().image);
         assert_eq!(
-            checkpoint::decode(&image).unwrap().memory.len(),
+            snapshot::decode(&image).unwrap().memory.len(),
             (mib as usize) << 20
         );
-        let mut g = c.benchmark_group(format!("checkpoint_{mib}MiB"));
+        let mut g = c.benchmark_group(format!("snapshot_{mib}MiB"));
         g.throughput(Throughput::Bytes(image.len() as u64));
         g.sample_size(10);
         g.bench_function("engine_capture", |b| {
-            b.iter(|| agent.checkpoint().expect("checkpoint"))
+            b.iter(|| agent.snapshot().expect("snapshot"))
         });
         g.bench_function("state_hash", |b| b.iter(|| state_hash(&image)));
         g.bench_function("engine_restore", |b| {
