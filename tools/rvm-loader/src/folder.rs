@@ -6,7 +6,7 @@ use crate::limits;
 use crate::model::{GuestRef, PartitionSpec, Token};
 use crate::parse::{captable, guestref, manifest, script};
 use crate::source;
-use crate::store::FileStamp;
+use crate::home::FileStamp;
 use std::path::{Path, PathBuf};
 
 /// The adapter's partition manifest.

@@ -36,6 +36,7 @@ use std::rc::Rc;
 
 use rvm_abi::bootinfo::HandleInfo;
 use rvm_abi::imports::PROVE_BUFFER_LEN;
+use rvm_abi::hex::to_string as hex;
 use rvm_abi::journal::{self, Entry};
 use rvm_abi::recovery::{RecoveryArgs, StateEncoder};
 use rvm_abi::witness::{KernelEvent, WitnessOp};
@@ -173,10 +174,6 @@ pub enum Progress {
     Checkpoint { id: u64, turn: u64, seq: u64 },
     /// An instance ended; the log says what follows.
     Instance { n: u32, turns: u64, next: String },
-}
-
-fn hex(b: &[u8]) -> String {
-    crate::store::hex(b)
 }
 
 fn sha256_16(parts: &[&[u8]]) -> [u8; 16] {

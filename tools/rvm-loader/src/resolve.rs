@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::limits;
 use crate::model::GuestRef;
 use crate::source;
-use crate::store::{Home, ModuleSource, Registry};
+use crate::home::{Home, ModuleSource, Registry};
 use crate::wasm::{self, ModuleInfo};
 use std::path::{Path, PathBuf};
 

@@ -24,9 +24,7 @@ fn with_guest() -> (Env, TempDir) {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    let mut out = vec![0u8; s.len() / 2];
-    rvm_abi::hex::decode(s.as_bytes(), &mut out).unwrap();
-    out
+    rvm_abi::hex::decode_vec(s.as_bytes()).unwrap()
 }
 
 #[test]
