@@ -146,7 +146,9 @@ fn quiet_agent_splits_out_then_chatty_partitions_merge_and_nothing_flaps() {
 
     // The kernel moves agent 3 into the new partition 2 at its turn boundary.
     let applied_at = sim.now;
-    sim.evaluator.apply_split(&s, DomainId(2), applied_at).unwrap();
+    sim.evaluator
+        .apply_split(&s, DomainId(2), applied_at)
+        .unwrap();
     assert_eq!(sim.domain(3), DomainId(2));
     assert_eq!(sim.agents(1), [1, 2]);
 

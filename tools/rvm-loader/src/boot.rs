@@ -34,13 +34,13 @@
 
 use crate::bundler::{self, BootPlan, PlannedPartition};
 use crate::error::{Error, Result};
+use crate::home::{self, RunRecord, RunState};
 use crate::keys::KeyRole;
 use crate::limits;
 use crate::model::{PartitionName, Token};
 use crate::qemu::{self, Exit, Flow, Watch};
 use crate::resolve;
 use crate::source;
-use crate::home::{self, RunRecord, RunState};
 use crate::stream::{LineSplitter, Session, Shown};
 use crate::witness_sink::{Filed, KeyPolicy, SinkError, WitnessSink};
 use rvm_abi::bundle::BootConfig;

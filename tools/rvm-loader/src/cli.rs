@@ -3,9 +3,9 @@
 use crate::approval::{self, ApprovalRequest, ArgsSpec};
 use crate::commands::{self, BootOptions, Ctx};
 use crate::error::Error;
+use crate::home::{self, Home};
 use crate::model::KeyFingerprint;
 use crate::qemu;
-use crate::home::{self, Home};
 use crate::witness_cli::{self, ExportFormat, ProofKey, VerifyArgs};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

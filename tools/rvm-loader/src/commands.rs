@@ -5,13 +5,13 @@
 use crate::diag::{quote, Diagnostic, Warnings};
 use crate::error::{Error, Result};
 use crate::folder::{self, LoadedGuest};
+use crate::home::{
+    self, FileStamp, GuestBinding, GuestModule, Home, InstalledCaps, PartitionRecord, Registry,
+};
 use crate::keys::KeyRole;
 use crate::model::{PartitionName, PartitionSpec, Token};
 use crate::parse::names;
 use crate::resolve::{self, Resolved};
-use crate::home::{
-    self, FileStamp, GuestBinding, GuestModule, Home, InstalledCaps, PartitionRecord, Registry,
-};
 use rvm_abi::bundle::RecoveryDesc;
 use rvm_abi::ProofTier;
 use sha2::{Digest, Sha256};

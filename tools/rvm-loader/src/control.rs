@@ -34,9 +34,9 @@ use rvm_abi::bundle::PartitionDesc;
 use rvm_abi::frame::{OrderFrame, OrderKind};
 
 use crate::error::{Error, Result};
+use crate::home::Home;
 use crate::keys::KeyRole;
 use crate::model::PartitionName;
-use crate::home::Home;
 
 /// Protocol version in the greeting.
 pub const PROTOCOL: u32 = 1;

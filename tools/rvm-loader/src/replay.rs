@@ -35,8 +35,8 @@ use std::fmt;
 use std::rc::Rc;
 
 use rvm_abi::bootinfo::HandleInfo;
-use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::hex::to_string as hex;
+use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::journal::{self, Entry};
 use rvm_abi::recovery::{RecoveryArgs, StateEncoder};
 use rvm_abi::witness::{KernelEvent, WitnessOp};

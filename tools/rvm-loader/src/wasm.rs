@@ -13,7 +13,7 @@ use wasmparser::{CompositeInnerType, Parser, Payload, TypeRef};
 /// First eight bytes of a version-1 binary module.
 const HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
 
-/// Why the bytes are not a module this reader understands.
+/// Why the bytes are not a module the loader can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Malformed {
     pub offset: usize,
@@ -126,6 +126,8 @@ fn malformed(e: wasmparser::BinaryReaderError) -> Malformed {
     }
 }
 
+const NOT_PLAIN: &str = "type is not a plain function type (GC types are not supported)";
+
 fn func_type(at: usize, ty: wasmparser::SubType) -> Result<FuncType, Malformed> {
     let bad = |reason: &str| Malformed {
         offset: at,
@@ -133,10 +135,10 @@ fn func_type(at: usize, ty: wasmparser::SubType) -> Result<FuncType, Malformed> 
     };
     let plain = ty.is_final && ty.supertype_idx.is_none() && !ty.composite_type.shared;
     let CompositeInnerType::Func(f) = ty.composite_type.inner else {
-        return Err(bad("type is not a plain function type (GC types are not supported)"));
+        return Err(bad(NOT_PLAIN));
     };
     if !plain {
-        return Err(bad("type is not a plain function type (GC types are not supported)"));
+        return Err(bad(NOT_PLAIN));
     }
     let list = |v: &[wasmparser::ValType]| {
         v.iter()
@@ -167,8 +169,7 @@ pub fn read(module: &[u8]) -> Result<ModuleInfo, Malformed> {
                     if group.is_explicit_rec_group() {
                         return Err(Malformed {
                             offset: at,
-                            reason: "type is not a plain function type (GC types are not supported)"
-                                .into(),
+                            reason: NOT_PLAIN.into(),
                         });
                     }
                     for ty in group.into_types() {
@@ -391,7 +392,10 @@ mod tests {
         assert!(read(b"\0asm\x01\0\0\0\x02\x05\x01").is_err());
         // A count claiming more items than bytes.
         let e = read(b"\0asm\x01\0\0\0\x02\x02\xff\x01").unwrap_err();
-        assert_eq!((e.offset, e.reason.as_str()), (12, "unexpected end-of-file"));
+        assert_eq!(
+            (e.offset, e.reason.as_str()),
+            (12, "unexpected end-of-file")
+        );
         assert!(read(b"\0asm\x01\0\0\0").unwrap().imports.is_empty());
         // LEB with too many bytes.
         assert!(read(b"\0asm\x01\0\0\0\x00\x80\x80\x80\x80\x80\x01").is_err());

@@ -14,9 +14,9 @@
 use crate::commands::Ctx;
 use crate::diag::Diagnostic;
 use crate::error::{Error, Result};
+use crate::home::{self, Registry};
 use crate::keys::KeyRole;
 use crate::model::{KeyFingerprint, PartitionName};
-use crate::home::{self, Registry};
 use rvm_abi::witness::HYPERVISOR_LOG;
 use rvm_witness::{Hash, PublicKey};
 use rvm_witness_host::log_folder::{HYPERVISOR_NAME, LOG_SUFFIX};

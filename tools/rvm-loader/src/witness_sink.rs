@@ -27,8 +27,8 @@
 //! starts, with exit 2. The check here catches a device that does not use
 //! the bundle's key.
 
-use crate::model::{KeyFingerprint, PartitionName};
 use crate::home::Home;
+use crate::model::{KeyFingerprint, PartitionName};
 use rvm_abi::frame::Frame;
 use rvm_abi::journal::JournalFrame;
 use rvm_witness::Hash;

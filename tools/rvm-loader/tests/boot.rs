@@ -464,10 +464,7 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
         .clone()
         .unwrap();
     assert!(
-        matches!(
-            g.source,
-            rvm_loader::home::ModuleSource::NodeModules { .. }
-        ),
+        matches!(g.source, rvm_loader::home::ModuleSource::NodeModules { .. }),
         "{g:?}"
     );
     // Another installed version is refused.

@@ -18,14 +18,17 @@
 pub mod demux;
 pub mod error;
 pub mod files;
+pub mod log_folder;
 pub mod proof;
 pub mod read;
 pub mod report;
 pub mod show;
-pub mod log_folder;
 
 pub use demux::{DamageReason, DamagedLine, Demux, StreamItem};
 pub use error::HostError;
+pub use log_folder::{
+    home_from_env, witness_dir, FiledLog, LogFiles, LogNames, Recorder, RecorderSummary,
+};
 pub use proof::{
     prove, prove_consistency_loaded, prove_loaded, verify_consistency_proof, verify_proof,
     verify_proof_embedded, ConsistencyProof, InclusionProof, ProofFailure, ProvenRecord,
@@ -33,6 +36,3 @@ pub use proof::{
 pub use read::{load, read_checkpoints, read_key, KeySource, LoadedLog, LogIdSource};
 pub use report::{verify, verify_loaded, KeyCheck, VerifyOptions, VerifyReport};
 pub use show::{export_jsonl, show, ShowLine};
-pub use log_folder::{
-    home_from_env, witness_dir, FiledLog, LogFiles, LogNames, Recorder, RecorderSummary,
-};

@@ -1,8 +1,8 @@
 //! `witness show` and `witness export --format jsonl`: records decoded.
 
 use crate::error::HostError;
-use crate::read::read_checkpoints;
 use crate::log_folder::{LogFiles, LogNames, HYPERVISOR_NAME};
+use crate::read::read_checkpoints;
 use rvm_abi::witness::{flags, Outcome, WitnessRecord, NO_CAP, RECORD_LEN};
 use rvm_abi::ProofTier;
 use rvm_witness::{chain_step, Hash};
