@@ -234,7 +234,7 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
     // The bundle carries a random boot id, recorded with the run of every
     // partition in it (what `caps prove` signs by default).
     let boot_id = b.boot_id().expect("every bundle carries a boot id");
-    let hex: String = boot_id.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = rvm_abi::hex::to_string(&boot_id);
     let reg = rvm_loader::home::Home::new(env.home()).load().unwrap();
     for rec in reg.partitions.values() {
         let run = rec.last_run.as_ref().expect("a run record");

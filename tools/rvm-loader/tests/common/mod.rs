@@ -68,7 +68,7 @@ pub fn tree_hash(root: &Path) -> String {
     } else {
         h.update(b"missing");
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    rvm_abi::hex::to_string(&h.finalize())
 }
 
 /// The adapter fixtures folder: the adapter's real output, kept in the
