@@ -40,19 +40,32 @@ fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, String>) {
     }
 }
 
-/// `src` without comments and without a trailing `#[cfg(test)] mod tests`.
+/// `src` without comments and without its `#[cfg(test)] mod tests { … }`.
 fn code_of(src: &str) -> String {
-    let body = match src.find("#[cfg(test)]\nmod tests") {
-        Some(i) => &src[..i],
-        None => src,
-    };
-    body.lines()
+    let uncommented = src
+        .lines()
         .map(|l| match l.find("//") {
             Some(i) => &l[..i],
             None => l,
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    let Some(start) = uncommented.find("#[cfg(test)]\nmod tests {") else { return uncommented };
+    let open = start + uncommented[start..].find('{').expect("the block opens");
+    let mut depth = 0usize;
+    for (i, c) in uncommented[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return format!("{}{}", &uncommented[..start], &uncommented[open + i + 1..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    uncommented[..start].to_string()
 }
 
 /// The modules `code` names through `crate::` paths.
@@ -177,6 +190,6 @@ fn the_checks_see_a_cycle_when_there_is_one() {
     g.insert("d".to_string(), BTreeSet::from(["a".to_string()]));
     assert_eq!(cycles(&g), vec![vec!["a".to_string(), "b".to_string(), "c".to_string()]]);
     let known: BTreeSet<String> = ["memory", "memory::addr", "state"].iter().map(|s| s.to_string()).collect();
-    let code = code_of("use crate::memory::addr::Ipa; // crate::state\nfn f() { crate::state::x(); }\n#[cfg(test)]\nmod tests { use crate::memory; }");
+    let code = code_of("use crate::memory::addr::Ipa; // crate::state\n#[cfg(test)]\nmod tests { fn t() { crate::memory::f(); } }\nfn f() { crate::state::x(); }");
     assert_eq!(imports(&code, &known, "me"), BTreeSet::from(["memory::addr".to_string(), "state".to_string()]));
 }
