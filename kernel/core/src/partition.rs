@@ -367,7 +367,8 @@ impl Partition {
         &self.heap_pages
     }
 
-    /// A first touch of its heap at `ipa` was backed by `pa`.
+    /// A first touch of its heap at `ipa` was backed by `pa` (counted as a
+    /// demand page).
     pub(crate) fn add_heap_page(&mut self, ipa: Ipa, pa: PhysAddr) {
         self.heap_pages.push((ipa, pa));
         self.stats.demand_pages += 1;
