@@ -13,9 +13,9 @@ use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, MemoryTi
 use rvm_abi::journal::{Entry, BOOT_FLAG_JOURNAL};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::{Hypercall, WitnessRecord};
+use rvm_loader::home::Home;
 use rvm_loader::model::PartitionName;
 use rvm_loader::replay::{self, ReplayFailure, ReplayInput};
-use rvm_loader::store::Home;
 use rvm_loader::stream::{LineSplitter, Session};
 use rvm_loader::witness_sink::{journal_path, Filed, KeyPolicy, LogNames, WitnessSink};
 use rvm_tests_qemu::{artifact, boot, BundleSpec, PartitionSpec, QemuOptions};

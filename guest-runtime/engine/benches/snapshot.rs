@@ -14,6 +14,11 @@ use rvm_agent_engine::{
     Agent, AgentConfig, SnapshotReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
 };
 
+/// The tests' module builder.
+#[path = "../tests/support/forge.rs"]
+#[allow(dead_code)]
+mod forge;
+
 /// A host that keeps the last image and refuses everything else.
 #[derive(Default)]
 struct Keeper {
@@ -70,43 +75,14 @@ impl HostCalls for Keeper {
     }
 }
 
-fn leb(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
-    out.push(id);
-    leb(body.len() as u64, out);
-    out.extend_from_slice(body);
-}
-
 /// A turn agent with a memory of `pages` pages (exported), one exported
 /// mutable i32 global, and `turn` returning DONE.
 fn module(pages: u32) -> Vec<u8> {
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    section(1, &[1, 0x60, 0, 1, 0x7f], &mut m); // type 0: [] -> [i32]
-    section(3, &[1, 0], &mut m); // func 0: type 0
-    let mut mem = vec![1, 0];
-    leb(u64::from(pages), &mut mem);
-    section(5, &mem, &mut m);
-    section(6, &[1, 0x7f, 1, 0x41, 0, 0x0b], &mut m); // mut i32 = 0
-    let mut ex = vec![3];
-    for (name, kind) in [("turn", 0u8), ("memory", 2), ("g", 3)] {
-        leb(name.len() as u64, &mut ex);
-        ex.extend_from_slice(name.as_bytes());
-        ex.extend([kind, 0]);
-    }
-    section(7, &ex, &mut m);
-    section(10, &[1, 4, 0, 0x41, 1, 0x0b], &mut m); // i32.const 1
-    m
+    let mut m = forge::Module::new();
+    let turn = m.func(&[], &[forge::I32], &[forge::op::I32_CONST, 1]);
+    m.global_i32(0, Some("g"));
+    m.memory(pages).export("turn", turn);
+    m.encode()
 }
 
 fn load(wasm: &[u8], pages: u32) -> Agent<Keeper> {

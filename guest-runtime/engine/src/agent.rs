@@ -63,6 +63,17 @@ fn engine_config(fuel: FuelPolicy) -> Config {
     config
 }
 
+/// Whether `wasm` is a valid module for the engine: WebAssembly validation
+/// under the feature set [`Agent::load`] compiles with. Host tools call it
+/// so that a module they accept is one the guest runtime accepts as valid.
+pub fn validate(wasm: &[u8]) -> Result<(), LoadError> {
+    // Fuel metering changes translation, not which modules are valid.
+    let engine = Engine::new(&engine_config(FuelPolicy::Unmetered));
+    Module::validate(&engine, wasm).map_err(|e| LoadError::Invalid {
+        detail: e.to_string(),
+    })
+}
+
 impl<H: HostCalls + 'static> Agent<H> {
     /// Screen, validate, compile and instantiate `wasm` under `config`.
     pub fn load(wasm: &[u8], config: AgentConfig, host: H) -> Result<Self, LoadError> {

@@ -37,7 +37,7 @@ mod glue;
 mod host;
 mod screen;
 
-pub use agent::{Agent, ENTRY_NAMES};
+pub use agent::{validate, Agent, ENTRY_NAMES};
 pub use budget::MAX_TABLE_ELEMENTS;
 pub use config::{AgentConfig, FuelPolicy, HandleList};
 pub use error::{LoadError, RestoreError, RunOutcome, RunReport, Trap};

@@ -474,7 +474,7 @@ pub struct BootConfig {
 
 pub const BOOT_CONFIG_LEN: usize = 16;
 
-/// [`BootConfig::flags`] bit: run the coherence engine — evaluate the
+/// [`BootConfig::flags`] bit: run the coherence evaluator — evaluate the
 /// communication graph once per epoch and witness its split and merge
 /// decisions (`SplitDecided`, `MergeDecided`). Traffic is recorded either way.
 pub const BOOT_FLAG_COHERENCE: u32 = 1 << 1;

@@ -114,11 +114,11 @@ kernel_events! {
     Split = 0x8030,
     /// Two coherence domains merged.
     Merge = 0x8031,
-    /// The coherence engine decided that a domain should split; `args` as
+    /// The coherence evaluator decided that a domain should split; `args` as
     /// for `Split` (cut value, internal traffic). A decision, not a move:
     /// `Split` records a split that happened.
     SplitDecided = 0x8032,
-    /// The coherence engine decided that two domains should merge; `args`
+    /// The coherence evaluator decided that two domains should merge; `args`
     /// as for `Merge`. A decision, not a move.
     MergeDecided = 0x8033,
     /// A capability was installed from the bundle's table.

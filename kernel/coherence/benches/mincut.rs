@@ -1,4 +1,4 @@
-//! Criterion benches of the coherence engine.
+//! Criterion benches of the coherence evaluator.
 //!
 //! Targets (issue 7): exact minimum cut of a 16-node weighted graph ≤ 2 µs,
 //! of a 64-node graph ≤ 50 µs. Each figure includes copying the input into
@@ -10,7 +10,7 @@
 //!   across: the shape the kernel meets when a domain should split.
 //!
 //! Also measured: accounting one message (`graph/record`) and one whole
-//! evaluation of 128 agents in 32 partitions (`engine/evaluate`).
+//! evaluation of 128 agents in 32 partitions (`evaluator/evaluate`).
 
 use std::hint::black_box;
 
@@ -102,10 +102,10 @@ fn mincut(c: &mut Criterion) {
     group.finish();
 }
 
-fn engine(c: &mut Criterion) {
+fn evaluator(c: &mut Criterion) {
     const PARTITIONS: u32 = 32;
     const PER: u32 = 4;
-    let mut group = c.benchmark_group("engine");
+    let mut group = c.benchmark_group("evaluator");
 
     let build = || {
         let graph = CommGraph::new(
@@ -151,11 +151,11 @@ fn engine(c: &mut Criterion) {
 
     let e = build();
     println!(
-        "engine: {} agents, {} edges",
+        "evaluator: {} agents, {} edges",
         e.graph().agents().count(),
         e.graph().edges().len()
     );
-    group.bench_function("engine/evaluate-128-agents", |bench| {
+    group.bench_function("evaluator/evaluate-128-agents", |bench| {
         bench.iter_batched_ref(
             || e.clone(),
             |e| e.evaluate(black_box(1)),
@@ -165,5 +165,5 @@ fn engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mincut, engine);
+criterion_group!(benches, mincut, evaluator);
 criterion_main!(benches);

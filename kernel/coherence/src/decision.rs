@@ -53,7 +53,7 @@ pub struct MergeDecision {
     pub at_ns: u64,
 }
 
-/// A decision of the coherence engine.
+/// A decision of the coherence evaluator.
 // A split carries its movers inline (≈ 320 bytes) so that deciding never
 // allocates; an evaluation returns at most four decisions, rarely.
 #[allow(clippy::large_enum_variant)]

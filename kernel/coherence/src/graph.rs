@@ -26,11 +26,11 @@ pub struct GraphLimits {
 
 impl GraphLimits {
     /// 256 agents, 2 048 communicating pairs (eight peers per agent): 66 KiB
-    /// of graph tables, ≈ 390 KiB for a whole [`Coherence`] engine
+    /// of graph tables, ≈ 390 KiB for a whole [`Coherence`] evaluator
     /// ([`Coherence::footprint_bytes`]).
     ///
-    /// [`Coherence`]: crate::engine::Coherence
-    /// [`Coherence::footprint_bytes`]: crate::engine::Coherence::footprint_bytes
+    /// [`Coherence`]: crate::evaluator::Coherence
+    /// [`Coherence::footprint_bytes`]: crate::evaluator::Coherence::footprint_bytes
     pub const DEFAULT: GraphLimits = GraphLimits {
         max_agents: 256,
         max_edges: 2048,

@@ -4,7 +4,7 @@
 //! A *coherence domain* is the set of agents that share one partition; its
 //! [`DomainId`] is the partition's id. The kernel feeds every delivered
 //! channel message into a [`CommGraph`]; periodically it asks a
-//! [`Coherence`] engine to [`evaluate`](Coherence::evaluate) the graph, and
+//! [`Coherence`] evaluator to [`evaluate`](Coherence::evaluate) the graph, and
 //! applies the [`Decision`]s it returns (a split moves the agents on the
 //! lighter side of a domain's weakest cut to a new partition; a merge moves
 //! one partition's agents into another), witnessing each one with its cut
@@ -18,7 +18,7 @@
 //!   deterministic work budget.
 //! * [`policy`] — split and merge thresholds and their hysteresis.
 //! * [`decision`] — the decision records the kernel applies and witnesses.
-//! * [`engine`] — the evaluation loop and its per-domain state.
+//! * [`evaluator`] — the evaluation loop and its per-domain state.
 //! * [`priority`] — the scheduler's blend of deadline urgency and cut pressure.
 //! * [`fair`] — virtual-runtime fair share among runnable entities.
 //!
@@ -32,7 +32,7 @@ extern crate alloc;
 
 pub mod decay;
 pub mod decision;
-pub mod engine;
+pub mod evaluator;
 pub mod fair;
 pub mod graph;
 pub mod ids;
@@ -46,7 +46,7 @@ mod tests;
 
 pub use decay::{DecayPolicy, Retention};
 pub use decision::{AgentList, Decision, DecisionId, MergeDecision, SplitDecision};
-pub use engine::{
+pub use evaluator::{
     ApplyError, Coherence, CutReport, CutResult, DomainReport, Evaluation, MAX_DECISIONS,
 };
 pub use fair::{FairError, FairShare, SchedEntity, ShareWeight, WeightCurve};

@@ -11,7 +11,7 @@
 //! The manifest's `cut_pressure` is how much the partition's scheduling
 //! should follow its coherence: with a *live* pressure `p` (the share of the
 //! partition's traffic that crosses its boundary, from
-//! [`DomainReport::live_pressure`](crate::engine::DomainReport::live_pressure))
+//! [`DomainReport::live_pressure`](crate::evaluator::DomainReport::live_pressure))
 //! the pressure blended is `c = floor(cut_pressure · p / 100)`; a partition
 //! that others wait on gets the CPU sooner, as far as its manifest allows.
 //! Without a live value the manifest's figure is used as is.
@@ -111,7 +111,7 @@ impl Priority {
     }
 
     /// A partition's priority from its manifest, with the live cut pressure
-    /// if the coherence engine has one.
+    /// if the coherence evaluator has one.
     pub fn of_partition(
         desc: &PartitionDesc,
         live: Option<Hundredths>,

@@ -1,4 +1,4 @@
-//! Whole-engine tests: traffic in, decisions out, over simulated time.
+//! Whole-evaluator tests: traffic in, decisions out, over simulated time.
 
 use alloc::vec::Vec;
 
@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use crate::decay::{DecayPolicy, Retention};
 use crate::decision::{Decision, DecisionId};
-use crate::engine::{ApplyError, Coherence, CutResult, Evaluation};
+use crate::evaluator::{ApplyError, Coherence, CutResult, Evaluation};
 use crate::graph::{CommGraph, GraphLimits};
 use crate::ids::{AgentId, DomainId};
 use crate::mincut::WorkBudget;
@@ -16,29 +16,29 @@ use crate::weight::{TrafficPolicy, Weight};
 const MS: u64 = 1_000_000;
 const EPOCH: u64 = 100 * MS;
 
-/// An engine and a clock, with agents placed in domains.
+/// An evaluator and a clock, with agents placed in domains.
 struct Sim {
-    engine: Coherence,
+    evaluator: Coherence,
     now: u64,
 }
 
 impl Sim {
     fn new(decay: DecayPolicy, policy: CoherencePolicy, agents: &[(u32, u32)]) -> Self {
         let graph = CommGraph::new(GraphLimits::DEFAULT, TrafficPolicy::DEFAULT, decay);
-        let mut engine = Coherence::new(graph, policy).unwrap();
+        let mut evaluator = Coherence::new(graph, policy).unwrap();
         for &(a, d) in agents {
-            engine
+            evaluator
                 .graph_mut()
                 .add_agent(AgentId(a), DomainId(d))
                 .unwrap();
         }
-        Sim { engine, now: 0 }
+        Sim { evaluator, now: 0 }
     }
 
     fn chat(&mut self, x: u32, y: u32, messages: u32, bytes: u32) {
         for i in 0..messages {
             let (from, to) = if i % 2 == 0 { (x, y) } else { (y, x) };
-            self.engine
+            self.evaluator
                 .record(AgentId(from), AgentId(to), bytes, self.now)
                 .unwrap();
         }
@@ -46,17 +46,17 @@ impl Sim {
 
     /// Evaluate at the end of the current epoch, then move to the next.
     fn end_epoch(&mut self) -> Evaluation {
-        let eval = self.engine.evaluate(self.now + EPOCH - 1);
+        let eval = self.evaluator.evaluate(self.now + EPOCH - 1);
         self.now += EPOCH;
         eval
     }
 
     fn domain(&self, agent: u32) -> DomainId {
-        self.engine.graph().domain_of(AgentId(agent)).unwrap()
+        self.evaluator.graph().domain_of(AgentId(agent)).unwrap()
     }
 
     fn agents(&self, d: u32) -> Vec<u32> {
-        self.engine
+        self.evaluator
             .graph()
             .agents_in(DomainId(d))
             .map(|a| a.0)
@@ -112,7 +112,7 @@ fn quiet_agent_splits_out_then_chatty_partitions_merge_and_nothing_flaps() {
         }
         let at = sim.now + EPOCH - 1;
         let eval = sim.end_epoch();
-        let report = sim.engine.domain_report(DomainId(1)).unwrap();
+        let report = sim.evaluator.domain_report(DomainId(1)).unwrap();
         if first_eligible.is_none() && report.internal >= split.min_internal {
             first_eligible = Some(at);
         }
@@ -146,7 +146,9 @@ fn quiet_agent_splits_out_then_chatty_partitions_merge_and_nothing_flaps() {
 
     // The kernel moves agent 3 into the new partition 2 at its turn boundary.
     let applied_at = sim.now;
-    sim.engine.apply_split(&s, DomainId(2), applied_at).unwrap();
+    sim.evaluator
+        .apply_split(&s, DomainId(2), applied_at)
+        .unwrap();
     assert_eq!(sim.domain(3), DomainId(2));
     assert_eq!(sim.agents(1), [1, 2]);
 
@@ -175,10 +177,10 @@ fn quiet_agent_splits_out_then_chatty_partitions_merge_and_nothing_flaps() {
         "{}",
         m.at_ns
     );
-    sim.engine.apply_merge(&m, sim.now).unwrap();
+    sim.evaluator.apply_merge(&m, sim.now).unwrap();
     assert_eq!(sim.agents(2), [3, 4]);
     assert!(sim.agents(3).is_empty());
-    assert!(sim.engine.domain_report(DomainId(3)).is_none());
+    assert!(sim.evaluator.domain_report(DomainId(3)).is_none());
 
     // Phase 3: the same traffic for a minute of simulated time: stable.
     for _ in 0..600 {
@@ -189,7 +191,7 @@ fn quiet_agent_splits_out_then_chatty_partitions_merge_and_nothing_flaps() {
     }
     // Both domains are cut every epoch and their cut is their only edge.
     for d in [1, 2] {
-        let report = sim.engine.domain_report(DomainId(d)).unwrap();
+        let report = sim.evaluator.domain_report(DomainId(d)).unwrap();
         let Some(cut) = report.last_cut else {
             panic!("domain {d} not cut")
         };
@@ -265,7 +267,7 @@ fn cooldown_holds_back_a_merge_after_a_split() {
     assert_eq!(s.movers.as_slice(), &[AgentId(3)]);
     assert_eq!(s.cut, Weight::ZERO);
     let applied = sim.now;
-    sim.engine.apply_split(s, DomainId(7), applied).unwrap();
+    sim.evaluator.apply_split(s, DomainId(7), applied).unwrap();
     let mut merged_at = None;
     for _ in 0..20 {
         sim.chat(1, 2, 10, 0);
@@ -295,7 +297,7 @@ fn pending_decisions_are_applied_or_cancelled_exactly_once() {
     let Some(Decision::Split(s)) = eval.decisions.first().cloned() else {
         panic!("{eval:?}")
     };
-    let report = sim.engine.domain_report(DomainId(1)).unwrap();
+    let report = sim.evaluator.domain_report(DomainId(1)).unwrap();
     assert_eq!(report.pending, Some(s.id));
     // Pending: not cut again, no second decision.
     sim.chat(1, 2, 10, 0);
@@ -306,30 +308,30 @@ fn pending_decisions_are_applied_or_cancelled_exactly_once() {
     let mut wrong = s.clone();
     wrong.id = DecisionId(999);
     assert_eq!(
-        sim.engine.apply_split(&wrong, DomainId(2), sim.now),
+        sim.evaluator.apply_split(&wrong, DomainId(2), sim.now),
         Err(ApplyError::NotPending(DecisionId(999)))
     );
     assert_eq!(
-        sim.engine.apply_split(&s, DomainId(1), sim.now),
+        sim.evaluator.apply_split(&s, DomainId(1), sim.now),
         Err(ApplyError::DomainInUse(DomainId(1)))
     );
-    sim.engine
+    sim.evaluator
         .graph_mut()
         .move_agent(AgentId(3), DomainId(5))
         .unwrap();
     assert_eq!(
-        sim.engine.apply_split(&s, DomainId(2), sim.now),
+        sim.evaluator.apply_split(&s, DomainId(2), sim.now),
         Err(ApplyError::Stale(AgentId(3)))
     );
-    sim.engine
+    sim.evaluator
         .graph_mut()
         .move_agent(AgentId(3), DomainId(1))
         .unwrap();
     // Cancelled: evaluated again, and decided again under a new id.
-    assert!(sim.engine.cancel(s.id));
-    assert!(!sim.engine.cancel(s.id));
+    assert!(sim.evaluator.cancel(s.id));
+    assert!(!sim.evaluator.cancel(s.id));
     assert_eq!(
-        sim.engine.apply_split(&s, DomainId(2), sim.now),
+        sim.evaluator.apply_split(&s, DomainId(2), sim.now),
         Err(ApplyError::NotPending(s.id))
     );
     sim.chat(1, 2, 10, 0);
@@ -358,7 +360,7 @@ fn over_budget_means_no_decision() {
         assert_eq!((eval.cuts, eval.undecided), (0, 1));
     }
     let cut = sim
-        .engine
+        .evaluator
         .domain_report(DomainId(1))
         .unwrap()
         .last_cut
@@ -385,7 +387,7 @@ fn a_domain_too_large_to_cut_is_left_undecided() {
     assert!(eval.decisions.is_empty());
     assert_eq!((eval.cuts, eval.undecided), (0, 1));
     let cut = sim
-        .engine
+        .evaluator
         .domain_report(DomainId(1))
         .unwrap()
         .last_cut
@@ -393,7 +395,7 @@ fn a_domain_too_large_to_cut_is_left_undecided() {
     assert_eq!(cut.result, CutResult::TooLarge { agents: 65 });
     // One agent fewer (64) is cut, and the 62 silent agents split off
     // together, in one decision.
-    sim.engine.graph_mut().remove_agent(AgentId(64)).unwrap();
+    sim.evaluator.graph_mut().remove_agent(AgentId(64)).unwrap();
     sim.chat(0, 1, 50, 0);
     let eval = sim.end_epoch();
     let Some(Decision::Split(s)) = eval.decisions.first() else {
@@ -531,10 +533,10 @@ proptest! {
             }
         }
         let at = sim.now + EPOCH - 1;
-        let eval = sim.engine.evaluate(at);
+        let eval = sim.evaluator.evaluate(at);
         if let Some(Decision::Split(d)) = eval.decisions.first() {
-            sim.engine.apply_split(d, DomainId(2), at).unwrap();
-            let again = sim.engine.evaluate(at);
+            sim.evaluator.apply_split(d, DomainId(2), at).unwrap();
+            let again = sim.evaluator.evaluate(at);
             for d in &again.decisions {
                 prop_assert!(!matches!(d, Decision::Merge(_)), "merged back: {:?}", d);
             }
@@ -567,16 +569,16 @@ proptest! {
             }
         }
         let at = sim.now + EPOCH - 1;
-        let eval = sim.engine.evaluate(at);
+        let eval = sim.evaluator.evaluate(at);
         let merge = eval.decisions.iter().find_map(|d| match d {
             Decision::Merge(m) => Some(*m),
             Decision::Split(_) => None,
         });
         if let Some(mg) = merge {
-            let from: Vec<AgentId> = sim.engine.graph().agents_in(mg.from).collect();
-            let into: Vec<AgentId> = sim.engine.graph().agents_in(mg.into).collect();
-            sim.engine.apply_merge(&mg, at).unwrap();
-            let again = sim.engine.evaluate(at);
+            let from: Vec<AgentId> = sim.evaluator.graph().agents_in(mg.from).collect();
+            let into: Vec<AgentId> = sim.evaluator.graph().agents_in(mg.into).collect();
+            sim.evaluator.apply_merge(&mg, at).unwrap();
+            let again = sim.evaluator.evaluate(at);
             for d in &again.decisions {
                 if let Decision::Split(sp) = d {
                     prop_assert!(sp.movers.as_slice() != from.as_slice() && sp.movers.as_slice() != into.as_slice(),
@@ -587,7 +589,7 @@ proptest! {
     }
 }
 
-/// The engine's memory is allocated once, and its size is what the
+/// The evaluator's memory is allocated once, and its size is what the
 /// defaults document.
 #[test]
 fn footprint_of_the_default_engine() {
@@ -597,23 +599,23 @@ fn footprint_of_the_default_engine() {
         DecayPolicy::DEFAULT,
     );
     assert_eq!(graph.footprint_bytes(), 256 * 8 + 2048 * 32);
-    let mut engine = Coherence::new(graph, CoherencePolicy::DEFAULT).unwrap();
-    let bytes = engine.footprint_bytes();
+    let mut evaluator = Coherence::new(graph, CoherencePolicy::DEFAULT).unwrap();
+    let bytes = evaluator.footprint_bytes();
     assert!((300 << 10..400 << 10).contains(&bytes), "{bytes}");
     // A busy evaluation allocates nothing new.
     for a in 0..256 {
-        engine
+        evaluator
             .graph_mut()
             .add_agent(AgentId(a), DomainId(a / 4))
             .unwrap();
     }
     for a in 0..256u32 {
         for k in 1..=8 {
-            engine
+            evaluator
                 .record(AgentId(a), AgentId((a + k) % 256), 64, 0)
                 .unwrap();
         }
     }
-    engine.evaluate(EPOCH);
-    assert_eq!(engine.footprint_bytes(), bytes);
+    evaluator.evaluate(EPOCH);
+    assert_eq!(evaluator.footprint_bytes(), bytes);
 }

@@ -110,16 +110,16 @@ impl<A: Arch> Hypervisor<A> {
 
     /// Partition `idx` runs for the first time: witness its start.
     pub(crate) fn start_if_loaded(&mut self, idx: usize) {
-        if self.partitions[idx].state == PartitionState::Loaded {
+        if self.partitions[idx].state() == PartitionState::Loaded {
             // A partition created by a split keeps its agent's clock (set
             // at creation, [`crate::domains::migrate`]).
             let now = self.arch.now_ns();
-            self.partitions[idx].started_ns.get_or_insert(now);
-            let handles = crate::journal::start_args(&self.partitions[idx].boot_handles);
+            self.partitions[idx].note_started(now);
+            let handles = crate::journal::start_args(self.partitions[idx].boot_handles());
             if self.transition(idx, PartitionState::Running, KernelEvent::PartitionStart, handles) {
-                let log = self.partitions[idx].id.0;
+                let log = self.partitions[idx].id().0;
                 if let Some(seq) = self.witness.records(log).checked_sub(1) {
-                    crate::journal::started(self.journal, &mut self.arch, log, seq, &self.partitions[idx].boot_handles);
+                    crate::journal::started(self.journal, &mut self.arch, log, seq, self.partitions[idx].boot_handles());
                 }
             }
         }
@@ -128,7 +128,7 @@ impl<A: Arch> Hypervisor<A> {
     pub(crate) fn handle_exit(&mut self, idx: usize, exit: Exit) -> Flow {
         match exit {
             Exit::Hvc { imm: 0 } => {
-                let function = self.partitions[idx].vcpu.regs.x[0];
+                let function = self.partitions[idx].vcpu().regs.x[0];
                 let flow = crate::dispatch::hypercall(self, idx);
                 crate::recovery::fault::after_call(self, idx, function, flow)
             }
@@ -137,15 +137,15 @@ impl<A: Arch> Hypervisor<A> {
                 crate::recovery::fault::after_refusal(self, idx, HVC_IMMEDIATE_OP, flow)
             }
             Exit::Timer => {
-                self.partitions[idx].stats.preemptions += 1;
+                self.partitions[idx].count_preemption();
                 Flow::Reschedule
             }
             Exit::WaitForInterrupt => {
-                self.partitions[idx].vcpu.skip_instruction();
+                self.partitions[idx].vcpu_mut().skip_instruction();
                 Flow::Yielded
             }
             Exit::DataAbort { ipa, fault: FaultStatus::Translation(_), .. }
-                if self.partitions[idx].heap.contains(ipa) =>
+                if self.partitions[idx].heap().contains(ipa) =>
             {
                 self.demand_page(idx, ipa)
             }
@@ -164,10 +164,9 @@ impl<A: Arch> Hypervisor<A> {
         };
         self.arch.phys_zero(frame, PAGE_BYTES);
         let p = &mut self.partitions[idx];
-        match p.stage2.map(&mut self.arch, &mut self.frames, ipa.page_base(), frame, S2Perm::ReadWrite, MemType::Normal) {
+        match p.stage2_mut().map(&mut self.arch, &mut self.frames, ipa.page_base(), frame, S2Perm::ReadWrite, MemType::Normal) {
             Ok(()) => {
-                p.heap_pages.push((ipa.page_base(), frame));
-                p.stats.demand_pages += 1;
+                p.add_heap_page(ipa.page_base(), frame);
                 Flow::Resume
             }
             Err(_) => {
@@ -191,12 +190,12 @@ impl<A: Arch> Hypervisor<A> {
         };
         for idx in 0..self.partitions.len() {
             self.partitions[idx].console_flush(&mut self.arch);
-            match self.partitions[idx].state {
+            match self.partitions[idx].state() {
                 PartitionState::Finished => summary.finished += 1,
                 PartitionState::Fenced => {
                     summary.fenced += 1;
-                    if let Some(deadline) = self.partitions[idx].recovery.fence_deadline() {
-                        let name = self.partitions[idx].desc.name;
+                    if let Some(deadline) = self.partitions[idx].recovery().fence_deadline() {
+                        let name = self.partitions[idx].desc().name;
                         let left_ms = deadline.saturating_sub(self.arch.now_ns()) / 1_000_000;
                         console::hyp_line(
                             &mut self.arch,
@@ -206,7 +205,7 @@ impl<A: Arch> Hypervisor<A> {
                 }
                 PartitionState::Running | PartitionState::Suspended | PartitionState::Loaded => {
                     summary.stopped += 1;
-                    let name = self.partitions[idx].desc.name;
+                    let name = self.partitions[idx].desc().name;
                     console::hyp_line(
                         &mut self.arch,
                         format_args!("run budget spent: stopping {}", name_str(&name)),

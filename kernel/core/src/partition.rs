@@ -8,7 +8,8 @@ use crate::memory::addr::{Ipa, PhysAddr};
 use crate::recovery::checkpoint::{Checkpoint, CheckpointLimit};
 use crate::load::image::SharedImage;
 use crate::recovery::policy::RecoveryState;
-use crate::memory::stage2::Stage2Table;
+use crate::memory::frames::FrameAllocator;
+use crate::memory::stage2::{MapError, Stage2Table};
 use crate::running::vcpu::Vcpu;
 use crate::arch::Arch;
 use crate::console::{hyp_line, sanitize, OutputCredit};
@@ -119,56 +120,56 @@ pub const CONSOLE_LINE_MAX: usize = 200;
 
 /// One partition.
 pub struct Partition {
-    pub id: PartitionId,
-    pub desc: PartitionDesc,
-    pub state: PartitionState,
-    pub vmid: u8,
-    pub stage2: Stage2Table,
+    id: PartitionId,
+    desc: PartitionDesc,
+    state: PartitionState,
+    vmid: u8,
+    stage2: Stage2Table,
     /// Boxed so a CPU can take it out cheaply while the guest runs
     /// ([`crate::running::smp::Lease`]); a placeholder stands in meanwhile.
-    pub vcpu: alloc::boxed::Box<Vcpu>,
+    vcpu: alloc::boxed::Box<Vcpu>,
     /// Frames only this partition maps (scrubbed and freed on eviction).
-    pub private_frames: Vec<PhysAddr>,
+    private_frames: Vec<PhysAddr>,
     /// Frames reserved for it at admission ([`crate::load::footprint`]),
     /// given back when it is evicted.
-    pub frames_committed: u64,
+    frames_committed: u64,
     /// EL2 heap reserved for it at admission ([`crate::memory::quota`]).
-    pub heap_committed: usize,
-    pub heap: DemandWindow,
+    heap_committed: usize,
+    heap: DemandWindow,
     /// Heap pages backed so far (IPA, frame): scrubbed and unmapped when the
     /// guest is restarted, freed on eviction.
-    pub heap_pages: Vec<(Ipa, PhysAddr)>,
+    heap_pages: Vec<(Ipa, PhysAddr)>,
     /// Where the guest image is entered (every start begins here).
-    pub entry: Ipa,
+    entry: Ipa,
     /// The partition's own raw image, kept pristine for restarts (partitions
     /// running the shared runtime restart from the hypervisor's copy).
-    pub own_image: Option<SharedImage>,
+    own_image: Option<SharedImage>,
     /// The last checkpoint the runtime handed over.
-    pub checkpoint: Option<Checkpoint>,
+    checkpoint: Option<Checkpoint>,
     /// Bound on a checkpoint's size.
-    pub checkpoint_limit: CheckpointLimit,
+    checkpoint_limit: CheckpointLimit,
     /// Id the next checkpoint gets.
-    pub next_checkpoint_id: u64,
+    next_checkpoint_id: u64,
     /// Pages of the restore window mapped now.
-    pub checkpoint_mapped: u64,
+    checkpoint_mapped: u64,
     /// Recovery policy and history.
-    pub recovery: RecoveryState,
+    recovery: RecoveryState,
     /// Guest starts after the first (restarts, rollbacks, unfences).
-    pub restarts: u32,
+    restarts: u32,
     /// Starts that resumed from a checkpoint.
-    pub rollbacks: u32,
-    pub console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
+    rollbacks: u32,
+    console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
     /// Its share of the console: text beyond it is dropped, witness frames
     /// beyond it hold the partition back ([`OutputCredit`]).
-    pub output: OutputCredit,
-    pub exit_code: Option<u64>,
-    pub stats: PartitionStats,
+    output: OutputCredit,
+    exit_code: Option<u64>,
+    stats: PartitionStats,
     /// When the partition was first run, for its virtual clock.
-    pub started_ns: Option<u64>,
+    started_ns: Option<u64>,
     /// Handles it starts with, listed on its boot-info page.
-    pub boot_handles: Vec<rvm_abi::bootinfo::HandleInfo>,
+    boot_handles: Vec<rvm_abi::bootinfo::HandleInfo>,
     /// Where its WASM module is mapped (IPA, length); (0, 0) for raw guests.
-    pub wasm: (u64, u64),
+    wasm: (u64, u64),
 }
 
 impl Partition {
@@ -208,8 +209,367 @@ impl Partition {
         }
     }
 
+    /// [`Partition::created`] for an agent moved in from `from` with its
+    /// checkpoint `checkpoint_id`: the same bound on checkpoints, the next
+    /// one after that checkpoint, the agent's clock (`ClockRead`) going on
+    /// from its old partition's, its module at `wasm` (IPA, length).
+    pub(crate) fn moved_in(mut self, from: &Partition, checkpoint_id: u64, wasm: (u64, u64)) -> Self {
+        self.checkpoint_limit = from.checkpoint_limit;
+        self.next_checkpoint_id = checkpoint_id + 1;
+        self.started_ns = from.started_ns;
+        self.wasm = wasm;
+        self
+    }
+
     pub fn name(&self) -> &str {
         self.desc.name()
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    /// What the bundle asked for it.
+    pub fn desc(&self) -> &PartitionDesc {
+        &self.desc
+    }
+
+    pub fn state(&self) -> PartitionState {
+        self.state
+    }
+
+    /// Move it to `to`. Only the life-cycle mechanism
+    /// ([`crate::state::Hypervisor::transition`]) and a refusal at boot or
+    /// admission (which is its own record) move a partition.
+    pub(crate) fn move_to(&mut self, to: PartitionState) {
+        self.state = to;
+    }
+
+    pub fn vmid(&self) -> u8 {
+        self.vmid
+    }
+
+    pub fn stage2(&self) -> &Stage2Table {
+        &self.stage2
+    }
+
+    pub(crate) fn stage2_mut(&mut self) -> &mut Stage2Table {
+        &mut self.stage2
+    }
+
+    /// Put `fresh` tables in place of its own, returned (to be destroyed).
+    pub(crate) fn replace_stage2(&mut self, fresh: Stage2Table) -> Stage2Table {
+        core::mem::replace(&mut self.stage2, fresh)
+    }
+
+    /// Its vCPU (a placeholder while the guest runs on a CPU).
+    pub fn vcpu(&self) -> &Vcpu {
+        &self.vcpu
+    }
+
+    pub(crate) fn vcpu_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpu
+    }
+
+    /// Swap its vCPU with the one `other` holds (a lease going out or
+    /// coming back, [`crate::running::smp::Lease`]).
+    pub(crate) fn exchange_vcpu(&mut self, other: &mut alloc::boxed::Box<Vcpu>) {
+        core::mem::swap(&mut self.vcpu, other);
+    }
+
+    /// Take its vCPU out to run it, leaving `spare` in its place.
+    pub(crate) fn lend_vcpu(&mut self, spare: alloc::boxed::Box<Vcpu>) -> alloc::boxed::Box<Vcpu> {
+        core::mem::replace(&mut self.vcpu, spare)
+    }
+
+    /// Its guest is entered at `entry` from now on: a fresh vCPU there.
+    pub(crate) fn start_at(&mut self, entry: Ipa) {
+        *self.vcpu = Vcpu::new(entry.raw(), rvm_abi::bootinfo::layout::BOOTINFO_IPA);
+        self.entry = entry;
+    }
+
+    /// Its guest starts again (`rolled_back`: from a checkpoint): counted,
+    /// its exit code forgotten, a fresh vCPU at its entry.
+    pub(crate) fn note_restart(&mut self, rolled_back: bool) {
+        self.restarts = self.restarts.saturating_add(1);
+        if rolled_back {
+            self.rollbacks = self.rollbacks.saturating_add(1);
+        }
+        self.exit_code = None;
+        *self.vcpu = Vcpu::new(self.entry.raw(), rvm_abi::bootinfo::layout::BOOTINFO_IPA);
+    }
+
+    /// Frames only this partition maps.
+    pub fn private_frames(&self) -> &[PhysAddr] {
+        &self.private_frames
+    }
+
+    /// `pa` is mapped by this partition alone (scrubbed and freed with it).
+    pub(crate) fn add_private_frame(&mut self, pa: PhysAddr) {
+        self.private_frames.push(pa);
+    }
+
+    /// Its private frames, handed over to be scrubbed and freed.
+    pub(crate) fn take_private_frames(&mut self) -> Vec<PhysAddr> {
+        core::mem::take(&mut self.private_frames)
+    }
+
+    /// After its private frames were taken: the ones it keeps.
+    pub(crate) fn keep_private_frames(&mut self, kept: Vec<PhysAddr>) {
+        self.private_frames = kept;
+    }
+
+    /// Map `img` into it; the copies of its writable pages become private.
+    pub(crate) fn map_image(
+        &mut self,
+        arch: &mut dyn Arch,
+        frames: &mut FrameAllocator,
+        img: &SharedImage,
+    ) -> Result<(), MapError> {
+        img.map_into(arch, frames, &mut self.stage2, &mut self.private_frames)
+    }
+
+    /// Frames reserved for it at admission.
+    pub fn frames_committed(&self) -> u64 {
+        self.frames_committed
+    }
+
+    pub(crate) fn commit_frames(&mut self, n: u64) {
+        self.frames_committed = n;
+    }
+
+    /// Its frame reservation, handed back (zero from now on).
+    pub(crate) fn take_frames_committed(&mut self) -> u64 {
+        core::mem::take(&mut self.frames_committed)
+    }
+
+    /// EL2 heap reserved for it at admission.
+    pub fn heap_committed(&self) -> usize {
+        self.heap_committed
+    }
+
+    pub(crate) fn commit_heap(&mut self, bytes: usize) {
+        self.heap_committed += bytes;
+    }
+
+    /// Its EL2 heap reservation, handed back (zero from now on).
+    pub(crate) fn take_heap_committed(&mut self) -> usize {
+        core::mem::take(&mut self.heap_committed)
+    }
+
+    /// Its demand-paged heap window.
+    pub fn heap(&self) -> DemandWindow {
+        self.heap
+    }
+
+    /// Heap pages backed so far (IPA, frame).
+    pub fn heap_pages(&self) -> &[(Ipa, PhysAddr)] {
+        &self.heap_pages
+    }
+
+    /// A first touch of its heap at `ipa` was backed by `pa` (counted as a
+    /// demand page).
+    pub(crate) fn add_heap_page(&mut self, ipa: Ipa, pa: PhysAddr) {
+        self.heap_pages.push((ipa, pa));
+        self.stats.demand_pages += 1;
+    }
+
+    /// Its heap pages, handed over to be unmapped, scrubbed and freed.
+    pub(crate) fn take_heap_pages(&mut self) -> Vec<(Ipa, PhysAddr)> {
+        core::mem::take(&mut self.heap_pages)
+    }
+
+    /// Where its guest image is entered.
+    pub fn entry(&self) -> Ipa {
+        self.entry
+    }
+
+    /// Its own raw image (`None`: it runs the shared runtime).
+    pub fn own_image(&self) -> Option<&SharedImage> {
+        self.own_image.as_ref()
+    }
+
+    pub(crate) fn keep_own_image(&mut self, img: SharedImage) {
+        self.own_image = Some(img);
+    }
+
+    /// Its own image's frames were released (they were among the private ones).
+    pub(crate) fn forget_own_image(&mut self) {
+        self.own_image = None;
+    }
+
+    /// The last checkpoint the runtime handed over.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    /// `ck`, which it took, becomes its last checkpoint (the next one gets
+    /// the id after it); the one before is returned, to be released.
+    pub(crate) fn install_checkpoint(&mut self, ck: Checkpoint) -> Option<Checkpoint> {
+        self.next_checkpoint_id = ck.id + 1;
+        self.checkpoint.replace(ck)
+    }
+
+    /// `ck` (brought along by a moving agent) becomes its last checkpoint;
+    /// the one before is returned, to be released.
+    pub(crate) fn receive_checkpoint(&mut self, ck: Checkpoint) -> Option<Checkpoint> {
+        self.checkpoint.replace(ck)
+    }
+
+    /// Its last checkpoint, handed over to be released.
+    pub(crate) fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        self.checkpoint.take()
+    }
+
+    pub fn checkpoint_limit(&self) -> CheckpointLimit {
+        self.checkpoint_limit
+    }
+
+    /// Id the next checkpoint gets.
+    pub fn next_checkpoint_id(&self) -> u64 {
+        self.next_checkpoint_id
+    }
+
+    /// Pages of the restore window mapped now.
+    pub fn checkpoint_mapped(&self) -> u64 {
+        self.checkpoint_mapped
+    }
+
+    /// `pages` of the restore window are mapped now.
+    pub(crate) fn note_checkpoint_mapped(&mut self, pages: u64) {
+        self.checkpoint_mapped = pages;
+    }
+
+    /// The restore window is gone with its tables (nothing to unmap).
+    pub(crate) fn forget_restore_window(&mut self) {
+        self.checkpoint_mapped = 0;
+    }
+
+    /// Unmap the first `pages` pages of the restore window.
+    pub(crate) fn unmap_restore_pages(&mut self, arch: &mut dyn Arch, pages: u64) {
+        crate::recovery::checkpoint::unmap_window(arch, &mut self.stage2, pages, self.vmid);
+    }
+
+    /// Unmap whatever the restore window holds.
+    pub(crate) fn clear_restore_window(&mut self, arch: &mut dyn Arch) {
+        if self.checkpoint_mapped != 0 {
+            self.unmap_restore_pages(arch, self.checkpoint_mapped);
+            self.checkpoint_mapped = 0;
+        }
+    }
+
+    /// Map its last checkpoint into the (empty) restore window: `Ok(None)`
+    /// if it has none; on an error nothing of it stays mapped.
+    pub(crate) fn map_last_checkpoint(
+        &mut self,
+        arch: &mut dyn Arch,
+        frames: &mut FrameAllocator,
+    ) -> Result<Option<&Checkpoint>, MapError> {
+        let Some(ck) = self.checkpoint.as_ref() else { return Ok(None) };
+        match ck.map_into(arch, frames, &mut self.stage2) {
+            Ok(pages) => {
+                self.checkpoint_mapped = pages;
+                Ok(Some(ck))
+            }
+            Err(e) => {
+                // Some pages may be mapped: take them all out again.
+                crate::recovery::checkpoint::unmap_window(arch, &mut self.stage2, ck.pages(), self.vmid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Recovery policy and history.
+    pub fn recovery(&self) -> &RecoveryState {
+        &self.recovery
+    }
+
+    pub(crate) fn recovery_mut(&mut self) -> &mut RecoveryState {
+        &mut self.recovery
+    }
+
+    /// Guest starts after the first.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Starts that resumed from a checkpoint.
+    pub fn rollbacks(&self) -> u32 {
+        self.rollbacks
+    }
+
+    /// Its share of the console.
+    pub fn output(&self) -> &OutputCredit {
+        &self.output
+    }
+
+    pub(crate) fn output_mut(&mut self) -> &mut OutputCredit {
+        &mut self.output
+    }
+
+    pub fn exit_code(&self) -> Option<u64> {
+        self.exit_code
+    }
+
+    /// Its agent finished with `code`.
+    pub(crate) fn set_exit_code(&mut self, code: u64) {
+        self.exit_code = Some(code);
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        self.stats
+    }
+
+    /// One hypercall answered (`denied`: refused).
+    pub(crate) fn count_call(&mut self, denied: bool) {
+        self.stats.hypercalls += 1;
+        if denied {
+            self.stats.denied += 1;
+        }
+    }
+
+    /// Its slice ran out.
+    pub(crate) fn count_preemption(&mut self) {
+        self.stats.preemptions += 1;
+    }
+
+    pub(crate) fn count_fault(&mut self) {
+        self.stats.faults += 1;
+    }
+
+    /// When it was first run.
+    pub fn started_ns(&self) -> Option<u64> {
+        self.started_ns
+    }
+
+    /// It runs at `now`: its virtual clock starts now unless it already had.
+    pub(crate) fn note_started(&mut self, now: u64) {
+        self.started_ns.get_or_insert(now);
+    }
+
+    /// Handles it starts with.
+    pub fn boot_handles(&self) -> &[rvm_abi::bootinfo::HandleInfo] {
+        &self.boot_handles
+    }
+
+    pub(crate) fn add_boot_handle(&mut self, h: rvm_abi::bootinfo::HandleInfo) {
+        self.boot_handles.push(h);
+    }
+
+    /// The handles listed for all its agents (agent 0) become agent `agent`'s.
+    pub(crate) fn assign_shared_handles(&mut self, agent: u8) {
+        for h in self.boot_handles.iter_mut().filter(|h| h.agent == 0) {
+            h.agent = agent;
+        }
+    }
+
+    /// Where its WASM module is mapped (IPA, length); (0, 0) for raw guests.
+    pub fn wasm(&self) -> (u64, u64) {
+        self.wasm
+    }
+
+    pub(crate) fn set_wasm(&mut self, ipa: u64, len: u64) {
+        self.wasm = (ipa, len);
     }
 
     /// `n` bytes of its text were dropped over its credit: counted, and the

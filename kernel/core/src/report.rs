@@ -35,37 +35,37 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
         let p = &hv.partitions[idx];
         let line = alloc::format!(
             "  {:>2} {:<24} {:<9} exit {:<6} calls {:<5} denied {:<4} preempted {:<4} faults {} witness records {} cpu {} charged {} us",
-            p.id.0,
+            p.id().0,
             p.name(),
-            p.state.name(),
-            p.exit_code.map_or(alloc::string::String::from("-"), |c| alloc::format!("{c:#x}")),
-            p.stats.hypercalls,
-            p.stats.denied,
-            p.stats.preemptions,
-            p.stats.faults,
-            hv.witness.records(p.id.0),
+            p.state().name(),
+            p.exit_code().map_or(alloc::string::String::from("-"), |c| alloc::format!("{c:#x}")),
+            p.stats().hypercalls,
+            p.stats().denied,
+            p.stats().preemptions,
+            p.stats().faults,
+            hv.witness.records(p.id().0),
             hv.ran_on(idx),
             hv.sched.ran_ns(idx) / 1_000,
         );
         hv.arch.console_write(line.as_bytes());
         hv.arch.console_write(b"\n");
-        if p.output.dropped != 0 || p.output.held != 0 {
+        if p.output().dropped != 0 || p.output().held != 0 {
             let line = alloc::format!(
                 "     output: {} console bytes dropped over its credit, held back {} times for its witness frames or checkpoints",
-                p.output.dropped, p.output.held
+                p.output().dropped, p.output().held
             );
             hv.arch.console_write(line.as_bytes());
             hv.arch.console_write(b"\n");
         }
-        let r = p.recovery.counts;
-        if r != crate::recovery::policy::RecoveryCounts::default() || p.checkpoint.is_some() {
+        let r = p.recovery().counts;
+        if r != crate::recovery::policy::RecoveryCounts::default() || p.checkpoint().is_some() {
             let line = alloc::format!(
                 "     recovery: {} restarts (F1), {} rollbacks (F2), {} fences (F3), {} unfences; last checkpoint {}; {} committed items",
                 r.restarts,
                 r.rollbacks,
                 r.fences,
                 r.unfences,
-                p.checkpoint.as_ref().map_or(alloc::string::String::from("none"), |c| alloc::format!("{} ({} bytes)", c.id, c.len)),
+                p.checkpoint().map_or(alloc::string::String::from("none"), |c| alloc::format!("{} ({} bytes)", c.id, c.len)),
                 hv.stores[idx].committed_items(),
             );
             hv.arch.console_write(line.as_bytes());

@@ -145,7 +145,7 @@ impl<A: Arch> Hypervisor<A> {
     }
 
     pub(crate) fn index_of(&self, id: PartitionId) -> Option<usize> {
-        self.partitions.iter().position(|p| p.id == id)
+        self.partitions.iter().position(|p| p.id() == id)
     }
 
     /// The partitions, in id order.
@@ -219,7 +219,7 @@ impl<A: Arch> Hypervisor<A> {
     /// that must not be refused once the operation it ends has begun).
     pub(crate) fn transition_held(&mut self, r: &mut Reservation, idx: usize, to: PartitionState, event: KernelEvent, args: [u8; 16]) {
         let p = &self.partitions[idx];
-        if p.state == to || !p.state.may_become(to) {
+        if p.state() == to || !p.state().may_become(to) {
             return;
         }
         self.set_state(idx, to);
@@ -273,10 +273,10 @@ impl<A: Arch> Hypervisor<A> {
     /// whether the partition is now in `to`.
     pub(crate) fn transition(&mut self, idx: usize, to: PartitionState, event: KernelEvent, args: [u8; 16]) -> bool {
         let p = &self.partitions[idx];
-        if p.state == to || !p.state.may_become(to) {
-            return p.state == to;
+        if p.state() == to || !p.state().may_become(to) {
+            return p.state() == to;
         }
-        let id = p.id;
+        let id = p.id();
         match self.hold(id, 1) {
             Some(mut r) => {
                 self.set_state(idx, to);
@@ -300,7 +300,7 @@ impl<A: Arch> Hypervisor<A> {
     fn set_state(&mut self, idx: usize, to: PartitionState) {
         let p = &mut self.partitions[idx];
         let was_runnable = p.is_runnable();
-        p.state = to;
+        p.move_to(to);
         if !was_runnable && p.is_runnable() {
             // Its home CPU may be idling: kick it before the lock goes.
             self.smp.note_runnable();
@@ -312,8 +312,8 @@ impl<A: Arch> Hypervisor<A> {
     /// suspended, its vCPU not run again until an operator unfences it.
     #[cold]
     fn fence_unwitnessed(&mut self, idx: usize) {
-        let id = self.partitions[idx].id;
-        let name = self.partitions[idx].desc.name;
+        let id = self.partitions[idx].id();
+        let name = self.partitions[idx].desc().name;
         console::hyp_line(
             &mut self.arch,
             format_args!("partition {} '{}': a change could not be witnessed: fenced (F3)", id.0, name_str(&name)),
@@ -327,7 +327,7 @@ impl<A: Arch> Hypervisor<A> {
         };
         self.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, args.to_bytes());
         let now = self.arch.now_ns();
-        self.partitions[idx].recovery.record(crate::recovery::policy::RecoveryClass::Fence, now);
+        self.partitions[idx].recovery_mut().record(crate::recovery::policy::RecoveryClass::Fence, now);
     }
 
     /// Release a frame that only one partition used, scrubbing it first.

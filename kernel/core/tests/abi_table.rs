@@ -101,7 +101,7 @@ fn runtime_image() -> Vec<u8> {
         f[ph + 16..ph + 24].copy_from_slice(&vaddr.to_le_bytes());
         f[ph + 32..ph + 40].copy_from_slice(&filesz.to_le_bytes());
         f[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
-        f.extend(std::iter::repeat(0xd5).take(*filesz as usize));
+        f.extend(std::iter::repeat_n(0xd5, *filesz as usize));
     }
     f
 }

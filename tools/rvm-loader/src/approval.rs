@@ -24,7 +24,6 @@ use crate::error::{Error, Result};
 use crate::keys::KeyRole;
 use crate::model::PartitionName;
 use crate::parse::names;
-use crate::store;
 use rvm_abi::{Hypercall, ObjectKind};
 use rvm_abi::approval::{ApprovalMessage, RootRef};
 use rvm_abi::CapHandle;
@@ -173,13 +172,8 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn decode_hex(what: &str, s: &str) -> Result<Vec<u8>> {
-    let s = s.trim();
-    let mut out = vec![0u8; s.len() / 2];
-    // `decode` wants exactly two digits per byte: an odd count is refused.
-    if rvm_abi::hex::decode(s.as_bytes(), &mut out).is_none() {
-        return Err(Error::refused(what, "is not hex (two digits per byte)"));
-    }
-    Ok(out)
+    rvm_abi::hex::decode_vec(s.trim().as_bytes())
+        .ok_or_else(|| Error::refused(what, "is not hex (two digits per byte)"))
 }
 
 fn args_digest(a: &ArgsSpec) -> Result<ArgsDigest> {
@@ -267,12 +261,12 @@ pub fn make(ctx: &Ctx, req: &ApprovalRequest) -> Result<Approval> {
         operation: op.name(),
         object: format!("{}:{}", object.kind.name(), object.id.0),
         root: format!("{root_partition}:{:#x}", req.root),
-        boot_id: store::hex(&boot_id),
+        boot_id: rvm_abi::hex::to_string(&boot_id),
         nonce: req.nonce,
-        args_digest: store::hex(&args.0),
-        message: store::hex(&message),
-        authority: store::hex(&key.public),
-        signature: store::hex(&sig.0),
+        args_digest: rvm_abi::hex::to_string(&args.0),
+        message: rvm_abi::hex::to_string(&message),
+        authority: rvm_abi::hex::to_string(&key.public),
+        signature: rvm_abi::hex::to_string(&sig.0),
     })
 }
 

@@ -34,13 +34,13 @@
 
 use crate::bundler::{self, BootPlan, PlannedPartition};
 use crate::error::{Error, Result};
+use crate::home::{self, RunRecord, RunState};
 use crate::keys::KeyRole;
 use crate::limits;
 use crate::model::{PartitionName, Token};
 use crate::qemu::{self, Exit, Flow, Watch};
 use crate::resolve;
 use crate::source;
-use crate::store::{self, RunRecord, RunState};
 use crate::stream::{LineSplitter, Session, Shown};
 use crate::witness_sink::{Filed, KeyPolicy, SinkError, WitnessSink};
 use rvm_abi::bundle::BootConfig;
@@ -285,7 +285,7 @@ fn write_bundle_out(out: &Path, bytes: &[u8], include_seed: bool) -> Result<()> 
             "rvm-loader: warning: {} holds the witness key's seed (--include-witness-seed): whoever reads it can sign this home's witness checkpoints",
             out.display()
         );
-        store::write_atomic(out, bytes, 0o600)?;
+        home::write_atomic(out, bytes, 0o600)?;
         println!(
             "bundle written to {} ({} bytes, with the witness key's seed, mode 0600)",
             out.display(),
@@ -293,7 +293,7 @@ fn write_bundle_out(out: &Path, bytes: &[u8], include_seed: bool) -> Result<()> 
         );
     } else {
         let stripped = bundler::without_witness_seed(bytes)?;
-        store::write_atomic(out, &stripped, 0o644)?;
+        home::write_atomic(out, &stripped, 0o644)?;
         println!(
             "bundle written to {} ({} bytes; the witness key's seed left out: pass --include-witness-seed to keep it)",
             out.display(),
@@ -425,9 +425,9 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         opts.timeout.as_secs()
     );
 
-    let started = store::now_unix();
+    let started = home::now_unix();
     let all = plan.names();
-    let boot_id = Some(store::hex(&plan.boot_id));
+    let boot_id = Some(rvm_abi::hex::to_string(&plan.boot_id));
     set_runs(ctx, names, &|_| RunRecord {
         started_unix: started,
         ended_unix: None,
@@ -492,7 +492,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         },
         (Err(e), None) => e.to_string(),
     };
-    let ended = store::now_unix();
+    let ended = home::now_unix();
     let final_state = |n: &PartitionName| {
         let id = all
             .iter()
@@ -539,7 +539,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
                     s.archived.len(),
                     ctx.home
                         .witness_dir()
-                        .join(rvm_witness_host::store::ARCHIVE_DIR)
+                        .join(rvm_witness_host::log_folder::ARCHIVE_DIR)
                         .display()
                 );
             }

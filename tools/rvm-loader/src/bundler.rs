@@ -13,11 +13,11 @@
 //! booted together cannot talk unless linked.
 
 use crate::error::{Error, Result};
+use crate::home::PartitionRecord;
 use crate::keys::Key;
 use crate::limits;
 use crate::model::{PartitionName, Token};
 use crate::parse::guestref;
-use crate::store::PartitionRecord;
 use crate::witness_sink::LogNames;
 use rvm_abi::bundle::{
     BootConfig, Bundle, BundleWriter, CapDesc, ChannelDesc, EntryKind, PartitionDesc, RecoveryDesc,

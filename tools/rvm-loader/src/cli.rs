@@ -3,9 +3,9 @@
 use crate::approval::{self, ApprovalRequest, ArgsSpec};
 use crate::commands::{self, BootOptions, Ctx};
 use crate::error::Error;
+use crate::home::{self, Home};
 use crate::model::KeyFingerprint;
 use crate::qemu;
-use crate::store::{self, Home};
 use crate::witness_cli::{self, ExportFormat, ProofKey, VerifyArgs};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -507,7 +507,7 @@ impl BootArgs {
 fn run(cli: Cli) -> Result<(), Error> {
     let ctx = Ctx {
         home: Home::from_env()?,
-        now: store::now_unix(),
+        now: home::now_unix(),
     };
     match cli.command {
         Command::Partition(PartitionCmd::Register { manifest, replace }) => {

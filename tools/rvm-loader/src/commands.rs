@@ -5,13 +5,13 @@
 use crate::diag::{quote, Diagnostic, Warnings};
 use crate::error::{Error, Result};
 use crate::folder::{self, LoadedGuest};
+use crate::home::{
+    self, FileStamp, GuestBinding, GuestModule, Home, InstalledCaps, PartitionRecord, Registry,
+};
 use crate::keys::KeyRole;
 use crate::model::{PartitionName, PartitionSpec, Token};
 use crate::parse::names;
 use crate::resolve::{self, Resolved};
-use crate::store::{
-    self, FileStamp, GuestBinding, GuestModule, Home, InstalledCaps, PartitionRecord, Registry,
-};
 use rvm_abi::bundle::RecoveryDesc;
 use rvm_abi::ProofTier;
 use sha2::{Digest, Sha256};
@@ -271,7 +271,7 @@ pub fn guest_add(ctx: &Ctx, spec: &str, file: &Path) -> Result<()> {
     let (pkg, ver) = package_arg(spec)?;
     let (bytes, info) = resolve::read_module(file)?;
     let key = format!("{pkg}@{ver}");
-    let sha = store::hex(&Sha256::digest(&bytes));
+    let sha = rvm_abi::hex::to_string(&Sha256::digest(&bytes));
     let entry = GuestModule {
         sha256: sha.clone(),
         size: bytes.len() as u64,
@@ -328,7 +328,7 @@ struct Binding {
 }
 
 fn binding(guest: Option<&LoadedGuest>, r: Resolved) -> Binding {
-    let sha = store::hex(&Sha256::digest(&r.bytes));
+    let sha = rvm_abi::hex::to_string(&Sha256::digest(&r.bytes));
     Binding {
         binding: GuestBinding {
             guest: guest.map(|g| g.guest.clone()),
@@ -431,7 +431,7 @@ pub fn deploy(
                 None,
                 Resolved {
                     bytes,
-                    source: store::ModuleSource::Explicit {
+                    source: home::ModuleSource::Explicit {
                         path: resolve_abs(w),
                     },
                     info,
@@ -752,7 +752,7 @@ pub fn keys(ctx: &Ctx, create: bool) -> Result<()> {
         Some(k) => println!(
             "witness key {} (public {})",
             k.fingerprint(),
-            store::hex(&k.public)
+            rvm_abi::hex::to_string(&k.public)
         ),
         None => println!("witness key: not created yet (rvm-loader keys --create)"),
     }
@@ -761,7 +761,7 @@ pub fn keys(ctx: &Ctx, create: bool) -> Result<()> {
             println!(
                 "authority key of {n} {} (public {})",
                 k.fingerprint(),
-                store::hex(&k.public)
+                rvm_abi::hex::to_string(&k.public)
             );
         }
     }

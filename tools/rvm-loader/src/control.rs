@@ -34,9 +34,9 @@ use rvm_abi::bundle::PartitionDesc;
 use rvm_abi::frame::{OrderFrame, OrderKind};
 
 use crate::error::{Error, Result};
+use crate::home::Home;
 use crate::keys::KeyRole;
 use crate::model::PartitionName;
-use crate::store::Home;
 
 /// Protocol version in the greeting.
 pub const PROTOCOL: u32 = 1;
@@ -79,8 +79,8 @@ impl ControlServer {
         }
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(|e| Error::failed(format!("control socket {}: {e}", path.display())))?;
-        let digest = rvm_abi::hex::encode(&crate::bundler::digest(bundle), &mut [0u8; 64]).map(<[u8]>::to_vec).unwrap_or_default();
-        let greeting = format!("rvm-control {PROTOCOL} {}\n", String::from_utf8_lossy(&digest));
+        let digest = rvm_abi::hex::to_string(&crate::bundler::digest(bundle));
+        let greeting = format!("rvm-control {PROTOCOL} {digest}\n");
         let input: Input = Arc::new(Mutex::new(None));
         let waiting: Waiting = Arc::new(Mutex::new(BTreeMap::new()));
         let (i, w) = (input.clone(), waiting.clone());

@@ -2,11 +2,11 @@
 //! between them that `check` and `deploy` share.
 
 use crate::diag::{quote, Diagnostic, Warnings};
+use crate::home::FileStamp;
 use crate::limits;
 use crate::model::{GuestRef, PartitionSpec, Token};
 use crate::parse::{captable, guestref, manifest, script};
 use crate::source;
-use crate::store::FileStamp;
 use std::path::{Path, PathBuf};
 
 /// The adapter's partition manifest.

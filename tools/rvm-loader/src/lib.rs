@@ -2,7 +2,7 @@
 //! `@metaharness/host-rvm` adapter's files on the RVM hypervisor.
 //!
 //! Layers, bottom up: [`source`] and [`parse`] read and validate the
-//! adapter's files into the [`model`]; [`store`] keeps registrations under
+//! adapter's files into the [`model`]; [`home`] keeps registrations under
 //! `RVM_HOME`; [`resolve`] and [`wasm`] find and check guest modules;
 //! [`bundler`] lays out the bundle; [`boot`], [`qemu`], [`stream`] and
 //! [`witness_sink`] run it and file its witness logs; [`folder`] and
@@ -20,6 +20,7 @@ pub mod diag;
 pub mod domains;
 pub mod error;
 pub mod folder;
+pub mod home;
 pub mod keys;
 pub mod limits;
 pub mod model;
@@ -28,7 +29,6 @@ pub mod qemu;
 pub mod replay;
 pub mod resolve;
 pub mod source;
-pub mod store;
 pub mod stream;
 pub mod wasm;
 pub mod witness_cli;

@@ -16,10 +16,10 @@
 
 use crate::diag::{quote, Diagnostic};
 use crate::error::{Error, Result};
+use crate::home::{Home, ModuleSource, Registry};
 use crate::limits;
 use crate::model::GuestRef;
 use crate::source;
-use crate::store::{Home, ModuleSource, Registry};
 use crate::wasm::{self, ModuleInfo};
 use std::path::{Path, PathBuf};
 

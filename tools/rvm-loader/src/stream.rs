@@ -4,13 +4,13 @@
 //! the operator sees progress, and the hypervisor's exit status taken from
 //! its exit frame (`@X`, a whole line: guests' lines all start `[name] `).
 
-use crate::store::RunState;
+use crate::home::RunState;
 use crate::witness_sink::{LogNames, SinkError, WitnessSink};
 use rvm_abi::frame::{ExitFrame, Frame};
 use rvm_abi::journal::{self, JournalFrame};
 use rvm_abi::witness::{KernelEvent, WitnessOp, WitnessRecord, HYPERVISOR_LOG};
+use rvm_witness_host::log_folder::HYPERVISOR_NAME;
 use rvm_witness_host::show::decode_line;
-use rvm_witness_host::store::HYPERVISOR_NAME;
 use std::collections::BTreeMap;
 
 /// Longest console line kept; the rest of a longer line is dropped. An

@@ -1,23 +1,23 @@
-//! A small WebAssembly binary reader: just enough to check a module's
-//! imports against [`rvm_abi::imports::HostImport`] before it is deployed, and
-//! to read its memory limits for the partition's budget.
+//! Reading a module before it is deployed: its imports checked against
+//! [`rvm_abi::imports::HostImport`], its memory limits read for the
+//! partition's budget, and the whole module validated by the engine the
+//! guest runtime runs ([`rvm_agent_engine::validate`]), so a module this
+//! accepts is one the guest runtime finds valid too.
 //!
-//! It walks the section headers (bounds-checked, every length checked against
-//! the input) and decodes the type (1), import (2) and memory (5) sections.
-//! Everything else is skipped; the guest runtime validates the whole module
-//! again with wasmi at load.
+//! Parsing is `wasmparser`'s, the parser under the engine's wasmi.
 
 use rvm_abi::imports::{HostImport, ValType, MODULE};
 use std::fmt;
+use wasmparser::{CompositeInnerType, Parser, Payload, TypeRef};
 
 /// First eight bytes of a version-1 binary module.
 const HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
 
-/// Why the bytes are not a module this reader understands.
+/// Why the bytes are not a module the loader can read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Malformed {
     pub offset: usize,
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 impl fmt::Display for Malformed {
@@ -43,16 +43,17 @@ pub enum WasmType {
 }
 
 impl WasmType {
-    fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            0x7f => WasmType::I32,
-            0x7e => WasmType::I64,
-            0x7d => WasmType::F32,
-            0x7c => WasmType::F64,
-            0x7b => WasmType::V128,
-            0x70 => WasmType::FuncRef,
-            0x6f => WasmType::ExternRef,
-            _ => return None,
+    fn of(t: wasmparser::ValType) -> Option<Self> {
+        use wasmparser::{RefType, ValType as V};
+        Some(match t {
+            V::I32 => WasmType::I32,
+            V::I64 => WasmType::I64,
+            V::F32 => WasmType::F32,
+            V::F64 => WasmType::F64,
+            V::V128 => WasmType::V128,
+            V::Ref(RefType::FUNCREF) => WasmType::FuncRef,
+            V::Ref(RefType::EXTERNREF) => WasmType::ExternRef,
+            V::Ref(_) => return None,
         })
     }
 
@@ -118,187 +119,91 @@ pub struct ModuleInfo {
     pub memories: Vec<MemoryLimits>,
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-    /// Offset of `b[0]` in the whole module, for messages.
-    base: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, reason: &'static str) -> Malformed {
-        Malformed {
-            offset: self.base + self.pos,
-            reason,
-        }
-    }
-
-    fn byte(&mut self) -> Result<u8, Malformed> {
-        let b = *self
-            .b
-            .get(self.pos)
-            .ok_or_else(|| self.err("unexpected end"))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn leb(&mut self, bits: u32) -> Result<u64, Malformed> {
-        let mut result = 0u64;
-        let mut shift = 0u32;
-        loop {
-            let b = self.byte()?;
-            if shift >= bits {
-                return Err(self.err("integer too long"));
-            }
-            let chunk = u64::from(b & 0x7f);
-            if shift + 7 > bits && chunk >> (bits - shift) != 0 {
-                return Err(self.err("integer too large"));
-            }
-            result |= chunk << shift;
-            if b & 0x80 == 0 {
-                return Ok(result);
-            }
-            shift += 7;
-        }
-    }
-
-    fn u32(&mut self) -> Result<u32, Malformed> {
-        let v = self.leb(32)?;
-        u32::try_from(v).map_err(|_| self.err("integer too large"))
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| self.err("length past the end"))?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn name(&mut self) -> Result<String, Malformed> {
-        let n = self.u32()? as usize;
-        let raw = self.bytes(n)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| self.err("name is not UTF-8"))
-    }
-
-    /// A count of items that each take at least one byte: bounded by what is left.
-    fn count(&mut self) -> Result<usize, Malformed> {
-        let n = self.u32()? as usize;
-        if n > self.b.len() - self.pos {
-            return Err(self.err("count larger than the section"));
-        }
-        Ok(n)
-    }
-
-    fn valtype(&mut self) -> Result<WasmType, Malformed> {
-        let b = self.byte()?;
-        WasmType::from_byte(b).ok_or_else(|| self.err("unsupported value type"))
-    }
-
-    fn limits(&mut self, memory64_ok: bool) -> Result<MemoryLimits, Malformed> {
-        let flags = self.byte()?;
-        if flags & !0x07 != 0 || (!memory64_ok && flags & 0x04 != 0) {
-            return Err(self.err("unsupported limits flags"));
-        }
-        let bits = if flags & 0x04 != 0 { 64 } else { 32 };
-        let min = self.leb(bits)?;
-        let max = if flags & 0x01 != 0 {
-            Some(self.leb(bits)?)
-        } else {
-            None
-        };
-        Ok(MemoryLimits { min, max })
-    }
-
-    fn done(&self) -> bool {
-        self.pos == self.b.len()
+fn malformed(e: wasmparser::BinaryReaderError) -> Malformed {
+    Malformed {
+        offset: e.offset(),
+        reason: e.message().to_owned(),
     }
 }
 
-/// Read a module's types, imports and memories.
+const NOT_PLAIN: &str = "type is not a plain function type (GC types are not supported)";
+
+fn func_type(at: usize, ty: wasmparser::SubType) -> Result<FuncType, Malformed> {
+    let bad = |reason: &str| Malformed {
+        offset: at,
+        reason: reason.to_owned(),
+    };
+    let plain = ty.is_final && ty.supertype_idx.is_none() && !ty.composite_type.shared;
+    let CompositeInnerType::Func(f) = ty.composite_type.inner else {
+        return Err(bad(NOT_PLAIN));
+    };
+    if !plain {
+        return Err(bad(NOT_PLAIN));
+    }
+    let list = |v: &[wasmparser::ValType]| {
+        v.iter()
+            .map(|&t| WasmType::of(t).ok_or_else(|| bad("unsupported value type")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(FuncType {
+        params: list(f.params())?,
+        results: list(f.results())?,
+    })
+}
+
+/// Read a module's types, imports and memories (parsing only: [`check`]
+/// also validates).
 pub fn read(module: &[u8]) -> Result<ModuleInfo, Malformed> {
     if module.len() < HEADER.len() || module[..HEADER.len()] != HEADER {
         return Err(Malformed {
             offset: 0,
-            reason: "no WebAssembly version-1 header (\\0asm 01 00 00 00)",
+            reason: "no WebAssembly version-1 header (\\0asm 01 00 00 00)".into(),
         });
     }
-    let mut top = Reader {
-        b: module,
-        pos: HEADER.len(),
-        base: 0,
-    };
     let mut info = ModuleInfo::default();
-    while !top.done() {
-        let id = top.byte()?;
-        let len = top.u32()? as usize;
-        let at = top.pos;
-        let body = top.bytes(len)?;
-        let mut r = Reader {
-            b: body,
-            pos: 0,
-            base: at,
-        };
-        match id {
-            1 => {
-                for _ in 0..r.count()? {
-                    if r.byte()? != 0x60 {
-                        return Err(r.err(
-                            "type is not a plain function type (GC types are not supported)",
-                        ));
+    for payload in Parser::new(0).parse_all(module) {
+        match payload.map_err(malformed)? {
+            Payload::TypeSection(reader) => {
+                for group in reader.into_iter_with_offsets() {
+                    let (at, group) = group.map_err(malformed)?;
+                    if group.is_explicit_rec_group() {
+                        return Err(Malformed {
+                            offset: at,
+                            reason: NOT_PLAIN.into(),
+                        });
                     }
-                    let np = r.count()?;
-                    let params = (0..np).map(|_| r.valtype()).collect::<Result<_, _>>()?;
-                    let nr = r.count()?;
-                    let results = (0..nr).map(|_| r.valtype()).collect::<Result<_, _>>()?;
-                    info.types.push(FuncType { params, results });
+                    for ty in group.into_types() {
+                        info.types.push(func_type(at, ty)?);
+                    }
                 }
             }
-            2 => {
-                for _ in 0..r.count()? {
-                    let module = r.name()?;
-                    let name = r.name()?;
-                    let kind = match r.byte()? {
-                        0x00 => ImportKind::Func(r.u32()?),
-                        0x01 => {
-                            r.valtype()?;
-                            r.limits(false)?;
-                            ImportKind::Table
-                        }
-                        0x02 => {
-                            r.limits(true)?;
-                            ImportKind::Memory
-                        }
-                        0x03 => {
-                            r.valtype()?;
-                            r.byte()?;
-                            ImportKind::Global
-                        }
-                        0x04 => {
-                            r.byte()?;
-                            r.u32()?;
-                            ImportKind::Tag
-                        }
-                        _ => return Err(r.err("unknown import kind")),
+            Payload::ImportSection(reader) => {
+                for import in reader {
+                    let import = import.map_err(malformed)?;
+                    let kind = match import.ty {
+                        TypeRef::Func(ty) => ImportKind::Func(ty),
+                        TypeRef::Table(_) => ImportKind::Table,
+                        TypeRef::Memory(_) => ImportKind::Memory,
+                        TypeRef::Global(_) => ImportKind::Global,
+                        TypeRef::Tag(_) => ImportKind::Tag,
                     };
-                    info.imports.push(Import { module, name, kind });
+                    info.imports.push(Import {
+                        module: import.module.to_owned(),
+                        name: import.name.to_owned(),
+                        kind,
+                    });
                 }
             }
-            5 => {
-                for _ in 0..r.count()? {
-                    info.memories.push(r.limits(true)?);
+            Payload::MemorySection(reader) => {
+                for memory in reader {
+                    let memory = memory.map_err(malformed)?;
+                    info.memories.push(MemoryLimits {
+                        min: memory.initial,
+                        max: memory.maximum,
+                    });
                 }
             }
-            0..=13 => continue,
-            _ => return Err(r.err("unknown section id")),
-        }
-        if !r.done() {
-            return Err(r.err("section longer than its contents"));
+            _ => {}
         }
     }
     Ok(info)
@@ -308,6 +213,10 @@ pub fn read(module: &[u8]) -> Result<ModuleInfo, Malformed> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     Malformed(Malformed),
+    /// Well-formed, but WebAssembly validation (the engine's) refuses it.
+    Invalid {
+        detail: String,
+    },
     /// A wasm-bindgen JS-glue module: it needs a JavaScript host.
     JsGlue {
         imports: Vec<String>,
@@ -323,6 +232,9 @@ impl fmt::Display for Refusal {
         let provided: Vec<&str> = HostImport::ALL.iter().map(|i| i.name()).collect();
         match self {
             Refusal::Malformed(m) => m.fmt(f),
+            Refusal::Invalid { detail } => {
+                write!(f, "not a valid WebAssembly module: {detail}")
+            }
             Refusal::JsGlue { imports } => write!(
                 f,
                 "is a wasm-bindgen JS-glue module (it imports {}); it needs a JavaScript host and cannot run in an RVM partition: build the agent for the `{MODULE}` imports instead (RVM provides: {})",
@@ -401,90 +313,27 @@ pub fn check(module: &[u8]) -> Result<ModuleInfo, Refusal> {
             },
         }
     }
-    if missing.is_empty() {
-        Ok(info)
-    } else {
-        Err(Refusal::Unsupported { imports: missing })
+    if !missing.is_empty() {
+        return Err(Refusal::Unsupported { imports: missing });
     }
+    rvm_agent_engine::validate(module).map_err(|e| match e {
+        rvm_agent_engine::LoadError::Invalid { detail } => Refusal::Invalid { detail },
+        other => Refusal::Invalid {
+            detail: other.to_string(),
+        },
+    })?;
+    Ok(info)
 }
 
-/// Builders of small modules for tests (here and in the integration tests).
-pub mod build {
-    /// `(module (type ...) (import ...) (memory min))` for the given imports
-    /// `(module, name, params, results)` with types as encoded bytes.
-    pub fn module(imports: &[(&str, &str, &[u8], &[u8])], memory_min: Option<u32>) -> Vec<u8> {
-        fn leb(mut v: u64, out: &mut Vec<u8>) {
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    out.push(b);
-                    return;
-                }
-                out.push(b | 0x80);
-            }
-        }
-        fn name(s: &str, out: &mut Vec<u8>) {
-            leb(s.len() as u64, out);
-            out.extend_from_slice(s.as_bytes());
-        }
-        fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
-            out.push(id);
-            leb(body.len() as u64, out);
-            out.extend(body);
-        }
-        let mut m = b"\0asm\x01\0\0\0".to_vec();
-        let mut types = Vec::new();
-        leb(imports.len() as u64, &mut types);
-        for (_, _, p, r) in imports {
-            types.push(0x60);
-            leb(p.len() as u64, &mut types);
-            types.extend_from_slice(p);
-            leb(r.len() as u64, &mut types);
-            types.extend_from_slice(r);
-        }
-        section(1, types, &mut m);
-        let mut imps = Vec::new();
-        leb(imports.len() as u64, &mut imps);
-        for (i, (module, n, _, _)) in imports.iter().enumerate() {
-            name(module, &mut imps);
-            name(n, &mut imps);
-            imps.push(0);
-            leb(i as u64, &mut imps);
-        }
-        section(2, imps, &mut m);
-        if let Some(min) = memory_min {
-            let mut mem = vec![1, 0];
-            leb(u64::from(min), &mut mem);
-            section(5, mem, &mut m);
-        }
-        m
-    }
-
-    /// A module importing every RVM host function with its signature.
-    pub fn rvm_agent(memory_min: Option<u32>) -> Vec<u8> {
-        use rvm_abi::imports::{HostImport, ValType};
-        let enc = |v: &[ValType]| -> Vec<u8> {
-            v.iter()
-                .map(|t| if *t == ValType::I32 { 0x7f } else { 0x7e })
-                .collect()
-        };
-        let sigs: Vec<(Vec<u8>, Vec<u8>)> = HostImport::ALL
-            .iter()
-            .map(|i| (enc(i.params()), enc(i.results())))
-            .collect();
-        let list: Vec<(&str, &str, &[u8], &[u8])> = HostImport::ALL
-            .iter()
-            .zip(&sigs)
-            .map(|(i, (p, r))| ("rvm", i.name(), p.as_slice(), r.as_slice()))
-            .collect();
-        module(&list, memory_min)
-    }
-}
+/// The integration tests' module builders.
+#[cfg(test)]
+#[path = "../tests/common/modules.rs"]
+#[allow(dead_code)]
+mod test_modules;
 
 #[cfg(test)]
 mod tests {
-    use super::build::*;
+    use super::test_modules::*;
     use super::*;
 
     #[test]
@@ -542,12 +391,41 @@ mod tests {
         assert_eq!(read(b"\0asm").unwrap_err().offset, 0);
         assert!(read(b"\0asm\x01\0\0\0\x02\x05\x01").is_err());
         // A count claiming more items than bytes.
+        let e = read(b"\0asm\x01\0\0\0\x02\x02\xff\x01").unwrap_err();
         assert_eq!(
-            read(b"\0asm\x01\0\0\0\x02\x02\xff\x01").unwrap_err().reason,
-            "count larger than the section"
+            (e.offset, e.reason.as_str()),
+            (12, "unexpected end-of-file")
         );
         assert!(read(b"\0asm\x01\0\0\0").unwrap().imports.is_empty());
         // LEB with too many bytes.
         assert!(read(b"\0asm\x01\0\0\0\x00\x80\x80\x80\x80\x80\x01").is_err());
+    }
+
+    #[test]
+    fn a_module_the_engine_finds_invalid_is_refused() {
+        use wasm_encoder::{CodeSection, Function, FunctionSection, Instruction, TypeSection};
+        // `() -> ()` whose body leaves an i32 on the stack: well-formed, not valid.
+        let mut m = wasm_encoder::Module::new();
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        m.section(&types);
+        let mut funcs = FunctionSection::new();
+        funcs.function(0);
+        m.section(&funcs);
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::I32Const(1))
+            .instruction(&Instruction::End);
+        let mut code = CodeSection::new();
+        code.function(&body);
+        m.section(&code);
+        let m = m.finish();
+        assert!(read(&m).is_ok());
+        let e = check(&m).unwrap_err();
+        assert!(matches!(e, Refusal::Invalid { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("not a valid WebAssembly module: type mismatch"),
+            "{e}"
+        );
     }
 }

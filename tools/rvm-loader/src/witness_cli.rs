@@ -14,12 +14,12 @@
 use crate::commands::Ctx;
 use crate::diag::Diagnostic;
 use crate::error::{Error, Result};
+use crate::home::{self, Registry};
 use crate::keys::KeyRole;
 use crate::model::{KeyFingerprint, PartitionName};
-use crate::store::{self, Registry};
 use rvm_abi::witness::HYPERVISOR_LOG;
 use rvm_witness::{Hash, PublicKey};
-use rvm_witness_host::store::{HYPERVISOR_NAME, LOG_SUFFIX};
+use rvm_witness_host::log_folder::{HYPERVISOR_NAME, LOG_SUFFIX};
 use rvm_witness_host::{HostError, LogNames, VerifyOptions};
 use std::path::{Path, PathBuf};
 
@@ -221,7 +221,7 @@ pub fn show(ctx: &Ctx, which: Option<&str>) -> Result<()> {
                             "call",
                             results[0],
                             data.len(),
-                            store::hex(shown)
+                            rvm_abi::hex::to_string(shown)
                         );
                     }
                     rvm_abi::journal::Entry::Start { seq, handles } => {
@@ -385,7 +385,7 @@ fn journal_json(f: &rvm_abi::journal::JournalFrame) -> serde_json::Value {
             data,
         } => serde_json::json!({
             "log": f.log, "kind": "call", "seq": seq, "regs": regs, "status": status,
-            "results": results, "data": store::hex(data),
+            "results": results, "data": rvm_abi::hex::to_string(data),
         }),
         Entry::Start { seq, handles } => serde_json::json!({
             "log": f.log, "kind": "start", "seq": seq,
@@ -398,7 +398,7 @@ fn journal_json(f: &rvm_abi::journal::JournalFrame) -> serde_json::Value {
 
 fn write_out(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match out {
-        Some(p) => store::write_atomic(p, bytes, 0o644),
+        Some(p) => home::write_atomic(p, bytes, 0o644),
         None => {
             use std::io::Write;
             std::io::stdout()

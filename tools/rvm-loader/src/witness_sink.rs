@@ -7,7 +7,7 @@
 //! in `<partition>.checkpoints` and the announced key in `<partition>.pub`
 //! (the hypervisor's own log is `hypervisor`). An earlier run's files of
 //! the same name are moved to `witness/archive/` first (the recorder's
-//! rule, see `rvm_witness_host::store`).
+//! rule, see `rvm_witness_host::log_folder`).
 //!
 //! # The witness key
 //!
@@ -27,8 +27,8 @@
 //! starts, with exit 2. The check here catches a device that does not use
 //! the bundle's key.
 
+use crate::home::Home;
 use crate::model::{KeyFingerprint, PartitionName};
-use crate::store::Home;
 use rvm_abi::frame::Frame;
 use rvm_abi::journal::JournalFrame;
 use rvm_witness::Hash;
@@ -364,7 +364,7 @@ fn file_journal(
         text.push_str(l);
         text.push('\n');
     }
-    crate::store::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    crate::home::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
     Ok(moved)
 }
 

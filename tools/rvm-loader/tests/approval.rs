@@ -23,10 +23,8 @@ fn with_guest() -> (Env, TempDir) {
     (env, t)
 }
 
-fn hex(s: &str) -> Vec<u8> {
-    let mut out = vec![0u8; s.len() / 2];
-    rvm_abi::hex::decode(s.as_bytes(), &mut out).unwrap();
-    out
+fn unhex(s: &str) -> Vec<u8> {
+    rvm_abi::hex::decode_vec(s.as_bytes()).unwrap()
 }
 
 #[test]
@@ -56,7 +54,7 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
     let key = ed25519_dalek::VerifyingKey::from_bytes(&bound).unwrap();
     // The bundle's boot id: the approval is for a boot of this bundle.
     let boot_id = b.boot_id().expect("every bundle carries a boot id");
-    let boot_hex: String = boot_id.iter().map(|x| format!("{x:02x}")).collect();
+    let boot_hex = rvm_abi::hex::to_string(&boot_id);
     let root = RootRef {
         partition: 1,
         index: 3,
@@ -93,9 +91,9 @@ fn an_approval_verifies_under_the_key_bound_in_the_bundle() {
         serde_json::from_str(&env.ok(&all).stdout).unwrap()
     };
     let check = |a: &serde_json::Value, want: [u8; APPROVAL_MESSAGE_LEN]| {
-        assert_eq!(hex(a["message"].as_str().unwrap()), want, "{a}");
-        assert_eq!(hex(a["authority"].as_str().unwrap()), bound, "{a}");
-        let sig: [u8; 64] = hex(a["signature"].as_str().unwrap()).try_into().unwrap();
+        assert_eq!(unhex(a["message"].as_str().unwrap()), want, "{a}");
+        assert_eq!(unhex(a["authority"].as_str().unwrap()), bound, "{a}");
+        let sig: [u8; 64] = unhex(a["signature"].as_str().unwrap()).try_into().unwrap();
         key.verify_strict(&want, &ed25519_dalek::Signature::from_bytes(&sig))
             .unwrap();
         // Any other message does not verify with this signature.

@@ -234,8 +234,8 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
     // The bundle carries a random boot id, recorded with the run of every
     // partition in it (what `caps prove` signs by default).
     let boot_id = b.boot_id().expect("every bundle carries a boot id");
-    let hex: String = boot_id.iter().map(|x| format!("{x:02x}")).collect();
-    let reg = rvm_loader::store::Home::new(env.home()).load().unwrap();
+    let hex = rvm_abi::hex::to_string(&boot_id);
+    let reg = rvm_loader::home::Home::new(env.home()).load().unwrap();
     for rec in reg.partitions.values() {
         let run = rec.last_run.as_ref().expect("a run record");
         assert_eq!(run.boot_id.as_deref(), Some(hex.as_str()), "{run:?}");
@@ -454,7 +454,7 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
     std::fs::write(&bg, agent_module()).unwrap();
     let o = fresh.run(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
     assert_eq!(o.code, 0, "{o:?}");
-    let reg = rvm_loader::store::Home::new(fresh.home()).load().unwrap();
+    let reg = rvm_loader::home::Home::new(fresh.home()).load().unwrap();
     let g = reg
         .partitions
         .values()
@@ -464,10 +464,7 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
         .clone()
         .unwrap();
     assert!(
-        matches!(
-            g.source,
-            rvm_loader::store::ModuleSource::NodeModules { .. }
-        ),
+        matches!(g.source, rvm_loader::home::ModuleSource::NodeModules { .. }),
         "{g:?}"
     );
     // Another installed version is refused.
@@ -484,7 +481,7 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
     let o = env.run(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
     assert_eq!(o.code, 0, "{o:?}");
     let explicit = t.join("explicit.wasm");
-    std::fs::write(&explicit, rvm_loader::wasm::build::rvm_agent(Some(40))).unwrap();
+    std::fs::write(&explicit, common::modules::rvm_agent(Some(40))).unwrap();
     env.ok(&[
         "deploy",
         dir.to_str().unwrap(),
@@ -492,7 +489,7 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
         explicit.to_str().unwrap(),
         "--no-boot",
     ]);
-    let reg = rvm_loader::store::Home::new(env.home()).load().unwrap();
+    let reg = rvm_loader::home::Home::new(env.home()).load().unwrap();
     let g = reg
         .partitions
         .values()
@@ -502,7 +499,7 @@ fn guest_resolution_reads_node_modules_and_refuses_js_glue() {
         .clone()
         .unwrap();
     assert!(
-        matches!(g.source, rvm_loader::store::ModuleSource::Explicit { .. }),
+        matches!(g.source, rvm_loader::home::ModuleSource::Explicit { .. }),
         "{g:?}"
     );
     // Its memory minimum (40 pages) sets the partition's budget.

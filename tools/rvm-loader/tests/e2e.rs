@@ -202,16 +202,6 @@ fn show(env: &Real, name: &str) -> String {
     env.ok(&["witness", "show", name]).stdout
 }
 
-/// A module whose entry traps at once (`unreachable`): a fault at run time.
-fn trapping_module() -> Vec<u8> {
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    m.extend([0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type 0: () -> ()
-    m.extend([0x03, 0x02, 0x01, 0x00]); // func 0: type 0
-    m.extend([0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00]); // export "run"
-    m.extend([0x0a, 0x05, 0x01, 0x03, 0x00, 0x00, 0x0b]); // body: unreachable
-    m
-}
-
 #[test]
 fn the_emitted_install_script_runs_unmodified_under_qemu() {
     let env = Real::new();
@@ -327,7 +317,7 @@ fn three_tenants_from_three_templates_and_a_trapping_one_leaves_the_others_intac
     env.add_reference();
     let t = TempDir::new("trap");
     let trap_path = t.join("trap.wasm");
-    std::fs::write(&trap_path, trapping_module()).unwrap();
+    std::fs::write(&trap_path, common::modules::trapping()).unwrap();
     env.ok(&[
         "deploy",
         fixture("template-minimal").to_str().unwrap(),

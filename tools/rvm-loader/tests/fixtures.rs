@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use rvm_abi::bundle::{BootConfig, Bundle, CapDesc, EntryKind, MemoryTier, PartitionDesc, GLOBAL};
 use rvm_abi::{ObjectKind, ProofTier, Rights};
-use rvm_loader::store::Home;
+use rvm_loader::home::Home;
 use sha2::{Digest, Sha256};
 
 fn names_of(case: &str) -> &'static str {

@@ -120,7 +120,7 @@ proptest! {
 
     #[test]
     fn mutated_wasm(edits in prop::collection::vec((any::<u16>(), any::<u8>()), 1..6)) {
-        let mut m = wasm::build::rvm_agent(Some(3));
+        let mut m = common::modules::rvm_agent(Some(3));
         for (at, b) in edits {
             let i = usize::from(at) % m.len();
             m[i] = b;

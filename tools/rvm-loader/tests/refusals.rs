@@ -348,7 +348,7 @@ fn unsupported_wasm_imports_and_js_glue() {
     let bad = t.join("bad.wasm");
     std::fs::write(
         &bad,
-        rvm_loader::wasm::build::module(
+        common::modules::module(
             &[
                 ("env", "memcpy", &[0x7f], &[]),
                 ("rvm", "open_file", &[], &[0x7f]),

@@ -37,7 +37,7 @@ pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
 pub fn random_hex(n: usize) -> io::Result<String> {
     let mut bytes = vec![0u8; n];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(rvm_abi::hex::to_string(&bytes))
 }
 
 /// Create a new file `<dir>/<prefix><random><suffix>` (mode `mode`) that

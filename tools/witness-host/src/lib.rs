@@ -2,7 +2,7 @@
 //!
 //! * [`demux`] — split the console UART stream into console lines, witness
 //!   frames and damaged frame lines;
-//! * [`store`] — file a run's frames under `$RVM_HOME/witness/` (file
+//! * [`log_folder`] — file a run's frames under `$RVM_HOME/witness/` (file
 //!   formats documented there) with [`Recorder`];
 //! * [`report`] — `witness verify`: [`verify`] a log file, naming the first
 //!   bad record;
@@ -18,14 +18,17 @@
 pub mod demux;
 pub mod error;
 pub mod files;
+pub mod log_folder;
 pub mod proof;
 pub mod read;
 pub mod report;
 pub mod show;
-pub mod store;
 
 pub use demux::{DamageReason, DamagedLine, Demux, StreamItem};
 pub use error::HostError;
+pub use log_folder::{
+    home_from_env, witness_dir, FiledLog, LogFiles, LogNames, Recorder, RecorderSummary,
+};
 pub use proof::{
     prove, prove_consistency_loaded, prove_loaded, verify_consistency_proof, verify_proof,
     verify_proof_embedded, ConsistencyProof, InclusionProof, ProofFailure, ProvenRecord,
@@ -33,6 +36,3 @@ pub use proof::{
 pub use read::{load, read_checkpoints, read_key, KeySource, LoadedLog, LogIdSource};
 pub use report::{verify, verify_loaded, KeyCheck, VerifyOptions, VerifyReport};
 pub use show::{export_jsonl, show, ShowLine};
-pub use store::{
-    home_from_env, witness_dir, FiledLog, LogFiles, LogNames, Recorder, RecorderSummary,
-};

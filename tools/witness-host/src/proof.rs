@@ -63,10 +63,6 @@ struct ProofJson {
     checkpoint: String,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn bad(reason: impl Into<String>) -> HostError {
     HostError::BadProof {
         reason: reason.into(),
@@ -92,7 +88,7 @@ impl InclusionProof {
             log: self.log.0,
             seq: self.seq,
             size: self.size,
-            record: hex(&self.record),
+            record: rvm_abi::hex::to_string(&self.record),
             leaf_hash: leaf_hash(&self.record).to_string(),
             path: self.path.iter().map(Hash::to_string).collect(),
             root: self.checkpoint.checkpoint.root.to_string(),
@@ -108,7 +104,7 @@ impl InclusionProof {
             self.log,
             self.seq,
             self.size,
-            hex(&self.record)
+            rvm_abi::hex::to_string(&self.record)
         );
         for p in &self.path {
             s.push_str(&format!("path {p}\n"));

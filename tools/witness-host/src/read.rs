@@ -2,7 +2,7 @@
 //! id the records belong to.
 
 use crate::error::HostError;
-use crate::store::{LogFiles, HYPERVISOR_NAME};
+use crate::log_folder::{LogFiles, HYPERVISOR_NAME};
 use rvm_abi::witness::{WitnessRecord, RECORD_LEN};
 use rvm_witness::{parse_notes, LogId, PublicKey, SignedCheckpoint};
 use std::fs;

@@ -1,8 +1,8 @@
 //! `witness show` and `witness export --format jsonl`: records decoded.
 
 use crate::error::HostError;
+use crate::log_folder::{LogFiles, LogNames, HYPERVISOR_NAME};
 use crate::read::read_checkpoints;
-use crate::store::{LogFiles, LogNames, HYPERVISOR_NAME};
 use rvm_abi::witness::{flags, Outcome, WitnessRecord, NO_CAP, RECORD_LEN};
 use rvm_abi::ProofTier;
 use rvm_witness::{chain_step, Hash};
@@ -44,10 +44,6 @@ pub struct ShowLine {
     /// The record could not be decoded (unknown version): only `index` and
     /// `head` are meaningful.
     pub undecodable: bool,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn partition_name(p: u32, names: &LogNames, files: &LogFiles, own: Option<u32>) -> String {
@@ -104,8 +100,8 @@ pub fn decode_line(
                 cap: (r.cap != NO_CAP).then_some(r.cap),
                 flags: r.flags,
                 checkpointed: r.flags & flags::CHECKPOINTED != 0,
-                args: hex(&r.args),
-                prev: hex(&r.prev),
+                args: rvm_abi::hex::to_string(&r.args),
+                prev: rvm_abi::hex::to_string(&r.prev),
                 head: head.to_string(),
                 undecodable: false,
             }

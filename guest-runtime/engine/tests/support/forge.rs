@@ -1,44 +1,28 @@
-//! A tiny WASM module encoder for tests that need a module no Rust agent
-//! would produce (wrong signatures, start functions, traps, memory growth).
+//! Small WASM modules for tests that need one no Rust agent would produce
+//! (wrong signatures, start functions, traps, memory growth). The binary
+//! encoding is `wasm-encoder`'s; this only keeps the tests' short builder.
 
-/// Value types.
+use wasm_encoder::{
+    CodeSection, ConstExpr, Encode, ExportKind, ExportSection, Function, FunctionSection,
+    GlobalSection, GlobalType, ImportSection, MemorySection, MemoryType, RefType, StartSection,
+    TableSection, TableType, TypeSection, ValType,
+};
+
+/// Value types, as the binary encodes them.
 pub const I32: u8 = 0x7f;
 pub const I64: u8 = 0x7e;
 
-fn leb(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
+fn val(t: u8) -> ValType {
+    match t {
+        I32 => ValType::I32,
+        I64 => ValType::I64,
+        _ => panic!("forge: value type {t:#x} is not i32 or i64"),
     }
 }
 
 /// Signed LEB128 for `i32.const` immediates.
-pub fn sleb(mut v: i64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        let done = (v == 0 && byte & 0x40 == 0) || (v == -1 && byte & 0x40 != 0);
-        out.push(if done { byte } else { byte | 0x80 });
-        if done {
-            return;
-        }
-    }
-}
-
-fn name(s: &str, out: &mut Vec<u8>) {
-    leb(s.len() as u64, out);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
-    out.push(id);
-    leb(body.len() as u64, out);
-    out.extend(body);
+pub fn sleb(v: i64, out: &mut Vec<u8>) {
+    v.encode(out);
 }
 
 /// A module under construction. Function indices count imports first.
@@ -125,98 +109,86 @@ impl Module {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = b"\0asm\x01\0\0\0".to_vec();
-        let mut b = Vec::new();
-        leb(self.types.len() as u64, &mut b);
+        let mut module = wasm_encoder::Module::new();
+        let mut types = TypeSection::new();
         for (p, r) in &self.types {
-            b.push(0x60);
-            leb(p.len() as u64, &mut b);
-            b.extend(p);
-            leb(r.len() as u64, &mut b);
-            b.extend(r);
+            types
+                .ty()
+                .function(p.iter().copied().map(val), r.iter().copied().map(val));
         }
-        section(1, b, &mut out);
+        module.section(&types);
         if !self.imports.is_empty() {
-            let mut b = Vec::new();
-            leb(self.imports.len() as u64, &mut b);
+            let mut imports = ImportSection::new();
             for (m, f, t) in &self.imports {
-                name(m, &mut b);
-                name(f, &mut b);
-                b.push(0);
-                leb(u64::from(*t), &mut b);
+                imports.import(m, f, wasm_encoder::EntityType::Function(*t));
             }
-            section(2, b, &mut out);
+            module.section(&imports);
         }
-        let mut b = Vec::new();
-        leb(self.funcs.len() as u64, &mut b);
+        let mut funcs = FunctionSection::new();
         for (t, _, _) in &self.funcs {
-            leb(u64::from(*t), &mut b);
+            funcs.function(*t);
         }
-        section(3, b, &mut out);
+        module.section(&funcs);
         if let Some(min) = self.table {
-            let mut b = vec![1, 0x70, 0];
-            leb(u64::from(min), &mut b);
-            section(4, b, &mut out);
+            let mut tables = TableSection::new();
+            tables.table(TableType {
+                element_type: RefType::FUNCREF,
+                table64: false,
+                minimum: u64::from(min),
+                maximum: None,
+                shared: false,
+            });
+            module.section(&tables);
         }
         if let Some(min) = self.memory {
-            let mut b = vec![1, 0];
-            leb(u64::from(min), &mut b);
-            section(5, b, &mut out);
+            let mut memories = MemorySection::new();
+            memories.memory(MemoryType {
+                minimum: u64::from(min),
+                maximum: None,
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+            module.section(&memories);
         }
         if !self.globals.is_empty() {
-            let mut b = Vec::new();
-            leb(self.globals.len() as u64, &mut b);
+            let mut globals = GlobalSection::new();
             for (init, _) in &self.globals {
-                b.extend([I32, 1, 0x41]);
-                sleb(i64::from(*init), &mut b);
-                b.push(0x0b);
+                let ty = GlobalType {
+                    val_type: ValType::I32,
+                    mutable: true,
+                    shared: false,
+                };
+                globals.global(ty, &ConstExpr::i32_const(*init));
             }
-            section(6, b, &mut out);
+            module.section(&globals);
         }
-        let mut b = Vec::new();
-        let exported_globals = self.globals.iter().filter(|(_, e)| e.is_some()).count();
-        let n = self.exports.len() + usize::from(self.memory.is_some()) + exported_globals;
-        leb(n as u64, &mut b);
+        let mut exports = ExportSection::new();
         for (e, f) in &self.exports {
-            name(e, &mut b);
-            b.push(0);
-            leb(u64::from(*f), &mut b);
+            exports.export(e, ExportKind::Func, *f);
         }
         if self.memory.is_some() {
-            name("memory", &mut b);
-            b.extend([2, 0]);
+            exports.export("memory", ExportKind::Memory, 0);
         }
-        for (i, (_, e)) in self.globals.iter().enumerate() {
+        for (i, (_, e)) in (0u32..).zip(&self.globals) {
             if let Some(e) = e {
-                name(e, &mut b);
-                b.push(3);
-                leb(i as u64, &mut b);
+                exports.export(e, ExportKind::Global, i);
             }
         }
-        section(7, b, &mut out);
-        if let Some(s) = self.start {
-            let mut b = Vec::new();
-            leb(u64::from(s), &mut b);
-            section(8, b, &mut out);
+        module.section(&exports);
+        if let Some(function_index) = self.start {
+            module.section(&StartSection { function_index });
         }
-        let mut b = Vec::new();
-        leb(self.funcs.len() as u64, &mut b);
+        let mut code = CodeSection::new();
         for (_, locals, body) in &self.funcs {
-            let mut f = Vec::new();
-            if *locals == 0 {
-                f.push(0);
-            } else {
-                f.push(1);
-                leb(u64::from(*locals), &mut f);
-                f.push(I32);
-            }
-            f.extend(body);
-            f.push(0x0b);
-            leb(f.len() as u64, &mut b);
-            b.extend(f);
+            let locals = (*locals > 0).then_some((*locals, ValType::I32));
+            let mut f = Function::new(locals);
+            f.raw(body.iter().copied());
+            f.raw([op::END]);
+            code.function(&f);
         }
-        section(10, b, &mut out);
-        out
+        module.section(&code);
+        module.finish()
     }
 }
 

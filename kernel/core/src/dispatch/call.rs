@@ -74,7 +74,7 @@ impl Witnessed {
 }
 
 pub(crate) fn regs_of<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> [u64; 6] {
-    let x = &hv.partitions[idx].vcpu.regs.x;
+    let x = &hv.partitions[idx].vcpu().regs.x;
     [x[1], x[2], x[3], x[4], x[5], x[6]]
 }
 
@@ -87,11 +87,8 @@ pub(crate) fn witness<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed
 /// caller writes the call's journal entry (the record says so).
 fn witness_seq<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, outcome: Outcome, journaled: bool) -> Result<u64, HvError> {
     let p = &mut hv.partitions[idx];
-    p.stats.hypercalls += 1;
-    if outcome != Outcome::Done {
-        p.stats.denied += 1;
-    }
-    let mut rec = WitnessRecord::new(WitnessOp::Call(Hypercall::Null), outcome, p.id.0);
+    p.count_call(outcome != Outcome::Done);
+    let mut rec = WitnessRecord::new(WitnessOp::Call(Hypercall::Null), outcome, p.id().0);
     rec.op = w.call;
     rec.tier = w.tier;
     rec.cap = w.cap;
@@ -100,15 +97,15 @@ fn witness_seq<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, outco
         rec.flags |= rvm_abi::witness::flags::JOURNALED;
     }
     rec.timestamp = hv.arch.now_ns();
-    p.output.charge_frame(rec.timestamp);
-    let log = p.id.0;
+    p.output_mut().charge_frame(rec.timestamp);
+    let log = p.id().0;
     hv.witness.append(&mut hv.arch, log, rec).map_err(|_| HvError::WitnessUnavailable)
 }
 
 /// The journal entry of a witnessed call (see [`crate::journal`]).
 fn journal_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, seq: u64, status: i64, results: &[u64]) {
     let input = crate::journal::CallInput { seq, regs: &w.regs, data: w.kept.as_deref().unwrap_or(&[]) };
-    let log = hv.partitions[idx].id.0;
+    let log = hv.partitions[idx].id().0;
     crate::journal::call(hv.journal, &mut hv.arch, log, &input, status, results);
 }
 
@@ -118,7 +115,7 @@ pub(crate) fn deny<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, e
         Ok(seq) => (err, Some(seq)),
         Err(e) => (e, None),
     };
-    hv.partitions[idx].vcpu.set_return(status.code(), &[]);
+    hv.partitions[idx].vcpu_mut().set_return(status.code(), &[]);
     if let Some(seq) = seq {
         journal_call(hv, idx, w, seq, status.code(), &[]);
     }
@@ -135,12 +132,12 @@ pub(crate) fn allow<A: Arch>(
     let seq = match witness_seq(hv, idx, w, Outcome::Done, true) {
         Ok(seq) => seq,
         Err(e) => {
-            hv.partitions[idx].vcpu.set_return(e.code(), &[]);
+            hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]);
             return Flow::Resume;
         }
     };
     let results = apply(hv);
-    hv.partitions[idx].vcpu.set_return(0, &results);
+    hv.partitions[idx].vcpu_mut().set_return(0, &results);
     journal_call(hv, idx, w, seq, 0, &results);
     Flow::Resume
 }
@@ -154,7 +151,7 @@ pub(crate) fn read_guest<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len:
     let mut buf = Vec::new();
     buf.try_reserve_exact(len).map_err(|_| HvError::NoMemory)?;
     buf.resize(len, 0);
-    guest_mem::read(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(ipa), &mut buf)?;
+    guest_mem::read(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(ipa), &mut buf)?;
     Ok(buf)
 }
 
@@ -209,7 +206,7 @@ pub(crate) struct CapUse {
 /// P1 of a use, changing nothing: handle, rights, object kind. The tier the
 /// use runs at.
 pub(crate) fn preflight<A: Arch>(hv: &Hypervisor<A>, idx: usize, u: &CapUse) -> Result<ProofTier, Refused> {
-    hv.caps.required_tier(hv.partitions[idx].id, u.raw, u.kind, u.need)
+    hv.caps.required_tier(hv.partitions[idx].id(), u.raw, u.kind, u.need)
 }
 
 /// Check a use at every tier and record it (nonce, quota). At P3 the
@@ -249,7 +246,7 @@ pub(crate) fn authorize_at<A: Arch>(
         },
         ProofTier::P1 | ProofTier::P2 => None,
     };
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let params = UseParams { now_ns: hv.arch.now_ns(), access: u.access, nonce: u.proof.nonce };
     match u.kind {
         Some(kind) => hv.caps.check(id, u.raw, kind, u.need, &params, approval.as_ref()),
@@ -264,7 +261,7 @@ pub(crate) fn read_signature<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, 
         return Ok(None);
     }
     let mut sig = [0u8; 64];
-    guest_mem::read(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(ipa), &mut sig)
+    guest_mem::read(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(ipa), &mut sig)
         .map_err(|e| Refused::at(e, ProofTier::P3, raw))?;
     Ok(Some(Signature(sig)))
 }

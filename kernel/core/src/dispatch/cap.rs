@@ -42,7 +42,7 @@ pub const STORE_DIGEST_TAG: [u8; 16] = *b"RVM-STORE-STATE\0";
 /// `CapQuery`: `x1` = object kind, `x2` = rights, `x3` = tier mask. Needs no
 /// right; witnessed at P1.
 pub(super) fn query<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     match hv.caps.query(id, regs[0]) {
         Ok(q) => {
             let w = Witnessed { tier: ProofTier::P1 as u8, ..w };
@@ -65,8 +65,8 @@ fn derive_args(regs: &[u64; 6]) -> Option<DeriveArgs> {
 /// Witness a change `rvm-cap` has already made and return `results`.
 fn applied<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, results: [u64; 3]) -> Flow {
     match witness(hv, idx, w, Outcome::Done) {
-        Ok(()) => hv.partitions[idx].vcpu.set_return(0, &results),
-        Err(e) => hv.partitions[idx].vcpu.set_return(e.code(), &[]),
+        Ok(()) => hv.partitions[idx].vcpu_mut().set_return(0, &results),
+        Err(e) => hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]),
     }
     Flow::Resume
 }
@@ -76,7 +76,7 @@ fn applied<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, results: 
 /// the target's table. The record names the parent, the tier its GRANT (or
 /// GRANT_ONCE) was used at, and digests the registers with the new handle.
 pub(super) fn derive<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let (id, raw) = (hv.partitions[idx].id, regs[0]);
+    let (id, raw) = (hv.partitions[idx].id(), regs[0]);
     let tier = match hv.caps.derive_tier(id, raw) {
         Ok(t) => t,
         Err(r) => return refuse(hv, idx, w, r),
@@ -93,7 +93,7 @@ pub(super) fn derive<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     };
     let params = UseParams { now_ns: hv.arch.now_ns(), access: None, nonce: regs[5] };
     if let Err(e) = hv.witness.reserve(id.0) {
-        hv.partitions[idx].vcpu.set_return(e.code(), &[]);
+        hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]);
         return Flow::Resume;
     }
     match hv.caps.derive(id, raw, &args, &params, signature.as_ref()) {
@@ -110,7 +110,7 @@ pub(super) fn derive<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
 /// everything derived from the handle, in every partition; `x1` = how many
 /// capabilities were removed.
 pub(super) fn revoke<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let (id, raw) = (hv.partitions[idx].id, regs[0]);
+    let (id, raw) = (hv.partitions[idx].id(), regs[0]);
     let u = CapUse {
         call: Hypercall::CapRevoke,
         raw,
@@ -132,7 +132,7 @@ pub(super) fn revoke<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     };
     let params = UseParams { now_ns: hv.arch.now_ns(), access: None, nonce: u.proof.nonce };
     if let Err(e) = hv.witness.reserve(id.0) {
-        hv.partitions[idx].vcpu.set_return(e.code(), &[]);
+        hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]);
         return Flow::Resume;
     }
     match hv.caps.revoke(id, raw, &params, signature.as_ref()) {
@@ -189,7 +189,7 @@ pub fn store_digest(snapshot: &StoreSnapshot) -> [u8; 32] {
 /// id — with the caller's partition id, everything a verifier needs to
 /// rebuild the signed message.
 pub(super) fn prove<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let (id, raw) = (hv.partitions[idx].id, regs[0]);
+    let (id, raw) = (hv.partitions[idx].id(), regs[0]);
     let u = CapUse {
         call: Hypercall::Prove,
         raw,
@@ -212,7 +212,7 @@ pub(super) fn prove<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
         Err(e) => return refuse(hv, idx, w, Refused::at(e, tier, raw)),
     };
     let out_len = PROVE_BUFFER_LEN as u64;
-    if let Err(e) = guest_mem::check_writable(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(regs[1]), out_len) {
+    if let Err(e) = guest_mem::check_writable(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(regs[1]), out_len) {
         return refuse(hv, idx, w, Refused::at(e, tier, raw));
     }
     let g = match authorize_at(hv, idx, &u, tier, |_| Ok(ArgsDigest::of(&[], &[]))) {
@@ -228,7 +228,7 @@ pub(super) fn prove<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
     out[32..].copy_from_slice(&signature);
     let w = w.granted(&g).data(regs, &out);
     allow(hv, idx, &w, |hv| {
-        let s2 = &hv.partitions[idx].stage2;
+        let s2 = hv.partitions[idx].stage2();
         let wrote = guest_mem::write(&mut hv.arch, s2, Ipa::new(regs[1]), &out);
         debug_assert!(wrote.is_ok());
         [at, object.kind as u64, u64::from(object.id.0)]

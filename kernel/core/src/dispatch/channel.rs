@@ -84,7 +84,7 @@ pub(super) fn recv<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     if len as u64 > regs[2] {
         return deny(hv, idx, &w, HvError::InvalidArgument);
     }
-    if let Err(e) = guest_mem::check_writable(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(regs[1]), len as u64) {
+    if let Err(e) = guest_mem::check_writable(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(regs[1]), len as u64) {
         return deny(hv, idx, &w, e);
     }
     let msg = match hv.channels[ch].peek(me) {
@@ -94,7 +94,7 @@ pub(super) fn recv<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     let w = w.data(regs, &msg);
     allow(hv, idx, &w, |hv| {
         let _ = hv.channels[ch].receive(me);
-        let s2 = &hv.partitions[idx].stage2;
+        let s2 = hv.partitions[idx].stage2();
         let wrote = guest_mem::write(&mut hv.arch, s2, Ipa::new(regs[1]), &msg);
         debug_assert!(wrote.is_ok());
         [msg.len() as u64, 0, 0]

@@ -25,12 +25,12 @@ use super::{allow, deny, Witnessed};
 
 pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
     let parts = [GuestPart { ipa: Ipa::new(regs[0]), len: regs[1] }, GuestPart { ipa: Ipa::new(regs[2]), len: regs[3] }];
-    let id = hv.partitions[idx].next_checkpoint_id;
+    let id = hv.partitions[idx].next_checkpoint_id();
     let snapshot = hv.stores[idx].snapshot();
     let captured = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &partitions[idx];
-        Checkpoint::capture(arch, frames, &p.stage2, &parts, p.checkpoint_limit, id, snapshot)
+        Checkpoint::capture(arch, frames, p.stage2(), &parts, p.checkpoint_limit(), id, snapshot)
     };
     let ck = match captured {
         Ok(ck) => ck,
@@ -40,11 +40,11 @@ pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     // Charged to the partition: past its checkpoint credit it gives up its
     // CPU until the credit refilled ([`crate::console::OutputCredit`]).
     let now = hv.arch.now_ns();
-    hv.partitions[idx].output.charge_checkpoint(now, ck.len);
+    hv.partitions[idx].output_mut().charge_checkpoint(now, ck.len);
     let w = w.data(regs, &hash.0);
     // Room for both records (the call's, `CheckpointTaken`) before either:
     // a checkpoint is installed witnessed or not at all.
-    let pid = hv.partitions[idx].id;
+    let pid = hv.partitions[idx].id();
     let Some(held) = hv.hold(pid, 2) else {
         ck.release(&mut hv.arch, &mut hv.frames);
         return deny(hv, idx, &w, rvm_abi::HvError::WitnessUnavailable);
@@ -68,16 +68,12 @@ pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
 /// Make `ck` the partition's last checkpoint, releasing the one before
 /// (taking it out of the restore window first if it is mapped there).
 fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, ck: Checkpoint) {
-    let pid = hv.partitions[idx].id;
+    let pid = hv.partitions[idx].id();
     let prefix = ck.hash.prefix16();
     let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
     let p = &mut partitions[idx];
-    if p.checkpoint_mapped != 0 {
-        crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
-        p.checkpoint_mapped = 0;
-    }
-    p.next_checkpoint_id = ck.id + 1;
-    if let Some(old) = p.checkpoint.replace(ck) {
+    p.clear_restore_window(arch);
+    if let Some(old) = p.install_checkpoint(ck) {
         old.release(arch, frames);
     }
     // Room was held by `take`: this append cannot fail.

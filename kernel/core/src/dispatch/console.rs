@@ -15,7 +15,7 @@ pub(super) fn write<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
     }
     let asked = regs[1] as usize;
     let now = hv.arch.now_ns();
-    let taken = hv.partitions[idx].output.take_text(now, asked);
+    let taken = hv.partitions[idx].output_mut().take_text(now, asked);
     let text = match read_guest(hv, idx, regs[0], taken as u64, MAX_CONSOLE_WRITE) {
         Ok(t) => t,
         Err(e) => return deny(hv, idx, &w, e),

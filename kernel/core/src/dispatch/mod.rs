@@ -36,7 +36,7 @@ fn unwitnessed<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, call: Hypercall) -> 
         Hypercall::Yield => Flow::Yielded,
         _ => return None,
     };
-    hv.partitions[idx].vcpu.set_return(0, &[]);
+    hv.partitions[idx].vcpu_mut().set_return(0, &[]);
     Some(flow)
 }
 
@@ -51,7 +51,7 @@ fn unknown_call_op(x0: u64) -> u16 {
 /// `x1..x6`, the immediate and `x0`), like any refused call.
 pub(crate) fn bad_immediate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, imm: u16) -> Flow {
     let regs = regs_of(hv, idx);
-    let x0 = hv.partitions[idx].vcpu.regs.x[0];
+    let x0 = hv.partitions[idx].vcpu().regs.x[0];
     let mut data = [0u8; 10];
     data[..2].copy_from_slice(&imm.to_le_bytes());
     data[2..].copy_from_slice(&x0.to_le_bytes());
@@ -62,7 +62,7 @@ pub(crate) fn bad_immediate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, imm: u1
 
 /// Handle `hvc #0` from partition `idx`.
 pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
-    let x0 = hv.partitions[idx].vcpu.regs.x[0];
+    let x0 = hv.partitions[idx].vcpu().regs.x[0];
     if u32::try_from(x0).is_ok_and(|id| smccc_owner(id) == SMCCC_OWNER_STANDARD) {
         return crate::dispatch::psci::call(hv, idx);
     }
@@ -100,7 +100,7 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         Hypercall::Idle => crate::domains::dormant::idle(hv, idx, w, &regs),
         Hypercall::ClockRead => {
             let p = &hv.partitions[idx];
-            let now = hv.arch.now_ns().saturating_sub(p.started_ns.unwrap_or(0));
+            let now = hv.arch.now_ns().saturating_sub(p.started_ns().unwrap_or(0));
             let w = w.data(&regs, &now.to_le_bytes());
             allow(hv, idx, &w, |_| [now, 0, 0])
         }

@@ -15,19 +15,19 @@ use crate::partition::PartitionState;
 const PSCI_VERSION_1_1: i64 = 0x0001_0001;
 
 pub(crate) fn call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
-    let x = hv.partitions[idx].vcpu.regs.x;
+    let x = hv.partitions[idx].vcpu().regs.x;
     let function = u32::try_from(x[0]).unwrap_or(0);
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let args = rvm_state::digest::of_parts(&[&x[0].to_le_bytes(), &x[1].to_le_bytes()]);
     let witnessed = hv.kernel_event(id, KernelEvent::Psci, Outcome::Done, args);
     if !witnessed && !matches!(function, psci::SYSTEM_OFF | psci::CPU_OFF) {
         // Fail-closed: an unwitnessed call is not answered. Turning off is
         // carried out regardless (stopping is the safe answer; `finish`
         // witnesses it as it can).
-        hv.partitions[idx].vcpu.set_return(psci::DENIED, &[]);
+        hv.partitions[idx].vcpu_mut().set_return(psci::DENIED, &[]);
         return Flow::Resume;
     }
-    let vcpu = &mut hv.partitions[idx].vcpu;
+    let vcpu = hv.partitions[idx].vcpu_mut();
     match function {
         psci::VERSION => vcpu.set_return(PSCI_VERSION_1_1, &[]),
         psci::FEATURES => {
@@ -58,8 +58,8 @@ pub(crate) fn finish<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u64) {
         return;
     }
     let p = &mut hv.partitions[idx];
-    p.exit_code = Some(code);
-    let (id, name) = (p.id, p.desc.name);
+    p.set_exit_code(code);
+    let (id, name) = (p.id(), p.desc().name);
     hv.partitions[idx].console_flush(&mut hv.arch);
     if rvm_abi::bootinfo::exit::is_refusal(code) {
         console::hyp_line(

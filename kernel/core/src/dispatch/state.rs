@@ -61,7 +61,7 @@ pub(super) fn stage<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
 /// ([`staged_args_digest`]), so an approval covers exactly the items it was
 /// given for and no other set staged later.
 fn staged_digest<A: Arch>(hv: &Hypervisor<A>, idx: usize, raw: u64) -> Result<ArgsDigest, HvError> {
-    let info = hv.caps.info(hv.partitions[idx].id, raw)?;
+    let info = hv.caps.info(hv.partitions[idx].id(), raw)?;
     let s = usize::try_from(info.object.id.0)
         .ok()
         .and_then(|id| id.checked_sub(1))
@@ -133,12 +133,12 @@ pub(super) fn get<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, reg
     if value.len() as u64 > regs[4] {
         return deny(hv, idx, &w, HvError::Full);
     }
-    if let Err(e) = guest_mem::check_writable(&hv.arch, &hv.partitions[idx].stage2, Ipa::new(regs[3]), value.len() as u64) {
+    if let Err(e) = guest_mem::check_writable(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(regs[3]), value.len() as u64) {
         return deny(hv, idx, &w, e);
     }
     let w = w.data(regs, &[key.as_slice(), value.as_slice()].concat());
     allow(hv, idx, &w, |hv| {
-        let s2 = &hv.partitions[idx].stage2;
+        let s2 = hv.partitions[idx].stage2();
         let wrote = guest_mem::write(&mut hv.arch, s2, Ipa::new(regs[3]), &value);
         debug_assert!(wrote.is_ok());
         [value.len() as u64, 0, 0]

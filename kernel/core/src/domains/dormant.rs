@@ -49,7 +49,7 @@ use crate::witness::Reservation;
 
 /// Whether a message waits for any agent of partition `idx`.
 fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     hv.channels
         .iter()
         .any(|c| (0..2).any(|i| c.ends[i] == id && c.pending_for(c.endpoint(i)) > 0))
@@ -59,7 +59,7 @@ fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
 /// module under the shared runtime (only those can be rebuilt on a wake).
 fn dormant_tier<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     let p = &hv.partitions[idx];
-    p.desc.memory_tier == MemoryTier::Dormant && p.own_image.is_none() && p.wasm.1 != 0 && hv.runtime.is_some()
+    p.desc().memory_tier == MemoryTier::Dormant && p.own_image().is_none() && p.wasm().1 != 0 && hv.runtime.is_some()
 }
 
 /// The `Idle` hypercall (see [`rvm_abi::Hypercall::Idle`]).
@@ -68,13 +68,13 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     if checkpoint_id == 0 {
         // The question changes nothing and is not witnessed.
         let may = dormant_tier(hv, idx) && !message_waiting(hv, idx);
-        hv.partitions[idx].vcpu.set_return(0, &[u64::from(may)]);
+        hv.partitions[idx].vcpu_mut().set_return(0, &[u64::from(may)]);
         return Flow::Resume;
     }
     if !dormant_tier(hv, idx) {
         return deny(hv, idx, &w, HvError::NotSupported);
     }
-    let last = hv.partitions[idx].checkpoint.as_ref().map(|c| c.id);
+    let last = hv.partitions[idx].checkpoint().map(|c| c.id);
     if last != Some(checkpoint_id) {
         return deny(hv, idx, &w, HvError::InvalidArgument);
     }
@@ -84,12 +84,12 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     }
     // Room for the call's record and `DormantEnter` before either: the
     // partition does not lose its memory unwitnessed.
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let Some(mut held) = hv.hold(id, 2) else {
         return deny(hv, idx, &w, HvError::WitnessUnavailable);
     };
     let flow = allow(hv, idx, &w, |_| [1, 0, 0]);
-    if hv.partitions[idx].vcpu.regs.x[0] != 0 {
+    if hv.partitions[idx].vcpu().regs.x[0] != 0 {
         // The record was refused: the partition stays awake.
         hv.release(held);
         return flow;
@@ -107,28 +107,28 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
     hv.stores[idx].abort();
     let module = module_frames(hv, idx);
     // Heap pages: the agent's linear memory and the runtime's heap.
-    let heap = core::mem::take(&mut hv.partitions[idx].heap_pages);
+    let heap = hv.partitions[idx].take_heap_pages();
     for (_, pa) in heap {
         hv.scrub_and_free(pa);
     }
     // Private pages (runtime data, boot-info page) except the module's.
-    let private = core::mem::take(&mut hv.partitions[idx].private_frames);
+    let private = hv.partitions[idx].take_private_frames();
     for pa in private {
         if !module.contains(&pa) {
             hv.scrub_and_free(pa);
         }
     }
-    hv.partitions[idx].private_frames = module;
-    hv.partitions[idx].checkpoint_mapped = 0;
+    hv.partitions[idx].keep_private_frames(module);
+    hv.partitions[idx].forget_restore_window();
     if let Some(empty) = Stage2Table::new(&mut hv.arch, &mut hv.frames) {
-        let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
+        let old = hv.partitions[idx].replace_stage2(empty);
         old.destroy(&mut hv.arch, &mut hv.frames);
     }
-    let vmid = hv.partitions[idx].vmid;
+    let vmid = hv.partitions[idx].vmid();
     hv.arch.flush_stage2(vmid);
     hv.forget_loaded_vcpu(idx);
     let reclaimed = before.saturating_sub(hv.frames.frames_in_use());
-    let ck = hv.partitions[idx].checkpoint.as_ref().map_or(0, |c| c.id);
+    let ck = hv.partitions[idx].checkpoint().map_or(0, |c| c.id);
     let args = DormantArgs {
         frames: u32::try_from(reclaimed).unwrap_or(u32::MAX),
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
@@ -138,7 +138,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
     let d = hv.dormant.entry(idx);
     d.sleeps += 1;
     d.last_reclaimed = reclaimed;
-    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
     console::hyp_line(
         &mut hv.arch,
         format_args!(
@@ -153,10 +153,10 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
 /// The frames backing the partition's WASM module window.
 fn module_frames<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Vec<PhysAddr> {
     let p = &hv.partitions[idx];
-    let (ipa, len) = p.wasm;
+    let (ipa, len) = p.wasm();
     let pages = len.div_ceil(PAGE_SIZE);
     (0..pages)
-        .filter_map(|n| p.stage2.translate(&hv.arch, Ipa::new(ipa + n * PAGE_SIZE)))
+        .filter_map(|n| p.stage2().translate(&hv.arch, Ipa::new(ipa + n * PAGE_SIZE)))
         .map(|t| t.pa)
         .collect()
 }
@@ -167,8 +167,8 @@ pub(crate) fn message_sent<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
     let Some(c) = hv.channels.get(ch) else { return };
     let ends = c.ends;
     for end in ends {
-        let Some(idx) = hv.partitions.iter().position(|p| p.id == end) else { continue };
-        if hv.partitions[idx].state == PartitionState::Dormant && message_waiting(hv, idx) {
+        let Some(idx) = hv.partitions.iter().position(|p| p.id() == end) else { continue };
+        if hv.partitions[idx].state() == PartitionState::Dormant && message_waiting(hv, idx) {
             wake(hv, idx);
         }
     }
@@ -178,7 +178,7 @@ pub(crate) fn message_sent<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
 pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let started = hv.arch.now_ns();
     let before = hv.frames.frames_in_use();
-    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
     // Room for `DormantExit` first: a wake that cannot be witnessed does
     // not happen (the partition sleeps on; the message waits).
     let Some(mut held) = hv.hold(id, 1) else { return };
@@ -224,18 +224,18 @@ fn rebuild<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<(), HvError> {
     let rt = runtime.as_ref().ok_or(HvError::NotSupported)?;
     let p = &mut partitions[idx];
     let fresh = Stage2Table::new(arch, frames).ok_or(HvError::NoMemory)?;
-    let empty = core::mem::replace(&mut p.stage2, fresh);
+    let empty = p.replace_stage2(fresh);
     empty.destroy(arch, frames);
-    let module = p.private_frames.clone();
-    rt.map_into(arch, frames, &mut p.stage2, &mut p.private_frames).map_err(|_| HvError::NoMemory)?;
+    let module = p.private_frames().to_vec();
+    p.map_image(arch, frames, rt).map_err(|_| HvError::NoMemory)?;
     for (n, pa) in module.into_iter().enumerate() {
         let ipa = Ipa::new(layout::WASM_IPA + n as u64 * PAGE_SIZE);
-        p.stage2.map(arch, frames, ipa, pa, S2Perm::ReadOnly, MemType::Normal).map_err(|_| HvError::NoMemory)?;
+        p.stage2_mut().map(arch, frames, ipa, pa, S2Perm::ReadOnly, MemType::Normal).map_err(|_| HvError::NoMemory)?;
     }
     let page = frames.alloc().ok_or(HvError::NoMemory)?;
     arch.phys_zero(page, PAGE_BYTES);
-    p.private_frames.push(page);
-    p.stage2
+    p.add_private_frame(page);
+    p.stage2_mut()
         .map(arch, frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
         .map_err(|_| HvError::NoMemory)?;
     Ok(())

@@ -79,7 +79,6 @@ use crate::state::{Flow, Hypervisor};
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use rvm_state::store::{StateStore, StoreLimits};
-use crate::running::vcpu::Vcpu;
 
 pub use crate::domains::moves::{Arrival, Departure, Move, MoveError, MoveKind, Plan, DEPARTURE_TIMEOUT_NS};
 
@@ -112,7 +111,7 @@ pub(crate) fn begin_split<A: Arch>(hv: &mut Hypervisor<A>, s: &SplitDecision) ->
         return Err(BUSY);
     }
     let p = &hv.partitions[info.partition];
-    if p.own_image.is_some() || !hv.domains.is_multi_agent(info.partition) || !p.is_runnable() {
+    if p.own_image().is_some() || !hv.domains.is_multi_agent(info.partition) || !p.is_runnable() {
         return Err("its partition cannot hand over one agent");
     }
     let since_ns = hv.arch.now_ns();
@@ -129,7 +128,7 @@ pub(crate) fn begin_merge<A: Arch>(hv: &mut Hypervisor<A>, m: &MergeDecision) ->
     if hv.domains.departing.is_some() {
         return Err(BUSY);
     }
-    let index_of = |id: u32| hv.partitions.iter().position(|p| p.id == PartitionId(id));
+    let index_of = |id: u32| hv.partitions.iter().position(|p| p.id() == PartitionId(id));
     let (Some(from), Some(into)) = (index_of(m.from.0), index_of(m.into.0)) else {
         return Err("unknown partition");
     };
@@ -142,7 +141,7 @@ pub(crate) fn begin_merge<A: Arch>(hv: &mut Hypervisor<A>, m: &MergeDecision) ->
     };
     for idx in [from, into] {
         let p = &hv.partitions[idx];
-        if p.own_image.is_some() || !hv.domains.has_table(idx) {
+        if p.own_image().is_some() || !hv.domains.has_table(idx) {
             return Err("a partition without the shared runtime's agent table cannot hand over or admit an agent");
         }
         if !p.is_runnable() {
@@ -206,7 +205,7 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     let captured = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &partitions[idx];
-        Checkpoint::capture(arch, frames, &p.stage2, &parts, p.checkpoint_limit, 1, snapshot)
+        Checkpoint::capture(arch, frames, p.stage2(), &parts, p.checkpoint_limit(), 1, snapshot)
     };
     let ck = match captured {
         Ok(ck) => ck,
@@ -217,7 +216,7 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     };
     let hash = ck.hash;
     let w = w.data(regs, &hash.0);
-    let src = hv.partitions[idx].id;
+    let src = hv.partitions[idx].id();
     // The call's record and the move's (`Split`/`Merge`) must follow the
     // move: room for both first.
     let Some(held) = hv.hold(src, 2) else {
@@ -249,7 +248,7 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     if let Some(last) = hv.domains.moves.last_mut() {
         last.took_ns = took;
     }
-    let (from_name, to_name) = (hv.partitions[idx].desc.name, hv.partitions[moved].desc.name);
+    let (from_name, to_name) = (hv.partitions[idx].desc().name, hv.partitions[moved].desc().name);
     if let Some(m) = hv.domains.moves.last().cloned() {
         let what = match m.kind {
             MoveKind::Split => "split",
@@ -285,7 +284,7 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
 /// it) and so does its state store (the moved agent's handle names it).
 fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let code: u64 = 0;
-    hv.partitions[idx].exit_code = Some(code);
+    hv.partitions[idx].set_exit_code(code);
     {
         let Hypervisor { arch, partitions, .. } = &mut *hv;
         partitions[idx].console_flush(arch);
@@ -294,7 +293,7 @@ fn retire<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let before = hv.frames.frames_in_use();
     crate::load::release(hv, idx);
     let returned = before.saturating_sub(hv.frames.frames_in_use());
-    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
     crate::console::hyp_line(
         &mut hv.arch,
         format_args!(
@@ -321,10 +320,10 @@ fn release_arrival<A: Arch>(hv: &mut Hypervisor<A>) {
     {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &mut partitions[a.partition];
-        crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, a.pages, p.vmid);
+        p.unmap_restore_pages(arch, a.pages);
         a.checkpoint.release(arch, frames);
     }
-    let Some(t) = hv.partitions[a.partition].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
+    let Some(t) = hv.partitions[a.partition].stage2().translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
     let mut page = [0u8; PAGE_BYTES];
     hv.arch.phys_read(t.pa, &mut page);
     let mut entries: Vec<_> = (0..AgentTable::count(&page)).filter_map(|s| AgentTable::read(&page, s)).collect();
@@ -363,7 +362,7 @@ fn read_guest_bytes<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len: u64)
     let mut done = 0usize;
     while done < len {
         let at = Ipa::new(ipa.checked_add(done as u64)?);
-        let t = hv.partitions[idx].stage2.translate(&hv.arch, at)?;
+        let t = hv.partitions[idx].stage2().translate(&hv.arch, at)?;
         let take = (len - done).min(PAGE_BYTES - usize::try_from(at.page_offset()).ok()?);
         hv.arch.phys_read(t.pa, &mut out[done..done + take]);
         done += take;
@@ -377,7 +376,7 @@ fn read_guest_bytes<A: Arch>(hv: &Hypervisor<A>, idx: usize, ipa: u64, len: u64)
 /// on the way is refused and its memory returned).
 fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecision, ck: Checkpoint) -> Result<usize, MoveError> {
     let src_idx = dep.partition;
-    let src = hv.partitions[src_idx].id;
+    let src = hv.partitions[src_idx].id();
     // The mover's module, from its partition's agent table.
     let entry = read_guest_bytes(hv, src_idx, layout::AGENTS_IPA, PAGE_SIZE)
         .and_then(|page| AgentTable::read(&page, usize::from(dep.slot.0)))
@@ -401,17 +400,15 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
         hv.caps.evict(id);
         return Err(MoveError::OutOfMemory);
     };
-    let from_desc = hv.partitions[src_idx].desc;
+    let from_desc = *hv.partitions[src_idx].desc();
     let desc = PartitionDesc { name: name_for(&from_desc, dep.agent), ..from_desc };
     let heap_len = u64::from(desc.wasm_pages).saturating_mul(layout::WASM_PAGE).saturating_add(layout::RUNTIME_HEAP_OVERHEAD);
-    hv.partitions.push(Partition {
-        checkpoint_limit: hv.partitions[src_idx].checkpoint_limit,
-        next_checkpoint_id: ck.id + 1,
-        // The agent's clock (`ClockRead`) goes on from its old partition's.
-        started_ns: hv.partitions[src_idx].started_ns,
-        wasm: (layout::WASM_IPA, module.len() as u64),
-        ..Partition::created(id, desc, vmid, stage2, heap_len)
-    });
+    let moved = Partition::created(id, desc, vmid, stage2, heap_len).moved_in(
+        &hv.partitions[src_idx],
+        ck.id,
+        (layout::WASM_IPA, module.len() as u64),
+    );
+    hv.partitions.push(moved);
     hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
     // Its creation, capabilities, load and the `Split` all in its log:
     // room for the creation record now, for each capability as it is
@@ -479,8 +476,8 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
         internal: decision.internal,
         channels,
         queued,
-        handles: u32::try_from(p.boot_handles.len()).unwrap_or(u32::MAX),
-        image_bytes: p.checkpoint.as_ref().map_or(0, |c| c.len),
+        handles: u32::try_from(p.boot_handles().len()).unwrap_or(u32::MAX),
+        image_bytes: p.checkpoint().map_or(0, |c| c.len),
         at_ns: now,
         took_ns: 0,
     });
@@ -490,7 +487,7 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
 /// Mark `slot` of partition `idx`'s agent table as moved away (module
 /// length 0), so a restarted runtime does not start that agent again.
 fn vacate_table_slot<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, slot: AgentSlot) {
-    let Some(t) = hv.partitions[idx].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
+    let Some(t) = hv.partitions[idx].stage2().translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) else { return };
     let mut page = [0u8; PAGE_BYTES];
     hv.arch.phys_read(t.pa, &mut page);
     let mut entries: Vec<_> = (0..AgentTable::count(&page)).filter_map(|s| AgentTable::read(&page, s)).collect();
@@ -515,16 +512,16 @@ fn populate<A: Arch>(
     let ck_pages = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &mut partitions[idx];
-        let mapped = ck.map_into(arch, frames, &mut p.stage2);
-        p.checkpoint = Some(ck);
+        let mapped = ck.map_into(arch, frames, p.stage2_mut());
+        p.receive_checkpoint(ck);
         mapped.map_err(|_| MoveError::OutOfMemory)?
     };
-    hv.partitions[idx].checkpoint_mapped = ck_pages;
+    hv.partitions[idx].note_checkpoint_mapped(ck_pages);
     let entry = {
         let Hypervisor { arch, frames, partitions, runtime, .. } = &mut *hv;
         let rt = runtime.as_ref().ok_or(MoveError::Module)?;
         let p = &mut partitions[idx];
-        rt.map_into(arch, frames, &mut p.stage2, &mut p.private_frames).map_err(|_| MoveError::OutOfMemory)?;
+        p.map_image(arch, frames, rt).map_err(|_| MoveError::OutOfMemory)?;
         rt.entry
     };
     crate::load::map_bytes(hv, idx, Ipa::new(layout::WASM_IPA), module, S2Perm::ReadOnly)
@@ -533,18 +530,17 @@ fn populate<A: Arch>(
     hv.arch.phys_zero(page, PAGE_BYTES);
     {
         let p = &mut hv.partitions[idx];
-        p.private_frames.push(page);
-        p.stage2
+        p.add_private_frame(page);
+        p.stage2_mut()
             .map(&mut hv.arch, &mut hv.frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
             .map_err(|_| MoveError::OutOfMemory)?;
-        *p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
-        p.entry = entry;
+        p.start_at(entry);
     }
     // The handles the mover saw, in the order it saw them.
     let tag = u8::try_from(dep.slot.0 + 1).unwrap_or(u8::MAX);
     let mine: Vec<HandleInfo> =
-        hv.partitions[dep.partition].boot_handles.iter().copied().filter(|h| h.agent == 0 || h.agent == tag).collect();
-    let id = hv.partitions[idx].id;
+        hv.partitions[dep.partition].boot_handles().iter().copied().filter(|h| h.agent == 0 || h.agent == tag).collect();
+    let id = hv.partitions[idx].id();
     for h in mine {
         let mut held = hv.hold(id, 1).ok_or(MoveError::Witness)?;
         let handle = match hv.caps.transplant(src, h.raw, id) {
@@ -559,7 +555,7 @@ fn populate<A: Arch>(
         rec.args = rvm_state::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
         rec.timestamp = hv.arch.now_ns();
         hv.held_record(&mut held, rec);
-        hv.partitions[idx].boot_handles.push(HandleInfo { agent: 0, ..h });
+        hv.partitions[idx].add_boot_handle(HandleInfo { agent: 0, ..h });
     }
     if hv.domains.evaluating() {
         // An agent table of one, so its runtime reaches turn boundaries
@@ -573,7 +569,7 @@ fn populate<A: Arch>(
     }
     let restore = {
         let p = &hv.partitions[idx];
-        let ck = p.checkpoint.as_ref().ok_or(MoveError::OutOfMemory)?;
+        let ck = p.checkpoint().ok_or(MoveError::OutOfMemory)?;
         RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: ck.len, snapshot_id: ck.id, rollbacks: 0 }
     };
     crate::load::write_boot_info(hv, idx, restore);
@@ -599,7 +595,7 @@ fn merge<A: Arch>(
     ck: Checkpoint,
 ) -> Result<usize, MoveError> {
     let src_idx = dep.partition;
-    let (src, dst) = (hv.partitions[src_idx].id, hv.partitions[into].id);
+    let (src, dst) = (hv.partitions[src_idx].id(), hv.partitions[into].id());
     let refuse = |hv: &mut Hypervisor<A>, ck: Checkpoint, e: MoveError| {
         ck.release(&mut hv.arch, &mut hv.frames);
         Err(e)
@@ -619,12 +615,12 @@ fn merge<A: Arch>(
         || table.len() != usize::from(slot.0)
         || table.len() >= AgentTable::MAX
         || !fits
-        || hv.partitions[into].checkpoint_mapped != 0;
+        || hv.partitions[into].checkpoint_mapped() != 0;
     if busy {
         return refuse(hv, ck, MoveError::TargetBusy);
     }
     // Every capability the mover could use must land at its own slot.
-    let mine: Vec<HandleInfo> = hv.partitions[src_idx].boot_handles.clone();
+    let mine: Vec<HandleInfo> = hv.partitions[src_idx].boot_handles().to_vec();
     if let Some(e) = mine.iter().find_map(|h| hv.caps.can_transplant(src, h.raw, dst).err()) {
         return refuse(hv, ck, MoveError::Capability(e));
     }
@@ -643,30 +639,28 @@ fn merge<A: Arch>(
     }
     let mapped = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
-        ck.map_into(arch, frames, &mut partitions[into].stage2)
+        ck.map_into(arch, frames, partitions[into].stage2_mut())
     };
     let pages = match mapped {
         Ok(pages) => pages,
         Err(_) => {
             let Hypervisor { arch, partitions, .. } = &mut *hv;
             let p = &mut partitions[into];
-            crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, ck.pages(), p.vmid);
+            p.unmap_restore_pages(arch, ck.pages());
             return refuse(hv, ck, MoveError::OutOfMemory, held);
         }
     };
     // The point of no return. The target now runs several agents, whose
     // restarts start every agent afresh: a checkpoint it kept as a single
     // agent (not mapped: checked above) would only mislead a rollback.
-    if let Some(old) = hv.partitions[into].checkpoint.take() {
+    if let Some(old) = hv.partitions[into].take_checkpoint() {
         old.release(&mut hv.arch, &mut hv.frames);
     }
     // Capabilities (checked above).
     let tag = u8::try_from(slot.0 + 1).unwrap_or(u8::MAX);
     if hv.domains.agent_count(into) == 1 {
         // The target's own agent: its handles were listed for all.
-        for h in hv.partitions[into].boot_handles.iter_mut().filter(|h| h.agent == 0) {
-            h.agent = 1;
-        }
+        hv.partitions[into].assign_shared_handles(1);
     }
     let mut handles = 0u32;
     for h in mine {
@@ -676,7 +670,7 @@ fn merge<A: Arch>(
         rec.args = rvm_state::digest::of_parts(&[&src.0.to_le_bytes(), &h.raw.to_le_bytes()]);
         rec.timestamp = hv.arch.now_ns();
         hv.held_record(&mut held, rec);
-        hv.partitions[into].boot_handles.push(HandleInfo { agent: tag, ..h });
+        hv.partitions[into].add_boot_handle(HandleInfo { agent: tag, ..h });
         handles += 1;
     }
     // Channel ends.
@@ -691,7 +685,7 @@ fn merge<A: Arch>(
     }
     // The agent table, the kernel's view, the boot-info page, the engine.
     table.push(AgentEntry { module_ipa: at, module_len: module.len() as u64, agent_id: dep.agent.0, restore_len: ck.len });
-    if let Some(t) = hv.partitions[into].stage2.translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) {
+    if let Some(t) = hv.partitions[into].stage2().translate(&hv.arch, Ipa::new(layout::AGENTS_IPA)) {
         let mut page = [0u8; PAGE_BYTES];
         AgentTable::write(&mut page, &table);
         hv.arch.phys_write(t.pa, &page);

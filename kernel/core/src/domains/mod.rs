@@ -59,7 +59,7 @@ use crate::partition::PartitionId;
 
 /// The agent making partition `idx`'s calls now.
 pub(crate) fn caller<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Endpoint {
-    Endpoint { partition: hv.partitions[idx].id, slot: hv.domains.running(idx) }
+    Endpoint { partition: hv.partitions[idx].id(), slot: hv.domains.running(idx) }
 }
 
 /// `AgentSwitch`: `x1` = the slot of the agent whose calls follow.
@@ -92,8 +92,8 @@ pub(crate) fn record_send<A: Arch>(hv: &mut Hypervisor<A>, ch: usize, from: Endp
         // only if that ever changes.
         let at = usize::try_from(e.partition.0).ok()?.checked_sub(1);
         let idx = at
-            .filter(|&i| hv.partitions.get(i).is_some_and(|p| p.id == e.partition))
-            .or_else(|| hv.partitions.iter().position(|p| p.id == e.partition))?;
+            .filter(|&i| hv.partitions.get(i).is_some_and(|p| p.id() == e.partition))
+            .or_else(|| hv.partitions.iter().position(|p| p.id() == e.partition))?;
         hv.domains.agent_at(idx, e.slot).map(|a| a.id)
     };
     let (Some(x), Some(y)) = (agent(from), agent(to)) else { return };
@@ -203,7 +203,7 @@ fn print_decision<A: Arch>(hv: &mut Hypervisor<A>, r: &DecisionRecord, carried: 
         Err(why) => why,
     };
     let name = |hv: &Hypervisor<A>, id: PartitionId| {
-        hv.partitions.iter().find(|p| p.id == id).map_or([0u8; 32], |p| p.desc.name)
+        hv.partitions.iter().find(|p| p.id() == id).map_or([0u8; 32], |p| p.desc().name)
     };
     let this = name(hv, r.partition);
     match r.other {

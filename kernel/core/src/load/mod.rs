@@ -23,7 +23,6 @@ use crate::load::image::SharedImage;
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use rvm_state::store::{StateStore, StoreLimits};
-use crate::running::vcpu::Vcpu;
 
 /// Messages a bundle channel holds per direction.
 const CHANNEL_CAPACITY: usize = 64;
@@ -37,11 +36,11 @@ pub(crate) fn footprint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> u64 {
     const PAGE: u64 = 4096;
     const TABLE_SPAN: u64 = 2 << 20;
     let p = &hv.partitions[idx];
-    let held = p.private_frames.len() as u64;
-    let heap = p.heap.len.div_ceil(PAGE);
-    let ck = p.checkpoint_limit.max_bytes.div_ceil(PAGE);
+    let held = p.private_frames().len() as u64;
+    let heap = p.heap().len.div_ceil(PAGE);
+    let ck = p.checkpoint_limit().max_bytes.div_ceil(PAGE);
     // A level-3 table per 2 MiB mapped, the level-1/2 tables above them.
-    let tables = p.heap.len.div_ceil(TABLE_SPAN) + p.checkpoint_limit.max_bytes.div_ceil(TABLE_SPAN) + held.div_ceil(512) + 8;
+    let tables = p.heap().len.div_ceil(TABLE_SPAN) + p.checkpoint_limit().max_bytes.div_ceil(TABLE_SPAN) + held.div_ceil(512) + 8;
     held + heap + 2 * ck + tables
 }
 
@@ -84,7 +83,7 @@ pub(crate) fn load_partition<A: Arch>(
         }
         Ok(_) => {
             let p = &hv.partitions[idx];
-            let (name, pages) = (p.desc.name, p.private_frames.len());
+            let (name, pages) = (p.desc().name, p.private_frames().len());
             console::hyp_line(
                 &mut hv.arch,
                 format_args!(
@@ -110,11 +109,11 @@ pub(crate) fn reserve_memory<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Res
     let need = footprint(hv, idx);
     match hv.frames.commit(need) {
         Ok(()) => {
-            hv.partitions[idx].frames_committed = need;
+            hv.partitions[idx].commit_frames(need);
             commit_heap(hv, idx, crate::memory::quota::partition_bytes(&StoreLimits::DEFAULT))
         }
         Err(free) => {
-            let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+            let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
             console::hyp_line(
                 &mut hv.arch,
                 format_args!(
@@ -134,11 +133,11 @@ pub(crate) fn reserve_memory<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Res
 fn commit_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, bytes: usize) -> Result<(), Refusal> {
     match hv.heap.commit(bytes) {
         Ok(()) => {
-            hv.partitions[idx].heap_committed += bytes;
+            hv.partitions[idx].commit_heap(bytes);
             Ok(())
         }
         Err(free) => {
-            let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+            let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
             console::hyp_line(
                 &mut hv.arch,
                 format_args!(
@@ -156,8 +155,8 @@ fn commit_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, bytes: usize) -> Res
 
 /// Witness and print a refusal, then release what the partition held.
 pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) {
-    let id = hv.partitions[idx].id;
-    let name = hv.partitions[idx].desc.name;
+    let id = hv.partitions[idx].id();
+    let name = hv.partitions[idx].desc().name;
     console::hyp_line(
         &mut hv.arch,
         format_args!("partition {} '{}' refused: {}", id.0, crate::partition::name_str(&name), why.reason()),
@@ -166,7 +165,7 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
     hv.must_witness(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
     hv.domains.forget_partition(idx);
     crate::load::release(hv, idx);
-    hv.partitions[idx].state = PartitionState::Evicted;
+    hv.partitions[idx].move_to(PartitionState::Evicted);
     hv.note_refused();
 }
 
@@ -174,28 +173,28 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
 /// its checkpoint, its own image, and its stage-2 tables (all but an empty
 /// root, which stays so the partition's table remains valid to walk).
 pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
-    let committed = core::mem::take(&mut hv.partitions[idx].frames_committed);
+    let committed = hv.partitions[idx].take_frames_committed();
     hv.frames.uncommit(committed);
-    let heap = core::mem::take(&mut hv.partitions[idx].heap_committed);
+    let heap = hv.partitions[idx].take_heap_committed();
     hv.heap.uncommit(heap);
-    let frames = core::mem::take(&mut hv.partitions[idx].private_frames);
+    let frames = hv.partitions[idx].take_private_frames();
     for pa in frames {
         hv.scrub_and_free(pa);
     }
-    let heap = core::mem::take(&mut hv.partitions[idx].heap_pages);
+    let heap = hv.partitions[idx].take_heap_pages();
     for (_, pa) in heap {
         hv.scrub_and_free(pa);
     }
     // The own image's frames were among the private ones.
-    hv.partitions[idx].own_image = None;
-    hv.partitions[idx].checkpoint_mapped = 0;
-    if let Some(ck) = hv.partitions[idx].checkpoint.take() {
+    hv.partitions[idx].forget_own_image();
+    hv.partitions[idx].forget_restore_window();
+    if let Some(ck) = hv.partitions[idx].take_checkpoint() {
         ck.release(&mut hv.arch, &mut hv.frames);
     }
     if let Some(empty) = crate::memory::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
-        let old = core::mem::replace(&mut hv.partitions[idx].stage2, empty);
+        let old = hv.partitions[idx].replace_stage2(empty);
         old.destroy(&mut hv.arch, &mut hv.frames);
-        let vmid = hv.partitions[idx].vmid;
+        let vmid = hv.partitions[idx].vmid();
         hv.arch.flush_stage2(vmid);
     }
 }
@@ -216,11 +215,11 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
             // A private image: its pages belong to this partition alone; the
             // pristine copies of its writable pages are kept for restarts.
             for page in &img.pages {
-                p.private_frames.push(page.pa);
+                p.add_private_frame(page.pa);
             }
             let entry = img.entry;
-            let mapped = img.map_into(&mut hv.arch, &mut hv.frames, &mut p.stage2, &mut p.private_frames);
-            p.own_image = Some(img);
+            let mapped = p.map_image(&mut hv.arch, &mut hv.frames, &img);
+            p.keep_own_image(img);
             mapped.map_err(|_| Refusal::OutOfMemory)?;
             entry
         }
@@ -228,7 +227,7 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
             let Hypervisor { arch, frames, partitions, runtime, .. } = hv;
             let Some(rt) = runtime.as_ref() else { return Err(Refusal::NoImage) };
             let p = &mut partitions[idx];
-            rt.map_into(arch, frames, &mut p.stage2, &mut p.private_frames)
+            p.map_image(arch, frames, rt)
                 .map_err(|_| Refusal::OutOfMemory)?;
             rt.entry
         }
@@ -251,7 +250,7 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
     };
     // Its agents: slot 0 is the module above (or the raw image); more
     // modules follow it in the WASM window, listed by the agent table.
-    let pid = hv.partitions[idx].id;
+    let pid = hv.partitions[idx].id();
     hv.domains.register(idx, pid);
     if own.is_none() {
         map_more_agents(hv, bundle, index, idx, wasm_len)?;
@@ -261,17 +260,16 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
     hv.arch.phys_zero(page, PAGE_BYTES);
     {
         let p = &mut hv.partitions[idx];
-        p.private_frames.push(page);
-        p.stage2
+        p.add_private_frame(page);
+        p.stage2_mut()
             .map(&mut hv.arch, &mut hv.frames, Ipa::new(layout::BOOTINFO_IPA), page, S2Perm::ReadOnly, MemType::Normal)
             .map_err(|_| Refusal::OutOfMemory)?;
-        *p.vcpu = Vcpu::new(entry.raw(), layout::BOOTINFO_IPA);
-        p.entry = entry;
-        p.wasm = (wasm_ipa, wasm_len);
+        p.start_at(entry);
+        p.set_wasm(wasm_ipa, wasm_len);
     }
     // Capabilities: the authority key first (bound to what follows), the
     // partition's own state store, then its table.
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     for e in bundle.owned(EntryKind::AuthorityKey, index) {
         let mut key = [0u8; 32];
         key.copy_from_slice(e.data);
@@ -322,7 +320,7 @@ fn map_more_agents<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: 
     if modules.len() > MAX_AGENTS_PER_PARTITION {
         return Err(Refusal::TooManyAgents);
     }
-    let pid = hv.partitions[idx].id;
+    let pid = hv.partitions[idx].id();
     let mut table = Vec::with_capacity(modules.len());
     let first = hv.domains.agent_at(idx, AgentSlot::FIRST).map_or(0, |a| a.id.0);
     table.push(AgentEntry { module_ipa: layout::WASM_IPA, module_len: first_len, agent_id: first, restore_len: 0 });
@@ -350,11 +348,11 @@ pub(crate) fn map_bytes<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, base: Ipa, 
     let p = &mut hv.partitions[idx];
     for (n, chunk) in data.chunks(PAGE_BYTES).enumerate() {
         let pa = hv.frames.alloc().ok_or(Refusal::OutOfMemory)?;
-        p.private_frames.push(pa);
+        p.add_private_frame(pa);
         hv.arch.phys_zero(pa, PAGE_BYTES);
         hv.arch.phys_write(pa, chunk);
         let ipa = Ipa::new(base.raw() + n as u64 * PAGE_SIZE);
-        p.stage2
+        p.stage2_mut()
             .map(&mut hv.arch, &mut hv.frames, ipa, pa, perm, MemType::Normal)
             .map_err(|_| Refusal::OutOfMemory)?;
     }
@@ -391,11 +389,11 @@ impl HandleSpread {
     /// as usual (no coherence, a raw image, or beyond its range).
     fn slot_for<A: Arch>(self, hv: &Hypervisor<A>, idx: usize) -> Option<u16> {
         let p = &hv.partitions[idx];
-        if !hv.domains.evaluating() || p.own_image.is_some() {
+        if !hv.domains.evaluating() || p.own_image().is_some() {
             return None;
         }
-        let n = u16::try_from(p.boot_handles.len()).ok().filter(|&n| n < self.stride)?;
-        let base = u16::try_from(p.id.0.checked_sub(1)?).ok()?.checked_mul(self.stride)?;
+        let n = u16::try_from(p.boot_handles().len()).ok().filter(|&n| n < self.stride)?;
+        let base = u16::try_from(p.id().0.checked_sub(1)?).ok()?.checked_mul(self.stride)?;
         let at = base.checked_add(n)?;
         (at < hv.caps.space().policy().slots_per_partition).then_some(at)
     }
@@ -413,7 +411,7 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
         Some(s) if hv.domains.is_multi_agent(idx) => u8::try_from(s.0 + 1).map_err(|_| Refusal::BadCapability)?,
         _ => 0,
     };
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let now = hv.arch.now_ns();
     // Room for the record first: a capability is never installed unwitnessed.
     let mut held = hv.hold(id, 1).ok_or(Refusal::Witness)?;
@@ -437,7 +435,7 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
     rec.args = rvm_state::digest::of_parts(&[&desc.to_bytes()]);
     rec.timestamp = now;
     hv.held_record(&mut held, rec);
-    hv.partitions[idx].boot_handles.push(HandleInfo {
+    hv.partitions[idx].add_boot_handle(HandleInfo {
         raw: handle.to_raw(),
         kind: desc.kind as u8,
         rights: desc.rights.bits(),
@@ -461,7 +459,7 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
             return;
         }
     }
-    hv.channels.push(Channel::new(hv.partitions[a].id, hv.partitions[b].id, cap));
+    hv.channels.push(Channel::new(hv.partitions[a].id(), hv.partitions[b].id(), cap));
     let desc = channel_cap(object);
     for idx in [a, b] {
         if let Err(why) = install_for(hv, idx, &desc, Some(AgentSlot::FIRST)) {
@@ -503,7 +501,7 @@ pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDes
         let idx = index_of(hv, r.partition)?;
         let slot = AgentSlot(u16::try_from(r.slot).ok()?);
         hv.domains.agent_at(idx, slot)?;
-        hv.partitions[idx].is_runnable().then_some((idx, Endpoint { partition: hv.partitions[idx].id, slot }))
+        hv.partitions[idx].is_runnable().then_some((idx, Endpoint { partition: hv.partitions[idx].id(), slot }))
     };
     let (Some((a, ea)), Some((b, eb))) = (end(hv, c.a), end(hv, c.b)) else { return };
     if ea == eb {
@@ -529,7 +527,7 @@ fn index_of<A: Arch>(hv: &Hypervisor<A>, bundle_index: u32) -> Option<usize> {
 /// Write every loaded partition's boot-info page.
 pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>) {
     for idx in 0..hv.partitions.len() {
-        if hv.partitions[idx].state == PartitionState::Loaded {
+        if hv.partitions[idx].state() == PartitionState::Loaded {
             write_boot_info(hv, idx, RestoreInfo::NONE);
         }
     }
@@ -539,22 +537,22 @@ pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>) {
 /// handles, how often it was restarted, and the checkpoint to resume from.
 pub(crate) fn write_boot_info<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, restore: RestoreInfo) {
     let p = &hv.partitions[idx];
-    let Some(t) = p.stage2.translate(&hv.arch, Ipa::new(layout::BOOTINFO_IPA)) else { return };
+    let Some(t) = p.stage2().translate(&hv.arch, Ipa::new(layout::BOOTINFO_IPA)) else { return };
     let mut page = [0u8; PAGE_BYTES];
     let info = BootInfo {
-        partition: p.id.0,
-        handle_count: u32::try_from(p.boot_handles.len().min(rvm_abi::bootinfo::MAX_HANDLES)).unwrap_or(0),
-        wasm_ipa: p.wasm.0,
-        wasm_len: p.wasm.1,
-        heap_ipa: p.heap.base.raw(),
-        heap_len: p.heap.len,
-        wasm_pages: p.desc.wasm_pages,
-        restarts: p.restarts,
-        fuel_per_slice: p.desc.fuel_per_slice,
-        name: p.desc.name,
+        partition: p.id().0,
+        handle_count: u32::try_from(p.boot_handles().len().min(rvm_abi::bootinfo::MAX_HANDLES)).unwrap_or(0),
+        wasm_ipa: p.wasm().0,
+        wasm_len: p.wasm().1,
+        heap_ipa: p.heap().base.raw(),
+        heap_len: p.heap().len,
+        wasm_pages: p.desc().wasm_pages,
+        restarts: p.restarts(),
+        fuel_per_slice: p.desc().fuel_per_slice,
+        name: p.desc().name,
     };
     info.write(&mut page);
-    for (n, h) in p.boot_handles.iter().enumerate() {
+    for (n, h) in p.boot_handles().iter().enumerate() {
         BootInfo::write_handle(&mut page, n, *h);
     }
     restore.write(&mut page);

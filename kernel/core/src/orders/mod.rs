@@ -97,7 +97,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         return;
     };
     let args = OrderArgs { order: order.kind as u8, nonce: order.nonce };
-    let Some(idx) = hv.partitions.iter().position(|p| p.desc.name == order.partition) else {
+    let Some(idx) = hv.partitions.iter().position(|p| p.desc().name == order.partition) else {
         refuse(hv, None, order.partition_name(), args, OrderRefusal::UnknownPartition);
         return;
     };
@@ -109,7 +109,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         refuse(hv, Some(idx), order.partition_name(), args, r);
         return;
     }
-    let state = hv.partitions[idx].state;
+    let state = hv.partitions[idx].state();
     let nothing_to_do = match order.kind {
         OrderKind::Unfence if state != PartitionState::Fenced => Some(OrderRefusal::NotFenced(state)),
         OrderKind::Evict if state == PartitionState::Evicted => Some(OrderRefusal::AlreadyEvicted),
@@ -119,7 +119,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         refuse(hv, Some(idx), order.partition_name(), args, r);
         return;
     }
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     if !hv.kernel_event(id, KernelEvent::OperatorOrder, Outcome::Done, args.to_bytes()) {
         // Fail-closed: an order that cannot be witnessed is not carried out.
         console::hyp_line(
@@ -138,7 +138,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
             hv.orders.applied += 1;
             let how = match order.kind {
                 OrderKind::Unfence => alloc::format!("resumed from checkpoint {ck}"),
-                OrderKind::Evict if hv.partitions[idx].state == PartitionState::Evicted => {
+                OrderKind::Evict if hv.partitions[idx].state() == PartitionState::Evicted => {
                     alloc::string::String::from("evicted (F4)")
                 }
                 // Its guest is on another CPU: evicted when that CPU comes back.
@@ -152,7 +152,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         Err(e) => {
             let r = match e {
                 crate::recovery::fault::OrderError::Recreate(e) => OrderRefusal::Failed(e),
-                crate::recovery::fault::OrderError::NotFenced => OrderRefusal::NotFenced(hv.partitions[idx].state),
+                crate::recovery::fault::OrderError::NotFenced => OrderRefusal::NotFenced(hv.partitions[idx].state()),
                 crate::recovery::fault::OrderError::AlreadyEvicted => OrderRefusal::AlreadyEvicted,
                 crate::recovery::fault::OrderError::NoSuchPartition => OrderRefusal::UnknownPartition,
             };
@@ -164,7 +164,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
 /// Witness and print a refused order.
 fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: Option<usize>, name: &str, args: OrderArgs, why: OrderRefusal) {
     hv.orders.refused += 1;
-    let log = idx.map_or(PartitionId::HYPERVISOR, |i| hv.partitions[i].id);
+    let log = idx.map_or(PartitionId::HYPERVISOR, |i| hv.partitions[i].id());
     hv.kernel_event(log, KernelEvent::OrderRefused, Outcome::Denied(why.error()), args.to_bytes());
     let what = OrderKind::from_u8(args.order).map_or("?", OrderKind::name);
     console::hyp_line(&mut hv.arch, format_args!("order {} {what} '{name}' refused: {why}", args.nonce));
@@ -189,7 +189,7 @@ pub fn unfence<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -> Result<u64, 
 /// (at the latest at the end of the slice).
 pub fn evict<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -> Result<(), crate::recovery::fault::OrderError> {
     let idx = hv.index_of(id).ok_or(crate::recovery::fault::OrderError::NoSuchPartition)?;
-    if hv.partitions[idx].state == PartitionState::Evicted {
+    if hv.partitions[idx].state() == PartitionState::Evicted {
         return Err(crate::recovery::fault::OrderError::AlreadyEvicted);
     }
     if hv.running_on(idx).is_some() {

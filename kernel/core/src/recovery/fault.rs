@@ -120,8 +120,8 @@ pub(crate) fn partition_fault<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, exit:
         _ => Trigger::HardwareFault,
     };
     let p = &mut hv.partitions[idx];
-    p.stats.faults += 1;
-    let pc = p.vcpu.regs.pc;
+    p.count_fault();
+    let pc = p.vcpu().regs.pc;
     let detail = match exit {
         Exit::DataAbort { ipa, .. } | Exit::InstructionAbort { ipa, .. } => ipa.raw(),
         Exit::Undefined { esr } | Exit::Other { esr } => esr,
@@ -138,7 +138,7 @@ pub(crate) fn guest_failure<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u
         rvm_abi::bootinfo::exit::RESTORE_FAILED => Trigger::RestoreFailed,
         _ => Trigger::Trap,
     };
-    hv.partitions[idx].stats.faults += 1;
+    hv.partitions[idx].count_fault();
     record_fault(hv, idx, trigger, HvError::InvalidArgument, &[&code.to_le_bytes()]);
     respond(hv, idx, trigger, format_args!("{} (exit code {code:#x})", trigger.describe()));
 }
@@ -148,7 +148,7 @@ pub(crate) fn guest_failure<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, code: u
 /// a recovery step. Calls that succeeded cost one comparison here.
 #[inline]
 pub(crate) fn after_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: u64, flow: Flow) -> Flow {
-    let status = i64::from_ne_bytes(hv.partitions[idx].vcpu.regs.x[0].to_ne_bytes());
+    let status = i64::from_ne_bytes(hv.partitions[idx].vcpu().regs.x[0].to_ne_bytes());
     if status >= 0 {
         return flow;
     }
@@ -172,7 +172,7 @@ fn denied_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: u64, statu
     let call = Hypercall::from_function_id(function);
     let p = &hv.partitions[idx];
     if let Some(call) = call.filter(|c| matches!(c, Hypercall::StateValidate | Hypercall::StateCommit)) {
-        if error == HvError::ValidationFailed && p.recovery.policy.on_failed_validation == ValidationResponse::Rollback {
+        if error == HvError::ValidationFailed && p.recovery().policy.on_failed_validation == ValidationResponse::Rollback {
             record_fault(hv, idx, Trigger::FailedValidation, error, &[&[call as u8]]);
             respond(hv, idx, Trigger::FailedValidation, format_args!("{}: {}", call.name(), Trigger::FailedValidation.describe()));
             return Flow::Reschedule;
@@ -186,7 +186,7 @@ fn denied_call<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, function: u64, statu
 /// A refused `hvc` that is no RVM call at all (`hvc #imm` with `imm ≠ 0`,
 /// `op` = [`HVC_IMMEDIATE_OP`]): counted toward abuse like any refusal.
 pub(crate) fn after_refusal<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, op: u16, flow: Flow) -> Flow {
-    let status = i64::from_ne_bytes(hv.partitions[idx].vcpu.regs.x[0].to_ne_bytes());
+    let status = i64::from_ne_bytes(hv.partitions[idx].vcpu().regs.x[0].to_ne_bytes());
     match HvError::from_code(status) {
         Some(error) if hv.partitions[idx].is_runnable() => note_refusal(hv, idx, op, error, flow),
         _ => flow,
@@ -197,9 +197,9 @@ pub(crate) fn after_refusal<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, op: u16
 /// partition's abuse policy fences it (F3).
 fn note_refusal<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, op: u16, error: HvError, flow: Flow) -> Flow {
     let now = hv.arch.now_ns();
-    if hv.partitions[idx].recovery.note_denial(error, now) {
-        let a = hv.partitions[idx].recovery.policy.abuse;
-        hv.partitions[idx].vcpu.set_return(HvError::Abuse.code(), &[]);
+    if hv.partitions[idx].recovery_mut().note_denial(error, now) {
+        let a = hv.partitions[idx].recovery().policy.abuse;
+        hv.partitions[idx].vcpu_mut().set_return(HvError::Abuse.code(), &[]);
         record_fault(hv, idx, Trigger::HypercallAbuse, HvError::Abuse, &[&op.to_le_bytes()]);
         respond(
             hv,
@@ -219,7 +219,7 @@ fn note_refusal<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, op: u16, error: HvE
 
 /// Append the `Fault` record: what happened, before anything is done.
 fn record_fault<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger, error: HvError, detail: &[&[u8]]) {
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let code = [trigger.code()];
     let mut parts: heapless::Vec<&[u8], 4> = heapless::Vec::new();
     let _ = parts.push(&code);
@@ -239,17 +239,17 @@ pub(crate) fn respond<A: Arch>(
     what: core::fmt::Arguments<'_>,
 ) -> RecoveryClass {
     let now = hv.arch.now_ns();
-    let class = hv.partitions[idx].recovery.decide(trigger, now);
-    let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
+    let class = hv.partitions[idx].recovery_mut().decide(trigger, now);
+    let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
     hv.partitions[idx].console_flush(&mut hv.arch);
     match class {
         RecoveryClass::Restart | RecoveryClass::Rollback => {
             let (from, resume) = if class == RecoveryClass::Rollback {
-                (StartFrom::LastCheckpoint, hv.partitions[idx].checkpoint.as_ref().map_or(0, |c| c.id))
+                (StartFrom::LastCheckpoint, hv.partitions[idx].checkpoint().map_or(0, |c| c.id))
             } else {
                 (StartFrom::Pristine, 0)
             };
-            let items = match (class, hv.partitions[idx].checkpoint.as_ref()) {
+            let items = match (class, hv.partitions[idx].checkpoint()) {
                 (RecoveryClass::Rollback, Some(ck)) => ck.store.len(),
                 _ => hv.stores[idx].committed_items(),
             };
@@ -271,7 +271,7 @@ pub(crate) fn respond<A: Arch>(
                 return RecoveryClass::Fence;
             }
             let took = hv.arch.now_ns().saturating_sub(started);
-            hv.partitions[idx].recovery.record(class, now);
+            hv.partitions[idx].recovery_mut().record(class, now);
             let from_text = match (class, resume) {
                 (RecoveryClass::Restart, _) => alloc::string::String::from("from the pristine image"),
                 (_, 0) => alloc::string::String::from("to the pristine image (no checkpoint yet)"),
@@ -298,7 +298,7 @@ pub(crate) fn respond<A: Arch>(
             fence(hv, idx, trigger);
         }
         RecoveryClass::Evict => {
-            if hv.partitions[idx].state != PartitionState::Fenced && hv.partitions[idx].state != PartitionState::Finished {
+            if hv.partitions[idx].state() != PartitionState::Fenced && hv.partitions[idx].state() != PartitionState::Finished {
                 fence(hv, idx, trigger);
             }
             let items = hv.stores[idx].committed_items();
@@ -315,35 +315,35 @@ pub(crate) fn respond<A: Arch>(
 /// F3: stop the vCPU and suspend the partition's capabilities; memory is
 /// kept for forensics.
 pub(crate) fn fence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger) {
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let a = args(hv, idx, recovery::class::FENCE, trigger.code(), 0);
     hv.caps.suspend(id);
     hv.transition(idx, PartitionState::Fenced, KernelEvent::RecoverFence, a);
     let now = hv.arch.now_ns();
-    hv.partitions[idx].recovery.record(RecoveryClass::Fence, now);
+    hv.partitions[idx].recovery_mut().record(RecoveryClass::Fence, now);
 }
 
 /// F4: the final record, then every capability revoked (with what was
 /// derived from them) and all memory scrubbed and returned. The committed
 /// state store stays with the hypervisor (it is what an operator exports).
 pub(crate) fn evict<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigger) {
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     let a = args(hv, idx, recovery::class::EVICT, trigger.code(), 0);
     hv.transition(idx, PartitionState::Evicted, KernelEvent::RecoverEvict, a);
     hv.caps.evict(id);
     crate::load::release(hv, idx);
     let now = hv.arch.now_ns();
-    hv.partitions[idx].recovery.record(RecoveryClass::Evict, now);
+    hv.partitions[idx].recovery_mut().record(RecoveryClass::Evict, now);
     hv.note_evicted();
 }
 
 /// An operator's unfence: capabilities resumed, the guest recreated from
 /// its last checkpoint (or the pristine image), running again.
 pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64, OrderError> {
-    if hv.partitions[idx].state != PartitionState::Fenced {
+    if hv.partitions[idx].state() != PartitionState::Fenced {
         return Err(OrderError::NotFenced);
     }
-    let id = hv.partitions[idx].id;
+    let id = hv.partitions[idx].id();
     // Room for the `Unfence` record before anything changes: a partition is
     // never let run again unwitnessed.
     let mut held = hv.hold(id, 1).ok_or(OrderError::Recreate(HvError::WitnessUnavailable))?;
@@ -357,8 +357,8 @@ pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64
     hv.caps.resume(id);
     let a = args(hv, idx, recovery::class::UNFENCE, recovery::trigger::OPERATOR, resume);
     hv.transition_held(&mut held, idx, PartitionState::Running, KernelEvent::Unfence, a);
-    hv.partitions[idx].recovery.unfenced();
-    let name = hv.partitions[idx].desc.name;
+    hv.partitions[idx].recovery_mut().unfenced();
+    let name = hv.partitions[idx].desc().name;
     console::hyp_line(
         &mut hv.arch,
         format_args!("partition {} '{}' unfenced by the operator; resumed from checkpoint {resume}", id.0, name_str(&name)),
@@ -371,8 +371,8 @@ pub(crate) fn expire_fences<A: Arch>(hv: &mut Hypervisor<A>) {
     let now = hv.arch.now_ns();
     for idx in 0..hv.partitions.len() {
         let p = &hv.partitions[idx];
-        if p.state == PartitionState::Fenced && p.recovery.fence_expired(now) {
-            let ms = p.recovery.policy.fence_timeout_ns.unwrap_or(0) / 1_000_000;
+        if p.state() == PartitionState::Fenced && p.recovery().fence_expired(now) {
+            let ms = p.recovery().policy.fence_timeout_ns.unwrap_or(0) / 1_000_000;
             respond(hv, idx, Trigger::FenceTimeout, format_args!("fence not cleared within {ms} ms"));
         }
     }

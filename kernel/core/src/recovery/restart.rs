@@ -19,7 +19,6 @@ use crate::memory::addr::{Ipa, PhysAddr, PAGE_BYTES};
 use crate::arch::Arch;
 use crate::state::Hypervisor;
 use crate::memory::stage2::S2Perm;
-use crate::running::vcpu::Vcpu;
 
 /// Where a recreated guest begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,14 +40,9 @@ pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartF
     scrub_heap(hv, idx);
     let restore = map_checkpoint(hv, idx, from)?;
     let p = &mut hv.partitions[idx];
-    p.restarts = p.restarts.saturating_add(1);
-    if restore.is_restore() {
-        p.rollbacks = p.rollbacks.saturating_add(1);
-    }
-    p.exit_code = None;
-    *p.vcpu = Vcpu::new(p.entry.raw(), layout::BOOTINFO_IPA);
+    p.note_restart(restore.is_restore());
     hv.forget_loaded_vcpu(idx);
-    crate::load::write_boot_info(hv, idx, RestoreInfo { rollbacks: hv.partitions[idx].rollbacks, ..restore });
+    crate::load::write_boot_info(hv, idx, RestoreInfo { rollbacks: hv.partitions[idx].rollbacks(), ..restore });
     Ok(restore.snapshot_id)
 }
 
@@ -57,11 +51,11 @@ pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartF
 fn reset_image_data<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<(), HvError> {
     let Hypervisor { arch, partitions, runtime, .. } = hv;
     let p = &mut partitions[idx];
-    let image = p.own_image.as_ref().or(runtime.as_ref()).ok_or(HvError::NotSupported)?;
+    let image = p.own_image().or(runtime.as_ref()).ok_or(HvError::NotSupported)?;
     let pristine: Vec<(Ipa, PhysAddr)> =
         image.pages.iter().filter(|pg| pg.perm == S2Perm::ReadWrite).map(|pg| (pg.ipa, pg.pa)).collect();
     for (ipa, src) in pristine {
-        let t = p.stage2.translate(arch, ipa).ok_or(HvError::BadAddress)?;
+        let t = p.stage2().translate(arch, ipa).ok_or(HvError::BadAddress)?;
         arch.phys_copy(t.pa, src, PAGE_BYTES);
     }
     Ok(())
@@ -69,9 +63,9 @@ fn reset_image_data<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<(), H
 
 /// Unmap, scrub and return every demand-paged heap page.
 fn scrub_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
-    let pages = core::mem::take(&mut hv.partitions[idx].heap_pages);
-    let vmid = hv.partitions[idx].vmid;
-    hv.partitions[idx].stage2.unmap_many(&mut hv.arch, pages.iter().map(|&(ipa, _)| ipa), vmid);
+    let pages = hv.partitions[idx].take_heap_pages();
+    let vmid = hv.partitions[idx].vmid();
+    hv.partitions[idx].stage2_mut().unmap_many(&mut hv.arch, pages.iter().map(|&(ipa, _)| ipa), vmid);
     for (_, pa) in pages {
         hv.scrub_and_free(pa);
     }
@@ -82,23 +76,15 @@ fn scrub_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
 fn map_checkpoint<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<RestoreInfo, HvError> {
     let Hypervisor { arch, frames, partitions, stores, .. } = hv;
     let p = &mut partitions[idx];
-    if p.checkpoint_mapped != 0 {
-        crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, p.checkpoint_mapped, p.vmid);
-        p.checkpoint_mapped = 0;
+    p.clear_restore_window(arch);
+    if !matches!(from, StartFrom::LastCheckpoint) {
+        return Ok(RestoreInfo::NONE);
     }
-    let ck = match (from, p.checkpoint.as_ref()) {
-        (StartFrom::LastCheckpoint, Some(ck)) => ck,
-        _ => return Ok(RestoreInfo::NONE),
+    let ck = match p.map_last_checkpoint(arch, frames) {
+        Ok(Some(ck)) => ck,
+        Ok(None) => return Ok(RestoreInfo::NONE),
+        Err(_) => return Err(HvError::NoMemory),
     };
-    match ck.map_into(arch, frames, &mut p.stage2) {
-        Ok(pages) => p.checkpoint_mapped = pages,
-        Err(_) => {
-            // Some pages may be mapped: take them all out again.
-            let pages = ck.pages();
-            crate::recovery::checkpoint::unmap_window(arch, &mut p.stage2, pages, p.vmid);
-            return Err(HvError::NoMemory);
-        }
-    }
     stores[idx].restore(&ck.store);
     Ok(RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: ck.len, snapshot_id: ck.id, rollbacks: 0 })
 }

@@ -221,7 +221,7 @@ impl<A: Arch> Hypervisor<A> {
         // A partition in debt for its witness frames waits for its credit
         // ([`crate::console::OutputCredit`]).
         let pick = self.sched.pick(cpu, |i| {
-            parts[i].is_runnable() && running.get(i).copied().flatten().is_none() && !parts[i].output.in_debt(now)
+            parts[i].is_runnable() && running.get(i).copied().flatten().is_none() && !parts[i].output().in_debt(now)
         });
         let Some(idx) = pick else {
             slot.idles += 1;
@@ -260,12 +260,12 @@ impl<A: Arch> Hypervisor<A> {
     /// hands it to [`Hypervisor::cpu_after`].
     pub fn cpu_exit_fast(&mut self, lease: &mut Lease, trap: TrapInfo) -> bool {
         let idx = lease.idx;
-        core::mem::swap(&mut self.partitions[idx].vcpu, &mut lease.vcpu);
+        self.partitions[idx].exchange_vcpu(&mut lease.vcpu);
         self.smp.running_on[idx] = None;
         let mut flow = self.handle_exit(idx, Exit::decode(&trap));
         // Back-pressure: a partition in debt for its witness frames gives up
         // the CPU until its credit refilled.
-        if flow == Flow::Resume && self.partitions[idx].output.owes() && self.partitions[idx].output.in_debt(self.arch.now_ns()) {
+        if flow == Flow::Resume && self.partitions[idx].output().owes() && self.partitions[idx].output().in_debt(self.arch.now_ns()) {
             flow = Flow::Yielded;
         }
         if self.smp.woke {
@@ -273,8 +273,8 @@ impl<A: Arch> Hypervisor<A> {
         }
         let p = &mut self.partitions[idx];
         if flow == Flow::Resume && self.smp.deferred.is_empty() && p.is_runnable() && !self.witness.lost() {
-            lease.stage2 = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
-            core::mem::swap(&mut p.vcpu, &mut lease.vcpu);
+            lease.stage2 = Stage2Context { root: p.stage2().root(), vmid: p.vmid() };
+            p.exchange_vcpu(&mut lease.vcpu);
             self.smp.running_on[idx] = Some(lease.cpu);
             let slot = &mut self.smp.cpus[lease.cpu.index()];
             if slot.loaded != Some(idx) {
@@ -336,11 +336,11 @@ impl<A: Arch> Hypervisor<A> {
         slot.loaded = Some(idx);
         let spare = slot.spare.take().unwrap_or_else(|| Box::new(Vcpu::new(0, 0)));
         if let Some(prev) = prev {
-            hw.save_vcpu_state(&mut self.partitions[prev].vcpu);
+            hw.save_vcpu_state(self.partitions[prev].vcpu_mut());
         }
         let p = &mut self.partitions[idx];
-        let stage2 = Stage2Context { root: p.stage2.root(), vmid: p.vmid };
-        let vcpu = core::mem::replace(&mut p.vcpu, spare);
+        let stage2 = Stage2Context { root: p.stage2().root(), vmid: p.vmid() };
+        let vcpu = p.lend_vcpu(spare);
         self.smp.set_running(idx, Some(cpu));
         Lease { cpu, idx, vcpu, stage2, slice_start, slice_end, switched, returned: false, flow: Flow::Resume }
     }
@@ -387,7 +387,7 @@ impl<A: Arch> Hypervisor<A> {
         for order in mine {
             match order {
                 DeferredOrder::Evict => {
-                    if self.partitions[idx].state != crate::partition::PartitionState::Evicted {
+                    if self.partitions[idx].state() != crate::partition::PartitionState::Evicted {
                         crate::recovery::fault::respond(
                             self,
                             idx,

@@ -115,7 +115,7 @@ mod tests {
         );
         let esr = (0x24 << 26) | 0x0f;
         assert!(matches!(
-            Exit::decode(&sync(esr, 0, 0x4000_0 << 4)),
+            Exit::decode(&sync(esr, 0, 0x40000 << 4)),
             Exit::DataAbort { write: false, fault: FaultStatus::Permission(3), .. }
         ));
         let irq = TrapInfo { kind: TrapKind::Irq, esr: 0, far: 0, hpfar: 0 };

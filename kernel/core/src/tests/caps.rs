@@ -688,7 +688,7 @@ fn a_p3_use_is_suspended_while_an_ancestor_s_partition_is_fenced() {
         ),
     );
     let text = run(&mut hv);
-    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced, "{text}");
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced, "{text}");
     let h = given.get();
     check_all(&text, 2, &t2, &[ok(3, h), no(HvError::Suspended, 3, h)]);
 }
@@ -782,7 +782,7 @@ fn prove_attests_a_log_head_and_a_store_with_the_hypervisor_key() {
     let calls = witnessed(&t);
     // Read back what the two Prove calls wrote, through p1's stage 2.
     let mut out = [0u8; 0x200];
-    let s2 = &hv.partitions()[0].stage2;
+    let s2 = hv.partitions()[0].stage2();
     crate::memory::guest_mem::read(&hv.arch, s2, crate::memory::addr::Ipa::new(OUT), &mut out).unwrap();
     let key = witness_public();
     // The log head attested is the head before the Prove record (seq n).

@@ -101,7 +101,7 @@ fn a_guest_never_starts_a_line_on_the_console() {
         }
     }
     // And the text did arrive, line by line, each behind its prefix.
-    let long: String = core::iter::repeat('x').take(CONSOLE_LINE_MAX).collect();
+    let long: String = "x".repeat(CONSOLE_LINE_MAX);
     let want = [
         "half a line, left open ",
         "@X 0",

@@ -66,7 +66,7 @@ pub(crate) fn boot(agents: &[usize], agent_channels: &[(AgentRef, AgentRef)], ch
 
 /// A page of partition `idx`'s guest memory, if mapped.
 fn guest_page(hv: &Hypervisor<FakeArch>, idx: usize, ipa: u64) -> Option<Vec<u8>> {
-    let t = hv.partitions[idx].stage2.translate(&hv.arch, Ipa::new(ipa))?;
+    let t = hv.partitions[idx].stage2().translate(&hv.arch, Ipa::new(ipa))?;
     let mut page = vec![0u8; 4096];
     hv.arch.phys_read(t.pa, &mut page);
     Some(page)
@@ -115,7 +115,7 @@ pub(crate) fn recv(handle: u64) -> (Hypercall, [u64; 6]) {
 
 /// The channel handles of partition `idx`, in install order.
 pub(crate) fn channel_handles(hv: &Hypervisor<FakeArch>, idx: usize) -> Vec<HandleInfo> {
-    hv.partitions[idx].boot_handles.iter().copied().filter(|h| h.kind == ObjectKind::Channel as u8).collect()
+    hv.partitions[idx].boot_handles().iter().copied().filter(|h| h.kind == ObjectKind::Channel as u8).collect()
 }
 
 /// Every record of every log, decoded from the console.
@@ -198,10 +198,10 @@ fn a_partition_carries_several_agents_with_a_table_and_per_agent_handles() {
     let boot2 = guest_page(&hv, 1, layout::BOOTINFO_IPA).unwrap();
     assert_eq!(bootinfo::agent_count(&boot2), 0);
     assert!(guest_page(&hv, 1, layout::AGENTS_IPA).is_none());
-    assert!(hv.partitions[1].boot_handles.iter().all(|h| h.agent == 0));
+    assert!(hv.partitions[1].boot_handles().iter().all(|h| h.agent == 0));
 
     // p1's handles: the store for all, each channel end for its agent.
-    let tags: Vec<(u8, u8)> = hv.partitions[0].boot_handles.iter().map(|h| (h.kind, h.agent)).collect();
+    let tags: Vec<(u8, u8)> = hv.partitions[0].boot_handles().iter().map(|h| (h.kind, h.agent)).collect();
     let (st, ch) = (ObjectKind::StateStore as u8, ObjectKind::Channel as u8);
     assert_eq!(tags, [(st, 0), (ch, 1), (ch, 2), (ch, 3)]);
     // The page lists the tags the runtime filters by.
@@ -228,9 +228,9 @@ fn every_call_belongs_to_the_running_agent_and_traffic_is_recorded() {
         switch(7),     // no such agent
         (Hypercall::Snapshot, [HEAP, 16, 0, 0, 0, 0]),
     ];
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     hv.arch.set_guest(vmid, guest(calls, trace.clone()));
-    let vmid2 = hv.partitions[1].vmid;
+    let vmid2 = hv.partitions[1].vmid();
     hv.arch.set_guest(vmid2, guest(vec![], Rc::default()));
     hv.run();
 
@@ -258,8 +258,8 @@ fn every_call_belongs_to_the_running_agent_and_traffic_is_recorded() {
     );
     assert_eq!(trace.borrow()[3].x1, MSG.len() as u64);
     // Queued, not lost: p2 never received; agent 1 has agent 0's message.
-    assert_eq!(hv.channels[1].pending_for(hv.partitions[1].id), 2);
-    let p1 = hv.partitions[0].id;
+    assert_eq!(hv.channels[1].pending_for(hv.partitions[1].id()), 2);
+    let p1 = hv.partitions[0].id();
     assert_eq!(hv.channels[0].pending_for(crate::channel::Endpoint { partition: p1, slot: crate::channel::AgentSlot(1) }), 1);
     assert_eq!(hv.channels[0].pending_for(p1), 0);
 
@@ -313,23 +313,23 @@ fn the_quiet_agent_is_decided_out_and_chatty_partitions_together_with_their_cut_
     let h = channel_handles(&hv, 0);
     let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
     let trace: Trace = Rc::default();
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     hv.arch.set_guest(vmid, guest(chatty_domain(400, 40, a, b, q0, q2), trace.clone()));
     let (t2, t3): (Trace, Trace) = (Rc::default(), Rc::default());
     for (idx, t) in [(1, &t2), (2, &t3)] {
         let h = channel_handles(&hv, idx)[0].raw;
-        let vmid = hv.partitions[idx].vmid;
+        let vmid = hv.partitions[idx].vmid();
         hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), t.clone()));
     }
     hv.run();
 
     let d = hv.domains();
     let split = d.decisions().iter().find(|r| r.event == KernelEvent::SplitDecided).expect("a split decided");
-    assert_eq!(split.partition, hv.partitions[0].id);
+    assert_eq!(split.partition, hv.partitions[0].id());
     assert_eq!(split.movers, [AgentId(2)], "the quiet agent is the one that would move");
     assert!(!split.cut.is_zero() && split.cut.raw() * 10 < split.internal.raw(), "a weak cut: {split:?}");
     let merge = d.decisions().iter().find(|r| r.event == KernelEvent::MergeDecided).expect("a merge decided");
-    let (p2, p3) = (hv.partitions[1].id, hv.partitions[2].id);
+    let (p2, p3) = (hv.partitions[1].id(), hv.partitions[2].id());
     assert!([(merge.partition, merge.other), (merge.other.unwrap(), Some(merge.partition))].contains(&(p2, Some(p3))));
     assert!(merge.cut >= Weight::from_units(32));
     // These scripts ignore `AgentSwitch`'s DEPART (the peers never issue
@@ -346,7 +346,7 @@ fn the_quiet_agent_is_decided_out_and_chatty_partitions_together_with_their_cut_
     let events = |log: u32, e: KernelEvent| -> Vec<WitnessRecord> {
         recs.iter().filter(|(l, r)| *l == log && r.op == e as u16).map(|(_, r)| *r).collect()
     };
-    let s = events(hv.partitions[0].id.0, KernelEvent::SplitDecided);
+    let s = events(hv.partitions[0].id().0, KernelEvent::SplitDecided);
     // (The kernel keeps the last DECISIONS_KEPT decisions; the logs keep all.)
     assert!(s.len() >= splits.len());
     assert!(s.iter().any(|r| Decision::parse_witness_args(&r.args) == (split.cut, split.internal)));
@@ -359,7 +359,7 @@ fn the_quiet_agent_is_decided_out_and_chatty_partitions_together_with_their_cut_
     assert!(events(p2.0, KernelEvent::Merge).is_empty() && events(p3.0, KernelEvent::Merge).is_empty(), "no merge is claimed");
     // This script ignores `AgentSwitch`'s DEPART and never hands the agent
     // over: so nothing moves, and no split is claimed.
-    assert!(events(hv.partitions[0].id.0, KernelEvent::Split).is_empty(), "no split is claimed");
+    assert!(events(hv.partitions[0].id().0, KernelEvent::Split).is_empty(), "no split is claimed");
     assert!(d.moves().is_empty());
     let text = hv.arch.console_text();
     assert!(splits.len() > 1, "decided again after the abandoned departure");
@@ -398,15 +398,15 @@ fn an_f1_restart_restarts_every_agent_and_keeps_the_queues_and_the_table() {
         switch(0),
         recv(c0_s0),
     ];
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     hv.arch.set_guest(vmid, guest(calls, trace.clone()));
     hv.run();
     let t = trace.borrow();
     // Every call came back (the final Exit does not return).
     assert_eq!(t.iter().map(|r| r.call).collect::<Vec<_>>(), [Hypercall::AgentSwitch, Hypercall::ChannelSend, Hypercall::Exit, Hypercall::AgentSwitch, Hypercall::ChannelRecv]);
     assert_eq!((t[4].call, t[4].status, t[4].x1), (Hypercall::ChannelRecv, 0, MSG.len() as u64));
-    assert_eq!(hv.partitions[0].restarts, 1);
-    let p1 = hv.partitions[0].id.0;
+    assert_eq!(hv.partitions[0].restarts(), 1);
+    let p1 = hv.partitions[0].id().0;
     assert_eq!(records(&hv).iter().filter(|(l, r)| *l == p1 && r.op == KernelEvent::RecoverRestart as u16).count(), 1);
     // The restarted guest finds the same agents.
     let page = guest_page(&hv, 0, layout::BOOTINFO_IPA).unwrap();
@@ -475,7 +475,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     hv.arch.tick_ns = 1_000_000;
     let h = channel_handles(&hv, 0);
     let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
-    let store = hv.partitions[0].boot_handles[0].raw;
+    let store = hv.partitions[0].boot_handles()[0].raw;
     let first = vec![
         (0, switch(0)),
         (0, send(q0)),
@@ -487,12 +487,12 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     ];
     let calls = quiet_third_agent(first, a, b, q0, q2);
     let trace: Trace = Rc::default();
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     hv.arch.set_guest(vmid, domain_runtime(calls, trace.clone()));
     let (t2, t3): (Trace, Trace) = (Rc::default(), Rc::default());
     for (idx, t) in [(1, &t2), (2, &t3)] {
         let h = channel_handles(&hv, idx)[0].raw;
-        let vmid = hv.partitions[idx].vmid;
+        let vmid = hv.partitions[idx].vmid();
         hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), t.clone()));
     }
     // The moved agent, in the new partition (VMID 4): its cached handles
@@ -509,7 +509,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     assert_eq!(split.movers, [AgentId(2)]);
     assert_eq!(d.moves().len(), 1, "{:?}", d.moves());
     let m = d.moves()[0].clone();
-    let (p1, p4) = (hv.partitions[0].id, hv.partitions[3].id);
+    let (p1, p4) = (hv.partitions[0].id(), hv.partitions[3].id());
     assert_eq!((m.agent, m.from, m.to), (AgentId(2), p1, p4));
     assert_eq!((m.channels, m.handles), (1, 2), "one channel end, the store and that channel");
     assert_eq!(m.queued, 3, "agent 0's three messages waited for it");
@@ -572,7 +572,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     assert_eq!(t4[0].x1, MSG.len() as u64);
     let store1 = hv.store(p1).unwrap();
     assert!(store1.get(&MSG[..4]).is_some() && store1.get(&MSG[..5]).is_some(), "both commits in the domain's store");
-    assert_eq!(hv.partitions[3].state, crate::partition::PartitionState::Finished);
+    assert_eq!(hv.partitions[3].state(), crate::partition::PartitionState::Finished);
 
     // No message lost or duplicated: sent = received + waiting, per channel.
     let ok = |t: &Trace, c: Hypercall| t.borrow().iter().filter(|r| r.call == c && r.status == 0).count() as u64;
@@ -623,12 +623,12 @@ fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
     let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
     let calls = quiet_third_agent(Vec::new(), a, b, q0, q2);
     let trace: Trace = Rc::default();
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     // The image lies outside the partition's memory: the checkpoint is refused.
     hv.arch.set_guest(vmid, domain_runtime_handing(calls, trace.clone(), [0x10_0000_0000, 16, 0, 0, 0, 0]));
     for idx in [1, 2] {
         let h = channel_handles(&hv, idx)[0].raw;
-        let vmid = hv.partitions[idx].vmid;
+        let vmid = hv.partitions[idx].vmid();
         hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), Rc::default()));
     }
     hv.run();
@@ -650,7 +650,7 @@ fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
     assert!(!recs.iter().any(|(_, r)| r.op == KernelEvent::Split as u16), "no Split witnessed");
     assert!(hv.arch.console_text().contains("coherence: agent 2 stays in its partition: its checkpoint was refused"));
     // No checkpoint is held anywhere.
-    assert!(hv.partitions.iter().all(|p| p.checkpoint.is_none()));
+    assert!(hv.partitions.iter().all(|p| p.checkpoint().is_none()));
     assert_chains_verify(&hv);
 }
 
@@ -701,10 +701,10 @@ fn chatty_turns(rounds: usize, h: u64) -> Vec<(u16, (Hypercall, [u64; 6]))> {
 fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_state() {
     let mut hv = boot(&[1, 1], &[], &[(0, 1)], BOOT_FLAG_COHERENCE);
     hv.arch.tick_ns = 1_000_000;
-    let (p1, p2) = (hv.partitions[0].id, hv.partitions[1].id);
+    let (p1, p2) = (hv.partitions[0].id(), hv.partitions[1].id());
     let h1 = channel_handles(&hv, 0)[0].raw;
     let h2 = channel_handles(&hv, 1)[0].raw;
-    let store2 = hv.partitions[1].boot_handles[0].raw;
+    let store2 = hv.partitions[1].boot_handles()[0].raw;
     // A coherence bundle spreads each partition's handles over its own slots.
     assert_ne!(rvm_abi::CapHandle::from_raw(h1).unwrap().index, rvm_abi::CapHandle::from_raw(h2).unwrap().index);
     for idx in [0, 1] {
@@ -726,11 +726,11 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     after.extend((0..12).map(|_| (0, recv(h1))));
     let t1: Rc<RefCell<Vec<(u16, Ret)>>> = Rc::default();
     let listed: Rc<RefCell<Vec<u64>>> = Rc::default();
-    hv.arch.set_guest(hv.partitions[0].vmid, admitting_runtime(own, after, t1.clone(), listed.clone()));
+    hv.arch.set_guest(hv.partitions[0].vmid(), admitting_runtime(own, after, t1.clone(), listed.clone()));
     let mut script2 = vec![(0, switch(0)), (0, stage(store2, 4)), (0, commit(store2))];
     script2.extend(chatty_turns(1500, h2));
     let t2: Trace = Rc::default();
-    hv.arch.set_guest(hv.partitions[1].vmid, domain_runtime(script2, t2.clone()));
+    hv.arch.set_guest(hv.partitions[1].vmid(), domain_runtime(script2, t2.clone()));
     let frames_before = hv.frames_in_use();
     hv.run();
 
@@ -757,13 +757,13 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     assert!(guest_page(&hv, 0, layout::SNAPSHOT_IPA).is_none(), "and unmapped");
     assert!(listed.borrow().contains(&2), "AgentSwitch reported the second slot");
     // The arrival's handles: listed for slot 1 in p1's boot-info page; p1's own for slot 0.
-    let handles = &hv.partitions[0].boot_handles;
+    let handles = hv.partitions[0].boot_handles();
     assert!(handles.iter().any(|h| h.raw == h2 && h.agent == 2) && handles.iter().any(|h| h.raw == store2 && h.agent == 2));
     assert!(handles.iter().filter(|h| h.raw != h2 && h.raw != store2).all(|h| h.agent == 1));
 
     // The emptied partition was retired: finished, memory returned.
-    assert_eq!(hv.partitions[1].state, crate::partition::PartitionState::Finished);
-    assert!(hv.partitions[1].private_frames.is_empty() && hv.partitions[1].heap_pages.is_empty());
+    assert_eq!(hv.partitions[1].state(), crate::partition::PartitionState::Finished);
+    assert!(hv.partitions[1].private_frames().is_empty() && hv.partitions[1].heap_pages().is_empty());
     assert!(hv.frames_in_use() < frames_before + 4, "no frames kept by the move");
     let text = hv.arch.console_text();
     assert!(text.contains("coherence: merge of partition 2 'p2': agent 1 moved to partition 1 'p1'"), "{text}");
@@ -831,7 +831,7 @@ fn a_refused_merge_hand_over_moves_nothing() {
         hv.arch.tick_ns = 1_000_000;
         let h1 = channel_handles(&hv, 0)[0].raw;
         let h2 = channel_handles(&hv, 1)[0].raw;
-        let (p1, p2) = (hv.partitions[0].id, hv.partitions[1].id);
+        let (p1, p2) = (hv.partitions[0].id(), hv.partitions[1].id());
         let image = if collide {
             // p1 uses the slot of p2's channel handle: that handle cannot
             // keep its slot there, so nothing moves.
@@ -855,9 +855,9 @@ fn a_refused_merge_hand_over_moves_nothing() {
         };
         let own: Vec<(Hypercall, [u64; 6])> =
             (0..1500).flat_map(|_| [switch(0), send(h1), recv(h1), (Hypercall::Yield, [0; 6])]).collect();
-        hv.arch.set_guest(hv.partitions[0].vmid, guest(own, Rc::default()));
+        hv.arch.set_guest(hv.partitions[0].vmid(), guest(own, Rc::default()));
         let t2: Trace = Rc::default();
-        hv.arch.set_guest(hv.partitions[1].vmid, domain_runtime_handing(chatty_turns(1500, h2), t2.clone(), image));
+        hv.arch.set_guest(hv.partitions[1].vmid(), domain_runtime_handing(chatty_turns(1500, h2), t2.clone(), image));
         hv.run();
 
         let t = t2.borrow();
@@ -874,11 +874,11 @@ fn a_refused_merge_hand_over_moves_nothing() {
         assert_eq!(AgentTable::count(&guest_page(&hv, 0, layout::AGENTS_IPA).unwrap()), 1);
         assert!(hv.caps.info(p1, h2).is_err() || collide);
         assert_eq!(hv.channels[0].endpoint(1).partition, p2);
-        assert_ne!(hv.partitions[1].state, crate::partition::PartitionState::Evicted);
+        assert_ne!(hv.partitions[1].state(), crate::partition::PartitionState::Evicted);
         assert!(!records(&hv).iter().any(|(_, r)| r.op == KernelEvent::Merge as u16), "no Merge witnessed");
         let why = if collide { "a capability could not be transplanted" } else { "its checkpoint was refused" };
         assert!(hv.arch.console_text().contains(&alloc::format!("coherence: agent 1 stays in its partition: {why}")));
-        assert!(hv.partitions.iter().all(|p| p.checkpoint.is_none()));
+        assert!(hv.partitions.iter().all(|p| p.checkpoint().is_none()));
         assert_chains_verify(&hv);
     }
 }
@@ -896,11 +896,11 @@ fn a_split_whose_new_partition_does_not_fit_is_refused_and_the_agent_stays() {
     let (a, b, q0, q2) = (h[0].raw, h[1].raw, h[2].raw, h[3].raw);
     let calls = quiet_third_agent(Vec::new(), a, b, q0, q2);
     let trace: Trace = Rc::default();
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     hv.arch.set_guest(vmid, domain_runtime(calls, trace.clone()));
     for idx in [1, 2] {
         let h = channel_handles(&hv, idx)[0].raw;
-        let vmid = hv.partitions[idx].vmid;
+        let vmid = hv.partitions[idx].vmid();
         hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), Rc::default()));
     }
     // Were the move carried out, its partition (VMID 4) would just exit.

@@ -131,7 +131,7 @@ fn an_idle_dormant_partition_returns_its_memory_and_keeps_what_it_needs() {
     hv.arch.set_guest(1, sleeper(asleep, log.clone()));
     hv.arch.set_guest(2, peer(flag, false, log));
     hv.run();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Dormant);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Dormant);
     assert_eq!(*seen.borrow(), ["recv WouldBlock", "may sleep 1"]);
     let d = hv.dormancy(PartitionId(1));
     assert_eq!((d.sleeps, d.wakes), (1, 0));
@@ -142,8 +142,8 @@ fn an_idle_dormant_partition_returns_its_memory_and_keeps_what_it_needs() {
     assert!(d.last_reclaimed >= least, "reclaimed {}", d.last_reclaimed);
     assert!(hv.frames_in_use() < booted, "{} frames in use now, {booted} at boot", hv.frames_in_use());
     let p = &hv.partitions()[0];
-    assert_eq!(p.private_frames.len(), 2, "only the module's frames stay");
-    assert!(p.heap_pages.is_empty());
+    assert_eq!(p.private_frames().len(), 2, "only the module's frames stay");
+    assert!(p.heap_pages().is_empty());
     assert_eq!(hv.store(PartitionId(1)).unwrap().committed_items(), 1, "the committed store stays");
     let ev = events(&hv, 1, &[KernelEvent::DormantEnter]);
     assert_eq!(ev.len(), 1);
@@ -217,8 +217,8 @@ fn only_dormant_tier_partitions_sleep_and_only_on_their_last_checkpoint() {
     );
     hv.run();
     assert_eq!(*seen.borrow(), ["warm may sleep 0", "warm idle NotSupported", "stale id InvalidArgument"]);
-    assert_eq!(hv.partitions()[0].state, PartitionState::Finished);
-    assert_eq!(hv.partitions()[1].state, PartitionState::Finished);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Finished);
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Finished);
 }
 
 #[test]
@@ -228,12 +228,12 @@ fn an_operator_may_evict_a_dormant_partition() {
     hv.arch.set_guest(1, sleeper(asleep, Rc::default()));
     hv.arch.set_guest(2, peer(flag, false, Rc::default()));
     hv.run();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Dormant);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Dormant);
     let dormant_frames = hv.frames_in_use();
     let line = crate::tests::orders::order_line(&bundle, &crate::tests::orders::OPERATOR_SEED, rvm_abi::frame::OrderKind::Evict, 1, "sleeper");
     hv.arch.type_input(line.as_bytes());
     hv.housekeeping();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Evicted);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Evicted);
     assert!(hv.frames_in_use() < dormant_frames, "module and checkpoint returned");
     assert_chains_verify(&hv);
 }

@@ -82,7 +82,7 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
     let recs = all_records(hv);
     let lost = hv.witness.lost();
     for (idx, p) in hv.partitions().iter().enumerate() {
-        let (own, hyp) = about(&recs, p.id);
+        let (own, hyp) = about(&recs, p.id());
         let changes = |rs: &[WitnessRecord]| -> Vec<KernelEvent> {
             rs.iter().filter_map(event).filter(|e| !states_after(*e).is_empty()).collect()
         };
@@ -96,12 +96,12 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
         for e in &hyp_changes {
             allowed.extend_from_slice(states_after(*e));
         }
-        if !allowed.contains(&p.state) {
+        if !allowed.contains(&p.state()) {
             assert!(
                 lost && !p.is_runnable(),
                 "{what}: partition {} is {:?}, its records say {:?} (own {:?}, hypervisor's {:?}), witness lost: {lost}",
-                p.id.0,
-                p.state,
+                p.id().0,
+                p.state(),
                 allowed,
                 own_changes,
                 hyp_changes
@@ -113,7 +113,7 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
             assert!(
                 own_changes.iter().chain(&hyp_changes).any(|e| starts.contains(e)),
                 "{what}: partition {} ran without a start record",
-                p.id.0
+                p.id().0
             );
         }
         // Every guest restart (F1, F2, unfence, wake) has its record.
@@ -127,26 +127,26 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
                 )
             })
             .count();
-        assert!(p.restarts as usize <= restarts, "{what}: partition {} restarted {} times, {restarts} recorded", p.id.0, p.restarts);
+        assert!(p.restarts() as usize <= restarts, "{what}: partition {} restarted {} times, {restarts} recorded", p.id().0, p.restarts());
         // Every capability it was given has its `CapInstall`.
-        for h in &p.boot_handles {
+        for h in p.boot_handles() {
             let cap = crate::caps::witness_id(h.raw);
             assert!(
                 own.iter().any(|r| event(r) == Some(KernelEvent::CapInstall) && r.cap == cap),
                 "{what}: partition {} holds handle {:#x} with no CapInstall record",
-                p.id.0,
+                p.id().0,
                 h.raw
             );
         }
         // Its checkpoint was taken, witnessed (or came with its agent, moved
         // by a witnessed split).
-        if let Some(ck) = &p.checkpoint {
+        if let Some(ck) = p.checkpoint() {
             let prefix = ck.hash.prefix16();
             assert!(
                 own.iter().any(|r| event(r) == Some(KernelEvent::SnapshotTaken) && r.args == prefix)
                     || own.iter().any(|r| event(r) == Some(KernelEvent::Split)),
                 "{what}: partition {} keeps checkpoint {} with no CheckpointTaken record",
-                p.id.0,
+                p.id().0,
                 ck.id
             );
         }
@@ -234,10 +234,10 @@ fn lifecycle(fail: Option<FailAt>) -> (Hypervisor<FakeArch>, Vec<u32>) {
 #[test]
 fn the_lifecycle_without_failures_is_what_the_sweep_departs_from() {
     let (hv, ran) = lifecycle(None);
-    assert_eq!(hv.partitions()[0].state, Finished, "{}", hv.arch.console_text());
-    assert_eq!(hv.partitions()[1].state, Evicted);
+    assert_eq!(hv.partitions()[0].state(), Finished, "{}", hv.arch.console_text());
+    assert_eq!(hv.partitions()[1].state(), Evicted);
     assert!(ran.iter().all(|&n| n > 0));
-    assert!(hv.partitions()[0].restarts >= 2, "F1 restart and the unfence");
+    assert!(hv.partitions()[0].restarts() >= 2, "F1 restart and the unfence");
     assert!(!hv.witness.lost());
     assert_every_change_witnessed(&hv, &ran, "clean run");
 }
@@ -280,7 +280,7 @@ const ROWS: &[Row] = &[
         log: 1,
         refused: 1,
         check: |hv, ran| {
-            assert_eq!(hv.partitions()[0].state, Evicted, "refused, not admitted with an unwitnessed capability");
+            assert_eq!(hv.partitions()[0].state(), Evicted, "refused, not admitted with an unwitnessed capability");
             assert_eq!(ran[0], 0, "never ran");
             assert!(hv.arch.console_text().contains("refused: its witness log could not take the record"));
         },
@@ -291,7 +291,7 @@ const ROWS: &[Row] = &[
         log: 2,
         refused: 1,
         check: |hv, ran| {
-            assert_eq!(hv.partitions()[1].state, Evicted);
+            assert_eq!(hv.partitions()[1].state(), Evicted);
             assert_eq!(ran[1], 0);
         },
     },
@@ -344,7 +344,7 @@ const ROWS: &[Row] = &[
         log: 1,
         refused: 1,
         check: |hv, _| {
-            assert_eq!(hv.partitions()[0].state, Fenced, "an order that cannot be witnessed is not carried out");
+            assert_eq!(hv.partitions()[0].state(), Fenced, "an order that cannot be witnessed is not carried out");
         },
     },
     Row {
@@ -353,7 +353,7 @@ const ROWS: &[Row] = &[
         log: 1,
         refused: 1,
         check: |hv, _| {
-            assert_eq!(hv.partitions()[0].state, Fenced, "not let run again unwitnessed");
+            assert_eq!(hv.partitions()[0].state(), Fenced, "not let run again unwitnessed");
         },
     },
     Row {
@@ -371,7 +371,7 @@ const ROWS: &[Row] = &[
         log: 2,
         refused: 2,
         check: |hv, _| {
-            assert_eq!(hv.partitions()[1].state, Evicted);
+            assert_eq!(hv.partitions()[1].state(), Evicted);
             assert!(in_hypervisor_log(hv, 2, KernelEvent::RecoverEvict), "the eviction went to the hypervisor's log");
         },
     },
@@ -455,11 +455,11 @@ fn split_scenario(fail: Option<FailAt>) -> Hypervisor<FakeArch> {
             calls.extend([(2, switch(2)), (2, send(q2)), (0, switch(0)), (0, recv(q0))]);
         }
     }
-    let vmid = hv.partitions[0].vmid;
+    let vmid = hv.partitions[0].vmid();
     hv.arch.set_guest(vmid, domain_runtime(calls, Rc::default()));
     for idx in [1, 2] {
         let h = channel_handles(&hv, idx)[0].raw;
-        let vmid = hv.partitions[idx].vmid;
+        let vmid = hv.partitions[idx].vmid();
         hv.arch.set_guest(vmid, guest(chatty_peer(1500, h), Rc::default()));
     }
     hv.arch.set_guest(4, guest(alloc::vec![recv(q2)], Rc::default()));
@@ -495,7 +495,7 @@ fn a_split_whose_records_are_refused_moves_nothing_or_is_witnessed_whole() {
                     assert_eq!(hv.domains().agents()[2].partition, 0, "{what}: the agent stayed");
                     assert!(!has(1, KernelEvent::Split), "{what}");
                     if let Some(p) = hv.partitions().get(3) {
-                        assert_eq!(p.state, Evicted, "{what}: a partition created on the way is refused");
+                        assert_eq!(p.state(), Evicted, "{what}: a partition created on the way is refused");
                     }
                 }
                 _ => {

@@ -206,7 +206,7 @@ fn a_stage2_violation_fences_only_the_offender() {
     let text = hv.arch.console_text();
     assert_eq!(summary.finished, 1, "{text}");
     assert_eq!(summary.fenced, 1, "{text}");
-    assert_eq!(hv.partitions()[1].state, PartitionState::Fenced);
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Fenced);
     assert!(text.contains("'evil' fault: stage-2 unmapped fault on write of ipa:0x48000000"), "{text}");
     // The fault and the fence are in evil's own log.
     let recs = records(&text);
@@ -228,7 +228,7 @@ fn a_spinning_guest_is_preempted_and_the_other_finishes() {
     let summary = hv.run();
     assert_eq!(summary.finished, 1);
     assert_eq!(summary.stopped, 1, "the spinner ran until the budget");
-    assert!(hv.partitions()[0].stats.preemptions > 5);
+    assert!(hv.partitions()[0].stats().preemptions > 5);
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn a_partition_pinning_another_witness_key_is_refused_and_the_rest_run() {
     let text = hv.arch.console_text();
     assert!(text.contains("'pinned-wrong' refused: its witness_key_fingerprint does not match"), "{text}");
     assert_eq!(summary.finished, 1, "{text}");
-    assert_eq!(hv.partitions()[1].state, PartitionState::Evicted);
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Evicted);
 }
 
 #[test]
@@ -310,7 +310,7 @@ fn cpu_time_follows_the_manifest_priority_and_yields_pass_the_cpu() {
     // The poller yields every time it runs, yet does not starve the others
     // nor take more than its share.
     assert!(hv.arch.runs > 100);
-    assert!(hv.partitions()[2].stats.preemptions == 0);
+    assert!(hv.partitions()[2].stats().preemptions == 0);
 }
 
 // ---- issue 12, item 3: the witness key seed leaves the bundle ----

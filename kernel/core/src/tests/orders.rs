@@ -292,16 +292,16 @@ fn an_operator_unfences_a_fenced_partition_and_it_resumes_from_its_checkpoint() 
     hv.arch.set_guest(1, faulting_victim(log));
     hv.arch.set_guest(2, bystander());
     hv.run();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
-    assert_eq!(hv.partitions()[1].state, PartitionState::Finished, "the other partition is unaffected");
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced);
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Finished, "the other partition is unaffected");
 
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 17, "victim").as_bytes());
     hv.housekeeping();
     let text = hv.arch.console_text();
     assert!(text.contains("rvm: order 17 unfence 'victim' done: resumed from checkpoint 1"), "{text}");
-    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
     let summary = hv.run();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Finished);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Finished);
     assert_eq!(summary.fenced, 0);
     assert_eq!(
         *seen.borrow(),
@@ -323,7 +323,7 @@ fn forged_replayed_unknown_and_pointless_orders_are_refused_and_witnessed() {
     hv.arch.set_guest(1, faulting_victim(log));
     hv.arch.set_guest(2, bystander());
     hv.run();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced);
 
     let forged = order_line(&bundle, &[0x99; 32], OrderKind::Unfence, 5, "victim");
     let other_bundle = order_line(b"another deployment", &OPERATOR_SEED, OrderKind::Unfence, 6, "victim");
@@ -355,7 +355,7 @@ fn forged_replayed_unknown_and_pointless_orders_are_refused_and_witnessed() {
         assert!(text.contains(expect), "missing `{expect}` in:\n{text}");
     }
     // Exactly one order carried out.
-    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
     let refused = |log| -> Vec<(HvError, u64)> {
         events(&hv, log, &[KernelEvent::OrderRefused])
             .into_iter()
@@ -380,7 +380,7 @@ fn without_an_operator_key_every_order_is_refused() {
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 1, "victim").as_bytes());
     hv.housekeeping();
     assert!(hv.arch.console_text().contains("refused: the bundle binds no operator key"));
-    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced);
 }
 
 #[test]
@@ -392,7 +392,7 @@ fn an_eviction_order_evicts_scrubs_and_returns_the_memory() {
     let fenced_frames = hv.frames_in_use();
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Evict, 3, "victim").as_bytes());
     hv.housekeeping();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Evicted);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Evicted);
     assert!(hv.frames_in_use() < fenced_frames, "evicted memory returned");
     assert!(hv.arch.console_text().contains("rvm: order 3 evict 'victim' done: evicted (F4)"));
     let ev = events(&hv, 1, &[KernelEvent::OperatorOrder, KernelEvent::RecoverEvict]);
@@ -401,7 +401,7 @@ fn an_eviction_order_evicts_scrubs_and_returns_the_memory() {
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Evict, 4, "victim").as_bytes());
     hv.housekeeping();
     assert!(hv.arch.console_text().contains("rvm: order 4 evict 'victim' refused: partition is already evicted"));
-    assert_eq!(hv.partitions()[1].state, PartitionState::Finished);
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Finished);
     assert_chains_verify(&hv);
 }
 
@@ -416,11 +416,11 @@ fn an_order_split_across_reads_and_an_overlong_line_are_handled() {
     let (a, b) = line.as_bytes().split_at(40);
     hv.arch.type_input(a);
     hv.housekeeping();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced, "half a line is not an order");
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced, "half a line is not an order");
     hv.arch.type_input(b);
     hv.housekeeping();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
-    assert_eq!(hv.partitions()[0].id, PartitionId(1));
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
+    assert_eq!(hv.partitions()[0].id(), PartitionId(1));
 }
 
 #[test]
@@ -435,7 +435,7 @@ fn an_order_for_an_earlier_boot_of_the_same_deployment_is_refused() {
     let captured = order_line(&bundle_a, &OPERATOR_SEED, OrderKind::Unfence, 40, "victim");
     first.arch.type_input(captured.as_bytes());
     first.housekeeping();
-    assert_eq!(first.partitions()[0].state, PartitionState::Running);
+    assert_eq!(first.partitions()[0].state(), PartitionState::Running);
 
     // The same deployment booted again (same partitions, modules, keys):
     // the captured line replayed into it is refused and witnessed, and the
@@ -445,7 +445,7 @@ fn an_order_for_an_earlier_boot_of_the_same_deployment_is_refused() {
     second.arch.set_guest(1, faulting_victim(Rc::default()));
     second.arch.set_guest(2, bystander());
     second.run();
-    assert_eq!(second.partitions()[0].state, PartitionState::Fenced);
+    assert_eq!(second.partitions()[0].state(), PartitionState::Fenced);
     second.arch.type_input(captured.as_bytes());
     second.housekeeping();
     let text = second.arch.console_text();
@@ -453,7 +453,7 @@ fn an_order_for_an_earlier_boot_of_the_same_deployment_is_refused() {
         text.contains("rvm: order 40 unfence 'victim' refused: signature does not verify with the operator key"),
         "{text}"
     );
-    assert_eq!(second.partitions()[0].state, PartitionState::Fenced);
+    assert_eq!(second.partitions()[0].state(), PartitionState::Fenced);
     let refused: Vec<(Option<Outcome>, u64)> = events(&second, 1, &[KernelEvent::OrderRefused])
         .into_iter()
         .map(|(_, r)| (r.outcome(), OrderArgs::from_bytes(&r.args).nonce))
@@ -463,7 +463,7 @@ fn an_order_for_an_earlier_boot_of_the_same_deployment_is_refused() {
     // The order signed for this boot is carried out.
     second.arch.type_input(order_line(&bundle_b, &OPERATOR_SEED, OrderKind::Unfence, 41, "victim").as_bytes());
     second.housekeeping();
-    assert_eq!(second.partitions()[0].state, PartitionState::Running);
+    assert_eq!(second.partitions()[0].state(), PartitionState::Running);
     assert_chains_verify(&second);
 }
 
@@ -475,7 +475,7 @@ fn a_bundle_without_a_boot_id_accepts_no_order() {
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 1, "victim").as_bytes());
     hv.housekeeping();
     assert!(hv.arch.console_text().contains("rvm: order 1 unfence 'victim' refused: the bundle carries no boot id"));
-    assert_eq!(hv.partitions()[0].state, PartitionState::Fenced);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced);
     let ev = events(&hv, 1, &[KernelEvent::OrderRefused]);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].1.outcome(), Some(Outcome::Denied(HvError::BadProof)));

@@ -272,11 +272,11 @@ fn a_trap_restarts_the_guest_from_the_pristine_image_with_committed_state_kept()
     );
     assert!(text.contains("'agent' agent trapped (exit code 0x103); restarted from the pristine image (F1) in "), "{text}");
     assert!(text.contains(" ns, 1 committed items before, 1 after"), "{text}");
-    assert_eq!(hv.partitions()[0].restarts, 1);
+    assert_eq!(hv.partitions()[0].restarts(), 1);
     // The first start's heap pages were scrubbed and returned; the second
     // touched as many again (plus the table that maps them, once).
     let p = &hv.partitions()[0];
-    assert_eq!(p.heap_pages.len() as u64, TOUCHED);
+    assert_eq!(p.heap_pages().len() as u64, TOUCHED);
     assert_eq!(hv.frames_in_use(), boot_frames + TOUCHED + 1);
     assert_chains_verify(&hv);
 }
@@ -381,7 +381,7 @@ fn repeated_rollbacks_fence_and_an_unresolved_fence_is_evicted() {
     let mut hv = boot_with(&[("agent", r), ("other", RecoveryDesc::DEFAULT)], 20);
     let held = {
         let p = &hv.partitions()[0];
-        p.private_frames.len() as u64 + u64::from(p.stage2.table_frames())
+        p.private_frames().len() as u64 + u64::from(p.stage2().table_frames())
     };
     let boot_frames = hv.frames_in_use();
     let store_handle: Rc<RefCell<u64>> = Rc::default();
@@ -411,15 +411,15 @@ fn repeated_rollbacks_fence_and_an_unresolved_fence_is_evicted() {
     assert_eq!(summary.evicted, 1, "{text}");
     assert!(text.contains("'agent' fence not cleared within 1 ms; evicted (F4)"), "{text}");
     let p = &hv.partitions()[0];
-    assert_eq!(p.state, PartitionState::Evicted);
-    assert!(p.private_frames.is_empty() && p.heap_pages.is_empty() && p.checkpoint.is_none());
+    assert_eq!(p.state(), PartitionState::Evicted);
+    assert!(p.private_frames().is_empty() && p.heap_pages().is_empty() && p.checkpoint().is_none());
     // Every frame it held came back (its stage-2 root is replaced by an empty one).
     assert_eq!(hv.frames_in_use(), boot_frames - held + 1);
     // Its capabilities are revoked, not merely suspended.
     assert_eq!(hv.caps.query(PartitionId(1), *store_handle.borrow()).map(|_| ()), Err(HvError::Revoked));
     // The committed state stays with the hypervisor.
     assert_eq!(hv.store(PartitionId(1)).unwrap().committed_items(), 1);
-    assert_eq!(hv.partitions()[1].state, PartitionState::Suspended, "the other partition ran to the budget");
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Suspended, "the other partition ran to the budget");
     assert_chains_verify(&hv);
 }
 
@@ -459,12 +459,12 @@ fn hypercall_abuse_fences_and_keeps_memory_and_state() {
     let seen = seen.borrow();
     assert_eq!(seen.len() as u32, limit - 1, "the call that made {limit} was the last");
     assert!(seen.iter().all(|s| *s == HvError::BadHandle.code() || *s == HvError::BadAddress.code()));
-    assert_eq!(hv.partitions()[0].vcpu.regs.x[0] as i64, HvError::Abuse.code(), "the last call answers Abuse");
+    assert_eq!(hv.partitions()[0].vcpu().regs.x[0] as i64, HvError::Abuse.code(), "the last call answers Abuse");
     assert!(text.contains(&alloc::format!("'abuser' hypercall abuse: {limit} invalid calls within 1000 ms; fenced (F3)")), "{text}");
     let s = steps(&hv, 1);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].1, RecoveryArgs { class: class::FENCE, trigger: trigger::HYPERCALL_ABUSE, committed_items: 1, snapshot_id: 0 });
-    assert!(!hv.partitions()[0].heap_pages.is_empty(), "memory kept for forensics");
+    assert!(!hv.partitions()[0].heap_pages().is_empty(), "memory kept for forensics");
     assert_chains_verify(&hv);
 }
 
@@ -516,7 +516,7 @@ fn a_stage2_violation_fences_at_once_with_committed_state_kept() {
     assert_eq!(summary.fenced, 1);
     let s = steps(&hv, 1);
     assert_eq!(s, [(KernelEvent::RecoverFence, RecoveryArgs { class: class::FENCE, trigger: trigger::STAGE2_VIOLATION, committed_items: 1, snapshot_id: 0 })]);
-    assert!(hv.partitions()[0].recovery.fenced_at.is_some());
+    assert!(hv.partitions()[0].recovery().fenced_at.is_some());
 }
 
 #[test]
@@ -544,7 +544,7 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
     assert_eq!(crate::orders::evict(&mut hv, PartitionId(9)), Err(crate::recovery::fault::OrderError::NoSuchPartition));
     assert_eq!(crate::orders::unfence(&mut hv, id), Ok(1), "resumed from checkpoint 1");
     assert_eq!(crate::orders::unfence(&mut hv, id), Err(crate::recovery::fault::OrderError::NotFenced));
-    assert_eq!(hv.partitions()[0].state, PartitionState::Running);
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
     // Run a little: the guest reads its checkpoint, its capabilities answer again.
     for _ in 0..3 {
         hv.run_slice(0);
@@ -565,8 +565,8 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
 #[test]
 fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
     let mut hv = boot_with(&[("agent", RecoveryDesc::DEFAULT)], 0);
-    let limit = hv.partitions()[0].checkpoint_limit.max_bytes;
-    let tables_at_boot = hv.partitions()[0].stage2.table_frames();
+    let limit = hv.partitions()[0].checkpoint_limit().max_bytes;
+    let tables_at_boot = hv.partitions()[0].stage2().table_frames();
     let (seen, log) = shared::<Vec<(i64, u64)>>();
     hv.arch.set_guest(1, runtime(Box::new(move |g| {
         if g.step > 0 {
@@ -596,10 +596,10 @@ fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
     // What the partition holds now accounts for every frame taken: the
     // checkpoints it replaced were returned.
     let p = &hv.partitions()[0];
-    let held = p.heap_pages.len() as u64 + p.checkpoint.as_ref().unwrap().pages() + u64::from(p.stage2.table_frames() - tables_at_boot);
-    assert_eq!(p.checkpoint.as_ref().unwrap().pages(), 1);
+    let held = p.heap_pages().len() as u64 + p.checkpoint().unwrap().pages() + u64::from(p.stage2().table_frames() - tables_at_boot);
+    assert_eq!(p.checkpoint().unwrap().pages(), 1);
     assert_eq!(hv.frames_in_use(), before + held);
-    assert_eq!(p.checkpoint.as_ref().map(|c| c.id), Some(3));
+    assert_eq!(p.checkpoint().map(|c| c.id), Some(3));
     let denied = records(&hv, 1).iter().filter(|r| r.op == Hypercall::Snapshot as u16 && r.outcome < 0).count();
     assert_eq!(denied, 3, "denials are witnessed");
 }

@@ -142,7 +142,7 @@ fn equal_priority_spinners_share_each_cpu_within_five_percent() {
         assert!(a > 0.0 && b > 0.0);
         assert!((a / b - 1.0).abs() < 0.05, "cpu {cpu}: {a} vs {b}");
     }
-    assert!(hv.partitions().iter().all(|p| p.stats.preemptions > 10));
+    assert!(hv.partitions().iter().all(|p| p.stats().preemptions > 10));
 }
 
 #[test]
@@ -156,22 +156,22 @@ fn a_running_vcpu_is_leased_out_and_an_eviction_waits_for_its_cpu() {
     assert_eq!(lease.partition(), 1);
     assert_eq!(hv.running_on(1), Some(CpuId(1)));
     // The partition holds a placeholder while its vCPU is out.
-    assert_eq!(hv.partitions()[1].vcpu.regs.pc, 0);
+    assert_eq!(hv.partitions()[1].vcpu().regs.pc, 0);
     // The operator orders the eviction of the running partition: deferred.
     crate::orders::evict(&mut hv, PartitionId(2)).unwrap();
     assert_eq!(hv.deferred_orders(), 1);
-    assert_eq!(hv.partitions()[1].state, PartitionState::Running, "not torn down under its CPU");
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Running, "not torn down under its CPU");
     assert_eq!(crate::orders::unfence(&mut hv, PartitionId(2)), Err(crate::recovery::fault::OrderError::NotFenced));
     // CPU 1 comes back from the guest: the order is carried out there.
     let trap = lease.run(&mut cpu1);
     let next = hv.cpu_exit(lease, trap, &mut cpu1);
     assert_eq!(hv.deferred_orders(), 0);
     assert_eq!(hv.running_on(1), None);
-    assert_eq!(hv.partitions()[1].state, PartitionState::Evicted);
-    assert_ne!(hv.partitions()[1].vcpu.regs.pc, 0, "its own vCPU is back in the partition");
+    assert_eq!(hv.partitions()[1].state(), PartitionState::Evicted);
+    assert_ne!(hv.partitions()[1].vcpu().regs.pc, 0, "its own vCPU is back in the partition");
     // Nothing is left on CPU 1; the other partition is untouched.
     assert!(matches!(next, Step::Idle { .. }), "{next:?}");
-    assert_eq!(hv.partitions()[0].state, PartitionState::Loaded, "the other partition is untouched");
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Loaded, "the other partition is untouched");
     let summary = {
         let mut cpu0 = hv.arch.cpu(CpuId(0));
         let Step::Run(mut lease) = hv.cpu_next(&mut cpu0) else { panic!("CPU 0 has work") };
@@ -182,7 +182,7 @@ fn a_running_vcpu_is_leased_out_and_an_eviction_waits_for_its_cpu() {
         assert_eq!(hv.deferred_orders(), 1);
         let trap = lease.run(&mut cpu0);
         let next = hv.cpu_exit(lease, trap, &mut cpu0);
-        assert_eq!(hv.partitions()[0].state, PartitionState::Evicted);
+        assert_eq!(hv.partitions()[0].state(), PartitionState::Evicted);
         assert!(matches!(next, Step::Stop), "nothing runnable anywhere: {next:?}");
         assert!(!hv.all_cpus_stopped(), "CPU 1 has not seen the end yet");
         assert!(matches!(hv.cpu_next(&mut cpu1), Step::Stop));
@@ -269,7 +269,7 @@ fn one_busy_one_idle() -> (Hypervisor<FakeArch>, crate::fake::FakeCpu, crate::fa
     let mut hv = boot(&[("busy", 50), ("sleeper", 50)], 0, 1_000);
     hv.set_cpus(2);
     assert_eq!(hv.home_cpu(1), Some(CpuId(1)));
-    hv.partitions[1].state = PartitionState::Dormant;
+    hv.partitions[1].move_to(PartitionState::Dormant);
     let (mut c0, mut c1) = (hv.arch.cpu(CpuId(0)), hv.arch.cpu(CpuId(1)));
     let Step::Run(lease) = hv.cpu_next(&mut c0) else { panic!("CPU 0 runs partition 0") };
     assert!(matches!(hv.cpu_next(&mut c1), Step::Idle { .. }), "CPU 1 has nothing runnable");
@@ -291,7 +291,7 @@ fn a_partition_woken_for_an_idle_cpu_kicks_that_cpu_once() {
     assert!(hv.cpu_exit_fast(&mut lease, trap));
     assert_eq!(hv.arch.kicks, [CpuId(1)], "the idle CPU whose queue got work is kicked");
     // Another wake during the same wait sends no second kick.
-    hv.partitions[1].state = PartitionState::Dormant;
+    hv.partitions[1].move_to(PartitionState::Dormant);
     hv.transition(1, PartitionState::Running, KernelEvent::DormantExit, [0; 16]);
     let trap = lease.run(&mut c0);
     assert!(hv.cpu_exit_fast(&mut lease, trap));
@@ -309,7 +309,7 @@ fn a_wake_for_a_busy_or_own_cpu_sends_no_kick() {
     let (mut hv, mut c0, _c1, mut lease) = one_busy_one_idle();
     // Partition 0 (on CPU 0, which is running it) goes to sleep and wakes
     // within one exit: its own CPU is not idling, nobody is kicked.
-    hv.partitions[0].state = PartitionState::Dormant;
+    hv.partitions[0].move_to(PartitionState::Dormant);
     hv.transition(0, PartitionState::Running, KernelEvent::DormantExit, [0; 16]);
     hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Null, &[])));
     let trap = lease.run(&mut c0);

@@ -223,7 +223,7 @@ fn a_console_flood_is_cut_to_its_credit_and_its_frames_hold_it_back() {
         flooded <= TEXT_BURST + TEXT_RATE * elapsed_s,
         "{flooded} flooder bytes printed in {elapsed_s} s"
     );
-    let out = hv.partitions()[0].output;
+    let out = hv.partitions()[0].output();
     assert!(
         out.dropped >= u64::from(CALLS) * 4095 - flooded - 4096,
         "dropped {} printed {flooded}",
@@ -283,9 +283,9 @@ fn a_partition_whose_budget_does_not_fit_is_refused_at_admission_and_witnessed()
     // checkpoints: about 50 MiB each. One fits a 64 MiB pool, two do not.
     let hv = boot_pool(&[256, 256, 1], 64);
     let text = hv.arch.console_text();
-    assert_eq!(hv.partitions()[0].state, PartitionState::Loaded, "{text}");
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Loaded, "{text}");
     assert_eq!(
-        hv.partitions()[1].state,
+        hv.partitions()[1].state(),
         PartitionState::Evicted,
         "the second is refused: {text}"
     );
@@ -294,7 +294,7 @@ fn a_partition_whose_budget_does_not_fit_is_refused_at_admission_and_witnessed()
         "{text}"
     );
     assert_eq!(
-        hv.partitions()[2].state,
+        hv.partitions()[2].state(),
         PartitionState::Loaded,
         "a small one still fits: {text}"
     );
@@ -307,7 +307,7 @@ fn a_partition_whose_budget_does_not_fit_is_refused_at_admission_and_witnessed()
     let promised = hv
         .partitions()
         .iter()
-        .map(|p| p.frames_committed)
+        .map(|p| p.frames_committed())
         .sum::<u64>();
     assert_eq!(hv.frames.frames_committed(), promised);
     assert!(promised <= hv.frames.frames_total());
@@ -324,17 +324,17 @@ fn partitions_beyond_the_el2_heap_are_refused_at_admission_and_witnessed() {
     let loaded = hv
         .partitions()
         .iter()
-        .filter(|p| p.state == PartitionState::Loaded)
+        .filter(|p| p.state() == PartitionState::Loaded)
         .count();
     assert_eq!(loaded, fit, "{text}");
     for p in &hv.partitions()[fit..] {
-        assert_eq!(p.state, PartitionState::Evicted);
+        assert_eq!(p.state(), PartitionState::Evicted);
         assert!(text.contains(&alloc::format!(
             "partition {} '{}' refused: its share of the hypervisor heap (store, snapshots, queues) does not fit",
-            p.id.0,
+            p.id().0,
             p.name()
         )));
-        let r = records(&hv, p.id.0)
+        let r = records(&hv, p.id().0)
             .into_iter()
             .find(|r| r.op == KernelEvent::PartitionRefused as u16)
             .expect("witnessed");
@@ -388,5 +388,5 @@ fn a_checkpoint_storm_holds_back_the_partition_that_storms() {
         "{} ns < {at_least_ns} ns",
         hv.arch.clock_ns()
     );
-    assert!(hv.partitions()[0].output.held > 0);
+    assert!(hv.partitions()[0].output().held > 0);
 }

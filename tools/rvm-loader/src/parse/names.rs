@@ -6,7 +6,7 @@ use crate::model::PartitionName;
 
 /// A partition name at `path` of `file`.
 pub fn partition_name(file: &str, path: &str, s: &str) -> Result<PartitionName, Diagnostic> {
-    if s == rvm_witness_host::store::HYPERVISOR_NAME {
+    if s == rvm_witness_host::log_folder::HYPERVISOR_NAME {
         return Err(Diagnostic::field(
             file,
             path,

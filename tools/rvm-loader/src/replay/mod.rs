@@ -79,9 +79,7 @@ pub struct ReplayInput<'a> {
     pub fuel_per_slice: u64,
 }
 
-fn hex(b: &[u8]) -> String {
-    crate::store::hex(b)
-}
+use rvm_abi::hex::to_string as hex;
 
 fn op_name(code: u16) -> String {
     WitnessOp::from_code(code).map_or_else(|| format!("op {code:#x}"), |o| o.name().to_string())

@@ -2,6 +2,8 @@
 //! whole directory tree, the fixtures, and running the built binaries.
 #![allow(dead_code)]
 
+pub mod modules;
+
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -66,7 +68,7 @@ pub fn tree_hash(root: &Path) -> String {
     } else {
         h.update(b"missing");
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    rvm_abi::hex::to_string(&h.finalize())
 }
 
 /// The adapter fixtures folder: the adapter's real output, kept in the
@@ -205,12 +207,12 @@ impl Env {
 
 /// A module that imports the given `rvm` host functions with RVM's signatures.
 pub fn agent_module() -> Vec<u8> {
-    rvm_loader::wasm::build::rvm_agent(Some(2))
+    modules::rvm_agent(Some(2))
 }
 
 /// A wasm-bindgen JS-glue module.
 pub fn glue_module() -> Vec<u8> {
-    rvm_loader::wasm::build::module(
+    modules::module(
         &[
             ("wbg", "__wbindgen_throw", &[0x7f, 0x7f], &[]),
             ("wbg", "__wbg_log_1", &[0x7f], &[]),

@@ -1,4 +1,5 @@
-//! State under `RVM_HOME` (default `~/.rvm`).
+//! The loader's home: its registry and files under `RVM_HOME` (default
+//! `~/.rvm`).
 //!
 //! ```text
 //! registry.json          partitions (manifest, capability table, guest binding,
@@ -55,7 +56,7 @@ impl FileStamp {
         let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         Self {
             path: path.display().to_string(),
-            sha256: hex(sha256),
+            sha256: rvm_abi::hex::to_string(sha256),
         }
     }
 }
@@ -202,13 +203,6 @@ fn not_registered(name: &PartitionName) -> Error {
     )
 }
 
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut buf = vec![0u8; bytes.len() * 2];
-    let s = rvm_abi::hex::encode(bytes, &mut buf).unwrap_or_default();
-    String::from_utf8_lossy(s).into_owned()
-}
-
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -297,7 +291,7 @@ impl Home {
 
     /// Store a module under `modules/`; returns its SHA-256 (hex).
     pub fn put_module(&self, bytes: &[u8]) -> Result<String> {
-        let sha = hex(&Sha256::digest(bytes));
+        let sha = rvm_abi::hex::to_string(&Sha256::digest(bytes));
         let dir = self.root.join(MODULES_DIR);
         self.ensure_dir(&self.root)?;
         self.ensure_dir(&dir)?;
@@ -313,7 +307,7 @@ impl Home {
     pub fn module(&self, sha256: &str) -> Result<Vec<u8>> {
         let path = self.root.join(MODULES_DIR).join(format!("{sha256}.wasm"));
         let bytes = fs::read(&path).map_err(|e| io(&path, e))?;
-        if hex(&Sha256::digest(&bytes)) != sha256 {
+        if rvm_abi::hex::to_string(&Sha256::digest(&bytes)) != sha256 {
             return Err(Error::failed(format!(
                 "{}: contents do not match its digest",
                 path.display()

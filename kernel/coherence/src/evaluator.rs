@@ -1,4 +1,4 @@
-//! The coherence engine: the graph, the solver, the policy and the state each
+//! The coherence evaluator: the graph, the solver, the policy and the state each
 //! domain carries between evaluations (holds, cooldowns, pending decisions,
 //! the last cut).
 //!
@@ -14,7 +14,7 @@
 //!    Until then the domains involved are not evaluated again.
 //!
 //! Evaluation allocates nothing: its scratch tables are sized from the
-//! graph's limits when the engine is made.
+//! graph's limits when the evaluator is made.
 
 use alloc::vec::Vec;
 
@@ -178,7 +178,7 @@ struct Scratch {
     ready: Vec<MergeCandidate>,
 }
 
-/// The coherence engine.
+/// The coherence evaluator.
 #[derive(Clone, Debug)]
 pub struct Coherence {
     graph: CommGraph,
@@ -192,7 +192,7 @@ pub struct Coherence {
 }
 
 impl Coherence {
-    /// An engine over `graph` (usually empty) with `policy`, its tables
+    /// An evaluator over `graph` (usually empty) with `policy`, its tables
     /// sized from the graph's limits.
     pub fn new(graph: CommGraph, policy: CoherencePolicy) -> Result<Self, PolicyError> {
         policy.validate()?;
@@ -226,7 +226,7 @@ impl Coherence {
         &mut self.graph
     }
 
-    /// Bytes the engine allocated when it was made (graph, solver, scratch
+    /// Bytes the evaluator allocated when it was made (graph, solver, scratch
     /// tables); evaluation allocates nothing more.
     pub fn footprint_bytes(&self) -> usize {
         use core::mem::size_of;

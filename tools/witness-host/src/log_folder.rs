@@ -1,5 +1,5 @@
-//! Witness files under `$RVM_HOME/witness/`, and the recorder that files a
-//! run's frames there.
+//! The witness log folder, `$RVM_HOME/witness/`, and the recorder that files
+//! a run's frames there.
 //!
 //! For a log named `<name>` (a partition's name; the hypervisor's log is
 //! `hypervisor`):
