@@ -16,7 +16,8 @@ use crate::memory::stage2::{MemType, S2Perm};
 use crate::partition::{name_str, PartitionId, PartitionState, MAX_PARTITIONS};
 use crate::report::RunSummary;
 use crate::running::trap::{Exit, FaultStatus};
-use crate::state::{Flow, Hypervisor};
+use crate::running::trap::Flow;
+use crate::state::Hypervisor;
 use crate::witness::Witness;
 
 
@@ -76,7 +77,7 @@ impl<A: Arch> Hypervisor<A> {
                     crate::load::image::ImageError::Elf(e) => BootError::Runtime(e),
                     crate::load::image::ImageError::OutOfMemory => BootError::OutOfMemory,
                 })?;
-            hv.runtime = Some(image);
+            hv.set_runtime(image);
         }
         for (index, desc) in bundle.partitions().enumerate() {
             let index = u32::try_from(index).map_err(|_| BootError::TooManyPartitions)?;

@@ -8,18 +8,19 @@ use alloc::vec::Vec;
 
 use rvm_abi::bundle::BootConfig;
 use rvm_abi::witness::KernelEvent;
-use rvm_abi::{Outcome, WitnessOp, WitnessRecord};
+use rvm_abi::{Outcome, WitnessRecord};
 
 use crate::arch::{Arch, CpuId};
 use crate::running::cpus::{DeferredOrder, RanOn};
 use crate::caps::Caps;
 use crate::channel::Channel;
 use crate::console;
+use crate::dispatch::call::Call;
 use crate::memory::addr::{PhysAddr, PAGE_BYTES};
 use crate::memory::frames::FrameAllocator;
 use crate::load::image::SharedImage;
 use crate::partition::{name_str, Partition, PartitionId, PartitionState};
-use rvm_state::store::StateStore;
+use rvm_state::store::{StateStore, StoreLimits};
 use crate::witness::{Reservation, Witness};
 
 /// Scheduling and run-time policy, from the bundle's boot configuration.
@@ -40,15 +41,13 @@ impl RunPolicy {
     }
 }
 
-/// What to do after handling an exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Flow {
-    /// Re-enter the same vCPU.
-    Resume,
-    /// Give the CPU to the next partition.
-    Reschedule,
-    /// The guest gave up the rest of its slice (`Yield`, `wfi`).
-    Yielded,
+/// What some calls use beside their [`Call`]: the channels (messages), the
+/// state stores (the store calls, `Prove`, checkpoints), the frame pool
+/// (checkpoints).
+pub(crate) struct CallServices<'a> {
+    pub channels: &'a mut [Channel],
+    pub stores: &'a mut [StateStore],
+    pub frames: &'a mut FrameAllocator,
 }
 
 /// The hypervisor's state.
@@ -115,6 +114,42 @@ impl<A: Arch> Hypervisor<A> {
         self.index_of(id).map_or(Default::default(), |idx| self.dormant.get(idx))
     }
 
+    /// Admit `p` with an empty state store of its own; its position.
+    pub(crate) fn add_partition(&mut self, p: Partition) -> usize {
+        self.partitions.push(p);
+        self.stores.push(StateStore::new(StoreLimits::DEFAULT));
+        self.partitions.len() - 1
+    }
+
+    /// Add a channel; its position (the object id its capabilities name).
+    pub(crate) fn add_channel(&mut self, c: Channel) -> usize {
+        self.channels.push(c);
+        self.channels.len() - 1
+    }
+
+    /// The shared guest runtime every partition of the bundle maps.
+    pub(crate) fn set_runtime(&mut self, image: SharedImage) {
+        self.runtime = Some(image);
+    }
+
+    /// The call context of partition `idx`'s hypercall: its partition and
+    /// the services every call uses, borrowed apart from the rest.
+    pub(crate) fn call(&mut self, idx: usize) -> Call<'_, A> {
+        self.call_with(idx).0
+    }
+
+    /// [`Hypervisor::call`], with the services some calls use beside it.
+    pub(crate) fn call_with(&mut self, idx: usize) -> (Call<'_, A>, CallServices<'_>) {
+        let call = Call {
+            caller: &mut self.partitions[idx],
+            arch: &mut self.arch,
+            witness: &mut self.witness,
+            caps: &mut self.caps,
+            journal: self.journal,
+        };
+        (call, CallServices { channels: &mut self.channels, stores: &mut self.stores, frames: &mut self.frames })
+    }
+
     /// Partitions refused at boot or admission.
     pub(crate) fn refused(&self) -> u32 {
         self.refused
@@ -165,10 +200,7 @@ impl<A: Arch> Hypervisor<A> {
 
     /// A kernel-decision record about `partition`, stamped now.
     fn event_record(&self, partition: PartitionId, event: KernelEvent, outcome: Outcome, args: [u8; 16]) -> WitnessRecord {
-        let mut rec = WitnessRecord::new(WitnessOp::Event(event), outcome, partition.0);
-        rec.args = args;
-        rec.timestamp = self.arch.now_ns();
-        rec
+        crate::witness::event_record(partition.0, event, outcome, args, self.arch.now_ns())
     }
 
     /// Append a kernel-decision record to `log`. Fail-closed: `false` means

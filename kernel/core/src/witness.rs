@@ -9,10 +9,19 @@
 
 use alloc::collections::BTreeMap;
 
-use rvm_abi::{HvError, WitnessRecord};
+use rvm_abi::witness::KernelEvent;
+use rvm_abi::{HvError, Outcome, WitnessOp, WitnessRecord};
 use rvm_witness::{CheckpointSigner, LogConfig, LogId, WitnessLog};
 
 use crate::arch::Arch;
+
+/// A kernel-decision record about log `log`'s partition, stamped `now`.
+pub(crate) fn event_record(log: u32, event: KernelEvent, outcome: Outcome, args: [u8; 16], now: u64) -> WitnessRecord {
+    let mut rec = WitnessRecord::new(WitnessOp::Event(event), outcome, log);
+    rec.args = args;
+    rec.timestamp = now;
+    rec
+}
 
 /// Zero every secret `bundle` carries (the [`EntryKind::WitnessKeySeed`]
 /// entry's bytes) in place, once the hypervisor has booted from it, so the

@@ -27,28 +27,25 @@ use rvm_cap::attest::Attestation;
 use rvm_cap::{ArgsDigest, ObjectRef, Timestamp};
 use sha2::{Digest, Sha256};
 
-use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::{DeriveArgs, Refused, UseParams};
-use crate::memory::guest_mem;
-use crate::state::{Flow, Hypervisor};
-use rvm_state::store::StoreSnapshot;
+use crate::running::trap::Flow;
+use rvm_state::store::{StateStore, StoreSnapshot};
 
-use super::{allow, authorize_at, preflight, read_signature, refuse, witness, CapUse, ProofRegs, Witnessed};
+use super::call::{Call, CapUse, ProofRegs, Witnessed};
 
 /// Domain-separation prefix of a state store's state digest.
 pub const STORE_DIGEST_TAG: [u8; 16] = *b"RVM-STORE-STATE\0";
 
 /// `CapQuery`: `x1` = object kind, `x2` = rights, `x3` = tier mask. Needs no
 /// right; witnessed at P1.
-pub(super) fn query<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let id = hv.partitions[idx].id();
-    match hv.caps.query(id, regs[0]) {
+pub(super) fn query<A: Arch>(call: &mut Call<'_, A>, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    match call.caps.query(call.caller.id(), regs[0]) {
         Ok(q) => {
-            let w = Witnessed { tier: ProofTier::P1 as u8, ..w };
-            allow(hv, idx, &w, |_| [q.kind as u64, u64::from(q.rights.bits()), q.tier_mask])
+            let w = w.at(ProofTier::P1);
+            call.allow(&w, |_| [q.kind as u64, u64::from(q.rights.bits()), q.tier_mask])
         }
-        Err(e) => refuse(hv, idx, w, Refused::at(e, ProofTier::P1, regs[0])),
+        Err(e) => call.refuse(w, Refused::at(e, ProofTier::P1, regs[0])),
     }
 }
 
@@ -63,10 +60,10 @@ fn derive_args(regs: &[u64; 6]) -> Option<DeriveArgs> {
 }
 
 /// Witness a change `rvm-cap` has already made and return `results`.
-fn applied<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, results: [u64; 3]) -> Flow {
-    match witness(hv, idx, w, Outcome::Done) {
-        Ok(()) => hv.partitions[idx].vcpu_mut().set_return(0, &results),
-        Err(e) => hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]),
+fn applied<A: Arch>(call: &mut Call<'_, A>, w: &Witnessed, results: [u64; 3]) -> Flow {
+    match call.witness(w, Outcome::Done) {
+        Ok(()) => call.answer(0, &results),
+        Err(e) => call.answer(e.code(), &[]),
     }
     Flow::Resume
 }
@@ -75,42 +72,42 @@ fn applied<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: &Witnessed, results: 
 /// `x4` = expiry, `x5`/`x6` = approval and nonce; `x1` = the new handle, in
 /// the target's table. The record names the parent, the tier its GRANT (or
 /// GRANT_ONCE) was used at, and digests the registers with the new handle.
-pub(super) fn derive<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let (id, raw) = (hv.partitions[idx].id(), regs[0]);
-    let tier = match hv.caps.derive_tier(id, raw) {
+pub(super) fn derive<A: Arch>(call: &mut Call<'_, A>, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let (id, raw) = (call.caller.id(), regs[0]);
+    let tier = match call.caps.derive_tier(id, raw) {
         Ok(t) => t,
-        Err(r) => return refuse(hv, idx, w, r),
+        Err(r) => return call.refuse(w, r),
     };
     let Some(args) = derive_args(regs) else {
-        return refuse(hv, idx, w, Refused::at(HvError::InvalidArgument, tier, raw));
+        return call.refuse(w, Refused::at(HvError::InvalidArgument, tier, raw));
     };
     let signature = match tier {
-        ProofTier::P3 => match read_signature(hv, idx, regs[4], raw) {
+        ProofTier::P3 => match call.read_signature(regs[4], raw) {
             Ok(s) => s,
-            Err(r) => return refuse(hv, idx, w, r),
+            Err(r) => return call.refuse(w, r),
         },
         ProofTier::P1 | ProofTier::P2 => None,
     };
-    let params = UseParams { now_ns: hv.arch.now_ns(), access: None, nonce: regs[5] };
-    if let Err(e) = hv.witness.reserve(id.0) {
-        hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]);
+    let params = UseParams { now_ns: call.arch.now_ns(), access: None, nonce: regs[5] };
+    if let Err(e) = call.witness.reserve(id.0) {
+        call.answer(e.code(), &[]);
         return Flow::Resume;
     }
-    match hv.caps.derive(id, raw, &args, &params, signature.as_ref()) {
+    match call.caps.derive(id, raw, &args, &params, signature.as_ref()) {
         Ok((handle, g)) => {
             let new = handle.to_raw();
             let w = w.granted(&g).data(regs, &new.to_le_bytes());
-            applied(hv, idx, &w, [new, 0, 0])
+            applied(call, &w, [new, 0, 0])
         }
-        Err(r) => refuse(hv, idx, w, r),
+        Err(r) => call.refuse(w, r),
     }
 }
 
 /// `CapRevoke`: `x1` = handle, `x5`/`x6` = approval and nonce; revokes
 /// everything derived from the handle, in every partition; `x1` = how many
 /// capabilities were removed.
-pub(super) fn revoke<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let (id, raw) = (hv.partitions[idx].id(), regs[0]);
+pub(super) fn revoke<A: Arch>(call: &mut Call<'_, A>, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let (id, raw) = (call.caller.id(), regs[0]);
     let u = CapUse {
         call: Hypercall::CapRevoke,
         raw,
@@ -119,28 +116,28 @@ pub(super) fn revoke<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
         access: None,
         proof: ProofRegs::x5_x6(regs),
     };
-    let tier = match preflight(hv, idx, &u) {
+    let tier = match call.preflight(&u) {
         Ok(t) => t,
-        Err(r) => return refuse(hv, idx, w, r),
+        Err(r) => return call.refuse(w, r),
     };
     let signature = match tier {
-        ProofTier::P3 => match read_signature(hv, idx, u.proof.signature_ipa, raw) {
+        ProofTier::P3 => match call.read_signature(u.proof.signature_ipa, raw) {
             Ok(s) => s,
-            Err(r) => return refuse(hv, idx, w, r),
+            Err(r) => return call.refuse(w, r),
         },
         ProofTier::P1 | ProofTier::P2 => None,
     };
-    let params = UseParams { now_ns: hv.arch.now_ns(), access: None, nonce: u.proof.nonce };
-    if let Err(e) = hv.witness.reserve(id.0) {
-        hv.partitions[idx].vcpu_mut().set_return(e.code(), &[]);
+    let params = UseParams { now_ns: call.arch.now_ns(), access: None, nonce: u.proof.nonce };
+    if let Err(e) = call.witness.reserve(id.0) {
+        call.answer(e.code(), &[]);
         return Flow::Resume;
     }
-    match hv.caps.revoke(id, raw, &params, signature.as_ref()) {
+    match call.caps.revoke(id, raw, &params, signature.as_ref()) {
         Ok((removed, g)) => {
             let w = w.granted(&g).data(regs, &removed.to_le_bytes());
-            applied(hv, idx, &w, [u64::from(removed), 0, 0])
+            applied(call, &w, [u64::from(removed), 0, 0])
         }
-        Err(r) => refuse(hv, idx, w, r),
+        Err(r) => call.refuse(w, r),
     }
 }
 
@@ -148,12 +145,12 @@ pub(super) fn revoke<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
 /// head (as it stands before the `Prove` call's own record), or a state
 /// store's committed items. Other kinds have no state to attest
 /// (`NotSupported`); an object that does not exist is `InvalidArgument`.
-fn state_digest<A: Arch>(hv: &Hypervisor<A>, object: ObjectRef) -> Result<[u8; 32], HvError> {
+fn state_digest(witness: &crate::witness::Witness, stores: &[StateStore], object: ObjectRef) -> Result<[u8; 32], HvError> {
     match object.kind {
-        ObjectKind::WitnessLog => hv.witness.head(object.id.0).ok_or(HvError::InvalidArgument),
+        ObjectKind::WitnessLog => witness.head(object.id.0).ok_or(HvError::InvalidArgument),
         ObjectKind::StateStore => {
             let at = usize::try_from(object.id.0).map_err(|_| HvError::InvalidArgument)?;
-            let store = at.checked_sub(1).and_then(|i| hv.stores.get(i)).ok_or(HvError::InvalidArgument)?;
+            let store = at.checked_sub(1).and_then(|i| stores.get(i)).ok_or(HvError::InvalidArgument)?;
             Ok(store_digest(&store.snapshot()))
         }
         ObjectKind::Partition
@@ -188,8 +185,8 @@ pub fn store_digest(snapshot: &StoreSnapshot) -> [u8; 32] {
 /// attestation's timestamp (kernel clock), `x2` = object kind, `x3` = object
 /// id — with the caller's partition id, everything a verifier needs to
 /// rebuild the signed message.
-pub(super) fn prove<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let (id, raw) = (hv.partitions[idx].id(), regs[0]);
+pub(super) fn prove<A: Arch>(call: &mut Call<'_, A>, stores: &[StateStore], w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let (id, raw) = (call.caller.id(), regs[0]);
     let u = CapUse {
         call: Hypercall::Prove,
         raw,
@@ -198,39 +195,37 @@ pub(super) fn prove<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, r
         access: None,
         proof: ProofRegs::x5_x6(regs),
     };
-    let tier = match preflight(hv, idx, &u) {
+    let tier = match call.preflight(&u) {
         Ok(t) => t,
-        Err(r) => return refuse(hv, idx, w, r),
+        Err(r) => return call.refuse(w, r),
     };
     // Everything that needs no policy is checked before the policy is charged.
-    let object = match hv.caps.info(id, raw) {
+    let object = match call.caps.info(id, raw) {
         Ok(info) => info.object,
-        Err(e) => return refuse(hv, idx, w, Refused::at(e, ProofTier::P1, raw)),
+        Err(e) => return call.refuse(w, Refused::at(e, ProofTier::P1, raw)),
     };
-    let digest = match state_digest(hv, object) {
+    let digest = match state_digest(call.witness, stores, object) {
         Ok(d) => d,
-        Err(e) => return refuse(hv, idx, w, Refused::at(e, tier, raw)),
+        Err(e) => return call.refuse(w, Refused::at(e, tier, raw)),
     };
     let out_len = PROVE_BUFFER_LEN as u64;
-    if let Err(e) = guest_mem::check_writable(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(regs[1]), out_len) {
-        return refuse(hv, idx, w, Refused::at(e, tier, raw));
+    if let Err(e) = call.check_writable(regs[1], out_len) {
+        return call.refuse(w, Refused::at(e, tier, raw));
     }
-    let g = match authorize_at(hv, idx, &u, tier, |_| Ok(ArgsDigest::of(&[], &[]))) {
+    let g = match call.authorize_at(&u, tier, |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
-        Err(r) => return refuse(hv, idx, w, r),
+        Err(r) => return call.refuse(w, r),
     };
-    let at = hv.arch.now_ns();
+    let at = call.arch.now_ns();
     let attestation =
         Attestation { object, partition: rvm_cap::PartitionId(id.0), at: Timestamp(at), state_digest: digest };
-    let signature = hv.witness.sign(&attestation.message());
+    let signature = call.witness.sign(&attestation.message());
     let mut out = [0u8; PROVE_BUFFER_LEN];
     out[..32].copy_from_slice(&digest);
     out[32..].copy_from_slice(&signature);
     let w = w.granted(&g).data(regs, &out);
-    allow(hv, idx, &w, |hv| {
-        let s2 = hv.partitions[idx].stage2();
-        let wrote = guest_mem::write(&mut hv.arch, s2, Ipa::new(regs[1]), &out);
-        debug_assert!(wrote.is_ok());
+    call.allow(&w, |call| {
+        call.write_guest(regs[1], &out);
         [at, object.kind as u64, u64::from(object.id.0)]
     })
 }

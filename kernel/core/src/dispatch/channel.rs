@@ -1,24 +1,42 @@
-//! `ChannelSend` and `ChannelRecv`.
+//! `ChannelSend` and `ChannelRecv`: the caller's [`Call`] and the channels.
+//! What a delivered message means beyond the channel (traffic between
+//! domains, a dormant receiver to wake) is the dispatcher's to carry out
+//! ([`Sent`]).
 
 use rvm_abi::{HvError, Hypercall, ObjectKind, Rights};
 use rvm_cap::ArgsDigest;
 
-use crate::memory::addr::Ipa;
 use crate::arch::Arch;
 use crate::caps::Granted;
-use crate::memory::guest_mem;
-use crate::state::{Flow, Hypervisor};
+use crate::channel::{Channel, Endpoint, MAX_MESSAGE};
+use crate::running::trap::Flow;
 
-use super::{allow, authorize, deny, read_guest, refuse, CapUse, ProofRegs, Witnessed};
+use super::call::{Call, CapUse, ProofRegs, Witnessed};
 
 fn channel_index(g: &Granted) -> usize {
     usize::try_from(g.object).unwrap_or(usize::MAX)
 }
 
+/// A send that got as far as its answer: channel `channel` may now hold a
+/// message from `from` of `bytes` bytes.
+pub(super) struct Sent {
+    pub channel: usize,
+    pub from: Endpoint,
+    pub bytes: usize,
+    /// The message was queued (the call was allowed and witnessed).
+    pub queued: bool,
+}
+
 /// A message is the byte range `0..length` of the channel: a channel
 /// capability's byte window bounds message lengths, its byte quota the bytes
 /// sent per epoch. A P3 approval signs `ArgsDigest::of(&[], message)`.
-pub(super) fn send<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+pub(super) fn send<A: Arch>(
+    call: &mut Call<'_, A>,
+    channels: &mut [Channel],
+    me: Endpoint,
+    w: Witnessed,
+    regs: &[u64; 6],
+) -> (Flow, Option<Sent>) {
     let u = CapUse {
         call: Hypercall::ChannelSend,
         raw: regs[0],
@@ -27,39 +45,35 @@ pub(super) fn send<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
         access: Some((0, regs[2])),
         proof: ProofRegs::x5_x6(regs),
     };
-    let message_digest = |hv: &Hypervisor<A>| {
-        read_guest(hv, idx, regs[1], regs[2], crate::channel::MAX_MESSAGE as u64).map(|m| ArgsDigest::of(&[], &m))
-    };
-    let g = match authorize(hv, idx, &u, message_digest) {
+    let message_digest = |call: &Call<'_, A>| call.read_guest(regs[1], regs[2], MAX_MESSAGE as u64).map(|m| ArgsDigest::of(&[], &m));
+    let g = match call.authorize(&u, message_digest) {
         Ok(g) => g,
-        Err(r) => return refuse(hv, idx, w, r),
+        Err(r) => return (call.refuse(w, r), None),
     };
     let w = w.granted(&g);
-    let msg = match read_guest(hv, idx, regs[1], regs[2], crate::channel::MAX_MESSAGE as u64) {
+    let msg = match call.read_guest(regs[1], regs[2], MAX_MESSAGE as u64) {
         Ok(m) => m,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(e) => return (call.deny(&w, e), None),
     };
     let w = w.data(regs, &msg);
     let ch = channel_index(&g);
-    let me = crate::domains::caller(hv, idx);
     // Would the queue take it? Ask without changing anything.
-    let room = hv.channels.get(ch).ok_or(HvError::BadHandle).and_then(|c| c.check_send(me, msg.len()));
+    let room = channels.get(ch).ok_or(HvError::BadHandle).and_then(|c| c.check_send(me, msg.len()));
     if let Err(e) = room {
-        return deny(hv, idx, &w, e);
+        return (call.deny(&w, e), None);
     }
-    let flow = allow(hv, idx, &w, |hv| {
-        let sent = hv.channels[ch].send(me, &msg);
+    let mut queued = false;
+    let flow = call.allow(&w, |_| {
+        let sent = channels[ch].send(me, &msg);
         debug_assert!(sent.is_ok());
-        crate::domains::record_send(hv, ch, me, msg.len());
+        queued = true;
         [msg.len() as u64, 0, 0]
     });
-    // A dormant receiver wakes for the message (it stays queued for it).
-    crate::domains::dormant::message_sent(hv, ch);
-    flow
+    (flow, Some(Sent { channel: ch, from: me, bytes: msg.len(), queued }))
 }
 
 /// A P3 approval signs `ArgsDigest::of(&[], &[])`.
-pub(super) fn recv<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+pub(super) fn recv<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me: Endpoint, w: Witnessed, regs: &[u64; 6]) -> Flow {
     let u = CapUse {
         call: Hypercall::ChannelRecv,
         raw: regs[0],
@@ -68,36 +82,32 @@ pub(super) fn recv<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
         access: None,
         proof: ProofRegs::x5_x6(regs),
     };
-    let g = match authorize(hv, idx, &u, |_| Ok(ArgsDigest::of(&[], &[]))) {
+    let g = match call.authorize(&u, |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
-        Err(r) => return refuse(hv, idx, w, r),
+        Err(r) => return call.refuse(w, r),
     };
     let w = w.granted(&g);
     let ch = channel_index(&g);
-    let me = crate::domains::caller(hv, idx);
-    let len = match hv.channels.get(ch).map(|c| c.peek_len(me)) {
-        None => return deny(hv, idx, &w, HvError::BadHandle),
-        Some(Err(e)) => return deny(hv, idx, &w, e),
-        Some(Ok(None)) => return deny(hv, idx, &w, HvError::WouldBlock),
+    let len = match channels.get(ch).map(|c| c.peek_len(me)) {
+        None => return call.deny(&w, HvError::BadHandle),
+        Some(Err(e)) => return call.deny(&w, e),
+        Some(Ok(None)) => return call.deny(&w, HvError::WouldBlock),
         Some(Ok(Some(len))) => len,
     };
     if len as u64 > regs[2] {
-        return deny(hv, idx, &w, HvError::InvalidArgument);
+        return call.deny(&w, HvError::InvalidArgument);
     }
-    if let Err(e) = guest_mem::check_writable(&hv.arch, hv.partitions[idx].stage2(), Ipa::new(regs[1]), len as u64) {
-        return deny(hv, idx, &w, e);
+    if let Err(e) = call.check_writable(regs[1], len as u64) {
+        return call.deny(&w, e);
     }
-    let msg = match hv.channels[ch].peek(me) {
+    let msg = match channels[ch].peek(me) {
         Some(m) => m.to_vec(),
-        None => return deny(hv, idx, &w, HvError::WouldBlock),
+        None => return call.deny(&w, HvError::WouldBlock),
     };
     let w = w.data(regs, &msg);
-    allow(hv, idx, &w, |hv| {
-        let _ = hv.channels[ch].receive(me);
-        let s2 = hv.partitions[idx].stage2();
-        let wrote = guest_mem::write(&mut hv.arch, s2, Ipa::new(regs[1]), &msg);
-        debug_assert!(wrote.is_ok());
+    call.allow(&w, |call| {
+        let _ = channels[ch].receive(me);
+        call.write_guest(regs[1], &msg);
         [msg.len() as u64, 0, 0]
     })
 }
-

@@ -18,64 +18,65 @@ use rvm_abi::Outcome;
 
 use crate::memory::addr::Ipa;
 use crate::arch::Arch;
+use crate::memory::frames::FrameAllocator;
 use crate::recovery::checkpoint::{Checkpoint, GuestPart};
-use crate::state::{Flow, Hypervisor};
+use crate::running::trap::Flow;
+use crate::witness::event_record;
+use rvm_state::store::StateStore;
 
-use super::{allow, deny, Witnessed};
+use super::call::{Call, Witnessed};
 
-pub(super) fn take<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
+/// `store`: the caller's own committed state store (a checkpoint carries
+/// a snapshot of it); `frames`: where the image is copied to.
+pub(super) fn take<A: Arch>(call: &mut Call<'_, A>, frames: &mut FrameAllocator, store: &StateStore, w: Witnessed, regs: &[u64; 6]) -> Flow {
     let parts = [GuestPart { ipa: Ipa::new(regs[0]), len: regs[1] }, GuestPart { ipa: Ipa::new(regs[2]), len: regs[3] }];
-    let id = hv.partitions[idx].next_checkpoint_id();
-    let snapshot = hv.stores[idx].snapshot();
-    let captured = {
-        let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
-        let p = &partitions[idx];
-        Checkpoint::capture(arch, frames, p.stage2(), &parts, p.checkpoint_limit(), id, snapshot)
-    };
+    let id = call.caller.next_checkpoint_id();
+    let captured =
+        Checkpoint::capture(&mut *call.arch, frames, call.caller.stage2(), &parts, call.caller.checkpoint_limit(), id, store.snapshot());
     let ck = match captured {
         Ok(ck) => ck,
-        Err(e) => return deny(hv, idx, &w, e),
+        Err(e) => return call.deny(&w, e),
     };
     let hash = ck.hash;
     // Charged to the partition: past its checkpoint credit it gives up its
     // CPU until the credit refilled ([`crate::console::OutputCredit`]).
-    let now = hv.arch.now_ns();
-    hv.partitions[idx].output_mut().charge_checkpoint(now, ck.len);
+    let now = call.arch.now_ns();
+    call.caller.output_mut().charge_checkpoint(now, ck.len);
     let w = w.data(regs, &hash.0);
     // Room for both records (the call's, `CheckpointTaken`) before either:
     // a checkpoint is installed witnessed or not at all.
-    let pid = hv.partitions[idx].id();
-    let Some(held) = hv.hold(pid, 2) else {
-        ck.release(&mut hv.arch, &mut hv.frames);
-        return deny(hv, idx, &w, rvm_abi::HvError::WitnessUnavailable);
+    let log = call.caller.id().0;
+    let Ok(held) = call.witness.hold(log, 2) else {
+        ck.release(&mut *call.arch, frames);
+        return call.deny(&w, rvm_abi::HvError::WitnessUnavailable);
     };
     let mut ck = Some(ck);
-    let flow = allow(hv, idx, &w, |hv| {
+    let flow = call.allow(&w, |call| {
         let [lo, hi] = hash.prefix_words();
         if let Some(ck) = ck.take() {
-            install(hv, idx, ck);
+            install(call, frames, ck);
         }
         [id, lo, hi]
     });
     // The record was refused: the checkpoint was not taken.
     if let Some(ck) = ck {
-        ck.release(&mut hv.arch, &mut hv.frames);
+        ck.release(&mut *call.arch, frames);
     }
-    hv.release(held);
+    call.witness.release(held);
     flow
 }
 
 /// Make `ck` the partition's last checkpoint, releasing the one before
-/// (taking it out of the restore window first if it is mapped there).
-fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, ck: Checkpoint) {
-    let pid = hv.partitions[idx].id();
+/// (taking it out of the restore window first if it is mapped there), and
+/// witness `CheckpointTaken`.
+fn install<A: Arch>(call: &mut Call<'_, A>, frames: &mut FrameAllocator, ck: Checkpoint) {
     let prefix = ck.hash.prefix16();
-    let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
-    let p = &mut partitions[idx];
-    p.clear_restore_window(arch);
-    if let Some(old) = p.install_checkpoint(ck) {
-        old.release(arch, frames);
+    call.caller.clear_restore_window(&mut *call.arch);
+    if let Some(old) = call.caller.install_checkpoint(ck) {
+        old.release(&mut *call.arch, frames);
     }
+    let log = call.caller.id().0;
+    let rec = event_record(log, KernelEvent::SnapshotTaken, Outcome::Done, prefix, call.arch.now_ns());
     // Room was held by `take`: this append cannot fail.
-    hv.kernel_event(pid, KernelEvent::SnapshotTaken, Outcome::Done, prefix);
+    let _ = call.witness.append(&mut *call.arch, log, rec);
 }

@@ -8,7 +8,8 @@ use rvm_abi::Outcome;
 use crate::arch::Arch;
 use crate::console;
 use crate::partition::name_str;
-use crate::state::{Flow, Hypervisor};
+use crate::running::trap::Flow;
+use crate::state::Hypervisor;
 use crate::partition::PartitionState;
 
 /// PSCI 1.1.

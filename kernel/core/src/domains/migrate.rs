@@ -74,11 +74,12 @@ use crate::arch::Arch;
 use crate::channel::{AgentSlot, Endpoint};
 use crate::domains::registry::AgentInfo;
 use crate::recovery::checkpoint::{Checkpoint, GuestPart};
-use crate::dispatch::call::{allow, deny, Witnessed};
-use crate::state::{Flow, Hypervisor};
+use crate::dispatch::answer::{allow, deny};
+use crate::dispatch::call::Witnessed;
+use crate::running::trap::Flow;
+use crate::state::Hypervisor;
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
-use rvm_state::store::{StateStore, StoreLimits};
 
 pub use crate::domains::moves::{Arrival, Departure, Move, MoveError, MoveKind, Plan, DEPARTURE_TIMEOUT_NS};
 
@@ -408,8 +409,7 @@ fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecis
         ck.id,
         (layout::WASM_IPA, module.len() as u64),
     );
-    hv.partitions.push(moved);
-    hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
+    hv.add_partition(moved);
     // Its creation, capabilities, load and the `Split` all in its log:
     // room for the creation record now, for each capability as it is
     // transplanted, for the load and the `Split` before the point of no

@@ -53,8 +53,10 @@ use rvm_coherence::{
 
 use crate::arch::Arch;
 use crate::channel::{AgentSlot, Endpoint};
-use crate::dispatch::call::{allow, deny, Witnessed};
-use crate::state::{Flow, Hypervisor};
+use crate::dispatch::answer::{allow, deny};
+use crate::dispatch::call::Witnessed;
+use crate::running::trap::Flow;
+use crate::state::Hypervisor;
 use crate::partition::PartitionId;
 
 /// The agent making partition `idx`'s calls now.

@@ -22,7 +22,7 @@ use crate::state::Hypervisor;
 use crate::load::image::SharedImage;
 use crate::partition::{Partition, PartitionId, PartitionState};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
-use rvm_state::store::{StateStore, StoreLimits};
+use rvm_state::store::StoreLimits;
 
 /// Messages a bundle channel holds per direction.
 const CHANNEL_CAPACITY: usize = 64;
@@ -60,9 +60,7 @@ pub(crate) fn load_partition<A: Arch>(
         .saturating_mul(layout::WASM_PAGE)
         .saturating_add(layout::RUNTIME_HEAP_OVERHEAD)
         .saturating_mul(agents);
-    hv.partitions.push(Partition::created(id, desc, vmid, stage2, heap_len));
-    hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
-    let idx = hv.partitions.len() - 1;
+    let idx = hv.add_partition(Partition::created(id, desc, vmid, stage2, heap_len));
     let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, rvm_state::digest::of_parts(&[&desc.to_bytes()]));
     let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::SNAPSHOT_IPA);
     let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
@@ -459,7 +457,8 @@ pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
             return;
         }
     }
-    hv.channels.push(Channel::new(hv.partitions[a].id(), hv.partitions[b].id(), cap));
+    let channel = Channel::new(hv.partitions[a].id(), hv.partitions[b].id(), cap);
+    hv.add_channel(channel);
     let desc = channel_cap(object);
     for idx in [a, b] {
         if let Err(why) = install_for(hv, idx, &desc, Some(AgentSlot::FIRST)) {
@@ -509,7 +508,7 @@ pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDes
     }
     let object = hv.channels.len() as u32;
     let cap = usize::try_from(c.capacity).unwrap_or(CHANNEL_CAPACITY).clamp(1, CHANNEL_CAPACITY);
-    hv.channels.push(Channel::between(ea, eb, cap));
+    hv.add_channel(Channel::between(ea, eb, cap));
     let desc = channel_cap(object);
     for (idx, e) in [(a, ea), (b, eb)] {
         if let Err(why) = install_for(hv, idx, &desc, Some(e.slot)) {

@@ -54,7 +54,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{Arch, CpuArch, CpuId, Stage2Context, TrapInfo};
 use crate::report::RunSummary;
-use crate::state::{Flow, Hypervisor};
+use crate::running::trap::Flow;
+use crate::state::Hypervisor;
 use crate::running::trap::Exit;
 use crate::running::cpus::DeferredOrder;
 use crate::running::vcpu::Vcpu;

@@ -3,6 +3,17 @@
 use crate::memory::addr::Ipa;
 use crate::arch::{TrapInfo, TrapKind};
 
+/// What to do after handling an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Re-enter the same vCPU.
+    Resume,
+    /// Give the CPU to the next partition.
+    Reschedule,
+    /// The guest gave up the rest of its slice (`Yield`, `wfi`).
+    Yielded,
+}
+
 /// Exception classes (ESR_ELx.EC) the kernel handles.
 pub(crate) mod ec {
     pub const WFX: u64 = 0x01;
