@@ -264,25 +264,10 @@ impl FailureClass {
     pub fn response(self) -> &'static str {
         match self {
             FailureClass::F1 => "restart-guest",
-            FailureClass::F2 => "rollback-to-snapshot",
+            FailureClass::F2 => "rollback-to-checkpoint",
             FailureClass::F3 => "partition-fence",
             FailureClass::F4 => "partition-evict",
         }
-    }
-
-    /// Former spellings of [`response`](Self::response) a manifest may still
-    /// use (what the host-rvm scaffolder writes for F2).
-    pub fn former_responses(self) -> &'static [&'static str] {
-        match self {
-            FailureClass::F2 => &["rollback-to-checkpoint"],
-            _ => &[],
-        }
-    }
-
-    /// Whether a manifest's `r` names this class's response, in its current
-    /// or a former spelling.
-    pub fn accepts(self, r: &str) -> bool {
-        r == self.response() || self.former_responses().contains(&r)
     }
 }
 

@@ -4,10 +4,9 @@
 //! optional `companion` {`vector_format` {...}} (informational: shown, never
 //! deployed), `lifecycle` ("managed"), `proof_tier_default` (P1-P3; default
 //! P2), `failure_class_recovery` {F1..F4}: each class must name the response
-//! RVM gives it (restart-guest, rollback-to-snapshot, partition-fence,
-//! partition-evict); RVM cannot give another. F2's former spelling,
-//! rollback-to-checkpoint (what the scaffolder writes), is accepted and read
-//! as rollback-to-snapshot.
+//! RVM gives it (restart-guest, rollback-to-checkpoint — the adapter's word
+//! for rolling back to the agent's snapshot —, partition-fence,
+//! partition-evict); RVM cannot give another.
 
 use super::manifest::lifecycle;
 use super::names;
@@ -112,7 +111,7 @@ fn recovery(
     for class in FailureClass::ALL {
         let path = f.path_of(class.name());
         match f.string(class.name(), limits::SHORT_TEXT_MAX, false)? {
-            Some(r) if class.accepts(&r) => out.push((class, class.response().to_string())),
+            Some(r) if r == class.response() => out.push((class, r)),
             Some(r) => {
                 return Err(Diagnostic::field(
                     file,
@@ -195,7 +194,7 @@ mod tests {
   "companion": { "vector_format": { "package": "@ruvector/rvf", "version": "^0.2.0", "wasm_addon": "@ruvector/rvf-wasm", "recommended": true, "reason": "r" } },
   "lifecycle": "managed",
   "proof_tier_default": "P3",
-  "failure_class_recovery": { "F1": "restart-guest", "F2": "rollback-to-snapshot", "F3": "partition-fence", "F4": "partition-evict" }
+  "failure_class_recovery": { "F1": "restart-guest", "F2": "rollback-to-checkpoint", "F3": "partition-fence", "F4": "partition-evict" }
 }"#;
 
     #[test]
@@ -214,15 +213,6 @@ mod tests {
     }
 
     #[test]
-    fn the_former_f2_spelling_is_read_as_the_current_one() {
-        let former = GOOD.replace("rollback-to-snapshot", "rollback-to-checkpoint");
-        let (g, w) = parse("w.json", &former).unwrap();
-        assert!(w.is_empty(), "{w:?}");
-        let f2 = g.failure_class_recovery.iter().find(|(c, _)| *c == FailureClass::F2);
-        assert_eq!(f2.map(|(_, r)| r.as_str()), Some("rollback-to-snapshot"));
-    }
-
-    #[test]
     fn refusals() {
         let cases = [
             (
@@ -235,7 +225,7 @@ mod tests {
             ),
             (
                 GOOD.replace(
-                    "\"F2\": \"rollback-to-snapshot\"",
+                    "\"F2\": \"rollback-to-checkpoint\"",
                     "\"F2\": \"restart-guest\"",
                 ),
                 "w.json: failure_class_recovery.F2: \"restart-guest\" cannot be honoured",
