@@ -52,7 +52,7 @@ fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     let id = hv.partitions[idx].id;
     hv.channels
         .iter()
-        .any(|c| (0..2).any(|i| c.ends[i] == id && c.pending_for(c.endpoint(i)) > 0))
+        .any(|c| (0..2).any(|i| c.ends()[i] == id && c.pending_for(c.endpoint(i)) > 0))
 }
 
 /// Whether partition `idx` is of the `Dormant` tier and runs an agent
@@ -165,7 +165,7 @@ fn module_frames<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Vec<PhysAddr> {
 /// end if that partition is dormant.
 pub(crate) fn message_sent<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
     let Some(c) = hv.channels.get(ch) else { return };
-    let ends = c.ends;
+    let ends = c.ends();
     for end in ends {
         let Some(idx) = hv.partitions.iter().position(|p| p.id == end) else { continue };
         if hv.partitions[idx].state == PartitionState::Dormant && message_waiting(hv, idx) {

@@ -61,9 +61,7 @@ pub(crate) fn load_partition<A: Arch>(
         .saturating_mul(layout::WASM_PAGE)
         .saturating_add(layout::RUNTIME_HEAP_OVERHEAD)
         .saturating_mul(agents);
-    hv.partitions.push(Partition::created(id, desc, vmid, stage2, heap_len));
-    hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
-    let idx = hv.partitions.len() - 1;
+    let idx = add_partition(hv, Partition::created(id, desc, vmid, stage2, heap_len));
     let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, rvm_state::digest::of_parts(&[&desc.to_bytes()]));
     let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::CHECKPOINT_IPA);
     let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
@@ -100,6 +98,14 @@ pub(crate) fn load_partition<A: Arch>(
         Err(why) => refuse(hv, idx, why),
     }
     Ok(())
+}
+
+/// Add partition `p` (a boot's, or one a split creates) with an empty
+/// state store; returns its position.
+pub(crate) fn add_partition<A: Arch>(hv: &mut Hypervisor<A>, p: Partition) -> usize {
+    hv.partitions.push(p);
+    hv.stores.push(StateStore::new(StoreLimits::DEFAULT));
+    hv.partitions.len() - 1
 }
 
 /// Reserve what partition `idx` can ever hold, at its admission (a boot's
