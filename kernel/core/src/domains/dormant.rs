@@ -135,9 +135,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
         checkpoint_id: ck,
     };
     hv.transition_held(held, idx, PartitionState::Dormant, KernelEvent::DormantEnter, args.to_bytes());
-    let d = hv.dormant.entry(idx);
-    d.sleeps += 1;
-    d.last_reclaimed = reclaimed;
+    hv.dormant.note_sleep(idx, reclaimed);
     let (id, name) = (hv.partitions[idx].id, hv.partitions[idx].desc.name);
     console::hyp_line(
         &mut hv.arch,
@@ -203,10 +201,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     };
     hv.transition_held(&mut held, idx, PartitionState::Running, KernelEvent::DormantExit, args.to_bytes());
     let took = hv.arch.now_ns().saturating_sub(started);
-    let d = hv.dormant.entry(idx);
-    d.wakes += 1;
-    d.last_restored = taken;
-    d.last_wake_ns = took;
+    hv.dormant.note_wake(idx, taken, took);
     console::hyp_line(
         &mut hv.arch,
         format_args!(
