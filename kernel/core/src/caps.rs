@@ -153,7 +153,7 @@ pub struct Caps {
     authority: Vec<Option<AuthorityKey>>,
     /// Unix seconds at which the kernel clock read zero: the base of the
     /// capability table's expiries (which are Unix seconds).
-    pub boot_unix_secs: u64,
+    boot_unix_secs: u64,
 }
 
 impl Caps {

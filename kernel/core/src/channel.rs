@@ -42,14 +42,36 @@ impl From<PartitionId> for Endpoint {
 /// A two-way channel: one queue per direction.
 pub struct Channel {
     /// The partition of each end.
-    pub ends: [PartitionId; 2],
+    ends: [PartitionId; 2],
     /// The agent of each end, within its partition.
-    pub slots: [AgentSlot; 2],
+    slots: [AgentSlot; 2],
     queues: [VecDeque<Vec<u8>>; 2],
     capacity: usize,
     /// Messages and bytes delivered per direction (end 0 → 1, 1 → 0).
-    pub delivered: [u64; 2],
-    pub bytes: [u64; 2],
+    delivered: [u64; 2],
+    bytes: [u64; 2],
+}
+
+/// What re-pointing an agent's channel ends found ([`repoint_all`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repointed {
+    /// Channel ends re-pointed.
+    pub channels: u32,
+    /// Messages waiting in those channels (both directions), kept.
+    pub queued: u64,
+}
+
+/// Re-point every end `from` holds to `to` (an agent moved to another
+/// partition): queued messages stay queued, nothing lost or duplicated.
+pub fn repoint_all(channels: &mut [Channel], from: Endpoint, to: Endpoint) -> Repointed {
+    let mut r = Repointed::default();
+    for ch in channels.iter_mut() {
+        if ch.repoint(from, to) {
+            r.channels += 1;
+            r.queued += (ch.pending_for(to) + ch.peer_endpoint(to).map_or(0, |p| ch.pending_for(p))) as u64;
+        }
+    }
+    r
 }
 
 impl Channel {
@@ -78,6 +100,21 @@ impl Channel {
     /// End `i` (0 or 1) as an endpoint.
     pub fn endpoint(&self, i: usize) -> Endpoint {
         Endpoint { partition: self.ends[i & 1], slot: self.slots[i & 1] }
+    }
+
+    /// The partition of each end.
+    pub fn ends(&self) -> [PartitionId; 2] {
+        self.ends
+    }
+
+    /// Messages delivered per direction (end 0 → 1, 1 → 0).
+    pub fn delivered(&self) -> [u64; 2] {
+        self.delivered
+    }
+
+    /// Bytes delivered per direction (end 0 → 1, 1 → 0).
+    pub fn bytes(&self) -> [u64; 2] {
+        self.bytes
     }
 
     /// The other end of the channel from `p`'s partition.

@@ -79,7 +79,7 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
     for (n, c) in hv.channels.iter().enumerate() {
         let line = alloc::format!(
             "  channel {n}: {} -> {}: {} messages ({} bytes); {} -> {}: {} messages ({} bytes)",
-            c.ends[0].0, c.ends[1].0, c.delivered[0], c.bytes[0], c.ends[1].0, c.ends[0].0, c.delivered[1], c.bytes[1]
+            c.ends()[0].0, c.ends()[1].0, c.delivered()[0], c.bytes()[0], c.ends()[1].0, c.ends()[0].0, c.delivered()[1], c.bytes()[1]
         );
         hv.arch.console_write(line.as_bytes());
         hv.arch.console_write(b"\n");

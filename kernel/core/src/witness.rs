@@ -73,7 +73,7 @@ pub struct Witness {
     fail_checkpoints: bool,
     /// Test hook: every record appended, as (admissions before it, log, op).
     #[cfg(test)]
-    pub(crate) trace: alloc::vec::Vec<(u64, u32, u16)>,
+    trace: alloc::vec::Vec<(u64, u32, u16)>,
 }
 
 /// Room held in one log for a number of records (from [`Witness::hold`]):
@@ -120,6 +120,12 @@ impl FailAt {
 }
 
 impl Witness {
+    /// Test hook: every record appended, as (admissions before it, log, op).
+    #[cfg(test)]
+    pub(crate) fn trace(&self) -> &[(u64, u32, u16)] {
+        &self.trace
+    }
+
     /// `seed` is borrowed from the bundle and not copied; the signer keeps
     /// the only copy the hypervisor needs.
     pub fn new(seed: Option<&[u8; 32]>, checkpoint_every: u32, fallback: [u8; 32]) -> Self {

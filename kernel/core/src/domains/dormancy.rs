@@ -26,7 +26,23 @@ pub(crate) struct DormantLedger {
 }
 
 impl DormantLedger {
-    pub(crate) fn entry(&mut self, idx: usize) -> &mut Dormancy {
+    /// Partition `idx` went dormant, returning `reclaimed` frames.
+    pub(crate) fn note_sleep(&mut self, idx: usize, reclaimed: u64) {
+        let d = self.entry(idx);
+        d.sleeps += 1;
+        d.last_reclaimed = reclaimed;
+    }
+
+    /// A message woke partition `idx`: it took `restored` frames and
+    /// `took_ns` of clock time.
+    pub(crate) fn note_wake(&mut self, idx: usize, restored: u64, took_ns: u64) {
+        let d = self.entry(idx);
+        d.wakes += 1;
+        d.last_restored = restored;
+        d.last_wake_ns = took_ns;
+    }
+
+    fn entry(&mut self, idx: usize) -> &mut Dormancy {
         if self.per_partition.len() <= idx {
             self.per_partition.resize(idx + 1, Dormancy::default());
         }

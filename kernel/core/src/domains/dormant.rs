@@ -54,7 +54,7 @@ fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     let id = hv.partitions[idx].id();
     hv.channels
         .iter()
-        .any(|c| (0..2).any(|i| c.ends[i] == id && c.pending_for(c.endpoint(i)) > 0))
+        .any(|c| (0..2).any(|i| c.ends()[i] == id && c.pending_for(c.endpoint(i)) > 0))
 }
 
 /// Whether partition `idx` is of the `Dormant` tier and runs an agent
@@ -137,9 +137,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
         snapshot_id: ck,
     };
     hv.transition_held(held, idx, PartitionState::Dormant, KernelEvent::DormantEnter, args.to_bytes());
-    let d = hv.dormant.entry(idx);
-    d.sleeps += 1;
-    d.last_reclaimed = reclaimed;
+    hv.dormant.note_sleep(idx, reclaimed);
     let (id, name) = (hv.partitions[idx].id(), hv.partitions[idx].desc().name);
     console::hyp_line(
         &mut hv.arch,
@@ -167,7 +165,7 @@ fn module_frames<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> Vec<PhysAddr> {
 /// end if that partition is dormant.
 pub(crate) fn message_sent<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
     let Some(c) = hv.channels.get(ch) else { return };
-    let ends = c.ends;
+    let ends = c.ends();
     for end in ends {
         let Some(idx) = hv.partitions.iter().position(|p| p.id() == end) else { continue };
         if hv.partitions[idx].state() == PartitionState::Dormant && message_waiting(hv, idx) {
@@ -205,10 +203,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     };
     hv.transition_held(&mut held, idx, PartitionState::Running, KernelEvent::DormantExit, args.to_bytes());
     let took = hv.arch.now_ns().saturating_sub(started);
-    let d = hv.dormant.entry(idx);
-    d.wakes += 1;
-    d.last_restored = taken;
-    d.last_wake_ns = took;
+    hv.dormant.note_wake(idx, taken, took);
     console::hyp_line(
         &mut hv.arch,
         format_args!(

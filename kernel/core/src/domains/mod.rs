@@ -35,11 +35,15 @@
 //! partition both restart every agent of it from the pristine image, with
 //! the partition's committed state store kept.
 
+mod agent_table;
 pub mod dormancy;
 pub mod dormant;
+mod merge;
 pub mod migrate;
 pub mod moves;
 pub mod registry;
+mod split;
+mod transfer;
 
 pub use registry::{AgentInfo, DecisionRecord, Domains, DECISIONS_KEPT};
 
@@ -101,11 +105,7 @@ pub(crate) fn record_send<A: Arch>(hv: &mut Hypervisor<A>, ch: usize, from: Endp
     let (Some(x), Some(y)) = (agent(from), agent(to)) else { return };
     let now = hv.arch.now_ns();
     let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-    if let Some(engine) = hv.domains.engine.as_mut() {
-        // An agent left out of a full graph, or a full edge table: that
-        // message is not weighed.
-        let _ = engine.record(x, y, bytes, now);
-    }
+    hv.domains.record_traffic(x, y, bytes, now);
 }
 
 /// Once per epoch (with [`BOOT_FLAG_COHERENCE`]): evaluate the graph and
@@ -119,8 +119,7 @@ pub(crate) fn housekeeping<A: Arch>(hv: &mut Hypervisor<A>) {
     if !hv.domains.start_epoch(now) {
         return;
     }
-    let Some(engine) = hv.domains.engine.as_mut() else { return };
-    let evaluation = engine.evaluate(now);
+    let Some(evaluation) = hv.domains.evaluate(now) else { return };
     // Splits first: one move runs at a time, and a merge whose partition
     // never reaches a turn boundary must not keep a split from starting.
     let (splits, merges): (Vec<&Decision>, Vec<&Decision>) =
@@ -165,9 +164,7 @@ fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u
                 for r in held.into_iter().rev() {
                     hv.release(r);
                 }
-                if let Some(engine) = hv.domains.engine.as_mut() {
-                    let _ = engine.cancel(decision.id());
-                }
+                hv.domains.cancel(decision.id());
                 return;
             }
         }
@@ -180,9 +177,7 @@ fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u
         Decision::Merge(m) => crate::domains::migrate::begin_merge(hv, m),
     };
     if carried == Err(crate::domains::migrate::BUSY) {
-        if let Some(engine) = hv.domains.engine.as_mut() {
-            let _ = engine.cancel(decision.id());
-        }
+        hv.domains.cancel(decision.id());
     }
     print_decision(hv, &record, carried);
     hv.domains.remember(record);

@@ -7,10 +7,12 @@ use alloc::vec::Vec;
 use rvm_abi::bundle::BOOT_FLAG_COHERENCE;
 use rvm_abi::witness::KernelEvent;
 use rvm_coherence::{
-    AgentId, Coherence, CoherencePolicy, CommGraph, DecayPolicy, DomainId, GraphLimits, TrafficPolicy, Weight,
+    AgentId, Coherence, CoherencePolicy, CommGraph, DecayPolicy, DecisionId, DomainId, Evaluation, GraphLimits,
+    MergeDecision, SplitDecision, TrafficPolicy, Weight,
 };
 
 use crate::channel::AgentSlot;
+use crate::domains::moves::{Arrival, Departure, Move};
 use crate::partition::PartitionId;
 
 /// Decisions remembered for [`Domains::decisions`].
@@ -50,21 +52,21 @@ pub struct Domains {
     slots: Vec<Vec<AgentId>>,
     /// Per partition (by position): the agent running now.
     running: Vec<AgentSlot>,
-    pub(crate) engine: Option<Coherence>,
+    engine: Option<Coherence>,
     /// Whether decisions are evaluated and witnessed ([`BOOT_FLAG_COHERENCE`]).
     evaluating: bool,
     epoch_ns: u64,
     next_evaluation_ns: u64,
     decisions: Vec<DecisionRecord>,
     /// The split being carried out: its mover leaves at its next turn boundary.
-    pub(crate) departing: Option<crate::domains::moves::Departure>,
+    departing: Option<Departure>,
     /// Moves carried out, oldest first.
-    pub(crate) moves: Vec<crate::domains::moves::Move>,
+    moves: Vec<Move>,
     /// Per partition (by position): whether an agent table is mapped.
     tables: Vec<bool>,
     /// An agent that arrived (a merge) and has not yet run its first turn:
     /// its checkpoint stays mapped for its runtime to restore it.
-    pub(crate) arrival: Option<crate::domains::moves::Arrival>,
+    arrival: Option<Arrival>,
 }
 
 impl Domains {
@@ -156,7 +158,7 @@ impl Domains {
     }
 
     /// The agent moves carried out so far, oldest first.
-    pub fn moves(&self) -> &[crate::domains::moves::Move] {
+    pub fn moves(&self) -> &[Move] {
         &self.moves
     }
 
@@ -228,5 +230,88 @@ impl Domains {
             self.decisions.remove(0);
         }
         self.decisions.push(record);
+    }
+
+    /// Weigh a message of `bytes` bytes from agent `from` to agent `to` in
+    /// the graph. An agent left out of a full graph, or a full edge table:
+    /// that message is not weighed.
+    pub(crate) fn record_traffic(&mut self, from: AgentId, to: AgentId, bytes: u32, now: u64) {
+        if let Some(engine) = self.engine.as_mut() {
+            let _ = engine.record(from, to, bytes, now);
+        }
+    }
+
+    /// Evaluate the graph at `now` (`None` without an engine).
+    pub(crate) fn evaluate(&mut self, now: u64) -> Option<Evaluation> {
+        self.engine.as_mut().map(|engine| engine.evaluate(now))
+    }
+
+    /// Decision `id` will not be carried out: the engine evaluates its
+    /// domains again.
+    pub(crate) fn cancel(&mut self, id: DecisionId) {
+        if let Some(engine) = self.engine.as_mut() {
+            let _ = engine.cancel(id);
+        }
+    }
+
+    /// Split `decision` was carried out: its movers now form domain `into`.
+    /// Only fails if the graph no longer matches the decision; the move
+    /// stands either way (the graph then still lists the agent where it was).
+    pub(crate) fn apply_split(&mut self, decision: &SplitDecision, into: DomainId, now: u64) {
+        if let Some(engine) = self.engine.as_mut() {
+            let _ = engine.apply_split(decision, into, now);
+        }
+    }
+
+    /// Merge `decision` was carried out (as [`Domains::apply_split`]: the
+    /// move stands even if the graph no longer matches).
+    pub(crate) fn apply_merge(&mut self, decision: &MergeDecision, now: u64) {
+        if let Some(engine) = self.engine.as_mut() {
+            let _ = engine.apply_merge(decision, now);
+        }
+    }
+
+    /// The move under way, if any: its mover leaves at its next turn boundary.
+    pub fn departing(&self) -> Option<&Departure> {
+        self.departing.as_ref()
+    }
+
+    /// Start move `dep` (one at a time: the caller checked none is under way).
+    pub(crate) fn begin_departure(&mut self, dep: Departure) {
+        self.departing = Some(dep);
+    }
+
+    /// The move under way is being carried out or abandoned: it is no
+    /// longer pending.
+    pub(crate) fn take_departure(&mut self) -> Option<Departure> {
+        self.departing.take()
+    }
+
+    /// The agent that arrived (a merge) and has not run yet, if any.
+    pub fn arrival(&self) -> Option<&Arrival> {
+        self.arrival.as_ref()
+    }
+
+    /// Agent `a` arrived; its image stays mapped until its first turn.
+    pub(crate) fn note_arrival(&mut self, a: Arrival) {
+        self.arrival = Some(a);
+    }
+
+    /// The arrival ran its first turn (or its partition stopped): its image
+    /// is handed back to be unmapped.
+    pub(crate) fn take_arrival(&mut self) -> Option<Arrival> {
+        self.arrival.take()
+    }
+
+    /// Record move `m`, carried out.
+    pub(crate) fn record_move(&mut self, m: Move) {
+        self.moves.push(m);
+    }
+
+    /// The last move took `took_ns` from its checkpoint to its records.
+    pub(crate) fn time_last_move(&mut self, took_ns: u64) {
+        if let Some(last) = self.moves.last_mut() {
+            last.took_ns = took_ns;
+        }
     }
 }

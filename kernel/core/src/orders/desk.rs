@@ -19,8 +19,8 @@ pub(crate) struct OrderDesk {
     /// The current line outgrew the buffer: drop it up to its newline.
     overlong: bool,
     /// Orders applied and refused since boot.
-    pub(crate) applied: u32,
-    pub(crate) refused: u32,
+    applied: u32,
+    refused: u32,
 }
 
 /// Why an order was refused.
@@ -77,6 +77,22 @@ impl core::fmt::Display for OrderRefusal {
 }
 
 impl OrderDesk {
+    /// An order was carried out.
+    pub(crate) fn note_applied(&mut self) {
+        self.applied += 1;
+    }
+
+    /// An order was refused.
+    pub(crate) fn note_refused(&mut self) {
+        self.refused += 1;
+    }
+
+    /// Orders applied since boot.
+    #[cfg(test)]
+    pub(crate) fn applied(&self) -> u32 {
+        self.applied
+    }
+
     /// `key`: the bundle's operator key, if any; `bundle_digest`: SHA-256 of
     /// the bundle this hypervisor booted; `boot_bound`: the bundle carries a
     /// boot id (else every order is refused).

@@ -126,7 +126,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
             &mut hv.arch,
             format_args!("order {} {} '{}' refused: its record could not be written", order.nonce, order.kind.name(), order.partition_name()),
         );
-        hv.orders.refused += 1;
+        hv.orders.note_refused();
         return;
     }
     let result = match order.kind {
@@ -135,7 +135,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
     };
     match result {
         Ok(ck) => {
-            hv.orders.applied += 1;
+            hv.orders.note_applied();
             let how = match order.kind {
                 OrderKind::Unfence => alloc::format!("resumed from checkpoint {ck}"),
                 OrderKind::Evict if hv.partitions[idx].state() == PartitionState::Evicted => {
@@ -163,7 +163,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
 
 /// Witness and print a refused order.
 fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: Option<usize>, name: &str, args: OrderArgs, why: OrderRefusal) {
-    hv.orders.refused += 1;
+    hv.orders.note_refused();
     let log = idx.map_or(PartitionId::HYPERVISOR, |i| hv.partitions[i].id());
     hv.kernel_event(log, KernelEvent::OrderRefused, Outcome::Denied(why.error()), args.to_bytes());
     let what = OrderKind::from_u8(args.order).map_or("?", OrderKind::name);

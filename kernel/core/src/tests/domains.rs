@@ -371,7 +371,7 @@ fn the_quiet_agent_is_decided_out_and_chatty_partitions_together_with_their_cut_
     let ok = |t: &Trace, c: Hypercall| t.borrow().iter().filter(|r| r.call == c && r.status == 0).count() as u64;
     let sent = ok(&trace, Hypercall::ChannelSend) + ok(&t2, Hypercall::ChannelSend) + ok(&t3, Hypercall::ChannelSend);
     let received = ok(&trace, Hypercall::ChannelRecv) + ok(&t2, Hypercall::ChannelRecv) + ok(&t3, Hypercall::ChannelRecv);
-    let delivered: u64 = hv.channels.iter().map(|c| c.delivered[0] + c.delivered[1]).sum();
+    let delivered: u64 = hv.channels.iter().map(|c| c.delivered()[0] + c.delivered()[1]).sum();
     let waiting: u64 = hv
         .channels
         .iter()
@@ -579,7 +579,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     let ok4 = |c: Hypercall| t4.iter().filter(|r| r.call == c && r.status == 0).count() as u64;
     let sent = ok(&trace, Hypercall::ChannelSend) + ok(&t2, Hypercall::ChannelSend) + ok(&t3, Hypercall::ChannelSend) + ok4(Hypercall::ChannelSend);
     let received = ok(&trace, Hypercall::ChannelRecv) + ok(&t2, Hypercall::ChannelRecv) + ok(&t3, Hypercall::ChannelRecv) + ok4(Hypercall::ChannelRecv);
-    let delivered: u64 = hv.channels.iter().map(|c| c.delivered[0] + c.delivered[1]).sum();
+    let delivered: u64 = hv.channels.iter().map(|c| c.delivered()[0] + c.delivered()[1]).sum();
     let waiting: u64 =
         hv.channels.iter().map(|c| (c.pending_for(c.endpoint(0)) + c.pending_for(c.endpoint(1))) as u64).sum();
     assert_eq!(sent, delivered);
@@ -753,7 +753,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     let e = AgentTable::read(&table, 1).unwrap();
     assert_eq!((e.agent_id, e.restore_len), (1, 0));
     assert!(e.module_ipa > layout::WASM_IPA && e.module_len != 0);
-    assert!(d.arrival.is_none(), "the image was returned at its first turn");
+    assert!(d.arrival().is_none(), "the image was returned at its first turn");
     assert!(guest_page(&hv, 0, layout::SNAPSHOT_IPA).is_none(), "and unmapped");
     assert!(listed.borrow().contains(&2), "AgentSwitch reported the second slot");
     // The arrival's handles: listed for slot 1 in p1's boot-info page; p1's own for slot 0.
@@ -816,7 +816,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     let received = ok1(Hypercall::ChannelRecv) + ok2(Hypercall::ChannelRecv);
     let ch = &hv.channels[0];
     let waiting = (ch.pending_for(ch.endpoint(0)) + ch.pending_for(ch.endpoint(1))) as u64;
-    assert_eq!(sent, ch.delivered[0] + ch.delivered[1]);
+    assert_eq!(sent, ch.delivered()[0] + ch.delivered()[1]);
     assert_eq!(received + waiting, sent);
     assert_eq!(waiting, 0, "both read everything");
     assert_eq!(ch.endpoint(1), crate::channel::Endpoint { partition: p1, slot: crate::channel::AgentSlot(1) });
@@ -869,7 +869,7 @@ fn a_refused_merge_hand_over_moves_nothing() {
         assert!(t[at..].iter().any(|r| r.call == Hypercall::ChannelSend && r.status == 0));
         drop(t);
         let d = hv.domains();
-        assert!(d.moves().is_empty() && d.arrival.is_none());
+        assert!(d.moves().is_empty() && d.arrival().is_none());
         assert_eq!(d.agents()[1].partition, 1);
         assert_eq!(AgentTable::count(&guest_page(&hv, 0, layout::AGENTS_IPA).unwrap()), 1);
         assert!(hv.caps.info(p1, h2).is_err() || collide);

@@ -153,7 +153,7 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
     }
     // Every order carried out was recorded first.
     let orders = recs.iter().filter(|(_, r)| event(r) == Some(KernelEvent::OperatorOrder)).count() as u64;
-    assert!(u64::from(hv.orders.applied) <= orders, "{what}: {} orders applied, {orders} recorded", hv.orders.applied);
+    assert!(u64::from(hv.orders.applied()) <= orders, "{what}: {} orders applied, {orders} recorded", hv.orders.applied());
     if lost {
         assert!(hv.arch.console_text().contains("stopping"), "{what}: a lost witness stops the run, said");
     }
@@ -249,7 +249,7 @@ fn admission_before(op: KernelEvent, log: u32) -> u64 {
     let code = rvm_abi::WitnessOp::Event(op).code();
     let (n, _, _) = *hv
         .witness
-        .trace
+        .trace()
         .iter()
         .find(|(_, l, o)| *l == log && *o == code)
         .unwrap_or_else(|| panic!("no {op:?} in log {log}"));
@@ -474,7 +474,7 @@ fn a_split_whose_records_are_refused_moves_nothing_or_is_witnessed_whole() {
     assert_eq!(clean.domains().moves().len(), 1, "the scenario splits");
     let code = |e: KernelEvent| rvm_abi::WitnessOp::Event(e).code();
     let find = |log: u32, e: KernelEvent| {
-        clean.witness.trace.iter().find(|(_, l, o)| *l == log && *o == code(e)).map(|(n, _, _)| *n - 1).unwrap()
+        clean.witness.trace().iter().find(|(_, l, o)| *l == log && *o == code(e)).map(|(n, _, _)| *n - 1).unwrap()
     };
     let decided = find(1, KernelEvent::SplitDecided);
     let created = find(4, KernelEvent::PartitionCreate);
