@@ -939,14 +939,14 @@ mod item5_no_stall {
         // Within the run's guest time (at most its wall time), no more than
         // the credit's burst and rate allow for images of this size (the
         // probe's WASM budget: its heap window less the runtime's share).
-        use rvm_kernel::console::{CHECKPOINT_BURST, CHECKPOINT_RATE};
+        use rvm_kernel::console::{SNAPSHOT_BURST, SNAPSHOT_RATE};
         let window = run
             .lines()
             .find_map(|l| l.strip_prefix("rvm: partition 1 'hostile' loaded: ")?.split("heap window ").nth(1)?.strip_suffix(" KiB")?.parse::<u64>().ok())
             .expect("the hostile partition's heap window")
             * 1024
             - rvm_abi::bootinfo::layout::RUNTIME_HEAP_OVERHEAD;
-        let allowed = (CHECKPOINT_BURST + CHECKPOINT_RATE * (run.elapsed.as_secs() + 1)).div_ceil(window) + 1;
+        let allowed = (SNAPSHOT_BURST + SNAPSHOT_RATE * (run.elapsed.as_secs() + 1)).div_ceil(window) + 1;
         eprintln!(
             "snapshot storm: {} snapshots in {:.1} s (credit allows {allowed})",
             taken.len(),

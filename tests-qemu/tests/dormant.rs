@@ -72,10 +72,10 @@ fn a_dormant_source_sleeps_between_requests_and_answers_every_one() {
     );
     run.assert(dormant_records(&run, 1, KernelEvent::DormantEnter).is_empty(), "the Warm-tier agent never slept");
     // Figures, from the console.
-    let returned = numbers(&run, "'source' dormant on checkpoint", "checkpoint ");
+    let returned = numbers(&run, "'source' dormant on snapshot", "snapshot ");
     let reclaimed: Vec<u64> = run
         .lines()
-        .filter(|l| l.contains("'source' dormant on checkpoint"))
+        .filter(|l| l.contains("'source' dormant on snapshot"))
         .filter_map(|l| l.split(" frames (").next()?.rsplit(' ').next()?.parse().ok())
         .collect();
     let wake_ns = numbers(&run, "'source' woken by a message", "(");

@@ -103,7 +103,7 @@ fn operator_orders_unfence_and_evict_on_a_running_machine_and_forgeries_are_refu
     );
     let resumed = run
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("rvm: order {} unfence 'faulty' done: resumed from checkpoint ", nonces[1])))
+        .find_map(|l| l.strip_prefix(&format!("rvm: order {} unfence 'faulty' done: resumed from snapshot ", nonces[1])))
         .and_then(|n| n.trim().parse::<u64>().ok());
     run.assert(resumed.is_some_and(|n| n >= 2), "unfenced, resuming from a snapshot");
     let ck = resumed.unwrap_or(0);
@@ -112,7 +112,7 @@ fn operator_orders_unfence_and_evict_on_a_running_machine_and_forgeries_are_refu
         "the runtime restored that snapshot",
     );
     run.assert(run.contains(&format!("rvm: order {} evict 'faulty' done: evicted (F4)", nonces[2])), "evicted by order");
-    run.assert(run.contains(&format!("rvm: order {} unfence 'victim' done: resumed from checkpoint 1", nonces[3])), "the probe unfenced");
+    run.assert(run.contains(&format!("rvm: order {} unfence 'victim' done: resumed from snapshot 1", nonces[3])), "the probe unfenced");
     run.assert(
         run.contains("probe fence-resume: start 1 resumed from snapshot 1 (16 bytes, intact)"),
         "it resumed from its snapshot",

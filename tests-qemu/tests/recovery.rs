@@ -368,7 +368,7 @@ fn snapshot_and_restore_instruction_counts() {
             })
             .collect();
         let restores: Vec<u64> = numbers_after(&run, "runtime: restored snapshot", " bytes) in ").map(|(c, _)| c).collect();
-        let recreate: Vec<u64> = numbers_after(&run, "rolled back to checkpoint", "(F2) in ").map(|(n, _)| n).collect();
+        let recreate: Vec<u64> = numbers_after(&run, "rolled back to snapshot", "(F2) in ").map(|(n, _)| n).collect();
         run.assert(!snapshots.is_empty() && !restores.is_empty() && !recreate.is_empty(), "figures printed");
         let median = |v: &mut Vec<u64>| {
             v.sort_unstable();

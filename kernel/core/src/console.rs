@@ -19,8 +19,8 @@
 //! each record a partition's calls produce is charged [`RECORD_FRAME_COST`]
 //! to its frame bucket ([`FRAME_RATE`], [`FRAME_BURST`]); a partition in
 //! debt is not picked to run until the bucket refilled (back-pressure on the
-//! producer, not its neighbours). Checkpoints are charged the same way
-//! ([`CHECKPOINT_RATE`], [`CHECKPOINT_BURST`]): a checkpoint storm holds
+//! producer, not its neighbours). Snapshots are charged the same way
+//! ([`SNAPSHOT_RATE`], [`SNAPSHOT_BURST`]): a snapshot storm holds
 //! back the partition that storms. The machine buffers console output and
 //! sends it with the kernel lock released ([`Arch::console_write`]).
 
@@ -90,12 +90,12 @@ pub const TEXT_RATE: u64 = 32 << 10;
 pub const FRAME_BURST: u64 = 64 << 10;
 /// Witness frames a partition's calls may produce per second (bytes).
 pub const FRAME_RATE: u64 = 512 << 10;
-/// Checkpoint bytes a partition may hand over at once (then it is held
-/// back like a partition in debt for its frames: a checkpoint storm costs
+/// Snapshot bytes a partition may hand over at once (then it is held
+/// back like a partition in debt for its frames: a snapshot storm costs
 /// the storming partition its CPU, not the others the kernel lock).
-pub const CHECKPOINT_BURST: u64 = 32 << 20;
-/// Checkpoint bytes a partition may hand over per second after the burst.
-pub const CHECKPOINT_RATE: u64 = 16 << 20;
+pub const SNAPSHOT_BURST: u64 = 32 << 20;
+/// Snapshot bytes a partition may hand over per second after the burst.
+pub const SNAPSHOT_RATE: u64 = 16 << 20;
 /// Bytes one record's `@W` frame takes at most: `@W`, a space, a 10-digit
 /// log id, a space, 128 hex digits, the line end (`\r\n`).
 pub const RECORD_FRAME_COST: u64 = 2 + 1 + 10 + 1 + 128 + 2;
@@ -107,8 +107,8 @@ pub struct OutputCredit {
     text: u64,
     /// Frame bytes it may still produce (negative: in debt).
     frames: i64,
-    /// Checkpoint bytes it may still hand over (negative: in debt).
-    checkpoints: i64,
+    /// Snapshot bytes it may still hand over (negative: in debt).
+    snapshots: i64,
     /// When the buckets were last refilled.
     at_ns: u64,
     /// Text bytes dropped over the run.
@@ -116,7 +116,7 @@ pub struct OutputCredit {
     /// Whether text was dropped already (only the first drop is noted; the
     /// run summary counts them all).
     dropping: bool,
-    /// Times the partition went into debt (for its frames or checkpoints)
+    /// Times the partition went into debt (for its frames or snapshots)
     /// and was held back.
     pub held: u64,
 }
@@ -132,7 +132,7 @@ impl OutputCredit {
         Self {
             text: TEXT_BURST,
             frames: FRAME_BURST as i64,
-            checkpoints: CHECKPOINT_BURST as i64,
+            snapshots: SNAPSHOT_BURST as i64,
             at_ns: 0,
             dropped: 0,
             dropping: false,
@@ -152,11 +152,11 @@ impl OutputCredit {
         self.text = self.text.saturating_add(add(TEXT_RATE)).min(TEXT_BURST);
         let f = i64::try_from(add(FRAME_RATE)).unwrap_or(i64::MAX);
         self.frames = self.frames.saturating_add(f).min(FRAME_BURST as i64);
-        let c = i64::try_from(add(CHECKPOINT_RATE)).unwrap_or(i64::MAX);
-        self.checkpoints = self
-            .checkpoints
+        let c = i64::try_from(add(SNAPSHOT_RATE)).unwrap_or(i64::MAX);
+        self.snapshots = self
+            .snapshots
             .saturating_add(c)
-            .min(CHECKPOINT_BURST as i64);
+            .min(SNAPSHOT_BURST as i64);
     }
 
     /// How many of `len` text bytes may be printed at `now` (charged).
@@ -181,15 +181,15 @@ impl OutputCredit {
         }
     }
 
-    /// Charge a checkpoint of `bytes` (never refused); counts the times
+    /// Charge a snapshot of `bytes` (never refused); counts the times
     /// the partition goes into debt.
-    pub fn charge_checkpoint(&mut self, now: u64, bytes: u64) {
+    pub fn charge_snapshot(&mut self, now: u64, bytes: u64) {
         self.refill(now);
-        let before = self.checkpoints;
-        self.checkpoints = self
-            .checkpoints
+        let before = self.snapshots;
+        self.snapshots = self
+            .snapshots
             .saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
-        if before >= 0 && self.checkpoints < 0 {
+        if before >= 0 && self.snapshots < 0 {
             self.held += 1;
         }
     }
@@ -205,7 +205,7 @@ impl OutputCredit {
     /// [`OutputCredit::in_debt`] says whether it still is).
     #[inline]
     pub fn owes(&self) -> bool {
-        self.frames < 0 || self.checkpoints < 0
+        self.frames < 0 || self.snapshots < 0
     }
 
     /// Whether the partition owes frame bytes at `now`: it is not picked to
@@ -220,6 +220,6 @@ impl OutputCredit {
             let add = dt * u128::from(rate) / 1_000_000_000;
             i128::from(bucket) + i128::try_from(add).unwrap_or(i128::MAX) < 0
         };
-        owes(self.frames, FRAME_RATE) || owes(self.checkpoints, CHECKPOINT_RATE)
+        owes(self.frames, FRAME_RATE) || owes(self.snapshots, SNAPSHOT_RATE)
     }
 }

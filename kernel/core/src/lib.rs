@@ -14,7 +14,7 @@
 //! * [`channel`] — inter-partition messages (the state store is
 //!   `rvm_state::store`).
 //! * [`recovery`] — what a partition's fault does to it (and nobody else):
-//!   the F1–F4 policy, its steps, and checkpoints.
+//!   the F1–F4 policy, its steps, and snapshots.
 //! * [`domains`] — coherence domains, moving agents, the Dormant tier.
 //! * [`orders`], [`journal`] — operator orders, the replay journal.
 #![no_std]

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use rvm_abi::bundle::PartitionDesc;
 
 use crate::memory::addr::{Ipa, PhysAddr};
-use crate::recovery::checkpoint::{Checkpoint, CheckpointLimit};
+use crate::recovery::snapshot::{Snapshot, SnapshotLimit};
 use crate::load::image::SharedImage;
 use crate::recovery::policy::RecoveryState;
 use crate::memory::frames::FrameAllocator;
@@ -41,11 +41,11 @@ pub enum PartitionState {
     Evicted,
     /// The agent finished (its `Exit` call or PSCI SYSTEM_OFF).
     Finished,
-    /// Memory tier `Dormant`, idle at a turn boundary: checkpointed, its
+    /// Memory tier `Dormant`, idle at a turn boundary: snapshoted, its
     /// memory scrubbed and returned to the pool, its stage-2 tables torn
     /// down; VMID, capabilities, channels, state store and log kept. The
     /// next message sent to it recreates it from the pristine image and
-    /// that checkpoint ([`crate::domains::dormant`]).
+    /// that snapshot ([`crate::domains::dormant`]).
     Dormant,
 }
 
@@ -144,19 +144,19 @@ pub struct Partition {
     /// The partition's own raw image, kept pristine for restarts (partitions
     /// running the shared runtime restart from the hypervisor's copy).
     own_image: Option<SharedImage>,
-    /// The last checkpoint the runtime handed over.
-    checkpoint: Option<Checkpoint>,
-    /// Bound on a checkpoint's size.
-    checkpoint_limit: CheckpointLimit,
-    /// Id the next checkpoint gets.
-    next_checkpoint_id: u64,
+    /// The last snapshot the runtime handed over.
+    snapshot: Option<Snapshot>,
+    /// Bound on a snapshot's size.
+    snapshot_limit: SnapshotLimit,
+    /// Id the next snapshot gets.
+    next_snapshot_id: u64,
     /// Pages of the restore window mapped now.
-    checkpoint_mapped: u64,
+    snapshot_mapped: u64,
     /// Recovery policy and history.
     recovery: RecoveryState,
     /// Guest starts after the first (restarts, rollbacks, unfences).
     restarts: u32,
-    /// Starts that resumed from a checkpoint.
+    /// Starts that resumed from a snapshot.
     rollbacks: u32,
     console_line: heapless::Vec<u8, CONSOLE_LINE_MAX>,
     /// Its share of the console: text beyond it is dropped, witness frames
@@ -192,10 +192,10 @@ impl Partition {
             heap_pages: Vec::new(),
             entry: Ipa::new(0),
             own_image: None,
-            checkpoint: None,
-            checkpoint_limit: CheckpointLimit::for_budget(desc.wasm_pages),
-            next_checkpoint_id: 1,
-            checkpoint_mapped: 0,
+            snapshot: None,
+            snapshot_limit: SnapshotLimit::for_budget(desc.wasm_pages),
+            next_snapshot_id: 1,
+            snapshot_mapped: 0,
             recovery: RecoveryState::new(crate::recovery::policy::RecoveryPolicy::from_desc(&desc.recovery)),
             restarts: 0,
             rollbacks: 0,
@@ -210,12 +210,12 @@ impl Partition {
     }
 
     /// [`Partition::created`] for an agent moved in from `from` with its
-    /// checkpoint `checkpoint_id`: the same bound on checkpoints, the next
-    /// one after that checkpoint, the agent's clock (`ClockRead`) going on
+    /// snapshot `snapshot_id`: the same bound on snapshots, the next
+    /// one after that snapshot, the agent's clock (`ClockRead`) going on
     /// from its old partition's, its module at `wasm` (IPA, length).
-    pub(crate) fn moved_in(mut self, from: &Partition, checkpoint_id: u64, wasm: (u64, u64)) -> Self {
-        self.checkpoint_limit = from.checkpoint_limit;
-        self.next_checkpoint_id = checkpoint_id + 1;
+    pub(crate) fn moved_in(mut self, from: &Partition, snapshot_id: u64, wasm: (u64, u64)) -> Self {
+        self.snapshot_limit = from.snapshot_limit;
+        self.next_snapshot_id = snapshot_id + 1;
         self.started_ns = from.started_ns;
         self.wasm = wasm;
         self
@@ -288,7 +288,7 @@ impl Partition {
         self.entry = entry;
     }
 
-    /// Its guest starts again (`rolled_back`: from a checkpoint): counted,
+    /// Its guest starts again (`rolled_back`: from a snapshot): counted,
     /// its exit code forgotten, a fresh vCPU at its entry.
     pub(crate) fn note_restart(&mut self, rolled_back: bool) {
         self.restarts = self.restarts.saturating_add(1);
@@ -398,82 +398,82 @@ impl Partition {
         self.own_image = None;
     }
 
-    /// The last checkpoint the runtime handed over.
-    pub fn checkpoint(&self) -> Option<&Checkpoint> {
-        self.checkpoint.as_ref()
+    /// The last snapshot the runtime handed over.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
-    /// `ck`, which it took, becomes its last checkpoint (the next one gets
+    /// `ck`, which it took, becomes its last snapshot (the next one gets
     /// the id after it); the one before is returned, to be released.
-    pub(crate) fn install_checkpoint(&mut self, ck: Checkpoint) -> Option<Checkpoint> {
-        self.next_checkpoint_id = ck.id + 1;
-        self.checkpoint.replace(ck)
+    pub(crate) fn install_snapshot(&mut self, ck: Snapshot) -> Option<Snapshot> {
+        self.next_snapshot_id = ck.id + 1;
+        self.snapshot.replace(ck)
     }
 
-    /// `ck` (brought along by a moving agent) becomes its last checkpoint;
+    /// `ck` (brought along by a moving agent) becomes its last snapshot;
     /// the one before is returned, to be released.
-    pub(crate) fn receive_checkpoint(&mut self, ck: Checkpoint) -> Option<Checkpoint> {
-        self.checkpoint.replace(ck)
+    pub(crate) fn receive_snapshot(&mut self, ck: Snapshot) -> Option<Snapshot> {
+        self.snapshot.replace(ck)
     }
 
-    /// Its last checkpoint, handed over to be released.
-    pub(crate) fn take_checkpoint(&mut self) -> Option<Checkpoint> {
-        self.checkpoint.take()
+    /// Its last snapshot, handed over to be released.
+    pub(crate) fn take_snapshot(&mut self) -> Option<Snapshot> {
+        self.snapshot.take()
     }
 
-    pub fn checkpoint_limit(&self) -> CheckpointLimit {
-        self.checkpoint_limit
+    pub fn snapshot_limit(&self) -> SnapshotLimit {
+        self.snapshot_limit
     }
 
-    /// Id the next checkpoint gets.
-    pub fn next_checkpoint_id(&self) -> u64 {
-        self.next_checkpoint_id
+    /// Id the next snapshot gets.
+    pub fn next_snapshot_id(&self) -> u64 {
+        self.next_snapshot_id
     }
 
     /// Pages of the restore window mapped now.
-    pub fn checkpoint_mapped(&self) -> u64 {
-        self.checkpoint_mapped
+    pub fn snapshot_mapped(&self) -> u64 {
+        self.snapshot_mapped
     }
 
     /// `pages` of the restore window are mapped now.
-    pub(crate) fn note_checkpoint_mapped(&mut self, pages: u64) {
-        self.checkpoint_mapped = pages;
+    pub(crate) fn note_snapshot_mapped(&mut self, pages: u64) {
+        self.snapshot_mapped = pages;
     }
 
     /// The restore window is gone with its tables (nothing to unmap).
     pub(crate) fn forget_restore_window(&mut self) {
-        self.checkpoint_mapped = 0;
+        self.snapshot_mapped = 0;
     }
 
     /// Unmap the first `pages` pages of the restore window.
     pub(crate) fn unmap_restore_pages(&mut self, arch: &mut dyn Arch, pages: u64) {
-        crate::recovery::checkpoint::unmap_window(arch, &mut self.stage2, pages, self.vmid);
+        crate::recovery::snapshot::unmap_window(arch, &mut self.stage2, pages, self.vmid);
     }
 
     /// Unmap whatever the restore window holds.
     pub(crate) fn clear_restore_window(&mut self, arch: &mut dyn Arch) {
-        if self.checkpoint_mapped != 0 {
-            self.unmap_restore_pages(arch, self.checkpoint_mapped);
-            self.checkpoint_mapped = 0;
+        if self.snapshot_mapped != 0 {
+            self.unmap_restore_pages(arch, self.snapshot_mapped);
+            self.snapshot_mapped = 0;
         }
     }
 
-    /// Map its last checkpoint into the (empty) restore window: `Ok(None)`
+    /// Map its last snapshot into the (empty) restore window: `Ok(None)`
     /// if it has none; on an error nothing of it stays mapped.
-    pub(crate) fn map_last_checkpoint(
+    pub(crate) fn map_last_snapshot(
         &mut self,
         arch: &mut dyn Arch,
         frames: &mut FrameAllocator,
-    ) -> Result<Option<&Checkpoint>, MapError> {
-        let Some(ck) = self.checkpoint.as_ref() else { return Ok(None) };
+    ) -> Result<Option<&Snapshot>, MapError> {
+        let Some(ck) = self.snapshot.as_ref() else { return Ok(None) };
         match ck.map_into(arch, frames, &mut self.stage2) {
             Ok(pages) => {
-                self.checkpoint_mapped = pages;
+                self.snapshot_mapped = pages;
                 Ok(Some(ck))
             }
             Err(e) => {
                 // Some pages may be mapped: take them all out again.
-                crate::recovery::checkpoint::unmap_window(arch, &mut self.stage2, ck.pages(), self.vmid);
+                crate::recovery::snapshot::unmap_window(arch, &mut self.stage2, ck.pages(), self.vmid);
                 Err(e)
             }
         }
@@ -493,7 +493,7 @@ impl Partition {
         self.restarts
     }
 
-    /// Starts that resumed from a checkpoint.
+    /// Starts that resumed from a snapshot.
     pub fn rollbacks(&self) -> u32 {
         self.rollbacks
     }

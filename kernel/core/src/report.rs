@@ -51,21 +51,21 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
         hv.arch.console_write(b"\n");
         if p.output().dropped != 0 || p.output().held != 0 {
             let line = alloc::format!(
-                "     output: {} console bytes dropped over its credit, held back {} times for its witness frames or checkpoints",
+                "     output: {} console bytes dropped over its credit, held back {} times for its witness frames or snapshots",
                 p.output().dropped, p.output().held
             );
             hv.arch.console_write(line.as_bytes());
             hv.arch.console_write(b"\n");
         }
         let r = p.recovery().counts;
-        if r != crate::recovery::policy::RecoveryCounts::default() || p.checkpoint().is_some() {
+        if r != crate::recovery::policy::RecoveryCounts::default() || p.snapshot().is_some() {
             let line = alloc::format!(
-                "     recovery: {} restarts (F1), {} rollbacks (F2), {} fences (F3), {} unfences; last checkpoint {}; {} committed items",
+                "     recovery: {} restarts (F1), {} rollbacks (F2), {} fences (F3), {} unfences; last snapshot {}; {} committed items",
                 r.restarts,
                 r.rollbacks,
                 r.fences,
                 r.unfences,
-                p.checkpoint().map_or(alloc::string::String::from("none"), |c| alloc::format!("{} ({} bytes)", c.id, c.len)),
+                p.snapshot().map_or(alloc::string::String::from("none"), |c| alloc::format!("{} ({} bytes)", c.id, c.len)),
                 hv.stores[idx].committed_items(),
             );
             hv.arch.console_write(line.as_bytes());

@@ -42,8 +42,8 @@ impl RunPolicy {
 }
 
 /// What some calls use beside their [`Call`]: the channels (messages), the
-/// state stores (the store calls, `Prove`, checkpoints), the frame pool
-/// (checkpoints).
+/// state stores (the store calls, `Prove`, snapshots), the frame pool
+/// (snapshots).
 pub(crate) struct CallServices<'a> {
     pub channels: &'a mut [Channel],
     pub stores: &'a mut [StateStore],

@@ -267,7 +267,7 @@ mod tests {
         let line = format!("rvm-control 1 {}\n", "ab".repeat(32));
         assert_eq!(parse_greeting(&line), Some(digest));
         assert_eq!(parse_greeting("rvm-control 2 00\n"), None);
-        assert_eq!(answered_nonce("rvm: order 42 unfence 'a' done: resumed from checkpoint 3"), Some(42));
+        assert_eq!(answered_nonce("rvm: order 42 unfence 'a' done: resumed from snapshot 3"), Some(42));
         assert_eq!(answered_nonce("[a] rvm: order 42"), None);
     }
 

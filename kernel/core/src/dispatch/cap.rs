@@ -5,7 +5,7 @@
 //! those in one step (a denied derive or revoke changes nothing), and their
 //! record carries the result (the new handle, the count removed). So the
 //! caller's log is *reserved* first — ring slot, sequence number, memory for
-//! a checkpoint — which makes the record's append after the change unable to
+//! a snapshot — which makes the record's append after the change unable to
 //! fail; if the reservation fails the call answers `WitnessUnavailable` and
 //! nothing changes. Still fail-closed.
 //!

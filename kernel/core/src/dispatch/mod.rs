@@ -11,7 +11,7 @@
 //! beyond them is carried out here, after the handler answered.
 //!
 //! * [`call`] — the call context, the capability checks, the answers.
-//! * `console`, `channel`, `store`, `cap`, `checkpoint` — the handlers.
+//! * `console`, `channel`, `store`, `cap`, `snapshot` — the handlers.
 //! * [`answer`] — answers of calls whose effect reaches the whole
 //!   hypervisor (agent switches and moves, going dormant).
 //! * [`psci`] — emulated PSCI.
@@ -20,7 +20,7 @@ pub(crate) mod answer;
 pub(crate) mod call;
 mod cap;
 mod channel;
-mod checkpoint;
+mod snapshot;
 mod console;
 pub mod psci;
 mod store;
@@ -135,13 +135,13 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
             let (mut call, services) = hv.call_with(idx);
             cap::prove(&mut call, services.stores, w.handle(regs[0]), &regs)
         }
-        // One checkpoint per partition holds one agent: refused when it runs several.
-        // A departing agent's checkpoint carries out its move.
+        // One snapshot per partition holds one agent: refused when it runs several.
+        // A departing agent's snapshot carries out its move.
         Hypercall::Snapshot if crate::domains::migrate::departs(hv, idx) => crate::domains::migrate::depart(hv, idx, w, &regs),
-        Hypercall::Snapshot if crate::domains::refuses_checkpoint(hv, idx) => hv.call(idx).deny(&w, HvError::NotSupported),
+        Hypercall::Snapshot if crate::domains::refuses_snapshot(hv, idx) => hv.call(idx).deny(&w, HvError::NotSupported),
         Hypercall::Snapshot => {
             let (mut call, services) = hv.call_with(idx);
-            checkpoint::take(&mut call, services.frames, &services.stores[idx], w, &regs)
+            snapshot::take(&mut call, services.frames, &services.stores[idx], w, &regs)
         }
         Hypercall::AgentSwitch => crate::domains::switch(hv, idx, w, &regs),
         Hypercall::Idle => crate::domains::dormant::idle(hv, idx, w, &regs),

@@ -5,7 +5,7 @@
 //! answered `WouldBlock`) and received nothing, the runtime asks `Idle`
 //! with `x1` = 0 whether the partition may sleep (the kernel says yes when
 //! its manifest tier is `Dormant` and no message waits for it), takes its
-//! turn-boundary checkpoint, and calls `Idle` with that checkpoint's id.
+//! turn-boundary snapshot, and calls `Idle` with that snapshot's id.
 //!
 //! **Going dormant** ([`enter`]): unless a message arrived meanwhile, the
 //! call is witnessed and does not return. The partition's memory is
@@ -14,7 +14,7 @@
 //! boot-info page — and its stage-2 tables are torn down (an empty root
 //! stays, so the partition's table remains valid to walk). Kept: VMID,
 //! capabilities, channels, the committed state store, the witness log, the
-//! checkpoint, and the read-only frames of its WASM module (its pristine
+//! snapshot, and the read-only frames of its WASM module (its pristine
 //! code, like the shared runtime image). State `Dormant`, witnessed with
 //! `DormantEnter` ([`DormantArgs`]: frames returned).
 //!
@@ -22,7 +22,7 @@
 //! queued): a dormant partition with a message waiting gets fresh stage-2
 //! tables, the runtime image mapped again (private pages copied from the
 //! pristine image), its module and a new boot-info page, and is recreated
-//! by [`crate::recovery::restart::recreate`] from that checkpoint; it is `Running`
+//! by [`crate::recovery::restart::recreate`] from that snapshot; it is `Running`
 //! again, witnessed with `DormantExit` (frames taken). The message stays
 //! queued and is received by the restored agent: nothing is lost or
 //! delivered twice. A partition that cannot be rebuilt (out of frames) is
@@ -66,8 +66,8 @@ fn dormant_tier<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
 
 /// The `Idle` hypercall (see [`rvm_abi::Hypercall::Idle`]).
 pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let checkpoint_id = regs[0];
-    if checkpoint_id == 0 {
+    let snapshot_id = regs[0];
+    if snapshot_id == 0 {
         // The question changes nothing and is not witnessed.
         let may = dormant_tier(hv, idx) && !message_waiting(hv, idx);
         hv.partitions[idx].vcpu_mut().set_return(0, &[u64::from(may)]);
@@ -76,8 +76,8 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     if !dormant_tier(hv, idx) {
         return deny(hv, idx, &w, HvError::NotSupported);
     }
-    let last = hv.partitions[idx].checkpoint().map(|c| c.id);
-    if last != Some(checkpoint_id) {
+    let last = hv.partitions[idx].snapshot().map(|c| c.id);
+    if last != Some(snapshot_id) {
         return deny(hv, idx, &w, HvError::InvalidArgument);
     }
     if message_waiting(hv, idx) {
@@ -102,7 +102,7 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
 }
 
 /// Put partition `idx` to sleep: scrub and return its memory, tear down
-/// its stage-2 tables, keep its module frames and its checkpoint.
+/// its stage-2 tables, keep its module frames and its snapshot.
 pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Reservation) {
     let before = hv.frames.frames_in_use();
     hv.partitions[idx].console_flush(&mut hv.arch);
@@ -130,7 +130,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
     hv.arch.flush_stage2(vmid);
     hv.forget_loaded_vcpu(idx);
     let reclaimed = before.saturating_sub(hv.frames.frames_in_use());
-    let ck = hv.partitions[idx].checkpoint().map_or(0, |c| c.id);
+    let ck = hv.partitions[idx].snapshot().map_or(0, |c| c.id);
     let args = DormantArgs {
         frames: u32::try_from(reclaimed).unwrap_or(u32::MAX),
         committed_items: u32::try_from(hv.stores[idx].committed_items()).unwrap_or(u32::MAX),
@@ -142,7 +142,7 @@ pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Rese
     console::hyp_line(
         &mut hv.arch,
         format_args!(
-            "partition {} '{}' dormant on checkpoint {ck}: {reclaimed} frames ({} KiB) returned",
+            "partition {} '{}' dormant on snapshot {ck}: {reclaimed} frames ({} KiB) returned",
             id.0,
             name_str(&name),
             reclaimed * PAGE_SIZE / 1024
@@ -174,7 +174,7 @@ pub(crate) fn message_sent<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
     }
 }
 
-/// Rebuild partition `idx` and recreate its guest from its checkpoint.
+/// Rebuild partition `idx` and recreate its guest from its snapshot.
 pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let started = hv.arch.now_ns();
     let before = hv.frames.frames_in_use();
@@ -182,7 +182,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     // Room for `DormantExit` first: a wake that cannot be witnessed does
     // not happen (the partition sleeps on; the message waits).
     let Some(mut held) = hv.hold(id, 1) else { return };
-    let rebuilt = rebuild(hv, idx).and_then(|()| crate::recovery::restart::recreate(hv, idx, StartFrom::LastCheckpoint));
+    let rebuilt = rebuild(hv, idx).and_then(|()| crate::recovery::restart::recreate(hv, idx, StartFrom::LastSnapshot));
     let ck = match rebuilt {
         Ok(ck) => ck,
         Err(e) => {
@@ -207,7 +207,7 @@ pub(crate) fn wake<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     console::hyp_line(
         &mut hv.arch,
         format_args!(
-            "partition {} '{}' woken by a message: {taken} frames taken, resuming from checkpoint {ck} ({took} ns)",
+            "partition {} '{}' woken by a message: {taken} frames taken, resuming from snapshot {ck} ({took} ns)",
             id.0,
             name_str(&name)
         ),

@@ -1,5 +1,5 @@
 //! A merge carried out: the departing agent, the only one of its
-//! partition, joins the partition that stays, from its checkpoint.
+//! partition, joins the partition that stays, from its snapshot.
 //!
 //! 1. **Check.** Everything that can fail is checked before the first
 //!    change: its module is read from its table, the target has room (a
@@ -9,7 +9,7 @@
 //!    own slot range so they do not meet, [`crate::load::HandleSpread`]),
 //!    and the target's log has room for their records and the `Merge`.
 //! 2. **Map.** Its module after the target's modules in the WASM window,
-//!    its checkpoint at the target's restore window (new mappings only: the
+//!    its snapshot at the target's restore window (new mappings only: the
 //!    target's runtime looks at them after its next `AgentSwitch`).
 //! 3. **Move.** Past the point of no return: the capabilities are
 //!    transplanted slot-exact (each witnessed), the channel ends re-pointed
@@ -37,12 +37,12 @@ use crate::domains::transfer::{record_move, relocate, transplant_cap};
 use crate::domains::moves::{Arrival, Departure, MoveError};
 use crate::memory::addr::{Ipa, PAGE_SIZE};
 use crate::memory::stage2::S2Perm;
-use crate::recovery::checkpoint::Checkpoint;
+use crate::recovery::snapshot::Snapshot;
 use crate::state::Hypervisor;
 use crate::witness::Reservation;
 
 /// Move `dep`'s agent, the only one of its partition, into the partition
-/// at `into` from its checkpoint `ck` (see the module documentation).
+/// at `into` from its snapshot `ck` (see the module documentation).
 /// Returns `into`. On `Err` nothing moved: every step that can fail is
 /// checked before the first change.
 pub(super) fn merge<A: Arch>(
@@ -50,11 +50,11 @@ pub(super) fn merge<A: Arch>(
     dep: &Departure,
     decision: &MergeDecision,
     into: usize,
-    ck: Checkpoint,
+    ck: Snapshot,
 ) -> Result<usize, MoveError> {
     let src_idx = dep.partition;
     let (src, dst) = (hv.partitions[src_idx].id(), hv.partitions[into].id());
-    let refuse = |hv: &mut Hypervisor<A>, ck: Checkpoint, e: MoveError| {
+    let refuse = |hv: &mut Hypervisor<A>, ck: Snapshot, e: MoveError| {
         ck.release(&mut hv.arch, &mut hv.frames);
         Err(e)
     };
@@ -83,9 +83,9 @@ pub(super) fn merge<A: Arch>(
         }
     };
     // The point of no return. The target now runs several agents, whose
-    // restarts start every agent afresh: a checkpoint it kept as a single
+    // restarts start every agent afresh: a snapshot it kept as a single
     // agent (not mapped: checked above) would only mislead a rollback.
-    if let Some(old) = hv.partitions[into].take_checkpoint() {
+    if let Some(old) = hv.partitions[into].take_snapshot() {
         old.release(&mut hv.arch, &mut hv.frames);
     }
     let handles = transplant_caps(hv, &mut held, src_idx, into, slot, mine);
@@ -96,7 +96,7 @@ pub(super) fn merge<A: Arch>(
     let now = hv.arch.now_ns();
     hv.domains.apply_merge(decision, now);
     let image_bytes = ck.len;
-    hv.domains.note_arrival(Arrival { partition: into, slot, checkpoint: ck, pages });
+    hv.domains.note_arrival(Arrival { partition: into, slot, snapshot: ck, pages });
     hv.held_event(&mut held, KernelEvent::Merge, Outcome::Done, dep.plan.witness_args());
     hv.release(held);
     record_move(hv, dep, dst, repointed, handles, image_bytes, now);
@@ -125,13 +125,13 @@ fn room<A: Arch>(hv: &Hypervisor<A>, into: usize, module_len: u64) -> Option<Roo
         || table.len() != usize::from(slot.0)
         || table.len() >= AgentTable::MAX
         || !fits
-        || hv.partitions[into].checkpoint_mapped() != 0;
+        || hv.partitions[into].snapshot_mapped() != 0;
     (!busy).then_some(Room { table, slot, at })
 }
 
-/// Map the arrival's module at `at` and its checkpoint `ck` at the restore
-/// window of partition `into`; returns the checkpoint's pages mapped.
-fn map_arrival<A: Arch>(hv: &mut Hypervisor<A>, into: usize, at: u64, module: &[u8], ck: &Checkpoint) -> Result<u64, MoveError> {
+/// Map the arrival's module at `at` and its snapshot `ck` at the restore
+/// window of partition `into`; returns the snapshot's pages mapped.
+fn map_arrival<A: Arch>(hv: &mut Hypervisor<A>, into: usize, at: u64, module: &[u8], ck: &Snapshot) -> Result<u64, MoveError> {
     if crate::load::map_bytes(hv, into, Ipa::new(at), module, S2Perm::ReadOnly).is_err() {
         return Err(MoveError::OutOfMemory);
     }

@@ -1,5 +1,5 @@
 //! Migration: carrying out a coherence decision by moving an agent between
-//! partitions at a turn boundary, through checkpoint and restore
+//! partitions at a turn boundary, through snapshot and restore
 //! (docs/DESIGN.md section 8). This module is the move's life cycle; the
 //! move itself is [`split`](crate::domains::split) (to a new partition) or
 //! [`merge`](crate::domains::merge) (into one that stays).
@@ -10,9 +10,9 @@
 //!    marked departing (one move at a time; a decision moving several
 //!    agents stays a witnessed decision, pending).
 //! 2. **Departure.** At the mover's next `AgentSwitch` (a turn boundary) the
-//!    kernel answers [`agent_switch::DEPART`]; the runtime checkpoints that
-//!    one agent with `Checkpoint` and drops its instance. That checkpoint
-//!    is [`depart`]'s: captured like any checkpoint (image + the committed
+//!    kernel answers [`agent_switch::DEPART`]; the runtime snapshots that
+//!    one agent with `Snapshot` and drops its instance. That snapshot
+//!    is [`depart`]'s: captured like any snapshot (image + the committed
 //!    store it can reach, hashed), then the move happens before the call
 //!    returns. If anything fails, nothing moved: the call is refused, the
 //!    agent stays, and the decision is cancelled in the engine (evaluated
@@ -25,7 +25,7 @@
 //!    registry ([`crate::domains::transfer::relocate`]); the move is recorded
 //!    ([`crate::domains::transfer::record_move`]).
 //! 4. **Witness.** `Split`/`Merge` (`args` = cut value, internal traffic)
-//!    in the mover's old partition's log, after its `Checkpoint` call
+//!    in the mover's old partition's log, after its `Snapshot` call
 //!    record, and in the partition it joined.
 //! 5. **After.** A merge's emptied partition is retired on the CPU it runs
 //!    on (it is the caller): `Finished` (witnessed), its memory scrubbed
@@ -49,7 +49,7 @@ use crate::domains::agent_table;
 use crate::domains::registry::AgentInfo;
 use crate::memory::addr::Ipa;
 use crate::partition::{PartitionId, PartitionState};
-use crate::recovery::checkpoint::{Checkpoint, GuestPart};
+use crate::recovery::snapshot::{Snapshot, GuestPart};
 use crate::running::trap::Flow;
 use crate::state::Hypervisor;
 
@@ -168,20 +168,20 @@ pub(crate) fn switch_result<A: Arch>(hv: &Hypervisor<A>, idx: usize, slot: Agent
     }
 }
 
-/// Whether partition `idx`'s running agent is departing (its `Checkpoint`
+/// Whether partition `idx`'s running agent is departing (its `Snapshot`
 /// is [`depart`]'s).
 pub(crate) fn departs<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     hv.domains.departing().is_some_and(|d| d.partition == idx && d.slot == hv.domains.running(idx))
 }
 
-/// `Checkpoint` of a departing agent: capture it, move it, answer as
-/// `Checkpoint` does (`x1` = checkpoint id, `x2`/`x3` = state hash prefix).
+/// `Snapshot` of a departing agent: capture it, move it, answer as
+/// `Snapshot` does (`x1` = snapshot id, `x2`/`x3` = state hash prefix).
 pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, regs: &[u64; 6]) -> Flow {
     let Some(dep) = hv.domains.take_departure() else { return deny(hv, idx, &w, HvError::NotSupported) };
     let ck = match capture(hv, idx, regs) {
         Ok(ck) => ck,
         Err(e) => {
-            abandon(hv, &dep, "its checkpoint was refused");
+            abandon(hv, &dep, "its snapshot was refused");
             return deny(hv, idx, &w, e);
         }
     };
@@ -224,14 +224,14 @@ pub(crate) fn depart<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     flow
 }
 
-/// The departing agent of partition `idx`, captured as a checkpoint of the
+/// The departing agent of partition `idx`, captured as a snapshot of the
 /// guest parts `regs` names (and the committed store it can reach).
-fn capture<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, regs: &[u64; 6]) -> Result<Checkpoint, HvError> {
+fn capture<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, regs: &[u64; 6]) -> Result<Snapshot, HvError> {
     let parts = [GuestPart { ipa: Ipa::new(regs[0]), len: regs[1] }, GuestPart { ipa: Ipa::new(regs[2]), len: regs[3] }];
     let snapshot = hv.stores[idx].snapshot();
     let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
     let p = &partitions[idx];
-    Checkpoint::capture(arch, frames, p.stage2(), &parts, p.checkpoint_limit(), 1, snapshot)
+    Snapshot::capture(arch, frames, p.stage2(), &parts, p.snapshot_limit(), 1, snapshot)
 }
 
 /// Print the last move: from partition `idx` to the one at `moved`.
@@ -305,7 +305,7 @@ fn release_arrival<A: Arch>(hv: &mut Hypervisor<A>) {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &mut partitions[a.partition];
         p.unmap_restore_pages(arch, a.pages);
-        a.checkpoint.release(arch, frames);
+        a.snapshot.release(arch, frames);
     }
     agent_table::restored(hv, a.partition, a.slot);
 }

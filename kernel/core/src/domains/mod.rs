@@ -28,9 +28,9 @@
 //! partition of the shared runtime has an agent table (one entry for a
 //! single agent), so its runtime reaches those turn boundaries.
 //!
-//! **Checkpoints in a multi-agent partition** are refused (`NotSupported`,
-//! witnessed), except a departing agent's (its move): a checkpoint image
-//! holds one agent's memory, and the kernel keeps one checkpoint per
+//! **Snapshots in a multi-agent partition** are refused (`NotSupported`,
+//! witnessed), except a departing agent's (its move): a snapshot image
+//! holds one agent's memory, and the kernel keeps one snapshot per
 //! partition. So F1 and F2 of a multi-agent
 //! partition both restart every agent of it from the pristine image, with
 //! the partition's committed state store kept.
@@ -83,9 +83,9 @@ pub(crate) fn switch<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, 
     }
 }
 
-/// Whether partition `idx`'s `Checkpoint` is refused (it runs several
-/// agents; a departing agent's checkpoint is [`crate::domains::migrate`]'s).
-pub(crate) fn refuses_checkpoint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
+/// Whether partition `idx`'s `Snapshot` is refused (it runs several
+/// agents; a departing agent's snapshot is [`crate::domains::migrate`]'s).
+pub(crate) fn refuses_snapshot<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     hv.domains.is_multi_agent(idx)
 }
 

@@ -8,7 +8,7 @@ use rvm_coherence::{AgentId, Decision, DecisionId, MergeDecision, SplitDecision,
 
 use crate::channel::AgentSlot;
 use crate::partition::PartitionId;
-use crate::recovery::checkpoint::Checkpoint;
+use crate::recovery::snapshot::Snapshot;
 
 /// What a departure carries out.
 // A split carries its movers inline, as its decision does (one departure
@@ -75,13 +75,13 @@ pub struct Departure {
 }
 
 /// An agent that arrived in a partition (a merge) and has not yet run:
-/// its checkpoint stays mapped at the target's restore window until its
+/// its snapshot stays mapped at the target's restore window until its
 /// first `AgentSwitch` (its runtime restored it before that turn).
 #[derive(Debug)]
 pub struct Arrival {
     pub partition: usize,
     pub slot: AgentSlot,
-    pub(crate) checkpoint: Checkpoint,
+    pub(crate) snapshot: Snapshot,
     pub(crate) pages: u64,
 }
 
@@ -115,11 +115,11 @@ pub struct Move {
     pub queued: u64,
     /// Capabilities transplanted.
     pub handles: u32,
-    /// Bytes of the agent's checkpoint.
+    /// Bytes of the agent's snapshot.
     pub image_bytes: u64,
     /// When the split was carried out (kernel clock).
     pub at_ns: u64,
-    /// Kernel clock from the captured checkpoint to the `Split` records:
+    /// Kernel clock from the captured snapshot to the `Split` records:
     /// creating the partition and moving the agent (under QEMU `-icount`,
     /// instructions).
     pub took_ns: u64,

@@ -65,7 +65,7 @@ pub struct Domains {
     /// Per partition (by position): whether an agent table is mapped.
     tables: Vec<bool>,
     /// An agent that arrived (a merge) and has not yet run its first turn:
-    /// its checkpoint stays mapped for its runtime to restore it.
+    /// its snapshot stays mapped for its runtime to restore it.
     arrival: Option<Arrival>,
 }
 
@@ -308,7 +308,7 @@ impl Domains {
         self.moves.push(m);
     }
 
-    /// The last move took `took_ns` from its checkpoint to its records.
+    /// The last move took `took_ns` from its snapshot to its records.
     pub(crate) fn time_last_move(&mut self, took_ns: u64) {
         if let Some(last) = self.moves.last_mut() {
             last.took_ns = took_ns;

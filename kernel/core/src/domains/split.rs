@@ -1,11 +1,11 @@
 //! A split carried out: the departing agent of a partition running several
-//! goes to a new partition created at run time, from its checkpoint.
+//! goes to a new partition created at run time, from its snapshot.
 //!
 //! 1. **Create.** The next id and VMID, its own stage-2, a capability
 //!    table, a fresh state store ([`new_partition`]); `PartitionCreate` in
 //!    its log.
 //! 2. **Populate.** The shared runtime image, a copy of the mover's module,
-//!    its boot-info page with the checkpoint mapped for restore
+//!    its boot-info page with the snapshot mapped for restore
 //!    (`RestoreInfo`), an agent table of one when coherence is evaluated.
 //!    The capabilities the mover could use (those listed for it or for
 //!    every agent) are transplanted at the same slot and generation
@@ -41,14 +41,14 @@ use crate::domains::moves::{Departure, MoveError};
 use crate::memory::addr::{Ipa, PAGE_BYTES};
 use crate::memory::stage2::{MemType, S2Perm, Stage2Table};
 use crate::partition::{Partition, PartitionId, PartitionState};
-use crate::recovery::checkpoint::Checkpoint;
+use crate::recovery::snapshot::Snapshot;
 use crate::state::Hypervisor;
 
-/// Create the new partition for `dep`'s agent from its checkpoint `ck`,
+/// Create the new partition for `dep`'s agent from its snapshot `ck`,
 /// move the agent, its channel ends and its capabilities there. Returns the
 /// new partition's position. On `Err` nothing moved (a partition created
 /// on the way is refused and its memory returned).
-pub(super) fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecision, ck: Checkpoint) -> Result<usize, MoveError> {
+pub(super) fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: &SplitDecision, ck: Snapshot) -> Result<usize, MoveError> {
     let src_idx = dep.partition;
     let src = hv.partitions[src_idx].id();
     let created = agent_table::module_of(hv, src_idx, dep.slot, dep.agent)
@@ -97,16 +97,16 @@ pub(super) fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: 
     hv.sched.admit(idx, &desc);
     let p = &hv.partitions[idx];
     let handles = u32::try_from(p.boot_handles().len()).unwrap_or(u32::MAX);
-    let image_bytes = p.checkpoint().map_or(0, |c| c.len);
+    let image_bytes = p.snapshot().map_or(0, |c| c.len);
     record_move(hv, dep, id, repointed, handles, image_bytes, now);
     Ok(idx)
 }
 
 /// A new partition for `dep`'s agent (its module `module_len` bytes),
 /// created like its own (same description under a new name, its
-/// checkpoint limit and clock), with an empty capability table and state
+/// snapshot limit and clock), with an empty capability table and state
 /// store. Returns its position.
-fn new_partition<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, ck: &Checkpoint, module_len: u64) -> Result<usize, MoveError> {
+fn new_partition<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, ck: &Snapshot, module_len: u64) -> Result<usize, MoveError> {
     let src_idx = dep.partition;
     let idx = hv.partitions.len();
     let vmid = u32::try_from(idx + 1).ok().and_then(|n| u8::try_from(n).ok()).ok_or(MoveError::TooManyPartitions)?;
@@ -142,7 +142,7 @@ fn undo<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, e: MoveError) {
     crate::load::refuse(hv, idx, why);
 }
 
-/// Map the runtime, the module, the boot-info page and the checkpoint into
+/// Map the runtime, the module, the boot-info page and the snapshot into
 /// the new partition `idx`; transplant the mover's capabilities.
 fn populate<A: Arch>(
     hv: &mut Hypervisor<A>,
@@ -150,17 +150,17 @@ fn populate<A: Arch>(
     src: PartitionId,
     dep: &Departure,
     module: &[u8],
-    ck: Checkpoint,
+    ck: Snapshot,
 ) -> Result<RestoreInfo, MoveError> {
     // Kept first, so a failure below returns its frames with the partition's.
     let ck_pages = {
         let Hypervisor { arch, frames, partitions, .. } = &mut *hv;
         let p = &mut partitions[idx];
         let mapped = ck.map_into(arch, frames, p.stage2_mut());
-        p.receive_checkpoint(ck);
+        p.receive_snapshot(ck);
         mapped.map_err(|_| MoveError::OutOfMemory)?
     };
-    hv.partitions[idx].note_checkpoint_mapped(ck_pages);
+    hv.partitions[idx].note_snapshot_mapped(ck_pages);
     let entry = {
         let Hypervisor { arch, frames, partitions, runtime, .. } = &mut *hv;
         let rt = runtime.as_ref().ok_or(MoveError::Module)?;
@@ -205,7 +205,7 @@ fn populate<A: Arch>(
     }
     let restore = {
         let p = &hv.partitions[idx];
-        let ck = p.checkpoint().ok_or(MoveError::OutOfMemory)?;
+        let ck = p.snapshot().ok_or(MoveError::OutOfMemory)?;
         RestoreInfo { image_ipa: layout::SNAPSHOT_IPA, image_len: ck.len, snapshot_id: ck.id, rollbacks: 0 }
     };
     crate::load::write_boot_info(hv, idx, restore);

@@ -29,7 +29,7 @@ const CHANNEL_CAPACITY: usize = 64;
 
 
 /// The most frames partition `idx` can ever hold once loaded: what it holds
-/// now (images, modules, boot page), its whole heap window, two checkpoints
+/// now (images, modules, boot page), its whole heap window, two snapshots
 /// of its largest size (a new one is taken before the last is released), and
 /// the stage-2 tables that map them.
 pub(crate) fn footprint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> u64 {
@@ -38,9 +38,9 @@ pub(crate) fn footprint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> u64 {
     let p = &hv.partitions[idx];
     let held = p.private_frames().len() as u64;
     let heap = p.heap().len.div_ceil(PAGE);
-    let ck = p.checkpoint_limit().max_bytes.div_ceil(PAGE);
+    let ck = p.snapshot_limit().max_bytes.div_ceil(PAGE);
     // A level-3 table per 2 MiB mapped, the level-1/2 tables above them.
-    let tables = p.heap().len.div_ceil(TABLE_SPAN) + p.checkpoint_limit().max_bytes.div_ceil(TABLE_SPAN) + held.div_ceil(512) + 8;
+    let tables = p.heap().len.div_ceil(TABLE_SPAN) + p.snapshot_limit().max_bytes.div_ceil(TABLE_SPAN) + held.div_ceil(512) + 8;
     held + heap + 2 * ck + tables
 }
 
@@ -168,7 +168,7 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
 }
 
 /// Scrub and return every frame the partition holds: private pages, heap,
-/// its checkpoint, its own image, and its stage-2 tables (all but an empty
+/// its snapshot, its own image, and its stage-2 tables (all but an empty
 /// root, which stays so the partition's table remains valid to walk).
 pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     let committed = hv.partitions[idx].take_frames_committed();
@@ -186,7 +186,7 @@ pub(crate) fn release<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     // The own image's frames were among the private ones.
     hv.partitions[idx].forget_own_image();
     hv.partitions[idx].forget_restore_window();
-    if let Some(ck) = hv.partitions[idx].take_checkpoint() {
+    if let Some(ck) = hv.partitions[idx].take_snapshot() {
         ck.release(&mut hv.arch, &mut hv.frames);
     }
     if let Some(empty) = crate::memory::stage2::Stage2Table::new(&mut hv.arch, &mut hv.frames) {
@@ -533,7 +533,7 @@ pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>) {
 }
 
 /// Write partition `idx`'s boot-info page: its identity, module, heap,
-/// handles, how often it was restarted, and the checkpoint to resume from.
+/// handles, how often it was restarted, and the snapshot to resume from.
 pub(crate) fn write_boot_info<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, restore: RestoreInfo) {
     let p = &hv.partitions[idx];
     let Some(t) = p.stage2().translate(&hv.arch, Ipa::new(layout::BOOTINFO_IPA)) else { return };

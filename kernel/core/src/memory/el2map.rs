@@ -9,7 +9,7 @@
 //! * RAM ranges: Normal write-back, read/write, execute-never: the heap,
 //!   the device tree, the bundle and every frame a partition gets
 //!   (the hypervisor writes guest frames: stage-2 tables, images,
-//!   checkpoints; it never executes them);
+//!   snapshots; it never executes them);
 //! * the image's sections, over the RAM they lie in: text read-only and
 //!   executable, rodata read-only, data/bss/stacks read/write;
 //! * holes: unmapped (the guard page under every CPU's stack).

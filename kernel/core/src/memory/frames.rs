@@ -39,7 +39,7 @@ impl FrameAllocator {
     }
 
     /// Reserve `n` frames for a partition being admitted: its most (its
-    /// memory budget, checkpoints, tables, images). Admission is refused
+    /// memory budget, snapshots, tables, images). Admission is refused
     /// (`Err`, with the frames still unpromised) when the promises would
     /// exceed the pool, so partitions are never overcommitted: whatever one
     /// does within its budget, the others' frames are there.

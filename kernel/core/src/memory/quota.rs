@@ -1,6 +1,6 @@
 //! The EL2 heap, shared out: every partition is admitted with a reservation
 //! of the hypervisor's heap for what its guest controls there — its state
-//! store (committed and staged items), the store snapshots its checkpoints
+//! store (committed and staged items), the store snapshots its snapshots
 //! keep, its witness log's ring, and the receive queues of its channels —
 //! and refused (witnessed, like a frame budget that does not fit) when the
 //! reservation does not fit. Each of those is bounded per partition
@@ -29,7 +29,7 @@ const PARTITION_FIXED: usize = 128 << 10;
 
 /// The heap a partition whose store has `limits` may use at most: its
 /// committed items three times over (the live store, the snapshot its last
-/// checkpoint keeps, the one a new checkpoint takes before the last is
+/// snapshot keeps, the one a new snapshot takes before the last is
 /// dropped), one transaction of staged items, and its fixed state.
 pub const fn partition_bytes(limits: &StoreLimits) -> usize {
     let committed = limits.max_bytes + limits.max_items * ITEM_OVERHEAD;

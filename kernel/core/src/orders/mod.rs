@@ -137,7 +137,7 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         Ok(ck) => {
             hv.orders.note_applied();
             let how = match order.kind {
-                OrderKind::Unfence => alloc::format!("resumed from checkpoint {ck}"),
+                OrderKind::Unfence => alloc::format!("resumed from snapshot {ck}"),
                 OrderKind::Evict if hv.partitions[idx].state() == PartitionState::Evicted => {
                     alloc::string::String::from("evicted (F4)")
                 }
@@ -171,8 +171,8 @@ fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: Option<usize>, name: &str, args:
 }
 
 /// Operator order: clear the fence of partition `id`. Its capabilities
-/// answer again and its guest is recreated from its last checkpoint (or
-/// the pristine image). Returns the checkpoint id resumed from (0 =
+/// answer again and its guest is recreated from its last snapshot (or
+/// the pristine image). Returns the snapshot id resumed from (0 =
 /// pristine). Given by a verified order from the host ([`poll`]).
 pub fn unfence<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -> Result<u64, crate::recovery::fault::OrderError> {
     let idx = hv.index_of(id).ok_or(crate::recovery::fault::OrderError::NoSuchPartition)?;

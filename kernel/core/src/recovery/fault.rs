@@ -246,11 +246,11 @@ pub(crate) fn respond<A: Arch>(
     match class {
         RecoveryClass::Restart | RecoveryClass::Rollback => {
             let (from, resume) = if class == RecoveryClass::Rollback {
-                (StartFrom::LastCheckpoint, hv.partitions[idx].checkpoint().map_or(0, |c| c.id))
+                (StartFrom::LastSnapshot, hv.partitions[idx].snapshot().map_or(0, |c| c.id))
             } else {
                 (StartFrom::Pristine, 0)
             };
-            let items = match (class, hv.partitions[idx].checkpoint()) {
+            let items = match (class, hv.partitions[idx].snapshot()) {
                 (RecoveryClass::Rollback, Some(ck)) => ck.store.len(),
                 _ => hv.stores[idx].committed_items(),
             };
@@ -275,8 +275,8 @@ pub(crate) fn respond<A: Arch>(
             hv.partitions[idx].recovery_mut().record(class, now);
             let from_text = match (class, resume) {
                 (RecoveryClass::Restart, _) => alloc::string::String::from("from the pristine image"),
-                (_, 0) => alloc::string::String::from("to the pristine image (no checkpoint yet)"),
-                (_, ck) => alloc::format!("to checkpoint {ck}"),
+                (_, 0) => alloc::string::String::from("to the pristine image (no snapshot yet)"),
+                (_, ck) => alloc::format!("to snapshot {ck}"),
             };
             console::hyp_line(
                 &mut hv.arch,
@@ -339,7 +339,7 @@ pub(crate) fn evict<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigge
 }
 
 /// An operator's unfence: capabilities resumed, the guest recreated from
-/// its last checkpoint (or the pristine image), running again.
+/// its last snapshot (or the pristine image), running again.
 pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64, OrderError> {
     if hv.partitions[idx].state() != PartitionState::Fenced {
         return Err(OrderError::NotFenced);
@@ -348,7 +348,7 @@ pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64
     // Room for the `Unfence` record before anything changes: a partition is
     // never let run again unwitnessed.
     let mut held = hv.hold(id, 1).ok_or(OrderError::Recreate(HvError::WitnessUnavailable))?;
-    let resume = match crate::recovery::restart::recreate(hv, idx, StartFrom::LastCheckpoint) {
+    let resume = match crate::recovery::restart::recreate(hv, idx, StartFrom::LastSnapshot) {
         Ok(resume) => resume,
         Err(e) => {
             hv.release(held);
@@ -362,7 +362,7 @@ pub(crate) fn unfence<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Result<u64
     let name = hv.partitions[idx].desc().name;
     console::hyp_line(
         &mut hv.arch,
-        format_args!("partition {} '{}' unfenced by the operator; resumed from checkpoint {resume}", id.0, name_str(&name)),
+        format_args!("partition {} '{}' unfenced by the operator; resumed from snapshot {resume}", id.0, name_str(&name)),
     );
     Ok(resume)
 }

@@ -4,9 +4,9 @@
 //!   touching the machine.
 //! * [`fault`] — applying a class: restart, rollback, fence, evict.
 //! * [`restart`] — recreating a guest from its pristine image.
-//! * [`checkpoint`] — checkpoints kept by EL2 and their state hashes.
+//! * [`snapshot`] — snapshots kept by EL2 and their state hashes.
 
-pub mod checkpoint;
+pub mod snapshot;
 pub mod fault;
 pub mod policy;
 pub mod restart;

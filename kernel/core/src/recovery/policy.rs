@@ -4,7 +4,7 @@
 //! | class | triggers | response (applied by `crate::recovery::fault`) |
 //! |---|---|---|
 //! | F1 restart | WASM trap, runtime panic, failed restore | fresh runtime from the pristine image; committed state kept |
-//! | F2 rollback | the [`Escalation::limit`]-th F1 fault within the window; a failed state validation | restore the last checkpoint (memory and committed state as of that turn boundary) |
+//! | F2 rollback | the [`Escalation::limit`]-th F1 fault within the window; a failed state validation | restore the last snapshot (memory and committed state as of that turn boundary) |
 //! | F3 fence | stage-2 violation or any other hardware fault; hypercall abuse; the limit-th F2 within the window | vCPU stopped, capabilities suspended, memory kept |
 //! | F4 evict | a fence not cleared within the fence timeout; an operator order | capabilities revoked, memory scrubbed and returned, final record |
 //!
@@ -25,7 +25,7 @@ use rvm_abi::HvError;
 pub enum RecoveryClass {
     /// F1: restart the guest runtime from the pristine image.
     Restart,
-    /// F2: roll the guest back to its last checkpoint.
+    /// F2: roll the guest back to its last snapshot.
     Rollback,
     /// F3: fence the partition.
     Fence,
@@ -62,7 +62,7 @@ pub enum Trigger {
     Trap,
     /// The guest runtime panicked or took an exception at EL1.
     RuntimePanic,
-    /// The runtime could not restore the checkpoint it was handed.
+    /// The runtime could not restore the snapshot it was handed.
     RestoreFailed,
     /// A state validation failed (nothing was committed).
     FailedValidation,
@@ -94,7 +94,7 @@ impl Trigger {
         match self {
             Trigger::Trap => "agent trapped",
             Trigger::RuntimePanic => "guest runtime panicked",
-            Trigger::RestoreFailed => "checkpoint restore failed",
+            Trigger::RestoreFailed => "snapshot restore failed",
             Trigger::FailedValidation => "state validation failed",
             Trigger::Stage2Violation => "stage-2 violation",
             Trigger::HardwareFault => "hardware fault",

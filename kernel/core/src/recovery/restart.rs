@@ -2,12 +2,12 @@
 //! operator's unfence): the image's writable pages are copied again from the
 //! pristine image, the demand-paged heap is scrubbed and unmapped, the vCPU
 //! starts over at the entry, and the boot-info page says how often the guest
-//! was restarted and which checkpoint, if any, to resume from.
+//! was restarted and which snapshot, if any, to resume from.
 //!
 //! What is kept: the partition's identity, stage-2 tables, shared pages, the
 //! WASM module, its capabilities and channels, and its committed state
-//! store — except that resuming from a checkpoint makes the store what it
-//! was when the checkpoint was taken. An open (staged, uncommitted)
+//! store — except that resuming from a snapshot makes the store what it
+//! was when the snapshot was taken. An open (staged, uncommitted)
 //! transaction is dropped either way.
 
 use alloc::vec::Vec;
@@ -25,12 +25,12 @@ use crate::memory::stage2::S2Perm;
 pub enum StartFrom {
     /// The pristine image, with the committed state as it stands (F1).
     Pristine,
-    /// The last checkpoint, memory and committed state (F2, unfence); the
+    /// The last snapshot, memory and committed state (F2, unfence); the
     /// pristine image when there is none.
-    LastCheckpoint,
+    LastSnapshot,
 }
 
-/// Recreate partition `idx`'s guest. Returns the id of the checkpoint it
+/// Recreate partition `idx`'s guest. Returns the id of the snapshot it
 /// resumes from (0 = the pristine image). On `Err` the guest must not run
 /// again (the caller fences it): its memory may be half reset.
 pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<u64, HvError> {
@@ -38,7 +38,7 @@ pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartF
     hv.stores[idx].abort();
     reset_image_data(hv, idx)?;
     scrub_heap(hv, idx);
-    let restore = map_checkpoint(hv, idx, from)?;
+    let restore = map_snapshot(hv, idx, from)?;
     let p = &mut hv.partitions[idx];
     p.note_restart(restore.is_restore());
     hv.forget_loaded_vcpu(idx);
@@ -71,16 +71,16 @@ fn scrub_heap<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
     }
 }
 
-/// Unmap whatever the restore window held, then map the last checkpoint
+/// Unmap whatever the restore window held, then map the last snapshot
 /// there and restore its store when resuming from it.
-fn map_checkpoint<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<RestoreInfo, HvError> {
+fn map_snapshot<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartFrom) -> Result<RestoreInfo, HvError> {
     let Hypervisor { arch, frames, partitions, stores, .. } = hv;
     let p = &mut partitions[idx];
     p.clear_restore_window(arch);
-    if !matches!(from, StartFrom::LastCheckpoint) {
+    if !matches!(from, StartFrom::LastSnapshot) {
         return Ok(RestoreInfo::NONE);
     }
-    let ck = match p.map_last_checkpoint(arch, frames) {
+    let ck = match p.map_last_snapshot(arch, frames) {
         Ok(Some(ck)) => ck,
         Ok(None) => return Ok(RestoreInfo::NONE),
         Err(_) => return Err(HvError::NoMemory),

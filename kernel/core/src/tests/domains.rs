@@ -426,7 +426,7 @@ fn get(store: u64, key_len: u64) -> (Hypercall, [u64; 6]) {
 }
 
 /// A multi-agent runtime's script: each call is made by the agent in its
-/// slot. When an `AgentSwitch` answers `DEPART`, the runtime checkpoints
+/// slot. When an `AgentSwitch` answers `DEPART`, the runtime snapshots
 /// that agent (16 bytes of its heap) and, if the kernel took it, drops every
 /// later call of that agent.
 pub(crate) fn domain_runtime(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace) -> crate::fake::GuestFn {
@@ -434,7 +434,7 @@ pub(crate) fn domain_runtime(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Tr
 }
 
 /// [`domain_runtime`] handing over the departing agent's image as `image`
-/// (the `Checkpoint` registers).
+/// (the `Snapshot` registers).
 fn domain_runtime_handing(calls: Vec<(u16, (Hypercall, [u64; 6]))>, trace: Trace, image: [u64; 6]) -> crate::fake::GuestFn {
     let mut calls = calls.into_iter();
     let mut last: Option<(u16, Hypercall)> = None;
@@ -541,7 +541,7 @@ fn the_quiet_agent_moves_out_with_its_queue_handles_and_committed_state() {
     assert_eq!(events(p4.0, KernelEvent::CapInstall).len(), 2, "each transplanted handle witnessed");
     assert!(hv.arch.console_text().contains("coherence: split of partition 1 'p1': agent 2 moved to partition 4 'p1.a2'"));
 
-    // The departure: the switch said DEPART, the checkpoint was taken, and
+    // The departure: the switch said DEPART, the snapshot was taken, and
     // agent 2 made no call in p1 after it.
     let t = trace.borrow();
     let at = t.iter().position(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART).expect("DEPART");
@@ -624,7 +624,7 @@ fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
     let calls = quiet_third_agent(Vec::new(), a, b, q0, q2);
     let trace: Trace = Rc::default();
     let vmid = hv.partitions[0].vmid();
-    // The image lies outside the partition's memory: the checkpoint is refused.
+    // The image lies outside the partition's memory: the snapshot is refused.
     hv.arch.set_guest(vmid, domain_runtime_handing(calls, trace.clone(), [0x10_0000_0000, 16, 0, 0, 0, 0]));
     for idx in [1, 2] {
         let h = channel_handles(&hv, idx)[0].raw;
@@ -648,9 +648,9 @@ fn a_refused_hand_over_moves_nothing_and_the_agent_stays() {
     assert_eq!(hv.domains().agents()[2].partition, 0);
     let recs = records(&hv);
     assert!(!recs.iter().any(|(_, r)| r.op == KernelEvent::Split as u16), "no Split witnessed");
-    assert!(hv.arch.console_text().contains("coherence: agent 2 stays in its partition: its checkpoint was refused"));
-    // No checkpoint is held anywhere.
-    assert!(hv.partitions.iter().all(|p| p.checkpoint().is_none()));
+    assert!(hv.arch.console_text().contains("coherence: agent 2 stays in its partition: its snapshot was refused"));
+    // No snapshot is held anywhere.
+    assert!(hv.partitions.iter().all(|p| p.snapshot().is_none()));
     assert_chains_verify(&hv);
 }
 
@@ -770,7 +770,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     assert!(text.contains("coherence: partition 2 'p2' retired"), "{text}");
 
     // Witnessed: `Merge` with the decision's values in both logs, after the
-    // move: in p2's after its Checkpoint call record and before its exit;
+    // move: in p2's after its Snapshot call record and before its exit;
     // in p1's after the transplanted handles.
     let recs = records(&hv);
     let log = |l: u32| -> Vec<WitnessRecord> { recs.iter().filter(|(x, _)| *x == l).map(|(_, r)| *r).collect() };
@@ -789,7 +789,7 @@ fn chatty_partitions_merge_moving_the_agent_its_queue_handles_and_committed_stat
     assert_eq!(l1[at - 2..at].iter().filter(|r| r.op == KernelEvent::CapInstall as u16).count(), 2);
 
     // The departure in p2: DEPART was the last answer it saw; its
-    // checkpoint (witnessed above) never returned: it was retired.
+    // snapshot (witnessed above) never returned: it was retired.
     let t = t2.borrow();
     let at = t.iter().position(|r| r.call == Hypercall::AgentSwitch && r.x1 == rvm_abi::hypercall::agent_switch::DEPART).expect("DEPART");
     assert_eq!(t.len(), at + 1, "the retired partition never ran again");
@@ -876,9 +876,9 @@ fn a_refused_merge_hand_over_moves_nothing() {
         assert_eq!(hv.channels[0].endpoint(1).partition, p2);
         assert_ne!(hv.partitions[1].state(), crate::partition::PartitionState::Evicted);
         assert!(!records(&hv).iter().any(|(_, r)| r.op == KernelEvent::Merge as u16), "no Merge witnessed");
-        let why = if collide { "a capability could not be transplanted" } else { "its checkpoint was refused" };
+        let why = if collide { "a capability could not be transplanted" } else { "its snapshot was refused" };
         assert!(hv.arch.console_text().contains(&alloc::format!("coherence: agent 1 stays in its partition: {why}")));
-        assert!(hv.partitions.iter().all(|p| p.checkpoint().is_none()));
+        assert!(hv.partitions.iter().all(|p| p.snapshot().is_none()));
         assert_chains_verify(&hv);
     }
 }

@@ -1,6 +1,6 @@
 //! The `Dormant` tier on the fake machine: an idle Dormant-tier partition
-//! is checkpointed and its memory returned; a message wakes it from the
-//! pristine image and the checkpoint, with its state and the message intact.
+//! is snapshoted and its memory returned; a message wakes it from the
+//! pristine image and the snapshot, with its state and the message intact.
 
 use alloc::boxed::Box;
 use alloc::rc::Rc;
@@ -18,7 +18,7 @@ use crate::partition::{PartitionId, PartitionState};
 use crate::tests::orders::{assert_chains_verify, boot, events, runtime, shared, Part, DATA, HEAP};
 
 /// A Dormant-tier agent: its first start commits an item, finds its inbox
-/// empty, asks `Idle`, checkpoints its heap and sleeps (`asleep` set just
+/// empty, asks `Idle`, snapshots its heap and sleeps (`asleep` set just
 /// before). Woken, it reports what it restored, receives, answers, and
 /// finishes.
 fn sleeper(asleep: Rc<RefCell<bool>>, log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
@@ -137,7 +137,7 @@ fn an_idle_dormant_partition_returns_its_memory_and_keeps_what_it_needs() {
     assert_eq!((d.sleeps, d.wakes), (1, 0));
     // Returned: two heap pages, two runtime data pages, the boot-info page
     // and the stage-2 tables beyond an empty root. Kept: the module's two
-    // pages and the one-page checkpoint.
+    // pages and the one-page snapshot.
     let least: u64 = 2 + 2 + 1 + 1;
     assert!(d.last_reclaimed >= least, "reclaimed {}", d.last_reclaimed);
     assert!(hv.frames_in_use() < booted, "{} frames in use now, {booted} at boot", hv.frames_in_use());
@@ -149,12 +149,12 @@ fn an_idle_dormant_partition_returns_its_memory_and_keeps_what_it_needs() {
     assert_eq!(ev.len(), 1);
     let a = DormantArgs::from_bytes(&ev[0].1.args);
     assert_eq!((u64::from(a.frames), a.committed_items, a.snapshot_id), (d.last_reclaimed, 1, 1));
-    assert!(hv.arch.console_text().contains("rvm: partition 1 'sleeper' dormant on checkpoint 1"));
+    assert!(hv.arch.console_text().contains("rvm: partition 1 'sleeper' dormant on snapshot 1"));
     assert_chains_verify(&hv);
 }
 
 #[test]
-fn a_message_wakes_a_dormant_partition_from_its_checkpoint_and_is_received_exactly_once() {
+fn a_message_wakes_a_dormant_partition_from_its_snapshot_and_is_received_exactly_once() {
     let (mut hv, _) = dormant_pair();
     let (asleep, flag) = shared::<bool>();
     let (log, seen) = shared::<Vec<String>>();
@@ -185,7 +185,7 @@ fn a_message_wakes_a_dormant_partition_from_its_checkpoint_and_is_received_exact
 }
 
 #[test]
-fn only_dormant_tier_partitions_sleep_and_only_on_their_last_checkpoint() {
+fn only_dormant_tier_partitions_sleep_and_only_on_their_last_snapshot() {
     let (mut hv, _) = boot(&[Part::new("warm"), Part::new("sleeper").tier(MemoryTier::Dormant)], &[], true);
     let (log, seen) = shared::<Vec<String>>();
     let l2 = log.clone();
@@ -234,6 +234,6 @@ fn an_operator_may_evict_a_dormant_partition() {
     hv.arch.type_input(line.as_bytes());
     hv.housekeeping();
     assert_eq!(hv.partitions()[0].state(), PartitionState::Evicted);
-    assert!(hv.frames_in_use() < dormant_frames, "module and checkpoint returned");
+    assert!(hv.frames_in_use() < dormant_frames, "module and snapshot returned");
     assert_chains_verify(&hv);
 }

@@ -138,14 +138,14 @@ fn assert_every_change_witnessed(hv: &Hypervisor<FakeArch>, ran: &[u32], what: &
                 h.raw
             );
         }
-        // Its checkpoint was taken, witnessed (or came with its agent, moved
+        // Its snapshot was taken, witnessed (or came with its agent, moved
         // by a witnessed split).
-        if let Some(ck) = p.checkpoint() {
+        if let Some(ck) = p.snapshot() {
             let prefix = ck.hash.prefix16();
             assert!(
                 own.iter().any(|r| event(r) == Some(KernelEvent::SnapshotTaken) && r.args == prefix)
                     || own.iter().any(|r| event(r) == Some(KernelEvent::Split)),
-                "{what}: partition {} keeps checkpoint {} with no CheckpointTaken record",
+                "{what}: partition {} keeps snapshot {} with no SnapshotTaken record",
                 p.id().0,
                 ck.id
             );
@@ -173,7 +173,7 @@ fn lifecycle_bundle() -> Vec<u8> {
 }
 
 /// The life-cycle scenario, with the witness refusing as `fail` says:
-/// load with capabilities; the victim checkpoints, traps (F1 restart),
+/// load with capabilities; the victim snapshots, traps (F1 restart),
 /// violates stage 2 (F3 fence), is unfenced by an order and exits; the
 /// bystander commits an item and exits, and an order evicts it (F4).
 /// Guests take whatever answer they get and go on. Returns the hypervisor
@@ -311,13 +311,13 @@ const ROWS: &[Row] = &[
         },
     },
     Row {
-        class: "checkpoint",
+        class: "snapshot",
         op: KernelEvent::SnapshotTaken,
         log: 1,
         refused: 1,
         check: |hv, _| {
             let (own, _) = about(&all_records(hv), PartitionId(1));
-            assert!(!own.iter().any(|r| event(r) == Some(KernelEvent::SnapshotTaken)), "no checkpoint taken");
+            assert!(!own.iter().any(|r| event(r) == Some(KernelEvent::SnapshotTaken)), "no snapshot taken");
         },
     },
     Row {

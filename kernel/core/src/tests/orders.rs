@@ -238,8 +238,8 @@ pub(crate) fn assert_chains_verify(hv: &Hypervisor<FakeArch>) {
 /// An IPA no partition ever has mapped.
 const UNMAPPED: u64 = 0x1000;
 
-/// A guest that checkpoints `marker` from its heap, then writes outside
-/// its memory (F3 with the default policy); restarted from a checkpoint,
+/// A guest that snapshots `marker` from its heap, then writes outside
+/// its memory (F3 with the default policy); restarted from a snapshot,
 /// it reports what the restore window holds and finishes.
 fn faulting_victim(log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
     runtime(Box::new(move |g| match (g.start, g.step) {
@@ -248,7 +248,7 @@ fn faulting_victim(log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
             g.call(Hypercall::Snapshot, &[HEAP, 8, 0, 0])
         }
         (0, 1) => {
-            log.borrow_mut().push(alloc::format!("checkpoint {} id {}", g.status(), g.result(0)));
+            log.borrow_mut().push(alloc::format!("snapshot {} id {}", g.status(), g.result(0)));
             match g.m.write(UNMAPPED, b"x") {
                 Err(f) => f.0,
                 Ok(()) => panic!("the write outside the partition succeeded"),
@@ -286,7 +286,7 @@ fn bystander() -> crate::fake::GuestFn {
 }
 
 #[test]
-fn an_operator_unfences_a_fenced_partition_and_it_resumes_from_its_checkpoint() {
+fn an_operator_unfences_a_fenced_partition_and_it_resumes_from_its_snapshot() {
     let (mut hv, bundle) = boot(&[Part::new("victim"), Part::new("bystander")], &[], true);
     let (log, seen) = shared::<Vec<String>>();
     hv.arch.set_guest(1, faulting_victim(log));
@@ -298,15 +298,15 @@ fn an_operator_unfences_a_fenced_partition_and_it_resumes_from_its_checkpoint() 
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Unfence, 17, "victim").as_bytes());
     hv.housekeeping();
     let text = hv.arch.console_text();
-    assert!(text.contains("rvm: order 17 unfence 'victim' done: resumed from checkpoint 1"), "{text}");
+    assert!(text.contains("rvm: order 17 unfence 'victim' done: resumed from snapshot 1"), "{text}");
     assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
     let summary = hv.run();
     assert_eq!(hv.partitions()[0].state(), PartitionState::Finished);
     assert_eq!(summary.fenced, 0);
     assert_eq!(
         *seen.borrow(),
-        ["checkpoint 0 id 1", "resumed from 1 image marker-1"],
-        "resumed from the checkpoint taken before the fault"
+        ["snapshot 0 id 1", "resumed from 1 image marker-1"],
+        "resumed from the snapshot taken before the fault"
     );
     // The order, then the step it ordered, in the victim's log.
     let ev = events(&hv, 1, &[KernelEvent::OperatorOrder, KernelEvent::Unfence, KernelEvent::RecoverFence]);
@@ -347,7 +347,7 @@ fn forged_replayed_unknown_and_pointless_orders_are_refused_and_witnessed() {
         "rvm: order 6 unfence 'victim' refused: signature does not verify with the operator key",
         "rvm: console input ignored: not an order",
         "rvm: order 12 ? '?' refused: malformed order line",
-        "rvm: order 7 unfence 'victim' done: resumed from checkpoint 1",
+        "rvm: order 7 unfence 'victim' done: resumed from snapshot 1",
         "rvm: order 7 unfence 'victim' refused: nonce replayed (must exceed 7)",
         "rvm: order 8 unfence 'bystander' refused: partition is not fenced (it is finished)",
         "rvm: order 9 evict 'nobody' refused: no partition has that name",

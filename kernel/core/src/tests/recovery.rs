@@ -1,4 +1,4 @@
-//! Whole-kernel tests of recovery (F1–F4) and checkpoints on the fake
+//! Whole-kernel tests of recovery (F1–F4) and snapshots on the fake
 //! machine.
 //!
 //! Guests play a guest runtime: the kernel starts them at the image's entry
@@ -281,13 +281,13 @@ fn a_trap_restarts_the_guest_from_the_pristine_image_with_committed_state_kept()
     assert_chains_verify(&hv);
 }
 
-/// The bytes the test guests hand over as their checkpoint image.
+/// The bytes the test guests hand over as their snapshot image.
 fn image_bytes(tag: u8) -> Vec<u8> {
     (0..5000u32).map(|i| (i as u8).wrapping_mul(tag)).collect()
 }
 
 #[test]
-fn the_third_trap_in_the_window_rolls_back_to_the_last_checkpoint() {
+fn the_third_trap_in_the_window_rolls_back_to_the_last_snapshot() {
     let mut hv = boot_with(&[("agent", RecoveryDesc::DEFAULT)], 0);
     let (seen, log) = shared::<Vec<String>>();
     let image = image_bytes(3);
@@ -359,17 +359,17 @@ fn the_third_trap_in_the_window_rolls_back_to_the_last_checkpoint() {
     let hi = u64::from_le_bytes(hash[8..16].try_into().unwrap());
     assert_eq!(seen[0], alloc::format!("ck 0 1 {lo:x} {hi:x}"));
     let taken = records(&hv, 1).into_iter().find(|r| r.op == KernelEvent::SnapshotTaken as u16).unwrap();
-    assert_eq!(taken.args[..], hash[..16], "CheckpointTaken carries the hash prefix");
+    assert_eq!(taken.args[..], hash[..16], "SnapshotTaken carries the hash prefix");
     assert_eq!(seen[1], alloc::format!("start 3: restarts 3 rollbacks 1 id 1 len 5000 at {:#x}", layout::SNAPSHOT_IPA));
     assert_eq!(seen[2], "image intact true");
     assert_eq!(seen[3], "window writable false");
-    assert_eq!(seen[4], alloc::format!("after {}", HvError::InvalidArgument.code()), "the commit after the checkpoint is gone");
+    assert_eq!(seen[4], alloc::format!("after {}", HvError::InvalidArgument.code()), "the commit after the snapshot is gone");
     assert_eq!(seen[5], "before 0", "the commit before it is there");
     let s = steps(&hv, 1);
     let classes: Vec<u8> = s.iter().map(|(_, a)| a.class).collect();
     assert_eq!(classes, [class::RESTART, class::RESTART, class::ROLLBACK]);
     assert_eq!(s[2].1, RecoveryArgs { class: class::ROLLBACK, trigger: trigger::TRAP, committed_items: 1, snapshot_id: 1 });
-    assert!(text.contains("rolled back to checkpoint 1 (F2) in "), "{text}");
+    assert!(text.contains("rolled back to snapshot 1 (F2) in "), "{text}");
     assert!(text.contains(" ns, 2 committed items before, 1 after"), "{text}");
     assert_chains_verify(&hv);
 }
@@ -412,7 +412,7 @@ fn repeated_rollbacks_fence_and_an_unresolved_fence_is_evicted() {
     assert!(text.contains("'agent' fence not cleared within 1 ms; evicted (F4)"), "{text}");
     let p = &hv.partitions()[0];
     assert_eq!(p.state(), PartitionState::Evicted);
-    assert!(p.private_frames().is_empty() && p.heap_pages().is_empty() && p.checkpoint().is_none());
+    assert!(p.private_frames().is_empty() && p.heap_pages().is_empty() && p.snapshot().is_none());
     // Every frame it held came back (its stage-2 root is replaced by an empty one).
     assert_eq!(hv.frames_in_use(), boot_frames - held + 1);
     // Its capabilities are revoked, not merely suspended.
@@ -496,7 +496,7 @@ fn a_failed_validation_rolls_back_and_a_second_one_fences() {
     let s = steps(&hv, 1);
     let got: Vec<(u8, u8, u32)> = s.iter().map(|(_, a)| (a.class, a.trigger, a.committed_items)).collect();
     assert_eq!(got, [(class::ROLLBACK, trigger::FAILED_VALIDATION, 2), (class::FENCE, trigger::FAILED_VALIDATION, 2)]);
-    assert!(text.contains("StateValidate: state validation failed; rolled back to checkpoint 1 (F2) in "), "{text}");
+    assert!(text.contains("StateValidate: state validation failed; rolled back to snapshot 1 (F2) in "), "{text}");
     assert_eq!(hv.stores[0].committed_items(), 2, "nothing committed was lost");
     assert_chains_verify(&hv);
 }
@@ -520,12 +520,12 @@ fn a_stage2_violation_fences_at_once_with_committed_state_kept() {
 }
 
 #[test]
-fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
+fn the_operator_unfences_to_the_last_snapshot_and_evicts_by_fencing_first() {
     let mut hv = boot_with(&[("agent", RecoveryDesc::DEFAULT)], 0);
     let (seen, log) = shared::<Vec<String>>();
     hv.arch.set_guest(1, runtime(Box::new(move |g| match (g.start, g.step) {
         (0, 0) => {
-            g.m.write(HEAP + 0x1000, b"state at the checkpoint").unwrap();
+            g.m.write(HEAP + 0x1000, b"state the snapshot kept").unwrap();
             g.call(Hypercall::Snapshot, &[HEAP + 0x1000, 23, 0, 0])
         }
         (0, 1) => FakeArch::trap(esr::SMC0),
@@ -542,14 +542,14 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
     assert_eq!(summary.fenced, 1);
     let id = PartitionId(1);
     assert_eq!(crate::orders::evict(&mut hv, PartitionId(9)), Err(crate::recovery::fault::OrderError::NoSuchPartition));
-    assert_eq!(crate::orders::unfence(&mut hv, id), Ok(1), "resumed from checkpoint 1");
+    assert_eq!(crate::orders::unfence(&mut hv, id), Ok(1), "resumed from snapshot 1");
     assert_eq!(crate::orders::unfence(&mut hv, id), Err(crate::recovery::fault::OrderError::NotFenced));
     assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
-    // Run a little: the guest reads its checkpoint, its capabilities answer again.
+    // Run a little: the guest reads its snapshot, its capabilities answer again.
     for _ in 0..3 {
         hv.run_slice(0);
     }
-    assert_eq!(seen.borrow().as_slice(), ["state at the checkpoint"]);
+    assert_eq!(seen.borrow().as_slice(), ["state the snapshot kept"]);
     crate::orders::evict(&mut hv, id).unwrap();
     assert_eq!(crate::orders::evict(&mut hv, id), Err(crate::recovery::fault::OrderError::AlreadyEvicted));
     let events: Vec<KernelEvent> = steps(&hv, 1).iter().map(|(e, _)| *e).collect();
@@ -563,9 +563,9 @@ fn the_operator_unfences_to_the_last_checkpoint_and_evicts_by_fencing_first() {
 }
 
 #[test]
-fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
+fn snapshots_are_bounded_checked_and_replace_the_last_one() {
     let mut hv = boot_with(&[("agent", RecoveryDesc::DEFAULT)], 0);
-    let limit = hv.partitions()[0].checkpoint_limit().max_bytes;
+    let limit = hv.partitions()[0].snapshot_limit().max_bytes;
     let tables_at_boot = hv.partitions()[0].stage2().table_frames();
     let (seen, log) = shared::<Vec<(i64, u64)>>();
     hv.arch.set_guest(1, runtime(Box::new(move |g| {
@@ -594,12 +594,12 @@ fn checkpoints_are_bounded_checked_and_replace_the_last_one() {
     );
     assert_eq!(seen.iter().filter(|s| s.0 == 0).map(|s| s.1).collect::<Vec<_>>(), [1, 2, 3], "ids count up");
     // What the partition holds now accounts for every frame taken: the
-    // checkpoints it replaced were returned.
+    // snapshots it replaced were returned.
     let p = &hv.partitions()[0];
-    let held = p.heap_pages().len() as u64 + p.checkpoint().unwrap().pages() + u64::from(p.stage2().table_frames() - tables_at_boot);
-    assert_eq!(p.checkpoint().unwrap().pages(), 1);
+    let held = p.heap_pages().len() as u64 + p.snapshot().unwrap().pages() + u64::from(p.stage2().table_frames() - tables_at_boot);
+    assert_eq!(p.snapshot().unwrap().pages(), 1);
     assert_eq!(hv.frames_in_use(), before + held);
-    assert_eq!(p.checkpoint().map(|c| c.id), Some(3));
+    assert_eq!(p.snapshot().map(|c| c.id), Some(3));
     let denied = records(&hv, 1).iter().filter(|r| r.op == Hypercall::Snapshot as u16 && r.outcome < 0).count();
     assert_eq!(denied, 3, "denials are witnessed");
 }

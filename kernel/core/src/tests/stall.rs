@@ -280,7 +280,7 @@ fn boot_pool(budgets: &[u32], pool_mib: u64) -> Hypervisor<FakeArch> {
 #[test]
 fn a_partition_whose_budget_does_not_fit_is_refused_at_admission_and_witnessed() {
     // 256 WASM pages = 16 MiB of heap (+ runtime overhead) and two 16 MiB
-    // checkpoints: about 50 MiB each. One fits a 64 MiB pool, two do not.
+    // snapshots: about 50 MiB each. One fits a 64 MiB pool, two do not.
     let hv = boot_pool(&[256, 256, 1], 64);
     let text = hv.arch.console_text();
     assert_eq!(hv.partitions()[0].state(), PartitionState::Loaded, "{text}");
@@ -344,10 +344,10 @@ fn partitions_beyond_the_el2_heap_are_refused_at_admission_and_witnessed() {
 }
 
 #[test]
-fn a_checkpoint_storm_holds_back_the_partition_that_storms() {
-    use crate::console::{CHECKPOINT_BURST, CHECKPOINT_RATE};
-    // Two parts over the 16 KiB the runtime touched: 32 KiB per checkpoint,
-    // so the checkpoint credit, not the frame credit, is what holds it back.
+fn a_snapshot_storm_holds_back_the_partition_that_storms() {
+    use crate::console::{SNAPSHOT_BURST, SNAPSHOT_RATE};
+    // Two parts over the 16 KiB the runtime touched: 32 KiB per snapshot,
+    // so the snapshot credit, not the frame credit, is what holds it back.
     const PART: u64 = 16 << 10;
     const LEN: u64 = 2 * PART;
     const CALLS: u32 = 1_500;
@@ -378,11 +378,11 @@ fn a_checkpoint_storm_holds_back_the_partition_that_storms() {
     assert_eq!(
         *taken.borrow(),
         CALLS,
-        "every checkpoint was taken: none refused"
+        "every snapshot was taken: none refused"
     );
     // What went beyond the burst took the storm its own time, at the rate.
-    let beyond = u64::from(CALLS) * LEN - CHECKPOINT_BURST;
-    let at_least_ns = beyond * 1_000_000_000 / CHECKPOINT_RATE;
+    let beyond = u64::from(CALLS) * LEN - SNAPSHOT_BURST;
+    let at_least_ns = beyond * 1_000_000_000 / SNAPSHOT_RATE;
     assert!(
         hv.arch.clock_ns() >= at_least_ns,
         "{} ns < {at_least_ns} ns",

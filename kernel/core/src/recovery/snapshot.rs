@@ -1,14 +1,14 @@
-//! Checkpoints: the agent image a partition's runtime hands over at a turn
-//! boundary (the `Checkpoint` hypercall), kept by EL2 in frames of its own
+//! Snapshots: the agent image a partition's runtime hands over at a turn
+//! boundary (the `Snapshot` hypercall), kept by EL2 in frames of its own
 //! together with a snapshot of the committed state store, and hashed into a
 //! byte-stable state hash ([`rvm_state::digest::state_hash`]: SHA-256 over
 //! [`rvm_abi::recovery::StateEncoder`]'s encoding, with the same SHA-256 as
 //! the witness log).
 //!
-//! The image's bytes move from the guest's frames to the checkpoint's with
-//! `phys_copy`, page by page; EL2's heap never holds them, so a checkpoint
-//! costs frames, bounded per partition by its [`CheckpointLimit`]. One
-//! checkpoint is kept per partition: a new one replaces the last once it is
+//! The image's bytes move from the guest's frames to the snapshot's with
+//! `phys_copy`, page by page; EL2's heap never holds them, so a snapshot
+//! costs frames, bounded per partition by its [`SnapshotLimit`]. One
+//! snapshot is kept per partition: a new one replaces the last once it is
 //! complete. To restore, the frames are mapped read-only into the partition
 //! at [`layout::SNAPSHOT_IPA`] for the runtime to read.
 
@@ -23,26 +23,26 @@ use crate::memory::frames::FrameAllocator;
 use crate::memory::stage2::{MapError, MemType, S2Perm, Stage2Table};
 use rvm_state::store::StoreSnapshot;
 
-/// Room a checkpoint may take beyond the agent's memory budget: the image
+/// Room a snapshot may take beyond the agent's memory budget: the image
 /// header and its globals.
-pub const CHECKPOINT_OVERHEAD: u64 = 64 << 10;
+pub const SNAPSHOT_OVERHEAD: u64 = 64 << 10;
 
-/// The largest checkpoint a partition may hand over.
+/// The largest snapshot a partition may hand over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CheckpointLimit {
+pub struct SnapshotLimit {
     pub max_bytes: u64,
 }
 
-impl CheckpointLimit {
-    /// The partition's WASM memory budget plus [`CHECKPOINT_OVERHEAD`],
+impl SnapshotLimit {
+    /// The partition's WASM memory budget plus [`SNAPSHOT_OVERHEAD`],
     /// and never more than the restore window holds.
     pub fn for_budget(wasm_pages: u32) -> Self {
         let memory = u64::from(wasm_pages).saturating_mul(layout::WASM_PAGE);
-        Self { max_bytes: memory.saturating_add(CHECKPOINT_OVERHEAD).min(layout::SNAPSHOT_MAX_LEN) }
+        Self { max_bytes: memory.saturating_add(SNAPSHOT_OVERHEAD).min(layout::SNAPSHOT_MAX_LEN) }
     }
 }
 
-/// SHA-256 of a checkpoint's canonical encoding.
+/// SHA-256 of a snapshot's canonical encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateHash(pub [u8; 32]);
 
@@ -72,10 +72,10 @@ pub struct GuestPart {
     pub len: u64,
 }
 
-/// A kept checkpoint.
+/// A kept snapshot.
 #[derive(Debug)]
-pub struct Checkpoint {
-    /// The id its `Checkpoint` call returned (1, 2, ... per partition).
+pub struct Snapshot {
+    /// The id its `Snapshot` call returned (1, 2, ... per partition).
     pub id: u64,
     /// Length of the agent image.
     pub len: u64,
@@ -85,7 +85,7 @@ pub struct Checkpoint {
     pub hash: StateHash,
 }
 
-impl Checkpoint {
+impl Snapshot {
     /// Copy the concatenation of `parts` of the partition's memory into
     /// fresh frames and hash it with `store`. Nothing is allocated unless
     /// every part is mapped normal memory of the partition and the total
@@ -95,7 +95,7 @@ impl Checkpoint {
         frames: &mut FrameAllocator,
         s2: &Stage2Table,
         parts: &[GuestPart],
-        limit: CheckpointLimit,
+        limit: SnapshotLimit,
         id: u64,
         store: StoreSnapshot,
     ) -> Result<Self, HvError> {
