@@ -131,10 +131,12 @@ impl Witness {
     pub fn new(seed: Option<&[u8; 32]>, checkpoint_every: u32, fallback: [u8; 32]) -> Self {
         let derived_key = seed.is_none();
         let signer = CheckpointSigner::from_seed(seed.unwrap_or(&fallback));
-        let mut config = LogConfig::default();
-        config.checkpoints = rvm_witness::CheckpointPolicy {
-            every: core::num::NonZeroU64::new(u64::from(checkpoint_every)),
-            ..rvm_witness::CheckpointPolicy::default()
+        let config = LogConfig {
+            checkpoints: rvm_witness::CheckpointPolicy {
+                every: core::num::NonZeroU64::new(u64::from(checkpoint_every)),
+                ..rvm_witness::CheckpointPolicy::default()
+            },
+            ..LogConfig::default()
         };
         Self {
             logs: BTreeMap::new(),
@@ -250,7 +252,7 @@ impl Witness {
     /// [`Witness::hold`]) takes one held slot and cannot fail.
     pub fn append(&mut self, arch: &mut dyn Arch, id: u32, rec: WitnessRecord) -> Result<u64, HvError> {
         #[cfg(test)]
-        if !self.logs.get(&id).is_some_and(|l| l.held() > 0) && self.injected_refusal() {
+        if self.logs.get(&id).is_none_or(|l| l.held() == 0) && self.injected_refusal() {
             return Err(HvError::WitnessUnavailable);
         }
         let checkpoints_fail = self.checkpoints_fail();

@@ -1,7 +1,9 @@
 //! The shape of `kernel/core/src`, checked: its files import one another
 //! without cycles (a subsystem's state sits below the behaviour that uses
 //! it, so every file has a level and imports only files below it), and the
-//! run loop in `hypervisor.rs` stays short enough to read in one sitting.
+//! run loop in `hypervisor.rs` stays short enough to read in one sitting,
+//! and no file writes a subsystem's fields or grows the hypervisor's
+//! collections but the subsystem's own module (and `state.rs`).
 //!
 //! A file's imports are the `crate::…` paths in its code (comments and its
 //! `#[cfg(test)] mod tests` block left out), each resolved to the longest
@@ -89,13 +91,48 @@ fn imports(code: &str, known: &BTreeSet<String>, me: &str) -> BTreeSet<String> {
     out
 }
 
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
+/// The kernel's files (not `lib.rs`, not the host tests), by module path.
+fn kernel_files() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     modules(&src(), &[], &mut files);
-    let kernel: BTreeMap<String, String> = files
-        .into_iter()
-        .filter(|(m, _)| m != "lib" && m != "tests" && !m.starts_with("tests::"))
-        .collect();
+    files.into_iter().filter(|(m, _)| m != "lib" && m != "tests" && !m.starts_with("tests::")).collect()
+}
+
+/// The hypervisor's own collections (`state.rs` grows and shrinks them).
+const COLLECTIONS: [&str; 3] = ["partitions", "stores", "channels"];
+/// What changes a collection in place.
+const GROWERS: [&str; 8] = ["push", "insert", "remove", "truncate", "clear", "retain", "pop", "swap_remove"];
+
+/// Where `code` writes into a subsystem through the world: a field of one
+/// of the `Hypervisor`'s subsystems assigned (`hv.orders.refused += 1`),
+/// or one of its collections grown or shrunk (`hv.partitions.push(p)`).
+/// A subsystem changes its own fields, in its own module, behind methods.
+fn writes_into_subsystems(code: &str) -> Vec<String> {
+    fn ident(s: &str) -> &str {
+        let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
+        &s[..end]
+    }
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("hv.") {
+        if at > 0 && code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let rest = &code[at + 3..];
+        let sub = ident(rest);
+        let Some(after) = rest[sub.len()..].strip_prefix('.') else { continue };
+        let field = ident(after);
+        let tail = after[field.len()..].trim_start();
+        let assigned = ["=", "+=", "-=", "|=", "&=", "*="].iter().any(|op| tail.starts_with(op)) && !tail.starts_with("==");
+        let grown = COLLECTIONS.contains(&sub) && GROWERS.contains(&field) && tail.starts_with('(');
+        if assigned || grown {
+            found.push(format!("hv.{sub}.{field}"));
+        }
+    }
+    found
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let kernel = kernel_files();
     let known: BTreeSet<String> = kernel.keys().cloned().collect();
     kernel.iter().map(|(m, src)| (m.clone(), imports(&code_of(src), &known, m))).collect()
 }
@@ -174,6 +211,17 @@ fn the_state_module_imports_no_behaviour() {
 }
 
 #[test]
+fn no_file_writes_into_a_subsystem_through_the_world() {
+    let wrong: Vec<(String, Vec<String>)> = kernel_files()
+        .iter()
+        .filter(|(m, _)| m.as_str() != "state")
+        .map(|(m, src)| (m.clone(), writes_into_subsystems(&code_of(src))))
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    assert!(wrong.is_empty(), "subsystem fields written from outside their module: {wrong:?}");
+}
+
+#[test]
 fn the_run_loop_stays_short() {
     let text = std::fs::read_to_string(src().join("hypervisor.rs")).expect("read hypervisor.rs");
     let lines = text.lines().count();
@@ -192,4 +240,10 @@ fn the_checks_see_a_cycle_when_there_is_one() {
     let known: BTreeSet<String> = ["memory", "memory::addr", "state"].iter().map(|s| s.to_string()).collect();
     let code = code_of("use crate::memory::addr::Ipa; // crate::state\n#[cfg(test)]\nmod tests { fn t() { crate::memory::f(); } }\nfn f() { crate::state::x(); }");
     assert_eq!(imports(&code, &known, "me"), BTreeSet::from(["memory::addr".to_string(), "state".to_string()]));
+}
+
+#[test]
+fn the_checks_see_a_write_into_a_subsystem() {
+    let code = "fn f() { hv.orders.refused += 1; hv.partitions.push(p); if hv.domains.epoch == 2 {} hv.stores[0].commit(); g(hv.frames.used); self.hv.x = 1; }";
+    assert_eq!(writes_into_subsystems(code), ["hv.orders.refused", "hv.partitions.push"]);
 }

@@ -15,7 +15,7 @@
 //!    transplanted slot-exact (each witnessed), the channel ends re-pointed
 //!    (queued messages stay queued), the agent relocated in the registry,
 //!    the target's table gains its entry (restore length nonzero), the
-//!    engine applies the merge, and `Merge` is witnessed in the target's
+//!    evaluator applies the merge, and `Merge` is witnessed in the target's
 //!    log. The target's runtime learns of it from `AgentSwitch`'s `x2` (the
 //!    slots its table lists), instantiates the module and restores the agent
 //!    ([`Arrival`]; the image is unmapped and returned at the arrival's

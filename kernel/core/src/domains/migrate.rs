@@ -4,7 +4,7 @@
 //! move itself is [`split`](crate::domains::split) (to a new partition) or
 //! [`merge`](crate::domains::merge) (into one that stays).
 //!
-//! 1. **Decision.** When the engine decides to split one agent out of a
+//! 1. **Decision.** When the coherence evaluator decides to split one agent out of a
 //!    partition running the shared runtime ([`begin_split`]), or to merge a
 //!    partition of one agent into another ([`begin_merge`]), that agent is
 //!    marked departing (one move at a time; a decision moving several
@@ -15,7 +15,7 @@
 //!    is [`depart`]'s: captured like any snapshot (image + the committed
 //!    store it can reach, hashed), then the move happens before the call
 //!    returns. If anything fails, nothing moved: the call is refused, the
-//!    agent stays, and the decision is cancelled in the engine (evaluated
+//!    agent stays, and the decision is cancelled in the evaluator (evaluated
 //!    again later). A departure that does not happen in time is abandoned
 //!    ([`expire`]).
 //! 3. **Move.** Both kinds share their steps: the capabilities the mover
@@ -56,7 +56,7 @@ use crate::state::Hypervisor;
 pub use crate::domains::moves::{Arrival, Departure, Move, MoveError, MoveKind, Plan, DEPARTURE_TIMEOUT_NS};
 
 /// Why a decision is not carried out now but will be decided again: one
-/// move at a time. [`crate::domains`] cancels such a decision in the engine
+/// move at a time. [`crate::domains`] cancels such a decision in the evaluator
 /// (other refusals leave it pending, so the same domains are not decided
 /// again and again).
 pub(crate) const BUSY: &str = "another move is under way; decided again later";
@@ -310,7 +310,7 @@ fn release_arrival<A: Arch>(hv: &mut Hypervisor<A>) {
     agent_table::restored(hv, a.partition, a.slot);
 }
 
-/// The move will not happen: cancel the decision (the engine evaluates the
+/// The move will not happen: cancel the decision (the evaluator weighs the
 /// domain again) and say why.
 fn abandon<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, why: &str) {
     hv.domains.cancel(dep.plan.id());

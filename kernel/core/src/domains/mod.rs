@@ -1,7 +1,7 @@
 //! Coherence domains (docs/DESIGN.md section 8) in the kernel: the agents each
 //! partition runs, which of them is running, the communication graph fed by
 //! every delivered message, and the split and merge decisions of the
-//! coherence engine, witnessed with their cut value.
+//! coherence evaluator, witnessed with their cut value.
 //!
 //! * A partition runs one or more **agents** (one per `Wasm` bundle entry);
 //!   each has a kernel-wide [`AgentId`] and a [`AgentSlot`] in its
@@ -12,7 +12,7 @@
 //!   `AgentSwitch` record precedes them). A channel end is an agent, so only
 //!   that agent may use it.
 //! * Every successful `ChannelSend` is recorded in the [`Coherence`]
-//!   engine's graph (one message, its bytes, between the two agents).
+//!   evaluator's graph (one message, its bytes, between the two agents).
 //! * With [`BOOT_FLAG_COHERENCE`] set, [`housekeeping`] evaluates the graph
 //!   once per epoch and witnesses every decision: `SplitDecided` in the
 //!   split domain's log, `MergeDecided` in both partitions' logs, `args` =
@@ -23,7 +23,7 @@
 //! agent out of a partition running the shared runtime, and a merge whose
 //! emptied partition runs one agent, are carried out at that agent's next
 //! turn boundary (its `AgentSwitch` answers `DEPART`); other decisions
-//! (several movers) stay witnessed decisions, pending in the engine so the
+//! (several movers) stay witnessed decisions, pending in the evaluator so the
 //! same domains are not decided again. With [`BOOT_FLAG_COHERENCE`] every
 //! partition of the shared runtime has an agent table (one entry for a
 //! single agent), so its runtime reaches those turn boundaries.
@@ -131,7 +131,7 @@ pub(crate) fn housekeeping<A: Arch>(hv: &mut Hypervisor<A>) {
 
 /// Write a decision into the logs it concerns, print it, remember it, and
 /// start carrying it out if [`crate::domains::migrate`] can; otherwise it stays
-/// pending in the engine.
+/// pending in the evaluator.
 fn witness_decision<A: Arch>(hv: &mut Hypervisor<A>, decision: &Decision, now: u64) {
     let args = decision.witness_args();
     let record = match decision {

@@ -1,5 +1,5 @@
 //! The kernel's record of its agents and their domains: which agents each
-//! partition runs, the communication graph, the coherence engine and the
+//! partition runs, the communication graph, the coherence evaluator and the
 //! decisions it took. Changed only through [`Domains`]' methods.
 
 use alloc::vec::Vec;
@@ -52,7 +52,7 @@ pub struct Domains {
     slots: Vec<Vec<AgentId>>,
     /// Per partition (by position): the agent running now.
     running: Vec<AgentSlot>,
-    engine: Option<Coherence>,
+    evaluator: Option<Coherence>,
     /// Whether decisions are evaluated and witnessed ([`BOOT_FLAG_COHERENCE`]).
     evaluating: bool,
     epoch_ns: u64,
@@ -78,7 +78,7 @@ impl Domains {
             agents: Vec::new(),
             slots: Vec::new(),
             running: Vec::new(),
-            engine: Coherence::new(graph, CoherencePolicy::DEFAULT).ok(),
+            evaluator: Coherence::new(graph, CoherencePolicy::DEFAULT).ok(),
             evaluating: boot_flags & BOOT_FLAG_COHERENCE != 0,
             epoch_ns: decay.epoch_ns(),
             next_evaluation_ns: 0,
@@ -104,19 +104,19 @@ impl Domains {
         };
         self.agents.push(agent);
         self.slots[partition].push(agent.id);
-        if let Some(engine) = self.engine.as_mut() {
+        if let Some(evaluator) = self.evaluator.as_mut() {
             // A full graph leaves the agent out of it: its traffic is not
             // weighed, nothing else changes.
-            let _ = engine.graph_mut().add_agent(agent.id, DomainId(id.0));
+            let _ = evaluator.graph_mut().add_agent(agent.id, DomainId(id.0));
         }
         agent
     }
 
     /// Partition `partition` was refused: its agents leave the graph.
     pub fn forget_partition(&mut self, partition: usize) {
-        if let Some(engine) = self.engine.as_mut() {
+        if let Some(evaluator) = self.evaluator.as_mut() {
             for a in self.agents.iter().filter(|a| a.partition == partition) {
-                let _ = engine.graph_mut().remove_agent(a.id);
+                let _ = evaluator.graph_mut().remove_agent(a.id);
             }
         }
     }
@@ -192,9 +192,9 @@ impl Domains {
         self.running.get(partition).copied().unwrap_or(AgentSlot::FIRST)
     }
 
-    /// The coherence engine (its graph and per-domain reports).
-    pub fn engine(&self) -> Option<&Coherence> {
-        self.engine.as_ref()
+    /// The coherence evaluator (its graph and per-domain reports).
+    pub fn evaluator(&self) -> Option<&Coherence> {
+        self.evaluator.as_ref()
     }
 
     /// The decisions witnessed so far (the last [`DECISIONS_KEPT`]).
@@ -236,21 +236,21 @@ impl Domains {
     /// the graph. An agent left out of a full graph, or a full edge table:
     /// that message is not weighed.
     pub(crate) fn record_traffic(&mut self, from: AgentId, to: AgentId, bytes: u32, now: u64) {
-        if let Some(engine) = self.engine.as_mut() {
-            let _ = engine.record(from, to, bytes, now);
+        if let Some(evaluator) = self.evaluator.as_mut() {
+            let _ = evaluator.record(from, to, bytes, now);
         }
     }
 
-    /// Evaluate the graph at `now` (`None` without an engine).
+    /// Evaluate the graph at `now` (`None` without an evaluator).
     pub(crate) fn evaluate(&mut self, now: u64) -> Option<Evaluation> {
-        self.engine.as_mut().map(|engine| engine.evaluate(now))
+        self.evaluator.as_mut().map(|evaluator| evaluator.evaluate(now))
     }
 
-    /// Decision `id` will not be carried out: the engine evaluates its
+    /// Decision `id` will not be carried out: the evaluator evaluates its
     /// domains again.
     pub(crate) fn cancel(&mut self, id: DecisionId) {
-        if let Some(engine) = self.engine.as_mut() {
-            let _ = engine.cancel(id);
+        if let Some(evaluator) = self.evaluator.as_mut() {
+            let _ = evaluator.cancel(id);
         }
     }
 
@@ -258,16 +258,16 @@ impl Domains {
     /// Only fails if the graph no longer matches the decision; the move
     /// stands either way (the graph then still lists the agent where it was).
     pub(crate) fn apply_split(&mut self, decision: &SplitDecision, into: DomainId, now: u64) {
-        if let Some(engine) = self.engine.as_mut() {
-            let _ = engine.apply_split(decision, into, now);
+        if let Some(evaluator) = self.evaluator.as_mut() {
+            let _ = evaluator.apply_split(decision, into, now);
         }
     }
 
     /// Merge `decision` was carried out (as [`Domains::apply_split`]: the
     /// move stands even if the graph no longer matches).
     pub(crate) fn apply_merge(&mut self, decision: &MergeDecision, now: u64) {
-        if let Some(engine) = self.engine.as_mut() {
-            let _ = engine.apply_merge(decision, now);
+        if let Some(evaluator) = self.evaluator.as_mut() {
+            let _ = evaluator.apply_merge(decision, now);
         }
     }
 

@@ -16,7 +16,7 @@
 //!    refused and its memory returned.
 //! 3. **Move.** Past the point of no return: the agent's channel ends are
 //!    re-pointed (queued messages stay queued), the agent is relocated in
-//!    the registry and the engine, the partition is `Loaded` and `Split` is
+//!    the registry and the evaluator, the partition is `Loaded` and `Split` is
 //!    witnessed in its log, and the scheduler admits it.
 //!
 //! **Committed state.** A state store belongs to the partition it was
@@ -84,7 +84,7 @@ pub(super) fn split<A: Arch>(hv: &mut Hypervisor<A>, dep: &Departure, decision: 
             return Err(e);
         }
     };
-    // The point of no return: the agent, its channel ends, the engine.
+    // The point of no return: the agent, its channel ends, the evaluator.
     let repointed = relocate(hv, dep, Endpoint { partition: id, slot: AgentSlot::FIRST }, idx);
     // Again, now that it lists its agent (the count of its table).
     crate::load::write_boot_info(hv, idx, restore);

@@ -47,18 +47,12 @@ pub struct El1Regs {
 }
 
 /// FP/SIMD state: v0–v31, FPCR, FPSR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(16))]
 pub struct FpRegs {
     pub v: [u128; 32],
     pub fpcr: u64,
     pub fpsr: u64,
-}
-
-impl Default for FpRegs {
-    fn default() -> Self {
-        Self { v: [0; 32], fpcr: 0, fpsr: 0 }
-    }
 }
 
 /// PSTATE for EL1h with D, A, I, F masked.

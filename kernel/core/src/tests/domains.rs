@@ -270,7 +270,7 @@ fn every_call_belongs_to_the_running_agent_and_traffic_is_recorded() {
     assert_eq!(ops.len(), 11 + 1, "every call and the final Exit");
 
     // The graph holds exactly the delivered traffic, agent to agent.
-    let g = hv.domains().engine().unwrap().graph();
+    let g = hv.domains().evaluator().unwrap().graph();
     let inside = g.edge(AgentId(0), AgentId(1)).expect("agents 0 and 1 talked");
     let across = g.edge(AgentId(2), AgentId(3)).expect("agent 2 talked to p2");
     assert_eq!((inside.messages, inside.bytes), (2, 2 * MSG.len() as u64));
