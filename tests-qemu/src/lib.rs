@@ -1,5 +1,5 @@
 //! The QEMU side of RVM's tests: make a bundle, boot a fresh
-//! `qemu-system-aarch64` on it with a timeout, and hand back everything the
+//! `qemu-system-aarch64` (or `$RVM_QEMU`) on it with a timeout, and hand back everything the
 //! serial line said and how the machine ended. QEMU is killed on every path
 //! (timeout, panic in the test, drop).
 #![forbid(unsafe_code)]
@@ -347,7 +347,8 @@ fn boot_driven(
     std::fs::write(&bundle_path, bundle).expect("write bundle");
     let image = artifacts_dir().join("rvm.bin");
     assert!(image.exists(), "{} missing; build it with `make images`", image.display());
-    let mut cmd = Command::new("qemu-system-aarch64");
+    let qemu = rvm_loader::qemu::qemu_binary(None);
+    let mut cmd = Command::new(&qemu);
     cmd.args(["-machine", &format!("virt,{}", opts.machine)])
         .args(["-cpu", "cortex-a72", "-smp", &opts.smp.to_string(), "-m", "512M"])
         .args(["-nographic", "-nic", "none"])
@@ -365,7 +366,13 @@ fn boot_driven(
     let stdin = if interactive { Stdio::piped() } else { Stdio::null() };
     cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = Reaper(cmd.spawn().expect("start qemu-system-aarch64 (apt-get install qemu-system-arm)"));
+    let mut child = Reaper(cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "start {}: {e} (apt-get install qemu-system-arm, or set {} to a qemu-system-aarch64)",
+            qemu.to_string_lossy(),
+            rvm_loader::qemu::QEMU_ENV
+        )
+    }));
     let mut stdout = child.0.stdout.take().expect("stdout");
     let mut stderr = child.0.stderr.take().expect("stderr");
     let err_reader = std::thread::spawn(move || {

@@ -1,6 +1,7 @@
 //! Command-line interface (`rvm-loader` and `rvm` are the same program).
 
 use crate::approval::{self, ApprovalRequest, ArgsSpec};
+use crate::board;
 use crate::commands::{self, BootOptions, Ctx};
 use crate::error::Error;
 use crate::home::{self, Home};
@@ -114,6 +115,16 @@ enum Command {
         #[arg(long)]
         create: bool,
     },
+    /// The boards RVM knows.
+    #[command(subcommand)]
+    Board(BoardCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum BoardCmd {
+    /// List the boards RVM knows: which it runs on, their hardware, and
+    /// what was tested on each and how.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -642,6 +653,10 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Status => commands::status(&ctx),
         Command::Up { names, boot } => commands::up(&ctx, &names, &boot.options()),
         Command::Keys { create } => commands::keys(&ctx, create),
+        Command::Board(BoardCmd::List) => {
+            board::list();
+            Ok(())
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approval;
+pub mod board;
 pub mod boot;
 pub mod bundler;
 pub mod cli;
