@@ -107,9 +107,36 @@ pub fn list_text() -> String {
     out
 }
 
-/// `rvm-loader board list`.
-pub fn list() {
-    print!("{}", list_text());
+/// What `board list --json` prints: an array with one object per board
+/// (`name`, `qemu_machine`, `description`, `support` as `board list`
+/// words it, `hardware`, `tested`, `missing`: null when supported).
+pub fn list_json() -> String {
+    let boards: Vec<serde_json::Value> = BOARDS
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name,
+                "qemu_machine": b.qemu_machine,
+                "description": b.description,
+                "support": b.support.as_str(),
+                "hardware": b.hardware,
+                "tested": b.tested,
+                "missing": (!b.missing.is_empty()).then_some(b.missing),
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&boards).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+/// `rvm-loader board list [--json]`.
+pub fn list(json: bool) {
+    if json {
+        print!("{}", list_json());
+    } else {
+        print!("{}", list_text());
+    }
 }
 
 #[cfg(test)]

@@ -124,7 +124,11 @@ enum Command {
 enum BoardCmd {
     /// List the boards RVM knows: which it runs on, their hardware, and
     /// what was tested on each and how.
-    List,
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -653,8 +657,8 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Status => commands::status(&ctx),
         Command::Up { names, boot } => commands::up(&ctx, &names, &boot.options()),
         Command::Keys { create } => commands::keys(&ctx, create),
-        Command::Board(BoardCmd::List) => {
-            board::list();
+        Command::Board(BoardCmd::List { json }) => {
+            board::list(json);
             Ok(())
         }
     }

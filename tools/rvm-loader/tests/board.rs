@@ -18,3 +18,18 @@ fn board_list_names_every_board_and_leaves_the_home_alone() {
     assert!(o.stdout.contains("imx8mp (NXP i.MX 8M Plus EVK): not yet supported\n"));
     assert!(!env.home().exists(), "board list created RVM_HOME");
 }
+
+#[test]
+fn board_list_json_is_one_object_per_board() {
+    let env = Env::new();
+    let o = env.ok(&["board", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("board list --json prints JSON");
+    let boards = v.as_array().expect("an array");
+    assert_eq!(boards.len(), BOARDS.len());
+    for (j, b) in boards.iter().zip(BOARDS) {
+        assert_eq!(j["name"], b.name);
+        assert_eq!(j["qemu_machine"], b.qemu_machine);
+        assert_eq!(j["support"], b.support.as_str());
+        assert_eq!(j["missing"].is_null(), b.missing.is_empty(), "{}", b.name);
+    }
+}
