@@ -1,4 +1,4 @@
-//! Instruction counts of the hypervisor's paths under QEMU `-icount shift=0`
+//! Instruction counts of the hypervisor's paths under QEMU `-icount shift=0,sleep=off`
 //! (one instruction = one nanosecond of virtual time, and the cycle counter
 //! counts instructions at EL1 and EL2):
 //!
@@ -13,6 +13,10 @@
 //!   back (EL1 and FP/SIMD state saved and loaded, VTTBR switched): half of
 //!   that round trip is one partition-to-partition switch, hypercall
 //!   included.
+//!
+//! `sleep=off` makes an idle machine's time jump to its next timer instead
+//! of following the host's clock, so every figure, the reset-to-first-record
+//! one too, is the same from run to run whatever the host's load.
 //!
 //! The probe reads the cycle counter from EL1, which the hypervisor traps
 //! unless booted with `rvm.bench=pmu` ([`BENCH_ARG`]), as every run here is.
@@ -36,13 +40,13 @@ fn context_switch() -> std::process::ExitCode {
     let spec = BundleSpec::new()
         .partition(PartitionSpec::image("bench-a", artifact("probes/probe-bench.elf")))
         .partition(PartitionSpec::image("bench-b", artifact("probes/probe-bench.elf")));
-    let opts = QemuOptions { icount: true, smp: 1, append: BENCH_ARG.into(), ..QemuOptions::default() };
+    let opts = QemuOptions { icount: true, icount_warp_idle: true, smp: 1, append: BENCH_ARG.into(), ..QemuOptions::default() };
     let run = boot(&spec.build(), &opts);
     if run.timed_out || run.exit != Some(0) {
         eprintln!("rvm-bench-qemu: run failed (exit {:?}, timed out {})\n{}", run.exit, run.timed_out, run.serial);
         return std::process::ExitCode::FAILURE;
     }
-    println!("RVM context switch, QEMU -icount shift=0, cortex-a72, two partitions on one CPU (instructions)");
+    println!("RVM context switch, QEMU -icount shift=0,sleep=off, cortex-a72, two partitions on one CPU (instructions)");
     let mut medians = Vec::new();
     for name in ["bench-a", "bench-b"] {
         for line in run.console_of(name) {
@@ -64,13 +68,13 @@ fn context_switch() -> std::process::ExitCode {
 
 fn measure(label: &str, append: &str) -> std::process::ExitCode {
     let spec = BundleSpec::new().partition(PartitionSpec::image("bench", artifact("probes/probe-bench.elf")));
-    let opts = QemuOptions { icount: true, smp: 1, append: format!("{BENCH_ARG} {append}"), ..QemuOptions::default() };
+    let opts = QemuOptions { icount: true, icount_warp_idle: true, smp: 1, append: format!("{BENCH_ARG} {append}"), ..QemuOptions::default() };
     let run = boot(&spec.build(), &opts);
     if run.timed_out || run.exit != Some(0) {
         eprintln!("rvm-bench-qemu: run failed (exit {:?}, timed out {})\n{}", run.exit, run.timed_out, run.serial);
         return std::process::ExitCode::FAILURE;
     }
-    println!("RVM hypervisor paths, QEMU -icount shift=0, cortex-a72, {label} (instructions)");
+    println!("RVM hypervisor paths, QEMU -icount shift=0,sleep=off, cortex-a72, {label} (instructions)");
     let mut found = 0;
     for line in run.console_of("bench") {
         if let Some(rest) = line.strip_prefix("bench ") {
