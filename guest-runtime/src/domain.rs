@@ -86,7 +86,7 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
             handles: handles_for(info, page, slot),
         };
         let handles = config.handles.entries().len();
-        match Agent::load(wasm, config, El1Host) {
+        match Agent::load(wasm, config, El1Host::SHARED) {
             Ok(mut agent) => {
                 if n == 1 {
                     // One agent: its snapshot is the partition's state.
@@ -263,7 +263,7 @@ fn admit(
         handles: handles_for(&info, &page, slot),
     };
     let handles = config.handles.entries().len();
-    let mut agent = match Agent::load(wasm, config, El1Host) {
+    let mut agent = match Agent::load(wasm, config, El1Host::SHARED) {
         Ok(agent) => agent,
         Err(e) => {
             println!(

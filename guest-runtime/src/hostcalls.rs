@@ -8,7 +8,19 @@ use crate::arch::{hypercall, Arg};
 
 /// Hypercalls for the engine, issued from this partition.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct El1Host;
+pub struct El1Host {
+    /// Whether a receive may park the partition (`ChannelWait`): only when
+    /// it runs one agent alone. A runtime with an agent table runs turns
+    /// round-robin, and one agent's wait must not hold the others.
+    pub may_wait: bool,
+}
+
+impl El1Host {
+    /// The host of a partition that runs one agent alone.
+    pub const ALONE: El1Host = El1Host { may_wait: true };
+    /// The host of one agent among the agents of a table.
+    pub const SHARED: El1Host = El1Host { may_wait: false };
+}
 
 /// A length the hypervisor reported, checked against the buffer it filled.
 fn filled(reported: u64, cap: usize) -> Result<usize, HvError> {
@@ -60,6 +72,16 @@ impl HostCalls for El1Host {
         let [n, _, _] = hypercall(
             Hypercall::ChannelRecv,
             &mut [Arg::Val(channel.to_raw()), Arg::Out(buf)],
+        )?;
+        filled(n, cap)
+    }
+
+    fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], timeout_ns: u64) -> Result<usize, HvError> {
+        let cap = buf.len();
+        let timeout_ns = if self.may_wait { timeout_ns } else { 0 };
+        let [n, _, _] = hypercall(
+            Hypercall::ChannelWait,
+            &mut [Arg::Val(channel.to_raw()), Arg::Out(buf), Arg::Val(timeout_ns)],
         )?;
         filled(n, cap)
     }

@@ -73,7 +73,7 @@ fn main(boot_info_ipa: u64) -> ! {
         info.restarts
     );
 
-    let mut agent = match Agent::load(wasm, config, El1Host) {
+    let mut agent = match Agent::load(wasm, config, El1Host::ALONE) {
         Ok(agent) => agent,
         Err(e) => {
             println!("runtime: module refused: {e}");

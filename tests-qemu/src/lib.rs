@@ -314,6 +314,20 @@ pub struct QemuRun {
     pub stderr: String,
     pub timed_out: bool,
     pub elapsed: Duration,
+    /// Host CPU time QEMU used (user + system), as last sampled before it
+    /// exited (every 20 ms); `None` where `/proc` cannot tell.
+    pub cpu: Option<Duration>,
+}
+
+/// CPU time (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in the ABI's fixed 100 ticks per
+/// second).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Kills QEMU when dropped, whatever happened.
@@ -410,7 +424,9 @@ fn boot_driven(
     let mut serial = Vec::new();
     let mut qemu_exit = None;
     let mut timed_out = false;
+    let mut cpu = None;
     loop {
+        cpu = cpu_time(child.0.id()).or(cpu);
         while let Ok(chunk) = rx.try_recv() {
             on_output(&chunk, &mut *input);
             let _ = input.flush();
@@ -441,7 +457,7 @@ fn boot_driven(
         Some(0) => exit_status(&serial),
         _ => None,
     };
-    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed }
+    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed, cpu }
 }
 
 /// The code of the hypervisor's exit frame: the first whole line of the

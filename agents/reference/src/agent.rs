@@ -88,7 +88,12 @@ pub extern "C" fn run() {
             }
         }
         if !side.pong_pending() {
-            match channel.recv(&mut buf) {
+            // Nothing left to send: only the peer's next message moves this
+            // side on, so wait for it (the partition does not run, and no
+            // record is written, until it comes). A message the queue had no
+            // room for is tried again after at most 1 ms.
+            let wait = if side.next_outgoing().is_some() { Some(1_000_000) } else { None };
+            match channel.recv_wait(&mut buf, wait) {
                 Ok(n) => {
                     progressed = true;
                     let Some(m) =
@@ -106,7 +111,7 @@ pub extern "C" fn run() {
                     }
                 }
                 Err(HvError::WouldBlock) => {}
-                Err(e) => fail(EXIT_HOST_ERROR, "channel recv", e),
+                Err(e) => fail(EXIT_HOST_ERROR, "channel wait", e),
             }
         }
         if !progressed {

@@ -256,6 +256,22 @@ pub(crate) fn define<H: HostCalls + 'static>(
                         },
                     )?;
                 }
+                HostImport::ChannelWait => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, h: i64, ptr: i32, cap: i32, timeout: i64| -> i32 {
+                            // Any negative timeout is "no deadline".
+                            let timeout_ns = u64::try_from(timeout).unwrap_or(u64::MAX);
+                            let got = with_memory(&mut c, |mem, host| {
+                                let r = range(mem.len(), ptr, cap)?;
+                                host.channel_wait(handle(h)?, &mut mem[r], timeout_ns)
+                            });
+                            c.data_mut().inbox.note(&got);
+                            length(got)
+                        },
+                    )?;
+                }
                 HostImport::StateStage => {
                     linker.func_wrap(
                         m,

@@ -36,6 +36,9 @@ pub trait HostCalls {
     /// `ChannelRecv`: receive one message into `buf`; its length.
     /// `WouldBlock` when the channel is empty.
     fn channel_recv(&mut self, channel: CapHandle, buf: &mut [u8]) -> Result<usize, HvError>;
+    /// `ChannelWait`: [`HostCalls::channel_recv`], waiting up to
+    /// `timeout_ns` (`u64::MAX`: no deadline) for a message.
+    fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], timeout_ns: u64) -> Result<usize, HvError>;
     /// `StateStage`: stage one item in `store`.
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError>;
     /// `StateValidate`: validate what is staged in `store`.

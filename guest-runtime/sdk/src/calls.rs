@@ -125,6 +125,19 @@ impl Channel {
         decode_status(unsafe { raw::channel_recv(raw_handle(self.0), buf.as_mut_ptr(), cap) })
             .map(as_len)
     }
+
+    /// Receive one message into `buf`, waiting for it up to `timeout_ns`
+    /// (`None`: no deadline); its length. `WouldBlock` when the deadline
+    /// passed first. While it waits the partition does not run and costs no
+    /// witness records; in a partition running several agents it answers at
+    /// once, as [`Channel::recv`].
+    pub fn recv_wait(&self, buf: &mut [u8], timeout_ns: Option<u64>) -> Result<usize, HvError> {
+        let cap = len(buf)?;
+        let timeout = timeout_ns.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX));
+        // SAFETY: the host writes at most `cap` bytes into `buf`, borrowed mutably.
+        decode_status(unsafe { raw::channel_wait(raw_handle(self.0), buf.as_mut_ptr(), cap, timeout) })
+            .map(as_len)
+    }
 }
 
 /// A state store this partition holds: stage, validate, commit, get.

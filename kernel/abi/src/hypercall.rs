@@ -159,6 +159,19 @@ hypercalls! {
     /// them from the table before the next turn (see
     /// [`crate::bootinfo::AgentTable`]).
     AgentSwitch = 0x16,
+    /// `ChannelRecv` that may wait: `x1` = channel handle, `x2` = IPA,
+    /// `x3` = capacity, `x4` = how long it may wait, in ns (`u64::MAX`: no
+    /// deadline; 0: answered at once, as `ChannelRecv`). On an empty channel
+    /// the caller's vCPU is parked at EL2 — it does not run and nothing is
+    /// witnessed — until a message for it arrives or the deadline passes;
+    /// then the call is answered as a `ChannelRecv` made at that moment,
+    /// with one witness record (op `ChannelWait`, timestamp the answer's):
+    /// `x1` = length received, `x2` = ns it waited; `WouldBlock` when the
+    /// deadline passed with the channel still empty. The capability is
+    /// checked when the call is made and again (P1) when it is answered. A
+    /// partition that faults, is fenced, evicted or goes dormant while it
+    /// waits forgets the call with its vCPU.
+    ChannelWait = 0x17,
 }
 
 impl Hypercall {

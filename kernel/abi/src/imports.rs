@@ -94,6 +94,12 @@ host_imports! {
     ChannelSend = "channel_send" (I64, I32, I32) -> (I32),
     /// `(handle, ptr, cap) -> length | WouldBlock`: receive one message.
     ChannelRecv = "channel_recv" (I64, I32, I32) -> (I32),
+    /// `(handle, ptr, cap, timeout ns) -> length | WouldBlock`: receive one
+    /// message, waiting for it up to `timeout` ns (-1: no deadline; 0: as
+    /// `channel_recv`). While it waits the partition does not run. In a
+    /// partition running several agents it answers at once, as
+    /// `channel_recv` does (the others' turns must go on).
+    ChannelWait = "channel_wait" (I64, I32, I32, I64) -> (I32),
     /// `(handle, kptr, klen, vptr, vlen) -> status`: stage one item.
     StateStage = "state_stage" (I64, I32, I32, I32, I32) -> (I32),
     /// `(handle) -> status`: validate what is staged.

@@ -100,6 +100,7 @@ impl<A: Arch> Hypervisor<A> {
     /// belong here too, one call each.
     pub fn housekeeping(&mut self) {
         crate::recovery::fault::expire_fences(self);
+        crate::dispatch::waits::expire(self);
         crate::orders::poll(self);
         crate::domains::housekeeping(self);
         if let Some(start) = self.run_started_ns() {
@@ -207,9 +208,10 @@ impl<A: Arch> Hypervisor<A> {
                 PartitionState::Running | PartitionState::Suspended | PartitionState::Loaded => {
                     summary.stopped += 1;
                     let name = self.partitions[idx].desc().name;
+                    let why = if self.partitions[idx].waiting().is_some() { " (waiting for a message)" } else { "" };
                     console::hyp_line(
                         &mut self.arch,
-                        format_args!("run budget spent: stopping {}", name_str(&name)),
+                        format_args!("run budget spent: stopping {}{why}", name_str(&name)),
                     );
                     self.transition(idx, PartitionState::Suspended, KernelEvent::PartitionExit, [0; 16]);
                 }

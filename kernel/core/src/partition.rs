@@ -170,6 +170,27 @@ pub struct Partition {
     boot_handles: Vec<rvm_abi::bootinfo::HandleInfo>,
     /// Where its WASM module is mapped (IPA, length); (0, 0) for raw guests.
     wasm: (u64, u64),
+    /// A `ChannelRecv` it waits in (its vCPU parked at EL2), if any.
+    wait: Option<ChannelWait>,
+}
+
+/// A `ChannelRecv` that found its channel empty and asked to wait: the
+/// call, already authorized, is answered later — when a message arrives,
+/// when its deadline passes, or when the capability no longer allows it —
+/// with one witness record, as if it had been made then. Until then the
+/// partition does not run ([`Partition::can_run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelWait {
+    /// The call's registers `x1..x6`, as the guest passed them.
+    pub regs: [u64; 6],
+    /// The channel (its index) the capability names.
+    pub channel: usize,
+    /// The proof tier and handle (witness form) it was authorized at.
+    pub tier: u8,
+    pub cap: u32,
+    /// When it started waiting, and when it stops (`None`: no deadline).
+    pub since_ns: u64,
+    pub deadline_ns: Option<u64>,
 }
 
 impl Partition {
@@ -206,6 +227,7 @@ impl Partition {
             started_ns: None,
             boot_handles: Vec::new(),
             wasm: (0, 0),
+            wait: None,
         }
     }
 
@@ -243,6 +265,30 @@ impl Partition {
     /// admission (which is its own record) move a partition.
     pub(crate) fn move_to(&mut self, to: PartitionState) {
         self.state = to;
+        if to != PartitionState::Running {
+            // Whatever its guest waited for is gone with the guest's run.
+            self.wait = None;
+        }
+    }
+
+    /// Park its vCPU in `wait` (the guest gave up the CPU in the call).
+    pub(crate) fn park(&mut self, wait: ChannelWait) {
+        self.wait = Some(wait);
+    }
+
+    /// The receive it waits in, if it does.
+    pub fn waiting(&self) -> Option<&ChannelWait> {
+        self.wait.as_ref()
+    }
+
+    /// Stop waiting: the call is answered now.
+    pub(crate) fn unpark(&mut self) -> Option<ChannelWait> {
+        self.wait.take()
+    }
+
+    /// Whether a CPU may run it now: runnable and not waiting in a call.
+    pub fn can_run(&self) -> bool {
+        self.is_runnable() && self.wait.is_none()
     }
 
     pub fn vmid(&self) -> u8 {
@@ -284,6 +330,7 @@ impl Partition {
 
     /// Its guest is entered at `entry` from now on: a fresh vCPU there.
     pub(crate) fn start_at(&mut self, entry: Ipa) {
+        self.wait = None;
         *self.vcpu = Vcpu::new(entry.raw(), rvm_abi::bootinfo::layout::BOOTINFO_IPA);
         self.entry = entry;
     }
@@ -296,6 +343,7 @@ impl Partition {
             self.rollbacks = self.rollbacks.saturating_add(1);
         }
         self.exit_code = None;
+        self.wait = None;
         *self.vcpu = Vcpu::new(self.entry.raw(), rvm_abi::bootinfo::layout::BOOTINFO_IPA);
     }
 

@@ -174,7 +174,8 @@ const HEAP: u64 = layout::HEAP_IPA;
 
 /// What the caller's `hvc` answered in `x0`: seen by the guest when it
 /// runs again, else (a call that does not return) the outcome of its
-/// witness record. `None` when neither showed.
+/// witness record, else 0 for a call the run stopped while it waited.
+/// `None` when none of these showed.
 fn answer(call: Hypercall, attempt: Attempt) -> (Option<i64>, usize) {
     let mut hv = boot();
     let seen: Rc<RefCell<(Option<i64>, usize)>> = Rc::default();
@@ -225,7 +226,10 @@ fn answer(call: Hypercall, attempt: Attempt) -> (Option<i64>, usize) {
             _ => None,
         })
     };
-    (returned.or_else(recorded), handles)
+    // A call that waits (`ChannelWait` on the empty channel, its deadline
+    // past the run's end) was taken, not refused: the run stopped it waiting.
+    let parked = || hv.arch.console_text().contains("stopping caller (waiting for a message)").then_some(0);
+    (returned.or_else(recorded).or_else(parked), handles)
 }
 
 /// Whether the kernel provides `call`: some attempt was answered with

@@ -275,6 +275,19 @@ impl HostCalls for Kernel {
         Ok(m.len())
     }
 
+    fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], timeout_ns: u64) -> Result<usize, HvError> {
+        let regs = [channel.to_raw(), IPA, buf.len() as u64, timeout_ns, 0, 0];
+        self.requests += 1;
+        if self.inbox.is_empty() {
+            self.call(Hypercall::ChannelWait, regs, Err(HvError::WouldBlock), &[]);
+            return Err(HvError::WouldBlock);
+        }
+        let m = self.inbox.remove(0);
+        self.call(Hypercall::ChannelWait, regs, Ok([m.len() as u64, 1_000, 0]), &m);
+        buf[..m.len()].copy_from_slice(&m);
+        Ok(m.len())
+    }
+
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
         let regs = [
             store.to_raw(),

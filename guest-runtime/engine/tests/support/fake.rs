@@ -204,6 +204,12 @@ impl HostCalls for FakeHost {
         Ok(len)
     }
 
+    /// The fake world has no clock to wait on: a wait finds what a receive
+    /// finds now (a deadline passing at once).
+    fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], _timeout_ns: u64) -> Result<usize, HvError> {
+        self.channel_recv(channel, buf)
+    }
+
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
         let s = self.store(store, Rights::WRITE)?;
         let mut w = self.world.lock().unwrap();

@@ -97,6 +97,10 @@ enum Class {
     /// A value length of at most 1 KiB mostly.
     ValueLen,
     Small,
+    /// How long a `ChannelWait` may wait: not at all, a few µs, or up to
+    /// 1 ms; never long, so a wait on a channel nobody sends to does not
+    /// hold the fuzzer for its run.
+    WaitNs,
     Any,
 }
 
@@ -114,6 +118,7 @@ fn classes(call: Option<Hypercall>) -> [Class; 6] {
         Some(Hypercall::RegionRead | Hypercall::RegionWrite) => [Handle, Small, Addr, Len, Proof, Small],
         Some(Hypercall::RegionMap) => [Handle, Addr, Any, Any, Any, Any],
         Some(Hypercall::ChannelSend | Hypercall::ChannelRecv) => [Handle, Addr, Len, Any, Proof, Small],
+        Some(Hypercall::ChannelWait) => [Handle, Addr, Len, WaitNs, Proof, Small],
         Some(Hypercall::StateStage) => [Handle, Addr, KeyLen, Addr, ValueLen, Any],
         Some(Hypercall::StateGet) => [Handle, Addr, KeyLen, Addr, Len, Any],
         Some(Hypercall::Snapshot) => [Addr, Len, Addr, Len, Any, Any],
@@ -156,6 +161,11 @@ impl World {
                     _ => rng.next(),
                 }
             }
+            WaitNs => match rng.below(4) {
+                0 => 0,
+                1 => rng.below(10_000),
+                _ => rng.below(1_000_000) + 1,
+            },
             Len => match rng.below(10) {
                 0..=3 => rng.below(64),
                 4 | 5 => rng.below(4097),

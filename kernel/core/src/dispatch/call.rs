@@ -68,6 +68,14 @@ impl Witnessed {
         self
     }
 
+    /// [`Witnessed::granted`] from the tier and handle a grant left (a
+    /// call answered after it waited).
+    pub(crate) fn at_grant(mut self, tier: u8, cap: u32) -> Self {
+        self.tier = tier;
+        self.cap = cap;
+        self
+    }
+
     /// A refused capability check: the tier it reached and the handle.
     pub(crate) fn refused(mut self, r: &Refused) -> Self {
         self.tier = r.tier as u8;
@@ -177,7 +185,8 @@ impl<A: Arch> Call<'_, A> {
     /// says so).
     pub(super) fn witness_seq(&mut self, w: &Witnessed, outcome: Outcome, journaled: bool) -> Result<u64, HvError> {
         let p = &mut *self.caller;
-        p.count_call(outcome != Outcome::Done);
+        // Waiting for a message is no refusal: `WouldBlock` is not counted.
+        p.count_call(!matches!(outcome, Outcome::Done | Outcome::Denied(HvError::WouldBlock)));
         let mut rec = WitnessRecord::new(WitnessOp::Call(Hypercall::Null), outcome, p.id().0);
         rec.op = w.call;
         rec.tier = w.tier;

@@ -9,6 +9,7 @@ use rvm_cap::ArgsDigest;
 use crate::arch::Arch;
 use crate::caps::Granted;
 use crate::channel::{Channel, Endpoint, MAX_MESSAGE};
+use crate::partition::ChannelWait;
 use crate::running::trap::Flow;
 
 use super::call::{Call, CapUse, ProofRegs, Witnessed};
@@ -72,22 +73,83 @@ pub(super) fn send<A: Arch>(
     (flow, Some(Sent { channel: ch, from: me, bytes: msg.len(), queued }))
 }
 
-/// A P3 approval signs `ArgsDigest::of(&[], &[])`.
-pub(super) fn recv<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me: Endpoint, w: Witnessed, regs: &[u64; 6]) -> Flow {
-    let u = CapUse {
-        call: Hypercall::ChannelRecv,
+/// The capability use a receive (`ChannelRecv` or `ChannelWait`, `op`)
+/// makes, `regs` as the guest passed them.
+fn recv_use(op: Hypercall, regs: &[u64; 6]) -> CapUse {
+    CapUse {
+        call: op,
         raw: regs[0],
         kind: Some(ObjectKind::Channel),
         need: Rights::READ,
         access: None,
         proof: ProofRegs::x5_x6(regs),
-    };
-    let g = match call.authorize(&u, |_| Ok(ArgsDigest::of(&[], &[]))) {
+    }
+}
+
+/// `x4` (`regs[3]`) of a `ChannelWait`: how long it may wait for a
+/// message, in ns; 0 answers at once, `u64::MAX` waits with no deadline.
+const WAIT: usize = 3;
+
+/// `ChannelRecv`, or `ChannelWait` (`op`). A P3 approval signs
+/// `ArgsDigest::of(&[], &[])`. A `ChannelWait` that finds its channel
+/// empty and may wait parks the caller ([`Flow::Waiting`], nothing
+/// witnessed yet); [`answer_wait`] answers it.
+pub(super) fn recv<A: Arch>(
+    call: &mut Call<'_, A>,
+    channels: &mut [Channel],
+    me: Endpoint,
+    op: Hypercall,
+    w: Witnessed,
+    regs: &[u64; 6],
+) -> Flow {
+    let g = match call.authorize(&recv_use(op, regs), |_| Ok(ArgsDigest::of(&[], &[]))) {
         Ok(g) => g,
         Err(r) => return call.refuse(w, r),
     };
     let w = w.granted(&g);
     let ch = channel_index(&g);
+    let wait_ns = if op == Hypercall::ChannelWait { regs[WAIT] } else { 0 };
+    if wait_ns != 0 && matches!(channels.get(ch).map(|c| c.peek_len(me)), Some(Ok(None))) {
+        let now = call.arch.now_ns();
+        call.caller.park(ChannelWait {
+            regs: *regs,
+            channel: ch,
+            tier: w.tier,
+            cap: w.cap,
+            since_ns: now,
+            deadline_ns: (wait_ns != u64::MAX).then(|| now.saturating_add(wait_ns)),
+        });
+        return Flow::Waiting;
+    }
+    deliver(call, channels, me, w, ch, regs, 0)
+}
+
+/// Answer the `ChannelWait` partition `call.caller` waits in (`wait`, taken
+/// from it): a message arrived or its deadline passed. The
+/// capability is looked at again (P1, changing nothing: a revocation while
+/// it waited refuses it); the answer and its one record are what a receive
+/// made now would get, with `x2` = ns it waited.
+pub(super) fn answer_wait<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me: Endpoint, wait: &ChannelWait) -> Flow {
+    let w = Witnessed::new(Hypercall::ChannelWait, &wait.regs).handle(wait.regs[0]);
+    if let Err(r) = call.preflight(&recv_use(Hypercall::ChannelWait, &wait.regs)) {
+        return call.refuse(w, r);
+    }
+    let w = w.at_grant(wait.tier, wait.cap);
+    let waited = call.arch.now_ns().saturating_sub(wait.since_ns);
+    deliver(call, channels, me, w, wait.channel, &wait.regs, waited)
+}
+
+/// The authorized receive `w` on channel `ch`: the next message for `me`
+/// into the guest's buffer (`x1` = its length, `x2` = `waited`), or why not.
+fn deliver<A: Arch>(
+    call: &mut Call<'_, A>,
+    channels: &mut [Channel],
+    me: Endpoint,
+    w: Witnessed,
+    ch: usize,
+    regs: &[u64; 6],
+    waited: u64,
+) -> Flow {
     let len = match channels.get(ch).map(|c| c.peek_len(me)) {
         None => return call.deny(&w, HvError::BadHandle),
         Some(Err(e)) => return call.deny(&w, e),
@@ -108,6 +170,6 @@ pub(super) fn recv<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me
     call.allow(&w, |call| {
         let _ = channels[ch].receive(me);
         call.write_guest(regs[1], &msg);
-        [msg.len() as u64, 0, 0]
+        [msg.len() as u64, waited, 0]
     })
 }

@@ -15,6 +15,7 @@
 //! * [`answer`] — answers of calls whose effect reaches the whole
 //!   hypervisor (agent switches and moves, going dormant).
 //! * [`psci`] — emulated PSCI.
+//! * [`waits`] — receives that wait for a message, answered later.
 
 pub(crate) mod answer;
 pub(crate) mod call;
@@ -24,6 +25,7 @@ mod snapshot;
 mod console;
 pub mod psci;
 mod store;
+pub(crate) mod waits;
 
 pub use cap::{store_digest, STORE_DIGEST_TAG};
 
@@ -108,13 +110,17 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
                 }
                 // A dormant receiver wakes for the message (it stays queued for it).
                 crate::domains::dormant::message_sent(hv, sent.channel);
+                if sent.queued {
+                    // A receiver waiting for it gets it now.
+                    waits::message_queued(hv, sent.channel);
+                }
             }
             flow
         }
-        Hypercall::ChannelRecv => {
+        Hypercall::ChannelRecv | Hypercall::ChannelWait => {
             let me = crate::domains::caller(hv, idx);
             let (mut call, services) = hv.call_with(idx);
-            channel::recv(&mut call, services.channels, me, w.handle(regs[0]), &regs)
+            channel::recv(&mut call, services.channels, me, op, w.handle(regs[0]), &regs)
         }
         Hypercall::StateStage => {
             let (mut call, services) = hv.call_with(idx);

@@ -42,9 +42,12 @@
 //! wait ends on the kick and it picks at once, instead of a tick later. When
 //! the run ends, idling CPUs are kicked so they stop at once too.
 //!
-//! The run ends for everyone when no partition anywhere is runnable (none
-//! runs either, since a running partition is runnable) or the run budget is
-//! spent: every CPU then stops; the boot CPU waits for the others
+//! A partition waiting in a receive ([`crate::dispatch::waits`]) is
+//! runnable but does not run; an idle CPU wakes for the earliest such
+//! receive's deadline at the latest.
+//!
+//! The run ends for everyone when no partition anywhere can run (none runs
+//! either) and none waits with a deadline, or the run budget is spent: every CPU then stops; the boot CPU waits for the others
 //! ([`Hypervisor::all_cpus_stopped`]) and calls [`Hypervisor::finish_run`],
 //! which signs the logs and prints the summary.
 
@@ -201,7 +204,11 @@ impl<A: Arch> Hypervisor<A> {
         if !self.smp.stopping {
             self.housekeeping();
         }
-        if !self.smp.stopping && !self.partitions.iter().any(|p| p.is_runnable()) {
+        // The run is over when nothing can run and nothing waits for a
+        // deadline (a receiver waiting with none can only be woken by a
+        // partition that runs).
+        let next_deadline = crate::dispatch::waits::next_deadline(self);
+        if !self.smp.stopping && !self.partitions.iter().any(|p| p.can_run()) && next_deadline.is_none() {
             self.smp.stopping = true;
         }
         if let Some(slot) = self.smp.cpus.get_mut(cpu.index()) {
@@ -222,12 +229,14 @@ impl<A: Arch> Hypervisor<A> {
         // A partition in debt for its witness frames waits for its credit
         // ([`crate::console::OutputCredit`]).
         let pick = self.sched.pick(cpu, |i| {
-            parts[i].is_runnable() && running.get(i).copied().flatten().is_none() && !parts[i].output().in_debt(now)
+            parts[i].can_run() && running.get(i).copied().flatten().is_none() && !parts[i].output().in_debt(now)
         });
         let Some(idx) = pick else {
             slot.idles += 1;
             slot.idling = true;
-            return Step::Idle { until_ns: now.saturating_add(self.policy.slice_ns) };
+            // Until its next tick, or a waiting receiver's deadline if sooner.
+            let tick = now.saturating_add(self.policy.slice_ns);
+            return Step::Idle { until_ns: next_deadline.map_or(tick, |d| d.min(tick)) };
         };
         slot.slices += 1;
         self.start_if_loaded(idx);
@@ -273,7 +282,7 @@ impl<A: Arch> Hypervisor<A> {
             self.kick_idle_cpus();
         }
         let p = &mut self.partitions[idx];
-        if flow == Flow::Resume && self.smp.deferred.is_empty() && p.is_runnable() && !self.witness.lost() {
+        if flow == Flow::Resume && self.smp.deferred.is_empty() && p.can_run() && !self.witness.lost() {
             lease.stage2 = Stage2Context { root: p.stage2().root(), vmid: p.vmid() };
             p.exchange_vcpu(&mut lease.vcpu);
             self.smp.running_on[idx] = Some(lease.cpu);
@@ -312,7 +321,7 @@ impl<A: Arch> Hypervisor<A> {
         if self.apply_deferred(idx) {
             flow = Flow::Reschedule;
         }
-        if flow == Flow::Resume && self.partitions[idx].is_runnable() && !self.witness.lost() {
+        if flow == Flow::Resume && self.partitions[idx].can_run() && !self.witness.lost() {
             return Some(self.lease(hw, idx, start, end));
         }
         self.end_slice(idx, start, flow);
@@ -322,7 +331,8 @@ impl<A: Arch> Hypervisor<A> {
     /// Charge the slice that started at `start` and ended with `flow`.
     pub(crate) fn end_slice(&mut self, idx: usize, start: u64, flow: Flow) {
         let ran = self.arch.now_ns().saturating_sub(start);
-        // A yield forfeits the rest of the slice: charge all of it.
+        // A yield forfeits the rest of the slice: charge all of it. A
+        // partition that waits in a call is charged what it ran.
         let charged = if flow == Flow::Yielded { ran.max(self.policy.slice_ns) } else { ran };
         self.sched.charge(idx, charged);
     }
@@ -368,7 +378,7 @@ impl<A: Arch> Hypervisor<A> {
                     .sched
                     .members(cpu)
                     .iter()
-                    .any(|&i| self.partitions[i].is_runnable() && self.smp.running_on(i).is_none());
+                    .any(|&i| self.partitions[i].can_run() && self.smp.running_on(i).is_none());
             if has_work {
                 let sent = self.arch.kick(cpu);
                 let slot = &mut self.smp.cpus[n];

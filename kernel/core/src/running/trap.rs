@@ -12,6 +12,9 @@ pub(crate) enum Flow {
     Reschedule,
     /// The guest gave up the rest of its slice (`Yield`, `wfi`).
     Yielded,
+    /// The guest waits in a call (a `ChannelRecv` that may block): it gives
+    /// up the CPU until the call is answered, charged only what it ran.
+    Waiting,
 }
 
 /// Exception classes (ESR_ELx.EC) the kernel handles.

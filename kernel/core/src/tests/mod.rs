@@ -9,6 +9,7 @@ mod failclosed;
 mod orders;
 mod recovery;
 mod smp;
+mod waits;
 
 use alloc::boxed::Box;
 use alloc::string::String;

@@ -28,6 +28,27 @@ impl ReplayHost {
     }
 }
 
+impl ReplayHost {
+    /// A receive (`op`: `ChannelRecv` or `ChannelWait`) answered from the
+    /// journal: the message it got, or its status.
+    fn receive(&mut self, op: Hypercall, channel: CapHandle, buf: &mut [u8]) -> Result<usize, HvError> {
+        let mut s = self.call();
+        let m = s.next(op, None)?;
+        s.expect(&m, "channel handle", m.regs[0], channel.to_raw())?;
+        s.expect(&m, "receive capacity", m.regs[2], buf.len() as u64)?;
+        m.status()?;
+        if m.data.len() > buf.len() {
+            return Err(s.diverged(
+                m.seq,
+                format!("a message of {} bytes", m.data.len()),
+                format!("room for {}", buf.len()),
+            ));
+        }
+        buf[..m.data.len()].copy_from_slice(&m.data);
+        Ok(m.data.len())
+    }
+}
+
 impl HostCalls for ReplayHost {
     fn console_write(&mut self, text: &[u8]) -> Result<(), HvError> {
         let mut s = self.call();
@@ -58,20 +79,14 @@ impl HostCalls for ReplayHost {
     }
 
     fn channel_recv(&mut self, channel: CapHandle, buf: &mut [u8]) -> Result<usize, HvError> {
-        let mut s = self.call();
-        let m = s.next(Hypercall::ChannelRecv, None)?;
-        s.expect(&m, "channel handle", m.regs[0], channel.to_raw())?;
-        s.expect(&m, "receive capacity", m.regs[2], buf.len() as u64)?;
-        m.status()?;
-        if m.data.len() > buf.len() {
-            return Err(s.diverged(
-                m.seq,
-                format!("a message of {} bytes", m.data.len()),
-                format!("room for {}", buf.len()),
-            ));
-        }
-        buf[..m.data.len()].copy_from_slice(&m.data);
-        Ok(m.data.len())
+        self.receive(Hypercall::ChannelRecv, channel, buf)
+    }
+
+    fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], _timeout_ns: u64) -> Result<usize, HvError> {
+        // How long it waited is the runtime's and the kernel's business (a
+        // runtime with several agents does not wait): the journal's answer
+        // is what counts.
+        self.receive(Hypercall::ChannelWait, channel, buf)
     }
 
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
