@@ -86,6 +86,23 @@ impl HostCalls for El1Host {
         filled(n, cap)
     }
 
+    fn wait_any(&mut self, channels: &[CapHandle], timeout_ns: u64) -> Result<usize, HvError> {
+        let mut list = [0u8; 16 * 8];
+        let n = channels.len();
+        if n == 0 || n > 16 {
+            return Err(HvError::InvalidArgument);
+        }
+        for (slot, h) in list.chunks_exact_mut(8).zip(channels) {
+            slot.copy_from_slice(&h.to_raw().to_le_bytes());
+        }
+        let timeout_ns = if self.may_wait { timeout_ns } else { 0 };
+        let [i, _, _] = hypercall(
+            Hypercall::WaitAny,
+            &mut [Arg::InPtr(Some(&list[..n * 8])), Arg::Val(n as u64), Arg::Val(timeout_ns)],
+        )?;
+        usize::try_from(i).ok().filter(|&i| i < n).ok_or(HvError::InvalidArgument)
+    }
+
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
         hypercall(
             Hypercall::StateStage,

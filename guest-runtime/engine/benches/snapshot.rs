@@ -38,6 +38,9 @@ impl HostCalls for Keeper {
     fn channel_wait(&mut self, _: CapHandle, _: &mut [u8], _: u64) -> Result<usize, HvError> {
         Err(HvError::NotSupported)
     }
+    fn wait_any(&mut self, _: &[CapHandle], _: u64) -> Result<usize, HvError> {
+        Err(HvError::NotSupported)
+    }
     fn state_stage(&mut self, _: CapHandle, _: &[u8], _: &[u8]) -> Result<(), HvError> {
         Err(HvError::NotSupported)
     }

@@ -272,6 +272,24 @@ pub(crate) fn define<H: HostCalls + 'static>(
                         },
                     )?;
                 }
+                HostImport::WaitAny => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>, ptr: i32, count: i32, timeout: i64| -> i32 {
+                            let timeout_ns = u64::try_from(timeout).unwrap_or(u64::MAX);
+                            length(with_memory(&mut c, |mem, host| {
+                                let n = usize::try_from(count).ok().filter(|n| (1..=16).contains(n)).ok_or(HvError::InvalidArgument)?;
+                                let r = range(mem.len(), ptr, i32::try_from(n * 8).map_err(|_| HvError::InvalidArgument)?)?;
+                                let handles = mem[r]
+                                    .chunks_exact(8)
+                                    .map(|b| handle(i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
+                                    .collect::<Result<alloc::vec::Vec<CapHandle>, HvError>>()?;
+                                host.wait_any(&handles, timeout_ns)
+                            }))
+                        },
+                    )?;
+                }
                 HostImport::StateStage => {
                     linker.func_wrap(
                         m,

@@ -39,6 +39,9 @@ pub trait HostCalls {
     /// `ChannelWait`: [`HostCalls::channel_recv`], waiting up to
     /// `timeout_ns` (`u64::MAX`: no deadline) for a message.
     fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], timeout_ns: u64) -> Result<usize, HvError>;
+    /// `WaitAny`: the index in `channels` of the first with a message,
+    /// waiting up to `timeout_ns` (`u64::MAX`: no deadline) for one.
+    fn wait_any(&mut self, channels: &[CapHandle], timeout_ns: u64) -> Result<usize, HvError>;
     /// `StateStage`: stage one item in `store`.
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError>;
     /// `StateValidate`: validate what is staged in `store`.

@@ -140,6 +140,35 @@ impl Channel {
     }
 }
 
+/// Wait until the first of `channels` (1 to 16) holds a message for this
+/// agent, up to `timeout_ns` (`None`: no deadline; `Some(0)`: just look);
+/// its index in `channels` (the message stays queued: [`Channel::recv`] it).
+/// `WouldBlock` when the deadline passed first. While it waits the
+/// partition does not run; in a partition running several agents it only
+/// looks. A small event loop:
+///
+/// ```ignore
+/// loop {
+///     match wait_any(&[inbox, control], None)? {
+///         0 => handle_request(&inbox),
+///         _ => handle_control(&control),
+///     }
+/// }
+/// ```
+pub fn wait_any(channels: &[Channel], timeout_ns: Option<u64>) -> Result<usize, HvError> {
+    if channels.is_empty() || channels.len() > 16 {
+        return Err(HvError::InvalidArgument);
+    }
+    let mut list = [0i64; 16];
+    for (slot, c) in list.iter_mut().zip(channels) {
+        *slot = raw_handle(c.0);
+    }
+    let n = i32::try_from(channels.len()).map_err(|_| HvError::InvalidArgument)?;
+    let timeout = timeout_ns.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX));
+    // SAFETY: the host reads `n` handles at `list`, borrowed for the call.
+    decode_status(unsafe { raw::wait_any(list.as_ptr(), n, timeout) }).map(as_len)
+}
+
 /// A state store this partition holds: stage, validate, commit, get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateStore(pub CapHandle);

@@ -7,6 +7,7 @@ unsafe extern "C" {
     pub fn channel_send(handle: i64, ptr: *const u8, len: i32) -> i32;
     pub fn channel_recv(handle: i64, ptr: *mut u8, cap: i32) -> i32;
     pub fn channel_wait(handle: i64, ptr: *mut u8, cap: i32, timeout_ns: i64) -> i32;
+    pub fn wait_any(ptr: *const i64, count: i32, timeout_ns: i64) -> i32;
     pub fn state_stage(handle: i64, kptr: *const u8, klen: i32, vptr: *const u8, vlen: i32) -> i32;
     pub fn state_validate(handle: i64) -> i32;
     pub fn state_commit(handle: i64) -> i32;

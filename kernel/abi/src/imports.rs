@@ -100,6 +100,12 @@ host_imports! {
     /// partition running several agents it answers at once, as
     /// `channel_recv` does (the others' turns must go on).
     ChannelWait = "channel_wait" (I64, I32, I32, I64) -> (I32),
+    /// `(ptr, count, timeout ns) -> index | WouldBlock`: wait for the first
+    /// of `count` channels (1 to 16 handles, i64 each, at `ptr`) to hold a
+    /// message; its index in the list (receive it with `channel_recv`). As
+    /// `channel_wait`: -1 no deadline, 0 just look, and in a partition
+    /// running several agents it only looks.
+    WaitAny = "wait_any" (I32, I32, I64) -> (I32),
     /// `(handle, kptr, klen, vptr, vlen) -> status`: stage one item.
     StateStage = "state_stage" (I64, I32, I32, I32, I32) -> (I32),
     /// `(handle) -> status`: validate what is staged.

@@ -174,17 +174,23 @@ pub struct Partition {
     wait: Option<ChannelWait>,
 }
 
-/// A `ChannelRecv` that found its channel empty and asked to wait: the
-/// call, already authorized, is answered later — when a message arrives,
-/// when its deadline passes, or when the capability no longer allows it —
-/// with one witness record, as if it had been made then. Until then the
-/// partition does not run ([`Partition::can_run`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Most channels one `WaitAny` may name.
+pub const MAX_WAIT_CHANNELS: usize = 16;
+
+/// A `ChannelWait` or `WaitAny` that found its channels empty and may wait:
+/// the call, already authorized, is answered later — when a message
+/// arrives, when its deadline passes, or when a capability no longer
+/// allows it — with one witness record, as if it had been made then. Until
+/// then the partition does not run ([`Partition::can_run`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelWait {
+    /// `ChannelWait` or `WaitAny`.
+    pub op: rvm_abi::Hypercall,
     /// The call's registers `x1..x6`, as the guest passed them.
     pub regs: [u64; 6],
-    /// The channel (its index) the capability names.
-    pub channel: usize,
+    /// The channels it waits on: each handle as the guest passed it (read
+    /// once, when the call was made) and the channel (its index) it names.
+    pub channels: heapless::Vec<(u64, usize), MAX_WAIT_CHANNELS>,
     /// The proof tier and handle (witness form) it was authorized at.
     pub tier: u8,
     pub cap: u32,

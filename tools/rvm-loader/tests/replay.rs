@@ -288,6 +288,17 @@ impl HostCalls for Kernel {
         Ok(m.len())
     }
 
+    fn wait_any(&mut self, channels: &[CapHandle], timeout_ns: u64) -> Result<usize, HvError> {
+        let list: Vec<u8> = channels.iter().flat_map(|h| h.to_raw().to_le_bytes()).collect();
+        let regs = [IPA, channels.len() as u64, timeout_ns, 0, 0, 0];
+        if self.inbox.is_empty() {
+            self.call(Hypercall::WaitAny, regs, Err(HvError::WouldBlock), &list);
+            return Err(HvError::WouldBlock);
+        }
+        self.call(Hypercall::WaitAny, regs, Ok([0, 0, 0]), &list);
+        Ok(0)
+    }
+
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
         let regs = [
             store.to_raw(),

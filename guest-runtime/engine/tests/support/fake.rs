@@ -210,6 +210,20 @@ impl HostCalls for FakeHost {
         self.channel_recv(channel, buf)
     }
 
+    /// As `channel_wait`: what is there now.
+    fn wait_any(&mut self, channels: &[CapHandle], _timeout_ns: u64) -> Result<usize, HvError> {
+        for (i, &channel) in channels.iter().enumerate() {
+            let c = self.channel(channel, Rights::READ)?;
+            let w = self.world.lock().unwrap();
+            let ch = &w.channels[c];
+            let me = ch.ends.iter().position(|&e| e == self.partition).ok_or(HvError::BadHandle)?;
+            if !ch.queues[me].is_empty() {
+                return Ok(i);
+            }
+        }
+        Err(HvError::WouldBlock)
+    }
+
     fn state_stage(&mut self, store: CapHandle, key: &[u8], value: &[u8]) -> Result<(), HvError> {
         let s = self.store(store, Rights::WRITE)?;
         let mut w = self.world.lock().unwrap();

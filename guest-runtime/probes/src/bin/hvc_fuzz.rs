@@ -119,6 +119,7 @@ fn classes(call: Option<Hypercall>) -> [Class; 6] {
         Some(Hypercall::RegionMap) => [Handle, Addr, Any, Any, Any, Any],
         Some(Hypercall::ChannelSend | Hypercall::ChannelRecv) => [Handle, Addr, Len, Any, Proof, Small],
         Some(Hypercall::ChannelWait) => [Handle, Addr, Len, WaitNs, Proof, Small],
+        Some(Hypercall::WaitAny) => [Addr, Small, WaitNs, Any, Any, Any],
         Some(Hypercall::StateStage) => [Handle, Addr, KeyLen, Addr, ValueLen, Any],
         Some(Hypercall::StateGet) => [Handle, Addr, KeyLen, Addr, Len, Any],
         Some(Hypercall::Snapshot) => [Addr, Len, Addr, Len, Any, Any],

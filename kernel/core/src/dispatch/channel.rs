@@ -1,4 +1,5 @@
-//! `ChannelSend` and `ChannelRecv`: the caller's [`Call`] and the channels.
+//! `ChannelSend`, `ChannelRecv`, `ChannelWait` and `WaitAny`: the caller's
+//! [`Call`] and the channels.
 //! What a delivered message means beyond the channel (traffic between
 //! domains, a dormant receiver to wake) is the dispatcher's to carry out
 //! ([`Sent`]).
@@ -9,7 +10,7 @@ use rvm_cap::ArgsDigest;
 use crate::arch::Arch;
 use crate::caps::Granted;
 use crate::channel::{Channel, Endpoint, MAX_MESSAGE};
-use crate::partition::ChannelWait;
+use crate::partition::{ChannelWait, MAX_WAIT_CHANNELS};
 use crate::running::trap::Flow;
 
 use super::call::{Call, CapUse, ProofRegs, Witnessed};
@@ -110,33 +111,126 @@ pub(super) fn recv<A: Arch>(
     let ch = channel_index(&g);
     let wait_ns = if op == Hypercall::ChannelWait { regs[WAIT] } else { 0 };
     if wait_ns != 0 && matches!(channels.get(ch).map(|c| c.peek_len(me)), Some(Ok(None))) {
-        let now = call.arch.now_ns();
-        call.caller.park(ChannelWait {
-            regs: *regs,
-            channel: ch,
-            tier: w.tier,
-            cap: w.cap,
-            since_ns: now,
-            deadline_ns: (wait_ns != u64::MAX).then(|| now.saturating_add(wait_ns)),
-        });
+        let mut list = heapless::Vec::new();
+        let _ = list.push((regs[0], ch));
+        park(call, Hypercall::ChannelWait, regs, list, &w, wait_ns);
         return Flow::Waiting;
     }
     deliver(call, channels, me, w, ch, regs, 0)
 }
 
-/// Answer the `ChannelWait` partition `call.caller` waits in (`wait`, taken
-/// from it): a message arrived or its deadline passed. The
-/// capability is looked at again (P1, changing nothing: a revocation while
-/// it waited refuses it); the answer and its one record are what a receive
-/// made now would get, with `x2` = ns it waited.
+/// Park the caller in `op` on `channels` for at most `wait_ns`
+/// (`u64::MAX`: no deadline).
+fn park<A: Arch>(
+    call: &mut Call<'_, A>,
+    op: Hypercall,
+    regs: &[u64; 6],
+    channels: heapless::Vec<(u64, usize), MAX_WAIT_CHANNELS>,
+    w: &Witnessed,
+    wait_ns: u64,
+) {
+    let now = call.arch.now_ns();
+    call.caller.park(ChannelWait {
+        op,
+        regs: *regs,
+        channels,
+        tier: w.tier,
+        cap: w.cap,
+        since_ns: now,
+        deadline_ns: (wait_ns != u64::MAX).then(|| now.saturating_add(wait_ns)),
+    });
+}
+
+/// `x2` (`regs[1]`) of a `WaitAny`: how many handles its list holds; `x3`
+/// (`regs[2]`): how long it may wait.
+const COUNT: usize = 1;
+const ANY_WAIT: usize = 2;
+
+/// `WaitAny`: `x1` = IPA of a list of `x2` channel handles (u64 LE, 1 to
+/// [`MAX_WAIT_CHANNELS`]), `x3` = how long it may wait (ns; `u64::MAX` no
+/// deadline, 0 just looks). Each handle needs READ (no proof: a handle at
+/// P3 is refused `BadProof`). Answers `x1` = the position in the list of
+/// the first channel with a message for the caller (the message stays
+/// queued), or parks the caller like `ChannelWait`; `WouldBlock` when the
+/// deadline passed. The record's `args` digest covers the registers and
+/// the list as read, once, when the call was made.
+pub(super) fn wait_any<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me: Endpoint, w: Witnessed, regs: &[u64; 6]) -> Flow {
+    let count = regs[COUNT];
+    if count == 0 || count > MAX_WAIT_CHANNELS as u64 {
+        return call.deny(&w, HvError::InvalidArgument);
+    }
+    let list = match call.read_guest(regs[0], count * 8, (MAX_WAIT_CHANNELS * 8) as u64) {
+        Ok(l) => l,
+        Err(e) => return call.deny(&w, e),
+    };
+    let w = w.data(regs, &list);
+    let mut waits_on: heapless::Vec<(u64, usize), MAX_WAIT_CHANNELS> = heapless::Vec::new();
+    // The record names the first handle and the tier it was granted at.
+    let mut first: Option<(u64, u8, u32)> = None;
+    for raw in list.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))) {
+        let g = match call.authorize(&any_use(raw), |_| Ok(ArgsDigest::of(&[], &[]))) {
+            Ok(g) => g,
+            Err(r) => return call.refuse(w.handle(raw), r),
+        };
+        first.get_or_insert((raw, g.tier as u8, g.cap_id));
+        let _ = waits_on.push((raw, channel_index(&g)));
+    }
+    let w = match first {
+        Some((raw, tier, cap)) => w.handle(raw).at_grant(tier, cap),
+        None => w,
+    };
+    let wait_ns = regs[ANY_WAIT];
+    if wait_ns != 0 && ready(channels, me, &waits_on).is_none() {
+        park(call, Hypercall::WaitAny, regs, waits_on, &w, wait_ns);
+        return Flow::Waiting;
+    }
+    answer_any(call, channels, me, &w, &waits_on, 0)
+}
+
+/// The use a `WaitAny` makes of one listed handle: READ on a channel, no
+/// proof.
+fn any_use(raw: u64) -> CapUse {
+    CapUse { call: Hypercall::WaitAny, raw, kind: Some(ObjectKind::Channel), need: Rights::READ, access: None, proof: ProofRegs::x5_x6(&[0; 6]) }
+}
+
+/// The position of the first of `list` with a message for `me`.
+fn ready(channels: &[Channel], me: Endpoint, list: &[(u64, usize)]) -> Option<usize> {
+    list.iter().position(|&(_, ch)| channels.get(ch).is_some_and(|c| matches!(c.peek_len(me), Ok(Some(_)))))
+}
+
+/// Answer a `WaitAny` on `list`: the first ready position, or `WouldBlock`.
+fn answer_any<A: Arch>(call: &mut Call<'_, A>, channels: &[Channel], me: Endpoint, w: &Witnessed, list: &[(u64, usize)], waited: u64) -> Flow {
+    match ready(channels, me, list) {
+        Some(i) => call.allow(w, |_| [i as u64, waited, 0]),
+        None => call.deny(w, HvError::WouldBlock),
+    }
+}
+
+/// Answer the `ChannelWait` or `WaitAny` partition `call.caller` waits in
+/// (`wait`, taken from it): a message arrived or its deadline passed. The
+/// capabilities are looked at again (P1, changing nothing: a revocation
+/// while it waited refuses it); the answer and its one record are what the
+/// call made now would get, with `x2` = ns it waited.
 pub(super) fn answer_wait<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me: Endpoint, wait: &ChannelWait) -> Flow {
+    let waited = call.arch.now_ns().saturating_sub(wait.since_ns);
+    if wait.op == Hypercall::WaitAny {
+        let list: alloc::vec::Vec<u8> = wait.channels.iter().flat_map(|&(raw, _)| raw.to_le_bytes()).collect();
+        let w = Witnessed::new(Hypercall::WaitAny, &wait.regs).data(&wait.regs, &list);
+        for &(raw, _) in &wait.channels {
+            if let Err(r) = call.preflight(&any_use(raw)) {
+                return call.refuse(w.handle(raw), r);
+            }
+        }
+        let w = w.handle(wait.channels.first().map_or(0, |c| c.0)).at_grant(wait.tier, wait.cap);
+        return answer_any(call, channels, me, &w, &wait.channels, waited);
+    }
     let w = Witnessed::new(Hypercall::ChannelWait, &wait.regs).handle(wait.regs[0]);
     if let Err(r) = call.preflight(&recv_use(Hypercall::ChannelWait, &wait.regs)) {
         return call.refuse(w, r);
     }
     let w = w.at_grant(wait.tier, wait.cap);
-    let waited = call.arch.now_ns().saturating_sub(wait.since_ns);
-    deliver(call, channels, me, w, wait.channel, &wait.regs, waited)
+    let ch = wait.channels.first().map_or(usize::MAX, |c| c.1);
+    deliver(call, channels, me, w, ch, &wait.regs, waited)
 }
 
 /// The authorized receive `w` on channel `ch`: the next message for `me`

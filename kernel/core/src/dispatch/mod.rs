@@ -122,6 +122,11 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
             let (mut call, services) = hv.call_with(idx);
             channel::recv(&mut call, services.channels, me, op, w.handle(regs[0]), &regs)
         }
+        Hypercall::WaitAny => {
+            let me = crate::domains::caller(hv, idx);
+            let (mut call, services) = hv.call_with(idx);
+            channel::wait_any(&mut call, services.channels, me, w, &regs)
+        }
         Hypercall::StateStage => {
             let (mut call, services) = hv.call_with(idx);
             store::stage(&mut call, services.stores, w.handle(regs[0]), &regs)

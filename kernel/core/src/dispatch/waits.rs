@@ -1,4 +1,4 @@
-//! Receives that wait (`ChannelRecv` with `x4` ≠ 0 on an empty channel).
+//! Calls that wait for a message: `ChannelWait`, `WaitAny`.
 //!
 //! A waiting partition's vCPU is parked at EL2 ([`ChannelWait`] in the
 //! partition): it does not run, is not witnessed and costs no CPU until its
@@ -39,7 +39,7 @@ pub(crate) fn answer<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) {
 /// on it and has a message there now.
 pub(crate) fn message_queued<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
     for idx in 0..hv.partitions.len() {
-        if hv.partitions[idx].waiting().is_none_or(|w| w.channel != ch) {
+        if hv.partitions[idx].waiting().is_none_or(|w| !w.channels.iter().any(|&(_, c)| c == ch)) {
             continue;
         }
         let me = crate::domains::caller(hv, idx);

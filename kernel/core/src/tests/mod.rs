@@ -44,7 +44,7 @@ pub(crate) fn desc(name: &str) -> PartitionDesc {
 }
 
 /// A runtime image: one RX text page, one RW data page.
-fn runtime() -> Vec<u8> {
+pub(crate) fn runtime() -> Vec<u8> {
     crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 

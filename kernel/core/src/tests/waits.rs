@@ -205,3 +205,119 @@ fn on_two_cpus_a_send_wakes_the_receiver_parked_on_the_other() {
     assert_eq!(summary.finished, 2, "{text}");
     assert_eq!(outcomes(&text, 2, Hypercall::ChannelWait), [0]);
 }
+
+/// Three partitions: alpha and gamma each joined to beta by a channel.
+fn three() -> crate::state::Hypervisor<crate::fake::FakeArch> {
+    use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, GLOBAL};
+    let mut w = BundleWriter::new();
+    w.entry(EntryKind::GuestRuntime, GLOBAL, &super::runtime());
+    w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
+    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 50, ..BootConfig::DEFAULT }.to_bytes());
+    for n in ["alpha", "beta", "gamma"] {
+        let i = w.partition(&super::desc(n));
+        w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
+    }
+    w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: 0, b: 1, capacity: 4 }.to_bytes());
+    w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: 2, b: 1, capacity: 4 }.to_bytes());
+    let frames = crate::memory::frames::FrameAllocator::new(&[crate::memory::addr::PhysRange::new(
+        crate::memory::addr::PhysAddr::new(0x4800_0000),
+        64 << 20,
+    )
+    .unwrap()]);
+    crate::state::Hypervisor::boot(crate::fake::FakeArch::new(), frames, &w.finish()).unwrap()
+}
+
+/// The raw handles of every boot handle of `kind`, in order.
+fn handles_of(view: &crate::fake::GuestView<'_>, kind: ObjectKind) -> alloc::vec::Vec<u64> {
+    use rvm_abi::bootinfo::{layout, BootInfo};
+    let mut page = [0u8; 4096];
+    view.read(layout::BOOTINFO_IPA, &mut page).unwrap();
+    let info = BootInfo::read(&page).unwrap();
+    (0..info.handle_count as usize)
+        .filter_map(|n| BootInfo::read_handle(&page, n))
+        .filter(|h| h.kind == kind as u8)
+        .map(|h| h.raw)
+        .collect()
+}
+
+#[test]
+fn wait_any_is_answered_by_a_message_on_any_listed_channel_with_its_position() {
+    let mut hv = three();
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    hv.arch.set_guest(3, sender(3));
+    let seen: Rc<RefCell<alloc::vec::Vec<(i64, u64)>>> = Rc::default();
+    let log = seen.clone();
+    let mut step = 0;
+    hv.arch.set_guest(2, Box::new(move |v, m| {
+        if let Some(fault) = touched(m) {
+            return fault;
+        }
+        step += 1;
+        let chans = handles_of(m, ObjectKind::Channel);
+        match step {
+            1 => {
+                // The list: its channel to alpha, then its channel to gamma.
+                let list: alloc::vec::Vec<u8> = chans.iter().flat_map(|h| h.to_le_bytes()).collect();
+                m.write(HEAP + 256, &list).unwrap();
+                call(v, Hypercall::WaitAny, &[HEAP + 256, chans.len() as u64, FOREVER])
+            }
+            2 => {
+                log.borrow_mut().push((status(v), v.regs.x[1]));
+                // The message stays queued for a receive.
+                call(v, Hypercall::ChannelRecv, &[chans[1], HEAP + 64, 64])
+            }
+            3 => {
+                log.borrow_mut().push((status(v), v.regs.x[1]));
+                call(v, Hypercall::Exit, &[0])
+            }
+            _ => panic!("beta ran while it waited, or after it exited"),
+        }
+    }));
+    let summary = hv.run();
+    let text = hv.arch.console_text();
+    assert_eq!(summary.finished, 3, "{text}");
+    assert_eq!(seen.borrow().as_slice(), [(0, 1), (0, 4)], "gamma's channel, second in the list; then its 4-byte message");
+    assert_eq!(outcomes(&text, 2, Hypercall::WaitAny), [0], "one record for the wait");
+}
+
+#[test]
+fn wait_any_refuses_bad_lists_and_handles_that_are_no_readable_channels() {
+    let mut hv = three();
+    hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    hv.arch.set_guest(3, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
+    let seen: Rc<RefCell<alloc::vec::Vec<i64>>> = Rc::default();
+    let log = seen.clone();
+    let mut step = 0;
+    hv.arch.set_guest(2, Box::new(move |v, m| {
+        if let Some(fault) = touched(m) {
+            return fault;
+        }
+        step += 1;
+        if step > 1 {
+            log.borrow_mut().push(status(v));
+        }
+        let chans = handles_of(m, ObjectKind::Channel);
+        let store = handle(m, ObjectKind::StateStore);
+        let mut list: alloc::vec::Vec<u8> = chans.iter().flat_map(|h| h.to_le_bytes()).collect();
+        list.extend_from_slice(&store.to_le_bytes());
+        m.write(HEAP + 256, &list).unwrap();
+        match step {
+            // No handles; more than 16; a list outside its memory; a state
+            // store among the channels; then just looking (nothing queued).
+            1 => call(v, Hypercall::WaitAny, &[HEAP + 256, 0, 0]),
+            2 => call(v, Hypercall::WaitAny, &[HEAP + 256, 17, 0]),
+            3 => call(v, Hypercall::WaitAny, &[0x10, 2, 0]),
+            4 => call(v, Hypercall::WaitAny, &[HEAP + 256, 3, FOREVER]),
+            5 => call(v, Hypercall::WaitAny, &[HEAP + 256, 2, 0]),
+            _ => call(v, Hypercall::Exit, &[0]),
+        }
+    }));
+    hv.run();
+    let text = hv.arch.console_text();
+    let seen = seen.borrow();
+    assert_eq!(&seen[..2], [HvError::InvalidArgument.code(), HvError::InvalidArgument.code()]);
+    assert!(seen[2] < 0, "a list it cannot read is refused");
+    assert!(seen[3] < 0 && seen[3] != HvError::WouldBlock.code(), "a store is no channel: {}", seen[3]);
+    assert_eq!(seen[4], HvError::WouldBlock.code(), "nothing queued, no wait");
+    assert_eq!(outcomes(&text, 2, Hypercall::WaitAny).len(), 5, "each call one record");
+}

@@ -82,6 +82,20 @@ impl HostCalls for ReplayHost {
         self.receive(Hypercall::ChannelRecv, channel, buf)
     }
 
+    fn wait_any(&mut self, channels: &[CapHandle], _timeout_ns: u64) -> Result<usize, HvError> {
+        let list: Vec<u8> = channels.iter().flat_map(|h| h.to_raw().to_le_bytes()).collect();
+        let mut s = self.call();
+        let m = s.next(Hypercall::WaitAny, None)?;
+        s.expect(&m, "handle count", m.regs[1], channels.len() as u64)?;
+        if !m.data.is_empty() && m.data != list {
+            return Err(s.diverged(m.seq, format!("handles {}", hex(&m.data)), hex(&list)));
+        }
+        m.status()?;
+        usize::try_from(m.results[0]).ok().filter(|&i| i < channels.len()).ok_or_else(|| {
+            s.diverged(m.seq, format!("position {}", m.results[0]), format!("one of {}", channels.len()))
+        })
+    }
+
     fn channel_wait(&mut self, channel: CapHandle, buf: &mut [u8], _timeout_ns: u64) -> Result<usize, HvError> {
         // How long it waited is the runtime's and the kernel's business (a
         // runtime with several agents does not wait): the journal's answer
