@@ -44,11 +44,12 @@ pub(crate) fn desc(name: &str) -> PartitionDesc {
 }
 
 /// A runtime image: one RX text page, one RW data page.
-pub(crate) fn runtime() -> Vec<u8> {
+fn runtime() -> Vec<u8> {
     crate::load::elf::tests::build(0x4000_0000, &[(0x4000_0000, 5, 64, 64), (0x4000_1000, 6, 16, 0x2000)])
 }
 
-fn bundle(names: &[&str], channel: bool) -> Vec<u8> {
+/// Partitions `names` joined by `channels` (pairs of their positions).
+fn bundle(names: &[&str], channels: &[(u32, u32)]) -> Vec<u8> {
     let mut w = BundleWriter::new();
     w.entry(EntryKind::GuestRuntime, GLOBAL, &runtime());
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
@@ -57,15 +58,21 @@ fn bundle(names: &[&str], channel: bool) -> Vec<u8> {
         let i = w.partition(&desc(n));
         w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
     }
-    if channel {
-        w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: 0, b: 1, capacity: 4 }.to_bytes());
+    for &(a, b) in channels {
+        w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a, b, capacity: 4 }.to_bytes());
     }
     w.finish()
 }
 
+/// Boot `names`, the first two joined by a channel if `channel`.
 pub(crate) fn boot(names: &[&str], channel: bool) -> Hypervisor<FakeArch> {
+    boot_with_channels(names, if channel { &[(0, 1)] } else { &[] })
+}
+
+/// Boot `names` joined by `channels`.
+pub(crate) fn boot_with_channels(names: &[&str], channels: &[(u32, u32)]) -> Hypervisor<FakeArch> {
     let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
-    Hypervisor::boot(FakeArch::new(), frames, &bundle(names, channel)).unwrap()
+    Hypervisor::boot(FakeArch::new(), frames, &bundle(names, channels)).unwrap()
 }
 
 /// Put a hypercall in the registers.
@@ -81,16 +88,21 @@ fn status(v: &Vcpu) -> i64 {
     v.regs.x[0] as i64
 }
 
-/// The handle of the first boot handle of `kind`.
-fn handle(view: &GuestView<'_>, kind: ObjectKind) -> u64 {
+/// The raw handles of every boot handle of `kind`, in order.
+fn handles_of(view: &GuestView<'_>, kind: ObjectKind) -> Vec<u64> {
     let mut page = [0u8; 4096];
     view.read(layout::BOOTINFO_IPA, &mut page).unwrap();
     let info = BootInfo::read(&page).unwrap();
     (0..info.handle_count as usize)
         .filter_map(|n| BootInfo::read_handle(&page, n))
-        .find(|h| h.kind == kind as u8)
+        .filter(|h| h.kind == kind as u8)
         .map(|h| h.raw)
-        .unwrap()
+        .collect()
+}
+
+/// The handle of the first boot handle of `kind`.
+fn handle(view: &GuestView<'_>, kind: ObjectKind) -> u64 {
+    handles_of(view, kind)[0]
 }
 
 /// Records streamed for each log, decoded from the console.
@@ -318,7 +330,7 @@ fn cpu_time_follows_the_manifest_priority_and_yields_pass_the_cpu() {
 
 #[test]
 fn the_witness_seed_is_scrubbed_from_the_bundle_and_the_signer_still_signs() {
-    let mut bytes = bundle(&["alpha"], false);
+    let mut bytes = bundle(&["alpha"], &[]);
     let before = bytes.clone();
     let seed = [7u8; 32];
     let at = before.windows(32).position(|w| w == seed).expect("the test bundle carries the seed");

@@ -9,7 +9,7 @@ use core::cell::RefCell;
 
 use rvm_abi::{HvError, Hypercall, ObjectKind};
 
-use super::{boot, call, handle, records, status, HEAP};
+use super::{boot, call, handle, handles_of, records, status, HEAP};
 use crate::partition::PartitionId;
 
 /// `x4` of a receive that waits with no deadline.
@@ -208,36 +208,7 @@ fn on_two_cpus_a_send_wakes_the_receiver_parked_on_the_other() {
 
 /// Three partitions: alpha and gamma each joined to beta by a channel.
 fn three() -> crate::state::Hypervisor<crate::fake::FakeArch> {
-    use rvm_abi::bundle::{BootConfig, BundleWriter, ChannelDesc, EntryKind, GLOBAL};
-    let mut w = BundleWriter::new();
-    w.entry(EntryKind::GuestRuntime, GLOBAL, &super::runtime());
-    w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
-    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig { run_budget_ms: 50, ..BootConfig::DEFAULT }.to_bytes());
-    for n in ["alpha", "beta", "gamma"] {
-        let i = w.partition(&super::desc(n));
-        w.entry(EntryKind::Wasm, i, b"\0asm\x01\0\0\0");
-    }
-    w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: 0, b: 1, capacity: 4 }.to_bytes());
-    w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a: 2, b: 1, capacity: 4 }.to_bytes());
-    let frames = crate::memory::frames::FrameAllocator::new(&[crate::memory::addr::PhysRange::new(
-        crate::memory::addr::PhysAddr::new(0x4800_0000),
-        64 << 20,
-    )
-    .unwrap()]);
-    crate::state::Hypervisor::boot(crate::fake::FakeArch::new(), frames, &w.finish()).unwrap()
-}
-
-/// The raw handles of every boot handle of `kind`, in order.
-fn handles_of(view: &crate::fake::GuestView<'_>, kind: ObjectKind) -> alloc::vec::Vec<u64> {
-    use rvm_abi::bootinfo::{layout, BootInfo};
-    let mut page = [0u8; 4096];
-    view.read(layout::BOOTINFO_IPA, &mut page).unwrap();
-    let info = BootInfo::read(&page).unwrap();
-    (0..info.handle_count as usize)
-        .filter_map(|n| BootInfo::read_handle(&page, n))
-        .filter(|h| h.kind == kind as u8)
-        .map(|h| h.raw)
-        .collect()
+    super::boot_with_channels(&["alpha", "beta", "gamma"], &[(0, 1), (2, 1)])
 }
 
 #[test]
