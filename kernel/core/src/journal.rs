@@ -250,6 +250,64 @@ mod tests {
         assert_eq!(got.last().unwrap().1, b"ping", "the message received");
     }
 
+    /// Calls answered after they waited (`WaitAny`, `ChannelWait`) are
+    /// journaled like any other: the replay needs their answers.
+    #[test]
+    fn a_call_answered_after_it_waited_has_its_entry() {
+        let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+        let mut hv = Hypervisor::boot(FakeArch::new(), frames, &bundle(BOOT_FLAG_JOURNAL)).unwrap();
+        let mut step = 0;
+        hv.arch.set_guest(1, Box::new(move |v, m| {
+            step += 1;
+            match step {
+                1..=3 => call(v, Hypercall::Yield, &[]),
+                4 => {
+                    if let Err(f) = m.write(HEAP + 64, b"ping") {
+                        step -= 1;
+                        return f.0;
+                    }
+                    call(v, Hypercall::ChannelSend, &[handle(m, ObjectKind::Channel), HEAP + 64, 4])
+                }
+                _ => call(v, Hypercall::Exit, &[0]),
+            }
+        }));
+        let mut step = 0;
+        hv.arch.set_guest(2, Box::new(move |v, m| {
+            // The heap is mapped on first touch: fault, then again.
+            if let Err(f) = m.write(HEAP, &handle(m, ObjectKind::Channel).to_le_bytes()) {
+                return f.0;
+            }
+            step += 1;
+            match step {
+                1 => call(v, Hypercall::WaitAny, &[HEAP, 1, u64::MAX]),
+                2 => call(v, Hypercall::ChannelWait, &[handle(m, ObjectKind::Channel), HEAP + 8, 64, u64::MAX]),
+                _ => call(v, Hypercall::Exit, &[0]),
+            }
+        }));
+        let summary = hv.run();
+        let text = hv.arch.console_text();
+        assert_eq!(summary.finished, 2, "{text}");
+        let calls: Vec<WitnessRecord> = text
+            .lines()
+            .filter_map(Frame::parse)
+            .filter_map(|f| match f {
+                Frame::Record { log: 2, bytes } => Some(WitnessRecord::from_bytes(&bytes).unwrap()),
+                _ => None,
+            })
+            .filter(|r| r.flags & flags::KERNEL_EVENT == 0)
+            .collect();
+        let ops: Vec<u16> = calls.iter().map(|r| r.op).collect();
+        assert_eq!(ops, [Hypercall::WaitAny as u16, Hypercall::ChannelWait as u16, Hypercall::Exit as u16]);
+        let entries: Vec<JournalFrame> =
+            text.lines().filter(|l| l.starts_with("@J 2 c")).map(|l| JournalFrame::parse(l).expect("an entry decodes")).collect();
+        for r in &calls[..2] {
+            assert_ne!(r.flags & flags::JOURNALED, 0, "{:?} says it has an entry", r.op);
+            let e = entries.iter().find(|f| f.entry.seq() == r.seq).expect("the entry is there");
+            let Entry::Call { regs, data, .. } = &e.entry else { panic!("a call entry") };
+            assert_eq!(digest(&[&rvm_abi::journal::regs_bytes(regs), data]), r.args, "entry for {:?}", r.op);
+        }
+    }
+
     #[test]
     fn without_the_flag_nothing_is_journaled_and_the_start_record_still_binds() {
         let text = run(0);

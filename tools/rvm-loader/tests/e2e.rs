@@ -609,3 +609,20 @@ fn item9_two_tenants_booted_together_without_a_link_cannot_message_each_other() 
     }
     assert!(!o.stdout.contains("pongs received"), "{o:#?}");
 }
+
+#[test]
+fn a_linked_pair_that_waits_for_its_messages_replays_from_its_journal() {
+    // The reference agents wait (`ChannelWait`) for each other's messages;
+    // those calls are answered later, on the sender's CPU, and must be
+    // journaled like any other for `witness replay` to reproduce the run.
+    let env = Real::new();
+    reference_pair(&env);
+    let _q = qemu_lock();
+    env.ok(&["up", "agent-a", "agent-b", "--link", "agent-a:agent-b", "--journal", "--timeout", LOADER_TIMEOUT]);
+    for n in ["agent-a", "agent-b"] {
+        let log = show(&env, n);
+        assert!(log.contains("ChannelWait"), "{n} waited for its messages: {log}");
+        let o = env.ok(&["witness", "replay", n]);
+        assert!(o.stdout.contains("every call reproduced"), "{n}: {o:#?}");
+    }
+}

@@ -215,7 +215,7 @@ pub(super) fn answer_wait<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Chann
     let waited = call.arch.now_ns().saturating_sub(wait.since_ns);
     if wait.op == Hypercall::WaitAny {
         let list: alloc::vec::Vec<u8> = wait.channels.iter().flat_map(|&(raw, _)| raw.to_le_bytes()).collect();
-        let w = Witnessed::new(Hypercall::WaitAny, &wait.regs).data(&wait.regs, &list);
+        let w = Witnessed::new(Hypercall::WaitAny, &wait.regs).journaled(call.journal.on()).data(&wait.regs, &list);
         for &(raw, _) in &wait.channels {
             if let Err(r) = call.preflight(&any_use(raw)) {
                 return call.refuse(w.handle(raw), r);
@@ -224,7 +224,7 @@ pub(super) fn answer_wait<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Chann
         let w = w.handle(wait.channels.first().map_or(0, |c| c.0)).at_grant(wait.tier, wait.cap);
         return answer_any(call, channels, me, &w, &wait.channels, waited);
     }
-    let w = Witnessed::new(Hypercall::ChannelWait, &wait.regs).handle(wait.regs[0]);
+    let w = Witnessed::new(Hypercall::ChannelWait, &wait.regs).journaled(call.journal.on()).handle(wait.regs[0]);
     if let Err(r) = call.preflight(&recv_use(Hypercall::ChannelWait, &wait.regs)) {
         return call.refuse(w, r);
     }
