@@ -20,6 +20,7 @@ use rvm_hal::power::{power_off, PowerOff};
 use rvm_hal::uart::Pl011;
 use rvm_hal::{print, sysreg};
 use rvm_kernel::memory::frames::FrameAllocator;
+use rvm_kernel::memory::Memory;
 use rvm_kernel::{CpuId, Hypervisor};
 
 /// Exit codes the image reports in its exit frame (`@X <code>`) before it
@@ -30,6 +31,7 @@ mod exit_code {
     pub const WRONG_EL: u32 = 3;
     pub const BAD_BUNDLE: u32 = 4;
     pub const NO_DTB: u32 = 5;
+    pub const NO_MEMORY: u32 = 6;
     pub const PANIC: u32 = 101;
 }
 
@@ -57,7 +59,12 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         print!("rvm: boot QEMU with '-machine virt,virtualization=on', or the board's firmware at EL2. Powering off.\n");
         power_off(how, exit_code::WRONG_EL);
     }
-    heap::init();
+    let Some(heap_at) = heap::place(&platform) else {
+        print!("rvm: the RAM bank that holds the image has no room for the hypervisor's heap ({} MiB). Powering off.\n", rvm_kernel::memory::quota::EL2_HEAP_BYTES >> 20);
+        power_off(how, exit_code::NO_MEMORY);
+    };
+    heap::init(heap_at);
+    let heap_bytes = usize::try_from(heap_at.len()).unwrap_or(0);
     print!("\nRVM {} — AArch64 microhypervisor at EL2\n", env!("CARGO_PKG_VERSION"));
     print!("rvm: machine '{}', {} CPUs, counter {} Hz\n", platform.model, platform.cpus, rvm_hal::timer::frequency());
     for r in &platform.memory {
@@ -106,9 +113,13 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         power_off(how, exit_code::NO_BUNDLE);
     };
     print!("rvm: bundle at {:#x} ({} bytes)\n", initrd.start.raw(), initrd.len());
-    let free = memory::free_ranges(&platform, heap::range());
+    let free = memory::free_ranges(&platform, &[heap::image(), heap::range()]);
     let frames = FrameAllocator::new(&free);
-    print!("rvm: {} MiB free for partitions\n", (frames.frames_total() * 4096) >> 20);
+    print!(
+        "rvm: {} MiB free for partitions, hypervisor heap {} MiB\n",
+        (frames.frames_total() * 4096) >> 20,
+        heap_bytes >> 20
+    );
     // SAFETY: the initrd range comes from the device tree, lies in RAM
     // (identity-mapped, writable at EL2), is excluded from the frame pool
     // above, and nothing else refers to it: this is the only reference,
@@ -129,7 +140,7 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
     print!("rvm: idle CPUs woken by {}\n", if gic.is_some() && kicks { "a kick (SGI) when work arrives" } else { "their tick only" });
     let boot_ns = rvm_hal::timer::Clock::new().ticks_to_ns(rvm_hal::timer::counter() - t0);
     print!("rvm: platform up in {} us\n", boot_ns / 1000);
-    let booted = Hypervisor::boot(machine, frames, bundle);
+    let booted = Hypervisor::boot(machine, Memory { frames, heap_bytes }, bundle);
     // The signer holds the witness key now (or the bundle was refused):
     // the initrd's copy of its seed goes, on either path.
     let scrubbed = rvm_kernel::witness::scrub_bundle_secrets(bundle);

@@ -1,13 +1,15 @@
-//! Which RAM the frame pool may use: all of it, minus the image and heap,
-//! the device tree and the bundle.
+//! Which RAM is free: all of it, minus the image (and, for the frame pool,
+//! the heap), the device tree and the bundle.
 
 use rvm_hal::dtb::Platform;
 use rvm_kernel::memory::addr::PhysRange;
 
-/// RAM ranges left after removing the reserved ones.
-pub fn free_ranges(p: &Platform, image: PhysRange) -> heapless::Vec<PhysRange, 16> {
+/// RAM ranges left after removing `taken`, the device tree and the bundle.
+pub fn free_ranges(p: &Platform, taken: &[PhysRange]) -> heapless::Vec<PhysRange, 16> {
     let mut reserved: heapless::Vec<PhysRange, 4> = heapless::Vec::new();
-    let _ = reserved.push(image);
+    for t in taken {
+        let _ = reserved.push(*t);
+    }
     let _ = reserved.push(p.dtb);
     if let Some(i) = p.initrd {
         let _ = reserved.push(i);

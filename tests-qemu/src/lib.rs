@@ -280,6 +280,8 @@ pub struct QemuOptions {
     pub append: String,
     /// Machine flags after `virt,` (default `virtualization=on,gic-version=3`).
     pub machine: String,
+    /// RAM in MiB (`-m`).
+    pub memory_mib: u64,
     /// More QEMU arguments, after all the others (e.g. a `-monitor` for a
     /// test that reads guest memory from outside).
     pub extra_args: Vec<String>,
@@ -294,6 +296,7 @@ impl Default for QemuOptions {
             icount_warp_idle: false,
             append: String::new(),
             machine: "virtualization=on,gic-version=3".into(),
+            memory_mib: 512,
             extra_args: Vec::new(),
         }
     }
@@ -317,6 +320,20 @@ pub struct QemuRun {
     /// Host CPU time QEMU used (user + system), as last sampled before it
     /// exited (every 20 ms); `None` where `/proc` cannot tell.
     pub cpu: Option<Duration>,
+    /// QEMU's CPU time sampled every 20 ms while it ran, with how much
+    /// serial output had arrived by then ([`QemuRun::cpu_between`]).
+    pub samples: Vec<CpuSample>,
+}
+
+/// One sample of QEMU's CPU time.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    /// Since QEMU started.
+    pub at: Duration,
+    /// Host CPU time QEMU had used.
+    pub cpu: Duration,
+    /// Whole lines of serial output read by then.
+    pub serial_lines: usize,
 }
 
 /// CPU time (user + system) process `pid` has used so far, from
@@ -373,7 +390,7 @@ fn boot_driven(
     let qemu = rvm_loader::qemu::qemu_binary(None);
     let mut cmd = Command::new(&qemu);
     cmd.args(["-machine", &format!("virt,{}", opts.machine)])
-        .args(["-cpu", "cortex-a72", "-smp", &opts.smp.to_string(), "-m", "512M"])
+        .args(["-cpu", "cortex-a72", "-smp", &opts.smp.to_string(), "-m", &format!("{}M", opts.memory_mib)])
         .args(["-nographic", "-nic", "none"])
         .arg("-kernel")
         .arg(&image)
@@ -425,12 +442,18 @@ fn boot_driven(
     let mut qemu_exit = None;
     let mut timed_out = false;
     let mut cpu = None;
+    let mut samples = Vec::new();
     loop {
-        cpu = cpu_time(child.0.id()).or(cpu);
+        let sample = cpu_time(child.0.id());
+        cpu = sample.or(cpu);
         while let Ok(chunk) = rx.try_recv() {
             on_output(&chunk, &mut *input);
             let _ = input.flush();
             serial.extend_from_slice(&chunk);
+        }
+        if let Some(cpu) = sample {
+            let serial_lines = serial.iter().filter(|&&b| b == b'\n').count();
+            samples.push(CpuSample { at: start.elapsed(), cpu, serial_lines });
         }
         if let Ok(Some(status)) = child.0.try_wait() {
             qemu_exit = status.code();
@@ -457,7 +480,7 @@ fn boot_driven(
         Some(0) => exit_status(&serial),
         _ => None,
     };
-    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed, cpu }
+    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed, cpu, samples }
 }
 
 /// The code of the hypervisor's exit frame: the first whole line of the
@@ -488,6 +511,20 @@ pub struct AttackLine {
 }
 
 impl QemuRun {
+    /// Host CPU time QEMU used, and wall time, between the last line that
+    /// contains `from` and the first line after it that contains `to`: from
+    /// the first sample taken once the former had arrived to the last taken
+    /// before the latter did. `None` if either line is missing or no two
+    /// samples fall between them.
+    pub fn cpu_between(&self, from: &str, to: &str) -> Option<(Duration, Duration)> {
+        let lines: Vec<&str> = self.serial.lines().collect();
+        let first = lines.iter().rposition(|l| l.contains(from))?;
+        let last = first + lines[first..].iter().position(|l| l.contains(to))?;
+        let a = self.samples.iter().find(|s| s.serial_lines > first)?;
+        let b = self.samples.iter().rev().find(|s| s.serial_lines <= last)?;
+        (b.at > a.at).then(|| (b.cpu.saturating_sub(a.cpu), b.at - a.at))
+    }
+
     /// Lines of serial output.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.serial.lines()

@@ -11,7 +11,7 @@ pub use crate::load::refusal::BootError;
 use crate::console;
 use crate::load::image::SharedImage;
 use crate::memory::addr::PAGE_BYTES;
-use crate::memory::frames::FrameAllocator;
+use crate::memory::Memory;
 use crate::memory::stage2::{MemType, S2Perm};
 use crate::partition::{name_str, PartitionId, PartitionState, MAX_PARTITIONS};
 use crate::report::RunSummary;
@@ -25,15 +25,15 @@ impl<A: Arch> Hypervisor<A> {
     /// Build every partition the bundle describes. A partition whose image or
     /// module cannot be loaded is refused (witnessed, printed) and the others
     /// still start; only a bundle that cannot be read at all is an error.
-    pub fn boot(arch: A, frames: FrameAllocator, bundle_bytes: &[u8]) -> Result<Self, BootError> {
-        Self::boot_with(arch, frames, bundle_bytes, |_| {})
+    pub fn boot(arch: A, memory: impl Into<Memory>, bundle_bytes: &[u8]) -> Result<Self, BootError> {
+        Self::boot_with(arch, memory.into(), bundle_bytes, |_| {})
     }
 
     /// [`Hypervisor::boot`], with `setup` applied to the witness before the
     /// first record (host tests inject failures there).
     pub(crate) fn boot_with(
         arch: A,
-        frames: FrameAllocator,
+        memory: Memory,
         bundle_bytes: &[u8],
         setup: impl FnOnce(&mut Witness),
     ) -> Result<Self, BootError> {
@@ -62,7 +62,7 @@ impl<A: Arch> Hypervisor<A> {
             bundle_digest,
             bundle.boot_id().is_some(),
         );
-        let mut hv = Self::new(arch, frames, witness, orders, &config, count);
+        let mut hv = Self::new(arch, memory, witness, orders, &config, count);
         if let Some(id) = bundle.boot_id() {
             hv.caps.set_boot_id(id);
         }

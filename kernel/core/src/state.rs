@@ -81,7 +81,7 @@ impl<A: Arch> Hypervisor<A> {
     /// A hypervisor with no partitions yet, run as `config` says.
     pub(crate) fn new(
         arch: A,
-        frames: FrameAllocator,
+        memory: crate::memory::Memory,
         witness: Witness,
         orders: crate::orders::desk::OrderDesk,
         config: &BootConfig,
@@ -89,8 +89,8 @@ impl<A: Arch> Hypervisor<A> {
     ) -> Self {
         Self {
             arch,
-            frames,
-            heap: crate::memory::quota::HeapLedger::default(),
+            frames: memory.frames,
+            heap: crate::memory::quota::HeapLedger::new(memory.heap_bytes),
             partitions: Vec::with_capacity(partitions),
             stores: Vec::with_capacity(partitions),
             channels: Vec::new(),

@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn the_reference_machine_is_the_one_the_loader_boots() {
         let virt = find("qemu-virt").unwrap();
-        let args = qemu::machine_args("rvm.bin".as_ref(), "b.rvm".as_ref());
+        let args = qemu::machine_args("rvm.bin".as_ref(), "b.rvm".as_ref(), 512);
         let machine = args[args.iter().position(|a| a == "-machine").unwrap() + 1]
             .to_string_lossy()
             .into_owned();

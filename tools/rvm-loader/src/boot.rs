@@ -412,14 +412,16 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
 
     let bundle_file = write_run_bundle(ctx, &bytes)?;
     let program = qemu::qemu_binary(opts.qemu.as_deref());
+    let memory_mib = qemu::memory_for(list.len());
     let args = qemu::machine_args(
         &images.hypervisor,
         bundle_file
             .path()
             .ok_or_else(|| Error::failed("bundle file gone"))?,
+        memory_mib,
     );
     eprintln!(
-        "rvm-loader: booting {} under {} (timeout {} s)",
+        "rvm-loader: booting {} under {} ({memory_mib} MiB, timeout {} s)",
         list.join(", "),
         Path::new(&program).display(),
         opts.timeout.as_secs()

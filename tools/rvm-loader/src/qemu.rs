@@ -87,7 +87,10 @@ pub fn qemu_binary(explicit: Option<&Path>) -> OsString {
 /// runs host commands, opens host files, ends the machine); the hypervisor
 /// reports how the run ended in its exit frame (`rvm_abi::frame::ExitFrame`)
 /// and powers off with PSCI `SYSTEM_OFF`.
-pub fn machine_args(hypervisor: &Path, bundle: &Path) -> Vec<OsString> {
+///
+/// `memory_mib` is the machine's RAM ([`memory_for`]).
+pub fn machine_args(hypervisor: &Path, bundle: &Path, memory_mib: u64) -> Vec<OsString> {
+    let memory = format!("{memory_mib}M");
     let mut args: Vec<OsString> = [
         "-machine",
         "virt,virtualization=on,gic-version=3",
@@ -96,7 +99,7 @@ pub fn machine_args(hypervisor: &Path, bundle: &Path) -> Vec<OsString> {
         "-smp",
         "4",
         "-m",
-        "512M",
+        &memory,
         "-nographic",
         "-nic",
         "none",
@@ -109,6 +112,18 @@ pub fn machine_args(hypervisor: &Path, bundle: &Path) -> Vec<OsString> {
     args.push("-initrd".into());
     args.push(bundle.as_os_str().to_owned());
     args
+}
+
+/// RAM for a machine that boots `partitions` partitions, in MiB: the
+/// hypervisor takes a quarter of RAM for its heap, and admission reserves
+/// about 3.8 MiB of it per partition (its state store, snapshots and
+/// queues at their bounds, `rvm_kernel::memory::quota`), and up to about
+/// 8 MiB of frames for a WASM partition (its memory budget, runtime heap,
+/// two snapshots). At least 512 MiB, in steps of 256 MiB. QEMU backs only
+/// what the machine touches, so the bound costs the host nothing until used.
+pub fn memory_for(partitions: usize) -> u64 {
+    let need = 64 + 24 * partitions as u64;
+    need.max(512).next_multiple_of(256)
 }
 
 /// What the output callback of [`run`] wants next.
@@ -313,7 +328,7 @@ mod tests {
 
     #[test]
     fn reference_machine_command_line() {
-        let args = machine_args(Path::new("/i/rvm.bin"), Path::new("/t/b.bin"));
+        let args = machine_args(Path::new("/i/rvm.bin"), Path::new("/t/b.bin"), memory_for(2));
         let text: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -324,6 +339,16 @@ mod tests {
              -kernel /i/rvm.bin -initrd /t/b.bin"
         );
         assert!(!text.iter().any(|a| a.contains("semihosting")), "{text:?}");
+    }
+
+    #[test]
+    fn the_machine_grows_with_its_partitions() {
+        assert_eq!(memory_for(1), 512);
+        assert_eq!(memory_for(16), 512);
+        // 64 WASM tenants: a 448 MiB heap holds 64 reservations of 3.8 MiB
+        // beside the hypervisor's 8, and 1.3 GiB of frames their footprints.
+        assert_eq!(memory_for(64), 1792);
+        assert!(memory_for(255).is_multiple_of(256) && memory_for(255) >= 64 + 24 * 255);
     }
 
     #[test]

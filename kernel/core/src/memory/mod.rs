@@ -15,3 +15,20 @@ pub mod frames;
 pub mod guest_mem;
 pub mod quota;
 pub mod stage2;
+
+use frames::FrameAllocator;
+
+/// What the hypervisor is given to share out: the frame pool (guest
+/// memory, tables) and the size of its own heap (charged per partition by
+/// [`quota::HeapLedger`]).
+pub struct Memory {
+    pub frames: FrameAllocator,
+    pub heap_bytes: usize,
+}
+
+/// A frame pool alone runs with the smallest heap ([`quota::EL2_HEAP_BYTES`]).
+impl From<FrameAllocator> for Memory {
+    fn from(frames: FrameAllocator) -> Self {
+        Self { frames, heap_bytes: quota::EL2_HEAP_BYTES }
+    }
+}

@@ -13,7 +13,9 @@
 use crate::channel::MAX_MESSAGE;
 use rvm_state::store::StoreLimits;
 
-/// Size of the EL2 heap (the boot code gives the allocator this much).
+/// The smallest EL2 heap the hypervisor runs with (and the one host tests
+/// get): the boot code gives the allocator more when the machine has the
+/// RAM ([`crate::memory::Memory`]).
 pub const EL2_HEAP_BYTES: usize = 64 << 20;
 
 /// Heap the hypervisor keeps for itself: the capability tables, its own log,
@@ -43,15 +45,27 @@ pub const fn queue_bytes(capacity: usize) -> usize {
 }
 
 /// The heap reserved for partitions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HeapLedger {
+    /// What partitions may reserve: the heap less the hypervisor's own.
+    capacity: usize,
     committed: usize,
 }
 
 impl HeapLedger {
+    /// The ledger of a heap of `heap_bytes`.
+    pub fn new(heap_bytes: usize) -> Self {
+        Self { capacity: heap_bytes.saturating_sub(HYPERVISOR_HEAP_BYTES), committed: 0 }
+    }
+
+    /// Bytes partitions may reserve in all.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Reserve `n` bytes, or answer how many are left (nothing reserved).
     pub fn commit(&mut self, n: usize) -> Result<(), usize> {
-        let free = (EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES).saturating_sub(self.committed);
+        let free = self.capacity.saturating_sub(self.committed);
         if n > free {
             return Err(free);
         }
@@ -75,9 +89,10 @@ mod tests {
 
     #[test]
     fn the_ledger_refuses_what_does_not_fit_and_takes_back_what_is_released() {
-        let mut l = HeapLedger::default();
+        let mut l = HeapLedger::new(EL2_HEAP_BYTES);
         let per = partition_bytes(&StoreLimits::DEFAULT);
-        let fits = (EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES) / per;
+        let fits = l.capacity() / per;
+        assert_eq!(l.capacity(), EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES);
         assert!(
             fits >= 8,
             "the default heap admits at least 8 partitions with default stores ({fits})"
@@ -89,5 +104,13 @@ mod tests {
         assert!(left < per);
         l.uncommit(per);
         l.commit(per).unwrap();
+    }
+
+    #[test]
+    fn a_larger_heap_admits_more_partitions() {
+        let per = partition_bytes(&StoreLimits::DEFAULT);
+        let small = HeapLedger::new(EL2_HEAP_BYTES).capacity() / per;
+        let large = HeapLedger::new(256 << 20).capacity() / per;
+        assert!(large >= 64 && large > 4 * small - 4, "{small} then {large}");
     }
 }

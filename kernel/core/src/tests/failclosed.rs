@@ -180,7 +180,7 @@ fn lifecycle_bundle() -> Vec<u8> {
 /// and how often each guest was entered.
 fn lifecycle(fail: Option<FailAt>) -> (Hypervisor<FakeArch>, Vec<u32>) {
     let bundle = lifecycle_bundle();
-    let mut hv = Hypervisor::boot_with(FakeArch::new(), frames(), &bundle, |w| w.inject(fail)).unwrap();
+    let mut hv = Hypervisor::boot_with(FakeArch::new(), frames().into(), &bundle, |w| w.inject(fail)).unwrap();
     let ran: Rc<RefCell<Vec<u32>>> = Rc::new(RefCell::new(alloc::vec![0, 0]));
     let r = ran.clone();
     hv.arch.set_guest(

@@ -316,6 +316,7 @@ fn a_partition_whose_budget_does_not_fit_is_refused_at_admission_and_witnessed()
 #[test]
 fn partitions_beyond_the_el2_heap_are_refused_at_admission_and_witnessed() {
     use crate::memory::quota::{partition_bytes, EL2_HEAP_BYTES, HYPERVISOR_HEAP_BYTES};
+    // Host tests boot with the smallest heap the hypervisor runs with.
     let per = partition_bytes(&rvm_state::store::StoreLimits::DEFAULT);
     let fit = (EL2_HEAP_BYTES - HYPERVISOR_HEAP_BYTES) / per;
     let budgets = alloc::vec![1u32; fit + 3];
