@@ -12,7 +12,13 @@
 //!   where every `Yield` is a context switch to the other partition and one
 //!   back (EL1 and FP/SIMD state saved and loaded, VTTBR switched): half of
 //!   that round trip is one partition-to-partition switch, hypercall
-//!   included.
+//!   included;
+//! * waking a partition parked in `ChannelWait` on another CPU: two
+//!   partitions on two CPUs play ping-pong, each waiting for the other's
+//!   message; from a send's witness record to the record of the woken
+//!   side's answer (its CPU woken by a kick, the receive answered, the
+//!   guest entered, its next send witnessed), with kicks and without them
+//!   (`rvm.kick=off`: the idle CPU notices at its next tick).
 //!
 //! `sleep=off` makes an idle machine's time jump to its next timer instead
 //! of following the host's clock, so every figure, the reset-to-first-record
@@ -32,7 +38,49 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     }
-    context_switch()
+    if context_switch() != std::process::ExitCode::SUCCESS {
+        return std::process::ExitCode::FAILURE;
+    }
+    wake()
+}
+
+/// Ping-pong between two partitions on two CPUs, each parked while it
+/// waits: the instructions from one side's send to the other side's answer.
+fn wake() -> std::process::ExitCode {
+    use rvm_abi::Hypercall;
+    let spec = BundleSpec::new()
+        .partition(PartitionSpec::image("ping", artifact("probes/probe-wait.elf")).input(b"ping".to_vec()))
+        .partition(PartitionSpec::image("pong", artifact("probes/probe-wait.elf")).input(b"pong".to_vec()))
+        .channel(0, 1);
+    println!("RVM wake-up of a partition parked in ChannelWait, QEMU -icount shift=0,sleep=off, cortex-a72, two partitions on two CPUs (instructions)");
+    for (label, append) in [("woken by a kick", ""), ("woken by its tick (rvm.kick=off)", "rvm.kick=off")] {
+        let opts = QemuOptions { icount: true, icount_warp_idle: true, smp: 2, append: append.into(), ..QemuOptions::default() };
+        let run = boot(&spec.build(), &opts);
+        if run.timed_out || run.exit != Some(0) || run.lines().filter(|l| l.ends_with("wait pingpong done")).count() != 2 {
+            eprintln!("rvm-bench-qemu: ping-pong failed (exit {:?}, timed out {})\n{}", run.exit, run.timed_out, run.serial);
+            return std::process::ExitCode::FAILURE;
+        }
+        let sends = |log: u32| -> Vec<u64> {
+            run.log(log).iter().filter(|r| r.op == Hypercall::ChannelSend as u16 && r.outcome == 0).map(|r| r.timestamp).collect()
+        };
+        let (ping, pong) = (sends(1), sends(2));
+        // ping[i] wakes pong, whose answer is pong[i]; pong[i] wakes ping,
+        // whose next message is ping[i + 1].
+        let mut hops: Vec<u64> = ping.iter().zip(&pong).map(|(a, b)| b.saturating_sub(*a)).collect();
+        hops.extend(pong.iter().zip(ping.iter().skip(1)).map(|(a, b)| b.saturating_sub(*a)));
+        hops.sort_unstable();
+        if hops.is_empty() {
+            eprintln!("rvm-bench-qemu: no ping-pong records\n{}", run.serial);
+            return std::process::ExitCode::FAILURE;
+        }
+        println!(
+            "  send_to_parked_partition_answered ({label}) min {} median {} samples {}",
+            hops[0],
+            hops[hops.len() / 2],
+            hops.len()
+        );
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// Two bench partitions on one CPU: their `Yield` samples are switches.
