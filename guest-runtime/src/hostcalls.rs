@@ -89,7 +89,7 @@ impl HostCalls for El1Host {
     fn wait_any(&mut self, channels: &[CapHandle], timeout_ns: u64) -> Result<usize, HvError> {
         let mut list = [0u8; 16 * 8];
         let n = channels.len();
-        if n == 0 || n > 16 {
+        if n > 16 {
             return Err(HvError::InvalidArgument);
         }
         for (slot, h) in list.chunks_exact_mut(8).zip(channels) {
@@ -98,7 +98,7 @@ impl HostCalls for El1Host {
         let timeout_ns = if self.may_wait { timeout_ns } else { 0 };
         let [i, _, _] = hypercall(
             Hypercall::WaitAny,
-            &mut [Arg::InPtr(Some(&list[..n * 8])), Arg::Val(n as u64), Arg::Val(timeout_ns)],
+            &mut [Arg::InPtr((n > 0).then_some(&list[..n * 8])), Arg::Val(n as u64), Arg::Val(timeout_ns)],
         )?;
         usize::try_from(i).ok().filter(|&i| i < n).ok_or(HvError::InvalidArgument)
     }

@@ -223,6 +223,7 @@ impl BundleSpec {
                 fuel_per_slice: p.fuel_per_slice,
                 recovery: p.recovery,
                 witness_key_fingerprint: None,
+                dormant_after_ms: 0,
             };
             let i = w.partition(&desc);
             match &p.guest {

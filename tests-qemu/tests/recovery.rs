@@ -56,6 +56,7 @@ fn bundle(parts: &[Part], channels: &[(u32, u32)], budget_ms: u32) -> Vec<u8> {
             fuel_per_slice: 0,
             recovery: p.recovery,
             witness_key_fingerprint: None,
+            dormant_after_ms: 0,
         };
         let i = w.partition(&desc);
         w.entry(EntryKind::Wasm, i, &p.wasm);
@@ -226,6 +227,7 @@ fn a_stage2_write_fences_only_the_offender() {
             fuel_per_slice: 0,
             recovery: p.recovery,
             witness_key_fingerprint: None,
+            dormant_after_ms: 0,
         };
         let i = bundle.partition(&desc);
         let kind = if p.name == "hostile" { EntryKind::GuestImage } else { EntryKind::Wasm };

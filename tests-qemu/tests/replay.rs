@@ -46,6 +46,7 @@ fn bundle(packet: &[u8], source: &[u8], flags: u32) -> Vec<u8> {
             fuel_per_slice: 0,
             recovery: RecoveryDesc::DEFAULT,
             witness_key_fingerprint: None,
+            dormant_after_ms: 0,
         });
         w.entry(EntryKind::Wasm, i, wasm);
     }

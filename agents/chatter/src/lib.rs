@@ -132,12 +132,26 @@ mod agent {
                     busy |= end.closed;
                 }
             }
-            if backed_up || (!busy && !talking) {
-                // A peer is behind, or we only wait for its markers and
-                // nothing moved: let the others run. (An idle quiet agent
-                // does not yield while talking, so it does not take the CPU
-                // from its chatty neighbours.)
+            if backed_up {
+                // A peer is behind: let the others run.
                 let _: Result<(), HvError> = rvm_guest::yield_now();
+            } else if !busy && !talking {
+                // We only wait for the peers' markers and nothing moved:
+                // wait (parked) for the next message on any end, up to a
+                // millisecond (a full queue may still hold our own marker
+                // back). In a partition of several agents this only looks:
+                // then yield. (An idle quiet agent does not yield while
+                // talking, so it does not take the CPU from its chatty
+                // neighbours.)
+                let mut channels = [Channel(rvm_guest::CapHandle::new(0, 0)); MAX_CHANNELS];
+                let mut n = 0;
+                for (slot, end) in channels.iter_mut().zip(s.ends.iter().flatten()) {
+                    *slot = end.channel;
+                    n += 1;
+                }
+                if rvm_guest::wait_any(&channels[..n], Some(1_000_000)) == Err(HvError::WouldBlock) {
+                    let _: Result<(), HvError> = rvm_guest::yield_now();
+                }
             }
             let through = !talking && s.ends.iter().flatten().all(|e| e.closed && e.peer_closed);
             if through {

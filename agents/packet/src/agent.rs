@@ -92,7 +92,9 @@ fn request(channel: &Channel, k: u32) -> Message {
         }
     }
     loop {
-        match channel.recv(&mut buf) {
+        // Parked until the answer comes (in a partition of several agents
+        // this only looks, and the agent yields below).
+        match channel.recv_wait(&mut buf, None) {
             Ok(n) => match Message::decode(&buf[..n.min(MAX_MESSAGE)]) {
                 Some(m @ (Message::Packet(j, _) | Message::Fault(j) | Message::End(j)))
                     if j == k =>

@@ -14,7 +14,9 @@ pub(crate) fn turn() -> i32 {
         rvm_guest::exit(2)
     };
     let mut buf = [0u8; MAX_MESSAGE];
-    let k = match channel.recv(&mut buf) {
+    // Parked until a request comes (in a partition of several agents this
+    // only looks, and the turn ends with a yield below).
+    let k = match channel.recv_wait(&mut buf, None) {
         Ok(n) => match Message::decode(&buf[..n.min(MAX_MESSAGE)]) {
             Some(Message::Req(k)) => k,
             _ => {

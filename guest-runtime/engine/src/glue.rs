@@ -279,7 +279,11 @@ pub(crate) fn define<H: HostCalls + 'static>(
                         |mut c: C<'_, H>, ptr: i32, count: i32, timeout: i64| -> i32 {
                             let timeout_ns = u64::try_from(timeout).unwrap_or(u64::MAX);
                             length(with_memory(&mut c, |mem, host| {
-                                let n = usize::try_from(count).ok().filter(|n| (1..=16).contains(n)).ok_or(HvError::InvalidArgument)?;
+                                // No channel is a sleep, which needs a deadline.
+                                let n = usize::try_from(count)
+                                    .ok()
+                                    .filter(|&n| n <= 16 && (n > 0 || timeout_ns != u64::MAX))
+                                    .ok_or(HvError::InvalidArgument)?;
                                 let r = range(mem.len(), ptr, i32::try_from(n * 8).map_err(|_| HvError::InvalidArgument)?)?;
                                 let handles = mem[r]
                                     .chunks_exact(8)

@@ -53,10 +53,17 @@ fn wait_any_on_empty_channels_answers_would_block_from_the_host() {
 }
 
 #[test]
-fn wait_any_refuses_a_count_of_none_or_more_than_sixteen() {
+fn wait_any_refuses_a_sleep_with_no_deadline_or_more_than_sixteen() {
     let code = i32::from(HvError::InvalidArgument.outcome_code());
-    assert_eq!(run(&waiter(0, false), true), RunOutcome::Finished { code });
+    assert_eq!(run(&waiter(0, true), true), RunOutcome::Finished { code });
     assert_eq!(run(&waiter(17, false), true), RunOutcome::Finished { code });
     // A negative count too.
     assert_eq!(run(&waiter(-1, false), true), RunOutcome::Finished { code });
+}
+
+#[test]
+fn wait_any_of_no_channel_with_a_deadline_is_a_sleep_the_host_answers() {
+    // The fake host answers a wait on nothing with its deadline's answer.
+    let code = i32::from(HvError::WouldBlock.outcome_code());
+    assert_eq!(run(&waiter(0, false), true), RunOutcome::Finished { code });
 }

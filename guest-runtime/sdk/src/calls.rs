@@ -140,8 +140,8 @@ impl Channel {
     }
 }
 
-/// Wait until the first of `channels` (1 to 16) holds a message for this
-/// agent, up to `timeout_ns` (`None`: no deadline; `Some(0)`: just look);
+/// Wait until the first of `channels` (0 to 16; none with a deadline is
+/// [`sleep`]) holds a message for this agent, up to `timeout_ns` (`None`: no deadline; `Some(0)`: just look);
 /// its index in `channels` (the message stays queued: [`Channel::recv`] it).
 /// `WouldBlock` when the deadline passed first. While it waits the
 /// partition does not run; in a partition running several agents it only
@@ -156,7 +156,7 @@ impl Channel {
 /// }
 /// ```
 pub fn wait_any(channels: &[Channel], timeout_ns: Option<u64>) -> Result<usize, HvError> {
-    if channels.is_empty() || channels.len() > 16 {
+    if channels.len() > 16 || (channels.is_empty() && timeout_ns.is_none()) {
         return Err(HvError::InvalidArgument);
     }
     let mut list = [0i64; 16];
@@ -167,6 +167,17 @@ pub fn wait_any(channels: &[Channel], timeout_ns: Option<u64>) -> Result<usize, 
     let timeout = timeout_ns.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX));
     // SAFETY: the host reads `n` handles at `list`, borrowed for the call.
     decode_status(unsafe { raw::wait_any(list.as_ptr(), n, timeout) }).map(as_len)
+}
+
+/// Sleep for `ns`: the partition does not run until then (one witness
+/// record when it wakes). In a partition running several agents it returns
+/// at once, as [`wait_any`] only looks there.
+pub fn sleep(ns: u64) -> Result<(), HvError> {
+    match wait_any(&[], Some(ns)) {
+        Err(HvError::WouldBlock) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Err(HvError::InvalidArgument),
+    }
 }
 
 /// A state store this partition holds: stage, validate, commit, get.

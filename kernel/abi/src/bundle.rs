@@ -201,7 +201,7 @@ impl RecoveryDesc {
     pub const ABUSE_NEVER: u16 = u16::MAX;
 }
 
-/// A partition as the bundle describes it (96 bytes).
+/// A partition as the bundle describes it (104 bytes).
 ///
 /// | offset | size | field |
 /// |---|---|---|
@@ -219,6 +219,8 @@ impl RecoveryDesc {
 /// | 56 | 4 | fence timeout, ms |
 /// | 60 | 4 | flags (bit 0: a witness key fingerprint is given) |
 /// | 64 | 32 | SHA-256 fingerprint of the expected witness public key |
+/// | 96 | 4 | dormant after, ms: a `Warm` partition parked in a wait this long may go dormant (0 = never) |
+/// | 100 | 4 | reserved, zero |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionDesc {
     pub name: [u8; 32],
@@ -230,9 +232,13 @@ pub struct PartitionDesc {
     pub fuel_per_slice: u64,
     pub recovery: RecoveryDesc,
     pub witness_key_fingerprint: Option<[u8; 32]>,
+    /// A `Warm` partition parked in a wait this long (ms) may go dormant
+    /// (the kernel's `domains::dormant`); 0: never. Only `Warm` partitions
+    /// carry one (`Dormant` ones sleep at once).
+    pub dormant_after_ms: u32,
 }
 
-pub const PARTITION_DESC_LEN: usize = 96;
+pub const PARTITION_DESC_LEN: usize = 104;
 
 impl PartitionDesc {
     /// The name as text (validated as a safe identifier when parsed).
@@ -259,6 +265,7 @@ impl PartitionDesc {
             b[60] = 1;
             b[64..96].copy_from_slice(&fp);
         }
+        b[96..100].copy_from_slice(&self.dormant_after_ms.to_le_bytes());
         b
     }
 
@@ -283,9 +290,16 @@ impl PartitionDesc {
             None
         };
         let pct = |v: u8| if v <= 100 { Some(v) } else { None };
+        let memory_tier = MemoryTier::from_u8(b[32])?;
+        let dormant_after_ms = u32_at(b, 96);
+        // Reserved bytes are zero, and only a Warm partition parks before
+        // it sleeps.
+        if u32_at(b, 100) != 0 || (dormant_after_ms != 0 && memory_tier != MemoryTier::Warm) {
+            return None;
+        }
         Some(Self {
             name,
-            memory_tier: MemoryTier::from_u8(b[32])?,
+            memory_tier,
             deadline_urgency: pct(b[33])?,
             cut_pressure: pct(b[34])?,
             default_tier: crate::ProofTier::from_u8(b[35])? as u8,
@@ -299,6 +313,7 @@ impl PartitionDesc {
                 abuse_limit: u16_at(b, 50),
             },
             witness_key_fingerprint: fingerprint,
+            dormant_after_ms,
         })
     }
 
@@ -720,6 +735,7 @@ mod tests {
             fuel_per_slice: 0,
             recovery: RecoveryDesc::DEFAULT,
             witness_key_fingerprint: Some([7; 32]),
+            dormant_after_ms: 0,
         }
     }
 

@@ -173,8 +173,9 @@ hypercalls! {
     /// waits forgets the call with its vCPU.
     ChannelWait = 0x17,
     /// Wait for the first of several channels: `x1` = IPA of a list of `x2`
-    /// channel handles (u64 LE; 1 to 16), `x3` = how long it may wait (ns;
-    /// `u64::MAX`: no deadline; 0: just look). Each handle needs READ (no
+    /// channel handles (u64 LE; 0 to 16), `x3` = how long it may wait (ns;
+    /// `u64::MAX`: no deadline; 0: just look). With no handle it is a sleep:
+    /// it needs a deadline, and the deadline answers it. Each handle needs READ (no
     /// proof). `x1` = the position in the list of the first channel with a
     /// message for the caller (the message stays queued: receive it with
     /// `ChannelRecv`), `x2` = ns it waited. When none has one the caller is

@@ -170,6 +170,7 @@ mod tests {
             fuel_per_slice: 0,
             recovery: RecoveryDesc::DEFAULT,
             witness_key_fingerprint: None,
+            dormant_after_ms: 0,
         };
         let p = BlendPolicy::DEFAULT;
         assert_eq!(Priority::of_partition(&desc, None, p).basis_points(), 4500);

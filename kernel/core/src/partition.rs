@@ -172,6 +172,10 @@ pub struct Partition {
     wasm: (u64, u64),
     /// A `ChannelRecv` it waits in (its vCPU parked at EL2), if any.
     wait: Option<ChannelWait>,
+    /// Its last wait was ended by its dormancy policy
+    /// ([`Partition::dormant_after_ns`]): an idle turn may now put it to
+    /// sleep.
+    idled_out: bool,
 }
 
 /// Most channels one `WaitAny` may name.
@@ -197,6 +201,19 @@ pub struct ChannelWait {
     /// When it started waiting, and when it stops (`None`: no deadline).
     pub since_ns: u64,
     pub deadline_ns: Option<u64>,
+    /// When its partition's dormancy policy ends the wait if nothing came
+    /// first ([`Partition::dormant_after_ns`]).
+    pub sleep_at_ns: Option<u64>,
+}
+
+impl ChannelWait {
+    /// The earliest moment something other than a message ends it.
+    pub fn ends_at(&self) -> Option<u64> {
+        match (self.deadline_ns, self.sleep_at_ns) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        }
+    }
 }
 
 impl Partition {
@@ -234,6 +251,7 @@ impl Partition {
             boot_handles: Vec::new(),
             wasm: (0, 0),
             wait: None,
+            idled_out: false,
         }
     }
 
@@ -279,7 +297,45 @@ impl Partition {
 
     /// Park its vCPU in `wait` (the guest gave up the CPU in the call).
     pub(crate) fn park(&mut self, wait: ChannelWait) {
+        self.idled_out = false;
         self.wait = Some(wait);
+    }
+
+    /// How long a wait for a message may park it before it may go dormant
+    /// instead (its memory returned, a message waking it: the kernel's
+    /// `domains::dormant`). Only a partition that runs an agent module
+    /// under the shared runtime can sleep; of those a `Dormant`-tier one
+    /// does not park at all (0: an empty inbox ends its turn, and an idle
+    /// turn puts it to sleep) and a `Warm` one parks for its manifest's
+    /// `dormant_after_ms` (none: it parks as long as the wait allows).
+    pub fn dormant_after_ns(&self) -> Option<u64> {
+        if self.own_image.is_some() || self.wasm.1 == 0 {
+            return None;
+        }
+        match self.desc.memory_tier {
+            rvm_abi::bundle::MemoryTier::Dormant => Some(0),
+            rvm_abi::bundle::MemoryTier::Warm if self.desc.dormant_after_ms != 0 => {
+                Some(u64::from(self.desc.dormant_after_ms) * 1_000_000)
+            }
+            _ => None,
+        }
+    }
+
+    /// Its dormancy policy ended its wait: it may sleep at its next idle
+    /// turn.
+    pub(crate) fn note_idled_out(&mut self) {
+        self.idled_out = true;
+    }
+
+    /// Whether its dormancy policy ended its last wait (and it has not
+    /// waited again or slept since).
+    pub fn idled_out(&self) -> bool {
+        self.idled_out
+    }
+
+    /// It went dormant: the policy's permission is spent.
+    pub(crate) fn clear_idled_out(&mut self) {
+        self.idled_out = false;
     }
 
     /// The receive it waits in, if it does.

@@ -117,6 +117,7 @@ fn desc(name: &str) -> PartitionDesc {
         fuel_per_slice: 0,
         recovery: RecoveryDesc::DEFAULT,
         witness_key_fingerprint: None,
+        dormant_after_ms: 0,
     }
 }
 

@@ -154,6 +154,7 @@ pub fn partition_desc(p: &PlannedPartition) -> Result<PartitionDesc> {
         fuel_per_slice: 0,
         recovery: RecoveryDesc::DEFAULT,
         witness_key_fingerprint: spec.witness_key_fingerprint.map(|f| f.0),
+        dormant_after_ms: spec.dormant_after_ms,
     })
 }
 

@@ -214,6 +214,10 @@ pub struct PartitionSpec {
     pub deadline_urgency: Hundredths,
     pub cut_pressure: Hundredths,
     pub witness_key_fingerprint: Option<KeyFingerprint>,
+    /// `partition.dormant_after_ms`: a `Warm` partition that waited this
+    /// long for a message may go dormant; 0 = never.
+    #[serde(default)]
+    pub dormant_after_ms: u32,
     /// `[wasm_guest]`: the guest the manifest expects.
     pub wasm_guest: Option<(GuestPackage, Lifecycle)>,
     pub metadata: Metadata,

@@ -109,7 +109,10 @@ pub(super) fn recv<A: Arch>(
     };
     let w = w.granted(&g);
     let ch = channel_index(&g);
-    let wait_ns = if op == Hypercall::ChannelWait { regs[WAIT] } else { 0 };
+    // A Dormant-tier agent does not park: its empty inbox ends its turn,
+    // and the idle turn puts it to sleep until a message wakes it.
+    let parks = op == Hypercall::ChannelWait && call.caller.dormant_after_ns() != Some(0);
+    let wait_ns = if parks { regs[WAIT] } else { 0 };
     if wait_ns != 0 && matches!(channels.get(ch).map(|c| c.peek_len(me)), Some(Ok(None))) {
         let mut list = heapless::Vec::new();
         let _ = list.push((regs[0], ch));
@@ -130,6 +133,9 @@ fn park<A: Arch>(
     wait_ns: u64,
 ) {
     let now = call.arch.now_ns();
+    // A wait a message can answer may be ended by the partition's dormancy
+    // policy (a sleep cannot: a message would not wake it).
+    let sleep_at_ns = call.caller.dormant_after_ns().filter(|_| !channels.is_empty()).map(|after| now.saturating_add(after));
     call.caller.park(ChannelWait {
         op,
         regs: *regs,
@@ -138,6 +144,7 @@ fn park<A: Arch>(
         cap: w.cap,
         since_ns: now,
         deadline_ns: (wait_ns != u64::MAX).then(|| now.saturating_add(wait_ns)),
+        sleep_at_ns,
     });
 }
 
@@ -156,12 +163,16 @@ const ANY_WAIT: usize = 2;
 /// the list as read, once, when the call was made.
 pub(super) fn wait_any<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel], me: Endpoint, w: Witnessed, regs: &[u64; 6]) -> Flow {
     let count = regs[COUNT];
-    if count == 0 || count > MAX_WAIT_CHANNELS as u64 {
+    // No channel is a sleep: it needs a deadline (nothing else could end it).
+    if count > MAX_WAIT_CHANNELS as u64 || (count == 0 && regs[ANY_WAIT] == u64::MAX) {
         return call.deny(&w, HvError::InvalidArgument);
     }
-    let list = match call.read_guest(regs[0], count * 8, (MAX_WAIT_CHANNELS * 8) as u64) {
-        Ok(l) => l,
-        Err(e) => return call.deny(&w, e),
+    let list = match count {
+        0 => alloc::vec::Vec::new(),
+        _ => match call.read_guest(regs[0], count * 8, (MAX_WAIT_CHANNELS * 8) as u64) {
+            Ok(l) => l,
+            Err(e) => return call.deny(&w, e),
+        },
     };
     let w = w.data(regs, &list);
     let mut waits_on: heapless::Vec<(u64, usize), MAX_WAIT_CHANNELS> = heapless::Vec::new();
@@ -179,7 +190,10 @@ pub(super) fn wait_any<A: Arch>(call: &mut Call<'_, A>, channels: &mut [Channel]
         Some((raw, tier, cap)) => w.handle(raw).at_grant(tier, cap),
         None => w,
     };
-    let wait_ns = regs[ANY_WAIT];
+    // As for `ChannelWait`: a Dormant-tier agent only looks (a sleep still
+    // parks).
+    let looks = call.caller.dormant_after_ns() == Some(0) && !waits_on.is_empty();
+    let wait_ns = if looks { 0 } else { regs[ANY_WAIT] };
     if wait_ns != 0 && ready(channels, me, &waits_on).is_none() {
         park(call, Hypercall::WaitAny, regs, waits_on, &w, wait_ns);
         return Flow::Waiting;

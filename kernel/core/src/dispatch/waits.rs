@@ -49,17 +49,25 @@ pub(crate) fn message_queued<A: Arch>(hv: &mut Hypervisor<A>, ch: usize) {
     }
 }
 
-/// Housekeeping: answer every receive whose deadline has passed.
+/// Housekeeping: answer every receive whose deadline has passed, or that
+/// waited as long as its partition's dormancy policy allows (the partition
+/// may then sleep at its next idle turn: `crate::domains::dormant`).
 pub(crate) fn expire<A: Arch>(hv: &mut Hypervisor<A>) {
     let now = hv.arch.now_ns();
     for idx in 0..hv.partitions.len() {
-        if hv.partitions[idx].waiting().is_some_and(|w| w.deadline_ns.is_some_and(|d| d <= now)) {
+        let Some(w) = hv.partitions[idx].waiting() else { continue };
+        let idled_out = w.sleep_at_ns.is_some_and(|s| s <= now) && w.deadline_ns.is_none_or(|d| d > now);
+        if w.ends_at().is_some_and(|t| t <= now) {
+            if idled_out {
+                hv.partitions[idx].note_idled_out();
+            }
             answer(hv, idx);
         }
     }
 }
 
-/// The earliest deadline a waiting partition has, if any.
+/// The earliest moment a waiting partition's wait ends without a message
+/// (its deadline, or its dormancy policy), if any.
 pub(crate) fn next_deadline<A: Arch>(hv: &Hypervisor<A>) -> Option<u64> {
-    hv.partitions.iter().filter_map(|p| p.waiting()?.deadline_ns).min()
+    hv.partitions.iter().filter_map(|p| p.waiting()?.ends_at()).min()
 }

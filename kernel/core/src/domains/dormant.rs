@@ -1,11 +1,13 @@
 //! The `Dormant` memory tier: a partition that sleeps between messages.
 //!
 //! **The signal.** The guest runtime drives its agent turn by turn. When a
-//! turn ended in which the agent found its inbox empty (a `ChannelRecv`
-//! answered `WouldBlock`) and received nothing, the runtime asks `Idle`
-//! with `x1` = 0 whether the partition may sleep (the kernel says yes when
-//! its manifest tier is `Dormant` and no message waits for it), takes its
-//! turn-boundary snapshot, and calls `Idle` with that snapshot's id.
+//! turn ended in which the agent found its inbox empty (a receive answered
+//! `WouldBlock`) and received nothing, the runtime asks `Idle` with `x1` =
+//! 0 whether the partition may sleep (the kernel says yes when no message
+//! waits for it and its manifest tier is `Dormant`, or `Warm` with a
+//! `dormant_after_ms` its last wait reached: [`crate::partition::Partition::dormant_after_ns`],
+//! [`crate::dispatch::waits::expire`]), takes its turn-boundary snapshot,
+//! and calls `Idle` with that snapshot's id.
 //!
 //! **Going dormant** ([`enter`]): unless a message arrived meanwhile, the
 //! call is witnessed and does not return. The partition's memory is
@@ -57,11 +59,19 @@ fn message_waiting<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
         .any(|c| (0..2).any(|i| c.ends()[i] == id && c.pending_for(c.endpoint(i)) > 0))
 }
 
-/// Whether partition `idx` is of the `Dormant` tier and runs an agent
-/// module under the shared runtime (only those can be rebuilt on a wake).
-fn dormant_tier<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
+/// Whether partition `idx` may sleep at an idle turn: it runs an agent
+/// module under the shared runtime (only those can be rebuilt on a wake)
+/// and is of the `Dormant` tier, or of the `Warm` tier and its last wait
+/// was ended by its dormancy policy (it waited its manifest's
+/// `dormant_after_ms` for a message: [`crate::dispatch::waits::expire`]).
+fn may_sleep<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> bool {
     let p = &hv.partitions[idx];
-    p.desc().memory_tier == MemoryTier::Dormant && p.own_image().is_none() && p.wasm().1 != 0 && hv.runtime.is_some()
+    let policy = match p.desc().memory_tier {
+        MemoryTier::Dormant => true,
+        MemoryTier::Warm => p.idled_out(),
+        _ => false,
+    };
+    policy && p.dormant_after_ns().is_some() && hv.runtime.is_some()
 }
 
 /// The `Idle` hypercall (see [`rvm_abi::Hypercall::Idle`]).
@@ -69,11 +79,11 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
     let snapshot_id = regs[0];
     if snapshot_id == 0 {
         // The question changes nothing and is not witnessed.
-        let may = dormant_tier(hv, idx) && !message_waiting(hv, idx);
+        let may = may_sleep(hv, idx) && !message_waiting(hv, idx);
         hv.partitions[idx].vcpu_mut().set_return(0, &[u64::from(may)]);
         return Flow::Resume;
     }
-    if !dormant_tier(hv, idx) {
+    if !may_sleep(hv, idx) {
         return deny(hv, idx, &w, HvError::NotSupported);
     }
     let last = hv.partitions[idx].snapshot().map(|c| c.id);
@@ -105,6 +115,7 @@ pub(crate) fn idle<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, w: Witnessed, re
 /// its stage-2 tables, keep its module frames and its snapshot.
 pub(crate) fn enter<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, held: &mut Reservation) {
     let before = hv.frames.frames_in_use();
+    hv.partitions[idx].clear_idled_out();
     hv.partitions[idx].console_flush(&mut hv.arch);
     hv.stores[idx].abort();
     let module = module_frames(hv, idx);

@@ -22,6 +22,12 @@ use crate::tests::orders::{assert_chains_verify, boot, events, runtime, shared, 
 /// before). Woken, it reports what it restored, receives, answers, and
 /// finishes.
 fn sleeper(asleep: Rc<RefCell<bool>>, log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
+    sleeper_receiving(Hypercall::ChannelRecv, asleep, log)
+}
+
+/// [`sleeper`], finding its inbox empty with `recv`: `ChannelRecv`, or a
+/// `ChannelWait` with no deadline.
+fn sleeper_receiving(recv: Hypercall, asleep: Rc<RefCell<bool>>, log: Rc<RefCell<Vec<String>>>) -> crate::fake::GuestFn {
     runtime(Box::new(move |g| {
         let ch = g.handle(ObjectKind::Channel);
         let store = g.handle(ObjectKind::StateStore);
@@ -33,7 +39,7 @@ fn sleeper(asleep: Rc<RefCell<bool>>, log: Rc<RefCell<Vec<String>>>) -> crate::f
                 g.call(Hypercall::StateStage, &[store, HEAP, 4, HEAP + 0x100, 2])
             }
             (0, 1) => g.call(Hypercall::StateCommit, &[store]),
-            (0, 2) => g.call(Hypercall::ChannelRecv, &[ch, HEAP + 0x800, 64]),
+            (0, 2) => g.call(recv, &[ch, HEAP + 0x800, 64, u64::MAX]),
             (0, 3) => {
                 log.borrow_mut().push(alloc::format!("recv {}", HvError::from_code(g.status()).map_or("ok", HvError::name)));
                 g.call(Hypercall::Idle, &[0])
@@ -219,6 +225,95 @@ fn only_dormant_tier_partitions_sleep_and_only_on_their_last_snapshot() {
     assert_eq!(*seen.borrow(), ["warm may sleep 0", "warm idle NotSupported", "stale id InvalidArgument"]);
     assert_eq!(hv.partitions()[0].state(), PartitionState::Finished);
     assert_eq!(hv.partitions()[1].state(), PartitionState::Finished);
+}
+
+#[test]
+fn a_warm_partition_that_waited_as_long_as_its_manifest_allows_sleeps_and_a_message_wakes_it() {
+    // The sleeper is Warm, may sleep after 5 ms of waiting, and waits for a
+    // message with no deadline; the peer sends once it is asleep.
+    let parts = [Part::new("sleeper").dormant_after_ms(5), Part::new("peer")];
+    let (mut hv, _) = boot(&parts, &[(0, 1)], true);
+    let (asleep, flag) = shared::<bool>();
+    let (log, seen) = shared::<Vec<String>>();
+    hv.arch.set_guest(1, sleeper_receiving(Hypercall::ChannelWait, asleep, log.clone()));
+    hv.arch.set_guest(2, peer(flag, true, log));
+    let summary = hv.run();
+    let text = hv.arch.console_text();
+    assert_eq!(summary.finished, 2, "{text}");
+    assert_eq!(
+        *seen.borrow(),
+        [
+            "recv WouldBlock",
+            "may sleep 1",
+            "woken from 1 image turn-041 data reset true heap zero true",
+            "store turn 41",
+            "got ping",
+            "then WouldBlock",
+            "peer got pong",
+        ]
+    );
+    let d = hv.dormancy(PartitionId(1));
+    assert_eq!((d.sleeps, d.wakes), (1, 1));
+    // One record for the wait, 5 ms or more after it began.
+    let recs: Vec<_> = crate::tests::records(&text).into_iter().filter(|(l, _)| *l == 1).map(|(_, r)| r).collect();
+    let waits: Vec<_> = recs.iter().filter(|r| r.op == Hypercall::ChannelWait as u16).collect();
+    assert_eq!(waits.len(), 1);
+    assert_eq!(waits[0].outcome, HvError::WouldBlock.outcome_code());
+    let committed = recs.iter().find(|r| r.op == Hypercall::StateCommit as u16).unwrap();
+    assert!(waits[0].timestamp - committed.timestamp >= 5_000_000, "it waited its 5 ms first");
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn a_warm_partition_without_the_policy_waits_and_never_sleeps() {
+    // No `dormant_after_ms`: the wait lasts until the message, and the
+    // sleeper's `Idle` question is answered no.
+    let (mut hv, _) = boot(&[Part::new("sleeper"), Part::new("peer")], &[(0, 1)], true);
+    let (log, seen) = shared::<Vec<String>>();
+    let l2 = log.clone();
+    let mut step = 0;
+    hv.arch.set_guest(
+        1,
+        runtime(Box::new(move |g| {
+            let ch = g.handle(ObjectKind::Channel);
+            step += 1;
+            match step {
+                1 => g.call(Hypercall::ChannelWait, &[ch, HEAP + 0x800, 64, u64::MAX]),
+                2 => {
+                    log.borrow_mut().push(alloc::format!("recv {}", HvError::from_code(g.status()).map_or("ok", HvError::name)));
+                    g.call(Hypercall::Idle, &[0])
+                }
+                _ => {
+                    log.borrow_mut().push(alloc::format!("may sleep {}", g.result(0)));
+                    g.exit(0)
+                }
+            }
+        })),
+    );
+    // The peer spends 50 ms of slices, then sends.
+    let mut slices = 0;
+    hv.arch.set_guest(
+        2,
+        runtime(Box::new(move |g| {
+            slices += 1;
+            match slices {
+                n if n < 5 => FakeArch::timer(),
+                5 => {
+                    g.m.write(HEAP, b"ping").unwrap();
+                    let ch = g.handle(ObjectKind::Channel);
+                    g.call(Hypercall::ChannelSend, &[ch, HEAP, 4])
+                }
+                _ => {
+                    l2.borrow_mut().push("peer sent".into());
+                    g.exit(0)
+                }
+            }
+        })),
+    );
+    hv.run();
+    let seen = seen.borrow();
+    assert!(seen.contains(&"recv ok".into()) && seen.contains(&"may sleep 0".into()), "{seen:?}");
+    assert_eq!(hv.dormancy(PartitionId(1)).sleeps, 0);
 }
 
 #[test]

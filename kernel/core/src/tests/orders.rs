@@ -40,11 +40,16 @@ pub(crate) struct Part {
     pub name: &'static str,
     pub tier: MemoryTier,
     pub recovery: RecoveryDesc,
+    pub dormant_after_ms: u32,
 }
 
 impl Part {
     pub(crate) fn new(name: &'static str) -> Self {
-        Self { name, tier: MemoryTier::Warm, recovery: RecoveryDesc::DEFAULT }
+        Self { name, tier: MemoryTier::Warm, recovery: RecoveryDesc::DEFAULT, dormant_after_ms: 0 }
+    }
+    pub(crate) fn dormant_after_ms(mut self, ms: u32) -> Self {
+        self.dormant_after_ms = ms;
+        self
     }
     pub(crate) fn tier(mut self, tier: MemoryTier) -> Self {
         self.tier = tier;
@@ -87,7 +92,7 @@ pub(crate) fn boot_with_id(
         w.entry(EntryKind::OperatorKey, GLOBAL, &public);
     }
     for p in parts {
-        let i = w.partition(&PartitionDesc { memory_tier: p.tier, recovery: p.recovery, ..crate::tests::desc(p.name) });
+        let i = w.partition(&PartitionDesc { memory_tier: p.tier, recovery: p.recovery, dormant_after_ms: p.dormant_after_ms, ..crate::tests::desc(p.name) });
         // Two pages of module, so its window spans more than one frame.
         let mut module = alloc::vec![0u8; 5000];
         module[..8].copy_from_slice(b"\0asm\x01\0\0\0");

@@ -119,6 +119,39 @@ fn a_deadline_answers_would_block_once_and_it_is_no_denial() {
 }
 
 #[test]
+fn a_sleep_parks_until_its_deadline_with_one_record_even_when_a_message_comes() {
+    // alpha sends beta a message while beta sleeps: a sleep waits on no
+    // channel, so the message does not end it.
+    let mut hv = boot(&["alpha", "beta"], true);
+    hv.arch.set_guest(1, sender(3));
+    let answer: Rc<RefCell<alloc::vec::Vec<i64>>> = Rc::default();
+    let a = answer.clone();
+    let mut step = 0;
+    hv.arch.set_guest(2, Box::new(move |v, _| {
+        step += 1;
+        match step {
+            1 => call(v, Hypercall::WaitAny, &[0, 0, 5_000_000]),
+            2 => {
+                a.borrow_mut().push(status(v));
+                call(v, Hypercall::Exit, &[0])
+            }
+            _ => panic!("beta ran while it slept, or after it exited"),
+        }
+    }));
+    let summary = hv.run();
+    let text = hv.arch.console_text();
+    assert_eq!(summary.finished, 2, "{text}");
+    assert_eq!(answer.borrow().as_slice(), [HvError::WouldBlock.code()], "the deadline answered it");
+    assert_eq!(outcomes(&text, 2, Hypercall::WaitAny), [HvError::WouldBlock.code() as i16], "one record");
+    let recs = records(&text);
+    let start = recs.iter().find(|(l, r)| *l == 2 && r.op & 0x8000 != 0).map(|(_, r)| r.timestamp).unwrap();
+    let woke = recs.iter().find(|(l, r)| *l == 2 && r.op == Hypercall::WaitAny as u16).map(|(_, r)| r.timestamp).unwrap();
+    let sent = recs.iter().find(|(l, r)| *l == 1 && r.op == Hypercall::ChannelSend as u16).map(|(_, r)| r.timestamp).unwrap();
+    assert!(sent < woke && woke - start >= 5_000_000, "slept through the message until its deadline");
+    assert_eq!(hv.partitions()[1].stats().denied, 0, "a sleep is not a refusal");
+}
+
+#[test]
 fn a_receive_that_waits_on_a_channel_nobody_can_send_to_ends_the_run() {
     let mut hv = boot(&["alpha", "beta"], true);
     hv.arch.set_guest(1, Box::new(|v, _| call(v, Hypercall::Exit, &[0])));
@@ -273,9 +306,10 @@ fn wait_any_refuses_bad_lists_and_handles_that_are_no_readable_channels() {
         list.extend_from_slice(&store.to_le_bytes());
         m.write(HEAP + 256, &list).unwrap();
         match step {
-            // No handles; more than 16; a list outside its memory; a state
-            // store among the channels; then just looking (nothing queued).
-            1 => call(v, Hypercall::WaitAny, &[HEAP + 256, 0, 0]),
+            // No handles and no deadline (a sleep nothing would end); more
+            // than 16; a list outside its memory; a state store among the
+            // channels; then just looking (nothing queued).
+            1 => call(v, Hypercall::WaitAny, &[HEAP + 256, 0, FOREVER]),
             2 => call(v, Hypercall::WaitAny, &[HEAP + 256, 17, 0]),
             3 => call(v, Hypercall::WaitAny, &[0x10, 2, 0]),
             4 => call(v, Hypercall::WaitAny, &[HEAP + 256, 3, FOREVER]),

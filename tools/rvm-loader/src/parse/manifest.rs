@@ -97,6 +97,7 @@ fn adapter(
             )
         })?),
     };
+    let dormant_after_ms = dormant_after(&mut f, memory_tier)?;
     f.finish(warnings);
 
     let wasm_guest = match top.take("wasm_guest") {
@@ -137,6 +138,7 @@ fn adapter(
         deadline_urgency,
         cut_pressure,
         witness_key_fingerprint,
+        dormant_after_ms,
         wasm_guest,
         metadata,
         format: ManifestFormat::Adapter,
@@ -181,6 +183,7 @@ fn scaffold(file: &str, h: &Value, warnings: &mut Warnings) -> Result<PartitionS
             .unwrap_or_else(|| unreachable!()),
         cut_pressure: Hundredths::new(DEFAULT_CUT_PRESSURE).unwrap_or_else(|| unreachable!()),
         witness_key_fingerprint: None,
+        dormant_after_ms: 0,
         wasm_guest: None,
         metadata: Metadata::default(),
         format: ManifestFormat::Scaffold { isolation, witness },
@@ -205,6 +208,39 @@ pub fn lifecycle(file: &str, path: &str, v: Option<String>) -> Result<Lifecycle,
 }
 
 /// A scheduler signal: a number 0..1, kept in hundredths.
+/// `partition.dormant_after_ms`: how long (ms, 1 to 2^32 - 1) a `Warm`
+/// partition may wait for a message before it may go dormant; absent or 0:
+/// never. Only a `Warm` partition takes one (a `Dormant` one sleeps as soon
+/// as it is idle, `Hot` and `Cold` ones never do).
+fn dormant_after(f: &mut Fields<'_>, tier: MemoryTier) -> Result<u32, Diagnostic> {
+    let path = f.path_of("dormant_after_ms");
+    let file = f.file();
+    let ms = match f.take("dormant_after_ms") {
+        None => return Ok(0),
+        Some(Value::Int(i)) => u32::try_from(*i).map_err(|_| {
+            Diagnostic::field(file, &path, format!("{i} is outside 0..{} (milliseconds)", u32::MAX))
+        })?,
+        Some(other) => {
+            return Err(Diagnostic::field(
+                file,
+                path,
+                format!("expected milliseconds (an integer), found {}", other.type_name()),
+            ))
+        }
+    };
+    if ms != 0 && tier != MemoryTier::Warm {
+        return Err(Diagnostic::field(
+            file,
+            path,
+            format!(
+                "only a Warm partition waits before it may go dormant; this one is {} (Dormant sleeps as soon as it is idle, Hot and Cold never)",
+                tier.name()
+            ),
+        ));
+    }
+    Ok(ms)
+}
+
 fn signal(
     f: &mut Fields<'_>,
     key: &str,
@@ -323,6 +359,9 @@ system_prompt = "line1\nline2"
             ("[partition]\nname = \"a\"\ncut_pressure = 1.5\n", "m.toml: partition.cut_pressure: 1.5 is outside 0..1"),
             ("[partition]\nname = \"a\"\ndeadline_urgency = \"high\"\n", "m.toml: partition.deadline_urgency: expected a number"),
             ("[partition]\nname = \"a\"\nwitness_key_fingerprint = \"abc\"\n", "m.toml: partition.witness_key_fingerprint: \"abc\" is not a key fingerprint"),
+            ("[partition]\nname = \"a\"\nmemory_tier = \"Dormant\"\ndormant_after_ms = 500\n", "m.toml: partition.dormant_after_ms: only a Warm partition waits before it may go dormant; this one is Dormant"),
+            ("[partition]\nname = \"a\"\ndormant_after_ms = -1\n", "m.toml: partition.dormant_after_ms: -1 is outside 0..4294967295"),
+            ("[partition]\nname = \"a\"\ndormant_after_ms = \"soon\"\n", "m.toml: partition.dormant_after_ms: expected milliseconds"),
             ("[partition]\n", "m.toml: partition.name: missing"),
             ("[wasm_guest]\n", "m.toml: is not a partition manifest"),
             ("[harness]\nname = \"a\"\nisolation = \"process\"\n", "m.toml: harness.isolation: \"process\" cannot be honoured"),
@@ -333,6 +372,14 @@ system_prompt = "line1\nline2"
             let e = parse("m.toml", text).unwrap_err().to_string();
             assert!(e.starts_with(want), "{e}\n  wanted: {want}");
         }
+    }
+
+    #[test]
+    fn a_warm_partition_may_name_how_long_it_waits_before_it_may_sleep() {
+        let (spec, _) = parse("m.toml", "[partition]\nname = \"a\"\nmemory_tier = \"Warm\"\ndormant_after_ms = 30000\n").unwrap();
+        assert_eq!((spec.memory_tier, spec.dormant_after_ms), (MemoryTier::Warm, 30_000));
+        let (spec, _) = parse("m.toml", "[partition]\nname = \"a\"\n").unwrap();
+        assert_eq!(spec.dormant_after_ms, 0, "absent: never");
     }
 
     #[test]
