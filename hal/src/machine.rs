@@ -360,6 +360,10 @@ impl Arch for Machine {
         Gic::send_sgi(crate::gic::KICK_SGI, affinity);
         true
     }
+
+    fn kicks(&self) -> bool {
+        !self.affinities.is_empty()
+    }
 }
 
 /// One physical CPU: its world switch, the EL1/FP state it holds, and its

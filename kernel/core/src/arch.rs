@@ -110,6 +110,14 @@ pub trait Arch {
         let _ = cpu;
         false
     }
+
+    /// Whether [`Arch::kick`] reaches idle CPUs. Then a secondary CPU with
+    /// nothing to do sleeps until a kick or the next deadline a wait has,
+    /// not until its next tick: everything that makes work for it kicks it,
+    /// and the boot CPU's tick keeps the housekeeping.
+    fn kicks(&self) -> bool {
+        false
+    }
 }
 
 /// A physical CPU's index: 0 is the boot CPU, secondaries count up in the

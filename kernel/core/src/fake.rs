@@ -125,6 +125,9 @@ struct FakeWorld {
     mem: BTreeMap<u64, Box<[u8; PAGE_BYTES]>>,
     guests: BTreeMap<u8, GuestFn>,
     clock_ns: u64,
+    /// Every idle wait: the CPU, the clock then, and until when it was asked
+    /// to wait.
+    idles: Vec<(CpuId, u64, u64)>,
 }
 
 /// The fake machine.
@@ -176,6 +179,11 @@ impl FakeArch {
     /// Set the clock.
     pub fn set_clock_ns(&mut self, ns: u64) {
         self.world.borrow_mut().clock_ns = ns;
+    }
+
+    /// Every idle wait any CPU made: (CPU, clock then, until when asked).
+    pub fn idle_waits(&self) -> Vec<(CpuId, u64, u64)> {
+        self.world.borrow().idles.clone()
     }
 
     /// CPU `id` of this machine.
@@ -268,6 +276,10 @@ impl Arch for FakeArch {
         true
     }
 
+    fn kicks(&self) -> bool {
+        true
+    }
+
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.input.len());
         for (slot, b) in buf.iter_mut().zip(self.input.drain(..n)) {
@@ -318,10 +330,13 @@ impl CpuArch for FakeCpu {
         trap
     }
 
-    fn idle(&mut self, _until_ns: u64) {
+    fn idle(&mut self, until_ns: u64) {
         // One tick of waiting: the other CPUs' guests move the clock on.
         self.idles += 1;
-        self.world.borrow_mut().clock_ns += self.tick_ns;
+        let mut w = self.world.borrow_mut();
+        let now = w.clock_ns;
+        w.idles.push((self.id, now, until_ns));
+        w.clock_ns += self.tick_ns;
     }
 }
 

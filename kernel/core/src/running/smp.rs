@@ -32,8 +32,11 @@
 //!
 //! # Waking an idle CPU
 //!
-//! A CPU with nothing runnable on its queue idles ([`Step::Idle`]) until its
-//! next tick at the latest. Work for it appears on other CPUs, under the
+//! A CPU with nothing runnable on its queue idles ([`Step::Idle`]): the boot
+//! CPU until its next tick at the latest (it keeps the housekeeping), a
+//! secondary until a kick when the machine has them (or its tick when not,
+//! or when one of its partitions waits for its output credit). Work for it
+//! appears on other CPUs, under the
 //! lock: a message wakes a `Dormant` partition homed on it, an unfence, a
 //! partition created by a split is admitted to its queue. Every state
 //! transition into a runnable state marks the kernel (`woke`); before the
@@ -62,6 +65,10 @@ use crate::state::Hypervisor;
 use crate::running::trap::Exit;
 use crate::running::cpus::DeferredOrder;
 use crate::running::vcpu::Vcpu;
+
+/// Longest a secondary CPU with nothing to do sleeps without a kick: a
+/// safety net (everything that makes work for it kicks it).
+const SECONDARY_IDLE_MAX_NS: u64 = 1_000_000_000;
 use rvm_abi::Hypercall;
 
 /// The kernel lock: the one lock around all kernel state. CPUs get it in
@@ -234,9 +241,16 @@ impl<A: Arch> Hypervisor<A> {
         let Some(idx) = pick else {
             slot.idles += 1;
             slot.idling = true;
-            // Until its next tick, or a waiting receiver's deadline if sooner.
+            // The boot CPU keeps the housekeeping's tick (orders from the
+            // console, fence timeouts, the run budget, coherence epochs). A
+            // secondary sleeps until a kick, or a wait's deadline, when
+            // kicks reach it and none of its partitions only waits for its
+            // output credit (nothing kicks for that); else until its tick.
             let tick = now.saturating_add(self.policy.slice_ns);
-            return Step::Idle { until_ns: next_deadline.map_or(tick, |d| d.min(tick)) };
+            let in_debt = self.sched.members(cpu).iter().any(|&i| parts[i].can_run() && parts[i].output().in_debt(now));
+            let sleeps = cpu.index() != 0 && self.arch.kicks() && !in_debt;
+            let until = if sleeps { now.saturating_add(SECONDARY_IDLE_MAX_NS) } else { tick };
+            return Step::Idle { until_ns: next_deadline.map_or(until, |d| d.min(until)) };
         };
         slot.slices += 1;
         self.start_if_loaded(idx);

@@ -239,6 +239,36 @@ fn on_two_cpus_a_send_wakes_the_receiver_parked_on_the_other() {
     assert_eq!(outcomes(&text, 2, Hypercall::ChannelWait), [0]);
 }
 
+#[test]
+fn an_idle_secondary_sleeps_until_a_deadline_or_a_kick_and_the_boot_cpu_keeps_its_tick() {
+    // alpha (CPU 0) spins through 20 slices, then exits; beta (CPU 1) waits
+    // 20 ms for a message that never comes, then exits.
+    let mut hv = boot(&["alpha", "beta"], true);
+    let slice = hv.policy.slice_ns;
+    let mut slices = 0;
+    hv.arch.set_guest(1, Box::new(move |v, _| {
+        slices += 1;
+        if slices < 20 { crate::fake::FakeArch::timer() } else { call(v, Hypercall::Exit, &[0]) }
+    }));
+    let mut step = 0;
+    hv.arch.set_guest(2, Box::new(move |v, m| {
+        step += 1;
+        match step {
+            1 => call(v, Hypercall::ChannelWait, &[handle(m, ObjectKind::Channel), HEAP + 64, 64, 20_000_000]),
+            _ => call(v, Hypercall::Exit, &[0]),
+        }
+    }));
+    let summary = hv.run_on_cpus(2);
+    assert_eq!(summary.finished, 2, "{}", hv.arch.console_text());
+    let waits = hv.arch.idle_waits();
+    let cpu1: alloc::vec::Vec<u64> = waits.iter().filter(|w| w.0 == crate::arch::CpuId(1)).map(|&(_, now, until)| until - now).collect();
+    let longest = cpu1.iter().copied().max().unwrap_or(0);
+    assert!(longest > slice, "CPU 1 slept past its tick, to beta's deadline: at most {longest} ns");
+    assert!(longest <= 20_000_000, "never past the deadline: {longest} ns");
+    let cpu0 = waits.iter().filter(|w| w.0 == crate::arch::CpuId(0));
+    assert!(cpu0.clone().all(|&(_, now, until)| until - now <= slice), "the boot CPU keeps its tick");
+}
+
 /// Three partitions: alpha and gamma each joined to beta by a channel.
 fn three() -> crate::state::Hypervisor<crate::fake::FakeArch> {
     super::boot_with_channels(&["alpha", "beta", "gamma"], &[(0, 1), (2, 1)])
