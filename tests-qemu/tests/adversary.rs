@@ -800,8 +800,15 @@ mod item5_no_stall {
     }
 
     fn run(spec: &BundleSpec, timeout_s: u64) -> QemuRun {
+        run_with_ram(spec, timeout_s, QemuOptions::default().memory_mib)
+    }
+
+    /// [`run`] on a machine with `memory_mib` of RAM (the hypervisor's heap
+    /// is a quarter of it, at least 64 MiB).
+    fn run_with_ram(spec: &BundleSpec, timeout_s: u64, memory_mib: u64) -> QemuRun {
         let opts = QemuOptions {
             timeout: Duration::from_secs(timeout_s),
+            memory_mib,
             ..QemuOptions::default()
         };
         boot(&spec.build(), &opts)
@@ -1021,8 +1028,9 @@ mod item5_no_stall {
     #[test]
     fn frames_are_reserved_at_admission_and_a_greedy_tenant_is_refused() {
         // Each greedy tenant's budget (128 MiB of heap, and snapshots as
-        // large) fits the machine's 512 MiB alone; four touching their whole
-        // heap would not.
+        // large: 387 MiB of frames) fits the frames of a 768 MiB machine
+        // (576 MiB once its heap is taken) alone; two would not, four
+        // touching their whole heap even less.
         let mut spec = BundleSpec::new();
         for n in 0..4 {
             let mut g = stall(&format!("greedy-{n}"), TOUCH_HEAP, 0);
@@ -1030,7 +1038,7 @@ mod item5_no_stall {
             spec = spec.partition(g);
         }
         let spec = with_pair(spec, 4).budget_ms(120_000);
-        let run = run(&spec, 300);
+        let run = run_with_ram(&spec, 300, 768);
         clean_power_off(&run);
         pair_finished(&run);
         run.assert(
@@ -1058,13 +1066,14 @@ mod item5_no_stall {
     #[test]
     fn a_store_storm_cannot_exhaust_the_hypervisor_heap() {
         // Sixteen tenants fill their state stores (1 MiB each, the store's
-        // bound) beside the pair: more than the heap holds unless each is
-        // admitted with its share reserved.
+        // bound) beside the pair: more than the smallest heap (64 MiB, a
+        // 256 MiB machine's) holds unless each is admitted with its share
+        // reserved.
         let mut spec = with_pair(BundleSpec::new(), 0);
         for n in 0..16 {
             spec = spec.partition(stall(&format!("storm-{n}"), STORE_STORM, 2048));
         }
-        let run = run(&spec.budget_ms(120_000), 300);
+        let run = run_with_ram(&spec.budget_ms(120_000), 300, 256);
         clean_power_off(&run);
         pair_finished(&run);
         let refused = run

@@ -669,7 +669,11 @@ pub fn status(ctx: &Ctx) -> Result<()> {
             describe_spec(&r.spec)
         );
         if let Some(d) = &r.spec.metadata.description {
-            println!("  description {}", quote(d));
+            // `quote` shortens it; say how long the whole is.
+            match d.chars().count() {
+                n if n > crate::diag::QUOTE_LIMIT => println!("  description {} ({} bytes)", quote(d), d.len()),
+                _ => println!("  description {}", quote(d)),
+            }
         }
         if let Some(p) = &r.spec.metadata.system_prompt {
             println!("  system prompt: {} bytes", p.len());

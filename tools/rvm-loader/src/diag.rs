@@ -95,7 +95,7 @@ impl Warnings {
 }
 
 /// Longest excerpt of untrusted text quoted back in a message.
-const QUOTE_LIMIT: usize = 60;
+pub const QUOTE_LIMIT: usize = 60;
 
 /// Quote untrusted text for a message: escaped (no raw newline, quote or
 /// control character reaches the terminal) and cut to a short excerpt.

@@ -13,8 +13,10 @@ pub const WASM_MAX: u64 = bootinfo::layout::WASM_MAX_LEN;
 /// Largest guest runtime ELF read from the image directory.
 pub const RUNTIME_MAX: u64 = 64 << 20;
 
-/// `[metadata].description`.
-pub const DESCRIPTION_MAX: usize = 4 << 10;
+/// `[metadata].description`: bounded only by the manifest's own size (the
+/// adapter emits a harness's description as it is, 100 KB ones included);
+/// listings show it shortened.
+pub const DESCRIPTION_MAX: usize = TEXT_FILE_MAX as usize;
 /// `[metadata].system_prompt`: long, multi-line prompts are expected.
 pub const SYSTEM_PROMPT_MAX: usize = 64 << 10;
 /// A capability's `resource` name.

@@ -165,7 +165,8 @@ fn a_guest_for_a_partition_that_does_not_exist() {
 }
 
 #[test]
-fn a_100_kb_description() {
+fn a_100_kb_description_is_accepted_stored_whole_and_shown_shortened() {
+    // The adapter emits a harness's description as it is.
     let t = TempDir::new("t");
     let text = format!(
         "[partition]\nname = \"big\"\n\n[metadata]\ndescription = \"{}\"\n",
@@ -177,7 +178,20 @@ fn a_100_kb_description() {
         "rvm-partition.toml",
         text.as_bytes(),
     );
-    refused_everywhere(&dir, REGISTER, "./rvm-partition.toml: metadata.description: is 102400 bytes long; at most 4096 are accepted");
+    let env = Env::new();
+    let o = env.run_in(&dir, REGISTER);
+    assert_eq!(o.code, 0, "{o:?}");
+    let listed = env.ok(&["status"]).stdout;
+    let line = listed.lines().find(|l| l.trim_start().starts_with("description ")).expect("a description line");
+    assert!(line.len() < 120 && line.contains("...\" (102400 bytes)"), "{line}");
+    // Still bounded: the manifest file's own limit (1 MiB) refuses more.
+    let huge = format!(
+        "[partition]\nname = \"big\"\n\n[metadata]\ndescription = \"{}\"\n",
+        "A".repeat(1 << 20)
+    );
+    let dir = edited(&t, "template-minimal", "rvm-partition.toml", huge.as_bytes());
+    let o = env.refused_in(&dir, REGISTER);
+    assert!(o.stderr.contains("rvm-partition.toml"), "{o:?}");
 }
 
 #[test]
