@@ -106,6 +106,13 @@ extern "C" fn rvm_boot_main(dtb: usize, el: u64) -> ! {
         }
         None => print!("rvm: warning: no GICv3: guests are not preempted by the timer\n"),
     }
+    // SAFETY: the device tree's virtio-mmio slots, Device-mapped by the
+    // EL2 map on every CPU; nothing else drives them; boot CPU only, before
+    // the kernel sends any frame.
+    match unsafe { rvm_hal::control::init(&platform.virtio_mmio) } {
+        Some(base) => print!("rvm: control channel: virtio console at {base:#x} (witness and journal frames in binary)\n"),
+        None => print!("rvm: no control channel (no virtio console): witness and journal frames on the console\n"),
+    }
     let online = smp::start_secondaries(&platform, gic.is_some());
     print!("rvm: {} of {} CPUs online (secondaries via PSCI CPU_ON), one run queue each\n", online, platform.cpus);
     let Some(initrd) = platform.initrd else {

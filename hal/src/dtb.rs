@@ -19,9 +19,12 @@ pub struct Platform {
     pub uart: Option<usize>,
     pub gicd: Option<usize>,
     pub gicr: Option<usize>,
-    /// The register ranges of the devices above (UART, GIC): what the
-    /// hypervisor maps as Device memory at EL2.
-    pub devices: heapless::Vec<PhysRange, 8>,
+    /// The register ranges of the devices above (UART, GIC) and of the
+    /// virtio-mmio slots: what the hypervisor maps as Device memory at EL2.
+    pub devices: heapless::Vec<PhysRange, 12>,
+    /// The virtio-mmio slots (`virtio,mmio` nodes), in device-tree order:
+    /// where a control channel's virtio console may be (`crate::control`).
+    pub virtio_mmio: heapless::Vec<PhysRange, 32>,
     /// 3 for GICv3; other versions are reported, not driven.
     pub gic_version: u8,
     /// INTID of the EL2 physical (hypervisor) timer.
@@ -76,6 +79,7 @@ impl Platform {
             gicd: None,
             gicr: None,
             devices: heapless::Vec::new(),
+            virtio_mmio: heapless::Vec::new(),
             gic_version: 0,
             hyp_timer_intid: 26,
             psci: None,
@@ -110,6 +114,18 @@ impl Platform {
             p.add_devices(gic.reg());
         } else if fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400"]).is_some() {
             p.gic_version = 2;
+        }
+        for node in fdt.all_nodes().filter(|n| n.compatible().is_some_and(|c| c.all().any(|c| c == "virtio,mmio"))) {
+            for r in node.reg().into_iter().flatten() {
+                if let Some(range) = PhysRange::new(PhysAddr::new(r.starting_address as u64), r.size.unwrap_or(0x200) as u64) {
+                    let _ = p.virtio_mmio.push(range);
+                }
+            }
+        }
+        // Mapped as one block: the slots sit side by side (0x200 apart on
+        // QEMU virt).
+        if let (Some(lo), Some(hi)) = (p.virtio_mmio.iter().map(|r| r.start).min(), p.virtio_mmio.iter().map(|r| r.end).max()) {
+            let _ = p.devices.push(PhysRange { start: lo, end: hi });
         }
         if let Some(timer) = fdt.find_compatible(&["arm,armv8-timer", "arm,armv7-timer"]) {
             // interrupts = <type num flags> x4: secure, non-secure, virtual, hypervisor.

@@ -5,6 +5,9 @@
 //! `// SAFETY:` comment saying why it is sound.
 #![no_std]
 
+extern crate alloc;
+
+pub mod control;
 pub mod cpu;
 pub mod dtb;
 pub mod el2map;

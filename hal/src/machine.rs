@@ -259,7 +259,14 @@ impl Arch for Machine {
     }
 
     fn console_flush(&mut self) {
+        crate::control::flush();
         flush();
+    }
+
+    fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
+        if !crate::control::send(frame) {
+            self.console_frame(frame);
+        }
     }
 
     fn console_backlog(&self) -> usize {
@@ -469,6 +476,7 @@ impl CpuArch for Cpu {
 
     fn idle(&mut self, until_ns: u64) {
         drain(usize::MAX);
+        crate::control::flush();
         if !self.has_gic {
             // No interrupt to wake on: wait by the counter.
             while self.clock.now_ns() < until_ns {

@@ -135,6 +135,8 @@ pub struct BundleSpec {
     pub agent_channels: Vec<((u32, u32), (u32, u32))>,
     /// [`BootConfig::flags`] bits.
     pub flags: u32,
+    /// [`BootConfig::checkpoint_every`]; 0 = the default.
+    pub checkpoint_every: u32,
     /// The operator's Ed25519 public key (orders from the host).
     pub operator_key: Option<[u8; 32]>,
     /// The bundle's boot id ([`EntryKind::BootId`]): random per
@@ -188,6 +190,12 @@ impl BundleSpec {
         self
     }
 
+    /// Sign a checkpoint every `n` records ([`BootConfig::checkpoint_every`]).
+    pub fn checkpoint_every(mut self, n: u32) -> Self {
+        self.checkpoint_every = n;
+        self
+    }
+
     /// Stop the run after `ms` milliseconds ([`BootConfig::run_budget_ms`]).
     pub fn budget_ms(mut self, ms: u32) -> Self {
         self.run_budget_ms = ms;
@@ -205,7 +213,7 @@ impl BundleSpec {
             run_budget_ms: self.run_budget_ms,
             slice_us: self.slice_us,
             flags: self.flags,
-            ..BootConfig::DEFAULT
+            checkpoint_every: if self.checkpoint_every == 0 { BootConfig::DEFAULT.checkpoint_every } else { self.checkpoint_every },
         };
         w.entry(EntryKind::BootConfig, GLOBAL, &config.to_bytes());
         w.entry(EntryKind::BootId, GLOBAL, &self.boot_id);
@@ -283,6 +291,10 @@ pub struct QemuOptions {
     pub machine: String,
     /// RAM in MiB (`-m`).
     pub memory_mib: u64,
+    /// Give the machine a control channel (a virtio console on a socket the
+    /// harness reads): the hypervisor then sends witness and journal frames
+    /// there, in binary ([`QemuRun::control_lines`]).
+    pub control: bool,
     /// More QEMU arguments, after all the others (e.g. a `-monitor` for a
     /// test that reads guest memory from outside).
     pub extra_args: Vec<String>,
@@ -298,6 +310,7 @@ impl Default for QemuOptions {
             append: String::new(),
             machine: "virtualization=on,gic-version=3".into(),
             memory_mib: 512,
+            control: false,
             extra_args: Vec::new(),
         }
     }
@@ -324,6 +337,57 @@ pub struct QemuRun {
     /// QEMU's CPU time sampled every 20 ms while it ran, with how much
     /// serial output had arrived by then ([`QemuRun::cpu_between`]).
     pub samples: Vec<CpuSample>,
+    /// With [`QemuOptions::control`]: every frame of the control channel,
+    /// as the console line that would have carried it; the bytes that came;
+    /// and why the stream could not be read to its end, if it could not.
+    pub control_lines: Vec<String>,
+    pub control_bytes: usize,
+    pub control_error: Option<String>,
+}
+
+/// Reads the control channel's socket while QEMU runs: accepts QEMU's
+/// connection, then collects every byte until told to stop and the socket
+/// has nothing more.
+struct ControlReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl ControlReader {
+    fn start(listener: std::os::unix::net::UnixListener) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            listener.set_nonblocking(true).expect("nonblocking listener");
+            let mut conn = loop {
+                match listener.accept() {
+                    Ok((c, _)) => break c,
+                    Err(_) if flag.load(Ordering::Acquire) => return all,
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            conn.set_nonblocking(false).expect("blocking socket");
+            conn.set_read_timeout(Some(Duration::from_millis(20))).expect("read timeout");
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                    Err(_) if flag.load(Ordering::Acquire) => break,
+                    Err(_) => {}
+                }
+            }
+            all
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// One sample of QEMU's CPU time.
@@ -403,6 +467,15 @@ fn boot_driven(
     if opts.icount {
         cmd.args(["-icount", if opts.icount_warp_idle { "shift=0,sleep=off" } else { "shift=0" }]);
     }
+    let control = opts.control.then(|| {
+        let path = dir.join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind the control socket");
+        cmd.args(["-global", "virtio-mmio.force-legacy=false", "-device", "virtio-serial-device"])
+            .arg("-chardev")
+            .arg(format!("socket,id=rvmctl,path={}", path.display()))
+            .args(["-device", "virtconsole,chardev=rvmctl"]);
+        ControlReader::start(listener)
+    });
     cmd.args(&opts.extra_args);
     let stdin = if interactive { Stdio::piped() } else { Stdio::null() };
     cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -475,13 +548,29 @@ fn boot_driven(
         on_output(&chunk, &mut std::io::sink());
         serial.extend_from_slice(&chunk);
     }
+    let control_raw = control.map(ControlReader::finish).unwrap_or_default();
+    let (mut control_lines, mut control_error) = (Vec::new(), None);
+    let mut decoder = rvm_abi::control::Decoder::new();
+    decoder.push(&control_raw);
+    while let Some(frame) = decoder.next_frame() {
+        match frame {
+            Ok(f) => control_lines.push(f.to_line()),
+            Err(e) => {
+                control_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if control_error.is_none() && decoder.pending() > 0 {
+        control_error = Some(format!("the stream ended inside a frame ({} bytes left)", decoder.pending()));
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let serial = String::from_utf8_lossy(&serial).replace('\r', "");
     let exit = match qemu_exit {
         Some(0) => exit_status(&serial),
         _ => None,
     };
-    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed, cpu, samples }
+    QemuRun { serial, exit, qemu_exit, stderr, timed_out, elapsed, cpu, samples, control_lines, control_bytes: control_raw.len(), control_error }
 }
 
 /// The code of the hypervisor's exit frame: the first whole line of the
@@ -556,9 +645,15 @@ impl QemuRun {
         self.serial.lines().filter_map(move |l| l.strip_prefix(prefix.as_str()))
     }
 
+    /// Lines of serial output, then the control channel's frames as lines:
+    /// every frame the hypervisor sent, whichever way.
+    pub fn frame_lines(&self) -> impl Iterator<Item = &str> {
+        self.serial.lines().chain(self.control_lines.iter().map(String::as_str))
+    }
+
     /// Every witness record frame, with its log id.
     pub fn records(&self) -> Vec<(u32, [u8; 64])> {
-        self.lines()
+        self.frame_lines()
             .filter_map(Frame::parse)
             .filter_map(|f| match f {
                 Frame::Record { log, bytes } => Some((log, bytes)),
@@ -570,7 +665,7 @@ impl QemuRun {
     /// The hypervisor's public key, from its `@K` frame (it signs
     /// checkpoints and `Prove` attestations).
     pub fn witness_key(&self) -> Option<[u8; 32]> {
-        self.lines().filter_map(Frame::parse).find_map(|f| match f {
+        self.frame_lines().filter_map(Frame::parse).find_map(|f| match f {
             Frame::Key { public } => Some(public),
             _ => None,
         })

@@ -147,23 +147,44 @@ fn write_prefix(out: &mut dyn FnMut(&[u8]), log: u32, kind: &str, seq: u64) {
     out(b" ");
 }
 
+/// Write a call entry's body (what its frame line carries in hex, and its
+/// control-channel frame as it is: [`crate::control`]) to `out`.
+pub fn write_call_body(out: &mut dyn FnMut(&[u8]), e: &CallEntry<'_>) {
+    out(&e.header());
+    out(e.data);
+}
+
+/// Bytes [`write_call_body`] writes.
+pub fn call_body_len(e: &CallEntry<'_>) -> usize {
+    CALL_HEADER_LEN + e.data.len()
+}
+
+/// Write a start entry's body for `handles` to `out`.
+pub fn write_start_body(out: &mut dyn FnMut(&[u8]), handles: &[HandleInfo]) {
+    let count = u32::try_from(handles.len()).unwrap_or(u32::MAX);
+    out(&count.to_le_bytes());
+    for h in handles {
+        out(&encode_handle(h));
+    }
+}
+
+/// Bytes [`write_start_body`] writes.
+pub fn start_body_len(handles: &[HandleInfo]) -> usize {
+    4 + handles.len() * HANDLE_ENTRY_LEN
+}
+
 /// Write a call entry's frame line (ending in `\n`) to `out`, in pieces:
 /// no buffer the size of the line is needed.
 pub fn write_call(out: &mut dyn FnMut(&[u8]), log: u32, e: &CallEntry<'_>) {
     write_prefix(out, log, KIND_CALL, e.seq);
-    write_hex(out, &e.header());
-    write_hex(out, e.data);
+    write_call_body(&mut |b| write_hex(out, b), e);
     out(b"\n");
 }
 
 /// Write a start entry's frame line for `handles`, bound to record `seq`.
 pub fn write_start(out: &mut dyn FnMut(&[u8]), log: u32, seq: u64, handles: &[HandleInfo]) {
     write_prefix(out, log, KIND_START, seq);
-    let count = u32::try_from(handles.len()).unwrap_or(u32::MAX);
-    write_hex(out, &count.to_le_bytes());
-    for h in handles {
-        write_hex(out, &encode_handle(h));
-    }
+    write_start_body(&mut |b| write_hex(out, b), handles);
     out(b"\n");
 }
 
@@ -258,6 +279,17 @@ mod owned {
             }
             let mut bytes = vec![0u8; text.len() / 2];
             hex::decode(text.as_bytes(), &mut bytes)?;
+            Self::from_body(log, kind, seq, &bytes)
+        }
+
+        /// The entry of log `log` whose kind is `kind` ([`KIND_CALL`] or
+        /// [`KIND_START`]), bound to record `seq`, from its body (what
+        /// [`write_call_body`] or [`write_start_body`] wrote). `None`: a
+        /// damaged body or an unknown kind.
+        pub fn from_body(log: u32, kind: &str, seq: u64, bytes: &[u8]) -> Option<Self> {
+            if bytes.len() > CALL_HEADER_LEN + MAX_DATA {
+                return None;
+            }
             let entry = match kind {
                 KIND_CALL => {
                     if bytes.len() < CALL_HEADER_LEN {
@@ -265,10 +297,10 @@ mod owned {
                     }
                     let mut regs = [0u64; 6];
                     for (i, r) in regs.iter_mut().enumerate() {
-                        *r = u64_at(&bytes, i * 8);
+                        *r = u64_at(bytes, i * 8);
                     }
-                    let status = i64::from_le_bytes(u64_at(&bytes, 48).to_le_bytes());
-                    let results = [u64_at(&bytes, 56), u64_at(&bytes, 64), u64_at(&bytes, 72)];
+                    let status = i64::from_le_bytes(u64_at(bytes, 48).to_le_bytes());
+                    let results = [u64_at(bytes, 56), u64_at(bytes, 64), u64_at(bytes, 72)];
                     Entry::Call { seq, regs, status, results, data: bytes[CALL_HEADER_LEN..].to_vec() }
                 }
                 KIND_START => {

@@ -24,6 +24,7 @@ extern crate alloc;
 pub mod approval;
 pub mod bootinfo;
 pub mod bundle;
+pub mod control;
 pub mod frame;
 pub mod handle;
 pub mod hex;

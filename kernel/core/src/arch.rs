@@ -111,6 +111,27 @@ pub trait Arch {
         false
     }
 
+    /// Send a witness or journal frame to the host. By default (and on a
+    /// machine without a control channel) it is written as its console
+    /// line, in one write; a machine with a control channel sends it there
+    /// in binary (`rvm_abi::control`).
+    fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
+        self.console_frame(frame);
+    }
+
+    /// Write `frame` as its console line, in one write (so no other output
+    /// lands inside it).
+    fn console_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
+        match frame {
+            rvm_abi::control::Outgoing::Witness(f) => self.console_write(f.encode().as_bytes()),
+            other => {
+                let mut line = alloc::vec::Vec::new();
+                other.write_text(&mut |b| line.extend_from_slice(b));
+                self.console_write(&line);
+            }
+        }
+    }
+
     /// Whether [`Arch::kick`] reaches idle CPUs. Then a secondary CPU with
     /// nothing to do sleeps until a kick or the next deadline a wait has,
     /// not until its next tick: everything that makes work for it kicks it,

@@ -13,11 +13,11 @@
 //!
 //! [`Witnessed`]: crate::dispatch
 
-use alloc::vec::Vec;
 
 use rvm_abi::bootinfo::HandleInfo;
 use rvm_abi::bundle::BootConfig;
-use rvm_abi::journal::{self, CallEntry, BOOT_FLAG_JOURNAL};
+use rvm_abi::control::Outgoing;
+use rvm_abi::journal::{CallEntry, BOOT_FLAG_JOURNAL};
 
 use crate::arch::Arch;
 
@@ -59,10 +59,7 @@ pub(crate) fn call(journal: Journal, arch: &mut dyn Arch, log: u32, input: &Call
         *slot = *v;
     }
     let entry = CallEntry { seq: input.seq, regs: *input.regs, status, results: r, data: input.data };
-    // One write per line, so no other output lands inside it.
-    let mut line = Vec::with_capacity(40 + 2 * (journal::CALL_HEADER_LEN + input.data.len()));
-    journal::write_call(&mut |b: &[u8]| line.extend_from_slice(b), log, &entry);
-    arch.console_write(&line);
+    arch.send_frame(&Outgoing::JournalCall { log, entry: &entry });
 }
 
 /// The `args` of a `PartitionStart` record: the binding digest of the
@@ -78,9 +75,7 @@ pub(crate) fn started(journal: Journal, arch: &mut dyn Arch, log: u32, seq: u64,
     if !journal.on() {
         return;
     }
-    let mut line = Vec::new();
-    journal::write_start(&mut |b: &[u8]| line.extend_from_slice(b), log, seq, handles);
-    arch.console_write(&line);
+    arch.send_frame(&Outgoing::JournalStart { log, seq, handles });
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ impl Witness {
                 if self.derived_key { " (derived from the bundle: not secret)" } else { "" }
             ),
         );
-        arch.console_write(key.frame().encode().as_bytes());
+        arch.send_frame(&rvm_abi::control::Outgoing::Witness(&key.frame()));
     }
 
     /// The public key's SHA-256 fingerprint.
@@ -276,7 +276,7 @@ impl Witness {
             let _ = log.checkpoint(signer);
         }
         while let Some(out) = log.drain_next() {
-            arch.console_write(out.to_frame(LogId(id)).encode().as_bytes());
+            arch.send_frame(&rvm_abi::control::Outgoing::Witness(&out.to_frame(LogId(id))));
         }
         Ok(appended.seq)
     }
@@ -318,7 +318,7 @@ impl Witness {
             }
             if log.checkpoint(signer).is_ok() {
                 while let Some(out) = log.drain_next() {
-                    arch.console_write(out.to_frame(LogId(*id)).encode().as_bytes());
+                    arch.send_frame(&rvm_abi::control::Outgoing::Witness(&out.to_frame(LogId(*id))));
                 }
             }
         }

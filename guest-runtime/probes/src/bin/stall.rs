@@ -7,7 +7,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `RVMSTL01` |
-//! | 8 | 8 | mode: 1 console flood, 2 spin, 3 unknown-call storm, 4 snapshot storm, 5 store stage storm, 6 touch its whole heap window once |
+//! | 8 | 8 | mode: 1 console flood, 2 spin, 3 unknown-call storm, 4 snapshot storm, 5 store stage storm, 6 touch its whole heap window once, 7 witnessed-call storm (`ClockRead`, each allowed and witnessed) |
 //! | 16 | 8 | calls to make (0 = until stopped) |
 //!
 //! Prints `stall <mode> start`, then (if it ever gets there)
@@ -117,6 +117,7 @@ fn main(boot_info: u64) -> ! {
                 println!("stall 6 touched {pages} pages");
                 finish(0)
             }
+            7 => hypercall(Hypercall::ClockRead, &mut []).err(),
             _ => {
                 println!("stall: unknown mode {mode}");
                 finish(EXIT_BAD_TARGET)

@@ -1,0 +1,375 @@
+//! The control channel: a byte stream from the hypervisor to the host, on
+//! machines that have one (a virtio console on QEMU `virt`: `hal/src/control.rs`),
+//! beside the console UART. It carries the witness and journal frames of
+//! [`crate::frame`] and [`crate::journal`] in binary instead of as hex text
+//! lines, so the UART is left to console text and a frame costs its bytes,
+//! not twice its bytes plus a trap per byte. A machine without one sends
+//! every frame on the UART as before; the frames are the same either way.
+//!
+//! Every frame is a header and a payload:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 2 | magic `"RC"` |
+//! | 2 | 1 | kind ([`Kind`]) |
+//! | 3 | 1 | reserved, zero |
+//! | 4 | 4 | payload length, u32 LE, at most [`MAX_PAYLOAD`] |
+//!
+//! Payloads, all integers little-endian:
+//!
+//! * `Record` (1): log u32, the 64-byte witness record;
+//! * `Checkpoint` (2): log u32, size u64, head (32), Merkle root (32),
+//!   signature (64): the fields of an `@C` line;
+//! * `Key` (3): the 32-byte Ed25519 public key of an `@K` line;
+//! * `Journal` (4): log u32, entry kind (`b'c'` or `b's'`), seq u64, then
+//!   the entry's body ([`crate::journal::write_call_body`],
+//!   [`crate::journal::write_start_body`]: what an `@J` line carries in hex).
+//!
+//! A stream that breaks these rules (bad magic, unknown kind, a payload too
+//! long or of the wrong length) cannot be resynchronised: a host stops
+//! reading it and fails the run. Nothing travels from the host to the
+//! hypervisor on this channel yet (operators' orders use the UART's
+//! receive side).
+
+use crate::bootinfo::HandleInfo;
+use crate::frame::Frame;
+use crate::journal::{self, CallEntry};
+use crate::witness::RECORD_LEN;
+
+/// First two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"RC";
+/// Bytes of a frame's header.
+pub const HEADER_LEN: usize = 8;
+/// Largest payload: a journal call entry with the most data.
+pub const MAX_PAYLOAD: usize = 4 + 1 + 8 + journal::CALL_HEADER_LEN + journal::MAX_DATA;
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Record = 1,
+    Checkpoint = 2,
+    Key = 3,
+    Journal = 4,
+}
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Kind::Record,
+            2 => Kind::Checkpoint,
+            3 => Kind::Key,
+            4 => Kind::Journal,
+            _ => return None,
+        })
+    }
+}
+
+/// A frame on its way to the host, borrowed from its owner: written as its
+/// console line ([`Outgoing::write_text`]) or its control-channel frame
+/// ([`Outgoing::write_binary`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Outgoing<'a> {
+    /// A witness record, checkpoint or key.
+    Witness(&'a Frame),
+    /// A journal call entry of log `log`.
+    JournalCall { log: u32, entry: &'a CallEntry<'a> },
+    /// A journal start entry of log `log`, bound to record `seq`.
+    JournalStart { log: u32, seq: u64, handles: &'a [HandleInfo] },
+}
+
+impl Outgoing<'_> {
+    /// Write the console line (ending in `\n`) to `out`.
+    pub fn write_text(&self, out: &mut dyn FnMut(&[u8])) {
+        match *self {
+            Outgoing::Witness(f) => out(f.encode().as_bytes()),
+            Outgoing::JournalCall { log, entry } => journal::write_call(out, log, entry),
+            Outgoing::JournalStart { log, seq, handles } => journal::write_start(out, log, seq, handles),
+        }
+    }
+
+    /// The frame's kind and payload length.
+    pub fn header(&self) -> (Kind, usize) {
+        match *self {
+            Outgoing::Witness(Frame::Record { .. }) => (Kind::Record, 4 + RECORD_LEN),
+            Outgoing::Witness(Frame::Checkpoint { .. }) => (Kind::Checkpoint, 4 + 8 + 32 + 32 + 64),
+            Outgoing::Witness(Frame::Key { .. }) => (Kind::Key, 32),
+            Outgoing::JournalCall { entry, .. } => (Kind::Journal, 4 + 1 + 8 + journal::call_body_len(entry)),
+            Outgoing::JournalStart { handles, .. } => (Kind::Journal, 4 + 1 + 8 + journal::start_body_len(handles)),
+        }
+    }
+
+    /// Bytes [`Outgoing::write_binary`] writes.
+    pub fn binary_len(&self) -> usize {
+        HEADER_LEN + self.header().1
+    }
+
+    /// Write the control-channel frame (header, then payload) to `out`.
+    pub fn write_binary(&self, out: &mut dyn FnMut(&[u8])) {
+        let (kind, len) = self.header();
+        let mut header = [0u8; HEADER_LEN];
+        header[..2].copy_from_slice(&MAGIC);
+        header[2] = kind as u8;
+        header[4..].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+        out(&header);
+        match *self {
+            Outgoing::Witness(Frame::Record { log, bytes }) => {
+                out(&log.to_le_bytes());
+                out(bytes);
+            }
+            Outgoing::Witness(Frame::Checkpoint { log, size, head, root, signature }) => {
+                out(&log.to_le_bytes());
+                out(&size.to_le_bytes());
+                out(head);
+                out(root);
+                out(signature);
+            }
+            Outgoing::Witness(Frame::Key { public }) => out(public),
+            Outgoing::JournalCall { log, entry } => {
+                out(&log.to_le_bytes());
+                out(journal::KIND_CALL.as_bytes());
+                out(&entry.seq.to_le_bytes());
+                journal::write_call_body(out, entry);
+            }
+            Outgoing::JournalStart { log, seq, handles } => {
+                out(&log.to_le_bytes());
+                out(journal::KIND_START.as_bytes());
+                out(&seq.to_le_bytes());
+                journal::write_start_body(out, handles);
+            }
+        }
+    }
+}
+
+/// Why a control stream cannot be read on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A header without the magic, or with its reserved byte set.
+    BadHeader,
+    /// A kind this version does not know.
+    UnknownKind(u8),
+    /// A payload longer than [`MAX_PAYLOAD`].
+    TooLong(u32),
+    /// A payload that is not what its kind says.
+    BadPayload(Kind),
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::BadHeader => write!(f, "a frame header without the \"RC\" magic"),
+            DecodeError::UnknownKind(k) => write!(f, "a frame of unknown kind {k}"),
+            DecodeError::TooLong(n) => write!(f, "a frame payload of {n} bytes (at most {MAX_PAYLOAD})"),
+            DecodeError::BadPayload(k) => write!(f, "a {k:?} frame whose payload does not decode"),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use decode::*;
+
+#[cfg(feature = "alloc")]
+mod decode {
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::journal::JournalFrame;
+
+    /// A frame the host received.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Incoming {
+        Witness(Frame),
+        Journal(JournalFrame),
+    }
+
+    impl Incoming {
+        /// The same frame as its console line would carry it (without the
+        /// line end): what a host that reads both transports keeps.
+        pub fn to_line(&self) -> alloc::string::String {
+            let bytes = match self {
+                Incoming::Witness(f) => f.encode().as_bytes().to_vec(),
+                Incoming::Journal(j) => j.entry.encode(j.log),
+            };
+            alloc::string::String::from_utf8_lossy(&bytes).trim_end().into()
+        }
+    }
+
+    fn u32_at(b: &[u8], o: usize) -> u32 {
+        let mut x = [0u8; 4];
+        x.copy_from_slice(&b[o..o + 4]);
+        u32::from_le_bytes(x)
+    }
+
+    fn u64_at(b: &[u8], o: usize) -> u64 {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(x)
+    }
+
+    fn array<const N: usize>(b: &[u8]) -> [u8; N] {
+        let mut x = [0u8; N];
+        x.copy_from_slice(&b[..N]);
+        x
+    }
+
+    /// Decode one payload of `kind`.
+    pub fn decode_payload(kind: Kind, p: &[u8]) -> Result<Incoming, DecodeError> {
+        let bad = DecodeError::BadPayload(kind);
+        Ok(match kind {
+            Kind::Record if p.len() == 4 + RECORD_LEN => Incoming::Witness(Frame::Record { log: u32_at(p, 0), bytes: array(&p[4..]) }),
+            Kind::Checkpoint if p.len() == 4 + 8 + 32 + 32 + 64 => Incoming::Witness(Frame::Checkpoint {
+                log: u32_at(p, 0),
+                size: u64_at(p, 4),
+                head: array(&p[12..]),
+                root: array(&p[44..]),
+                signature: array(&p[76..]),
+            }),
+            Kind::Key if p.len() == 32 => Incoming::Witness(Frame::Key { public: array(p) }),
+            Kind::Journal if p.len() >= 13 => {
+                let kind = match p[4] {
+                    b'c' => journal::KIND_CALL,
+                    b's' => journal::KIND_START,
+                    _ => return Err(bad),
+                };
+                Incoming::Journal(JournalFrame::from_body(u32_at(p, 0), kind, u64_at(p, 5), &p[13..]).ok_or(bad)?)
+            }
+            _ => return Err(bad),
+        })
+    }
+
+    /// Reads frames out of a control stream as its bytes arrive, in any
+    /// pieces.
+    #[derive(Default)]
+    pub struct Decoder {
+        buf: Vec<u8>,
+        failed: Option<DecodeError>,
+    }
+
+    impl Decoder {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Bytes that arrived.
+        pub fn push(&mut self, bytes: &[u8]) {
+            if self.failed.is_none() {
+                self.buf.extend_from_slice(bytes);
+            }
+        }
+
+        /// The next whole frame, `None` until one has arrived, or the error
+        /// that ends the stream (then always that error).
+        pub fn next_frame(&mut self) -> Option<Result<Incoming, DecodeError>> {
+            if let Some(e) = self.failed {
+                return Some(Err(e));
+            }
+            if self.buf.len() < HEADER_LEN {
+                return None;
+            }
+            let fail = |d: &mut Self, e: DecodeError| {
+                d.failed = Some(e);
+                d.buf = Vec::new();
+                Some(Err(e))
+            };
+            if self.buf[..2] != MAGIC || self.buf[3] != 0 {
+                return fail(self, DecodeError::BadHeader);
+            }
+            let Some(kind) = Kind::from_u8(self.buf[2]) else {
+                let k = self.buf[2];
+                return fail(self, DecodeError::UnknownKind(k));
+            };
+            let len = u32_at(&self.buf, 4);
+            if len as usize > MAX_PAYLOAD {
+                return fail(self, DecodeError::TooLong(len));
+            }
+            let end = HEADER_LEN + len as usize;
+            if self.buf.len() < end {
+                return None;
+            }
+            let frame = decode_payload(kind, &self.buf[HEADER_LEN..end]);
+            self.buf.drain(..end);
+            match frame {
+                Ok(f) => Some(Ok(f)),
+                Err(e) => fail(self, e),
+            }
+        }
+
+        /// Bytes received that do not make a whole frame yet.
+        pub fn pending(&self) -> usize {
+            self.buf.len()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use alloc::vec;
+
+        fn binary(o: &Outgoing<'_>) -> Vec<u8> {
+            let mut v = Vec::new();
+            o.write_binary(&mut |b| v.extend_from_slice(b));
+            assert_eq!(v.len(), o.binary_len());
+            v
+        }
+
+        fn text(o: &Outgoing<'_>) -> alloc::string::String {
+            let mut v = Vec::new();
+            o.write_text(&mut |b| v.extend_from_slice(b));
+            alloc::string::String::from_utf8(v).unwrap().trim_end().into()
+        }
+
+        #[test]
+        fn every_frame_reads_back_as_the_line_the_console_would_carry() {
+            let record = Frame::Record { log: 7, bytes: [0xab; RECORD_LEN] };
+            let checkpoint = Frame::Checkpoint { log: 0, size: 99, head: [1; 32], root: [2; 32], signature: [3; 64] };
+            let key = Frame::Key { public: [9; 32] };
+            let data = vec![5u8; 300];
+            let call = CallEntry { seq: 12, regs: [1, 2, 3, 4, 5, 6], status: -3, results: [7, 8, 9], data: &data };
+            let handles = [HandleInfo { raw: 0x1_0000_0002, kind: 1, rights: 3, agent: 0 }];
+            let frames = [
+                Outgoing::Witness(&record),
+                Outgoing::Witness(&checkpoint),
+                Outgoing::Witness(&key),
+                Outgoing::JournalCall { log: 3, entry: &call },
+                Outgoing::JournalStart { log: 3, seq: 1, handles: &handles },
+            ];
+            let mut stream = Vec::new();
+            for f in &frames {
+                stream.extend(binary(f));
+            }
+            // Fed in awkward pieces.
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for piece in stream.chunks(7) {
+                d.push(piece);
+                while let Some(f) = d.next_frame() {
+                    got.push(f.unwrap());
+                }
+            }
+            assert_eq!(d.pending(), 0);
+            let want: Vec<_> = frames.iter().map(text).collect();
+            assert_eq!(got.iter().map(Incoming::to_line).collect::<Vec<_>>(), want);
+            // A binary frame is smaller than its line.
+            assert!(binary(&frames[0]).len() < text(&frames[0]).len());
+        }
+
+        #[test]
+        fn a_broken_stream_is_an_error_for_good() {
+            let record = Frame::Record { log: 1, bytes: [0; RECORD_LEN] };
+            let good = binary(&Outgoing::Witness(&record));
+            let cases: [(Vec<u8>, DecodeError); 4] = [
+                ({ let mut b = good.clone(); b[0] = b'X'; b }, DecodeError::BadHeader),
+                ({ let mut b = good.clone(); b[2] = 42; b }, DecodeError::UnknownKind(42)),
+                ({ let mut b = good.clone(); b[4..8].copy_from_slice(&u32::MAX.to_le_bytes()); b }, DecodeError::TooLong(u32::MAX)),
+                ({ let mut b = good.clone(); b[4] = 3; b.truncate(11); b }, DecodeError::BadPayload(Kind::Record)),
+            ];
+            for (bytes, want) in cases {
+                let mut d = Decoder::new();
+                d.push(&bytes);
+                assert_eq!(d.next_frame(), Some(Err(want)));
+                d.push(&good);
+                assert_eq!(d.next_frame(), Some(Err(want)), "no resynchronising");
+            }
+        }
+    }
+}
