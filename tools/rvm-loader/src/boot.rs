@@ -239,19 +239,21 @@ pub fn plan(
 /// `bundle-<loader pid>-<random>.bin`.
 const BUNDLE_PREFIX: &str = "bundle-";
 
-/// Remove the bundles under `run` that a loader left behind when it was
-/// killed before it could (its process is gone): they hold the witness key's
-/// seed.
+/// Remove what a loader left under `run` when it was killed before it
+/// could (its process is gone): bundles (they hold the witness key's seed)
+/// and its sockets (`loader-<pid>.sock`, `channel-<pid>.sock`).
 fn sweep_stale_bundles(run: &Path) {
     let Ok(entries) = std::fs::read_dir(run) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(BUNDLE_PREFIX)) else {
+        let Some(rest) = name.to_str().and_then(|n| {
+            [BUNDLE_PREFIX, "loader-", "channel-"].into_iter().find_map(|p| n.strip_prefix(p))
+        }) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = rest.split(['-', '.']).next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -362,6 +364,20 @@ impl Watch for Watcher<'_, '_> {
         eprintln!("rvm-loader: QEMU started (pid {pid}); waiting for the hypervisor...");
     }
 
+    fn frame(&mut self, line: &str) -> Flow {
+        self.session.line(line, &mut show);
+        if self.session.sink_error().is_some() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn channel_broken(&mut self, why: &str) -> Flow {
+        self.session.channel_broken(why);
+        Flow::Stop
+    }
+
     fn quiet(&mut self, since_output: Duration, elapsed: Duration) {
         eprintln!(
             "rvm-loader: no output for {} s ({} s into the run; QEMU is killed at {} s)",
@@ -413,13 +429,28 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     let bundle_file = write_run_bundle(ctx, &bytes)?;
     let program = qemu::qemu_binary(opts.qemu.as_deref());
     let memory_mib = qemu::memory_for(list.len());
-    let args = qemu::machine_args(
+    let mut args = qemu::machine_args(
         &images.hypervisor,
         bundle_file
             .path()
             .ok_or_else(|| Error::failed("bundle file gone"))?,
         memory_mib,
     );
+    // Witness and journal frames come on the control channel when it can
+    // be made; else on the console, as before.
+    let mut channel = crate::channel::Channel::listen(crate::channel::socket_path(
+        ctx.home.root(),
+        std::process::id(),
+    ))
+    .map_err(|e| {
+        eprintln!("rvm-loader: no control channel for this run ({e}): witness frames come on the console")
+    })
+    .ok();
+    if let Some(c) = &channel {
+        // Before `-kernel … -initrd …`, which end the command line.
+        let at = args.iter().position(|a| a == "-kernel").unwrap_or(args.len());
+        args.splice(at..at, c.qemu_args());
+    }
     eprintln!(
         "rvm-loader: booting {} under {} ({memory_mib} MiB, timeout {} s)",
         list.join(", "),
@@ -460,7 +491,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         eprintln!("rvm-loader: no control socket, so no operator orders for this run: {e}")
     })
     .ok();
-    let run = qemu::run(&program, &args, opts.timeout, &mut watcher, control);
+    let run = qemu::run(&program, &args, opts.timeout, &mut watcher, control, channel.as_mut());
     {
         let Watcher {
             splitter, session, ..

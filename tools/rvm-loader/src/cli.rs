@@ -27,7 +27,10 @@ exit 2 when what they check does not verify.
 
 Every boot files the witness logs under $RVM_HOME/witness/<partition>.log
 (the hypervisor's own log is hypervisor.log) with .checkpoints and .pub
-beside them, and verifies them at the end of the run.
+beside them, and verifies them at the end of the run. The hypervisor sends
+them on its control channel, a virtio console QEMU connects to the
+loader's socket $RVM_HOME/run/channel-<pid>.sock (open while the run
+lasts); the serial console carries the partitions' text.
 
 Guest modules are found in this order: --wasm FILE; a module registered with
 `guest add <package>@<version> FILE`; the package's files under a local

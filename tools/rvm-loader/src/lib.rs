@@ -14,6 +14,7 @@ pub mod approval;
 pub mod board;
 pub mod boot;
 pub mod bundler;
+pub mod channel;
 pub mod cli;
 pub mod commands;
 pub mod control;

@@ -144,6 +144,15 @@ pub trait Watch {
     /// No output for a while (`since_output` since the last byte, or since
     /// the start if nothing came yet), called every [`QUIET_TICK`].
     fn quiet(&mut self, _since_output: Duration, _elapsed: Duration) {}
+    /// A frame from the control channel ([`crate::channel`]), as the
+    /// console line that would have carried it.
+    fn frame(&mut self, _line: &str) -> Flow {
+        Flow::Continue
+    }
+    /// The control channel's stream broke: nothing after it is read.
+    fn channel_broken(&mut self, _why: &str) -> Flow {
+        Flow::Stop
+    }
 }
 
 impl<F: FnMut(&[u8])> Watch for F {
@@ -193,18 +202,29 @@ impl Drop for KillOnDrop {
 enum Chunk {
     Data(Vec<u8>),
     End,
+    Channel(crate::channel::Event),
+}
+
+impl From<crate::channel::Event> for Chunk {
+    fn from(e: crate::channel::Event) -> Self {
+        Chunk::Channel(e)
+    }
 }
 
 /// Run `program` with `args`, streaming its standard output to `watch`,
 /// for at most `timeout`. With a `control` socket, QEMU's standard input
 /// (the serial line's receive side) carries the operator's orders and the
-/// output is shown to the socket too, for their answers.
+/// output is shown to the socket too, for their answers. With a `channel`
+/// (whose [`Channel::qemu_args`](crate::channel::Channel::qemu_args) are
+/// among `args`), its frames reach `watch` too, and the run waits for the
+/// channel's end as for the console's.
 pub fn run(
     program: &OsStr,
     args: &[OsString],
     timeout: Duration,
     watch: &mut dyn Watch,
     mut control: Option<crate::control::ControlServer>,
+    channel: Option<&mut crate::channel::Channel>,
 ) -> Result<Run> {
     let start = Instant::now();
     let stdin = if control.is_some() { Stdio::piped() } else { Stdio::null() };
@@ -237,6 +257,10 @@ pub fn run(
         .ok_or_else(|| Error::failed("no stderr pipe"))?;
 
     let (tx, rx) = mpsc::channel();
+    let channel_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let channel_reader = channel.and_then(|c| c.read_into(tx.clone(), channel_stop.clone()));
+    let mut channel_done = channel_reader.is_none();
+    let mut stdout_done = false;
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         loop {
@@ -288,12 +312,41 @@ pub fn run(
                     break;
                 }
             }
-            Ok(Chunk::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Chunk::Channel(crate::channel::Event::Frame(line))) => {
+                last_output = Instant::now();
+                if watch.frame(&line) == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
+            Ok(Chunk::Channel(crate::channel::Event::Broken(why))) => {
+                if watch.channel_broken(&why) == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
+            Ok(Chunk::Channel(crate::channel::Event::End)) => {
+                channel_done = true;
+                if stdout_done {
+                    break;
+                }
+            }
+            Ok(Chunk::End) => {
+                stdout_done = true;
+                // The console closed: QEMU is going; a channel it never
+                // connected is not waited for.
+                channel_stop.store(true, std::sync::atomic::Ordering::Release);
+                if channel_done {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 watch.quiet(last_output.elapsed(), start.elapsed());
             }
         }
     }
+    channel_stop.store(true, std::sync::atomic::Ordering::Release);
     // Output closed: give QEMU until the deadline to exit.
     let status = loop {
         if timed_out || stopped {
@@ -309,6 +362,9 @@ pub fn run(
     drop(control); // closes QEMU's input, answers whoever still waits
     drop(child); // kills QEMU if it is still running, and reaps it
     let _ = reader.join();
+    if let Some(r) = channel_reader {
+        let _ = r.join();
+    }
     let stderr_tail = err_reader.join().unwrap_or_default();
     let exit = match status {
         None if stopped => Exit::Stopped,
@@ -371,6 +427,90 @@ mod tests {
         assert!(image_dir(None, None, None).is_none());
     }
 
+    /// Collects what a run hands its watcher.
+    #[derive(Default)]
+    struct Collect {
+        output: Vec<u8>,
+        frames: Vec<String>,
+        broken: Vec<String>,
+    }
+
+    impl Watch for Collect {
+        fn output(&mut self, bytes: &[u8]) -> Flow {
+            self.output.extend_from_slice(bytes);
+            Flow::Continue
+        }
+        fn frame(&mut self, line: &str) -> Flow {
+            self.frames.push(line.to_string());
+            Flow::Continue
+        }
+        fn channel_broken(&mut self, why: &str) -> Flow {
+            self.broken.push(why.to_string());
+            Flow::Continue
+        }
+    }
+
+    #[test]
+    fn the_channel_s_frames_reach_the_watcher_even_after_the_console_closed() {
+        use rvm_abi::control::Outgoing;
+        use rvm_abi::frame::Frame;
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(format!("rvm-channel-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let mut channel = crate::channel::Channel::listen(path.clone()).unwrap();
+        let records: Vec<Frame> = (0..3).map(|n| Frame::Record { log: n, bytes: [n as u8; 64] }).collect();
+        let mut stream = Vec::new();
+        for f in &records {
+            Outgoing::Witness(f).write_binary(&mut |b| stream.extend_from_slice(b));
+        }
+        // "QEMU" writes its frames, the last after the console closed.
+        let writer = std::thread::spawn(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            s.write_all(&stream[..100]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(&stream[100..]).unwrap();
+        });
+        let mut w = Collect::default();
+        let r = run(
+            OsStr::new("sh"),
+            &["-c".into(), "echo console; exit 0".into()],
+            Duration::from_secs(20),
+            &mut w,
+            None,
+            Some(&mut channel),
+        )
+        .unwrap();
+        writer.join().unwrap();
+        assert_eq!(r.exit, Exit::Code(0));
+        assert_eq!(w.output, b"console\n");
+        let want: Vec<String> = records.iter().map(|f| String::from_utf8_lossy(f.encode().as_bytes()).trim_end().to_string()).collect();
+        assert_eq!(w.frames, want);
+        assert!(w.broken.is_empty(), "{:?}", w.broken);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_broken_channel_is_reported() {
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(format!("rvm-channel-broken-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let mut channel = crate::channel::Channel::listen(path.clone()).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            s.write_all(b"XX\x01\x00\x00\x00\x00\x00").unwrap();
+        });
+        let mut w = Collect::default();
+        run(OsStr::new("sh"), &["-c".into(), "sleep 0.2".into()], Duration::from_secs(20), &mut w, None, Some(&mut channel)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(w.broken.len(), 1, "{:?}", w.broken);
+        assert!(w.frames.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn streams_output_and_reports_the_exit_code() {
         let mut got = Vec::new();
@@ -382,6 +522,7 @@ mod tests {
             ],
             Duration::from_secs(20),
             &mut |b: &[u8]| got.extend_from_slice(b),
+            None,
             None,
         )
         .unwrap();
@@ -403,6 +544,7 @@ mod tests {
             &["-c".into(), script.into()],
             Duration::from_millis(500),
             &mut |b: &[u8]| got.extend_from_slice(b),
+            None,
             None,
         )
         .unwrap();
@@ -444,6 +586,7 @@ mod tests {
             Duration::from_secs(20),
             &mut w,
             None,
+            None,
         )
         .unwrap();
         assert_eq!(r.exit, Exit::Stopped);
@@ -463,6 +606,7 @@ mod tests {
             &[],
             Duration::from_secs(1),
             &mut |_: &[u8]| {},
+            None,
             None,
         )
         .unwrap_err();

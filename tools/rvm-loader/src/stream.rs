@@ -286,6 +286,12 @@ impl<'a> Session<'a> {
     pub fn sink_error(&self) -> Option<&SinkError> {
         self.sink_error.as_ref()
     }
+
+    /// The control channel's stream broke (`why`): what came after cannot
+    /// be filed, so the run stops as for a frame the sink refused.
+    pub fn channel_broken(&mut self, why: &str) {
+        self.sink_error.get_or_insert(SinkError::Store(format!("the control channel's stream broke: {why}")));
+    }
 }
 
 #[cfg(test)]

@@ -196,8 +196,13 @@ fn three_tenants_boot_together_and_a_fence_in_one_leaves_the_others() {
     let args = q.args();
     let joined = args.join(" ");
     assert!(joined.starts_with(
-        "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none -kernel "
+        "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a72 -smp 4 -m 512M -nographic -nic none \
+         -global virtio-mmio.force-legacy=false -device virtio-serial-device -chardev socket,id=rvmchannel,path="
     ), "{joined}");
+    // The control channel's console is on the loader's socket, under RVM_HOME/run/.
+    let socket = env.home().join("run").join("channel-");
+    assert!(joined.contains(&format!("path={}", socket.display())), "{joined}");
+    assert!(joined.contains(".sock -device virtconsole,chardev=rvmchannel -kernel "), "{joined}");
     // No semihosting: QEMU would serve it to every guest.
     assert!(!joined.contains("semihosting"), "{joined}");
     assert_eq!(
