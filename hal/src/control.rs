@@ -2,7 +2,8 @@
 //! (QEMU `virt` with `-device virtio-serial-device -device
 //! virtconsole,chardev=…`), driven at EL2 with the `virtio-drivers` crate.
 //! It carries the witness and journal frames in binary
-//! (`rvm_abi::control`); a machine without one sends them on the UART.
+//! (`rvm_abi::control`), and the operators' orders the other way; a machine
+//! without one uses the UART for both.
 //!
 //! Frames are not sent on the caller's time: [`send`] appends a frame to a
 //! buffer in memory, and the buffer goes to the device in one transfer (one
@@ -125,6 +126,24 @@ pub fn flush() {
     if let Some(ch) = CHANNEL.lock().as_mut() {
         ch.transfer();
     }
+}
+
+/// Bytes the host sent (its orders, `rvm_abi::control`), as many as are
+/// waiting and fit `buf`; never waits.
+pub fn read(buf: &mut [u8]) -> usize {
+    let mut guard = CHANNEL.lock();
+    let Some(ch) = guard.as_mut() else { return 0 };
+    let mut n = 0;
+    while n < buf.len() {
+        match ch.console.recv(true) {
+            Ok(Some(b)) => {
+                buf[n] = b;
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
 }
 
 /// Whether the machine has a control channel.

@@ -263,6 +263,10 @@ impl Arch for Machine {
         flush();
     }
 
+    fn channel_read(&mut self, buf: &mut [u8]) -> usize {
+        crate::control::read(buf)
+    }
+
     fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
         if !crate::control::send(frame) {
             self.console_frame(frame);

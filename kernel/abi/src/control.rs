@@ -25,14 +25,19 @@
 //!   the entry's body ([`crate::journal::write_call_body`],
 //!   [`crate::journal::write_start_body`]: what an `@J` line carries in hex).
 //!
+//! From the host to the hypervisor, the same framing carries:
+//!
+//! * `Order` (16): an operator's order, [`OrderFrame::to_bytes`] (nonce
+//!   u64, order code u8, partition name 32, signature 64), checked exactly
+//!   as an `@O` line on the UART's receive side.
+//!
 //! A stream that breaks these rules (bad magic, unknown kind, a payload too
 //! long or of the wrong length) cannot be resynchronised: a host stops
-//! reading it and fails the run. Nothing travels from the host to the
-//! hypervisor on this channel yet (operators' orders use the UART's
-//! receive side).
+//! reading it and fails the run; the hypervisor ignores what follows on it
+//! (and says so once).
 
 use crate::bootinfo::HandleInfo;
-use crate::frame::Frame;
+use crate::frame::{Frame, OrderFrame, ORDER_BYTES};
 use crate::journal::{self, CallEntry};
 use crate::witness::RECORD_LEN;
 
@@ -51,6 +56,8 @@ pub enum Kind {
     Checkpoint = 2,
     Key = 3,
     Journal = 4,
+    /// Host to hypervisor.
+    Order = 16,
 }
 
 impl Kind {
@@ -60,8 +67,92 @@ impl Kind {
             2 => Kind::Checkpoint,
             3 => Kind::Key,
             4 => Kind::Journal,
+            16 => Kind::Order,
             _ => return None,
         })
+    }
+}
+
+fn header(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..2].copy_from_slice(&MAGIC);
+    h[2] = kind as u8;
+    h[4..].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    h
+}
+
+/// Write an order's frame (host to hypervisor) to `out`.
+pub fn write_order(out: &mut dyn FnMut(&[u8]), order: &OrderFrame) {
+    out(&header(Kind::Order, ORDER_BYTES));
+    out(&order.to_bytes());
+}
+
+/// Reads the frames the host sends the hypervisor (orders), a byte at a
+/// time, without allocating; after the first broken frame it reads nothing
+/// more.
+pub struct InboundDecoder {
+    buf: [u8; HEADER_LEN + ORDER_BYTES],
+    len: usize,
+    broken: bool,
+}
+
+impl Default for InboundDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InboundDecoder {
+    pub const fn new() -> Self {
+        Self { buf: [0; HEADER_LEN + ORDER_BYTES], len: 0, broken: false }
+    }
+
+    /// Whether a broken frame ended the stream.
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Take one byte; a whole frame's order, or the error that broke the
+    /// stream (reported once).
+    pub fn push(&mut self, byte: u8) -> Option<Result<OrderFrame, DecodeError>> {
+        if self.broken {
+            return None;
+        }
+        self.buf[self.len] = byte;
+        self.len += 1;
+        if self.len < HEADER_LEN {
+            return None;
+        }
+        let fail = |d: &mut Self, e: DecodeError| {
+            d.broken = true;
+            Some(Err(e))
+        };
+        if self.len == HEADER_LEN {
+            if self.buf[..2] != MAGIC || self.buf[3] != 0 {
+                return fail(self, DecodeError::BadHeader);
+            }
+            match Kind::from_u8(self.buf[2]) {
+                Some(Kind::Order) => {}
+                Some(k) => return fail(self, DecodeError::BadPayload(k)),
+                None => {
+                    let k = self.buf[2];
+                    return fail(self, DecodeError::UnknownKind(k));
+                }
+            }
+            let len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
+            if len as usize != ORDER_BYTES {
+                return fail(self, DecodeError::BadPayload(Kind::Order));
+            }
+            return None;
+        }
+        if self.len < self.buf.len() {
+            return None;
+        }
+        self.len = 0;
+        match OrderFrame::from_bytes(&self.buf[HEADER_LEN..]) {
+            Some(o) => Some(Ok(o)),
+            None => fail(self, DecodeError::BadPayload(Kind::Order)),
+        }
     }
 }
 
@@ -107,11 +198,7 @@ impl Outgoing<'_> {
     /// Write the control-channel frame (header, then payload) to `out`.
     pub fn write_binary(&self, out: &mut dyn FnMut(&[u8])) {
         let (kind, len) = self.header();
-        let mut header = [0u8; HEADER_LEN];
-        header[..2].copy_from_slice(&MAGIC);
-        header[2] = kind as u8;
-        header[4..].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-        out(&header);
+        out(&header(kind, len));
         match *self {
             Outgoing::Witness(Frame::Record { log, bytes }) => {
                 out(&log.to_le_bytes());
@@ -351,6 +438,32 @@ mod decode {
             assert_eq!(got.iter().map(Incoming::to_line).collect::<Vec<_>>(), want);
             // A binary frame is smaller than its line.
             assert!(binary(&frames[0]).len() < text(&frames[0]).len());
+        }
+
+        #[test]
+        fn orders_travel_to_the_hypervisor_and_a_broken_one_ends_the_stream() {
+            let mut partition = [0u8; 32];
+            partition[..5].copy_from_slice(b"alpha");
+            let order = OrderFrame { kind: crate::frame::OrderKind::Evict, nonce: 77, partition, signature: [5; 64] };
+            let mut bytes = Vec::new();
+            write_order(&mut |b| bytes.extend_from_slice(b), &order);
+            write_order(&mut |b| bytes.extend_from_slice(b), &order);
+            let mut d = InboundDecoder::new();
+            let got: Vec<_> = bytes.iter().filter_map(|&b| d.push(b)).collect();
+            assert_eq!(got, [Ok(order), Ok(order)]);
+            // A name that is no safe identifier, then a good order: the
+            // stream is over at the first.
+            let mut bad = bytes.clone();
+            bad[HEADER_LEN + 9] = b'/';
+            let mut d = InboundDecoder::new();
+            let got: Vec<_> = bad.iter().filter_map(|&b| d.push(b)).collect();
+            assert_eq!(got, [Err(DecodeError::BadPayload(Kind::Order))]);
+            assert!(d.broken());
+            // A record sent the wrong way.
+            let record = Frame::Record { log: 1, bytes: [0; RECORD_LEN] };
+            let mut d = InboundDecoder::new();
+            let got: Vec<_> = binary(&Outgoing::Witness(&record)).iter().filter_map(|&b| d.push(b)).collect();
+            assert_eq!(got, [Err(DecodeError::BadPayload(Kind::Record))]);
         }
 
         #[test]

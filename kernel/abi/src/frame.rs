@@ -322,7 +322,43 @@ impl OrderFrame {
     pub fn is_order_line(line: &str) -> bool {
         line.starts_with("@O ")
     }
+
+    /// The binary form (the control channel's `Order` payload,
+    /// [`crate::control`]): nonce u64 LE, order code u8, partition name
+    /// (32, NUL-padded), signature (64).
+    pub fn to_bytes(&self) -> [u8; ORDER_BYTES] {
+        let mut b = [0u8; ORDER_BYTES];
+        b[0..8].copy_from_slice(&self.nonce.to_le_bytes());
+        b[8] = self.kind as u8;
+        b[9..41].copy_from_slice(&self.partition);
+        b[41..105].copy_from_slice(&self.signature);
+        b
+    }
+
+    /// Decode the binary form; `None` under the same rules as
+    /// [`OrderFrame::parse`] (a nonce of 0, an unknown order, a name that
+    /// is not a safe identifier or not NUL-padded).
+    pub fn from_bytes(b: &[u8]) -> Option<OrderFrame> {
+        if b.len() != ORDER_BYTES {
+            return None;
+        }
+        let nonce = u64::from_le_bytes(b[0..8].try_into().ok()?);
+        let kind = OrderKind::from_u8(b[8])?;
+        let mut partition = [0u8; 32];
+        partition.copy_from_slice(&b[9..41]);
+        let end = partition.iter().position(|&c| c == 0).unwrap_or(32);
+        if nonce == 0 || partition[end..].iter().any(|&c| c != 0) {
+            return None;
+        }
+        crate::ident::check(core::str::from_utf8(&partition[..end]).ok()?).ok()?;
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&b[41..105]);
+        Some(OrderFrame { kind, nonce, partition, signature })
+    }
 }
+
+/// Bytes of an order's binary form ([`OrderFrame::to_bytes`]).
+pub const ORDER_BYTES: usize = 8 + 1 + 32 + 64;
 
 /// The `args` of an `OperatorOrder` or `OrderRefused` record (16 bytes):
 /// order code u8, 7 reserved bytes, nonce u64 LE.

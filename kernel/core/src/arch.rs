@@ -119,6 +119,14 @@ pub trait Arch {
         self.console_frame(frame);
     }
 
+    /// Bytes the host sent on the control channel (binary frames,
+    /// `rvm_abi::control`: operators' orders), as many as are waiting and
+    /// fit `buf`, without waiting; 0 on a machine without one.
+    fn channel_read(&mut self, buf: &mut [u8]) -> usize {
+        let _ = buf;
+        0
+    }
+
     /// Write `frame` as its console line, in one write (so no other output
     /// lands inside it).
     fn console_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {

@@ -142,6 +142,8 @@ pub struct FakeArch {
     pub console_writes: Vec<usize>,
     /// Bytes waiting on the console's receive side ([`FakeArch::type_input`]).
     pub input: alloc::collections::VecDeque<u8>,
+    /// Bytes the host sent on the control channel ([`FakeArch::send_on_channel`]).
+    pub channel_input: alloc::collections::VecDeque<u8>,
     /// Guest entries, EL1/FP reloads and saves, over all CPUs (updated when
     /// a run on the fake CPUs returns).
     pub runs: u64,
@@ -169,6 +171,11 @@ impl FakeArch {
     /// Put bytes on the console's receive side, as the host would send them.
     pub fn type_input(&mut self, bytes: &[u8]) {
         self.input.extend(bytes.iter().copied());
+    }
+
+    /// Send bytes on the control channel, as the host would.
+    pub fn send_on_channel(&mut self, bytes: &[u8]) {
+        self.channel_input.extend(bytes.iter().copied());
     }
 
     /// The clock, in nanoseconds.
@@ -283,6 +290,14 @@ impl Arch for FakeArch {
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.input.len());
         for (slot, b) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *slot = b;
+        }
+        n
+    }
+
+    fn channel_read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.channel_input.len());
+        for (slot, b) in buf.iter_mut().zip(self.channel_input.drain(..n)) {
             *slot = b;
         }
         n

@@ -5,13 +5,18 @@
 //! each back into the line the UART would have carried, so the loader files
 //! them with the same code ([`crate::stream::Session`]).
 //!
+//! The other way, the operator's orders (`partition unfence|evict`) go to
+//! the hypervisor on the same connection as binary `Order` frames
+//! ([`OrderWriter`]).
+//!
 //! A path too long for a socket address, or a socket that cannot be made,
 //! leaves the run without the channel: the machine then has no virtio
-//! console and the hypervisor sends its frames on the UART, as before.
+//! console and the hypervisor uses the UART for both, as before.
 
 use std::ffi::OsString;
-use std::io::Read as _;
-use std::os::unix::net::UnixListener;
+use std::io::{Read as _, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -39,6 +44,41 @@ pub enum Event {
 pub struct Channel {
     path: PathBuf,
     listener: Option<UnixListener>,
+    /// QEMU's connection, once made: where orders are written.
+    conn: Arc<Mutex<Option<UnixStream>>>,
+}
+
+/// Writes the operator's orders to the hypervisor: takes `@O` lines (as the
+/// order socket hands them over) and sends each as an `Order` frame.
+pub struct OrderWriter {
+    conn: Arc<Mutex<Option<UnixStream>>>,
+    line: Vec<u8>,
+}
+
+impl Write for OrderWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        for &b in bytes {
+            if b != b'\n' {
+                self.line.push(b);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let order = rvm_abi::frame::OrderFrame::parse(&String::from_utf8_lossy(&line))
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an order line"))?;
+            let mut frame = Vec::new();
+            rvm_abi::control::write_order(&mut |b| frame.extend_from_slice(b), &order);
+            let mut guard = self.conn.lock().map_err(|_| std::io::Error::other("channel lock"))?;
+            let conn = guard
+                .as_mut()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "QEMU has not connected the control channel"))?;
+            conn.write_all(&frame)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Channel {
@@ -46,7 +86,12 @@ impl Channel {
     pub fn listen(path: PathBuf) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
-        Ok(Self { path, listener: Some(listener) })
+        Ok(Self { path, listener: Some(listener), conn: Arc::new(Mutex::new(None)) })
+    }
+
+    /// Where the operator's orders for this run go.
+    pub fn order_writer(&self) -> OrderWriter {
+        OrderWriter { conn: self.conn.clone(), line: Vec::new() }
     }
 
     /// QEMU's arguments that give the machine its virtio console on this
@@ -72,6 +117,7 @@ impl Channel {
     ) -> Option<std::thread::JoinHandle<()>> {
         use std::sync::atomic::Ordering;
         let listener = self.listener.take()?;
+        let slot = self.conn.clone();
         Some(std::thread::spawn(move || {
             let _ = listener.set_nonblocking(true);
             let mut conn = loop {
@@ -85,6 +131,9 @@ impl Channel {
                 }
             };
             let _ = conn.set_nonblocking(false);
+            if let Ok(mut s) = slot.lock() {
+                *s = conn.try_clone().ok();
+            }
             let mut decoder = Decoder::new();
             let mut buf = vec![0u8; 64 << 10];
             loop {

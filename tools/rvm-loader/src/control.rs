@@ -2,8 +2,10 @@
 //! that travel through it (`partition unfence|evict NAME`).
 //!
 //! A booting loader listens on `RVM_HOME/run/loader-<pid>.sock` (removed
-//! when the run ends) and hands QEMU's standard input — the PL011's receive
-//! side — to the socket. One connection carries one order:
+//! when the run ends) and hands the hypervisor's input — its control
+//! channel ([`crate::channel::OrderWriter`]), else QEMU's standard input,
+//! the PL011's receive side — to the socket. One connection carries one
+//! order:
 //!
 //! ```text
 //! server: rvm-control 1 <64 hex digits: SHA-256 of the bundle booted>
@@ -52,7 +54,8 @@ pub fn socket_path(home: &Path, pid: u32) -> PathBuf {
     home.join(RUN_DIR).join(format!("loader-{pid}.sock"))
 }
 
-/// Where QEMU's input goes: its standard input once it is running.
+/// Where orders go: the control channel or QEMU's standard input, once it
+/// is running.
 type Input = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
 
 /// Orders delivered and waiting for their answer, by nonce.
@@ -93,8 +96,9 @@ impl ControlServer {
         Ok(Self { path, input, waiting, pending: Mutex::new(None), partial: Vec::new() })
     }
 
-    /// QEMU is running: orders go to `stdin` once the hypervisor has
-    /// printed its first line (its console, and so its receive side, is set
+    /// QEMU is running: orders go to `stdin` (the control channel's order
+    /// writer, or QEMU's standard input) once the hypervisor has printed its
+    /// first line (its console, and so its receive side, is set
     /// up by then).
     pub fn attach(&self, stdin: Box<dyn Write + Send>) {
         if let Ok(mut p) = self.pending.lock() {

@@ -242,8 +242,15 @@ pub fn run(
         })?;
     let mut child = KillOnDrop(child);
     watch.started(child.0.id());
-    if let (Some(c), Some(stdin)) = (control.as_ref(), child.0.stdin.take()) {
-        c.attach(Box::new(stdin));
+    // Orders go on the control channel when the run has one, else into
+    // the UART's receive side.
+    let orders: Option<Box<dyn std::io::Write + Send>> = match (&channel, child.0.stdin.take()) {
+        (Some(ch), _) => Some(Box::new(ch.order_writer())),
+        (None, Some(stdin)) => Some(Box::new(stdin)),
+        (None, None) => None,
+    };
+    if let (Some(c), Some(w)) = (control.as_ref(), orders) {
+        c.attach(w);
     }
     let mut stdout = child
         .0

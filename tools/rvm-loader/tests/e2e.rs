@@ -529,12 +529,17 @@ fn operator_orders_reach_a_running_instance_through_its_control_socket() {
     );
     std::thread::scope(|s| {
         let run = s.spawn(move || bounded(up, "rvm-loader up spinner"));
-        // Wait for the instance's control socket (run/ also holds the
-        // boot's bundle for a moment).
+        // Wait for the instance's order socket (run/ also holds the boot's
+        // bundle for a moment, and the control channel's socket).
         let run_dir = env.home().join("run");
         let start = Instant::now();
         let has_socket = |mut d: std::fs::ReadDir| {
-            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".sock")))
+            d.any(|e| {
+                e.is_ok_and(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("loader-") && n.ends_with(".sock")
+                })
+            })
         };
         while !std::fs::read_dir(&run_dir).is_ok_and(has_socket) {
             assert!(start.elapsed() < DEADLINE, "no control socket appeared in {}", run_dir.display());

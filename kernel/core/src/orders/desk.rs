@@ -18,6 +18,8 @@ pub(crate) struct OrderDesk {
     line: heapless::Vec<u8, MAX_ORDER_LINE>,
     /// The current line outgrew the buffer: drop it up to its newline.
     overlong: bool,
+    /// Orders arriving on the control channel (binary frames).
+    pub(crate) inbound: rvm_abi::control::InboundDecoder,
     /// Orders applied and refused since boot.
     applied: u32,
     refused: u32,
@@ -104,6 +106,7 @@ impl OrderDesk {
             last_nonce: 0,
             line: heapless::Vec::new(),
             overlong: false,
+            inbound: rvm_abi::control::InboundDecoder::new(),
             applied: 0,
             refused: 0,
         }

@@ -2,9 +2,11 @@
 //! hypervisor runs.
 //!
 //! Orders arrive on the console UART's receive side as one line each,
-//! `@O <nonce> <order> <partition> <signature>` ([`OrderFrame`]). The run
-//! loop's housekeeping calls [`poll`], which reads whatever input is waiting
-//! (never blocking), assembles lines and handles each complete one:
+//! `@O <nonce> <order> <partition> <signature>` ([`OrderFrame`]), or on
+//! the control channel as binary `Order` frames (`rvm_abi::control`). The
+//! run loop's housekeeping calls [`poll`], which reads whatever input is
+//! waiting on both (never blocking), assembles lines and frames and handles
+//! each complete one:
 //!
 //! 1. parse it (a damaged `@O` line is refused; other input is ignored with
 //!    a console line saying so);
@@ -58,20 +60,48 @@ const READ_CHUNK: usize = 64;
 const POLL_BUDGET: usize = 4 * (MAX_ORDER_LINE + 2);
 
 
-/// Read and handle whatever operator input is waiting. Called by the run
-/// loop's housekeeping, between slices.
+/// Read and handle whatever operator input is waiting, on the console and
+/// on the control channel. Called by the run loop's housekeeping, between
+/// slices.
 pub(crate) fn poll<A: Arch>(hv: &mut Hypervisor<A>) {
     let mut consumed = 0;
     let mut buf = [0u8; READ_CHUNK];
     while consumed < POLL_BUDGET {
         let n = hv.arch.console_read(&mut buf).min(READ_CHUNK);
         if n == 0 {
-            return;
+            break;
         }
         consumed += n;
         for &b in &buf[..n] {
             if let Some(line) = hv.orders.take(b) {
                 handle_line(hv, &line);
+            }
+        }
+    }
+    poll_channel(hv);
+}
+
+/// The control channel's orders: binary frames, each checked as an `@O`
+/// line is. A broken frame ends the channel's input (said once, and
+/// witnessed as a malformed order).
+fn poll_channel<A: Arch>(hv: &mut Hypervisor<A>) {
+    let mut consumed = 0;
+    let mut buf = [0u8; READ_CHUNK];
+    while consumed < POLL_BUDGET && !hv.orders.inbound.broken() {
+        let n = hv.arch.channel_read(&mut buf).min(READ_CHUNK);
+        if n == 0 {
+            return;
+        }
+        consumed += n;
+        for &b in &buf[..n] {
+            match hv.orders.inbound.push(b) {
+                None => {}
+                Some(Ok(order)) => handle_order(hv, &order),
+                Some(Err(e)) => {
+                    console::hyp_line(&mut hv.arch, format_args!("control channel input ignored from here on: {e}"));
+                    refuse(hv, None, "?", OrderArgs { order: 0, nonce: 0 }, OrderRefusal::Malformed);
+                    return;
+                }
             }
         }
     }
@@ -96,6 +126,12 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
         refuse(hv, None, "?", OrderArgs { order: 0, nonce }, OrderRefusal::Malformed);
         return;
     };
+    handle_order(hv, &order);
+}
+
+/// Check and carry out one decoded order, from either input.
+fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
+    let order = *order;
     let args = OrderArgs { order: order.kind as u8, nonce: order.nonce };
     let Some(idx) = hv.partitions.iter().position(|p| p.desc().name == order.partition) else {
         refuse(hv, None, order.partition_name(), args, OrderRefusal::UnknownPartition);

@@ -429,6 +429,42 @@ fn an_order_split_across_reads_and_an_overlong_line_are_handled() {
 }
 
 #[test]
+fn orders_on_the_control_channel_are_checked_like_console_orders_and_a_broken_frame_ends_its_input() {
+    let (mut hv, bundle) = boot(&[Part::new("victim")], &[], true);
+    hv.arch.set_guest(1, faulting_victim(Rc::default()));
+    hv.run();
+    let frame = |kind, nonce| {
+        let order = OrderFrame::parse(&order_line(&bundle, &OPERATOR_SEED, kind, nonce, "victim")).unwrap();
+        let mut b = Vec::new();
+        rvm_abi::control::write_order(&mut |x| b.extend_from_slice(x), &order);
+        b
+    };
+    // Forged: the signature of another nonce.
+    let mut forged = frame(OrderKind::Unfence, 2);
+    forged[rvm_abi::control::HEADER_LEN..rvm_abi::control::HEADER_LEN + 8].copy_from_slice(&9u64.to_le_bytes());
+    hv.arch.send_on_channel(&forged);
+    hv.housekeeping();
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced, "a forged order does nothing");
+    assert!(hv.arch.console_text().contains("rvm: order 9 unfence 'victim' refused: signature does not verify"), "{}", hv.arch.console_text());
+    // A good one, split across reads.
+    let good = frame(OrderKind::Unfence, 3);
+    let (a, b) = good.split_at(50);
+    hv.arch.send_on_channel(a);
+    hv.housekeeping();
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Fenced, "half a frame is not an order");
+    hv.arch.send_on_channel(b);
+    hv.housekeeping();
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Running);
+    // A broken frame, then a good eviction: nothing after the break counts.
+    hv.arch.send_on_channel(b"XX\x10\x00\x69\x00\x00\x00");
+    hv.arch.send_on_channel(&frame(OrderKind::Evict, 4));
+    hv.housekeeping();
+    assert!(hv.arch.console_text().contains("control channel input ignored from here on: a frame header without"));
+    assert_ne!(hv.partitions()[0].state(), PartitionState::Evicted);
+    assert_chains_verify(&hv);
+}
+
+#[test]
 fn an_order_for_an_earlier_boot_of_the_same_deployment_is_refused() {
     let deployment = || [Part::new("victim"), Part::new("bystander")];
     // The first boot: the operator unfences the victim; the order line is
