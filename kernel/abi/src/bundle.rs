@@ -493,6 +493,11 @@ pub const BOOT_CONFIG_LEN: usize = 16;
 /// communication graph once per epoch and witness its split and merge
 /// decisions (`SplitDecided`, `MergeDecided`). Traffic is recorded either way.
 pub const BOOT_FLAG_COHERENCE: u32 = 1 << 1;
+/// Bit of [`BootConfig::flags`]: the run is a long-lived instance. It does
+/// not end when nothing can run (its partitions may all have finished or
+/// wait with no deadline); it ends at an operator's `shutdown` order
+/// ([`crate::frame::OrderKind::Shutdown`]) or its run budget.
+pub const BOOT_FLAG_INSTANCE: u32 = 1 << 2;
 
 impl BootConfig {
     pub const DEFAULT: BootConfig =

@@ -206,16 +206,24 @@ pub enum OrderKind {
     Unfence = 1,
     /// Evict a partition (F4).
     Evict = 2,
+    /// End the run: every log checkpointed and signed, then power off. Its
+    /// target is the hypervisor itself ([`HYPERVISOR_TARGET`]).
+    Shutdown = 3,
 }
 
+/// The target name of an order for the hypervisor itself (no partition may
+/// take this name).
+pub const HYPERVISOR_TARGET: &str = "hypervisor";
+
 impl OrderKind {
-    pub const ALL: [OrderKind; 2] = [OrderKind::Unfence, OrderKind::Evict];
+    pub const ALL: [OrderKind; 3] = [OrderKind::Unfence, OrderKind::Evict, OrderKind::Shutdown];
 
     /// The word on the `@O` line and on the loader's command line.
     pub const fn name(self) -> &'static str {
         match self {
             OrderKind::Unfence => "unfence",
             OrderKind::Evict => "evict",
+            OrderKind::Shutdown => "shutdown",
         }
     }
 

@@ -30,6 +30,10 @@ pub struct RunPolicy {
     pub slice_ns: u64,
     /// Stop the run after this long (0 = when every partition is done).
     pub budget_ns: u64,
+    /// A long-lived instance ([`rvm_abi::bundle::BOOT_FLAG_INSTANCE`]): the
+    /// run does not end when nothing can run, only at a `shutdown` order or
+    /// its budget.
+    pub instance: bool,
 }
 
 impl RunPolicy {
@@ -37,6 +41,7 @@ impl RunPolicy {
         Self {
             slice_ns: u64::from(c.slice_us.max(100)) * 1_000,
             budget_ns: u64::from(c.run_budget_ms) * 1_000_000,
+            instance: c.flags & rvm_abi::bundle::BOOT_FLAG_INSTANCE != 0,
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct BootOptions {
     pub links: Vec<Link>,
     /// `--bundle-out` keeps the witness key's seed (`--include-witness-seed`).
     pub include_witness_seed: bool,
+    /// Run as the instance of this RVM_HOME (`instance start`), with its
+    /// folder: the lock, live status and end are written there
+    /// ([`crate::instance`]).
+    pub instance: Option<PathBuf>,
 }
 
 /// `--link A:B`: a channel between two partitions booted together.
@@ -210,12 +214,19 @@ pub fn plan(
             p.authority = Some(k.public);
         }
     }
-    let budget_ms = u32::try_from(opts.timeout.as_millis() / 4 * 3).unwrap_or(u32::MAX);
-    let flags = if opts.journal {
+    // An instance has no budget: it runs until stopped.
+    let budget_ms = match opts.instance {
+        Some(_) => 0,
+        None => u32::try_from(opts.timeout.as_millis() / 4 * 3).unwrap_or(u32::MAX),
+    };
+    let mut flags = if opts.journal {
         rvm_abi::journal::BOOT_FLAG_JOURNAL
     } else {
         0
     };
+    if opts.instance.is_some() {
+        flags |= rvm_abi::bundle::BOOT_FLAG_INSTANCE;
+    }
     let config = BootConfig {
         run_budget_ms: budget_ms,
         flags,
@@ -337,6 +348,22 @@ struct Watcher<'s, 'a> {
     /// The bundle file QEMU was given: removed at the first output (QEMU
     /// has loaded it by then), else when the watcher is dropped.
     bundle_file: TempFile,
+    /// An instance's lock and partitions: the lock says the hypervisor
+    /// talks at its first output, and the live status follows the states.
+    instance: Option<(crate::instance::Lock, Vec<PartitionName>)>,
+    /// States last written to the live status.
+    shown_states: std::collections::BTreeMap<u32, RunState>,
+}
+
+impl Watcher<'_, '_> {
+    /// Write the instance's live status if a state changed.
+    fn follow_states(&mut self) {
+        let Some((lock, names)) = &self.instance else { return };
+        if self.session.states() != &self.shown_states {
+            self.shown_states = self.session.states().clone();
+            crate::instance::write_status(&lock.dir(), names, &self.shown_states);
+        }
+    }
 }
 
 impl Watch for Watcher<'_, '_> {
@@ -349,11 +376,16 @@ impl Watch for Watcher<'_, '_> {
                 "rvm-loader: the hypervisor is talking after {:.2} s",
                 t.as_secs_f64()
             );
+            if let Some((lock, names)) = &mut self.instance {
+                lock.note_running();
+                crate::instance::write_status(&lock.dir(), names, &self.shown_states);
+            }
         }
         let session = &mut *self.session;
         self.splitter
             .push(bytes, &mut |line| session.line(&line, &mut show));
-        if session.sink_error().is_some() {
+        self.follow_states();
+        if self.session.sink_error().is_some() {
             Flow::Stop
         } else {
             Flow::Continue
@@ -366,6 +398,7 @@ impl Watch for Watcher<'_, '_> {
 
     fn frame(&mut self, line: &str) -> Flow {
         self.session.line(line, &mut show);
+        self.follow_states();
         if self.session.sink_error().is_some() {
             Flow::Stop
         } else {
@@ -404,6 +437,12 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         );
         return Ok(());
     }
+    // An instance holds this RVM_HOME's lock while it runs.
+    let instance = match &opts.instance {
+        Some(_) => Some((crate::instance::Lock::take(ctx.home.root(), &plan.names())?, plan.names())),
+        None => None,
+    };
+    let instance_dir = instance.as_ref().map(|(l, _)| l.dir());
     let log_names = plan.log_names();
     let pins: Vec<(PartitionName, crate::model::KeyFingerprint)> = plan
         .partitions
@@ -481,6 +520,8 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         first_output: None,
         timeout: opts.timeout,
         bundle_file,
+        instance,
+        shown_states: std::collections::BTreeMap::new(),
     };
     // Operator orders (`partition unfence|evict`) reach the run here.
     let control = crate::control::ControlServer::listen(
@@ -582,6 +623,10 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
             eprintln!("rvm-loader: witness store: {e}");
             problems.push(format!("witness store ({e})"));
         }
+    }
+    let ok = run.as_ref().is_ok_and(|r| r.exit == Exit::Code(0)) && exit_status == Some(0) && sink_error.is_none() && problems.is_empty();
+    if let Some(dir) = &instance_dir {
+        crate::instance::write_ended(dir, &outcome, ok);
     }
     let r = run?;
     if let Some(e) = sink_error {

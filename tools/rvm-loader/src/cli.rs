@@ -121,6 +121,109 @@ enum Command {
     /// The boards RVM knows.
     #[command(subcommand)]
     Board(BoardCmd),
+    /// A long-lived RVM instance of this RVM_HOME: start it in the
+    /// background, see it, stop it.
+    #[command(subcommand, long_about = INSTANCE_LONG)]
+    Instance(InstanceCmd),
+}
+
+const INSTANCE_LONG: &str = "\
+A long-lived RVM instance of this RVM_HOME.
+
+`instance start` boots the named partitions (all that have a guest when
+none is named) in the background, as `up` would, but the hypervisor keeps
+running when they have finished or all wait: there is no timeout and no run
+budget. One instance per RVM_HOME ($RVM_HOME/instance/instance.json is its
+lock). `instance status` shows its partitions' states as the witness
+records report them, live. `instance stop` sends the hypervisor the
+operator's signed shutdown order: it checkpoints and signs every log and
+powers off, and the logs are filed and verified as after `up`. The
+instance's console and the loader's report are in
+$RVM_HOME/instance/console.log.
+
+While an instance runs, `partition unfence|evict` reach it. Admitting
+partitions into a running instance is not built yet: `up`, `deploy` and
+`guest boot` start a run of their own.";
+
+#[derive(Subcommand, Debug)]
+enum InstanceCmd {
+    /// Boot partitions as this RVM_HOME's instance, in the background.
+    Start {
+        /// Partitions to boot, in boot order (default: all with a guest).
+        names: Vec<String>,
+        #[command(flatten)]
+        run: InstanceArgs,
+    },
+    /// Show the running instance: its partitions, their states and the
+    /// witness records filed so far.
+    Status {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the instance: every log checkpointed, signed, filed and
+    /// verified; QEMU powers off.
+    Stop,
+    /// Run the instance in the foreground (what `instance start` runs in
+    /// the background).
+    #[command(hide = true)]
+    Serve {
+        names: Vec<String>,
+        #[command(flatten)]
+        run: InstanceArgs,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+struct InstanceArgs {
+    /// Folder with rvm.bin and guest-runtime.elf.
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// QEMU binary (default: $RVM_QEMU, else qemu-system-aarch64).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// Journal what enters each partition beside its witness log.
+    #[arg(long)]
+    journal: bool,
+    /// Give partitions A and B a channel between them (repeatable).
+    #[arg(long = "link", value_name = "A:B", value_parser = parse_link)]
+    links: Vec<commands::Link>,
+}
+
+impl InstanceArgs {
+    /// The same arguments on a command line.
+    fn to_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(d) = &self.image_dir {
+            a.extend(["--image-dir".to_string(), d.display().to_string()]);
+        }
+        if let Some(q) = &self.qemu {
+            a.extend(["--qemu".to_string(), q.display().to_string()]);
+        }
+        if self.journal {
+            a.push("--journal".into());
+        }
+        for l in &self.links {
+            a.extend(["--link".to_string(), l.to_string()]);
+        }
+        a
+    }
+
+    fn options(&self, instance_dir: PathBuf) -> BootOptions {
+        let opts = BootOptions {
+            image_dir: self.image_dir.clone(),
+            qemu: self.qemu.clone(),
+            timeout: crate::instance::INSTANCE_TIMEOUT,
+            bundle_out: None,
+            no_boot: false,
+            live_witness: false,
+            journal: self.journal,
+            links: self.links.clone(),
+            include_witness_seed: false,
+            instance: None,
+        };
+        crate::instance::serve_options(opts, instance_dir)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -518,6 +621,7 @@ impl BootArgs {
             journal: self.journal,
             links: self.links.clone(),
             include_witness_seed: self.include_witness_seed,
+            instance: None,
         }
     }
 }
@@ -664,6 +768,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             board::list(json);
             Ok(())
         }
+        Command::Instance(InstanceCmd::Start { names, run }) => {
+            let mut args = vec!["instance".to_string(), "serve".to_string()];
+            args.extend(names.iter().cloned());
+            args.extend(run.to_args());
+            crate::instance::start(&ctx.home, &args)
+        }
+        Command::Instance(InstanceCmd::Serve { names, run }) => {
+            let dir = ctx.home.root().join(crate::instance::INSTANCE_DIR);
+            commands::up(&ctx, &names, &run.options(dir))
+        }
+        Command::Instance(InstanceCmd::Status { json }) => crate::instance::status(&ctx.home, json),
+        Command::Instance(InstanceCmd::Stop) => crate::instance::stop(&ctx.home),
     }
 }
 

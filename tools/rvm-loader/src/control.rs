@@ -204,6 +204,17 @@ pub fn order(home: &Home, kind: OrderKind, name: &PartitionName) -> Result<()> {
         .and_then(|r| r.loader_pid)
         .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
         .ok_or_else(|| Error::failed(format!("{name} is not running (no running instance booted it; `rvm-loader up` boots it)")))?;
+    let text = deliver(home, kind, name.as_str(), pid)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Sign order `kind` for `target` (a partition, or
+/// [`HYPERVISOR_TARGET`](rvm_abi::frame::HYPERVISOR_TARGET)) and deliver it
+/// through the order socket of loader `pid`; the hypervisor's answer line
+/// when it carried the order out.
+pub fn deliver(home: &Home, kind: OrderKind, target: &str, pid: u32) -> Result<String> {
+    let name = target;
     let path = socket_path(home.root(), pid);
     let key = home
         .key(&KeyRole::Operator)?
@@ -217,7 +228,7 @@ pub fn order(home: &Home, kind: OrderKind, name: &PartitionName) -> Result<()> {
     reader.read_line(&mut greeting).map_err(|e| Error::failed(format!("control socket: {e}")))?;
     let digest = parse_greeting(&greeting)
         .ok_or_else(|| Error::failed(format!("control socket {}: unexpected greeting {greeting:?}", path.display())))?;
-    let partition = PartitionDesc::name_field(name.as_str())
+    let partition = PartitionDesc::name_field(name)
         .map_err(|_| Error::refused(format!("partition {}", kind.name()), format!("{name} is not a safe identifier")))?;
     let nonce = clock_nonce();
     let signature = SigningKey::from_bytes(&key.seed).sign(&OrderFrame::message(kind, nonce, &partition, &digest)).to_bytes();
@@ -230,10 +241,7 @@ pub fn order(home: &Home, kind: OrderKind, name: &PartitionName) -> Result<()> {
     })?;
     let answer = answer.trim_end();
     match answer.strip_prefix("answer ") {
-        Some(text) if text.contains(" done: ") => {
-            println!("{text}");
-            Ok(())
-        }
+        Some(text) if text.contains(" done: ") => Ok(text.to_string()),
         Some(text) => Err(Error::refused(format!("partition {} {name}", kind.name()), format!("the hypervisor refused the order: {text}"))),
         None => Err(Error::failed(format!(
             "order not delivered: {}",

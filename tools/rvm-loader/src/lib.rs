@@ -23,6 +23,7 @@ pub mod domains;
 pub mod error;
 pub mod folder;
 pub mod home;
+pub mod instance;
 pub mod keys;
 pub mod limits;
 pub mod model;

@@ -631,3 +631,67 @@ fn a_linked_pair_that_waits_for_its_messages_replays_from_its_journal() {
         assert!(o.stdout.contains("every call reproduced"), "{n}: {o:#?}");
     }
 }
+
+// ---------------------------------------------------------------------
+// issue 14, item 1: a long-lived instance
+// ---------------------------------------------------------------------
+
+/// Kills the instance's background loader (and so its QEMU) if a test
+/// leaves it running.
+struct InstanceGuard(PathBuf);
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        let lock = self.0.join("instance").join("instance.json");
+        if let Some(pid) = std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_u64())
+        {
+            // Its own session: the whole group goes.
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        }
+    }
+}
+
+#[test]
+fn an_instance_runs_on_after_its_partitions_finish_until_it_is_stopped() {
+    let env = Real::new();
+    reference_pair(&env);
+    let _q = qemu_lock();
+    let _guard = InstanceGuard(env.home().to_path_buf());
+    let idle = env.loader(&["instance", "stop"]);
+    assert_eq!(idle.code, 1, "nothing to stop: {idle:#?}");
+    let started = env.ok(&["instance", "start", "agent-a", "agent-b", "--link", "agent-a:agent-b"]);
+    assert!(started.stdout.contains("instance started: loader pid "), "{started:#?}");
+    // A second instance of the same RVM_HOME is refused, naming the first.
+    let again = env.loader(&["instance", "start"]);
+    assert_eq!(again.code, 2, "{again:#?}");
+    assert!(again.stderr.contains("an instance is already running in this RVM_HOME"), "{again:#?}");
+    // Both agents finish their exchange; the instance runs on.
+    let start = Instant::now();
+    let status = loop {
+        let s = env.ok(&["instance", "status", "--json"]).stdout;
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["running"], true, "{s}");
+        if v["partitions"].as_array().unwrap().iter().all(|p| p["state"] == "exited") {
+            break v;
+        }
+        assert!(start.elapsed() < DEADLINE, "the agents did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status["partitions"].as_array().unwrap().iter().all(|p| p["records"].as_u64() > Some(0)), "{status}");
+    std::thread::sleep(Duration::from_millis(500));
+    let text = env.ok(&["instance", "status"]).stdout;
+    assert!(text.contains("instance running: loader pid") && text.contains("agent-a: exited"), "{text}");
+    let stopped = env.ok(&["instance", "stop"]);
+    assert!(stopped.stdout.contains("shutdown 'hypervisor' done: stopping the run"), "{stopped:#?}");
+    assert!(stopped.stdout.contains("instance stopped: hypervisor exited normally"), "{stopped:#?}");
+    assert_eq!(env.ok(&["instance", "status"]).stdout.trim(), format!("no instance running in {}", env.home().display()));
+    for n in ["agent-a", "agent-b", "hypervisor"] {
+        assert_filed_and_verified(&env, n);
+    }
+    // The shutdown order is in the hypervisor's log.
+    assert!(show(&env, "hypervisor").contains("OperatorOrder"));
+    assert!(std::fs::read_dir(env.home().join("run")).is_ok_and(|mut d| d.next().is_none()), "sockets removed");
+}

@@ -37,6 +37,8 @@ pub enum OrderRefusal {
     NoBootId,
     /// No partition has that name.
     UnknownPartition,
+    /// A `shutdown` order names a partition: it is for the hypervisor.
+    NotTheHypervisor,
     /// The signature does not verify with the operator key.
     BadSignature,
     /// The nonce does not exceed the last accepted one.
@@ -53,7 +55,7 @@ impl OrderRefusal {
     /// The status the `OrderRefused` record states.
     pub fn error(self) -> HvError {
         match self {
-            OrderRefusal::Malformed | OrderRefusal::UnknownPartition => HvError::InvalidArgument,
+            OrderRefusal::Malformed | OrderRefusal::UnknownPartition | OrderRefusal::NotTheHypervisor => HvError::InvalidArgument,
             OrderRefusal::NoOperatorKey | OrderRefusal::NoBootId | OrderRefusal::BadSignature => HvError::BadProof,
             OrderRefusal::Replayed { .. } => HvError::Replay,
             OrderRefusal::NotFenced(_) | OrderRefusal::AlreadyEvicted => HvError::InvalidArgument,
@@ -69,6 +71,7 @@ impl core::fmt::Display for OrderRefusal {
             OrderRefusal::NoOperatorKey => write!(f, "the bundle binds no operator key"),
             OrderRefusal::NoBootId => write!(f, "the bundle carries no boot id"),
             OrderRefusal::UnknownPartition => write!(f, "no partition has that name"),
+            OrderRefusal::NotTheHypervisor => write!(f, "shutdown is an order for the hypervisor (target 'hypervisor')"),
             OrderRefusal::BadSignature => write!(f, "signature does not verify with the operator key"),
             OrderRefusal::Replayed { last } => write!(f, "nonce replayed (must exceed {last})"),
             OrderRefusal::NotFenced(s) => write!(f, "partition is not fenced (it is {})", s.name()),

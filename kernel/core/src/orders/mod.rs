@@ -40,7 +40,7 @@
 //! ([`OrderRefusal::NoBootId`]).
 
 
-use rvm_abi::frame::{OrderArgs, OrderFrame, OrderKind, MAX_ORDER_LINE};
+use rvm_abi::frame::{OrderArgs, OrderFrame, OrderKind, HYPERVISOR_TARGET, MAX_ORDER_LINE};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::Outcome;
 
@@ -133,6 +133,10 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
 fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
     let order = *order;
     let args = OrderArgs { order: order.kind as u8, nonce: order.nonce };
+    if order.kind == OrderKind::Shutdown {
+        shutdown(hv, &order, args);
+        return;
+    }
     let Some(idx) = hv.partitions.iter().position(|p| p.desc().name == order.partition) else {
         refuse(hv, None, order.partition_name(), args, OrderRefusal::UnknownPartition);
         return;
@@ -167,7 +171,7 @@ fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
     }
     let result = match order.kind {
         OrderKind::Unfence => unfence(hv, id),
-        OrderKind::Evict => evict(hv, id).map(|()| 0),
+        OrderKind::Evict | OrderKind::Shutdown => evict(hv, id).map(|()| 0),
     };
     match result {
         Ok(ck) => {
@@ -178,7 +182,7 @@ fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
                     alloc::string::String::from("evicted (F4)")
                 }
                 // Its guest is on another CPU: evicted when that CPU comes back.
-                OrderKind::Evict => alloc::string::String::from("eviction deferred until it leaves its CPU"),
+                OrderKind::Evict | OrderKind::Shutdown => alloc::string::String::from("eviction deferred until it leaves its CPU"),
             };
             console::hyp_line(
                 &mut hv.arch,
@@ -195,6 +199,30 @@ fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
             refuse(hv, Some(idx), order.partition_name(), args, r);
         }
     }
+}
+
+/// The `shutdown` order: for the hypervisor itself (target
+/// [`HYPERVISOR_TARGET`]), checked like any order, witnessed in the
+/// hypervisor's log, then the run stops as at the end of its budget: every
+/// log checkpointed and signed, the summary printed, power off.
+fn shutdown<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame, args: OrderArgs) {
+    let name = order.partition_name();
+    if name != HYPERVISOR_TARGET {
+        refuse(hv, None, name, args, OrderRefusal::NotTheHypervisor);
+        return;
+    }
+    if let Err(r) = hv.orders.verify(order).and_then(|()| hv.orders.use_nonce(order.nonce)) {
+        refuse(hv, None, name, args, r);
+        return;
+    }
+    if !hv.kernel_event(PartitionId::HYPERVISOR, KernelEvent::OperatorOrder, Outcome::Done, args.to_bytes()) {
+        console::hyp_line(&mut hv.arch, format_args!("order {} shutdown '{name}' refused: its record could not be written", order.nonce));
+        hv.orders.note_refused();
+        return;
+    }
+    hv.orders.note_applied();
+    console::hyp_line(&mut hv.arch, format_args!("order {} shutdown '{name}' done: stopping the run", order.nonce));
+    hv.stop_run();
 }
 
 /// Witness and print a refused order.

@@ -215,7 +215,8 @@ impl<A: Arch> Hypervisor<A> {
         // deadline (a receiver waiting with none can only be woken by a
         // partition that runs).
         let next_deadline = crate::dispatch::waits::next_deadline(self);
-        if !self.smp.stopping && !self.partitions.iter().any(|p| p.can_run()) && next_deadline.is_none() {
+        // An instance goes on idle: a `shutdown` order ends it.
+        if !self.smp.stopping && !self.policy.instance && !self.partitions.iter().any(|p| p.can_run()) && next_deadline.is_none() {
             self.smp.stopping = true;
         }
         if let Some(slot) = self.smp.cpus.get_mut(cpu.index()) {

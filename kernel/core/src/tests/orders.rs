@@ -80,13 +80,24 @@ pub(crate) fn boot_with_id(
     operator_key: bool,
     boot_id: Option<[u8; 32]>,
 ) -> (Hypervisor<FakeArch>, Vec<u8>) {
+    boot_with_config(parts, channels, operator_key, boot_id, BootConfig::DEFAULT)
+}
+
+/// [`boot_with_id`] with this boot configuration.
+pub(crate) fn boot_with_config(
+    parts: &[Part],
+    channels: &[(u32, u32)],
+    operator_key: bool,
+    boot_id: Option<[u8; 32]>,
+    config: BootConfig,
+) -> (Hypervisor<FakeArch>, Vec<u8>) {
     let mut w = BundleWriter::new();
     if let Some(id) = boot_id {
         w.entry(EntryKind::BootId, GLOBAL, &id);
     }
     w.entry(EntryKind::GuestRuntime, GLOBAL, &crate::load::elf::tests::build(ENTRY, &[(ENTRY, 5, 64, 64), (DATA, 6, 16, 0x2000)]));
     w.entry(EntryKind::WitnessKeySeed, GLOBAL, &[7u8; 32]);
-    w.entry(EntryKind::BootConfig, GLOBAL, &BootConfig::DEFAULT.to_bytes());
+    w.entry(EntryKind::BootConfig, GLOBAL, &config.to_bytes());
     if operator_key {
         let public = SigningKey::from_bytes(&OPERATOR_SEED).verifying_key().to_bytes();
         w.entry(EntryKind::OperatorKey, GLOBAL, &public);
@@ -461,6 +472,43 @@ fn orders_on_the_control_channel_are_checked_like_console_orders_and_a_broken_fr
     hv.housekeeping();
     assert!(hv.arch.console_text().contains("control channel input ignored from here on: a frame header without"));
     assert_ne!(hv.partitions()[0].state(), PartitionState::Evicted);
+    assert_chains_verify(&hv);
+}
+
+#[test]
+fn an_instance_runs_on_when_its_partitions_are_done_until_a_shutdown_order() {
+    use rvm_abi::bundle::BOOT_FLAG_INSTANCE;
+    // Budget 50 ms as a backstop: an instance whose partitions finished at
+    // once is still running when it is spent.
+    let config = BootConfig { run_budget_ms: 50, flags: BOOT_FLAG_INSTANCE, ..BootConfig::DEFAULT };
+    let (mut hv, _) = boot_with_config(&[Part::new("quick")], &[], true, Some(fresh_boot_id()), config);
+    hv.arch.set_guest(1, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
+    let summary = hv.run();
+    let text = hv.arch.console_text();
+    assert_eq!(summary.finished, 1, "{text}");
+    assert!(hv.arch.clock_ns() >= 50_000_000, "ran on for its budget after its partition finished: {} ns", hv.arch.clock_ns());
+
+    // The same instance stopped by a shutdown order: forged, aimed at a
+    // partition, then good.
+    let config = BootConfig { flags: BOOT_FLAG_INSTANCE, ..BootConfig::DEFAULT };
+    let (mut hv, bundle) = boot_with_config(&[Part::new("quick")], &[], true, Some(fresh_boot_id()), config);
+    hv.arch.set_guest(1, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
+    let mut forged = order_line(&bundle, &[9u8; 32], OrderKind::Shutdown, 5, "hypervisor");
+    forged.push_str(&order_line(&bundle, &OPERATOR_SEED, OrderKind::Shutdown, 6, "quick"));
+    forged.push_str(&order_line(&bundle, &OPERATOR_SEED, OrderKind::Shutdown, 7, "hypervisor"));
+    hv.arch.type_input(forged.as_bytes());
+    let summary = hv.run();
+    let text = hv.arch.console_text();
+    assert!(text.contains("rvm: order 5 shutdown 'hypervisor' refused: signature does not verify"), "{text}");
+    assert!(text.contains("rvm: order 6 shutdown 'quick' refused: shutdown is an order for the hypervisor"), "{text}");
+    assert!(text.contains("rvm: order 7 shutdown 'hypervisor' done: stopping the run"), "{text}");
+    assert!(summary.finished + summary.stopped == 1, "{text}");
+    let ev = events(&hv, 0, &[KernelEvent::OperatorOrder, KernelEvent::OrderRefused, KernelEvent::Shutdown]);
+    assert_eq!(
+        ev.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+        [KernelEvent::OrderRefused, KernelEvent::OrderRefused, KernelEvent::OperatorOrder, KernelEvent::Shutdown],
+        "refusals and the order witnessed in the hypervisor's log, then its shutdown"
+    );
     assert_chains_verify(&hv);
 }
 

@@ -1,0 +1,328 @@
+//! A long-lived RVM instance: `rvm-loader instance start|status|stop`.
+//!
+//! `instance start` boots the named partitions (all with a guest when none
+//! is named) like `up`, but in the background and as an *instance*: the
+//! bundle carries [`BOOT_FLAG_INSTANCE`](rvm_abi::bundle::BOOT_FLAG_INSTANCE),
+//! so the hypervisor keeps running when its partitions have finished or all
+//! wait, with no run budget and no timeout, until `instance stop` sends it
+//! the operator's signed `shutdown` order; it then checkpoints and signs
+//! every log and powers off, and the background loader files and verifies
+//! the logs as `up` does.
+//!
+//! One instance per `RVM_HOME`. Its folder `RVM_HOME/instance/` holds:
+//!
+//! * `instance.json` — the lock: the background loader's pid, when it
+//!   started, the partitions, and whether the hypervisor is talking yet.
+//!   Created with `O_EXCL` by that loader and removed when it ends; a lock
+//!   whose process is gone is stale and replaced.
+//! * `status.json` — the partitions' states as the hypervisor's witness
+//!   records report them, rewritten whenever one changes.
+//! * `console.log` — the background loader's output: the console, its
+//!   progress, the run's summary.
+//! * `ended.json` — how the last instance ended (written as it ends).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot::BootOptions;
+use crate::error::{Error, Result};
+use crate::home::{Home, RunState};
+use crate::model::PartitionName;
+
+/// The instance folder under `RVM_HOME`.
+pub const INSTANCE_DIR: &str = "instance";
+/// How long `instance start` waits for the hypervisor to talk.
+const START_WAIT: Duration = Duration::from_secs(90);
+/// How long `instance stop` waits for the instance to end.
+const STOP_WAIT: Duration = Duration::from_secs(120);
+/// The run of an instance lasts until it is stopped (QEMU's timeout is
+/// this, far away).
+pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The lock: who runs the instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// The background loader that runs it.
+    pub pid: u32,
+    pub started_unix: u64,
+    pub partitions: Vec<String>,
+    /// The hypervisor has spoken (it booted).
+    pub running: bool,
+}
+
+/// The partitions' live states.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceStatus {
+    pub updated_unix: u64,
+    /// (partition, state) in boot order.
+    pub partitions: Vec<(String, String)>,
+}
+
+/// How the last instance ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ended {
+    pub pid: u32,
+    pub ended_unix: u64,
+    /// The run's outcome, as `rvm-loader status` shows it.
+    pub outcome: String,
+    /// The background loader's exit: 0 clean, else why not.
+    pub ok: bool,
+}
+
+fn dir(home: &Path) -> PathBuf {
+    home.join(INSTANCE_DIR)
+}
+
+fn lock_path(home: &Path) -> PathBuf {
+    dir(home).join("instance.json")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The running instance of `home`, if any (a lock whose process is gone is
+/// not one).
+pub fn running(home: &Path) -> Option<InstanceRecord> {
+    let text = std::fs::read_to_string(lock_path(home)).ok()?;
+    let r: InstanceRecord = serde_json::from_str(&text).ok()?;
+    alive(r.pid).then_some(r)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::failed(e.to_string()))?;
+    rvm_witness_host::files::write_atomic(path, text.as_bytes(), 0o600)
+        .map_err(|e| Error::failed(format!("{}: {e}", path.display())))
+}
+
+/// Held by the background loader while the instance runs: the lock, made
+/// with `O_EXCL`, removed when dropped.
+pub struct Lock {
+    path: PathBuf,
+    record: InstanceRecord,
+}
+
+impl Lock {
+    /// Take the lock of `home` for `partitions`, or say who holds it.
+    pub fn take(home: &Path, partitions: &[PartitionName]) -> Result<Self> {
+        let path = lock_path(home);
+        std::fs::create_dir_all(dir(home)).map_err(|e| Error::failed(format!("{}: {e}", dir(home).display())))?;
+        if let Some(r) = running(home) {
+            return Err(already(&r));
+        }
+        // Stale: its loader is gone.
+        let _ = std::fs::remove_file(&path);
+        let record = InstanceRecord {
+            pid: std::process::id(),
+            started_unix: crate::home::now_unix(),
+            partitions: partitions.iter().map(ToString::to_string).collect(),
+            running: false,
+        };
+        let text = serde_json::to_string_pretty(&record).map_err(|e| Error::failed(e.to_string()))?;
+        let mut f = rvm_witness_host::files::create_new(&path, 0o600).map_err(|e| {
+            Error::failed(format!("{}: {e} (another instance is starting?)", path.display()))
+        })?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| Error::failed(e.to_string()))?;
+        Ok(Self { path, record })
+    }
+
+    /// The hypervisor has spoken.
+    pub fn note_running(&mut self) {
+        self.record.running = true;
+        let _ = write_json(&self.path, &self.record);
+    }
+
+    /// The folder live status goes to.
+    pub fn dir(&self) -> PathBuf {
+        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn already(r: &InstanceRecord) -> Error {
+    Error::refused(
+        "instance start",
+        format!(
+            "an instance is already running in this RVM_HOME (loader pid {}, started {} s ago, partitions {}); stop it with `rvm-loader instance stop`",
+            r.pid,
+            crate::home::now_unix().saturating_sub(r.started_unix),
+            r.partitions.join(", ")
+        ),
+    )
+}
+
+/// Write the live status of `names` (by log id, from 1) from `states`.
+pub fn write_status(dir: &Path, names: &[PartitionName], states: &std::collections::BTreeMap<u32, RunState>) {
+    let partitions = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let id = crate::bundler::partition_id(u32::try_from(i).unwrap_or(u32::MAX));
+            (n.to_string(), states.get(&id).map_or("booting", |s| s.name()).to_string())
+        })
+        .collect();
+    let _ = write_json(&dir.join("status.json"), &InstanceStatus { updated_unix: crate::home::now_unix(), partitions });
+}
+
+/// Note how the instance ended.
+pub fn write_ended(dir: &Path, outcome: &str, ok: bool) {
+    let _ = write_json(
+        &dir.join("ended.json"),
+        &Ended { pid: std::process::id(), ended_unix: crate::home::now_unix(), outcome: outcome.to_string(), ok },
+    );
+}
+
+/// `instance start`: run `serve_args` (the loader's own `instance serve`
+/// command line) in the background, detached from this terminal, and wait
+/// until its hypervisor talks.
+pub fn start(home: &Home, serve_args: &[String]) -> Result<()> {
+    if let Some(r) = running(home.root()) {
+        return Err(already(&r));
+    }
+    let d = dir(home.root());
+    std::fs::create_dir_all(&d).map_err(|e| Error::failed(format!("{}: {e}", d.display())))?;
+    let console = d.join("console.log");
+    let log = std::fs::File::create(&console).map_err(|e| Error::failed(format!("{}: {e}", console.display())))?;
+    let err = log.try_clone().map_err(|e| Error::failed(e.to_string()))?;
+    let _ = std::fs::remove_file(d.join("ended.json"));
+    let _ = std::fs::remove_file(d.join("status.json"));
+    let exe = std::env::current_exe().map_err(|e| Error::failed(format!("this program's path: {e}")))?;
+    // `setsid`: its own session, so closing this terminal does not end it.
+    let mut child = std::process::Command::new("setsid")
+        .arg(exe)
+        .args(serve_args)
+        .env("RVM_HOME", home.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start the instance (setsid): {e}")))?;
+    let since = Instant::now();
+    loop {
+        if let Some(r) = running(home.root()).filter(|r| r.running) {
+            println!(
+                "instance started: loader pid {}, partitions {}; console {}; `rvm-loader instance status`, `rvm-loader instance stop`",
+                r.pid,
+                r.partitions.join(", "),
+                console.display()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::failed(format!(
+                "the instance did not start ({status}); its output, {}:\n{}",
+                console.display(),
+                tail(&console, 20)
+            )));
+        }
+        if since.elapsed() > START_WAIT {
+            return Err(Error::failed(format!(
+                "the instance's hypervisor did not talk within {} s; its output, {}:\n{}",
+                START_WAIT.as_secs(),
+                console.display(),
+                tail(&console, 20)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `instance status`.
+pub fn status(home: &Home, json: bool) -> Result<()> {
+    let Some(r) = running(home.root()) else {
+        if json {
+            println!("{}", serde_json::json!({ "running": false }));
+        } else {
+            println!("no instance running in {}", home.root().display());
+        }
+        return Ok(());
+    };
+    let live: InstanceStatus = std::fs::read_to_string(dir(home.root()).join("status.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let records = |name: &str| {
+        std::fs::metadata(home.witness_dir().join(format!("{name}.log"))).map_or(0, |m| m.len() / 64)
+    };
+    let uptime = crate::home::now_unix().saturating_sub(r.started_unix);
+    if json {
+        let parts: Vec<_> = r
+            .partitions
+            .iter()
+            .map(|n| {
+                let state = live.partitions.iter().find(|(p, _)| p == n).map_or("booting", |(_, s)| s.as_str());
+                serde_json::json!({ "name": n, "state": state, "records": records(n) })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "running": true,
+                "pid": r.pid,
+                "uptime_s": uptime,
+                "hypervisor_talking": r.running,
+                "hypervisor_records": records("hypervisor"),
+                "partitions": parts,
+            })
+        );
+        return Ok(());
+    }
+    println!("instance running: loader pid {}, up {uptime} s{}", r.pid, if r.running { "" } else { " (booting)" });
+    for n in &r.partitions {
+        let state = live.partitions.iter().find(|(p, _)| p == n).map_or("booting", |(_, s)| s.as_str());
+        println!("  {n}: {state}, {} witness records filed", records(n));
+    }
+    println!("  hypervisor: {} witness records filed", records("hypervisor"));
+    Ok(())
+}
+
+/// `instance stop`: the signed `shutdown` order, then wait for the
+/// instance to end.
+pub fn stop(home: &Home) -> Result<()> {
+    let Some(r) = running(home.root()) else {
+        return Err(Error::failed(format!("no instance running in {}", home.root().display())));
+    };
+    let answer = crate::control::deliver(home, rvm_abi::frame::OrderKind::Shutdown, rvm_abi::frame::HYPERVISOR_TARGET, r.pid)?;
+    println!("{answer}");
+    let since = Instant::now();
+    while alive(r.pid) {
+        if since.elapsed() > STOP_WAIT {
+            return Err(Error::failed(format!(
+                "the instance (loader pid {}) did not end within {} s of its shutdown order",
+                r.pid,
+                STOP_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let d = dir(home.root());
+    let ended: Option<Ended> = std::fs::read_to_string(d.join("ended.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    match ended {
+        Some(e) if e.ok => {
+            println!("instance stopped: {}; every log filed and verified ({})", e.outcome, d.join("console.log").display());
+            Ok(())
+        }
+        Some(e) => Err(Error::failed(format!("the instance ended: {} (see {})", e.outcome, d.join("console.log").display()))),
+        None => Err(Error::failed(format!("the instance ended without saying how (see {})", d.join("console.log").display()))),
+    }
+}
+
+/// Options of the background run: an instance, no timeout.
+pub fn serve_options(mut opts: BootOptions, instance_dir: PathBuf) -> BootOptions {
+    opts.instance = Some(instance_dir);
+    opts.timeout = INSTANCE_TIMEOUT;
+    opts
+}
