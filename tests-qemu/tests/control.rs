@@ -72,3 +72,23 @@ fn with_a_control_channel_every_frame_travels_there_in_binary_and_files_as_from_
         frames_on_serial(&uart)
     );
 }
+
+#[test]
+fn a_guest_cannot_reach_the_control_channel_s_device() {
+    // QEMU puts the virtio console in its last virtio-mmio slot; the probe
+    // writes its QueueNotify register (offset 0x50).
+    const SLOT: u64 = 0x0a00_3e00;
+    let spec = BundleSpec::new()
+        .partition(PartitionSpec::wasm("agent-a", artifact("agents/reference.wasm")))
+        .partition(PartitionSpec::wasm("agent-b", artifact("agents/reference.wasm")))
+        .partition(PartitionSpec::image("hostile", artifact("probes/probe-write-device.elf")).input((SLOT + 0x50).to_le_bytes().to_vec()))
+        .channel(0, 1);
+    let run = boot(&spec.build(), &QemuOptions { control: true, ..QemuOptions::default() });
+    run.assert(run.exit == Some(0), "clean power-off");
+    run.assert(run.contains(&format!("rvm: control channel: virtio console at {SLOT:#x}")), "the console is in the slot the probe aims at");
+    run.assert(run.contains("'hostile' fault: stage-2"), "the write faulted at stage 2");
+    run.assert(run.contains("fenced (F3)"), "and the probe was fenced");
+    run.assert(run.control_error.is_none(), &format!("the channel's stream is intact: {:?}", run.control_error));
+    run.assert(run.assert_chains_linked() == 4, "every log consecutive and hash-linked, from the channel");
+    run.assert(run.contains("'agent-a' exited: code 0x0") && run.contains("'agent-b' exited: code 0x0"), "the others finished");
+}
