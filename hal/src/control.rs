@@ -16,7 +16,7 @@ use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
-use rvm_abi::control::Outgoing;
+use rvm_abi::control::{AckSplitter, Outgoing, Split, WINDOW};
 use rvm_kernel::memory::addr::PhysRange;
 use spin::Mutex;
 use virtio_drivers::device::console::VirtIOConsole;
@@ -72,6 +72,12 @@ struct Channel {
     /// Bytes and frames sent so far.
     sent_bytes: u64,
     sent_frames: u64,
+    /// Bytes the host has acknowledged reading (`rvm_abi::control::WINDOW`).
+    acked: u64,
+    /// The host's acknowledgements, split from the bytes for the kernel.
+    splitter: AckSplitter,
+    /// Bytes from the host for the kernel (its orders), not read yet.
+    to_kernel: heapless::Deque<u8, 512>,
     /// Transfers the device refused (the bytes were kept and retried).
     refused: u64,
 }
@@ -100,7 +106,16 @@ pub unsafe fn init(slots: &[PhysRange]) -> Option<u64> {
             continue;
         }
         let Ok(console) = VirtIOConsole::<IdentityHal, _>::new(transport) else { continue };
-        *CHANNEL.lock() = Some(Channel { console, buf: Vec::with_capacity(BUFFER_MAX), sent_bytes: 0, sent_frames: 0, refused: 0 });
+        *CHANNEL.lock() = Some(Channel {
+            console,
+            buf: Vec::with_capacity(BUFFER_MAX),
+            sent_bytes: 0,
+            sent_frames: 0,
+            acked: 0,
+            splitter: AckSplitter::new(),
+            to_kernel: heapless::Deque::new(),
+            refused: 0,
+        });
         return Some(slot.start.raw());
     }
     None
@@ -111,21 +126,39 @@ pub unsafe fn init(slots: &[PhysRange]) -> Option<u64> {
 pub fn send(frame: &Outgoing<'_>) -> bool {
     let mut guard = CHANNEL.lock();
     let Some(ch) = guard.as_mut() else { return false };
-    // Full: send first, until the device took it (as a full UART FIFO
-    // holds the writer): memory stays bounded and no frame is dropped.
+    // Full: send first, until the device took it and the host's window
+    // let it go (as a full UART FIFO holds the writer): memory stays
+    // bounded and no frame is dropped.
     while !ch.buf.is_empty() && ch.buf.len() + frame.binary_len() > BUFFER_MAX {
-        ch.transfer();
+        if !ch.transfer() {
+            core::hint::spin_loop();
+        }
     }
     frame.write_binary(&mut |b| ch.buf.extend_from_slice(b));
     ch.sent_frames += 1;
     true
 }
 
-/// Send what is buffered.
+/// Send what is buffered, if the host's window lets it go now.
 pub fn flush() {
     if let Some(ch) = CHANNEL.lock().as_mut() {
         ch.transfer();
     }
+}
+
+/// Send everything buffered, waiting up to `limit_ns` for the host to
+/// acknowledge enough of it (the end of a run); the bytes left unsent.
+pub fn drain(limit_ns: u64) -> usize {
+    let Some(mut guard) = CHANNEL.try_lock() else { return 0 };
+    let Some(ch) = guard.as_mut() else { return 0 };
+    let clock = crate::timer::Clock::new();
+    let until = clock.now_ns().saturating_add(limit_ns);
+    while !ch.buf.is_empty() && clock.now_ns() < until {
+        if !ch.transfer() {
+            core::hint::spin_loop();
+        }
+    }
+    ch.buf.len()
 }
 
 /// Bytes the host sent (its orders, `rvm_abi::control`), as many as are
@@ -133,14 +166,15 @@ pub fn flush() {
 pub fn read(buf: &mut [u8]) -> usize {
     let mut guard = CHANNEL.lock();
     let Some(ch) = guard.as_mut() else { return 0 };
+    ch.pump();
     let mut n = 0;
     while n < buf.len() {
-        match ch.console.recv(true) {
-            Ok(Some(b)) => {
+        match ch.to_kernel.pop_front() {
+            Some(b) => {
                 buf[n] = b;
                 n += 1;
             }
-            _ => break,
+            None => break,
         }
     }
     n
@@ -157,17 +191,44 @@ pub fn figures() -> Option<(u64, u64, u64)> {
 }
 
 impl Channel {
-    fn transfer(&mut self) {
+    /// Read what the host sent: acknowledgements are kept, the rest queued
+    /// for the kernel (while there is room: the rest waits in the device).
+    fn pump(&mut self) {
+        while self.to_kernel.capacity() - self.to_kernel.len() >= rvm_abi::control::HEADER_LEN {
+            let Ok(Some(b)) = self.console.recv(true) else { break };
+            match self.splitter.take(b) {
+                Split::Held => {}
+                Split::Ack(n) => self.acked = self.acked.max(n.min(self.sent_bytes)),
+                Split::Pass(bytes) => {
+                    for &x in bytes {
+                        let _ = self.to_kernel.push_back(x);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send the buffer in one transfer if the host's window has room for
+    /// it; whether it went (or was empty).
+    fn transfer(&mut self) -> bool {
         if self.buf.is_empty() {
-            return;
+            return true;
+        }
+        self.pump();
+        if self.sent_bytes - self.acked + self.buf.len() as u64 > WINDOW {
+            return false;
         }
         match self.console.send_bytes(&self.buf) {
             Ok(()) => {
                 self.sent_bytes += self.buf.len() as u64;
                 self.buf.clear();
+                true
             }
             // Kept: the next flush (or `send`, when full) tries again.
-            Err(_) => self.refused += 1,
+            Err(_) => {
+                self.refused += 1;
+                false
+            }
         }
     }
 }

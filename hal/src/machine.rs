@@ -259,7 +259,12 @@ impl Arch for Machine {
     }
 
     fn console_flush(&mut self) {
-        crate::control::flush();
+        // The end of a run or a fatal error: give the host up to a second
+        // to take the last frames.
+        let left = crate::control::drain(1_000_000_000);
+        if left > 0 {
+            crate::print!("rvm: control channel: {left} bytes of frames not taken by the host\n");
+        }
         flush();
     }
 

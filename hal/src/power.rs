@@ -38,6 +38,10 @@ pub enum PowerOff {
 /// own; without a console (no device tree) nothing can say how the run
 /// ended, and a host reading the console sees a run that did not finish.
 pub fn power_off(how: Option<PowerOff>, code: u32) -> ! {
+    // Frames still buffered for the control channel (a panic, an EL2
+    // exception) go before the exit frame, if the host takes them within
+    // 200 ms; a channel held by the CPU that failed is left as it is.
+    let _ = crate::control::drain(200_000_000);
     crate::machine::console_write(ExitFrame { code }.encode().as_bytes());
     match how {
         Some(PowerOff::Psci(c)) => {

@@ -374,7 +374,13 @@ impl ControlReader {
             loop {
                 match conn.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        all.extend_from_slice(&buf[..n]);
+                        // Acknowledged: the hypervisor may send more.
+                        let mut ack = Vec::new();
+                        rvm_abi::control::write_ack(&mut |b| ack.extend_from_slice(b), all.len() as u64);
+                        let _ = std::io::Write::write_all(&mut conn, &ack);
+                    }
                     Err(_) if flag.load(Ordering::Acquire) => break,
                     Err(_) => {}
                 }

@@ -278,7 +278,7 @@ pub(crate) fn define<H: HostCalls + 'static>(
                         name,
                         |mut c: C<'_, H>, ptr: i32, count: i32, timeout: i64| -> i32 {
                             let timeout_ns = u64::try_from(timeout).unwrap_or(u64::MAX);
-                            length(with_memory(&mut c, |mem, host| {
+                            let got = with_memory(&mut c, |mem, host| {
                                 // No channel is a sleep, which needs a deadline.
                                 let n = usize::try_from(count)
                                     .ok()
@@ -290,7 +290,15 @@ pub(crate) fn define<H: HostCalls + 'static>(
                                     .map(|b| handle(i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
                                     .collect::<Result<alloc::vec::Vec<CapHandle>, HvError>>()?;
                                 host.wait_any(&handles, timeout_ns)
-                            }))
+                            });
+                            // A wait on channels looked at the inbox, as a
+                            // receive does (an empty one lets an idle turn
+                            // put a Dormant partition to sleep); a sleep
+                            // did not.
+                            if count > 0 {
+                                c.data_mut().inbox.note(&got);
+                            }
+                            length(got)
                         },
                     )?;
                 }

@@ -29,7 +29,12 @@
 //!
 //! * `Order` (16): an operator's order, [`OrderFrame::to_bytes`] (nonce
 //!   u64, order code u8, partition name 32, signature 64), checked exactly
-//!   as an `@O` line on the UART's receive side.
+//!   as an `@O` line on the UART's receive side;
+//! * `Ack` (17): u64, the bytes of the stream the host has read so far.
+//!   The hypervisor keeps at most [`WINDOW`] bytes unacknowledged, so the
+//!   device (QEMU's virtio console drops what its chardev cannot take at
+//!   once) never holds more than the host's socket buffer does; a host that
+//!   stops reading stalls the hypervisor's frames instead of losing them.
 //!
 //! A stream that breaks these rules (bad magic, unknown kind, a payload too
 //! long or of the wrong length) cannot be resynchronised: a host stops
@@ -47,6 +52,9 @@ pub const MAGIC: [u8; 2] = *b"RC";
 pub const HEADER_LEN: usize = 8;
 /// Largest payload: a journal call entry with the most data.
 pub const MAX_PAYLOAD: usize = 4 + 1 + 8 + journal::CALL_HEADER_LEN + journal::MAX_DATA;
+/// Most bytes the hypervisor sends beyond what the host acknowledged
+/// (below a Unix socket's default buffer, 208 KiB on Linux).
+pub const WINDOW: u64 = 128 << 10;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +66,8 @@ pub enum Kind {
     Journal = 4,
     /// Host to hypervisor.
     Order = 16,
+    /// Host to hypervisor: bytes read so far.
+    Ack = 17,
 }
 
 impl Kind {
@@ -68,6 +78,7 @@ impl Kind {
             3 => Kind::Key,
             4 => Kind::Journal,
             16 => Kind::Order,
+            17 => Kind::Ack,
             _ => return None,
         })
     }
@@ -85,6 +96,84 @@ fn header(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
 pub fn write_order(out: &mut dyn FnMut(&[u8]), order: &OrderFrame) {
     out(&header(Kind::Order, ORDER_BYTES));
     out(&order.to_bytes());
+}
+
+/// Write an acknowledgement of the first `total` bytes of the stream (host
+/// to hypervisor) to `out`.
+pub fn write_ack(out: &mut dyn FnMut(&[u8]), total: u64) {
+    out(&header(Kind::Ack, 8));
+    out(&total.to_le_bytes());
+}
+
+/// Splits what the host sends into acknowledgements, which the device's
+/// driver keeps ([`AckSplitter::take`] answers them), and every other byte,
+/// which goes on to the kernel's [`InboundDecoder`] as it came. Once the
+/// stream breaks (a bad header) every byte goes on, so the kernel sees and
+/// reports the break.
+#[derive(Default)]
+pub struct AckSplitter {
+    header: [u8; HEADER_LEN],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    left: usize,
+    /// The current frame is an acknowledgement: its payload so far.
+    ack: Option<([u8; 8], usize)>,
+    raw: bool,
+}
+
+/// What one byte from the host was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split<'a> {
+    /// Part of an acknowledgement (not yet whole).
+    Held,
+    /// The last byte of an acknowledgement of this many bytes.
+    Ack(u64),
+    /// Bytes for the kernel (a header once it is whole, else the byte).
+    Pass(&'a [u8]),
+}
+
+impl AckSplitter {
+    pub const fn new() -> Self {
+        Self { header: [0; HEADER_LEN], have: 0, left: 0, ack: None, raw: false }
+    }
+
+    /// Take one byte from the host.
+    pub fn take(&mut self, b: u8) -> Split<'_> {
+        if self.raw {
+            self.header[0] = b;
+            return Split::Pass(&self.header[..1]);
+        }
+        if let Some((mut bytes, n)) = self.ack.take() {
+            bytes[n] = b;
+            if n + 1 < 8 {
+                self.ack = Some((bytes, n + 1));
+                return Split::Held;
+            }
+            return Split::Ack(u64::from_le_bytes(bytes));
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            self.header[0] = b;
+            return Split::Pass(&self.header[..1]);
+        }
+        self.header[self.have] = b;
+        self.have += 1;
+        if self.have < HEADER_LEN {
+            return Split::Held;
+        }
+        self.have = 0;
+        let len = u32::from_le_bytes([self.header[4], self.header[5], self.header[6], self.header[7]]) as usize;
+        if self.header[..2] != MAGIC || self.header[3] != 0 {
+            self.raw = true;
+            return Split::Pass(&self.header);
+        }
+        if self.header[2] == Kind::Ack as u8 && len == 8 {
+            self.ack = Some(([0; 8], 0));
+            return Split::Held;
+        }
+        self.left = len.min(MAX_PAYLOAD);
+        Split::Pass(&self.header)
+    }
 }
 
 /// Reads the frames the host sends the hypervisor (orders), a byte at a
@@ -464,6 +553,37 @@ mod decode {
             let mut d = InboundDecoder::new();
             let got: Vec<_> = binary(&Outgoing::Witness(&record)).iter().filter_map(|&b| d.push(b)).collect();
             assert_eq!(got, [Err(DecodeError::BadPayload(Kind::Record))]);
+        }
+
+        #[test]
+        fn acknowledgements_are_split_from_the_orders_that_go_on() {
+            let mut partition = [0u8; 32];
+            partition[..1].copy_from_slice(b"a");
+            let order = OrderFrame { kind: crate::frame::OrderKind::Unfence, nonce: 3, partition, signature: [1; 64] };
+            let mut stream = Vec::new();
+            write_ack(&mut |b| stream.extend_from_slice(b), 1000);
+            write_order(&mut |b| stream.extend_from_slice(b), &order);
+            write_ack(&mut |b| stream.extend_from_slice(b), 5000);
+            let (mut split, mut kernel, mut acks) = (AckSplitter::new(), Vec::new(), Vec::new());
+            for &b in &stream {
+                match split.take(b) {
+                    Split::Held => {}
+                    Split::Ack(n) => acks.push(n),
+                    Split::Pass(bytes) => kernel.extend_from_slice(bytes),
+                }
+            }
+            assert_eq!(acks, [1000, 5000]);
+            let mut d = InboundDecoder::new();
+            let got: Vec<_> = kernel.iter().filter_map(|&b| d.push(b)).collect();
+            assert_eq!(got, [Ok(order)], "the order reaches the kernel whole");
+            // A broken header: everything goes on to the kernel, which says so.
+            let (mut split, mut kernel) = (AckSplitter::new(), Vec::new());
+            for &b in b"XXjunk-and-more" {
+                if let Split::Pass(bytes) = split.take(b) {
+                    kernel.extend_from_slice(bytes);
+                }
+            }
+            assert_eq!(kernel, b"XXjunk-and-more");
         }
 
         #[test]

@@ -333,7 +333,8 @@ impl Partition {
         self.idled_out
     }
 
-    /// It went dormant: the policy's permission is spent.
+    /// It went dormant, or received a message: the policy's permission is
+    /// spent.
     pub(crate) fn clear_idled_out(&mut self) {
         self.idled_out = false;
     }

@@ -112,8 +112,21 @@ impl Lock {
         if let Some(r) = running(home) {
             return Err(already(&r));
         }
-        // Stale: its loader is gone.
-        let _ = std::fs::remove_file(&path);
+        // A lock whose loader is gone is stale and goes; one that does not
+        // read (being written by a loader starting now) stays.
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            match serde_json::from_str::<InstanceRecord>(&text) {
+                Ok(r) if !alive(r.pid) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {
+                    return Err(Error::refused(
+                        "instance start",
+                        format!("another instance of this RVM_HOME is starting ({} exists)", path.display()),
+                    ))
+                }
+            }
+        }
         let record = InstanceRecord {
             pid: std::process::id(),
             started_unix: crate::home::now_unix(),

@@ -275,6 +275,8 @@ fn deliver<A: Arch>(
         None => return call.deny(&w, HvError::WouldBlock),
     };
     let w = w.data(regs, &msg);
+    // A message came: a dormancy policy's permission to sleep is spent.
+    call.caller.clear_idled_out();
     call.allow(&w, |call| {
         let _ = channels[ch].receive(me);
         call.write_guest(regs[1], &msg);
