@@ -371,15 +371,20 @@ impl ControlReader {
             conn.set_nonblocking(false).expect("blocking socket");
             conn.set_read_timeout(Some(Duration::from_millis(20))).expect("read timeout");
             let mut buf = vec![0u8; 64 << 10];
+            let mut acked = 0u64;
             loop {
                 match conn.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
                         all.extend_from_slice(&buf[..n]);
-                        // Acknowledged: the hypervisor may send more.
-                        let mut ack = Vec::new();
-                        rvm_abi::control::write_ack(&mut |b| ack.extend_from_slice(b), all.len() as u64);
-                        let _ = std::io::Write::write_all(&mut conn, &ack);
+                        // Acknowledged every ACK_EVERY bytes: the
+                        // hypervisor may send more.
+                        if all.len() as u64 - acked >= rvm_abi::control::ACK_EVERY {
+                            acked = all.len() as u64;
+                            let mut ack = Vec::new();
+                            rvm_abi::control::write_ack(&mut |b| ack.extend_from_slice(b), acked);
+                            let _ = std::io::Write::write_all(&mut conn, &ack);
+                        }
                     }
                     Err(_) if flag.load(Ordering::Acquire) => break,
                     Err(_) => {}

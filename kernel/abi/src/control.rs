@@ -55,6 +55,11 @@ pub const MAX_PAYLOAD: usize = 4 + 1 + 8 + journal::CALL_HEADER_LEN + journal::M
 /// Most bytes the hypervisor sends beyond what the host acknowledged
 /// (below a Unix socket's default buffer, 208 KiB on Linux).
 pub const WINDOW: u64 = 128 << 10;
+/// A host acknowledges at least every this many bytes it read (more often
+/// only costs acknowledgements): the hypervisor's buffer plus this stays
+/// inside [`WINDOW`], so it never waits for an acknowledgement that a host
+/// keeping this rule holds back.
+pub const ACK_EVERY: u64 = 16 << 10;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

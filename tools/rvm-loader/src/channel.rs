@@ -7,8 +7,9 @@
 //!
 //! The other way, the operator's orders (`partition unfence|evict`) go to
 //! the hypervisor on the same connection as binary `Order` frames
-//! ([`OrderWriter`]), and after every read an `Ack` of the bytes read so
-//! far: the hypervisor sends no more than `control::WINDOW` beyond it.
+//! ([`OrderWriter`]), and every `control::ACK_EVERY` bytes read an `Ack` of
+//! the bytes read so far: the hypervisor sends no more than
+//! `control::WINDOW` beyond it.
 //!
 //! A path too long for a socket address, or a socket that cannot be made,
 //! leaves the run without the channel: the machine then has no virtio
@@ -137,19 +138,23 @@ impl Channel {
             }
             let mut decoder = Decoder::new();
             let mut buf = vec![0u8; 64 << 10];
-            let mut total = 0u64;
+            let (mut total, mut acked) = (0u64, 0u64);
             loop {
                 let n = match conn.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                // Read: the hypervisor may send more (`control::WINDOW`).
+                // Read: the hypervisor may send more (`control::WINDOW`),
+                // acknowledged every `control::ACK_EVERY` bytes.
                 total += n as u64;
-                let mut ack = Vec::new();
-                rvm_abi::control::write_ack(&mut |b| ack.extend_from_slice(b), total);
-                if let Ok(mut s) = slot.lock() {
-                    if let Some(w) = s.as_mut() {
-                        let _ = w.write_all(&ack);
+                if total - acked >= rvm_abi::control::ACK_EVERY {
+                    acked = total;
+                    let mut ack = Vec::new();
+                    rvm_abi::control::write_ack(&mut |b| ack.extend_from_slice(b), acked);
+                    if let Ok(mut s) = slot.lock() {
+                        if let Some(w) = s.as_mut() {
+                            let _ = w.write_all(&ack);
+                        }
                     }
                 }
                 decoder.push(&buf[..n]);
