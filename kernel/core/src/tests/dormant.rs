@@ -124,6 +124,18 @@ fn peer(asleep: Rc<RefCell<bool>>, send: bool, log: Rc<RefCell<Vec<String>>>) ->
     }))
 }
 
+/// What the sleeper and its peer log when the sleeper finds its inbox
+/// empty, sleeps, and is woken by the peer's `ping`.
+const SLEPT_AND_WOKEN: [&str; 7] = [
+    "recv WouldBlock",
+    "may sleep 1",
+    "woken from 1 image turn-041 data reset true heap zero true",
+    "store turn 41",
+    "got ping",
+    "then WouldBlock",
+    "peer got pong",
+];
+
 fn dormant_pair() -> (crate::state::Hypervisor<FakeArch>, Vec<u8>) {
     boot(&[Part::new("sleeper").tier(MemoryTier::Dormant), Part::new("peer")], &[(0, 1)], true)
 }
@@ -170,15 +182,7 @@ fn a_message_wakes_a_dormant_partition_from_its_snapshot_and_is_received_exactly
     assert_eq!(summary.finished, 2, "{}", hv.arch.console_text());
     assert_eq!(
         *seen.borrow(),
-        [
-            "recv WouldBlock",
-            "may sleep 1",
-            "woken from 1 image turn-041 data reset true heap zero true",
-            "store turn 41",
-            "got ping",
-            "then WouldBlock",
-            "peer got pong",
-        ]
+        SLEPT_AND_WOKEN
     );
     let d = hv.dormancy(PartitionId(1));
     assert_eq!((d.sleeps, d.wakes), (1, 1));
@@ -242,15 +246,7 @@ fn a_warm_partition_that_waited_as_long_as_its_manifest_allows_sleeps_and_a_mess
     assert_eq!(summary.finished, 2, "{text}");
     assert_eq!(
         *seen.borrow(),
-        [
-            "recv WouldBlock",
-            "may sleep 1",
-            "woken from 1 image turn-041 data reset true heap zero true",
-            "store turn 41",
-            "got ping",
-            "then WouldBlock",
-            "peer got pong",
-        ]
+        SLEPT_AND_WOKEN
     );
     let d = hv.dormancy(PartitionId(1));
     assert_eq!((d.sleeps, d.wakes), (1, 1));
