@@ -26,6 +26,8 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 /// Bytes buffered before they are sent whatever else happens.
 pub const BUFFER_MAX: usize = 64 << 10;
+/// Bytes from the host kept for the kernel: twice the host's window.
+const TO_KERNEL_MAX: usize = 2 * rvm_abi::control::HOST_WINDOW as usize;
 
 /// DMA memory and address translation for the driver: EL2 runs on an
 /// identity map of RAM, so a buffer's address is its physical address, and
@@ -76,8 +78,11 @@ struct Channel {
     acked: u64,
     /// The host's acknowledgements, split from the bytes for the kernel.
     splitter: AckSplitter,
-    /// Bytes from the host for the kernel (its orders), not read yet.
-    to_kernel: heapless::Deque<u8, 512>,
+    /// Bytes from the host for the kernel (orders, admissions), not read
+    /// yet: at most [`TO_KERNEL_MAX`], which holds all a host keeping
+    /// `HOST_WINDOW` can send, so acknowledgements behind them are always
+    /// reached.
+    to_kernel: alloc::collections::VecDeque<u8>,
     /// Transfers the device refused (the bytes were kept and retried).
     refused: u64,
 }
@@ -113,7 +118,7 @@ pub unsafe fn init(slots: &[PhysRange]) -> Option<u64> {
             sent_frames: 0,
             acked: 0,
             splitter: AckSplitter::new(),
-            to_kernel: heapless::Deque::new(),
+            to_kernel: alloc::collections::VecDeque::with_capacity(TO_KERNEL_MAX),
             refused: 0,
         });
         return Some(slot.start.raw());
@@ -194,16 +199,12 @@ impl Channel {
     /// Read what the host sent: acknowledgements are kept, the rest queued
     /// for the kernel (while there is room: the rest waits in the device).
     fn pump(&mut self) {
-        while self.to_kernel.capacity() - self.to_kernel.len() >= rvm_abi::control::HEADER_LEN {
+        while TO_KERNEL_MAX - self.to_kernel.len() >= rvm_abi::control::HEADER_LEN {
             let Ok(Some(b)) = self.console.recv(true) else { break };
             match self.splitter.take(b) {
                 Split::Held => {}
                 Split::Ack(n) => self.acked = self.acked.max(n.min(self.sent_bytes)),
-                Split::Pass(bytes) => {
-                    for &x in bytes {
-                        let _ = self.to_kernel.push_back(x);
-                    }
-                }
+                Split::Pass(bytes) => self.to_kernel.extend(bytes.iter().copied()),
             }
         }
     }

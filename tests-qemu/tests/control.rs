@@ -29,7 +29,7 @@ fn file(tag: &str, lines: &[&str]) -> rvm_loader::witness_sink::SinkSummary {
     std::fs::create_dir_all(&dir).unwrap();
     let home = Home::new(dir);
     let names = LogNames(vec![(1, PartitionName::new("agent-a").unwrap()), (2, PartitionName::new("agent-b").unwrap())]);
-    let mut sink = Filed::open(&home, &names, KeyPolicy::default()).expect("the witness store opens");
+    let mut sink = Filed::open(&home, &names, KeyPolicy::default(), &[]).expect("the witness store opens");
     {
         let mut session = Session::new(names.clone(), &mut sink);
         for l in lines {

@@ -87,7 +87,7 @@ fn the_packet_scenario_replays_on_the_host_with_every_state_hash() {
     // File the serial stream exactly as `rvm-loader up` does.
     let home = fresh_home("scenario");
     let names = LogNames(vec![(1, PartitionName::new("packet").unwrap()), (2, PartitionName::new("source").unwrap())]);
-    let mut sink = Filed::open(&home, &names, KeyPolicy::default()).expect("the witness store opens");
+    let mut sink = Filed::open(&home, &names, KeyPolicy::default(), &[]).expect("the witness store opens");
     {
         let mut session = Session::new(names.clone(), &mut sink);
         let mut splitter = LineSplitter::default();

@@ -64,6 +64,77 @@ pub enum EntryKind {
     /// boot of another bundle, even a byte-identical rebuild. Without it the
     /// hypervisor refuses every P3 approval and every order.
     BootId = 12,
+    /// A [`LogResume`]: the log continues an earlier boot's (owner = its
+    /// partition, or [`GLOBAL`] for the hypervisor's log). At most one per
+    /// log.
+    LogResume = 13,
+    /// The ids of the bundle's partitions (global, at most one): u32 LE
+    /// each, in partition order, strictly increasing, from 1 to
+    /// [`MAX_PARTITION_ID`]. Without it partition `n` has id `n + 1`. Ids
+    /// below the largest that no partition has are vacant: an instance that
+    /// restarts keeps each tenant's id (and so its log) where it was.
+    PartitionIds = 14,
+}
+
+/// The largest partition id a bundle may give (ids are VMIDs).
+pub const MAX_PARTITION_ID: u32 = 255;
+
+/// The start of a log that continues an earlier boot's: that boot's last
+/// signed checkpoint of it and the right edge of its Merkle tree.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 8 | size (records so far), u64 LE |
+/// | 8 | 32 | chain head after the last record |
+/// | 40 | 32 | Merkle root |
+/// | 72 | 64 | the checkpoint's Ed25519 signature |
+/// | 136 | 32 × popcount(size) | the roots of the tree's perfect subtrees, largest first |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogResume<'a> {
+    pub size: u64,
+    pub head: [u8; 32],
+    pub root: [u8; 32],
+    pub signature: [u8; 64],
+    frontier: &'a [u8],
+}
+
+/// Bytes of a [`LogResume`] before its frontier.
+pub const LOG_RESUME_FIXED: usize = 136;
+
+impl<'a> LogResume<'a> {
+    /// Read one; `None` if its length is not what its size calls for.
+    pub fn from_bytes(b: &'a [u8]) -> Option<Self> {
+        let size = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+        if b.len() != LOG_RESUME_FIXED + 32 * size.count_ones() as usize {
+            return None;
+        }
+        Some(Self {
+            size,
+            head: b[8..40].try_into().ok()?,
+            root: b[40..72].try_into().ok()?,
+            signature: b[72..136].try_into().ok()?,
+            frontier: &b[LOG_RESUME_FIXED..],
+        })
+    }
+
+    /// The frontier's hashes, largest subtree first.
+    pub fn frontier(&self) -> impl Iterator<Item = [u8; 32]> + 'a {
+        self.frontier.chunks_exact(32).filter_map(|c| c.try_into().ok())
+    }
+
+    /// Write one (host side).
+    #[cfg(feature = "alloc")]
+    pub fn encode(size: u64, head: &[u8; 32], root: &[u8; 32], signature: &[u8; 64], frontier: &[[u8; 32]]) -> alloc::vec::Vec<u8> {
+        let mut v = alloc::vec::Vec::with_capacity(LOG_RESUME_FIXED + 32 * frontier.len());
+        v.extend_from_slice(&size.to_le_bytes());
+        v.extend_from_slice(head);
+        v.extend_from_slice(root);
+        v.extend_from_slice(signature);
+        for h in frontier {
+            v.extend_from_slice(h);
+        }
+        v
+    }
 }
 
 /// Length of a [`EntryKind::BootId`] entry.
@@ -84,6 +155,8 @@ impl EntryKind {
             10 => EntryKind::OperatorKey,
             11 => EntryKind::AgentChannel,
             12 => EntryKind::BootId,
+            13 => EntryKind::LogResume,
+            14 => EntryKind::PartitionIds,
             _ => return None,
         })
     }
@@ -106,6 +179,9 @@ pub enum BundleError {
     EntryOwner(u32),
     /// Partition `n`'s name is not a safe identifier.
     PartitionName(u32),
+    /// The partition ids are not one per partition, strictly increasing,
+    /// within 1..=[`MAX_PARTITION_ID`]; or a log is resumed twice.
+    PartitionIds,
 }
 
 impl core::fmt::Display for BundleError {
@@ -118,6 +194,7 @@ impl core::fmt::Display for BundleError {
             BundleError::EntryBounds(n) => write!(f, "entry {n} lies outside the bundle"),
             BundleError::EntryKind(n) => write!(f, "entry {n} has an unknown kind"),
             BundleError::EntrySize(n) => write!(f, "entry {n} has the wrong size for its kind"),
+            BundleError::PartitionIds => write!(f, "its partition ids are not one per partition, increasing, within 1..={MAX_PARTITION_ID}, or a log is resumed twice"),
             BundleError::EntryOwner(n) => write!(f, "entry {n} names no partition"),
             BundleError::PartitionName(n) => write!(f, "partition {n} has an unsafe name"),
         }
@@ -241,6 +318,20 @@ pub struct PartitionDesc {
 pub const PARTITION_DESC_LEN: usize = 104;
 
 impl PartitionDesc {
+    /// What a vacant id is described as: no name, no memory.
+    pub const VACANT: PartitionDesc = PartitionDesc {
+        name: [0; 32],
+        memory_tier: MemoryTier::Warm,
+        deadline_urgency: 0,
+        cut_pressure: 0,
+        default_tier: 1,
+        wasm_pages: 0,
+        fuel_per_slice: 0,
+        recovery: RecoveryDesc::DEFAULT,
+        witness_key_fingerprint: None,
+        dormant_after_ms: 0,
+    };
+
     /// The name as text (validated as a safe identifier when parsed).
     pub fn name(&self) -> &str {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
@@ -585,6 +676,9 @@ impl<'a> Bundle<'a> {
                 EntryKind::GuestRuntime | EntryKind::Wasm | EntryKind::GuestImage => {
                     !e.data.is_empty()
                 }
+                EntryKind::LogResume => LogResume::from_bytes(e.data).is_some(),
+                // Its length is checked against the partition count below.
+                EntryKind::PartitionIds => e.data.len().is_multiple_of(4),
             };
             if !size_ok {
                 return Err(BundleError::EntrySize(n));
@@ -611,13 +705,52 @@ impl<'a> Bundle<'a> {
                     | EntryKind::BootConfig
                     | EntryKind::OperatorKey
                     | EntryKind::BootId
+                    | EntryKind::PartitionIds
             );
-            if global != (e.owner == GLOBAL) || (!global && e.owner >= partitions) {
+            // A log resumed is a partition's or (global) the hypervisor's.
+            let either = e.kind == EntryKind::LogResume && e.owner == GLOBAL;
+            if !either && (global != (e.owner == GLOBAL) || (!global && e.owner >= partitions)) {
                 return Err(BundleError::EntryOwner(n));
             }
         }
         b.partitions = partitions;
+        if let Some(ids) = b.global(EntryKind::PartitionIds) {
+            let ok = ids.data.len() == 4 * partitions as usize
+                && b.entries().filter(|e| e.kind == EntryKind::PartitionIds).count() == 1
+                && ids
+                    .data
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .try_fold(0u32, |last, id| (id > last && id <= MAX_PARTITION_ID).then_some(id))
+                    .is_some();
+            if !ok {
+                return Err(BundleError::PartitionIds);
+            }
+        }
+        let mut resumed = [false; MAX_PARTITION_ID as usize + 2];
+        for e in b.entries().filter(|e| e.kind == EntryKind::LogResume) {
+            let at = if e.owner == GLOBAL { 0 } else { e.owner as usize + 1 };
+            match resumed.get_mut(at) {
+                Some(seen) if !*seen => *seen = true,
+                _ => return Err(BundleError::PartitionIds),
+            }
+        }
         Ok(b)
+    }
+
+    /// The id of partition `index` (see [`EntryKind::PartitionIds`]).
+    pub fn partition_id(&self, index: u32) -> u32 {
+        self.global(EntryKind::PartitionIds)
+            .and_then(|e| e.data.get(index as usize * 4..index as usize * 4 + 4))
+            .map_or(index + 1, |c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    /// The log resumption of partition `index` (`None`: the hypervisor's).
+    pub fn log_resume(&self, index: Option<u32>) -> Option<LogResume<'a>> {
+        let owner = index.unwrap_or(GLOBAL);
+        self.entries()
+            .find(|e| e.kind == EntryKind::LogResume && e.owner == owner)
+            .and_then(|e| LogResume::from_bytes(e.data))
     }
 
     fn raw_entry(&self, n: u32) -> Result<Entry<'a>, BundleError> {

@@ -24,12 +24,33 @@
 //! * `Journal` (4): log u32, entry kind (`b'c'` or `b's'`), seq u64, then
 //!   the entry's body ([`crate::journal::write_call_body`],
 //!   [`crate::journal::write_start_body`]: what an `@J` line carries in hex).
+//! * `Credit` (6): u64, the bytes of host frames the kernel has taken (see
+//!   below); channel only, it has no console line.
+//! * `Name` (5): log u32, the partition's name (32 bytes, zero-padded): sent
+//!   before the first record of a partition created while the hypervisor
+//!   runs (an admission), so the host files its log under its name; on the
+//!   console, the line `@N <log> <name>`.
 //!
 //! From the host to the hypervisor, the same framing carries:
 //!
 //! * `Order` (16): an operator's order, [`OrderFrame::to_bytes`] (nonce
 //!   u64, order code u8, partition name 32, signature 64), checked exactly
 //!   as an `@O` line on the UART's receive side;
+//! * `Admission` (18): nonce u64, signature (64), the admission bundle's
+//!   length u64 (at most [`MAX_ADMISSION`]): tenants to create in the
+//!   running hypervisor. The bundle follows in `AdmissionData` (19) frames
+//!   of at most [`ADMISSION_CHUNK`] bytes each, nothing else between them
+//!   but acknowledgements. The operator key signs [`admission_message`],
+//!   which binds the nonce, the admission's SHA-256 and the digest of the
+//!   bundle the hypervisor booted (so an admission is good for one boot,
+//!   once).
+//!
+//! The host sends at most [`HOST_WINDOW`] bytes of frames for the kernel
+//! (everything but acknowledgements) beyond what the hypervisor has said it
+//! took: `Credit` (6, hypervisor to host) carries that total, u64. So the
+//! bytes waiting for the kernel always fit the device driver's buffer, and
+//! an acknowledgement the host sends is never stuck behind megabytes of an
+//! admission while the hypervisor waits for it to send its own frames.
 //! * `Ack` (17): u64, the bytes of the stream the host has read so far.
 //!   The hypervisor keeps at most [`WINDOW`] bytes unacknowledged, so the
 //!   device (QEMU's virtio console drops what its chardev cannot take at
@@ -50,8 +71,75 @@ use crate::witness::RECORD_LEN;
 pub const MAGIC: [u8; 2] = *b"RC";
 /// Bytes of a frame's header.
 pub const HEADER_LEN: usize = 8;
-/// Largest payload: a journal call entry with the most data.
+/// Largest payload: a journal call entry with the most data. (An
+/// admission, host to hypervisor, may be longer: [`max_payload`].)
 pub const MAX_PAYLOAD: usize = 4 + 1 + 8 + journal::CALL_HEADER_LEN + journal::MAX_DATA;
+/// Largest admission bundle: a module of the largest size the WASM window
+/// takes, and room for a partition record, a raw image and capabilities.
+pub const MAX_ADMISSION: usize = crate::bootinfo::layout::WASM_MAX_LEN as usize + (8 << 20);
+/// An `Admission` frame's payload: nonce u64, signature (64), length u64.
+pub const ADMISSION_HEADER: usize = 8 + 64 + 8;
+/// Most bytes of an admission bundle one `AdmissionData` frame carries.
+pub const ADMISSION_CHUNK: usize = 4096;
+/// Most bytes of frames for the kernel the host sends beyond the
+/// hypervisor's last `Credit` (the device driver buffers at least this).
+pub const HOST_WINDOW: u64 = 16 << 10;
+/// Bytes of [`admission_message`].
+pub const ADMISSION_MESSAGE_LEN: usize = 96;
+/// Domain separation of [`admission_message`].
+pub const ADMISSION_TAG: [u8; 16] = *b"RVM-ADMISSION-01";
+/// A `Name` frame's payload: log u32, name (32).
+pub const NAME_PAYLOAD: usize = 4 + 32;
+
+/// The longest payload a frame of `kind` may carry.
+pub const fn max_payload(kind: u8) -> usize {
+    if kind == Kind::Admission as u8 {
+        ADMISSION_HEADER
+    } else if kind == Kind::AdmissionData as u8 {
+        ADMISSION_CHUNK
+    } else {
+        MAX_PAYLOAD
+    }
+}
+
+/// What the operator key signs to admit tenants into a running hypervisor:
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 16 | [`ADMISSION_TAG`] |
+/// | 16 | 8 | nonce, u64 LE |
+/// | 24 | 8 | zero |
+/// | 32 | 32 | SHA-256 of the admission bundle |
+/// | 64 | 32 | SHA-256 of the bundle the hypervisor booted |
+///
+/// Nonces share one floor with orders: each must exceed every nonce the
+/// hypervisor accepted since it booted.
+pub fn admission_message(nonce: u64, admission_digest: &[u8; 32], boot_bundle_digest: &[u8; 32]) -> [u8; ADMISSION_MESSAGE_LEN] {
+    let mut m = [0u8; ADMISSION_MESSAGE_LEN];
+    m[0..16].copy_from_slice(&ADMISSION_TAG);
+    m[16..24].copy_from_slice(&nonce.to_le_bytes());
+    m[32..64].copy_from_slice(admission_digest);
+    m[64..96].copy_from_slice(boot_bundle_digest);
+    m
+}
+
+/// Write an admission's frames (host to hypervisor): `frame` is called
+/// once per whole frame, the `Admission` frame first, then each
+/// `AdmissionData` frame (a host may write acknowledgements between them).
+pub fn write_admission(frame: &mut dyn FnMut(&[u8]), nonce: u64, signature: &[u8; 64], bundle: &[u8]) {
+    let mut head = [0u8; HEADER_LEN + ADMISSION_HEADER];
+    head[..HEADER_LEN].copy_from_slice(&header(Kind::Admission, ADMISSION_HEADER));
+    head[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&nonce.to_le_bytes());
+    head[HEADER_LEN + 8..HEADER_LEN + 72].copy_from_slice(signature);
+    head[HEADER_LEN + 72..].copy_from_slice(&(bundle.len() as u64).to_le_bytes());
+    frame(&head);
+    let mut chunk = [0u8; HEADER_LEN + ADMISSION_CHUNK];
+    for part in bundle.chunks(ADMISSION_CHUNK) {
+        chunk[..HEADER_LEN].copy_from_slice(&header(Kind::AdmissionData, part.len()));
+        chunk[HEADER_LEN..HEADER_LEN + part.len()].copy_from_slice(part);
+        frame(&chunk[..HEADER_LEN + part.len()]);
+    }
+}
 /// Most bytes the hypervisor sends beyond what the host acknowledged
 /// (below a Unix socket's default buffer, 208 KiB on Linux).
 pub const WINDOW: u64 = 128 << 10;
@@ -69,10 +157,18 @@ pub enum Kind {
     Checkpoint = 2,
     Key = 3,
     Journal = 4,
+    /// The name of a log created at run time.
+    Name = 5,
+    /// The bytes of host frames the kernel took.
+    Credit = 6,
     /// Host to hypervisor.
     Order = 16,
     /// Host to hypervisor: bytes read so far.
     Ack = 17,
+    /// Host to hypervisor: tenants to admit.
+    Admission = 18,
+    /// Host to hypervisor: the next bytes of the admission's bundle.
+    AdmissionData = 19,
 }
 
 impl Kind {
@@ -82,8 +178,12 @@ impl Kind {
             2 => Kind::Checkpoint,
             3 => Kind::Key,
             4 => Kind::Journal,
+            5 => Kind::Name,
+            6 => Kind::Credit,
             16 => Kind::Order,
             17 => Kind::Ack,
+            18 => Kind::Admission,
+            19 => Kind::AdmissionData,
             _ => return None,
         })
     }
@@ -176,17 +276,34 @@ impl AckSplitter {
             self.ack = Some(([0; 8], 0));
             return Split::Held;
         }
-        self.left = len.min(MAX_PAYLOAD);
+        self.left = len.min(max_payload(self.header[2]));
         Split::Pass(&self.header)
     }
 }
 
-/// Reads the frames the host sends the hypervisor (orders), a byte at a
-/// time, without allocating; after the first broken frame it reads nothing
-/// more.
+/// What the host sent the hypervisor, as [`InboundDecoder`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A whole order.
+    Order(OrderFrame),
+    /// An admission starts: its nonce and signature; `len` bundle bytes follow.
+    AdmissionBegins { nonce: u64, signature: [u8; 64], len: usize },
+    /// The next byte of the admission's bundle (the reader counts them:
+    /// `len` of them make it whole).
+    AdmissionByte(u8),
+}
+
+/// Reads the frames the host sends the hypervisor (orders, admissions), a
+/// byte at a time, without allocating: an admission's bundle is handed on
+/// byte by byte for its reader to keep. After the first broken frame it
+/// reads nothing more.
 pub struct InboundDecoder {
     buf: [u8; HEADER_LEN + ORDER_BYTES],
     len: usize,
+    /// Bundle bytes of the current admission still to come.
+    admission_left: u64,
+    /// Bytes of the current `AdmissionData` frame still to come.
+    chunk_left: usize,
     broken: bool,
 }
 
@@ -198,7 +315,7 @@ impl Default for InboundDecoder {
 
 impl InboundDecoder {
     pub const fn new() -> Self {
-        Self { buf: [0; HEADER_LEN + ORDER_BYTES], len: 0, broken: false }
+        Self { buf: [0; HEADER_LEN + ORDER_BYTES], len: 0, admission_left: 0, chunk_left: 0, broken: false }
     }
 
     /// Whether a broken frame ended the stream.
@@ -206,46 +323,83 @@ impl InboundDecoder {
         self.broken
     }
 
-    /// Take one byte; a whole frame's order, or the error that broke the
+    fn fail(&mut self, e: DecodeError) -> Option<Result<Inbound, DecodeError>> {
+        self.broken = true;
+        Some(Err(e))
+    }
+
+    /// Take one byte: what it completes, or the error that broke the
     /// stream (reported once).
-    pub fn push(&mut self, byte: u8) -> Option<Result<OrderFrame, DecodeError>> {
+    pub fn push(&mut self, byte: u8) -> Option<Result<Inbound, DecodeError>> {
         if self.broken {
             return None;
+        }
+        if self.chunk_left > 0 {
+            self.chunk_left -= 1;
+            self.admission_left -= 1;
+            return Some(Ok(Inbound::AdmissionByte(byte)));
         }
         self.buf[self.len] = byte;
         self.len += 1;
         if self.len < HEADER_LEN {
             return None;
         }
-        let fail = |d: &mut Self, e: DecodeError| {
-            d.broken = true;
-            Some(Err(e))
-        };
+        let len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+        let kind = Kind::from_u8(self.buf[2]);
         if self.len == HEADER_LEN {
             if self.buf[..2] != MAGIC || self.buf[3] != 0 {
-                return fail(self, DecodeError::BadHeader);
+                return self.fail(DecodeError::BadHeader);
             }
-            match Kind::from_u8(self.buf[2]) {
-                Some(Kind::Order) => {}
-                Some(k) => return fail(self, DecodeError::BadPayload(k)),
+            if self.admission_left > 0 {
+                // Only the admission's data until its bundle is whole.
+                let most = ADMISSION_CHUNK.min(usize::try_from(self.admission_left).unwrap_or(usize::MAX));
+                if kind != Some(Kind::AdmissionData) || len == 0 || len > most {
+                    return self.fail(DecodeError::BadPayload(Kind::AdmissionData));
+                }
+                self.chunk_left = len;
+                self.len = 0;
+                return None;
+            }
+            let want = match kind {
+                Some(Kind::Order) => ORDER_BYTES,
+                Some(Kind::Admission) => ADMISSION_HEADER,
+                Some(k) => return self.fail(DecodeError::BadPayload(k)),
                 None => {
                     let k = self.buf[2];
-                    return fail(self, DecodeError::UnknownKind(k));
+                    return self.fail(DecodeError::UnknownKind(k));
                 }
-            }
-            let len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-            if len as usize != ORDER_BYTES {
-                return fail(self, DecodeError::BadPayload(Kind::Order));
+            };
+            if len != want {
+                return self.fail(DecodeError::BadPayload(kind.unwrap_or(Kind::Order)));
             }
             return None;
         }
-        if self.len < self.buf.len() {
+        if self.len < HEADER_LEN + len {
             return None;
         }
         self.len = 0;
-        match OrderFrame::from_bytes(&self.buf[HEADER_LEN..]) {
-            Some(o) => Some(Ok(o)),
-            None => fail(self, DecodeError::BadPayload(Kind::Order)),
+        let p = &self.buf[HEADER_LEN..HEADER_LEN + len];
+        if kind == Some(Kind::Admission) {
+            let mut nonce = [0u8; 8];
+            nonce.copy_from_slice(&p[..8]);
+            let mut signature = [0u8; 64];
+            signature.copy_from_slice(&p[8..72]);
+            let mut total = [0u8; 8];
+            total.copy_from_slice(&p[72..80]);
+            let total = u64::from_le_bytes(total);
+            if total > MAX_ADMISSION as u64 {
+                return self.fail(DecodeError::TooLong(u32::try_from(total).unwrap_or(u32::MAX)));
+            }
+            self.admission_left = total;
+            return Some(Ok(Inbound::AdmissionBegins {
+                nonce: u64::from_le_bytes(nonce),
+                signature,
+                len: usize::try_from(total).unwrap_or(usize::MAX),
+            }));
+        }
+        match OrderFrame::from_bytes(p) {
+            Some(o) => Some(Ok(Inbound::Order(o))),
+            None => self.fail(DecodeError::BadPayload(Kind::Order)),
         }
     }
 }
@@ -261,6 +415,38 @@ pub enum Outgoing<'a> {
     JournalCall { log: u32, entry: &'a CallEntry<'a> },
     /// A journal start entry of log `log`, bound to record `seq`.
     JournalStart { log: u32, seq: u64, handles: &'a [HandleInfo] },
+    /// The name of log `log`, created at run time.
+    Name { log: u32, name: &'a [u8; 32] },
+    /// The bytes of host frames the kernel has taken so far (channel
+    /// only: it has no console line).
+    Credit { taken: u64 },
+}
+
+/// The text of a name field: up to its first zero byte ("?" if that is
+/// not UTF-8).
+pub fn name_text(name: &[u8; 32]) -> &str {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(32);
+    core::str::from_utf8(&name[..end]).unwrap_or("?")
+}
+
+/// Write the console line of a `Name` frame.
+fn write_name_line(out: &mut dyn FnMut(&[u8]), log: u32, name: &[u8; 32]) {
+    let mut digits = [0u8; 10];
+    let mut n = log;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out(b"@N ");
+    out(&digits[at..]);
+    out(b" ");
+    out(name_text(name).as_bytes());
+    out(b"\n");
 }
 
 impl Outgoing<'_> {
@@ -270,6 +456,8 @@ impl Outgoing<'_> {
             Outgoing::Witness(f) => out(f.encode().as_bytes()),
             Outgoing::JournalCall { log, entry } => journal::write_call(out, log, entry),
             Outgoing::JournalStart { log, seq, handles } => journal::write_start(out, log, seq, handles),
+            Outgoing::Name { log, name } => write_name_line(out, log, name),
+            Outgoing::Credit { .. } => {}
         }
     }
 
@@ -281,6 +469,8 @@ impl Outgoing<'_> {
             Outgoing::Witness(Frame::Key { .. }) => (Kind::Key, 32),
             Outgoing::JournalCall { entry, .. } => (Kind::Journal, 4 + 1 + 8 + journal::call_body_len(entry)),
             Outgoing::JournalStart { handles, .. } => (Kind::Journal, 4 + 1 + 8 + journal::start_body_len(handles)),
+            Outgoing::Name { .. } => (Kind::Name, NAME_PAYLOAD),
+            Outgoing::Credit { .. } => (Kind::Credit, 8),
         }
     }
 
@@ -318,6 +508,11 @@ impl Outgoing<'_> {
                 out(&seq.to_le_bytes());
                 journal::write_start_body(out, handles);
             }
+            Outgoing::Name { log, name } => {
+                out(&log.to_le_bytes());
+                out(name);
+            }
+            Outgoing::Credit { taken } => out(&taken.to_le_bytes()),
         }
     }
 }
@@ -340,7 +535,7 @@ impl core::fmt::Display for DecodeError {
         match self {
             DecodeError::BadHeader => write!(f, "a frame header without the \"RC\" magic"),
             DecodeError::UnknownKind(k) => write!(f, "a frame of unknown kind {k}"),
-            DecodeError::TooLong(n) => write!(f, "a frame payload of {n} bytes (at most {MAX_PAYLOAD})"),
+            DecodeError::TooLong(n) => write!(f, "a frame payload of {n} bytes (longer than its kind allows)"),
             DecodeError::BadPayload(k) => write!(f, "a {k:?} frame whose payload does not decode"),
         }
     }
@@ -361,6 +556,10 @@ mod decode {
     pub enum Incoming {
         Witness(Frame),
         Journal(JournalFrame),
+        /// Log `log` belongs to the partition `name` (created at run time).
+        Name { log: u32, name: [u8; 32] },
+        /// The hypervisor took this many bytes of the host's frames.
+        Credit(u64),
     }
 
     impl Incoming {
@@ -370,6 +569,13 @@ mod decode {
             let bytes = match self {
                 Incoming::Witness(f) => f.encode().as_bytes().to_vec(),
                 Incoming::Journal(j) => j.entry.encode(j.log),
+                Incoming::Name { log, name } => {
+                    let mut v = Vec::new();
+                    write_name_line(&mut |b| v.extend_from_slice(b), *log, name);
+                    v
+                }
+                // Channel only: no line.
+                Incoming::Credit(_) => Vec::new(),
             };
             alloc::string::String::from_utf8_lossy(&bytes).trim_end().into()
         }
@@ -406,6 +612,8 @@ mod decode {
                 signature: array(&p[76..]),
             }),
             Kind::Key if p.len() == 32 => Incoming::Witness(Frame::Key { public: array(p) }),
+            Kind::Name if p.len() == NAME_PAYLOAD => Incoming::Name { log: u32_at(p, 0), name: array(&p[4..]) },
+            Kind::Credit if p.len() == 8 => Incoming::Credit(u64_at(p, 0)),
             Kind::Journal if p.len() >= 13 => {
                 let kind = match p[4] {
                     b'c' => journal::KIND_CALL,
@@ -507,12 +715,15 @@ mod decode {
             let data = vec![5u8; 300];
             let call = CallEntry { seq: 12, regs: [1, 2, 3, 4, 5, 6], status: -3, results: [7, 8, 9], data: &data };
             let handles = [HandleInfo { raw: 0x1_0000_0002, kind: 1, rights: 3, agent: 0 }];
+            let mut name = [0u8; 32];
+            name[..6].copy_from_slice(b"tenant");
             let frames = [
                 Outgoing::Witness(&record),
                 Outgoing::Witness(&checkpoint),
                 Outgoing::Witness(&key),
                 Outgoing::JournalCall { log: 3, entry: &call },
                 Outgoing::JournalStart { log: 3, seq: 1, handles: &handles },
+                Outgoing::Name { log: 12, name: &name },
             ];
             let mut stream = Vec::new();
             for f in &frames {
@@ -530,6 +741,7 @@ mod decode {
             assert_eq!(d.pending(), 0);
             let want: Vec<_> = frames.iter().map(text).collect();
             assert_eq!(got.iter().map(Incoming::to_line).collect::<Vec<_>>(), want);
+            assert_eq!(want[5], "@N 12 tenant");
             // A binary frame is smaller than its line.
             assert!(binary(&frames[0]).len() < text(&frames[0]).len());
         }
@@ -544,7 +756,7 @@ mod decode {
             write_order(&mut |b| bytes.extend_from_slice(b), &order);
             let mut d = InboundDecoder::new();
             let got: Vec<_> = bytes.iter().filter_map(|&b| d.push(b)).collect();
-            assert_eq!(got, [Ok(order), Ok(order)]);
+            assert_eq!(got, [Ok(Inbound::Order(order)), Ok(Inbound::Order(order))]);
             // A name that is no safe identifier, then a good order: the
             // stream is over at the first.
             let mut bad = bytes.clone();
@@ -580,7 +792,7 @@ mod decode {
             assert_eq!(acks, [1000, 5000]);
             let mut d = InboundDecoder::new();
             let got: Vec<_> = kernel.iter().filter_map(|&b| d.push(b)).collect();
-            assert_eq!(got, [Ok(order)], "the order reaches the kernel whole");
+            assert_eq!(got, [Ok(Inbound::Order(order))], "the order reaches the kernel whole");
             // A broken header: everything goes on to the kernel, which says so.
             let (mut split, mut kernel) = (AckSplitter::new(), Vec::new());
             for &b in b"XXjunk-and-more" {
@@ -589,6 +801,83 @@ mod decode {
                 }
             }
             assert_eq!(kernel, b"XXjunk-and-more");
+        }
+
+        #[test]
+        fn an_admission_passes_the_splitter_in_chunks_with_acknowledgements_between_and_reaches_the_kernel_whole() {
+            let bundle: Vec<u8> = (0..(3 * ADMISSION_CHUNK + 300)).map(|i| i as u8).collect();
+            let mut partition = [0u8; 32];
+            partition[..1].copy_from_slice(b"a");
+            let order = OrderFrame { kind: crate::frame::OrderKind::Evict, nonce: 9, partition, signature: [2; 64] };
+            // Acknowledgements between the admission's frames, as a host writes them.
+            let mut stream = Vec::new();
+            let mut frames = 0;
+            write_admission(
+                &mut |f| {
+                    stream.extend_from_slice(f);
+                    write_ack(&mut |b| stream.extend_from_slice(b), 64 * frames);
+                    frames += 1;
+                },
+                8,
+                &[7; 64],
+                &bundle,
+            );
+            assert_eq!(frames, 5, "a header and four chunks");
+            write_admission(&mut |b| stream.extend_from_slice(b), 10, &[1; 64], &[]);
+            write_order(&mut |b| stream.extend_from_slice(b), &order);
+            let (mut split, mut kernel, mut acks) = (AckSplitter::new(), Vec::new(), Vec::new());
+            for &b in &stream {
+                match split.take(b) {
+                    Split::Held => {}
+                    Split::Ack(n) => acks.push(n),
+                    Split::Pass(bytes) => kernel.extend_from_slice(bytes),
+                }
+            }
+            assert_eq!(acks, [0, 64, 128, 192, 256]);
+            let mut d = InboundDecoder::new();
+            let (mut got, mut body) = (Vec::new(), Vec::new());
+            for &b in &kernel {
+                match d.push(b) {
+                    Some(Ok(Inbound::AdmissionByte(x))) => body.push(x),
+                    Some(other) => got.push(other),
+                    None => {}
+                }
+            }
+            assert_eq!(
+                got,
+                [
+                    Ok(Inbound::AdmissionBegins { nonce: 8, signature: [7; 64], len: bundle.len() }),
+                    Ok(Inbound::AdmissionBegins { nonce: 10, signature: [1; 64], len: 0 }),
+                    Ok(Inbound::Order(order)),
+                ]
+            );
+            assert_eq!(body, bundle);
+            // An order inside an admission's data, a chunk longer than what is
+            // left, data without an admission, an admission too long.
+            let mut head = Vec::new();
+            write_admission(&mut |f| if head.is_empty() { head.extend_from_slice(f) }, 1, &[0; 64], &[5; 100]);
+            let mut order_inside = head.clone();
+            write_order(&mut |b| order_inside.extend_from_slice(b), &order);
+            let mut long_chunk = head.clone();
+            long_chunk.extend_from_slice(&header(Kind::AdmissionData, 101));
+            let stray = header(Kind::AdmissionData, 4).to_vec();
+            let mut too_long = head.clone();
+            too_long[HEADER_LEN + 72..HEADER_LEN + 80].copy_from_slice(&(MAX_ADMISSION as u64 + 1).to_le_bytes());
+            for (bytes, want) in [
+                (order_inside, DecodeError::BadPayload(Kind::AdmissionData)),
+                (long_chunk, DecodeError::BadPayload(Kind::AdmissionData)),
+                (stray, DecodeError::BadPayload(Kind::AdmissionData)),
+                (too_long, DecodeError::TooLong(u32::try_from(MAX_ADMISSION + 1).unwrap())),
+            ] {
+                let mut d = InboundDecoder::new();
+                let got: Vec<_> = bytes.iter().filter_map(|&b| d.push(b)).filter(|r| r.is_err()).collect();
+                assert_eq!(got, [Err(want)]);
+            }
+            // The signed message binds nonce, admission and boot.
+            let m = admission_message(5, &[1; 32], &[2; 32]);
+            assert_ne!(m, admission_message(6, &[1; 32], &[2; 32]));
+            assert_ne!(m, admission_message(5, &[3; 32], &[2; 32]));
+            assert_ne!(m, admission_message(5, &[1; 32], &[3; 32]));
         }
 
         #[test]

@@ -368,6 +368,11 @@ impl OrderFrame {
 /// Bytes of an order's binary form ([`OrderFrame::to_bytes`]).
 pub const ORDER_BYTES: usize = 8 + 1 + 32 + 64;
 
+/// The order code an admission's `OperatorOrder` and `OrderRefused`
+/// records carry (an admission is not an `@O` order: it travels as a
+/// control-channel `Admission` frame, [`crate::control`]).
+pub const ADMISSION_ORDER_CODE: u8 = 16;
+
 /// The `args` of an `OperatorOrder` or `OrderRefused` record (16 bytes):
 /// order code u8, 7 reserved bytes, nonce u64 LE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

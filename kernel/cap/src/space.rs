@@ -124,6 +124,11 @@ impl CapabilitySpace {
         self.policy
     }
 
+    /// Whether partition `p` has a table.
+    pub fn has_partition(&self, p: PartitionId) -> bool {
+        p.slot().and_then(|at| self.tables.get(at)).is_some_and(Option::is_some)
+    }
+
     /// Give partition `p` an empty capability table, allocated in full now
     /// (`slots_per_partition` slots) so that hypercalls never allocate.
     /// `InvalidArgument` if the id is at or beyond the policy's bound or

@@ -135,6 +135,10 @@ pub trait Arch {
             other => {
                 let mut line = alloc::vec::Vec::new();
                 other.write_text(&mut |b| line.extend_from_slice(b));
+                // A frame without a line (a credit) writes nothing.
+                if line.is_empty() {
+                    return;
+                }
                 self.console_write(&line);
             }
         }

@@ -168,6 +168,16 @@ impl Caps {
         Self { space, authority: alloc::vec![None; partitions + 1], boot_unix_secs: 0 }
     }
 
+    /// A table for partition `p`, created at run time (an admission): the
+    /// one it has (a table made for an admission that failed before
+    /// anything was installed), else an empty one.
+    pub fn ensure_partition(&mut self, p: PartitionId) -> Result<(), HvError> {
+        if self.space.has_partition(Self::pid(p)) {
+            return Ok(());
+        }
+        self.add_partition(p)
+    }
+
     /// An empty table for partition `p`, created at run time (a split).
     /// `InvalidArgument` beyond the space's bound or if `p` has one.
     pub fn add_partition(&mut self, p: PartitionId) -> Result<(), HvError> {

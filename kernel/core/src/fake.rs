@@ -152,6 +152,9 @@ pub struct FakeArch {
     pub saves: u64,
     /// Every [kick](Arch::kick) the kernel sent, in order: the CPU it woke.
     pub kicks: Vec<CpuId>,
+    /// Every `Credit` the kernel sent the host (the other frames go to the
+    /// console as their lines).
+    pub credits: Vec<u64>,
 }
 
 impl FakeArch {
@@ -293,6 +296,13 @@ impl Arch for FakeArch {
             *slot = b;
         }
         n
+    }
+
+    fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
+        match *frame {
+            rvm_abi::control::Outgoing::Credit { taken } => self.credits.push(taken),
+            _ => self.console_frame(frame),
+        }
     }
 
     fn channel_read(&mut self, buf: &mut [u8]) -> usize {

@@ -39,9 +39,6 @@ impl<A: Arch> Hypervisor<A> {
     ) -> Result<Self, BootError> {
         let bundle = Bundle::parse(bundle_bytes).map_err(BootError::Bundle)?;
         let count = bundle.partition_count() as usize;
-        if count == 0 {
-            return Err(BootError::Empty);
-        }
         if count > MAX_PARTITIONS {
             return Err(BootError::TooManyPartitions);
         }
@@ -62,13 +59,23 @@ impl<A: Arch> Hypervisor<A> {
             bundle_digest,
             bundle.boot_id().is_some(),
         );
-        let mut hv = Self::new(arch, memory, witness, orders, &config, count);
+        // Ids run to the largest the bundle gives (vacancies below it).
+        let ids = count.checked_sub(1).map_or(0, |last| bundle.partition_id(last as u32) as usize);
+        let mut hv = Self::new(arch, memory, witness, orders, &config, ids);
+        // An instance may start empty: tenants are admitted into it.
+        if count == 0 && !hv.policy.instance {
+            return Err(BootError::Empty);
+        }
         if let Some(id) = bundle.boot_id() {
             hv.caps.set_boot_id(id);
         }
         hv.witness.announce_key(&mut hv.arch);
         let mut boot_digest = [0u8; 16];
         boot_digest.copy_from_slice(&bundle_digest[..16]);
+        // An instance that restarted continues its own log.
+        if let Some(from) = bundle.log_resume(None) {
+            hv.witness.resume(PartitionId::HYPERVISOR.0, &from).map_err(BootError::LogResume)?;
+        }
         // A boot that cannot be witnessed runs nothing (the run stops at once).
         hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::Boot, Outcome::Done, boot_digest);
         if let Some(rt) = bundle.global(EntryKind::GuestRuntime) {
@@ -81,16 +88,19 @@ impl<A: Arch> Hypervisor<A> {
         }
         for (index, desc) in bundle.partitions().enumerate() {
             let index = u32::try_from(index).map_err(|_| BootError::TooManyPartitions)?;
-            crate::load::load_partition(&mut hv, &bundle, index, desc)?;
+            let place = crate::load::Placement::at_boot(&bundle, index, &desc);
+            crate::load::fill_vacancies(&mut hv, place.id)?;
+            if let Some(from) = bundle.log_resume(Some(index)) {
+                if let Err(e) = hv.witness.resume(place.id.0, &from) {
+                    crate::load::refuse_unresumed(&mut hv, place.id, &desc, e)?;
+                    continue;
+                }
+            }
+            crate::load::load_partition(&mut hv, &bundle, index, desc, place)?;
             hv.sched.admit(hv.partitions.len() - 1, &desc);
         }
-        for e in bundle.entries().filter(|e| e.kind == EntryKind::Channel) {
-            if let Some(c) = rvm_abi::bundle::ChannelDesc::from_bytes(e.data) {
-                crate::load::connect(&mut hv, c);
-            }
-        }
-        crate::load::connect_agent_channels(&mut hv, &bundle);
-        crate::load::write_all_boot_info(&mut hv);
+        crate::load::connect_channels(&mut hv, &bundle, 0);
+        crate::load::write_all_boot_info(&mut hv, 0);
         Ok(hv)
     }
 

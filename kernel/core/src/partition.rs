@@ -176,6 +176,9 @@ pub struct Partition {
     /// ([`Partition::dormant_after_ns`]): an idle turn may now put it to
     /// sleep.
     idled_out: bool,
+    /// A vacancy: an id no partition of this boot has (an instance that
+    /// restarted keeps its tenants' ids; one that left keeps its gap).
+    vacant: bool,
 }
 
 /// Most channels one `WaitAny` may name.
@@ -252,7 +255,23 @@ impl Partition {
             wasm: (0, 0),
             wait: None,
             idled_out: false,
+            vacant: false,
         }
+    }
+
+    /// The vacancy at `id`: no name, no memory but its (empty) stage-2
+    /// root, never runnable, in no log.
+    pub fn vacancy(id: PartitionId, vmid: u8, stage2: Stage2Table) -> Self {
+        let desc = PartitionDesc { name: [0; 32], ..PartitionDesc::VACANT };
+        let mut p = Self::created(id, desc, vmid, stage2, 0);
+        p.state = PartitionState::Evicted;
+        p.vacant = true;
+        p
+    }
+
+    /// Whether this id is a vacancy ([`Partition::vacancy`]).
+    pub fn is_vacant(&self) -> bool {
+        self.vacant
     }
 
     /// [`Partition::created`] for an agent moved in from `from` with its

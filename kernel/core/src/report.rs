@@ -33,6 +33,9 @@ pub(crate) fn print_summary<A: Arch>(hv: &mut Hypervisor<A>, s: &RunSummary) {
     );
     for idx in 0..hv.partitions.len() {
         let p = &hv.partitions[idx];
+        if p.is_vacant() {
+            continue;
+        }
         let line = alloc::format!(
             "  {:>2} {:<24} {:<9} exit {:<6} calls {:<5} denied {:<4} preempted {:<4} faults {} witness records {} cpu {} charged {} us",
             p.id().0,

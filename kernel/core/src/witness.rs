@@ -324,6 +324,30 @@ impl Witness {
         }
     }
 
+    /// Log `id` continues an earlier boot's, from `from` (that boot's last
+    /// checkpoint of it, signed with this hypervisor's key, and its Merkle
+    /// frontier). Only before the log's first record of this boot.
+    pub fn resume(&mut self, id: u32, from: &rvm_abi::bundle::LogResume<'_>) -> Result<(), rvm_witness::ResumeError> {
+        let key = self.signer.public_key();
+        let checkpoint = rvm_witness::SignedCheckpoint {
+            checkpoint: rvm_witness::Checkpoint {
+                log: LogId(id),
+                size: from.size,
+                root: rvm_witness::Hash(from.root),
+                head: rvm_witness::Hash(from.head),
+            },
+            key_id: key.key_id(),
+            signature: from.signature,
+        };
+        let frontier: alloc::vec::Vec<rvm_witness::Hash> = from.frontier().map(rvm_witness::Hash).collect();
+        if self.logs.contains_key(&id) {
+            return Err(rvm_witness::ResumeError::OtherLog { found: LogId(id) });
+        }
+        let log = WitnessLog::resume(LogId(id), self.config, &checkpoint, &frontier, &key)?;
+        self.logs.insert(id, log);
+        Ok(())
+    }
+
     /// Records in log `id`.
     pub fn records(&self, id: u32) -> u64 {
         self.logs.get(&id).map_or(0, WitnessLog::size)

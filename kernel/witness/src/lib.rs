@@ -132,7 +132,7 @@ pub use checkpoint::{
 };
 pub use hash::Hash;
 pub use key::{CheckpointSigner, KeyId, PublicKey, SignatureError};
-pub use log::{AppendedRecord, LogConfig, LogId, Outgoing, WitnessError, WitnessLog};
+pub use log::{AppendedRecord, LogConfig, LogId, Outgoing, ResumeError, WitnessError, WitnessLog};
 pub use merkle::{CompactRange, MerkleTree, ProofError};
 pub use verify::{
     verify_log, FailReason, Location, RootCheck, VerifyFailure, VerifyInput, VerifySummary,

@@ -126,6 +126,30 @@ impl From<WitnessError> for rvm_abi::HvError {
     }
 }
 
+/// Why a log could not continue an earlier boot's ([`WitnessLog::resume`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The checkpoint is of another log.
+    OtherLog { found: LogId },
+    /// Its signature does not verify under this hypervisor's key.
+    Signature,
+    /// The frontier does not fold to the checkpoint's root.
+    Frontier,
+    /// The heap could not provide the ring.
+    NoMemory,
+}
+
+impl fmt::Display for ResumeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResumeError::OtherLog { found } => write!(f, "the checkpoint is of log {found}"),
+            ResumeError::Signature => write!(f, "the checkpoint's signature does not verify under this hypervisor's witness key"),
+            ResumeError::Frontier => write!(f, "the Merkle frontier does not fold to the checkpoint's root"),
+            ResumeError::NoMemory => write!(f, "out of memory"),
+        }
+    }
+}
+
 /// What [`WitnessLog::append`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendedRecord {
@@ -199,6 +223,50 @@ impl WitnessLog {
             owed: None,
             held: 0,
         })
+    }
+
+    /// The log that continues an earlier boot's: `from` is that boot's
+    /// last signed checkpoint of this log, `frontier` the right edge of its
+    /// Merkle tree at that size ([`CompactRange::frontier`]). Accepted only
+    /// if the checkpoint is this log's, verifies under `key`, and the
+    /// frontier folds to its root; the next record then has seq
+    /// `from.size` and chains to `from.head`, and the tree grows on.
+    pub fn resume(
+        id: LogId,
+        config: LogConfig,
+        from: &SignedCheckpoint,
+        frontier: &[Hash],
+        key: &crate::key::PublicKey,
+    ) -> Result<Self, ResumeError> {
+        let cp = &from.checkpoint;
+        if cp.log != id {
+            return Err(ResumeError::OtherLog { found: cp.log });
+        }
+        from.verify(key).map_err(|_| ResumeError::Signature)?;
+        let merkle = CompactRange::from_frontier(cp.size, frontier).ok_or(ResumeError::Frontier)?;
+        if merkle.root() != cp.root {
+            return Err(ResumeError::Frontier);
+        }
+        let ring = RecordRing::starting_at(config.ring_capacity, cp.size).map_err(|_| ResumeError::NoMemory)?;
+        let mut pending = VecDeque::new();
+        pending.try_reserve(4).map_err(|_| ResumeError::NoMemory)?;
+        Ok(Self {
+            id,
+            policy: config.checkpoints,
+            head: cp.head,
+            ring,
+            merkle,
+            pending,
+            last_checkpoint: Some(*from),
+            owed: None,
+            held: 0,
+        })
+    }
+
+    /// The right edge of the Merkle tree over the records folded in so far
+    /// (all drained ones; after a checkpoint, every record it covers).
+    pub fn frontier(&self) -> (u64, &[Hash]) {
+        (self.merkle.size(), self.merkle.frontier())
     }
 
     /// The log's id.
@@ -462,6 +530,72 @@ mod tests {
         );
         r.timestamp = 5;
         r
+    }
+
+    /// Append `n` records to `log`, signing checkpoints as they fall due
+    /// and draining as a host would; every record drained, in order.
+    fn run(log: &mut WitnessLog, n: usize, id: u32, out: &mut Vec<[u8; RECORD_LEN]>) {
+        for _ in 0..n {
+            if log.append(call(id)).unwrap().checkpoint_due {
+                log.checkpoint(&signer()).unwrap();
+            }
+            while let Some(o) = log.drain_next() {
+                if let Outgoing::Record { bytes, .. } = o {
+                    out.push(bytes);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_resumed_log_grows_the_same_chain_and_tree_as_one_that_never_stopped() {
+        let key = signer().public_key();
+        // One boot of 13 records, then 8 more after a restart...
+        let mut first = WitnessLog::new(LogId(3), config(8, 5)).unwrap();
+        let mut records = Vec::new();
+        run(&mut first, 13, 3, &mut records);
+        let last = first.checkpoint(&signer()).unwrap();
+        let (size, frontier) = first.frontier();
+        assert_eq!(size, 13);
+        let frontier: Vec<Hash> = frontier.to_vec();
+        let mut second = WitnessLog::resume(LogId(3), config(8, 5), &last, &frontier, &key).unwrap();
+        assert_eq!(second.size(), 13);
+        run(&mut second, 8, 3, &mut records);
+        let across = second.checkpoint(&signer()).unwrap();
+        // ... is the log of one boot of 21.
+        let mut whole = WitnessLog::new(LogId(3), config(8, 5)).unwrap();
+        let mut once = Vec::new();
+        run(&mut whole, 21, 3, &mut once);
+        let straight = whole.checkpoint(&signer()).unwrap();
+        assert_eq!(records, once, "the same records, seq and prev included");
+        assert_eq!(across, straight, "the same head, root and signature");
+        let tree = MerkleTree::from_leaves(records.iter().map(|r| &r[..]));
+        assert_eq!(tree.root(21).unwrap(), across.checkpoint.root);
+        // A consistency proof spans the restart.
+        let proof = tree.consistency_proof(13, 21).unwrap();
+        crate::merkle::verify_consistency(13, 21, &last.checkpoint.root, &across.checkpoint.root, &proof).unwrap();
+    }
+
+    #[test]
+    fn a_log_resumes_only_from_its_own_checkpoint_signed_by_this_key_with_its_frontier() {
+        let key = signer().public_key();
+        let mut log = WitnessLog::new(LogId(3), config(8, 100)).unwrap();
+        run(&mut log, 6, 3, &mut Vec::new());
+        let cp = log.checkpoint(&signer()).unwrap();
+        let frontier: Vec<Hash> = log.frontier().1.to_vec();
+        let other_key = CheckpointSigner::from_seed(&[1; 32]).public_key();
+        assert!(matches!(
+            WitnessLog::resume(LogId(4), config(8, 100), &cp, &frontier, &key),
+            Err(ResumeError::OtherLog { found: LogId(3) })
+        ));
+        assert!(matches!(WitnessLog::resume(LogId(3), config(8, 100), &cp, &frontier, &other_key), Err(ResumeError::Signature)));
+        let mut moved = cp;
+        moved.checkpoint.head = Hash([1; 32]);
+        assert!(matches!(WitnessLog::resume(LogId(3), config(8, 100), &moved, &frontier, &key), Err(ResumeError::Signature)));
+        let mut bent = frontier.clone();
+        bent[0] = Hash([2; 32]);
+        assert!(matches!(WitnessLog::resume(LogId(3), config(8, 100), &cp, &bent, &key), Err(ResumeError::Frontier)));
+        assert!(matches!(WitnessLog::resume(LogId(3), config(8, 100), &cp, &frontier[..1], &key), Err(ResumeError::Frontier)));
     }
 
     #[test]

@@ -90,6 +90,26 @@ impl CompactRange {
         }
     }
 
+    /// The range of a tree of `size` leaves from its right edge, the roots
+    /// of its perfect subtrees from the largest to the smallest
+    /// ([`CompactRange::frontier`]); `None` unless there is exactly one per
+    /// set bit of `size`.
+    pub fn from_frontier(size: u64, frontier: &[Hash]) -> Option<Self> {
+        if frontier.len() != size.count_ones() as usize {
+            return None;
+        }
+        let mut r = Self::new();
+        r.nodes[..frontier.len()].copy_from_slice(frontier);
+        r.count = frontier.len();
+        r.size = size;
+        Some(r)
+    }
+
+    /// The right edge: the roots of the perfect subtrees, largest first.
+    pub fn frontier(&self) -> &[Hash] {
+        &self.nodes[..self.count]
+    }
+
     /// Number of leaves folded in.
     pub const fn size(&self) -> u64 {
         self.size

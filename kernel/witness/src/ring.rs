@@ -47,6 +47,16 @@ impl RecordRing {
         })
     }
 
+    /// An empty ring whose first record will have seq `next` (a log that
+    /// continues an earlier boot's).
+    pub(crate) fn starting_at(capacity: NonZeroUsize, next: u64) -> Result<Self, NoMemory> {
+        let mut r = Self::new(capacity)?;
+        r.first = next;
+        r.next = next;
+        r.drained = next;
+        Ok(r)
+    }
+
     pub(crate) fn capacity(&self) -> NonZeroUsize {
         self.capacity
     }

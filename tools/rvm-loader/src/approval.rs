@@ -206,9 +206,12 @@ pub fn make(ctx: &Ctx, req: &ApprovalRequest) -> Result<Approval> {
         None => rec
             .last_run
             .as_ref()
-            .and_then(|r| r.with.iter().position(|n| *n == name))
-            .and_then(|i| u32::try_from(i).ok())
-            .map(crate::bundler::partition_id)
+            .and_then(|r| {
+                r.partition_id.or_else(|| {
+                    let i = r.with.iter().position(|n| *n == name)?;
+                    u32::try_from(i).ok().map(crate::bundler::partition_id)
+                })
+            })
             .ok_or_else(|| {
                 Error::refused(
                     format!("partition {name}"),

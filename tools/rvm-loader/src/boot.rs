@@ -74,6 +74,9 @@ pub struct BootOptions {
     /// folder: the lock, live status and end are written there
     /// ([`crate::instance`]).
     pub instance: Option<PathBuf>,
+    /// The instance continues the last one ([`crate::roster`]): the
+    /// partitions' ids and the logs that go on.
+    pub continuation: Option<crate::roster::Continuation>,
 }
 
 /// `--link A:B`: a channel between two partitions booted together.
@@ -139,32 +142,30 @@ pub fn has_p3(tokens: &[Token]) -> bool {
     tokens.iter().any(|t| t.proof_tier == ProofTier::P3)
 }
 
-/// Build the plan for `names` from the registry. Refuses before anything
-/// is written; then creates the keys the boot needs.
-pub fn plan(
-    ctx: &Ctx,
-    names: &[PartitionName],
-    opts: &BootOptions,
-) -> Result<(BootPlan, qemu::Images)> {
+/// Refuse a name given twice, or more partitions than `what` (boot,
+/// admit) together.
+pub fn check_names(what: &str, names: &[PartitionName]) -> Result<()> {
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
-            return Err(Error::refused(
-                "boot",
-                format!("partition {n} is named twice"),
-            ));
+            return Err(Error::refused(what, format!("partition {n} is named twice")));
         }
     }
-    let links = link_indices(names, &opts.links)?;
     if names.len() > limits::PARTITIONS_PER_BOOT_MAX {
         return Err(Error::refused(
-            "boot",
-            format!(
-                "{} partitions; at most {} boot together",
-                names.len(),
-                limits::PARTITIONS_PER_BOOT_MAX
-            ),
+            what,
+            format!("{} partitions; at most {} {what} together", names.len(), limits::PARTITIONS_PER_BOOT_MAX),
         ));
     }
+    Ok(())
+}
+
+/// The registered partitions `names`, in that order, each with its
+/// guest's module, checked again. Refused when one is not registered, has
+/// no guest, or its module no longer passes the import check, or when a
+/// manifest pins a witness key other than this home's
+/// ([`check_witness_pins`]). Writes nothing; no authority key is bound yet
+/// ([`bind_authority_keys`]).
+pub fn planned_partitions(ctx: &Ctx, names: &[PartitionName]) -> Result<Vec<PlannedPartition>> {
     let reg = ctx.home.load()?;
     let mut parts = Vec::new();
     for n in names {
@@ -184,8 +185,15 @@ pub fn plan(
             authority: None,
         });
     }
+    check_witness_pins(ctx, &parts)?;
+    Ok(parts)
+}
+
+/// Refuse a partition whose manifest pins (`witness_key_fingerprint`) a
+/// witness key other than this home's, or pins one before it exists.
+fn check_witness_pins(ctx: &Ctx, parts: &[PlannedPartition]) -> Result<()> {
     let witness = ctx.home.key(&KeyRole::Witness)?;
-    for p in &parts {
+    for p in parts {
         if let Some(pin) = p.record.spec.witness_key_fingerprint {
             let have = witness.as_ref().map(|k| k.fingerprint());
             if have != Some(pin) {
@@ -199,21 +207,38 @@ pub fn plan(
             }
         }
     }
+    Ok(())
+}
+
+/// Bind each partition with P3 rights to the public half of its authority
+/// key, creating the key if it is missing (call once everything is checked).
+pub fn bind_authority_keys(ctx: &Ctx, parts: &mut [PlannedPartition]) -> Result<()> {
+    for p in parts {
+        if p.record.caps.as_ref().is_some_and(|c| has_p3(&c.tokens)) {
+            let k = ctx.home.key_or_create(&KeyRole::Authority(p.record.spec.name.clone()))?;
+            p.authority = Some(k.public);
+        }
+    }
+    Ok(())
+}
+
+/// Build the plan for `names` from the registry. Refuses before anything
+/// is written; then creates the keys the boot needs.
+pub fn plan(
+    ctx: &Ctx,
+    names: &[PartitionName],
+    opts: &BootOptions,
+) -> Result<(BootPlan, qemu::Images)> {
+    check_names("boot", names)?;
+    let links = link_indices(names, &opts.links)?;
+    let mut parts = planned_partitions(ctx, names)?;
     let images = qemu::locate(opts.image_dir.as_deref())?;
     let runtime = source::read_bytes(&images.runtime, limits::RUNTIME_MAX)
         .map_err(|d| Error::failed(d.to_string()))?;
     // Everything is checked: create what is missing.
     let witness_key = ctx.home.key_or_create(&KeyRole::Witness)?;
     let operator_key = ctx.home.key_or_create(&KeyRole::Operator)?;
-    for p in &mut parts {
-        let p3 = p.record.caps.as_ref().is_some_and(|c| has_p3(&c.tokens));
-        if p3 {
-            let k = ctx
-                .home
-                .key_or_create(&KeyRole::Authority(p.record.spec.name.clone()))?;
-            p.authority = Some(k.public);
-        }
-    }
+    bind_authority_keys(ctx, &mut parts)?;
     // An instance has no budget: it runs until stopped.
     let budget_ms = match opts.instance {
         Some(_) => 0,
@@ -234,6 +259,8 @@ pub fn plan(
     };
     Ok((
         BootPlan {
+            ids: Vec::new(),
+            resumes: Vec::new(),
             partitions: parts,
             runtime,
             witness_key,
@@ -316,19 +343,31 @@ fn write_bundle_out(out: &Path, bytes: &[u8], include_seed: bool) -> Result<()> 
     Ok(())
 }
 
-fn set_runs(
+/// Set the last run of each of `names` that is registered to what `run`
+/// makes of it (given its last run so far); `None` leaves it as it is.
+pub(crate) fn set_runs(
     ctx: &Ctx,
     names: &[PartitionName],
-    run: &dyn Fn(&PartitionName) -> RunRecord,
+    run: &dyn Fn(&PartitionName, Option<&RunRecord>) -> Option<RunRecord>,
 ) -> Result<()> {
     ctx.home.update(|reg| {
         for n in names {
             if let Some(rec) = reg.partitions.get_mut(n) {
-                rec.last_run = Some(run(n));
+                if let Some(r) = run(n, rec.last_run.as_ref()) {
+                    rec.last_run = Some(r);
+                }
             }
         }
         Ok(())
     })
+}
+
+/// Partition names for a message: `a, b`, or `no partition`.
+pub(crate) fn listed<T: ToString>(names: &[T]) -> String {
+    if names.is_empty() {
+        return "no partition".to_string();
+    }
+    names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn show(s: Shown) {
@@ -348,20 +387,27 @@ struct Watcher<'s, 'a> {
     /// The bundle file QEMU was given: removed at the first output (QEMU
     /// has loaded it by then), else when the watcher is dropped.
     bundle_file: TempFile,
-    /// An instance's lock and partitions: the lock says the hypervisor
-    /// talks at its first output, and the live status follows the states.
-    instance: Option<(crate::instance::Lock, Vec<PartitionName>)>,
+    /// An instance's lock: it says the hypervisor talks at its first
+    /// output, and the live status follows the partitions (those admitted
+    /// while it runs too) and their states.
+    instance: Option<crate::instance::Lock>,
     /// States last written to the live status.
     shown_states: std::collections::BTreeMap<u32, RunState>,
+    /// Named logs when the live status was last written.
+    shown_names: usize,
 }
 
 impl Watcher<'_, '_> {
-    /// Write the instance's live status if a state changed.
+    /// Write the instance's live status if a state changed or a partition
+    /// was admitted.
     fn follow_states(&mut self) {
-        let Some((lock, names)) = &self.instance else { return };
-        if self.session.states() != &self.shown_states {
+        let Some(lock) = &self.instance else { return };
+        let names = self.session.names();
+        if self.session.states() != &self.shown_states || names.0.len() != self.shown_names {
             self.shown_states = self.session.states().clone();
+            self.shown_names = names.0.len();
             crate::instance::write_status(&lock.dir(), names, &self.shown_states);
+            crate::roster::Roster::of_run(&names.0, &self.shown_states).save(&lock.dir());
         }
     }
 }
@@ -376,9 +422,9 @@ impl Watch for Watcher<'_, '_> {
                 "rvm-loader: the hypervisor is talking after {:.2} s",
                 t.as_secs_f64()
             );
-            if let Some((lock, names)) = &mut self.instance {
+            if let Some(lock) = &mut self.instance {
                 lock.note_running();
-                crate::instance::write_status(&lock.dir(), names, &self.shown_states);
+                crate::instance::write_status(&lock.dir(), self.session.names(), &self.shown_states);
             }
         }
         let session = &mut *self.session;
@@ -423,26 +469,32 @@ impl Watch for Watcher<'_, '_> {
 
 /// Boot `names` together.
 pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()> {
-    let (plan, images) = plan(ctx, names, opts)?;
+    let (mut plan, images) = plan(ctx, names, opts)?;
+    let resumes = opts.continuation.as_ref().map_or_else(Vec::new, |c| c.resumes.clone());
+    if let Some(c) = &opts.continuation {
+        plan.ids = c.ids.clone();
+        plan.resumes = c.resumes.iter().map(|(id, _, p)| (*id, p.clone())).collect();
+    }
     let bytes = bundler::build(&plan)?;
     if let Some(out) = &opts.bundle_out {
         write_bundle_out(out, &bytes, opts.include_witness_seed)?;
     }
-    let list: Vec<String> = plan.names().iter().map(ToString::to_string).collect();
+    let list = plan.names();
     if opts.no_boot {
         println!(
             "bundle for {} built ({} bytes); not booted (--no-boot)",
-            list.join(", "),
+            listed(&list),
             bytes.len()
         );
         return Ok(());
     }
+    let boot_hex = rvm_abi::hex::to_string(&plan.boot_id);
     // An instance holds this RVM_HOME's lock while it runs.
     let instance = match &opts.instance {
-        Some(_) => Some((crate::instance::Lock::take(ctx.home.root(), &plan.names())?, plan.names())),
+        Some(_) => Some(crate::instance::Lock::take(ctx.home.root(), &list, &boot_hex)?),
         None => None,
     };
-    let instance_dir = instance.as_ref().map(|(l, _)| l.dir());
+    let instance_dir = instance.as_ref().map(crate::instance::Lock::dir);
     let log_names = plan.log_names();
     let pins: Vec<(PartitionName, crate::model::KeyFingerprint)> = plan
         .partitions
@@ -458,7 +510,13 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         bundle_key: Some(plan.witness_key.public),
         pins: pins.clone(),
     };
-    let mut sink = Filed::open(&ctx.home, &log_names, policy).map_err(|e| {
+    if !resumes.is_empty() {
+        eprintln!(
+            "rvm-loader: continuing the last instance's logs: {}",
+            resumes.iter().map(|(_, n, p)| format!("{n} from record {}", p.size)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut sink = Filed::open(&ctx.home, &log_names, policy, &resumes).map_err(|e| {
         Error::failed(format!(
             "witness store {}: {e}; not booted (a run whose witness log cannot be filed does not start)",
             ctx.home.witness_dir().display()
@@ -492,22 +550,30 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     }
     eprintln!(
         "rvm-loader: booting {} under {} ({memory_mib} MiB, timeout {} s)",
-        list.join(", "),
+        listed(&list),
         Path::new(&program).display(),
         opts.timeout.as_secs()
     );
 
     let started = home::now_unix();
     let all = plan.names();
-    let boot_id = Some(rvm_abi::hex::to_string(&plan.boot_id));
-    set_runs(ctx, names, &|_| RunRecord {
-        started_unix: started,
-        ended_unix: None,
-        loader_pid: Some(std::process::id()),
-        state: RunState::Booting,
-        with: all.clone(),
-        outcome: None,
-        boot_id: boot_id.clone(),
+    let boot_id = Some(boot_hex);
+    // Each partition's id when the plan gives them (a continued instance).
+    let id_of = |n: &PartitionName| {
+        let at = all.iter().position(|x| x == n)?;
+        (!plan.ids.is_empty()).then(|| plan.id_of(at))
+    };
+    set_runs(ctx, names, &|n, _| {
+        Some(RunRecord {
+            started_unix: started,
+            ended_unix: None,
+            loader_pid: Some(std::process::id()),
+            state: RunState::Booting,
+            with: all.clone(),
+            outcome: None,
+            boot_id: boot_id.clone(),
+            partition_id: id_of(n),
+        })
     })?;
 
     let clock = Instant::now();
@@ -522,6 +588,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         bundle_file,
         instance,
         shown_states: std::collections::BTreeMap::new(),
+        shown_names: 0,
     };
     // Operator orders (`partition unfence|evict`) reach the run here.
     let control = crate::control::ControlServer::listen(
@@ -540,6 +607,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         splitter.finish(&mut |line| session.line(&line, &mut show));
     }
     let states = session.states().clone();
+    let seen = session.names().clone();
     let sink_error = session.sink_error().cloned();
     let exit_status = session.exit_status();
     drop(session);
@@ -567,12 +635,10 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         (Err(e), None) => e.to_string(),
     };
     let ended = home::now_unix();
+    // Partitions the hypervisor admitted while it ran (an instance's).
+    let admitted: Vec<PartitionName> = seen.0.iter().map(|(_, n)| n.clone()).filter(|n| !all.contains(n)).collect();
     let final_state = |n: &PartitionName| {
-        let id = all
-            .iter()
-            .position(|x| x == n)
-            .and_then(|i| u32::try_from(i).ok())
-            .map(bundler::partition_id);
+        let id = seen.0.iter().find(|(_, x)| x == n).map(|(id, _)| *id);
         match id.and_then(|id| states.get(&id)) {
             Some(
                 RunState::Booting | RunState::Running | RunState::Restarted | RunState::RolledBack,
@@ -581,16 +647,32 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
             Some(s) => *s,
         }
     };
-    set_runs(ctx, names, &|n| RunRecord {
-        started_unix: started,
-        ended_unix: Some(ended),
-        loader_pid: None,
-        state: final_state(n),
-        with: all.clone(),
-        outcome: Some(outcome.clone()),
-        boot_id: boot_id.clone(),
+    set_runs(ctx, names, &|n, _| {
+        Some(RunRecord {
+            started_unix: started,
+            ended_unix: Some(ended),
+            loader_pid: None,
+            state: final_state(n),
+            with: all.clone(),
+            outcome: Some(outcome.clone()),
+            boot_id: boot_id.clone(),
+            partition_id: id_of(n),
+        })
     })?;
-    for n in &all {
+    // An admitted partition's run ends with the instance's, if its last
+    // run is still this one.
+    set_runs(ctx, &admitted, &|n, last| {
+        let last = last.filter(|r| r.boot_id == boot_id && r.ended_unix.is_none())?;
+        Some(RunRecord {
+            ended_unix: Some(ended),
+            loader_pid: None,
+            state: final_state(n),
+            outcome: Some(outcome.clone()),
+            ..last.clone()
+        })
+    })?;
+    let pins = [pins, admitted_pins(ctx, &admitted)].concat();
+    for n in all.iter().chain(&admitted) {
         eprintln!(
             "rvm-loader: {n} at the end of the run: {}",
             final_state(n).name()
@@ -626,6 +708,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     }
     let ok = run.as_ref().is_ok_and(|r| r.exit == Exit::Code(0)) && exit_status == Some(0) && sink_error.is_none() && problems.is_empty();
     if let Some(dir) = &instance_dir {
+        crate::roster::Roster::of_run(&seen.0, &states).save(dir);
         crate::instance::write_ended(dir, &outcome, ok);
     }
     let r = run?;
@@ -652,8 +735,19 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     Ok(())
 }
 
-/// Verify every log a run filed, printing one line per log; the logs that
-/// do not verify are returned.
+/// The witness key pins (`witness_key_fingerprint`) of partitions admitted
+/// while the run went on, from the registry (checked at their admission).
+fn admitted_pins(ctx: &Ctx, admitted: &[PartitionName]) -> Vec<(PartitionName, crate::model::KeyFingerprint)> {
+    let Ok(reg) = ctx.home.load() else { return Vec::new() };
+    admitted
+        .iter()
+        .filter_map(|n| Some((n.clone(), reg.partitions.get(n)?.spec.witness_key_fingerprint?)))
+        .collect()
+}
+
+/// Verify every log a run filed, printing one line per log (those of
+/// partitions admitted while it ran among them); the logs that do not
+/// verify are returned.
 fn verify_filed(
     s: &crate::witness_sink::SinkSummary,
     pins: &[(PartitionName, crate::model::KeyFingerprint)],

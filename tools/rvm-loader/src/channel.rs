@@ -5,11 +5,16 @@
 //! each back into the line the UART would have carried, so the loader files
 //! them with the same code ([`crate::stream::Session`]).
 //!
-//! The other way, the operator's orders (`partition unfence|evict`) go to
-//! the hypervisor on the same connection as binary `Order` frames
-//! ([`OrderWriter`]), and every `control::ACK_EVERY` bytes read an `Ack` of
-//! the bytes read so far: the hypervisor sends no more than
-//! `control::WINDOW` beyond it.
+//! The other way, the operator's orders (`partition unfence|evict`) and
+//! admissions (`deploy` into a running instance) go to the hypervisor on the
+//! same connection as binary `Order` and `Admission` frames, which the
+//! control socket ([`crate::control`]) writes whole through a
+//! [`FrameWriter`], never more than `control::HOST_WINDOW` bytes beyond
+//! what the hypervisor's last `Credit` frame says it took; and every
+//! `control::ACK_EVERY` bytes read, an `Ack` of the bytes read so far: the
+//! hypervisor sends no more than `control::WINDOW` beyond it. Both windows
+//! together keep either side from waiting on the other: an acknowledgement
+//! is never more than a window of frames behind.
 //!
 //! A path too long for a socket address, or a socket that cannot be made,
 //! leaves the run without the channel: the machine then has no virtio
@@ -23,7 +28,22 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use rvm_abi::control::Decoder;
+use rvm_abi::control::{Decoder, Incoming, HOST_WINDOW};
+
+/// How long a frame for the hypervisor waits for room in its window.
+const CREDIT_WAIT: Duration = Duration::from_secs(60);
+
+/// The host's window (`control::HOST_WINDOW`): bytes of frames written to
+/// the hypervisor, and the bytes it said it took.
+#[derive(Default)]
+struct Window {
+    sent: u64,
+    taken: u64,
+    /// The connection is gone: nothing more will be taken.
+    closed: bool,
+}
+
+type Credit = Arc<(Mutex<Window>, std::sync::Condvar)>;
 
 /// The socket of the loader with process id `pid`.
 pub fn socket_path(home: &Path, pid: u32) -> PathBuf {
@@ -48,32 +68,56 @@ pub struct Channel {
     listener: Option<UnixListener>,
     /// QEMU's connection, once made: where orders are written.
     conn: Arc<Mutex<Option<UnixStream>>>,
+    credit: Credit,
 }
 
-/// Writes the operator's orders to the hypervisor: takes `@O` lines (as the
-/// order socket hands them over) and sends each as an `Order` frame.
-pub struct OrderWriter {
+/// Writes frames to the hypervisor on QEMU's connection. Each `write` is
+/// sent whole while the connection is held, so no acknowledgement the
+/// reader sends falls inside it: write one whole frame (or several) per
+/// call, as [`crate::control`] does.
+pub struct FrameWriter {
     conn: Arc<Mutex<Option<UnixStream>>>,
-    line: Vec<u8>,
+    credit: Credit,
 }
 
-impl Write for OrderWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        for &b in bytes {
-            if b != b'\n' {
-                self.line.push(b);
-                continue;
+impl FrameWriter {
+    /// Wait until `n` more bytes fit the host's window (one frame larger
+    /// than the window goes when nothing is in flight).
+    fn room_for(&self, n: u64) -> std::io::Result<()> {
+        let (lock, changed) = &*self.credit;
+        let mut w = lock.lock().map_err(|_| std::io::Error::other("channel window lock"))?;
+        let since = std::time::Instant::now();
+        loop {
+            let in_flight = w.sent.saturating_sub(w.taken);
+            if in_flight == 0 || in_flight + n <= HOST_WINDOW {
+                return Ok(());
             }
-            let line = std::mem::take(&mut self.line);
-            let order = rvm_abi::frame::OrderFrame::parse(&String::from_utf8_lossy(&line))
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an order line"))?;
-            let mut frame = Vec::new();
-            rvm_abi::control::write_order(&mut |b| frame.extend_from_slice(b), &order);
-            let mut guard = self.conn.lock().map_err(|_| std::io::Error::other("channel lock"))?;
-            let conn = guard
-                .as_mut()
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "QEMU has not connected the control channel"))?;
-            conn.write_all(&frame)?;
+            if w.closed {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the control channel closed"));
+            }
+            let left = CREDIT_WAIT.checked_sub(since.elapsed()).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the hypervisor took none of the last {in_flight} bytes sent to it in {} s", CREDIT_WAIT.as_secs()),
+                )
+            })?;
+            w = changed.wait_timeout(w, left).map_err(|_| std::io::Error::other("channel window lock"))?.0;
+        }
+    }
+}
+
+impl Write for FrameWriter {
+    /// Write `bytes`, one whole frame (or several), once the window has
+    /// room for them.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.room_for(bytes.len() as u64)?;
+        let mut guard = self.conn.lock().map_err(|_| std::io::Error::other("channel lock"))?;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "QEMU has not connected the control channel"))?;
+        conn.write_all(bytes)?;
+        if let Ok(mut w) = self.credit.0.lock() {
+            w.sent += bytes.len() as u64;
         }
         Ok(bytes.len())
     }
@@ -88,12 +132,12 @@ impl Channel {
     pub fn listen(path: PathBuf) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
-        Ok(Self { path, listener: Some(listener), conn: Arc::new(Mutex::new(None)) })
+        Ok(Self { path, listener: Some(listener), conn: Arc::new(Mutex::new(None)), credit: Credit::default() })
     }
 
-    /// Where the operator's orders for this run go.
-    pub fn order_writer(&self) -> OrderWriter {
-        OrderWriter { conn: self.conn.clone(), line: Vec::new() }
+    /// Where the frames for the hypervisor (orders, admissions) go.
+    pub fn frame_writer(&self) -> FrameWriter {
+        FrameWriter { conn: self.conn.clone(), credit: self.credit.clone() }
     }
 
     /// QEMU's arguments that give the machine its virtio console on this
@@ -120,12 +164,21 @@ impl Channel {
         use std::sync::atomic::Ordering;
         let listener = self.listener.take()?;
         let slot = self.conn.clone();
+        let credit = self.credit.clone();
+        // However the reader ends, frames waiting for room give up.
+        let close = move |credit: &Credit| {
+            if let Ok(mut w) = credit.0.lock() {
+                w.closed = true;
+            }
+            credit.1.notify_all();
+        };
         Some(std::thread::spawn(move || {
             let _ = listener.set_nonblocking(true);
             let mut conn = loop {
                 match listener.accept() {
                     Ok((c, _)) => break c,
                     Err(_) if stop.load(Ordering::Acquire) => {
+                        close(&credit);
                         let _ = tx.send(Event::End.into());
                         return;
                     }
@@ -160,16 +213,25 @@ impl Channel {
                 decoder.push(&buf[..n]);
                 while let Some(frame) = decoder.next_frame() {
                     let event = match frame {
+                        Ok(Incoming::Credit(taken)) => {
+                            if let Ok(mut w) = credit.0.lock() {
+                                w.taken = w.taken.max(taken);
+                            }
+                            credit.1.notify_all();
+                            continue;
+                        }
                         Ok(f) => Event::Frame(f.to_line()),
                         Err(e) => Event::Broken(e.to_string()),
                     };
                     let broken = matches!(event, Event::Broken(_));
                     if tx.send(event.into()).is_err() || broken {
+                        close(&credit);
                         let _ = tx.send(Event::End.into());
                         return;
                     }
                 }
             }
+            close(&credit);
             if decoder.pending() > 0 {
                 let _ = tx.send(Event::Broken(format!("the stream ended inside a frame ({} bytes left)", decoder.pending())).into());
             }
@@ -181,5 +243,59 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Bytes that arrive on `conn` within `wait`.
+    fn drain(conn: &mut UnixStream, wait: Duration) -> Vec<u8> {
+        conn.set_read_timeout(Some(wait)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn frames_for_the_hypervisor_wait_for_its_credit_and_give_up_when_the_channel_closes() {
+        let dir = std::env::temp_dir().join(format!("rvm-channel-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut channel = Channel::listen(dir.join("c.sock")).unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel::<Event>();
+        let reader = channel.read_into(tx, Arc::new(AtomicBool::new(false))).unwrap();
+        // QEMU's end.
+        let mut qemu = UnixStream::connect(dir.join("c.sock")).unwrap();
+        let frame = vec![7u8; 4096];
+        let mut writer = channel.frame_writer();
+        let writing = std::thread::spawn(move || {
+            for _ in 0..10 {
+                writer.write_all(&frame)?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        // Without credit, a window's worth arrives and no more.
+        let first = drain(&mut qemu, Duration::from_millis(500));
+        assert_eq!(first.len() as u64, HOST_WINDOW, "the host stops at its window");
+        // The hypervisor took 8 KiB: two more frames go.
+        let mut credit = Vec::new();
+        rvm_abi::control::Outgoing::Credit { taken: 8192 }.write_binary(&mut |b| credit.extend_from_slice(b));
+        qemu.write_all(&credit).unwrap();
+        let second = drain(&mut qemu, Duration::from_millis(500));
+        assert_eq!(second.len(), 8192);
+        // The machine goes away: the writer gives up instead of waiting.
+        drop(qemu);
+        let result = writing.join().unwrap();
+        assert!(result.is_err(), "a closed channel ends the wait");
+        reader.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

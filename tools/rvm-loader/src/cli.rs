@@ -58,7 +58,8 @@ enum Command {
     /// Register guest modules and boot a partition's guest.
     #[command(subcommand)]
     Guest(GuestCmd),
-    /// Deploy the folder of a partition manifest and boot it (`rvm launch`).
+    /// Deploy the folder of a partition manifest and boot it (`rvm launch`),
+    /// or admit it into this RVM_HOME's running instance.
     Launch {
         /// The partition manifest (rvm-partition.toml or rvm.manifest.toml);
         /// capability-table.json and wasm-guest.json are taken from its folder.
@@ -74,7 +75,8 @@ enum Command {
         boot: BootArgs,
     },
     /// Register, install capabilities and boot a folder of adapter files in
-    /// one step, without running its install-rvm.sh.
+    /// one step, without running its install-rvm.sh (while this RVM_HOME's
+    /// instance runs, admit it into that instance instead of booting).
     Deploy {
         /// Folder holding rvm-partition.toml (or rvm.manifest.toml),
         /// capability-table.json and wasm-guest.json.
@@ -131,7 +133,8 @@ const INSTANCE_LONG: &str = "\
 A long-lived RVM instance of this RVM_HOME.
 
 `instance start` boots the named partitions (all that have a guest when
-none is named) in the background, as `up` would, but the hypervisor keeps
+none is named; none at all when no partition has a guest yet) in the
+background, as `up` would, but the hypervisor keeps
 running when they have finished or all wait: there is no timeout and no run
 budget. One instance per RVM_HOME ($RVM_HOME/instance/instance.json is its
 lock). `instance status` shows its partitions' states as the witness
@@ -141,15 +144,22 @@ powers off, and the logs are filed and verified as after `up`. The
 instance's console and the loader's report are in
 $RVM_HOME/instance/console.log.
 
-While an instance runs, `partition unfence|evict` reach it. Admitting
-partitions into a running instance is not built yet: `up`, `deploy` and
-`guest boot` start a run of their own.";
+While an instance runs, `deploy`, `launch` and `guest boot` admit their
+partition into it instead of booting a hypervisor of their own: the
+admission, signed with the operator key, goes through the instance's control
+socket and channel, and the hypervisor's answer is printed (exit 2 with its
+reason when it refuses). Admitted partitions are listed by `instance
+status`, their witness logs are filed under their names and verified at
+`instance stop`, and `partition unfence|evict` reach them as the others.
+`up` is refused while an instance runs (both would file the same witness
+logs).";
 
 #[derive(Subcommand, Debug)]
 enum InstanceCmd {
     /// Boot partitions as this RVM_HOME's instance, in the background.
     Start {
-        /// Partitions to boot, in boot order (default: all with a guest).
+        /// Partitions to boot, in boot order (default: all with a guest;
+        /// none if no partition has one yet).
         names: Vec<String>,
         #[command(flatten)]
         run: InstanceArgs,
@@ -188,6 +198,11 @@ struct InstanceArgs {
     /// Give partitions A and B a channel between them (repeatable).
     #[arg(long = "link", value_name = "A:B", value_parser = parse_link)]
     links: Vec<commands::Link>,
+    /// Do not continue the last instance of this RVM_HOME: every log
+    /// starts anew (the earlier files go to the archive) and only the
+    /// named partitions (default: all with a guest) boot.
+    #[arg(long)]
+    fresh: bool,
 }
 
 impl InstanceArgs {
@@ -206,6 +221,9 @@ impl InstanceArgs {
         for l in &self.links {
             a.extend(["--link".to_string(), l.to_string()]);
         }
+        if self.fresh {
+            a.push("--fresh".into());
+        }
         a
     }
 
@@ -221,6 +239,7 @@ impl InstanceArgs {
             links: self.links.clone(),
             include_witness_seed: false,
             instance: None,
+            continuation: None,
         };
         crate::instance::serve_options(opts, instance_dir)
     }
@@ -274,8 +293,9 @@ enum PartitionCmd {
 const ORDER_LONG: &str = "\
 An operator's order to the hypervisor running the partition.
 
-The order goes to the control socket of the loader that booted it
-($RVM_HOME/run/loader-<pid>.sock, open while `up` or `guest boot` runs),
+The order goes to the control socket of the loader that booted it, or of
+the instance it was admitted into ($RVM_HOME/run/loader-<pid>.sock, open
+while `up`, `guest boot` or the instance runs),
 signed with this RVM_HOME's operator key ($RVM_HOME/keys/operator.seed,
 whose public half is in every bundle booted from here) over the digest of
 the bundle that instance booted, with a fresh nonce. The hypervisor verifies
@@ -545,7 +565,8 @@ enum GuestCmd {
     },
     /// List registered guest modules.
     List,
-    /// Bind a partition's guest from wasm-guest.json and boot it.
+    /// Bind a partition's guest from wasm-guest.json and boot it (or admit
+    /// it into this RVM_HOME's running instance).
     Boot {
         /// The registered partition.
         #[arg(long, value_name = "NAME")]
@@ -622,6 +643,7 @@ impl BootArgs {
             links: self.links.clone(),
             include_witness_seed: self.include_witness_seed,
             instance: None,
+            continuation: None,
         }
     }
 }
@@ -769,6 +791,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Instance(InstanceCmd::Start { names, run }) => {
+            // Refused here, before anything starts, if the last instance's
+            // logs cannot continue.
+            if !run.fresh && crate::instance::running(ctx.home.root()).is_none() {
+                let extra = partition_names(&names)?;
+                if let Some(c) = crate::roster::continuation(&ctx.home, &extra)? {
+                    println!(
+                        "continuing the last instance: {} ({} logs go on)",
+                        if c.names.is_empty() { "no partition".to_string() } else { c.names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") },
+                        c.resumes.len()
+                    );
+                }
+            }
             let mut args = vec!["instance".to_string(), "serve".to_string()];
             args.extend(names.iter().cloned());
             args.extend(run.to_args());
@@ -776,11 +810,33 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Instance(InstanceCmd::Serve { names, run }) => {
             let dir = ctx.home.root().join(crate::instance::INSTANCE_DIR);
-            commands::up(&ctx, &names, &run.options(dir))
+            let mut opts = run.options(dir);
+            if run.fresh {
+                crate::roster::Roster::forget(ctx.home.root());
+                return commands::up(&ctx, &names, &opts);
+            }
+            let extra = partition_names(&names)?;
+            match crate::roster::continuation(&ctx.home, &extra)? {
+                Some(c) => {
+                    // Exactly these (none, if every partition left).
+                    let names = c.names.clone();
+                    opts.continuation = Some(c);
+                    crate::boot::boot(&ctx, &names, &opts)
+                }
+                None => commands::up(&ctx, &names, &opts),
+            }
         }
         Command::Instance(InstanceCmd::Status { json }) => crate::instance::status(&ctx.home, json),
         Command::Instance(InstanceCmd::Stop) => crate::instance::stop(&ctx.home),
     }
+}
+
+/// Partition names from the command line, checked.
+fn partition_names(names: &[String]) -> crate::error::Result<Vec<crate::model::PartitionName>> {
+    names
+        .iter()
+        .map(|n| crate::model::PartitionName::new(n).map_err(|e| Error::refused(format!("partition name {n}"), e.to_string())))
+        .collect()
 }
 
 /// Entry point of both binaries.

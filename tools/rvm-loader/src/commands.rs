@@ -386,7 +386,7 @@ pub fn guest_boot(
         reg.partition_mut(&name)?.guest = Some(b.binding.clone());
         Ok(())
     })?;
-    boot(ctx, &[name], opts)
+    boot_or_admit(ctx, &[name], opts)
 }
 
 /// `deploy FOLDER` (and `launch --partition MANIFEST`): register, install
@@ -488,7 +488,36 @@ pub fn deploy(
         println!("not booted: no guest module (--no-boot)");
         return Ok(());
     }
-    boot(ctx, &[m.spec.name], opts)
+    boot_or_admit(ctx, &[m.spec.name], opts)
+}
+
+/// Boot `names`, or, while this home's instance runs, admit them into it
+/// ([`crate::admission`]). `--no-boot` only builds the bundle, as ever.
+fn boot_or_admit(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()> {
+    match crate::instance::running(ctx.home.root()) {
+        Some(r) if !opts.no_boot => {
+            for flag in unused_by_admission(opts) {
+                eprintln!("warning: {flag} does nothing for an admission into the running instance (loader pid {}): the instance's own settings apply", r.pid);
+            }
+            crate::admission::admit(ctx, names, r.pid)
+        }
+        _ => boot(ctx, names, opts),
+    }
+}
+
+/// The boot options given that an admission does not use (the instance
+/// was booted with its own).
+fn unused_by_admission(opts: &BootOptions) -> Vec<&'static str> {
+    [
+        (opts.image_dir.is_some(), "--image-dir"),
+        (opts.qemu.is_some(), "--qemu"),
+        (opts.bundle_out.is_some(), "--bundle-out"),
+        (opts.live_witness, "--show-witness"),
+        (opts.journal, "--journal"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect()
 }
 
 /// `launch --partition MANIFEST`: deploy the folder the manifest is in.
@@ -552,8 +581,22 @@ fn one_partition_boot(command: &str, opts: &BootOptions) -> Result<()> {
 }
 
 /// `up [NAME...]`: boot registered partitions together (all that have a guest
-/// when no name is given).
+/// when no name is given). Refused while this home's instance runs (both
+/// would file the same witness logs), except as that instance
+/// (`instance serve`), which boots with no partition at all when none has a
+/// guest yet, and with `--no-boot`.
 pub fn up(ctx: &Ctx, names: &[String], opts: &BootOptions) -> Result<()> {
+    if opts.instance.is_none() && !opts.no_boot {
+        if let Some(r) = crate::instance::running(ctx.home.root()) {
+            return Err(Error::refused(
+                "up",
+                format!(
+                    "an instance of this RVM_HOME is running (loader pid {}), and a second hypervisor would write the same witness logs: admit partitions into it with `rvm-loader deploy FOLDER` or `rvm-loader guest boot`, or stop it first with `rvm-loader instance stop`",
+                    r.pid
+                ),
+            ));
+        }
+    }
     let names: Vec<PartitionName> = if names.is_empty() {
         let reg = ctx.home.load()?;
         let all: Vec<PartitionName> = reg
@@ -562,7 +605,7 @@ pub fn up(ctx: &Ctx, names: &[String], opts: &BootOptions) -> Result<()> {
             .filter(|(_, r)| r.guest.is_some())
             .map(|(n, _)| n.clone())
             .collect();
-        if all.is_empty() {
+        if all.is_empty() && opts.instance.is_none() {
             return Err(Error::refused(
                 "up",
                 "no registered partition has a guest (deploy one first)",

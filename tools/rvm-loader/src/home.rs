@@ -140,6 +140,11 @@ pub struct RunRecord {
     /// The run's boot id (hex): what `caps prove` signs by default.
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// Its partition id in that run, when the hypervisor named it (a
+    /// partition admitted into a running instance); else its position in
+    /// `with`, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_id: Option<u32>,
 }
 
 /// A registered partition.

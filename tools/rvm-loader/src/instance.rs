@@ -1,7 +1,8 @@
 //! A long-lived RVM instance: `rvm-loader instance start|status|stop`.
 //!
 //! `instance start` boots the named partitions (all with a guest when none
-//! is named) like `up`, but in the background and as an *instance*: the
+//! is named; none at all when no partition has a guest yet) like `up`, but
+//! in the background and as an *instance*: the
 //! bundle carries [`BOOT_FLAG_INSTANCE`](rvm_abi::bundle::BOOT_FLAG_INSTANCE),
 //! so the hypervisor keeps running when its partitions have finished or all
 //! wait, with no run budget and no timeout, until `instance stop` sends it
@@ -12,11 +13,14 @@
 //! One instance per `RVM_HOME`. Its folder `RVM_HOME/instance/` holds:
 //!
 //! * `instance.json` — the lock: the background loader's pid, when it
-//!   started, the partitions, and whether the hypervisor is talking yet.
+//!   started, the partitions it booted, its boot id, and whether the
+//!   hypervisor is talking yet.
 //!   Created with `O_EXCL` by that loader and removed when it ends; a lock
 //!   whose process is gone is stale and replaced.
 //! * `status.json` — the partitions' states as the hypervisor's witness
-//!   records report them, rewritten whenever one changes.
+//!   records report them, rewritten whenever one changes or a partition is
+//!   admitted (`deploy` and `guest boot` admit theirs into a running
+//!   instance: [`crate::admission`]).
 //! * `console.log` — the background loader's output: the console, its
 //!   progress, the run's summary.
 //! * `ended.json` — how the last instance ended (written as it ends).
@@ -30,6 +34,7 @@ use crate::boot::BootOptions;
 use crate::error::{Error, Result};
 use crate::home::{Home, RunState};
 use crate::model::PartitionName;
+use crate::witness_sink::LogNames;
 
 /// The instance folder under `RVM_HOME`.
 pub const INSTANCE_DIR: &str = "instance";
@@ -47,16 +52,22 @@ pub struct InstanceRecord {
     /// The background loader that runs it.
     pub pid: u32,
     pub started_unix: u64,
+    /// The partitions it booted (not those admitted since).
     pub partitions: Vec<String>,
     /// The hypervisor has spoken (it booted).
     pub running: bool,
+    /// The boot id (hex) of the bundle it booted: the run admitted
+    /// partitions take part in.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// The partitions' live states.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstanceStatus {
     pub updated_unix: u64,
-    /// (partition, state) in boot order.
+    /// (partition, state): those booted in boot order, then those
+    /// admitted, in the order the hypervisor admitted them.
     pub partitions: Vec<(String, String)>,
 }
 
@@ -105,8 +116,9 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Take the lock of `home` for `partitions`, or say who holds it.
-    pub fn take(home: &Path, partitions: &[PartitionName]) -> Result<Self> {
+    /// Take the lock of `home` for an instance booting `partitions` in the
+    /// bundle of boot id `boot_id` (hex), or say who holds it.
+    pub fn take(home: &Path, partitions: &[PartitionName], boot_id: &str) -> Result<Self> {
         let path = lock_path(home);
         std::fs::create_dir_all(dir(home)).map_err(|e| Error::failed(format!("{}: {e}", dir(home).display())))?;
         if let Some(r) = running(home) {
@@ -132,6 +144,7 @@ impl Lock {
             started_unix: crate::home::now_unix(),
             partitions: partitions.iter().map(ToString::to_string).collect(),
             running: false,
+            boot_id: Some(boot_id.to_string()),
         };
         let text = serde_json::to_string_pretty(&record).map_err(|e| Error::failed(e.to_string()))?;
         let mut f = rvm_witness_host::files::create_new(&path, 0o600).map_err(|e| {
@@ -166,22 +179,42 @@ fn already(r: &InstanceRecord) -> Error {
             "an instance is already running in this RVM_HOME (loader pid {}, started {} s ago, partitions {}); stop it with `rvm-loader instance stop`",
             r.pid,
             crate::home::now_unix().saturating_sub(r.started_unix),
-            r.partitions.join(", ")
+            crate::boot::listed(&r.partitions)
         ),
     )
 }
 
-/// Write the live status of `names` (by log id, from 1) from `states`.
-pub fn write_status(dir: &Path, names: &[PartitionName], states: &std::collections::BTreeMap<u32, RunState>) {
+/// Write the live status of the partitions `names` (log id → name: those
+/// booted and those admitted) from `states` (by log id).
+pub fn write_status(dir: &Path, names: &LogNames, states: &std::collections::BTreeMap<u32, RunState>) {
     let partitions = names
+        .0
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let id = crate::bundler::partition_id(u32::try_from(i).unwrap_or(u32::MAX));
-            (n.to_string(), states.get(&id).map_or("booting", |s| s.name()).to_string())
-        })
+        .map(|(id, n)| (n.to_string(), states.get(id).map_or("booting", |s| s.name()).to_string()))
         .collect();
     let _ = write_json(&dir.join("status.json"), &InstanceStatus { updated_unix: crate::home::now_unix(), partitions });
+}
+
+/// The live status of `home`'s instance (empty when there is none yet).
+pub fn live_status(home: &Path) -> InstanceStatus {
+    std::fs::read_to_string(dir(home).join("status.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Every partition of the instance `r`: those it booted, then those
+/// admitted since (from its live status), each with its live state and
+/// whether it was admitted.
+fn partitions_of(r: &InstanceRecord, live: &InstanceStatus) -> Vec<(String, String, bool)> {
+    let state = |n: &str| live.partitions.iter().find(|(p, _)| p == n).map_or("booting", |(_, s)| s.as_str()).to_string();
+    let booted = r.partitions.iter().map(|n| (n.clone(), state(n), false));
+    let admitted = live
+        .partitions
+        .iter()
+        .filter(|(n, _)| !r.partitions.contains(n))
+        .map(|(n, s)| (n.clone(), s.clone(), true));
+    booted.chain(admitted).collect()
 }
 
 /// Note how the instance ended.
@@ -221,9 +254,9 @@ pub fn start(home: &Home, serve_args: &[String]) -> Result<()> {
     loop {
         if let Some(r) = running(home.root()).filter(|r| r.running) {
             println!(
-                "instance started: loader pid {}, partitions {}; console {}; `rvm-loader instance status`, `rvm-loader instance stop`",
+                "instance started: loader pid {}, partitions: {}; console {}; `rvm-loader instance status`, `rvm-loader instance stop`",
                 r.pid,
-                r.partitions.join(", "),
+                crate::boot::listed(&r.partitions),
                 console.display()
             );
             return Ok(());
@@ -263,21 +296,16 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
         }
         return Ok(());
     };
-    let live: InstanceStatus = std::fs::read_to_string(dir(home.root()).join("status.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let parts = partitions_of(&r, &live_status(home.root()));
     let records = |name: &str| {
         std::fs::metadata(home.witness_dir().join(format!("{name}.log"))).map_or(0, |m| m.len() / 64)
     };
     let uptime = crate::home::now_unix().saturating_sub(r.started_unix);
     if json {
-        let parts: Vec<_> = r
-            .partitions
+        let parts: Vec<_> = parts
             .iter()
-            .map(|n| {
-                let state = live.partitions.iter().find(|(p, _)| p == n).map_or("booting", |(_, s)| s.as_str());
-                serde_json::json!({ "name": n, "state": state, "records": records(n) })
+            .map(|(n, state, admitted)| {
+                serde_json::json!({ "name": n, "state": state, "admitted": admitted, "records": records(n) })
             })
             .collect();
         println!(
@@ -294,9 +322,12 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("instance running: loader pid {}, up {uptime} s{}", r.pid, if r.running { "" } else { " (booting)" });
-    for n in &r.partitions {
-        let state = live.partitions.iter().find(|(p, _)| p == n).map_or("booting", |(_, s)| s.as_str());
-        println!("  {n}: {state}, {} witness records filed", records(n));
+    if parts.is_empty() {
+        println!("  no partition yet (`rvm-loader deploy FOLDER` admits one)");
+    }
+    for (n, state, admitted) in &parts {
+        let how = if *admitted { " (admitted)" } else { "" };
+        println!("  {n}{how}: {state}, {} witness records filed", records(n));
     }
     println!("  hypervisor: {} witness records filed", records("hypervisor"));
     Ok(())
@@ -338,4 +369,33 @@ pub fn serve_options(mut opts: BootOptions, instance_dir: PathBuf) -> BootOption
     opts.instance = Some(instance_dir);
     opts.timeout = INSTANCE_TIMEOUT;
     opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_status_lists_admitted_partitions_after_those_booted() {
+        let home = std::env::temp_dir().join(format!("rvm-instance-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(dir(&home)).unwrap();
+        let n = |s: &str| PartitionName::new(s).unwrap();
+        // Log 1 booted; log 4 admitted while the instance ran.
+        let names = LogNames(vec![(1, n("a")), (4, n("tenant"))]);
+        let states = std::collections::BTreeMap::from([(4, RunState::Running), (1, RunState::Exited)]);
+        write_status(&dir(&home), &names, &states);
+        let live = live_status(&home);
+        assert_eq!(live.partitions, [("a".to_string(), "exited".to_string()), ("tenant".to_string(), "running".to_string())]);
+        let record = InstanceRecord { pid: 1, started_unix: 0, partitions: vec!["a".into(), "b".into()], running: true, boot_id: None };
+        assert_eq!(
+            partitions_of(&record, &live),
+            [
+                ("a".to_string(), "exited".to_string(), false),
+                ("b".to_string(), "booting".to_string(), false),
+                ("tenant".to_string(), "running".to_string(), true),
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&home);
+    }
 }

@@ -5,11 +5,14 @@
 //! adapter's files into the [`model`]; [`home`] keeps registrations under
 //! `RVM_HOME`; [`resolve`] and [`wasm`] find and check guest modules;
 //! [`bundler`] lays out the bundle; [`boot`], [`qemu`], [`stream`] and
-//! [`witness_sink`] run it and file its witness logs; [`folder`] and
+//! [`witness_sink`] run it and file its witness logs; [`instance`] keeps
+//! one running in the background, [`control`] and [`channel`] carry orders
+//! and [`admission`]s of tenants to it; [`folder`] and
 //! [`commands`] put it together for [`cli`], with [`witness_cli`] (the
 //! `witness` commands) and [`approval`] (`caps prove`).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod approval;
 pub mod board;
 pub mod boot;
@@ -31,6 +34,7 @@ pub mod parse;
 pub mod qemu;
 pub mod replay;
 pub mod resolve;
+pub mod roster;
 pub mod source;
 pub mod stream;
 pub mod wasm;

@@ -244,9 +244,9 @@ pub fn run(
     watch.started(child.0.id());
     // Orders go on the control channel when the run has one, else into
     // the UART's receive side.
-    let orders: Option<Box<dyn std::io::Write + Send>> = match (&channel, child.0.stdin.take()) {
-        (Some(ch), _) => Some(Box::new(ch.order_writer())),
-        (None, Some(stdin)) => Some(Box::new(stdin)),
+    let orders = match (&channel, child.0.stdin.take()) {
+        (Some(ch), _) => Some(crate::control::Input::Channel(Box::new(ch.frame_writer()))),
+        (None, Some(stdin)) => Some(crate::control::Input::Uart(Box::new(stdin))),
         (None, None) => None,
     };
     if let (Some(c), Some(w)) = (control.as_ref(), orders) {

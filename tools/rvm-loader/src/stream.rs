@@ -5,6 +5,7 @@
 //! its exit frame (`@X`, a whole line: guests' lines all start `[name] `).
 
 use crate::home::RunState;
+use crate::model::PartitionName;
 use crate::witness_sink::{LogNames, SinkError, WitnessSink};
 use rvm_abi::frame::{ExitFrame, Frame};
 use rvm_abi::journal::{self, JournalFrame};
@@ -19,6 +20,19 @@ pub const CONSOLE_LINE_MAX: usize = 4096;
 
 /// How a journal line starts.
 const JOURNAL_PREFIX: &[u8] = b"@J ";
+
+/// How a name line starts: `@N <log> <name>`, the console form of
+/// `rvm_abi::control::Outgoing::Name` (a partition created at run time).
+const NAME_PREFIX: &str = "@N ";
+
+/// The log and partition name of an `@N` line; `None` when it does not
+/// read (the hypervisor's own log 0 is never named this way).
+fn parse_name_line(line: &str) -> Option<(u32, PartitionName)> {
+    let mut parts = line.strip_prefix(NAME_PREFIX)?.split(' ');
+    let log: u32 = parts.next()?.parse().ok()?;
+    let name = PartitionName::new(parts.next()?).ok()?;
+    (log != HYPERVISOR_LOG && parts.next().is_none()).then_some((log, name))
+}
 
 /// Splits a byte stream into lines (`\n`, with an optional `\r` before it).
 #[derive(Debug, Default)]
@@ -178,6 +192,10 @@ impl<'a> Session<'a> {
             self.journal_line(line, show);
             return;
         }
+        if line.starts_with(NAME_PREFIX) {
+            self.name_line(line, show);
+            return;
+        }
         if !Frame::is_frame_line(line) {
             show(Shown::Console(printable(line)));
             return;
@@ -209,6 +227,36 @@ impl<'a> Session<'a> {
         }
         if let Frame::Record { bytes, .. } = frame {
             self.follow(&bytes, show);
+        }
+    }
+
+    /// A name line (`@N <log> <name>`): the log of a partition created at
+    /// run time is known by its name from now on, and the sink files it
+    /// under that name. A name the sink cannot take is shown, and the run
+    /// goes on (its records are still filed, under the log's number).
+    fn name_line(&mut self, line: &str, show: &mut dyn FnMut(Shown)) {
+        let Some((log, name)) = parse_name_line(line) else {
+            self.damaged += 1;
+            self.sink.damaged(line);
+            show(Shown::Progress("damaged name frame on the console (ignored)".into()));
+            return;
+        };
+        let added = match self.names.add(log, &name) {
+            Ok(added) => added,
+            Err(e) => {
+                show(Shown::Progress(format!("the hypervisor named log {log} {name}, but {e} (ignored)")));
+                return;
+            }
+        };
+        if let Err(e) = self.sink.name(log, &name) {
+            if added {
+                self.names.remove(log);
+            }
+            show(Shown::Progress(format!("{e} (ignored)")));
+            return;
+        }
+        if added {
+            show(Shown::Progress(format!("{name}: admitted as partition {log}")));
         }
     }
 
@@ -271,6 +319,12 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Which partition each log belongs to: those booted, then those
+    /// created at run time in the order the hypervisor named them.
+    pub fn names(&self) -> &LogNames {
+        &self.names
+    }
+
     /// The last state seen for each partition id.
     pub fn states(&self) -> &BTreeMap<u32, RunState> {
         &self.states
@@ -297,7 +351,6 @@ impl<'a> Session<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PartitionName;
     use crate::witness_sink::NotFiled;
     use rvm_abi::witness::Outcome;
 
@@ -393,6 +446,50 @@ mod tests {
                 Shown::Progress("the hypervisor is powering off: exit status 3".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_partition_named_at_run_time_has_its_records_filed_under_its_name() {
+        use crate::witness_sink::{Filed, KeyPolicy};
+        let root = std::env::temp_dir().join(format!("rvm-loader-session-name-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let home = crate::home::Home::new(&root);
+        let n = |s: &str| PartitionName::new(s).unwrap();
+        let names = LogNames(vec![(1, n("a"))]);
+        let mut sink = Filed::open(&home, &names, KeyPolicy::default(), &[]).unwrap();
+        let mut shown = Vec::new();
+        {
+            let mut s = Session::new(names, &mut sink);
+            for l in [
+                event(KernelEvent::PartitionStart, 1),
+                "@N 2 tenant".to_string(),
+                event(KernelEvent::PartitionCreate, 2),
+                event(KernelEvent::PartitionStart, 2),
+                // Another name for log 2, a taken name, lines that do not read.
+                "@N 2 other".to_string(),
+                "@N 3 a".to_string(),
+                // A name the sink refuses (the hypervisor's log has it).
+                "@N 4 hypervisor".to_string(),
+                "@N 0 boss".to_string(),
+                "@N x tenant".to_string(),
+            ] {
+                s.line(l.trim_end(), &mut |x| shown.push(x));
+            }
+            assert_eq!(s.names(), &LogNames(vec![(1, n("a")), (2, n("tenant"))]));
+            assert_eq!(s.states()[&2], RunState::Running);
+            assert_eq!(s.damaged, 2);
+            assert!(s.sink_error().is_none(), "a name refused does not stop the run");
+        }
+        let summary = WitnessSink::finish(&mut sink).unwrap();
+        let filed: Vec<(u32, &str)> = summary.logs.iter().map(|l| (l.log, l.name.as_str())).collect();
+        assert_eq!(filed, [(1, "a"), (2, "tenant")]);
+        let tenant = std::fs::metadata(home.witness_dir().join("tenant.log")).unwrap();
+        assert_eq!(tenant.len(), 2 * rvm_abi::witness::RECORD_LEN as u64);
+        assert!(shown.contains(&Shown::Progress("tenant: admitted as partition 2".into())), "{shown:?}");
+        assert!(shown.contains(&Shown::Progress("tenant: running".into())), "{shown:?}");
+        let refused: Vec<&Shown> = shown.iter().filter(|x| matches!(x, Shown::Progress(p) if p.ends_with("(ignored)"))).collect();
+        assert_eq!(refused.len(), 5, "{shown:?}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

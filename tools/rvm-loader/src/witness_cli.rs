@@ -153,18 +153,29 @@ pub fn names_for(reg: &Registry, log: &LogTarget) -> LogNames {
             .and_then(|n| reg.partitions.get(&n))
             .and_then(|r| r.last_run.as_ref())
     };
-    let pairs = run.map_or_else(Vec::new, |r| {
-        r.with
+    let Some(run) = run else {
+        return LogNames::new();
+    };
+    // Every partition of that boot (an instance's admitted ones too, each
+    // under the id the hypervisor gave it); without a boot id, those the
+    // run booted, by position.
+    let id_in = |r: &crate::home::RunRecord, n: &PartitionName| {
+        r.partition_id.or_else(|| {
+            let i = r.with.iter().position(|x| x == n)?;
+            Some(crate::bundler::partition_id(u32::try_from(i).ok()?))
+        })
+    };
+    let pairs: Vec<(u32, &str)> = match &run.boot_id {
+        Some(boot) => reg
+            .partitions
             .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                Some((
-                    crate::bundler::partition_id(u32::try_from(i).ok()?),
-                    n.as_str(),
-                ))
+            .filter_map(|(n, p)| {
+                let r = p.last_run.as_ref().filter(|r| r.boot_id.as_ref() == Some(boot))?;
+                Some((id_in(r, n)?, n.as_str()))
             })
-            .collect()
-    });
+            .collect(),
+        None => run.with.iter().filter_map(|n| Some((id_in(run, n)?, n.as_str()))).collect(),
+    };
     LogNames::from_pairs(pairs).unwrap_or_default()
 }
 

@@ -46,6 +46,26 @@ impl LogNames {
         self.0.iter().find(|(id, _)| *id == log).map(|(_, n)| n)
     }
 
+    /// Name log `log` (a partition created at run time, `@N`); whether it
+    /// was new. Refused when the log has another name or another log has
+    /// this one; naming a log again with its own name changes nothing.
+    pub fn add(&mut self, log: u32, name: &PartitionName) -> Result<bool, String> {
+        match self.0.iter().find(|(id, n)| *id == log || n == name) {
+            Some((id, n)) if *id == log && n == name => Ok(false),
+            Some((id, n)) if *id == log => Err(format!("log {log} is already named {n}")),
+            Some((id, _)) => Err(format!("{name} already names log {id}")),
+            None => {
+                self.0.push((log, name.clone()));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Forget the name of log `log`.
+    pub fn remove(&mut self, log: u32) {
+        self.0.retain(|(id, _)| *id != log);
+    }
+
     /// The same mapping for `rvm-witness-host` (which adds `hypervisor` for
     /// log 0).
     pub fn to_host(&self) -> Result<rvm_witness_host::LogNames, String> {
@@ -103,6 +123,12 @@ pub trait WitnessSink {
     /// An input-journal entry (`@J`), with its line as it arrived.
     fn journal(&mut self, frame: &JournalFrame, line: &str) -> Result<(), SinkError> {
         let _ = (frame, line);
+        Ok(())
+    }
+    /// Log `log` belongs to partition `name`, created while the hypervisor
+    /// runs (`@N`, before that log's first frame).
+    fn name(&mut self, log: u32, name: &PartitionName) -> Result<(), SinkError> {
+        let _ = (log, name);
         Ok(())
     }
     /// The run is over.
@@ -194,9 +220,18 @@ pub struct Filed {
 }
 
 impl Filed {
-    /// A sink filing under `home`'s witness directory (created if needed).
-    pub fn open(home: &Home, names: &LogNames, policy: KeyPolicy) -> Result<Self, String> {
-        let recorder = Recorder::new(home.root(), names.to_host()?).map_err(|e| e.to_string())?;
+    /// A sink filing under `home`'s witness directory (created if needed);
+    /// the logs in `resumes` (log id, name, where) continue their files.
+    pub fn open(
+        home: &Home,
+        names: &LogNames,
+        policy: KeyPolicy,
+        resumes: &[(u32, String, rvm_witness_host::ResumePoint)],
+    ) -> Result<Self, String> {
+        let mut recorder = Recorder::new(home.root(), names.to_host()?).map_err(|e| e.to_string())?;
+        for (id, name, point) in resumes {
+            recorder.resume(*id, name, point).map_err(|e| format!("{name}.log cannot continue: {e}"))?;
+        }
         Ok(Self {
             recorder: Some(recorder),
             journals: BTreeMap::new(),
@@ -235,6 +270,17 @@ impl WitnessSink for Filed {
         self.recorder()?
             .frame(frame)
             .map_err(|e| SinkError::Store(e.to_string()))
+    }
+
+    fn name(&mut self, log: u32, name: &PartitionName) -> Result<(), SinkError> {
+        if let Some(r) = &self.refused {
+            return Err(SinkError::Refused(r.clone()));
+        }
+        self.recorder()?.name(log, name.as_str()).map_err(|e| {
+            let m = format!("witness: {e}; log {log}'s records are filed under another name");
+            self.counts.warnings.push(m.clone());
+            SinkError::Store(m)
+        })
     }
 
     fn damaged(&mut self, line: &str) {
@@ -395,6 +441,7 @@ mod tests {
                 bundle_key: Some(announced),
                 pins: vec![(PartitionName::new("tenant").unwrap(), pin)],
             },
+            &[],
         )
         .unwrap();
         let e = sink.frame(&Frame::Key { public: announced }).unwrap_err();

@@ -12,57 +12,9 @@ mod common;
 
 use common::*;
 use rvm_abi::bundle::{Bundle, ChannelDesc, EntryKind};
-use rvm_abi::frame::{ExitFrame, Frame};
+use rvm_abi::frame::Frame;
 use rvm_abi::witness::{KernelEvent, Outcome, WitnessOp, WitnessRecord};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
-struct FakeQemu {
-    dir: TempDir,
-}
-
-impl FakeQemu {
-    /// `serial` is printed; then the script runs `tail` (shell) and exits `code`.
-    fn new(serial: &str, tail: &str, code: i32) -> Self {
-        let dir = TempDir::new("qemu");
-        std::fs::write(dir.join("serial.txt"), serial).unwrap();
-        let d = dir.path().display();
-        let script = format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/args.txt\nprev=\nfor a in \"$@\"; do\n  if [ \"$prev\" = -initrd ]; then cp \"$a\" {d}/bundle.bin; fi\n  prev=$a\ndone\necho $$ > {d}/pid\ncat {d}/serial.txt\n{tail}\nexit {code}\n"
-        );
-        let path = dir.join("qemu-system-aarch64");
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self { dir }
-    }
-    fn path(&self) -> PathBuf {
-        self.dir.join("qemu-system-aarch64")
-    }
-    fn args(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("args.txt"))
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-    fn bundle(&self) -> Vec<u8> {
-        std::fs::read(self.dir.join("bundle.bin")).unwrap()
-    }
-    fn pid(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pid"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-}
-
-/// The hypervisor's exit frame as one console line, without its line end.
-fn exit_line(code: u32) -> String {
-    String::from_utf8(ExitFrame { code }.encode().as_bytes().to_vec())
-        .unwrap()
-        .trim_end()
-        .to_string()
-}
+use std::path::Path;
 
 /// A frame that is not part of any chain (for runs cut short).
 fn lone_event(e: KernelEvent, partition: u32) -> String {

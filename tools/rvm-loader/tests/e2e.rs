@@ -695,3 +695,119 @@ fn an_instance_runs_on_after_its_partitions_finish_until_it_is_stopped() {
     assert!(show(&env, "hypervisor").contains("OperatorOrder"));
     assert!(std::fs::read_dir(env.home().join("run")).is_ok_and(|mut d| d.next().is_none()), "sockets removed");
 }
+
+/// Wait until `instance status --json` shows `name` in one of `states`.
+fn wait_for_state(env: &Real, name: &str, states: &[&str]) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let s = env.ok(&["instance", "status", "--json"]).stdout;
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let state = v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["state"].as_str().unwrap_or("").to_string());
+        if state.as_deref().is_some_and(|s| states.contains(&s)) {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "{name} never reached {states:?}: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_leave_it() {
+    let env = Real::new();
+    env.add_reference();
+    let _q = qemu_lock();
+    let _guard = InstanceGuard(env.home().to_path_buf());
+    // Nothing deployed yet: the instance starts empty.
+    let started = env.ok(&["instance", "start"]);
+    assert!(started.stdout.contains("instance started: loader pid "), "{started:#?}");
+    // Three tenants, one after another, each with the adapter's script as
+    // it was emitted: its `guest boot` admits the tenant into the instance.
+    for (case, name) in [
+        ("template-minimal", "demo-minimal"),
+        ("template-vertical_coding", "demo-coding"),
+    ] {
+        let dir = fixture(case);
+        let c = env.command(Path::new("bash"), &dir, &[dir.join("install-rvm.sh").to_str().unwrap()]);
+        let o = bounded(c, "install-rvm.sh");
+        assert_eq!(o.code, 0, "{o:#?}");
+        assert!(
+            o.stdout.contains(&format!("done: admitted {name} as partition ")),
+            "{name} was not admitted: {o:#?}"
+        );
+        wait_for_state(&env, name, &["running", "exited"]);
+    }
+    let status = wait_for_state(&env, "demo-minimal", &["exited"]);
+    assert_eq!(status["running"], true, "{status}");
+    // The same tenant again is refused: it is in the instance already.
+    let again = env.loader(&["guest", "boot", "--partition", "demo-minimal", "--wasm-ref", fixture("template-minimal").join("wasm-guest.json").to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{again:#?}");
+    // A one-shot run would fight the instance over its files.
+    let up = env.loader(&["up", "demo-coding"]);
+    assert_eq!(up.code, 2, "{up:#?}");
+    // One leaves, another joins (by `deploy` this time).
+    let evicted = env.ok(&["partition", "evict", "demo-minimal"]);
+    assert!(evicted.stdout.contains("evict 'demo-minimal' done"), "{evicted:#?}");
+    let deployed = env.ok(&["deploy", fixture("template-vertical_devops").to_str().unwrap()]);
+    assert!(deployed.stdout.contains("done: admitted demo-devops as partition 3"), "{deployed:#?}");
+    wait_for_state(&env, "demo-devops", &["running", "exited"]);
+    wait_for_state(&env, "demo-minimal", &["evicted (F4)"]);
+    let stopped = env.ok(&["instance", "stop"]);
+    assert!(stopped.stdout.contains("instance stopped: hypervisor exited normally"), "{stopped:#?}");
+    for n in ["demo-minimal", "demo-coding", "demo-devops", "hypervisor"] {
+        assert_filed_and_verified(&env, n);
+    }
+    // Each admission is in the hypervisor's log; each tenant's log starts
+    // with its creation.
+    let hv = show(&env, "hypervisor");
+    assert_eq!(hv.lines().filter(|l| l.contains("OperatorOrder")).count(), 4, "3 admissions and the shutdown:\n{hv}");
+    assert!(show(&env, "demo-minimal").contains("OperatorOrder"), "the eviction is in its target's log");
+    for n in ["demo-minimal", "demo-coding", "demo-devops"] {
+        let log = show(&env, n);
+        assert!(log.lines().find(|l| l.contains(&format!(" {n} "))).is_some_and(|l| l.contains("PartitionCreate")), "{n}: {log}");
+    }
+
+    // The instance starts again: those that stayed boot again under their
+    // ids (the evicted one's stays vacant), and every log goes on.
+    let records = |n: &str| std::fs::metadata(env.witness(&format!("{n}.log"))).unwrap().len() / 64;
+    let before: Vec<u64> = ["demo-coding", "demo-devops", "hypervisor", "demo-minimal"].iter().map(|n| records(n)).collect();
+    let again = env.ok(&["instance", "start"]);
+    assert!(again.stdout.contains("continuing the last instance: demo-coding, demo-devops (3 logs go on)"), "{again:#?}");
+    wait_for_state(&env, "demo-coding", &["exited"]);
+    wait_for_state(&env, "demo-devops", &["exited"]);
+    env.ok(&["instance", "stop"]);
+    let after: Vec<u64> = ["demo-coding", "demo-devops", "hypervisor", "demo-minimal"].iter().map(|n| records(n)).collect();
+    for (i, n) in ["demo-coding", "demo-devops", "hypervisor"].iter().enumerate() {
+        assert!(after[i] > before[i], "{n}: {} records, {} before the restart", after[i], before[i]);
+        let verified = assert_filed_and_verified(&env, n);
+        assert!(verified.contains(&format!("{} records", after[i])), "{n}: the whole history verifies: {verified}");
+    }
+    assert_eq!(after[3], before[3], "the evicted tenant's log is left as it was");
+    let log = show(&env, "demo-devops");
+    assert_eq!(log.lines().filter(|l| l.contains("PartitionCreate")).count(), 2, "one creation per boot, one log: {log}");
+    assert!(!env.witness("archive").join("demo-coding.1.log").exists(), "a continued log is not archived");
+    // A changed record: the next start is refused, naming the file; with
+    // --fresh it starts anew and the old logs go to the archive.
+    let path = env.witness("demo-coding.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[64 * 3 + 30] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let refused = env.loader(&["instance", "start"]);
+    assert_eq!(refused.code, 2, "{refused:#?}");
+    assert!(refused.stderr.contains("demo-coding.log") && refused.stderr.contains("cannot continue"), "{refused:#?}");
+    assert!(crate_instance_not_running(&env), "nothing started");
+    let fresh = env.ok(&["instance", "start", "--fresh", "demo-devops"]);
+    assert!(!fresh.stdout.contains("continuing"), "{fresh:#?}");
+    wait_for_state(&env, "demo-devops", &["exited"]);
+    env.ok(&["instance", "stop"]);
+    assert!(env.witness("archive").join("demo-devops.1.log").exists(), "the earlier log went to the archive");
+    assert_filed_and_verified(&env, "demo-devops");
+}
+
+fn crate_instance_not_running(env: &Real) -> bool {
+    env.ok(&["instance", "status"]).stdout.starts_with("no instance running")
+}

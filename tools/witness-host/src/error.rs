@@ -22,6 +22,10 @@ pub enum HostError {
     },
     /// Two log ids were given the same name.
     NameTaken { name: String, log: u32, other: u32 },
+    /// A log that already has a name was given another.
+    Renamed { log: u32, name: String, current: String },
+    /// A log was named after its first frame was filed (under another name).
+    NamedLate { log: u32, name: String, filed_as: String },
     /// The checkpoint file does not parse (`error.line` is the file's line).
     Checkpoints {
         path: PathBuf,
@@ -70,6 +74,13 @@ impl fmt::Display for HostError {
             HostError::NameTaken { name, log, other } => {
                 write!(f, "logs {other} and {log} cannot both be named {name:?}")
             }
+            HostError::Renamed { log, name, current } => {
+                write!(f, "log {log} is named {current:?} and cannot be renamed {name:?}")
+            }
+            HostError::NamedLate { log, name, filed_as } => write!(
+                f,
+                "log {log} cannot be named {name:?}: its records are already filed as {filed_as:?}"
+            ),
             HostError::Checkpoints { path, error } => write!(f, "{}: {error}", path.display()),
             HostError::Key { path, reason } => write!(f, "{}: {reason}", path.display()),
             HostError::NoSuchRecord { path, seq, records } => {

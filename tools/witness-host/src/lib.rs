@@ -8,6 +8,7 @@
 //!   bad record;
 //! * [`show`](mod@show) — `witness show` and `witness export --format jsonl`;
 //! * [`proof`] — `witness prove` and `witness verify-proof`;
+//! * [`resume`] — where a filed log continues in a new boot;
 //! * [`files`] — exclusive, no-follow file creation and atomic writes (also
 //!   used by the loader for everything it writes).
 //!
@@ -22,6 +23,7 @@ pub mod log_folder;
 pub mod proof;
 pub mod read;
 pub mod report;
+pub mod resume;
 pub mod show;
 
 pub use demux::{DamageReason, DamagedLine, Demux, StreamItem};
@@ -35,4 +37,5 @@ pub use proof::{
 };
 pub use read::{load, read_checkpoints, read_key, KeySource, LoadedLog, LogIdSource};
 pub use report::{verify, verify_loaded, KeyCheck, VerifyOptions, VerifyReport};
+pub use resume::{resume_point, ResumePoint};
 pub use show::{export_jsonl, show, ShowLine};

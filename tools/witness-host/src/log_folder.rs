@@ -24,11 +24,11 @@
 
 use crate::error::HostError;
 use rvm_abi::frame::Frame;
-use rvm_abi::witness::{WitnessRecord, HYPERVISOR_LOG};
+use rvm_abi::witness::{WitnessRecord, HYPERVISOR_LOG, RECORD_LEN};
 use rvm_witness::{LogId, PublicKey, SignedCheckpoint};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Name of the hypervisor's own log.
@@ -296,6 +296,85 @@ impl Recorder {
     /// The directory logs are filed in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Name log `id` while the run goes on (a partition the hypervisor
+    /// created at run time announces its log's name before the log's first
+    /// frame). Refused when the log already has another name, when another
+    /// log has this name, or when the log's files are already open (under
+    /// the name it had then).
+    pub fn name(&mut self, id: u32, name: &str) -> Result<(), HostError> {
+        if let Some(current) = self.names.get(id).filter(|c| *c != name) {
+            return Err(HostError::Renamed {
+                log: id,
+                name: name.to_string(),
+                current: current.to_string(),
+            });
+        }
+        if let Some(open) = self.logs.get(&id) {
+            if open.files.name != name {
+                return Err(HostError::NamedLate {
+                    log: id,
+                    name: name.to_string(),
+                    filed_as: open.files.name.clone(),
+                });
+            }
+        }
+        self.names.insert(id, name)
+    }
+
+    /// Log `id`, filed as `name`, continues its file from `point` in this
+    /// run ([`crate::resume`]): the new records go after the checkpoint's,
+    /// in the same files. Records the file holds after that checkpoint
+    /// (never signed) move to `archive/<name>.<n>.unsigned` first. Before
+    /// the log's first frame of this run.
+    pub fn resume(&mut self, id: u32, name: &str, point: &crate::resume::ResumePoint) -> Result<(), HostError> {
+        self.name(id, name)?;
+        if self.logs.contains_key(&id) {
+            return Err(HostError::NamedLate { log: id, name: name.to_string(), filed_as: name.to_string() });
+        }
+        let files = LogFiles::in_dir(&self.dir, name);
+        let keep = point.size * RECORD_LEN as u64;
+        let open_rw = |p: &Path| {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p)
+                .map_err(HostError::io(p, "open"))
+        };
+        let mut log_file = open_rw(&files.log)?;
+        let len = log_file.metadata().map_err(HostError::io(&files.log, "stat"))?.len();
+        if len > keep {
+            let mut tail = Vec::new();
+            log_file.seek(SeekFrom::Start(keep)).and_then(|_| log_file.read_to_end(&mut tail)).map_err(HostError::io(&files.log, "read"))?;
+            let archive = self.dir.join(ARCHIVE_DIR);
+            fs::create_dir_all(&archive).map_err(HostError::io(&archive, "create directory"))?;
+            let mut n = 1u32;
+            while archive.join(format!("{name}.{n}.unsigned")).exists() {
+                n += 1;
+            }
+            let to = archive.join(format!("{name}.{n}.unsigned"));
+            crate::files::create_new(&to, 0o644).and_then(|mut f| f.write_all(&tail)).map_err(HostError::io(&to, "write"))?;
+            log_file.set_len(keep).map_err(HostError::io(&files.log, "truncate"))?;
+            log_file.sync_all().map_err(HostError::io(&files.log, "sync"))?;
+            self.summary.warnings.push(format!(
+                "{name}: {} records after its last checkpoint were never signed; they were moved to {} and the log continues from its checkpoint at {}",
+                (len - keep) / RECORD_LEN as u64,
+                to.display(),
+                point.size
+            ));
+            self.summary.archived.push(to);
+        }
+        let cp_file = open_rw(&files.checkpoints)?;
+        let cp_len = cp_file.metadata().map_err(HostError::io(&files.checkpoints, "stat"))?.len();
+        let key_written = files.key.exists();
+        self.logs.insert(
+            id,
+            OpenLog { files, log_file, log_len: keep, cp_file, cp_len, key_written, records: point.size, checkpoints: 0 },
+        );
+        Ok(())
     }
 
     /// File one decoded frame.

@@ -687,3 +687,106 @@ fn an_unsigned_tail_or_missing_checkpoints_fail_unless_allowed() {
     let r = verify(&path, &VerifyOptions::default()).unwrap();
     assert_eq!(r.first_unsigned_record(), Some(0), "{r}");
 }
+
+#[test]
+fn a_log_named_at_run_time_is_filed_under_its_name_and_collisions_are_refused() {
+    let home = TempHome::new();
+    let mut rec = Recorder::new(&home.0, names()).unwrap();
+    let record = |log: u32| Frame::Record {
+        log,
+        bytes: WitnessRecord::new(WitnessOp::Event(KernelEvent::PartitionCreate), Outcome::Done, log).to_bytes(),
+    };
+    // A name another log has, or another name for a named log: refused.
+    assert!(matches!(rec.name(3, "agent-a"), Err(HostError::NameTaken { other: 1, .. })));
+    assert!(matches!(rec.name(1, "tenant"), Err(HostError::Renamed { log: 1, .. })));
+    // Announced before its first frame: the log is filed under its name.
+    rec.name(3, "tenant").unwrap();
+    rec.name(3, "tenant").unwrap();
+    rec.frame(&record(3)).unwrap();
+    // A log whose records are filed already cannot be named afterwards.
+    rec.frame(&record(4)).unwrap();
+    let late = rec.name(4, "late").unwrap_err();
+    assert!(matches!(late, HostError::NamedLate { log: 4, .. }), "{late}");
+    assert!(late.to_string().contains("already filed as \"log-4\""), "{late}");
+    let summary = rec.finish().unwrap();
+    let filed: Vec<(u32, &str)> = summary.logs.iter().map(|l| (l.log, l.name.as_str())).collect();
+    assert_eq!(filed, [(3, "tenant"), (4, "log-4")]);
+    assert_eq!(std::fs::metadata(home.log("tenant")).unwrap().len(), RECORD_LEN as u64);
+}
+
+/// A run of log 1 (`agent-a`): `n` records from `log`, signing as due
+/// and at the end, filed by `rec`.
+fn file_run(rec: &mut Recorder, log: &mut WitnessLog, n: usize, signer: &CheckpointSigner, sign_at_end: bool) {
+    rec.frame(&signer.public_key().frame()).unwrap();
+    for i in 0..n {
+        let mut r = WitnessRecord::new(WitnessOp::Call(Hypercall::ChannelSend), Outcome::Done, 1);
+        r.timestamp = i as u64;
+        if log.append(r).unwrap().checkpoint_due {
+            log.checkpoint(signer).unwrap();
+        }
+        while let Some(o) = log.drain_next() {
+            rec.frame(&o.to_frame(LogId(1))).unwrap();
+        }
+    }
+    if sign_at_end {
+        log.checkpoint(signer).unwrap();
+        while let Some(o) = log.drain_next() {
+            rec.frame(&o.to_frame(LogId(1))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_log_continues_in_its_files_across_boots_and_verifies_whole() {
+    let home = TempHome::new();
+    let signer = CheckpointSigner::from_seed(&seed());
+    let key = signer.public_key();
+    let config = LogConfig { ring_capacity: NonZeroUsize::new(64).unwrap(), checkpoints: CheckpointPolicy::every(NonZeroU64::new(4).unwrap()) };
+    // The first boot: 10 records, all signed.
+    let mut first = WitnessLog::new(LogId(1), config).unwrap();
+    let mut rec = Recorder::new(&home.0, names()).unwrap();
+    file_run(&mut rec, &mut first, 10, &signer, true);
+    rec.finish().unwrap();
+    // The restart continues it where its last checkpoint is.
+    let point = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key).unwrap();
+    assert_eq!((point.size, point.unsigned), (10, 0));
+    let entry = point.entry();
+    let parsed = rvm_abi::bundle::LogResume::from_bytes(&entry).unwrap();
+    let frontier: Vec<rvm_witness::Hash> = parsed.frontier().map(rvm_witness::Hash).collect();
+    let last = rvm_witness::SignedCheckpoint {
+        checkpoint: rvm_witness::Checkpoint { log: LogId(1), size: 10, root: rvm_witness::Hash(point.root), head: rvm_witness::Hash(point.head) },
+        key_id: key.key_id(),
+        signature: point.signature,
+    };
+    let mut second = WitnessLog::resume(LogId(1), config, &last, &frontier, &key).unwrap();
+    let mut rec = Recorder::new(&home.0, names()).unwrap();
+    rec.resume(1, "agent-a", &point).unwrap();
+    // This boot dies before signing its last three records.
+    file_run(&mut rec, &mut second, 7, &signer, false);
+    let filed = rec.finish().unwrap();
+    assert!(filed.archived.is_empty(), "a continued log is not archived");
+    let report = verify(&home.log("agent-a"), &VerifyOptions { allow_unsigned_tail: true, ..VerifyOptions::default() }).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.records, 17, "one file, one chain across both boots");
+    // The next restart continues from the checkpoint at 16: the record
+    // after it was never signed and leaves for the archive.
+    let point = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key).unwrap();
+    assert_eq!((point.size, point.unsigned), (16, 1));
+    let mut rec = Recorder::new(&home.0, names()).unwrap();
+    rec.resume(1, "agent-a", &point).unwrap();
+    let filed = rec.finish().unwrap();
+    assert!(filed.warnings.iter().any(|w| w.contains("never signed")), "{:?}", filed.warnings);
+    assert_eq!(std::fs::read(home.witness().join("archive/agent-a.1.unsigned")).unwrap().len(), RECORD_LEN);
+    assert!(verify(&home.log("agent-a"), &VerifyOptions::default()).unwrap().is_ok());
+    // A changed record: the log does not continue.
+    let mut bytes = std::fs::read(home.log("agent-a")).unwrap();
+    bytes[3 * RECORD_LEN + 20] ^= 1;
+    std::fs::write(home.log("agent-a"), &bytes).unwrap();
+    let refused = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key);
+    assert!(matches!(refused, Err(HostError::LogDoesNotVerify { .. })), "{refused:?}");
+    // Another key: neither.
+    let other = CheckpointSigner::from_seed(&[1; 32]).public_key();
+    bytes[3 * RECORD_LEN + 20] ^= 1;
+    std::fs::write(home.log("agent-a"), &bytes).unwrap();
+    assert!(rvm_witness_host::resume_point(&home.log("agent-a"), 1, &other).is_err());
+}

@@ -44,14 +44,77 @@ pub(crate) fn footprint<A: Arch>(hv: &Hypervisor<A>, idx: usize) -> u64 {
     held + heap + 2 * ck + tables
 }
 
-/// Create partition `index` from `desc`, load it, or refuse it.
+/// Where a partition of a bundle goes: its id (its position + 1, its
+/// VMID), and what its `PartitionCreate` record binds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Placement {
+    pub id: PartitionId,
+    /// The record's argument: the digest of the partition's description
+    /// (a boot's partition), or of the signed admission that brought it.
+    pub created_by: [u8; 16],
+    /// Created while the hypervisor runs: its log's name goes to the host
+    /// before its first record ([`rvm_abi::control::Outgoing::Name`]).
+    pub at_run_time: bool,
+}
+
+impl Placement {
+    /// Partition `index` of the boot bundle.
+    pub(crate) fn at_boot(bundle: &Bundle<'_>, index: u32, desc: &PartitionDesc) -> Self {
+        Self {
+            id: PartitionId(bundle.partition_id(index)),
+            created_by: rvm_state::digest::of_parts(&[&desc.to_bytes()]),
+            at_run_time: false,
+        }
+    }
+}
+
+/// Fill the ids below `id` that no partition has with vacancies
+/// ([`Partition::vacancy`]), so that partition `id` is at position
+/// `id - 1`.
+pub(crate) fn fill_vacancies<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -> Result<(), BootError> {
+    while hv.partitions.len() + 1 < id.0 as usize {
+        let at = PartitionId(u32::try_from(hv.partitions.len() + 1).map_err(|_| BootError::TooManyPartitions)?);
+        let vmid = u8::try_from(at.0).map_err(|_| BootError::TooManyPartitions)?;
+        let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
+        hv.add_partition(Partition::vacancy(at, vmid, stage2));
+    }
+    Ok(())
+}
+
+/// Partition `id` (`desc`) cannot continue its log (`why`): it does not
+/// run, its log gets no record (the host's copy stays as it was), and the
+/// refusal is witnessed in the hypervisor's log; its id stays vacant.
+pub(crate) fn refuse_unresumed<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    id: PartitionId,
+    desc: &PartitionDesc,
+    why: rvm_witness::ResumeError,
+) -> Result<(), BootError> {
+    let vmid = u8::try_from(id.0).map_err(|_| BootError::TooManyPartitions)?;
+    let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
+    hv.add_partition(Partition::vacancy(id, vmid, stage2));
+    let refusal = Refusal::LogResume(why);
+    console::hyp_line(
+        &mut hv.arch,
+        format_args!("partition {} '{}' refused: {} ({why})", id.0, desc.name(), refusal.reason()),
+    );
+    let mut args = [0u8; 16];
+    args[..4].copy_from_slice(&id.0.to_le_bytes());
+    hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::PartitionRefused, Outcome::Denied(refusal.error()), args);
+    hv.note_refused();
+    Ok(())
+}
+
+/// Create partition `index` of `bundle` from `desc` at `place`, load it,
+/// or refuse it (witnessed, printed: the reason comes back).
 pub(crate) fn load_partition<A: Arch>(
     hv: &mut Hypervisor<A>,
     bundle: &Bundle<'_>,
     index: u32,
     desc: PartitionDesc,
-) -> Result<(), BootError> {
-    let id = PartitionId(index + 1);
+    place: Placement,
+) -> Result<Option<Refusal>, BootError> {
+    let id = place.id;
     let vmid = u8::try_from(id.0).map_err(|_| BootError::TooManyPartitions)?;
     let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
     // Each agent gets the manifest's memory budget and the runtime's overhead.
@@ -61,7 +124,10 @@ pub(crate) fn load_partition<A: Arch>(
         .saturating_add(layout::RUNTIME_HEAP_OVERHEAD)
         .saturating_mul(agents);
     let idx = hv.add_partition(Partition::created(id, desc, vmid, stage2, heap_len));
-    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, rvm_state::digest::of_parts(&[&desc.to_bytes()]));
+    if place.at_run_time {
+        hv.arch.send_frame(&rvm_abi::control::Outgoing::Name { log: id.0, name: &desc.name });
+    }
+    let created = hv.kernel_event(id, KernelEvent::PartitionCreate, Outcome::Done, place.created_by);
     let heap_fits = layout::HEAP_IPA.checked_add(heap_len).is_some_and(|end| end <= layout::SNAPSHOT_IPA);
     let key_ok = desc.witness_key_fingerprint.is_none_or(|fp| fp == hv.witness.fingerprint());
     let populated = if !created {
@@ -78,6 +144,7 @@ pub(crate) fn load_partition<A: Arch>(
     match populated {
         Ok(digest) if !hv.transition(idx, PartitionState::Loaded, KernelEvent::PartitionLoad, digest) => {
             refuse(hv, idx, Refusal::Witness);
+            Ok(Some(Refusal::Witness))
         }
         Ok(_) => {
             let p = &hv.partitions[idx];
@@ -93,10 +160,13 @@ pub(crate) fn load_partition<A: Arch>(
                     heap_len / 1024
                 ),
             );
+            Ok(None)
         }
-        Err(why) => refuse(hv, idx, why),
+        Err(why) => {
+            refuse(hv, idx, why);
+            Ok(Some(why))
+        }
     }
-    Ok(())
 }
 
 /// Reserve what partition `idx` can ever hold, at its admission (a boot's
@@ -443,8 +513,10 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
 }
 
 /// Create a channel between two partitions and give each end a handle.
-pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, c: ChannelDesc) {
-    let (Some(a), Some(b)) = (index_of(hv, c.a), index_of(hv, c.b)) else { return };
+/// The description's partition indices count from `base` (the position
+/// of its bundle's first partition).
+pub(crate) fn connect<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, c: ChannelDesc, base: usize) {
+    let (Some(a), Some(b)) = (index_of(hv, bundle, c.a, base), index_of(hv, bundle, c.b, base)) else { return };
     if a == b || !hv.partitions[a].is_runnable() || !hv.partitions[b].is_runnable() {
         return;
     }
@@ -483,11 +555,17 @@ fn channel_cap(object: u32) -> CapDesc {
     }
 }
 
-/// Create every agent channel of the bundle.
-pub(crate) fn connect_agent_channels<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>) {
+/// Create every channel and agent channel of the bundle, whose first
+/// partition is at `base`.
+pub(crate) fn connect_channels<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, base: usize) {
+    for e in bundle.entries().filter(|e| e.kind == EntryKind::Channel) {
+        if let Some(c) = ChannelDesc::from_bytes(e.data) {
+            connect(hv, bundle, c, base);
+        }
+    }
     for e in bundle.entries().filter(|e| e.kind == EntryKind::AgentChannel) {
         if let Some(c) = AgentChannelDesc::from_bytes(e.data) {
-            connect_agents(hv, c);
+            connect_agents(hv, bundle, c, base);
         }
     }
 }
@@ -495,9 +573,9 @@ pub(crate) fn connect_agent_channels<A: Arch>(hv: &mut Hypervisor<A>, bundle: &B
 /// Create a channel between two agents and give each end's partition a
 /// handle listed for that agent. A channel naming an agent that does not
 /// exist, or the same agent twice, is left out.
-pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDesc) {
+pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, c: AgentChannelDesc, base: usize) {
     let end = |hv: &Hypervisor<A>, r: AgentRef| {
-        let idx = index_of(hv, r.partition)?;
+        let idx = index_of(hv, bundle, r.partition, base)?;
         let slot = AgentSlot(u16::try_from(r.slot).ok()?);
         hv.domains.agent_at(idx, slot)?;
         hv.partitions[idx].is_runnable().then_some((idx, Endpoint { partition: hv.partitions[idx].id(), slot }))
@@ -517,15 +595,20 @@ pub(crate) fn connect_agents<A: Arch>(hv: &mut Hypervisor<A>, c: AgentChannelDes
     }
 }
 
-/// Bundle partition index → position in `hv.partitions`.
-fn index_of<A: Arch>(hv: &Hypervisor<A>, bundle_index: u32) -> Option<usize> {
-    let idx = usize::try_from(bundle_index).ok()?;
-    (idx < hv.partitions.len()).then_some(idx)
+/// Bundle partition index → position in `hv.partitions`: its id's
+/// position, counted from `base` (where an admission's first partition
+/// is). A vacancy is no end.
+fn index_of<A: Arch>(hv: &Hypervisor<A>, bundle: &Bundle<'_>, bundle_index: u32, base: usize) -> Option<usize> {
+    if bundle_index >= bundle.partition_count() {
+        return None;
+    }
+    let idx = usize::try_from(bundle.partition_id(bundle_index)).ok()?.checked_sub(1)?.checked_add(base)?;
+    (idx < hv.partitions.len() && !hv.partitions[idx].is_vacant()).then_some(idx)
 }
 
-/// Write every loaded partition's boot-info page.
-pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>) {
-    for idx in 0..hv.partitions.len() {
+/// Write the boot-info page of every loaded partition from position `from` on.
+pub(crate) fn write_all_boot_info<A: Arch>(hv: &mut Hypervisor<A>, from: usize) {
+    for idx in from..hv.partitions.len() {
         if hv.partitions[idx].state() == PartitionState::Loaded {
             write_boot_info(hv, idx, RestoreInfo::NONE);
         }

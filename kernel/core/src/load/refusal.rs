@@ -12,6 +12,8 @@ pub enum BootError {
     OutOfMemory,
     /// The shared guest runtime image is not a loadable AArch64 ELF.
     Runtime(crate::load::elf::ElfError),
+    /// The hypervisor's log does not continue the one the bundle names.
+    LogResume(rvm_witness::ResumeError),
 }
 
 /// Why one partition was refused.
@@ -38,6 +40,11 @@ pub enum Refusal {
     /// Its witness log could not take a record of its creation, load or
     /// capabilities (nothing unwitnessed is admitted).
     Witness,
+    /// Another partition of the same admission was refused: an admission
+    /// is taken whole or not at all.
+    WithAdmission,
+    /// Its log cannot continue the earlier boot's the bundle names.
+    LogResume(rvm_witness::ResumeError),
 }
 
 impl Refusal {
@@ -55,6 +62,8 @@ impl Refusal {
             Refusal::MemoryBudget => "its memory budget does not fit in the frames not reserved for other partitions",
             Refusal::HeapBudget => "its share of the hypervisor heap (store, snapshots, queues) does not fit",
             Refusal::Witness => "its witness log could not take the record",
+            Refusal::WithAdmission => "another partition of its admission was refused",
+            Refusal::LogResume(_) => "its witness log does not continue the earlier boot's (its last checkpoint or Merkle frontier does not verify)",
         }
     }
 
@@ -63,6 +72,7 @@ impl Refusal {
         match self {
             Refusal::OutOfMemory | Refusal::MemoryBudget | Refusal::HeapBudget => rvm_abi::HvError::NoMemory,
             Refusal::Witness => rvm_abi::HvError::WitnessUnavailable,
+            Refusal::LogResume(_) => rvm_abi::HvError::BadProof,
             _ => rvm_abi::HvError::InvalidArgument,
         }
     }

@@ -20,9 +20,32 @@ pub(crate) struct OrderDesk {
     overlong: bool,
     /// Orders arriving on the control channel (binary frames).
     pub(crate) inbound: rvm_abi::control::InboundDecoder,
+    /// The admission arriving on it, if one is.
+    admission: Option<Arriving>,
+    /// Bytes taken from the control channel so far (credited to the host).
+    taken: u64,
     /// Orders applied and refused since boot.
     applied: u32,
     refused: u32,
+}
+
+/// An admission on its way in ([`crate::orders::admission`]).
+pub(crate) struct Arriving {
+    pub nonce: u64,
+    pub signature: [u8; 64],
+    /// Bytes of its bundle.
+    pub len: usize,
+    /// Its bundle so far; `None` when it could not be kept (it is still
+    /// read to its end, then refused).
+    pub bytes: Option<alloc::vec::Vec<u8>>,
+    pub received: usize,
+}
+
+impl Arriving {
+    /// Whether the whole bundle has arrived.
+    fn whole(&self) -> bool {
+        self.received == self.len
+    }
 }
 
 /// Why an order was refused.
@@ -110,6 +133,8 @@ impl OrderDesk {
             line: heapless::Vec::new(),
             overlong: false,
             inbound: rvm_abi::control::InboundDecoder::new(),
+            admission: None,
+            taken: 0,
             applied: 0,
             refused: 0,
         }
@@ -145,6 +170,13 @@ impl OrderDesk {
     }
 
     pub(crate) fn verify(&self, order: &OrderFrame) -> Result<(), OrderRefusal> {
+        let message = OrderFrame::message(order.kind, order.nonce, &order.partition, &self.bundle_digest);
+        self.verify_signed(&message, &order.signature)
+    }
+
+    /// Check `signature` over `message` (which must bind this boot's
+    /// bundle digest) with the operator key, in a boot-bound bundle.
+    pub(crate) fn verify_signed(&self, message: &[u8], signature: &[u8; 64]) -> Result<(), OrderRefusal> {
         let key = self.key.ok_or(OrderRefusal::NoOperatorKey)?;
         let key = VerifyingKey::from_bytes(&key).map_err(|_| OrderRefusal::NoOperatorKey)?;
         if key.is_weak() {
@@ -153,8 +185,41 @@ impl OrderDesk {
         if !self.boot_bound {
             return Err(OrderRefusal::NoBootId);
         }
-        let message = OrderFrame::message(order.kind, order.nonce, &order.partition, &self.bundle_digest);
-        key.verify_strict(&message, &Signature::from_bytes(&order.signature))
+        key.verify_strict(message, &Signature::from_bytes(signature))
             .map_err(|_| OrderRefusal::BadSignature)
+    }
+
+    /// An admission starts arriving; it comes back if it is already whole.
+    pub(crate) fn begin_admission(&mut self, a: Arriving) -> Option<Arriving> {
+        if a.whole() {
+            return Some(a);
+        }
+        self.admission = Some(a);
+        None
+    }
+
+    /// The next byte of the arriving admission; the admission once whole.
+    pub(crate) fn admission_byte(&mut self, b: u8) -> Option<Arriving> {
+        let a = self.admission.as_mut()?;
+        if let Some(v) = a.bytes.as_mut() {
+            v.push(b);
+        }
+        a.received += 1;
+        if a.whole() {
+            self.admission.take()
+        } else {
+            None
+        }
+    }
+
+    /// `n` more bytes were taken from the control channel; the total.
+    pub(crate) fn note_taken(&mut self, n: u64) -> u64 {
+        self.taken = self.taken.saturating_add(n);
+        self.taken
+    }
+
+    /// SHA-256 of the bundle this hypervisor booted.
+    pub(crate) fn bundle_digest(&self) -> &[u8; 32] {
+        &self.bundle_digest
     }
 }

@@ -40,10 +40,12 @@
 //! ([`OrderRefusal::NoBootId`]).
 
 
+use rvm_abi::control::Inbound;
 use rvm_abi::frame::{OrderArgs, OrderFrame, OrderKind, HYPERVISOR_TARGET, MAX_ORDER_LINE};
 use rvm_abi::witness::KernelEvent;
 use rvm_abi::Outcome;
 
+pub mod admission;
 pub mod desk;
 
 pub use desk::OrderRefusal;
@@ -55,9 +57,15 @@ use crate::partition::{PartitionId, PartitionState};
 
 /// Bytes read from the console per read call.
 const READ_CHUNK: usize = 64;
-/// Most input bytes one [`poll`] consumes, so a flood of input cannot hold
-/// the run loop.
+/// Most input bytes one [`poll`] consumes from the console, so a flood of
+/// input cannot hold the run loop.
 const POLL_BUDGET: usize = 4 * (MAX_ORDER_LINE + 2);
+/// Most bytes one [`poll`] consumes from the control channel: enough that
+/// an admission (megabytes) arrives in well under a second of housekeeping
+/// turns, few enough that one turn stays short.
+const CHANNEL_POLL_BUDGET: usize = 64 << 10;
+/// Bytes read from the control channel per read call.
+const CHANNEL_CHUNK: usize = 512;
 
 
 /// Read and handle whatever operator input is waiting, on the console and
@@ -81,28 +89,41 @@ pub(crate) fn poll<A: Arch>(hv: &mut Hypervisor<A>) {
     poll_channel(hv);
 }
 
-/// The control channel's orders: binary frames, each checked as an `@O`
-/// line is. A broken frame ends the channel's input (said once, and
-/// witnessed as a malformed order).
+/// The control channel's orders and admissions: binary frames, each order
+/// checked as an `@O` line is. A broken frame ends the channel's input
+/// (said once, and witnessed as a malformed order); what follows is still
+/// read, and dropped, so the host's acknowledgements keep reaching the
+/// driver. What was taken is credited to the host
+/// ([`rvm_abi::control::HOST_WINDOW`]).
 fn poll_channel<A: Arch>(hv: &mut Hypervisor<A>) {
     let mut consumed = 0;
-    let mut buf = [0u8; READ_CHUNK];
-    while consumed < POLL_BUDGET && !hv.orders.inbound.broken() {
-        let n = hv.arch.channel_read(&mut buf).min(READ_CHUNK);
+    let mut buf = [0u8; CHANNEL_CHUNK];
+    while consumed < CHANNEL_POLL_BUDGET {
+        let n = hv.arch.channel_read(&mut buf).min(CHANNEL_CHUNK);
         if n == 0 {
-            return;
+            break;
         }
         consumed += n;
         for &b in &buf[..n] {
-            match hv.orders.inbound.push(b) {
-                None => {}
-                Some(Ok(order)) => handle_order(hv, &order),
-                Some(Err(e)) => {
-                    console::hyp_line(&mut hv.arch, format_args!("control channel input ignored from here on: {e}"));
-                    refuse(hv, None, "?", OrderArgs { order: 0, nonce: 0 }, OrderRefusal::Malformed);
-                    return;
-                }
-            }
+            take_channel_byte(hv, b);
+        }
+    }
+    if consumed > 0 {
+        let taken = hv.orders.note_taken(consumed as u64);
+        hv.arch.send_frame(&rvm_abi::control::Outgoing::Credit { taken });
+    }
+}
+
+/// One byte from the control channel.
+fn take_channel_byte<A: Arch>(hv: &mut Hypervisor<A>, b: u8) {
+    match hv.orders.inbound.push(b) {
+        None => {}
+        Some(Ok(Inbound::Order(order))) => handle_order(hv, &order),
+        Some(Ok(Inbound::AdmissionBegins { nonce, signature, len })) => admission::begin(hv, nonce, signature, len),
+        Some(Ok(Inbound::AdmissionByte(b))) => admission::byte(hv, b),
+        Some(Err(e)) => {
+            console::hyp_line(&mut hv.arch, format_args!("control channel input ignored from here on: {e}"));
+            refuse(hv, None, "?", OrderArgs { order: 0, nonce: 0 }, OrderRefusal::Malformed);
         }
     }
 }

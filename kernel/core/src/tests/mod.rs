@@ -1,13 +1,15 @@
 //! Whole-kernel tests on the fake machine: bundles in, guests as closures,
 //! witness frames and console lines out.
 
+mod admission;
 mod caps;
 mod console;
 mod domains;
 mod dormant;
 mod failclosed;
-mod orders;
+pub(crate) mod orders;
 mod recovery;
+mod resume;
 mod smp;
 mod waits;
 

@@ -91,6 +91,31 @@ pub(crate) fn boot_with_config(
     boot_id: Option<[u8; 32]>,
     config: BootConfig,
 ) -> (Hypervisor<FakeArch>, Vec<u8>) {
+    let bundle = bundle_with_config(parts, channels, operator_key, boot_id, config);
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    (Hypervisor::boot(FakeArch::new(), frames, &bundle).unwrap(), bundle)
+}
+
+/// The bundle [`boot_with_config`] boots.
+pub(crate) fn bundle_with_config(
+    parts: &[Part],
+    channels: &[(u32, u32)],
+    operator_key: bool,
+    boot_id: Option<[u8; 32]>,
+    config: BootConfig,
+) -> Vec<u8> {
+    bundle_with_extra(parts, channels, operator_key, boot_id, config, &[])
+}
+
+/// [`bundle_with_config`] with `extra` entries (kind, owner, data) at its end.
+pub(crate) fn bundle_with_extra(
+    parts: &[Part],
+    channels: &[(u32, u32)],
+    operator_key: bool,
+    boot_id: Option<[u8; 32]>,
+    config: BootConfig,
+    extra: &[(EntryKind, u32, Vec<u8>)],
+) -> Vec<u8> {
     let mut w = BundleWriter::new();
     if let Some(id) = boot_id {
         w.entry(EntryKind::BootId, GLOBAL, &id);
@@ -113,9 +138,10 @@ pub(crate) fn boot_with_config(
     for &(a, b) in channels {
         w.entry(EntryKind::Channel, GLOBAL, &ChannelDesc { a, b, capacity: 4 }.to_bytes());
     }
-    let bundle = w.finish();
-    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
-    (Hypervisor::boot(FakeArch::new(), frames, &bundle).unwrap(), bundle)
+    for (kind, owner, data) in extra {
+        w.entry(*kind, *owner, data);
+    }
+    w.finish()
 }
 
 /// A signed `@O` line for the test bundle `bundle`.

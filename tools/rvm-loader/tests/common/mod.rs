@@ -297,3 +297,53 @@ pub fn witness_seed(env: &Env) -> [u8; 32] {
         .try_into()
         .unwrap()
 }
+
+/// A stand-in for QEMU: a shell script that records its command line and
+/// the bundle it was given, prints a prepared serial stream and exits with a
+/// chosen code.
+pub struct FakeQemu {
+    dir: TempDir,
+}
+
+impl FakeQemu {
+    /// `serial` is printed; then the script runs `tail` (shell) and exits `code`.
+    pub fn new(serial: &str, tail: &str, code: i32) -> Self {
+        let dir = TempDir::new("qemu");
+        std::fs::write(dir.join("serial.txt"), serial).unwrap();
+        let d = dir.path().display();
+        let script = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/args.txt\nprev=\nfor a in \"$@\"; do\n  if [ \"$prev\" = -initrd ]; then cp \"$a\" {d}/bundle.bin; fi\n  prev=$a\ndone\necho $$ > {d}/pid\ncat {d}/serial.txt\n{tail}\nexit {code}\n"
+        );
+        let path = dir.join("qemu-system-aarch64");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("qemu-system-aarch64")
+    }
+    pub fn args(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("args.txt"))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+    pub fn bundle(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("bundle.bin")).unwrap()
+    }
+    pub fn pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+/// The hypervisor's exit frame as one console line, without its line end.
+pub fn exit_line(code: u32) -> String {
+    String::from_utf8(rvm_abi::frame::ExitFrame { code }.encode().as_bytes().to_vec())
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
