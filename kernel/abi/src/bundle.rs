@@ -74,6 +74,12 @@ pub enum EntryKind {
     /// below the largest that no partition has are vacant: an instance that
     /// restarts keeps each tenant's id (and so its log) where it was.
     PartitionIds = 14,
+    /// The first id a partition admitted while this boot runs may get
+    /// (global, at most one; u32 LE, above every id of the bundle, at most
+    /// [`MAX_PARTITION_ID`] + 1): the ids below it that no partition has
+    /// are vacant, so an id a tenant had in an earlier boot of an instance
+    /// is never another tenant's.
+    FirstFreeId = 15,
 }
 
 /// The largest partition id a bundle may give (ids are VMIDs).
@@ -157,6 +163,7 @@ impl EntryKind {
             12 => EntryKind::BootId,
             13 => EntryKind::LogResume,
             14 => EntryKind::PartitionIds,
+            15 => EntryKind::FirstFreeId,
             _ => return None,
         })
     }
@@ -679,6 +686,7 @@ impl<'a> Bundle<'a> {
                 EntryKind::LogResume => LogResume::from_bytes(e.data).is_some(),
                 // Its length is checked against the partition count below.
                 EntryKind::PartitionIds => e.data.len().is_multiple_of(4),
+                EntryKind::FirstFreeId => e.data.len() == 4,
             };
             if !size_ok {
                 return Err(BundleError::EntrySize(n));
@@ -706,6 +714,7 @@ impl<'a> Bundle<'a> {
                     | EntryKind::OperatorKey
                     | EntryKind::BootId
                     | EntryKind::PartitionIds
+                    | EntryKind::FirstFreeId
             );
             // A log resumed is a partition's or (global) the hypervisor's.
             let either = e.kind == EntryKind::LogResume && e.owner == GLOBAL;
@@ -727,6 +736,13 @@ impl<'a> Bundle<'a> {
                 return Err(BundleError::PartitionIds);
             }
         }
+        if let Some(first) = b.first_free_id() {
+            let highest = partitions.checked_sub(1).map_or(0, |last| b.partition_id(last));
+            let once = b.entries().filter(|e| e.kind == EntryKind::FirstFreeId).count() == 1;
+            if !once || first <= highest || first > MAX_PARTITION_ID + 1 {
+                return Err(BundleError::PartitionIds);
+            }
+        }
         let mut resumed = [false; MAX_PARTITION_ID as usize + 2];
         for e in b.entries().filter(|e| e.kind == EntryKind::LogResume) {
             let at = if e.owner == GLOBAL { 0 } else { e.owner as usize + 1 };
@@ -743,6 +759,14 @@ impl<'a> Bundle<'a> {
         self.global(EntryKind::PartitionIds)
             .and_then(|e| e.data.get(index as usize * 4..index as usize * 4 + 4))
             .map_or(index + 1, |c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    /// The first id a partition admitted at run time may get, if the bundle
+    /// says ([`EntryKind::FirstFreeId`]).
+    pub fn first_free_id(&self) -> Option<u32> {
+        self.global(EntryKind::FirstFreeId)
+            .and_then(|e| e.data.try_into().ok())
+            .map(u32::from_le_bytes)
     }
 
     /// The log resumption of partition `index` (`None`: the hypervisor's).

@@ -99,6 +99,10 @@ impl<A: Arch> Hypervisor<A> {
             crate::load::load_partition(&mut hv, &bundle, index, desc, place)?;
             hv.sched.admit(hv.partitions.len() - 1, &desc);
         }
+        // Ids earlier boots of an instance gave stay vacant.
+        if let Some(first) = bundle.first_free_id() {
+            crate::load::fill_vacancies(&mut hv, PartitionId(first))?;
+        }
         crate::load::connect_channels(&mut hv, &bundle, 0);
         crate::load::write_all_boot_info(&mut hv, 0);
         Ok(hv)

@@ -261,6 +261,7 @@ pub fn plan(
         BootPlan {
             ids: Vec::new(),
             resumes: Vec::new(),
+            first_free: None,
             partitions: parts,
             runtime,
             witness_key,
@@ -395,6 +396,8 @@ struct Watcher<'s, 'a> {
     shown_states: std::collections::BTreeMap<u32, RunState>,
     /// Named logs when the live status was last written.
     shown_names: usize,
+    /// An instance's roster ([`crate::roster`]), rewritten with the status.
+    roster: Option<crate::roster::RosterWriter>,
 }
 
 impl Watcher<'_, '_> {
@@ -407,7 +410,9 @@ impl Watcher<'_, '_> {
             self.shown_states = self.session.states().clone();
             self.shown_names = names.0.len();
             crate::instance::write_status(&lock.dir(), names, &self.shown_states);
-            crate::roster::Roster::of_run(&names.0, &self.shown_states).save(&lock.dir());
+            if let Some(r) = &self.roster {
+                r.write(&names.0, &self.shown_states);
+            }
         }
     }
 }
@@ -472,6 +477,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     let (mut plan, images) = plan(ctx, names, opts)?;
     let resumes = opts.continuation.as_ref().map_or_else(Vec::new, |c| c.resumes.clone());
     if let Some(c) = &opts.continuation {
+        plan.first_free = Some(c.first_free);
         plan.ids = c.ids.clone();
         plan.resumes = c.resumes.iter().map(|(id, _, p)| (*id, p.clone())).collect();
     }
@@ -495,6 +501,14 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         None => None,
     };
     let instance_dir = instance.as_ref().map(crate::instance::Lock::dir);
+    let roster = match &instance_dir {
+        Some(dir) => Some(crate::roster::RosterWriter::new(
+            dir.clone(),
+            ctx.home.key_or_create(&crate::keys::KeyRole::Operator)?,
+            opts.continuation.as_ref(),
+        )),
+        None => None,
+    };
     let log_names = plan.log_names();
     let pins: Vec<(PartitionName, crate::model::KeyFingerprint)> = plan
         .partitions
@@ -589,6 +603,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         instance,
         shown_states: std::collections::BTreeMap::new(),
         shown_names: 0,
+        roster: roster.clone(),
     };
     // Operator orders (`partition unfence|evict`) reach the run here.
     let control = crate::control::ControlServer::listen(
@@ -708,7 +723,10 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
     }
     let ok = run.as_ref().is_ok_and(|r| r.exit == Exit::Code(0)) && exit_status == Some(0) && sink_error.is_none() && problems.is_empty();
     if let Some(dir) = &instance_dir {
-        crate::roster::Roster::of_run(&seen.0, &states).save(dir);
+        if let (Some(r), Ok(s)) = (&roster, &summary) {
+            let filed: Vec<(u32, String, PathBuf)> = s.logs.iter().map(|l| (l.log, l.name.clone(), l.path.clone())).collect();
+            r.finish(&seen.0, &states, &filed);
+        }
         crate::instance::write_ended(dir, &outcome, ok);
     }
     let r = run?;

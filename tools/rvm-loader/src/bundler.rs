@@ -67,6 +67,9 @@ pub struct BootPlan {
     pub ids: Vec<u32>,
     /// Logs that continue an earlier boot's: (log id, where).
     pub resumes: Vec<(u32, rvm_witness_host::ResumePoint)>,
+    /// The first id a partition admitted during the run may get (an
+    /// instance that continues: above every id it ever gave).
+    pub first_free: Option<u32>,
 }
 
 /// A fresh random boot id, from the operating system's generator: every
@@ -275,6 +278,9 @@ fn write_continuation(w: &mut BundleWriter, plan: &BootPlan) -> Result<()> {
         let ids: Vec<u8> = plan.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
         w.entry(EntryKind::PartitionIds, GLOBAL, &ids);
     }
+    if let Some(first) = plan.first_free {
+        w.entry(EntryKind::FirstFreeId, GLOBAL, &first.to_le_bytes());
+    }
     for (log, point) in &plan.resumes {
         let owner = if *log == 0 {
             GLOBAL
@@ -350,6 +356,7 @@ mod tests {
         BootPlan {
             ids: Vec::new(),
             resumes: Vec::new(),
+            first_free: None,
             partitions,
             runtime: b"\x7fELF runtime".to_vec(),
             witness_key: Key::from_seed([1; 32]),

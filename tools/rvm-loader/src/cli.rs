@@ -152,14 +152,25 @@ reason when it refuses). Admitted partitions are listed by `instance
 status`, their witness logs are filed under their names and verified at
 `instance stop`, and `partition unfence|evict` reach them as the others.
 `up` is refused while an instance runs (both would file the same witness
-logs).";
+logs); `partition remove` evicts a partition of the instance before it
+unregisters it.
+
+`instance start` after an instance of this RVM_HOME ended continues it
+($RVM_HOME/instance/roster.json): the partitions that stayed (not evicted)
+boot again under their ids, the names given join them, and every witness
+log goes on from its last signed checkpoint in the same file, after the
+whole file verifies; a log that does not verify refuses the start (exit 2,
+the file named). `--fresh` starts anew: every log from its first record
+(the earlier files go to the archive), only the named partitions (default:
+all with a guest). Committed state does not survive a stop yet.";
 
 #[derive(Subcommand, Debug)]
 enum InstanceCmd {
     /// Boot partitions as this RVM_HOME's instance, in the background.
     Start {
         /// Partitions to boot, in boot order (default: all with a guest;
-        /// none if no partition has one yet).
+        /// none if no partition has one yet). After an earlier instance of
+        /// this RVM_HOME: its partitions that stayed, and these.
         names: Vec<String>,
         #[command(flatten)]
         run: InstanceArgs,

@@ -122,6 +122,20 @@ pub fn partition_register(ctx: &Ctx, manifest: &Path, replace: bool) -> Result<(
 /// `partition remove NAME`.
 pub fn partition_remove(ctx: &Ctx, name: &str) -> Result<()> {
     let name = name_arg("NAME", name)?;
+    // Running (in an instance, or a boot still on): evicted first, by the
+    // operator's signed order, so nothing runs unregistered.
+    let running = ctx.home.load()?.partitions.get(&name).and_then(|r| r.last_run.clone()).filter(|r| r.ended_unix.is_none());
+    if let Some(pid) = running.and_then(|r| r.loader_pid).filter(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        match crate::control::deliver(&ctx.home, rvm_abi::frame::OrderKind::Evict, name.as_str(), pid) {
+            Ok(text) => println!("{text}"),
+            Err(e) if e.to_string().contains("already evicted") => {}
+            Err(e) => {
+                return Err(Error::failed(format!(
+                    "partition {name} runs (loader pid {pid}) and could not be evicted, so it stays registered: {e}"
+                )))
+            }
+        }
+    }
     ctx.home.update(|reg| {
         reg.partition(&name)?;
         reg.partitions.remove(&name);

@@ -1,47 +1,74 @@
-//! One instance across restarts: who was in it, under which id, and where
-//! each witness log goes on.
+//! One instance across restarts: who was in it, under which id, and how
+//! far each witness log got.
 //!
-//! The serving loader keeps `RVM_HOME/instance/roster.json`: every
-//! partition of the instance (booted or admitted) with the id the
-//! hypervisor gave it, and whether it left (evicted or refused). It is
-//! written at boot, when a partition is admitted, and when the instance
-//! ends.
+//! The serving loader keeps `RVM_HOME/instance/roster.json`, signed with
+//! the operator key: every partition the instance ever had (booted or
+//! admitted) with the id the hypervisor gave it and whether it left
+//! (evicted, refused, gone from the registry), and for each log filed the
+//! last signed checkpoint it reached (size and Merkle root). It is written
+//! at boot, when a partition is admitted, and when the instance ends (with
+//! the checkpoints then).
 //!
 //! `instance start` after an instance of this home ended continues it
-//! ([`continuation`]): the partitions that had not left boot again under
-//! their ids (the ids of those that left stay vacant, `PartitionIds`), the
-//! names given on the command line join after them, and every log that was
-//! filed — each partition's and the hypervisor's — continues from its last
-//! signed checkpoint (`LogResume`, [`rvm_witness_host::resume_point`]): one
-//! chain, one Merkle tree and one file per log across boots. A log that
-//! does not verify under this home's witness key refuses the start (exit 2)
-//! and names the file; `instance start --fresh` starts every log anew (the
-//! earlier files go to the archive, as after `up`).
+//! ([`continuation`]): the partitions that stayed boot again under their
+//! ids; the ids of those that left stay vacant for good (`PartitionIds`,
+//! and `FirstFreeId` above every id ever given, so no later tenant gets a
+//! departed tenant's id and log id); the names given on the command line
+//! join under new ids; and every log that stayed — each such partition's
+//! and the hypervisor's — continues from its last signed checkpoint
+//! (`LogResume`, [`rvm_witness_host::resume_point`]): one chain, one Merkle
+//! tree and one file per log across boots. Refused (exit 2, the file named),
+//! so that someone who can change files under RVM_HOME but has not the
+//! operator key cannot roll an instance back: a roster that does not verify
+//! or is missing after an instance ran, a staying log that is missing, one
+//! that does not verify under this home's witness key, or one that no longer
+//! holds the checkpoint the roster recorded. `instance start --fresh` starts
+//! every log anew (the earlier files go to the archive).
 
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, RunState};
-use crate::keys::KeyRole;
+use crate::keys::{Key, KeyRole};
 use crate::model::PartitionName;
 use rvm_witness_host::ResumePoint;
+
+/// Domain separation of the roster's signature.
+const ROSTER_TAG: &[u8] = b"rvm-instance-roster-v1\n";
 
 /// A partition of the instance.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
     pub id: u32,
     pub name: String,
-    /// It left the instance (evicted, refused): its id stays vacant.
+    /// It left the instance: its id stays vacant.
     #[serde(default)]
     pub left: bool,
 }
 
-/// Every partition of an instance, by id.
+/// How far a log got: its last signed checkpoint when the roster was
+/// written.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogMark {
+    pub name: String,
+    pub log: u32,
+    pub size: u64,
+    /// The Merkle root at `size`, hex.
+    pub root: String,
+}
+
+/// Every partition of an instance, by id, and its logs' marks.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Roster {
     pub members: Vec<Member>,
+    #[serde(default)]
+    pub logs: Vec<LogMark>,
+    /// Ed25519 by the operator key over the rest (hex).
+    #[serde(default)]
+    pub signature: String,
 }
 
 fn path(home: &Path) -> PathBuf {
@@ -49,7 +76,27 @@ fn path(home: &Path) -> PathBuf {
 }
 
 impl Roster {
-    /// The roster of `home`'s last instance, if one ran.
+    fn message(&self) -> Vec<u8> {
+        let mut m = ROSTER_TAG.to_vec();
+        m.extend(serde_json::to_vec(&(&self.members, &self.logs)).unwrap_or_default());
+        m
+    }
+
+    /// Sign it with the operator key.
+    pub fn signed(mut self, key: &Key) -> Self {
+        let sig = SigningKey::from_bytes(&key.seed).sign(&self.message());
+        self.signature = rvm_abi::hex::to_string(&sig.to_bytes());
+        self
+    }
+
+    fn verifies(&self, public: &[u8; 32]) -> bool {
+        let mut sig = [0u8; 64];
+        rvm_abi::hex::decode(self.signature.as_bytes(), &mut sig).is_some()
+            && VerifyingKey::from_bytes(public)
+                .is_ok_and(|k| k.verify(&self.message(), &ed25519_dalek::Signature::from_bytes(&sig)).is_ok())
+    }
+
+    /// The roster of `home`'s last instance, if one was written.
     pub fn load(home: &Path) -> Result<Option<Self>> {
         let p = path(home);
         match std::fs::read_to_string(&p) {
@@ -73,9 +120,50 @@ impl Roster {
         let _ = std::fs::remove_file(path(home));
     }
 
-    /// The roster of a running instance: its partitions (id, name) and
-    /// their states as its witness records report them.
-    pub fn of_run(names: &[(u32, PartitionName)], states: &std::collections::BTreeMap<u32, RunState>) -> Self {
+    /// The highest id any partition of the instance had.
+    fn highest(&self) -> u32 {
+        self.members.iter().map(|m| m.id).max().unwrap_or(0)
+    }
+}
+
+/// Writes the roster of a running instance: this run's partitions, the
+/// members that left in earlier runs, and the logs' marks.
+#[derive(Clone, Debug)]
+pub struct RosterWriter {
+    dir: PathBuf,
+    key: Key,
+    /// Members of earlier runs that are not in this one (they left).
+    departed: Vec<Member>,
+    /// The marks of the last instance's logs (those this run files are
+    /// replaced when it ends).
+    marks: Vec<LogMark>,
+}
+
+impl RosterWriter {
+    pub fn new(dir: PathBuf, key: Key, continued: Option<&Continuation>) -> Self {
+        let (departed, marks) = continued.map_or_else(Default::default, |c| (c.departed.clone(), c.marks.clone()));
+        Self { dir, key, departed, marks }
+    }
+
+    /// The roster now: `names` (log id, partition) with their `states`.
+    pub fn write(&self, names: &[(u32, PartitionName)], states: &std::collections::BTreeMap<u32, RunState>) {
+        self.roster(names, states, &self.marks).signed(&self.key).save(&self.dir);
+    }
+
+    /// The roster at the end of the run, with the checkpoints each log
+    /// filed (`filed`: log id, name, log file).
+    pub fn finish(&self, names: &[(u32, PartitionName)], states: &std::collections::BTreeMap<u32, RunState>, filed: &[(u32, String, PathBuf)]) {
+        let mut marks: Vec<LogMark> = self.marks.iter().filter(|m| !filed.iter().any(|(_, n, _)| *n == m.name)).cloned().collect();
+        for (log, name, file) in filed {
+            let cps = rvm_witness_host::read_checkpoints(&file.with_extension("checkpoints")).unwrap_or_default();
+            if let Some(c) = cps.last() {
+                marks.push(LogMark { name: name.clone(), log: *log, size: c.checkpoint.size, root: rvm_abi::hex::to_string(&c.checkpoint.root.0) });
+            }
+        }
+        self.roster(names, states, &marks).signed(&self.key).save(&self.dir);
+    }
+
+    fn roster(&self, names: &[(u32, PartitionName)], states: &std::collections::BTreeMap<u32, RunState>, marks: &[LogMark]) -> Roster {
         let mut members: Vec<Member> = names
             .iter()
             .map(|(id, n)| Member {
@@ -84,8 +172,9 @@ impl Roster {
                 left: matches!(states.get(id), Some(RunState::Evicted | RunState::Refused)),
             })
             .collect();
+        members.extend(self.departed.iter().filter(|d| !names.iter().any(|(id, _)| *id == d.id)).cloned());
         members.sort_by_key(|m| m.id);
-        Self { members }
+        Roster { members, logs: marks.to_vec(), signature: String::new() }
     }
 }
 
@@ -96,59 +185,92 @@ pub struct Continuation {
     pub names: Vec<PartitionName>,
     /// Their ids.
     pub ids: Vec<u32>,
+    /// The first id a partition admitted during the run may get: above
+    /// every id the instance ever gave.
+    pub first_free: u32,
     /// Logs that continue: (log id, the name it is filed under, where).
     pub resumes: Vec<(u32, String, ResumePoint)>,
+    /// Members that do not boot again (left, or gone from the registry).
+    pub departed: Vec<Member>,
+    /// The last instance's marks of its logs.
+    pub marks: Vec<LogMark>,
+}
+
+fn refused(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
+    Error::refused(
+        what.to_string(),
+        format!("{why}; `rvm-loader instance start --fresh` starts every log anew (the earlier files go to the archive)"),
+    )
 }
 
 /// What `instance start [NAMES]` boots when an instance of `home` ran
-/// before (and `--fresh` was not given): `None` when there is nothing to
-/// continue. Refuses a partition that can no longer boot (no guest) only
-/// if named; one that left the registry or its guest is skipped with a
-/// note.
+/// before (and `--fresh` was not given): `None` when none did.
 pub fn continuation(home: &Home, extra: &[PartitionName]) -> Result<Option<Continuation>> {
-    let Some(roster) = Roster::load(home.root())? else { return Ok(None) };
+    let dir = home.root().join(crate::instance::INSTANCE_DIR);
+    let Some(roster) = Roster::load(home.root())? else {
+        if dir.join("ended.json").exists() {
+            return Err(refused(path(home.root()).display(), "is missing, but an instance of this RVM_HOME ran: its logs cannot be continued without it"));
+        }
+        return Ok(None);
+    };
+    let operator = home.key(&KeyRole::Operator)?.ok_or_else(|| refused("instance start", "this RVM_HOME has no operator key to check the last instance's roster with"))?;
+    if !roster.verifies(&operator.public) {
+        return Err(refused(path(home.root()).display(), "does not verify under this RVM_HOME's operator key (it was changed)"));
+    }
     let reg = home.load()?;
-    let mut c = Continuation::default();
-    for m in roster.members.iter().filter(|m| !m.left) {
-        let Ok(name) = PartitionName::new(&m.name) else { continue };
-        if reg.partitions.get(&name).is_none_or(|r| r.guest.is_none()) {
-            eprintln!("rvm-loader: {name} was in the last instance but has no guest any more: its id {} stays vacant", m.id);
+    let mut c = Continuation { first_free: roster.highest() + 1, ..Continuation::default() };
+    for m in &roster.members {
+        let stays = !m.left
+            && PartitionName::new(&m.name).is_ok_and(|n| reg.partitions.get(&n).is_some_and(|r| r.guest.is_some()));
+        if !stays {
+            if !m.left {
+                eprintln!("rvm-loader: {} was in the last instance but has no guest any more: its id {} stays vacant", m.name, m.id);
+            }
+            c.departed.push(Member { left: true, ..m.clone() });
             continue;
         }
-        c.names.push(name);
-        c.ids.push(m.id);
-    }
-    // Only the partitions that stay continue their logs; those named anew
-    // start theirs (an earlier file of the name goes to the archive).
-    let staying = c.names.len();
-    let mut next = roster.members.iter().map(|m| m.id).max().unwrap_or(0);
-    for n in extra {
-        if !c.names.contains(n) {
-            next += 1;
-            c.names.push(n.clone());
-            c.ids.push(next);
+        if let Ok(name) = PartitionName::new(&m.name) {
+            c.names.push(name);
+            c.ids.push(m.id);
         }
     }
-    let key = home
-        .key(&KeyRole::Witness)?
-        .ok_or_else(|| Error::refused("instance start", "the last instance's logs cannot continue: this RVM_HOME has no witness key (`--fresh` starts anew)"))?;
+    let key = home.key(&KeyRole::Witness)?.ok_or_else(|| refused("instance start", "this RVM_HOME has no witness key to continue the logs with"))?;
     let public = rvm_witness::PublicKey(key.public);
     let hypervisor = rvm_witness_host::log_folder::HYPERVISOR_NAME.to_string();
-    let logs = std::iter::once((0u32, hypervisor))
-        .chain(c.ids.iter().copied().zip(c.names.iter().map(ToString::to_string)).take(staying))
-        .collect::<Vec<_>>();
-    for (id, name) in logs {
+    let staying: Vec<(u32, String)> =
+        std::iter::once((0u32, hypervisor)).chain(c.ids.iter().copied().zip(c.names.iter().map(ToString::to_string))).collect();
+    // Every mark carries on until this run's filed logs replace theirs (a
+    // run that dies keeps the floor its logs had).
+    c.marks = roster.logs.clone();
+    for (id, name) in staying {
         let file = home.witness_dir().join(format!("{name}.log"));
+        let mark = roster.logs.iter().find(|m| m.name == name);
+        let reached = match mark {
+            Some(m) => {
+                let mut root = [0u8; 32];
+                rvm_abi::hex::decode(m.root.as_bytes(), &mut root)
+                    .ok_or_else(|| refused(path(home.root()).display(), format!("its mark of {name} does not read")))?;
+                Some((m.size, root))
+            }
+            None => None,
+        };
         if !file.exists() {
+            if reached.is_some() {
+                return Err(refused(file.display(), "is missing: the last instance filed it"));
+            }
             continue;
         }
-        let point = rvm_witness_host::resume_point(&file, id, &public).map_err(|e| {
-            Error::refused(
-                file.display().to_string(),
-                format!("cannot continue in this instance: {e}; `rvm-loader instance start --fresh` starts every log anew (the earlier files go to the archive)"),
-            )
-        })?;
+        let point = rvm_witness_host::resume_point(&file, id, &public, reached)
+            .map_err(|e| refused(file.display(), format!("cannot continue in this instance: {e}")))?;
         c.resumes.push((id, name, point));
+    }
+    // Named anew: under ids no partition of the instance ever had.
+    for n in extra {
+        if !c.names.contains(n) {
+            c.names.push(n.clone());
+            c.ids.push(c.first_free);
+            c.first_free += 1;
+        }
     }
     Ok(Some(c))
 }

@@ -217,6 +217,8 @@ pub struct Filed {
     policy: KeyPolicy,
     refused: Option<String>,
     counts: SinkSummary,
+    /// Logs that continue an earlier boot's (their journals go on too).
+    continued: std::collections::BTreeSet<u32>,
 }
 
 impl Filed {
@@ -232,12 +234,14 @@ impl Filed {
         for (id, name, point) in resumes {
             recorder.resume(*id, name, point).map_err(|e| format!("{name}.log cannot continue: {e}"))?;
         }
+        let continued = resumes.iter().map(|(id, _, _)| *id).collect();
         Ok(Self {
             recorder: Some(recorder),
             journals: BTreeMap::new(),
             policy,
             refused: None,
             counts: SinkSummary::default(),
+            continued,
         })
     }
 
@@ -312,7 +316,7 @@ impl WitnessSink for Filed {
         let mut journal_archived = Vec::new();
         for l in &filed.logs {
             let lines = self.journals.remove(&l.log).unwrap_or_default();
-            match file_journal(&l.path, &filed.archived, &lines) {
+            match file_journal(&l.path, &filed.archived, &lines, self.continued.contains(&l.log)) {
                 Ok(moved) => journal_archived.extend(moved),
                 Err(e) => journal_warnings.push(format!("journal of {} not filed: {e}", l.name)),
             }
@@ -380,10 +384,22 @@ fn file_journal(
     log_path: &Path,
     archived: &[PathBuf],
     lines: &[String],
+    continued: bool,
 ) -> Result<Vec<PathBuf>, String> {
     let path = journal_path(log_path);
     let mut moved = Vec::new();
-    if path.exists() {
+    // A log that continued an earlier boot's keeps one journal too: this
+    // run's entries go after the earlier ones (they name their records).
+    let earlier = if continued {
+        match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    } else {
+        String::new()
+    };
+    if path.exists() && !continued {
         let stem = log_path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -405,7 +421,8 @@ fn file_journal(
     if lines.is_empty() {
         return Ok(moved);
     }
-    let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    let mut text = earlier;
+    text.reserve(lines.iter().map(|l| l.len() + 1).sum());
     for l in lines {
         text.push_str(l);
         text.push('\n');
@@ -498,7 +515,7 @@ mod tests {
         std::fs::write(journal_path(&log), "@J 1 s 0 00000000\n").unwrap();
         let archived = vec![dir.join("archive").join("a.1.log")];
         let lines = vec!["@J 1 s 3 00000000".to_string()];
-        let moved = file_journal(&log, &archived, &lines).unwrap();
+        let moved = file_journal(&log, &archived, &lines, false).unwrap();
         assert_eq!(moved, vec![dir.join("archive").join("a.1.journal")]);
         assert_eq!(
             std::fs::read_to_string(&moved[0]).unwrap(),
@@ -509,9 +526,14 @@ mod tests {
             "@J 1 s 3 00000000\n"
         );
         // A run without a journal leaves none beside its log.
-        let moved = file_journal(&log, &[dir.join("archive").join("a.2.log")], &[]).unwrap();
+        let moved = file_journal(&log, &[dir.join("archive").join("a.2.log")], &[], false).unwrap();
         assert_eq!(moved, vec![dir.join("archive").join("a.2.journal")]);
         assert!(!journal_path(&log).exists());
+        // A log that continued: its journal goes on in the same file.
+        std::fs::write(journal_path(&log), "@J 1 s 0 00000000\n").unwrap();
+        let moved = file_journal(&log, &[], &["@J 1 c 9 00".to_string()], true).unwrap();
+        assert!(moved.is_empty());
+        assert_eq!(std::fs::read_to_string(journal_path(&log)).unwrap(), "@J 1 s 0 00000000\n@J 1 c 9 00\n");
         let _ = std::fs::remove_dir_all(home.root());
     }
 }

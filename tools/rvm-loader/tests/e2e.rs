@@ -790,6 +790,35 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     let log = show(&env, "demo-devops");
     assert_eq!(log.lines().filter(|l| l.contains("PartitionCreate")).count(), 2, "one creation per boot, one log: {log}");
     assert!(!env.witness("archive").join("demo-coding.1.log").exists(), "a continued log is not archived");
+    // Someone who can change files under RVM_HOME, without the operator's
+    // keys, cannot roll the instance back: each of these refuses the start.
+    let refuses = |what: &str, needle: &str| {
+        let o = env.loader(&["instance", "start"]);
+        assert_eq!(o.code, 2, "{what}: {o:#?}");
+        assert!(o.stderr.contains(needle), "{what}: {o:#?}");
+        assert!(crate_instance_not_running(&env), "{what}: nothing started");
+    };
+    let keep = |p: &Path| (p.to_path_buf(), std::fs::read(p).unwrap());
+    let put_back = |(p, b): &(PathBuf, Vec<u8>)| std::fs::write(p, b).unwrap();
+    // The last checkpoint of a log removed (an older copy put back).
+    let cps = keep(&env.witness("demo-coding.checkpoints"));
+    let text = String::from_utf8(cps.1.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&cps.0, format!("{}\n", lines[..lines.len() - 6].join("\n"))).unwrap();
+    refuses("a checkpoint removed", "rolled back");
+    put_back(&cps);
+    // A log removed.
+    let hv_log = keep(&env.witness("hypervisor.log"));
+    std::fs::remove_file(&hv_log.0).unwrap();
+    refuses("the hypervisor's log removed", "is missing");
+    put_back(&hv_log);
+    // The roster changed, or removed.
+    let roster = keep(&env.home().join("instance/roster.json"));
+    std::fs::write(&roster.0, String::from_utf8(roster.1.clone()).unwrap().replace("\"left\": true", "\"left\": false")).unwrap();
+    refuses("the roster changed", "does not verify under this RVM_HOME's operator key");
+    std::fs::remove_file(&roster.0).unwrap();
+    refuses("the roster removed", "is missing");
+    put_back(&roster);
     // A changed record: the next start is refused, naming the file; with
     // --fresh it starts anew and the old logs go to the archive.
     let path = env.witness("demo-coding.log");
@@ -803,6 +832,10 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     let fresh = env.ok(&["instance", "start", "--fresh", "demo-devops"]);
     assert!(!fresh.stdout.contains("continuing"), "{fresh:#?}");
     wait_for_state(&env, "demo-devops", &["exited"]);
+    // Removed while it is in the instance: evicted there first.
+    let removed = env.ok(&["partition", "remove", "demo-devops"]);
+    assert!(removed.stdout.contains("evict 'demo-devops' done") && removed.stdout.contains("partition demo-devops removed"), "{removed:#?}");
+    wait_for_state(&env, "demo-devops", &["evicted (F4)"]);
     env.ok(&["instance", "stop"]);
     assert!(env.witness("archive").join("demo-devops.1.log").exists(), "the earlier log went to the archive");
     assert_filed_and_verified(&env, "demo-devops");

@@ -41,13 +41,24 @@ impl ResumePoint {
 }
 
 /// Where the log at `path` (of log id `log`) continues, checked: the
-/// whole file verifies under `key`, and it has a signed checkpoint.
-pub fn resume_point(path: &Path, log: u32, key: &PublicKey) -> Result<ResumePoint, HostError> {
+/// whole file verifies under `key`, it has a signed checkpoint, and — when
+/// `reached` names a checkpoint (size, root) the log is known to have had
+/// — that checkpoint is in it (the file was not rolled back past it).
+pub fn resume_point(path: &Path, log: u32, key: &PublicKey, reached: Option<(u64, [u8; 32])>) -> Result<ResumePoint, HostError> {
     let loaded = load(path, Some(*key), Some(LogId(log)))?;
     let opts = VerifyOptions { key: Some(*key), log: Some(LogId(log)), allow_unsigned_tail: true, ..VerifyOptions::default() };
     let report = verify_loaded(&loaded, &opts);
     if !report.is_ok() {
         return Err(HostError::LogDoesNotVerify { path: path.into(), reason: report.to_string().trim_end().to_string() });
+    }
+    if let Some((size, root)) = reached {
+        let kept = loaded.checkpoints.iter().any(|c| c.checkpoint.size == size && c.checkpoint.root.0 == root);
+        if !kept {
+            return Err(HostError::LogDoesNotVerify {
+                path: path.into(),
+                reason: format!("it was rolled back: its checkpoint at {size} records, which the instance recorded, is not in it"),
+            });
+        }
     }
     let Some(cp) = loaded.checkpoints.last() else {
         return Err(HostError::LogDoesNotVerify { path: path.into(), reason: "it has no signed checkpoint to continue from".into() });

@@ -748,7 +748,7 @@ fn a_log_continues_in_its_files_across_boots_and_verifies_whole() {
     file_run(&mut rec, &mut first, 10, &signer, true);
     rec.finish().unwrap();
     // The restart continues it where its last checkpoint is.
-    let point = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key).unwrap();
+    let point = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key, None).unwrap();
     assert_eq!((point.size, point.unsigned), (10, 0));
     let entry = point.entry();
     let parsed = rvm_abi::bundle::LogResume::from_bytes(&entry).unwrap();
@@ -770,7 +770,7 @@ fn a_log_continues_in_its_files_across_boots_and_verifies_whole() {
     assert_eq!(report.records, 17, "one file, one chain across both boots");
     // The next restart continues from the checkpoint at 16: the record
     // after it was never signed and leaves for the archive.
-    let point = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key).unwrap();
+    let point = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key, None).unwrap();
     assert_eq!((point.size, point.unsigned), (16, 1));
     let mut rec = Recorder::new(&home.0, names()).unwrap();
     rec.resume(1, "agent-a", &point).unwrap();
@@ -778,15 +778,29 @@ fn a_log_continues_in_its_files_across_boots_and_verifies_whole() {
     assert!(filed.warnings.iter().any(|w| w.contains("never signed")), "{:?}", filed.warnings);
     assert_eq!(std::fs::read(home.witness().join("archive/agent-a.1.unsigned")).unwrap().len(), RECORD_LEN);
     assert!(verify(&home.log("agent-a"), &VerifyOptions::default()).unwrap().is_ok());
+    // The checkpoint at 16 was recorded: the file rolled back to the one
+    // at 12 (an older copy) does not continue.
+    let at16 = (point.size, point.root);
+    let cps = home.witness().join("agent-a.checkpoints");
+    let notes = std::fs::read_to_string(&cps).unwrap();
+    // A note is its four body lines, a blank line and its signature line.
+    let lines: Vec<&str> = notes.lines().collect();
+    let cut = format!("{}\n", lines[..lines.len() - 6].join("\n"));
+    let full_cps = notes.clone();
+    std::fs::write(&cps, &cut).unwrap();
+    let rolled = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key, Some(at16));
+    assert!(matches!(&rolled, Err(HostError::LogDoesNotVerify { reason, .. }) if reason.contains("rolled back")), "{rolled:?}");
+    std::fs::write(&cps, &full_cps).unwrap();
+    assert!(rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key, Some(at16)).is_ok());
     // A changed record: the log does not continue.
     let mut bytes = std::fs::read(home.log("agent-a")).unwrap();
     bytes[3 * RECORD_LEN + 20] ^= 1;
     std::fs::write(home.log("agent-a"), &bytes).unwrap();
-    let refused = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key);
+    let refused = rvm_witness_host::resume_point(&home.log("agent-a"), 1, &key, None);
     assert!(matches!(refused, Err(HostError::LogDoesNotVerify { .. })), "{refused:?}");
     // Another key: neither.
     let other = CheckpointSigner::from_seed(&[1; 32]).public_key();
     bytes[3 * RECORD_LEN + 20] ^= 1;
     std::fs::write(home.log("agent-a"), &bytes).unwrap();
-    assert!(rvm_witness_host::resume_point(&home.log("agent-a"), 1, &other).is_err());
+    assert!(rvm_witness_host::resume_point(&home.log("agent-a"), 1, &other, None).is_err());
 }

@@ -231,6 +231,8 @@ pub(crate) fn refuse<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, why: Refusal) 
     );
     // A refusal is not refused: witnessed here or in the hypervisor's log.
     hv.must_witness(id, KernelEvent::PartitionRefused, Outcome::Denied(why.error()), [0; 16]);
+    // Gone, as an evicted partition is: no capability of it stays.
+    hv.caps.evict(id);
     hv.domains.forget_partition(idx);
     crate::load::release(hv, idx);
     hv.partitions[idx].move_to(PartitionState::Evicted);

@@ -67,6 +67,9 @@ pub enum AdmissionRefusal {
     NotATenant(EntryKind),
     /// It holds no partition.
     Empty,
+    /// This boot is not an instance (`BOOT_FLAG_INSTANCE`): it takes no
+    /// tenant after boot.
+    NotAnInstance,
     /// A partition of this boot already had the name.
     NameTaken(String),
     /// More partitions than the machine names.
@@ -88,6 +91,7 @@ impl AdmissionRefusal {
             AdmissionRefusal::Bundle(_)
             | AdmissionRefusal::NotATenant(_)
             | AdmissionRefusal::Empty
+            | AdmissionRefusal::NotAnInstance
             | AdmissionRefusal::NameTaken(_) => HvError::InvalidArgument,
         }
     }
@@ -106,6 +110,7 @@ impl core::fmt::Display for AdmissionRefusal {
             AdmissionRefusal::Bundle(e) => write!(f, "its bundle does not read: {e}"),
             AdmissionRefusal::NotATenant(k) => write!(f, "it carries a {k:?} entry, which only a boot bundle may carry"),
             AdmissionRefusal::Empty => write!(f, "it holds no partition"),
+            AdmissionRefusal::NotAnInstance => write!(f, "this boot is not an instance: it takes no tenant after boot"),
             AdmissionRefusal::NameTaken(n) => write!(f, "a partition named '{n}' is already in this instance"),
             AdmissionRefusal::TooManyPartitions => write!(f, "the instance holds {MAX_PARTITIONS} partitions, its most"),
             AdmissionRefusal::Partition { name, why } => write!(f, "partition '{name}': {} (nothing admitted)", why.reason()),
@@ -220,6 +225,9 @@ pub(crate) fn admit<A: Arch>(
 /// Check `bundle` holds only tenants (at least one), with names no
 /// partition of this boot had, that fit the machine.
 fn check_tenants<A: Arch>(hv: &Hypervisor<A>, bundle: &Bundle<'_>) -> Result<(), AdmissionRefusal> {
+    if !hv.policy.instance {
+        return Err(AdmissionRefusal::NotAnInstance);
+    }
     for e in bundle.entries() {
         match e.kind {
             EntryKind::Partition
@@ -240,7 +248,9 @@ fn check_tenants<A: Arch>(hv: &Hypervisor<A>, bundle: &Bundle<'_>) -> Result<(),
         return Err(AdmissionRefusal::TooManyPartitions);
     }
     for (n, d) in descs.iter().enumerate() {
-        let taken = hv.partitions.iter().any(|p| p.desc().name == d.name) || descs[..n].iter().any(|o| o.name == d.name);
+        // `hypervisor` names the hypervisor's own log (and orders to it).
+        let reserved = name_text(&d.name) == rvm_abi::frame::HYPERVISOR_TARGET;
+        let taken = reserved || hv.partitions.iter().any(|p| p.desc().name == d.name) || descs[..n].iter().any(|o| o.name == d.name);
         if taken {
             return Err(AdmissionRefusal::NameTaken(String::from(name_text(&d.name))));
         }

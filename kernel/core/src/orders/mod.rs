@@ -65,7 +65,7 @@ const POLL_BUDGET: usize = 4 * (MAX_ORDER_LINE + 2);
 /// turns, few enough that one turn stays short.
 const CHANNEL_POLL_BUDGET: usize = 64 << 10;
 /// Bytes read from the control channel per read call.
-const CHANNEL_CHUNK: usize = 512;
+const CHANNEL_CHUNK: usize = 64;
 
 
 /// Read and handle whatever operator input is waiting, on the console and

@@ -129,9 +129,10 @@ fn forged_replayed_and_over_reaching_admissions_are_refused_witnessed_and_leave_
     input.extend(frame(&boot_bundle, &OPERATOR_SEED, 7, &with_seed));
     input.extend(frame(&boot_bundle, &OPERATOR_SEED, 8, &admission(&[("resident", 5000, 1)])));
     input.extend(frame(&boot_bundle, &OPERATOR_SEED, 9, &admission(&[])));
-    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 10, &too_big));
-    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 11, &good));
-    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 11, &admission(&[("again", 5000, 1)]))); // replayed nonce
+    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 12, &admission(&[("hypervisor", 5000, 1)])));
+    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 20, &too_big));
+    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 21, &good));
+    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 21, &admission(&[("again", 5000, 1)]))); // replayed nonce
     hv.arch.send_on_channel(&input);
     hv.arch.set_guest(4, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
     hv.run();
@@ -142,9 +143,10 @@ fn forged_replayed_and_over_reaching_admissions_are_refused_witnessed_and_leave_
         "rvm: admission 7 refused: it carries a WitnessKeySeed entry",
         "rvm: admission 8 refused: a partition named 'resident' is already in this instance",
         "rvm: admission 9 refused: it holds no partition",
-        "rvm: admission 10 refused: partition 'second': its memory budget does not fit",
-        "rvm: admission 11 done: admitted tenant as partition 4",
-        "rvm: admission 11 refused: nonce replayed",
+        "rvm: admission 12 refused: a partition named 'hypervisor' is already in this instance",
+        "rvm: admission 20 refused: partition 'second': its memory budget does not fit",
+        "rvm: admission 21 done: admitted tenant as partition 4",
+        "rvm: admission 21 refused: nonce replayed",
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
@@ -154,6 +156,7 @@ fn forged_replayed_and_over_reaching_admissions_are_refused_witnessed_and_leave_
     assert_eq!(states[1..], [PartitionState::Evicted, PartitionState::Evicted, PartitionState::Finished], "{text}");
     assert!(text.contains("partition 2 'first' refused: another partition of its admission was refused"), "{text}");
     for log in [2, 3] {
+        assert_eq!(hv.caps.space().live_count(rvm_cap::PartitionId(log)), Some(0), "log {log}: a refused tenant keeps no capability");
         assert!(events(&hv, log, &[KernelEvent::PartitionStart]).is_empty(), "log {log}: a refused tenant never starts");
         assert_eq!(events(&hv, log, &[KernelEvent::PartitionRefused]).len(), 1);
     }
@@ -170,6 +173,7 @@ fn forged_replayed_and_over_reaching_admissions_are_refused_witnessed_and_leave_
         [
             HvError::BadProof,
             HvError::BadProof,
+            HvError::InvalidArgument,
             HvError::InvalidArgument,
             HvError::InvalidArgument,
             HvError::InvalidArgument,
@@ -217,4 +221,45 @@ fn an_instance_may_boot_empty_and_take_its_first_tenant_later() {
     let one_shot = bundle_with_config(&[], &[], true, Some(fresh_boot_id()), BootConfig::DEFAULT);
     let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
     assert!(matches!(Hypervisor::boot(FakeArch::new(), frames, &one_shot), Err(crate::load::BootError::Empty)));
+}
+
+#[test]
+fn a_one_shot_boot_takes_no_tenant_after_boot() {
+    let config = BootConfig { run_budget_ms: 5, ..BootConfig::DEFAULT };
+    let (mut hv, bundle) = crate::tests::orders::boot_with_config(&[Part::new("resident")], &[], true, Some(fresh_boot_id()), config);
+    hv.arch.set_guest(1, resident(Rc::default()));
+    hv.arch.send_on_channel(&frame(&bundle, &OPERATOR_SEED, 1, &admission(&[("late", 5000, 1)])));
+    hv.run();
+    let text = hv.arch.console_text();
+    assert!(text.contains("rvm: admission 1 refused: this boot is not an instance"), "{text}");
+    assert_eq!(hv.partitions().len(), 1, "nothing was created");
+}
+
+#[test]
+fn an_id_an_earlier_boot_gave_is_never_given_to_another_tenant() {
+    // The instance had ids 1..=3; only 1 stays, and admissions start at 4.
+    let extra = [
+        (EntryKind::PartitionIds, GLOBAL, 1u32.to_le_bytes().to_vec()),
+        (EntryKind::FirstFreeId, GLOBAL, 4u32.to_le_bytes().to_vec()),
+    ];
+    let bundle = crate::tests::orders::bundle_with_extra(&[Part::new("stays")], &[], true, Some(fresh_boot_id()), instance_config(), &extra);
+    let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+    let mut hv = Hypervisor::boot(FakeArch::new(), frames, &bundle).unwrap();
+    hv.arch.set_guest(1, resident(Rc::default()));
+    hv.arch.set_guest(4, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
+    hv.arch.send_on_channel(&frame(&bundle, &OPERATOR_SEED, 1, &admission(&[("newcomer", 5000, 1)])));
+    hv.run();
+    let text = hv.arch.console_text();
+    assert!(text.contains("rvm: admission 1 done: admitted newcomer as partition 4"), "{text}");
+    assert!(hv.partitions()[1].is_vacant() && hv.partitions()[2].is_vacant());
+    // A first free id at or below a partition's, or beyond the VMIDs, does not read.
+    for bad in [1u32, 257] {
+        let extra = [(EntryKind::FirstFreeId, GLOBAL, bad.to_le_bytes().to_vec())];
+        let b = crate::tests::orders::bundle_with_extra(&[Part::new("a")], &[], true, Some(fresh_boot_id()), instance_config(), &extra);
+        let frames = FrameAllocator::new(&[PhysRange::new(PhysAddr::new(0x4800_0000), 64 << 20).unwrap()]);
+        assert!(matches!(
+            Hypervisor::boot(FakeArch::new(), frames, &b),
+            Err(crate::load::BootError::Bundle(rvm_abi::bundle::BundleError::PartitionIds))
+        ));
+    }
 }
