@@ -40,7 +40,9 @@
 //!   length u64 (at most [`MAX_ADMISSION`]): tenants to create in the
 //!   running hypervisor. The bundle follows in `AdmissionData` (19) frames
 //!   of at most [`ADMISSION_CHUNK`] bytes each, nothing else between them
-//!   but acknowledgements. The operator key signs [`admission_message`],
+//!   but acknowledgements. Another frame before the bundle is whole (a host
+//!   that gave up on it between two frames) abandons it: the hypervisor
+//!   refuses it and reads that frame as usual. The operator key signs [`admission_message`],
 //!   which binds the nonce, the admission's SHA-256 and the digest of the
 //!   bundle the hypervisor booted (so an admission is good for one boot,
 //!   once).
@@ -291,6 +293,9 @@ pub enum Inbound {
     /// The next byte of the admission's bundle (the reader counts them:
     /// `len` of them make it whole).
     AdmissionByte(u8),
+    /// Another frame began before the admission's bundle was whole: the
+    /// admission is abandoned (the frame is read on as usual).
+    AdmissionAbandoned,
 }
 
 /// Reads the frames the host sends the hypervisor (orders, admissions), a
@@ -350,15 +355,20 @@ impl InboundDecoder {
             if self.buf[..2] != MAGIC || self.buf[3] != 0 {
                 return self.fail(DecodeError::BadHeader);
             }
+            let mut abandoned = false;
             if self.admission_left > 0 {
-                // Only the admission's data until its bundle is whole.
-                let most = ADMISSION_CHUNK.min(usize::try_from(self.admission_left).unwrap_or(usize::MAX));
-                if kind != Some(Kind::AdmissionData) || len == 0 || len > most {
-                    return self.fail(DecodeError::BadPayload(Kind::AdmissionData));
+                if kind == Some(Kind::AdmissionData) {
+                    let most = ADMISSION_CHUNK.min(usize::try_from(self.admission_left).unwrap_or(usize::MAX));
+                    if len == 0 || len > most {
+                        return self.fail(DecodeError::BadPayload(Kind::AdmissionData));
+                    }
+                    self.chunk_left = len;
+                    self.len = 0;
+                    return None;
                 }
-                self.chunk_left = len;
-                self.len = 0;
-                return None;
+                // The host gave up on it between two frames.
+                self.admission_left = 0;
+                abandoned = true;
             }
             let want = match kind {
                 Some(Kind::Order) => ORDER_BYTES,
@@ -372,7 +382,7 @@ impl InboundDecoder {
             if len != want {
                 return self.fail(DecodeError::BadPayload(kind.unwrap_or(Kind::Order)));
             }
-            return None;
+            return abandoned.then_some(Ok(Inbound::AdmissionAbandoned));
         }
         if self.len < HEADER_LEN + len {
             return None;
@@ -863,9 +873,11 @@ mod decode {
             let stray = header(Kind::AdmissionData, 4).to_vec();
             let mut too_long = head.clone();
             too_long[HEADER_LEN + 72..HEADER_LEN + 80].copy_from_slice(&(MAX_ADMISSION as u64 + 1).to_le_bytes());
+            // A host that gave up between two frames: the next frame abandons it.
+            let mut d = InboundDecoder::new();
+            let got: Vec<_> = order_inside.iter().filter_map(|&b| d.push(b)).collect();
+            assert_eq!(got, [Ok(Inbound::AdmissionBegins { nonce: 1, signature: [0; 64], len: 100 }), Ok(Inbound::AdmissionAbandoned), Ok(Inbound::Order(order))]);
             for (bytes, want) in [
-                (order_inside, DecodeError::BadPayload(Kind::AdmissionData)),
-                (long_chunk, DecodeError::BadPayload(Kind::AdmissionData)),
                 (stray, DecodeError::BadPayload(Kind::AdmissionData)),
                 (too_long, DecodeError::TooLong(u32::try_from(MAX_ADMISSION + 1).unwrap())),
             ] {

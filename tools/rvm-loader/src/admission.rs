@@ -181,6 +181,7 @@ mod tests {
             partitions: vec!["a".into()],
             running: true,
             boot_id: None,
+            pid_started: None,
         };
         let live = InstanceStatus { updated_unix: 0, partitions: vec![("a".into(), "exited".into()), ("b".into(), "running".into())] };
         for taken in ["a", "b"] {

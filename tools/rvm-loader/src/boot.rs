@@ -65,6 +65,10 @@ pub struct BootOptions {
     pub live_witness: bool,
     /// Journal every partition's inputs (`@J` frames) for `witness replay`.
     pub journal: bool,
+    /// Evaluate coherence domains: the hypervisor cuts the partitions'
+    /// communication graph and splits or merges agents
+    /// ([`BOOT_FLAG_COHERENCE`](rvm_abi::bundle::BOOT_FLAG_COHERENCE)).
+    pub coherence: bool,
     /// Channels the operator asked for (`--link A:B`); no other channel
     /// exists between the partitions of a boot.
     pub links: Vec<Link>,
@@ -251,6 +255,9 @@ pub fn plan(
     };
     if opts.instance.is_some() {
         flags |= rvm_abi::bundle::BOOT_FLAG_INSTANCE;
+    }
+    if opts.coherence {
+        flags |= rvm_abi::bundle::BOOT_FLAG_COHERENCE;
     }
     let config = BootConfig {
         run_budget_ms: budget_ms,

@@ -209,6 +209,10 @@ struct InstanceArgs {
     /// Give partitions A and B a channel between them (repeatable).
     #[arg(long = "link", value_name = "A:B", value_parser = parse_link)]
     links: Vec<commands::Link>,
+    /// Coherence domains: split and merge agents between partitions by
+    /// their real traffic, every decision witnessed (see `up --help`).
+    #[arg(long)]
+    coherence: bool,
     /// Do not continue the last instance of this RVM_HOME: every log
     /// starts anew (the earlier files go to the archive) and only the
     /// named partitions (default: all with a guest) boot.
@@ -235,6 +239,9 @@ impl InstanceArgs {
         if self.fresh {
             a.push("--fresh".into());
         }
+        if self.coherence {
+            a.push("--coherence".into());
+        }
         a
     }
 
@@ -247,6 +254,7 @@ impl InstanceArgs {
             no_boot: false,
             live_witness: false,
             journal: self.journal,
+            coherence: self.coherence,
             links: self.links.clone(),
             include_witness_seed: false,
             instance: None,
@@ -624,6 +632,12 @@ struct BootArgs {
     /// unless linked.
     #[arg(long = "link", value_name = "A:B", value_parser = parse_link)]
     links: Vec<commands::Link>,
+    /// Coherence domains: the hypervisor weighs the real traffic between
+    /// agents, cuts the graph, and splits or merges agents between
+    /// partitions at their turn boundaries, witnessing every decision
+    /// (`SplitDecided`, `MergeDecided`, `Split`, `Merge`) with its cut.
+    #[arg(long)]
+    coherence: bool,
     /// With --bundle-out: also write the witness key's seed into that file
     /// (mode 0600). Without it the written bundle leaves the seed out.
     #[arg(long, requires = "bundle_out")]
@@ -651,6 +665,7 @@ impl BootArgs {
             no_boot: self.no_boot,
             live_witness: self.show_witness,
             journal: self.journal,
+            coherence: self.coherence,
             links: self.links.clone(),
             include_witness_seed: self.include_witness_seed,
             instance: None,

@@ -528,6 +528,7 @@ fn unused_by_admission(opts: &BootOptions) -> Vec<&'static str> {
         (opts.bundle_out.is_some(), "--bundle-out"),
         (opts.live_witness, "--show-witness"),
         (opts.journal, "--journal"),
+        (opts.coherence, "--coherence"),
     ]
     .into_iter()
     .filter_map(|(given, flag)| given.then_some(flag))

@@ -60,6 +60,11 @@ pub struct InstanceRecord {
     /// partitions take part in.
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// When that process started (`/proc/<pid>/stat` field 22, clock
+    /// ticks since boot): a lock whose pid now names another process (the
+    /// loader died, the pid was reused) is stale.
+    #[serde(default)]
+    pub pid_started: Option<u64>,
 }
 
 /// The partitions' live states.
@@ -94,12 +99,28 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The running instance of `home`, if any (a lock whose process is gone is
-/// not one).
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`, counted after the command name's closing paren).
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the loader a lock names is still that process.
+fn holds(r: &InstanceRecord) -> bool {
+    match r.pid_started {
+        Some(t) => process_start(r.pid) == Some(t),
+        None => alive(r.pid),
+    }
+}
+
+/// The running instance of `home`, if any (a lock whose process is gone,
+/// or whose pid now names another process, is not one).
 pub fn running(home: &Path) -> Option<InstanceRecord> {
     let text = std::fs::read_to_string(lock_path(home)).ok()?;
     let r: InstanceRecord = serde_json::from_str(&text).ok()?;
-    alive(r.pid).then_some(r)
+    holds(&r).then_some(r)
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -128,7 +149,7 @@ impl Lock {
         // read (being written by a loader starting now) stays.
         if let Ok(text) = std::fs::read_to_string(&path) {
             match serde_json::from_str::<InstanceRecord>(&text) {
-                Ok(r) if !alive(r.pid) => {
+                Ok(r) if !holds(&r) => {
                     let _ = std::fs::remove_file(&path);
                 }
                 _ => {
@@ -145,6 +166,7 @@ impl Lock {
             partitions: partitions.iter().map(ToString::to_string).collect(),
             running: false,
             boot_id: Some(boot_id.to_string()),
+            pid_started: process_start(std::process::id()),
         };
         let text = serde_json::to_string_pretty(&record).map_err(|e| Error::failed(e.to_string()))?;
         let mut f = rvm_witness_host::files::create_new(&path, 0o600).map_err(|e| {
@@ -301,11 +323,16 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
         std::fs::metadata(home.witness_dir().join(format!("{name}.log"))).map_or(0, |m| m.len() / 64)
     };
     let uptime = crate::home::now_unix().saturating_sub(r.started_unix);
+    // Its coherence domain's last cut, as its log records it so far.
+    let last_cut = |name: &str| crate::domains::last_decision_in(&home.witness_dir().join(format!("{name}.log")));
     if json {
         let parts: Vec<_> = parts
             .iter()
             .map(|(n, state, admitted)| {
-                serde_json::json!({ "name": n, "state": state, "admitted": admitted, "records": records(n) })
+                let cut = last_cut(n).map(|d| {
+                    serde_json::json!({ "event": d.event.name(), "seq": d.seq, "cut_raw": d.cut, "internal_raw": d.internal })
+                });
+                serde_json::json!({ "name": n, "state": state, "admitted": admitted, "records": records(n), "last_cut": cut })
             })
             .collect();
         println!(
@@ -328,6 +355,9 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
     for (n, state, admitted) in &parts {
         let how = if *admitted { " (admitted)" } else { "" };
         println!("  {n}{how}: {state}, {} witness records filed", records(n));
+        if let Some(d) = last_cut(n) {
+            println!("    last cut decision: {}", d.describe());
+        }
     }
     println!("  hypervisor: {} witness records filed", records("hypervisor"));
     Ok(())
@@ -376,6 +406,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lock_whose_pid_names_another_process_now_is_stale() {
+        let home = std::env::temp_dir().join(format!("rvm-instance-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(dir(&home)).unwrap();
+        let me = std::process::id();
+        let started = process_start(me).expect("this process's start time");
+        let lock = |pid_started| InstanceRecord { pid: me, started_unix: 0, partitions: vec![], running: true, boot_id: None, pid_started };
+        std::fs::write(lock_path(&home), serde_json::to_string(&lock(Some(started))).unwrap()).unwrap();
+        assert!(running(&home).is_some(), "the process that took it holds it");
+        // The same pid, started at another time: a reused pid.
+        std::fs::write(lock_path(&home), serde_json::to_string(&lock(Some(started + 1))).unwrap()).unwrap();
+        assert!(running(&home).is_none(), "a reused pid does not hold the lock");
+        assert!(Lock::take(&home, &[], "00").is_ok(), "and a new instance may take it");
+        let _ = std::fs::remove_dir_all(&home);
+    }
+
+    #[test]
     fn the_live_status_lists_admitted_partitions_after_those_booted() {
         let home = std::env::temp_dir().join(format!("rvm-instance-status-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
@@ -387,7 +434,7 @@ mod tests {
         write_status(&dir(&home), &names, &states);
         let live = live_status(&home);
         assert_eq!(live.partitions, [("a".to_string(), "exited".to_string()), ("tenant".to_string(), "running".to_string())]);
-        let record = InstanceRecord { pid: 1, started_unix: 0, partitions: vec!["a".into(), "b".into()], running: true, boot_id: None };
+        let record = InstanceRecord { pid: 1, started_unix: 0, partitions: vec!["a".into(), "b".into()], running: true, boot_id: None, pid_started: None };
         assert_eq!(
             partitions_of(&record, &live),
             [

@@ -844,3 +844,30 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
 fn crate_instance_not_running(env: &Real) -> bool {
     env.ok(&["instance", "status"]).stdout.starts_with("no instance running")
 }
+
+#[test]
+fn coherence_turned_on_from_the_command_line_merges_two_chatty_tenants() {
+    let env = Real::new();
+    let chatter = env.images.join("agents/chatter.wasm");
+    for case in ["template-minimal", "template-vertical_coding"] {
+        env.ok(&["deploy", fixture(case).to_str().unwrap(), "--wasm", chatter.to_str().unwrap(), "--no-boot"]);
+    }
+    let _q = qemu_lock();
+    let up = env.ok(&[
+        "up",
+        "demo-minimal",
+        "demo-coding",
+        "--link",
+        "demo-minimal:demo-coding",
+        "--coherence",
+        "--timeout",
+        LOADER_TIMEOUT,
+    ]);
+    let logs = format!("{}{}", show(&env, "demo-minimal"), show(&env, "demo-coding"));
+    assert!(logs.contains("MergeDecided") && logs.contains("Merge "), "no merge witnessed: {up:#?}\n{logs}");
+    let status = env.ok(&["status"]).stdout;
+    assert!(status.contains("last cut decision: merge"), "{status}");
+    for n in ["demo-minimal", "demo-coding", "hypervisor"] {
+        assert_filed_and_verified(&env, n);
+    }
+}

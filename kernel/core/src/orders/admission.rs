@@ -78,6 +78,8 @@ pub enum AdmissionRefusal {
     Partition { name: String, why: Refusal },
     /// Its record could not be written.
     Witness,
+    /// The host began another frame after `received` of its `len` bytes.
+    Abandoned { received: usize, len: usize },
 }
 
 impl AdmissionRefusal {
@@ -88,6 +90,7 @@ impl AdmissionRefusal {
             AdmissionRefusal::NoRoom { .. } | AdmissionRefusal::TooManyPartitions => HvError::QuotaExceeded,
             AdmissionRefusal::Partition { why, .. } => why.error(),
             AdmissionRefusal::Witness => HvError::WitnessUnavailable,
+            AdmissionRefusal::Abandoned { .. } => HvError::InvalidArgument,
             AdmissionRefusal::Bundle(_)
             | AdmissionRefusal::NotATenant(_)
             | AdmissionRefusal::Empty
@@ -115,6 +118,9 @@ impl core::fmt::Display for AdmissionRefusal {
             AdmissionRefusal::TooManyPartitions => write!(f, "the instance holds {MAX_PARTITIONS} partitions, its most"),
             AdmissionRefusal::Partition { name, why } => write!(f, "partition '{name}': {} (nothing admitted)", why.reason()),
             AdmissionRefusal::Witness => write!(f, "its record could not be written"),
+            AdmissionRefusal::Abandoned { received, len } => {
+                write!(f, "the host sent another frame after {received} of its {len} bytes (abandoned)")
+            }
         }
     }
 }
@@ -144,6 +150,18 @@ pub(crate) fn byte<A: Arch>(hv: &mut Hypervisor<A>, b: u8) {
     if let Some(whole) = hv.orders.admission_byte(b) {
         finish(hv, whole);
     }
+}
+
+/// The admission arriving was abandoned (another frame began, or the
+/// stream broke): refused, its room given back.
+pub(crate) fn abandon<A: Arch>(hv: &mut Hypervisor<A>) {
+    let Some(a) = hv.orders.take_admission() else { return };
+    // `begin` charged its whole length when it could keep it.
+    if a.bytes.is_some() {
+        hv.heap.uncommit(a.len);
+    }
+    let args = OrderArgs { order: ADMISSION_ORDER_CODE, nonce: a.nonce };
+    refuse(hv, args, &AdmissionRefusal::Abandoned { received: a.received, len: a.len });
 }
 
 /// The whole admission arrived: admit it or refuse it, then give its

@@ -218,6 +218,11 @@ impl OrderDesk {
         self.taken
     }
 
+    /// The admission arriving, taken away (it was abandoned).
+    pub(crate) fn take_admission(&mut self) -> Option<Arriving> {
+        self.admission.take()
+    }
+
     /// SHA-256 of the bundle this hypervisor booted.
     pub(crate) fn bundle_digest(&self) -> &[u8; 32] {
         &self.bundle_digest

@@ -121,7 +121,9 @@ fn take_channel_byte<A: Arch>(hv: &mut Hypervisor<A>, b: u8) {
         Some(Ok(Inbound::Order(order))) => handle_order(hv, &order),
         Some(Ok(Inbound::AdmissionBegins { nonce, signature, len })) => admission::begin(hv, nonce, signature, len),
         Some(Ok(Inbound::AdmissionByte(b))) => admission::byte(hv, b),
+        Some(Ok(Inbound::AdmissionAbandoned)) => admission::abandon(hv),
         Some(Err(e)) => {
+            admission::abandon(hv);
             console::hyp_line(&mut hv.arch, format_args!("control channel input ignored from here on: {e}"));
             refuse(hv, None, "?", OrderArgs { order: 0, nonce: 0 }, OrderRefusal::Malformed);
         }

@@ -263,3 +263,31 @@ fn an_id_an_earlier_boot_gave_is_never_given_to_another_tenant() {
         ));
     }
 }
+
+#[test]
+fn an_admission_the_host_gave_up_on_is_refused_and_the_channel_goes_on() {
+    let (mut hv, boot_bundle) = boot_instance(&[Part::new("resident")], crate::memory::quota::EL2_HEAP_BYTES);
+    hv.arch.set_guest(1, resident(Rc::default()));
+    hv.arch.set_guest(2, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
+    let reserved = hv.heap.committed();
+    // The admission's header and first chunk, then the host gives up and
+    // sends another admission (whole).
+    let mut frames = Vec::new();
+    let adm = admission(&[("cut", 20_000, 1)]);
+    let message = rvm_abi::control::admission_message(3, &rvm_state::digest::full(&adm), &rvm_state::digest::full(&boot_bundle));
+    let signature = SigningKey::from_bytes(&OPERATOR_SEED).sign(&message).to_bytes();
+    rvm_abi::control::write_admission(&mut |f| frames.push(f.to_vec()), 3, &signature, &adm);
+    let mut input: Vec<u8> = frames[..2].concat();
+    input.extend(frame(&boot_bundle, &OPERATOR_SEED, 4, &admission(&[("whole", 5000, 1)])));
+    hv.arch.send_on_channel(&input);
+    hv.run();
+    let text = hv.arch.console_text();
+    assert!(text.contains("rvm: admission 3 refused: the host sent another frame after 4096 of its"), "{text}");
+    assert!(text.contains("rvm: admission 4 done: admitted whole as partition 2"), "{text}");
+    assert_eq!(
+        hv.heap.committed(),
+        reserved + crate::memory::quota::partition_bytes(&rvm_state::store::StoreLimits::DEFAULT),
+        "the abandoned admission's room was given back"
+    );
+    assert_chains_verify(&hv);
+}
