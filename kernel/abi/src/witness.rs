@@ -110,6 +110,11 @@ kernel_events! {
     SnapshotTaken = 0x8020,
     /// A signed checkpoint of this log's head was emitted.
     LogCheckpoint = 0x8021,
+    /// This boot continues a log of an earlier boot (the bundle's
+    /// `LogResume`, verified): `args` = the log id u32 LE, 4 reserved bytes,
+    /// then the records it held, u64 LE. In the hypervisor's log, after its
+    /// `Boot` record.
+    LogResumed = 0x8022,
     /// A coherence domain split.
     Split = 0x8030,
     /// Two coherence domains merged.

@@ -78,6 +78,9 @@ impl<A: Arch> Hypervisor<A> {
         }
         // A boot that cannot be witnessed runs nothing (the run stops at once).
         hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::Boot, Outcome::Done, boot_digest);
+        if let Some(from) = bundle.log_resume(None) {
+            crate::load::witness_resumed(&mut hv, PartitionId::HYPERVISOR, from.size);
+        }
         if let Some(rt) = bundle.global(EntryKind::GuestRuntime) {
             let image = SharedImage::load(&mut hv.arch, &mut hv.frames, rt.data)
                 .map_err(|e| match e {
@@ -95,6 +98,7 @@ impl<A: Arch> Hypervisor<A> {
                     crate::load::refuse_unresumed(&mut hv, place.id, &desc, e)?;
                     continue;
                 }
+                crate::load::witness_resumed(&mut hv, place.id, from.size);
             }
             crate::load::load_partition(&mut hv, &bundle, index, desc, place)?;
             hv.sched.admit(hv.partitions.len() - 1, &desc);

@@ -349,8 +349,7 @@ impl Recorder {
         if len > keep {
             let mut tail = Vec::new();
             log_file.seek(SeekFrom::Start(keep)).and_then(|_| log_file.read_to_end(&mut tail)).map_err(HostError::io(&files.log, "read"))?;
-            let archive = self.dir.join(ARCHIVE_DIR);
-            fs::create_dir_all(&archive).map_err(HostError::io(&archive, "create directory"))?;
+            let archive = self.archive_dir()?;
             let mut n = 1u32;
             while archive.join(format!("{name}.{n}.unsigned")).exists() {
                 n += 1;
@@ -437,6 +436,24 @@ impl Recorder {
         Ok(())
     }
 
+    /// `witness/archive/`, made if missing; a link there (which would send
+    /// the earlier files elsewhere) is refused.
+    fn archive_dir(&self) -> Result<PathBuf, HostError> {
+        let archive = self.dir.join(ARCHIVE_DIR);
+        match fs::symlink_metadata(&archive) {
+            Ok(m) if m.is_dir() => Ok(archive),
+            Ok(_) => Err(HostError::Io {
+                path: archive,
+                op: "use as the archive",
+                source: std::io::Error::other("not a directory (a link is not followed)"),
+            }),
+            Err(_) => {
+                fs::create_dir(&archive).map_err(HostError::io(&archive, "create directory"))?;
+                Ok(archive)
+            }
+        }
+    }
+
     /// Move an earlier run's files of `files` to the archive.
     fn archive(&mut self, files: &LogFiles) -> Result<(), HostError> {
         let existing: Vec<&PathBuf> = [&files.log, &files.checkpoints, &files.key]
@@ -446,8 +463,7 @@ impl Recorder {
         if existing.is_empty() {
             return Ok(());
         }
-        let archive = self.dir.join(ARCHIVE_DIR);
-        fs::create_dir_all(&archive).map_err(HostError::io(&archive, "create directory"))?;
+        let archive = self.archive_dir()?;
         let mut n = 1u32;
         while [LOG_SUFFIX, CHECKPOINTS_SUFFIX, KEY_SUFFIX]
             .iter()

@@ -804,3 +804,22 @@ fn a_log_continues_in_its_files_across_boots_and_verifies_whole() {
     std::fs::write(home.log("agent-a"), &bytes).unwrap();
     assert!(rvm_witness_host::resume_point(&home.log("agent-a"), 1, &other, None).is_err());
 }
+
+#[test]
+fn an_archive_that_is_a_link_is_not_followed() {
+    let home = TempHome::new();
+    let elsewhere = home.0.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(home.witness()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, home.witness().join("archive")).unwrap();
+    // An earlier run's log, which a new run would archive.
+    std::fs::write(home.log("agent-a"), [0u8; RECORD_LEN]).unwrap();
+    let signer = CheckpointSigner::from_seed(&seed());
+    let mut rec = Recorder::new(&home.0, names()).unwrap();
+    rec.frame(&signer.public_key().frame()).unwrap();
+    let mut r = WitnessRecord::new(WitnessOp::Call(Hypercall::ChannelSend), Outcome::Done, 1);
+    r.seq = 0;
+    let refused = rec.frame(&Frame::Record { log: 1, bytes: r.to_bytes() });
+    assert!(refused.is_err(), "the archive link was followed");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing went through the link");
+}

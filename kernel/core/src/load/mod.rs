@@ -81,6 +81,15 @@ pub(crate) fn fill_vacancies<A: Arch>(hv: &mut Hypervisor<A>, id: PartitionId) -
     Ok(())
 }
 
+/// Log `log` continues an earlier boot's from `size` records: said in the
+/// hypervisor's log (`LogResumed`), so every continuation is auditable.
+pub(crate) fn witness_resumed<A: Arch>(hv: &mut Hypervisor<A>, log: PartitionId, size: u64) {
+    let mut args = [0u8; 16];
+    args[..4].copy_from_slice(&log.0.to_le_bytes());
+    args[8..].copy_from_slice(&size.to_le_bytes());
+    hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::LogResumed, Outcome::Done, args);
+}
+
 /// Partition `id` (`desc`) cannot continue its log (`why`): it does not
 /// run, its log gets no record (the host's copy stays as it was), and the
 /// refusal is witnessed in the hypervisor's log; its id stays vacant.

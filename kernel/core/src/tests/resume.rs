@@ -122,6 +122,15 @@ fn a_restarted_instance_continues_every_log_and_keeps_its_tenants_ids() {
         }
         assert_eq!(range.root().0, root, "log {log}: one Merkle tree across both boots");
     }
+    // The hypervisor's log says which logs continued, from where.
+    let resumed: Vec<(u32, u64)> = two.records[&0]
+        .iter()
+        .map(|b| WitnessRecord::from_bytes(b).unwrap())
+        .filter(|r| r.op == KernelEvent::LogResumed as u16)
+        .map(|r| (u32::from_le_bytes(r.args[..4].try_into().unwrap()), u64::from_le_bytes(r.args[8..].try_into().unwrap())))
+        .collect();
+    let size = |log: u32| one.records[&log].len() as u64;
+    assert_eq!(resumed, [(0, size(0)), (1, size(1)), (3, size(3))]);
     // The second boot's first record of each log follows the first boot's last.
     let created = WitnessRecord::from_bytes(&two.records[&3][0]).unwrap();
     assert_eq!(created.op, KernelEvent::PartitionCreate as u16);
