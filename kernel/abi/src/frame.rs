@@ -209,6 +209,9 @@ pub enum OrderKind {
     /// End the run: every log checkpointed and signed, then power off. Its
     /// target is the hypervisor itself ([`HYPERVISOR_TARGET`]).
     Shutdown = 3,
+    /// Report the hypervisor's state on its answer line (CPUs, memory,
+    /// every partition's state and log size). Its target is the hypervisor.
+    Status = 4,
 }
 
 /// The target name of an order for the hypervisor itself (no partition may
@@ -216,7 +219,7 @@ pub enum OrderKind {
 pub const HYPERVISOR_TARGET: &str = "hypervisor";
 
 impl OrderKind {
-    pub const ALL: [OrderKind; 3] = [OrderKind::Unfence, OrderKind::Evict, OrderKind::Shutdown];
+    pub const ALL: [OrderKind; 4] = [OrderKind::Unfence, OrderKind::Evict, OrderKind::Shutdown, OrderKind::Status];
 
     /// The word on the `@O` line and on the loader's command line.
     pub const fn name(self) -> &'static str {
@@ -224,6 +227,7 @@ impl OrderKind {
             OrderKind::Unfence => "unfence",
             OrderKind::Evict => "evict",
             OrderKind::Shutdown => "shutdown",
+            OrderKind::Status => "status",
         }
     }
 

@@ -323,6 +323,15 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
         std::fs::metadata(home.witness_dir().join(format!("{name}.log"))).map_or(0, |m| m.len() / 64)
     };
     let uptime = crate::home::now_unix().saturating_sub(r.started_unix);
+    // What the hypervisor itself says (a signed `status` order, witnessed
+    // in its log), once it talks.
+    let live = if r.running {
+        crate::control::deliver(home, rvm_abi::frame::OrderKind::Status, rvm_abi::frame::HYPERVISOR_TARGET, r.pid)
+            .map_err(|e| e.to_string())
+            .and_then(|line| Live::parse(&line).ok_or_else(|| format!("the hypervisor's answer does not read: {line}")))
+    } else {
+        Err("the hypervisor is booting".to_string())
+    };
     // Its coherence domain's last cut, as its log records it so far.
     let last_cut = |name: &str| crate::domains::last_decision_in(&home.witness_dir().join(format!("{name}.log")));
     if json {
@@ -335,6 +344,17 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
                 serde_json::json!({ "name": n, "state": state, "admitted": admitted, "records": records(n), "last_cut": cut })
             })
             .collect();
+        let live = match &live {
+            Ok(l) => serde_json::json!({
+                "cpus": l.cpus,
+                "frames_free_kib": l.frames_free_kib,
+                "frames_kib": l.frames_kib,
+                "heap_reserved_kib": l.heap_reserved_kib,
+                "heap_kib": l.heap_kib,
+                "partitions": l.partitions.iter().map(|p| serde_json::json!({ "id": p.id, "name": p.name, "state": p.state, "records": p.records })).collect::<Vec<_>>(),
+            }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
         println!(
             "{}",
             serde_json::json!({
@@ -344,23 +364,92 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
                 "hypervisor_talking": r.running,
                 "hypervisor_records": records("hypervisor"),
                 "partitions": parts,
+                "live": live,
             })
         );
         return Ok(());
     }
     println!("instance running: loader pid {}, up {uptime} s{}", r.pid, if r.running { "" } else { " (booting)" });
+    match &live {
+        Ok(l) => println!(
+            "  the hypervisor says: {} CPUs; {} of {} MiB free for partitions; its heap {} of {} MiB reserved",
+            l.cpus,
+            l.frames_free_kib / 1024,
+            l.frames_kib / 1024,
+            l.heap_reserved_kib / 1024,
+            l.heap_kib / 1024
+        ),
+        Err(e) => println!("  (no live state from the hypervisor: {e})"),
+    }
     if parts.is_empty() {
         println!("  no partition yet (`rvm-loader deploy FOLDER` admits one)");
     }
     for (n, state, admitted) in &parts {
         let how = if *admitted { " (admitted)" } else { "" };
         println!("  {n}{how}: {state}, {} witness records filed", records(n));
+        if let Some(p) = live.as_ref().ok().and_then(|l| l.partitions.iter().find(|p| p.name == *n)) {
+            println!("    the hypervisor says: partition {}, {}, {} witness records", p.id, p.state, p.records);
+        }
         if let Some(d) = last_cut(n) {
             println!("    last cut decision: {}", d.describe());
         }
     }
     println!("  hypervisor: {} witness records filed", records("hypervisor"));
     Ok(())
+}
+
+/// The hypervisor's answer to a `status` order (`rvm: order <nonce> status
+/// 'hypervisor' done: cpus=… frames_free_kib=… frames_kib=…
+/// heap_reserved_kib=… heap_kib=… partitions=id:name:state:records,…`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub cpus: u64,
+    pub frames_free_kib: u64,
+    pub frames_kib: u64,
+    pub heap_reserved_kib: u64,
+    pub heap_kib: u64,
+    pub partitions: Vec<LivePartition>,
+}
+
+/// One partition as the hypervisor reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePartition {
+    pub id: u32,
+    pub name: String,
+    pub state: String,
+    pub records: u64,
+}
+
+impl Live {
+    /// Read an answer line; `None` if it is not one.
+    pub fn parse(line: &str) -> Option<Self> {
+        let (_, words) = line.split_once(" done: ")?;
+        let mut l = Live::default();
+        for word in words.split_whitespace() {
+            let (key, value) = word.split_once('=')?;
+            match key {
+                "cpus" => l.cpus = value.parse().ok()?,
+                "frames_free_kib" => l.frames_free_kib = value.parse().ok()?,
+                "frames_kib" => l.frames_kib = value.parse().ok()?,
+                "heap_reserved_kib" => l.heap_reserved_kib = value.parse().ok()?,
+                "heap_kib" => l.heap_kib = value.parse().ok()?,
+                "partitions" => {
+                    for p in value.split(',').filter(|p| !p.is_empty()) {
+                        let mut f = p.split(':');
+                        l.partitions.push(LivePartition {
+                            id: f.next()?.parse().ok()?,
+                            name: f.next()?.to_string(),
+                            state: f.next()?.to_string(),
+                            records: f.next()?.parse().ok()?,
+                        });
+                    }
+                }
+                // Words a newer hypervisor adds are left alone.
+                _ => {}
+            }
+        }
+        Some(l)
+    }
 }
 
 /// `instance stop`: the signed `shutdown` order, then wait for the
@@ -404,6 +493,17 @@ pub fn serve_options(mut opts: BootOptions, instance_dir: PathBuf) -> BootOption
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hypervisors_status_answer_reads() {
+        let line = "rvm: order 12 status 'hypervisor' done: cpus=4 frames_free_kib=389120 frames_kib=393216 heap_reserved_kib=7700 heap_kib=122880 partitions=1:a:running:25,3:b:evicted:9";
+        let l = Live::parse(line).unwrap();
+        assert_eq!((l.cpus, l.frames_free_kib, l.frames_kib, l.heap_reserved_kib, l.heap_kib), (4, 389_120, 393_216, 7_700, 122_880));
+        assert_eq!(l.partitions[1], LivePartition { id: 3, name: "b".into(), state: "evicted".into(), records: 9 });
+        assert_eq!(Live::parse("rvm: order 12 status 'hypervisor' done: cpus=4 partitions=").unwrap().partitions, []);
+        assert!(Live::parse("rvm: order 12 status 'hypervisor' done: cpus=x").is_none());
+        assert!(Live::parse("rvm: order 12 status 'hypervisor' refused: signature").is_none());
+    }
 
     #[test]
     fn a_lock_whose_pid_names_another_process_now_is_stale() {

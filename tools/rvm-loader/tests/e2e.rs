@@ -743,6 +743,13 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     }
     let status = wait_for_state(&env, "demo-minimal", &["exited"]);
     assert_eq!(status["running"], true, "{status}");
+    // What the hypervisor itself says, live.
+    let live = &status["live"];
+    assert!(live["cpus"].as_u64() >= Some(1) && live["heap_kib"].as_u64() > Some(0), "{status}");
+    let coding = live["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "demo-coding").cloned();
+    assert!(coding.is_some_and(|p| p["id"] == 2 && p["records"].as_u64() > Some(0)), "{status}");
+    let text = env.ok(&["instance", "status"]).stdout;
+    assert!(text.contains("the hypervisor says: ") && text.contains("partition 2, "), "{text}");
     // The same tenant again is refused: it is in the instance already.
     let again = env.loader(&["guest", "boot", "--partition", "demo-minimal", "--wasm-ref", fixture("template-minimal").join("wasm-guest.json").to_str().unwrap()]);
     assert_eq!(again.code, 2, "{again:#?}");
@@ -764,7 +771,8 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     // Each admission is in the hypervisor's log; each tenant's log starts
     // with its creation.
     let hv = show(&env, "hypervisor");
-    assert_eq!(hv.lines().filter(|l| l.contains("OperatorOrder")).count(), 4, "3 admissions and the shutdown:\n{hv}");
+    // 3 admissions, the shutdown, and the status orders `instance status` gave.
+    assert!(hv.lines().filter(|l| l.contains("OperatorOrder")).count() >= 4, "{hv}");
     assert!(show(&env, "demo-minimal").contains("OperatorOrder"), "the eviction is in its target's log");
     for n in ["demo-minimal", "demo-coding", "demo-devops"] {
         let log = show(&env, n);

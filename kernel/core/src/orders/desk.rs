@@ -60,7 +60,7 @@ pub enum OrderRefusal {
     NoBootId,
     /// No partition has that name.
     UnknownPartition,
-    /// A `shutdown` order names a partition: it is for the hypervisor.
+    /// A `shutdown` or `status` order names a partition: it is for the hypervisor.
     NotTheHypervisor,
     /// The signature does not verify with the operator key.
     BadSignature,
@@ -94,7 +94,7 @@ impl core::fmt::Display for OrderRefusal {
             OrderRefusal::NoOperatorKey => write!(f, "the bundle binds no operator key"),
             OrderRefusal::NoBootId => write!(f, "the bundle carries no boot id"),
             OrderRefusal::UnknownPartition => write!(f, "no partition has that name"),
-            OrderRefusal::NotTheHypervisor => write!(f, "shutdown is an order for the hypervisor (target 'hypervisor')"),
+            OrderRefusal::NotTheHypervisor => write!(f, "it is an order for the hypervisor (target 'hypervisor')"),
             OrderRefusal::BadSignature => write!(f, "signature does not verify with the operator key"),
             OrderRefusal::Replayed { last } => write!(f, "nonce replayed (must exceed {last})"),
             OrderRefusal::NotFenced(s) => write!(f, "partition is not fenced (it is {})", s.name()),

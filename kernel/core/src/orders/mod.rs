@@ -156,8 +156,8 @@ fn handle_line<A: Arch>(hv: &mut Hypervisor<A>, line: &[u8]) {
 fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
     let order = *order;
     let args = OrderArgs { order: order.kind as u8, nonce: order.nonce };
-    if order.kind == OrderKind::Shutdown {
-        shutdown(hv, &order, args);
+    if matches!(order.kind, OrderKind::Shutdown | OrderKind::Status) {
+        for_the_hypervisor(hv, &order, args);
         return;
     }
     let Some(idx) = hv.partitions.iter().position(|p| p.desc().name == order.partition) else {
@@ -194,7 +194,7 @@ fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
     }
     let result = match order.kind {
         OrderKind::Unfence => unfence(hv, id),
-        OrderKind::Evict | OrderKind::Shutdown => evict(hv, id).map(|()| 0),
+        OrderKind::Evict | OrderKind::Shutdown | OrderKind::Status => evict(hv, id).map(|()| 0),
     };
     match result {
         Ok(ck) => {
@@ -205,7 +205,7 @@ fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
                     alloc::string::String::from("evicted (F4)")
                 }
                 // Its guest is on another CPU: evicted when that CPU comes back.
-                OrderKind::Evict | OrderKind::Shutdown => alloc::string::String::from("eviction deferred until it leaves its CPU"),
+                OrderKind::Evict | OrderKind::Shutdown | OrderKind::Status => alloc::string::String::from("eviction deferred until it leaves its CPU"),
             };
             console::hyp_line(
                 &mut hv.arch,
@@ -224,12 +224,14 @@ fn handle_order<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame) {
     }
 }
 
-/// The `shutdown` order: for the hypervisor itself (target
-/// [`HYPERVISOR_TARGET`]), checked like any order, witnessed in the
-/// hypervisor's log, then the run stops as at the end of its budget: every
-/// log checkpointed and signed, the summary printed, power off.
-fn shutdown<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame, args: OrderArgs) {
+/// The orders for the hypervisor itself (target [`HYPERVISOR_TARGET`]),
+/// checked like any order and witnessed in the hypervisor's log:
+/// `shutdown` stops the run as at the end of its budget (every log
+/// checkpointed and signed, the summary printed, power off); `status`
+/// answers with the hypervisor's state ([`status_line`]).
+fn for_the_hypervisor<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame, args: OrderArgs) {
     let name = order.partition_name();
+    let what = order.kind.name();
     if name != HYPERVISOR_TARGET {
         refuse(hv, None, name, args, OrderRefusal::NotTheHypervisor);
         return;
@@ -239,13 +241,50 @@ fn shutdown<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame, args: OrderArgs
         return;
     }
     if !hv.kernel_event(PartitionId::HYPERVISOR, KernelEvent::OperatorOrder, Outcome::Done, args.to_bytes()) {
-        console::hyp_line(&mut hv.arch, format_args!("order {} shutdown '{name}' refused: its record could not be written", order.nonce));
+        console::hyp_line(&mut hv.arch, format_args!("order {} {what} '{name}' refused: its record could not be written", order.nonce));
         hv.orders.note_refused();
         return;
     }
     hv.orders.note_applied();
+    if order.kind == OrderKind::Status {
+        let line = status_line(hv);
+        console::hyp_line(&mut hv.arch, format_args!("order {} status '{name}' done: {line}", order.nonce));
+        return;
+    }
     console::hyp_line(&mut hv.arch, format_args!("order {} shutdown '{name}' done: stopping the run", order.nonce));
     hv.stop_run();
+}
+
+/// The hypervisor's state as `key=value` words: `cpus`, `frames_free_kib`,
+/// `frames_kib` (RAM frames for partitions), `heap_reserved_kib`,
+/// `heap_kib` (the EL2 heap ledger), and `partitions=` a comma-separated
+/// list of `id:name:state:records` (vacancies left out; names are safe
+/// identifiers, so neither `:` nor `,` occurs in them).
+pub(crate) fn status_line<A: Arch>(hv: &Hypervisor<A>) -> alloc::string::String {
+    use core::fmt::Write as _;
+    let total = hv.frames.frames_total();
+    let mut s = alloc::format!(
+        "cpus={} frames_free_kib={} frames_kib={} heap_reserved_kib={} heap_kib={} partitions=",
+        hv.smp.cpu_count().max(1),
+        total.saturating_sub(hv.frames.frames_in_use()) * 4,
+        total * 4,
+        hv.heap.committed() / 1024,
+        hv.heap.capacity() / 1024,
+    );
+    let mut first = true;
+    for p in hv.partitions.iter().filter(|p| !p.is_vacant()) {
+        let _ = write!(
+            s,
+            "{}{}:{}:{}:{}",
+            if first { "" } else { "," },
+            p.id().0,
+            p.name(),
+            p.state().name(),
+            hv.witness.records(p.id().0)
+        );
+        first = false;
+    }
+    s
 }
 
 /// Witness and print a refused order.

@@ -526,7 +526,7 @@ fn an_instance_runs_on_when_its_partitions_are_done_until_a_shutdown_order() {
     let summary = hv.run();
     let text = hv.arch.console_text();
     assert!(text.contains("rvm: order 5 shutdown 'hypervisor' refused: signature does not verify"), "{text}");
-    assert!(text.contains("rvm: order 6 shutdown 'quick' refused: shutdown is an order for the hypervisor"), "{text}");
+    assert!(text.contains("rvm: order 6 shutdown 'quick' refused: it is an order for the hypervisor"), "{text}");
     assert!(text.contains("rvm: order 7 shutdown 'hypervisor' done: stopping the run"), "{text}");
     assert!(summary.finished + summary.stopped == 1, "{text}");
     let ev = events(&hv, 0, &[KernelEvent::OperatorOrder, KernelEvent::OrderRefused, KernelEvent::Shutdown]);
@@ -594,4 +594,30 @@ fn a_bundle_without_a_boot_id_accepts_no_order() {
     let ev = events(&hv, 1, &[KernelEvent::OrderRefused]);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].1.outcome(), Some(Outcome::Denied(HvError::BadProof)));
+}
+
+#[test]
+fn a_status_order_answers_with_the_hypervisors_state_and_is_witnessed() {
+    use rvm_abi::bundle::BOOT_FLAG_INSTANCE;
+    let config = BootConfig { run_budget_ms: 5, flags: BOOT_FLAG_INSTANCE, ..BootConfig::DEFAULT };
+    let (mut hv, bundle) = boot_with_config(&[Part::new("quick"), Part::new("other")], &[], true, Some(fresh_boot_id()), config);
+    hv.arch.set_guest(1, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
+    hv.arch.set_guest(2, Box::new(|v, _| crate::tests::call(v, Hypercall::Exit, &[0])));
+    let mut input = order_line(&bundle, &OPERATOR_SEED, OrderKind::Status, 8, "quick");
+    input.push_str(&order_line(&bundle, &[9u8; 32], OrderKind::Status, 9, "hypervisor"));
+    hv.arch.type_input(input.as_bytes());
+    hv.run();
+    // Asked again once the run is over (the answer follows the state).
+    hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Status, 10, "hypervisor").as_bytes());
+    hv.housekeeping();
+    let text = hv.arch.console_text();
+    assert!(text.contains("rvm: order 8 status 'quick' refused: it is an order for the hypervisor"), "{text}");
+    assert!(text.contains("rvm: order 9 status 'hypervisor' refused: signature does not verify"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("rvm: order 10 status 'hypervisor' done: ")).unwrap_or_else(|| panic!("{text}"));
+    let records = |log| records(&hv, log).len();
+    let want = alloc::format!("partitions=1:quick:finished:{},2:other:finished:{}", records(1), records(2));
+    assert!(line.contains("cpus=1 ") && line.contains("frames_kib=65536") && line.ends_with(&want), "{line}");
+    let heap = alloc::format!("heap_reserved_kib={} ", hv.heap.committed() / 1024);
+    assert!(line.contains(&heap), "{line}");
+    assert_eq!(events(&hv, 0, &[KernelEvent::OperatorOrder]).len(), 1, "the status order is witnessed");
 }
