@@ -80,6 +80,12 @@ pub enum EntryKind {
     /// are vacant, so an id a tenant had in an earlier boot of an instance
     /// is never another tenant's.
     FirstFreeId = 15,
+    /// A [`StateRestore`]: the committed set partition `owner` had when an
+    /// earlier boot of an instance ended, as the host kept it (at most one
+    /// per partition, and only beside its [`EntryKind::LogResume`]). The
+    /// hypervisor takes it only if the witness record it names is in the
+    /// resumed log and carries its digest.
+    StateRestore = 16,
 }
 
 /// The largest partition id a bundle may give (ids are VMIDs).
@@ -143,6 +149,110 @@ impl<'a> LogResume<'a> {
     }
 }
 
+/// A committed set an instance restores, and the witness record that
+/// vouches for it.
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 8 | seq of the record in the partition's resumed log, u64 LE |
+/// | 8 | 64 | the record (a `CommittedSet` event of the partition) |
+/// | 72 | 4 | proof length n, u32 LE |
+/// | 76 | 32 × n | its Merkle inclusion proof in the tree the log resumes |
+/// | … | 4 | item count, u32 LE |
+/// | … | | each item: key length u16 LE, key, value length u32 LE, value; keys strictly ascending |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateRestore<'a> {
+    pub seq: u64,
+    pub record: [u8; 64],
+    proof: &'a [u8],
+    items: &'a [u8],
+    count: u32,
+}
+
+/// Most hashes an inclusion proof holds (a tree of at most 2^64 leaves).
+pub const MAX_PROOF_HASHES: usize = 64;
+
+impl<'a> StateRestore<'a> {
+    /// Read one; `None` unless every field is whole and the keys are
+    /// non-empty and strictly ascending.
+    pub fn from_bytes(b: &'a [u8]) -> Option<Self> {
+        let seq = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+        let record: [u8; 64] = b.get(8..72)?.try_into().ok()?;
+        let n = u32::from_le_bytes(b.get(72..76)?.try_into().ok()?) as usize;
+        if n > MAX_PROOF_HASHES {
+            return None;
+        }
+        let proof = b.get(76..76 + 32 * n)?;
+        let at = 76 + 32 * n;
+        let count = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+        let items = &b[at + 4..];
+        let r = Self { seq, record, proof, items, count };
+        // Walk them once: whole, and in order.
+        let mut walked = 0u32;
+        let mut last: Option<&[u8]> = None;
+        let mut rest = items;
+        while !rest.is_empty() {
+            let (k, v, tail) = Self::split_item(rest)?;
+            if k.is_empty() || last.is_some_and(|l| l >= k) {
+                return None;
+            }
+            let _ = v;
+            last = Some(k);
+            rest = tail;
+            walked = walked.checked_add(1)?;
+        }
+        (walked == count).then_some(r)
+    }
+
+    fn split_item(b: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+        let kl = usize::from(u16::from_le_bytes(b.get(0..2)?.try_into().ok()?));
+        let key = b.get(2..2 + kl)?;
+        let vl = u32::from_le_bytes(b.get(2 + kl..6 + kl)?.try_into().ok()?) as usize;
+        let value = b.get(6 + kl..(6 + kl).checked_add(vl)?)?;
+        Some((key, value, &b[6 + kl + vl..]))
+    }
+
+    /// The inclusion proof's hashes, in order.
+    pub fn proof(&self) -> impl Iterator<Item = [u8; 32]> + 'a {
+        self.proof.chunks_exact(32).filter_map(|c| c.try_into().ok())
+    }
+
+    /// How many items.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Every item, in ascending key order.
+    pub fn items(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let mut rest = self.items;
+        core::iter::from_fn(move || {
+            let (k, v, tail) = Self::split_item(rest)?;
+            rest = tail;
+            Some((k, v))
+        })
+    }
+
+    /// Write one (host side): `items` in ascending key order.
+    #[cfg(feature = "alloc")]
+    pub fn encode(seq: u64, record: &[u8; 64], proof: &[[u8; 32]], items: &[(&[u8], &[u8])]) -> alloc::vec::Vec<u8> {
+        let mut v = alloc::vec::Vec::new();
+        v.extend_from_slice(&seq.to_le_bytes());
+        v.extend_from_slice(record);
+        v.extend_from_slice(&(proof.len() as u32).to_le_bytes());
+        for h in proof {
+            v.extend_from_slice(h);
+        }
+        v.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for (k, val) in items {
+            v.extend_from_slice(&(k.len() as u16).to_le_bytes());
+            v.extend_from_slice(k);
+            v.extend_from_slice(&(val.len() as u32).to_le_bytes());
+            v.extend_from_slice(val);
+        }
+        v
+    }
+}
+
 /// Length of a [`EntryKind::BootId`] entry.
 pub const BOOT_ID_LEN: usize = 32;
 
@@ -164,6 +274,7 @@ impl EntryKind {
             13 => EntryKind::LogResume,
             14 => EntryKind::PartitionIds,
             15 => EntryKind::FirstFreeId,
+            16 => EntryKind::StateRestore,
             _ => return None,
         })
     }
@@ -596,6 +707,15 @@ pub const BOOT_FLAG_COHERENCE: u32 = 1 << 1;
 /// wait with no deadline); it ends at an operator's `shutdown` order
 /// ([`crate::frame::OrderKind::Shutdown`]) or its run budget.
 pub const BOOT_FLAG_INSTANCE: u32 = 1 << 2;
+/// Bit of [`BootConfig::flags`]: the host keeps every partition's committed
+/// set durably. After every change of a committed set (a commit, a
+/// rollback, a restore at boot) the hypervisor witnesses `CommittedSet` in
+/// the store owner's log and signs a checkpoint of that log; after a commit
+/// or a rollback it also sends the new set
+/// (`StateBegins`, `StateItem`: [`crate::control`]) and parks the partition
+/// until the host answers `StateSaved`: a guest never sees a commit
+/// succeed before the host holds it. Set only with a control channel.
+pub const BOOT_FLAG_SAVE_STATE: u32 = 1 << 3;
 
 impl BootConfig {
     pub const DEFAULT: BootConfig =
@@ -687,6 +807,7 @@ impl<'a> Bundle<'a> {
                 // Its length is checked against the partition count below.
                 EntryKind::PartitionIds => e.data.len().is_multiple_of(4),
                 EntryKind::FirstFreeId => e.data.len() == 4,
+                EntryKind::StateRestore => StateRestore::from_bytes(e.data).is_some(),
             };
             if !size_ok {
                 return Err(BundleError::EntrySize(n));
@@ -751,6 +872,15 @@ impl<'a> Bundle<'a> {
                 _ => return Err(BundleError::PartitionIds),
             }
         }
+        // A committed set is restored only into a log that continues, once.
+        let mut restored = [false; MAX_PARTITION_ID as usize + 2];
+        for e in b.entries().filter(|e| e.kind == EntryKind::StateRestore) {
+            let at = e.owner as usize + 1;
+            match restored.get_mut(at) {
+                Some(seen) if !*seen && resumed[at] => *seen = true,
+                _ => return Err(BundleError::PartitionIds),
+            }
+        }
         Ok(b)
     }
 
@@ -767,6 +897,13 @@ impl<'a> Bundle<'a> {
         self.global(EntryKind::FirstFreeId)
             .and_then(|e| e.data.try_into().ok())
             .map(u32::from_le_bytes)
+    }
+
+    /// The committed set partition `index` restores, if any.
+    pub fn state_restore(&self, index: u32) -> Option<StateRestore<'a>> {
+        self.entries()
+            .find(|e| e.kind == EntryKind::StateRestore && e.owner == index)
+            .and_then(|e| StateRestore::from_bytes(e.data))
     }
 
     /// The log resumption of partition `index` (`None`: the hypervisor's).

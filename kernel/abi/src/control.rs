@@ -30,12 +30,23 @@
 //!   before the first record of a partition created while the hypervisor
 //!   runs (an admission), so the host files its log under its name; on the
 //!   console, the line `@N <log> <name>`.
+//! * `StateBegins` (7): log u32, seq u64, digest (32), items u32: partition
+//!   `log`'s committed set is now the one whose digest
+//!   ([`crate::recovery::encode_committed`]) is `digest`, as witness record
+//!   `seq` of its log (a `CommittedSet` event) says;
+//!   its `items` items follow, one `StateItem` (8) each — log u32, key
+//!   length u16, key, value — in ascending key order. Sent only when the
+//!   boot asks for it ([`crate::bundle::BOOT_FLAG_SAVE_STATE`]); channel
+//!   only, no console line.
 //!
 //! From the host to the hypervisor, the same framing carries:
 //!
 //! * `Order` (16): an operator's order, [`OrderFrame::to_bytes`] (nonce
 //!   u64, order code u8, partition name 32, signature 64), checked exactly
 //!   as an `@O` line on the UART's receive side;
+//! * `StateSaved` (20): log u32, seq u64: the host holds partition `log`'s
+//!   committed set as of record `seq` durably (written and synced, with
+//!   the log that far); the partition, parked since that record, runs on.
 //! * `Admission` (18): nonce u64, signature (64), the admission bundle's
 //!   length u64 (at most [`MAX_ADMISSION`]): tenants to create in the
 //!   running hypervisor. The bundle follows in `AdmissionData` (19) frames
@@ -92,6 +103,19 @@ pub const ADMISSION_MESSAGE_LEN: usize = 96;
 pub const ADMISSION_TAG: [u8; 16] = *b"RVM-ADMISSION-01";
 /// A `Name` frame's payload: log u32, name (32).
 pub const NAME_PAYLOAD: usize = 4 + 32;
+/// A `StateBegins` frame's payload: log u32, seq u64, digest (32), items u32.
+pub const STATE_BEGINS_PAYLOAD: usize = 4 + 8 + 32 + 4;
+/// A `StateSaved` frame's payload: log u32, seq u64.
+pub const STATE_SAVED_PAYLOAD: usize = 4 + 8;
+
+/// Write a `StateSaved` frame (host to hypervisor).
+pub fn write_state_saved(out: &mut dyn FnMut(&[u8]), log: u32, seq: u64) {
+    let mut f = [0u8; HEADER_LEN + STATE_SAVED_PAYLOAD];
+    f[..HEADER_LEN].copy_from_slice(&header(Kind::StateSaved, STATE_SAVED_PAYLOAD));
+    f[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&log.to_le_bytes());
+    f[HEADER_LEN + 4..].copy_from_slice(&seq.to_le_bytes());
+    out(&f);
+}
 
 /// The longest payload a frame of `kind` may carry.
 pub const fn max_payload(kind: u8) -> usize {
@@ -163,6 +187,10 @@ pub enum Kind {
     Name = 5,
     /// The bytes of host frames the kernel took.
     Credit = 6,
+    /// A partition's committed set begins (hypervisor to host).
+    StateBegins = 7,
+    /// One item of it.
+    StateItem = 8,
     /// Host to hypervisor.
     Order = 16,
     /// Host to hypervisor: bytes read so far.
@@ -171,6 +199,8 @@ pub enum Kind {
     Admission = 18,
     /// Host to hypervisor: the next bytes of the admission's bundle.
     AdmissionData = 19,
+    /// The host saved a partition's committed set (host to hypervisor).
+    StateSaved = 20,
 }
 
 impl Kind {
@@ -182,10 +212,13 @@ impl Kind {
             4 => Kind::Journal,
             5 => Kind::Name,
             6 => Kind::Credit,
+            7 => Kind::StateBegins,
+            8 => Kind::StateItem,
             16 => Kind::Order,
             17 => Kind::Ack,
             18 => Kind::Admission,
             19 => Kind::AdmissionData,
+            20 => Kind::StateSaved,
             _ => return None,
         })
     }
@@ -296,6 +329,8 @@ pub enum Inbound {
     /// Another frame began before the admission's bundle was whole: the
     /// admission is abandoned (the frame is read on as usual).
     AdmissionAbandoned,
+    /// The host saved log `log`'s committed set as of record `seq`.
+    StateSaved { log: u32, seq: u64 },
 }
 
 /// Reads the frames the host sends the hypervisor (orders, admissions), a
@@ -373,6 +408,7 @@ impl InboundDecoder {
             let want = match kind {
                 Some(Kind::Order) => ORDER_BYTES,
                 Some(Kind::Admission) => ADMISSION_HEADER,
+                Some(Kind::StateSaved) => STATE_SAVED_PAYLOAD,
                 Some(k) => return self.fail(DecodeError::BadPayload(k)),
                 None => {
                     let k = self.buf[2];
@@ -407,6 +443,13 @@ impl InboundDecoder {
                 len: usize::try_from(total).unwrap_or(usize::MAX),
             }));
         }
+        if kind == Some(Kind::StateSaved) {
+            let mut log = [0u8; 4];
+            log.copy_from_slice(&p[..4]);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&p[4..12]);
+            return Some(Ok(Inbound::StateSaved { log: u32::from_le_bytes(log), seq: u64::from_le_bytes(seq) }));
+        }
         match OrderFrame::from_bytes(p) {
             Some(o) => Some(Ok(Inbound::Order(o))),
             None => self.fail(DecodeError::BadPayload(Kind::Order)),
@@ -430,6 +473,11 @@ pub enum Outgoing<'a> {
     /// The bytes of host frames the kernel has taken so far (channel
     /// only: it has no console line).
     Credit { taken: u64 },
+    /// Log `log`'s committed set, as record `seq` says, begins: `items`
+    /// [`Outgoing::StateItem`]s follow (channel only).
+    StateBegins { log: u32, seq: u64, digest: &'a [u8; 32], items: u32 },
+    /// One committed item of log `log`'s partition (channel only).
+    StateItem { log: u32, key: &'a [u8], value: &'a [u8] },
 }
 
 /// The text of a name field: up to its first zero byte ("?" if that is
@@ -467,7 +515,7 @@ impl Outgoing<'_> {
             Outgoing::JournalCall { log, entry } => journal::write_call(out, log, entry),
             Outgoing::JournalStart { log, seq, handles } => journal::write_start(out, log, seq, handles),
             Outgoing::Name { log, name } => write_name_line(out, log, name),
-            Outgoing::Credit { .. } => {}
+            Outgoing::Credit { .. } | Outgoing::StateBegins { .. } | Outgoing::StateItem { .. } => {}
         }
     }
 
@@ -481,6 +529,8 @@ impl Outgoing<'_> {
             Outgoing::JournalStart { handles, .. } => (Kind::Journal, 4 + 1 + 8 + journal::start_body_len(handles)),
             Outgoing::Name { .. } => (Kind::Name, NAME_PAYLOAD),
             Outgoing::Credit { .. } => (Kind::Credit, 8),
+            Outgoing::StateBegins { .. } => (Kind::StateBegins, STATE_BEGINS_PAYLOAD),
+            Outgoing::StateItem { key, value, .. } => (Kind::StateItem, 4 + 2 + key.len() + value.len()),
         }
     }
 
@@ -523,6 +573,19 @@ impl Outgoing<'_> {
                 out(name);
             }
             Outgoing::Credit { taken } => out(&taken.to_le_bytes()),
+            Outgoing::StateBegins { log, seq, digest, items } => {
+                out(&log.to_le_bytes());
+                out(&seq.to_le_bytes());
+                out(digest);
+                out(&items.to_le_bytes());
+            }
+            Outgoing::StateItem { log, key, value } => {
+                out(&log.to_le_bytes());
+                // A key is at most the store's key limit (64 bytes).
+                out(&(key.len() as u16).to_le_bytes());
+                out(key);
+                out(value);
+            }
         }
     }
 }
@@ -570,6 +633,11 @@ mod decode {
         Name { log: u32, name: [u8; 32] },
         /// The hypervisor took this many bytes of the host's frames.
         Credit(u64),
+        /// Log `log`'s committed set as of record `seq` begins: `items`
+        /// `StateItem`s follow.
+        StateBegins { log: u32, seq: u64, digest: [u8; 32], items: u32 },
+        /// One committed item of log `log`'s partition.
+        StateItem { log: u32, key: Vec<u8>, value: Vec<u8> },
     }
 
     impl Incoming {
@@ -585,7 +653,7 @@ mod decode {
                     v
                 }
                 // Channel only: no line.
-                Incoming::Credit(_) => Vec::new(),
+                Incoming::Credit(_) | Incoming::StateBegins { .. } | Incoming::StateItem { .. } => Vec::new(),
             };
             alloc::string::String::from_utf8_lossy(&bytes).trim_end().into()
         }
@@ -624,6 +692,19 @@ mod decode {
             Kind::Key if p.len() == 32 => Incoming::Witness(Frame::Key { public: array(p) }),
             Kind::Name if p.len() == NAME_PAYLOAD => Incoming::Name { log: u32_at(p, 0), name: array(&p[4..]) },
             Kind::Credit if p.len() == 8 => Incoming::Credit(u64_at(p, 0)),
+            Kind::StateBegins if p.len() == STATE_BEGINS_PAYLOAD => Incoming::StateBegins {
+                log: u32_at(p, 0),
+                seq: u64_at(p, 4),
+                digest: array(&p[12..]),
+                items: u32_at(p, 44),
+            },
+            Kind::StateItem if p.len() >= 6 => {
+                let key_len = usize::from(u16::from_le_bytes([p[4], p[5]]));
+                if key_len == 0 || p.len() < 6 + key_len {
+                    return Err(bad);
+                }
+                Incoming::StateItem { log: u32_at(p, 0), key: p[6..6 + key_len].to_vec(), value: p[6 + key_len..].to_vec() }
+            }
             Kind::Journal if p.len() >= 13 => {
                 let kind = match p[4] {
                     b'c' => journal::KIND_CALL,
@@ -754,6 +835,50 @@ mod decode {
             assert_eq!(want[5], "@N 12 tenant");
             // A binary frame is smaller than its line.
             assert!(binary(&frames[0]).len() < text(&frames[0]).len());
+        }
+
+        #[test]
+        fn a_committed_set_reaches_the_host_whole_and_its_answer_the_hypervisor() {
+            let digest = [0x5a; 32];
+            let frames = [
+                Outgoing::StateBegins { log: 3, seq: 41, digest: &digest, items: 2 },
+                Outgoing::StateItem { log: 3, key: b"k", value: b"" },
+                Outgoing::StateItem { log: 3, key: b"key", value: &[0, 1, 2] },
+            ];
+            let mut stream = Vec::new();
+            for f in &frames {
+                stream.extend(binary(f));
+                assert!(text(f).is_empty(), "channel only: no console line");
+            }
+            let mut d = Decoder::new();
+            d.push(&stream);
+            let got: Vec<Incoming> = core::iter::from_fn(|| d.next_frame()).map(Result::unwrap).collect();
+            assert_eq!(
+                got,
+                [
+                    Incoming::StateBegins { log: 3, seq: 41, digest, items: 2 },
+                    Incoming::StateItem { log: 3, key: b"k".to_vec(), value: Vec::new() },
+                    Incoming::StateItem { log: 3, key: b"key".to_vec(), value: vec![0, 1, 2] },
+                ]
+            );
+            // An item without a key does not decode.
+            let mut bad = binary(&Outgoing::StateItem { log: 3, key: b"", value: b"v" });
+            bad[HEADER_LEN + 4] = 0;
+            let mut d = Decoder::new();
+            d.push(&bad);
+            assert_eq!(d.next_frame(), Some(Err(DecodeError::BadPayload(Kind::StateItem))));
+            // The host's answer, read by the hypervisor a byte at a time.
+            let mut saved = Vec::new();
+            write_state_saved(&mut |b| saved.extend_from_slice(b), 3, 41);
+            let mut inbound = InboundDecoder::new();
+            let read: Vec<_> = saved.iter().filter_map(|&b| inbound.push(b)).collect();
+            assert_eq!(read, [Ok(Inbound::StateSaved { log: 3, seq: 41 })]);
+            // One of the wrong length breaks the stream.
+            let mut short = saved.clone();
+            short[4] = 11;
+            let mut inbound = InboundDecoder::new();
+            let read: Vec<_> = short.iter().filter_map(|&b| inbound.push(b)).collect();
+            assert_eq!(read, [Err(DecodeError::BadPayload(Kind::StateSaved))]);
         }
 
         #[test]

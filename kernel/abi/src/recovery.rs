@@ -149,6 +149,27 @@ impl<F: FnMut(&[u8])> StateEncoder<F> {
     }
 }
 
+/// Domain separation of a committed set's digest ([`encode_committed`]).
+pub const COMMITTED_DOMAIN: [u8; 16] = *b"RVM-COMMITTED-01";
+
+/// Feed the canonical encoding of a partition's committed set to `sink`,
+/// which hashes it (SHA-256: the set's digest, which a `StateCommit`
+/// record's `args` begin with and a `StateBegins` frame carries whole):
+///
+/// ```text
+/// COMMITTED_DOMAIN
+/// item count          u64 LE, then each item in ascending byte order of
+///                     its key, as [`StateEncoder::item`] writes it
+/// ```
+pub fn encode_committed<'a>(sink: &mut dyn FnMut(&[u8]), count: u64, items: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+    sink(&COMMITTED_DOMAIN);
+    sink(&count.to_le_bytes());
+    let mut enc = StateEncoder { sink };
+    for (k, v) in items {
+        enc.item(k, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

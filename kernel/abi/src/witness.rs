@@ -115,6 +115,15 @@ kernel_events! {
     /// then the records it held, u64 LE. In the hypervisor's log, after its
     /// `Boot` record.
     LogResumed = 0x8022,
+    /// A partition's committed set is now the one whose digest
+    /// ([`crate::recovery::encode_committed`]) `args` begins with (its
+    /// first 16 bytes). Written to the store owner's log, only when the
+    /// boot keeps state durably ([`crate::bundle::BOOT_FLAG_SAVE_STATE`]),
+    /// after every change: a commit, an F2 rollback or unfence that resumed
+    /// a snapshot, and the restore of a kept set at boot
+    /// ([`crate::bundle::EntryKind::StateRestore`]). The host's durable copy
+    /// is checked against the last one.
+    CommittedSet = 0x8023,
     /// A coherence domain split.
     Split = 0x8030,
     /// Two coherence domains merged.

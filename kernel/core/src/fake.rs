@@ -155,6 +155,40 @@ pub struct FakeArch {
     /// Every `Credit` the kernel sent the host (the other frames go to the
     /// console as their lines).
     pub credits: Vec<u64>,
+    /// Every committed set the kernel sent the host to keep (`StateBegins`
+    /// and its `StateItem`s), in order.
+    pub sets: Vec<SentSet>,
+    /// Answer each whole set with `StateSaved` on the control channel, as
+    /// a host that keeps it does (off: [`FakeArch::host`] answers, or
+    /// nothing does).
+    pub keep_sets: bool,
+    /// A host that answers each whole set it is sent with frames, each
+    /// arriving on the control channel a delay (ns) after the set was sent.
+    pub host: Option<HostFn>,
+    /// Host bytes not arrived yet: when (clock, ns) and what.
+    pub arriving: Vec<(u64, Vec<u8>)>,
+}
+
+/// A host's answers to a set: (delay ns, frame bytes) each.
+pub type HostFn = Box<dyn FnMut(&SentSet) -> Vec<(u64, Vec<u8>)>>;
+
+/// A committed set the kernel sent the host ([`FakeArch::sets`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SentSet {
+    pub log: u32,
+    pub seq: u64,
+    pub digest: [u8; 32],
+    /// How many items its `StateBegins` announced.
+    pub count: u32,
+    pub items: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The `StateSaved` frame a host sends once it keeps log `log`'s set as of
+/// record `seq`.
+pub fn state_saved(log: u32, seq: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    rvm_abi::control::write_state_saved(&mut |b| out.extend_from_slice(b), log, seq);
+    out
 }
 
 impl FakeArch {
@@ -299,13 +333,41 @@ impl Arch for FakeArch {
     }
 
     fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
+        use rvm_abi::control::Outgoing;
         match *frame {
-            rvm_abi::control::Outgoing::Credit { taken } => self.credits.push(taken),
+            Outgoing::Credit { taken } => self.credits.push(taken),
+            Outgoing::StateBegins { log, seq, digest, items } => {
+                self.sets.push(SentSet { log, seq, digest: *digest, count: items, items: Vec::new() });
+            }
+            Outgoing::StateItem { log, key, value } => {
+                if let Some(set) = self.sets.last_mut().filter(|s| s.log == log) {
+                    set.items.push((key.to_vec(), value.to_vec()));
+                }
+            }
             _ => self.console_frame(frame),
+        }
+        // A whole set is answered: at once when the fake host keeps sets,
+        // or as the test's host says.
+        let whole = self.sets.last().filter(|s| s.items.len() == s.count as usize).cloned();
+        if let Some(set) = whole.filter(|_| matches!(frame, Outgoing::StateBegins { .. } | Outgoing::StateItem { .. })) {
+            if self.keep_sets {
+                self.channel_input.extend(state_saved(set.log, set.seq));
+            }
+            if let Some(host) = self.host.as_mut() {
+                let now = self.world.borrow().clock_ns;
+                for (delay, bytes) in host(&set) {
+                    self.arriving.push((now + delay, bytes));
+                }
+            }
         }
     }
 
     fn channel_read(&mut self, buf: &mut [u8]) -> usize {
+        let now = self.world.borrow().clock_ns;
+        while let Some(at) = self.arriving.iter().position(|(t, _)| *t <= now) {
+            let (_, bytes) = self.arriving.remove(at);
+            self.channel_input.extend(bytes);
+        }
         let n = buf.len().min(self.channel_input.len());
         for (slot, b) in buf.iter_mut().zip(self.channel_input.drain(..n)) {
             *slot = b;

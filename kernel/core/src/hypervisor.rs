@@ -93,15 +93,27 @@ impl<A: Arch> Hypervisor<A> {
             let index = u32::try_from(index).map_err(|_| BootError::TooManyPartitions)?;
             let place = crate::load::Placement::at_boot(&bundle, index, &desc);
             crate::load::fill_vacancies(&mut hv, place.id)?;
-            if let Some(from) = bundle.log_resume(Some(index)) {
-                if let Err(e) = hv.witness.resume(place.id.0, &from) {
-                    crate::load::refuse_unresumed(&mut hv, place.id, &desc, e)?;
+            let resumed = bundle.log_resume(Some(index));
+            let kept = bundle.state_restore(index);
+            if let Some(from) = &resumed {
+                if let Err(e) = hv.witness.resume(place.id.0, from) {
+                    crate::load::refuse_continuation(&mut hv, place.id, &desc, crate::load::Refusal::LogResume(e))?;
                     continue;
                 }
                 crate::load::witness_resumed(&mut hv, place.id, from.size);
+                // The set kept for it must be the one its log vouches for.
+                if let Some(Err(e)) = kept.as_ref().map(|k| crate::durable::check_restore(place.id, from, k)) {
+                    crate::load::refuse_continuation(&mut hv, place.id, &desc, crate::load::Refusal::KeptState(e))?;
+                    continue;
+                }
             }
-            crate::load::load_partition(&mut hv, &bundle, index, desc, place)?;
-            hv.sched.admit(hv.partitions.len() - 1, &desc);
+            let refused = crate::load::load_partition(&mut hv, &bundle, index, desc, place)?;
+            let idx = hv.partitions.len() - 1;
+            hv.sched.admit(idx, &desc);
+            if let (None, Some(from), Some(kept)) = (refused, &resumed, &kept) {
+                // Checked above; taken and witnessed now.
+                let _ = crate::durable::restore(&mut hv, idx, from, kept);
+            }
         }
         // Ids earlier boots of an instance gave stay vacant.
         if let Some(first) = bundle.first_free_id() {

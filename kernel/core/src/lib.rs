@@ -27,6 +27,7 @@ pub mod caps;
 pub mod channel;
 pub mod console;
 pub mod dispatch;
+pub mod durable;
 pub mod domains;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

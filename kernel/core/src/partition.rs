@@ -172,6 +172,9 @@ pub struct Partition {
     wasm: (u64, u64),
     /// A `ChannelRecv` it waits in (its vCPU parked at EL2), if any.
     wait: Option<ChannelWait>,
+    /// The record (log, seq) whose committed set the host must keep before
+    /// this partition runs again ([`crate::durable`]).
+    saving: Option<(u32, u64)>,
     /// Its last wait was ended by its dormancy policy
     /// ([`Partition::dormant_after_ns`]): an idle turn may now put it to
     /// sleep.
@@ -254,6 +257,7 @@ impl Partition {
             boot_handles: Vec::new(),
             wasm: (0, 0),
             wait: None,
+            saving: None,
             idled_out: false,
             vacant: false,
         }
@@ -368,9 +372,26 @@ impl Partition {
         self.wait.take()
     }
 
-    /// Whether a CPU may run it now: runnable and not waiting in a call.
+    /// Whether a CPU may run it now: runnable, not waiting in a call, and
+    /// not waiting for the host to keep its committed set.
     pub fn can_run(&self) -> bool {
-        self.is_runnable() && self.wait.is_none()
+        self.is_runnable() && self.wait.is_none() && self.saving.is_none()
+    }
+
+    /// It may not run until the host keeps the set record `seq` of log
+    /// `log` vouches for ([`crate::durable`]).
+    pub(crate) fn await_saved(&mut self, log: u32, seq: u64) {
+        self.saving = Some((log, seq));
+    }
+
+    /// The record whose set it waits for the host to keep, if any.
+    pub fn saving(&self) -> Option<(u32, u64)> {
+        self.saving
+    }
+
+    /// The host keeps the set it waited for.
+    pub(crate) fn note_saved(&mut self) {
+        self.saving = None;
     }
 
     pub fn vmid(&self) -> u8 {

@@ -34,6 +34,9 @@ pub struct RunPolicy {
     /// run does not end when nothing can run, only at a `shutdown` order or
     /// its budget.
     pub instance: bool,
+    /// The host keeps committed sets durably
+    /// ([`rvm_abi::bundle::BOOT_FLAG_SAVE_STATE`], [`crate::durable`]).
+    pub save_state: bool,
 }
 
 impl RunPolicy {
@@ -42,6 +45,7 @@ impl RunPolicy {
             slice_ns: u64::from(c.slice_us.max(100)) * 1_000,
             budget_ns: u64::from(c.run_budget_ms) * 1_000_000,
             instance: c.flags & rvm_abi::bundle::BOOT_FLAG_INSTANCE != 0,
+            save_state: c.flags & rvm_abi::bundle::BOOT_FLAG_SAVE_STATE != 0,
         }
     }
 }

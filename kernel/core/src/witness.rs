@@ -309,6 +309,22 @@ impl Witness {
         self.lost = true;
     }
 
+    /// Sign log `id`'s head now and stream the checkpoint (a record that
+    /// must be covered by a signature before the host acts on it). A log
+    /// that cannot be signed owes the checkpoint and refuses what follows.
+    pub fn checkpoint(&mut self, arch: &mut dyn Arch, id: u32) {
+        if self.checkpoints_fail() {
+            return;
+        }
+        let signer = &self.signer;
+        let Some(log) = self.logs.get_mut(&id) else { return };
+        if log.checkpoint(signer).is_ok() {
+            while let Some(out) = log.drain_next() {
+                arch.send_frame(&rvm_abi::control::Outgoing::Witness(&out.to_frame(LogId(id))));
+            }
+        }
+    }
+
     /// Sign every log's head (at shutdown) and stream the checkpoints.
     pub fn checkpoint_all(&mut self, arch: &mut dyn Arch) {
         let signer = &self.signer;

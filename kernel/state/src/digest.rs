@@ -32,6 +32,14 @@ pub fn full(data: &[u8]) -> [u8; 32] {
     Sha256::digest_parts(&[data]).0
 }
 
+/// The digest of a committed set of `count` items (ascending key order):
+/// SHA-256 over [`rvm_abi::recovery::encode_committed`].
+pub fn committed<'a>(count: u64, items: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    rvm_abi::recovery::encode_committed(&mut |b: &[u8]| h.update(b), count, items);
+    h.finalize().0
+}
+
 /// The state hash of a snapshot: SHA-256 over [`StateEncoder`]'s encoding
 /// of an agent image of `image_len` bytes, which `image` feeds in order to
 /// the sink it is given, and of the committed items of `store`.
@@ -85,6 +93,19 @@ mod tests {
         journal::start_digest_input(&mut |b: &[u8]| input.extend_from_slice(b), &[h]);
         assert_eq!(of_start(&[h]), of_parts(&[&input]));
         assert_ne!(of_start(&[h]), of_start(&[HandleInfo { raw: 0x2_0000, ..h }]));
+    }
+
+    #[test]
+    fn a_committed_digest_is_the_encoding_of_its_items_and_sees_every_byte() {
+        let items: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"b", b"")];
+        let mut encoded = Vec::new();
+        rvm_abi::recovery::encode_committed(&mut |b: &[u8]| encoded.extend_from_slice(b), 2, items.iter().copied());
+        assert_eq!(&encoded[..16], b"RVM-COMMITTED-01");
+        assert_eq!(committed(2, items.iter().copied()), full(&encoded));
+        // Moving a byte from a key to its value changes it.
+        let moved: [(&[u8], &[u8]); 2] = [(b"a1", b""), (b"b", b"")];
+        assert_ne!(committed(2, moved.iter().copied()), committed(2, items.iter().copied()));
+        assert_ne!(committed(0, core::iter::empty()), committed(2, items.iter().copied()));
     }
 
     #[test]

@@ -129,6 +129,30 @@ impl StateStore {
         Ok(n)
     }
 
+    /// The digest of the committed set ([`crate::digest::committed`]).
+    pub fn digest(&self) -> [u8; 32] {
+        crate::digest::committed(self.committed.len() as u64, self.items())
+    }
+
+    /// The digest the committed set will have once the open transaction
+    /// commits (a later staging of a key wins), computed without changing
+    /// anything: the commit's witness record carries it, and is written
+    /// before the commit is applied.
+    pub fn digest_after_commit(&self) -> [u8; 32] {
+        let mut after: BTreeMap<&[u8], &[u8]> = self.items().collect();
+        for (k, v) in self.staged() {
+            after.insert(k, v);
+        }
+        crate::digest::committed(after.len() as u64, after.into_iter())
+    }
+
+    /// Make the committed items exactly `items` (a set restored at boot);
+    /// the open transaction is dropped.
+    pub fn replace<'a>(&mut self, items: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+        self.committed = items.map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        self.abort();
+    }
+
     /// Drop the open transaction (a restarted guest starts a new one).
     pub fn abort(&mut self) {
         self.staged.clear();
@@ -190,6 +214,23 @@ mod tests {
         assert_eq!(s.get(b"c"), None);
         assert_eq!(s.staged_items(), 0);
         assert_eq!(s.stage(b"", b"x"), Err(HvError::InvalidArgument));
+    }
+
+    #[test]
+    fn the_digest_after_commit_is_the_digest_the_commit_leaves() {
+        let mut s = StateStore::new(StoreLimits::DEFAULT);
+        let empty = s.digest();
+        s.stage(b"b", b"1").unwrap();
+        s.stage(b"a", b"2").unwrap();
+        s.stage(b"b", b"3").unwrap();
+        let predicted = s.digest_after_commit();
+        assert_eq!(s.digest(), empty, "predicting changes nothing");
+        s.commit().unwrap();
+        assert_eq!(s.digest(), predicted);
+        assert_eq!(s.get(b"b"), Some(&b"3"[..]));
+        let mut t = StateStore::new(StoreLimits::DEFAULT);
+        t.replace(s.items());
+        assert_eq!(t.digest(), s.digest(), "a replaced set is the same set");
     }
 
     #[test]

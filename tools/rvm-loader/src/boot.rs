@@ -256,6 +256,11 @@ pub fn plan(
     if opts.instance.is_some() {
         flags |= rvm_abi::bundle::BOOT_FLAG_INSTANCE;
     }
+    if opts.instance.is_some() {
+        // An instance keeps committed state on the host (its control
+        // channel carries the sets; one without a channel is not started).
+        flags |= rvm_abi::bundle::BOOT_FLAG_SAVE_STATE;
+    }
     if opts.coherence {
         flags |= rvm_abi::bundle::BOOT_FLAG_COHERENCE;
     }
@@ -268,6 +273,7 @@ pub fn plan(
         BootPlan {
             ids: Vec::new(),
             resumes: Vec::new(),
+            restores: Vec::new(),
             first_free: None,
             partitions: parts,
             runtime,
@@ -405,6 +411,10 @@ struct Watcher<'s, 'a> {
     shown_names: usize,
     /// An instance's roster ([`crate::roster`]), rewritten with the status.
     roster: Option<crate::roster::RosterWriter>,
+    /// An instance keeps its partitions' committed sets here ([`crate::state`]).
+    keeps_state: Option<crate::home::Home>,
+    /// Where `StateSaved` answers go, once the control channel is connected.
+    reply: Option<crate::channel::FrameWriter>,
 }
 
 impl Watcher<'_, '_> {
@@ -469,6 +479,36 @@ impl Watch for Watcher<'_, '_> {
         Flow::Stop
     }
 
+    fn channel_open(&mut self, reply: crate::channel::FrameWriter) {
+        self.reply = Some(reply);
+    }
+
+    /// Keep the set, then tell the hypervisor: its partition is parked
+    /// until then. The records that vouch for it came first on the same
+    /// stream, and were synced with the checkpoint signed right after
+    /// them, so the log on disk already holds them. A set that cannot be
+    /// kept is not acknowledged: its partition stays parked, and says so.
+    fn state(&mut self, set: crate::state::SavedSet) -> Flow {
+        let Some(home) = &self.keeps_state else { return Flow::Continue };
+        let name = self.session.names().name(set.log).cloned();
+        let Some(name) = name else {
+            eprintln!("rvm-loader: warning: a committed set of log {} that has no partition name was not kept", set.log);
+            return Flow::Continue;
+        };
+        if let Err(e) = crate::state::save(home, &name, &set) {
+            eprintln!("rvm-loader: error: {name}'s committed state (record {}) was not kept: {e}; the partition waits", set.seq);
+            return Flow::Continue;
+        }
+        let mut frame = Vec::new();
+        rvm_abi::control::write_state_saved(&mut |b| frame.extend_from_slice(b), set.log, set.seq);
+        if let Some(w) = self.reply.as_mut() {
+            if let Err(e) = std::io::Write::write_all(w, &frame) {
+                eprintln!("rvm-loader: error: could not tell the hypervisor {name}'s committed state was kept: {e}");
+            }
+        }
+        Flow::Continue
+    }
+
     fn quiet(&mut self, since_output: Duration, elapsed: Duration) {
         eprintln!(
             "rvm-loader: no output for {} s ({} s into the run; QEMU is killed at {} s)",
@@ -487,6 +527,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         plan.first_free = Some(c.first_free);
         plan.ids = c.ids.clone();
         plan.resumes = c.resumes.iter().map(|(id, _, p)| (*id, p.clone())).collect();
+        plan.restores = c.restores.clone();
     }
     let bytes = bundler::build(&plan)?;
     if let Some(out) = &opts.bundle_out {
@@ -564,6 +605,11 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         eprintln!("rvm-loader: no control channel for this run ({e}): witness frames come on the console")
     })
     .ok();
+    if channel.is_none() && opts.instance.is_some() {
+        return Err(Error::failed(
+            "an instance needs its control channel (admissions and durable state travel on it); not started",
+        ));
+    }
     if let Some(c) = &channel {
         // Before `-kernel … -initrd …`, which end the command line.
         let at = args.iter().position(|a| a == "-kernel").unwrap_or(args.len());
@@ -611,6 +657,8 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         shown_states: std::collections::BTreeMap::new(),
         shown_names: 0,
         roster: roster.clone(),
+        keeps_state: opts.instance.as_ref().map(|_| ctx.home.clone()),
+        reply: None,
     };
     // Operator orders (`partition unfence|evict`) reach the run here.
     let control = crate::control::ControlServer::listen(

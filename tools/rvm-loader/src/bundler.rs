@@ -67,6 +67,9 @@ pub struct BootPlan {
     pub ids: Vec<u32>,
     /// Logs that continue an earlier boot's: (log id, where).
     pub resumes: Vec<(u32, rvm_witness_host::ResumePoint)>,
+    /// Committed sets continuing partitions start with: (id, the
+    /// `StateRestore` entry, [`crate::state`]).
+    pub restores: Vec<(u32, Vec<u8>)>,
     /// The first id a partition admitted during the run may get (an
     /// instance that continues: above every id it ever gave).
     pub first_free: Option<u32>,
@@ -292,6 +295,12 @@ fn write_continuation(w: &mut BundleWriter, plan: &BootPlan) -> Result<()> {
         };
         w.entry(EntryKind::LogResume, owner, &point.entry());
     }
+    for (id, entry) in &plan.restores {
+        let at = (0..plan.partitions.len())
+            .find(|&i| plan.id_of(i) == *id)
+            .ok_or_else(|| Error::failed(format!("partition {id}'s state is restored, but no partition of the plan has that id")))?;
+        w.entry(EntryKind::StateRestore, u32::try_from(at).map_err(|_| Error::failed("too many partitions"))?, entry);
+    }
     Ok(())
 }
 
@@ -356,6 +365,7 @@ mod tests {
         BootPlan {
             ids: Vec::new(),
             resumes: Vec::new(),
+            restores: Vec::new(),
             first_free: None,
             partitions,
             runtime: b"\x7fELF runtime".to_vec(),

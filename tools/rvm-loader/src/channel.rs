@@ -55,6 +55,9 @@ pub fn socket_path(home: &Path, pid: u32) -> PathBuf {
 pub enum Event {
     /// A frame, as its console line (no line end).
     Frame(String),
+    /// A partition's committed set to keep: a `StateBegins` frame and all
+    /// the `StateItem` frames it announced (channel only).
+    State(crate::state::SavedSet),
     /// The stream broke (a frame that does not decode): nothing after it
     /// can be trusted.
     Broken(String),
@@ -190,6 +193,7 @@ impl Channel {
                 *s = conn.try_clone().ok();
             }
             let mut decoder = Decoder::new();
+            let mut sets = SetAssembly::default();
             let mut buf = vec![0u8; 64 << 10];
             let (mut total, mut acked) = (0u64, 0u64);
             loop {
@@ -220,6 +224,11 @@ impl Channel {
                             credit.1.notify_all();
                             continue;
                         }
+                        Ok(f @ (Incoming::StateBegins { .. } | Incoming::StateItem { .. })) => match sets.take(f) {
+                            Ok(None) => continue,
+                            Ok(Some(set)) => Event::State(set),
+                            Err(why) => Event::Broken(why),
+                        },
                         Ok(f) => Event::Frame(f.to_line()),
                         Err(e) => Event::Broken(e.to_string()),
                     };
@@ -240,6 +249,39 @@ impl Channel {
     }
 }
 
+/// Committed sets coming in pieces: a `StateBegins`, then the `StateItem`s
+/// it announced, per log.
+#[derive(Default)]
+struct SetAssembly {
+    open: std::collections::BTreeMap<u32, (crate::state::SavedSet, u32)>,
+}
+
+impl SetAssembly {
+    /// Take one state frame: the set it completes, if it does; `Err` when
+    /// the pieces do not fit together (the stream cannot be trusted on).
+    fn take(&mut self, frame: Incoming) -> Result<Option<crate::state::SavedSet>, String> {
+        let log = match frame {
+            Incoming::StateBegins { log, seq, digest, items } => {
+                let set = crate::state::SavedSet { log, seq, digest, items: Vec::new() };
+                if self.open.insert(log, (set, items)).is_some() {
+                    return Err(format!("log {log}'s committed set began again before it was whole"));
+                }
+                log
+            }
+            Incoming::StateItem { log, key, value } => {
+                let Some((set, _)) = self.open.get_mut(&log) else {
+                    return Err(format!("a committed item of log {log} arrived outside a set"));
+                };
+                set.items.push((key, value));
+                log
+            }
+            _ => return Ok(None),
+        };
+        let whole = self.open.get(&log).is_some_and(|(set, want)| set.items.len() >= *want as usize);
+        Ok(if whole { self.open.remove(&log).map(|(set, _)| set) } else { None })
+    }
+}
+
 impl Drop for Channel {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -249,6 +291,24 @@ impl Drop for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_is_handed_on_whole_and_pieces_that_do_not_fit_break_the_stream() {
+        let mut a = SetAssembly::default();
+        let begins = |log, items| Incoming::StateBegins { log, seq: 9, digest: [1; 32], items };
+        let item = |log, k: &[u8]| Incoming::StateItem { log, key: k.to_vec(), value: b"v".to_vec() };
+        assert_eq!(a.take(begins(2, 2)), Ok(None));
+        // Another log's set may come between (each set is whole in itself).
+        let empty = a.take(begins(5, 0)).unwrap().unwrap();
+        assert_eq!((empty.log, empty.items.len()), (5, 0));
+        assert_eq!(a.take(item(2, b"a")), Ok(None));
+        let set = a.take(item(2, b"b")).unwrap().unwrap();
+        assert_eq!((set.log, set.seq, set.items.len()), (2, 9, 2));
+        // An item outside a set, or a set begun twice, cannot be trusted on.
+        assert!(a.take(item(2, b"c")).unwrap_err().contains("outside a set"));
+        assert_eq!(a.take(begins(7, 1)), Ok(None));
+        assert!(a.take(begins(7, 1)).unwrap_err().contains("began again"));
+    }
     use std::sync::atomic::AtomicBool;
 
     /// Bytes that arrive on `conn` within `wait`.

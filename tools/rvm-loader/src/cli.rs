@@ -113,6 +113,10 @@ enum Command {
     /// $RVM_HOME/witness/.
     #[command(subcommand, long_about = WITNESS_LONG)]
     Witness(WitnessCmd),
+    /// Show the committed state kept for partitions under $RVM_HOME/state/,
+    /// checked against their witness logs.
+    #[command(subcommand, long_about = STATE_LONG)]
+    State(StateCmd),
     /// Show (or create) this RVM_HOME's witness key and the partitions'
     /// authority keys.
     Keys {
@@ -162,7 +166,17 @@ log goes on from its last signed checkpoint in the same file, after the
 whole file verifies; a log that does not verify refuses the start (exit 2,
 the file named). `--fresh` starts anew: every log from its first record
 (the earlier files go to the archive), only the named partitions (default:
-all with a guest). Committed state does not survive a stop yet.";
+all with a guest).
+
+An instance keeps every partition's committed state on the host, in
+$RVM_HOME/state/<partition>/committed.json: after each commit the
+hypervisor witnesses the new set (`CommittedSet`, under a checkpoint signed
+at once) and sends it on the control channel; the loader writes it
+(atomically, synced) and only then lets the partition run on. A restarted
+instance gives each partition that stays the state kept for it; the
+hypervisor takes it only if the partition's log vouches for it, and refuses
+the partition (witnessed) otherwise. `rvm-loader state show PARTITION`
+prints the kept state, checked against the log.";
 
 #[derive(Subcommand, Debug)]
 enum InstanceCmd {
@@ -572,6 +586,42 @@ log given by path is compared with --key-fingerprint only.
 Exit codes: 0 every log verifies; 2 a log does not verify, or no such log;
 1 a file cannot be read.";
 
+const STATE_LONG: &str = "\
+The committed state kept for partitions under $RVM_HOME/state/.
+
+A partition's committed set is kept as $RVM_HOME/state/<partition>/committed.json
+(schema, partition, log, seq, digest, items as hex keys and values, keys
+strictly ascending): the set as witness record <seq> of its log says it is,
+a StateCommit call or a CommittedSet event whose args are the first 16
+bytes of the set's digest.
+
+The file is trusted only as far as the log vouches for it: the partition's
+log ($RVM_HOME/witness/<partition>.log) must verify under this RVM_HOME's
+witness key (chain, signatures, Merkle roots; records after its last signed
+checkpoint count for nothing), and its last signed record that sets the
+partition's state must be the file's record, with the file's digest.
+
+Exit codes: 0 the state was shown; 2 the file was changed, is stale (older
+than the log's last state record), is missing while the log sets state, no
+record vouches for it, the log does not verify, or nothing is kept; 1 a file
+cannot be read.";
+
+#[derive(Subcommand, Debug)]
+enum StateCmd {
+    /// Print a partition's kept committed set, checked against its witness
+    /// log: one line per item, key and value as text when printable, else
+    /// 0x<hex>.
+    Show {
+        /// The partition's name.
+        #[arg(value_name = "PARTITION")]
+        partition: String,
+        /// One JSON object instead of lines (key and value null when not
+        /// printable; key_hex and value_hex always).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum GuestCmd {
     /// Register a WebAssembly module as the guest of an npm package version.
@@ -772,6 +822,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 (None, None) => ProofKey::Home,
             };
             witness_cli::verify_proof(&ctx, &proof, &key)
+        }
+        Command::State(StateCmd::Show { partition, json }) => {
+            crate::state::show(&ctx, &partition, json)
         }
         Command::Guest(GuestCmd::Add { package, file }) => {
             commands::guest_add(&ctx, &package, &file)

@@ -9,7 +9,8 @@
 //! one running in the background, [`control`] and [`channel`] carry orders
 //! and [`admission`]s of tenants to it; [`folder`] and
 //! [`commands`] put it together for [`cli`], with [`witness_cli`] (the
-//! `witness` commands) and [`approval`] (`caps prove`).
+//! `witness` commands), [`approval`] (`caps prove`) and [`state`] (the
+//! committed state kept for an instance's partitions, `state show`).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -36,6 +37,7 @@ pub mod replay;
 pub mod resolve;
 pub mod roster;
 pub mod source;
+pub mod state;
 pub mod stream;
 pub mod wasm;
 pub mod witness_cli;

@@ -153,6 +153,13 @@ pub trait Watch {
     fn channel_broken(&mut self, _why: &str) -> Flow {
         Flow::Stop
     }
+    /// The control channel is connected: `reply` writes frames to the
+    /// hypervisor (beside the orders the control server sends).
+    fn channel_open(&mut self, _reply: crate::channel::FrameWriter) {}
+    /// A partition's committed set to keep ([`crate::state`]).
+    fn state(&mut self, _set: crate::state::SavedSet) -> Flow {
+        Flow::Continue
+    }
 }
 
 impl<F: FnMut(&[u8])> Watch for F {
@@ -252,6 +259,9 @@ pub fn run(
     if let (Some(c), Some(w)) = (control.as_ref(), orders) {
         c.attach(w);
     }
+    if let Some(ch) = &channel {
+        watch.channel_open(ch.frame_writer());
+    }
     let mut stdout = child
         .0
         .stdout
@@ -322,6 +332,13 @@ pub fn run(
             Ok(Chunk::Channel(crate::channel::Event::Frame(line))) => {
                 last_output = Instant::now();
                 if watch.frame(&line) == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
+            Ok(Chunk::Channel(crate::channel::Event::State(set))) => {
+                last_output = Instant::now();
+                if watch.state(set) == Flow::Stop {
                     stopped = true;
                     break;
                 }

@@ -190,6 +190,9 @@ pub struct Continuation {
     pub first_free: u32,
     /// Logs that continue: (log id, the name it is filed under, where).
     pub resumes: Vec<(u32, String, ResumePoint)>,
+    /// The committed sets kept for continuing partitions: (id, the bundle's
+    /// `StateRestore` entry).
+    pub restores: Vec<(u32, Vec<u8>)>,
     /// Members that do not boot again (left, or gone from the registry).
     pub departed: Vec<Member>,
     /// The last instance's marks of its logs.
@@ -205,6 +208,32 @@ fn refused(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
 
 /// What `instance start [NAMES]` boots when an instance of `home` ran
 /// before (and `--fresh` was not given): `None` when none did.
+/// The committed set partition `name` (log `file`, resumed at `point`)
+/// starts with, as a bundle `StateRestore` entry, if one is kept. A kept
+/// set its log does not vouch for is said here, naming its file, and sent
+/// as the file holds it: the hypervisor refuses that partition and
+/// witnesses the refusal, and the others start.
+fn kept_state(
+    home: &Home,
+    name: &str,
+    file: &std::path::Path,
+    public: &rvm_witness::PublicKey,
+    point: &ResumePoint,
+) -> Result<Option<Vec<u8>>> {
+    let Ok(partition) = PartitionName::new(name) else { return Ok(None) };
+    match crate::state::check(home, &partition, file, public) {
+        Ok(Some(checked)) if checked.signed_size == point.size && checked.root == point.root => {
+            Ok(Some(crate::state::restore_entry(&checked)))
+        }
+        Ok(Some(_)) => Err(refused(file.display(), "its last checkpoint moved while it was read; start again")),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            eprintln!("rvm-loader: error: {e}; the hypervisor will refuse {name} (and witness it)");
+            Ok(crate::state::as_filed(home, &partition, file, public))
+        }
+    }
+}
+
 pub fn continuation(home: &Home, extra: &[PartitionName]) -> Result<Option<Continuation>> {
     let dir = home.root().join(crate::instance::INSTANCE_DIR);
     let Some(roster) = Roster::load(home.root())? else {
@@ -262,6 +291,11 @@ pub fn continuation(home: &Home, extra: &[PartitionName]) -> Result<Option<Conti
         }
         let point = rvm_witness_host::resume_point(&file, id, &public, reached)
             .map_err(|e| refused(file.display(), format!("cannot continue in this instance: {e}")))?;
+        if id != 0 {
+            if let Some(entry) = kept_state(home, &name, &file, &public, &point)? {
+                c.restores.push((id, entry));
+            }
+        }
         c.resumes.push((id, name, point));
     }
     // Named anew: under ids no partition of the instance ever had.

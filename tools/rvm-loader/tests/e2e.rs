@@ -849,6 +849,99 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     assert_filed_and_verified(&env, "demo-devops");
 }
 
+/// The solo runs `name`'s reference agent counted in its committed state,
+/// read from the durable copy by `state show` (which checks it against the
+/// log).
+fn solo_runs(env: &Real, name: &str) -> u32 {
+    let o = env.ok(&["state", "show", name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["checked"], true, "{v}");
+    let item = v["items"].as_array().unwrap().iter().find(|i| i["key"] == "reference/solo-runs").cloned();
+    let hex = item.unwrap_or_else(|| panic!("no solo-runs item: {v}"))["value_hex"].as_str().unwrap().to_string();
+    let mut b = [0u8; 4];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    u32::from_le_bytes(b)
+}
+
+/// The pid of the QEMU the instance's loader runs.
+fn instance_qemu(env: &Real) -> u32 {
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.home().join("instance/instance.json")).unwrap()).unwrap();
+    let loader = lock["pid"].as_u64().unwrap().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = &stat[stat.find('(').unwrap_or(0) + 1..close];
+        let ppid = stat[close + 2..].split(' ').nth(1).unwrap_or("");
+        if ppid == loader && comm.starts_with("qemu") {
+            return e.file_name().to_str().unwrap().parse().unwrap();
+        }
+    }
+    panic!("the instance's loader {loader} runs no QEMU");
+}
+
+#[test]
+fn committed_state_survives_a_stop_and_a_killed_machine_and_a_changed_copy_is_refused() {
+    let env = Real::new();
+    env.add_reference();
+    let _q = qemu_lock();
+    let _guard = InstanceGuard(env.home().to_path_buf());
+    env.ok(&["instance", "start", "--journal"]);
+    // Admitted with its unmodified script; its agent counts its solo runs
+    // in its committed state, which the host keeps before the agent sees
+    // its commit succeed.
+    let dir = fixture("template-minimal");
+    let o = bounded(env.command(Path::new("bash"), &dir, &[dir.join("install-rvm.sh").to_str().unwrap()]), "install-rvm.sh");
+    assert_eq!(o.code, 0, "{o:#?}");
+    wait_for_state(&env, "demo-minimal", &["exited"]);
+    assert_eq!(solo_runs(&env, "demo-minimal"), 1);
+    let text = env.ok(&["state", "show", "demo-minimal"]).stdout;
+    assert!(text.starts_with("committed state of demo-minimal as of record ") && text.contains("reference/solo-runs  0x01000000"), "{text}");
+    // A clean stop; the run replays on the host, its kept set included.
+    env.ok(&["instance", "stop"]);
+    let replayed = env.ok(&["witness", "replay", "demo-minimal"]);
+    assert!(replayed.stdout.contains("every call reproduced"), "{replayed:#?}");
+    // A start: the count goes on from the kept state.
+    env.ok(&["instance", "start"]);
+    wait_for_state(&env, "demo-minimal", &["exited"]);
+    assert_eq!(solo_runs(&env, "demo-minimal"), 2, "the restored state was the starting point");
+    // The machine killed outright: nothing the agent saw committed is lost.
+    let qemu = instance_qemu(&env);
+    let _ = std::process::Command::new("kill").args(["-KILL", &qemu.to_string()]).status();
+    let start = Instant::now();
+    while !crate_instance_not_running(&env) {
+        assert!(start.elapsed() < DEADLINE, "the loader did not notice its QEMU died");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.ok(&["instance", "start"]);
+    wait_for_state(&env, "demo-minimal", &["exited"]);
+    assert_eq!(solo_runs(&env, "demo-minimal"), 3);
+    env.ok(&["instance", "stop"]);
+    for n in ["demo-minimal", "hypervisor"] {
+        assert_filed_and_verified(&env, n);
+    }
+    // The kept copy changed by hand: `state show` names it, and the next
+    // start sends it as it is, for the hypervisor to refuse (and witness)
+    // while the instance starts.
+    let file = env.home().join("state/demo-minimal/committed.json");
+    let kept = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, kept.replace("\"03000000\"", "\"63000000\"")).unwrap();
+    let shown = env.loader(&["state", "show", "demo-minimal"]);
+    assert_eq!(shown.code, 2, "{shown:#?}");
+    assert!(shown.stderr.contains("committed.json") && shown.stderr.contains("the file was changed"), "{shown:#?}");
+    let started = env.ok(&["instance", "start"]);
+    assert!(started.stderr.contains("committed.json") && started.stderr.contains("the hypervisor will refuse demo-minimal"), "{started:#?}");
+    let start = Instant::now();
+    while !show(&env, "hypervisor").contains("PartitionRefused") {
+        assert!(start.elapsed() < DEADLINE, "the refusal was not witnessed: {}", show(&env, "hypervisor"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    env.ok(&["instance", "stop"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), kept.replace("\"03000000\"", "\"63000000\""), "the refused copy is left as it is");
+}
+
 fn crate_instance_not_running(env: &Real) -> bool {
     env.ok(&["instance", "status"]).stdout.starts_with("no instance running")
 }

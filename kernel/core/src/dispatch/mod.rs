@@ -133,7 +133,13 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
         }
         Hypercall::StateValidate | Hypercall::StateCommit => {
             let (mut call, services) = hv.call_with(idx);
-            store::finish(&mut call, services.stores, op, w.handle(regs[0]), &regs)
+            let (flow, committed) = store::finish(&mut call, services.stores, op, w.handle(regs[0]), &regs);
+            // A host that keeps committed sets holds the new one before
+            // the caller runs on.
+            if let Some(s) = committed {
+                crate::durable::changed(hv, idx, s);
+            }
+            flow
         }
         Hypercall::StateGet => {
             let (mut call, services) = hv.call_with(idx);

@@ -72,8 +72,15 @@ fn staged_digest<A: Arch>(call: &Call<'_, A>, stores: &[StateStore], raw: u64) -
 }
 
 /// `StateValidate` and `StateCommit`; a P3 approval signs the digest of
-/// the staged set ([`staged_args_digest`]).
-pub(super) fn finish<A: Arch>(call: &mut Call<'_, A>, stores: &mut [StateStore], op: Hypercall, w: Witnessed, regs: &[u64; 6]) -> Flow {
+/// the staged set ([`staged_args_digest`]). With the flow, the store a
+/// commit changed (its position), if one did.
+pub(super) fn finish<A: Arch>(
+    call: &mut Call<'_, A>,
+    stores: &mut [StateStore],
+    op: Hypercall,
+    w: Witnessed,
+    regs: &[u64; 6],
+) -> (Flow, Option<usize>) {
     let u = CapUse {
         call: op,
         raw: regs[0],
@@ -84,17 +91,18 @@ pub(super) fn finish<A: Arch>(call: &mut Call<'_, A>, stores: &mut [StateStore],
     };
     let g = match call.authorize(&u, |call| staged_digest(call, stores, u.raw)) {
         Ok(g) => g,
-        Err(r) => return call.refuse(w, r),
+        Err(r) => return (call.refuse(w, r), None),
     };
     let w = w.granted(&g);
-    let Some(s) = store_index(stores, &g) else { return call.deny(&w, HvError::BadHandle) };
+    let Some(s) = store_index(stores, &g) else { return (call.deny(&w, HvError::BadHandle), None) };
     if let Err(e) = stores[s].would_validate() {
         // A failed validation discards the transaction: nothing is committed.
         let flow = call.deny(&w, e);
         let _ = stores[s].validate();
-        return flow;
+        return (flow, None);
     }
-    call.allow(&w, |_| {
+    let commits = stores[s].commits;
+    let flow = call.allow(&w, |_| {
         let store = &mut stores[s];
         let n = if op == Hypercall::StateCommit {
             store.commit().unwrap_or(0)
@@ -103,7 +111,8 @@ pub(super) fn finish<A: Arch>(call: &mut Call<'_, A>, stores: &mut [StateStore],
             store.staged_items()
         };
         [n as u64, store.committed_items() as u64, 0]
-    })
+    });
+    (flow, (stores[s].commits != commits).then_some(s))
 }
 
 /// `x5` is the capacity, so reading carries no P3 approval and no nonce:

@@ -90,23 +90,31 @@ pub(crate) fn witness_resumed<A: Arch>(hv: &mut Hypervisor<A>, log: PartitionId,
     hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::LogResumed, Outcome::Done, args);
 }
 
-/// Partition `id` (`desc`) cannot continue its log (`why`): it does not
-/// run, its log gets no record (the host's copy stays as it was), and the
-/// refusal is witnessed in the hypervisor's log; its id stays vacant.
-pub(crate) fn refuse_unresumed<A: Arch>(
+/// Partition `id` (`desc`) cannot continue where the earlier boot left it
+/// (`refusal`: its log does not continue, or the committed set kept for
+/// it is not the one its log vouches for): it does not run, its log gets
+/// no record (the host's copy stays as it was), and the refusal is
+/// witnessed in the hypervisor's log; its id stays vacant.
+pub(crate) fn refuse_continuation<A: Arch>(
     hv: &mut Hypervisor<A>,
     id: PartitionId,
     desc: &PartitionDesc,
-    why: rvm_witness::ResumeError,
+    refusal: Refusal,
 ) -> Result<(), BootError> {
     let vmid = u8::try_from(id.0).map_err(|_| BootError::TooManyPartitions)?;
     let stage2 = Stage2Table::new(&mut hv.arch, &mut hv.frames).ok_or(BootError::OutOfMemory)?;
     hv.add_partition(Partition::vacancy(id, vmid, stage2));
-    let refusal = Refusal::LogResume(why);
-    console::hyp_line(
-        &mut hv.arch,
-        format_args!("partition {} '{}' refused: {} ({why})", id.0, desc.name(), refusal.reason()),
-    );
+    match refusal {
+        Refusal::LogResume(why) => console::hyp_line(
+            &mut hv.arch,
+            format_args!("partition {} '{}' refused: {} ({why})", id.0, desc.name(), refusal.reason()),
+        ),
+        Refusal::KeptState(why) => console::hyp_line(
+            &mut hv.arch,
+            format_args!("partition {} '{}' refused: {} ({why})", id.0, desc.name(), refusal.reason()),
+        ),
+        other => console::hyp_line(&mut hv.arch, format_args!("partition {} '{}' refused: {}", id.0, desc.name(), other.reason())),
+    }
     let mut args = [0u8; 16];
     args[..4].copy_from_slice(&id.0.to_le_bytes());
     hv.must_witness(PartitionId::HYPERVISOR, KernelEvent::PartitionRefused, Outcome::Denied(refusal.error()), args);

@@ -45,6 +45,9 @@ pub enum Refusal {
     WithAdmission,
     /// Its log cannot continue the earlier boot's the bundle names.
     LogResume(rvm_witness::ResumeError),
+    /// The committed set kept for it ([`crate::durable`]) is not the one
+    /// its log vouches for.
+    KeptState(crate::durable::RestoreError),
 }
 
 impl Refusal {
@@ -64,6 +67,7 @@ impl Refusal {
             Refusal::Witness => "its witness log could not take the record",
             Refusal::WithAdmission => "another partition of its admission was refused",
             Refusal::LogResume(_) => "its witness log does not continue the earlier boot's (its last checkpoint or Merkle frontier does not verify)",
+            Refusal::KeptState(_) => "the committed state kept for it is not the state its witness log vouches for",
         }
     }
 
@@ -72,7 +76,7 @@ impl Refusal {
         match self {
             Refusal::OutOfMemory | Refusal::MemoryBudget | Refusal::HeapBudget => rvm_abi::HvError::NoMemory,
             Refusal::Witness => rvm_abi::HvError::WitnessUnavailable,
-            Refusal::LogResume(_) => rvm_abi::HvError::BadProof,
+            Refusal::LogResume(_) | Refusal::KeptState(_) => rvm_abi::HvError::BadProof,
             _ => rvm_abi::HvError::InvalidArgument,
         }
     }

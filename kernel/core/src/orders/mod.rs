@@ -122,6 +122,7 @@ fn take_channel_byte<A: Arch>(hv: &mut Hypervisor<A>, b: u8) {
         Some(Ok(Inbound::AdmissionBegins { nonce, signature, len })) => admission::begin(hv, nonce, signature, len),
         Some(Ok(Inbound::AdmissionByte(b))) => admission::byte(hv, b),
         Some(Ok(Inbound::AdmissionAbandoned)) => admission::abandon(hv),
+        Some(Ok(Inbound::StateSaved { log, seq })) => crate::durable::saved(hv, log, seq),
         Some(Err(e)) => {
             admission::abandon(hv);
             console::hyp_line(&mut hv.arch, format_args!("control channel input ignored from here on: {e}"));

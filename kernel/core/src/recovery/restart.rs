@@ -43,6 +43,11 @@ pub(crate) fn recreate<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, from: StartF
     p.note_restart(restore.is_restore());
     hv.forget_loaded_vcpu(idx);
     crate::load::write_boot_info(hv, idx, RestoreInfo { rollbacks: hv.partitions[idx].rollbacks(), ..restore });
+    // Resuming a snapshot replaced the committed set: a host that keeps
+    // sets holds the rolled-back one before the guest runs again.
+    if restore.is_restore() {
+        crate::durable::changed(hv, idx, idx);
+    }
     Ok(restore.snapshot_id)
 }
 

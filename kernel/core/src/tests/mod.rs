@@ -6,10 +6,11 @@ mod caps;
 mod console;
 mod domains;
 mod dormant;
+mod durable;
 mod failclosed;
 pub(crate) mod orders;
 mod recovery;
-mod resume;
+pub(crate) mod resume;
 mod smp;
 mod waits;
 
@@ -104,7 +105,7 @@ fn handles_of(view: &GuestView<'_>, kind: ObjectKind) -> Vec<u64> {
 }
 
 /// The handle of the first boot handle of `kind`.
-fn handle(view: &GuestView<'_>, kind: ObjectKind) -> u64 {
+pub(crate) fn handle(view: &GuestView<'_>, kind: ObjectKind) -> u64 {
     handles_of(view, kind)[0]
 }
 
@@ -120,7 +121,7 @@ fn records(console: &str) -> Vec<(u32, WitnessRecord)> {
         .collect()
 }
 
-const HEAP: u64 = layout::HEAP_IPA;
+pub(crate) const HEAP: u64 = layout::HEAP_IPA;
 
 #[test]
 fn two_partitions_exchange_messages_and_every_call_is_witnessed() {

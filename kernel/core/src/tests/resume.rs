@@ -23,12 +23,12 @@ use crate::tests::orders::{bundle_with_extra, fresh_boot_id, Part};
 
 /// What a boot sent the host: every log's records and its last checkpoint.
 #[derive(Default)]
-struct Sent {
-    records: BTreeMap<u32, Vec<[u8; 64]>>,
-    checkpoints: BTreeMap<u32, Frame>,
+pub(crate) struct Sent {
+    pub(crate) records: BTreeMap<u32, Vec<[u8; 64]>>,
+    pub(crate) checkpoints: BTreeMap<u32, Frame>,
 }
 
-fn sent(hv: &Hypervisor<FakeArch>) -> Sent {
+pub(crate) fn sent(hv: &Hypervisor<FakeArch>) -> Sent {
     let mut s = Sent::default();
     for f in hv.arch.console_text().lines().filter_map(Frame::parse) {
         match f {
@@ -43,7 +43,7 @@ fn sent(hv: &Hypervisor<FakeArch>) -> Sent {
 }
 
 /// The `LogResume` continuing `log` from what `s` holds.
-fn resume_from(s: &Sent, log: u32) -> Vec<u8> {
+pub(crate) fn resume_from(s: &Sent, log: u32) -> Vec<u8> {
     let Some(Frame::Checkpoint { size, head, root, signature, .. }) = s.checkpoints.get(&log).copied() else {
         panic!("log {log} has no checkpoint");
     };

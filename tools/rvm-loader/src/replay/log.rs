@@ -165,6 +165,19 @@ impl Shared {
                         self.cursor += 1;
                         continue;
                     }
+                    // A kept set (an instance that keeps state): the set the
+                    // agent's own calls built must be the one it vouches for.
+                    Some(KernelEvent::CommittedSet) if r.args[..] == self.store.digest()[..16] => {
+                        self.cursor += 1;
+                        continue;
+                    }
+                    Some(KernelEvent::CommittedSet) => {
+                        return Err(self.diverged(
+                            seq,
+                            "the committed set the log vouches for".into(),
+                            "another set in the replayed store".into(),
+                        ))
+                    }
                     _ => {
                         return Err(self.diverged(
                             seq,
