@@ -18,9 +18,9 @@ WASM      := $(TARGET)/wasm32-unknown-unknown/release
 SYSROOT    = $(shell rustc --print sysroot)
 OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
 PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked probe-bench probe-cap-attacks probe-approvals probe-cap-peer probe-hvc-fuzz probe-fence-resume probe-semihosting probe-shared-regs probe-stall probe-wait
-AGENTS    := reference spin bad-import over-budget packet faulty chatter
+AGENTS    := reference spin bad-import over-budget packet faulty chatter counter
 
-.PHONY: help setup images run test test-host test-qemu lint bench bench-qemu clean
+.PHONY: help setup images run test test-host test-qemu lint bench bench-qemu soak clean
 
 help:
 	@echo "make setup       install Rust targets/components and qemu-system-arm (Debian)"
@@ -29,6 +29,8 @@ help:
 	@echo "make lint        clippy, warnings as errors, over every crate for its target"
 	@echo "make bench       criterion benchmarks (host)"
 	@echo "make bench-qemu  instruction counts of hypervisor paths under QEMU -icount"
+	@echo "make soak        an instance of 16 tenants committing every turn for 10 000 turns,"
+	@echo "                 through restarts, evictions and killed machines (not in CI; RVM_SOAK_*)"
 	@echo "make images      cross-build the EL2 image, guest runtime, test guests and agents"
 
 setup:
@@ -59,6 +61,12 @@ run: images
 
 test: images
 	RVM_AGENT_WASM_DIR=$(abspath $(WASM)) $(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
+
+# The soak: one instance, RVM_SOAK_TENANTS tenants (16) committing every turn
+# for RVM_SOAK_TURNS turns (10 000), an event every RVM_SOAK_EVERY turns (300)
+# of the slowest; prints its figures (tools/rvm-loader/tests/e2e.rs, soak_*).
+soak: images
+	RVM_IMAGE_DIR=$(abspath $(OUT)) $(CARGO) test -p rvm-loader --test e2e soak_ -- --ignored --nocapture
 
 # Clippy over every crate, each for the target it is built for. The cross
 # crates are linted alone (--no-deps): their workspace dependencies are

@@ -51,8 +51,9 @@
 //!   length u64 (at most [`MAX_ADMISSION`]): tenants to create in the
 //!   running hypervisor. The bundle follows in `AdmissionData` (19) frames
 //!   of at most [`ADMISSION_CHUNK`] bytes each, nothing else between them
-//!   but acknowledgements. Another frame before the bundle is whole (a host
-//!   that gave up on it between two frames) abandons it: the hypervisor
+//!   but acknowledgements and `StateSaved` answers. Another frame before
+//!   the bundle is whole (a host that gave up on it between two frames)
+//!   abandons it: the hypervisor
 //!   refuses it and reads that frame as usual. The operator key signs [`admission_message`],
 //!   which binds the nonce, the admission's SHA-256 and the digest of the
 //!   bundle the hypervisor booted (so an admission is good for one boot,
@@ -401,9 +402,13 @@ impl InboundDecoder {
                     self.len = 0;
                     return None;
                 }
-                // The host gave up on it between two frames.
-                self.admission_left = 0;
-                abandoned = true;
+                // A `StateSaved` answer may come between two chunks (the
+                // host keeps sets while it sends tenants); any other frame
+                // means the host gave up on the admission.
+                if kind != Some(Kind::StateSaved) {
+                    self.admission_left = 0;
+                    abandoned = true;
+                }
             }
             let want = match kind {
                 Some(Kind::Order) => ORDER_BYTES,
@@ -873,6 +878,17 @@ mod decode {
             let mut inbound = InboundDecoder::new();
             let read: Vec<_> = saved.iter().filter_map(|&b| inbound.push(b)).collect();
             assert_eq!(read, [Ok(Inbound::StateSaved { log: 3, seq: 41 })]);
+            // Between two chunks of an admission it is read, and the
+            // admission goes on.
+            let mut stream = Vec::new();
+            write_admission(&mut |f| stream.extend_from_slice(f), 7, &[1; 64], &[9u8; ADMISSION_CHUNK + 10]);
+            let second_chunk = HEADER_LEN + ADMISSION_HEADER + HEADER_LEN + ADMISSION_CHUNK;
+            stream.splice(second_chunk..second_chunk, saved.iter().copied());
+            let mut inbound = InboundDecoder::new();
+            let read: Vec<_> = stream.iter().filter_map(|&b| inbound.push(b)).map(Result::unwrap).collect();
+            assert_eq!(read.len(), 1 + ADMISSION_CHUNK + 10 + 1, "{:?}", &read[..2]);
+            assert_eq!(read[1 + ADMISSION_CHUNK], Inbound::StateSaved { log: 3, seq: 41 });
+            assert!(!read.contains(&Inbound::AdmissionAbandoned));
             // One of the wrong length breaks the stream.
             let mut short = saved.clone();
             short[4] = 11;

@@ -153,7 +153,7 @@ impl<F: FnMut(&[u8])> StateEncoder<F> {
 pub const COMMITTED_DOMAIN: [u8; 16] = *b"RVM-COMMITTED-01";
 
 /// Feed the canonical encoding of a partition's committed set to `sink`,
-/// which hashes it (SHA-256: the set's digest, which a `StateCommit`
+/// which hashes it (SHA-256: the set's digest, which a `CommittedSet`
 /// record's `args` begin with and a `StateBegins` frame carries whole):
 ///
 /// ```text

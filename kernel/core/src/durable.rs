@@ -28,8 +28,27 @@ use rvm_witness::merkle::{leaf_hash, verify_inclusion};
 use rvm_witness::Hash;
 
 use crate::arch::Arch;
+pub use crate::load::refusal::RestoreError;
 use crate::partition::PartitionId;
 use crate::state::Hypervisor;
+
+/// The digest of each store's set as last witnessed (by position), so a
+/// "change" that leaves a set as it was (an empty commit, a dormant
+/// partition woken from the snapshot it slept in) costs nothing.
+#[derive(Default)]
+pub(crate) struct Witnessed {
+    digests: alloc::vec::Vec<Option<[u8; 32]>>,
+}
+
+impl Witnessed {
+    /// Note store `s`'s digest; whether it differs from the one noted before.
+    fn note(&mut self, s: usize, digest: [u8; 32]) -> bool {
+        if self.digests.len() <= s {
+            self.digests.resize(s + 1, None);
+        }
+        self.digests[s].replace(digest) != Some(digest)
+    }
+}
 
 /// The first 16 bytes of a digest: what a `CommittedSet` record carries.
 fn args_of(digest: &[u8; 32]) -> [u8; 16] {
@@ -42,9 +61,9 @@ fn args_of(digest: &[u8; 32]) -> [u8; 16] {
 /// witness it and sign its log's head. The record's seq, or `None` when the
 /// record could not be written (the run then stops: a change that cannot
 /// be witnessed does not go on).
-fn witness_set<A: Arch>(hv: &mut Hypervisor<A>, s: usize) -> Option<u64> {
+fn witness_set<A: Arch>(hv: &mut Hypervisor<A>, s: usize, digest: &[u8; 32]) -> Option<u64> {
     let owner = hv.partitions[s].id();
-    let args = args_of(&hv.stores[s].digest());
+    let args = args_of(digest);
     let rec = crate::witness::event_record(owner.0, KernelEvent::CommittedSet, Outcome::Done, args, hv.arch.now_ns());
     match hv.witness.append(&mut hv.arch, owner.0, rec) {
         Ok(seq) => {
@@ -58,18 +77,21 @@ fn witness_set<A: Arch>(hv: &mut Hypervisor<A>, s: usize) -> Option<u64> {
     }
 }
 
-/// Store `s`'s set changed by partition `by` (a commit through a store
-/// handle, or its own rollback): witnessed, sent to the host, and `by`
-/// parked until the host has kept it. Nothing when the boot does not keep
-/// state.
+/// Store `s`'s set may have changed, by partition `by` (a commit through a
+/// store handle, or its own rollback): if it did, witnessed, sent to the
+/// host, and `by` parked until the host has kept it. Nothing when the boot
+/// does not keep state, or the set is as it was last witnessed.
 pub(crate) fn changed<A: Arch>(hv: &mut Hypervisor<A>, by: usize, s: usize) {
     if !hv.policy.save_state {
         return;
     }
-    let Some(seq) = witness_set(hv, s) else { return };
+    let digest = hv.stores[s].digest();
+    if !hv.kept.note(s, digest) {
+        return;
+    }
+    let Some(seq) = witness_set(hv, s, &digest) else { return };
     let log = hv.partitions[s].id().0;
     let store = &hv.stores[s];
-    let digest = store.digest();
     let items = u32::try_from(store.committed_items()).unwrap_or(u32::MAX);
     hv.arch.send_frame(&Outgoing::StateBegins { log, seq, digest: &digest, items });
     for (key, value) in store.items() {
@@ -88,29 +110,6 @@ pub(crate) fn saved<A: Arch>(hv: &mut Hypervisor<A>, log: u32, seq: u64) {
                 hv.smp.note_runnable();
             }
         }
-    }
-}
-
-/// Why a kept set was not taken at boot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestoreError {
-    /// The record is not a `CommittedSet` of this partition.
-    NotItsRecord,
-    /// The record's digest is not the digest of the items (the kept set
-    /// was changed).
-    DigestMismatch,
-    /// The record is not in the log the partition resumed (its proof does
-    /// not lead to the signed root).
-    NotInLog,
-}
-
-impl core::fmt::Display for RestoreError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            RestoreError::NotItsRecord => "the record it names is not a CommittedSet of this partition",
-            RestoreError::DigestMismatch => "its items are not the set its record vouches for (the kept set was changed)",
-            RestoreError::NotInLog => "the record it names is not in the log the partition continues",
-        })
     }
 }
 
@@ -149,6 +148,8 @@ pub(crate) fn restore<A: Arch>(
 ) -> Result<(), RestoreError> {
     check_restore(hv.partitions[idx].id(), from, kept)?;
     hv.stores[idx].replace(kept.items());
-    let _ = witness_set(hv, idx);
+    let digest = hv.stores[idx].digest();
+    hv.kept.note(idx, digest);
+    let _ = witness_set(hv, idx, &digest);
     Ok(())
 }

@@ -91,29 +91,7 @@ impl<A: Arch> Hypervisor<A> {
         }
         for (index, desc) in bundle.partitions().enumerate() {
             let index = u32::try_from(index).map_err(|_| BootError::TooManyPartitions)?;
-            let place = crate::load::Placement::at_boot(&bundle, index, &desc);
-            crate::load::fill_vacancies(&mut hv, place.id)?;
-            let resumed = bundle.log_resume(Some(index));
-            let kept = bundle.state_restore(index);
-            if let Some(from) = &resumed {
-                if let Err(e) = hv.witness.resume(place.id.0, from) {
-                    crate::load::refuse_continuation(&mut hv, place.id, &desc, crate::load::Refusal::LogResume(e))?;
-                    continue;
-                }
-                crate::load::witness_resumed(&mut hv, place.id, from.size);
-                // The set kept for it must be the one its log vouches for.
-                if let Some(Err(e)) = kept.as_ref().map(|k| crate::durable::check_restore(place.id, from, k)) {
-                    crate::load::refuse_continuation(&mut hv, place.id, &desc, crate::load::Refusal::KeptState(e))?;
-                    continue;
-                }
-            }
-            let refused = crate::load::load_partition(&mut hv, &bundle, index, desc, place)?;
-            let idx = hv.partitions.len() - 1;
-            hv.sched.admit(idx, &desc);
-            if let (None, Some(from), Some(kept)) = (refused, &resumed, &kept) {
-                // Checked above; taken and witnessed now.
-                let _ = crate::durable::restore(&mut hv, idx, from, kept);
-            }
+            crate::load::boot_partition(&mut hv, &bundle, index, desc)?;
         }
         // Ids earlier boots of an instance gave stay vacant.
         if let Some(first) = bundle.first_free_id() {

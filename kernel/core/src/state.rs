@@ -77,6 +77,9 @@ pub struct Hypervisor<A: Arch> {
     pub(crate) orders: crate::orders::desk::OrderDesk,
     /// Dormant-tier figures ([`crate::domains::dormancy`]).
     pub(crate) dormant: crate::domains::dormancy::DormantLedger,
+    /// The committed sets as last witnessed, when the host keeps them
+    /// ([`crate::durable`]).
+    pub(crate) kept: crate::durable::Witnessed,
     pub(crate) policy: RunPolicy,
     pub(crate) runtime: Option<SharedImage>,
     /// The CPUs, which partition runs where, deferred orders ([`crate::running::smp`]).
@@ -109,6 +112,7 @@ impl<A: Arch> Hypervisor<A> {
             journal: crate::journal::Journal::from_config(config),
             orders,
             dormant: crate::domains::dormancy::DormantLedger::default(),
+            kept: crate::durable::Witnessed::default(),
             policy: RunPolicy::from_config(config),
             runtime: None,
             smp: crate::running::cpus::SmpState::new(),

@@ -499,6 +499,15 @@ impl Watch for Watcher<'_, '_> {
             eprintln!("rvm-loader: error: {name}'s committed state (record {}) was not kept: {e}; the partition waits", set.seq);
             return Flow::Continue;
         }
+        // The roster says it was kept before the partition can see it was:
+        // a restart then takes no older copy of it.
+        if let Some(r) = self.roster.as_mut() {
+            let names = self.session.names();
+            if let Err(e) = r.keep(set.log, name.as_str(), set.seq, &names.0, self.session.states()) {
+                eprintln!("rvm-loader: error: the roster could not say {name}'s committed state (record {}) was kept: {e}; the partition waits", set.seq);
+                return Flow::Continue;
+            }
+        }
         let mut frame = Vec::new();
         rvm_abi::control::write_state_saved(&mut |b| frame.extend_from_slice(b), set.log, set.seq);
         if let Some(w) = self.reply.as_mut() {
@@ -656,7 +665,7 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         instance,
         shown_states: std::collections::BTreeMap::new(),
         shown_names: 0,
-        roster: roster.clone(),
+        roster,
         keeps_state: opts.instance.as_ref().map(|_| ctx.home.clone()),
         reply: None,
     };
@@ -676,6 +685,8 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         } = &mut watcher;
         splitter.finish(&mut |line| session.line(&line, &mut show));
     }
+    // The roster as the run left it (with the state records the host kept).
+    let roster = watcher.roster.take();
     let states = session.states().clone();
     let seen = session.names().clone();
     let sink_error = session.sink_error().cloned();

@@ -591,20 +591,23 @@ The committed state kept for partitions under $RVM_HOME/state/.
 
 A partition's committed set is kept as $RVM_HOME/state/<partition>/committed.json
 (schema, partition, log, seq, digest, items as hex keys and values, keys
-strictly ascending): the set as witness record <seq> of its log says it is,
-a StateCommit call or a CommittedSet event whose args are the first 16
-bytes of the set's digest.
+strictly ascending): the set as the CommittedSet record <seq> of its log
+says it is (its args are the first 16 bytes of the set's digest).
 
 The file is trusted only as far as the log vouches for it: the partition's
 log ($RVM_HOME/witness/<partition>.log) must verify under this RVM_HOME's
 witness key (chain, signatures, Merkle roots; records after its last signed
-checkpoint count for nothing), and its last signed record that sets the
-partition's state must be the file's record, with the file's digest.
+checkpoint count for nothing), and the last CommittedSet among its signed
+records must carry the file's digest — or the one before it, while the
+instance's signed roster says the host never acknowledged the last (the
+loader went down between filing that record and keeping its set, so the
+partition never saw that change).
 
-Exit codes: 0 the state was shown; 2 the file was changed, is stale (older
-than the log's last state record), is missing while the log sets state, no
-record vouches for it, the log does not verify, or nothing is kept; 1 a file
-cannot be read.";
+Exit codes: 0 the state was shown; 2 the file was changed, is stale or was
+put back (an older set than the log's last), is missing while the log sets
+state, no record vouches for it, the log does not verify or was cut back
+below what the host kept, the roster does not verify, or nothing is kept;
+1 a file cannot be read.";
 
 #[derive(Subcommand, Debug)]
 enum StateCmd {
@@ -892,6 +895,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             let mut opts = run.options(dir);
             if run.fresh {
                 crate::roster::Roster::forget(ctx.home.root());
+                if let Some(to) = crate::state::set_aside(&ctx.home)? {
+                    eprintln!("rvm-loader: the last instance's kept committed state was moved to {}", to.display());
+                }
                 return commands::up(&ctx, &names, &opts);
             }
             let extra = partition_names(&names)?;

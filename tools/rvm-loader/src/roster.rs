@@ -5,9 +5,11 @@
 //! the operator key: every partition the instance ever had (booted or
 //! admitted) with the id the hypervisor gave it and whether it left
 //! (evicted, refused, gone from the registry), and for each log filed the
-//! last signed checkpoint it reached (size and Merkle root). It is written
-//! at boot, when a partition is admitted, and when the instance ends (with
-//! the checkpoints then).
+//! last signed checkpoint it reached (size and Merkle root), and for each
+//! partition whose committed state the host keeps, the last `CommittedSet`
+//! record whose set it acknowledged ([`KeptMark`]). It is written at boot,
+//! when a partition is admitted, before every `StateSaved` answer, and when
+//! the instance ends (with the checkpoints then).
 //!
 //! `instance start` after an instance of this home ended continues it
 //! ([`continuation`]): the partitions that stayed boot again under their
@@ -22,8 +24,12 @@
 //! operator key cannot roll an instance back: a roster that does not verify
 //! or is missing after an instance ran, a staying log that is missing, one
 //! that does not verify under this home's witness key, or one that no longer
-//! holds the checkpoint the roster recorded. `instance start --fresh` starts
-//! every log anew (the earlier files go to the archive).
+//! holds the checkpoint the roster recorded; and a kept committed state its
+//! log does not vouch for, or an older one than the host acknowledged
+//! ([`crate::state::check`]) — that one is sent as it is, so the hypervisor
+//! refuses the partition and witnesses it, unless it cannot even be read.
+//! `instance start --fresh` starts every log anew (the earlier files go to
+//! the archive, the kept state to `archive/state-<time>`).
 
 use std::path::{Path, PathBuf};
 
@@ -60,12 +66,25 @@ pub struct LogMark {
     pub root: String,
 }
 
+/// The last `CommittedSet` record of a log whose set the host kept and
+/// acknowledged (`StateSaved`): written before the acknowledgement, so a
+/// restart knows which kept state the partition may have seen
+/// ([`crate::state::check`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeptMark {
+    pub name: String,
+    pub log: u32,
+    pub seq: u64,
+}
+
 /// Every partition of an instance, by id, and its logs' marks.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Roster {
     pub members: Vec<Member>,
     #[serde(default)]
     pub logs: Vec<LogMark>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptMark>,
     /// Ed25519 by the operator key over the rest (hex).
     #[serde(default)]
     pub signature: String,
@@ -78,7 +97,11 @@ fn path(home: &Path) -> PathBuf {
 impl Roster {
     fn message(&self) -> Vec<u8> {
         let mut m = ROSTER_TAG.to_vec();
-        m.extend(serde_json::to_vec(&(&self.members, &self.logs)).unwrap_or_default());
+        if self.kept.is_empty() {
+            m.extend(serde_json::to_vec(&(&self.members, &self.logs)).unwrap_or_default());
+        } else {
+            m.extend(serde_json::to_vec(&(&self.members, &self.logs, &self.kept)).unwrap_or_default());
+        }
         m
     }
 
@@ -108,11 +131,10 @@ impl Roster {
         }
     }
 
-    /// Write it (atomically) into the instance folder `dir`.
-    pub fn save(&self, dir: &Path) {
-        if let Ok(text) = serde_json::to_string_pretty(self) {
-            let _ = rvm_witness_host::files::write_atomic(&dir.join("roster.json"), text.as_bytes(), 0o600);
-        }
+    /// Write it (atomically, synced) into the instance folder `dir`.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        rvm_witness_host::files::write_atomic(&dir.join("roster.json"), text.as_bytes(), 0o600)
     }
 
     /// Forget the last instance (`instance start --fresh`).
@@ -137,17 +159,35 @@ pub struct RosterWriter {
     /// The marks of the last instance's logs (those this run files are
     /// replaced when it ends).
     marks: Vec<LogMark>,
+    /// The state records the host acknowledged, per log.
+    kept: Vec<KeptMark>,
 }
 
 impl RosterWriter {
     pub fn new(dir: PathBuf, key: Key, continued: Option<&Continuation>) -> Self {
-        let (departed, marks) = continued.map_or_else(Default::default, |c| (c.departed.clone(), c.marks.clone()));
-        Self { dir, key, departed, marks }
+        let (departed, marks, kept) =
+            continued.map_or_else(Default::default, |c| (c.departed.clone(), c.marks.clone(), c.kept.clone()));
+        Self { dir, key, departed, marks, kept }
     }
 
     /// The roster now: `names` (log id, partition) with their `states`.
     pub fn write(&self, names: &[(u32, PartitionName)], states: &std::collections::BTreeMap<u32, RunState>) {
-        self.roster(names, states, &self.marks).signed(&self.key).save(&self.dir);
+        let _ = self.roster(names, states, &self.marks).signed(&self.key).save(&self.dir);
+    }
+
+    /// The host kept log `log`'s (`name`'s) set of record `seq`: say so in
+    /// the roster, written and synced, before the hypervisor is told.
+    pub fn keep(
+        &mut self,
+        log: u32,
+        name: &str,
+        seq: u64,
+        names: &[(u32, PartitionName)],
+        states: &std::collections::BTreeMap<u32, RunState>,
+    ) -> std::io::Result<()> {
+        self.kept.retain(|k| k.name != name);
+        self.kept.push(KeptMark { name: name.to_string(), log, seq });
+        self.roster(names, states, &self.marks).signed(&self.key).save(&self.dir)
     }
 
     /// The roster at the end of the run, with the checkpoints each log
@@ -160,7 +200,7 @@ impl RosterWriter {
                 marks.push(LogMark { name: name.clone(), log: *log, size: c.checkpoint.size, root: rvm_abi::hex::to_string(&c.checkpoint.root.0) });
             }
         }
-        self.roster(names, states, &marks).signed(&self.key).save(&self.dir);
+        let _ = self.roster(names, states, &marks).signed(&self.key).save(&self.dir);
     }
 
     fn roster(&self, names: &[(u32, PartitionName)], states: &std::collections::BTreeMap<u32, RunState>, marks: &[LogMark]) -> Roster {
@@ -174,7 +214,9 @@ impl RosterWriter {
             .collect();
         members.extend(self.departed.iter().filter(|d| !names.iter().any(|(id, _)| *id == d.id)).cloned());
         members.sort_by_key(|m| m.id);
-        Roster { members, logs: marks.to_vec(), signature: String::new() }
+        let mut kept = self.kept.clone();
+        kept.sort_by_key(|k| k.log);
+        Roster { members, logs: marks.to_vec(), kept, signature: String::new() }
     }
 }
 
@@ -197,6 +239,8 @@ pub struct Continuation {
     pub departed: Vec<Member>,
     /// The last instance's marks of its logs.
     pub marks: Vec<LogMark>,
+    /// The state records the host acknowledged, per log.
+    pub kept: Vec<KeptMark>,
 }
 
 fn refused(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
@@ -206,8 +250,19 @@ fn refused(what: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
     )
 }
 
-/// What `instance start [NAMES]` boots when an instance of `home` ran
-/// before (and `--fresh` was not given): `None` when none did.
+/// The seq of the last state record of partition `name`'s log whose set
+/// the host acknowledged, from this home's signed roster (`None`: no roster,
+/// or it says nothing of that log). A roster that does not verify is an
+/// error.
+pub fn kept_mark(home: &Home, name: &str) -> Result<Option<u64>> {
+    let Some(roster) = Roster::load(home.root())? else { return Ok(None) };
+    let Some(operator) = home.key(&KeyRole::Operator)? else { return Ok(None) };
+    if !roster.verifies(&operator.public) {
+        return Err(Error::refused(path(home.root()).display().to_string(), "does not verify under this RVM_HOME's operator key (it was changed)"));
+    }
+    Ok(roster.kept.iter().find(|k| k.name == name).map(|k| k.seq))
+}
+
 /// The committed set partition `name` (log `file`, resumed at `point`)
 /// starts with, as a bundle `StateRestore` entry, if one is kept. A kept
 /// set its log does not vouch for is said here, naming its file, and sent
@@ -219,21 +274,29 @@ fn kept_state(
     file: &std::path::Path,
     public: &rvm_witness::PublicKey,
     point: &ResumePoint,
+    kept: Option<u64>,
 ) -> Result<Option<Vec<u8>>> {
     let Ok(partition) = PartitionName::new(name) else { return Ok(None) };
-    match crate::state::check(home, &partition, file, public) {
+    match crate::state::check(home, &partition, file, public, kept) {
         Ok(Some(checked)) if checked.signed_size == point.size && checked.root == point.root => {
             Ok(Some(crate::state::restore_entry(&checked)))
         }
         Ok(Some(_)) => Err(refused(file.display(), "its last checkpoint moved while it was read; start again")),
         Ok(None) => Ok(None),
-        Err(e) => {
-            eprintln!("rvm-loader: error: {e}; the hypervisor will refuse {name} (and witness it)");
-            Ok(crate::state::as_filed(home, &partition, file, public))
-        }
+        // Sent as it is, for the hypervisor to refuse and witness; one that
+        // cannot even be sent refuses the start.
+        Err(e) => match crate::state::as_filed(home, &partition, file, public) {
+            Some(entry) => {
+                eprintln!("rvm-loader: error: {e}; the hypervisor will refuse {name} (and witness it)");
+                Ok(Some(entry))
+            }
+            None => Err(e),
+        },
     }
 }
 
+/// What `instance start [NAMES]` boots when an instance of `home` ran
+/// before (and `--fresh` was not given): `None` when none did.
 pub fn continuation(home: &Home, extra: &[PartitionName]) -> Result<Option<Continuation>> {
     let dir = home.root().join(crate::instance::INSTANCE_DIR);
     let Some(roster) = Roster::load(home.root())? else {
@@ -271,6 +334,7 @@ pub fn continuation(home: &Home, extra: &[PartitionName]) -> Result<Option<Conti
     // Every mark carries on until this run's filed logs replace theirs (a
     // run that dies keeps the floor its logs had).
     c.marks = roster.logs.clone();
+    c.kept = roster.kept.clone();
     for (id, name) in staying {
         let file = home.witness_dir().join(format!("{name}.log"));
         let mark = roster.logs.iter().find(|m| m.name == name);
@@ -292,7 +356,8 @@ pub fn continuation(home: &Home, extra: &[PartitionName]) -> Result<Option<Conti
         let point = rvm_witness_host::resume_point(&file, id, &public, reached)
             .map_err(|e| refused(file.display(), format!("cannot continue in this instance: {e}")))?;
         if id != 0 {
-            if let Some(entry) = kept_state(home, &name, &file, &public, &point)? {
+            let kept = roster.kept.iter().find(|k| k.name == name && k.log == id).map(|k| k.seq);
+            if let Some(entry) = kept_state(home, &name, &file, &public, &point, kept)? {
                 c.restores.push((id, entry));
             }
         }

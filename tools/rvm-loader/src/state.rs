@@ -7,15 +7,16 @@
 //!
 //! `{"schema":1,"partition":"<name>","log":<u32>,"seq":<u64>,"digest":"<64 hex>",
 //! "items":[{"key":"<hex>","value":"<hex>"},...]}`, keys non-empty and
-//! strictly ascending: the set as witness record `seq` of log `log` says it
-//! is (a `StateCommit` call, or a `CommittedSet` event, whose `args` are the
-//! first 16 bytes of `digest`, [`rvm_state::digest::committed`] of the items).
+//! strictly ascending: the set as the `CommittedSet` record `seq` of log
+//! `log` says it is (its `args` are the first 16 bytes of `digest`,
+//! [`rvm_state::digest::committed`] of the items).
 //!
 //! A file vouches for nothing by itself: [`check`] reads it against the
 //! partition's witness log, verified under this home's witness key, and
-//! accepts it only if it is the set the last state record among the log's
-//! signed records names. A restarted instance hands the checked set to the
-//! hypervisor with that record and its inclusion proof ([`restore_entry`]).
+//! accepts it only if it is the set the last `CommittedSet` among the log's
+//! signed records names (or, under the rule [`check`] gives, the one before).
+//! A restarted instance hands the checked set to the hypervisor with that
+//! record and its inclusion proof ([`restore_entry`]).
 
 use crate::commands::Ctx;
 use crate::diag::Diagnostic;
@@ -67,6 +68,9 @@ impl SavedSet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
     pub set: SavedSet,
+    /// The seq of the `CommittedSet` that vouches for it (the file's own
+    /// `seq` may be older: a restart witnesses the set it restored again).
+    pub seq: u64,
     pub record: [u8; 64],
     pub signed_size: u64,
     pub proof: Vec<[u8; 32]>,
@@ -338,16 +342,21 @@ fn sets_state(r: &WitnessRecord) -> bool {
 /// at `log_path` under `key`: the log verifies (chain, signatures, roots;
 /// records after its last signed checkpoint are allowed but count for
 /// nothing), and the file holds the set the last `CommittedSet` among the
-/// signed records vouches for — or the one before it, when the file is as
-/// of that record: the hypervisor parks a partition after every change
-/// until the host has kept it, so a host that went down between filing the
-/// last record and writing the file loses only a change its partition
-/// never saw. `None` when there is no file and no such record.
+/// signed records vouches for. `kept` is the seq of the last `CommittedSet`
+/// of this log the host acknowledged (the signed roster's, written before
+/// each `StateSaved`): a log cut back below it is refused, and the set of
+/// the `CommittedSet` before the last is taken only while the last one was
+/// never acknowledged — the hypervisor parks a partition after every
+/// change until the host has kept it, so a host that went down between
+/// filing the last record and writing the file loses only a change its
+/// partition never saw, and someone who puts an older file back cannot
+/// pass it off as that. `None` when there is no file and no such record.
 pub fn check(
     home: &Home,
     name: &PartitionName,
     log_path: &Path,
     key: &PublicKey,
+    kept: Option<u64>,
 ) -> Result<Option<Checked>> {
     let file = path(home, name);
     let shown = file.display().to_string();
@@ -422,26 +431,27 @@ pub fn check(
         }
         (Some(set), Some(found)) => (set, found),
     };
+    if let Some(k) = kept.filter(|&k| k > seq) {
+        return Err(refuse(format!(
+            "its log {logs} was cut back: the host kept the state record {k} vouches for, and the log's last is {seq}"
+        )));
+    }
     let vouches = |r: &WitnessRecord| r.args[..] == set.digest[..16];
     let one_before = vouching.len().checked_sub(2).map(|i| vouching[i]);
+    let never_kept = kept.is_none_or(|k| k < seq);
     let (seq, record) = match one_before {
         _ if vouches(&r) => (seq, record),
         // The last change was filed but never kept: its partition never
         // ran on after it.
-        Some((before, bytes, b)) if before == set.seq && vouches(&b) => (before, bytes),
+        Some((before, bytes, b)) if never_kept && vouches(&b) => (before, bytes),
         _ => {
             if let Some((at, _, _)) = vouching.iter().find(|(at, _, v)| *at == set.seq && !vouches(v)) {
                 return Err(refuse(format!(
                     "record {at}'s digest is not its items' digest (the file was changed)"
                 )));
             }
-            let how = if set.seq < seq {
-                "a stale or rolled-back file"
-            } else {
-                "a record its log's signed part does not hold"
-            };
             return Err(refuse(format!(
-                "its log's last state record is {seq} but the file is as of {} ({how})",
+                "its log's last state record is {seq}, and the file holds another set (as of record {}: a stale, rolled-back or changed file)",
                 set.seq
             )));
         }
@@ -471,6 +481,7 @@ pub fn check(
     .map_err(proof_err)?;
     Ok(Some(Checked {
         set,
+        seq,
         record,
         signed_size,
         proof: audit.iter().map(|h| h.0).collect(),
@@ -514,6 +525,26 @@ pub fn as_filed(home: &Home, name: &PartitionName, log_path: &Path, key: &Public
     Some(rvm_abi::bundle::StateRestore::encode(seq, &record, &proof, &pairs))
 }
 
+/// Move the kept state of every partition aside (`instance start
+/// --fresh`: every log starts anew, so no kept set is vouched for any
+/// more) to `$RVM_HOME/archive/state-<unix seconds>`; where it went, if
+/// there was any.
+pub fn set_aside(home: &Home) -> Result<Option<PathBuf>> {
+    let from = home.root().join(STATE_DIR);
+    match fs::symlink_metadata(&from) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::refused(from.display().to_string(), "not a folder (a symbolic link is not followed); remove it")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&from, e)),
+    }
+    let archive = home.root().join("archive");
+    fs::create_dir_all(&archive).map_err(|e| io(&archive, e))?;
+    let stamp = crate::home::now_unix();
+    let to = (0..).map(|n| archive.join(if n == 0 { format!("state-{stamp}") } else { format!("state-{stamp}.{n}") })).find(|p| !p.exists()).unwrap_or_else(|| archive.join("state"));
+    fs::rename(&from, &to).map_err(|e| io(&to, e))?;
+    Ok(Some(to))
+}
+
 /// The bundle's `StateRestore` entry of a checked set.
 pub fn restore_entry(checked: &Checked) -> Vec<u8> {
     let items: Vec<(&[u8], &[u8])> = checked
@@ -522,7 +553,7 @@ pub fn restore_entry(checked: &Checked) -> Vec<u8> {
         .iter()
         .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect();
-    rvm_abi::bundle::StateRestore::encode(checked.set.seq, &checked.record, &checked.proof, &items)
+    rvm_abi::bundle::StateRestore::encode(checked.seq, &checked.record, &checked.proof, &items)
 }
 
 /// The key partition `name`'s log is checked with: this home's witness key
@@ -574,7 +605,7 @@ pub fn show_text(name: &PartitionName, c: &Checked) -> String {
     let digest = rvm_abi::hex::to_string(&c.set.digest);
     let mut out = format!(
         "committed state of {name} as of record {} of its log (digest {}…), checked against the log: {} items\n",
-        c.set.seq,
+        c.seq,
         &digest[..16],
         c.set.items.len()
     );
@@ -589,7 +620,7 @@ pub fn show_json(name: &PartitionName, c: &Checked) -> serde_json::Value {
     serde_json::json!({
         "partition": name.as_str(),
         "log": c.set.log,
-        "seq": c.set.seq,
+        "seq": c.seq,
         "digest": rvm_abi::hex::to_string(&c.set.digest),
         "checked": true,
         "items": c.set.items.iter().map(|(k, v)| serde_json::json!({
@@ -606,7 +637,8 @@ pub fn show_json(name: &PartitionName, c: &Checked) -> serde_json::Value {
 pub fn show(ctx: &Ctx, partition: &str, json: bool) -> Result<()> {
     let name = crate::parse::names::partition_name("<partition>", "value", partition)?;
     let key = witness_key(&ctx.home, &name)?;
-    let checked = check(&ctx.home, &name, &log_path(&ctx.home, &name), &key)?.ok_or_else(|| {
+    let kept = crate::roster::kept_mark(&ctx.home, name.as_str())?;
+    let checked = check(&ctx.home, &name, &log_path(&ctx.home, &name), &key, kept)?.ok_or_else(|| {
         Error::refused(
             format!("partition {name}"),
             "no committed state is kept for it, and its log sets none",
@@ -732,7 +764,7 @@ mod tests {
     }
 
     fn check_err(home: &Home, log: &Path) -> String {
-        match check(home, &tenant(), log, &signer().public_key()) {
+        match check(home, &tenant(), log, &signer().public_key(), None) {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
@@ -846,7 +878,7 @@ mod tests {
             ],
         );
         save(home, &tenant(), &set).unwrap();
-        let c = check(home, &tenant(), &log, &signer().public_key()).unwrap().unwrap();
+        let c = check(home, &tenant(), &log, &signer().public_key(), None).unwrap().unwrap();
         assert_eq!((c.set.clone(), c.signed_size), (set.clone(), 7));
         assert_eq!(WitnessRecord::from_bytes(&c.record).unwrap().seq, 5);
         let entry = restore_entry(&c);
@@ -903,12 +935,38 @@ mod tests {
         save(home, &tenant(), &old).unwrap();
         let e = check_err(home, &log);
         assert!(e.starts_with(&path(home, &tenant()).display().to_string()), "{e}");
-        assert!(e.contains("its log's last state record is 5 but the file is as of 1 (a stale or rolled-back file)"), "{e}");
+        assert!(e.contains("its log's last state record is 5, and the file holds another set (as of record 1: a stale, rolled-back or changed file)"), "{e}");
         // One change behind: the host went down between filing the last
         // record and keeping its set, so its partition never saw it.
         save(home, &tenant(), &mid).unwrap();
-        let c = check(home, &tenant(), &log, &signer().public_key()).unwrap().unwrap();
-        assert_eq!((c.set.clone(), WitnessRecord::from_bytes(&c.record).unwrap().seq), (mid, 3));
+        let c = check(home, &tenant(), &log, &signer().public_key(), None).unwrap().unwrap();
+        assert_eq!((c.set.clone(), c.seq, WitnessRecord::from_bytes(&c.record).unwrap().seq), (mid.clone(), 3, 3));
+        // So too when the host had kept the one before (or an earlier one).
+        assert!(check(home, &tenant(), &log, &signer().public_key(), Some(3)).is_ok());
+        // Not once the host said it kept the last: then that older file was
+        // put back.
+        let e = check(home, &tenant(), &log, &signer().public_key(), Some(5)).unwrap_err().to_string();
+        assert!(e.contains("its log's last state record is 5, and the file holds another set"), "{e}");
+        save(home, &tenant(), &new).unwrap();
+        assert!(check(home, &tenant(), &log, &signer().public_key(), Some(5)).is_ok());
+        // A log cut back below what the host kept.
+        let e = check(home, &tenant(), &log, &signer().public_key(), Some(9)).unwrap_err().to_string();
+        assert!(e.contains("was cut back: the host kept the state record 9 vouches for, and the log's last is 5"), "{e}");
+    }
+
+    #[test]
+    fn a_set_restored_and_witnessed_again_is_vouched_for_by_its_latest_record() {
+        let h = TmpHome::new("again");
+        let home = &h.0;
+        // Committed at 1, kept; restored and witnessed again at 3 by each
+        // of two restarts with no commit between.
+        let set = SavedSet::new(LOG, 1, items(&[("a", "1")]));
+        let log = file_log(home, &[Rec::Other, Rec::Set(set.digest), Rec::Other, Rec::Set(set.digest), Rec::Set(set.digest), Rec::Sign]);
+        save(home, &tenant(), &set).unwrap();
+        let c = check(home, &tenant(), &log, &signer().public_key(), Some(1)).unwrap().unwrap();
+        assert_eq!((c.set.seq, c.seq), (1, 4), "the bundle names the latest record, not the file's");
+        let entry = rvm_abi::bundle::StateRestore::from_bytes(&restore_entry(&c)).map(|r| r.seq);
+        assert_eq!(entry, Some(4));
     }
 
     #[test]
@@ -920,10 +978,10 @@ mod tests {
         let log = file_log(home, &[Rec::Other, Rec::Set(old.digest), Rec::Sign, Rec::Set(tail.digest)]);
         save(home, &tenant(), &tail).unwrap();
         let e = check_err(home, &log);
-        assert!(e.contains("its log's last state record is 1 but the file is as of 2"), "{e}");
+        assert!(e.contains("its log's last state record is 1, and the file holds another set (as of record 2"), "{e}");
         save(home, &tenant(), &old).unwrap();
-        let c = check(home, &tenant(), &log, &signer().public_key()).unwrap().unwrap();
-        assert_eq!((c.set.seq, c.signed_size), (1, 2));
+        let c = check(home, &tenant(), &log, &signer().public_key(), None).unwrap().unwrap();
+        assert_eq!((c.seq, c.signed_size), (1, 2));
     }
 
     #[test]
@@ -932,7 +990,7 @@ mod tests {
         let home = &h.0;
         let log = file_log(home, &[Rec::Other, Rec::Other, Rec::Sign]);
         // Neither a file nor a state record: nothing to check.
-        assert_eq!(check(home, &tenant(), &log, &signer().public_key()).unwrap(), None);
+        assert_eq!(check(home, &tenant(), &log, &signer().public_key(), None).unwrap(), None);
         save(home, &tenant(), &SavedSet::new(LOG, 1, items(&[("a", "1")]))).unwrap();
         let e = check_err(home, &log);
         assert!(e.contains("committed.json: no record in its log vouches for it"), "{e}");
@@ -976,9 +1034,9 @@ mod tests {
         let log = file_log(home, &[Rec::Other, Rec::Commit(committed.digest), Rec::Set(restored.digest), Rec::Other, Rec::Sign]);
         save(home, &tenant(), &committed).unwrap();
         let e = check_err(home, &log);
-        assert!(e.contains("its log's last state record is 2 but the file is as of 1"), "{e}");
+        assert!(e.contains("its log's last state record is 2, and the file holds another set (as of record 1"), "{e}");
         save(home, &tenant(), &restored).unwrap();
-        let c = check(home, &tenant(), &log, &signer().public_key()).unwrap().unwrap();
+        let c = check(home, &tenant(), &log, &signer().public_key(), None).unwrap().unwrap();
         assert_eq!(c.set, restored);
         assert_eq!(WitnessRecord::from_bytes(&c.record).unwrap().op, KernelEvent::CommittedSet as u16);
     }
@@ -991,7 +1049,7 @@ mod tests {
         let log = file_log(home, &[Rec::Set(set.digest), Rec::Other, Rec::Sign]);
         save(home, &tenant(), &set).unwrap();
         let other = CheckpointSigner::from_seed(&[1; 32]).public_key();
-        let e = check(home, &tenant(), &log, &other).unwrap_err().to_string();
+        let e = check(home, &tenant(), &log, &other, None).unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
         let mut bytes = fs::read(&log).unwrap();
         bytes[RECORD_LEN + 20] ^= 1;
@@ -1014,9 +1072,25 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_start_sets_the_kept_state_aside_whole() {
+        let h = TmpHome::new("aside");
+        let home = &h.0;
+        assert_eq!(set_aside(home).unwrap(), None, "nothing kept, nothing moved");
+        let set = SavedSet::new(LOG, 1, items(&[("a", "1")]));
+        save(home, &tenant(), &set).unwrap();
+        let to = set_aside(home).unwrap().unwrap();
+        assert!(to.starts_with(home.root().join("archive")), "{}", to.display());
+        assert!(to.join("tenant/committed.json").is_file());
+        assert_eq!(load(home, &tenant()).unwrap(), None, "no kept state is left behind");
+        // A link planted where the folder was is not followed.
+        std::os::unix::fs::symlink(&to, home.root().join(STATE_DIR)).unwrap();
+        assert!(set_aside(home).unwrap_err().to_string().contains("not a folder"));
+    }
+
+    #[test]
     fn show_json_gives_text_only_when_printable() {
         let set = SavedSet::new(LOG, 4, vec![(b"k".to_vec(), vec![0, 1]), (b"l".to_vec(), b"a\nb".to_vec())]);
-        let c = Checked { set, record: [0; 64], signed_size: 5, proof: vec![], root: [0; 32] };
+        let c = Checked { set, seq: 4, record: [0; 64], signed_size: 5, proof: vec![], root: [0; 32] };
         let v = show_json(&tenant(), &c);
         assert_eq!(v["checked"], true);
         assert_eq!(v["seq"], 4);

@@ -783,11 +783,20 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     // ids (the evicted one's stays vacant), and every log goes on.
     let records = |n: &str| std::fs::metadata(env.witness(&format!("{n}.log"))).unwrap().len() / 64;
     let before: Vec<u64> = ["demo-coding", "demo-devops", "hypervisor", "demo-minimal"].iter().map(|n| records(n)).collect();
+    // Each tenant's agent counted its run in its committed state.
+    for n in ["demo-minimal", "demo-coding", "demo-devops"] {
+        assert_eq!(solo_runs(&env, n), 1, "{n}");
+    }
     let again = env.ok(&["instance", "start"]);
     assert!(again.stdout.contains("continuing the last instance: demo-coding, demo-devops (3 logs go on)"), "{again:#?}");
     wait_for_state(&env, "demo-coding", &["exited"]);
     wait_for_state(&env, "demo-devops", &["exited"]);
     env.ok(&["instance", "stop"]);
+    // Every committed item is back: the count went on from it.
+    for n in ["demo-coding", "demo-devops"] {
+        assert_eq!(solo_runs(&env, n), 2, "{n}");
+    }
+    assert_eq!(solo_runs(&env, "demo-minimal"), 1, "the evicted tenant's state is left as it was");
     let after: Vec<u64> = ["demo-coding", "demo-devops", "hypervisor", "demo-minimal"].iter().map(|n| records(n)).collect();
     for (i, n) in ["demo-coding", "demo-devops", "hypervisor"].iter().enumerate() {
         assert!(after[i] > before[i], "{n}: {} records, {} before the restart", after[i], before[i]);
@@ -971,4 +980,190 @@ fn coherence_turned_on_from_the_command_line_merges_two_chatty_tenants() {
     for n in ["demo-minimal", "demo-coding", "hypervisor"] {
         assert_filed_and_verified(&env, n);
     }
+}
+
+// ---------------------------------------------------------------------
+// The soak (`make soak`; not in CI)
+// ---------------------------------------------------------------------
+
+/// A number from the environment, or `default`.
+fn soak_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The count `name`'s counter agent committed last, from its kept file
+/// (read directly: cheap enough to poll; `state show` checks it at the end).
+fn kept_count(env: &Real, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(env.home().join("state").join(name).join("committed.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let hex = v["items"].as_array()?.iter().find(|i| i["key"] == "636f756e7465722f7475726e73")?["value"].as_str()?.to_string();
+    let mut b = [0u8; 8];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(u64::from_le_bytes(b))
+}
+
+/// A harness folder like the adapter's `template-minimal`, for partition `name`.
+fn soak_harness(root: &Path, name: &str) -> PathBuf {
+    let from = fixture("template-minimal");
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["rvm-partition.toml", "capability-table.json", "wasm-guest.json", "install-rvm.sh"] {
+        let text = std::fs::read_to_string(from.join(f)).unwrap().replace("demo-minimal", name);
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    dir
+}
+
+/// An instance with RVM_SOAK_TENANTS tenants (16) running the counter agent
+/// (one commit per turn) up to RVM_SOAK_TURNS turns each (10 000), admitted
+/// one by one; every RVM_SOAK_EVERY turns (300) of the slowest tenant one of:
+/// a clean restart, an eviction and a new tenant admitted in its place, the
+/// machine killed (SIGKILL to QEMU) and the instance started again. Checked
+/// throughout: no kept count ever goes back, and a restarted agent goes on
+/// from at least the count kept before. At the end: every tenant that stayed
+/// reached its target, every log verifies, every kept state checks against
+/// its log. Prints its figures.
+#[test]
+#[ignore = "the soak: `make soak`"]
+fn soak_an_instance_with_tenants_that_commit_every_turn_through_restarts_evictions_and_kills() {
+    let tenants = soak_setting("RVM_SOAK_TENANTS", 16) as usize;
+    let turns = soak_setting("RVM_SOAK_TURNS", 10_000).min(u64::from(u16::MAX));
+    let every = soak_setting("RVM_SOAK_EVERY", 300).max(1);
+    let env = Real::new();
+    let _q = qemu_lock();
+    let _guard = InstanceGuard(env.home().to_path_buf());
+    let began = Instant::now();
+    // The counter agent, its target patched in.
+    let mut wasm = std::fs::read(env.images.join("agents/counter.wasm")).unwrap();
+    let at = wasm.windows(16).position(|w| w == b"RVM-COUNTER-PLN1").expect("plan marker in the counter module") + 16;
+    wasm[at..at + 2].copy_from_slice(&(turns as u16).to_le_bytes());
+    let work = TempDir::new("soak");
+    let module = work.join("counter.wasm");
+    std::fs::write(&module, &wasm).unwrap();
+    let module = module.to_str().unwrap().to_string();
+    let admit = |name: &str| {
+        let dir = soak_harness(work.path(), name);
+        let t = Instant::now();
+        let o = env.ok(&["deploy", dir.to_str().unwrap(), "--wasm", &module]);
+        assert!(o.stdout.contains(&format!("done: admitted {name} as partition ")), "{o:#?}");
+        t.elapsed()
+    };
+    env.ok(&["instance", "start"]);
+    let mut running: Vec<String> = Vec::new();
+    let mut admissions = Vec::new();
+    for i in 0..tenants {
+        let name = format!("soak-{i:02}");
+        admissions.push(admit(&name));
+        running.push(name);
+    }
+    let mut evicted: Vec<(String, u64)> = Vec::new();
+    let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut restarts, mut kills, mut evictions) = (0u32, 0u32, 0u32);
+    let mut restart_times = Vec::new();
+    let mut next_event = every;
+    let mut event = 0u32;
+    let mut fresh = tenants;
+    // Every kept count, polled: none goes back.
+    let poll = |running: &[String], last: &mut std::collections::BTreeMap<String, u64>| -> u64 {
+        let mut slowest = u64::MAX;
+        for n in running {
+            let c = kept_count(&env, n).unwrap_or(0);
+            let before = last.get(n).copied().unwrap_or(0);
+            assert!(c >= before, "{n}: its kept count went back from {before} to {c}");
+            last.insert(n.clone(), c);
+            slowest = slowest.min(c);
+        }
+        slowest
+    };
+    loop {
+        let slowest = poll(&running, &mut last);
+        if slowest >= turns {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(4 * 3600), "the soak ran over four hours: {last:?}");
+        if slowest < next_event {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        next_event = slowest + every;
+        let before = last.clone();
+        let t = Instant::now();
+        match event % 3 {
+            0 => {
+                env.ok(&["instance", "stop"]);
+                env.ok(&["instance", "start"]);
+                restarts += 1;
+            }
+            1 if slowest + 2 * every < turns => {
+                // The tenant furthest ahead leaves; a new one comes.
+                let (at, _) = running.iter().enumerate().max_by_key(|(_, n)| last[*n]).unwrap();
+                let gone = running.remove(at);
+                env.ok(&["partition", "evict", &gone]);
+                evicted.push((gone.clone(), last[&gone]));
+                let name = format!("soak-{fresh:02}");
+                fresh += 1;
+                admissions.push(admit(&name));
+                running.push(name);
+                evictions += 1;
+            }
+            _ => {
+                let qemu = instance_qemu(&env);
+                let _ = Command::new("kill").args(["-KILL", &qemu.to_string()]).status();
+                let t = Instant::now();
+                while !crate_instance_not_running(&env) {
+                    assert!(t.elapsed() < DEADLINE, "the loader did not notice its QEMU died");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                env.ok(&["instance", "start"]);
+                kills += 1;
+            }
+        }
+        restart_times.push(t.elapsed());
+        event += 1;
+        // What was kept before stays kept.
+        for (n, c) in &before {
+            if let Some(now) = kept_count(&env, n) {
+                assert!(now >= *c, "{n}: kept {c} before event {event}, {now} after");
+            }
+        }
+        eprintln!(
+            "soak: {:>5} s: event {event} done in {:.1} s; slowest tenant at {slowest} of {turns}",
+            began.elapsed().as_secs(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let ran = began.elapsed();
+    env.ok(&["instance", "stop"]);
+    // Every log verifies, every kept state checks against its log.
+    let verify_start = Instant::now();
+    let mut records = 0u64;
+    for n in running.iter().chain(evicted.iter().map(|(n, _)| n)).map(String::as_str).chain(["hypervisor"]) {
+        assert_filed_and_verified(&env, n);
+        records += std::fs::metadata(env.witness(&format!("{n}.log"))).unwrap().len() / 64;
+    }
+    for n in &running {
+        let o = env.ok(&["state", "show", n, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(v["checked"], true);
+        assert_eq!(kept_count(&env, n), Some(turns), "{n}");
+    }
+    for (n, c) in &evicted {
+        assert_eq!(kept_count(&env, n), Some(*c), "{n}: an evicted tenant's state is left as it was");
+    }
+    let verify = verify_start.elapsed();
+    let commits: u64 = running.iter().chain(evicted.iter().map(|(n, _)| n)).filter_map(|n| kept_count(&env, n)).sum();
+    let mean = |d: &[Duration]| d.iter().map(Duration::as_secs_f64).sum::<f64>() / d.len().max(1) as f64;
+    let console = std::fs::read(env.home().join("instance/console.log")).map(|b| b.len()).unwrap_or(0);
+    println!("soak figures:");
+    println!("  tenants: {tenants} at a time, {} in all; {turns} turns each (one commit per turn)", running.len() + evicted.len());
+    println!("  commits kept: {commits} in {:.0} s ({:.1} commits/s)", ran.as_secs_f64(), commits as f64 / ran.as_secs_f64());
+    println!(
+        "  events: {restarts} clean restarts, {kills} machines killed, {evictions} evictions with an admission; {:.1} s each on average",
+        mean(&restart_times)
+    );
+    println!("  admissions: {} at {:.2} s each on average", admissions.len(), mean(&admissions));
+    println!("  witness records filed: {records}; every log verified, every kept state checked, in {:.1} s", verify.as_secs_f64());
+    println!("  last instance's console: {console} bytes");
 }

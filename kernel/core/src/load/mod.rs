@@ -68,6 +68,40 @@ impl Placement {
     }
 }
 
+/// Partition `index` (`desc`) of the boot bundle: placed at its id, its
+/// log continued and its kept committed set checked when the bundle says
+/// so (refused, witnessed, when either does not hold), loaded, admitted to
+/// the scheduler, and its kept set restored.
+pub(crate) fn boot_partition<A: Arch>(
+    hv: &mut Hypervisor<A>,
+    bundle: &Bundle<'_>,
+    index: u32,
+    desc: PartitionDesc,
+) -> Result<(), BootError> {
+    let place = Placement::at_boot(bundle, index, &desc);
+    fill_vacancies(hv, place.id)?;
+    let resumed = bundle.log_resume(Some(index));
+    let kept = bundle.state_restore(index);
+    if let Some(from) = &resumed {
+        if let Err(e) = hv.witness.resume(place.id.0, from) {
+            return refuse_continuation(hv, place.id, &desc, Refusal::LogResume(e));
+        }
+        witness_resumed(hv, place.id, from.size);
+        // The set kept for it must be the one its log vouches for.
+        if let Some(Err(e)) = kept.as_ref().map(|k| crate::durable::check_restore(place.id, from, k)) {
+            return refuse_continuation(hv, place.id, &desc, Refusal::KeptState(e));
+        }
+    }
+    let refused = load_partition(hv, bundle, index, desc, place)?;
+    let idx = hv.partitions.len() - 1;
+    hv.sched.admit(idx, &desc);
+    if let (None, Some(from), Some(kept)) = (refused, &resumed, &kept) {
+        // Checked above; taken and witnessed now.
+        let _ = crate::durable::restore(hv, idx, from, kept);
+    }
+    Ok(())
+}
+
 /// Fill the ids below `id` that no partition has with vacancies
 /// ([`Partition::vacancy`]), so that partition `id` is at position
 /// `id - 1`.

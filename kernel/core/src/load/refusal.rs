@@ -47,7 +47,7 @@ pub enum Refusal {
     LogResume(rvm_witness::ResumeError),
     /// The committed set kept for it ([`crate::durable`]) is not the one
     /// its log vouches for.
-    KeptState(crate::durable::RestoreError),
+    KeptState(RestoreError),
 }
 
 impl Refusal {
@@ -79,5 +79,28 @@ impl Refusal {
             Refusal::LogResume(_) | Refusal::KeptState(_) => rvm_abi::HvError::BadProof,
             _ => rvm_abi::HvError::InvalidArgument,
         }
+    }
+}
+
+/// Why a kept set was not taken at boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    /// The record is not a `CommittedSet` of this partition.
+    NotItsRecord,
+    /// The record's digest is not the digest of the items (the kept set
+    /// was changed).
+    DigestMismatch,
+    /// The record is not in the log the partition resumed (its proof does
+    /// not lead to the signed root).
+    NotInLog,
+}
+
+impl core::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RestoreError::NotItsRecord => "the record it names is not a CommittedSet of this partition",
+            RestoreError::DigestMismatch => "its items are not the set its record vouches for (the kept set was changed)",
+            RestoreError::NotInLog => "the record it names is not in the log the partition continues",
+        })
     }
 }

@@ -336,6 +336,9 @@ pub(crate) fn evict<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, trigger: Trigge
     let now = hv.arch.now_ns();
     hv.partitions[idx].recovery_mut().record(RecoveryClass::Evict, now);
     hv.note_evicted();
+    // Its log takes no more records: its head is signed now, so a machine
+    // that dies later leaves that log whole.
+    hv.witness.checkpoint(&mut hv.arch, id.0);
 }
 
 /// An operator's unfence: capabilities resumed, the guest recreated from

@@ -197,3 +197,33 @@ fn a_restarted_instance_restores_a_kept_set_only_when_its_log_vouches_for_it() {
     let hv = boot(&[Part::new("alpha")], true, &extra);
     assert!(hv.arch.console_text().contains("(the record it names is not in the log the partition continues)"), "{}", hv.arch.console_text());
 }
+
+#[test]
+fn a_commit_that_leaves_the_set_as_it_was_is_neither_witnessed_nor_sent_again() {
+    let mut hv = boot(&[Part::new("alpha")], true, &[]);
+    hv.arch.keep_sets = true;
+    // The same item committed twice, then an empty commit.
+    let mut step = 0;
+    hv.arch.set_guest(1, Box::new(move |v, m| {
+        let store = handle(m, ObjectKind::StateStore);
+        step += 1;
+        match step {
+            1 => {
+                if let Err(f) = m.write(HEAP, b"k1") {
+                    step = 0;
+                    return f.0;
+                }
+                call(v, Hypercall::StateStage, &[store, HEAP, 1, HEAP + 1, 1])
+            }
+            2 | 4 | 5 => call(v, Hypercall::StateCommit, &[store]),
+            3 => call(v, Hypercall::StateStage, &[store, HEAP, 1, HEAP + 1, 1]),
+            _ => call(v, Hypercall::Exit, &[0]),
+        }
+    }));
+    hv.run();
+    assert_eq!(hv.partitions()[0].state(), PartitionState::Finished, "{}", hv.arch.console_text());
+    let commits = crate::tests::orders::records(&hv, 1).iter().filter(|r| r.op == Hypercall::StateCommit as u16 && r.outcome == 0).count();
+    assert_eq!(commits, 3);
+    assert_eq!(hv.arch.sets.len(), 1, "one change, one set sent");
+    assert_eq!(events(&hv, 1, &[KernelEvent::CommittedSet]).len(), 1);
+}

@@ -439,6 +439,12 @@ fn an_eviction_order_evicts_scrubs_and_returns_the_memory() {
     assert!(hv.arch.console_text().contains("rvm: order 3 evict 'victim' done: evicted (F4)"));
     let ev = events(&hv, 1, &[KernelEvent::OperatorOrder, KernelEvent::RecoverEvict]);
     assert_eq!(ev.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [KernelEvent::OperatorOrder, KernelEvent::RecoverEvict]);
+    // Its log takes no more records, and is signed to its end at once.
+    let last_checkpoint = hv.arch.console_text().lines().filter_map(Frame::parse).rev().find_map(|f| match f {
+        Frame::Checkpoint { log: 1, size, .. } => Some(size),
+        _ => None,
+    });
+    assert_eq!(last_checkpoint, Some(records(&hv, 1).len() as u64));
     // A second eviction has nothing to do.
     hv.arch.type_input(order_line(&bundle, &OPERATOR_SEED, OrderKind::Evict, 4, "victim").as_bytes());
     hv.housekeeping();
