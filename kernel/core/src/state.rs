@@ -79,7 +79,7 @@ pub struct Hypervisor<A: Arch> {
     pub(crate) dormant: crate::domains::dormancy::DormantLedger,
     /// The committed sets as last witnessed, when the host keeps them
     /// ([`crate::durable`]).
-    pub(crate) kept: crate::durable::Witnessed,
+    pub(crate) kept: crate::durable::ledger::SetDigests,
     pub(crate) policy: RunPolicy,
     pub(crate) runtime: Option<SharedImage>,
     /// The CPUs, which partition runs where, deferred orders ([`crate::running::smp`]).
@@ -112,7 +112,7 @@ impl<A: Arch> Hypervisor<A> {
             journal: crate::journal::Journal::from_config(config),
             orders,
             dormant: crate::domains::dormancy::DormantLedger::default(),
-            kept: crate::durable::Witnessed::default(),
+            kept: crate::durable::ledger::SetDigests::default(),
             policy: RunPolicy::from_config(config),
             runtime: None,
             smp: crate::running::cpus::SmpState::new(),

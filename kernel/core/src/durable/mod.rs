@@ -28,27 +28,11 @@ use rvm_witness::merkle::{leaf_hash, verify_inclusion};
 use rvm_witness::Hash;
 
 use crate::arch::Arch;
+
+pub mod ledger;
 pub use crate::load::refusal::RestoreError;
 use crate::partition::PartitionId;
 use crate::state::Hypervisor;
-
-/// The digest of each store's set as last witnessed (by position), so a
-/// "change" that leaves a set as it was (an empty commit, a dormant
-/// partition woken from the snapshot it slept in) costs nothing.
-#[derive(Default)]
-pub(crate) struct Witnessed {
-    digests: alloc::vec::Vec<Option<[u8; 32]>>,
-}
-
-impl Witnessed {
-    /// Note store `s`'s digest; whether it differs from the one noted before.
-    fn note(&mut self, s: usize, digest: [u8; 32]) -> bool {
-        if self.digests.len() <= s {
-            self.digests.resize(s + 1, None);
-        }
-        self.digests[s].replace(digest) != Some(digest)
-    }
-}
 
 /// The first 16 bytes of a digest: what a `CommittedSet` record carries.
 fn args_of(digest: &[u8; 32]) -> [u8; 16] {
