@@ -66,7 +66,7 @@ test: images
 # for RVM_SOAK_TURNS turns (10 000), an event every RVM_SOAK_EVERY turns (300)
 # of the slowest; prints its figures (tools/rvm-loader/tests/e2e.rs, soak_*).
 soak: images
-	RVM_IMAGE_DIR=$(abspath $(OUT)) $(CARGO) test -p rvm-loader --test e2e soak_ -- --ignored --nocapture
+	RVM_IMAGE_DIR=$(abspath $(OUT)) $(CARGO) test --release -p rvm-loader --test e2e soak_ -- --ignored --nocapture
 
 # Clippy over every crate, each for the target it is built for. The cross
 # crates are linted alone (--no-deps): their workspace dependencies are

@@ -14,6 +14,8 @@
 //!   arguments digests, and the host-side signer
 //!   (feature `signer`).
 //! * [`attest`] — the kernel's signed attestation for PROVE.
+//! * [`claim`] — what a `Resource` capability's resource pattern lets a
+//!   tool call name (the adapter's claim semantics).
 //! * [`window`], [`quota`], [`tiers`], [`ids`], [`policy`] — the pieces of
 //!   a capability's policy and the space's bounds.
 //!
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod claim;
 mod capability;
 mod derive;
 pub mod ids;

@@ -351,7 +351,15 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
                 "frames_kib": l.frames_kib,
                 "heap_reserved_kib": l.heap_reserved_kib,
                 "heap_kib": l.heap_kib,
-                "partitions": l.partitions.iter().map(|p| serde_json::json!({ "id": p.id, "name": p.name, "state": p.state, "records": p.records })).collect::<Vec<_>>(),
+                "partitions": l.partitions.iter().map(|p| serde_json::json!({
+                    "id": p.id,
+                    "name": p.name,
+                    "state": p.state,
+                    "records": p.records,
+                    "log_head": p.head,
+                    "agents": p.agents,
+                    "keeping_state": p.keeping,
+                })).collect::<Vec<_>>(),
             }),
             Err(e) => serde_json::json!({ "error": e }),
         };
@@ -388,7 +396,10 @@ pub fn status(home: &Home, json: bool) -> Result<()> {
         let how = if *admitted { " (admitted)" } else { "" };
         println!("  {n}{how}: {state}, {} witness records filed", records(n));
         if let Some(p) = live.as_ref().ok().and_then(|l| l.partitions.iter().find(|p| p.name == *n)) {
-            println!("    the hypervisor says: partition {}, {}, {} witness records", p.id, p.state, p.records);
+            let head = p.head.as_deref().map_or(String::new(), |h| format!(" (head {h}…)"));
+            let agents = if p.agents == 1 { "1 agent".to_string() } else { format!("{} agents", p.agents) };
+            let keeping = if p.keeping { "; waiting for the host to keep its committed state" } else { "" };
+            println!("    the hypervisor says: partition {}, {}, {} witness records{head}, {agents}{keeping}", p.id, p.state, p.records);
         }
         if let Some(d) = last_cut(n) {
             println!("    last cut decision: {}", d.describe());
@@ -418,6 +429,13 @@ pub struct LivePartition {
     pub name: String,
     pub state: String,
     pub records: u64,
+    /// The first 8 bytes of its log's chain head, hex (`None`: no record,
+    /// or an older hypervisor that does not say).
+    pub head: Option<String>,
+    /// Its agents (1 unless it is a coherence domain of several).
+    pub agents: u64,
+    /// It waits for the host to keep its committed set.
+    pub keeping: bool,
 }
 
 impl Live {
@@ -441,6 +459,9 @@ impl Live {
                             name: f.next()?.to_string(),
                             state: f.next()?.to_string(),
                             records: f.next()?.parse().ok()?,
+                            head: f.next().filter(|h| *h != "-").map(str::to_string),
+                            agents: f.next().and_then(|a| a.parse().ok()).unwrap_or(1),
+                            keeping: f.next() == Some("keeping"),
                         });
                     }
                 }
@@ -496,10 +517,22 @@ mod tests {
 
     #[test]
     fn the_hypervisors_status_answer_reads() {
-        let line = "rvm: order 12 status 'hypervisor' done: cpus=4 frames_free_kib=389120 frames_kib=393216 heap_reserved_kib=7700 heap_kib=122880 partitions=1:a:running:25,3:b:evicted:9";
+        let line = "rvm: order 12 status 'hypervisor' done: cpus=4 frames_free_kib=389120 frames_kib=393216 heap_reserved_kib=7700 heap_kib=122880 partitions=1:a:running:25:00ff00ff00ff00ff:3:keeping,3:b:evicted:9,4:c:loaded:0:-:1:-";
         let l = Live::parse(line).unwrap();
         assert_eq!((l.cpus, l.frames_free_kib, l.frames_kib, l.heap_reserved_kib, l.heap_kib), (4, 389_120, 393_216, 7_700, 122_880));
-        assert_eq!(l.partitions[1], LivePartition { id: 3, name: "b".into(), state: "evicted".into(), records: 9 });
+        let p = |id, name: &str, state: &str, records, head: Option<&str>, agents, keeping| LivePartition {
+            id,
+            name: name.into(),
+            state: state.into(),
+            records,
+            head: head.map(str::to_string),
+            agents,
+            keeping,
+        };
+        assert_eq!(l.partitions[0], p(1, "a", "running", 25, Some("00ff00ff00ff00ff"), 3, true));
+        // An older hypervisor's answer, without the later fields.
+        assert_eq!(l.partitions[1], p(3, "b", "evicted", 9, None, 1, false));
+        assert_eq!(l.partitions[2], p(4, "c", "loaded", 0, None, 1, false));
         assert_eq!(Live::parse("rvm: order 12 status 'hypervisor' done: cpus=4 partitions=").unwrap().partitions, []);
         assert!(Live::parse("rvm: order 12 status 'hypervisor' done: cpus=x").is_none());
         assert!(Live::parse("rvm: order 12 status 'hypervisor' refused: signature").is_none());

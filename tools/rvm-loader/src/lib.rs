@@ -10,7 +10,8 @@
 //! and [`admission`]s of tenants to it; [`folder`] and
 //! [`commands`] put it together for [`cli`], with [`witness_cli`] (the
 //! `witness` commands), [`approval`] (`caps prove`) and [`state`] (the
-//! committed state kept for an instance's partitions, `state show`).
+//! committed state kept for an instance's partitions, `state show`);
+//! [`tools`] runs the programs behind agents' tool claims (not wired yet).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -39,6 +40,7 @@ pub mod roster;
 pub mod source;
 pub mod state;
 pub mod stream;
+pub mod tools;
 pub mod wasm;
 pub mod witness_cli;
 pub mod witness_sink;

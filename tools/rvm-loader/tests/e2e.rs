@@ -747,7 +747,9 @@ fn tenants_join_a_running_instance_with_their_unmodified_install_scripts_and_lea
     let live = &status["live"];
     assert!(live["cpus"].as_u64() >= Some(1) && live["heap_kib"].as_u64() > Some(0), "{status}");
     let coding = live["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "demo-coding").cloned();
-    assert!(coding.is_some_and(|p| p["id"] == 2 && p["records"].as_u64() > Some(0)), "{status}");
+    assert!(coding.as_ref().is_some_and(|p| p["id"] == 2 && p["records"].as_u64() > Some(0)), "{status}");
+    let coding = coding.unwrap();
+    assert!(coding["log_head"].as_str().is_some_and(|h| h.len() == 16) && coding["agents"] == 1 && coding["keeping_state"] == false, "{status}");
     let text = env.ok(&["instance", "status"]).stdout;
     assert!(text.contains("the hypervisor says: ") && text.contains("partition 2, "), "{text}");
     // The same tenant again is refused: it is in the instance already.
@@ -1101,7 +1103,11 @@ fn soak_an_instance_with_tenants_that_commit_every_turn_through_restarts_evictio
                 let (at, _) = running.iter().enumerate().max_by_key(|(_, n)| last[*n]).unwrap();
                 let gone = running.remove(at);
                 env.ok(&["partition", "evict", &gone]);
-                evicted.push((gone.clone(), last[&gone]));
+                // Kept as of now: at most the one commit in flight when the
+                // order came may still be kept after it.
+                let kept = kept_count(&env, &gone).unwrap_or(0);
+                assert!(kept >= last[&gone], "{gone}: its kept count went back at its eviction");
+                evicted.push((gone.clone(), kept));
                 let name = format!("soak-{fresh:02}");
                 fresh += 1;
                 admissions.push(admit(&name));
@@ -1150,7 +1156,8 @@ fn soak_an_instance_with_tenants_that_commit_every_turn_through_restarts_evictio
         assert_eq!(kept_count(&env, n), Some(turns), "{n}");
     }
     for (n, c) in &evicted {
-        assert_eq!(kept_count(&env, n), Some(*c), "{n}: an evicted tenant's state is left as it was");
+        let now = kept_count(&env, n).unwrap_or(0);
+        assert!(now == *c || now == *c + 1, "{n}: an evicted tenant's state is left as it was ({c} at its eviction, {now} now)");
     }
     let verify = verify_start.elapsed();
     let commits: u64 = running.iter().chain(evicted.iter().map(|(n, _)| n)).filter_map(|n| kept_count(&env, n)).sum();

@@ -261,7 +261,10 @@ fn for_the_hypervisor<A: Arch>(hv: &mut Hypervisor<A>, order: &OrderFrame, args:
 /// The hypervisor's state as `key=value` words: `cpus`, `frames_free_kib`,
 /// `frames_kib` (RAM frames for partitions), `heap_reserved_kib`,
 /// `heap_kib` (the EL2 heap ledger), and `partitions=` a comma-separated
-/// list of `id:name:state:records` (vacancies left out; names are safe
+/// list of `id:name:state:records:head:agents:keeping` — its log's size and
+/// the first 8 bytes of its chain head in hex (`-` for a log with no
+/// record), its agents, and `keeping` when it is parked until the host
+/// keeps its committed set (else `-`) (vacancies left out; names are safe
 /// identifiers, so neither `:` nor `,` occurs in them).
 pub(crate) fn status_line<A: Arch>(hv: &Hypervisor<A>) -> alloc::string::String {
     use core::fmt::Write as _;
@@ -275,15 +278,27 @@ pub(crate) fn status_line<A: Arch>(hv: &Hypervisor<A>) -> alloc::string::String 
         hv.heap.capacity() / 1024,
     );
     let mut first = true;
-    for p in hv.partitions.iter().filter(|p| !p.is_vacant()) {
+    for (idx, p) in hv.partitions.iter().enumerate().filter(|(_, p)| !p.is_vacant()) {
         let _ = write!(
             s,
-            "{}{}:{}:{}:{}",
+            "{}{}:{}:{}:{}:",
             if first { "" } else { "," },
             p.id().0,
             p.name(),
             p.state().name(),
             hv.witness.records(p.id().0)
+        );
+        match hv.witness.head(p.id().0).filter(|_| hv.witness.records(p.id().0) > 0) {
+            Some(head) => head[..8].iter().for_each(|b| {
+                let _ = write!(s, "{b:02x}");
+            }),
+            None => s.push('-'),
+        }
+        let _ = write!(
+            s,
+            ":{}:{}",
+            hv.domains.agent_count(idx).max(1),
+            if p.saving().is_some() { "keeping" } else { "-" }
         );
         first = false;
     }

@@ -621,7 +621,19 @@ fn a_status_order_answers_with_the_hypervisors_state_and_is_witnessed() {
     assert!(text.contains("rvm: order 9 status 'hypervisor' refused: signature does not verify"), "{text}");
     let line = text.lines().find(|l| l.starts_with("rvm: order 10 status 'hypervisor' done: ")).unwrap_or_else(|| panic!("{text}"));
     let records = |log| records(&hv, log).len();
-    let want = alloc::format!("partitions=1:quick:finished:{},2:other:finished:{}", records(1), records(2));
+    // Each log's size and the first 8 bytes of its head; one agent each; not
+    // waiting for the host.
+    let head = |log: u32| {
+        let h = hv.witness.head(log).unwrap();
+        h[..8].iter().map(|b| alloc::format!("{b:02x}")).collect::<alloc::string::String>()
+    };
+    let want = alloc::format!(
+        "partitions=1:quick:finished:{}:{}:1:-,2:other:finished:{}:{}:1:-",
+        records(1),
+        head(1),
+        records(2),
+        head(2)
+    );
     assert!(line.contains("cpus=1 ") && line.contains("frames_kib=65536") && line.ends_with(&want), "{line}");
     let heap = alloc::format!("heap_reserved_kib={} ", hv.heap.committed() / 1024);
     assert!(line.contains(&heap), "{line}");
