@@ -18,7 +18,7 @@ WASM      := $(TARGET)/wasm32-unknown-unknown/release
 SYSROOT    = $(shell rustc --print sysroot)
 OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
 PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked probe-bench probe-cap-attacks probe-approvals probe-cap-peer probe-hvc-fuzz probe-fence-resume probe-semihosting probe-shared-regs probe-stall probe-wait
-AGENTS    := reference spin bad-import over-budget packet faulty chatter counter
+AGENTS    := reference spin bad-import over-budget packet faulty chatter counter toolbox
 
 .PHONY: help setup images run test test-host test-qemu lint bench bench-qemu soak clean
 

@@ -189,6 +189,22 @@ impl HostCalls for El1Host {
         .map(drop)
     }
 
+    fn tool_call(
+        &mut self,
+        name: &[u8],
+        request: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, HvError> {
+        // The partition is parked until the host answers (or the deadline
+        // passes); x1 is the length of the response written.
+        let cap = response.len();
+        let [n, _, _] = hypercall(
+            Hypercall::ToolCall,
+            &mut [Arg::In(name), Arg::In(request), Arg::Out(response)],
+        )?;
+        filled(n, cap)
+    }
+
     fn idle(&mut self, snapshot_id: u64) -> Result<bool, HvError> {
         // Asked with a snapshot id, the call returns only if a message
         // arrived meanwhile: asleep, this partition is recreated instead.

@@ -68,6 +68,9 @@ impl HostCalls for Keeper {
     fn prove(&mut self, _: CapHandle, _: &mut [u8; PROVE_BUFFER_LEN]) -> Result<(), HvError> {
         Err(HvError::NotSupported)
     }
+    fn tool_call(&mut self, _: &[u8], _: &[u8], _: &mut [u8]) -> Result<usize, HvError> {
+        Err(HvError::NotSupported)
+    }
     fn snapshot(
         &mut self,
         header: &[u8],

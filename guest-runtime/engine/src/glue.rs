@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use rvm_abi::imports::{self, HostImport, PROVE_BUFFER_LEN};
-use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
+use rvm_abi::{tool, CapHandle, HvError, ObjectKind, Rights};
 use wasmi::{AsContext, Caller, Extern, Global, Instance, Linker, Memory, StoreLimits, Val};
 
 use crate::snapshot::{self, GlobalValue, ImageMeta};
@@ -444,6 +444,41 @@ pub(crate) fn define<H: HostCalls + 'static>(
                             }
                         }
                     })?;
+                }
+                HostImport::ToolCall => {
+                    linker.func_wrap(
+                        m,
+                        name,
+                        |mut c: C<'_, H>,
+                         np: i32,
+                         nl: i32,
+                         rp: i32,
+                         rl: i32,
+                         op: i32,
+                         cap: i32|
+                         -> i32 {
+                            length(with_memory(&mut c, |mem, host| {
+                                // Lengths the ABI does not allow are refused
+                                // first, as the hypervisor does, and before
+                                // anything is copied.
+                                let len =
+                                    |l: i32| usize::try_from(unsigned(l)).unwrap_or(usize::MAX);
+                                if !(1..=tool::MAX_NAME).contains(&len(nl))
+                                    || len(rl) > tool::MAX_REQUEST
+                                {
+                                    return Err(HvError::InvalidArgument);
+                                }
+                                let n = range(mem.len(), np, nl)?;
+                                let r = range(mem.len(), rp, rl)?;
+                                let o = range(mem.len(), op, cap)?;
+                                // Copied out first: the response buffer may
+                                // overlap them.
+                                let tool_name = mem[n].to_vec();
+                                let request = mem[r].to_vec();
+                                host.tool_call(&tool_name, &request, &mut mem[o])
+                            }))
+                        },
+                    )?;
                 }
                 HostImport::Exit => {
                     linker.func_wrap(

@@ -76,6 +76,20 @@ pub trait HostCalls {
     /// of one image — `header` (the [`snapshot`](crate::snapshot) header
     /// and globals) followed by `memory` (the linear memory, in place).
     fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError>;
+    /// `ToolCall`: call tool `name` with `request` under the partition's
+    /// claims ([`rvm_abi::tool`]); the host's response is written into
+    /// `response` (at most its length, and at most
+    /// [`rvm_abi::tool::MAX_RESPONSE`] bytes), and its length returned. The
+    /// call waits for the answer. `NoRights` when no claim allows it,
+    /// `NotSupported` when the host serves no tools, `TimedOut` when the
+    /// answer did not come in time, `ToolFailed` when the host could not
+    /// run the tool.
+    fn tool_call(
+        &mut self,
+        name: &[u8],
+        request: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, HvError>;
     /// `Idle` (the `Dormant` memory tier), at a turn boundary after a turn
     /// that found the inbox empty and received nothing. `snapshot_id` 0
     /// asks whether the partition may sleep now (`Ok(true)`); then the

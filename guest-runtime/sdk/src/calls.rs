@@ -4,7 +4,7 @@
 use rvm_abi::imports::PROVE_BUFFER_LEN;
 use rvm_abi::{CapHandle, HvError, ObjectKind, Rights};
 
-use crate::{decode_status, decode_value, raw};
+use crate::{decode_status, decode_value, mcp_name, raw};
 
 /// A buffer length as the import's `i32`; longer buffers are refused here.
 fn len(buf: &[u8]) -> Result<i32, HvError> {
@@ -98,6 +98,64 @@ pub fn prove(handle: CapHandle) -> Result<[u8; PROVE_BUFFER_LEN], HvError> {
     // SAFETY: the host writes exactly PROVE_BUFFER_LEN bytes into `out`, borrowed mutably.
     decode_status(unsafe { raw::prove(raw_handle(handle), out.as_mut_ptr()) })?;
     Ok(out)
+}
+
+/// Call tool `name` with `request` under the partition's claims (the
+/// `Resource` capabilities it holds; [`rvm_abi::tool`]) and wait for the
+/// answer: the host's response is written into `response`, and its length
+/// returned. The host makes the response fit `response` (at most
+/// [`rvm_abi::tool::MAX_RESPONSE`] bytes). While the agent waits, its
+/// partition does not run.
+///
+/// Errors: `NoRights` when no claim allows the call; `InvalidArgument` for
+/// a name that is not a tool name (1 to [`rvm_abi::tool::MAX_NAME`] bytes
+/// of `A-Z a-z 0-9 _ - . /`) or a request longer than
+/// [`rvm_abi::tool::MAX_REQUEST`]; `NotSupported` when the host serves no
+/// tools; `TimedOut` when the tool did not finish in time; `ToolFailed`
+/// when the host could not run it.
+pub fn tool_call(name: &str, request: &[u8], response: &mut [u8]) -> Result<usize, HvError> {
+    let (nl, rl, cap) = (len(name.as_bytes())?, len(request)?, len(response)?);
+    // SAFETY: the host reads `nl` bytes at `name` and `rl` at `request`, and
+    // writes at most `cap` into `response`; `response` is borrowed mutably,
+    // so it overlaps neither of the others.
+    decode_status(unsafe {
+        raw::tool_call(
+            name.as_ptr(),
+            nl,
+            request.as_ptr(),
+            rl,
+            response.as_mut_ptr(),
+            cap,
+        )
+    })
+    .map(as_len)
+}
+
+/// Run `command_line` with the `Bash` tool: the host splits it into words
+/// at whitespace, without a shell (`;`, `|`, `$( )` and quotes are plain
+/// bytes of the words), and runs the first word with the others as its
+/// arguments. The response is the JSON object
+/// `{"exit_code": n, "stdout": "…", "stderr": "…", "truncated": bool,
+/// "timed_out": bool}`. A claim such as `Bash(echo *)` allows it; a line
+/// with a control character or a `..` path component is allowed by none.
+pub fn bash(command_line: &str, response: &mut [u8]) -> Result<usize, HvError> {
+    tool_call("Bash", command_line.as_bytes(), response)
+}
+
+/// Call `tool` of the MCP server the operator registered for this
+/// partition under `server` (the tool `mcp__<server>__<tool>`), with its
+/// JSON arguments; the response is the tool's JSON result. A claim such as
+/// `mcp__<server>__*` allows it. `InvalidArgument` when the tool's name
+/// would be longer than [`rvm_abi::tool::MAX_NAME`].
+pub fn mcp(
+    server: &str,
+    tool: &str,
+    arguments_json: &str,
+    response: &mut [u8],
+) -> Result<usize, HvError> {
+    let mut buf = [0u8; rvm_abi::tool::MAX_NAME];
+    let name = mcp_name(server, tool, &mut buf)?;
+    tool_call(name, arguments_json.as_bytes(), response)
 }
 
 /// A channel endpoint this partition holds.

@@ -27,5 +27,13 @@ unsafe extern "C" {
     pub fn cap_revoke(handle: i64) -> i32;
     pub fn prove(handle: i64, out: *mut u8) -> i32;
     pub fn snapshot() -> i32;
+    pub fn tool_call(
+        name: *const u8,
+        name_len: i32,
+        request: *const u8,
+        request_len: i32,
+        response: *mut u8,
+        response_cap: i32,
+    ) -> i32;
     pub fn exit(code: i32) -> !;
 }

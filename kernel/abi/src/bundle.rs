@@ -86,7 +86,17 @@ pub enum EntryKind {
     /// hypervisor takes it only if the witness record it names is in the
     /// resumed log and carries its digest.
     StateRestore = 16,
+    /// The claim of one of the owner's `Resource` capabilities: the
+    /// position of its [`EntryKind::Capability`] entry among the owner's
+    /// capability entries (u32 LE), then the resource pattern as text
+    /// (UTF-8, 1 to [`MAX_CLAIM`] bytes) whose SHA-256 begins with the
+    /// capability's `resource_digest`. The kernel matches tool calls
+    /// against it ([`crate::tool`]). At most one per capability.
+    Claim = 17,
 }
+
+/// Longest claim pattern a [`EntryKind::Claim`] entry carries.
+pub const MAX_CLAIM: usize = 256;
 
 /// The largest partition id a bundle may give (ids are VMIDs).
 pub const MAX_PARTITION_ID: u32 = 255;
@@ -275,6 +285,7 @@ impl EntryKind {
             14 => EntryKind::PartitionIds,
             15 => EntryKind::FirstFreeId,
             16 => EntryKind::StateRestore,
+            17 => EntryKind::Claim,
             _ => return None,
         })
     }
@@ -716,6 +727,12 @@ pub const BOOT_FLAG_INSTANCE: u32 = 1 << 2;
 /// until the host answers `StateSaved`: a guest never sees a commit
 /// succeed before the host holds it. Set only with a control channel.
 pub const BOOT_FLAG_SAVE_STATE: u32 = 1 << 3;
+/// Bit of [`BootConfig::flags`]: the host serves tool calls
+/// ([`crate::tool`]): an allowed `ToolCall` is sent to it (`ToolRequest`)
+/// and its caller parked until it answers (`ToolAnswer`). Without it an
+/// allowed call is refused with `NotSupported`. Set only with a control
+/// channel.
+pub const BOOT_FLAG_TOOLS: u32 = 1 << 4;
 
 impl BootConfig {
     pub const DEFAULT: BootConfig =
@@ -808,6 +825,7 @@ impl<'a> Bundle<'a> {
                 EntryKind::PartitionIds => e.data.len().is_multiple_of(4),
                 EntryKind::FirstFreeId => e.data.len() == 4,
                 EntryKind::StateRestore => StateRestore::from_bytes(e.data).is_some(),
+                EntryKind::Claim => (5..=4 + MAX_CLAIM).contains(&e.data.len()) && core::str::from_utf8(&e.data[4..]).is_ok(),
             };
             if !size_ok {
                 return Err(BundleError::EntrySize(n));

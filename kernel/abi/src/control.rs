@@ -38,6 +38,11 @@
 //!   length u16, key, value — in ascending key order. Sent only when the
 //!   boot asks for it ([`crate::bundle::BOOT_FLAG_SAVE_STATE`]); channel
 //!   only, no console line.
+//! * `ToolRequest` (9): log u32, seq u64, capacity u32, name length u16,
+//!   the tool's name, the request: partition `log` called a tool
+//!   ([`crate::tool`]) in the call witnessed as record `seq`, and takes at
+//!   most `capacity` response bytes. Channel only, no console line; sent
+//!   only when the boot asks for it ([`crate::bundle::BOOT_FLAG_TOOLS`]).
 //!
 //! From the host to the hypervisor, the same framing carries:
 //!
@@ -47,6 +52,11 @@
 //! * `StateSaved` (20): log u32, seq u64: the host holds partition `log`'s
 //!   committed set as of record `seq` durably (written and synced, with
 //!   the log that far); the partition, parked since that record, runs on.
+//! * `ToolAnswer` (21): log u32, seq u64, status i32
+//!   ([`crate::tool::AnswerStatus`]), then the response (at most
+//!   [`crate::tool::MAX_RESPONSE`] bytes, and at most the capacity the
+//!   request named): the answer to the tool call of record `seq`. One frame
+//!   whole; it may come between two chunks of an admission.
 //! * `Admission` (18): nonce u64, signature (64), the admission bundle's
 //!   length u64 (at most [`MAX_ADMISSION`]): tenants to create in the
 //!   running hypervisor. The bundle follows in `AdmissionData` (19) frames
@@ -108,6 +118,24 @@ pub const NAME_PAYLOAD: usize = 4 + 32;
 pub const STATE_BEGINS_PAYLOAD: usize = 4 + 8 + 32 + 4;
 /// A `StateSaved` frame's payload: log u32, seq u64.
 pub const STATE_SAVED_PAYLOAD: usize = 4 + 8;
+/// A `ToolRequest` frame's payload before the name: log u32, seq u64,
+/// capacity u32, name length u16.
+pub const TOOL_REQUEST_HEADER: usize = 4 + 8 + 4 + 2;
+/// A `ToolAnswer` frame's payload before the response: log u32, seq u64,
+/// status i32.
+pub const TOOL_ANSWER_HEADER: usize = 4 + 8 + 4;
+
+/// The start of a `ToolAnswer` frame (host to hypervisor) whose response
+/// is `len` bytes: its header and fixed part. The response follows; a host
+/// writes the two as one piece.
+pub fn tool_answer_start(log: u32, seq: u64, status: crate::tool::AnswerStatus, len: usize) -> [u8; HEADER_LEN + TOOL_ANSWER_HEADER] {
+    let mut f = [0u8; HEADER_LEN + TOOL_ANSWER_HEADER];
+    f[..HEADER_LEN].copy_from_slice(&header(Kind::ToolAnswer, TOOL_ANSWER_HEADER + len));
+    f[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&log.to_le_bytes());
+    f[HEADER_LEN + 4..HEADER_LEN + 12].copy_from_slice(&seq.to_le_bytes());
+    f[HEADER_LEN + 12..].copy_from_slice(&(status as i32).to_le_bytes());
+    f
+}
 
 /// Write a `StateSaved` frame (host to hypervisor).
 pub fn write_state_saved(out: &mut dyn FnMut(&[u8]), log: u32, seq: u64) {
@@ -124,6 +152,8 @@ pub const fn max_payload(kind: u8) -> usize {
         ADMISSION_HEADER
     } else if kind == Kind::AdmissionData as u8 {
         ADMISSION_CHUNK
+    } else if kind == Kind::ToolAnswer as u8 {
+        TOOL_ANSWER_HEADER + crate::tool::MAX_RESPONSE
     } else {
         MAX_PAYLOAD
     }
@@ -192,6 +222,8 @@ pub enum Kind {
     StateBegins = 7,
     /// One item of it.
     StateItem = 8,
+    /// A partition called a tool (hypervisor to host).
+    ToolRequest = 9,
     /// Host to hypervisor.
     Order = 16,
     /// Host to hypervisor: bytes read so far.
@@ -202,6 +234,8 @@ pub enum Kind {
     AdmissionData = 19,
     /// The host saved a partition's committed set (host to hypervisor).
     StateSaved = 20,
+    /// The answer to a tool call (host to hypervisor).
+    ToolAnswer = 21,
 }
 
 impl Kind {
@@ -215,11 +249,13 @@ impl Kind {
             6 => Kind::Credit,
             7 => Kind::StateBegins,
             8 => Kind::StateItem,
+            9 => Kind::ToolRequest,
             16 => Kind::Order,
             17 => Kind::Ack,
             18 => Kind::Admission,
             19 => Kind::AdmissionData,
             20 => Kind::StateSaved,
+            21 => Kind::ToolAnswer,
             _ => return None,
         })
     }
@@ -332,6 +368,12 @@ pub enum Inbound {
     AdmissionAbandoned,
     /// The host saved log `log`'s committed set as of record `seq`.
     StateSaved { log: u32, seq: u64 },
+    /// The answer to the tool call of record `seq` of log `log` begins:
+    /// `status` as the host sent it (not checked here), `len` response
+    /// bytes follow, one [`Inbound::ToolAnswerByte`] each.
+    ToolAnswerBegins { log: u32, seq: u64, status: i32, len: usize },
+    /// The next byte of the answer's response.
+    ToolAnswerByte(u8),
 }
 
 /// Reads the frames the host sends the hypervisor (orders, admissions), a
@@ -345,6 +387,8 @@ pub struct InboundDecoder {
     admission_left: u64,
     /// Bytes of the current `AdmissionData` frame still to come.
     chunk_left: usize,
+    /// Response bytes of the current `ToolAnswer` frame still to come.
+    answer_left: usize,
     broken: bool,
 }
 
@@ -356,7 +400,7 @@ impl Default for InboundDecoder {
 
 impl InboundDecoder {
     pub const fn new() -> Self {
-        Self { buf: [0; HEADER_LEN + ORDER_BYTES], len: 0, admission_left: 0, chunk_left: 0, broken: false }
+        Self { buf: [0; HEADER_LEN + ORDER_BYTES], len: 0, admission_left: 0, chunk_left: 0, answer_left: 0, broken: false }
     }
 
     /// Whether a broken frame ended the stream.
@@ -380,6 +424,10 @@ impl InboundDecoder {
             self.admission_left -= 1;
             return Some(Ok(Inbound::AdmissionByte(byte)));
         }
+        if self.answer_left > 0 {
+            self.answer_left -= 1;
+            return Some(Ok(Inbound::ToolAnswerByte(byte)));
+        }
         self.buf[self.len] = byte;
         self.len += 1;
         if self.len < HEADER_LEN {
@@ -402,13 +450,20 @@ impl InboundDecoder {
                     self.len = 0;
                     return None;
                 }
-                // A `StateSaved` answer may come between two chunks (the
-                // host keeps sets while it sends tenants); any other frame
-                // means the host gave up on the admission.
-                if kind != Some(Kind::StateSaved) {
+                // A `StateSaved` or a `ToolAnswer` may come between two
+                // chunks (the host keeps sets and serves tools while it
+                // sends tenants); any other frame means the host gave up
+                // on the admission.
+                if !matches!(kind, Some(Kind::StateSaved | Kind::ToolAnswer)) {
                     self.admission_left = 0;
                     abandoned = true;
                 }
+            }
+            if kind == Some(Kind::ToolAnswer) {
+                if !(TOOL_ANSWER_HEADER..=TOOL_ANSWER_HEADER + crate::tool::MAX_RESPONSE).contains(&len) {
+                    return self.fail(DecodeError::BadPayload(Kind::ToolAnswer));
+                }
+                return abandoned.then_some(Ok(Inbound::AdmissionAbandoned));
             }
             let want = match kind {
                 Some(Kind::Order) => ORDER_BYTES,
@@ -424,6 +479,20 @@ impl InboundDecoder {
                 return self.fail(DecodeError::BadPayload(kind.unwrap_or(Kind::Order)));
             }
             return abandoned.then_some(Ok(Inbound::AdmissionAbandoned));
+        }
+        if kind == Some(Kind::ToolAnswer) {
+            // Its fixed part, then the response handed on byte by byte.
+            if self.len < HEADER_LEN + TOOL_ANSWER_HEADER {
+                return None;
+            }
+            self.len = 0;
+            let p = &self.buf[HEADER_LEN..HEADER_LEN + TOOL_ANSWER_HEADER];
+            let log = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&p[4..12]);
+            let status = i32::from_le_bytes([p[12], p[13], p[14], p[15]]);
+            self.answer_left = len - TOOL_ANSWER_HEADER;
+            return Some(Ok(Inbound::ToolAnswerBegins { log, seq: u64::from_le_bytes(seq), status, len: len - TOOL_ANSWER_HEADER }));
         }
         if self.len < HEADER_LEN + len {
             return None;
@@ -483,6 +552,10 @@ pub enum Outgoing<'a> {
     StateBegins { log: u32, seq: u64, digest: &'a [u8; 32], items: u32 },
     /// One committed item of log `log`'s partition (channel only).
     StateItem { log: u32, key: &'a [u8], value: &'a [u8] },
+    /// Partition `log` called tool `name` with `request` in the call of
+    /// record `seq`, and takes at most `capacity` response bytes (channel
+    /// only).
+    ToolRequest { log: u32, seq: u64, capacity: u32, name: &'a [u8], request: &'a [u8] },
 }
 
 /// The text of a name field: up to its first zero byte ("?" if that is
@@ -520,7 +593,7 @@ impl Outgoing<'_> {
             Outgoing::JournalCall { log, entry } => journal::write_call(out, log, entry),
             Outgoing::JournalStart { log, seq, handles } => journal::write_start(out, log, seq, handles),
             Outgoing::Name { log, name } => write_name_line(out, log, name),
-            Outgoing::Credit { .. } | Outgoing::StateBegins { .. } | Outgoing::StateItem { .. } => {}
+            Outgoing::Credit { .. } | Outgoing::StateBegins { .. } | Outgoing::StateItem { .. } | Outgoing::ToolRequest { .. } => {}
         }
     }
 
@@ -536,6 +609,7 @@ impl Outgoing<'_> {
             Outgoing::Credit { .. } => (Kind::Credit, 8),
             Outgoing::StateBegins { .. } => (Kind::StateBegins, STATE_BEGINS_PAYLOAD),
             Outgoing::StateItem { key, value, .. } => (Kind::StateItem, 4 + 2 + key.len() + value.len()),
+            Outgoing::ToolRequest { name, request, .. } => (Kind::ToolRequest, TOOL_REQUEST_HEADER + name.len() + request.len()),
         }
     }
 
@@ -591,6 +665,15 @@ impl Outgoing<'_> {
                 out(key);
                 out(value);
             }
+            Outgoing::ToolRequest { log, seq, capacity, name, request } => {
+                out(&log.to_le_bytes());
+                out(&seq.to_le_bytes());
+                out(&capacity.to_le_bytes());
+                // A name is at most `tool::MAX_NAME` bytes.
+                out(&(name.len() as u16).to_le_bytes());
+                out(name);
+                out(request);
+            }
         }
     }
 }
@@ -643,6 +726,8 @@ mod decode {
         StateBegins { log: u32, seq: u64, digest: [u8; 32], items: u32 },
         /// One committed item of log `log`'s partition.
         StateItem { log: u32, key: Vec<u8>, value: Vec<u8> },
+        /// Partition `log` called tool `name` (record `seq`).
+        ToolRequest { log: u32, seq: u64, capacity: u32, name: Vec<u8>, request: Vec<u8> },
     }
 
     impl Incoming {
@@ -658,7 +743,7 @@ mod decode {
                     v
                 }
                 // Channel only: no line.
-                Incoming::Credit(_) | Incoming::StateBegins { .. } | Incoming::StateItem { .. } => Vec::new(),
+                Incoming::Credit(_) | Incoming::StateBegins { .. } | Incoming::StateItem { .. } | Incoming::ToolRequest { .. } => Vec::new(),
             };
             alloc::string::String::from_utf8_lossy(&bytes).trim_end().into()
         }
@@ -709,6 +794,20 @@ mod decode {
                     return Err(bad);
                 }
                 Incoming::StateItem { log: u32_at(p, 0), key: p[6..6 + key_len].to_vec(), value: p[6 + key_len..].to_vec() }
+            }
+            Kind::ToolRequest if p.len() >= TOOL_REQUEST_HEADER => {
+                let name_len = usize::from(u16::from_le_bytes([p[16], p[17]]));
+                if name_len == 0 || name_len > crate::tool::MAX_NAME || p.len() < TOOL_REQUEST_HEADER + name_len {
+                    return Err(bad);
+                }
+                let name_end = TOOL_REQUEST_HEADER + name_len;
+                Incoming::ToolRequest {
+                    log: u32_at(p, 0),
+                    seq: u64_at(p, 4),
+                    capacity: u32_at(p, 12),
+                    name: p[TOOL_REQUEST_HEADER..name_end].to_vec(),
+                    request: p[name_end..].to_vec(),
+                }
             }
             Kind::Journal if p.len() >= 13 => {
                 let kind = match p[4] {

@@ -183,6 +183,24 @@ hypercalls! {
     /// message arrives on any of them or at the deadline (`WouldBlock`).
     /// The list is read once, when the call is made.
     WaitAny = 0x18,
+    /// Call a tool ([`crate::tool`]): `x1` = IPA of its name, `x2` = the
+    /// name's length (1 to [`crate::tool::MAX_NAME`]), `x3` = IPA of the
+    /// request, `x4` = its length (at most [`crate::tool::MAX_REQUEST`]),
+    /// `x5` = IPA of the response buffer, `x6` = its capacity (at most
+    /// [`crate::tool::MAX_RESPONSE`] bytes are used). The kernel finds the
+    /// first `Resource` capability of the caller whose claim allows the
+    /// name and request, checks it needs EXECUTE at its tier, witnesses the
+    /// call (`args` over the registers, the name and the request; `cap` =
+    /// the token), sends the request to the host and parks the caller (it
+    /// does not run; others do) until the host answers or the deadline
+    /// passes. The answer is a second record of op `ToolCall` with flag
+    /// [`crate::witness::flags::ANSWER`] (`args` over the registers and the
+    /// response): `x1` = response length written at `x5`. No claim allows
+    /// it: `NoRights`; the host does not serve tools: `NotSupported`; the
+    /// deadline passed: `TimedOut`; the host could not run it:
+    /// `ToolFailed`. A P3 token is refused (`BadProof`): the approval path
+    /// for tool calls is not built.
+    ToolCall = 0x19,
 }
 
 impl Hypercall {

@@ -132,6 +132,11 @@ host_imports! {
     /// with a `run` entry at once (such an image cannot be resumed).
     /// Also linked under its former name, [`SNAPSHOT_FORMER_NAME`].
     Snapshot = "snapshot" () -> (I32),
+    /// `(name_ptr, name_len, req_ptr, req_len, resp_ptr, resp_cap) ->
+    /// response length | error`: call a tool under the partition's claims
+    /// ([`crate::tool`], [`Hypercall::ToolCall`](crate::Hypercall::ToolCall)).
+    /// The agent waits for the answer; other partitions run.
+    ToolCall = "tool_call" (I32, I32, I32, I32, I32, I32) -> (I32),
     /// `(code)`: finish; never returns.
     Exit = "exit" (I32) -> (),
 }

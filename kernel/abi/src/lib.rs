@@ -14,6 +14,7 @@
 //! * [`bootinfo`] — what a partition's guest runtime finds at boot.
 //! * [`imports`] — the host functions an agent's WASM module may import.
 //! * [`journal`] — the input journal beside the witness log (`@J` frames), for host replay.
+//! * [`tool`] — tool calls: their limits, and what the host answers.
 //! * [`recovery`] — recovery records' arguments and the snapshot state-hash encoding.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod recovery;
 pub mod rights;
 pub mod status;
 pub mod tier;
+pub mod tool;
 pub mod witness;
 
 pub use handle::CapHandle;

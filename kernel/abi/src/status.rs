@@ -70,6 +70,11 @@ errors! {
     Full = -20,
     /// The caller made too many invalid calls and has been fenced.
     Abuse = -21,
+    /// The call's deadline passed before its answer came (a tool call).
+    TimedOut = -22,
+    /// The host could not run the tool the call named (no server for it,
+    /// it could not be started, it broke its protocol).
+    ToolFailed = -23,
 }
 
 impl HvError {

@@ -46,6 +46,9 @@ pub mod flags {
     pub const CHECKPOINTED: u16 = 1 << 1;
     /// A journal entry with the call's input data is bound to this record.
     pub const JOURNALED: u16 = 1 << 2;
+    /// The answer of a call made earlier, whose own record is the log's
+    /// previous record of the same op (a `ToolCall`'s response).
+    pub const ANSWER: u16 = 1 << 3;
 }
 
 macro_rules! kernel_events {

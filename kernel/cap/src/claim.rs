@@ -25,9 +25,9 @@
 //! prefix claim on a path must not reach outside it.
 
 /// Longest tool name.
-pub const MAX_TOOL_NAME: usize = 128;
+pub const MAX_TOOL_NAME: usize = rvm_abi::tool::MAX_NAME;
 /// Longest pattern.
-pub const MAX_PATTERN: usize = 256;
+pub const MAX_PATTERN: usize = rvm_abi::bundle::MAX_CLAIM;
 /// The tool whose request is a command line.
 pub const COMMAND_TOOL: &str = "Bash";
 

@@ -167,6 +167,32 @@ pub struct FakeArch {
     pub host: Option<HostFn>,
     /// Host bytes not arrived yet: when (clock, ns) and what.
     pub arriving: Vec<(u64, Vec<u8>)>,
+    /// Every tool call the kernel sent the host (`ToolRequest`), in order.
+    pub tool_requests: Vec<SentToolRequest>,
+    /// A host that answers each tool request with frames, each arriving a
+    /// delay (ns) after the request was sent (none: nobody answers).
+    pub tool_host: Option<ToolHostFn>,
+}
+
+/// A host's answers to a tool request: (delay ns, frame bytes) each.
+pub type ToolHostFn = Box<dyn FnMut(&SentToolRequest) -> Vec<(u64, Vec<u8>)>>;
+
+/// A tool call the kernel sent the host ([`FakeArch::tool_requests`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SentToolRequest {
+    pub log: u32,
+    pub seq: u64,
+    pub capacity: u32,
+    pub name: Vec<u8>,
+    pub request: Vec<u8>,
+}
+
+/// The `ToolAnswer` frame a host sends for the call of record `seq` of
+/// log `log`.
+pub fn tool_answer(log: u32, seq: u64, status: rvm_abi::tool::AnswerStatus, response: &[u8]) -> Vec<u8> {
+    let mut out = rvm_abi::control::tool_answer_start(log, seq, status, response.len()).to_vec();
+    out.extend_from_slice(response);
+    out
 }
 
 /// A host's answers to a set: (delay ns, frame bytes) each.
@@ -343,6 +369,16 @@ impl Arch for FakeArch {
                 if let Some(set) = self.sets.last_mut().filter(|s| s.log == log) {
                     set.items.push((key.to_vec(), value.to_vec()));
                 }
+            }
+            Outgoing::ToolRequest { log, seq, capacity, name, request } => {
+                let sent = SentToolRequest { log, seq, capacity, name: name.to_vec(), request: request.to_vec() };
+                if let Some(host) = self.tool_host.as_mut() {
+                    let now = self.world.borrow().clock_ns;
+                    for (delay, bytes) in host(&sent) {
+                        self.arriving.push((now + delay, bytes));
+                    }
+                }
+                self.tool_requests.push(sent);
             }
             _ => self.console_frame(frame),
         }

@@ -109,6 +109,7 @@ impl<A: Arch> Hypervisor<A> {
     pub fn housekeeping(&mut self) {
         crate::recovery::fault::expire_fences(self);
         crate::dispatch::waits::expire(self);
+        crate::tool_calls::expire(self);
         crate::orders::poll(self);
         crate::domains::housekeeping(self);
         if let Some(start) = self.run_started_ns() {

@@ -41,6 +41,7 @@ pub mod recovery;
 pub mod report;
 pub mod running;
 pub mod state;
+pub mod tool_calls;
 pub mod witness;
 
 #[cfg(test)]

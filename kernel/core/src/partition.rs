@@ -175,6 +175,8 @@ pub struct Partition {
     /// The record (log, seq) whose committed set the host must keep before
     /// this partition runs again ([`crate::durable`]).
     saving: Option<(u32, u64)>,
+    /// A tool call it waits in for the host's answer ([`crate::tool_calls`]).
+    tool: Option<ToolWait>,
     /// Its last wait was ended by its dormancy policy
     /// ([`Partition::dormant_after_ns`]): an idle turn may now put it to
     /// sleep.
@@ -182,6 +184,24 @@ pub struct Partition {
     /// A vacancy: an id no partition of this boot has (an instance that
     /// restarted keeps its tenants' ids; one that left keeps its gap).
     vacant: bool,
+}
+
+/// A `ToolCall` the host is running: allowed and witnessed (record `seq`),
+/// answered later — by the host's `ToolAnswer` or at `deadline_ns` — with
+/// a second record. Until then the partition does not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToolWait {
+    /// The call's record.
+    pub seq: u64,
+    /// The call's registers `x1..x6`, as the guest passed them.
+    pub regs: [u64; 6],
+    /// The tier and token (witness id) the call was allowed at.
+    pub tier: u8,
+    pub cap: u32,
+    /// Most response bytes the guest takes (checked writable at `regs[4]`).
+    pub capacity: u64,
+    /// When the kernel answers `TimedOut` itself.
+    pub deadline_ns: u64,
 }
 
 /// Most channels one `WaitAny` may name.
@@ -258,6 +278,7 @@ impl Partition {
             wasm: (0, 0),
             wait: None,
             saving: None,
+            tool: None,
             idled_out: false,
             vacant: false,
         }
@@ -315,6 +336,7 @@ impl Partition {
         if to != PartitionState::Running {
             // Whatever its guest waited for is gone with the guest's run.
             self.wait = None;
+            self.tool = None;
         }
     }
 
@@ -375,7 +397,22 @@ impl Partition {
     /// Whether a CPU may run it now: runnable, not waiting in a call, and
     /// not waiting for the host to keep its committed set.
     pub fn can_run(&self) -> bool {
-        self.is_runnable() && self.wait.is_none() && self.saving.is_none()
+        self.is_runnable() && self.wait.is_none() && self.saving.is_none() && self.tool.is_none()
+    }
+
+    /// It may not run until the host answers its tool call ([`ToolWait`]).
+    pub(crate) fn await_tool(&mut self, wait: ToolWait) {
+        self.tool = Some(wait);
+    }
+
+    /// The tool call it waits in, if any.
+    pub fn tool_wait(&self) -> Option<&ToolWait> {
+        self.tool.as_ref()
+    }
+
+    /// Its tool call is answered now.
+    pub(crate) fn end_tool_wait(&mut self) -> Option<ToolWait> {
+        self.tool.take()
     }
 
     /// It may not run until the host keeps the set record `seq` of log
@@ -434,6 +471,7 @@ impl Partition {
     /// Its guest is entered at `entry` from now on: a fresh vCPU there.
     pub(crate) fn start_at(&mut self, entry: Ipa) {
         self.wait = None;
+        self.tool = None;
         *self.vcpu = Vcpu::new(entry.raw(), rvm_abi::bootinfo::layout::BOOTINFO_IPA);
         self.entry = entry;
     }
@@ -447,6 +485,7 @@ impl Partition {
         }
         self.exit_code = None;
         self.wait = None;
+        self.tool = None;
         *self.vcpu = Vcpu::new(self.entry.raw(), rvm_abi::bootinfo::layout::BOOTINFO_IPA);
     }
 

@@ -37,6 +37,12 @@ pub struct RunPolicy {
     /// The host keeps committed sets durably
     /// ([`rvm_abi::bundle::BOOT_FLAG_SAVE_STATE`], [`crate::durable`]).
     pub save_state: bool,
+    /// The host serves tool calls ([`rvm_abi::bundle::BOOT_FLAG_TOOLS`],
+    /// [`crate::tool_calls`]).
+    pub serve_tools: bool,
+    /// How long the kernel waits for the host's answer to a tool call
+    /// ([`rvm_abi::tool::DEADLINE_NS`]).
+    pub tool_deadline_ns: u64,
 }
 
 impl RunPolicy {
@@ -46,17 +52,20 @@ impl RunPolicy {
             budget_ns: u64::from(c.run_budget_ms) * 1_000_000,
             instance: c.flags & rvm_abi::bundle::BOOT_FLAG_INSTANCE != 0,
             save_state: c.flags & rvm_abi::bundle::BOOT_FLAG_SAVE_STATE != 0,
+            serve_tools: c.flags & rvm_abi::bundle::BOOT_FLAG_TOOLS != 0,
+            tool_deadline_ns: rvm_abi::tool::DEADLINE_NS,
         }
     }
 }
 
 /// What some calls use beside their [`Call`]: the channels (messages), the
 /// state stores (the store calls, `Prove`, snapshots), the frame pool
-/// (snapshots).
+/// (snapshots), the tool desk (tool calls' claims).
 pub(crate) struct CallServices<'a> {
     pub channels: &'a mut [Channel],
     pub stores: &'a mut [StateStore],
     pub frames: &'a mut FrameAllocator,
+    pub tools: &'a crate::tool_calls::desk::ToolDesk,
 }
 
 /// The hypervisor's state.
@@ -80,6 +89,8 @@ pub struct Hypervisor<A: Arch> {
     /// The committed sets as last witnessed, when the host keeps them
     /// ([`crate::durable`]).
     pub(crate) kept: crate::durable::ledger::SetDigests,
+    /// Claims, and the host's tool answers ([`crate::tool_calls`]).
+    pub(crate) tools: crate::tool_calls::desk::ToolDesk,
     pub(crate) policy: RunPolicy,
     pub(crate) runtime: Option<SharedImage>,
     /// The CPUs, which partition runs where, deferred orders ([`crate::running::smp`]).
@@ -113,6 +124,7 @@ impl<A: Arch> Hypervisor<A> {
             orders,
             dormant: crate::domains::dormancy::DormantLedger::default(),
             kept: crate::durable::ledger::SetDigests::default(),
+            tools: crate::tool_calls::desk::ToolDesk::default(),
             policy: RunPolicy::from_config(config),
             runtime: None,
             smp: crate::running::cpus::SmpState::new(),
@@ -160,7 +172,7 @@ impl<A: Arch> Hypervisor<A> {
             caps: &mut self.caps,
             journal: self.journal,
         };
-        (call, CallServices { channels: &mut self.channels, stores: &mut self.stores, frames: &mut self.frames })
+        (call, CallServices { channels: &mut self.channels, stores: &mut self.stores, frames: &mut self.frames, tools: &self.tools })
     }
 
     /// Partitions refused at boot or admission.

@@ -415,6 +415,9 @@ struct Watcher<'s, 'a> {
     keeps_state: Option<crate::home::Home>,
     /// Where `StateSaved` answers go, once the control channel is connected.
     reply: Option<crate::channel::FrameWriter>,
+    /// Runs the tools partitions call ([`crate::tools`]), when the run
+    /// serves them; and the home their claims and registrations are in.
+    tools: Option<(std::sync::Arc<crate::tools::serve::ToolServer>, crate::home::Home)>,
 }
 
 impl Watcher<'_, '_> {
@@ -518,6 +521,42 @@ impl Watch for Watcher<'_, '_> {
         Flow::Continue
     }
 
+    /// Run the tool on a thread of its own (a slow tool holds neither the
+    /// run nor other calls) and answer the hypervisor when it ends. Its
+    /// claims are re-checked against the partition's capability table.
+    fn tool(&mut self, call: crate::channel::ToolRequest) -> Flow {
+        let Some((server, home)) = &self.tools else { return Flow::Continue };
+        let Some(writer) = self.reply.clone() else { return Flow::Continue };
+        let name = self.session.names().name(call.log).cloned();
+        let claims = name
+            .as_ref()
+            .and_then(|n| home.load().ok()?.partitions.get(n).map(crate::bundler::tool_claims))
+            .unwrap_or_default();
+        let server = std::sync::Arc::clone(server);
+        let spawned = std::thread::Builder::new().name(format!("tool-{}-{}", call.log, call.seq)).spawn(move || {
+            let who = name.as_ref().map_or_else(|| format!("log {}", call.log), |n| n.to_string());
+            let answer = match &name {
+                Some(n) => server.call(n.as_str(), &claims, &call.name, &call.request, call.capacity as usize),
+                None => crate::tools::serve::Answer {
+                    status: rvm_abi::tool::AnswerStatus::Failed,
+                    response: Vec::new(),
+                    note: "a tool call from a log with no partition name".into(),
+                },
+            };
+            eprintln!("rvm-loader: tool call, record {}: {}", call.seq, answer.note);
+            let mut frame = rvm_abi::control::tool_answer_start(call.log, call.seq, answer.status, answer.response.len()).to_vec();
+            frame.extend_from_slice(&answer.response);
+            let mut writer = writer;
+            if let Err(e) = std::io::Write::write_all(&mut writer, &frame) {
+                eprintln!("rvm-loader: {who}: the answer to tool call (record {}) could not be sent: {e}", call.seq);
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("rvm-loader: a tool call (log {}, record {}) could not be served: {e}; the kernel answers it at its deadline", call.log, call.seq);
+        }
+        Flow::Continue
+    }
+
     fn quiet(&mut self, since_output: Duration, elapsed: Duration) {
         eprintln!(
             "rvm-loader: no output for {} s ({} s into the run; QEMU is killed at {} s)",
@@ -537,6 +576,25 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         plan.ids = c.ids.clone();
         plan.resumes = c.resumes.iter().map(|(id, _, p)| (*id, p.clone())).collect();
         plan.restores = c.restores.clone();
+    }
+    // Witness and journal frames come on the control channel when it can
+    // be made; else on the console, as before. Tool calls need it: the
+    // boot serves them only with it.
+    let mut channel = if opts.no_boot {
+        None
+    } else {
+        std::fs::create_dir_all(ctx.home.root().join(crate::control::RUN_DIR))
+            .and_then(|()| crate::channel::Channel::listen(crate::channel::socket_path(ctx.home.root(), std::process::id())))
+            .map_err(|e| eprintln!("rvm-loader: no control channel for this run ({e}): witness frames come on the console, and tool calls are refused"))
+            .ok()
+    };
+    if channel.is_none() && opts.instance.is_some() && !opts.no_boot {
+        return Err(Error::failed(
+            "an instance needs its control channel (admissions and durable state travel on it); not started",
+        ));
+    }
+    if channel.is_some() {
+        plan.config.flags |= rvm_abi::bundle::BOOT_FLAG_TOOLS;
     }
     let bytes = bundler::build(&plan)?;
     if let Some(out) = &opts.bundle_out {
@@ -604,21 +662,6 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
             .ok_or_else(|| Error::failed("bundle file gone"))?,
         memory_mib,
     );
-    // Witness and journal frames come on the control channel when it can
-    // be made; else on the console, as before.
-    let mut channel = crate::channel::Channel::listen(crate::channel::socket_path(
-        ctx.home.root(),
-        std::process::id(),
-    ))
-    .map_err(|e| {
-        eprintln!("rvm-loader: no control channel for this run ({e}): witness frames come on the console")
-    })
-    .ok();
-    if channel.is_none() && opts.instance.is_some() {
-        return Err(Error::failed(
-            "an instance needs its control channel (admissions and durable state travel on it); not started",
-        ));
-    }
     if let Some(c) = &channel {
         // Before `-kernel … -initrd …`, which end the command line.
         let at = args.iter().position(|a| a == "-kernel").unwrap_or(args.len());
@@ -668,6 +711,9 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
         roster,
         keeps_state: opts.instance.as_ref().map(|_| ctx.home.clone()),
         reply: None,
+        tools: channel
+            .as_ref()
+            .map(|_| (std::sync::Arc::new(crate::tools::serve::ToolServer::new(&ctx.home)), ctx.home.clone())),
     };
     // Operator orders (`partition unfence|evict`) reach the run here.
     let control = crate::control::ControlServer::listen(
@@ -684,6 +730,10 @@ pub fn boot(ctx: &Ctx, names: &[PartitionName], opts: &BootOptions) -> Result<()
             splitter, session, ..
         } = &mut watcher;
         splitter.finish(&mut |line| session.line(&line, &mut show));
+    }
+    // The MCP servers the run started end with it.
+    if let Some((server, _)) = &watcher.tools {
+        server.shutdown();
     }
     // The roster as the run left it (with the state records the host kept).
     let roster = watcher.roster.take();

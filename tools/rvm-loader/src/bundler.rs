@@ -124,6 +124,31 @@ pub fn resource_digest(resource: Option<&str>) -> [u8; 16] {
     out
 }
 
+/// The `Claim` entry of the token at position `at` of a partition's
+/// table: its resource pattern, when it is one the hypervisor understands
+/// (`rvm_cap::claim`); `None` for a token with no resource or another kind
+/// of name (it then allows no tool call).
+pub fn claim_entry(at: usize, t: &Token) -> Option<Vec<u8>> {
+    let pattern = t.resource.as_deref()?;
+    rvm_cap::claim::parse(pattern).ok()?;
+    let mut entry = u32::try_from(at).ok()?.to_le_bytes().to_vec();
+    entry.extend_from_slice(pattern.as_bytes());
+    Some(entry)
+}
+
+/// The claims a partition's tool calls are checked against, as the host
+/// re-checks them: the resources of its tokens with EXECUTE that are claims.
+pub fn tool_claims(record: &crate::home::PartitionRecord) -> Vec<String> {
+    record
+        .caps
+        .iter()
+        .flat_map(|c| &c.tokens)
+        .filter(|t| t.rights.contains(rvm_abi::Rights::EXECUTE))
+        .filter_map(|t| t.resource.clone())
+        .filter(|r| rvm_cap::claim::parse(r).is_ok())
+        .collect()
+}
+
 /// A token as the bundle carries it.
 pub fn cap_desc(t: &Token) -> CapDesc {
     let mut tiers = [0u8; 7];
@@ -221,9 +246,14 @@ fn write_partitions(w: &mut BundleWriter, parts: &[PlannedPartition], links: &[(
         if let Some(key) = &p.authority {
             w.entry(EntryKind::AuthorityKey, idx, key);
         }
-        for t in p.record.caps.iter().flat_map(|c| &c.tokens) {
+        for (at, t) in p.record.caps.iter().flat_map(|c| &c.tokens).enumerate() {
             w.entry(EntryKind::Capability, idx, &cap_desc(t).to_bytes());
             caps += 1;
+            // Its resource, when it is a claim, for the hypervisor to
+            // match tool calls against (the digest alone cannot be matched).
+            if let Some(claim) = claim_entry(at, t) {
+                w.entry(EntryKind::Claim, idx, &claim);
+            }
         }
         indices.push(idx);
     }

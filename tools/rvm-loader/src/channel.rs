@@ -58,11 +58,25 @@ pub enum Event {
     /// A partition's committed set to keep: a `StateBegins` frame and all
     /// the `StateItem` frames it announced (channel only).
     State(crate::state::SavedSet),
+    /// A partition called a tool: run it and answer ([`crate::tools`]).
+    Tool(ToolRequest),
     /// The stream broke (a frame that does not decode): nothing after it
     /// can be trusted.
     Broken(String),
     /// QEMU closed the connection (the machine is off), or never connected.
     End,
+}
+
+/// A tool call the hypervisor passed on (a `ToolRequest` frame).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolRequest {
+    /// The caller's log (its partition id) and the call's record there.
+    pub log: u32,
+    pub seq: u64,
+    /// Most response bytes the caller takes.
+    pub capacity: u32,
+    pub name: Vec<u8>,
+    pub request: Vec<u8>,
 }
 
 /// A listening socket for one run; removed when dropped.
@@ -78,6 +92,7 @@ pub struct Channel {
 /// sent whole while the connection is held, so no acknowledgement the
 /// reader sends falls inside it: write one whole frame (or several) per
 /// call, as [`crate::control`] does.
+#[derive(Clone)]
 pub struct FrameWriter {
     conn: Arc<Mutex<Option<UnixStream>>>,
     credit: Credit,
@@ -229,6 +244,9 @@ impl Channel {
                             Ok(Some(set)) => Event::State(set),
                             Err(why) => Event::Broken(why),
                         },
+                        Ok(Incoming::ToolRequest { log, seq, capacity, name, request }) => {
+                            Event::Tool(ToolRequest { log, seq, capacity, name, request })
+                        }
                         Ok(f) => Event::Frame(f.to_line()),
                         Err(e) => Event::Broken(e.to_string()),
                     };

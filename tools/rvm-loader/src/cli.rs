@@ -131,6 +131,10 @@ enum Command {
     /// background, see it, stop it.
     #[command(subcommand, long_about = INSTANCE_LONG)]
     Instance(InstanceCmd),
+    /// The tools agents may call: each partition's MCP servers and Bash
+    /// policy, under $RVM_HOME/tools/.
+    #[command(subcommand, long_about = crate::tools::cli::TOOL_LONG)]
+    Tool(crate::tools::cli::ToolCmd),
 }
 
 const INSTANCE_LONG: &str = "\
@@ -913,6 +917,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Instance(InstanceCmd::Status { json }) => crate::instance::status(&ctx.home, json),
         Command::Instance(InstanceCmd::Stop) => crate::instance::stop(&ctx.home),
+        Command::Tool(cmd) => crate::tools::cli::run(&ctx.home, cmd),
     }
 }
 

@@ -11,7 +11,7 @@
 //! [`commands`] put it together for [`cli`], with [`witness_cli`] (the
 //! `witness` commands), [`approval`] (`caps prove`) and [`state`] (the
 //! committed state kept for an instance's partitions, `state show`);
-//! [`tools`] runs the programs behind agents' tool claims (not wired yet).
+//! [`tools`] runs the tools agents call under their claims (a run serves them over its control channel).
 #![forbid(unsafe_code)]
 
 pub mod admission;

@@ -156,6 +156,10 @@ pub trait Watch {
     /// The control channel is connected: `reply` writes frames to the
     /// hypervisor (beside the orders the control server sends).
     fn channel_open(&mut self, _reply: crate::channel::FrameWriter) {}
+    /// A tool call to run and answer ([`crate::tools`]).
+    fn tool(&mut self, _call: crate::channel::ToolRequest) -> Flow {
+        Flow::Continue
+    }
     /// A partition's committed set to keep ([`crate::state`]).
     fn state(&mut self, _set: crate::state::SavedSet) -> Flow {
         Flow::Continue
@@ -339,6 +343,13 @@ pub fn run(
             Ok(Chunk::Channel(crate::channel::Event::State(set))) => {
                 last_output = Instant::now();
                 if watch.state(set) == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
+            Ok(Chunk::Channel(crate::channel::Event::Tool(call))) => {
+                last_output = Instant::now();
+                if watch.tool(call) == Flow::Stop {
                     stopped = true;
                     break;
                 }

@@ -1174,3 +1174,93 @@ fn soak_an_instance_with_tenants_that_commit_every_turn_through_restarts_evictio
     println!("  witness records filed: {records}; every log verified, every kept state checked, in {:.1} s", verify.as_secs_f64());
     println!("  last instance's console: {console} bytes");
 }
+
+// ---------------------------------------------------------------------
+// issue 15, items 1 and 2: tool calls under the partition's claims
+// ---------------------------------------------------------------------
+
+/// A tenant folder for the toolbox agent, whose claims are `Bash(echo *)`
+/// and `mcp__demo__*`.
+fn toolbox_folder(env: &Real, dir: &Path) {
+    let wasm = env.images.join("agents/toolbox.wasm");
+    env.ok(&["guest", "add", "@rvm/toolbox@0.1.0", wasm.to_str().unwrap()]);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("rvm-partition.toml"),
+        "[partition]\nname = \"toolbox\"\nmemory_tier = \"Hot\"\ndeadline_urgency = 0.5\ncut_pressure = 0.3\n\n\
+         [wasm_guest]\npackage = \"@rvm/toolbox\"\nversion = \"0.1.0\"\nlifecycle = \"managed\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wasm-guest.json"),
+        r#"{"schema": 1, "partition": "toolbox",
+            "guest": {"package": "@rvm/toolbox", "version": "0.1.0", "entrypoint": "toolbox.wasm"},
+            "lifecycle": "managed", "proof_tier_default": "P2",
+            "failure_class_recovery": {"F1": "restart-guest", "F2": "rollback-to-checkpoint",
+                                       "F3": "partition-fence", "F4": "partition-evict"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("capability-table.json"),
+        r#"[{"rights": ["EXECUTE"], "resource": "Bash(echo *)", "proof_tier": "P2", "expires_at": 0},
+            {"rights": ["EXECUTE"], "resource": "mcp__demo__*", "proof_tier": "P2", "expires_at": 0},
+            {"rights": ["READ"], "resource": "memory/toolbox", "proof_tier": "P1", "expires_at": 0}]"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn tool_calls_run_on_the_host_under_the_partition_s_claims_and_replay_from_the_journal() {
+    let env = Real::new();
+    let dir = env.home().with_extension("toolbox");
+    toolbox_folder(&env, &dir);
+    env.ok(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    // Its MCP server, with a timeout shorter than the agent's slow call.
+    env.ok(&["tool", "add", "toolbox", "mcp", "demo", "--timeout", "1", "--", env!("CARGO_BIN_EXE_rvm-mcp-demo")]);
+    let _q = qemu_lock();
+    let started = Instant::now();
+    let o = env.ok(&["up", "toolbox", "--journal", "--timeout", LOADER_TIMEOUT]);
+    let line = |label: &str| -> String {
+        let prefix = format!("[toolbox] toolbox: {label} ");
+        o.stdout.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no `{label}` line: {o:#?}")).to_string()
+    };
+    // Allowed: run on the host, answered.
+    assert!(line("echo").contains(r#"\"stdout\":\"hello-from-rvm\n"#) || line("echo").contains("hello-from-rvm"), "{}", line("echo"));
+    assert!(line("echo").contains(" ok "), "{}", line("echo"));
+    // The injection attempt ran as one program with inert arguments.
+    let inject = line("inject");
+    assert!(inject.contains(" ok ") && inject.contains("a; rm -rf / $(id) `id` |cat"), "{inject}");
+    // Refused by the hypervisor: never reached the host.
+    for label in ["dotdot", "newline", "denied", "mcp-denied"] {
+        assert!(line(label).ends_with(" err NoRights"), "{}", line(label));
+    }
+    // The MCP server answered, and the slow call timed out at its limit.
+    assert!(line("mcp").contains(" ok ") && line("mcp").contains("hi from toolbox"), "{}", line("mcp"));
+    assert!(line("mcp-add").contains(" ok ") && line("mcp-add").contains("42"), "{}", line("mcp-add"));
+    assert!(line("slow").ends_with(" err TimedOut"), "{}", line("slow"));
+    assert!(o.stdout.contains("[toolbox] toolbox: done"), "{o:#?}");
+    assert!(started.elapsed() < Duration::from_secs(50), "the slow call held the run for its whole 4 s and more");
+    // Every call is witnessed: 9 calls and 5 answers (those the host ran).
+    let log = show(&env, "toolbox");
+    assert_eq!(log.matches("ToolCall").count(), 14, "{log}");
+    assert_filed_and_verified(&env, "toolbox");
+    // The replay re-executes the agent from the journal, tools and all
+    // (no tool runs: the journal holds their responses).
+    let r = env.ok(&["witness", "replay", "toolbox"]);
+    assert!(r.stdout.contains("every call reproduced"), "{r:#?}");
+    // No server is left running.
+    let ps = Command::new("pgrep").args(["-f", env!("CARGO_BIN_EXE_rvm-mcp-demo")]).output().unwrap();
+    assert!(ps.stdout.is_empty(), "an MCP server outlived the run: {}", String::from_utf8_lossy(&ps.stdout));
+
+    // A running instance serves them too, and keeps what the agent
+    // committed of a tool's answer.
+    let _guard = InstanceGuard(env.home().to_path_buf());
+    env.ok(&["instance", "start"]);
+    wait_for_state(&env, "toolbox", &["exited"]);
+    let stopped = env.ok(&["instance", "stop"]);
+    assert!(stopped.stdout.contains("instance stopped: hypervisor exited normally"), "{stopped:#?}");
+    assert_eq!(show(&env, "toolbox").matches("ToolCall").count(), 14, "the instance's log (the one-shot run's was archived)");
+    assert_filed_and_verified(&env, "toolbox");
+    let kept = env.ok(&["state", "show", "toolbox"]);
+    assert!(kept.stdout.contains("toolbox/echo") && kept.stdout.contains("hello-from-rvm"), "{kept:#?}");
+}

@@ -20,6 +20,7 @@ use rvm_agent_engine::{
     Agent, AgentConfig, SnapshotReceipt, DeriveRequest, FuelPolicy, HandleList, HostCalls,
     RunOutcome,
 };
+use rvm_cap::claim;
 use rvm_loader::replay::{self, ReplayFailure, ReplayInput};
 use sha2::{Digest, Sha256};
 
@@ -30,9 +31,14 @@ const TURNS: u32 = 500;
 /// The packet agent's module (prebuilt under `RVM_AGENT_WASM_DIR`, or built
 /// for wasm32 into this test's own target directory).
 fn packet_wasm() -> Vec<u8> {
-    let file = "rvm_agent_packet.wasm";
+    agent_wasm("rvm-agent-packet")
+}
+
+/// Agent package `package`'s module, as [`packet_wasm`] finds it.
+fn agent_wasm(package: &str) -> Vec<u8> {
+    let file = format!("{}.wasm", package.replace('-', "_"));
     if let Some(dir) = std::env::var_os("RVM_AGENT_WASM_DIR") {
-        let path = PathBuf::from(dir).join(file);
+        let path = PathBuf::from(dir).join(&file);
         return std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wasm-agents");
@@ -45,14 +51,14 @@ fn packet_wasm() -> Vec<u8> {
             "--target",
             "wasm32-unknown-unknown",
             "-p",
-            "rvm-agent-packet",
+            package,
             "--manifest-path",
         ])
         .arg(&manifest)
         .env("CARGO_TARGET_DIR", &target)
         .status()
-        .expect("run cargo to build the packet agent");
-    assert!(status.success(), "the packet agent builds");
+        .unwrap_or_else(|e| panic!("run cargo to build {package}: {e}"));
+    assert!(status.success(), "{package} builds");
     std::fs::read(target.join("wasm32-unknown-unknown/release").join(file))
         .expect("the built module")
 }
@@ -132,10 +138,21 @@ impl Kernel {
     }
 
     fn append(&mut self, op: WitnessOp, outcome: Outcome, args: [u8; 16]) -> u64 {
+        self.append_flagged(op, outcome, args, 0)
+    }
+
+    fn append_flagged(
+        &mut self,
+        op: WitnessOp,
+        outcome: Outcome,
+        args: [u8; 16],
+        extra: u16,
+    ) -> u64 {
         let mut r = WitnessRecord::new(op, outcome, LOG);
         r.seq = self.records.len() as u64;
         r.args = args;
         r.prev = prefix(&self.head);
+        r.flags |= extra;
         if matches!(op, WitnessOp::Call(_)) {
             r.flags |= flags::JOURNALED;
         }
@@ -157,12 +174,24 @@ impl Kernel {
         result: Result<[u64; 3], HvError>,
         data: &[u8],
     ) {
+        self.call_flagged(call, regs, result, data, 0);
+    }
+
+    /// [`Kernel::call`], the record carrying `extra` flags too.
+    fn call_flagged(
+        &mut self,
+        call: Hypercall,
+        regs: [u64; 6],
+        result: Result<[u64; 3], HvError>,
+        data: &[u8],
+        extra: u16,
+    ) {
         let outcome = match result {
             Ok(_) => Outcome::Done,
             Err(e) => Outcome::Denied(e),
         };
         let args = prefix(&sha(&[&journal::regs_bytes(&regs), data]));
-        let seq = self.append(WitnessOp::Call(call), outcome, args);
+        let seq = self.append_flagged(WitnessOp::Call(call), outcome, args, extra);
         let (status, results) = match result {
             Ok(r) => (0, r),
             Err(e) => (e.code(), [0; 3]),
@@ -406,6 +435,75 @@ impl HostCalls for Kernel {
         Err(HvError::NotSupported)
     }
 
+    /// The kernel's side of a tool call under the claims `Bash(echo *)`
+    /// and `mcp__demo__*`, with [`host_tool`] as the host: the call's
+    /// record (name ‖ request), then, when it was allowed, its `ANSWER`
+    /// record (the response written).
+    fn tool_call(
+        &mut self,
+        name: &[u8],
+        request: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, HvError> {
+        let regs = [
+            IPA,
+            name.len() as u64,
+            IPA + 0x100,
+            request.len() as u64,
+            IPA + 0x1000,
+            response.len() as u64,
+        ];
+        let tool = std::str::from_utf8(name)
+            .ok()
+            .filter(|t| claim::valid_tool(t));
+        let Some(tool) = tool else {
+            self.call(
+                Hypercall::ToolCall,
+                regs,
+                Err(HvError::InvalidArgument),
+                &[name, request].concat(),
+            );
+            return Err(HvError::InvalidArgument);
+        };
+        let allowed = ["Bash(echo *)", "mcp__demo__*"]
+            .iter()
+            .any(|p| claim::parse(p).unwrap().allows(tool, request).is_ok());
+        if !allowed {
+            self.call(
+                Hypercall::ToolCall,
+                regs,
+                Err(HvError::NoRights),
+                &[name, request].concat(),
+            );
+            return Err(HvError::NoRights);
+        }
+        self.call(
+            Hypercall::ToolCall,
+            regs,
+            Ok([0; 3]),
+            &[name, request].concat(),
+        );
+        match host_tool(tool, request) {
+            Ok(mut answer) => {
+                answer.truncate(response.len());
+                let n = answer.len();
+                self.call_flagged(
+                    Hypercall::ToolCall,
+                    regs,
+                    Ok([n as u64, 0, 0]),
+                    &answer,
+                    flags::ANSWER,
+                );
+                response[..n].copy_from_slice(&answer);
+                Ok(n)
+            }
+            Err(e) => {
+                self.call_flagged(Hypercall::ToolCall, regs, Err(e), &[], flags::ANSWER);
+                Err(e)
+            }
+        }
+    }
+
     fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {
         let mut h = Sha256::new();
         {
@@ -436,6 +534,23 @@ impl HostCalls for Kernel {
         self.snapshots
             .insert(id, ([header, memory].concat(), self.committed.clone()));
         Ok(SnapshotReceipt { id, hash_prefix: p })
+    }
+}
+
+/// What the host answers an allowed tool call with: `Bash` runs `echo`
+/// (its JSON answer, stdout the words after `echo`), `mcp__demo__sleep`
+/// times out, `mcp__demo__echo` and `mcp__demo__add` answer their
+/// arguments wrapped, and the rest fails.
+fn host_tool(tool: &str, request: &[u8]) -> Result<Vec<u8>, HvError> {
+    match tool {
+        "Bash" => {
+            let words: Vec<&str> = claim::command_words(request).unwrap().collect();
+            let stdout = format!("{}\n", words[1..].join(" "));
+            Ok(format!("{{\"exit_code\":0,\"stdout\":{stdout:?},\"stderr\":\"\",\"truncated\":false,\"timed_out\":false}}").into_bytes())
+        }
+        "mcp__demo__echo" | "mcp__demo__add" => Ok([&b"{\"result\":"[..], request, b"}"].concat()),
+        "mcp__demo__sleep" => Err(HvError::TimedOut),
+        _ => Err(HvError::ToolFailed),
     }
 }
 
@@ -620,4 +735,152 @@ fn a_recorded_packet_run_replays_with_every_state_hash_and_tampering_is_named() 
     bare.journal.clear();
     let err = replay::replay_on_own_stack(bare, &mut |_| {}).unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
+}
+
+/// The toolbox agent's run against the emulated kernel: its tool calls,
+/// allowed, refused and timed out, then its commit of the echo's response.
+fn record_toolbox(wasm: &[u8]) -> Recorded {
+    let mut kernel = Kernel::new(0);
+    kernel.start();
+    let cfg = AgentConfig {
+        wasm_pages: PAGES,
+        fuel: FuelPolicy::Unmetered,
+        handles: HandleList::new(kernel.handles()),
+    };
+    let mut agent = Agent::load(wasm, cfg, kernel).expect("the toolbox agent loads");
+    let report = agent.run();
+    let mut kernel = agent.into_host();
+    assert_eq!(report.outcome, RunOutcome::Finished { code: 0 });
+    kernel.runtime_exit("agent finished with code 0", 0);
+    kernel.event(KernelEvent::PartitionExit, [0; 16]);
+    Recorded {
+        records: kernel.records,
+        journal: kernel.journal,
+        hashes: Vec::new(),
+    }
+}
+
+/// Every record rechained after a change (its `prev` links rewritten).
+fn rechain(records: &mut [[u8; 64]]) {
+    let mut head = [0u8; 32];
+    for b in records.iter_mut() {
+        let mut r = WitnessRecord::from_bytes(b).unwrap();
+        r.prev = prefix(&head);
+        *b = r.to_bytes();
+        head = sha(&[&head, b]);
+    }
+}
+
+#[test]
+fn a_recorded_toolbox_run_replays_its_tool_calls_from_the_answers_without_running_a_tool() {
+    let wasm = agent_wasm("rvm-agent-toolbox");
+    let rec = record_toolbox(&wasm);
+    let records: Vec<WitnessRecord> = rec
+        .records
+        .iter()
+        .map(|b| WitnessRecord::from_bytes(b).unwrap())
+        .collect();
+    let tool_records = |answer: bool| {
+        records
+            .iter()
+            .filter(|r| {
+                r.op == Hypercall::ToolCall as u16 && (r.flags & flags::ANSWER != 0) == answer
+            })
+            .count()
+    };
+    assert_eq!(tool_records(false), 9, "one record per call");
+    assert_eq!(
+        tool_records(true),
+        5,
+        "an answer per allowed call: echo, inject, mcp, mcp-add, slow"
+    );
+
+    let report = replay::replay_on_own_stack(input(&wasm, &rec), &mut |_| {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.instances, 1);
+    assert!(!report.log_ended_mid_run);
+
+    // The echo's answer changed consistently (entry, digest, chain): the
+    // bindings hold, but the agent, handed the forged response, prints
+    // another line than the log says it did.
+    let mut forged = input(&wasm, &rec);
+    let at = forged
+        .journal
+        .iter()
+        .position(|e| matches!(e, Entry::Call { data, .. } if data.windows(14).any(|w| w == b"hello-from-rvm") && data.starts_with(b"{")))
+        .expect("the echo's answer");
+    let Entry::Call {
+        seq, regs, data, ..
+    } = &mut forged.journal[at]
+    else {
+        unreachable!()
+    };
+    let i = data.windows(5).position(|w| w == b"hello").unwrap();
+    data[i] = b'j';
+    let seq = *seq;
+    let mut r = WitnessRecord::from_bytes(&forged.records[seq as usize]).unwrap();
+    assert_ne!(r.flags & flags::ANSWER, 0);
+    r.args = prefix(&sha(&[&journal::regs_bytes(regs), data]));
+    forged.records[seq as usize] = r.to_bytes();
+    rechain(&mut forged.records);
+    let err = replay::replay_on_own_stack(forged, &mut |_| {}).unwrap_err();
+    match &err {
+        ReplayFailure::Diverged { expected, .. } => {
+            assert!(
+                expected.starts_with("console text") && expected.contains("hello-from-rvm"),
+                "{err}"
+            )
+        }
+        other => panic!("expected a divergence, got {other}"),
+    }
+
+    // An answer record without its flag: the replay finds no answer where
+    // the agent waits for one.
+    let mut unflagged = input(&wasm, &rec);
+    let first_answer = records
+        .iter()
+        .find(|r| r.op == Hypercall::ToolCall as u16 && r.flags & flags::ANSWER != 0)
+        .unwrap()
+        .seq;
+    let mut r = WitnessRecord::from_bytes(&unflagged.records[first_answer as usize]).unwrap();
+    r.flags &= !flags::ANSWER;
+    unflagged.records[first_answer as usize] = r.to_bytes();
+    rechain(&mut unflagged.records);
+    let err = replay::replay_on_own_stack(unflagged, &mut |_| {}).unwrap_err();
+    match &err {
+        ReplayFailure::Diverged { seq, got, .. } => {
+            assert_eq!(*seq, first_answer, "{err}");
+            assert!(
+                got.contains("an answer record after the ToolCall call"),
+                "{err}"
+            );
+        }
+        other => panic!("expected a divergence, got {other}"),
+    }
+
+    // A request the agent did not make: the record's name and request differ.
+    let mut other = input(&wasm, &rec);
+    let first_call = first_answer - 1;
+    let at = other
+        .journal
+        .iter()
+        .position(|e| e.seq() == first_call)
+        .unwrap();
+    let Entry::Call { regs, data, .. } = &mut other.journal[at] else {
+        unreachable!()
+    };
+    let i = data.windows(4).position(|w| w == b"echo").unwrap();
+    data[i] = b'E';
+    let mut r = WitnessRecord::from_bytes(&other.records[first_call as usize]).unwrap();
+    r.args = prefix(&sha(&[&journal::regs_bytes(regs), data]));
+    other.records[first_call as usize] = r.to_bytes();
+    rechain(&mut other.records);
+    let err = replay::replay_on_own_stack(other, &mut |_| {}).unwrap_err();
+    match &err {
+        ReplayFailure::Diverged { seq, expected, .. } => {
+            assert_eq!(*seq, first_call, "{err}");
+            assert!(expected.starts_with("tool call"), "{err}");
+        }
+        other => panic!("expected a divergence, got {other}"),
+    }
 }

@@ -47,6 +47,8 @@ pub struct World {
     /// The partition's committed store when each snapshot was taken.
     pub snapshot_stores: Vec<Vec<BTreeMap<Vec<u8>, Vec<u8>>>>,
     pub yields: Vec<u64>,
+    /// Every tool call the host ran or refused: (partition, name, request).
+    pub tool_calls: Vec<(usize, Vec<u8>, Vec<u8>)>,
     clock_ns: u64,
 }
 
@@ -82,6 +84,7 @@ pub fn two_partitions(channel_capacity: usize, yield_limit: YieldLimit) -> (Fake
         snapshots: vec![Vec::new(), Vec::new()],
         snapshot_stores: vec![Vec::new(), Vec::new()],
         yields: vec![0, 0],
+        tool_calls: Vec::new(),
         clock_ns: 0,
     }));
     let host = |p: usize| FakeHost {
@@ -158,6 +161,60 @@ impl FakeHost {
             Object::Store(s) => Ok(s),
             Object::Channel(_) => Err(HvError::BadHandle),
         }
+    }
+}
+
+/// The fake host's tools, under the claims `Bash(echo *)` and
+/// `mcp__demo__*`: the response of an allowed call, or why it is refused.
+///
+/// * `Bash` runs `echo` only: its response is the JSON object a host
+///   answers with, its stdout the words after `echo` joined by one space;
+///   a line with a control character or a `..` path component is not
+///   allowed (`NoRights`), nor any other program.
+/// * `mcp__demo__echo` answers `{"echo":<its arguments>}`,
+///   `mcp__demo__add` answers `{"sum":<the sum of the numbers in its
+///   arguments>}`, and
+///   `mcp__demo__sleep` times out (`TimedOut`); another `mcp__demo__` tool
+///   fails (`ToolFailed`).
+/// * A name with a character no tool name has: `InvalidArgument`.
+pub fn fake_tool(name: &[u8], request: &[u8]) -> Result<Vec<u8>, HvError> {
+    let name = std::str::from_utf8(name).map_err(|_| HvError::InvalidArgument)?;
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'/'))
+    {
+        return Err(HvError::InvalidArgument);
+    }
+    if name == "Bash" {
+        let line = std::str::from_utf8(request).map_err(|_| HvError::NoRights)?;
+        if line
+            .bytes()
+            .any(|b| b.is_ascii_control() && b != b' ' && b != b'\t')
+        {
+            return Err(HvError::NoRights);
+        }
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        if words.first() != Some(&"echo") || words.iter().any(|w| w.split('/').any(|p| p == "..")) {
+            return Err(HvError::NoRights);
+        }
+        let stdout = format!("{}\n", words[1..].join(" "));
+        return Ok(format!(
+            "{{\"exit_code\":0,\"stdout\":{stdout:?},\"stderr\":\"\",\"truncated\":false,\"timed_out\":false}}"
+        )
+        .into_bytes());
+    }
+    match name.strip_prefix("mcp__demo__") {
+        Some("echo") => Ok([&b"{\"echo\":"[..], request, b"}"].concat()),
+        Some("add") => {
+            let sum: u64 = String::from_utf8_lossy(request)
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum();
+            Ok(format!("{{\"sum\":{sum}}}").into_bytes())
+        }
+        Some("sleep") => Err(HvError::TimedOut),
+        Some(_) => Err(HvError::ToolFailed),
+        None => Err(HvError::NoRights),
     }
 }
 
@@ -313,6 +370,23 @@ impl HostCalls for FakeHost {
         _out: &mut [u8; PROVE_BUFFER_LEN],
     ) -> Result<(), HvError> {
         Err(HvError::NotSupported)
+    }
+
+    /// [`fake_tool`]'s answer, cut to the response buffer as a host makes
+    /// it fit the capacity.
+    fn tool_call(
+        &mut self,
+        name: &[u8],
+        request: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, HvError> {
+        let mut w = self.world.lock().unwrap();
+        w.tool_calls
+            .push((self.partition, name.to_vec(), request.to_vec()));
+        let answer = fake_tool(name, request)?;
+        let n = answer.len().min(response.len());
+        response[..n].copy_from_slice(&answer[..n]);
+        Ok(n)
     }
 
     fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {

@@ -10,13 +10,14 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// The agents under `agents/` that compile to wasm32.
-pub const WASM_AGENTS: [&str; 6] = [
+pub const WASM_AGENTS: [&str; 7] = [
     "rvm-agent-reference",
     "rvm-agent-spin",
     "rvm-agent-bad-import",
     "rvm-agent-over-budget",
     "rvm-agent-packet",
     "rvm-agent-faulty",
+    "rvm-agent-toolbox",
 ];
 
 static BUILD: Mutex<bool> = Mutex::new(false);

@@ -39,6 +39,10 @@ pub(crate) struct Witnessed {
     pub(super) journal: bool,
     /// The bytes `args` covers after the registers, kept for the journal.
     pub(super) kept: Option<Vec<u8>>,
+    /// The record answers a call made earlier ([`flags::ANSWER`]).
+    ///
+    /// [`flags::ANSWER`]: rvm_abi::witness::flags::ANSWER
+    pub(super) answer: bool,
 }
 
 impl Witnessed {
@@ -49,7 +53,14 @@ impl Witnessed {
     /// A call whose `op` is not one of the ABI's calls (a refused unknown
     /// function ID, `hvc #imm`).
     pub(crate) fn op(op: u16, regs: &[u64; 6]) -> Self {
-        Self { call: op, tier: 0, cap: NO_CAP, regs: *regs, args: None, journal: false, kept: None }
+        Self { call: op, tier: 0, cap: NO_CAP, regs: *regs, args: None, journal: false, kept: None, answer: false }
+    }
+
+    /// The record of the answer to a call made earlier (a tool call's
+    /// response), whose own record came before it.
+    pub(crate) fn answering(mut self) -> Self {
+        self.answer = true;
+        self
     }
 
     /// Keep the digested bytes for the input journal when `on`.
@@ -194,6 +205,9 @@ impl<A: Arch> Call<'_, A> {
         rec.args = w.digest();
         if journaled && w.journal {
             rec.flags |= rvm_abi::witness::flags::JOURNALED;
+        }
+        if w.answer {
+            rec.flags |= rvm_abi::witness::flags::ANSWER;
         }
         rec.timestamp = self.arch.now_ns();
         p.output_mut().charge_frame(rec.timestamp);

@@ -16,6 +16,8 @@
 //!   hypervisor (agent switches and moves, going dormant).
 //! * [`psci`] — emulated PSCI.
 //! * [`waits`] — receives that wait for a message, answered later.
+//! * `tool` — tool calls, checked against the caller's claims and sent to
+//!   the host; their answers come back through [`crate::tool_calls`].
 
 pub(crate) mod answer;
 pub(crate) mod call;
@@ -25,6 +27,7 @@ mod snapshot;
 mod console;
 pub mod psci;
 mod store;
+mod tool;
 pub(crate) mod waits;
 
 pub use cap::{store_digest, STORE_DIGEST_TAG};
@@ -173,6 +176,20 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
             let _ = hv.call(idx).allow(&w, |_| [0; 3]);
             psci::finish(hv, idx, code);
             Flow::Reschedule
+        }
+        Hypercall::ToolCall => {
+            let serve = hv.policy.serve_tools.then_some(hv.policy.tool_deadline_ns);
+            let (flow, sent) = {
+                let (mut call, services) = hv.call_with(idx);
+                tool::call(&mut call, services.tools.claims(idx), w, &regs, serve)
+            };
+            if let Some(r) = sent {
+                hv.tools.note_sent();
+                let log = hv.partitions[idx].id().0;
+                let capacity = u32::try_from(r.capacity).unwrap_or(u32::MAX);
+                hv.arch.send_frame(&rvm_abi::control::Outgoing::ToolRequest { log, seq: r.seq, capacity, name: &r.name, request: &r.request });
+            }
+            flow
         }
         // Reserved: refused honestly, and witnessed like any denial.
         Hypercall::RegionRead

@@ -408,10 +408,13 @@ fn populate<A: Arch>(hv: &mut Hypervisor<A>, bundle: &Bundle<'_>, index: u32, id
         resource_digest: [0; 16],
     };
     install(hv, idx, &store)?;
+    let mut caps = Vec::new();
     for e in bundle.owned(EntryKind::Capability, index) {
         let desc = CapDesc::from_bytes(e.data).ok_or(Refusal::BadCapability)?;
-        install(hv, idx, &desc)?;
+        caps.push((install(hv, idx, &desc)?, desc));
     }
+    let claims = crate::tool_calls::claims_of(bundle, index, &caps).map_err(Refusal::BadClaim)?;
+    hv.tools.set_claims(idx, claims);
     if own.is_none() && hv.domains.is_multi_agent(idx) {
         // Several agents: the load record binds every module, in slot order.
         let modules: Vec<&[u8]> = bundle.owned(EntryKind::Wasm, index).map(|e| e.data).collect();
@@ -521,13 +524,13 @@ impl HandleSpread {
 }
 
 /// Install a capability and remember its handle for the boot-info page.
-fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc) -> Result<(), Refusal> {
+fn install<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc) -> Result<u64, Refusal> {
     install_for(hv, idx, desc, None)
 }
 
 /// [`install`], listed for one agent (`Some(slot)`) or for all of them.
 /// A single-agent partition lists every handle for all (tag 0).
-fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot: Option<AgentSlot>) -> Result<(), Refusal> {
+fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot: Option<AgentSlot>) -> Result<u64, Refusal> {
     let agent = match slot {
         Some(s) if hv.domains.is_multi_agent(idx) => u8::try_from(s.0 + 1).map_err(|_| Refusal::BadCapability)?,
         _ => 0,
@@ -562,7 +565,7 @@ fn install_for<A: Arch>(hv: &mut Hypervisor<A>, idx: usize, desc: &CapDesc, slot
         rights: desc.rights.bits(),
         agent,
     });
-    Ok(())
+    Ok(handle.to_raw())
 }
 
 /// Create a channel between two partitions and give each end a handle.

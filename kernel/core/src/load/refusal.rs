@@ -48,6 +48,9 @@ pub enum Refusal {
     /// The committed set kept for it ([`crate::durable`]) is not the one
     /// its log vouches for.
     KeptState(RestoreError),
+    /// A claim of its capability table does not belong to the capability
+    /// it names ([`crate::tool_calls::claims_of`]).
+    BadClaim(crate::tool_calls::desk::ClaimError),
 }
 
 impl Refusal {
@@ -68,6 +71,7 @@ impl Refusal {
             Refusal::WithAdmission => "another partition of its admission was refused",
             Refusal::LogResume(_) => "its witness log does not continue the earlier boot's (its last checkpoint or Merkle frontier does not verify)",
             Refusal::KeptState(_) => "the committed state kept for it is not the state its witness log vouches for",
+            Refusal::BadClaim(_) => "a claim of its capability table does not belong to the capability it names",
         }
     }
 

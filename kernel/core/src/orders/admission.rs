@@ -252,6 +252,7 @@ fn check_tenants<A: Arch>(hv: &Hypervisor<A>, bundle: &Bundle<'_>) -> Result<(),
             | EntryKind::Wasm
             | EntryKind::GuestImage
             | EntryKind::Capability
+            | EntryKind::Claim
             | EntryKind::AuthorityKey
             | EntryKind::Channel
             | EntryKind::AgentChannel => {}

@@ -123,6 +123,8 @@ fn take_channel_byte<A: Arch>(hv: &mut Hypervisor<A>, b: u8) {
         Some(Ok(Inbound::AdmissionByte(b))) => admission::byte(hv, b),
         Some(Ok(Inbound::AdmissionAbandoned)) => admission::abandon(hv),
         Some(Ok(Inbound::StateSaved { log, seq })) => crate::durable::saved(hv, log, seq),
+        Some(Ok(Inbound::ToolAnswerBegins { log, seq, status, len })) => crate::tool_calls::begin(hv, log, seq, status, len),
+        Some(Ok(Inbound::ToolAnswerByte(b))) => crate::tool_calls::byte(hv, b),
         Some(Err(e)) => {
             admission::abandon(hv);
             console::hyp_line(&mut hv.arch, format_args!("control channel input ignored from here on: {e}"));

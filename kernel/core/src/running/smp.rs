@@ -214,7 +214,10 @@ impl<A: Arch> Hypervisor<A> {
         // The run is over when nothing can run and nothing waits for a
         // deadline (a receiver waiting with none can only be woken by a
         // partition that runs).
-        let next_deadline = crate::dispatch::waits::next_deadline(self);
+        let next_deadline = match (crate::dispatch::waits::next_deadline(self), crate::tool_calls::next_deadline(self)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         // An instance goes on idle: a `shutdown` order ends it.
         if !self.smp.stopping && !self.policy.instance && !self.partitions.iter().any(|p| p.can_run()) && next_deadline.is_none() {
             self.smp.stopping = true;

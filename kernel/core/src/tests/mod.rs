@@ -12,6 +12,7 @@ pub(crate) mod orders;
 mod recovery;
 pub(crate) mod resume;
 mod smp;
+mod tools;
 mod waits;
 
 use alloc::boxed::Box;

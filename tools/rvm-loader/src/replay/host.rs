@@ -3,13 +3,14 @@
 //! bytes; the journaled status and incoming bytes are handed back. State
 //! calls drive the replayed store as the kernel's verdicts say, `StateGet`
 //! is checked against it, and a `Snapshot` must reproduce the state hash
-//! the journal and the `SnapshotTaken` record hold.
+//! the journal and the `SnapshotTaken` record hold. A `ToolCall` runs no
+//! tool: its response is the one its answer record journaled.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use rvm_abi::imports::PROVE_BUFFER_LEN;
-use rvm_abi::witness::KernelEvent;
+use rvm_abi::witness::{flags, KernelEvent};
 use rvm_abi::{CapHandle, HvError, Hypercall};
 use rvm_agent_engine::{SnapshotReceipt, DeriveRequest, HostCalls};
 use rvm_state::digest;
@@ -262,6 +263,65 @@ impl HostCalls for ReplayHost {
             seq,
             what: "Prove".into(),
         }))
+    }
+
+    /// Nothing is run: the call must be the log's next `ToolCall` record
+    /// with the same lengths (name, request, response capacity) and, where
+    /// the kernel read them, the same name and request; when it was
+    /// allowed, the response is its answer record's (the next `ToolCall`
+    /// record, flagged `ANSWER`, with the same registers).
+    fn tool_call(
+        &mut self,
+        name: &[u8],
+        request: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, HvError> {
+        let mut s = self.call();
+        let m = s.next(Hypercall::ToolCall, None)?;
+        if m.flags & flags::ANSWER != 0 {
+            return Err(s.diverged(
+                m.seq,
+                "the answer to a tool call".into(),
+                "a new tool call".into(),
+            ));
+        }
+        s.expect(&m, "tool name length", m.regs[1], name.len() as u64)?;
+        s.expect(&m, "request length", m.regs[3], request.len() as u64)?;
+        s.expect(&m, "response capacity", m.regs[5], response.len() as u64)?;
+        // Empty when the call was refused before the kernel read the buffers.
+        if !m.data.is_empty() && m.data != [name, request].concat() {
+            return Err(s.diverged(
+                m.seq,
+                format!("tool call {}", hex(&m.data)),
+                format!("{}{}", hex(name), hex(request)),
+            ));
+        }
+        m.status()?;
+        let a = s.answer(Hypercall::ToolCall, &m)?;
+        if a.regs != m.regs {
+            return Err(s.diverged(
+                a.seq,
+                format!("an answer to registers {:x?}", a.regs),
+                format!("the tool call's {:x?}", m.regs),
+            ));
+        }
+        a.status()?;
+        if a.data.len() > response.len() {
+            return Err(s.diverged(
+                a.seq,
+                format!("a response of {} bytes", a.data.len()),
+                format!("room for {}", response.len()),
+            ));
+        }
+        if a.results[0] != a.data.len() as u64 {
+            return Err(s.diverged(
+                a.seq,
+                format!("a response length of {}", a.results[0]),
+                format!("{} response bytes journaled", a.data.len()),
+            ));
+        }
+        response[..a.data.len()].copy_from_slice(&a.data);
+        Ok(a.data.len())
     }
 
     fn snapshot(&mut self, header: &[u8], memory: &[u8]) -> Result<SnapshotReceipt, HvError> {

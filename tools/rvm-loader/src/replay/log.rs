@@ -77,6 +77,8 @@ impl Shared {
 /// Which record of the log a call of the agent is.
 pub(super) struct Matched {
     pub seq: u64,
+    /// The record's flags ([`rvm_abi::witness::flags`]).
+    pub flags: u16,
     pub regs: [u64; 6],
     pub status: i64,
     pub results: [u64; 3],
@@ -143,6 +145,50 @@ impl Shared {
     /// Take the log's next record for a call `call` of the agent (with the
     /// console `text` it writes, for `ConsoleWrite`).
     pub fn next(&mut self, call: Hypercall, text: Option<&[u8]>) -> Result<Matched, HvError> {
+        let (seq, r) = self.seek(text, || format!("the agent calling {}", call.name()))?;
+        if r.op != call as u16 {
+            return Err(self.diverged(seq, op_name(r.op), call.name().to_string()));
+        }
+        let m = self.take(seq, &r)?;
+        self.calls += 1;
+        Ok(m)
+    }
+
+    /// Take the log's next record as the answer to the call `request` (a
+    /// `ToolCall`, whose agent waits for it): a record of the same op with
+    /// [`flags::ANSWER`](rvm_abi::witness::flags::ANSWER). Only what
+    /// [`Shared::next`] steps over may come between them (kernel events
+    /// that change nothing the agent sees).
+    pub fn answer(&mut self, call: Hypercall, request: &Matched) -> Result<Matched, HvError> {
+        let want = || {
+            format!(
+                "an answer record after the {} call (record #{})",
+                call.name(),
+                request.seq
+            )
+        };
+        let (seq, r) = self.seek(None, want)?;
+        if r.op != call as u16 || r.flags & rvm_abi::witness::flags::ANSWER == 0 {
+            let found = if r.op == call as u16 {
+                format!("another {} call", call.name())
+            } else {
+                op_name(r.op)
+            };
+            return Err(self.diverged(seq, found, want()));
+        }
+        self.take(seq, &r)
+    }
+
+    /// The index and record of the log's next record for the agent: the
+    /// kernel events that change nothing it sees and the runtime's own
+    /// console lines are stepped over (console `text` the agent writes
+    /// itself is its own). `want`: what the agent waits for, for a
+    /// divergence at any other kernel event.
+    fn seek(
+        &mut self,
+        text: Option<&[u8]>,
+        want: impl Fn() -> String,
+    ) -> Result<(u64, WitnessRecord), HvError> {
         if self.failure.is_some() {
             return Err(HvError::WitnessUnavailable);
         }
@@ -178,13 +224,7 @@ impl Shared {
                             "another set in the replayed store".into(),
                         ))
                     }
-                    _ => {
-                        return Err(self.diverged(
-                            seq,
-                            op_name(r.op),
-                            format!("the agent calling {}", call.name()),
-                        ))
-                    }
+                    _ => return Err(self.diverged(seq, op_name(r.op), want())),
                 }
             }
             let own_text = text.is_some_and(
@@ -194,32 +234,34 @@ impl Shared {
                 self.cursor += 1;
                 continue;
             }
-            if r.op != call as u16 {
-                return Err(self.diverged(seq, op_name(r.op), call.name().to_string()));
-            }
-            let Some(Entry::Call {
-                regs,
-                status,
-                results,
-                data,
-                ..
-            }) = self.journal.get(&seq).cloned()
-            else {
-                return Err(self.fail(ReplayFailure::Input(format!(
-                    "record #{seq} ({}) has no journal entry: was the run journaled (`--journal`)?",
-                    call.name()
-                ))));
-            };
-            self.cursor += 1;
-            self.calls += 1;
-            return Ok(Matched {
-                seq,
-                regs,
-                status,
-                results,
-                data,
-            });
+            return Ok((seq, r));
         }
+    }
+
+    /// Record `seq`'s journal entry, and the cursor moved past it.
+    fn take(&mut self, seq: u64, r: &WitnessRecord) -> Result<Matched, HvError> {
+        let Some(Entry::Call {
+            regs,
+            status,
+            results,
+            data,
+            ..
+        }) = self.journal.get(&seq).cloned()
+        else {
+            return Err(self.fail(ReplayFailure::Input(format!(
+                "record #{seq} ({}) has no journal entry: was the run journaled (`--journal`)?",
+                op_name(r.op)
+            ))));
+        };
+        self.cursor += 1;
+        Ok(Matched {
+            seq,
+            flags: r.flags,
+            regs,
+            status,
+            results,
+            data,
+        })
     }
 
     pub fn expect(&mut self, m: &Matched, what: &str, want: u64, got: u64) -> Result<(), HvError> {

@@ -21,19 +21,26 @@
 //!    [`rvm_state::digest::state_hash`]) over the image the agent hands over
 //!    and the replayed store, and compared with the journaled hash and the
 //!    `SnapshotTaken` record.
-//! 5. The log's recovery steps are followed: F1 (`RecoverRestart`) starts a
+//! 5. A `ToolCall` runs no tool: the call must match its record (lengths,
+//!    and the name and request where the kernel read them), and an allowed
+//!    one is answered from the record that follows it with
+//!    [`flags::ANSWER`](rvm_abi::witness::flags::ANSWER) (its status, or
+//!    the response bytes it journaled).
+//! 6. The log's recovery steps are followed: F1 (`RecoverRestart`) starts a
 //!    fresh instance with the committed store kept; F2 (`RecoverRollback`)
 //!    restores the replay's own snapshot of the id the record names and
 //!    rolls the replayed store back to it.
 //!
 //! Limits: one agent per partition (the slot-0 module); capability
 //! derivation, revocation and `Prove` are not replayed (such a record stops
-//! the replay with a clear message).
+//! the replay with a clear message); an instance that ended while its tool
+//! call waited for the answer (a recovery step where the answer record
+//! would be) is reported as a divergence there.
 //!
 //! The parts, in the order a replay uses them:
 //! * `journal` — reading the journal and binding it to the log (1).
-//! * `run` — re-executing the agent, instance after instance (5).
-//! * `host` — its hypercalls answered from the journal and compared (2–4).
+//! * `run` — re-executing the agent, instance after instance (6).
+//! * `host` — its hypercalls answered from the journal and compared (2–5).
 //! * `log` — following the log: which record is the agent's next call, and
 //!   what follows an instance's end.
 //! * `outcome` — what a replay reports.
