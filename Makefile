@@ -4,7 +4,8 @@
 # FP/SIMD, so guest FP state survives every trap untouched), the EL1 guest
 # runtime and raw test guests for aarch64-unknown-none (the `cargo el2` and
 # `cargo el1` aliases of .cargo/config.toml), agents for
-# wasm32-unknown-unknown. Everything lands in target/rvm/.
+# wasm32-unknown-unknown (and WASI programs for wasm32-wasip1). Everything
+# lands in target/rvm/.
 
 CARGO     ?= cargo
 # The compiler pinned in rust-toolchain.toml: `make setup` installs it and
@@ -19,6 +20,9 @@ SYSROOT    = $(shell rustc --print sysroot)
 OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
 PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked probe-bench probe-cap-attacks probe-approvals probe-cap-peer probe-hvc-fuzz probe-fence-resume probe-semihosting probe-shared-regs probe-stall probe-wait
 AGENTS    := reference spin bad-import over-budget packet faulty chatter counter toolbox
+# Ordinary WASI programs (Rust std, wasm32-wasip1), run unmodified.
+WASI_AGENTS := wasi-hello
+WASI      := $(TARGET)/wasm32-wasip1/release
 
 .PHONY: help setup images run test test-host test-qemu lint bench bench-qemu soak clean
 
@@ -35,7 +39,7 @@ help:
 
 setup:
 	rustup toolchain install $(TOOLCHAIN) --profile minimal
-	rustup target add --toolchain $(TOOLCHAIN) aarch64-unknown-none aarch64-unknown-none-softfloat wasm32-unknown-unknown
+	rustup target add --toolchain $(TOOLCHAIN) aarch64-unknown-none aarch64-unknown-none-softfloat wasm32-unknown-unknown wasm32-wasip1
 	rustup component add --toolchain $(TOOLCHAIN) rust-src llvm-tools
 	rustup show active-toolchain
 	command -v qemu-system-aarch64 >/dev/null || { apt-get update && apt-get install -y qemu-system-arm; }
@@ -44,12 +48,14 @@ images:
 	$(CARGO) el2
 	$(CARGO) el1
 	$(CARGO) build $(foreach a,$(AGENTS),-p rvm-agent-$(a)) --release --target wasm32-unknown-unknown
+	$(CARGO) build $(foreach a,$(WASI_AGENTS),-p rvm-agent-$(a)) --release --target wasm32-wasip1 --config 'profile.release.strip="debuginfo"'
 	mkdir -p $(OUT)/agents $(OUT)/probes
 	$(OBJCOPY) -O binary $(EL2)/rvm $(OUT)/rvm.bin
 	cp $(EL2)/rvm $(OUT)/rvm.elf
 	$(OBJCOPY) --strip-debug $(EL1)/rvm-guest-runtime $(OUT)/guest-runtime.elf
 	$(foreach p,$(PROBES),$(OBJCOPY) --strip-debug $(EL1)/$(p) $(OUT)/probes/$(p).elf;)
 	$(foreach a,$(AGENTS),cp $(WASM)/rvm_agent_$(subst -,_,$(a)).wasm $(OUT)/agents/$(a).wasm;)
+	$(foreach a,$(WASI_AGENTS),cp $(WASI)/$(a).wasm $(OUT)/agents/$(a).wasm;)
 	$(CARGO) run -q -p rvm-agent-invalid -- $(OUT)/agents/invalid.wasm
 	@echo "images in $(OUT)/"
 
@@ -60,7 +66,7 @@ run: images
 	RVM_IMAGE_DIR=$(abspath $(OUT)) sh examples/reference/run.sh $(TARGET)/debug/rvm-loader $(TARGET)/rvm-demo-home
 
 test: images
-	RVM_AGENT_WASM_DIR=$(abspath $(WASM)) $(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
+	RVM_AGENT_WASM_DIR=$(abspath $(WASM)) $(CARGO) test --workspace --exclude rvm-boot --exclude rvm-hal --exclude rvm-guest-runtime --exclude rvm-guest-probes $(foreach a,$(AGENTS) $(WASI_AGENTS) invalid,--exclude rvm-agent-$(a)) --exclude rvm-guest
 
 # The soak: one instance, RVM_SOAK_TENANTS tenants (16) committing every turn
 # for RVM_SOAK_TURNS turns (10 000), an event every RVM_SOAK_EVERY turns (300)
@@ -75,6 +81,7 @@ lint:
 	$(CARGO) clippy --no-deps -p rvm-boot -p rvm-hal --release --target aarch64-unknown-none-softfloat -- -D warnings
 	$(CARGO) clippy --no-deps -p rvm-guest-runtime -p rvm-guest-probes --release --target aarch64-unknown-none -- -D warnings
 	$(CARGO) clippy --no-deps -p rvm-guest $(foreach a,$(AGENTS),-p rvm-agent-$(a)) --release --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy --no-deps $(foreach a,$(WASI_AGENTS),-p rvm-agent-$(a)) --release --target wasm32-wasip1 -- -D warnings
 	$(CARGO) clippy --no-deps -p rvm-agent-invalid --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets -- -D warnings
 

@@ -84,6 +84,7 @@ pub fn run(info: &BootInfo, page: &[u8], count: u32, fail: fn(u64) -> !) -> ! {
             wasm_pages: info.wasm_pages,
             fuel,
             handles: handles_for(info, page, slot),
+            wasi: rvm_agent_engine::WasiEnv::for_partition(info.name()),
         };
         let handles = config.handles.entries().len();
         match Agent::load(wasm, config, El1Host::SHARED) {
@@ -261,6 +262,7 @@ fn admit(
         wasm_pages,
         fuel,
         handles: handles_for(&info, &page, slot),
+        wasi: rvm_agent_engine::WasiEnv::for_partition(info.name()),
     };
     let handles = config.handles.entries().len();
     let mut agent = match Agent::load(wasm, config, El1Host::SHARED) {

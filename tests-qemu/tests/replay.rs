@@ -113,6 +113,7 @@ fn the_packet_scenario_replays_on_the_host_with_every_state_hash() {
 
     let input = |records: Vec<[u8; 64]>, journal: Vec<Entry>| ReplayInput {
         log,
+        name: "packet",
         records,
         journal,
         wasm: &packet,

@@ -29,8 +29,9 @@
 //! lossy (an invalid sequence is U+FFFD), with control characters escaped
 //! (`\n`, `\u{1b}`) so that the line stays one line. Then, if the partition
 //! has a state store and the `echo` call answered, it commits the key
-//! [`ECHO_KEY`] = that response, prints `toolbox: done` and finishes with
-//! exit code 0.
+//! [`ECHO_KEY`] = that response, prints how long each call took on the
+//! partition's clock (`toolbox: round trips (us): echo=… inject=… …`),
+//! then `toolbox: done`, and finishes with exit code 0.
 //!
 //! Exit codes: 0 done; 6 the commit failed.
 #![no_std]
@@ -206,9 +207,13 @@ mod agent {
     pub extern "C" fn run() {
         let mut echo = [0u8; RESPONSE_CAP];
         let mut echo_len = None;
-        for (label, tool) in CALLS {
+        let mut took_us = [0u64; CALLS.len()];
+        for (at, (label, tool)) in CALLS.into_iter().enumerate() {
             let mut response = [0u8; RESPONSE_CAP];
-            match call(tool, &mut response) {
+            let before = rvm_guest::clock().unwrap_or(0);
+            let answer = call(tool, &mut response);
+            took_us[at] = rvm_guest::clock().unwrap_or(0).saturating_sub(before) / 1_000;
+            match answer {
                 Ok(n) => {
                     let got = response.get(..n).unwrap_or(&response);
                     let shown = got.get(..SHOWN).unwrap_or(got);
@@ -231,6 +236,13 @@ mod agent {
                 rvm_guest::exit(EXIT_STORE);
             }
         }
+        let mut line = Line::new();
+        let _ = line.write_str("toolbox: round trips (us):");
+        for ((label, _), us) in CALLS.iter().zip(took_us) {
+            let _ = write!(line, " {label}={us}");
+        }
+        let _ = line.write_str("\n");
+        let _ = rvm_guest::console_write(line.as_bytes());
         print(format_args!("toolbox: done"));
     }
 }

@@ -99,6 +99,7 @@ fn load(wasm: &[u8], pages: u32) -> Agent<Keeper> {
         wasm_pages: pages,
         fuel: FuelPolicy::Unmetered,
         handles: HandleList::default(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     Agent::load(wasm, cfg, Keeper::default()).expect("the bench module loads")
 }

@@ -113,6 +113,8 @@ impl<H: HostCalls + 'static> Agent<H> {
             snapshot_mode,
             snapshot_requested: false,
             inbox: glue::InboxSignal::default(),
+            wasi_random: crate::wasi::Random::new(config.wasi.seed),
+            wasi: config.wasi,
         };
         let mut store = Store::new(&engine, ctx);
         store.limiter(|ctx| &mut ctx.limits);

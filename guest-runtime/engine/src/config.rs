@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub fuel: FuelPolicy,
     /// Handles the `handle` import hands out.
     pub handles: HandleList,
+    /// What a WASI program finds around it.
+    pub wasi: crate::wasi::WasiEnv,
 }
 
 impl AgentConfig {
@@ -76,6 +78,7 @@ impl AgentConfig {
             wasm_pages: info.wasm_pages,
             fuel: FuelPolicy::from_boot_info(info.fuel_per_slice),
             handles: HandleList::from_boot_page(info, page),
+            wasi: crate::wasi::WasiEnv::for_partition(info.name()),
         }
     }
 }

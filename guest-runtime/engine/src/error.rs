@@ -23,6 +23,8 @@ pub enum LoadError {
     },
     /// An `rvm` import whose signature differs from the table's.
     ImportSignature { import: HostImport },
+    /// A WASI import whose signature differs from WASI's.
+    WasiSignature { name: &'static str },
     /// The declared minimum memory exceeds the budget.
     MemoryOverBudget {
         declared_pages: u64,
@@ -44,7 +46,7 @@ impl LoadError {
             LoadError::Invalid { .. }
             | LoadError::StartFunction
             | LoadError::Instantiation { .. } => exit::MODULE_INVALID,
-            LoadError::ForbiddenImport { .. } | LoadError::ImportSignature { .. } => {
+            LoadError::ForbiddenImport { .. } | LoadError::ImportSignature { .. } | LoadError::WasiSignature { .. } => {
                 exit::IMPORT_UNKNOWN
             }
             LoadError::MemoryOverBudget { .. } => exit::MEMORY_BUDGET,
@@ -69,6 +71,9 @@ impl fmt::Display for LoadError {
                 import.params(),
                 import.results()
             ),
+            LoadError::WasiSignature { name } => {
+                write!(f, "import {}.{name} has the wrong signature", rvm_abi::imports::wasi::MODULE)
+            }
             LoadError::MemoryOverBudget { declared_pages, budget_pages } => write!(
                 f,
                 "declared memory minimum {declared_pages} pages exceeds the budget of {budget_pages} pages"

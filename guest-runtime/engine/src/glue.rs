@@ -40,6 +40,9 @@ pub(crate) struct Ctx<H> {
     pub(crate) snapshot_requested: bool,
     /// What the agent's receives met during the current turn.
     pub(crate) inbox: InboxSignal,
+    /// What a WASI program finds around it ([`crate::wasi`]).
+    pub(crate) wasi: crate::wasi::WasiEnv,
+    pub(crate) wasi_random: crate::wasi::Random,
 }
 
 /// What an agent's `channel_recv` calls met during one turn: the signal
@@ -213,10 +216,11 @@ pub(crate) fn global_value(v: Val) -> Option<GlobalValue> {
     }
 }
 
-/// Define every entry of the import table in `linker`.
+/// Define every entry of the import table, and the WASI subset, in `linker`.
 pub(crate) fn define<H: HostCalls + 'static>(
     linker: &mut Linker<Ctx<H>>,
 ) -> Result<(), wasmi::Error> {
+    crate::wasi::define(linker)?;
     let m = imports::MODULE;
     for &import in HostImport::ALL {
         // Under its name and any former name.

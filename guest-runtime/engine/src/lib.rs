@@ -10,8 +10,9 @@
 //! # The agent contract
 //!
 //! * Imports: only functions of module [`rvm_abi::imports::MODULE`] listed in
-//!   [`rvm_abi::imports::HostImport`], each with exactly its signature. Any
-//!   other import (another module, an unknown name, a memory, table or global)
+//!   [`rvm_abi::imports::HostImport`], and of the WASI subset
+//!   [`rvm_abi::imports::wasi`], each with exactly its signature. Any other
+//!   import (another module, an unknown name, a memory, table or global)
 //!   refuses the module.
 //! * Memory: at most one linear memory, whose declared minimum must fit the
 //!   partition's budget (`wasm_pages`); growth past the budget fails
@@ -36,9 +37,11 @@ mod error;
 mod glue;
 mod host;
 mod screen;
+mod wasi;
 
 pub use agent::{validate, Agent, ENTRY_NAMES};
 pub use budget::MAX_TABLE_ELEMENTS;
 pub use config::{AgentConfig, FuelPolicy, HandleList};
 pub use error::{LoadError, RestoreError, RunOutcome, RunReport, Trap};
 pub use host::{SnapshotReceipt, DeriveRequest, HostCalls};
+pub use wasi::WasiEnv;

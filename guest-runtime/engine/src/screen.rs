@@ -4,7 +4,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use rvm_abi::imports::{self, HostImport};
+use rvm_abi::imports::{self, wasi, HostImport};
 use wasmi::{ExternType, Module};
 use wasmparser::{ExternalKind, FunctionBody, Operator, Parser, Payload, TypeRef};
 
@@ -89,8 +89,10 @@ pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<ModuleFacts, Loa
                         TypeRef::Global(_) => Some("global"),
                         TypeRef::Tag(_) => Some("tag"),
                     };
-                    let known = import.module == imports::MODULE
-                        && HostImport::from_name(import.name).is_some();
+                    let known = (import.module == imports::MODULE
+                        && HostImport::from_name(import.name).is_some())
+                        || (import.module == wasi::MODULE
+                            && wasi::WasiImport::from_name(import.name).is_some());
                     let forbidden = match (kind, known) {
                         (Some(kind), _) => Some(kind),
                         (None, false) => Some("function"),
@@ -132,6 +134,11 @@ pub(crate) fn prescan(wasm: &[u8], budget_pages: u32) -> Result<ModuleFacts, Loa
     })
 }
 
+/// Whether wasmi types `have` are the ABI types `want`.
+fn same(have: &[wasmi::ValType], want: &[imports::ValType]) -> bool {
+    have.len() == want.len() && have.iter().zip(want).all(|(h, w)| *h == wasmi_type(*w))
+}
+
 fn wasmi_type(t: imports::ValType) -> wasmi::ValType {
     match t {
         imports::ValType::I32 => wasmi::ValType::I32,
@@ -142,6 +149,23 @@ fn wasmi_type(t: imports::ValType) -> wasmi::ValType {
 /// Every `rvm` import of a compiled module has its table signature.
 pub(crate) fn check_import_signatures(module: &Module) -> Result<(), LoadError> {
     for import in module.imports() {
+        if import.module() == wasi::MODULE {
+            let Some(w) = wasi::WasiImport::from_name(import.name()) else {
+                return Err(LoadError::ForbiddenImport {
+                    module: String::from(import.module()),
+                    name: String::from(import.name()),
+                    kind: "function",
+                });
+            };
+            let fits = match import.ty() {
+                ExternType::Func(ty) => same(ty.params(), w.params()) && same(ty.results(), w.results()),
+                _ => false,
+            };
+            if !fits {
+                return Err(LoadError::WasiSignature { name: w.name() });
+            }
+            continue;
+        }
         let Some(host) = HostImport::from_name(import.name()) else {
             // `prescan` already refused it; keep this check total anyway.
             return Err(LoadError::ForbiddenImport {
@@ -152,9 +176,6 @@ pub(crate) fn check_import_signatures(module: &Module) -> Result<(), LoadError> 
         };
         let ExternType::Func(ty) = import.ty() else {
             return Err(LoadError::ImportSignature { import: host });
-        };
-        let same = |have: &[wasmi::ValType], want: &[imports::ValType]| {
-            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| *h == wasmi_type(*w))
         };
         if !same(ty.params(), host.params()) || !same(ty.results(), host.results()) {
             return Err(LoadError::ImportSignature { import: host });

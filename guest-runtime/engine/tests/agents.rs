@@ -21,6 +21,7 @@ fn config(host: &FakeHost, fuel: FuelPolicy) -> AgentConfig {
         wasm_pages: PAGES,
         fuel,
         handles: host.handle_list(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     }
 }
 
@@ -161,6 +162,7 @@ fn truncated_module_is_refused_and_its_whole_form_runs() {
             wasm_pages: PAGES,
             fuel: FuelPolicy::Unmetered,
             handles: HandleList::default(),
+            wasi: rvm_agent_engine::WasiEnv::default(),
         },
         host,
     )
@@ -173,6 +175,7 @@ fn truncated_module_is_refused_and_its_whole_form_runs() {
         wasm_pages: PAGES,
         fuel: FuelPolicy::Unmetered,
         handles: HandleList::default(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     let mut agent = Agent::load(rvm_agent_invalid::WHOLE, cfg, host).expect("whole module loads");
     assert_eq!(agent.run().outcome, RunOutcome::Finished { code: 0 });

@@ -17,6 +17,7 @@ fn load(wasm: &[u8], pages: u32) -> Result<Agent<support::fake::FakeHost>, LoadE
         wasm_pages: pages,
         fuel: FuelPolicy::Unmetered,
         handles: host.handle_list(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     Agent::load(wasm, cfg, host)
 }
@@ -233,6 +234,7 @@ fn a_block_dearer_than_a_slice_still_runs() {
         wasm_pages: 1,
         fuel: FuelPolicy::PerSlice(NonZeroU64::new(3).unwrap()),
         handles: HandleList::default(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     let mut agent = Agent::load(&m.encode(), cfg, host).unwrap();
     let report = agent.run();
@@ -291,6 +293,7 @@ fn many_host_calls_run_in_bounded_native_stack() {
                 wasm_pages: 0,
                 fuel: FuelPolicy::Unmetered,
                 handles: HandleList::default(),
+                wasi: rvm_agent_engine::WasiEnv::default(),
             };
             let mut agent = Agent::load(&wasm, cfg, host).unwrap();
             let report = agent.run();

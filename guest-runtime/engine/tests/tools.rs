@@ -59,6 +59,7 @@ fn run(wasm: &[u8]) -> (i32, FakeHost) {
         wasm_pages: 1,
         fuel: FuelPolicy::Unmetered,
         handles: a.handle_list(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     let mut agent = Agent::load(wasm, cfg, a).expect("the module loads");
     let outcome = agent.run().outcome;
@@ -183,6 +184,7 @@ fn the_toolbox_agent_prints_one_line_per_call_and_commits_the_echo() {
                 wasm_pages: 16,
                 fuel: FuelPolicy::Unmetered,
                 handles: a.handle_list(),
+                wasi: rvm_agent_engine::WasiEnv::default(),
             };
             let mut agent = Agent::load(&wasm, cfg, a).expect("the toolbox agent loads");
             assert_eq!(agent.entry_name(), "run");
@@ -212,6 +214,8 @@ fn the_toolbox_agent_prints_one_line_per_call_and_commits_the_echo() {
         r#"toolbox: mcp-add ok 10 {"sum":42}"#.into(),
         "toolbox: mcp-denied err NoRights".into(),
         "toolbox: slow err TimedOut".into(),
+        // The fake clock moves 1 µs per reading.
+        "toolbox: round trips (us): echo=1 inject=1 dotdot=1 newline=1 denied=1 mcp=1 mcp-add=1 mcp-denied=1 slow=1".into(),
         "toolbox: done".into(),
     ];
     let lines: Vec<&str> = console.lines().collect();

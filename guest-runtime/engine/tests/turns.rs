@@ -21,6 +21,7 @@ fn config(host: &FakeHost) -> AgentConfig {
         wasm_pages: PAGES,
         fuel: FuelPolicy::Unmetered,
         handles: host.handle_list(),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     }
 }
 

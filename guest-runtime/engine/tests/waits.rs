@@ -37,7 +37,7 @@ fn run(wasm: &[u8], message_queued: bool) -> RunOutcome {
         // a's channel end is its first handle (index 2, generation 1).
         a.channel_send(CapHandle::new(2, 1), b"hi").unwrap();
     }
-    let cfg = AgentConfig { wasm_pages: 1, fuel: FuelPolicy::Unmetered, handles: b.handle_list() };
+    let cfg = AgentConfig { wasm_pages: 1, fuel: FuelPolicy::Unmetered, handles: b.handle_list(), wasi: rvm_agent_engine::WasiEnv::default() };
     Agent::load(wasm, cfg, b).expect("the module loads").run().outcome
 }
 

@@ -189,3 +189,100 @@ mod tests {
         }
     }
 }
+
+/// The WASI (`wasm32-wasip1`) functions an agent may import besides
+/// [`MODULE`]'s, so that ordinary WASI programs run unmodified. The guest
+/// runtime provides them on top of the `rvm` calls, inside the partition;
+/// the hypervisor sees only those calls:
+///
+/// * `fd_write` to fds 1 and 2 is console text (`ConsoleWrite`); other fds
+///   are `BADF`;
+/// * `fd_read` of fd 0 reads nothing (end of input); other fds are `BADF`;
+/// * `clock_time_get` is the partition's virtual clock (`ClockRead`, ns
+///   since the partition started) for every clock id;
+/// * `random_get` draws from a generator seeded per partition (from its
+///   name): deterministic, so a replay draws the same bytes — not a source
+///   of secrets;
+/// * `args_get`/`args_sizes_get`: one argument, the partition's name;
+///   `environ_get`/`environ_sizes_get`: no variables;
+/// * `proc_exit` ends the run with its code (as `exit`); `sched_yield` is
+///   `yield`.
+///
+/// Any other import of this module is refused when the agent is deployed
+/// (every name listed) and again when it is loaded.
+pub mod wasi {
+    use super::ValType::{self, I32, I64};
+
+    /// The WASI import module.
+    pub const MODULE: &str = "wasi_snapshot_preview1";
+
+    /// WASI error numbers the runtime answers with.
+    pub mod errno {
+        pub const SUCCESS: i32 = 0;
+        pub const BADF: i32 = 8;
+        pub const FAULT: i32 = 21;
+        pub const INVAL: i32 = 28;
+        pub const IO: i32 = 29;
+    }
+
+    macro_rules! wasi_imports {
+        ($( $(#[$doc:meta])* $variant:ident = $name:literal ( $($p:ident),* ) -> ( $($r:ident),* ), )*) => {
+            /// One function of [`MODULE`] the runtime provides.
+            #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+            pub enum WasiImport {
+                $( $(#[$doc])* $variant, )*
+            }
+
+            impl WasiImport {
+                /// Every one, in table order.
+                pub const ALL: &'static [WasiImport] = &[$(WasiImport::$variant,)*];
+
+                /// Its field name in [`MODULE`].
+                pub const fn name(self) -> &'static str {
+                    match self { $(WasiImport::$variant => $name,)* }
+                }
+
+                /// Parameter types, in order.
+                pub const fn params(self) -> &'static [ValType] {
+                    match self { $(WasiImport::$variant => &[$($p),*],)* }
+                }
+
+                /// Result types, in order.
+                pub const fn results(self) -> &'static [ValType] {
+                    match self { $(WasiImport::$variant => &[$($r),*],)* }
+                }
+
+                /// The entry with this field name, if any.
+                pub fn from_name(name: &str) -> Option<Self> {
+                    match name {
+                        $($name => Some(WasiImport::$variant),)*
+                        _ => None,
+                    }
+                }
+            }
+        };
+    }
+
+    wasi_imports! {
+        /// `(fd, iovs, iovs_len, nwritten_ptr) -> errno`.
+        FdWrite = "fd_write" (I32, I32, I32, I32) -> (I32),
+        /// `(fd, iovs, iovs_len, nread_ptr) -> errno`.
+        FdRead = "fd_read" (I32, I32, I32, I32) -> (I32),
+        /// `(clock_id, precision, time_ptr) -> errno`.
+        ClockTimeGet = "clock_time_get" (I32, I64, I32) -> (I32),
+        /// `(buf, len) -> errno`.
+        RandomGet = "random_get" (I32, I32) -> (I32),
+        /// `(argc_ptr, argv_buf_size_ptr) -> errno`.
+        ArgsSizesGet = "args_sizes_get" (I32, I32) -> (I32),
+        /// `(argv, argv_buf) -> errno`.
+        ArgsGet = "args_get" (I32, I32) -> (I32),
+        /// `(count_ptr, buf_size_ptr) -> errno`.
+        EnvironSizesGet = "environ_sizes_get" (I32, I32) -> (I32),
+        /// `(environ, environ_buf) -> errno`.
+        EnvironGet = "environ_get" (I32, I32) -> (I32),
+        /// `(code)`: finish; never returns.
+        ProcExit = "proc_exit" (I32) -> (),
+        /// `() -> errno`.
+        SchedYield = "sched_yield" () -> (I32),
+    }
+}

@@ -350,8 +350,14 @@ mod tests {
         let mut channel = Channel::listen(dir.join("c.sock")).unwrap();
         let (tx, _rx) = std::sync::mpsc::channel::<Event>();
         let reader = channel.read_into(tx, Arc::new(AtomicBool::new(false))).unwrap();
-        // QEMU's end.
+        // QEMU's end, once the reader has taken it (frames are written
+        // only to a connected channel).
         let mut qemu = UnixStream::connect(dir.join("c.sock")).unwrap();
+        let since = std::time::Instant::now();
+        while channel.conn.lock().unwrap().is_none() {
+            assert!(since.elapsed() < Duration::from_secs(10), "the reader never took the connection");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let frame = vec![7u8; 4096];
         let mut writer = channel.frame_writer();
         let writing = std::thread::spawn(move || {
@@ -361,13 +367,13 @@ mod tests {
             Ok::<_, std::io::Error>(())
         });
         // Without credit, a window's worth arrives and no more.
-        let first = drain(&mut qemu, Duration::from_millis(500));
+        let first = drain(&mut qemu, Duration::from_millis(1500));
         assert_eq!(first.len() as u64, HOST_WINDOW, "the host stops at its window");
         // The hypervisor took 8 KiB: two more frames go.
         let mut credit = Vec::new();
         rvm_abi::control::Outgoing::Credit { taken: 8192 }.write_binary(&mut |b| credit.extend_from_slice(b));
         qemu.write_all(&credit).unwrap();
-        let second = drain(&mut qemu, Duration::from_millis(500));
+        let second = drain(&mut qemu, Duration::from_millis(1500));
         assert_eq!(second.len(), 8192);
         // The machine goes away: the writer gives up instead of waiting.
         drop(qemu);

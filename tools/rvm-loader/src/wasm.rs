@@ -6,7 +6,7 @@
 //!
 //! Parsing is `wasmparser`'s, the parser under the engine's wasmi.
 
-use rvm_abi::imports::{HostImport, ValType, MODULE};
+use rvm_abi::imports::{wasi, HostImport, ValType, MODULE};
 use std::fmt;
 use wasmparser::{CompositeInnerType, Parser, Payload, TypeRef};
 
@@ -241,12 +241,17 @@ impl fmt::Display for Refusal {
                 imports.join(", "),
                 provided.join(", ")
             ),
-            Refusal::Unsupported { imports } => write!(
-                f,
-                "imports what RVM does not provide: {} (RVM provides only functions of module \"{MODULE}\": {})",
-                imports.join(", "),
-                provided.join(", ")
-            ),
+            Refusal::Unsupported { imports } => {
+                let wasi: Vec<&str> = wasi::WasiImport::ALL.iter().map(|i| i.name()).collect();
+                write!(
+                    f,
+                    "imports what RVM does not provide: {} (RVM provides only functions of module \"{MODULE}\": {}; and of \"{}\": {})",
+                    imports.join(", "),
+                    provided.join(", "),
+                    wasi::MODULE,
+                    wasi.join(", ")
+                )
+            }
         }
     }
 }
@@ -273,9 +278,13 @@ fn wasm_type(t: &ValType) -> WasmType {
 
 /// RVM's signature of a host function, in the module's terms.
 pub fn rvm_signature(want: HostImport) -> FuncType {
+    signature(want.params(), want.results())
+}
+
+fn signature(params: &[ValType], results: &[ValType]) -> FuncType {
     FuncType {
-        params: want.params().iter().map(wasm_type).collect(),
-        results: want.results().iter().map(wasm_type).collect(),
+        params: params.iter().map(wasm_type).collect(),
+        results: results.iter().map(wasm_type).collect(),
     }
 }
 
@@ -293,7 +302,7 @@ pub fn check(module: &[u8]) -> Result<ModuleInfo, Refusal> {
     }
     let mut missing = Vec::new();
     for i in &info.imports {
-        if i.module != MODULE {
+        if i.module != MODULE && i.module != wasi::MODULE {
             missing.push(describe(i, "unknown module"));
             continue;
         }
@@ -301,6 +310,20 @@ pub fn check(module: &[u8]) -> Result<ModuleInfo, Refusal> {
             missing.push(describe(i, "not a function"));
             continue;
         };
+        if i.module == wasi::MODULE {
+            match wasi::WasiImport::from_name(&i.name) {
+                None => missing.push(describe(i, "a WASI function RVM does not provide")),
+                Some(want) => {
+                    let sig = signature(want.params(), want.results());
+                    match info.types.get(ty as usize) {
+                        Some(got) if *got == sig => {}
+                        Some(got) => missing.push(describe(i, &format!("type {got}, WASI's is {sig}"))),
+                        None => missing.push(describe(i, "bad type index")),
+                    }
+                }
+            }
+            continue;
+        }
         match HostImport::from_name(&i.name) {
             None => missing.push(describe(i, "no such function")),
             Some(want) => match info.types.get(ty as usize) {
@@ -384,6 +407,41 @@ mod tests {
                 "\"rvm\".\"clock\" (type () -> (i32), RVM's is () -> (i64))",
             ]
         );
+    }
+
+    #[test]
+    fn the_wasi_subset_is_provided_and_anything_else_of_wasi_is_listed() {
+        let w = "wasi_snapshot_preview1";
+        let m = module(
+            &[
+                (w, "fd_write", &[0x7f, 0x7f, 0x7f, 0x7f], &[0x7f]),
+                (w, "clock_time_get", &[0x7f, 0x7e, 0x7f], &[0x7f]),
+                (w, "proc_exit", &[0x7f], &[]),
+                ("rvm", "tool_call", &[0x7f; 6], &[0x7f]),
+            ],
+            None,
+        );
+        assert!(check(&m).is_ok(), "{:?}", check(&m));
+        let m = module(
+            &[
+                (w, "fd_write", &[0x7f, 0x7f, 0x7f, 0x7f], &[0x7f]),
+                (w, "path_open", &[0x7f; 9], &[0x7f]),
+                (w, "sock_accept", &[0x7f, 0x7f, 0x7f], &[0x7f]),
+                (w, "random_get", &[0x7f], &[0x7f]),
+            ],
+            None,
+        );
+        let e = check(&m).unwrap_err();
+        let Refusal::Unsupported { imports } = &e else { panic!("{e}") };
+        assert_eq!(
+            imports,
+            &[
+                "\"wasi_snapshot_preview1\".\"path_open\" (a WASI function RVM does not provide)",
+                "\"wasi_snapshot_preview1\".\"sock_accept\" (a WASI function RVM does not provide)",
+                "\"wasi_snapshot_preview1\".\"random_get\" (type (i32) -> (i32), WASI's is (i32, i32) -> (i32))",
+            ]
+        );
+        assert!(e.to_string().contains("and of \"wasi_snapshot_preview1\": fd_write, fd_read,"), "{e}");
     }
 
     #[test]

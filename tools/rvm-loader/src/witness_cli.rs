@@ -644,6 +644,7 @@ pub fn replay(ctx: &Ctx, partition: &str, wasm: Option<&Path>, quiet: bool) -> R
     }
     let input = ReplayInput {
         log: log_id,
+        name: &log.name,
         records,
         journal,
         wasm: &module,

@@ -1264,3 +1264,73 @@ fn tool_calls_run_on_the_host_under_the_partition_s_claims_and_replay_from_the_j
     let kept = env.ok(&["state", "show", "toolbox"]);
     assert!(kept.stdout.contains("toolbox/echo") && kept.stdout.contains("hello-from-rvm"), "{kept:#?}");
 }
+
+// ---------------------------------------------------------------------
+// issue 15, item 4: ordinary WASI programs as guests
+// ---------------------------------------------------------------------
+
+#[test]
+fn an_ordinary_rust_wasi_program_runs_unmodified_and_replays() {
+    let env = Real::new();
+    let wasm = env.images.join("agents/wasi-hello.wasm");
+    env.ok(&["guest", "add", "@rvm/wasi-hello@0.1.0", wasm.to_str().unwrap()]);
+    let dir = env.home().with_extension("wasi");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("rvm-partition.toml"),
+        "[partition]\nname = \"wasi-hello\"\nmemory_tier = \"Hot\"\ndeadline_urgency = 0.5\ncut_pressure = 0.3\n\n\
+         [wasm_guest]\npackage = \"@rvm/wasi-hello\"\nversion = \"0.1.0\"\nlifecycle = \"managed\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("wasm-guest.json"),
+        r#"{"schema": 1, "partition": "wasi-hello",
+            "guest": {"package": "@rvm/wasi-hello", "version": "0.1.0", "entrypoint": "wasi-hello.wasm"},
+            "lifecycle": "managed", "proof_tier_default": "P2",
+            "failure_class_recovery": {"F1": "restart-guest", "F2": "rollback-to-checkpoint",
+                                       "F3": "partition-fence", "F4": "partition-evict"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("capability-table.json"),
+        r#"[{"rights": ["READ"], "resource": "memory/wasi-hello", "proof_tier": "P1", "expires_at": 0}]"#,
+    )
+    .unwrap();
+    env.ok(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
+    let _q = qemu_lock();
+    let o = env.ok(&["up", "wasi-hello", "--journal", "--timeout", LOADER_TIMEOUT]);
+    for line in [
+        "[wasi-hello] wasi-hello: args [\"wasi-hello\"]",
+        "[wasi-hello] wasi-hello: 0 environment variables",
+        "[wasi-hello] wasi-hello: standard input gave Ok(0) bytes",
+        "[wasi-hello] wasi-hello: counted [(\"brown\", 1), (\"dog\", 1), (\"end\", 1), (\"fox\", 1), (\"jumps\", 1), (\"lazy\", 1), (\"over\", 1), (\"quick\", 1), (\"the\", 3)]",
+        "[wasi-hello] wasi-hello: a line on standard error",
+    ] {
+        assert!(o.stdout.lines().any(|l| l == line), "no line {line:?}: {o:#?}");
+    }
+    assert!(o.stdout.contains("[wasi-hello] wasi-hello: done after "), "{o:#?}");
+    assert!(o.stdout.contains("'wasi-hello' exited: code 0x0"), "{o:#?}");
+    let log = show(&env, "wasi-hello");
+    assert!(log.contains("ConsoleWrite") && log.contains("ClockRead"), "{log}");
+    assert_filed_and_verified(&env, "wasi-hello");
+    let r = env.ok(&["witness", "replay", "wasi-hello"]);
+    assert!(r.stdout.contains("every call reproduced"), "{r:#?}");
+
+    // A WASI program that needs what RVM does not provide is refused at
+    // deploy, every missing function named.
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    // type 0: (i32 × 9) -> i32; imports path_open and sock_accept of it.
+    let ty = [&[0x60, 9][..], &[0x7f; 9], &[1, 0x7f]].concat();
+    let section = |id: u8, body: &[u8]| [&[id, body.len() as u8][..], body].concat();
+    module.extend(section(1, &[&[1][..], &ty].concat()));
+    let import = |name: &str| [&[22][..], b"wasi_snapshot_preview1", &[name.len() as u8], name.as_bytes(), &[0, 0]].concat();
+    module.extend(section(2, &[&[2][..], &import("path_open"), &import("sock_accept")].concat()));
+    let bad = dir.join("needs-files.wasm");
+    std::fs::write(&bad, &module).unwrap();
+    let refused = env.loader(&["guest", "add", "@rvm/needs-files@0.1.0", bad.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("path_open") && refused.stderr.contains("sock_accept") && refused.stderr.contains("a WASI function RVM does not provide"),
+        "{refused:#?}"
+    );
+}

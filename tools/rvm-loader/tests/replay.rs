@@ -570,6 +570,7 @@ fn record(wasm: &[u8]) -> Recorded {
         wasm_pages: PAGES,
         fuel: FuelPolicy::Unmetered,
         handles: HandleList::new(k.handles()),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     let mut resume: Option<Vec<u8>> = None;
     let mut traps = 0;
@@ -617,6 +618,7 @@ fn record(wasm: &[u8]) -> Recorded {
 fn input<'a>(wasm: &'a [u8], r: &Recorded) -> ReplayInput<'a> {
     ReplayInput {
         log: LOG,
+        name: "replayed",
         records: r.records.clone(),
         journal: r.journal.clone(),
         wasm,
@@ -746,6 +748,7 @@ fn record_toolbox(wasm: &[u8]) -> Recorded {
         wasm_pages: PAGES,
         fuel: FuelPolicy::Unmetered,
         handles: HandleList::new(kernel.handles()),
+        wasi: rvm_agent_engine::WasiEnv::default(),
     };
     let mut agent = Agent::load(wasm, cfg, kernel).expect("the toolbox agent loads");
     let report = agent.run();

@@ -75,6 +75,8 @@ const TURN_UNKNOWN: u64 = u64::MAX;
 pub struct ReplayInput<'a> {
     /// The partition's log id.
     pub log: u32,
+    /// Its name (what a WASI program's arguments and random seed come from).
+    pub name: &'a str,
     /// Its records, in log order (the raw 64 bytes).
     pub records: Vec<[u8; 64]>,
     /// Its journal entries, in any order.

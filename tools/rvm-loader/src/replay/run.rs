@@ -50,7 +50,7 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayFailure> {
     let (records, journal) = check_bindings(input.log, &input.records, input.journal)?;
     check_module(&records, input.wasm)?;
-    let config = agent_config(input.wasm_pages, input.fuel_per_slice, &journal)?;
+    let config = agent_config(input.name, input.wasm_pages, input.fuel_per_slice, &journal)?;
     let mut report = ReplayReport {
         records: records.len() as u64,
         ..ReplayReport::default()
@@ -179,6 +179,7 @@ fn check_module(records: &[WitnessRecord], wasm: &[u8]) -> Result<(), ReplayFail
 /// (or [`REPLAY_FUEL_SLICE`] for an unmetered one) and the handles its
 /// journal's start entry names.
 fn agent_config(
+    name: &str,
     wasm_pages: u32,
     fuel_per_slice: u64,
     journal: &BTreeMap<u64, Entry>,
@@ -202,6 +203,7 @@ fn agent_config(
         wasm_pages,
         fuel,
         handles: HandleList::new(handles),
+        wasi: rvm_agent_engine::WasiEnv::for_partition(name),
     })
 }
 
