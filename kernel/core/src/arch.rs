@@ -119,6 +119,13 @@ pub trait Arch {
         self.console_frame(frame);
     }
 
+    /// Whether the machine has a control channel to the host (frames that
+    /// have no console line — tool requests, committed sets — reach the
+    /// host only through it).
+    fn has_control_channel(&self) -> bool {
+        false
+    }
+
     /// Bytes the host sent on the control channel (binary frames,
     /// `rvm_abi::control`: operators' orders), as many as are waiting and
     /// fit `buf`, without waiting; 0 on a machine without one.

@@ -358,6 +358,12 @@ impl Arch for FakeArch {
         n
     }
 
+    /// The fake machine has a channel: the host's side is
+    /// [`FakeArch::send_on_channel`] and what the kernel sends is kept.
+    fn has_control_channel(&self) -> bool {
+        true
+    }
+
     fn send_frame(&mut self, frame: &rvm_abi::control::Outgoing<'_>) {
         use rvm_abi::control::Outgoing;
         match *frame {

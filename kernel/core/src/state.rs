@@ -110,6 +110,11 @@ impl<A: Arch> Hypervisor<A> {
         config: &BootConfig,
         partitions: usize,
     ) -> Self {
+        let mut policy = RunPolicy::from_config(config);
+        if policy.serve_tools && !arch.has_control_channel() {
+            // The host's answers could never come: refused at once instead.
+            policy.serve_tools = false;
+        }
         Self {
             arch,
             frames: memory.frames,
@@ -125,7 +130,7 @@ impl<A: Arch> Hypervisor<A> {
             dormant: crate::domains::dormancy::DormantLedger::default(),
             kept: crate::durable::ledger::SetDigests::default(),
             tools: crate::tool_calls::desk::ToolDesk::default(),
-            policy: RunPolicy::from_config(config),
+            policy,
             runtime: None,
             smp: crate::running::cpus::SmpState::new(),
             sched: crate::running::sched::Scheduler::new(partitions),

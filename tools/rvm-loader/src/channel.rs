@@ -100,14 +100,17 @@ pub struct FrameWriter {
 
 impl FrameWriter {
     /// Wait until `n` more bytes fit the host's window (one frame larger
-    /// than the window goes when nothing is in flight).
-    fn room_for(&self, n: u64) -> std::io::Result<()> {
+    /// than the window goes when nothing is in flight), and count them as
+    /// sent at once, under the lock: writers on several threads (tool
+    /// answers) never see the same room twice.
+    fn reserve(&self, n: u64) -> std::io::Result<()> {
         let (lock, changed) = &*self.credit;
         let mut w = lock.lock().map_err(|_| std::io::Error::other("channel window lock"))?;
         let since = std::time::Instant::now();
         loop {
             let in_flight = w.sent.saturating_sub(w.taken);
             if in_flight == 0 || in_flight + n <= HOST_WINDOW {
+                w.sent += n;
                 return Ok(());
             }
             if w.closed {
@@ -128,14 +131,21 @@ impl Write for FrameWriter {
     /// Write `bytes`, one whole frame (or several), once the window has
     /// room for them.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.room_for(bytes.len() as u64)?;
-        let mut guard = self.conn.lock().map_err(|_| std::io::Error::other("channel lock"))?;
-        let conn = guard
-            .as_mut()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "QEMU has not connected the control channel"))?;
-        conn.write_all(bytes)?;
-        if let Ok(mut w) = self.credit.0.lock() {
-            w.sent += bytes.len() as u64;
+        let n = bytes.len() as u64;
+        self.reserve(n)?;
+        let written = (|| {
+            let mut guard = self.conn.lock().map_err(|_| std::io::Error::other("channel lock"))?;
+            let conn = guard
+                .as_mut()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "QEMU has not connected the control channel"))?;
+            conn.write_all(bytes)
+        })();
+        if let Err(e) = written {
+            // Not sent after all: its room goes back.
+            if let Ok(mut w) = self.credit.0.lock() {
+                w.sent = w.sent.saturating_sub(n);
+            }
+            return Err(e);
         }
         Ok(bytes.len())
     }
@@ -341,6 +351,37 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         got
+    }
+
+    #[test]
+    fn writers_on_several_threads_share_one_window() {
+        let dir = std::env::temp_dir().join(format!("rvm-channel-threads-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut channel = Channel::listen(dir.join("c.sock")).unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel::<Event>();
+        let reader = channel.read_into(tx, Arc::new(AtomicBool::new(false))).unwrap();
+        let mut qemu = UnixStream::connect(dir.join("c.sock")).unwrap();
+        let since = std::time::Instant::now();
+        while channel.conn.lock().unwrap().is_none() {
+            assert!(since.elapsed() < Duration::from_secs(10), "the reader never took the connection");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Four threads each send a 15 KiB frame with no credit returned:
+        // one goes, and the others wait for room.
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let mut w = channel.frame_writer();
+                std::thread::spawn(move || w.write_all(&vec![1u8; 15 << 10]))
+            })
+            .collect();
+        let got = drain(&mut qemu, Duration::from_millis(1500));
+        assert_eq!(got.len(), 15 << 10, "only one frame's worth went past the window");
+        drop(qemu);
+        for w in writers {
+            let _ = w.join().unwrap();
+        }
+        reader.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

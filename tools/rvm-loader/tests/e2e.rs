@@ -1217,6 +1217,8 @@ fn tool_calls_run_on_the_host_under_the_partition_s_claims_and_replay_from_the_j
     env.ok(&["deploy", dir.to_str().unwrap(), "--no-boot"]);
     // Its MCP server, with a timeout shorter than the agent's slow call.
     env.ok(&["tool", "add", "toolbox", "mcp", "demo", "--timeout", "1", "--", env!("CARGO_BIN_EXE_rvm-mcp-demo")]);
+    // Its commands are served once the operator says how they run.
+    env.ok(&["tool", "set", "toolbox", "--timeout", "10"]);
     let _q = qemu_lock();
     let started = Instant::now();
     let o = env.ok(&["up", "toolbox", "--journal", "--timeout", LOADER_TIMEOUT]);

@@ -777,7 +777,17 @@ fn rechain(records: &mut [[u8; 64]]) {
 #[test]
 fn a_recorded_toolbox_run_replays_its_tool_calls_from_the_answers_without_running_a_tool() {
     let wasm = agent_wasm("rvm-agent-toolbox");
-    let rec = record_toolbox(&wasm);
+    // The agent runs on a stack of the replay's size (its 1 KiB response
+    // buffers and an unoptimised engine outgrow a test thread's 2 MiB).
+    let rec = {
+        let wasm = wasm.clone();
+        std::thread::Builder::new()
+            .stack_size(replay::REPLAY_STACK_BYTES)
+            .spawn(move || record_toolbox(&wasm))
+            .unwrap()
+            .join()
+            .unwrap()
+    };
     let records: Vec<WitnessRecord> = rec
         .records
         .iter()

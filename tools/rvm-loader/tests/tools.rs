@@ -1,6 +1,7 @@
 //! Tool calls served on the host: MCP servers (the `rvm-mcp-demo` server)
 //! started, called, timed out, restarted and stopped through
-//! `ToolServer`, and the `rvm-loader tool` commands that register them.
+//! `ToolServer`, the folders commands and servers run in, and the
+//! `rvm-loader tool` commands that register them.
 
 mod common;
 
@@ -9,7 +10,7 @@ use rvm_abi::tool::AnswerStatus;
 use rvm_loader::home::Home;
 use rvm_loader::model::PartitionName;
 use rvm_loader::tools::registry::{self, McpServer};
-use rvm_loader::tools::serve::{Answer, ToolServer};
+use rvm_loader::tools::serve::{self, Answer, ToolServer};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,6 +70,11 @@ fn text(a: &Answer) -> String {
 fn pid(a: &Answer) -> u32 {
     let rest = &a.note[a.note.find("(pid ").unwrap_or_else(|| panic!("{}", a.note)) + 5..];
     rest[..rest.find([',', ')']).unwrap()].parse().unwrap()
+}
+
+/// Server `server`'s folder (its working directory).
+fn server_dir(home: &Path, server: &str) -> std::path::PathBuf {
+    registry::mcp_dirs(home, &tenant(), server).cwd
 }
 
 fn running(pid: u32) -> bool {
@@ -134,8 +140,8 @@ fn an_mcp_server_s_tools_answer_through_the_tool_server() {
         "{t}"
     );
     // Its folder, HOME and error output file.
-    let work = registry::work_dir(f.home.root(), &tenant());
-    assert!(work.join("demo.home").is_dir() && work.join("demo.stderr").is_file());
+    let d = registry::mcp_dirs(f.home.root(), &tenant(), "demo");
+    assert!(d.cwd.is_dir() && d.home.is_dir() && d.stderr_log.is_file());
     tools.shutdown();
     assert!(!running(first), "shut down");
 }
@@ -205,12 +211,11 @@ fn a_server_that_cannot_start_or_crashes_fails_and_is_tried_again_next_time() {
         );
         assert!(!a.note.contains('\n'));
         let starts =
-            std::fs::read_to_string(registry::work_dir(f.home.root(), &tenant()).join("starts"))
-                .unwrap();
+            std::fs::read_to_string(server_dir(f.home.root(), "broken").join("starts")).unwrap();
         assert_eq!(starts.lines().count(), n, "started again at each call");
     }
     let log =
-        std::fs::read_to_string(registry::work_dir(f.home.root(), &tenant()).join("broken.stderr"))
+        std::fs::read_to_string(registry::mcp_dirs(f.home.root(), &tenant(), "broken").stderr_log)
             .unwrap();
     assert_eq!(log, "oops\n");
     // Registered properly now: the next call starts it.
@@ -292,12 +297,11 @@ fn a_server_that_floods_a_line_breaks_the_protocol_and_is_killed() {
         "{}",
         a.note
     );
-    let shell: u32 =
-        std::fs::read_to_string(registry::work_dir(f.home.root(), &tenant()).join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let shell: u32 = std::fs::read_to_string(server_dir(f.home.root(), "broken").join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(!running(shell), "its process group was killed");
 }
 
@@ -372,6 +376,20 @@ fn the_tool_commands_register_list_and_remove() {
         v["mcp_servers"]["demo"],
         json!({"argv": [DEMO, "--flag"], "timeout_ms": 2500})
     );
+    // Registering a server does not serve commands.
+    assert_eq!(v["bash"], Value::Null);
+    let o = env.ok(&["tool", "list", "tenant"]);
+    assert!(
+        o.stdout
+            .contains("Bash commands not served (rvm-loader tool set tenant serves them)"),
+        "{o:?}"
+    );
+    let v: Value =
+        serde_json::from_str(&env.ok(&["tool", "list", "tenant", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (&v["bash_served"], &v["bash"]),
+        (&json!(false), &Value::Null)
+    );
     let o = env.ok(&[
         "tool",
         "set",
@@ -384,11 +402,19 @@ fn the_tool_commands_register_list_and_remove() {
         "5",
     ]);
     assert!(
-        o.stdout.contains("timeout 5 s, output cap 100 bytes") && o.stdout.contains("LANG=C"),
+        o.stdout
+            .contains("tenant: Bash commands now served: runs in ")
+            && o.stdout.contains("timeout 5 s, output cap 100 bytes")
+            && o.stdout.contains("LANG=C"),
         "{o:?}"
     );
     let o = env.ok(&["tool", "list", "tenant", "--json"]);
     let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["bash_served"], true);
+    assert_eq!(
+        v["bash"]["cwd"],
+        env.home().join("tools/tenant.d/work").to_str().unwrap()
+    );
     assert_eq!(v["bash"]["env"], json!([["LANG", "C"]]));
     assert_eq!(
         (
@@ -437,8 +463,22 @@ fn the_tool_commands_register_list_and_remove() {
         DEMO,
     ]);
     env.refused(&["tool", "add", "tenant", "ssh", "demo", "--", DEMO]);
-    env.refused(&["tool", "set", "tenant"]);
+    env.refused(&["tool", "set", "tenant", "--off", "--timeout", "5"]);
     env.refused(&["tool", "set", "tenant", "--cwd", "/nonexistent/dir"]);
+    // Not in the folder of the registrations and the servers' folders.
+    let tools_dir = env.home().join("tools");
+    let o = env.refused(&[
+        "tool",
+        "set",
+        "tenant",
+        "--cwd",
+        tools_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        o.stderr
+            .contains("which holds the registrations and the MCP servers' folders"),
+        "{o:?}"
+    );
     env.refused(&["tool", "set", "tenant", "--env", "1A=x"]);
     env.refused(&["tool", "set", "tenant", "--env", "A=1", "--env", "A=2"]);
     env.refused(&["tool", "remove", "other", "demo"]);
@@ -459,13 +499,154 @@ fn the_tool_commands_register_list_and_remove() {
     let o = env.ok(&["tool", "remove", "tenant", "demo"]);
     assert!(o.stdout.contains("MCP server demo removed"), "{o:?}");
     let o = env.ok(&["tool", "list", "tenant"]);
-    assert!(o.stdout.contains("no MCP servers"), "{o:?}");
-    // A partition with nothing registered lists with the defaults.
+    assert!(
+        o.stdout.contains("no MCP servers") && o.stdout.contains("Bash commands served: "),
+        "{o:?}"
+    );
+    // --off: no longer served; `tool set` alone serves them again.
+    let o = env.ok(&["tool", "set", "tenant", "--off"]);
+    assert!(
+        o.stdout.contains(
+            "tenant: Bash commands no longer served (`rvm-loader tool set tenant` serves them again)"
+        ),
+        "{o:?}"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(v["bash"], Value::Null);
+    let o = env.ok(&["tool", "set", "tenant"]);
+    assert!(
+        o.stdout
+            .contains("tenant: Bash commands now served: runs in ")
+            && o.stdout.contains("(the default), timeout 30 s"),
+        "{o:?}"
+    );
+    let o = env.ok(&["tool", "set", "tenant"]);
+    assert!(o.stdout.contains("tenant: Bash commands served: "), "{o:?}");
+    // A partition with nothing registered serves nothing, and --off makes
+    // nothing for it.
     let o = env.ok(&["tool", "list", "fresh"]);
     assert!(
         o.stdout
-            .contains("fresh (nothing registered: the defaults)")
-            && o.stdout.contains("timeout 30 s"),
+            .contains("fresh (nothing registered: no tools served)")
+            && o.stdout.contains("Bash commands not served"),
         "{o:?}"
+    );
+    let before = env.hash();
+    let o = env.ok(&["tool", "set", "fresh", "--off"]);
+    assert!(o.stdout.contains("nothing written"), "{o:?}");
+    assert_eq!(env.hash(), before);
+}
+
+#[test]
+fn commands_and_servers_run_in_folders_apart() {
+    let f = fixture("apart");
+    // A server that says where it runs and with what HOME, then exits.
+    register(
+        f.home.root(),
+        "broken",
+        &["sh", "-c", "pwd > where; echo \"$HOME\" >> where; exit 3"],
+        2000,
+    );
+    registry::update(f.home.root(), &tenant(), |r| {
+        r.bash = Some(registry::BashPolicy::default());
+        Ok(())
+    })
+    .unwrap();
+    let tools = ToolServer::new(&f.home);
+    let a = call(&tools, "mcp__broken__x", json!({}));
+    assert_eq!(a.status, AnswerStatus::Failed, "{}", a.note);
+    let d = registry::mcp_dirs(f.home.root(), &tenant(), "broken");
+    let canon = |p: &Path| p.canonicalize().unwrap().to_str().unwrap().to_string();
+    let where_ = std::fs::read_to_string(d.cwd.join("where")).unwrap();
+    assert_eq!(
+        where_.lines().collect::<Vec<_>>(),
+        [canon(&d.cwd), d.home.to_str().unwrap().to_string()]
+    );
+    // A command writes in its own folder, where no server runs.
+    let c = vec!["Bash(touch*)".to_string(), "Bash(pwd)".to_string()];
+    let a = tools.call("tenant", &c, b"Bash", b"touch package.json .npmrc", 4096);
+    assert_eq!(a.status, AnswerStatus::Ran, "{}", a.note);
+    let work = registry::bash_dir(f.home.root(), &tenant());
+    assert!(work.join("package.json").is_file() && work.join(".npmrc").is_file());
+    let a = tools.call("tenant", &c, b"Bash", b"pwd", 4096);
+    let pwd: Value = serde_json::from_slice(&a.response).unwrap();
+    assert_eq!(pwd["stdout"].as_str().unwrap().trim_end(), canon(&work));
+    for p in [&d.cwd, &d.home, &d.stderr_log] {
+        assert!(!p.starts_with(&work), "{}", p.display());
+        assert!(!p.join("package.json").exists() && !p.join(".npmrc").exists());
+    }
+    // A symbolic link planted at a server's HOME is refused, not followed.
+    let elsewhere = f._dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_dir_all(&d.home).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &d.home).unwrap();
+    let a = call(&tools, "mcp__broken__x", json!({}));
+    assert_eq!(a.status, AnswerStatus::Failed);
+    assert!(
+        a.note.contains("symbolic link is not followed"),
+        "{}",
+        a.note
+    );
+    // And one at the commands' folder.
+    std::fs::remove_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &work).unwrap();
+    let a = tools.call("tenant", &c, b"Bash", b"touch planted", 4096);
+    assert_eq!(a.status, AnswerStatus::Failed);
+    assert!(
+        a.note.contains("symbolic link is not followed"),
+        "{}",
+        a.note
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn an_mcp_call_whose_answer_could_not_be_sent_is_not_made() {
+    let f = fixture("mcp-tiny");
+    // Counts its starts, then serves as the demo server.
+    register(
+        f.home.root(),
+        "demo",
+        &["sh", "-c", "echo started >> starts; exec \"$0\"", DEMO],
+        5000,
+    );
+    let tools = ToolServer::new(&f.home);
+    let floor = serve::error_floor();
+    let request = json!({"text": "hi"}).to_string();
+    for capacity in [0, 10, floor - 1] {
+        let a = tools.call(
+            "tenant",
+            &claims(),
+            b"mcp__demo__echo",
+            request.as_bytes(),
+            capacity,
+        );
+        assert_eq!(a.status, AnswerStatus::Failed, "{}", a.note);
+        assert!(
+            a.note.contains(&format!(
+                "not called: the agent's response buffer of {capacity} bytes cannot hold even an empty error result ({floor} bytes)"
+            )),
+            "{}",
+            a.note
+        );
+    }
+    assert!(
+        !server_dir(f.home.root(), "demo").join("starts").exists(),
+        "the server was not started"
+    );
+    // At the floor it is called (its answer, too big, an error result
+    // saying so, or its own when it fits).
+    let a = tools.call(
+        "tenant",
+        &claims(),
+        b"mcp__demo__echo",
+        request.as_bytes(),
+        floor,
+    );
+    assert_eq!(a.status, AnswerStatus::Ran, "{}", a.note);
+    assert!(a.response.len() <= floor);
+    assert_eq!(
+        std::fs::read_to_string(server_dir(f.home.root(), "demo").join("starts")).unwrap(),
+        "started\n"
     );
 }

@@ -177,6 +177,10 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
             psci::finish(hv, idx, code);
             Flow::Reschedule
         }
+        // Claims are the partition's, not each agent's: an agent moved into
+        // another agent's partition must not call that one's tools, and one
+        // agent's wait would stop the others. Refused where several run.
+        Hypercall::ToolCall if hv.domains.is_multi_agent(idx) => hv.call(idx).deny(&w, HvError::NotSupported),
         Hypercall::ToolCall => {
             let serve = hv.policy.serve_tools.then_some(hv.policy.tool_deadline_ns);
             let (flow, sent) = {

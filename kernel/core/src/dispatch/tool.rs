@@ -108,6 +108,10 @@ pub(super) fn call<A: Arch>(call: &mut Call<'_, A>, claims: &[ClaimOf], w: Witne
         }
     };
     call.journal_call(&w, seq, 0, &[]);
+    // The host acts on it and that cannot be undone: the record is signed
+    // before the host hears of it, as a committed set's is.
+    let log = call.caller.id().0;
+    call.witness.checkpoint(&mut *call.arch, log);
     let deadline_ns = call.arch.now_ns().saturating_add(deadline_ns);
     call.caller.await_tool(ToolWait { seq, regs: *regs, tier: w.tier, cap: w.cap, capacity, deadline_ns });
     (Flow::Waiting, Some(ToolRequest { seq, capacity, name, request }))

@@ -133,6 +133,11 @@ fn an_allowed_call_is_witnessed_before_the_host_runs_it_and_its_answer_is_bound_
     let (call, answer) = (&recs[0], &recs[1]);
     assert_eq!((call.seq, call.outcome, call.flags & flags::ANSWER), (sent[0].seq, 0, 0));
     assert_ne!(call.cap, rvm_abi::witness::NO_CAP, "the matched token is named");
+    // The call was signed before the host heard of it: a checkpoint of its
+    // log covers it, streamed before the request.
+    let console = hv.arch.console_text();
+    let signed = console.lines().filter_map(rvm_abi::frame::Frame::parse).any(|f| matches!(f, rvm_abi::frame::Frame::Checkpoint { log: 1, size, .. } if size == call.seq + 1));
+    assert!(signed, "no checkpoint covering the call record");
     assert_eq!(call.tier, ProofTier::P2 as u8);
     let regs = [NAME, 4, REQUEST, 7, RESPONSE, 64];
     assert_eq!(call.args, rvm_state::digest::of_call(&regs, b"Bashecho hi"));
@@ -225,7 +230,7 @@ fn the_token_s_tier_applies_expiry_quota_and_p3() {
 
 #[test]
 fn a_boot_whose_host_serves_no_tools_refuses_an_allowed_call() {
-    let extra = claims(0, &[("*", token("*", ProofTier::P1, 0, 0))]);
+    let extra = claims(0, &[("Bash", token("Bash", ProofTier::P1, 0, 0))]);
     let mut hv = boot(&[Part::new("agent")], false, 50, &extra);
     let seen = Seen::default();
     hv.arch.set_guest(1, caller(alloc::vec![("Bash", b"echo hi".to_vec())], 64, seen.clone()));
@@ -237,7 +242,7 @@ fn a_boot_whose_host_serves_no_tools_refuses_an_allowed_call() {
 
 #[test]
 fn a_host_that_never_answers_times_out_and_a_late_or_foreign_answer_changes_nothing() {
-    let extra = claims(0, &[("*", token("*", ProofTier::P1, 0, 0))]);
+    let extra = claims(0, &[("Bash", token("Bash", ProofTier::P1, 0, 0))]);
     // A shorter deadline than the ABI's (600 s) keeps the fake run short.
     const DEADLINE_NS: u64 = 30_000_000;
     let mut hv = boot(&[Part::new("agent")], true, 200, &extra);
@@ -286,4 +291,19 @@ fn a_claim_that_is_not_its_capability_s_resource_refuses_the_partition() {
 /// `PartitionRefused` records in any log.
 fn refusals(hv: &Hypervisor<FakeArch>) -> usize {
     (0..3).map(|log| events(hv, log, &[KernelEvent::PartitionRefused]).len()).sum()
+}
+
+#[test]
+fn a_partition_running_several_agents_may_not_call_tools() {
+    // Two modules: two agents in one partition (a coherence domain).
+    let mut extra = claims(0, &[("Bash", token("Bash", ProofTier::P1, 0, 0))]);
+    let mut module = alloc::vec![0u8; 64];
+    module[..8].copy_from_slice(b"\0asm\x01\0\0\0");
+    extra.push((EntryKind::Wasm, 0, module));
+    let mut hv = boot(&[Part::new("domain")], true, 50, &extra);
+    let seen = Seen::default();
+    hv.arch.set_guest(1, caller(alloc::vec![("Bash", b"echo hi".to_vec())], 64, seen.clone()));
+    hv.run();
+    assert_eq!(seen.borrow().first().map(|s| s.0), Some(HvError::NotSupported.code()), "{}", hv.arch.console_text());
+    assert!(hv.arch.tool_requests.is_empty());
 }

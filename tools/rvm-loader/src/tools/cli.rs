@@ -18,23 +18,33 @@ a claim of the partition's capability table allows it (the `resource` of a
 capability: `Bash(npx demo*)`, `mcp__demo__*`, `*`), witnesses it, and the
 loader serves it, checking the claims again:
 
-  Bash                    the request is a command line, run as its words
-                          (no shell: `;`, `|`, `$( )` are bytes of an
-                          argument) under the partition's Bash policy
-                          (`tool set`); the answer is JSON: exit_code,
-                          stdout, stderr, truncated, timed_out
+  Bash                    served only once the operator set the
+                          partition's Bash policy (`tool set <partition>`;
+                          `tool set <partition> --off` stops it): the
+                          request is a command line, run as its words (no
+                          shell: `;`, `|`, `$( )` are bytes of an
+                          argument) under that policy; the answer is JSON:
+                          exit_code, stdout, stderr, truncated, timed_out
   mcp__<server>__<tool>   the request is the tool's JSON arguments; the
                           answer is the result of `tools/call` on the MCP
                           server registered as <server> (`tool add`)
 
 Registrations live in $RVM_HOME/tools/<partition>.json (written whole,
 atomically; read at every call, so a change applies to the next call).
-Commands and servers run in $RVM_HOME/tools/<partition>.d/ (made on first
-use) with an environment of PATH=/usr/local/bin:/usr/bin:/bin only (a server
-also gets HOME=<partition>.d/<server>.home/; its error output goes to
-<partition>.d/<server>.stderr). A server is started at its first call and
-kept; it is started again at the next call after it exited, timed out (its
-process group is killed) or broke the protocol.
+Commands run in $RVM_HOME/tools/<partition>.d/work/ unless `tool set --cwd`
+names a folder; server <server> runs in <partition>.d/mcp/<server>/ with
+HOME=<partition>.d/mcp/<server>/home/ and its error output in
+<partition>.d/mcp/<server>/stderr.log: apart from the commands' folder, so
+that what a command writes is not what a server loads. Each folder is made
+on first use (0700; a symbolic link there is refused). Both run with an
+environment of PATH=/usr/local/bin:/usr/bin:/bin only (plus a policy's
+--env for commands). A server is started at its first call and kept; it is
+started again at the next call after it exited, timed out (its process
+group is killed) or broke the protocol.
+
+A file written by an older loader (schema 1) is still read, but its Bash
+section is ignored (`tool add` wrote one too): run `tool set <partition>`
+again to serve commands.
 
 A partition need not be registered in this RVM_HOME to have tools:
 tenants may be set up in any order (a warning says so).
@@ -72,15 +82,19 @@ pub enum ToolCmd {
         #[arg(last = true, required = true, value_name = "ARGV")]
         argv: Vec<String>,
     },
-    /// Set how the partition's Bash commands run: the folder, the timeout,
-    /// the output kept, the environment. Options not given keep their
-    /// value.
+    /// Serve the partition's Bash commands, and set how they run: the
+    /// folder, the timeout, the output kept, the environment. Options not
+    /// given keep their value; --off stops serving them.
     #[command(long_about = SET_LONG)]
     Set {
         /// The partition (registered in this RVM_HOME, or not yet).
         partition: String,
+        /// Stop serving the partition's Bash commands (its policy is
+        /// forgotten).
+        #[arg(long, conflicts_with_all = ["cwd", "timeout", "output_cap", "env", "reset"])]
+        off: bool,
         /// Run commands in this existing folder (default: the partition's
-        /// $RVM_HOME/tools/<partition>.d/).
+        /// $RVM_HOME/tools/<partition>.d/work/).
         #[arg(long, value_name = "DIR")]
         cwd: Option<std::path::PathBuf>,
         /// Seconds a command may run before its process group is killed
@@ -101,10 +115,11 @@ pub enum ToolCmd {
         #[arg(long)]
         reset: bool,
     },
-    /// List the partitions' tool registrations: their MCP servers and Bash
-    /// policy (every partition with registrations when none is named).
+    /// List the partitions' tool registrations: their MCP servers, and
+    /// whether and how their Bash commands are served (every partition
+    /// with registrations when none is named).
     List {
-        /// One partition (shown with the defaults when it has none).
+        /// One partition (shown as serving nothing when it has none).
         partition: Option<String>,
         /// JSON instead of lines: one object for a named partition, else
         /// an array of them.
@@ -127,9 +142,11 @@ mcp__<server>__<tool>, with the server's own tool names.
 The server is a program speaking MCP over stdio (newline-delimited JSON-RPC
 2.0). It is started, as the argument vector after `--` (no shell), at the
 partition's first call of one of its tools, in
-$RVM_HOME/tools/<partition>.d/ with PATH=/usr/local/bin:/usr/bin:/bin and
-HOME=<partition>.d/<server>.home/ only; its error output goes to
-<partition>.d/<server>.stderr. Each call may take --timeout seconds (its
+$RVM_HOME/tools/<partition>.d/mcp/<server>/ with
+PATH=/usr/local/bin:/usr/bin:/bin and HOME=<partition>.d/mcp/<server>/home/
+only; its error output goes to <partition>.d/mcp/<server>/stderr.log. None
+of it is inside the folder the partition's commands run in. Each call may
+take --timeout seconds (its
 start included): past it, the call answers TimedOut and the server's process
 group is killed; it is started again at the next call, as after it exits.
 
@@ -137,24 +154,34 @@ Agents reach the server only through a claim of their capability table that
 names its tools (`mcp__<server>__*`, `mcp__<server>__<tool>` or `*`); a note
 says when the installed table has none. Adding a server under a name already
 registered replaces it (a running one is started again at its next call).
+Registering a server does not serve the partition's Bash commands (that is
+`tool set`).
 
 Example: rvm-loader tool add demo-devops mcp demo-devops -- npx -y @acme/devops-mcp";
 
 const SET_LONG: &str = "\
-Set how the partition's Bash commands run.
+Serve the partition's Bash commands, and set how they run.
+
+A partition's Bash calls are served only once this was run for it (with or
+without options); until then, and after `tool set <partition> --off`, each
+fails without running anything, the loader's log naming this command.
 
 A command line is split at whitespace (no quotes, no expansion, no shell) and
 its first word is looked up on PATH; it runs in --cwd (default
-$RVM_HOME/tools/<partition>.d/, made on first use) with PATH (default
-/usr/local/bin:/usr/bin:/bin) and the --env variables only, no input, and at
-most --timeout seconds: then its whole process group is killed and the call
-answers TimedOut. When it exits, whatever it left running in its process
-group is killed too. Its output is kept up to --output-cap bytes (standard
-output and error share it), then cut further to fit the answer the agent can
-take (`truncated` says so).
+$RVM_HOME/tools/<partition>.d/work/, made on first use; a folder elsewhere in
+$RVM_HOME/tools/ is refused) with PATH (default /usr/local/bin:/usr/bin:/bin)
+and the --env variables only, no input, and at most --timeout seconds: then
+its whole process group is killed and the call answers TimedOut. When it
+exits, whatever it left running in its process group is killed too; a
+process that left the group (setsid, a daemon) is not, and may outlive the
+call. Its output is kept up to --output-cap bytes (standard output and error
+share it), then cut further to fit the answer the agent can take
+(`truncated` says so); a call whose agent cannot take even an empty answer
+is not run.
 
 Options not given keep their current value (--reset starts from the
-defaults); --env, when given, replaces every variable set before.";
+defaults); --env, when given, replaces every variable set before. --off
+stops serving commands and forgets the policy.";
 
 /// A name given on the command line.
 fn partition_arg(s: &str) -> Result<PartitionName> {
@@ -292,51 +319,66 @@ pub struct SetArgs {
     pub output_cap: Option<usize>,
     pub env: Vec<(String, String)>,
     pub reset: bool,
+    /// Stop serving commands (no other option with it).
+    pub off: bool,
+}
+
+/// `--cwd DIR` as an absolute UTF-8 path: an existing folder, not inside
+/// `$RVM_HOME/tools/` except under the partition's own commands' folder
+/// (the registrations and the servers' folders are there).
+fn cwd_arg(home: &Home, name: &PartitionName, d: &Path) -> Result<String> {
+    let shown = d.display().to_string();
+    let bad = |why: String| Error::from(Diagnostic::field("--cwd", "value", why));
+    let abs = std::fs::canonicalize(d).map_err(|e| bad(format!("{}: {e}", quote(&shown))))?;
+    if !abs.is_dir() {
+        return Err(bad(format!("{} is not a folder", quote(&shown))));
+    }
+    let text = abs
+        .to_str()
+        .ok_or_else(|| bad(format!("{} is not UTF-8", quote(&shown))))?;
+    let tools = registry::dir(home.root());
+    if let Ok(tools) = std::fs::canonicalize(&tools) {
+        let own = std::fs::canonicalize(registry::bash_dir(home.root(), name)).ok();
+        if abs.starts_with(&tools) && !own.is_some_and(|o| abs.starts_with(o)) {
+            return Err(bad(format!(
+                "{} is inside {}, which holds the registrations and the MCP servers' folders: commands run in the partition's {} (the default) or outside it",
+                quote(&shown),
+                tools.display(),
+                registry::bash_dir(home.root(), name).display()
+            )));
+        }
+        if tools.starts_with(&abs) {
+            eprintln!(
+                "warning: {} holds {}: a command given a relative path can reach the registrations and the MCP servers' folders",
+                abs.display(),
+                tools.display()
+            );
+        }
+    }
+    Ok(text.to_string())
 }
 
 /// `tool set <partition> [--cwd DIR] [--timeout SECS] [--output-cap BYTES]
-/// [--env NAME=VALUE]… [--reset]`.
+/// [--env NAME=VALUE]… [--reset]`, or `tool set <partition> --off`.
 pub fn set(home: &Home, partition: &str, args: &SetArgs) -> Result<()> {
     let name = partition_arg(partition)?;
-    if args.cwd.is_none()
-        && args.timeout_ms.is_none()
-        && args.output_cap.is_none()
-        && args.env.is_empty()
-        && !args.reset
-    {
-        return Err(Error::refused(
-            "tool set",
-            "nothing to set: give --cwd, --timeout, --output-cap, --env or --reset",
-        ));
+    if args.off {
+        if args.cwd.is_some()
+            || args.timeout_ms.is_some()
+            || args.output_cap.is_some()
+            || !args.env.is_empty()
+            || args.reset
+        {
+            return Err(Error::refused(
+                "tool set",
+                "--off takes no other option: it stops serving commands",
+            ));
+        }
+        return set_off(home, &name);
     }
     let cwd = match &args.cwd {
         None => None,
-        Some(d) => {
-            let shown = d.display().to_string();
-            let abs = std::fs::canonicalize(d).map_err(|e| {
-                Error::from(Diagnostic::field(
-                    "--cwd",
-                    "value",
-                    format!("{}: {e}", quote(&shown)),
-                ))
-            })?;
-            if !abs.is_dir() {
-                return Err(Diagnostic::field(
-                    "--cwd",
-                    "value",
-                    format!("{} is not a folder", quote(&shown)),
-                )
-                .into());
-            }
-            let text = abs.to_str().ok_or_else(|| {
-                Error::from(Diagnostic::field(
-                    "--cwd",
-                    "value",
-                    format!("{} is not UTF-8", quote(&shown)),
-                ))
-            })?;
-            Some(text.to_string())
-        }
+        Some(d) => Some(cwd_arg(home, &name, d)?),
     };
     if let Some((n, _)) = args
         .env
@@ -346,35 +388,61 @@ pub fn set(home: &Home, partition: &str, args: &SetArgs) -> Result<()> {
     {
         return Err(Diagnostic::field("--env", "value", format!("{n} is given twice")).into());
     }
-    let (policy, file) = registry::update(home.root(), &name, |r| {
+    let ((was_served, policy), file) = registry::update(home.root(), &name, |r| {
+        let was_served = r.bash.is_some();
+        let b = r.bash.get_or_insert_with(registry::BashPolicy::default);
         if args.reset {
-            r.bash = registry::BashPolicy::default();
+            *b = registry::BashPolicy::default();
         }
         if let Some(c) = &cwd {
-            r.bash.cwd = Some(c.clone());
+            b.cwd = Some(c.clone());
         }
         if let Some(t) = args.timeout_ms {
-            r.bash.timeout_ms = t;
+            b.timeout_ms = t;
         }
         if let Some(c) = args.output_cap {
-            r.bash.output_cap = c;
+            b.output_cap = c;
         }
         if !args.env.is_empty() {
-            r.bash.env = args.env.clone();
+            b.env = args.env.clone();
         }
-        Ok(r.bash.clone())
+        Ok((was_served, b.clone()))
     })?;
     warn_unknown(home, &name);
     println!(
-        "{name}: Bash {}; in {}",
+        "{name}: Bash commands {}: {}; in {}",
+        if was_served { "served" } else { "now served" },
         bash_text(home, &name, &policy),
         file.display()
     );
     Ok(())
 }
 
+/// `tool set <partition> --off`.
+fn set_off(home: &Home, name: &PartitionName) -> Result<()> {
+    // Nothing is made for a partition with no registrations: it serves no
+    // commands already.
+    if registry::load(home.root(), name)?.is_none() {
+        println!(
+            "{name}: Bash commands are not served (nothing is registered for it); nothing written"
+        );
+        return Ok(());
+    }
+    let (was_served, file) = registry::update(home.root(), name, |r| Ok(r.bash.take().is_some()))?;
+    let file = file.display();
+    println!(
+        "{name}: Bash commands {} (`rvm-loader tool set {name}` serves them again); in {file}",
+        if was_served {
+            "no longer served"
+        } else {
+            "were not served"
+        }
+    );
+    Ok(())
+}
+
 fn bash_text(home: &Home, name: &PartitionName, b: &registry::BashPolicy) -> String {
-    let work = registry::work_dir(home.root(), name);
+    let work = registry::bash_dir(home.root(), name);
     let mut text = format!(
         "runs in {}{}, timeout {}, output cap {} bytes, PATH={}",
         b.cwd_or(&work).display(),
@@ -406,19 +474,20 @@ fn list_json(
     reg: &Registrations,
     has_file: bool,
 ) -> serde_json::Value {
-    let work = registry::work_dir(home.root(), name);
+    let work = registry::bash_dir(home.root(), name);
     serde_json::json!({
         "partition": name.as_str(),
         "file": registry::file(home.root(), name).display().to_string(),
         "registered": has_file,
-        "bash": {
-            "cwd": reg.bash.cwd_or(&work).display().to_string(),
-            "cwd_default": reg.bash.cwd.is_none(),
-            "timeout_ms": reg.bash.timeout_ms,
-            "output_cap": reg.bash.output_cap,
-            "path": reg.bash.path(),
-            "env": reg.bash.env,
-        },
+        "bash_served": reg.bash.is_some(),
+        "bash": reg.bash.as_ref().map(|b| serde_json::json!({
+            "cwd": b.cwd_or(&work).display().to_string(),
+            "cwd_default": b.cwd.is_none(),
+            "timeout_ms": b.timeout_ms,
+            "output_cap": b.output_cap,
+            "path": b.path(),
+            "env": b.env,
+        })),
         "mcp_servers": reg.mcp_servers.iter().map(|(s, m)| (s.clone(), serde_json::json!({
             "tools": format!("mcp__{s}__*"),
             "argv": m.argv,
@@ -431,9 +500,17 @@ fn list_text(home: &Home, name: &PartitionName, reg: &Registrations, has_file: b
     let mut out = if has_file {
         format!("{name} ({})\n", registry::file(home.root(), name).display())
     } else {
-        format!("{name} (nothing registered: the defaults)\n")
+        format!("{name} (nothing registered: no tools served)\n")
     };
-    out.push_str(&format!("  Bash {}\n", bash_text(home, name, &reg.bash)));
+    match &reg.bash {
+        Some(b) => out.push_str(&format!(
+            "  Bash commands served: {}\n",
+            bash_text(home, name, b)
+        )),
+        None => out.push_str(&format!(
+            "  Bash commands not served (rvm-loader tool set {name} serves them)\n"
+        )),
+    }
     if reg.mcp_servers.is_empty() {
         out.push_str("  no MCP servers\n");
     }
@@ -535,6 +612,7 @@ pub fn run(home: &Home, cmd: ToolCmd) -> Result<()> {
         } => add(home, &partition, &server, timeout, &argv),
         ToolCmd::Set {
             partition,
+            off,
             cwd,
             timeout,
             output_cap,
@@ -549,6 +627,7 @@ pub fn run(home: &Home, cmd: ToolCmd) -> Result<()> {
                 output_cap,
                 env,
                 reset,
+                off,
             },
         ),
         ToolCmd::List { partition, json } => list(home, partition.as_deref(), json),

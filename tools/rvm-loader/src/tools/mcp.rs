@@ -12,14 +12,17 @@
 //! `ping` gets its empty result). Everything is bounded: each wait by the
 //! call's deadline, each line the server sends by [`MAX_LINE`] bytes, the
 //! lines queued on either side by a few. After any [`McpError`] the
-//! process is dropped, which kills its process group.
+//! process is dropped, which kills its process group (see
+//! [`crate::tools::command`] for what a group kill does not reach, and
+//! why the group is signalled only while the server is unreaped).
 
+use crate::tools::command::{Group, Leader};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,7 +98,7 @@ enum Incoming {
 
 /// A started server.
 pub struct McpProcess {
-    child: Child,
+    leader: Leader,
     to_server: SyncSender<Vec<u8>>,
     from_server: Receiver<Incoming>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
@@ -190,23 +193,20 @@ impl McpProcess {
             let _ = std::fs::remove_file(p);
             rvm_witness_host::files::create_new(p, 0o600).ok()
         });
-        let mut child = Command::new(program)
-            .args(args)
-            .current_dir(&launch.cwd)
-            .env_clear()
-            .env("PATH", &launch.path)
-            .env("HOME", &launch.home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| McpError::Start(format!("{program}: {e}")))?;
-        let (Some(input), Some(output), Some(err)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
+        let mut leader = Leader::spawn(
+            Command::new(program)
+                .args(args)
+                .current_dir(&launch.cwd)
+                .env_clear()
+                .env("PATH", &launch.path)
+                .env("HOME", &launch.home)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .map_err(|e| McpError::Start(format!("{program}: {e}")))?;
+        let (Some(input), Some(output), Some(err)) = leader.pipes() else {
+            // Dropped: its group killed, it reaped.
             return Err(McpError::Start(format!("{program}: no pipes")));
         };
         let (to_server, rx) = mpsc::sync_channel(QUEUE);
@@ -217,7 +217,7 @@ impl McpProcess {
         let tail = Arc::clone(&stderr_tail);
         let stderr_kept = std::thread::spawn(move || keep_stderr(err, log, tail));
         let mut me = Self {
-            child,
+            leader,
             to_server,
             from_server,
             stderr_tail,
@@ -251,12 +251,17 @@ impl McpProcess {
 
     /// The server's process id (its process group's id too).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.leader.id()
     }
 
-    /// Whether the server still runs.
+    /// Its process group, for another thread to kill.
+    pub fn group(&self) -> Group {
+        self.leader.group()
+    }
+
+    /// Whether the server still runs (learnt without reaping it).
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        !self.leader.exited()
     }
 
     /// `tools/call` of `tool` with `arguments`, answered by `deadline`.
@@ -347,11 +352,14 @@ impl McpProcess {
     fn exited(&mut self) -> McpError {
         let until = Instant::now() + EXIT_WAIT;
         let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
-                _ => break None,
+            if self.leader.exited() {
+                // Reaped (what it left in its group killed first).
+                break self.leader.finish();
             }
+            if Instant::now() >= until {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         };
         let how = match status {
             Some(s) => match (s.code(), s.signal()) {
@@ -394,16 +402,14 @@ impl McpProcess {
 
 impl Drop for McpProcess {
     fn drop(&mut self) {
-        // Its group (what it started), then the server itself.
-        crate::tools::command::kill_group(self.child.id());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Its group (what it started), then the server itself, reaped.
+        self.leader.finish();
     }
 }
 
 impl std::fmt::Debug for McpProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "McpProcess({}, pid {})", self.what, self.child.id())
+        write!(f, "McpProcess({}, pid {})", self.what, self.leader.id())
     }
 }
 

@@ -2,22 +2,42 @@
 //! `RVM_HOME`:
 //!
 //! ```text
-//! tools/<partition>.json   the partition's MCP servers and its Bash policy
-//! tools/<partition>.d/     where its commands and servers run (0700, made
-//!                          on first use): <server>.stderr holds a server's
-//!                          error output (its last start, at most 1 MiB),
-//!                          <server>.home/ is the HOME it runs with
-//! tools/.lock              held while a registration file is rewritten
+//! tools/<partition>.json       the partition's MCP servers and its Bash policy
+//! tools/<partition>.d/         its folders (each 0700, made on first use;
+//!                              a symbolic link at any of them is refused):
+//!   work/                      where its commands run unless the policy
+//!                              names a folder
+//!   mcp/<server>/              where server <server> runs;
+//!   mcp/<server>/home/         the HOME it runs with;
+//!   mcp/<server>/stderr.log    its error output (its last start, at most
+//!                              1 MiB)
+//! tools/.lock                  held while a registration file is rewritten
 //! ```
 //!
-//! `{"schema":1,"partition":"<name>","mcp_servers":{"<server>":{"argv":[..],
-//! "timeout_ms":n}},"bash":{"cwd":null|"<dir>","timeout_ms":n,"output_cap":n,
-//! "env":[["NAME","value"],..]}}`. A server's name is what follows `mcp__`
-//! in the tools its claims name (`mcp__<server>__<tool>`, split at the
-//! first `__`), so it is letters, digits, `-` and `_`, with no `__` and no
-//! `_` at either end. A file is validated whole whenever it is read or
-//! written, and written through a synced temporary file renamed over the
-//! old one (the folder synced too): it is all there or not at all.
+//! Commands and servers never share a folder: what a command writes in its
+//! folder (a `package.json`, a `node_modules/`, a Python module, an
+//! `.npmrc`) is not where a server starts or what its HOME holds, and a
+//! command line cannot name `..` to climb there (an absolute path reaches
+//! them only when a claim allows a command that takes one, and a `--cwd`
+//! inside `tools/` is refused by `tool set`).
+//!
+//! `{"schema":2,"partition":"<name>","mcp_servers":{"<server>":{"argv":[..],
+//! "timeout_ms":n}},"bash":null|{"cwd":null|"<dir>","timeout_ms":n,
+//! "output_cap":n,"env":[["NAME","value"],..]}}`. `bash` is `null` unless
+//! the operator set a policy with `rvm-loader tool set <partition>`: a
+//! partition's `Bash` calls are served only then (a file made by
+//! `tool add` alone serves none). A schema 1 file (written before this was
+//! so) always held a `bash` section, whichever command wrote it, so its
+//! section says nothing of the operator's intent: it is read as `null`
+//! (commands not served) and dropped at the next write, until
+//! `tool set <partition>` sets a policy again.
+//!
+//! A server's name is what follows `mcp__` in the tools its claims name
+//! (`mcp__<server>__<tool>`, split at the first `__`), so it is letters,
+//! digits, `-` and `_`, with no `__` and no `_` at either end. A file is
+//! validated whole whenever it is read or written, and written through a
+//! synced temporary file renamed over the old one (the folder synced too):
+//! it is all there or not at all.
 
 use crate::diag::{quote, Diagnostic, Location};
 use crate::error::{Error, Result};
@@ -33,8 +53,11 @@ use std::time::{Duration, Instant};
 
 /// Folder of the registrations under `RVM_HOME`.
 pub const TOOLS_DIR: &str = "tools";
-/// Layout version of `<partition>.json`.
-pub const SCHEMA: u32 = 1;
+/// Layout version of `<partition>.json` written.
+pub const SCHEMA: u32 = 2;
+/// The layout before `bash` could be `null`: still read (see the module
+/// doc).
+pub const SCHEMA_V1: u32 = 1;
 /// How long a command or an MCP call may run unless the operator says.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// The longest timeout: the hypervisor gives up on an answer after
@@ -73,8 +96,8 @@ pub struct McpServer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BashPolicy {
-    /// Where they run (absolute); `None`: the partition's folder,
-    /// `tools/<partition>.d/`.
+    /// Where they run (absolute); `None`: the partition's commands'
+    /// folder, `tools/<partition>.d/work/`.
     pub cwd: Option<String>,
     pub timeout_ms: u64,
     /// Most bytes of output kept (standard output and error together).
@@ -133,7 +156,9 @@ impl BashPolicy {
 pub struct Registrations {
     /// By server name.
     pub mcp_servers: BTreeMap<String, McpServer>,
-    pub bash: BashPolicy,
+    /// How its `Bash` commands run; `None` (the default): they are not
+    /// served. Only `tool set` makes it `Some`.
+    pub bash: Option<BashPolicy>,
 }
 
 /// `<partition>.json`, in its field order.
@@ -144,8 +169,9 @@ struct FileForm {
     partition: String,
     #[serde(default)]
     mcp_servers: BTreeMap<String, McpServer>,
+    /// Written as `null` when commands are not served.
     #[serde(default)]
-    bash: BashPolicy,
+    bash: Option<BashPolicy>,
 }
 
 /// Why `name` is not an MCP server name, if it is not.
@@ -267,7 +293,9 @@ pub fn problems(shown: &str, reg: &Registrations) -> Vec<Diagnostic> {
             field(format!("{at}.timeout_ms"), why);
         }
     }
-    let b = &reg.bash;
+    let Some(b) = &reg.bash else {
+        return out;
+    };
     if let Some(cwd) = &b.cwd {
         if !Path::new(cwd).is_absolute() || cwd.contains('\0') {
             field(
@@ -314,10 +342,42 @@ pub fn file(root: &Path, name: &PartitionName) -> PathBuf {
     dir(root).join(format!("{name}.json"))
 }
 
-/// `RVM_HOME/tools/<partition>.d/`: where the partition's commands run by
-/// default and its servers run.
-pub fn work_dir(root: &Path, name: &PartitionName) -> PathBuf {
+/// `RVM_HOME/tools/<partition>.d/`: the partition's folders.
+pub fn partition_dir(root: &Path, name: &PartitionName) -> PathBuf {
     dir(root).join(format!("{name}.d"))
+}
+
+/// `RVM_HOME/tools/<partition>.d/work/`: where the partition's commands
+/// run unless its policy names a folder.
+pub fn bash_dir(root: &Path, name: &PartitionName) -> PathBuf {
+    partition_dir(root, name).join("work")
+}
+
+/// `RVM_HOME/tools/<partition>.d/mcp/`: its servers' folders.
+pub fn mcp_root(root: &Path, name: &PartitionName) -> PathBuf {
+    partition_dir(root, name).join("mcp")
+}
+
+/// Where server `server` of a partition runs, its HOME, and its error
+/// output's file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McpDirs {
+    /// `tools/<partition>.d/mcp/<server>/`: its working directory.
+    pub cwd: PathBuf,
+    /// `…/mcp/<server>/home/`.
+    pub home: PathBuf,
+    /// `…/mcp/<server>/stderr.log`.
+    pub stderr_log: PathBuf,
+}
+
+/// Server `server`'s folders (`server` a checked server name).
+pub fn mcp_dirs(root: &Path, name: &PartitionName, server: &str) -> McpDirs {
+    let cwd = mcp_root(root, name).join(server);
+    McpDirs {
+        home: cwd.join("home"),
+        stderr_log: cwd.join("stderr.log"),
+        cwd,
+    }
 }
 
 fn io(what: &Path, e: std::io::Error) -> Error {
@@ -378,17 +438,32 @@ fn make_tools_dir(root: &Path) -> Result<PathBuf> {
 
 /// Make (if missing) and return the partition's folder,
 /// `tools/<partition>.d/`.
-pub fn ensure_work_dir(root: &Path, name: &PartitionName) -> Result<PathBuf> {
+fn ensure_partition_dir(root: &Path, name: &PartitionName) -> Result<PathBuf> {
     make_tools_dir(root)?;
-    let d = work_dir(root, name);
+    let d = partition_dir(root, name);
     make_own_dir(&d)?;
     Ok(d)
 }
 
-/// Make (if missing) and return `sub` inside the partition's folder.
-pub fn ensure_sub_dir(root: &Path, name: &PartitionName, sub: &str) -> Result<PathBuf> {
-    let d = ensure_work_dir(root, name)?.join(sub);
+/// Make (if missing) and return the partition's commands' folder,
+/// `tools/<partition>.d/work/`.
+pub fn ensure_bash_dir(root: &Path, name: &PartitionName) -> Result<PathBuf> {
+    ensure_partition_dir(root, name)?;
+    let d = bash_dir(root, name);
     make_own_dir(&d)?;
+    Ok(d)
+}
+
+/// Make (if missing) server `server`'s folder and HOME, each level checked
+/// (a symbolic link refused), and return them.
+pub fn ensure_mcp_dirs(root: &Path, name: &PartitionName, server: &str) -> Result<McpDirs> {
+    check_server_name(server)
+        .map_err(|why| Error::refused(server, format!("is not an MCP server name: it {why}")))?;
+    ensure_partition_dir(root, name)?;
+    make_own_dir(&mcp_root(root, name))?;
+    let d = mcp_dirs(root, name, server);
+    make_own_dir(&d.cwd)?;
+    make_own_dir(&d.home)?;
     Ok(d)
 }
 
@@ -401,11 +476,14 @@ fn parse(shown: &str, name: &PartitionName, bytes: &[u8]) -> Result<Registration
             e.to_string(),
         ))
     })?;
-    if form.schema != SCHEMA {
+    if form.schema != SCHEMA && form.schema != SCHEMA_V1 {
         return Err(Diagnostic::field(
             shown,
             "schema",
-            format!("{} (this loader reads {SCHEMA})", form.schema),
+            format!(
+                "{} (this loader reads {SCHEMA_V1} and {SCHEMA})",
+                form.schema
+            ),
         )
         .into());
     }
@@ -422,7 +500,13 @@ fn parse(shown: &str, name: &PartitionName, bytes: &[u8]) -> Result<Registration
     }
     let reg = Registrations {
         mcp_servers: form.mcp_servers,
-        bash: form.bash,
+        // Schema 1: a `bash` section was written by `tool add` too, so it
+        // does not mean the operator chose to serve commands.
+        bash: if form.schema == SCHEMA_V1 {
+            None
+        } else {
+            form.bash
+        },
     };
     let p = problems(shown, &reg);
     if !p.is_empty() {
@@ -459,7 +543,8 @@ pub fn load(root: &Path, name: &PartitionName) -> Result<Option<Registrations>> 
     parse(&shown, name, &bytes).map(Some)
 }
 
-/// Partition `name`'s registrations, the defaults when it has no file.
+/// Partition `name`'s registrations, the defaults (no servers, commands
+/// not served) when it has no file.
 pub fn load_or_default(root: &Path, name: &PartitionName) -> Result<Registrations> {
     Ok(load(root, name)?.unwrap_or_default())
 }
@@ -607,6 +692,11 @@ mod tests {
         }
     }
 
+    /// `r`'s Bash policy, set to the defaults when it has none.
+    fn policy(r: &mut Registrations) -> &mut BashPolicy {
+        r.bash.get_or_insert_with(BashPolicy::default)
+    }
+
     #[test]
     fn server_names_are_what_a_tool_name_splits_back_into() {
         for ok in [
@@ -656,8 +746,10 @@ mod tests {
         let mut reg = Registrations::default();
         reg.mcp_servers
             .insert("demo".into(), server(&["rvm-mcp-demo", "--flag"]));
-        reg.bash.env.push(("LANG".into(), "C".into()));
-        reg.bash.cwd = Some("/tmp".into());
+        let mut bash = BashPolicy::default();
+        bash.env.push(("LANG".into(), "C".into()));
+        bash.cwd = Some("/tmp".into());
+        reg.bash = Some(bash.clone());
         let path = save(&root.0, &tenant(), &reg).unwrap();
         assert_eq!(path, root.0.join("tools/tenant.json"));
         assert_eq!(load(&root.0, &tenant()).unwrap(), Some(reg.clone()));
@@ -670,7 +762,7 @@ mod tests {
             0o700
         );
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        assert_eq!(v["schema"], 1);
+        assert_eq!(v["schema"], 2);
         assert_eq!(v["partition"], "tenant");
         assert_eq!(
             v["mcp_servers"]["demo"]["argv"],
@@ -679,14 +771,14 @@ mod tests {
         assert_eq!(v["bash"]["env"], serde_json::json!([["LANG", "C"]]));
         assert_eq!(partitions(&root.0).unwrap(), [tenant()]);
         // The policy a command gets: PATH by default, the rest as listed.
-        let p = reg.bash.command_policy(Path::new("/w"));
+        let p = bash.command_policy(Path::new("/w"));
         assert_eq!(
             (p.cwd, p.path, p.env.len()),
             (PathBuf::from("/tmp"), OsString::from(DEFAULT_PATH), 1)
         );
-        reg.bash.cwd = None;
-        reg.bash.env.push(("PATH".into(), "/opt/bin".into()));
-        let p = reg.bash.command_policy(Path::new("/w"));
+        bash.cwd = None;
+        bash.env.push(("PATH".into(), "/opt/bin".into()));
+        let p = bash.command_policy(Path::new("/w"));
         assert_eq!(
             (p.cwd, p.path, p.env.len()),
             (PathBuf::from("/w"), OsString::from("/opt/bin"), 1)
@@ -738,7 +830,7 @@ mod tests {
             (
                 {
                     let mut r = good.clone();
-                    r.bash.timeout_ms = MAX_TIMEOUT_MS + 1;
+                    policy(&mut r).timeout_ms = MAX_TIMEOUT_MS + 1;
                     r
                 },
                 "bash.timeout_ms: 570001 ms",
@@ -746,7 +838,7 @@ mod tests {
             (
                 {
                     let mut r = good.clone();
-                    r.bash.output_cap = 0;
+                    policy(&mut r).output_cap = 0;
                     r
                 },
                 "bash.output_cap: 0: an output cap is 1 to",
@@ -754,7 +846,7 @@ mod tests {
             (
                 {
                     let mut r = good.clone();
-                    r.bash.cwd = Some("relative/dir".into());
+                    policy(&mut r).cwd = Some("relative/dir".into());
                     r
                 },
                 "bash.cwd: \"relative/dir\" is not an absolute path",
@@ -762,7 +854,7 @@ mod tests {
             (
                 {
                     let mut r = good.clone();
-                    r.bash.env = vec![("A".into(), "1".into()), ("A".into(), "2".into())];
+                    policy(&mut r).env = vec![("A".into(), "1".into()), ("A".into(), "2".into())];
                     r
                 },
                 "bash.env[1][0]: A is set twice",
@@ -770,7 +862,7 @@ mod tests {
             (
                 {
                     let mut r = good.clone();
-                    r.bash.env = vec![("1A".into(), "1".into())];
+                    policy(&mut r).env = vec![("1A".into(), "1".into())];
                     r
                 },
                 "bash.env[0][0]: \"1A\" is not a variable name",
@@ -859,17 +951,118 @@ mod tests {
     }
 
     #[test]
-    fn the_partition_folder_is_made_on_demand() {
+    fn the_partition_folders_are_made_on_demand() {
         let root = TmpRoot::new("work");
-        let d = ensure_work_dir(&root.0, &tenant()).unwrap();
-        assert_eq!(d, root.0.join("tools/tenant.d"));
+        let d = ensure_bash_dir(&root.0, &tenant()).unwrap();
+        assert_eq!(d, root.0.join("tools/tenant.d/work"));
         assert!(d.is_dir());
         assert_eq!(
-            ensure_work_dir(&root.0, &tenant()).unwrap(),
+            ensure_bash_dir(&root.0, &tenant()).unwrap(),
             d,
             "again: the same"
         );
         // No registration file for it: not listed.
         assert!(partitions(&root.0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn commands_and_servers_never_share_a_folder() {
+        let root = TmpRoot::new("apart");
+        let work = ensure_bash_dir(&root.0, &tenant()).unwrap();
+        let m = ensure_mcp_dirs(&root.0, &tenant(), "demo").unwrap();
+        let d = root.0.join("tools/tenant.d");
+        assert_eq!(
+            m,
+            McpDirs {
+                cwd: d.join("mcp/demo"),
+                home: d.join("mcp/demo/home"),
+                stderr_log: d.join("mcp/demo/stderr.log"),
+            }
+        );
+        assert!(m.cwd.is_dir() && m.home.is_dir());
+        // Nothing of a server's is inside the commands' folder, nor the
+        // other way round.
+        for p in [&m.cwd, &m.home, &m.stderr_log] {
+            assert!(!p.starts_with(&work), "{}", p.display());
+            assert!(!work.starts_with(p), "{}", p.display());
+        }
+        for mode in [&d, &work, &m.cwd, &m.home] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(mode).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
+        assert!(ensure_mcp_dirs(&root.0, &tenant(), "../x").is_err());
+        // A symbolic link at any level is refused, not followed.
+        let elsewhere = root.0.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let links = [work.clone(), d.join("mcp"), m.cwd.clone(), m.home.clone()];
+        for at in links {
+            fs::rename(&at, root.0.join("moved")).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, &at).unwrap();
+            let e = ensure_bash_dir(&root.0, &tenant())
+                .and_then(|_| ensure_mcp_dirs(&root.0, &tenant(), "demo"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("symbolic link is not followed"),
+                "{}: {e}",
+                at.display()
+            );
+            fs::remove_file(&at).unwrap();
+            fs::rename(root.0.join("moved"), &at).unwrap();
+        }
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commands_are_served_only_when_a_policy_was_set() {
+        let root = TmpRoot::new("optin");
+        // A file made for a server alone: commands not served, and the file
+        // says so (`"bash": null`).
+        let (_, path) = update(&root.0, &tenant(), |r| {
+            r.mcp_servers.insert("demo".into(), server(&["x"]));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(load(&root.0, &tenant()).unwrap().unwrap().bash, None);
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["bash"], serde_json::Value::Null);
+        assert_eq!(Registrations::default().bash, None);
+        // Set: served, with that policy.
+        update(&root.0, &tenant(), |r| {
+            policy(r).timeout_ms = 1000;
+            Ok(())
+        })
+        .unwrap();
+        let reg = load(&root.0, &tenant()).unwrap().unwrap();
+        assert_eq!(reg.bash.map(|b| b.timeout_ms), Some(1000));
+        // A file without the field (hand-written): not served.
+        fs::write(&path, r#"{"schema":2,"partition":"tenant"}"#).unwrap();
+        assert_eq!(load(&root.0, &tenant()).unwrap().unwrap().bash, None);
+    }
+
+    #[test]
+    fn a_schema_1_file_is_read_with_commands_not_served() {
+        let root = TmpRoot::new("v1");
+        make_tools_dir(&root.0).unwrap();
+        let path = file(&root.0, &tenant());
+        // As the loader before schema 2 wrote it (for `tool add` alone as
+        // for `tool set`): its bash section always there.
+        fs::write(
+            &path,
+            r#"{"schema":1,"partition":"tenant","mcp_servers":{"demo":{"argv":["x"],"timeout_ms":5000}},
+               "bash":{"cwd":null,"timeout_ms":30000,"output_cap":8192,"env":[]}}"#,
+        )
+        .unwrap();
+        let reg = load(&root.0, &tenant()).unwrap().unwrap();
+        assert_eq!(reg.bash, None);
+        assert_eq!(reg.mcp_servers["demo"], server(&["x"]));
+        // Rewritten as schema 2 at the next change.
+        update(&root.0, &tenant(), |_| Ok(())).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!((v["schema"].as_u64(), v["bash"].is_null()), (Some(2), true));
+        fs::write(&path, r#"{"schema":3,"partition":"tenant"}"#).unwrap();
+        let e = load(&root.0, &tenant()).unwrap_err().to_string();
+        assert!(e.contains("schema: 3 (this loader reads 1 and 2)"), "{e}");
     }
 }

@@ -4,16 +4,23 @@
 //! The call is checked again on the host (a tool name, and a claim of the
 //! partition that allows it, with `rvm_cap::claim`, the hypervisor's own
 //! rule), then served by the partition's registrations
-//! ([`crate::tools::registry`], read at each call, so a change applies to
-//! the next one):
+//! ([`crate::tools::registry`], read once at each call, so a change
+//! applies to the next one). Nothing runs for a call whose answer could
+//! not be sent: a capacity too small for the smallest answer of its kind
+//! is refused first.
 //!
-//! * `Bash`: the command line runs as its words ([`crate::tools::command`])
-//!   under the partition's Bash policy; the response is
+//! * `Bash`: served only for a partition whose operator set a Bash policy
+//!   (`rvm-loader tool set <partition>`; else the call fails, saying so).
+//!   The command line runs as its words ([`crate::tools::command`]) under
+//!   that policy, by default in `tools/<partition>.d/work/`; the response
+//!   is
 //!   `{"exit_code":n|null,"stdout":"…","stderr":"…","truncated":b,"timed_out":b}`,
 //!   its output cut (and `truncated` set) until it fits the capacity;
 //! * `mcp__<server>__<tool>` (split at the first `__` after `mcp__`): a
-//!   `tools/call` of `<tool>` on the MCP server registered as `<server>`,
-//!   started at its first call and kept running; started again at the next
+//!   `tools/call` of `<tool>` on the MCP server registered as `<server>`
+//!   (run in `tools/<partition>.d/mcp/<server>/`, apart from the
+//!   commands' folder), started at its first call and kept running;
+//!   started again at the next
 //!   call after it exited, crashed, broke the protocol or timed out (a
 //!   timeout kills its process group), or after its registration changed.
 //!   The response is its `result`; a JSON-RPC error is answered as an MCP
@@ -27,7 +34,7 @@ use crate::diag::quote;
 use crate::model::PartitionName;
 use crate::tools::command::{self, CommandOutcome, Ended};
 use crate::tools::mcp::{Launch, McpError, McpProcess, Response};
-use crate::tools::registry;
+use crate::tools::registry::{self, Registrations};
 use rvm_abi::tool::{AnswerStatus, MAX_REQUEST, MAX_RESPONSE};
 use rvm_cap::claim::{self, Denial, COMMAND_TOOL};
 use serde_json::Value;
@@ -86,9 +93,10 @@ struct SlotState {
     busy: bool,
     /// The process between calls, and what it was started as.
     idle: Option<(McpProcess, Launch)>,
-    /// The process's id while it lives (during a call too), for
-    /// [`ToolServer::shutdown`].
-    pid: Option<u32>,
+    /// The process's group while it lives (during a call too), for
+    /// [`ToolServer::shutdown`] (signalled only while the process is
+    /// unreaped).
+    group: Option<command::Group>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,15 +115,14 @@ struct Held<'a> {
 impl Held<'_> {
     /// Keep `p` as the slot's process.
     fn set(&mut self, p: McpProcess, launch: Launch) {
-        lock(&self.slot.state).pid = Some(p.pid());
+        lock(&self.slot.state).group = Some(p.group());
         self.process = Some((p, launch));
     }
 
-    /// Stop the slot's process (its id forgotten first, under the lock, so
-    /// that a shutdown never signals an id that was reused).
+    /// Stop the slot's process (its group forgotten first, under the lock).
     fn discard(&mut self) {
         let mut st = lock(&self.slot.state);
-        st.pid = None;
+        st.group = None;
         drop(self.process.take());
     }
 }
@@ -126,7 +133,7 @@ impl Drop for Held<'_> {
             self.discard();
         }
         let mut st = lock(&self.slot.state);
-        st.pid = self.process.as_ref().map(|(p, _)| p.pid());
+        st.group = self.process.as_ref().map(|(p, _)| p.group());
         st.idle = self.process.take();
         st.busy = false;
         drop(st);
@@ -195,21 +202,49 @@ impl ToolServer {
                 "{partition}: {tool} refused by the host's claim check: {why}"
             ));
         }
-        if tool == COMMAND_TOOL {
-            return self.bash(&partition, request, limit);
+        enum Kind<'t> {
+            Bash,
+            Mcp { server: &'t str, tool: &'t str },
         }
-        let Some(rest) = tool.strip_prefix(MCP_PREFIX) else {
-            return Answer::failed(format!(
-                "{partition}: no tool {tool} is served by this host (it serves Bash and mcp__<server>__<tool>)"
-            ));
-        };
-        match rest.split_once("__") {
-            Some((server, t)) if registry::check_server_name(server).is_ok() && !t.is_empty() => {
-                self.mcp(&partition, tool, server, t, request, limit)
+        let kind = if tool == COMMAND_TOOL {
+            Kind::Bash
+        } else {
+            let Some(rest) = tool.strip_prefix(MCP_PREFIX) else {
+                return Answer::failed(format!(
+                    "{partition}: no tool {tool} is served by this host (it serves Bash and mcp__<server>__<tool>)"
+                ));
+            };
+            match rest.split_once("__") {
+                Some((server, t))
+                    if registry::check_server_name(server).is_ok() && !t.is_empty() =>
+                {
+                    Kind::Mcp { server, tool: t }
+                }
+                _ => return Answer::failed(format!(
+                    "{partition}: {tool} is not mcp__<server>__<tool> with a server name (letters, digits, - and _, no __) and a tool"
+                )),
             }
-            _ => Answer::failed(format!(
-                "{partition}: {tool} is not mcp__<server>__<tool> with a server name (letters, digits, - and _, no __) and a tool"
-            )),
+        };
+        // The registrations, read once for this call (they may change
+        // between calls, never within one).
+        let reg = match registry::load(&self.root, &partition) {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer::failed(format!("{partition}: {tool}: its registrations: {e}"))
+            }
+        };
+        match kind {
+            Kind::Bash => self.bash(&partition, reg.as_ref(), request, capacity, limit),
+            Kind::Mcp { server, tool: t } => self.mcp(
+                &partition,
+                reg.as_ref(),
+                tool,
+                server,
+                t,
+                request,
+                capacity,
+                limit,
+            ),
         }
     }
 
@@ -224,12 +259,12 @@ impl ToolServer {
             match st.idle.take() {
                 Some(p) => drop(p),
                 None => {
-                    if let Some(pid) = st.pid {
-                        command::kill_group(pid);
+                    if let Some(group) = &st.group {
+                        group.kill();
                     }
                 }
             }
-            st.pid = None;
+            st.group = None;
         }
     }
 
@@ -242,7 +277,7 @@ impl ToolServer {
         };
         let mut st = lock(&slot.state);
         if let Some(p) = st.idle.take() {
-            st.pid = None;
+            st.group = None;
             drop(p);
         }
     }
@@ -278,19 +313,42 @@ impl ToolServer {
         })
     }
 
-    fn bash(&self, partition: &PartitionName, request: &[u8], limit: usize) -> Answer {
+    fn bash(
+        &self,
+        partition: &PartitionName,
+        reg: Option<&Registrations>,
+        request: &[u8],
+        capacity: usize,
+        limit: usize,
+    ) -> Answer {
         let line = quote(&String::from_utf8_lossy(request));
-        let reg = match registry::load_or_default(&self.root, partition) {
-            Ok(r) => r,
-            Err(e) => {
-                return Answer::failed(format!("{partition}: Bash {line}: its registrations: {e}"))
+        // Served only when the operator chose to serve commands.
+        let Some(bash) = reg.and_then(|r| r.bash.as_ref()) else {
+            return Answer::failed(format!(
+                "{partition}: Bash {line}: not run: commands are not served for partition {partition} \
+                 ({}); `rvm-loader tool set {partition}` serves them",
+                if reg.is_some() {
+                    "its registrations set no Bash policy"
+                } else {
+                    "it has no tool registrations"
+                }
+            ));
+        };
+        // Nothing runs whose answer could not be sent.
+        let floor = bash_floor();
+        if limit < floor {
+            return Answer::failed(format!(
+                "{partition}: Bash {line}: not run: the agent's response buffer of {capacity} bytes cannot hold even an empty answer ({floor} bytes)"
+            ));
+        }
+        let policy = if bash.cwd.is_some() {
+            bash.command_policy(&registry::bash_dir(&self.root, partition))
+        } else {
+            match registry::ensure_bash_dir(&self.root, partition) {
+                Ok(d) => bash.command_policy(&d),
+                Err(e) => return Answer::failed(format!("{partition}: Bash {line}: {e}")),
             }
         };
-        let work = match registry::ensure_work_dir(&self.root, partition) {
-            Ok(d) => d,
-            Err(e) => return Answer::failed(format!("{partition}: Bash {line}: {e}")),
-        };
-        let policy = reg.bash.command_policy(&work);
         let started = Instant::now();
         let o = match command::run(request, &policy) {
             Ok(o) => o,
@@ -333,13 +391,16 @@ impl ToolServer {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mcp(
         &self,
         partition: &PartitionName,
+        reg: Option<&Registrations>,
         name: &str,
         server: &str,
         tool: &str,
         request: &[u8],
+        capacity: usize,
         limit: usize,
     ) -> Answer {
         let arguments = match serde_json::from_slice::<Value>(request) {
@@ -350,13 +411,15 @@ impl ToolServer {
                 ))
             }
         };
-        let reg = match registry::load_or_default(&self.root, partition) {
-            Ok(r) => r,
-            Err(e) => {
-                return Answer::failed(format!("{partition}: {name}: its registrations: {e}"))
-            }
-        };
-        let Some(spec) = reg.mcp_servers.get(server) else {
+        // Nothing is called whose answer (at the least an error result)
+        // could not be sent.
+        let floor = error_floor();
+        if limit < floor {
+            return Answer::failed(format!(
+                "{partition}: {name}: not called: the agent's response buffer of {capacity} bytes cannot hold even an empty error result ({floor} bytes)"
+            ));
+        }
+        let Some(spec) = reg.and_then(|r| r.mcp_servers.get(server)) else {
             self.forget(partition, server);
             return Answer::failed(format!(
                 "{partition}: {name}: no MCP server {server} is registered for partition {partition} \
@@ -365,22 +428,16 @@ impl ToolServer {
         };
         let timeout = Duration::from_millis(spec.timeout_ms);
         let deadline = Instant::now() + timeout;
-        let dirs = registry::ensure_work_dir(&self.root, partition).and_then(|w| {
-            Ok((
-                registry::ensure_sub_dir(&self.root, partition, &format!("{server}.home"))?,
-                w,
-            ))
-        });
-        let (home, work) = match dirs {
+        let dirs = match registry::ensure_mcp_dirs(&self.root, partition, server) {
             Ok(d) => d,
             Err(e) => return Answer::failed(format!("{partition}: {name}: {e}")),
         };
         let launch = Launch {
             argv: spec.argv.clone(),
-            cwd: work.clone(),
+            cwd: dirs.cwd,
             path: registry::DEFAULT_PATH.to_string(),
-            home,
-            stderr_log: Some(work.join(format!("{server}.stderr"))),
+            home: dirs.home,
+            stderr_log: Some(dirs.stderr_log),
         };
         let slot = self.slot(partition, server);
         let Some(mut held) = self.acquire(&slot, deadline) else {
@@ -561,6 +618,39 @@ fn prefix_within(s: &str, room: usize) -> &str {
     s
 }
 
+/// The size of the largest answer [`bash_response`] may have to make for
+/// an empty output: no exit code (a signal, a timeout) and `truncated`
+/// (an answer cut to fit). With at least this many bytes every command's
+/// answer fits; with fewer, some may not, so nothing is run.
+pub fn bash_floor() -> usize {
+    let empty = |exit_code, truncated, timed_out| {
+        serde_json::to_vec(&BashResponse {
+            exit_code,
+            stdout: "",
+            stderr: "",
+            truncated,
+            timed_out,
+        })
+        .map_or(usize::MAX, |v| v.len())
+    };
+    // What `bash_response` falls back to: the cut answer (`truncated`),
+    // for each way a command can end (an exit code is at most 3 digits).
+    [
+        empty(Some(255), true, false),
+        empty(None, true, false),
+        empty(None, true, true),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(usize::MAX)
+}
+
+/// The size of the smallest MCP error result (an empty text): less room
+/// than that and not even a server's failure can be answered.
+pub fn error_floor() -> usize {
+    error_result("", MAX_RESPONSE).map_or(usize::MAX, |v| v.len())
+}
+
 /// A `Bash` call's response, in its field order.
 #[derive(serde::Serialize)]
 struct BashResponse<'a> {
@@ -646,6 +736,16 @@ mod tests {
         c.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Serve partition `tenant`'s commands under `change`d defaults.
+    fn serve_bash(h: &TmpHome, change: impl FnOnce(&mut registry::BashPolicy)) {
+        let name = PartitionName::new("tenant").unwrap();
+        registry::update(h.0.root(), &name, |r| {
+            change(r.bash.get_or_insert_with(Default::default));
+            Ok(())
+        })
+        .unwrap();
+    }
+
     fn json(a: &Answer) -> Value {
         serde_json::from_slice(&a.response)
             .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&a.response)))
@@ -720,8 +820,9 @@ mod tests {
     #[test]
     fn commands_run_as_inert_words_and_answer_within_the_capacity() {
         let h = TmpHome::new("bash");
+        serve_bash(&h, |_| {});
         let tools = ToolServer::new(&h.0);
-        let c = claims(&["Bash(echo*)", "Bash(seq*)"]);
+        let c = claims(&["Bash(echo*)", "Bash(seq*)", "Bash(pwd)"]);
         // Shell syntax arrives as arguments of echo (found through PATH).
         let a = tools.call(
             "tenant",
@@ -742,8 +843,15 @@ mod tests {
             "{}",
             a.note
         );
-        // The default folder was made, and the command ran there.
-        assert!(h.0.root().join("tools/tenant.d").is_dir());
+        // The default folder was made, and the command ran there: the
+        // commands' own, not the partition's folder the servers' are in.
+        let a = tools.call("tenant", &c, b"Bash", b"pwd", 4096);
+        let work = h.0.root().join("tools/tenant.d/work");
+        assert!(work.is_dir());
+        assert_eq!(
+            json(&a)["stdout"].as_str().unwrap().trim_end(),
+            work.canonicalize().unwrap().to_str().unwrap()
+        );
         // A tiny capacity: cut to fit.
         let a = tools.call("tenant", &c, b"Bash", b"seq 1 5000", 120);
         assert_eq!(a.status, AnswerStatus::Ran, "{}", a.note);
@@ -759,11 +867,13 @@ mod tests {
             "{}",
             a.note
         );
-        // Too small for any answer.
+        // Too small for any answer: refused before it runs.
         let a = tools.call("tenant", &c, b"Bash", b"echo x", 10);
         assert_eq!(a.status, AnswerStatus::Failed);
         assert!(
-            a.note.contains("no answer fits the call's 10 bytes"),
+            a.note.contains(
+                "the agent's response buffer of 10 bytes cannot hold even an empty answer"
+            ),
             "{}",
             a.note
         );
@@ -772,12 +882,7 @@ mod tests {
     #[test]
     fn a_command_past_its_deadline_answers_timed_out_with_its_response() {
         let h = TmpHome::new("deadline");
-        let name = PartitionName::new("tenant").unwrap();
-        registry::update(h.0.root(), &name, |r| {
-            r.bash.timeout_ms = 200;
-            Ok(())
-        })
-        .unwrap();
+        serve_bash(&h, |b| b.timeout_ms = 200);
         let tools = ToolServer::new(&h.0);
         let t = Instant::now();
         let a = tools.call(
@@ -795,6 +900,143 @@ mod tests {
             (Value::Null, Value::Bool(true))
         );
         assert!(a.note.contains("timed out after 200 ms"), "{}", a.note);
+    }
+
+    #[test]
+    fn every_command_s_answer_fits_the_floor_and_not_below_it() {
+        let floor = bash_floor();
+        assert!(floor > 60 && floor < 100, "{floor}");
+        let big = CommandOutcome {
+            stdout: vec![b'x'; 500],
+            stderr: vec![b'"'; 500],
+            truncated: true,
+            ended: Ended::Code(0),
+        };
+        for ended in [
+            Ended::Code(0),
+            Ended::Code(255),
+            Ended::Signal(9),
+            Ended::TimedOut,
+        ] {
+            for o in [
+                CommandOutcome {
+                    ended,
+                    ..big.clone()
+                },
+                CommandOutcome {
+                    ended,
+                    stdout: vec![],
+                    stderr: vec![],
+                    truncated: false,
+                },
+            ] {
+                let (bytes, _) = bash_response(&o, floor).unwrap_or_else(|| panic!("{o:?}"));
+                assert!(bytes.len() <= floor);
+            }
+        }
+        // One byte less: a command killed by a signal has no answer.
+        let killed = CommandOutcome {
+            ended: Ended::Signal(9),
+            ..big
+        };
+        assert_eq!(bash_response(&killed, floor - 1), None);
+        // The smallest error result an MCP call can be answered with.
+        assert_eq!(
+            error_result("", error_floor()).map(|r| r.len()),
+            Some(error_floor())
+        );
+        assert_eq!(error_result("", error_floor() - 1), None);
+    }
+
+    #[test]
+    fn commands_are_served_only_once_the_operator_set_a_policy() {
+        let h = TmpHome::new("optin");
+        let name = PartitionName::new("tenant").unwrap();
+        let tools = ToolServer::new(&h.0);
+        let marker = h.0.root().with_extension("ran");
+        let _ = std::fs::remove_file(&marker);
+        let touch = format!("touch {}", marker.display());
+        let c = claims(&["Bash(touch*)"]);
+        let refused = |a: &Answer, why: &str| {
+            assert_eq!(a.status, AnswerStatus::Failed, "{}", a.note);
+            assert!(
+                a.note
+                    .contains("not run: commands are not served for partition tenant")
+                    && a.note.contains(why)
+                    && a.note.contains("`rvm-loader tool set tenant` serves them"),
+                "{}",
+                a.note
+            );
+            assert!(a.response.is_empty());
+            assert!(!marker.exists(), "the command ran");
+        };
+        // Nothing registered.
+        refused(
+            &tools.call("tenant", &c, b"Bash", touch.as_bytes(), 4096),
+            "it has no tool registrations",
+        );
+        assert!(!h.0.root().join("tools").exists(), "nothing made");
+        // A file made by registering a server alone.
+        registry::update(h.0.root(), &name, |r| {
+            r.mcp_servers.insert(
+                "demo".into(),
+                registry::McpServer {
+                    argv: vec!["x".into()],
+                    timeout_ms: 1000,
+                },
+            );
+            Ok(())
+        })
+        .unwrap();
+        refused(
+            &tools.call("tenant", &c, b"Bash", touch.as_bytes(), 4096),
+            "its registrations set no Bash policy",
+        );
+        // The operator's `tool set`: served.
+        serve_bash(&h, |_| {});
+        let a = tools.call("tenant", &c, b"Bash", touch.as_bytes(), 4096);
+        assert_eq!(a.status, AnswerStatus::Ran, "{}", a.note);
+        assert!(marker.exists());
+        std::fs::remove_file(&marker).unwrap();
+        // `tool set --off`: no longer.
+        registry::update(h.0.root(), &name, |r| {
+            r.bash = None;
+            Ok(())
+        })
+        .unwrap();
+        refused(
+            &tools.call("tenant", &c, b"Bash", touch.as_bytes(), 4096),
+            "its registrations set no Bash policy",
+        );
+    }
+
+    #[test]
+    fn a_command_whose_answer_could_not_be_sent_is_not_run() {
+        let h = TmpHome::new("tiny");
+        serve_bash(&h, |_| {});
+        let tools = ToolServer::new(&h.0);
+        let marker = h.0.root().with_extension("ran");
+        let _ = std::fs::remove_file(&marker);
+        let touch = format!("touch {}", marker.display());
+        let c = claims(&["Bash(touch*)"]);
+        let floor = bash_floor();
+        for capacity in [0, 1, 40, floor - 1] {
+            let a = tools.call("tenant", &c, b"Bash", touch.as_bytes(), capacity);
+            assert_eq!(a.status, AnswerStatus::Failed, "{}", a.note);
+            assert!(
+                a.note.contains(&format!(
+                    "not run: the agent's response buffer of {capacity} bytes cannot hold even an empty answer ({floor} bytes)"
+                )),
+                "{}",
+                a.note
+            );
+            assert!(!marker.exists(), "{capacity}: the command ran");
+        }
+        // At the floor: it runs and its answer fits.
+        let a = tools.call("tenant", &c, b"Bash", touch.as_bytes(), floor);
+        assert_eq!(a.status, AnswerStatus::Ran, "{}", a.note);
+        assert!(a.response.len() <= floor && marker.exists());
+        std::fs::remove_file(&marker).unwrap();
     }
 
     #[test]
@@ -819,7 +1061,8 @@ mod tests {
             a.note
         );
         // A line the hypervisor would not pass on, whatever the claim.
-        let a = tools.call("tenant", &claims(&["*"]), b"Bash", b"echo a\nid", 4096);
+        let any = claims(&["*", "Bash"]);
+        let a = tools.call("tenant", &any, b"Bash", b"echo a\nid", 4096);
         assert_eq!(a.status, AnswerStatus::Failed);
         assert!(
             a.note.contains("control character") && !a.note.contains('\n'),
