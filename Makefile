@@ -21,7 +21,7 @@ OBJCOPY    = $(firstword $(wildcard $(SYSROOT)/lib/rustlib/*/bin/llvm-objcopy))
 PROBES    := probe-read-unmapped probe-write-hyp probe-write-device probe-spin-masked probe-bench probe-cap-attacks probe-approvals probe-cap-peer probe-hvc-fuzz probe-fence-resume probe-semihosting probe-shared-regs probe-stall probe-wait
 AGENTS    := reference spin bad-import over-budget packet faulty chatter counter toolbox
 # Ordinary WASI programs (Rust std, wasm32-wasip1), run unmodified.
-WASI_AGENTS := wasi-hello
+WASI_AGENTS := wasi-hello researcher
 WASI      := $(TARGET)/wasm32-wasip1/release
 
 .PHONY: help setup images run test test-host test-qemu lint bench bench-qemu soak clean

@@ -1,5 +1,6 @@
 #!/bin/sh
-# `make run`: deploy the two reference tenants in this folder with rvm-loader
+# `make run`: deploy the two reference tenants in this folder and the
+# researcher tenant (../researcher, whose agent calls tools) with rvm-loader
 # into a fresh RVM_HOME, boot them together in one hypervisor under QEMU
 # (console and witness records shown as they happen), then verify every
 # witness log the run filed.
@@ -39,8 +40,14 @@ echo "RVM_HOME=$RVM_HOME (fresh)  RVM_IMAGE_DIR=$images"
 step guest add @rvm/reference-agent@0.1.0 "$images/agents/reference.wasm"
 step deploy "$here/agent-a" --no-boot
 step deploy "$here/agent-b" --no-boot
+# The researcher: an ordinary WASI program whose claims let it ask the demo
+# MCP server (built beside the loader) and run `uname`.
+step guest add @rvm/researcher@0.1.0 "$images/agents/researcher.wasm"
+step deploy "$here/../researcher" --no-boot
+step tool add researcher mcp demo --timeout 10 -- "$(dirname "$loader")/rvm-mcp-demo"
+step tool set researcher --timeout 10
 t0=$(ms)
-step up agent-a agent-b --link agent-a:agent-b --show-witness --timeout 60
+step up agent-a agent-b researcher --link agent-a:agent-b --show-witness --timeout 60
 t1=$(ms)
 step witness verify
 t2=$(ms)

@@ -1336,3 +1336,35 @@ fn an_ordinary_rust_wasi_program_runs_unmodified_and_replays() {
         "{refused:#?}"
     );
 }
+
+// ---------------------------------------------------------------------
+// issue 15, item 5: the example tenant whose agent does real work
+// ---------------------------------------------------------------------
+
+#[test]
+fn the_researcher_example_runs_its_install_script_and_keeps_what_its_tools_told_it() {
+    let env = Real::new();
+    let wasm = env.images.join("agents/researcher.wasm");
+    env.ok(&["guest", "add", "@rvm/researcher@0.1.0", wasm.to_str().unwrap()]);
+    // The runbook finds the demo server beside rvm-loader.
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rvm-mcp-demo"), env.bin.join("rvm-mcp-demo")).unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/researcher");
+    let _q = qemu_lock();
+    let c = env.command(Path::new("bash"), &dir, &[dir.join("install-rvm.sh").to_str().unwrap()]);
+    let o = bounded(c, "install-rvm.sh");
+    assert_eq!(o.code, 0, "{o:#?}");
+    for line in [
+        "[researcher] researcher: the demo server says 19 + 23 = 42",
+        "[researcher] researcher: the demo server echoed \"tools answer under claims\"",
+        "[researcher] researcher: the host runs Linux",
+        "[researcher] researcher: curl refused: NoRights",
+        "[researcher] researcher: done, 3 findings kept",
+    ] {
+        assert!(o.stdout.lines().any(|l| l == line), "no line {line:?}: {o:#?}");
+    }
+    assert!(o.stdout.contains("'researcher' exited: code 0x0"), "{o:#?}");
+    let log = show(&env, "researcher");
+    // 3 allowed calls (each a call and an answer) and the refused one.
+    assert_eq!(log.matches("ToolCall").count(), 7, "{log}");
+    assert_filed_and_verified(&env, "researcher");
+}

@@ -589,6 +589,17 @@ pub fn lint(file: &str, text: &str) -> ScriptLint {
             seen[2] = true;
             out.boot_partition = Some(argv[BOOT_NAME_AT].to_string());
             true
+        } else if argv.len() >= 4 && argv[0] == "rvm-loader" && argv[1] == "tool" && matches!(argv[2], "add" | "set") {
+            // How the tenant's tools are served (`rvm-loader tool`): it
+            // registers, and runs nothing.
+            if stage != 2 {
+                findings.push(Diagnostic::line(
+                    file,
+                    line,
+                    "`tool` belongs between `caps install` and `guest boot`",
+                ));
+            }
+            true
         } else {
             findings.push(Diagnostic::line(
                 file,
@@ -649,6 +660,24 @@ echo \"RVM partition '{name}' is up. Hash-chained witness logs at ~/.rvm/witness
         let l = lint("s.sh", &runbook("my-bot"));
         assert!(l.findings.is_empty(), "{:?}", l.findings);
         assert_eq!(l.boot_partition.as_deref(), Some("my-bot"));
+    }
+
+    #[test]
+    fn tool_registrations_between_caps_and_boot_are_known() {
+        let tools = "rvm-loader caps install --table ./capability-table.json\n\
+rvm-loader tool add a mcp demo --timeout 10 -- rvm-mcp-demo\n\
+rvm-loader tool set a --timeout 10\n";
+        let text = runbook("a").replace("rvm-loader caps install --table ./capability-table.json\n", tools);
+        let l = lint("s.sh", &text);
+        assert!(l.findings.is_empty(), "{:?}", l.findings);
+        // Elsewhere, or another tool subcommand, is not.
+        let early = runbook("a").replace("rvm-loader partition register", "rvm-loader tool set a\nrvm-loader partition register");
+        assert!(first(&early).contains("`tool` belongs between `caps install` and `guest boot`"), "{}", first(&early));
+        let other = runbook("a").replace(tools.lines().next().unwrap(), "rvm-loader caps install --table ./capability-table.json\nrvm-loader tool remove a demo");
+        assert!(first(&other).contains("unexpected command"), "{}", first(&other));
+        // The researcher example's runbook passes as it is.
+        let example = include_str!("../../../../examples/researcher/install-rvm.sh");
+        assert!(lint("install-rvm.sh", example).findings.is_empty(), "{:?}", lint("install-rvm.sh", example).findings);
     }
 
     fn first(text: &str) -> String {

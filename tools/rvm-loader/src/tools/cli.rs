@@ -256,6 +256,36 @@ fn findable(program: &str) -> bool {
         .any(|d| Path::new(d).join(program).is_file())
 }
 
+/// The program of a server's argv as it is kept: a relative path made
+/// absolute (servers run in their own folder, where it would name nothing),
+/// and a bare name that the servers' PATH lacks but the caller's PATH has,
+/// its absolute path there (what the operator meant by it).
+fn resolve_program(program: &str) -> String {
+    resolve_program_on(program, std::env::var_os("PATH"))
+}
+
+/// [`resolve_program`] with the caller's PATH given.
+fn resolve_program_on(program: &str, caller_path: Option<std::ffi::OsString>) -> String {
+    if program.contains('/') {
+        let path = Path::new(program);
+        if path.is_relative() {
+            if let Ok(cwd) = std::env::current_dir() {
+                return cwd.join(path).to_string_lossy().into_owned();
+            }
+        }
+        return program.to_string();
+    }
+    if findable(program) {
+        return program.to_string();
+    }
+    caller_path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_absolute() && p.is_file())
+        .map_or_else(|| program.to_string(), |p| p.to_string_lossy().into_owned())
+}
+
 /// `tool add <partition> mcp <server> [--timeout SECS] -- <argv…>`.
 pub fn add(
     home: &Home,
@@ -266,6 +296,11 @@ pub fn add(
 ) -> Result<()> {
     let name = partition_arg(partition)?;
     let server = server_arg(server)?;
+    let mut argv = argv.to_vec();
+    if let Some(program) = argv.first_mut() {
+        *program = resolve_program(program);
+    }
+    let argv = argv.as_slice();
     let entry = McpServer {
         argv: argv.to_vec(),
         timeout_ms: timeout_ms.unwrap_or(registry::DEFAULT_TIMEOUT_MS),
@@ -632,5 +667,28 @@ pub fn run(home: &Home, cmd: ToolCmd) -> Result<()> {
         ),
         ToolCmd::List { partition, json } => list(home, partition.as_deref(), json),
         ToolCmd::Remove { partition, server } => remove(home, &partition, &server),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{resolve_program, resolve_program_on};
+
+    #[test]
+    fn a_server_s_program_is_kept_as_an_absolute_path_where_a_relative_one_would_name_nothing() {
+        // A relative path: made absolute from where the operator stands.
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(resolve_program("target/x-server"), here.join("target/x-server").to_string_lossy());
+        // An absolute path, and a name the servers' PATH has: as given.
+        assert_eq!(resolve_program("/opt/x/server"), "/opt/x/server");
+        assert_eq!(resolve_program("sh"), "sh");
+        // A name only the caller's PATH has: its path there (this test's own
+        // binary's folder holds the loader, on no default PATH).
+        let me = std::env::current_exe().unwrap();
+        let dir = me.parent().unwrap();
+        let name = me.file_name().unwrap().to_str().unwrap();
+        let path = std::env::join_paths(["/nonexistent".as_ref(), dir]).unwrap();
+        assert_eq!(resolve_program_on(name, Some(path.clone())), me.to_string_lossy());
+        assert_eq!(resolve_program_on("no-such-program-anywhere", Some(path)), "no-such-program-anywhere");
     }
 }
