@@ -69,6 +69,11 @@ use crate::running::vcpu::Vcpu;
 /// Longest a secondary CPU with nothing to do sleeps without a kick: a
 /// safety net (everything that makes work for it kicks it).
 const SECONDARY_IDLE_MAX_NS: u64 = 1_000_000_000;
+
+/// How often an idle boot CPU looks for the host's frames while a partition
+/// waits for one (`StateSaved`, `ToolAnswer`): the answer's latency, at the
+/// cost of a wake-up per period only while someone waits.
+const HOST_POLL_NS: u64 = 250_000;
 use rvm_abi::Hypercall;
 
 /// The kernel lock: the one lock around all kernel state. CPUs get it in
@@ -250,7 +255,11 @@ impl<A: Arch> Hypervisor<A> {
             // secondary sleeps until a kick, or a wait's deadline, when
             // kicks reach it and none of its partitions only waits for its
             // output credit (nothing kicks for that); else until its tick.
-            let tick = now.saturating_add(self.policy.slice_ns);
+            // While a partition waits for the host (a committed set to be
+            // kept, a tool's answer), the host's frame is looked for
+            // sooner: the wait is the partition's, not the slice's.
+            let waits_for_host = parts.iter().any(|p| p.saving().is_some() || p.tool_wait().is_some());
+            let tick = now.saturating_add(if waits_for_host { HOST_POLL_NS.min(self.policy.slice_ns) } else { self.policy.slice_ns });
             let in_debt = self.sched.members(cpu).iter().any(|&i| parts[i].can_run() && parts[i].output().in_debt(now));
             let sleeps = cpu.index() != 0 && self.arch.kicks() && !in_debt;
             let until = if sleeps { now.saturating_add(SECONDARY_IDLE_MAX_NS) } else { tick };

@@ -307,3 +307,22 @@ fn a_partition_running_several_agents_may_not_call_tools() {
     assert_eq!(seen.borrow().first().map(|s| s.0), Some(HvError::NotSupported.code()), "{}", hv.arch.console_text());
     assert!(hv.arch.tool_requests.is_empty());
 }
+
+#[test]
+fn an_idle_machine_looks_for_the_host_s_answer_often_while_a_call_waits() {
+    let extra = claims(0, &[("Bash", token("Bash", ProofTier::P1, 0, 0))]);
+    let mut hv = boot(&[Part::new("agent")], true, 200, &extra);
+    let seen = Seen::default();
+    hv.arch.set_guest(1, caller(alloc::vec![("Bash", b"sleep 1".to_vec())], 64, seen.clone()));
+    const RUNS_FOR: u64 = 30_000_000;
+    hv.arch.tool_host = Some(Box::new(|r| alloc::vec![(RUNS_FOR, tool_answer(r.log, r.seq, AnswerStatus::Ran, b"{}"))]));
+    hv.run();
+    assert_eq!(seen.borrow()[0].0, 0);
+    let call = tool_records(&hv, 1)[0];
+    let answer = tool_records(&hv, 1)[1];
+    // The boot CPU's naps while the call waited were short ones, so the
+    // answer was taken soon after it arrived (not a whole slice later).
+    let naps: Vec<u64> = hv.arch.idle_waits().iter().filter(|(cpu, at, _)| cpu.index() == 0 && *at > call.timestamp && *at < answer.timestamp).map(|(_, at, until)| until - at).collect();
+    assert!(!naps.is_empty() && naps.iter().all(|&n| n <= 250_000), "{naps:?}");
+    assert!(answer.timestamp < call.timestamp + RUNS_FOR + 1_000_000, "answered {} ns after the call", answer.timestamp - call.timestamp);
+}
