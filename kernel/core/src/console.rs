@@ -171,8 +171,15 @@ impl OutputCredit {
     /// the partition goes into debt.
     #[inline]
     pub fn charge_frame(&mut self, now: u64) {
+        self.charge_frame_bytes(now, RECORD_FRAME_COST);
+    }
+
+    /// Charge `bytes` of frames for the host that a call made (a tool
+    /// request); as [`OutputCredit::charge_frame`].
+    #[inline]
+    pub fn charge_frame_bytes(&mut self, now: u64, bytes: u64) {
         let before = self.frames;
-        self.frames -= RECORD_FRAME_COST as i64;
+        self.frames = self.frames.saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
         if self.frames < 0 {
             self.refill(now);
             if before >= 0 && self.frames < 0 {

@@ -191,7 +191,12 @@ pub(crate) fn hypercall<A: Arch>(hv: &mut Hypervisor<A>, idx: usize) -> Flow {
                 hv.tools.note_sent();
                 let log = hv.partitions[idx].id().0;
                 let capacity = u32::try_from(r.capacity).unwrap_or(u32::MAX);
-                hv.arch.send_frame(&rvm_abi::control::Outgoing::ToolRequest { log, seq: r.seq, capacity, name: &r.name, request: &r.request });
+                let frame = rvm_abi::control::Outgoing::ToolRequest { log, seq: r.seq, capacity, name: &r.name, request: &r.request };
+                hv.arch.send_frame(&frame);
+                // The request's bytes are the caller's share of the channel,
+                // as its records are: a partition that floods it is held back.
+                let now = hv.arch.now_ns();
+                hv.partitions[idx].output_mut().charge_frame_bytes(now, frame.binary_len() as u64);
             }
             flow
         }
