@@ -446,7 +446,15 @@ impl Home {
     }
 
     fn lock(&self) -> Result<LockGuard> {
-        let path = self.root.join(LOCK_FILE);
+        LockGuard::take(self.root.join(LOCK_FILE), Duration::from_millis(50))
+    }
+}
+
+impl LockGuard {
+    /// Take the lock file at `path` (created with this process's id), waiting
+    /// at most [`LOCK_WAIT`], looking again every `poll`; a lock whose
+    /// holder is gone is stale and taken over. Released when dropped.
+    pub(crate) fn take(path: PathBuf, poll: Duration) -> Result<LockGuard> {
         let start = Instant::now();
         loop {
             match rvm_witness_host::files::create_new(&path, 0o600) {
@@ -470,7 +478,7 @@ impl Home {
                             holder.map_or("?".into(), |p| p.to_string())
                         )));
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(poll);
                 }
                 Err(e) => return Err(io(&path, e)),
             }
@@ -478,7 +486,7 @@ impl Home {
     }
 }
 
-struct LockGuard {
+pub(crate) struct LockGuard {
     path: PathBuf,
 }
 

@@ -49,7 +49,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Folder of the registrations under `RVM_HOME`.
 pub const TOOLS_DIR: &str = "tools";
@@ -75,7 +75,6 @@ pub const MAX_SERVER_NAME: usize = 64;
 /// Largest registration file read.
 const FILE_MAX: u64 = 1 << 20;
 const LOCK_FILE: &str = ".lock";
-const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 fn default_timeout() -> u64 {
     DEFAULT_TIMEOUT_MS
@@ -582,7 +581,9 @@ pub fn update<T>(
     change: impl FnOnce(&mut Registrations) -> Result<T>,
 ) -> Result<(T, PathBuf)> {
     make_tools_dir(root)?;
-    let _lock = Lock::take(&dir(root))?;
+    // `tools/.lock`, held while a file is rewritten; taken over when the
+    // process that made it is gone.
+    let _lock = crate::home::LockGuard::take(dir(root).join(LOCK_FILE), Duration::from_millis(20))?;
     let mut reg = load_or_default(root, name)?;
     let out = change(&mut reg)?;
     let path = save(root, name, &reg)?;
@@ -610,49 +611,6 @@ pub fn partitions(root: &Path) -> Result<Vec<PartitionName>> {
     Ok(out)
 }
 
-/// `tools/.lock`, held while a file is rewritten; taken over when the
-/// process that made it is gone.
-struct Lock(PathBuf);
-
-impl Lock {
-    fn take(dir: &Path) -> Result<Self> {
-        use std::io::Write;
-        let path = dir.join(LOCK_FILE);
-        let start = Instant::now();
-        loop {
-            match rvm_witness_host::files::create_new(&path, 0o600) {
-                Ok(mut f) => {
-                    let _ = write!(f, "{}", std::process::id());
-                    return Ok(Self(path));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
-                    if holder.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                        let _ = fs::remove_file(&path);
-                        continue;
-                    }
-                    if start.elapsed() > LOCK_WAIT {
-                        return Err(Error::failed(format!(
-                            "{}: held by another rvm-loader (pid {})",
-                            path.display(),
-                            holder.map_or("?".into(), |p| p.to_string())
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(io(&path, e)),
-            }
-        }
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 #[cfg(test)]
 mod tests {
